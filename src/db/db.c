@@ -1,0 +1,257 @@
+/* Connections, statements and error mapping; see db.h. */
+#include "db.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "embedded_pg.h"
+#include "strutil.h"
+
+static __thread char last_error[1024];
+static __thread char last_sqlstate[6];
+
+static void set_error(const char *sqlstate, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_error(const char *sqlstate, const char *fmt, ...)
+{
+        va_list ap;
+        size_t n;
+
+        va_start(ap, fmt);
+        vsnprintf(last_error, sizeof(last_error), fmt, ap);
+        va_end(ap);
+        n = strlen(last_error);
+        while (n > 0 && (last_error[n - 1] == '\n' || last_error[n - 1] == ' '))
+                last_error[--n] = '\0';
+        str_copy(last_sqlstate, sizeof(last_sqlstate), sqlstate ? sqlstate : "");
+}
+
+const char *db_last_error(void)
+{
+        return last_error;
+}
+
+const char *db_last_sqlstate(void)
+{
+        return last_sqlstate;
+}
+
+const char *db_role_name(enum db_role role)
+{
+        switch (role) {
+        case DB_ROLE_API:
+                return "agently_api";
+        case DB_ROLE_WORKER:
+                return "agently_worker";
+        case DB_ROLE_OWNER:
+        default:
+                return "owner";
+        }
+}
+
+/* Appends keyword='value' to b, quoted per libpq's conninfo rules. */
+static int conninfo_append(struct buf *b, const char *keyword, const char *value)
+{
+        int r = buf_printf(b, "%s%s='", b->len ? " " : "", keyword);
+
+        for (const char *p = value; r == 0 && *p; p++) {
+                if (*p == '\'' || *p == '\\')
+                        r = buf_append(b, "\\", 1);
+                if (r == 0)
+                        r = buf_append(b, p, 1);
+        }
+        return r < 0 ? r : buf_append(b, "'", 1);
+}
+
+/* The owner URL plus a startup option switching to the role: RLS then applies to it. */
+static int conninfo_with_role(const char *url, const char *role, char **out)
+{
+        _cleanup_buf_ struct buf b;
+        _cleanup_free_ char *role_option = str_printf("-c role=%s", role);
+        char *err = NULL;
+        PQconninfoOption *opts = PQconninfoParse(url, &err);
+        bool had_options = false;
+        int r = 0;
+
+        buf_init(&b, 64 * 1024);
+        if (!opts) {
+                set_error(NULL, "AGENTLY_DATABASE_URL is not a valid connection string: %s",
+                          err ? err : "parse error");
+                PQfreemem(err);
+                return -EINVAL;
+        }
+        if (!role_option)
+                r = -ENOMEM;
+        for (PQconninfoOption *o = opts; r == 0 && o->keyword; o++) {
+                if (strcmp(o->keyword, "options") == 0) {
+                        _cleanup_free_ char *merged =
+                                str_printf("%s %s", o->val ? o->val : "", role_option);
+                        had_options = true;
+                        r = merged ? conninfo_append(&b, "options", merged) : -ENOMEM;
+                } else if (o->val) {
+                        r = conninfo_append(&b, o->keyword, o->val);
+                }
+        }
+        if (r == 0 && !had_options)
+                r = conninfo_append(&b, "options", role_option);
+        PQconninfoFree(opts);
+        if (r < 0)
+                return r;
+        *out = buf_steal(&b);
+        return 0;
+}
+
+int db_conninfo_for_role(const char *data_dir, enum db_role role, char **out)
+{
+        const char *url = getenv("AGENTLY_DATABASE_URL");
+
+        if (!str_is_empty(url)) {
+                const char *specific = NULL;
+                if (role == DB_ROLE_OWNER) {
+                        *out = strdup(url);
+                        return *out ? 0 : -ENOMEM;
+                }
+                specific = getenv(role == DB_ROLE_API ? "AGENTLY_API_DATABASE_URL"
+                                                      : "AGENTLY_WORKER_DATABASE_URL");
+                if (!str_is_empty(specific)) {
+                        *out = strdup(specific);
+                        return *out ? 0 : -ENOMEM;
+                }
+                return conninfo_with_role(url, db_role_name(role), out);
+        }
+
+        struct embedded_pg *pg = NULL;
+        int r = embedded_pg_open(data_dir, &pg);
+        if (r < 0)
+                return r; /* embedded_pg_open set a message */
+        if (!embedded_pg_initialized(pg)) {
+                set_error(NULL,
+                          "no database: %s holds no embedded Postgres and AGENTLY_DATABASE_URL "
+                          "is not set; run `agently up --data-dir %s` first or set "
+                          "AGENTLY_DATABASE_URL",
+                          embedded_pg_data_dir(pg), embedded_pg_data_dir(pg));
+                embedded_pg_free(pg);
+                return -ENOENT;
+        }
+        *out = embedded_pg_conninfo(pg, role == DB_ROLE_OWNER ? EMBEDDED_PG_SUPERUSER
+                                                              : db_role_name(role),
+                                    EMBEDDED_PG_DATABASE);
+        embedded_pg_free(pg);
+        return *out ? 0 : -ENOMEM;
+}
+
+void db_set_error(const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(last_error, sizeof(last_error), fmt, ap);
+        va_end(ap);
+        last_sqlstate[0] = '\0';
+}
+
+int db_connect(const char *conninfo, PGconn **out)
+{
+        PGconn *c = PQconnectdb(conninfo);
+
+        *out = NULL;
+        if (!c) {
+                set_error(NULL, "could not allocate a database connection");
+                return -ENOMEM;
+        }
+        if (PQstatus(c) != CONNECTION_OK) {
+                set_error(NULL, "could not connect to the database: %s", PQerrorMessage(c));
+                PQfinish(c);
+                return -ECONNREFUSED;
+        }
+        *out = c;
+        return 0;
+}
+
+int db_result_error(PGconn *c, const PGresult *res)
+{
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        const char *msg = res ? PQresultErrorMessage(res) : NULL;
+
+        if (!msg || !*msg)
+                msg = PQerrorMessage(c);
+        set_error(state, "%s", msg);
+        if (PQstatus(c) == CONNECTION_BAD)
+                return -ECONNRESET;
+        if (!state)
+                return -EIO;
+        if (strcmp(state, "23505") == 0)
+                return -EEXIST;
+        if (strcmp(state, "42501") == 0)
+                return -EACCES;
+        if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
+            strcmp(state, "55P03") == 0)
+                return -EAGAIN;
+        if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
+            strcmp(state, "P0001") == 0)
+                return -EINVAL;
+        if (strncmp(state, "08", 2) == 0 || strncmp(state, "57", 2) == 0)
+                return -ECONNRESET;
+        return -EIO;
+}
+
+int db_exec(PGconn *c, const char *sql)
+{
+        _cleanup_pgresult_ PGresult *res = PQexec(c, sql);
+        ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+
+        if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY)
+                return 0;
+        return db_result_error(c, res);
+}
+
+PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params, int *error)
+{
+        PGresult *res = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+        ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+
+        if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+                if (error)
+                        *error = 0;
+                return res;
+        }
+        int r = db_result_error(c, res);
+        if (res)
+                PQclear(res);
+        if (error)
+                *error = r;
+        return NULL;
+}
+
+int db_begin(PGconn *c)
+{
+        return db_exec(c, "BEGIN");
+}
+
+int db_commit(PGconn *c)
+{
+        return db_exec(c, "COMMIT");
+}
+
+void db_rollback(PGconn *c)
+{
+        PGresult *res;
+
+        if (PQtransactionStatus(c) == PQTRANS_IDLE)
+                return;
+        res = PQexec(c, "ROLLBACK");
+        if (res)
+                PQclear(res);
+}
+
+int db_set_user(PGconn *c, const char *user_id)
+{
+        const char *params[] = {user_id};
+        int r;
+        _cleanup_pgresult_ PGresult *res =
+                db_query(c, "SELECT set_config('agently.user_id', $1, true)", 1, params, &r);
+        return res ? 0 : r;
+}

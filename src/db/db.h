@@ -1,0 +1,81 @@
+/*
+ * Reaching Postgres: connection strings per role, connecting, running statements, and
+ * mapping SQLSTATEs to negative errno values. The module never logs; a failed call leaves a
+ * message in a thread-local buffer that db_last_error() returns until the next call.
+ *
+ * Roles: the owner runs migrations; `agently_api` serves users under row-level security;
+ * `agently_worker` is the trusted data plane. See docs/data-model.md.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <libpq-fe.h>
+
+#include "cleanup.h"
+
+enum db_role {
+        DB_ROLE_OWNER,
+        DB_ROLE_API,
+        DB_ROLE_WORKER,
+};
+
+const char *db_role_name(enum db_role role);
+
+/*
+ * Resolves the connection string for role into a malloc'd *out:
+ *  - AGENTLY_DATABASE_URL set: that URL is the owner's; the api and worker use
+ *    AGENTLY_API_DATABASE_URL / AGENTLY_WORKER_DATABASE_URL when set, otherwise the owner's
+ *    URL with `options=-c role=agently_api` (or agently_worker), so RLS applies to them;
+ *  - otherwise the embedded Postgres under data_dir (default ./.agently), which must have
+ *    been started by `agently up` (or the test harness).
+ * Returns -ENOENT with a hint in db_last_error() when neither is available.
+ */
+int db_conninfo_for_role(const char *data_dir, enum db_role role, char **out);
+
+/* Connects (blocking). On failure returns a negative errno and the reason is in
+ * db_last_error(); *out is NULL. */
+int db_connect(const char *conninfo, PGconn **out);
+
+/* Records a message for db_last_error(); for the modules of src/db. */
+void db_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The last error message of this thread (never NULL). */
+const char *db_last_error(void);
+/* The last SQLSTATE of this thread, "" when the error was not from the server. */
+const char *db_last_sqlstate(void);
+
+/* Maps a failed result to a negative errno: -EEXIST unique violation, -EACCES privilege,
+ * -EAGAIN serialization/deadlock, -EINVAL data/constraint errors, -ECONNRESET lost
+ * connection, -EIO anything else; also records db_last_error(). */
+int db_result_error(PGconn *c, const PGresult *res);
+
+/* Runs one or more statements without parameters; 0 or a negative errno. */
+int db_exec(PGconn *c, const char *sql);
+
+/*
+ * Runs a parameterised statement (text parameters, NULL = SQL NULL). Returns the result on
+ * success (PGRES_COMMAND_OK or PGRES_TUPLES_OK), the caller owns it; NULL on failure with
+ * *error (if non-NULL) set to a negative errno.
+ */
+PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params,
+                   int *error);
+
+int db_begin(PGconn *c);
+int db_commit(PGconn *c);
+void db_rollback(PGconn *c);
+
+/* Sets the tenant for the current transaction: set_config('agently.user_id', id, true). */
+int db_set_user(PGconn *c, const char *user_id);
+
+static inline void db_clearp(PGresult **r)
+{
+        if (*r)
+                PQclear(*r);
+}
+static inline void db_finishp(PGconn **c)
+{
+        if (*c)
+                PQfinish(*c);
+}
+#define _cleanup_pgresult_ _cleanup_(db_clearp)
+#define _cleanup_pgconn_   _cleanup_(db_finishp)
