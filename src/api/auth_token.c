@@ -16,8 +16,9 @@ int auth_token_generate(char *token, unsigned char *hash, char *shown_prefix)
                 return -EIO;
         randombytes_buf(secret, sizeof(secret));
         memcpy(token, AUTH_TOKEN_PREFIX, strlen(AUTH_TOKEN_PREFIX));
-        sodium_bin2base64(token + strlen(AUTH_TOKEN_PREFIX), AUTH_TOKEN_LEN + 1 - strlen(AUTH_TOKEN_PREFIX),
-                          secret, sizeof(secret), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        sodium_bin2base64(token + strlen(AUTH_TOKEN_PREFIX),
+                          AUTH_TOKEN_LEN + 1 - strlen(AUTH_TOKEN_PREFIX), secret, sizeof(secret),
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING);
         sodium_memzero(secret, sizeof(secret));
         crypto_hash_sha256(hash, (const unsigned char *)token, strlen(token));
         memcpy(shown_prefix, token, AUTH_TOKEN_SHOWN_CHARS);

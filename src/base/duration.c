@@ -12,8 +12,7 @@ static int unit_ms(const char *u, size_t n, int64_t *out)
                 const char *name;
                 int64_t ms;
         } units[] = {
-                {"ms", 1},         {"s", 1000},          {"m", 60000},
-                {"h", 3600000},    {"d", 86400000},      {"w", 604800000},
+            {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}, {"w", 604800000},
         };
         for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
                 if (strlen(units[i].name) == n && strncmp(u, units[i].name, n) == 0) {

@@ -101,7 +101,7 @@ int file_write_atomic(const char *path, const void *data, size_t len, mode_t mod
                 return r;
         }
         return 0;
-fail: {
+fail : {
         int r = -errno;
         close(fd);
         unlink(tmp);
@@ -141,7 +141,8 @@ int path_absolute(const char *path, char **out)
                 if (strcmp(path, ".") == 0)
                         joined = strdup(cwd);
                 else
-                        joined = str_printf("%s/%s", cwd, str_has_prefix(path, "./") ? path + 2 : path);
+                        joined =
+                            str_printf("%s/%s", cwd, str_has_prefix(path, "./") ? path + 2 : path);
         }
         if (!joined)
                 return -ENOMEM;

@@ -13,18 +13,18 @@ struct command {
 };
 
 static const struct command commands[] = {
-        {"up", cmd_up, "run everything: embedded Postgres, API, workers and dispatcher"},
-        {"migrate", cmd_migrate, "apply pending database migrations"},
-        {"api", cmd_api, "serve the REST + SSE API and the dashboard"},
-        {"worker", cmd_worker, "claim and execute runs"},
-        {"dispatch", cmd_dispatch, "deliver notifications, fire schedules, sweep timers"},
-        {"executor", cmd_executor, "run one agent step (spawned by a worker)"},
-        {"workflow", cmd_client, "apply, list and show workflow definitions"},
-        {"run", cmd_client, "start, inspect, follow and control runs"},
-        {"approval", cmd_client, "list and decide approvals"},
-        {"secret", cmd_client, "set, list and remove secrets"},
-        {"token", cmd_client, "create, list and revoke API tokens"},
-        {"user", cmd_client, "create and list users (admin)"},
+    {"up", cmd_up, "run everything: embedded Postgres, API, workers and dispatcher"},
+    {"migrate", cmd_migrate, "apply pending database migrations"},
+    {"api", cmd_api, "serve the REST + SSE API and the dashboard"},
+    {"worker", cmd_worker, "claim and execute runs"},
+    {"dispatch", cmd_dispatch, "deliver notifications, fire schedules, sweep timers"},
+    {"executor", cmd_executor, "run one agent step (spawned by a worker)"},
+    {"workflow", cmd_client, "apply, list and show workflow definitions"},
+    {"run", cmd_client, "start, inspect, follow and control runs"},
+    {"approval", cmd_client, "list and decide approvals"},
+    {"secret", cmd_client, "set, list and remove secrets"},
+    {"token", cmd_client, "create, list and revoke API tokens"},
+    {"user", cmd_client, "create and list users (admin)"},
 };
 
 static void usage(FILE *out)

@@ -19,8 +19,8 @@ int cmd_client(int argc, char **argv); /* workflow, run, approval, secret, token
 /* Exit codes, documented in docs/cli.md. */
 enum cli_exit {
         CLI_EXIT_OK = 0,
-        CLI_EXIT_FAILURE = 1,  /* the operation failed */
-        CLI_EXIT_USAGE = 2,    /* bad command line */
+        CLI_EXIT_FAILURE = 1, /* the operation failed */
+        CLI_EXIT_USAGE = 2,   /* bad command line */
         CLI_EXIT_NOT_FOUND = 3,
         CLI_EXIT_UNAUTHORIZED = 4,
         CLI_EXIT_CONFLICT = 5,

@@ -21,10 +21,10 @@ static void migrate_usage(FILE *out)
 int cmd_migrate(int argc, char **argv)
 {
         static const struct option options[] = {
-                {"data-dir", required_argument, NULL, 'd'},
-                {"check", no_argument, NULL, 'c'},
-                {"help", no_argument, NULL, 'h'},
-                {0},
+            {"data-dir", required_argument, NULL, 'd'},
+            {"check", no_argument, NULL, 'c'},
+            {"help", no_argument, NULL, 'h'},
+            {0},
         };
         const char *data_dir = NULL;
         _cleanup_pgconn_ PGconn *c = NULL;

@@ -30,11 +30,11 @@
 #include "migrate.h"
 #include "strutil.h"
 
-#define MAX_CHILDREN        66
-#define RESTART_MIN_MS      500
-#define RESTART_MAX_MS      30000
-#define HEALTHY_AFTER_MS    30000
-#define STOP_GRACE_SECONDS  30
+#define MAX_CHILDREN       66
+#define RESTART_MIN_MS     500
+#define RESTART_MAX_MS     30000
+#define HEALTHY_AFTER_MS   30000
+#define STOP_GRACE_SECONDS 30
 
 struct child {
         const char *role; /* "api", "worker", "dispatch" */
@@ -55,15 +55,14 @@ static int64_t now_ms(void)
 
 static void up_usage(FILE *out)
 {
-        fprintf(out,
-                "usage: agently up [--data-dir DIR] [--port PORT] [--workers N]\n\n"
-                "Runs agently on this machine: an embedded Postgres under DIR (unless\n"
-                "AGENTLY_DATABASE_URL is set), the API on 127.0.0.1:PORT, N workers and the\n"
-                "dispatcher. Stop with Ctrl-C; data is kept in DIR for the next start.\n\n"
-                "  --data-dir DIR  data directory (default ./.agently, or AGENTLY_DATA_DIR)\n"
-                "  --port PORT     API and dashboard port (default 8080)\n"
-                "  --listen ADDR   API listen address (default 127.0.0.1)\n"
-                "  --workers N     worker processes (default 2; 0 runs none)\n");
+        fprintf(out, "usage: agently up [--data-dir DIR] [--port PORT] [--workers N]\n\n"
+                     "Runs agently on this machine: an embedded Postgres under DIR (unless\n"
+                     "AGENTLY_DATABASE_URL is set), the API on 127.0.0.1:PORT, N workers and the\n"
+                     "dispatcher. Stop with Ctrl-C; data is kept in DIR for the next start.\n\n"
+                     "  --data-dir DIR  data directory (default ./.agently, or AGENTLY_DATA_DIR)\n"
+                     "  --port PORT     API and dashboard port (default 8080)\n"
+                     "  --listen ADDR   API listen address (default 127.0.0.1)\n"
+                     "  --workers N     worker processes (default 2; 0 runs none)\n");
 }
 
 static pid_t spawn_child(struct child *ch, const char *self)
@@ -94,8 +93,8 @@ static bool wait_for_port(const char *host, int port, int timeout_ms)
         int64_t deadline = now_ms() + timeout_ms;
         struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
 
-        if (inet_pton(AF_INET, strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host,
-                      &addr.sin_addr) != 1)
+        if (inet_pton(AF_INET, strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host, &addr.sin_addr) !=
+            1)
                 return false;
         while (now_ms() < deadline) {
                 _cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -144,12 +143,9 @@ static void stop_children(struct child *children, size_t n)
 int cmd_up(int argc, char **argv)
 {
         static const struct option options[] = {
-                {"data-dir", required_argument, NULL, 'd'},
-                {"port", required_argument, NULL, 'p'},
-                {"listen", required_argument, NULL, 'l'},
-                {"workers", required_argument, NULL, 'w'},
-                {"help", no_argument, NULL, 'h'},
-                {0},
+            {"data-dir", required_argument, NULL, 'd'}, {"port", required_argument, NULL, 'p'},
+            {"listen", required_argument, NULL, 'l'},   {"workers", required_argument, NULL, 'w'},
+            {"help", no_argument, NULL, 'h'},           {0},
         };
         const char *data_dir_arg = NULL, *listen_host = "127.0.0.1";
         _cleanup_free_ char *data_dir = NULL, *token_path = NULL, *listen = NULL;
@@ -169,7 +165,8 @@ int cmd_up(int argc, char **argv)
                         break;
                 case 'p':
                         if (str_to_int(optarg, &port) < 0 || port < 1 || port > 65535) {
-                                fprintf(stderr, "agently up: --port must be 1-65535, got '%s'\n", optarg);
+                                fprintf(stderr, "agently up: --port must be 1-65535, got '%s'\n",
+                                        optarg);
                                 return CLI_EXIT_USAGE;
                         }
                         break;
@@ -178,7 +175,8 @@ int cmd_up(int argc, char **argv)
                         break;
                 case 'w':
                         if (str_to_int(optarg, &workers) < 0 || workers < 0 || workers > 64) {
-                                fprintf(stderr, "agently up: --workers must be 0-64, got '%s'\n", optarg);
+                                fprintf(stderr, "agently up: --workers must be 0-64, got '%s'\n",
+                                        optarg);
                                 return CLI_EXIT_USAGE;
                         }
                         break;
@@ -249,15 +247,17 @@ int cmd_up(int argc, char **argv)
                 goto out;
         }
         {
-                struct child api = {.role = "api",
-                                    .argv = {"agently", "api", "--listen", listen, "--data-dir",
-                                             data_dir, NULL}};
-                struct child dispatch = {.role = "dispatch",
-                                         .argv = {"agently", "dispatch", "--data-dir", data_dir, NULL}};
+                struct child api = {
+                    .role = "api",
+                    .argv = {"agently", "api", "--listen", listen, "--data-dir", data_dir, NULL}};
+                struct child dispatch = {
+                    .role = "dispatch",
+                    .argv = {"agently", "dispatch", "--data-dir", data_dir, NULL}};
                 children[nchildren++] = api;
                 for (int i = 0; i < workers; i++) {
-                        struct child w = {.role = "worker",
-                                          .argv = {"agently", "worker", "--data-dir", data_dir, NULL}};
+                        struct child w = {
+                            .role = "worker",
+                            .argv = {"agently", "worker", "--data-dir", data_dir, NULL}};
                         children[nchildren++] = w;
                 }
                 children[nchildren++] = dispatch;
@@ -314,9 +314,10 @@ int cmd_up(int argc, char **argv)
                                 ch->pid = 0;
                                 ch->restart_at_ms = now_ms() + ch->backoff_ms;
                                 if (WIFSIGNALED(status))
-                                        log_warn("%s (pid %d) was killed by %s; restarting in %lldms",
-                                                 ch->role, pid, strsignal(WTERMSIG(status)),
-                                                 (long long)ch->backoff_ms);
+                                        log_warn(
+                                            "%s (pid %d) was killed by %s; restarting in %lldms",
+                                            ch->role, pid, strsignal(WTERMSIG(status)),
+                                            (long long)ch->backoff_ms);
                                 else
                                         log_warn("%s (pid %d) exited with %d; restarting in %lldms",
                                                  ch->role, pid, WEXITSTATUS(status),

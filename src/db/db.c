@@ -14,7 +14,8 @@
 static __thread char last_error[1024];
 static __thread char last_sqlstate[6];
 
-static void set_error(const char *sqlstate, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_error(const char *sqlstate, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void set_error(const char *sqlstate, const char *fmt, ...)
 {
         va_list ap;
@@ -88,7 +89,7 @@ static int conninfo_with_role(const char *url, const char *role, char **out)
         for (PQconninfoOption *o = opts; r == 0 && o->keyword; o++) {
                 if (strcmp(o->keyword, "options") == 0) {
                         _cleanup_free_ char *merged =
-                                str_printf("%s %s", o->val ? o->val : "", role_option);
+                            str_printf("%s %s", o->val ? o->val : "", role_option);
                         had_options = true;
                         r = merged ? conninfo_append(&b, "options", merged) : -ENOMEM;
                 } else if (o->val) {
@@ -136,9 +137,9 @@ int db_conninfo_for_role(const char *data_dir, enum db_role role, char **out)
                 embedded_pg_free(pg);
                 return -ENOENT;
         }
-        *out = embedded_pg_conninfo(pg, role == DB_ROLE_OWNER ? EMBEDDED_PG_SUPERUSER
-                                                              : db_role_name(role),
-                                    EMBEDDED_PG_DATABASE);
+        *out = embedded_pg_conninfo(
+            pg, role == DB_ROLE_OWNER ? EMBEDDED_PG_SUPERUSER : db_role_name(role),
+            EMBEDDED_PG_DATABASE);
         embedded_pg_free(pg);
         return *out ? 0 : -ENOMEM;
 }
@@ -252,6 +253,6 @@ int db_set_user(PGconn *c, const char *user_id)
         const char *params[] = {user_id};
         int r;
         _cleanup_pgresult_ PGresult *res =
-                db_query(c, "SELECT set_config('agently.user_id', $1, true)", 1, params, &r);
+            db_query(c, "SELECT set_config('agently.user_id', $1, true)", 1, params, &r);
         return res ? 0 : r;
 }

@@ -57,8 +57,7 @@ int db_exec(PGconn *c, const char *sql);
  * success (PGRES_COMMAND_OK or PGRES_TUPLES_OK), the caller owns it; NULL on failure with
  * *error (if non-NULL) set to a negative errno.
  */
-PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params,
-                   int *error);
+PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params, int *error);
 
 int db_begin(PGconn *c);
 int db_commit(PGconn *c);

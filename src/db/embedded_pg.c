@@ -262,8 +262,8 @@ static int load_state(struct embedded_pg *pg)
                 return 0;
         state = json_load_file(path, 0, &jerr);
         if (!state || json_unpack(state, "{s:s, s?:i}", "home", &home, "port", &port) < 0) {
-                db_set_error("%s is damaged (%s); move it away and run `agently up` again",
-                             path, state ? "missing fields" : jerr.text);
+                db_set_error("%s is damaged (%s); move it away and run `agently up` again", path,
+                             state ? "missing fields" : jerr.text);
                 return -EINVAL;
         }
         pg->port = port;
@@ -274,8 +274,9 @@ static int load_state(struct embedded_pg *pg)
 static int save_state(const struct embedded_pg *pg)
 {
         _cleanup_free_ char *path = str_printf("%s/" STATE_FILE, pg->data_dir);
-        _cleanup_json_ json_t *state = json_pack("{s:s, s:i, s:s}", "home", pg->home, "port",
-                                                 pg->port, "user", pg->run_user ? pg->run_user : "");
+        _cleanup_json_ json_t *state =
+            json_pack("{s:s, s:i, s:s}", "home", pg->home, "port", pg->port, "user",
+                      pg->run_user ? pg->run_user : "");
         _cleanup_free_ char *text = state ? json_dumps(state, JSON_INDENT(2)) : NULL;
 
         if (!path || !text)
@@ -360,15 +361,16 @@ static int write_cluster_config(const struct embedded_pg *pg, unsigned flags)
         f = fopen(path, "ae");
         if (!f)
                 return -errno;
-        fprintf(f, "\n# --- agently embedded settings ---\n"
-                   "listen_addresses = '127.0.0.1'\n"
-                   "unix_socket_directories = '%s'\n"
-                   "unix_socket_permissions = 0700\n"
-                   "max_connections = 300\n"
-                   "shared_buffers = 256MB\n"
-                   "password_encryption = 'scram-sha-256'\n"
-                   "log_min_messages = warning\n"
-                   "log_line_prefix = '%%m [%%p] '\n",
+        fprintf(f,
+                "\n# --- agently embedded settings ---\n"
+                "listen_addresses = '127.0.0.1'\n"
+                "unix_socket_directories = '%s'\n"
+                "unix_socket_permissions = 0700\n"
+                "max_connections = 300\n"
+                "shared_buffers = 256MB\n"
+                "password_encryption = 'scram-sha-256'\n"
+                "log_min_messages = warning\n"
+                "log_line_prefix = '%%m [%%p] '\n",
                 pg->socket_dir);
         if (flags & EMBEDDED_PG_FAST)
                 fprintf(f, "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
@@ -387,8 +389,7 @@ int embedded_pg_init(struct embedded_pg *pg, unsigned flags)
                 return -EIO;
         r = dir_make_parents(pg->data_dir, 0700);
         if (r < 0) {
-                db_set_error("could not create data directory %s: %s", pg->data_dir,
-                             strerror(-r));
+                db_set_error("could not create data directory %s: %s", pg->data_dir, strerror(-r));
                 return r;
         }
         if (pg->drop_privileges)
@@ -425,10 +426,19 @@ int embedded_pg_init(struct embedded_pg *pg, unsigned flags)
                 db_set_error("could not write the Postgres password file: %s", strerror(-r));
                 return r;
         }
-        char *argv[] = {initdb,          "-D",     pg->cluster_dir, "-U", EMBEDDED_PG_SUPERUSER,
-                        "--pwfile",      pwfile,   "--auth-local=trust",
-                        "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale",
-                        "--no-instructions", NULL};
+        char *argv[] = {initdb,
+                        "-D",
+                        pg->cluster_dir,
+                        "-U",
+                        EMBEDDED_PG_SUPERUSER,
+                        "--pwfile",
+                        pwfile,
+                        "--auth-local=trust",
+                        "--auth-host=scram-sha-256",
+                        "--encoding=UTF8",
+                        "--no-locale",
+                        "--no-instructions",
+                        NULL};
         r = run_pg_program(pg, argv, false);
         unlink(pwfile);
         sodium_memzero(password, sizeof(password));
@@ -447,7 +457,8 @@ int embedded_pg_init(struct embedded_pg *pg, unsigned flags)
 
 static int free_loopback_port(void)
 {
-        struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        struct sockaddr_in addr = {.sin_family = AF_INET,
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         socklen_t len = sizeof(addr);
         _cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
@@ -500,8 +511,8 @@ static int ensure_database(const struct embedded_pg *pg)
         r = db_connect(conninfo, &c);
         if (r < 0)
                 return r;
-        res = db_query(c, "SELECT 1 FROM pg_database WHERE datname = '" EMBEDDED_PG_DATABASE "'",
-                       0, NULL, &r);
+        res = db_query(c, "SELECT 1 FROM pg_database WHERE datname = '" EMBEDDED_PG_DATABASE "'", 0,
+                       NULL, &r);
         if (!res)
                 return r;
         if (PQntuples(res) > 0)
@@ -540,8 +551,8 @@ int embedded_pg_start(struct embedded_pg *pg)
                 options = str_printf("-p %d", port);
                 if (!options)
                         return -ENOMEM;
-                char *argv[] = {pg_ctl, "start", "-w", "-t", "60", "-D", pg->cluster_dir,
-                                "-l", pg->log_path, "-o", options, NULL};
+                char *argv[] = {pg_ctl,          "start", "-w",         "-t", "60",    "-D",
+                                pg->cluster_dir, "-l",    pg->log_path, "-o", options, NULL};
                 r = run_pg_program(pg, argv, false);
                 if (r == 0) {
                         pg->port = port;
@@ -569,7 +580,8 @@ int embedded_pg_stop(struct embedded_pg *pg)
         pg_ctl = str_printf("%s/pg_ctl", bindir);
         if (!pg_ctl)
                 return -ENOMEM;
-        char *argv[] = {pg_ctl, "stop", "-w", "-t", "60", "-m", "fast", "-D", pg->cluster_dir, NULL};
+        char *argv[] = {pg_ctl, "stop",          "-w", "-t", "60", "-m", "fast",
+                        "-D",   pg->cluster_dir, NULL};
         r = run_pg_program(pg, argv, false);
         if (r != 0) {
                 db_set_error("could not stop Postgres (pg_ctl exit %d); see %s", r, pg->log_path);

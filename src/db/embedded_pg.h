@@ -18,8 +18,8 @@
 
 #include <stdbool.h>
 
-#define EMBEDDED_PG_SUPERUSER "agently"
-#define EMBEDDED_PG_DATABASE  "agently"
+#define EMBEDDED_PG_SUPERUSER        "agently"
+#define EMBEDDED_PG_DATABASE         "agently"
 #define EMBEDDED_PG_DEFAULT_DATA_DIR ".agently"
 
 enum embedded_pg_flags {

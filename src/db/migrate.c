@@ -12,12 +12,11 @@
 /* An arbitrary constant: the advisory lock key all migrators agree on ("agently" in hex-ish). */
 #define MIGRATE_LOCK_KEY "7293847561"
 
-static const char create_table_sql[] =
-        "CREATE TABLE IF NOT EXISTS agently_schema_migrations ("
-        " version int PRIMARY KEY,"
-        " name text NOT NULL,"
-        " checksum text NOT NULL,"
-        " applied_at timestamptz NOT NULL DEFAULT now())";
+static const char create_table_sql[] = "CREATE TABLE IF NOT EXISTS agently_schema_migrations ("
+                                       " version int PRIMARY KEY,"
+                                       " name text NOT NULL,"
+                                       " checksum text NOT NULL,"
+                                       " applied_at timestamptz NOT NULL DEFAULT now())";
 
 static const struct db_migration *find_migration(int version)
 {
@@ -32,8 +31,8 @@ static int verify_applied(PGconn *c, int *pending)
 {
         int r, applied_known = 0;
         _cleanup_pgresult_ PGresult *res = NULL;
-        _cleanup_pgresult_ PGresult *exists = db_query(
-                c, "SELECT to_regclass('agently_schema_migrations') IS NOT NULL", 0, NULL, &r);
+        _cleanup_pgresult_ PGresult *exists =
+            db_query(c, "SELECT to_regclass('agently_schema_migrations') IS NOT NULL", 0, NULL, &r);
 
         if (!exists)
                 return r;
@@ -41,8 +40,10 @@ static int verify_applied(PGconn *c, int *pending)
                 *pending = (int)db_migrations_count;
                 return 0;
         }
-        res = db_query(c, "SELECT version, name, checksum FROM agently_schema_migrations "
-                          "ORDER BY version", 0, NULL, &r);
+        res = db_query(c,
+                       "SELECT version, name, checksum FROM agently_schema_migrations "
+                       "ORDER BY version",
+                       0, NULL, &r);
         if (!res)
                 return r;
         for (int i = 0; i < PQntuples(res); i++) {
@@ -106,8 +107,10 @@ static int apply_one(PGconn *c, const struct db_migration *m)
                 db_set_error("migration %s failed: %s", m->name, reason);
                 return r;
         }
-        res = db_query(c, "INSERT INTO agently_schema_migrations (version, name, checksum) "
-                          "VALUES ($1, $2, $3)", 3, params, &r);
+        res = db_query(c,
+                       "INSERT INTO agently_schema_migrations (version, name, checksum) "
+                       "VALUES ($1, $2, $3)",
+                       3, params, &r);
         if (!res) {
                 db_rollback(c);
                 return r;
@@ -138,8 +141,8 @@ int db_migrate(PGconn *c, int *applied)
                         break;
                 }
                 params[0] = version;
-                res = db_query(c, "SELECT 1 FROM agently_schema_migrations WHERE version = $1",
-                               1, params, &r);
+                res = db_query(c, "SELECT 1 FROM agently_schema_migrations WHERE version = $1", 1,
+                               params, &r);
                 if (!res)
                         break;
                 if (PQntuples(res) > 0)

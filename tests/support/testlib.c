@@ -214,7 +214,8 @@ int test_stop_process(pid_t pid, int sig, int timeout_ms)
 
 int test_free_port(void)
 {
-        struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        struct sockaddr_in addr = {.sin_family = AF_INET,
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         socklen_t len = sizeof(addr);
         int fd = socket(AF_INET, SOCK_STREAM, 0);
 

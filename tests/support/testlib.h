@@ -51,8 +51,8 @@ int64_t test_now_ms(void);
 /* HTTP request; body may be NULL. Returns the status code (0 if the request failed) and
  * the response body in *response (malloc'd, may be NULL). headers: NULL-terminated
  * "Name: value" list or NULL. */
-long test_http(const char *method, const char *url, const char *const *headers,
-               const char *body, char **response);
+long test_http(const char *method, const char *url, const char *const *headers, const char *body,
+               char **response);
 
 /* Polls url until it answers 200 or timeout_ms passes. */
 bool test_wait_http_ok(const char *url, int timeout_ms);

@@ -65,9 +65,9 @@ static void durations_parse_as_users_write_them(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(buf_respects_its_cap),
-                cmocka_unit_test(str_to_int64_is_strict),
-                cmocka_unit_test(durations_parse_as_users_write_them),
+            cmocka_unit_test(buf_respects_its_cap),
+            cmocka_unit_test(str_to_int64_is_strict),
+            cmocka_unit_test(durations_parse_as_users_write_them),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
