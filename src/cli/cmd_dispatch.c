@@ -1,11 +1,122 @@
-/* `agently dispatch`: placeholder until its module lands. */
+/*
+ * `agently dispatch`: housekeeping that must happen whether or not anyone is looking.
+ * Today: create the monthly log partitions ahead of time (so no event ever lands in the
+ * default partition) and expire idempotency keys older than their retention. Later issues
+ * add the notification outbox and cron schedules here. Every task is idempotent, so any
+ * number of dispatchers may run; a failed round is retried at the next tick.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
+#include <string.h>
+#include <time.h>
 
+#include "cleanup.h"
 #include "cli.h"
+#include "cli_db.h"
+#include "duration.h"
+#include "log.h"
+#include "strutil.h"
+
+#define PARTITION_MONTHS_AHEAD "3"
+#define IDEMPOTENCY_RETENTION  "24 hours"
+
+static volatile sig_atomic_t dispatch_stop;
+
+static void on_stop(int sig)
+{
+        (void)sig;
+        dispatch_stop = 1;
+}
+
+static void dispatch_usage(FILE *out)
+{
+        fprintf(out, "usage: agently dispatch [--data-dir DIR] [--interval DURATION]\n\n"
+                     "Runs housekeeping every interval (default 60s): log partitions ahead,\n"
+                     "idempotency-key expiry. Any number may run at once.\n");
+}
+
+/* One round of every task; returns 0 or the first failure (the others still ran). */
+static int dispatch_round(PGconn *c)
+{
+        int r, first = 0;
+        _cleanup_pgresult_ PGresult *parts = db_query(
+            c, "SELECT agently_ensure_log_partitions(" PARTITION_MONTHS_AHEAD ")", 0, NULL, &r);
+
+        if (!parts) {
+                log_warn("could not create log partitions: %s", db_last_error());
+                first = r;
+        } else if (strcmp(PQgetvalue(parts, 0, 0), "0") != 0) {
+                log_info("created %s log partition(s)", PQgetvalue(parts, 0, 0));
+        }
+        _cleanup_pgresult_ PGresult *purged = db_query(
+            c, "SELECT agently_purge_api_idempotency(interval '" IDEMPOTENCY_RETENTION "')", 0,
+            NULL, &r);
+        if (!purged) {
+                log_warn("could not expire idempotency keys: %s", db_last_error());
+                if (!first)
+                        first = r;
+        }
+        return first;
+}
 
 int cmd_dispatch(int argc, char **argv)
 {
-        (void)argc;
-        fprintf(stderr, "agently %s: not implemented yet\n", argv[0]);
-        return CLI_EXIT_FAILURE;
+        static const struct option options[] = {
+            {"data-dir", required_argument, NULL, 'd'},
+            {"interval", required_argument, NULL, 'i'},
+            {"help", no_argument, NULL, 'h'},
+            {0},
+        };
+        const char *data_dir = NULL;
+        int64_t interval_ms = 60000;
+        int opt;
+        PGconn *c = NULL;
+
+        while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+                switch (opt) {
+                case 'd':
+                        data_dir = optarg;
+                        break;
+                case 'i':
+                        if (duration_parse_ms(optarg, &interval_ms) < 0 || interval_ms < 100) {
+                                fprintf(stderr,
+                                        "agently dispatch: --interval must be a duration of at "
+                                        "least 100ms (e.g. 30s), got '%s'\n",
+                                        optarg);
+                                return CLI_EXIT_USAGE;
+                        }
+                        break;
+                case 'h':
+                        dispatch_usage(stdout);
+                        return CLI_EXIT_OK;
+                default:
+                        dispatch_usage(stderr);
+                        return CLI_EXIT_USAGE;
+                }
+        }
+        signal(SIGTERM, on_stop);
+        signal(SIGINT, on_stop);
+        log_info("dispatcher started (every %lldms)", (long long)interval_ms);
+        while (!dispatch_stop) {
+                if (!c || PQstatus(c) != CONNECTION_OK) {
+                        if (c)
+                                PQfinish(c);
+                        c = NULL;
+                        if (cli_db_connect(data_dir, DB_ROLE_WORKER, &c) < 0)
+                                log_warn("%s; retrying", db_last_error());
+                }
+                if (c)
+                        dispatch_round(c);
+                /* sleep in small steps so SIGTERM is honoured promptly */
+                for (int64_t slept = 0; slept < interval_ms && !dispatch_stop; slept += 100) {
+                        struct timespec ts = {0, 100 * 1000 * 1000};
+                        nanosleep(&ts, NULL);
+                }
+        }
+        if (c)
+                PQfinish(c);
+        log_info("dispatcher stopped");
+        return CLI_EXIT_OK;
 }
