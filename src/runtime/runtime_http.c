@@ -1,0 +1,392 @@
+/* HTTP effects over one libcurl multi handle; see runtime_http.h. */
+#include "runtime_http.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "buf.h"
+#include "cleanup.h"
+#include "strutil.h"
+
+struct runtime_http_transfer {
+        struct runtime_http_transfer *prev, *next;
+        CURL *easy;
+        struct curl_slist *headers;
+        char *body;
+        struct buf response;
+        bool too_large;
+        json_t *expect; /* array of accepted statuses, or NULL for 2xx */
+        void *userdata;
+};
+
+struct runtime_http {
+        CURLM *multi;
+        struct runtime_http_transfer *head;
+        unsigned active;
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+
+static void global_init(void)
+{
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int runtime_http_new(struct runtime_http **out)
+{
+        struct runtime_http *h;
+
+        pthread_once(&global_once, global_init);
+        h = calloc(1, sizeof(*h));
+        if (!h)
+                return -ENOMEM;
+        h->multi = curl_multi_init();
+        if (!h->multi) {
+                free(h);
+                return -ENOMEM;
+        }
+        *out = h;
+        return 0;
+}
+
+static void transfer_free(struct runtime_http *h, struct runtime_http_transfer *t)
+{
+        if (!t)
+                return;
+        if (t->easy) {
+                curl_multi_remove_handle(h->multi, t->easy);
+                curl_easy_cleanup(t->easy);
+        }
+        if (t->prev)
+                t->prev->next = t->next;
+        else if (h->head == t)
+                h->head = t->next;
+        if (t->next)
+                t->next->prev = t->prev;
+        curl_slist_free_all(t->headers);
+        free(t->body);
+        buf_free(&t->response);
+        json_decref(t->expect);
+        free(t);
+}
+
+void runtime_http_free(struct runtime_http *h)
+{
+        if (!h)
+                return;
+        while (h->head)
+                transfer_free(h, h->head);
+        curl_multi_cleanup(h->multi);
+        free(h);
+}
+
+static size_t on_body(char *data, size_t size, size_t n, void *userdata)
+{
+        struct runtime_http_transfer *t = userdata;
+
+        if (buf_append(&t->response, data, size * n) < 0) {
+                t->too_large = true;
+                return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+        }
+        return size * n;
+}
+
+static bool header_value_ok(const char *s)
+{
+        for (; *s; s++)
+                if (*s == '\r' || *s == '\n')
+                        return false;
+        return true;
+}
+
+static bool header_name_ok(const char *s)
+{
+        if (!*s || strlen(s) > 200)
+                return false;
+        for (; *s; s++)
+                if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s))
+                        return false;
+        return true;
+}
+
+static int add_header(struct runtime_http_transfer *t, const char *name, const char *value)
+{
+        _cleanup_free_ char *line = str_printf("%s: %s", name, value);
+        struct curl_slist *l;
+
+        if (!line)
+                return -ENOMEM;
+        l = curl_slist_append(t->headers, line);
+        if (!l)
+                return -ENOMEM;
+        t->headers = l;
+        return 0;
+}
+
+/* Hands msg (malloc'd, may be NULL on allocation failure) to the caller's *error. */
+static int fail_request(char **error, char *msg)
+{
+        if (error)
+                *error = msg;
+        else
+                free(msg);
+        return -EINVAL;
+}
+
+int runtime_http_start(struct runtime_http *h, const json_t *request, const char *idempotency_key,
+                       int64_t timeout_ms, void *userdata, struct runtime_http_transfer **out,
+                       char **error)
+{
+        const char *method = json_string_value(json_object_get(request, "method"));
+        const char *url = json_string_value(json_object_get(request, "url"));
+        const json_t *headers = json_object_get(request, "headers");
+        const json_t *body = json_object_get(request, "body");
+        const json_t *expect = json_object_get(request, "expect");
+        struct runtime_http_transfer *t;
+        bool has_content_type = false;
+        const char *name;
+        json_t *value;
+        int r;
+
+        if (error)
+                *error = NULL;
+        if (!method)
+                method = body && !json_is_null(body) ? "POST" : "GET";
+        if (!header_name_ok(method) || strlen(method) > 16)
+                return fail_request(error, str_printf("invalid http method '%s'", method));
+        if (!url || !(str_has_prefix(url, "http://") || str_has_prefix(url, "https://")))
+                return fail_request(error,
+                                    str_printf("url must start with http:// or https://, got '%s'",
+                                               url ? url : "(none)"));
+        if (headers && !json_is_object(headers))
+                return fail_request(error, strdup("request.headers must be an object"));
+        if (headers && json_object_size(headers) > RUNTIME_HTTP_MAX_HEADERS)
+                return fail_request(error, strdup("request.headers has too many entries"));
+        if (expect && !json_is_array(expect))
+                return fail_request(error, strdup("request.expect must be an array of statuses"));
+        if (timeout_ms <= 0)
+                timeout_ms = RUNTIME_HTTP_DEFAULT_TIMEOUT_MS;
+
+        t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        buf_init(&t->response, RUNTIME_HTTP_MAX_RESPONSE_BYTES);
+        t->userdata = userdata;
+        t->expect = expect ? json_incref((json_t *)expect) : NULL;
+        t->easy = curl_easy_init();
+        if (!t->easy) {
+                transfer_free(h, t);
+                return -ENOMEM;
+        }
+        /* linked before anything can fail, so transfer_free() unlinks consistently */
+        t->next = h->head;
+        if (h->head)
+                h->head->prev = t;
+        h->head = t;
+
+        r = 0;
+        json_object_foreach ((json_t *)headers, name, value) {
+                const char *v = json_string_value(value);
+                if (!v || !header_name_ok(name) || !header_value_ok(v)) {
+                        transfer_free(h, t);
+                        return fail_request(error,
+                                            str_printf("invalid header '%s' (name must be a token, "
+                                                       "value a string without line breaks)",
+                                                       name));
+                }
+                if (strcasecmp(name, "idempotency-key") == 0)
+                        continue; /* the engine's key wins: it is what makes re-sends safe */
+                if (strcasecmp(name, "content-type") == 0)
+                        has_content_type = true;
+                if ((r = add_header(t, name, v)) < 0)
+                        break;
+        }
+        if (r == 0 && idempotency_key)
+                r = add_header(t, "Idempotency-Key", idempotency_key);
+        if (r == 0 && body && !json_is_null(body)) {
+                if (json_is_string(body)) {
+                        t->body = strdup(json_string_value(body));
+                } else {
+                        t->body = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+                        if (!has_content_type)
+                                r = add_header(t, "Content-Type", "application/json");
+                }
+                if (!t->body)
+                        r = -ENOMEM;
+        }
+        if (r == 0)
+                r = add_header(t, "Expect", ""); /* no 100-continue round trip */
+        if (r < 0) {
+                transfer_free(h, t);
+                return r;
+        }
+
+        curl_easy_setopt(t->easy, CURLOPT_URL, url);
+        curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, method);
+        if (strcmp(method, "HEAD") == 0)
+                curl_easy_setopt(t->easy, CURLOPT_NOBODY, 1L);
+        curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+        if (t->body) {
+                curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
+                curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(t->body));
+        }
+        curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+        curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long)(timeout_ms < 10000 ? timeout_ms : 10000));
+        curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+        curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
+        curl_easy_setopt(t->easy, CURLOPT_USERAGENT, "agently-worker");
+
+        if (curl_multi_add_handle(h->multi, t->easy) != CURLM_OK) {
+                transfer_free(h, t);
+                return -ENOMEM;
+        }
+        h->active++;
+        *out = t;
+        return 0;
+}
+
+void runtime_http_abort(struct runtime_http *h, struct runtime_http_transfer *t)
+{
+        if (!t)
+                return;
+        if (h->active > 0)
+                h->active--;
+        transfer_free(h, t);
+}
+
+unsigned runtime_http_active(const struct runtime_http *h)
+{
+        return h->active;
+}
+
+int runtime_http_poll(struct runtime_http *h, int timeout_ms)
+{
+        int running = 0;
+
+        if (curl_multi_poll(h->multi, NULL, 0, timeout_ms < 0 ? 0 : timeout_ms, NULL) != CURLM_OK)
+                return -EIO;
+        if (curl_multi_perform(h->multi, &running) != CURLM_OK)
+                return -EIO;
+        return 0;
+}
+
+void runtime_http_wakeup(struct runtime_http *h)
+{
+        curl_multi_wakeup(h->multi);
+}
+
+static bool status_expected(const json_t *expect, long status)
+{
+        size_t i;
+        json_t *v;
+
+        if (!expect || json_array_size(expect) == 0)
+                return status >= 200 && status < 300;
+        json_array_foreach (expect, i, v) {
+                if (json_is_integer(v) && json_integer_value(v) == status)
+                        return true;
+        }
+        return false;
+}
+
+/* The body as JSON when it parses as JSON, else as a string (when valid UTF-8). */
+static json_t *body_value(struct runtime_http_transfer *t)
+{
+        json_t *v;
+
+        if (!t->response.data || t->response.len == 0)
+                return json_string("");
+        v = json_loadb(t->response.data, t->response.len, JSON_DECODE_ANY, NULL);
+        if (v)
+                return v;
+        v = json_stringn(t->response.data, t->response.len);
+        return v ? v : json_sprintf("<%zu bytes of binary data>", t->response.len);
+}
+
+static json_t *response_headers(CURL *easy)
+{
+        json_t *o = json_object();
+        struct curl_header *prev = NULL, *hdr;
+        unsigned n = 0;
+
+        while (o && n < RUNTIME_HTTP_MAX_HEADERS &&
+               (hdr = curl_easy_nextheader(easy, CURLH_HEADER, -1, prev))) {
+                char name[201];
+                size_t i;
+
+                for (i = 0; hdr->name[i] && i < sizeof(name) - 1; i++)
+                        name[i] = (char)tolower((unsigned char)hdr->name[i]);
+                name[i] = '\0';
+                json_object_set_new(o, name, json_string(hdr->value ? hdr->value : ""));
+                prev = hdr;
+                n++;
+        }
+        return o;
+}
+
+static json_t *make_error(const char *kind, const char *message)
+{
+        return json_pack("{s:s, s:s}", "kind", kind, "message", message);
+}
+
+bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **output,
+                            json_t **error)
+{
+        struct runtime_http_transfer *t;
+        CURLMsg *m;
+        int left;
+
+        *output = *error = NULL;
+        while ((m = curl_multi_info_read(h->multi, &left))) {
+                if (m->msg == CURLMSG_DONE)
+                        break;
+        }
+        if (!m)
+                return false;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+        *userdata = t->userdata;
+
+        if (t->too_large) {
+                *error = make_error("too_large", "response body exceeds 1 MiB");
+        } else if (m->data.result == CURLE_OPERATION_TIMEDOUT) {
+                *error = make_error("timeout", "request timed out");
+        } else if (m->data.result != CURLE_OK) {
+                *error = make_error("network", curl_easy_strerror(m->data.result));
+        } else {
+                long status = 0;
+                curl_off_t retry_after = -1;
+                json_t *body = body_value(t);
+
+                curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+                if (status_expected(t->expect, status)) {
+                        *output = json_pack("{s:I, s:o, s:o}", "status", (json_int_t)status,
+                                            "headers", response_headers(t->easy), "body", body);
+                } else {
+                        char msg[64];
+                        snprintf(msg, sizeof(msg), "unexpected http status %ld", status);
+                        *error = json_pack("{s:s, s:s, s:I, s:o}", "kind", "http_status", "message",
+                                           msg, "status", (json_int_t)status, "body", body);
+                        /* seconds, from either the delta or the HTTP-date form */
+                        if (curl_easy_getinfo(t->easy, CURLINFO_RETRY_AFTER, &retry_after) ==
+                                CURLE_OK &&
+                            retry_after > 0 && *error)
+                                json_object_set_new(*error, "retry_after_ms",
+                                                    json_integer((json_int_t)retry_after * 1000));
+                }
+        }
+        if (!*output && !*error)
+                *error = make_error("network", "out of memory building the result");
+        if (h->active > 0)
+                h->active--;
+        transfer_free(h, t);
+        return true;
+}

@@ -1,0 +1,65 @@
+/*
+ * HTTP effects without a thread per request: one libcurl multi handle drives every request
+ * a worker has in flight, and the worker's event loop waits on it (curl_multi_poll) together
+ * with its wake-ups. A request leaves with the node's stable Idempotency-Key header; its
+ * outcome is classified (network, timeout, http_status with Retry-After) into the JSON the
+ * engine's failure policy reads. Not thread-safe except runtime_http_wakeup().
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <jansson.h>
+
+/* Limits on what a user-defined request may send and what a response may bring back. */
+#define RUNTIME_HTTP_MAX_RESPONSE_BYTES (1024 * 1024)
+#define RUNTIME_HTTP_MAX_HEADERS        64
+#define RUNTIME_HTTP_DEFAULT_TIMEOUT_MS (30 * 1000)
+
+struct runtime_http;
+struct runtime_http_transfer;
+
+/* Creates an empty multi handle; 0 or -ENOMEM. The caller owns *out. */
+int runtime_http_new(struct runtime_http **out);
+
+/* Aborts every transfer still in flight (their completions are never reported) and frees h.
+ * Accepts NULL. */
+void runtime_http_free(struct runtime_http *h);
+
+/*
+ * Starts a request. request is {"method","url","headers":{name:value},"body":any,
+ * "expect":[status...]} (body: a string is sent as is, anything else as JSON with
+ * Content-Type application/json; expect defaults to any 2xx). The Idempotency-Key header is
+ * set to idempotency_key when non-NULL. timeout_ms bounds the whole exchange (<= 0: the
+ * default). userdata comes back with the completion. Returns 0 and the transfer in *out
+ * (owned by h until it completes or is aborted), -EINVAL with a message in *error (malloc'd)
+ * for a request that cannot be sent (bad method, url, headers), -ENOMEM.
+ */
+int runtime_http_start(struct runtime_http *h, const json_t *request, const char *idempotency_key,
+                       int64_t timeout_ms, void *userdata, struct runtime_http_transfer **out,
+                       char **error);
+
+/* Stops a transfer in flight and frees it; its completion is never reported. */
+void runtime_http_abort(struct runtime_http *h, struct runtime_http_transfer *t);
+
+/* Number of transfers in flight. */
+unsigned runtime_http_active(const struct runtime_http *h);
+
+/*
+ * Drives transfers, waiting up to timeout_ms for network activity or runtime_http_wakeup().
+ * Returns 0 or a negative errno when libcurl failed.
+ */
+int runtime_http_poll(struct runtime_http *h, int timeout_ms);
+
+/* Interrupts a runtime_http_poll() in progress from any thread (or makes the next return at
+ * once). */
+void runtime_http_wakeup(struct runtime_http *h);
+
+/*
+ * Takes the next finished transfer: its userdata and either *output (success: {"status",
+ * "headers", "body"}) or *error ({"kind": "network"|"timeout"|"http_status"|"too_large",
+ * "message", "status"?, "retry_after_ms"?, "body"?}); the caller owns whichever is set. The
+ * transfer is freed. Returns false when none is finished.
+ */
+bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **output,
+                            json_t **error);

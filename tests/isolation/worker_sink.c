@@ -1,0 +1,188 @@
+/* The recording HTTP sink for worker tests; see worker_sink.h. */
+#include "worker_sink.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "testlib.h"
+
+#define SINK_MAX_REQUESTS 20000
+
+struct worker_sink {
+        struct MHD_Daemon *daemon;
+        char url[64];
+        pthread_mutex_t lock;
+        struct worker_sink_request *requests;
+        int n;
+};
+
+struct upload {
+        char body[512];
+        size_t len;
+};
+
+static const char *query(struct MHD_Connection *c, const char *name)
+{
+        return MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static int query_int(struct MHD_Connection *c, const char *name, int def)
+{
+        const char *v = query(c, name);
+        return v ? (int)strtol(v, NULL, 10) : def;
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
+                              const char *method, const char *version, const char *upload_data,
+                              size_t *upload_size, void **con_cls)
+{
+        struct worker_sink *s = cls;
+        struct upload *u = *con_cls;
+        struct worker_sink_request rec = {0};
+        struct MHD_Response *resp;
+        const char *key;
+        char body[128];
+        int same_path = 0, fail, status = 200, delay;
+        enum MHD_Result ret;
+
+        if (!u) {
+                u = calloc(1, sizeof(*u));
+                *con_cls = u;
+                return MHD_YES;
+        }
+        if (*upload_size) {
+                size_t room = sizeof(u->body) - 1 - u->len;
+                size_t n = *upload_size < room ? *upload_size : room;
+                memcpy(u->body + u->len, upload_data, n);
+                u->len += n;
+                *upload_size = 0;
+                return MHD_YES;
+        }
+
+        key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Idempotency-Key");
+        snprintf(rec.method, sizeof(rec.method), "%s", method);
+        snprintf(rec.path, sizeof(rec.path), "%s", url);
+        snprintf(rec.idempotency_key, sizeof(rec.idempotency_key), "%s", key ? key : "");
+        memcpy(rec.body, u->body, u->len + 1);
+        rec.at_ms = test_now_ms();
+
+        fail = query_int(c, "fail", 0);
+        delay = query_int(c, "delay_ms", 0);
+        pthread_mutex_lock(&s->lock);
+        for (int i = 0; i < s->n; i++)
+                if (strcmp(s->requests[i].path, url) == 0)
+                        same_path++;
+        if (same_path < fail)
+                status = query_int(c, "status", 500);
+        rec.status = status;
+        if (s->n < SINK_MAX_REQUESTS)
+                s->requests[s->n++] = rec;
+        pthread_mutex_unlock(&s->lock);
+
+        if (delay > 0)
+                usleep((useconds_t)delay * 1000);
+        snprintf(body, sizeof(body), "{\"ok\":%s,\"n\":%d}", status == 200 ? "true" : "false",
+                 same_path + 1);
+        resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_COPY);
+        MHD_add_response_header(resp, "Content-Type", "application/json");
+        if (status != 200 && query(c, "retry_after"))
+                MHD_add_response_header(resp, "Retry-After", query(c, "retry_after"));
+        ret = MHD_queue_response(c, (unsigned)status, resp);
+        MHD_destroy_response(resp);
+        return ret;
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+        free(*con_cls);
+        *con_cls = NULL;
+}
+
+struct worker_sink *worker_sink_start(void)
+{
+        struct worker_sink *s = calloc(1, sizeof(*s));
+        int port = test_free_port();
+
+        assert_non_null(s);
+        s->requests = calloc(SINK_MAX_REQUESTS, sizeof(*s->requests));
+        assert_non_null(s->requests);
+        pthread_mutex_init(&s->lock, NULL);
+        s->daemon =
+            MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD,
+                             (uint16_t)port, NULL, NULL, handle, s, MHD_OPTION_NOTIFY_COMPLETED,
+                             completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_END);
+        assert_non_null(s->daemon);
+        snprintf(s->url, sizeof(s->url), "http://127.0.0.1:%d", port);
+        return s;
+}
+
+void worker_sink_stop(struct worker_sink *s)
+{
+        if (!s)
+                return;
+        MHD_stop_daemon(s->daemon);
+        free(s->requests);
+        free(s);
+}
+
+const char *worker_sink_url(const struct worker_sink *s)
+{
+        return s->url;
+}
+
+int worker_sink_count(struct worker_sink *s, const char *prefix)
+{
+        int n = 0;
+
+        pthread_mutex_lock(&s->lock);
+        for (int i = 0; i < s->n; i++)
+                if (strncmp(s->requests[i].path, prefix, strlen(prefix)) == 0)
+                        n++;
+        pthread_mutex_unlock(&s->lock);
+        return n;
+}
+
+int worker_sink_distinct_keys(struct worker_sink *s, const char *prefix)
+{
+        int n = 0;
+
+        pthread_mutex_lock(&s->lock);
+        for (int i = 0; i < s->n; i++) {
+                bool seen = false;
+                if (strncmp(s->requests[i].path, prefix, strlen(prefix)) != 0)
+                        continue;
+                for (int j = 0; j < i && !seen; j++)
+                        seen = strncmp(s->requests[j].path, prefix, strlen(prefix)) == 0 &&
+                               strcmp(s->requests[j].idempotency_key,
+                                      s->requests[i].idempotency_key) == 0;
+                if (!seen)
+                        n++;
+        }
+        pthread_mutex_unlock(&s->lock);
+        return n;
+}
+
+int worker_sink_get(struct worker_sink *s, const char *prefix, int i,
+                    struct worker_sink_request *out)
+{
+        int seen = 0, r = -1;
+
+        pthread_mutex_lock(&s->lock);
+        for (int k = 0; k < s->n; k++) {
+                if (strncmp(s->requests[k].path, prefix, strlen(prefix)) != 0)
+                        continue;
+                if (seen++ == i) {
+                        *out = s->requests[k];
+                        r = 0;
+                        break;
+                }
+        }
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}

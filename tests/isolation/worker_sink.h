@@ -1,0 +1,40 @@
+/*
+ * A tiny HTTP server inside a test process that plays the outside world for workers: it
+ * records every request (method, path, Idempotency-Key, body, arrival time) and answers as
+ * the query string tells it, so one sink serves every scenario:
+ *   ?fail=N&status=S     the first N requests to this path answer S (default 500)
+ *   &retry_after=SEC     ... with a Retry-After header
+ *   ?delay_ms=N          answer after N ms (a thread per connection, so others go on)
+ * Everything else answers 200 {"ok":true,"n":<requests so far to this path>}.
+ */
+#pragma once
+
+#include <stdint.h>
+
+struct worker_sink;
+
+struct worker_sink_request {
+        char method[16];
+        char path[256];
+        char idempotency_key[256];
+        char body[512];
+        int64_t at_ms; /* test_now_ms() at arrival */
+        int status;    /* what the sink answered */
+};
+
+/* Starts a sink on 127.0.0.1 (a free port); aborts the test on failure. */
+struct worker_sink *worker_sink_start(void);
+void worker_sink_stop(struct worker_sink *s);
+
+/* "http://127.0.0.1:PORT" (owned by the sink). */
+const char *worker_sink_url(const struct worker_sink *s);
+
+/* Requests whose path starts with prefix ("" for all). */
+int worker_sink_count(struct worker_sink *s, const char *prefix);
+
+/* Distinct Idempotency-Key values among requests whose path starts with prefix. */
+int worker_sink_distinct_keys(struct worker_sink *s, const char *prefix);
+
+/* Copies the i-th request (in arrival order) whose path starts with prefix; 0 or -1. */
+int worker_sink_get(struct worker_sink *s, const char *prefix, int i,
+                    struct worker_sink_request *out);
