@@ -47,7 +47,19 @@ static char *conninfo_for(const char *user, const char *dbname)
         return s;
 }
 
+static char *db_create_from(const char *prefix, const char *template);
+
 char *test_db_create(const char *prefix)
+{
+        return db_create_from(prefix, "agently");
+}
+
+char *test_db_create_empty(const char *prefix)
+{
+        return db_create_from(prefix, "template0");
+}
+
+static char *db_create_from(const char *prefix, const char *template)
 {
         static int counter;
         char name[64];
@@ -56,7 +68,7 @@ char *test_db_create(const char *prefix)
         char *sql;
 
         snprintf(name, sizeof(name), "t_%.30s_%d_%d", prefix, (int)getpid(), ++counter);
-        sql = str_printf("CREATE DATABASE %s TEMPLATE agently", name);
+        sql = str_printf("CREATE DATABASE %s TEMPLATE %s", name, template);
         /* a concurrent CREATE DATABASE from the same template can fail transiently */
         for (int tries = 0;; tries++) {
                 PGresult *res = PQexec(c, sql);

@@ -19,6 +19,9 @@
  * migrated template. Returns the owner's (superuser's) conninfo; caller frees. */
 char *test_db_create(const char *prefix);
 
+/* A fresh EMPTY database (from template0, nothing migrated). */
+char *test_db_create_empty(const char *prefix);
+
 /* conninfo of the same database as another role ("agently_api", "agently_worker"). */
 char *test_db_conninfo_as(const char *owner_conninfo, const char *role);
 

@@ -1,0 +1,129 @@
+/*
+ * Command (a) end to end, minus install and build: `agently up` creates its private
+ * Postgres, migrates, writes the admin token (0600), serves /healthz, stops cleanly on
+ * SIGTERM (Postgres included), and a second start reuses the data and the token.
+ */
+#include "testlib.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "embedded_pg.h"
+#include "fileio.h"
+#include "strutil.h"
+
+struct up {
+        pid_t pid;
+        int port;
+        char *dir;
+        char *log;
+};
+
+static void up_start(struct up *u)
+{
+        char port[16];
+        const char *args[] = {"up", "--data-dir", u->dir, "--port", port, "--workers", "1", NULL};
+
+        snprintf(port, sizeof(port), "%d", u->port);
+        u->pid = test_spawn_agently(args, (const char *[]){"AGENTLY_DATABASE_URL=", NULL}, u->log);
+}
+
+static char *read_text(const char *path)
+{
+        char *data = NULL;
+
+        assert_int_equal(file_read_all(path, 1 << 20, &data, NULL), 0);
+        return data;
+}
+
+static void up_stop(struct up *u)
+{
+        int status = test_stop_process(u->pid, SIGTERM, 90000);
+
+        if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                char *log = read_text(u->log);
+                fprintf(stderr, "agently up did not stop cleanly (status %d); its log:\n%s\n",
+                        status, log);
+                free(log);
+                fail();
+        }
+}
+
+static void up_runs_stops_and_keeps_its_data(void **state)
+{
+        struct up u = {.port = test_free_port()};
+        char *url, *token_path, *token1, *token2;
+        struct stat st;
+        struct embedded_pg *pg = NULL;
+
+        u.dir = test_tempdir("up");
+        u.log = str_printf("%s.log", u.dir);
+        url = str_printf("http://127.0.0.1:%d/healthz", u.port);
+        token_path = str_printf("%s/admin-token", u.dir);
+
+        up_start(&u);
+        if (!test_wait_http_ok(url, 60000)) {
+                char *log = read_text(u.log);
+                fprintf(stderr, "GET %s never answered 200; agently up's log:\n%s\n", url, log);
+                fail();
+        }
+        assert_int_equal(stat(token_path, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0600);
+        token1 = read_text(token_path);
+        assert_true(str_has_prefix(token1, "agt_"));
+
+        /* the embedded cluster holds the admin user */
+        assert_int_equal(embedded_pg_open(u.dir, &pg), 0);
+        assert_true(embedded_pg_running(pg));
+        char *conninfo = embedded_pg_conninfo(pg, EMBEDDED_PG_SUPERUSER, EMBEDDED_PG_DATABASE);
+        PGconn *c = test_db_connect(conninfo);
+        assert_int_equal(test_db_int(c, "SELECT count(*) FROM users WHERE is_admin"), 1);
+        PQclear(test_db_must(c, "INSERT INTO users (name) VALUES ('kept-across-restarts')"));
+        PQfinish(c);
+
+        up_stop(&u);
+        assert_false(embedded_pg_running(pg)); /* Ctrl-C/SIGTERM stops Postgres too */
+        assert_int_equal(test_http("GET", url, NULL, NULL, NULL), 0);
+
+        /* a second start reuses the data and the token */
+        up_start(&u);
+        assert_true(test_wait_http_ok(url, 60000));
+        token2 = read_text(token_path);
+        assert_string_equal(token1, token2);
+        embedded_pg_free(pg);
+        assert_int_equal(embedded_pg_open(u.dir, &pg), 0);
+        free(conninfo);
+        conninfo = embedded_pg_conninfo(pg, EMBEDDED_PG_SUPERUSER, EMBEDDED_PG_DATABASE);
+        c = test_db_connect(conninfo);
+        assert_int_equal(test_db_int(c, "SELECT count(*) FROM users WHERE name = "
+                                        "'kept-across-restarts'"),
+                         1);
+        assert_int_equal(test_db_int(c, "SELECT count(*) FROM users WHERE is_admin"), 1);
+        PQfinish(c);
+        up_stop(&u);
+        assert_false(embedded_pg_running(pg));
+
+        embedded_pg_free(pg);
+        test_rm_rf(u.dir);
+        unlink(u.log);
+        free(conninfo);
+        free(token1);
+        free(token2);
+        free(url);
+        free(token_path);
+        free(u.dir);
+        free(u.log);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(up_runs_stops_and_keeps_its_data),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
