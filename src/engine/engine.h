@@ -1,0 +1,163 @@
+/*
+ * The workflow engine: a PURE library (no database, no network, no clock, no I/O) that
+ * parses and validates workflow definitions and, given a JSON snapshot of a run's state,
+ * plans what happens next. The worker owns every effect: it builds the snapshot from
+ * Postgres (with database time in "now_ms"), calls wf_plan(), applies the returned actions
+ * (checkpointing each, fenced on its lease), and plans again. The API calls wf_parse() /
+ * wf_validate() on `workflow apply`. See src/engine/README.md for the planner contract and
+ * docs/workflows.md for the user-facing format.
+ *
+ * Interface stability: this header is published; changes are additive only. Every function
+ * returns 0 or a negative errno; JSON passed in is never modified or stolen; JSON returned
+ * through an out parameter is a new reference the caller owns (json_decref) and may share
+ * immutable sub-values with the workflow: do not mutate it in place.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+/* ---- Limits (every size a user controls has one) ---------------------------------- */
+#define WF_MAX_NODES            10000  /* static nodes per workflow */
+#define WF_MAX_MAP_ITEMS        100000 /* items a map expression may yield */
+#define WF_MAX_MAP_CONCURRENCY  1000
+#define WF_MAX_LOOP_ITERATIONS  10000
+#define WF_MAX_ATTEMPTS         100
+#define WF_EXPR_MAX_LEN         4096 /* bytes of one expression */
+#define WF_EXPR_MAX_DEPTH       64   /* nesting of one expression */
+#define WF_MAX_ERRORS           200  /* validation errors reported (then one "and N more") */
+#define WF_MAX_DEFINITION_BYTES (8 * 1024 * 1024) /* wf_parse_text input */
+
+/* A parsed, validated, immutable workflow. Safe to share between threads for reading
+ * (wf_plan and friends never modify it). */
+struct wf_workflow;
+
+/* ---- Definitions ------------------------------------------------------------------ */
+
+/*
+ * Validates `definition` and builds a workflow. The definition is deep-copied; the caller
+ * keeps ownership of its argument.
+ * Returns 0 with *out set and *errors NULL; -EINVAL with *out NULL and *errors a new array
+ * of every problem found (at most WF_MAX_ERRORS):
+ *   [{"node": "<node id>" | null, "field": "/nodes/2/retry/max_attempts", "message": "..."}]
+ * or -ENOMEM (both NULL). errors may be NULL if the caller does not want them.
+ */
+int wf_parse(const json_t *definition, struct wf_workflow **out, json_t **errors);
+
+/* Same as wf_parse() from JSON text (at most WF_MAX_DEFINITION_BYTES); a JSON syntax error
+ * is reported as one error {"node": null, "field": "", "message": "invalid JSON at line L
+ * column C: ..."}. */
+int wf_parse_text(const char *text, size_t len, struct wf_workflow **out, json_t **errors);
+
+/* wf_parse() without keeping the result: 0 if valid, else -EINVAL with *errors. */
+int wf_validate(const json_t *definition, json_t **errors);
+
+/* Accepts NULL. */
+void wf_free(struct wf_workflow *wf);
+static inline void wf_freep(struct wf_workflow **wf)
+{
+        wf_free(*wf);
+}
+#define _cleanup_wf_ __attribute__((cleanup(wf_freep)))
+
+/* Borrowed strings/values, valid while wf lives. description is NULL when absent;
+ * timeout is 0 when the workflow has none. wf_definition() is the validated copy. */
+const char *wf_name(const struct wf_workflow *wf);
+const char *wf_description(const struct wf_workflow *wf);
+int64_t wf_timeout_ms(const struct wf_workflow *wf);
+size_t wf_node_count(const struct wf_workflow *wf);
+const json_t *wf_definition(const struct wf_workflow *wf);
+
+/* The node kind ("http", "sleep", ...) of a static node id or of a dynamic one
+ * ("fanout[12]" is the map's template kind, "poll#3" the loop body's kind); NULL if the
+ * id names no node. Borrowed static string. */
+const char *wf_node_kind(const struct wf_workflow *wf, const char *node_id);
+
+/* The canonical text of a definition, as the API compares definitions: jansson's dump
+ * with JSON_SORT_KEYS | JSON_COMPACT. Returns a malloc'd string (caller frees) or NULL on
+ * allocation failure. */
+char *wf_canonical_json(const json_t *definition);
+
+/* ---- Planning --------------------------------------------------------------------- */
+
+/*
+ * Plans the next step of a run. `snapshot` (read only, never kept):
+ *   {"run_id": "<uuid>", "input": <run input>, "now_ms": <database now, ms since epoch>,
+ *    "started_at_ms": <run start>, "engine_state": {} (reserved, may be absent),
+ *    "nodes": {"<node id>": {"status": "started|waiting|completed|failed|skipped|
+ *                                        interrupted|canceled",
+ *                            "attempt": n, "output": ..., "error": ...,
+ *                            "wake_at_ms": n, "retry_at_ms": n, "started_at_ms": n}, ...},
+ *    "in_flight": ["<node id>", ...],   (nodes THIS worker is executing right now)
+ *    "signals": {"<event>": [{"id": "...", "payload": ...}, ...]}, (unconsumed, oldest first)
+ *    "children": {"<node id>": {"status": "...", "output": ..., "error": ...}}}
+ * "nodes" holds the LATEST attempt of each node that has a record, static ids and dynamic
+ * ones ("fanout[12]" for map item 12, "poll#3" for loop iteration 3). A node with no record
+ * has not been reached.
+ *
+ * On success *actions is a new JSON array, in a deterministic order; planning the same
+ * snapshot twice yields equal arrays. Action shapes:
+ *   {"action":"execute","node":id,"attempt":n,"kind":"http","input":<resolved input>,
+ *    "timeout_ms":n|null,"delivery":"at_least_once|at_most_once","idempotency_key":"...",
+ *    "reexecution":bool}
+ *       do the effect; record the node "started" (attempt n) BEFORE the effect for
+ *       at_most_once, and keep the node in "in_flight" while executing. For http, input is
+ *       {"method","url","headers","body","expect_status":[[lo,hi],...]} and headers already
+ *       carry "Idempotency-Key". reexecution=true: the same attempt re-run after a crash.
+ *   {"action":"complete","node":id,"output":any[,"signal_id":"..."]}
+ *       record the node completed; consume the signal if signal_id is present.
+ *   {"action":"skip","node":id,"reason":"when was false|branch not taken|dependency skipped"}
+ *   {"action":"sleep","node":id,"wake_at_ms":n}     record "waiting" with wake_at_ms
+ *   {"action":"wait_signal","node":id,"event":"...","timeout_at_ms":n|null}
+ *       record "waiting" with wake_at_ms = timeout_at_ms (absent if null)
+ *   {"action":"start_child","node":id,"attempt":n,"workflow":"name","version":n|null,
+ *    "input":any,"idempotency_key":"..."}
+ *       create the child run (idempotently on the key) and record the node "waiting",
+ *       in one transaction
+ *   {"action":"fail_node","node":id,"attempt":n,"error":{"class":...,"message":...}}
+ *       this attempt failed: apply wf_on_node_failure() exactly as for a failed execute
+ *   {"action":"finish","status":"completed","output":any}
+ *   {"action":"finish","status":"failed","error":{"node":id|null,"class":...,"message":...}}
+ *   {"action":"needs_input","node":id,"error":{...}}   (on_failure escalate)
+ *   {"action":"wait","wake_at_ms":n|null}
+ * finish, needs_input and wait always come alone. The worker loops: plan, apply every
+ * action, plan again, until the plan is a single finish, needs_input or wait. On wait with
+ * executions still in flight, it keeps the run and re-plans when one ends or at wake_at_ms;
+ * with none in flight it releases the run (run_at = wake_at_ms; null: only a signal, a
+ * child or a person wakes it).
+ *
+ * Returns 0, -EINVAL if the snapshot is malformed (*actions NULL), -ENOMEM.
+ */
+int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actions);
+
+/*
+ * Decides what follows a failed attempt of node_id (static or dynamic id). error:
+ *   {"class": "network|timeout|http_status|interrupted|error", "status": n (http_status),
+ *    "retry_after_ms": n (optional, e.g. from Retry-After), "message": "..."}
+ * random: any uniformly random 64-bit value (the jitter source; pass a fixed value in
+ * tests). On success *decision is one of
+ *   {"retry_at_ms": n, "attempt": attempt+1, "delay_ms": d}
+ *       record the failed attempt with "retry_at_ms" (or the next attempt as "waiting"
+ *       with wake_at_ms) and release the run until then;
+ *   {"final": "fail|continue|escalate"}
+ *       record the node "failed" (final); the next plan finishes the run, lets dependents
+ *       run, or asks for a person, respectively.
+ * Returns 0, -ENOENT if node_id names no node, -EINVAL on a malformed error, -ENOMEM.
+ */
+int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int attempt,
+                       const json_t *error, int64_t now_ms, uint64_t random, json_t **decision);
+
+/* The idempotency key of node_id's side effects in run_id: "<run_id>:<node_id>", the same
+ * on every attempt and re-execution, different for every other node or run (at most 255
+ * bytes for ids within the limits). Malloc'd; NULL on allocation failure. */
+char *wf_idempotency_key(const char *run_id, const char *node_id);
+
+/*
+ * Rerun support: the static node ids (definition order) whose recorded outputs a rerun
+ * from from_node_id may reuse: every node that is neither from_node_id nor downstream of
+ * it (through after, or a condition's then/else). A reused map or loop node brings its
+ * dynamic item records along. *ids is a new array. Returns 0 or -ENOENT (unknown node).
+ */
+int wf_nodes_before(const struct wf_workflow *wf, const char *from_node_id, json_t **ids);
