@@ -1,0 +1,36 @@
+/*
+ * agently-bench: benchmarks that print `key=value` lines, each target a ratio against a
+ * baseline measured in the same run on the same Postgres (the machine is shared and noisy:
+ * only comparisons within one run mean anything). The harness starts its own durable
+ * cluster (fsync on, synchronous_commit on), like `agently up` does.
+ */
+#pragma once
+
+#include <stdint.h>
+#include <stdio.h>
+#include <libpq-fe.h>
+
+struct bench {
+        char *dir;            /* temp data dir of the cluster */
+        char *owner_conninfo; /* superuser on the bench database */
+        int64_t duration_ms;  /* per measurement */
+        int quick;            /* smaller sizes, for a smoke run */
+};
+
+int64_t bench_now_us(void);
+
+/* Prints one result line and flushes, so partial results survive an interrupted run. */
+void bench_report(const char *key, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+PGconn *bench_connect(const struct bench *b);
+
+struct embedded_pg;
+
+/* The targets of docs/performance.md (runs, checkpoints, latency), printed as ratios of the
+ * baselines measured just before. */
+void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double base1c,
+                       double base32c);
+
+/* Single-row INSERT + COMMIT per second with prepared statements over `connections`
+ * connections (one thread each) for b->duration_ms. */
+double bench_baseline_commits(const struct bench *b, int connections);

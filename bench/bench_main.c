@@ -1,0 +1,142 @@
+/*
+ * agently-bench entry point: starts a private durable Postgres, migrates it, measures the
+ * baselines and then each target, printing `key=value` lines (see docs/performance.md).
+ *
+ *   agently-bench [--duration 5s] [--quick] [--keep]
+ */
+#include "bench.h"
+
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bootstrap.h"
+#include "db.h"
+#include "duration.h"
+#include "embedded_pg.h"
+#include "migrate.h"
+
+int64_t bench_now_us(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void bench_report(const char *key, const char *fmt, ...)
+{
+        va_list ap;
+
+        printf("%s=", key);
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+        printf("\n");
+        fflush(stdout);
+}
+
+static void ignore_notice(void *arg, const char *message)
+{
+        (void)arg;
+        (void)message;
+}
+
+PGconn *bench_connect(const struct bench *b)
+{
+        PGconn *c = PQconnectdb(b->owner_conninfo);
+
+        if (PQstatus(c) != CONNECTION_OK) {
+                fprintf(stderr, "bench: could not connect: %s", PQerrorMessage(c));
+                exit(1);
+        }
+        PQsetNoticeProcessor(c, ignore_notice, NULL);
+        return c;
+}
+
+static void die(const char *what)
+{
+        fprintf(stderr, "bench: %s: %s\n", what, db_last_error());
+        exit(1);
+}
+
+int main(int argc, char **argv)
+{
+        static const struct option options[] = {
+            {"duration", required_argument, NULL, 'd'},
+            {"quick", no_argument, NULL, 'q'},
+            {"keep", no_argument, NULL, 'k'},
+            {0},
+        };
+        struct bench b = {.duration_ms = 5000};
+        struct embedded_pg *pg = NULL;
+        PGconn *c = NULL;
+        char template[] = "/tmp/agently-bench-XXXXXX";
+        int opt, keep = 0;
+        struct utsname uts;
+
+        while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+                switch (opt) {
+                case 'd':
+                        if (duration_parse_ms(optarg, &b.duration_ms) < 0) {
+                                fprintf(stderr, "bench: bad --duration '%s'\n", optarg);
+                                return 2;
+                        }
+                        break;
+                case 'q':
+                        b.quick = 1;
+                        b.duration_ms = 2000;
+                        break;
+                case 'k':
+                        keep = 1;
+                        break;
+                default:
+                        fprintf(stderr, "usage: agently-bench [--duration D] [--quick] [--keep]\n");
+                        return 2;
+                }
+        }
+        b.dir = mkdtemp(template);
+        if (!b.dir) {
+                perror("bench: mkdtemp");
+                return 1;
+        }
+        if (embedded_pg_open(b.dir, &pg) < 0 || embedded_pg_init(pg, 0) < 0 ||
+            embedded_pg_start(pg) < 0)
+                die("could not start Postgres");
+        b.owner_conninfo = embedded_pg_conninfo(pg, EMBEDDED_PG_SUPERUSER, EMBEDDED_PG_DATABASE);
+        if (db_connect(b.owner_conninfo, &c) < 0 || db_migrate(c, NULL) < 0 ||
+            bootstrap_embedded_roles(c) < 0)
+                die("could not prepare the database");
+        PGresult *v = PQexec(c, "SELECT current_setting('server_version'), "
+                                "current_setting('synchronous_commit'), current_setting('fsync')");
+        uname(&uts);
+        bench_report("machine", "%s %s, %ld cores", uts.sysname, uts.machine,
+                     sysconf(_SC_NPROCESSORS_ONLN));
+        bench_report("postgres", "%s synchronous_commit=%s fsync=%s", PQgetvalue(v, 0, 0),
+                     PQgetvalue(v, 0, 1), PQgetvalue(v, 0, 2));
+        PQclear(v);
+        PQfinish(c);
+
+        double base1 = bench_baseline_commits(&b, 1);
+        bench_report("baseline_commit_1c", "%.0f", base1);
+        double base32 = bench_baseline_commits(&b, 32);
+        bench_report("baseline_commit_32c", "%.0f", base32);
+
+        bench_run_targets(&b, pg, base1, base32);
+
+        embedded_pg_stop(pg);
+        embedded_pg_free(pg);
+        if (!keep) {
+                char *cmd[] = {"rm", "-rf", "--", b.dir, NULL};
+                pid_t pid = fork();
+                if (pid == 0) {
+                        execvp("rm", cmd);
+                        _exit(127);
+                }
+        }
+        return 0;
+}
