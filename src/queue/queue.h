@@ -1,0 +1,99 @@
+/*
+ * The durable queue as C calls: thin wrappers over the SQL functions of
+ * migrations/0003_queue.sql (claim, renew, checkpoint, event, finish, release). Every
+ * write for a run carries the lease epoch it was claimed with; the database refuses it
+ * when the epoch moved on (another worker claimed the run) or the run is no longer
+ * running. The wrappers report that as 0 ("lease lost"), distinct from errors (negative
+ * errno, message in db_last_error()): a caller that sees 0 must stop the run at once and
+ * write nothing more for it. Times are the database's; these functions take durations and
+ * database timestamps only. See src/queue/README.md.
+ *
+ * Not thread-safe per connection (libpq): one connection per thread.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+
+#define QUEUE_UUID_LEN  36
+#define QUEUE_MAX_CLAIM 10000
+
+struct queue_claim {
+        char id[QUEUE_UUID_LEN + 1];
+        char user_id[QUEUE_UUID_LEN + 1];
+        char workflow_id[QUEUE_UUID_LEN + 1];
+        int64_t epoch;
+        int attempt;            /* number of claims so far, this one included */
+        char status_before[16]; /* queued | waiting | running (rescued from a lost worker) */
+};
+
+/*
+ * Claims up to max (1..QUEUE_MAX_CLAIM) due runs in one statement for worker, each with a
+ * lease of lease_ms. Fills out[0..*n). Returns 0 or a negative errno (nothing claimed: the
+ * statement is atomic).
+ */
+int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
+                     struct queue_claim *out, int *n);
+
+struct queue_lease {
+        const char *run_id;
+        int64_t epoch;
+};
+
+struct queue_renewal {
+        char id[QUEUE_UUID_LEN + 1];
+        bool cancel_requested;
+        bool pause_requested;
+};
+
+/*
+ * Renews every lease in held[0..n) in one statement (absolute: now() + lease_ms). out must
+ * have room for n entries; *nout receives the runs still held with their control-plane
+ * requests. A run of held missing from out is lost. Returns 0 or a negative errno (then
+ * nothing is known: the caller keeps its runs and tries at the next beat).
+ */
+int queue_renew_leases(PGconn *c, const char *worker, const struct queue_lease *held, int n,
+                       int64_t lease_ms, struct queue_renewal *out, int *nout);
+
+/* One node_runs write (agently_checkpoint_node); NULL members are SQL NULL. */
+struct queue_node_write {
+        const char *node_id;
+        int attempt;
+        const char *status; /* started | waiting | completed | failed | skipped | interrupted |
+                               canceled */
+        const json_t *input, *output, *error;
+        const char *worker;
+        const char *idempotency_key;
+        const char *event_kind; /* NULL: node.<status> */
+        const char *event_message;
+        const json_t *event_data;
+};
+
+/* Returns 1 when written, 0 when the lease is lost (nothing written), a negative errno on
+ * failure. */
+int queue_checkpoint_node(PGconn *c, const char *run_id, int64_t epoch,
+                          const struct queue_node_write *w);
+
+/* Appends one fenced event (attempt < 0: none). 1 written, 0 lease lost, negative errno. */
+int queue_append_event(PGconn *c, const char *run_id, int64_t epoch, const char *kind,
+                       const char *node_id, int attempt, const char *level, const char *message,
+                       const json_t *data);
+
+/* Finishes the run (completed | failed | canceled) and drops the lease; wakes a parent run.
+ * 1 written, 0 lease lost, negative errno. */
+int queue_finish_run(PGconn *c, const char *run_id, int64_t epoch, const char *status,
+                     const json_t *output, const json_t *error);
+
+/*
+ * Releases the run without finishing it (queued | waiting | paused | needs_input) and drops
+ * the lease. run_at_ms is a database timestamp in ms since the epoch, or < 0 for the
+ * default (now for queued, 'infinity' otherwise: only a wake-up event brings it back).
+ * 1 written, 0 lease lost, negative errno.
+ */
+int queue_release_run(PGconn *c, const char *run_id, int64_t epoch, const char *status,
+                      int64_t run_at_ms, const char *wait_reason);
+
+/* Database now() in ms since the epoch, or a negative errno. */
+int64_t queue_db_now_ms(PGconn *c);
