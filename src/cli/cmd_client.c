@@ -1,11 +1,129 @@
-/* `agently client`: placeholder until its module lands. */
-#include <stdio.h>
+/*
+ * Entry point of the client commands (`agently workflow|run|approval|secret|token|user`):
+ * finds the noun's verb table, parses the command line, resolves the configuration and
+ * runs the verb. Every help page is generated from the verb tables, so a verb added to a
+ * table is parsed, documented in --help and dispatched with no edit here.
+ */
+#include <string.h>
 
-#include "cli.h"
+#include <curl/curl.h>
+
+#include "cleanup.h"
+#include "client.h"
+
+static const struct {
+        const char *noun;
+        const struct client_command *commands;
+        const char *summary;
+} nouns[] = {
+    {"workflow", client_workflow_commands, "apply, list and show workflow definitions"},
+    {"run", client_run_commands, "start, inspect, follow and control runs"},
+    {"approval", client_approval_commands, "list and decide approvals"},
+    {"secret", client_secret_commands, "set, list and remove secrets"},
+    {"token", client_token_commands, "create, list and revoke API tokens"},
+    {"user", client_user_commands, "create and list users (admin)"},
+};
+
+static void noun_help(const char *noun, const struct client_command *cmds, const char *summary,
+                      FILE *out)
+{
+        fprintf(out, "usage: agently %s <command> [flags]\n\n%s\n\ncommands:\n", noun, summary);
+        for (const struct client_command *c = cmds; c->verb; c++) {
+                char left[64];
+                snprintf(left, sizeof(left), "%s %s", c->verb, c->usage);
+                fprintf(out, "  %-34s %s\n", left, c->summary);
+        }
+        client_global_help(out);
+        fprintf(out,
+                "\nRun `agently %s <command> --help` for a command's flags. Exit codes: "
+                "docs/cli.md.\n",
+                noun);
+}
+
+static bool is_help(const char *s)
+{
+        return strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0 || strcmp(s, "help") == 0;
+}
 
 int cmd_client(int argc, char **argv)
 {
-        (void)argc;
-        fprintf(stderr, "agently %s: not implemented yet\n", argv[0]);
-        return CLI_EXIT_FAILURE;
+        const struct client_command *cmds = NULL, *cmd = NULL;
+        const char *summary = NULL, *verb = NULL;
+        struct client_global global = {0};
+        struct client_args args;
+        struct client_ctx ctx;
+        char err[512], name[64];
+        int verb_at = -1, r;
+
+        for (size_t i = 0; i < ELEMENTSOF(nouns); i++)
+                if (strcmp(argv[0], nouns[i].noun) == 0) {
+                        cmds = nouns[i].commands;
+                        summary = nouns[i].summary;
+                }
+        if (!cmds) {
+                fprintf(stderr, "agently: unknown command '%s'\n", argv[0]);
+                return CLI_EXIT_USAGE;
+        }
+        /* the verb is the first token that is neither a flag nor a global flag's value */
+        for (int i = 1; i < argc; i++) {
+                if (is_help(argv[i]) && verb_at < 0) {
+                        noun_help(argv[0], cmds, summary, stdout);
+                        return CLI_EXIT_OK;
+                }
+                if (argv[i][0] != '-') {
+                        verb_at = i;
+                        break;
+                }
+                if (client_global_takes_value(argv[i]))
+                        i++;
+        }
+        if (verb_at < 0) {
+                fprintf(stderr, "agently %s: missing command\n\n", argv[0]);
+                noun_help(argv[0], cmds, summary, stderr);
+                return CLI_EXIT_USAGE;
+        }
+        verb = argv[verb_at];
+        for (const struct client_command *c = cmds; c->verb; c++)
+                if (strcmp(c->verb, verb) == 0)
+                        cmd = c;
+        if (!cmd) {
+                fprintf(stderr, "agently %s: unknown command '%s'\n\n", argv[0], verb);
+                noun_help(argv[0], cmds, summary, stderr);
+                return CLI_EXIT_USAGE;
+        }
+        /* parse everything but the noun and the verb */
+        _cleanup_free_ char **rest = calloc((size_t)argc, sizeof(char *));
+        int nrest = 0;
+        if (!rest) {
+                fprintf(stderr, "error: out of memory\n");
+                return CLI_EXIT_FAILURE;
+        }
+        for (int i = 1; i < argc; i++)
+                if (i != verb_at)
+                        rest[nrest++] = argv[i];
+        if (client_args_parse(cmd, nrest, rest, &args, &global, err, sizeof(err)) < 0) {
+                fprintf(stderr, "%s\nsee `agently %s %s --help`\n", err, cmd->noun, cmd->verb);
+                return CLI_EXIT_USAGE;
+        }
+        if (global.help) {
+                client_command_help(cmd, stdout);
+                return CLI_EXIT_OK;
+        }
+        snprintf(name, sizeof(name), "%s %s", cmd->noun, cmd->verb);
+        r = client_ctx_init(&ctx, &global, name);
+        if (r != CLI_EXIT_OK) {
+                client_ctx_done(&ctx);
+                return r;
+        }
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+                fprintf(stderr, "error: could not initialise libcurl\n");
+                client_ctx_done(&ctx);
+                return CLI_EXIT_FAILURE;
+        }
+        ctx.cmd = cmd;
+        r = cmd->run(&ctx, &args);
+        fflush(stdout);
+        client_ctx_done(&ctx);
+        curl_global_cleanup();
+        return r;
 }

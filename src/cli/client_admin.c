@@ -1,0 +1,441 @@
+/*
+ * The smaller nouns: `approval` (list, show, approve, reject), `secret` (set, list, rm),
+ * `token` (create, list, revoke) and `user` (create, list; admin only). Secret values are
+ * read from stdin only — never argv, where shell history and `ps` would keep them — and
+ * are wiped from memory after sending. A new token is printed once, alone on stdout, so
+ * `agently token create > file` captures exactly the token.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "client.h"
+#include "strutil.h"
+
+static const char *str_member(json_t *obj, const char *key)
+{
+        return json_string_value(json_object_get(obj, key));
+}
+
+/* GET path and print it as JSON, or hand the body to the table printer. */
+static int get_json(struct client_ctx *ctx, const char *path, json_t **out)
+{
+        int r = client_call(ctx, "GET", path, NULL, NULL, out);
+
+        if (r == CLI_EXIT_OK && ctx->output == CLIENT_OUTPUT_JSON) {
+                client_print_json(*out, stdout);
+                json_decref(*out);
+                *out = NULL;
+        }
+        return r;
+}
+
+static int print_table(struct client_ctx *ctx, struct client_table *t, int r)
+{
+        if (r < 0) {
+                client_table_free(t);
+                fprintf(stderr, "error: out of memory\n");
+                return CLI_EXIT_FAILURE;
+        }
+        client_table_print(t, stdout, ctx->color);
+        client_table_free(t);
+        return CLI_EXIT_OK;
+}
+
+/* ---- approvals ---- */
+
+static const struct client_flag approval_list_flags[] = {
+    {"status", 's', "STATUS", "pending, approved, rejected, expired or canceled"},
+    {"limit", 'n', "N", "at most N approvals (1-200, default 50)"},
+    {"cursor", 0, "CURSOR", "continue after a previous page"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int approval_list(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_free_ char *path = strdup("/v1/approvals");
+        _cleanup_json_ json_t *resp = NULL;
+        struct client_table t;
+        int64_t limit;
+        size_t i;
+        json_t *a;
+        int r;
+
+        r = client_flag_int(ctx, "limit", client_arg(ctx, args, "limit"), 1, 200, &limit);
+        if (r)
+                return r;
+        if (!path || client_query_add(&path, "status", client_arg(ctx, args, "status")) < 0 ||
+            client_query_add(&path, "limit", client_arg(ctx, args, "limit")) < 0 ||
+            client_query_add(&path, "cursor", client_arg(ctx, args, "cursor")) < 0)
+                return CLI_EXIT_FAILURE;
+        r = get_json(ctx, path, &resp);
+        if (r != CLI_EXIT_OK || !resp)
+                return r;
+        client_table_init(
+            &t, 1,
+            (const char *[]){"ID", "STATUS", "RUN", "NODE", "TITLE", "CREATED", "EXPIRES", NULL});
+        r = 0;
+        json_array_foreach (json_object_get(resp, "data"), i, a) {
+                char created[32], expires[32];
+                client_reltime_json(a, "created_at", created, sizeof(created));
+                client_reltime_json(a, "expires_at", expires, sizeof(expires));
+                r = client_table_add(
+                    &t, (const char *[]){str_member(a, "id"), str_member(a, "status"),
+                                         str_member(a, "run_id"), str_member(a, "node_id"),
+                                         str_member(a, "title"), created, expires});
+                if (r < 0)
+                        break;
+        }
+        r = print_table(ctx, &t, r);
+        client_more_hint(ctx, resp);
+        return r;
+}
+
+static void print_approval(struct client_ctx *ctx, json_t *a)
+{
+        char created[32], decided[32], expires[32], buf[512];
+
+        client_reltime_json(a, "created_at", created, sizeof(created));
+        client_reltime_json(a, "decided_at", decided, sizeof(decided));
+        client_reltime_json(a, "expires_at", expires, sizeof(expires));
+        client_kv(stdout, "id", str_member(a, "id"));
+        client_kv(stdout, "status", str_member(a, "status"));
+        client_kv(stdout, "title", str_member(a, "title"));
+        client_kv(stdout, "run", str_member(a, "run_id"));
+        client_kv(stdout, "node", str_member(a, "node_id"));
+        client_kv(stdout, "created", created);
+        client_kv(stdout, "expires", expires);
+        client_kv(stdout, "request",
+                  client_json_cell(json_object_get(a, "request"), buf, sizeof(buf)));
+        if (str_member(a, "decided_by")) {
+                client_kv(stdout, "decided", decided);
+                client_kv(stdout, "by", str_member(a, "decided_by"));
+                client_kv(stdout, "comment", str_member(a, "comment"));
+        }
+}
+
+static int approval_show(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_free_ char *path = client_path("/v1/approvals/%s", args->positional[0]);
+        _cleanup_json_ json_t *a = NULL;
+        int r;
+
+        if (!path)
+                return CLI_EXIT_FAILURE;
+        r = get_json(ctx, path, &a);
+        if (r == CLI_EXIT_OK && a)
+                print_approval(ctx, a);
+        return r;
+}
+
+static int decide(struct client_ctx *ctx, const struct client_args *args, const char *decision)
+{
+        _cleanup_free_ char *path = client_path("/v1/approvals/%s/decide", args->positional[0]);
+        _cleanup_json_ json_t *body = json_object(), *resp = NULL;
+        const char *comment = client_arg(ctx, args, "comment");
+        int r;
+
+        if (!path || !body || json_object_set_new(body, "decision", json_string(decision)) < 0 ||
+            (comment && json_object_set_new(body, "comment", json_string(comment)) < 0))
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "POST", path, body, NULL, &resp);
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON)
+                client_print_json(resp, stdout);
+        else
+                printf("approval %s: %s\n", args->positional[0], str_member(resp, "status"));
+        return CLI_EXIT_OK;
+}
+
+static const struct client_flag decide_flags[] = {
+    {"comment", 'c', "TEXT", "a note kept with the decision"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int approval_approve(struct client_ctx *ctx, const struct client_args *args)
+{
+        return decide(ctx, args, "approve");
+}
+
+static int approval_reject(struct client_ctx *ctx, const struct client_args *args)
+{
+        return decide(ctx, args, "reject");
+}
+
+const struct client_command client_approval_commands[] = {
+    {"approval", "list", "[--status S]", "list approvals, newest first", 0, 0, approval_list_flags,
+     approval_list},
+    {"approval", "show", "ID", "show an approval and what it asks", 1, 1, NULL, approval_show},
+    {"approval", "approve", "ID [--comment C]", "approve: the waiting run continues", 1, 1,
+     decide_flags, approval_approve},
+    {"approval", "reject", "ID [--comment C]", "reject: the node fails (its on_failure decides)", 1,
+     1, decide_flags, approval_reject},
+    {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
+};
+
+/* ---- secrets ---- */
+
+static int secret_set(struct client_ctx *ctx, const struct client_args *args)
+{
+        const char *name = args->positional[0];
+        _cleanup_free_ char *path = client_path("/v1/secrets/%s", name);
+        _cleanup_json_ json_t *body = NULL, *resp = NULL;
+        char *value = NULL;
+        size_t len = 0;
+        long status = 0;
+        int r;
+
+        if (!path)
+                return CLI_EXIT_FAILURE;
+        r = client_read_secret(STDIN_FILENO, name, &value, &len);
+        if (r == -ENODATA) {
+                fprintf(stderr,
+                        "agently secret set: the value is empty; pipe it on stdin, "
+                        "e.g. `printf %%s \"$KEY\" | agently secret set %s`\n",
+                        name);
+                return CLI_EXIT_USAGE;
+        }
+        if (r == -EFBIG) {
+                fprintf(stderr, "agently secret set: the value is larger than %d KiB\n",
+                        CLIENT_INPUT_MAX >> 10);
+                return CLI_EXIT_USAGE;
+        }
+        if (r == -EINVAL) {
+                fprintf(stderr, "agently secret set: the value contains a NUL byte; encode "
+                                "binary values (e.g. base64) first\n");
+                return CLI_EXIT_USAGE;
+        }
+        if (r < 0) {
+                fprintf(stderr, "error: could not read the value from stdin: %s\n", strerror(-r));
+                return CLI_EXIT_FAILURE;
+        }
+        body = json_object();
+        if (!body || json_object_set_new(body, "value", json_stringn(value, len)) < 0) {
+                explicit_bzero(value, len);
+                free(value);
+                fprintf(stderr, "agently secret set: the value is not valid UTF-8 text\n");
+                return CLI_EXIT_USAGE;
+        }
+        explicit_bzero(value, len);
+        free(value);
+        r = client_call_status(ctx, "PUT", path, body, NULL, NULL, &resp, &status);
+        /* jansson keeps its own copy of the string; wipe it before it is freed */
+        json_t *v = json_object_get(body, "value");
+        if (v)
+                explicit_bzero((char *)json_string_value(v), json_string_length(v));
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON)
+                client_print_json(resp, stdout);
+        else
+                printf("secret %s %s\n", name, status == 201 ? "created" : "replaced");
+        return CLI_EXIT_OK;
+}
+
+static int secret_list(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_json_ json_t *resp = NULL;
+        struct client_table t;
+        size_t i;
+        json_t *s;
+        int r = get_json(ctx, "/v1/secrets", &resp);
+
+        if (r != CLI_EXIT_OK || !resp)
+                return r;
+        client_table_init(&t, -1,
+                          (const char *[]){"NAME", "KEY VERSION", "UPDATED", "CREATED", NULL});
+        r = 0;
+        json_array_foreach (json_object_get(resp, "data"), i, s) {
+                char kv[32], created[32], updated[32];
+                snprintf(kv, sizeof(kv), "%lld",
+                         (long long)json_integer_value(json_object_get(s, "key_version")));
+                client_reltime_json(s, "created_at", created, sizeof(created));
+                client_reltime_json(s, "updated_at", updated, sizeof(updated));
+                r = client_table_add(&t,
+                                     (const char *[]){str_member(s, "name"), kv, updated, created});
+                if (r < 0)
+                        break;
+        }
+        return print_table(ctx, &t, r);
+}
+
+static int secret_rm(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_free_ char *path = client_path("/v1/secrets/%s", args->positional[0]);
+        _cleanup_json_ json_t *resp = NULL;
+        int r;
+
+        if (!path)
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "DELETE", path, NULL, NULL, &resp);
+        if (r == CLI_EXIT_OK && ctx->output == CLIENT_OUTPUT_TABLE)
+                printf("secret %s removed\n", args->positional[0]);
+        else if (r == CLI_EXIT_OK)
+                printf("{}\n");
+        return r;
+}
+
+const struct client_command client_secret_commands[] = {
+    {"secret", "set", "NAME", "create or replace a secret; the value is read from stdin", 1, 1,
+     NULL, secret_set},
+    {"secret", "list", "", "list secret names (values are never shown)", 0, 0, NULL, secret_list},
+    {"secret", "rm", "NAME", "delete a secret", 1, 1, NULL, secret_rm},
+    {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
+};
+
+/* ---- tokens ---- */
+
+static const struct client_flag token_create_flags[] = {
+    {"name", 0, "NAME", "a label to recognise the token by (default \"cli\")"},
+    {"user", 'u', "USER", "admin: mint the token for this user instead of yourself"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int token_create(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_json_ json_t *body = json_object(), *resp = NULL;
+        const char *name = client_arg(ctx, args, "name"), *user = client_arg(ctx, args, "user");
+        int r;
+
+        if (!body ||
+            json_object_set_new(body, "name", json_string(name && *name ? name : "cli")) < 0 ||
+            (user && json_object_set_new(body, "user", json_string(user)) < 0))
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "POST", "/v1/tokens", body, NULL, &resp);
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON) {
+                client_print_json(resp, stdout);
+                return CLI_EXIT_OK;
+        }
+        printf("%s\n", str_member(resp, "token"));
+        fprintf(stderr, "token %s (%s) created%s%s; it is shown only this once, store it now\n",
+                str_member(resp, "id"), str_member(resp, "name"), user ? " for " : "",
+                user ? user : "");
+        return CLI_EXIT_OK;
+}
+
+static int token_list(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_json_ json_t *resp = NULL;
+        struct client_table t;
+        size_t i;
+        json_t *k;
+        int r = get_json(ctx, "/v1/tokens", &resp);
+
+        if (r != CLI_EXIT_OK || !resp)
+                return r;
+        client_table_init(&t, 3,
+                          (const char *[]){"ID", "NAME", "PREFIX", "STATUS", "CREATED", "LAST USED",
+                                           "EXPIRES", NULL});
+        r = 0;
+        json_array_foreach (json_object_get(resp, "data"), i, k) {
+                char created[32], used[32], expires[32];
+                const char *state = "active";
+                int64_t exp;
+                if (str_member(k, "revoked_at"))
+                        state = "revoked";
+                else if (client_time_parse(str_member(k, "expires_at"), &exp) == 0 &&
+                         exp <= client_now_ms())
+                        state = "expired";
+                client_reltime_json(k, "created_at", created, sizeof(created));
+                client_reltime_json(k, "last_used_at", used, sizeof(used));
+                client_reltime_json(k, "expires_at", expires, sizeof(expires));
+                r = client_table_add(
+                    &t, (const char *[]){str_member(k, "id"), str_member(k, "name"),
+                                         str_member(k, "prefix"), state, created, used, expires});
+                if (r < 0)
+                        break;
+        }
+        return print_table(ctx, &t, r);
+}
+
+static int token_revoke(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_free_ char *path = client_path("/v1/tokens/%s", args->positional[0]);
+        _cleanup_json_ json_t *resp = NULL;
+        int r;
+
+        if (!path)
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "DELETE", path, NULL, NULL, &resp);
+        if (r == CLI_EXIT_OK && ctx->output == CLIENT_OUTPUT_TABLE)
+                printf("token %s revoked\n", args->positional[0]);
+        else if (r == CLI_EXIT_OK)
+                printf("{}\n");
+        return r;
+}
+
+const struct client_command client_token_commands[] = {
+    {"token", "create", "[--name N] [--user NAME]", "create an API token (printed once)", 0, 0,
+     token_create_flags, token_create},
+    {"token", "list", "", "list your tokens (prefixes only)", 0, 0, NULL, token_list},
+    {"token", "revoke", "ID", "revoke a token; it stops working at once", 1, 1, NULL, token_revoke},
+    {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
+};
+
+/* ---- users ---- */
+
+static const struct client_flag user_create_flags[] = {
+    {"admin", 0, NULL, "the user may create users and tokens for others"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int user_create(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_json_ json_t *body = json_object(), *resp = NULL;
+        const char *name = args->positional[0];
+        int r;
+
+        if (!body || json_object_set_new(body, "name", json_string(name)) < 0 ||
+            json_object_set_new(body, "is_admin",
+                                json_boolean(client_arg(ctx, args, "admin") != NULL)) < 0)
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "POST", "/v1/users", body, NULL, &resp);
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON) {
+                client_print_json(resp, stdout);
+                return CLI_EXIT_OK;
+        }
+        printf("user %s created%s (id %s)\n", str_member(resp, "name"),
+               json_is_true(json_object_get(resp, "is_admin")) ? " as an admin" : "",
+               str_member(resp, "id"));
+        fprintf(stderr, "next: agently token create --user %s\n", str_member(resp, "name"));
+        return CLI_EXIT_OK;
+}
+
+static int user_list(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_json_ json_t *resp = NULL;
+        struct client_table t;
+        size_t i;
+        json_t *u;
+        int r = get_json(ctx, "/v1/users", &resp);
+
+        if (r != CLI_EXIT_OK || !resp)
+                return r;
+        client_table_init(&t, -1, (const char *[]){"NAME", "ADMIN", "ID", "CREATED", NULL});
+        r = 0;
+        json_array_foreach (json_object_get(resp, "data"), i, u) {
+                char created[32];
+                client_reltime_json(u, "created_at", created, sizeof(created));
+                r = client_table_add(
+                    &t,
+                    (const char *[]){str_member(u, "name"),
+                                     json_is_true(json_object_get(u, "is_admin")) ? "yes" : "no",
+                                     str_member(u, "id"), created});
+                if (r < 0)
+                        break;
+        }
+        return print_table(ctx, &t, r);
+}
+
+const struct client_command client_user_commands[] = {
+    {"user", "create", "NAME [--admin]", "create a user (admin only)", 1, 1, user_create_flags,
+     user_create},
+    {"user", "list", "", "list users (admin only)", 0, 0, NULL, user_list},
+    {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
+};

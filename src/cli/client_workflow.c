@@ -1,0 +1,200 @@
+/*
+ * `agently workflow apply|list|show`: workflow definitions over /v1/workflows. Applying an
+ * unchanged definition is not an error (the server answers 200 with the existing version),
+ * so `apply` is safe to run from CI on every commit.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "client.h"
+#include "fileio.h"
+#include "strutil.h"
+
+#define WORKFLOW_FILE_MAX (4 << 20)
+
+static const struct client_flag apply_flags[] = {
+    {"idempotency-key", 0, "KEY", "retry-safe apply: the same key replays the first answer"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int workflow_apply(struct client_ctx *ctx, const struct client_args *args)
+{
+        const char *file = args->positional[0];
+        _cleanup_free_ char *data = NULL, *idem = NULL;
+        _cleanup_json_ json_t *def = NULL, *resp = NULL;
+        const char *headers[2] = {NULL, NULL};
+        const char *key = client_arg(ctx, args, "idempotency-key");
+        json_error_t jerr;
+        size_t len;
+        long status;
+        int r;
+
+        r = strcmp(file, "-") == 0 ? fd_read_all(STDIN_FILENO, WORKFLOW_FILE_MAX, &data, &len)
+                                   : file_read_all(file, WORKFLOW_FILE_MAX, &data, &len);
+        if (r < 0) {
+                fprintf(stderr, "error: could not read %s: %s\n", file,
+                        r == -EFBIG ? "larger than 4 MiB" : strerror(-r));
+                return r == -ENOENT ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
+        }
+        def = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!def) {
+                fprintf(stderr, "error: %s is not valid JSON: %s at line %d, column %d\n", file,
+                        jerr.text, jerr.line, jerr.column);
+                if (str_has_prefix(data, "name:") || strstr(file, ".yaml") || strstr(file, ".yml"))
+                        fprintf(stderr, "hint: workflow files are JSON; convert YAML first "
+                                        "(e.g. with yq -o json)\n");
+                return CLI_EXIT_FAILURE;
+        }
+        if (key) {
+                idem = str_printf("Idempotency-Key: %s", key);
+                if (!idem)
+                        return CLI_EXIT_FAILURE;
+                headers[0] = idem;
+        }
+        r = client_call_status(ctx, "POST", "/v1/workflows", def, headers, NULL, &resp, &status);
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON) {
+                client_print_json(resp, stdout);
+                return CLI_EXIT_OK;
+        }
+        const char *name = json_string_value(json_object_get(resp, "name"));
+        long long version = json_integer_value(json_object_get(resp, "version"));
+        if (status == 201)
+                printf("workflow %s: created v%lld\n", name ? name : "?", version);
+        else
+                printf("workflow %s: unchanged (v%lld)\n", name ? name : "?", version);
+        return CLI_EXIT_OK;
+}
+
+static const struct client_flag list_flags[] = {
+    {"limit", 0, "N", "at most N workflows (1-200, default 50)"},
+    {"cursor", 0, "CURSOR", "continue after a previous page"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int workflow_list(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_free_ char *path = strdup("/v1/workflows");
+        _cleanup_json_ json_t *resp = NULL;
+        struct client_table t;
+        int64_t limit = 0;
+        size_t i;
+        json_t *w;
+        int r;
+
+        r = client_flag_int(ctx, "limit", client_arg(ctx, args, "limit"), 1, 200, &limit);
+        if (r)
+                return r;
+        if (!path || client_query_add(&path, "limit", client_arg(ctx, args, "limit")) < 0 ||
+            client_query_add(&path, "cursor", client_arg(ctx, args, "cursor")) < 0)
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "GET", path, NULL, NULL, &resp);
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON) {
+                client_print_json(resp, stdout);
+                return CLI_EXIT_OK;
+        }
+        client_table_init(&t, -1, (const char *[]){"NAME", "VERSION", "CREATED", "SHA256", NULL});
+        json_array_foreach (json_object_get(resp, "data"), i, w) {
+                char version[32], created[32], sha[16];
+                const char *digest = json_string_value(json_object_get(w, "definition_sha256"));
+                snprintf(version, sizeof(version), "v%lld",
+                         (long long)json_integer_value(json_object_get(w, "version")));
+                client_reltime_json(w, "created_at", created, sizeof(created));
+                snprintf(sha, sizeof(sha), "%.12s", digest ? digest : "");
+                if (client_table_add(&t,
+                                     (const char *[]){json_string_value(json_object_get(w, "name")),
+                                                      version, created, sha}) < 0) {
+                        client_table_free(&t);
+                        return CLI_EXIT_FAILURE;
+                }
+        }
+        client_table_print(&t, stdout, ctx->color);
+        client_table_free(&t);
+        client_more_hint(ctx, resp);
+        return CLI_EXIT_OK;
+}
+
+static const struct client_flag show_flags[] = {
+    {"version", 0, "N", "show version N instead of the latest"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int workflow_show(struct client_ctx *ctx, const struct client_args *args)
+{
+        const char *version = client_arg(ctx, args, "version");
+        _cleanup_free_ char *path = client_path("/v1/workflows/%s", args->positional[0]);
+        _cleanup_json_ json_t *resp = NULL;
+        struct client_table t;
+        char created[32];
+        int64_t v;
+        size_t i;
+        json_t *node;
+        int r;
+
+        r = client_flag_int(ctx, "version", version, 1, INT32_MAX, &v);
+        if (r)
+                return r;
+        if (!path || client_query_add(&path, "version", version) < 0)
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "GET", path, NULL, NULL, &resp);
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON) {
+                client_print_json(resp, stdout);
+                return CLI_EXIT_OK;
+        }
+        client_reltime_json(resp, "created_at", created, sizeof(created));
+        client_kv(stdout, "name", json_string_value(json_object_get(resp, "name")));
+        printf("%-10s v%lld\n",
+               "version:", (long long)json_integer_value(json_object_get(resp, "version")));
+        client_kv(stdout, "created", created);
+        client_kv(stdout, "sha256", json_string_value(json_object_get(resp, "definition_sha256")));
+        json_t *def = json_object_get(resp, "definition");
+        const char *description = json_string_value(json_object_get(def, "description"));
+        if (description)
+                client_kv(stdout, "about", description);
+        printf("\n");
+        client_table_init(&t, -1, (const char *[]){"NODE", "KIND", "AFTER", NULL});
+        json_array_foreach (json_object_get(def, "nodes"), i, node) {
+                char after[256] = "", buf[64];
+                size_t k, used = 0;
+                json_t *dep;
+                json_array_foreach (json_object_get(node, "after"), k, dep) {
+                        const char *d = json_string_value(dep);
+                        int n = snprintf(after + used, sizeof(after) - used, "%s%s", k ? ", " : "",
+                                         d ? d : "?");
+                        if (n < 0 || (size_t)n >= sizeof(after) - used)
+                                break;
+                        used += (size_t)n;
+                }
+                const char *kind =
+                    client_json_cell(json_object_get(node, "kind"), buf, sizeof(buf));
+                if (!kind)
+                        kind = client_json_cell(json_object_get(node, "type"), buf, sizeof(buf));
+                if (client_table_add(
+                        &t, (const char *[]){json_string_value(json_object_get(node, "id")), kind,
+                                             after}) < 0) {
+                        client_table_free(&t);
+                        return CLI_EXIT_FAILURE;
+                }
+        }
+        client_table_print(&t, stdout, ctx->color);
+        client_table_free(&t);
+        return CLI_EXIT_OK;
+}
+
+const struct client_command client_workflow_commands[] = {
+    {"workflow", "apply", "FILE",
+     "create a new version of a workflow from a JSON file (- for stdin)", 1, 1, apply_flags,
+     workflow_apply},
+    {"workflow", "list", "[--limit N] [--cursor C]", "list workflows (latest version of each)", 0,
+     0, list_flags, workflow_list},
+    {"workflow", "show", "NAME [--version N]", "show a workflow version and its nodes", 1, 1,
+     show_flags, workflow_show},
+    {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
+};
