@@ -28,14 +28,23 @@
 -- Both roles start NOLOGIN: the embedded setup (agently up) ALTERs them to LOGIN, external
 -- deployments GRANT them to their own login roles. Creating them needs CREATEROLE (or
 -- superuser); a cluster where they already exist needs neither.
+--
+-- Migrations of two databases of one cluster may run at the same time (parallel tests):
+-- both see the role missing, the second CREATE ROLE waits for the first transaction and
+-- then fails with unique_violation (or duplicate_object). Either way the role now exists,
+-- which is all this block needs.
 DO $$
 DECLARE
     role_name text;
 BEGIN
     FOREACH role_name IN ARRAY ARRAY['agently_api', 'agently_worker'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
-            EXECUTE format('CREATE ROLE %I NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB '
-                           'NOCREATEROLE NOREPLICATION', role_name);
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB '
+                               'NOCREATEROLE NOREPLICATION', role_name);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;   -- created concurrently by another database's migration
+            END;
         END IF;
     END LOOP;
 END
@@ -532,6 +541,13 @@ BEGIN
                       WHERE x.grantee = 0 AND x.privilege_type = 'EXECUTE'));
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'SECURITY DEFINER functions executable by PUBLIC: %', bad;
+    END IF;
+
+    -- The runtime roles (possibly created earlier, by someone else) cannot bypass RLS.
+    IF EXISTS (SELECT 1 FROM pg_roles
+               WHERE rolname IN ('agently_api', 'agently_worker')
+                 AND (rolsuper OR rolbypassrls)) THEN
+        RAISE EXCEPTION 'agently_api and agently_worker must be NOSUPERUSER NOBYPASSRLS';
     END IF;
 
     -- The runtime roles own nothing and cannot create objects here.
