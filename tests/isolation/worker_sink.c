@@ -186,3 +186,88 @@ int worker_sink_get(struct worker_sink *s, const char *prefix, int i,
         pthread_mutex_unlock(&s->lock);
         return r;
 }
+
+/* ---- worker test helpers ----------------------------------------------------------- */
+
+static char *must_value(PGconn *c, const char *sql, int n, const char *const *params)
+{
+        PGresult *res = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+        char *v = NULL;
+
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+                fprintf(stderr, "SQL failed: %s\n  %s\n", sql, PQresultErrorMessage(res));
+                fail();
+        }
+        v = strdup(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        return v;
+}
+
+char *worker_test_user(PGconn *owner, const char *name)
+{
+        const char *params[] = {name};
+        return must_value(owner, "INSERT INTO users (name) VALUES ($1) RETURNING id", 1, params);
+}
+
+char *worker_test_workflow(PGconn *owner, const char *user_id, const char *name, int version,
+                           const char *definition)
+{
+        char v[16];
+        const char *params[] = {user_id, name, v, definition};
+
+        snprintf(v, sizeof(v), "%d", version);
+        return must_value(owner,
+                          "INSERT INTO workflows (user_id, name, version, definition, "
+                          "definition_sha256) VALUES ($1, $2, $3::integer, $4::jsonb, "
+                          "encode(sha256(convert_to($4::text, 'UTF8')), 'hex')) RETURNING id",
+                          4, params);
+}
+
+char *worker_test_run(PGconn *owner, const char *workflow_id, const char *input)
+{
+        const char *params[] = {workflow_id, input ? input : "{}"};
+        return must_value(owner,
+                          "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                          "workflow_version, input) SELECT user_id, id, name, version, $2::jsonb "
+                          "FROM workflows WHERE id = $1 RETURNING id",
+                          2, params);
+}
+
+bool worker_test_wait_status(PGconn *c, const char *run_id, const char *statuses, int timeout_ms)
+{
+        int64_t deadline = test_now_ms() + timeout_ms;
+        const char *params[] = {run_id, statuses};
+
+        for (;;) {
+                char *v = must_value(c,
+                                     "SELECT (status = ANY (string_to_array($2, '|')))::text "
+                                     "FROM workflow_runs WHERE id = $1",
+                                     2, params);
+                bool ok = strcmp(v, "true") == 0;
+                free(v);
+                if (ok)
+                        return true;
+                if (test_now_ms() > deadline)
+                        return false;
+                usleep(50 * 1000);
+        }
+}
+
+pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *lease,
+                        const char *heartbeat, const char *const *extra, const char *log_path)
+{
+        const char *args[32] = {"worker",      "--id",    id,       "--lease", lease,
+                                "--heartbeat", heartbeat, "--poll", "100ms"};
+        int n = 9;
+        char env_url[1024];
+        const char *env[] = {env_url, NULL};
+        pid_t pid;
+
+        for (int i = 0; extra && extra[i] && n < 30; i++)
+                args[n++] = extra[i];
+        args[n] = NULL;
+        snprintf(env_url, sizeof(env_url), "AGENTLY_DATABASE_URL=%s", owner_conninfo);
+        pid = test_spawn_agently(args, env, log_path);
+        assert_true(pid > 0);
+        return pid;
+}

@@ -38,3 +38,28 @@ int worker_sink_distinct_keys(struct worker_sink *s, const char *prefix);
 /* Copies the i-th request (in arrival order) whose path starts with prefix; 0 or -1. */
 int worker_sink_get(struct worker_sink *s, const char *prefix, int i,
                     struct worker_sink_request *out);
+
+/* ---- worker test helpers (owner connection; abort the test on failure) ------------- */
+
+#include <stdbool.h>
+#include <sys/types.h>
+#include <libpq-fe.h>
+
+/* A user named name; returns its id (malloc'd). */
+char *worker_test_user(PGconn *owner, const char *name);
+
+/* Workflow version `version` of `name` for user_id from JSON text; returns its id. */
+char *worker_test_workflow(PGconn *owner, const char *user_id, const char *name, int version,
+                           const char *definition);
+
+/* A queued run of workflow_id with input (JSON object text, NULL for {}); returns its id. */
+char *worker_test_run(PGconn *owner, const char *workflow_id, const char *input);
+
+/* Waits until the run's status is one of the '|'-separated statuses; returns true when it
+ * is, false after timeout_ms. */
+bool worker_test_wait_status(PGconn *c, const char *run_id, const char *statuses, int timeout_ms);
+
+/* Spawns `agently worker --id ID --lease L --heartbeat H [extra...]` against the database
+ * of owner_conninfo, logging to log_path. extra is NULL-terminated (may be NULL). */
+pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *lease,
+                        const char *heartbeat, const char *const *extra, const char *log_path);

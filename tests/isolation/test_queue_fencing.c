@@ -1,0 +1,318 @@
+/*
+ * The queue's concurrency invariants, driven by hand with several libpq sessions against
+ * the real functions of migrations/0003_queue.sql (through src/queue): the rescuer race (a
+ * run that completes between a reclaimer's read and its write is never reverted or re-run),
+ * fencing (a worker whose lease was taken over gets every write refused), exactly one owner
+ * under concurrent batched claimers, and absolute, idempotent renewal.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "queue.h"
+#include "testlib.h"
+#include "worker_sink.h"
+
+struct fixture {
+        char *owner_conninfo;
+        char *worker_conninfo;
+        PGconn *owner;
+        char *user;
+        char *workflow;
+};
+
+static struct fixture *fixture_new(const char *name)
+{
+        struct fixture *f = calloc(1, sizeof(*f));
+
+        f->owner_conninfo = test_db_create(name);
+        f->worker_conninfo = test_db_conninfo_as(f->owner_conninfo, "agently_worker");
+        f->owner = test_db_connect(f->owner_conninfo);
+        f->user = worker_test_user(f->owner, "alice");
+        f->workflow = worker_test_workflow(f->owner, f->user, "w", 1,
+                                           "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\","
+                                           "\"type\":\"noop\"}]}");
+        return f;
+}
+
+static void fixture_free(struct fixture *f)
+{
+        PQfinish(f->owner);
+        free(f->owner_conninfo);
+        free(f->worker_conninfo);
+        free(f->user);
+        free(f->workflow);
+        free(f);
+}
+
+static int claim_one(PGconn *c, const char *worker, int64_t lease_ms, struct queue_claim *out)
+{
+        int n = 0;
+        assert_int_equal(queue_claim_runs(c, worker, lease_ms, 1, out, &n), 0);
+        return n;
+}
+
+/* A completes the run inside a transaction it holds open; B, reading the run as an expired
+ * lease, tries to rescue it; A commits. B must never own, revert or re-run it. */
+static void test_rescuer_race_completion_wins(void **state)
+{
+        struct fixture *f = fixture_new("rescuer");
+        char *run = worker_test_run(f->owner, f->workflow, NULL);
+        PGconn *a = test_db_connect(f->worker_conninfo);
+        PGconn *b = test_db_connect(f->worker_conninfo);
+        PGconn *rr = test_db_connect(f->worker_conninfo);
+        struct queue_claim qa, qb;
+        struct queue_node_write nw = {
+            .node_id = "a", .attempt = 1, .status = "completed", .worker = "A"};
+        _cleanup_json_ json_t *out = json_pack("{s:i}", "answer", 42);
+        PGresult *res;
+        int n = 0;
+
+        assert_int_equal(claim_one(a, "A", 300, &qa), 1);
+        assert_int_equal(qa.epoch, 1);
+        usleep(500 * 1000); /* A's lease has expired: the run looks abandoned */
+
+        /* a repeatable-read reclaimer takes its snapshot now, while the run looks abandoned */
+        PQclear(test_db_must(rr, "BEGIN ISOLATION LEVEL REPEATABLE READ"));
+        assert_int_equal(test_db_int(rr, "SELECT count(*) FROM workflow_runs WHERE status = "
+                                         "'running' AND lease_expires_at < now()"),
+                         1);
+
+        /* A completes, transaction still open (row locked, not yet visible) */
+        PQclear(test_db_must(a, "BEGIN"));
+        assert_int_equal(queue_checkpoint_node(a, qa.id, qa.epoch, &nw), 1);
+        assert_int_equal(queue_finish_run(a, qa.id, qa.epoch, "completed", out, NULL), 1);
+
+        /* B reads the run as abandoned and claims: SKIP LOCKED passes it by */
+        PQclear(test_db_must(b, "BEGIN"));
+        assert_int_equal(test_db_int(b, "SELECT count(*) FROM workflow_runs WHERE status = "
+                                        "'running' AND lease_expires_at < now()"),
+                         1);
+        assert_int_equal(queue_claim_runs(b, "B", 30000, 10, &qb, &n), 0);
+        assert_int_equal(n, 0);
+
+        PQclear(test_db_must(a, "COMMIT"));
+
+        /* after the commit, B (read committed) still gets nothing: the run is completed */
+        assert_int_equal(queue_claim_runs(b, "B", 30000, 10, &qb, &n), 0);
+        assert_int_equal(n, 0);
+        PQclear(test_db_must(b, "COMMIT"));
+
+        /* the repeatable-read reclaimer, whose snapshot predates the completion, is refused
+         * (serialization failure) or finds nothing: never a revert */
+        res = PQexec(rr, "SELECT * FROM agently_claim_runs('RR', '30 seconds', 10)");
+        if (PQresultStatus(res) == PGRES_TUPLES_OK)
+                assert_int_equal(PQntuples(res), 0);
+        else
+                assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "40001");
+        PQclear(res);
+        PQclear(PQexec(rr, "ROLLBACK"));
+
+        /* the run is exactly as A left it */
+        assert_string_equal(test_db_value(f->owner,
+                                          "SELECT status || ' ' || lease_epoch || ' ' "
+                                          "|| attempt || ' ' || output::text || ' ' || "
+                                          "(claimed_by IS NULL)::text FROM workflow_runs "
+                                          "WHERE id = '%s'",
+                                          run),
+                            "completed 1 1 {\"answer\": 42} true");
+        assert_int_equal(test_db_int(f->owner,
+                                     "SELECT count(*) FROM node_runs WHERE workflow_run_id = '%s'",
+                                     run),
+                         1);
+        assert_int_equal(test_db_int(f->owner,
+                                     "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' "
+                                     "AND kind = 'run.completed'",
+                                     run),
+                         1);
+        /* and nobody can claim it later */
+        assert_int_equal(queue_claim_runs(b, "B", 30000, 10, &qb, &n), 0);
+        assert_int_equal(n, 0);
+
+        PQfinish(a);
+        PQfinish(b);
+        PQfinish(rr);
+        free(run);
+        fixture_free(f);
+}
+
+/* The other order: B rescued the run first. Every write of A, the old owner, is refused;
+ * B's writes go through; nothing A tried is visible. */
+static void test_zombie_writes_are_refused(void **state)
+{
+        struct fixture *f = fixture_new("zombie_sql");
+        char *run = worker_test_run(f->owner, f->workflow, NULL);
+        PGconn *a = test_db_connect(f->worker_conninfo);
+        PGconn *b = test_db_connect(f->worker_conninfo);
+        struct queue_claim qa, qb;
+        struct queue_lease lease;
+        struct queue_renewal renewed[1];
+        struct queue_node_write nw = {
+            .node_id = "a", .attempt = 1, .status = "completed", .worker = "A"};
+        int n = 0;
+
+        assert_int_equal(claim_one(a, "A", 300, &qa), 1);
+        usleep(500 * 1000);
+        assert_int_equal(claim_one(b, "B", 30000, &qb), 1);
+        assert_string_equal(qb.status_before, "running");
+        assert_int_equal(qb.epoch, 2);
+
+        lease.run_id = qa.id;
+        lease.epoch = qa.epoch;
+        assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 30000, renewed, &n), 0);
+        assert_int_equal(n, 0); /* lost */
+        assert_int_equal(queue_checkpoint_node(a, qa.id, qa.epoch, &nw), 0);
+        assert_int_equal(
+            queue_append_event(a, qa.id, qa.epoch, "node.started", "a", 1, "info", NULL, NULL), 0);
+        assert_int_equal(queue_release_run(a, qa.id, qa.epoch, "waiting", -1, "x"), 0);
+        assert_int_equal(queue_finish_run(a, qa.id, qa.epoch, "failed", NULL, NULL), 0);
+
+        nw.worker = "B";
+        assert_int_equal(queue_checkpoint_node(b, qb.id, qb.epoch, &nw), 1);
+        assert_int_equal(queue_finish_run(b, qb.id, qb.epoch, "completed", NULL, NULL), 1);
+
+        assert_string_equal(
+            test_db_value(f->owner, "SELECT status FROM workflow_runs WHERE id = '%s'", run),
+            "completed");
+        assert_int_equal(test_db_int(f->owner,
+                                     "SELECT count(*) FROM node_runs WHERE workflow_run_id = '%s' "
+                                     "AND (worker = 'A' OR lease_epoch = 1)",
+                                     run),
+                         0);
+        assert_int_equal(test_db_int(f->owner,
+                                     "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' "
+                                     "AND kind IN ('node.started', 'run.waiting', 'run.failed')",
+                                     run),
+                         0);
+        PQfinish(a);
+        PQfinish(b);
+        free(run);
+        fixture_free(f);
+}
+
+#define CLAIMERS 4
+#define RUNS     300
+
+struct claimer {
+        const char *conninfo;
+        char name[16];
+        char (*ids)[QUEUE_UUID_LEN + 1];
+        int n;
+};
+
+static void *claimer_main(void *arg)
+{
+        struct claimer *cl = arg;
+        PGconn *c = PQconnectdb(cl->conninfo);
+        struct queue_claim batch[7];
+        int empty = 0;
+
+        while (empty < 5) {
+                int n = 0;
+                if (queue_claim_runs(c, cl->name, 30000, 7, batch, &n) < 0)
+                        break;
+                if (n == 0) {
+                        empty++;
+                        usleep(20 * 1000);
+                        continue;
+                }
+                for (int i = 0; i < n; i++)
+                        memcpy(cl->ids[cl->n++], batch[i].id, sizeof(batch[i].id));
+        }
+        PQfinish(c);
+        return NULL;
+}
+
+/* Four sessions claim 300 due runs in batches at the same time: every run is claimed
+ * exactly once (one owner), none is skipped. */
+static void test_concurrent_claimers_one_owner(void **state)
+{
+        struct fixture *f = fixture_new("claimers");
+        struct claimer cl[CLAIMERS];
+        pthread_t th[CLAIMERS];
+        char sql[512];
+        int total = 0;
+
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) SELECT user_id, id, name, version FROM workflows, "
+                 "generate_series(1, %d) WHERE id = '%s'",
+                 RUNS, f->workflow);
+        PQclear(test_db_must(f->owner, sql));
+        for (int i = 0; i < CLAIMERS; i++) {
+                cl[i].conninfo = f->worker_conninfo;
+                snprintf(cl[i].name, sizeof(cl[i].name), "c%d", i);
+                cl[i].ids = calloc(RUNS, sizeof(*cl[i].ids));
+                cl[i].n = 0;
+                pthread_create(&th[i], NULL, claimer_main, &cl[i]);
+        }
+        for (int i = 0; i < CLAIMERS; i++) {
+                pthread_join(th[i], NULL);
+                total += cl[i].n;
+        }
+        assert_int_equal(total, RUNS);
+        /* no run in two claimers' hands */
+        for (int i = 0; i < CLAIMERS; i++)
+                for (int k = 0; k < cl[i].n; k++)
+                        for (int j = i + 1; j < CLAIMERS; j++)
+                                for (int m = 0; m < cl[j].n; m++)
+                                        assert_string_not_equal(cl[i].ids[k], cl[j].ids[m]);
+        assert_int_equal(test_db_int(f->owner, "SELECT count(*) FROM workflow_runs WHERE "
+                                               "status = 'running' AND lease_epoch = 1 AND "
+                                               "attempt = 1"),
+                         RUNS);
+        for (int i = 0; i < CLAIMERS; i++)
+                free(cl[i].ids);
+        fixture_free(f);
+}
+
+/* Renewal is absolute and idempotent; a beat that comes after expiry, before anyone took
+ * the run, still renews (the epoch never moved, so nobody else wrote). */
+static void test_renewal_absolute(void **state)
+{
+        struct fixture *f = fixture_new("renew");
+        char *run = worker_test_run(f->owner, f->workflow, NULL);
+        PGconn *a = test_db_connect(f->worker_conninfo);
+        struct queue_claim qa;
+        struct queue_lease lease;
+        struct queue_renewal renewed[1];
+        int n = 0;
+
+        assert_int_equal(claim_one(a, "A", 10000, &qa), 1);
+        lease.run_id = qa.id;
+        lease.epoch = qa.epoch;
+        for (int i = 0; i < 3; i++) {
+                assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 10000, renewed, &n), 0);
+                assert_int_equal(n, 1);
+        }
+        assert_true(test_db_int(f->owner,
+                                "SELECT (extract(epoch FROM lease_expires_at - now()) * 1000)"
+                                "::bigint FROM workflow_runs WHERE id = '%s'",
+                                run) <= 10000);
+        /* renewing with another worker name does not steal it */
+        assert_int_equal(queue_renew_leases(a, "B", &lease, 1, 10000, renewed, &n), 0);
+        assert_int_equal(n, 0);
+        /* cancel/pause requests ride on the renewal */
+        PQclear(test_db_must(f->owner, "UPDATE workflow_runs SET cancel_requested = true"));
+        assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 10000, renewed, &n), 0);
+        assert_int_equal(n, 1);
+        assert_true(renewed[0].cancel_requested);
+        assert_false(renewed[0].pause_requested);
+        PQfinish(a);
+        free(run);
+        fixture_free(f);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_rescuer_race_completion_wins),
+            cmocka_unit_test(test_zombie_writes_are_refused),
+            cmocka_unit_test(test_concurrent_claimers_one_owner),
+            cmocka_unit_test(test_renewal_absolute),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
