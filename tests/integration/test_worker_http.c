@@ -1,0 +1,270 @@
+/*
+ * `agently worker` end to end on HTTP effects: a real worker process, the harness Postgres,
+ * and a recording HTTP sink in this process. Shows that the minimal example runs to
+ * completion (http then a durable sleep that releases the run), that every step is
+ * checkpointed and logged, that retries back off without holding the run, that 429 with
+ * Retry-After is honoured, and that per-node timeouts fail the node.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include "testlib.h"
+#include "worker_sink.h"
+
+struct fixture {
+        char *conninfo;
+        PGconn *db;
+        char *user;
+        struct worker_sink *sink;
+        char *dir;
+        char log[512];
+        pid_t worker;
+};
+
+static struct fixture *setup(const char *name)
+{
+        struct fixture *f = calloc(1, sizeof(*f));
+
+        f->conninfo = test_db_create(name);
+        f->db = test_db_connect(f->conninfo);
+        f->user = worker_test_user(f->db, "alice");
+        f->sink = worker_sink_start();
+        f->dir = test_tempdir(name);
+        snprintf(f->log, sizeof(f->log), "%s/worker.log", f->dir);
+        f->worker = worker_test_spawn(f->conninfo, "w1", "2s", "500ms", NULL, f->log);
+        return f;
+}
+
+static void dump_log(struct fixture *f)
+{
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "tail -n 40 %s >&2", f->log);
+        if (system(cmd) != 0)
+                fprintf(stderr, "(no worker log)\n");
+}
+
+static void teardown(struct fixture *f)
+{
+        int st = test_stop_process(f->worker, SIGTERM, 15000);
+        assert_true(WIFEXITED(st));
+        assert_int_equal(WEXITSTATUS(st), 0);
+        worker_sink_stop(f->sink);
+        PQfinish(f->db);
+        test_rm_rf(f->dir);
+        free(f->dir);
+        free(f->user);
+        free(f->conninfo);
+        free(f);
+}
+
+/* The definition with every "SINK" replaced by the sink's base URL. */
+static char *with_sink(struct fixture *f, const char *def)
+{
+        const char *url = worker_sink_url(f->sink);
+        char *out = calloc(1, strlen(def) * 6 + 256), *o = out;
+
+        assert_non_null(out);
+        for (const char *p = def; *p;) {
+                if (strncmp(p, "SINK", 4) == 0) {
+                        o = stpcpy(o, url);
+                        p += 4;
+                } else {
+                        *o++ = *p++;
+                }
+        }
+        return out;
+}
+
+static char *start_run(struct fixture *f, const char *definition)
+{
+        char *def = with_sink(f, definition), *wf, *run;
+
+        wf = worker_test_workflow(f->db, f->user, "w", 1, def);
+        run = worker_test_run(f->db, wf, NULL);
+        free(def);
+        free(wf);
+        return run;
+}
+
+static void wait_status(struct fixture *f, const char *run, const char *status, int ms)
+{
+        if (!worker_test_wait_status(f->db, run, status, ms)) {
+                dump_log(f);
+                fprintf(stderr, "run %s: status %s, wanted %s\n", run,
+                        test_db_value(f->db,
+                                      "SELECT status || ' ' || coalesce(error::text, '') "
+                                      "FROM workflow_runs WHERE id = '%s'",
+                                      run),
+                        status);
+                fail();
+        }
+}
+
+static long long count_events(struct fixture *f, const char *run, const char *kind)
+{
+        return test_db_int(f->db,
+                           "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = '%s'",
+                           run, kind);
+}
+
+/* The issue's minimal shape, as written: http, then a sleep after it. */
+static void test_minimal_http_then_sleep(void **state)
+{
+        struct fixture *f = setup("wk_min");
+        char *run =
+            start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+                         "\"request\":{\"method\":\"POST\",\"url\":\"SINK/x\",\"body\":{}}},"
+                         "{\"id\":\"b\",\"type\":\"sleep\",\"duration\":\"1s\","
+                         "\"after\":[\"a\"]}]}");
+        struct worker_sink_request req;
+        char key[300];
+
+        /* while it sleeps the run holds no lease and no worker */
+        wait_status(f, run, "waiting", 15000);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT (claimed_by IS NULL AND lease_expires_at IS "
+                                          "NULL AND run_at > now())::text FROM workflow_runs "
+                                          "WHERE id = '%s'",
+                                          run),
+                            "true");
+        wait_status(f, run, "completed", 15000);
+
+        assert_int_equal(worker_sink_count(f->sink, "/x"), 1);
+        assert_int_equal(worker_sink_get(f->sink, "/x", 0, &req), 0);
+        assert_string_equal(req.method, "POST");
+        snprintf(key, sizeof(key), "%s:a", run);
+        assert_string_equal(req.idempotency_key, key);
+
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT string_agg(node_id || '=' || status || '#' || "
+                                          "attempt, ',' ORDER BY node_id) FROM node_runs WHERE "
+                                          "workflow_run_id = '%s'",
+                                          run),
+                            "a=completed#1,b=completed#1");
+        /* the output of the http node is the response */
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT output->'status' FROM node_runs WHERE "
+                                          "workflow_run_id = '%s' AND node_id = 'a'",
+                                          run),
+                            "200");
+        /* the sleep lasted (database time) */
+        assert_true(test_db_int(f->db,
+                                "SELECT (extract(epoch FROM max(finished_at) FILTER (WHERE "
+                                "node_id = 'b') - max(finished_at) FILTER (WHERE node_id = 'a'))"
+                                " * 1000)::bigint FROM node_runs WHERE workflow_run_id = '%s'",
+                                run) >= 900);
+        assert_int_equal(count_events(f, run, "run.started"), 1);
+        assert_int_equal(count_events(f, run, "node.started"), 1);
+        assert_true(count_events(f, run, "node.completed") == 2);
+        assert_int_equal(count_events(f, run, "run.waiting"), 1);
+        assert_int_equal(count_events(f, run, "run.resumed"), 1);
+        assert_int_equal(count_events(f, run, "run.completed"), 1);
+        /* events are gap-free per run */
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT max(seq) - count(*) FROM logs WHERE "
+                                     "workflow_run_id = '%s'",
+                                     run),
+                         0);
+        free(run);
+        teardown(f);
+}
+
+/* A sink that fails twice: two failed attempts, each followed by a release until the retry
+ * time, then success; one idempotency key for all three sends. */
+static void test_retry_with_backoff(void **state)
+{
+        struct fixture *f = setup("wk_retry");
+        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+                                 "\"request\":{\"url\":\"SINK/flaky?fail=2\"},"
+                                 "\"retry\":{\"max_attempts\":3,\"backoff\":\"fixed\","
+                                 "\"initial_delay\":\"400ms\",\"jitter\":false}}]}");
+        struct worker_sink_request r0, r1, r2;
+
+        wait_status(f, run, "completed", 20000);
+        assert_int_equal(worker_sink_count(f->sink, "/flaky"), 3);
+        assert_int_equal(worker_sink_distinct_keys(f->sink, "/flaky"), 1);
+        assert_int_equal(worker_sink_get(f->sink, "/flaky", 0, &r0), 0);
+        assert_int_equal(worker_sink_get(f->sink, "/flaky", 1, &r1), 0);
+        assert_int_equal(worker_sink_get(f->sink, "/flaky", 2, &r2), 0);
+        assert_int_equal(r0.status, 500);
+        assert_int_equal(r2.status, 200);
+        assert_true(r1.at_ms - r0.at_ms >= 350);
+        assert_true(r2.at_ms - r1.at_ms >= 350);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT string_agg(status || '#' || attempt, ',' ORDER "
+                                          "BY attempt) FROM node_runs WHERE workflow_run_id = "
+                                          "'%s'",
+                                          run),
+                            "failed#1,failed#2,completed#3");
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT error->>'class' || ' ' || (error->>'status') "
+                                          "FROM node_runs WHERE workflow_run_id = '%s' AND "
+                                          "attempt = 1",
+                                          run),
+                            "http_status 500");
+        assert_int_equal(count_events(f, run, "node.retry_scheduled"), 2);
+        /* between attempts the run waited without a worker */
+        assert_true(count_events(f, run, "run.waiting") >= 2);
+        free(run);
+        teardown(f);
+}
+
+/* 429 with Retry-After: 2 is honoured even though the policy's own delay is 100ms. */
+static void test_429_retry_after(void **state)
+{
+        struct fixture *f = setup("wk_429");
+        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+                                 "\"request\":{\"url\":\"SINK/limited?fail=1&status=429&"
+                                 "retry_after=2\"},\"retry\":{\"max_attempts\":2,"
+                                 "\"initial_delay\":\"100ms\",\"jitter\":false}}]}");
+        struct worker_sink_request r0, r1;
+
+        wait_status(f, run, "completed", 20000);
+        assert_int_equal(worker_sink_count(f->sink, "/limited"), 2);
+        assert_int_equal(worker_sink_get(f->sink, "/limited", 0, &r0), 0);
+        assert_int_equal(worker_sink_get(f->sink, "/limited", 1, &r1), 0);
+        assert_int_equal(r0.status, 429);
+        assert_true(r1.at_ms - r0.at_ms >= 1800);
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT (error->>'retry_after_ms')::int FROM node_runs "
+                                     "WHERE workflow_run_id = '%s' AND attempt = 1",
+                                     run),
+                         2000);
+        free(run);
+        teardown(f);
+}
+
+/* A node timeout aborts the request and, with no retry left, fails the run. */
+static void test_node_timeout_fails_run(void **state)
+{
+        struct fixture *f = setup("wk_timeout");
+        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+                                 "\"request\":{\"url\":\"SINK/slow?delay_ms=4000\"},"
+                                 "\"timeout\":\"500ms\",\"retry\":{\"max_attempts\":1}}]}");
+        int64_t t0 = test_now_ms();
+
+        wait_status(f, run, "failed", 15000);
+        assert_true(test_now_ms() - t0 < 3500);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT error->>'class' FROM node_runs WHERE "
+                                          "workflow_run_id = '%s' AND node_id = 'a'",
+                                          run),
+                            "timeout");
+        assert_int_equal(count_events(f, run, "run.failed"), 1);
+        free(run);
+        teardown(f);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_minimal_http_then_sleep),
+            cmocka_unit_test(test_retry_with_backoff),
+            cmocka_unit_test(test_429_retry_after),
+            cmocka_unit_test(test_node_timeout_fails_run),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
