@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,7 @@ struct runtime_http_transfer {
 
 struct runtime_http {
         CURLM *multi;
+        char user_agent[128];
         struct runtime_http_transfer *head;
         unsigned active;
 };
@@ -37,7 +39,7 @@ static void global_init(void)
         curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-int runtime_http_new(struct runtime_http **out)
+int runtime_http_new(const char *user_agent, struct runtime_http **out)
 {
         struct runtime_http *h;
 
@@ -45,6 +47,8 @@ int runtime_http_new(struct runtime_http **out)
         h = calloc(1, sizeof(*h));
         if (!h)
                 return -ENOMEM;
+        snprintf(h->user_agent, sizeof(h->user_agent), "%s",
+                 user_agent ? user_agent : "agently-worker");
         h->multi = curl_multi_init();
         if (!h->multi) {
                 free(h);
@@ -146,7 +150,7 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
         const char *url = json_string_value(json_object_get(request, "url"));
         const json_t *headers = json_object_get(request, "headers");
         const json_t *body = json_object_get(request, "body");
-        const json_t *expect = json_object_get(request, "expect");
+        const json_t *expect = json_object_get(request, "expect_status");
         struct runtime_http_transfer *t;
         bool has_content_type = false;
         const char *name;
@@ -168,7 +172,10 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
         if (headers && json_object_size(headers) > RUNTIME_HTTP_MAX_HEADERS)
                 return fail_request(error, strdup("request.headers has too many entries"));
         if (expect && !json_is_array(expect))
-                return fail_request(error, strdup("request.expect must be an array of statuses"));
+                return fail_request(
+                    error,
+                    strdup(
+                        "request.expect_status must be an array of statuses or [lo, hi] ranges"));
         if (timeout_ms <= 0)
                 timeout_ms = RUNTIME_HTTP_DEFAULT_TIMEOUT_MS;
 
@@ -243,7 +250,7 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
         curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
         curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
-        curl_easy_setopt(t->easy, CURLOPT_USERAGENT, "agently-worker");
+        curl_easy_setopt(t->easy, CURLOPT_USERAGENT, h->user_agent);
 
         if (curl_multi_add_handle(h->multi, t->easy) != CURLM_OK) {
                 transfer_free(h, t);
@@ -268,15 +275,17 @@ unsigned runtime_http_active(const struct runtime_http *h)
         return h->active;
 }
 
-int runtime_http_poll(struct runtime_http *h, int timeout_ms)
+int runtime_http_poll(struct runtime_http *h, int timeout_ms, int extra_fd)
 {
+        struct curl_waitfd extra = {.fd = extra_fd, .events = CURL_WAIT_POLLIN};
         int running = 0;
 
-        if (curl_multi_poll(h->multi, NULL, 0, timeout_ms < 0 ? 0 : timeout_ms, NULL) != CURLM_OK)
+        if (curl_multi_poll(h->multi, extra_fd >= 0 ? &extra : NULL, extra_fd >= 0 ? 1 : 0,
+                            timeout_ms < 0 ? 0 : timeout_ms, NULL) != CURLM_OK)
                 return -EIO;
         if (curl_multi_perform(h->multi, &running) != CURLM_OK)
                 return -EIO;
-        return 0;
+        return extra_fd >= 0 && (extra.revents & CURL_WAIT_POLLIN) ? 1 : 0;
 }
 
 void runtime_http_wakeup(struct runtime_http *h)
@@ -284,6 +293,7 @@ void runtime_http_wakeup(struct runtime_http *h)
         curl_multi_wakeup(h->multi);
 }
 
+/* expect: [status | [lo, hi], ...]; empty or absent means any 2xx. */
 static bool status_expected(const json_t *expect, long status)
 {
         size_t i;
@@ -293,6 +303,10 @@ static bool status_expected(const json_t *expect, long status)
                 return status >= 200 && status < 300;
         json_array_foreach (expect, i, v) {
                 if (json_is_integer(v) && json_integer_value(v) == status)
+                        return true;
+                if (json_is_array(v) && json_array_size(v) == 2 &&
+                    json_integer_value(json_array_get(v, 0)) <= status &&
+                    status <= json_integer_value(json_array_get(v, 1)))
                         return true;
         }
         return false;
@@ -335,7 +349,7 @@ static json_t *response_headers(CURL *easy)
 
 static json_t *make_error(const char *kind, const char *message)
 {
-        return json_pack("{s:s, s:s}", "kind", kind, "message", message);
+        return json_pack("{s:s, s:s}", "class", kind, "message", message);
 }
 
 bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **output,
@@ -373,8 +387,9 @@ bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **ou
                 } else {
                         char msg[64];
                         snprintf(msg, sizeof(msg), "unexpected http status %ld", status);
-                        *error = json_pack("{s:s, s:s, s:I, s:o}", "kind", "http_status", "message",
-                                           msg, "status", (json_int_t)status, "body", body);
+                        *error =
+                            json_pack("{s:s, s:s, s:I, s:o}", "class", "http_status", "message",
+                                      msg, "status", (json_int_t)status, "body", body);
                         /* seconds, from either the delta or the HTTP-date form */
                         if (curl_easy_getinfo(t->easy, CURLINFO_RETRY_AFTER, &retry_after) ==
                                 CURLE_OK &&

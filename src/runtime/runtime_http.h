@@ -19,8 +19,9 @@
 struct runtime_http;
 struct runtime_http_transfer;
 
-/* Creates an empty multi handle; 0 or -ENOMEM. The caller owns *out. */
-int runtime_http_new(struct runtime_http **out);
+/* Creates an empty multi handle whose requests carry user_agent (copied; NULL for
+ * "agently-worker"); 0 or -ENOMEM. The caller owns *out. */
+int runtime_http_new(const char *user_agent, struct runtime_http **out);
 
 /* Aborts every transfer still in flight (their completions are never reported) and frees h.
  * Accepts NULL. */
@@ -28,12 +29,12 @@ void runtime_http_free(struct runtime_http *h);
 
 /*
  * Starts a request. request is {"method","url","headers":{name:value},"body":any,
- * "expect":[status...]} (body: a string is sent as is, anything else as JSON with
- * Content-Type application/json; expect defaults to any 2xx). The Idempotency-Key header is
- * set to idempotency_key when non-NULL. timeout_ms bounds the whole exchange (<= 0: the
- * default). userdata comes back with the completion. Returns 0 and the transfer in *out
- * (owned by h until it completes or is aborted), -EINVAL with a message in *error (malloc'd)
- * for a request that cannot be sent (bad method, url, headers), -ENOMEM.
+ * "expect_status":[status | [lo, hi], ...]} (body: a string is sent as is, anything else
+ * as JSON with Content-Type application/json; expect_status defaults to any 2xx). The
+ * Idempotency-Key header is set to idempotency_key when non-NULL. timeout_ms bounds the whole
+ * exchange (<= 0: the default). userdata comes back with the completion. Returns 0 and the transfer
+ * in *out (owned by h until it completes or is aborted), -EINVAL with a message in *error
+ * (malloc'd) for a request that cannot be sent (bad method, url, headers), -ENOMEM.
  */
 int runtime_http_start(struct runtime_http *h, const json_t *request, const char *idempotency_key,
                        int64_t timeout_ms, void *userdata, struct runtime_http_transfer **out,
@@ -46,10 +47,11 @@ void runtime_http_abort(struct runtime_http *h, struct runtime_http_transfer *t)
 unsigned runtime_http_active(const struct runtime_http *h);
 
 /*
- * Drives transfers, waiting up to timeout_ms for network activity or runtime_http_wakeup().
- * Returns 0 or a negative errno when libcurl failed.
+ * Drives transfers, waiting up to timeout_ms for network activity, runtime_http_wakeup() or
+ * extra_fd (>= 0) becoming readable. Returns 1 when extra_fd is readable, 0, or a negative
+ * errno when libcurl failed.
  */
-int runtime_http_poll(struct runtime_http *h, int timeout_ms);
+int runtime_http_poll(struct runtime_http *h, int timeout_ms, int extra_fd);
 
 /* Interrupts a runtime_http_poll() in progress from any thread (or makes the next return at
  * once). */
@@ -57,7 +59,7 @@ void runtime_http_wakeup(struct runtime_http *h);
 
 /*
  * Takes the next finished transfer: its userdata and either *output (success: {"status",
- * "headers", "body"}) or *error ({"kind": "network"|"timeout"|"http_status"|"too_large",
+ * "headers", "body"}) or *error ({"class": "network"|"timeout"|"http_status"|"too_large",
  * "message", "status"?, "retry_after_ms"?, "body"?}); the caller owns whichever is set. The
  * transfer is freed. Returns false when none is finished.
  */

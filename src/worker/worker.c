@@ -1080,6 +1080,7 @@ int worker_run(const struct worker_config *cfg)
         struct worker w = {.cfg = cfg};
         pthread_t hb;
         bool hb_started = false;
+        _cleanup_free_ char *ua = NULL;
         int r;
 
         if (cfg->concurrency < 1 || cfg->concurrency > WORKER_MAX_CONCURRENCY ||
@@ -1099,7 +1100,8 @@ int worker_run(const struct worker_config *cfg)
                 log_errno(r, "%s", db_last_error());
                 goto out;
         }
-        r = runtime_http_new(&w.http);
+        ua = str_printf("agently-worker/%s", cfg->id);
+        r = ua ? runtime_http_new(ua, &w.http) : -ENOMEM;
         if (r < 0) {
                 log_errno(r, "could not set up HTTP");
                 goto out;

@@ -60,27 +60,9 @@ static void teardown(struct fixture *f)
         free(f);
 }
 
-/* The definition with every "SINK" replaced by the sink's base URL. */
-static char *with_sink(struct fixture *f, const char *def)
-{
-        const char *url = worker_sink_url(f->sink);
-        char *out = calloc(1, strlen(def) * 6 + 256), *o = out;
-
-        assert_non_null(out);
-        for (const char *p = def; *p;) {
-                if (strncmp(p, "SINK", 4) == 0) {
-                        o = stpcpy(o, url);
-                        p += 4;
-                } else {
-                        *o++ = *p++;
-                }
-        }
-        return out;
-}
-
 static char *start_run(struct fixture *f, const char *definition)
 {
-        char *def = with_sink(f, definition), *wf, *run;
+        char *def = worker_sink_expand(f->sink, definition), *wf, *run;
 
         wf = worker_test_workflow(f->db, f->user, "w", 1, def);
         run = worker_test_run(f->db, wf, NULL);

@@ -68,6 +68,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         snprintf(rec.method, sizeof(rec.method), "%s", method);
         snprintf(rec.path, sizeof(rec.path), "%s", url);
         snprintf(rec.idempotency_key, sizeof(rec.idempotency_key), "%s", key ? key : "");
+        key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "User-Agent");
+        snprintf(rec.user_agent, sizeof(rec.user_agent), "%s", key ? key : "");
         memcpy(rec.body, u->body, u->len + 1);
         rec.at_ms = test_now_ms();
 
@@ -134,6 +136,29 @@ void worker_sink_stop(struct worker_sink *s)
 const char *worker_sink_url(const struct worker_sink *s)
 {
         return s->url;
+}
+
+char *worker_sink_expand(const struct worker_sink *s, const char *text)
+{
+        size_t ulen = strlen(s->url), n = 0;
+        char *out, *o;
+
+        for (const char *p = strstr(text, "SINK"); p; p = strstr(p + 4, "SINK"))
+                n++;
+        out = malloc(strlen(text) + n * ulen + 1);
+        assert_non_null(out);
+        o = out;
+        for (const char *p = text; *p;) {
+                if (strncmp(p, "SINK", 4) == 0) {
+                        memcpy(o, s->url, ulen);
+                        o += ulen;
+                        p += 4;
+                } else {
+                        *o++ = *p++;
+                }
+        }
+        *o = '\0';
+        return out;
 }
 
 int worker_sink_count(struct worker_sink *s, const char *prefix)

@@ -18,6 +18,7 @@ struct worker_sink_request {
         char path[256];
         char idempotency_key[256];
         char body[512];
+        char user_agent[256];
         int64_t at_ms; /* test_now_ms() at arrival */
         int status;    /* what the sink answered */
 };
@@ -28,6 +29,9 @@ void worker_sink_stop(struct worker_sink *s);
 
 /* "http://127.0.0.1:PORT" (owned by the sink). */
 const char *worker_sink_url(const struct worker_sink *s);
+
+/* A copy of text with every "SINK" replaced by the sink's base URL (caller frees). */
+char *worker_sink_expand(const struct worker_sink *s, const char *text);
 
 /* Requests whose path starts with prefix ("" for all). */
 int worker_sink_count(struct worker_sink *s, const char *prefix);
