@@ -1,0 +1,142 @@
+/*
+ * Internals shared by the files of src/api: the request and response of one HTTP exchange,
+ * the route table, the database pool, JSON error helpers, SSE streams and secret
+ * encryption. Not used outside the module (tests read the route table through
+ * api_routes.h).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <microhttpd.h>
+
+#include "api.h"
+#include "api_routes.h"
+#include "buf.h"
+
+#define API_MAX_PATH_PARAMS  4
+#define API_MAX_HEADERS      100
+#define API_MAX_HEADER_BYTES (32 * 1024)
+#define API_MAX_JSON_DEPTH   64
+#define API_MAX_URL_BYTES    4096
+
+/* One log event as the API shows it (docs/openapi.json "Event"); columns of logs. */
+#define API_EVENT_JSON                                                                             \
+        "json_build_object('seq', seq, 'kind', kind, 'level', level, 'node_id', node_id, "         \
+        "'attempt', attempt, 'message', message, 'data', data, 'created_at', created_at)"
+
+struct api_server;
+
+struct api_request {
+        struct api_server *server;
+        struct MHD_Connection *connection;
+        const struct api_route *route;
+        const char *method;
+        const char *path;
+        const char *params[API_MAX_PATH_PARAMS]; /* path parameters, in pattern order */
+        char *param_storage;                     /* owns params' strings */
+        const char *body;                        /* NUL-terminated, may be "" */
+        size_t body_len;
+        json_t *json;     /* parsed body (owned), after api_request_json() */
+        PGconn *db;       /* in a transaction with agently.user_id set (auth routes) */
+        char user_id[40]; /* authenticated user */
+        char user_name[80];
+        bool is_admin;
+};
+
+struct api_response {
+        unsigned status;
+        json_t *json; /* body (owned) */
+        char *text;   /* or a text body (owned), with content_type */
+        const char *content_type;
+        const char *allow;        /* Allow header for 405 */
+        bool replayed;            /* Idempotent-Replayed: true */
+        bool unauthorized;        /* add WWW-Authenticate */
+        struct MHD_Response *raw; /* a ready response (SSE); status as given */
+};
+
+/* Sets an error response: {"error": {"code", "message", "detail", "hint"}}. detail and hint
+ * may be NULL (JSON null). Returns status so handlers can `return api_error(...)`. */
+unsigned api_error(struct api_response *resp, unsigned status, const char *code,
+                   const char *message, const char *detail, const char *hint);
+/* Same with a printf-formatted detail. */
+unsigned api_errorf(struct api_response *resp, unsigned status, const char *code,
+                    const char *message, const char *hint, const char *detail_fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* The error for a failed database call r (negative errno): 503 when the database is
+ * unreachable or busy, 409/400 for constraint problems, 500 otherwise. */
+unsigned api_db_error(struct api_response *resp, int r);
+/* Sets a JSON body (steals obj). */
+unsigned api_json(struct api_response *resp, unsigned status, json_t *obj);
+
+/* Parses the request body as JSON with a depth limit; on failure sets a 400 response
+ * (line, column, position) and returns NULL. The result is borrowed from req. */
+json_t *api_request_json(struct api_request *req, struct api_response *resp);
+
+/* Query-string argument or NULL. */
+const char *api_query(struct api_request *req, const char *name);
+/* Request header or NULL. */
+const char *api_header(struct api_request *req, const char *name);
+
+/*
+ * Runs a statement in the request's transaction and parses its first row's first column
+ * (json or jsonb text) into *out (new reference; NULL when no row or SQL NULL). Returns 1
+ * for a row, 0 for none, a negative errno on failure (then api_db_error() fits).
+ */
+int api_query_json(struct api_request *req, const char *sql, int n, const char *const *params,
+                   json_t **out);
+
+/* Appends an event to a run's log in the request's transaction (kind e.g. "run.cancel_
+ * requested"); data may be NULL. 0 or a negative errno. */
+int api_append_event(struct api_request *req, const char *run_id, const char *kind,
+                     const char *message, json_t *data);
+
+/* ---- SSE (api_sse.c) ---- */
+struct api_sse_hub;
+int api_sse_hub_start(struct api_server *server, struct api_sse_hub **out);
+/* Ends every stream (each client gets its remaining data, then EOF), resumes every
+ * suspended connection and waits up to timeout_ms for them to close. */
+void api_sse_hub_stop(struct api_sse_hub *hub, int timeout_ms);
+/* Creates the streaming response for run_id after seq `after` (owned by MHD once queued). */
+struct MHD_Response *api_sse_open(struct api_sse_hub *hub, struct MHD_Connection *connection,
+                                  const char *user_id, const char *run_id, int64_t after);
+
+/* ---- database pool (api_server.c) ---- */
+/* Takes a connection (waits up to a few seconds); NULL with *r = -EAGAIN (pool busy) or
+ * -ECONNREFUSED (database down). */
+PGconn *api_pool_acquire(struct api_server *server, int *r);
+/* Returns a connection; broken ones (or broken=true) are closed and reopened later. */
+void api_pool_release(struct api_server *server, PGconn *c, bool broken);
+const char *api_server_data_dir(struct api_server *server);
+struct api_sse_hub *api_server_sse(struct api_server *server);
+unsigned api_server_statement_timeout_ms(struct api_server *server);
+
+/* ---- secrets (api_secret.c) ---- */
+#define API_SECRET_MAX_VALUE (64 * 1024)
+struct api_sealed_secret {
+        unsigned char nonce[24];
+        unsigned char *ciphertext; /* malloc'd */
+        size_t ciphertext_len;
+        unsigned char wrapped_key[24 + 32 + 16];
+        int key_version;
+};
+/* Encrypts value for (user_id, secret_id) under a fresh data key wrapped by the master key
+ * of data_dir (or AGENTLY_MASTER_KEY_FILE), creating the key file (0600) on first use.
+ * 0 or a negative errno; on failure nothing is allocated. */
+int api_secret_seal(const char *data_dir, const char *user_id, const char *secret_id,
+                    const char *value, size_t len, struct api_sealed_secret *out);
+/* The inverse, for tests and the worker: *value is malloc'd and NUL-terminated. -EBADMSG
+ * when the ciphertext, wrapped key or associated data do not match. */
+int api_secret_open(const char *data_dir, const char *user_id, const char *secret_id,
+                    const unsigned char *nonce, const unsigned char *ciphertext, size_t len,
+                    const unsigned char *wrapped_key, size_t wrapped_len, int key_version,
+                    char **value);
+void api_sealed_secret_free(struct api_sealed_secret *s);
+
+/* ---- metrics (api_server.c) ---- */
+void api_metrics_observe(size_t route_index, const char *method, unsigned status, double seconds);
+/* Appends the in-process metrics (latency histograms) in Prometheus text format. */
+int api_metrics_render_http(struct buf *b);

@@ -1,0 +1,1601 @@
+/*
+ * The route table and its handlers. Every handler runs inside the request's transaction as
+ * agently_api with agently.user_id set (api_server.c), so row-level security decides what
+ * exists: another user's object is simply not found (404), never forbidden. Handlers build
+ * their JSON in SQL (json_build_object) so that the database's types and time zone (UTC)
+ * define the representation, and return the HTTP status; a status >= 400 rolls the
+ * transaction back.
+ */
+#include "api_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "auth_token.h"
+#include "cleanup.h"
+#include "db.h"
+#include "engine.h"
+#include "log.h"
+#include "migrate.h"
+#include "strutil.h"
+
+#define PAGE_DEFAULT   50
+#define PAGE_MAX       200
+#define EVENTS_DEFAULT 100
+#define EVENTS_MAX     1000
+
+#define RUN_JSON                                                                                   \
+        "json_build_object('id', r.id, 'workflow', r.workflow_name, 'workflow_version', "          \
+        "r.workflow_version, 'workflow_id', r.workflow_id, 'status', r.status, 'input', r.input, " \
+        "'output', r.output, 'error', r.error, 'wait_reason', r.wait_reason, 'attempt', "          \
+        "r.attempt, 'cancel_requested', r.cancel_requested, 'pause_requested', "                   \
+        "r.pause_requested, 'rerun_of', r.rerun_of, 'rerun_from_node', r.rerun_from_node, "        \
+        "'parent_run_id', r.parent_run_id, 'created_at', r.created_at, 'started_at', "             \
+        "r.started_at, 'finished_at', r.finished_at, 'updated_at', r.updated_at, 'run_at', "       \
+        "r.run_at, 'timeout_at', r.timeout_at, 'cost_usd', r.cost_usd, 'tokens_in', "              \
+        "r.tokens_in, 'tokens_out', r.tokens_out, 'last_event_seq', r.event_seq, 'nodes', "        \
+        "COALESCE((SELECT json_agg(json_build_object('node_id', n.node_id, 'status', n.status, "   \
+        "'attempt', n.attempt, 'output', n.output, 'error', n.error, 'started_at', "               \
+        "n.started_at, 'finished_at', n.finished_at) ORDER BY n.first_started, n.node_id) "        \
+        "FROM (SELECT DISTINCT ON (x.node_id) x.*, min(x.started_at) OVER (PARTITION BY "          \
+        "x.node_id) AS first_started FROM node_runs x WHERE x.workflow_run_id = r.id "             \
+        "ORDER BY x.node_id, x.attempt DESC) n), '[]'::json))"
+
+#define RUN_SUMMARY_JSON                                                                           \
+        "json_build_object('id', r.id, 'workflow', r.workflow_name, 'workflow_version', "          \
+        "r.workflow_version, 'status', r.status, 'attempt', r.attempt, 'created_at', "             \
+        "r.created_at, 'started_at', r.started_at, 'finished_at', r.finished_at, 'cost_usd', "     \
+        "r.cost_usd, 'rerun_of', r.rerun_of)"
+
+#define WORKFLOW_JSON                                                                              \
+        "json_build_object('id', w.id, 'name', w.name, 'version', w.version, 'definition', "       \
+        "w.definition, 'definition_sha256', w.definition_sha256, 'created_at', w.created_at)"
+
+#define WORKFLOW_VERSION_JSON                                                                      \
+        "json_build_object('id', w.id, 'name', w.name, 'version', w.version, "                     \
+        "'definition_sha256', w.definition_sha256, 'created_at', w.created_at)"
+
+#define APPROVAL_JSON                                                                              \
+        "json_build_object('id', a.id, 'run_id', a.workflow_run_id, 'node_id', a.node_id, "        \
+        "'status', a.status, 'title', a.title, 'request', a.request, 'decision', a.decision, "     \
+        "'decided_by', a.decided_by, 'comment', a.comment, 'decided_at', a.decided_at, "           \
+        "'expires_at', a.expires_at, 'created_at', a.created_at)"
+
+#define SECRET_JSON                                                                                \
+        "json_build_object('name', s.name, 'key_version', s.key_version, 'created_at', "           \
+        "s.created_at, 'updated_at', s.updated_at)"
+
+#define TOKEN_JSON                                                                                 \
+        "json_build_object('id', t.id, 'name', t.name, 'prefix', t.token_prefix, 'user_id', "      \
+        "t.user_id, 'created_at', t.created_at, 'last_used_at', t.last_used_at, 'expires_at', "    \
+        "t.expires_at, 'revoked_at', t.revoked_at)"
+
+static const char *const run_statuses[] = {"queued", "running",   "waiting", "needs_input",
+                                           "paused", "completed", "failed",  "canceled"};
+
+/* ---- small helpers ---------------------------------------------------------------- */
+
+static bool is_uuid(const char *s)
+{
+        static const char shape[] = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
+
+        if (strlen(s) != sizeof(shape) - 1)
+                return false;
+        for (size_t i = 0; shape[i]; i++) {
+                char ch = s[i];
+                if (shape[i] == '-' ? ch != '-'
+                                    : !((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') ||
+                                        (ch >= 'A' && ch <= 'F')))
+                        return false;
+        }
+        return true;
+}
+
+static bool is_name(const char *s)
+{
+        size_t n = strlen(s);
+
+        if (n < 1 || n > 63)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char ch = s[i];
+                bool alnum = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9');
+                if (!alnum && (i == 0 || (ch != '_' && ch != '.' && ch != '-')))
+                        return false;
+        }
+        return true;
+}
+
+static bool is_terminal(const char *status)
+{
+        return strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 ||
+               strcmp(status, "canceled") == 0;
+}
+
+static unsigned not_found(struct api_response *resp, const char *what, const char *id)
+{
+        return api_errorf(resp, 404, "not_found", "not found", NULL, "%s '%s' does not exist", what,
+                          id);
+}
+
+/* The body as a JSON object (an empty body is {} when allow_empty). */
+static json_t *body_object(struct api_request *req, struct api_response *resp, bool allow_empty)
+{
+        json_t *j;
+
+        if (allow_empty && req->body_len == 0) {
+                req->json = json_object();
+                return req->json;
+        }
+        j = api_request_json(req, resp);
+        if (j && !json_is_object(j)) {
+                api_error(resp, 400, "invalid_body", "the request body must be a JSON object", NULL,
+                          "see docs/openapi.yaml for the shape");
+                return NULL;
+        }
+        return j;
+}
+
+/* 400 when obj has a key not in allowed (NULL-terminated). */
+static unsigned reject_unknown_keys(json_t *obj, const char *const *allowed,
+                                    struct api_response *resp)
+{
+        const char *key;
+        json_t *v;
+
+        json_object_foreach (obj, key, v) {
+                bool ok = false;
+                for (size_t i = 0; allowed[i]; i++)
+                        ok |= strcmp(key, allowed[i]) == 0;
+                if (!ok)
+                        return api_errorf(resp, 400, "unknown_field", "unknown field",
+                                          "remove it; see docs/openapi.yaml", "field '%s'", key);
+        }
+        return 0;
+}
+
+/* Parses ?limit= into 1..max (default def); 0 or a 400 status. */
+static unsigned parse_limit(struct api_request *req, struct api_response *resp, int def, int max,
+                            int *out)
+{
+        const char *s = api_query(req, "limit");
+
+        *out = def;
+        if (!s)
+                return 0;
+        if (str_to_int(s, out) < 0 || *out < 1 || *out > max)
+                return api_errorf(resp, 400, "invalid_parameter", "invalid limit", NULL,
+                                  "limit must be an integer from 1 to %d, got '%s'", max, s);
+        return 0;
+}
+
+static char *cursor_encode(const char *text)
+{
+        size_t n = strlen(text);
+        size_t cap = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        char *out = malloc(cap);
+
+        if (out)
+                sodium_bin2base64(out, cap, (const unsigned char *)text, n,
+                                  sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        return out;
+}
+
+/* Decodes ?cursor= into a malloc'd string (NULL when absent); 400 on garbage. */
+static unsigned cursor_decode(struct api_request *req, struct api_response *resp, char **out)
+{
+        const char *s = api_query(req, "cursor");
+        size_t n, len = 0;
+        char *buf;
+
+        *out = NULL;
+        if (!s || !*s)
+                return 0;
+        n = strlen(s);
+        if (n > 1024)
+                goto bad;
+        buf = calloc(1, n + 1);
+        if (!buf)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        if (sodium_base642bin((unsigned char *)buf, n, s, n, NULL, &len, NULL,
+                              sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+            memchr(buf, '\0', len)) {
+                free(buf);
+                goto bad;
+        }
+        buf[len] = '\0';
+        *out = buf;
+        return 0;
+bad:
+        return api_error(resp, 400, "invalid_cursor", "the cursor is not valid", NULL,
+                         "pass next_cursor from the previous page unchanged");
+}
+
+/*
+ * Runs a page query whose rows are (item json, cursor key text) with LIMIT limit + 1, and
+ * answers {"data": [...], "next_cursor": ...}.
+ */
+static unsigned page_query(struct api_request *req, struct api_response *resp, const char *sql,
+                           int n, const char *const *params, int limit)
+{
+        int r = 0;
+        _cleanup_pgresult_ PGresult *res = db_query(req->db, sql, n, params, &r);
+        json_t *data, *page;
+
+        if (!res)
+                return api_db_error(resp, r);
+        data = json_array();
+        page = json_pack("{s:o}", "data", data);
+        if (!page)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        int rows = PQntuples(res);
+        for (int i = 0; i < rows && i < limit; i++) {
+                json_t *item = json_loads(PQgetvalue(res, i, 0), JSON_DECODE_ANY, NULL);
+                if (item)
+                        json_array_append_new(data, item);
+        }
+        if (rows > limit) {
+                _cleanup_free_ char *c = cursor_encode(PQgetvalue(res, limit - 1, 1));
+                json_object_set_new(page, "next_cursor", c ? json_string(c) : json_null());
+        } else
+                json_object_set_new(page, "next_cursor", json_null());
+        return api_json(resp, 200, page);
+}
+
+/* Splits a "<timestamp>|<uuid>" cursor in place. */
+static unsigned split_time_cursor(char *cursor, const char **ts, const char **id,
+                                  struct api_response *resp)
+{
+        char *bar = cursor ? strrchr(cursor, '|') : NULL;
+
+        *ts = *id = NULL;
+        if (!cursor)
+                return 0;
+        if (!bar || !is_uuid(bar + 1))
+                return api_error(resp, 400, "invalid_cursor", "the cursor is not valid", NULL,
+                                 "pass next_cursor from the previous page unchanged");
+        *bar = '\0';
+        *ts = cursor;
+        *id = bar + 1;
+        return 0;
+}
+
+static unsigned respond_query(struct api_request *req, struct api_response *resp, unsigned status,
+                              const char *sql, int n, const char *const *params, const char *what,
+                              const char *id)
+{
+        json_t *j = NULL;
+        int r = api_query_json(req, sql, n, params, &j);
+
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (r == 0 || !j)
+                return not_found(resp, what, id);
+        return api_json(resp, status, j);
+}
+
+static unsigned respond_run(struct api_request *req, struct api_response *resp, unsigned status,
+                            const char *id)
+{
+        const char *params[] = {id};
+
+        return respond_query(req, resp, status,
+                             "SELECT " RUN_JSON " FROM workflow_runs r WHERE r.id = $1", 1, params,
+                             "run", id);
+}
+
+/* ---- ops -------------------------------------------------------------------------- */
+
+static unsigned h_healthz(struct api_request *req, struct api_response *resp)
+{
+        return api_json(resp, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static unsigned h_readyz(struct api_request *req, struct api_response *resp)
+{
+        int r = 0;
+        PGconn *c = api_pool_acquire(req->server, &r);
+
+        if (!c)
+                return api_error(resp, 503, "database_unavailable", "the database is unreachable",
+                                 db_last_error(), "check that Postgres is running");
+        r = db_migrations_check(c);
+        api_pool_release(req->server, c, PQstatus(c) != CONNECTION_OK);
+        if (r == -ESTALE || r == -EBADMSG || r == -EPROTO)
+                return api_error(resp, 503, "migrations_not_current",
+                                 "the database schema is not current", db_last_error(),
+                                 "run `agently migrate`");
+        if (r < 0)
+                return api_error(resp, 503, "database_unavailable", "the database is unreachable",
+                                 db_last_error(), "check that Postgres is running");
+        return api_json(resp, 200,
+                        json_pack("{s:s, s:s, s:s}", "status", "ready", "database", "ok",
+                                  "migrations", "current"));
+}
+
+static unsigned h_metrics(struct api_request *req, struct api_response *resp)
+{
+        _cleanup_buf_ struct buf b;
+        int r = 0;
+        bool db_up = false;
+        PGconn *c = api_pool_acquire(req->server, &r);
+
+        buf_init(&b, 4 * 1024 * 1024);
+        if (c) {
+                _cleanup_pgresult_ PGresult *res =
+                    db_query(c, "SELECT name, kind, help, labels, value FROM agently_api_metrics()",
+                             0, NULL, &r);
+                if (res) {
+                        const char *last = "";
+                        db_up = true;
+                        for (int i = 0; i < PQntuples(res); i++) {
+                                const char *name = PQgetvalue(res, i, 0);
+                                if (strcmp(name, last) != 0)
+                                        buf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", name,
+                                                   PQgetvalue(res, i, 2), name,
+                                                   PQgetvalue(res, i, 1));
+                                last = name;
+                                const char *labels = PQgetvalue(res, i, 3);
+                                buf_printf(&b, "%s%s%s%s %s\n", name, *labels ? "{" : "", labels,
+                                           *labels ? "}" : "", PQgetvalue(res, i, 4));
+                        }
+                }
+                api_pool_release(req->server, c, PQstatus(c) != CONNECTION_OK);
+        }
+        buf_printf(&b,
+                   "# HELP agently_database_up 1 when the metrics query reached the "
+                   "database.\n# TYPE agently_database_up gauge\nagently_database_up %d\n",
+                   db_up ? 1 : 0);
+        api_metrics_render_http(&b);
+        resp->text = buf_steal(&b);
+        resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+        resp->status = 200;
+        return 200;
+}
+
+/* ---- users ------------------------------------------------------------------------ */
+
+static unsigned h_me(struct api_request *req, struct api_response *resp)
+{
+        const char *params[] = {req->user_id};
+
+        return respond_query(req, resp, 200,
+                             "SELECT json_build_object('id', id, 'name', name, 'is_admin', "
+                             "is_admin, 'created_at', created_at) FROM users WHERE id = $1",
+                             1, params, "user", req->user_id);
+}
+
+static unsigned h_users_create(struct api_request *req, struct api_response *resp)
+{
+        static const char *const keys[] = {"name", "is_admin", NULL};
+        json_t *b = body_object(req, resp, false);
+        unsigned st;
+        json_t *j = NULL;
+        int r;
+
+        if (!b)
+                return resp->status;
+        if ((st = reject_unknown_keys(b, keys, resp)))
+                return st;
+        const char *name = json_string_value(json_object_get(b, "name"));
+        json_t *admin = json_object_get(b, "is_admin");
+        if (!name)
+                return api_error(resp, 400, "invalid_field", "name is required", "field 'name'",
+                                 "send {\"name\": \"alice\"}");
+        if (admin && !json_is_boolean(admin))
+                return api_error(resp, 400, "invalid_field", "is_admin must be a boolean",
+                                 "field 'is_admin'", NULL);
+        const char *params[] = {req->user_id, name, json_is_true(admin) ? "true" : "false"};
+        r = api_query_json(req,
+                           "SELECT json_build_object('id', u.id, 'name', u.name, 'is_admin', "
+                           "u.is_admin, 'created_at', u.created_at) "
+                           "FROM agently_admin_list_users($1) u "
+                           "WHERE u.id = agently_admin_create_user($1, $2, $3::boolean)",
+                           3, params, &j);
+        if (r < 0) {
+                if (r == -EACCES)
+                        return api_error(resp, 403, "forbidden",
+                                         "only an administrator can "
+                                         "create users",
+                                         NULL, "ask an administrator");
+                if (r == -EEXIST)
+                        return api_errorf(resp, 409, "conflict", "the user already exists", NULL,
+                                          "user '%s'", name);
+                if (r == -EINVAL)
+                        return api_errorf(resp, 400, "invalid_field", "invalid user name",
+                                          "use 1-63 of a-z 0-9 _ . @ -, starting with a letter "
+                                          "or digit",
+                                          "name '%s'", name);
+                return api_db_error(resp, r);
+        }
+        if (!j) /* created but not listed: cannot happen within one transaction */
+                return api_error(resp, 500, "internal", "could not read the new user", NULL, NULL);
+        return api_json(resp, 201, j);
+}
+
+static unsigned h_users_list(struct api_request *req, struct api_response *resp)
+{
+        const char *params[] = {req->user_id};
+        json_t *j = NULL;
+        int r = api_query_json(req,
+                               "SELECT json_build_object('data', COALESCE(json_agg("
+                               "json_build_object('id', u.id, 'name', u.name, 'is_admin', "
+                               "u.is_admin, 'created_at', u.created_at) ORDER BY u.name), "
+                               "'[]'::json)) FROM agently_admin_list_users($1) u",
+                               1, params, &j);
+
+        if (r == -EACCES)
+                return api_error(resp, 403, "forbidden", "only an administrator can list users",
+                                 NULL, NULL);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return api_json(resp, 200, j);
+}
+
+/* ---- workflows -------------------------------------------------------------------- */
+
+/* Shape checks used until the engine's parser is available (wf_parse -> -ENOSYS). */
+static json_t *basic_validate(json_t *def)
+{
+        json_t *errors = json_array(), *nodes = json_object_get(def, "nodes"), *n;
+        size_t i;
+
+        if (!json_is_array(nodes) || json_array_size(nodes) == 0) {
+                json_array_append_new(errors,
+                                      json_pack("{s:n, s:s, s:s}", "node", "field", "/nodes",
+                                                "message", "nodes must be a non-empty array"));
+                return errors;
+        }
+        if (json_array_size(nodes) > WF_MAX_NODES)
+                json_array_append_new(errors, json_pack("{s:n, s:s, s:s}", "node", "field",
+                                                        "/nodes", "message", "too many nodes"));
+        json_array_foreach (nodes, i, n) {
+                char field[64];
+                const char *id = json_string_value(json_object_get(n, "id"));
+                snprintf(field, sizeof(field), "/nodes/%zu/id", i);
+                if (!json_is_object(n) || !id || !*id || strlen(id) > 200) {
+                        json_array_append_new(errors, json_pack("{s:n, s:s, s:s}", "node", "field",
+                                                                field, "message",
+                                                                "every node needs an id (1-200 "
+                                                                "characters)"));
+                        continue;
+                }
+                for (size_t k = 0; k < i; k++)
+                        if (json_equal(json_object_get(json_array_get(nodes, k), "id"),
+                                       json_object_get(n, "id")))
+                                json_array_append_new(
+                                    errors, json_pack("{s:s, s:s, s:s}", "node", id, "field", field,
+                                                      "message", "duplicate node id"));
+                json_t *after = json_object_get(n, "after"), *a;
+                size_t j;
+                if (!after)
+                        continue;
+                snprintf(field, sizeof(field), "/nodes/%zu/after", i);
+                if (!json_is_array(after)) {
+                        json_array_append_new(
+                            errors, json_pack("{s:s, s:s, s:s}", "node", id, "field", field,
+                                              "message", "after must be an array of node ids"));
+                        continue;
+                }
+                json_array_foreach (after, j, a) {
+                        bool found = false;
+                        size_t k;
+                        json_t *m;
+                        json_array_foreach (nodes, k, m)
+                                found |= json_is_string(a) &&
+                                         json_equal(json_object_get(m, "id"), a) && k != i;
+                        if (!found)
+                                json_array_append_new(
+                                    errors, json_pack("{s:s, s:s, s:s}", "node", id, "field", field,
+                                                      "message",
+                                                      "after names an unknown node (or itself)"));
+                }
+        }
+        return errors;
+}
+
+static unsigned h_workflows_apply(struct api_request *req, struct api_response *resp)
+{
+        json_t *def = body_object(req, resp, false);
+        _cleanup_json_ json_t *errors = NULL;
+        _cleanup_free_ char *canonical = NULL;
+        struct wf_workflow *wf = NULL;
+        unsigned char digest[crypto_hash_sha256_BYTES];
+        char sha[2 * crypto_hash_sha256_BYTES + 1];
+        int r;
+
+        if (!def)
+                return resp->status;
+        const char *name = json_string_value(json_object_get(def, "name"));
+        if (!name || !is_name(name))
+                return api_error(resp, 400, "invalid_field", "invalid workflow name",
+                                 "field 'name'",
+                                 "use 1-63 of a-z 0-9 _ . -, starting with a letter or digit");
+        r = wf_parse(def, &wf, &errors);
+        wf_free(wf);
+        if (r == -ENOSYS) { /* the engine's parser is not there yet: check the shape */
+                json_decref(errors);
+                errors = basic_validate(def);
+                r = json_array_size(errors) ? -EINVAL : 0;
+        }
+        if (r == -EINVAL) {
+                json_t *first = json_array_get(errors, 0);
+                const char *node = json_string_value(json_object_get(first, "node"));
+                const char *field = json_string_value(json_object_get(first, "field"));
+                const char *msg = json_string_value(json_object_get(first, "message"));
+                api_errorf(resp, 422, "validation_failed", "the workflow definition is invalid",
+                           "fix every error listed in errors", "%s%s%s%s: %s", node ? "node '" : "",
+                           node ? node : "", node ? "' " : "", field ? field : "",
+                           msg ? msg : "invalid");
+                json_t *inner = json_object_get(resp->json, "error");
+                if (node)
+                        json_object_set_new(inner, "node", json_string(node));
+                if (field)
+                        json_object_set_new(inner, "field", json_string(field));
+                json_object_set(inner, "errors", errors);
+                return 422;
+        }
+        if (r < 0)
+                return api_error(resp, 500, "internal", "could not validate the workflow", NULL,
+                                 NULL);
+        canonical = wf_canonical_json(def);
+        if (!canonical)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        crypto_hash_sha256(digest, (const unsigned char *)canonical, strlen(canonical));
+        str_hex(digest, sizeof(digest), sha);
+
+        const char *params[] = {name, sha, canonical};
+        _cleanup_pgresult_ PGresult *lock =
+            db_query(req->db,
+                     "SELECT pg_advisory_xact_lock(hashtext('agently.workflow:' || "
+                     "agently_current_user_id() || ':' || $1))",
+                     1, params, &r);
+        if (!lock)
+                return api_db_error(resp, r);
+        json_t *j = NULL;
+        r = api_query_json(req,
+                           "SELECT " WORKFLOW_JSON " FROM workflows w WHERE w.name = $1 "
+                           "AND w.definition_sha256 = $2 AND w.version = (SELECT max(version) "
+                           "FROM workflows WHERE name = $1)",
+                           2, params, &j);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (j)
+                return api_json(resp, 200, j);
+        r = api_query_json(req,
+                           "WITH w AS (INSERT INTO workflows (user_id, name, version, definition, "
+                           "definition_sha256) SELECT agently_current_user_id(), $1, "
+                           "COALESCE(max(version), 0) + 1, $3::jsonb, $2 FROM workflows "
+                           "WHERE name = $1 RETURNING *) SELECT " WORKFLOW_JSON " FROM w",
+                           3, params, &j);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return api_json(resp, 201, j);
+}
+
+static unsigned h_workflows_list(struct api_request *req, struct api_response *resp)
+{
+        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
+        unsigned st;
+        int limit;
+
+        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, &limit)) ||
+            (st = cursor_decode(req, resp, &cursor)))
+                return st;
+        limit_s = str_printf("%d", limit + 1);
+        const char *params[] = {cursor, limit_s};
+        return page_query(req, resp,
+                          "SELECT " WORKFLOW_VERSION_JSON ", w.name FROM (SELECT DISTINCT ON "
+                          "(name) * FROM workflows WHERE ($1::text IS NULL OR name > $1) "
+                          "ORDER BY name, version DESC) w ORDER BY w.name LIMIT $2::integer",
+                          2, params, limit);
+}
+
+static unsigned h_workflows_get(struct api_request *req, struct api_response *resp)
+{
+        const char *name = req->params[0], *v = api_query(req, "version");
+        int version;
+
+        if (v && (str_to_int(v, &version) < 0 || version < 1))
+                return api_errorf(resp, 400, "invalid_parameter", "invalid version", NULL,
+                                  "version must be a positive integer, got '%s'", v);
+        const char *params[] = {name, v};
+        return respond_query(req, resp, 200,
+                             "SELECT " WORKFLOW_JSON " FROM workflows w WHERE w.name = $1 AND "
+                             "($2::integer IS NULL OR w.version = $2::integer) "
+                             "ORDER BY w.version DESC LIMIT 1",
+                             2, params, "workflow", name);
+}
+
+static unsigned h_workflows_versions(struct api_request *req, struct api_response *resp)
+{
+        const char *params[] = {req->params[0]};
+        json_t *j = NULL;
+        int r = api_query_json(req,
+                               "SELECT json_build_object('data', json_agg(" WORKFLOW_VERSION_JSON
+                               " ORDER BY w.version DESC)) FROM workflows w WHERE w.name = $1 "
+                               "HAVING count(*) > 0",
+                               1, params, &j);
+
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (!j)
+                return not_found(resp, "workflow", req->params[0]);
+        return api_json(resp, 200, j);
+}
+
+/* ---- runs ------------------------------------------------------------------------- */
+
+static unsigned h_runs_create(struct api_request *req, struct api_response *resp)
+{
+        static const char *const keys[] = {"workflow", "version", "input", NULL};
+        json_t *b = body_object(req, resp, false);
+        _cleanup_free_ char *input = NULL, *version_s = NULL;
+        _cleanup_pgresult_ PGresult *wf = NULL, *ins = NULL;
+        unsigned st;
+        int r = 0;
+
+        if (!b)
+                return resp->status;
+        if ((st = reject_unknown_keys(b, keys, resp)))
+                return st;
+        const char *name = json_string_value(json_object_get(b, "workflow"));
+        json_t *version = json_object_get(b, "version"), *in = json_object_get(b, "input");
+        if (!name)
+                return api_error(resp, 400, "invalid_field", "workflow is required",
+                                 "field 'workflow'", "send {\"workflow\": NAME, \"input\": {}}");
+        if (version && (!json_is_integer(version) || json_integer_value(version) < 1))
+                return api_error(resp, 400, "invalid_field", "version must be a positive integer",
+                                 "field 'version'", NULL);
+        if (in && !json_is_object(in))
+                return api_error(resp, 400, "invalid_field", "input must be a JSON object",
+                                 "field 'input'", "wrap values in an object: {\"input\": {...}}");
+        if (version)
+                version_s = str_printf("%lld", (long long)json_integer_value(version));
+        input = in ? json_dumps(in, JSON_COMPACT) : strdup("{}");
+        if (!input)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+
+        const char *p1[] = {name, version_s};
+        wf = db_query(req->db,
+                      "SELECT id, version FROM workflows WHERE name = $1 AND ($2::integer IS NULL "
+                      "OR version = $2::integer) ORDER BY version DESC LIMIT 1",
+                      2, p1, &r);
+        if (!wf)
+                return api_db_error(resp, r);
+        if (PQntuples(wf) == 0) {
+                if (version_s)
+                        return api_errorf(resp, 404, "not_found", "workflow version not found",
+                                          "list versions with GET /v1/workflows/{name}/versions",
+                                          "workflow '%s' version %s", name, version_s);
+                return api_errorf(resp, 404, "not_found", "workflow not found",
+                                  "apply it first: `agently workflow apply FILE`", "workflow '%s'",
+                                  name);
+        }
+        const char *p2[] = {PQgetvalue(wf, 0, 0), name, PQgetvalue(wf, 0, 1), input,
+                            api_header(req, "Idempotency-Key")};
+        ins = db_query(req->db,
+                       "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                       "workflow_version, input, idempotency_key) VALUES "
+                       "(agently_current_user_id(), $1, $2, $3::integer, $4::jsonb, $5) "
+                       "RETURNING id",
+                       5, p2, &r);
+        if (!ins) {
+                if (r == -EEXIST)
+                        return api_error(resp, 409, "conflict",
+                                         "a run with this Idempotency-Key already exists",
+                                         "its stored response has expired (keys are kept 24 h)",
+                                         "use a new key");
+                return api_db_error(resp, r);
+        }
+        const char *id = PQgetvalue(ins, 0, 0);
+        r = api_append_event(req, id, "run.created", "run created", NULL);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return respond_run(req, resp, 201, id);
+}
+
+static unsigned h_runs_list(struct api_request *req, struct api_response *resp)
+{
+        const char *status = api_query(req, "status"), *workflow = api_query(req, "workflow");
+        const char *after = api_query(req, "created_after");
+        const char *before = api_query(req, "created_before");
+        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
+        const char *cts, *cid;
+        unsigned st;
+        int limit;
+
+        if (status) {
+                bool ok = false;
+                for (size_t i = 0; i < ELEMENTSOF(run_statuses); i++)
+                        ok |= strcmp(status, run_statuses[i]) == 0;
+                if (!ok)
+                        return api_errorf(resp, 400, "invalid_parameter", "invalid status",
+                                          "one of queued, running, waiting, needs_input, paused, "
+                                          "completed, failed, canceled",
+                                          "status '%s'", status);
+        }
+        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, &limit)) ||
+            (st = cursor_decode(req, resp, &cursor)) ||
+            (st = split_time_cursor(cursor, &cts, &cid, resp)))
+                return st;
+        limit_s = str_printf("%d", limit + 1);
+        const char *params[] = {status, workflow, after, before, cts, cid, limit_s};
+        st = page_query(req, resp,
+                        "SELECT " RUN_SUMMARY_JSON ", r.created_at::text || '|' || r.id "
+                        "FROM workflow_runs r WHERE ($1::text IS NULL OR r.status = $1) "
+                        "AND ($2::text IS NULL OR r.workflow_name = $2) "
+                        "AND ($3::timestamptz IS NULL OR r.created_at > $3::timestamptz) "
+                        "AND ($4::timestamptz IS NULL OR r.created_at < $4::timestamptz) "
+                        "AND ($5::timestamptz IS NULL OR (r.created_at, r.id) < "
+                        "($5::timestamptz, $6::uuid)) "
+                        "ORDER BY r.created_at DESC, r.id DESC LIMIT $7::integer",
+                        7, params, limit);
+        if (st == 400 && json_is_object(resp->json)) /* a timestamp Postgres refused */
+                api_error(resp, 400, "invalid_parameter", "invalid created_after/created_before",
+                          db_last_error(), "use RFC 3339, e.g. 2026-11-22T05:53:47Z");
+        return st;
+}
+
+static unsigned h_runs_get(struct api_request *req, struct api_response *resp)
+{
+        if (!is_uuid(req->params[0]))
+                return not_found(resp, "run", req->params[0]);
+        return respond_run(req, resp, 200, req->params[0]);
+}
+
+/* The run's status, or NULL when it does not exist (for this user). malloc'd. */
+static int run_status(struct api_request *req, const char *id, char **out)
+{
+        const char *params[] = {id};
+        int r = 0;
+        _cleanup_pgresult_ PGresult *res =
+            db_query(req->db, "SELECT status FROM workflow_runs WHERE id = $1", 1, params, &r);
+
+        *out = NULL;
+        if (!res)
+                return r;
+        if (PQntuples(res) == 0)
+                return 0;
+        *out = strdup(PQgetvalue(res, 0, 0));
+        return *out ? 1 : -ENOMEM;
+}
+
+/* Runs an UPDATE ... RETURNING; 1 when a row changed, 0 when none, or a negative errno. */
+static int update_one(struct api_request *req, const char *sql, int n, const char *const *params)
+{
+        int r = 0;
+        _cleanup_pgresult_ PGresult *res = db_query(req->db, sql, n, params, &r);
+
+        if (!res)
+                return r;
+        return PQntuples(res) > 0 ? 1 : 0;
+}
+
+static int notify_control(struct api_request *req, const char *id)
+{
+        const char *params[] = {id};
+        int r = 0;
+        _cleanup_pgresult_ PGresult *res =
+            db_query(req->db, "SELECT pg_notify('agently_control', $1)", 1, params, &r);
+        return res ? 0 : r;
+}
+
+enum control { CONTROL_CANCEL, CONTROL_PAUSE, CONTROL_RESUME };
+
+/*
+ * cancel/pause/resume. A run no worker holds is changed here, in one conditional UPDATE; a
+ * running run gets a request flag that its worker applies at its next heartbeat (the API
+ * may not touch a running run's status: only the lease holder may). Retried when the run
+ * changed state between the two UPDATEs.
+ */
+static unsigned run_control(struct api_request *req, struct api_response *resp, enum control op)
+{
+        static const char *const direct[] = {
+            [CONTROL_CANCEL] =
+                "UPDATE workflow_runs SET status = 'canceled', finished_at = now(), "
+                "updated_at = now(), cancel_requested = true, wait_reason = NULL "
+                "WHERE id = $1 AND status IN ('queued', 'waiting', 'needs_input', 'paused') "
+                "RETURNING id",
+            [CONTROL_PAUSE] = "UPDATE workflow_runs SET status = 'paused', updated_at = now(), "
+                              "pause_requested = false WHERE id = $1 "
+                              "AND status IN ('queued', 'waiting', 'needs_input') RETURNING id",
+            [CONTROL_RESUME] = "UPDATE workflow_runs SET status = 'queued', run_at = now(), "
+                               "updated_at = now(), pause_requested = false, wait_reason = NULL "
+                               "WHERE id = $1 AND status = 'paused' RETURNING id",
+        };
+        static const char *const running[] = {
+            [CONTROL_CANCEL] = "UPDATE workflow_runs SET cancel_requested = true, updated_at = "
+                               "now() WHERE id = $1 AND status = 'running' RETURNING id",
+            [CONTROL_PAUSE] = "UPDATE workflow_runs SET pause_requested = true, updated_at = "
+                              "now() WHERE id = $1 AND status = 'running' RETURNING id",
+            [CONTROL_RESUME] = "UPDATE workflow_runs SET pause_requested = false, updated_at = "
+                               "now() WHERE id = $1 AND status = 'running' AND pause_requested "
+                               "RETURNING id",
+        };
+        static const char *const done_kind[] = {"run.canceled", "run.paused", "run.resumed"};
+        static const char *const asked_kind[] = {"run.cancel_requested", "run.pause_requested",
+                                                 "run.pause_withdrawn"};
+        const char *id = req->params[0];
+        const char *params[] = {id};
+        _cleanup_json_ json_t *by = json_pack("{s:s}", "by", req->user_name);
+        int r;
+
+        if (!is_uuid(id))
+                return not_found(resp, "run", id);
+        for (int attempt = 0; attempt < 3; attempt++) {
+                _cleanup_free_ char *status = NULL;
+                r = update_one(req, direct[op], 1, params);
+                if (r < 0)
+                        return api_db_error(resp, r);
+                if (r > 0) {
+                        if (op == CONTROL_CANCEL) {
+                                _cleanup_pgresult_ PGresult *a =
+                                    db_query(req->db,
+                                             "UPDATE approvals SET status = 'canceled' WHERE "
+                                             "workflow_run_id = $1 AND status = 'pending'",
+                                             1, params, &r);
+                                if (!a)
+                                        return api_db_error(resp, r);
+                        }
+                        r = api_append_event(req, id, done_kind[op], done_kind[op] + 4, by);
+                        if (r < 0)
+                                return api_db_error(resp, r);
+                        return respond_run(req, resp, 200, id);
+                }
+                r = update_one(req, running[op], 1, params);
+                if (r < 0)
+                        return api_db_error(resp, r);
+                if (r > 0) {
+                        r = api_append_event(req, id, asked_kind[op], asked_kind[op] + 4, by);
+                        if (r == 0)
+                                r = notify_control(req, id);
+                        if (r < 0)
+                                return api_db_error(resp, r);
+                        return respond_run(req, resp, 200, id);
+                }
+                r = run_status(req, id, &status);
+                if (r < 0)
+                        return api_db_error(resp, r);
+                if (r == 0)
+                        return not_found(resp, "run", id);
+                if (is_terminal(status))
+                        return api_errorf(resp, 409, "conflict", "the run has already finished",
+                                          "a finished run can be re-run: POST "
+                                          "/v1/runs/{id}/rerun",
+                                          "run %s is %s", id, status);
+                if (op == CONTROL_PAUSE && strcmp(status, "paused") == 0)
+                        return respond_run(req, resp, 200, id); /* already paused */
+                if (op == CONTROL_RESUME && strcmp(status, "running") != 0)
+                        return api_errorf(resp, 409, "conflict", "the run is not paused", NULL,
+                                          "run %s is %s", id, status);
+                if (op == CONTROL_RESUME) /* running without a pause request: nothing to do */
+                        return respond_run(req, resp, 200, id);
+                /* the run moved between the two statements: look again */
+        }
+        return api_error(resp, 503, "busy", "the run keeps changing state", NULL,
+                         "retry in a moment");
+}
+
+static unsigned h_runs_cancel(struct api_request *req, struct api_response *resp)
+{
+        return run_control(req, resp, CONTROL_CANCEL);
+}
+
+static unsigned h_runs_pause(struct api_request *req, struct api_response *resp)
+{
+        return run_control(req, resp, CONTROL_PAUSE);
+}
+
+static unsigned h_runs_resume(struct api_request *req, struct api_response *resp)
+{
+        return run_control(req, resp, CONTROL_RESUME);
+}
+
+/* Node ids of def that a rerun from `from` may reuse: every node that is neither `from`
+ * nor downstream of it. The engine's wf_nodes_before() decides when available. */
+static int nodes_before(json_t *def, const char *from, json_t **out)
+{
+        _cleanup_wf_ struct wf_workflow *wf = NULL;
+        json_t *nodes = json_object_get(def, "nodes"), *n;
+        size_t i, count = json_array_size(nodes);
+        int r = wf_parse(def, &wf, NULL);
+
+        if (r == 0) {
+                r = wf_nodes_before(wf, from, out);
+                if (r != -ENOSYS)
+                        return r;
+        }
+        /* fallback: downstream closure over `after` */
+        _cleanup_free_ bool *down = calloc(count ? count : 1, sizeof(bool));
+        bool found = false, changed = true;
+        if (!down)
+                return -ENOMEM;
+        json_array_foreach (nodes, i, n)
+                if (json_is_string(json_object_get(n, "id")) &&
+                    strcmp(json_string_value(json_object_get(n, "id")), from) == 0)
+                        down[i] = found = true;
+        if (!found)
+                return -ENOENT;
+        while (changed) {
+                changed = false;
+                json_array_foreach (nodes, i, n) {
+                        json_t *a;
+                        size_t k;
+                        if (down[i])
+                                continue;
+                        json_array_foreach (json_object_get(n, "after"), k, a) {
+                                for (size_t m = 0; m < count; m++)
+                                        if (down[m] &&
+                                            json_equal(
+                                                json_object_get(json_array_get(nodes, m), "id"),
+                                                a)) {
+                                                down[i] = changed = true;
+                                                break;
+                                        }
+                                if (down[i])
+                                        break;
+                        }
+                }
+        }
+        *out = json_array();
+        json_array_foreach (nodes, i, n)
+                if (!down[i])
+                        json_array_append(*out, json_object_get(n, "id"));
+        return 0;
+}
+
+static unsigned h_runs_rerun(struct api_request *req, struct api_response *resp)
+{
+        static const char *const keys[] = {"from_node", NULL};
+        const char *id = req->params[0];
+        json_t *b;
+        _cleanup_json_ json_t *def = NULL, *ids = NULL;
+        _cleanup_free_ char *ids_text = NULL;
+        _cleanup_pgresult_ PGresult *ins = NULL;
+        unsigned st;
+        int r = 0;
+
+        if (!is_uuid(id))
+                return not_found(resp, "run", id);
+        b = body_object(req, resp, true);
+        if (!b)
+                return resp->status;
+        if ((st = reject_unknown_keys(b, keys, resp)))
+                return st;
+        json_t *from_j = json_object_get(b, "from_node");
+        if (from_j && (!json_is_string(from_j) || !*json_string_value(from_j) ||
+                       strlen(json_string_value(from_j)) > 200))
+                return api_error(resp, 400, "invalid_field", "from_node must be a node id",
+                                 "field 'from_node'", NULL);
+        const char *from = json_string_value(from_j);
+        const char *p1[] = {id};
+        r = api_query_json(req,
+                           "SELECT w.definition FROM workflow_runs r JOIN workflows w ON "
+                           "w.id = r.workflow_id WHERE r.id = $1",
+                           1, p1, &def);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (r == 0)
+                return not_found(resp, "run", id);
+        if (from) {
+                r = nodes_before(def, from, &ids);
+                if (r == -ENOENT)
+                        return api_errorf(resp, 400, "unknown_node", "from_node names no node",
+                                          "use a node id of the run's workflow version",
+                                          "node '%s'", from);
+                if (r < 0)
+                        return api_error(resp, 500, "internal", "could not plan the rerun", NULL,
+                                         NULL);
+                ids_text = json_dumps(ids, JSON_COMPACT);
+        }
+        const char *p2[] = {id, from};
+        ins = db_query(req->db,
+                       "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                       "workflow_version, input, budgets, rerun_of, rerun_from_node) "
+                       "SELECT agently_current_user_id(), workflow_id, workflow_name, "
+                       "workflow_version, input, budgets, id, $2 FROM workflow_runs WHERE id = $1 "
+                       "RETURNING id",
+                       2, p2, &r);
+        if (!ins)
+                return api_db_error(resp, r);
+        const char *new_id = PQgetvalue(ins, 0, 0);
+        if (ids_text && json_array_size(ids) > 0) {
+                const char *p3[] = {id, new_id, ids_text};
+                _cleanup_pgresult_ PGresult *cp =
+                    db_query(req->db,
+                             "SELECT agently_api_copy_node_runs($1, $2, "
+                             "ARRAY(SELECT jsonb_array_elements_text($3::jsonb)))",
+                             3, p3, &r);
+                if (!cp)
+                        return api_db_error(resp, r);
+        }
+        _cleanup_json_ json_t *data =
+            json_pack("{s:s, s:s?, s:O?}", "rerun_of", id, "from_node", from, "reused_nodes", ids);
+        r = api_append_event(req, new_id, "run.created", "run created (rerun)", data);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return respond_run(req, resp, 201, new_id);
+}
+
+static unsigned h_runs_signal(struct api_request *req, struct api_response *resp)
+{
+        const char *id = req->params[0], *name = req->params[1];
+        _cleanup_free_ char *status = NULL, *payload = NULL;
+        json_t *sig = NULL;
+        int r;
+
+        if (!is_uuid(id))
+                return not_found(resp, "run", id);
+        if (strlen(name) > 200)
+                return api_error(resp, 400, "invalid_parameter", "signal name too long",
+                                 "at most 200 characters", NULL);
+        if (req->body_len > 0) {
+                json_t *j = api_request_json(req, resp);
+                if (!j)
+                        return resp->status;
+                payload = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+        } else
+                payload = strdup("{}");
+        if (!payload)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        r = run_status(req, id, &status);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (r == 0)
+                return not_found(resp, "run", id);
+        if (is_terminal(status))
+                return api_errorf(resp, 409, "conflict", "the run has already finished", NULL,
+                                  "run %s is %s", id, status);
+        const char *params[] = {id, name, payload};
+        r = api_query_json(req,
+                           "WITH s AS (INSERT INTO signals (user_id, workflow_run_id, name, "
+                           "payload) VALUES (agently_current_user_id(), $1, $2, $3::jsonb) "
+                           "RETURNING *) SELECT json_build_object('id', s.id, 'run_id', "
+                           "s.workflow_run_id, 'name', s.name, 'payload', s.payload, "
+                           "'created_at', s.created_at) FROM s",
+                           3, params, &sig);
+        if (r < 0)
+                return api_db_error(resp, r);
+        api_json(resp, 201, sig);
+        /* wake it: a waiting run becomes claimable now; wake_requested closes the race with
+         * a worker that is just deciding to wait (0003_queue.sql: agently_wake_run) */
+        r = update_one(req, "SELECT 1 FROM agently_wake_run($1)", 1, params);
+        if (r < 0)
+                return api_db_error(resp, r);
+        _cleanup_json_ json_t *data =
+            json_pack("{s:s, s:O}", "name", name, "signal_id", json_object_get(sig, "id"));
+        r = api_append_event(req, id, "signal.received", "signal received", data);
+        if (r == 0)
+                r = notify_control(req, id);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return 201;
+}
+
+/* ---- events ----------------------------------------------------------------------- */
+
+static unsigned parse_after(const char *s, struct api_response *resp, int64_t *out)
+{
+        *out = 0;
+        if (!s || !*s)
+                return 0;
+        if (str_to_int64(s, out) < 0 || *out < 0)
+                return api_errorf(resp, 400, "invalid_parameter", "invalid event position",
+                                  "pass the seq of the last event received", "'%s'", s);
+        return 0;
+}
+
+static unsigned h_events_list(struct api_request *req, struct api_response *resp)
+{
+        const char *id = req->params[0];
+        _cleanup_free_ char *after_s = NULL, *limit_s = NULL;
+        int64_t after;
+        unsigned st;
+        int limit, r;
+        json_t *j = NULL;
+
+        if (!is_uuid(id))
+                return not_found(resp, "run", id);
+        if ((st = parse_after(api_query(req, "after"), resp, &after)) ||
+            (st = parse_limit(req, resp, EVENTS_DEFAULT, EVENTS_MAX, &limit)))
+                return st;
+        after_s = str_printf("%lld", (long long)after);
+        limit_s = str_printf("%d", limit);
+        const char *params[] = {id, after_s, limit_s};
+        /* one statement: the status and the events come from one snapshot, so "terminal"
+         * is only true when no event can follow the ones returned */
+        r = api_query_json(req,
+                           "SELECT json_build_object('data', COALESCE(json_agg(e.body ORDER BY "
+                           "e.seq) FILTER (WHERE e.seq IS NOT NULL), '[]'::json), 'next_after', "
+                           "COALESCE(max(e.seq), $2::bigint), 'run_status', r.status, 'terminal', "
+                           "r.status IN ('completed', 'failed', 'canceled') AND "
+                           "count(e.seq) < $3::integer) "
+                           "FROM workflow_runs r LEFT JOIN LATERAL (SELECT seq, " API_EVENT_JSON
+                           " AS body FROM logs WHERE workflow_run_id = r.id AND seq > $2::bigint "
+                           "ORDER BY seq LIMIT $3::integer) e ON true WHERE r.id = $1 "
+                           "GROUP BY r.status",
+                           3, params, &j);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (!j)
+                return not_found(resp, "run", id);
+        return api_json(resp, 200, j);
+}
+
+static unsigned h_events_stream(struct api_request *req, struct api_response *resp)
+{
+        const char *id = req->params[0];
+        const char *last = api_header(req, "Last-Event-ID");
+        _cleanup_free_ char *status = NULL;
+        int64_t after;
+        unsigned st;
+        int r;
+
+        if (!is_uuid(id))
+                return not_found(resp, "run", id);
+        st = parse_after(last && *last ? last : api_query(req, "after"), resp, &after);
+        if (st)
+                return st;
+        r = run_status(req, id, &status);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (r == 0)
+                return not_found(resp, "run", id);
+        resp->raw =
+            api_sse_open(api_server_sse(req->server), req->connection, req->user_id, id, after);
+        if (!resp->raw)
+                return api_error(resp, 500, "internal", "could not open the stream", NULL, NULL);
+        resp->status = 200;
+        return 200;
+}
+
+/* ---- approvals -------------------------------------------------------------------- */
+
+static unsigned h_approvals_list(struct api_request *req, struct api_response *resp)
+{
+        static const char *const statuses[] = {"pending", "approved", "rejected", "expired",
+                                               "canceled"};
+        const char *status = api_query(req, "status");
+        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
+        const char *cts, *cid;
+        unsigned st;
+        int limit;
+
+        if (status) {
+                bool ok = false;
+                for (size_t i = 0; i < ELEMENTSOF(statuses); i++)
+                        ok |= strcmp(status, statuses[i]) == 0;
+                if (!ok)
+                        return api_errorf(resp, 400, "invalid_parameter", "invalid status",
+                                          "one of pending, approved, rejected, expired, canceled",
+                                          "status '%s'", status);
+        }
+        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, &limit)) ||
+            (st = cursor_decode(req, resp, &cursor)) ||
+            (st = split_time_cursor(cursor, &cts, &cid, resp)))
+                return st;
+        limit_s = str_printf("%d", limit + 1);
+        const char *params[] = {status, cts, cid, limit_s};
+        return page_query(req, resp,
+                          "SELECT " APPROVAL_JSON ", a.created_at::text || '|' || a.id "
+                          "FROM approvals a WHERE ($1::text IS NULL OR a.status = $1) "
+                          "AND ($2::timestamptz IS NULL OR (a.created_at, a.id) < "
+                          "($2::timestamptz, $3::uuid)) "
+                          "ORDER BY a.created_at DESC, a.id DESC LIMIT $4::integer",
+                          4, params, limit);
+}
+
+static unsigned h_approvals_get(struct api_request *req, struct api_response *resp)
+{
+        const char *params[] = {req->params[0]};
+
+        if (!is_uuid(req->params[0]))
+                return not_found(resp, "approval", req->params[0]);
+        return respond_query(req, resp, 200,
+                             "SELECT " APPROVAL_JSON " FROM approvals a WHERE a.id = $1", 1, params,
+                             "approval", req->params[0]);
+}
+
+static unsigned h_approvals_decide(struct api_request *req, struct api_response *resp)
+{
+        static const char *const keys[] = {"decision", "comment", NULL};
+        const char *id = req->params[0];
+        json_t *b, *j = NULL;
+        unsigned st;
+        int r;
+
+        if (!is_uuid(id))
+                return not_found(resp, "approval", id);
+        b = body_object(req, resp, false);
+        if (!b)
+                return resp->status;
+        if ((st = reject_unknown_keys(b, keys, resp)))
+                return st;
+        const char *decision = json_string_value(json_object_get(b, "decision"));
+        json_t *comment_j = json_object_get(b, "comment");
+        if (!decision || (strcmp(decision, "approve") != 0 && strcmp(decision, "reject") != 0))
+                return api_error(resp, 400, "invalid_field",
+                                 "decision must be \"approve\" or \"reject\"", "field 'decision'",
+                                 NULL);
+        if (comment_j &&
+            (!json_is_string(comment_j) || strlen(json_string_value(comment_j)) > 10000))
+                return api_error(resp, 400, "invalid_field",
+                                 "comment must be a string of at most 10000 characters",
+                                 "field 'comment'", NULL);
+        const char *params[] = {id, decision, json_string_value(comment_j), req->user_name};
+        r = api_query_json(req,
+                           "WITH a AS (UPDATE approvals SET status = CASE WHEN $2 = 'approve' "
+                           "THEN 'approved' ELSE 'rejected' END, decision = "
+                           "json_build_object('decision', $2::text), decided_by = $4, comment = "
+                           "$3, decided_at = now() WHERE id = $1 AND status = 'pending' "
+                           "RETURNING *) SELECT " APPROVAL_JSON " FROM a",
+                           4, params, &j);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (r == 0) {
+                _cleanup_pgresult_ PGresult *res =
+                    db_query(req->db, "SELECT status FROM approvals WHERE id = $1", 1, params, &r);
+                if (!res)
+                        return api_db_error(resp, r);
+                if (PQntuples(res) == 0)
+                        return not_found(resp, "approval", id);
+                return api_errorf(resp, 409, "conflict", "the approval was already decided", NULL,
+                                  "approval %s is %s", id, PQgetvalue(res, 0, 0));
+        }
+        api_json(resp, 200, j);
+        const char *run_id = json_string_value(json_object_get(j, "run_id"));
+        const char *p2[] = {run_id};
+        r = update_one(req, "SELECT 1 FROM agently_wake_run($1)", 1, p2);
+        if (r < 0)
+                return api_db_error(resp, r);
+        _cleanup_json_ json_t *data = json_pack("{s:s, s:s, s:s}", "approval_id", id, "decision",
+                                                decision, "by", req->user_name);
+        r = api_append_event(req, run_id, "approval.decided", "approval decided", data);
+        if (r == 0)
+                r = notify_control(req, run_id);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return 200;
+}
+
+/* ---- secrets ---------------------------------------------------------------------- */
+
+static unsigned h_secrets_list(struct api_request *req, struct api_response *resp)
+{
+        json_t *j = NULL;
+        int r = api_query_json(req,
+                               "SELECT json_build_object('data', COALESCE(json_agg(" SECRET_JSON
+                               " ORDER BY s.name), '[]'::json)) FROM secrets s",
+                               0, NULL, &j);
+
+        if (r < 0)
+                return api_db_error(resp, r);
+        return api_json(resp, 200, j);
+}
+
+static char *bytea_hex(const unsigned char *p, size_t n)
+{
+        char *out = malloc(2 + 2 * n + 1);
+
+        if (out) {
+                out[0] = '\\';
+                out[1] = 'x';
+                str_hex(p, n, out + 2);
+        }
+        return out;
+}
+
+static unsigned h_secrets_put(struct api_request *req, struct api_response *resp)
+{
+        static const char *const keys[] = {"value", NULL};
+        const char *name = req->params[0];
+        struct api_sealed_secret sealed = {0};
+        _cleanup_free_ char *secret_id = NULL, *ct = NULL, *nonce = NULL, *wk = NULL, *kv = NULL;
+        _cleanup_pgresult_ PGresult *found = NULL;
+        json_t *b, *j = NULL;
+        unsigned st;
+        int r = 0;
+        bool exists;
+
+        if (!is_name(name))
+                return api_errorf(resp, 400, "invalid_parameter", "invalid secret name",
+                                  "use 1-63 of a-z 0-9 _ . -, starting with a letter or digit",
+                                  "name '%s'", name);
+        b = body_object(req, resp, false);
+        if (!b)
+                return resp->status;
+        if ((st = reject_unknown_keys(b, keys, resp)))
+                return st;
+        json_t *value = json_object_get(b, "value");
+        if (!json_is_string(value))
+                return api_error(resp, 400, "invalid_field", "value must be a string",
+                                 "field 'value'", "send {\"value\": \"...\"}");
+        if (json_string_length(value) > API_SECRET_MAX_VALUE)
+                return api_errorf(resp, 400, "invalid_field", "the secret value is too long", NULL,
+                                  "at most %d bytes", API_SECRET_MAX_VALUE);
+        const char *p1[] = {name};
+        _cleanup_pgresult_ PGresult *lock = db_query(
+            req->db,
+            "SELECT pg_advisory_xact_lock(hashtext('agently.secret:' || agently_current_user_id() "
+            "|| ':' || $1))",
+            1, p1, &r);
+        if (!lock)
+                return api_db_error(resp, r);
+        found = db_query(req->db,
+                         "SELECT id FROM secrets WHERE name = $1 UNION ALL "
+                         "SELECT gen_random_uuid() LIMIT 1",
+                         1, p1, &r);
+        if (!found)
+                return api_db_error(resp, r);
+        secret_id = strdup(PQgetvalue(found, 0, 0));
+        if (!secret_id)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        {
+                const char *p[] = {name};
+                _cleanup_pgresult_ PGresult *e =
+                    db_query(req->db, "SELECT 1 FROM secrets WHERE name = $1", 1, p, &r);
+                if (!e)
+                        return api_db_error(resp, r);
+                exists = PQntuples(e) > 0;
+        }
+        r = api_secret_seal(api_server_data_dir(req->server), req->user_id, secret_id,
+                            json_string_value(value), json_string_length(value), &sealed);
+        if (r < 0) {
+                log_error("could not encrypt a secret: %s", strerror(-r));
+                return api_error(resp, 500, "internal", "could not encrypt the secret",
+                                 "the master key is unavailable",
+                                 "check <data-dir>/master.key or AGENTLY_MASTER_KEY_FILE");
+        }
+        ct = bytea_hex(sealed.ciphertext, sealed.ciphertext_len);
+        nonce = bytea_hex(sealed.nonce, sizeof(sealed.nonce));
+        wk = bytea_hex(sealed.wrapped_key, sizeof(sealed.wrapped_key));
+        kv = str_printf("%d", sealed.key_version);
+        api_sealed_secret_free(&sealed);
+        if (!ct || !nonce || !wk || !kv)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        const char *p2[] = {secret_id, name, ct, nonce, wk, kv};
+        r = api_query_json(req,
+                           exists ? "WITH s AS (UPDATE secrets SET ciphertext = $3::bytea, nonce "
+                                    "= $4::bytea, wrapped_key = $5::bytea, key_version = "
+                                    "$6::integer, updated_at = now() WHERE id = $1 AND name = $2 "
+                                    "RETURNING id, name, key_version, created_at, updated_at) "
+                                    "SELECT " SECRET_JSON " FROM s"
+                                  : "WITH s AS (INSERT INTO secrets (id, user_id, name, "
+                                    "ciphertext, nonce, wrapped_key, key_version) VALUES ($1, "
+                                    "agently_current_user_id(), $2, $3::bytea, $4::bytea, "
+                                    "$5::bytea, $6::integer) RETURNING id, name, key_version, "
+                                    "created_at, updated_at) SELECT " SECRET_JSON " FROM s",
+                           6, p2, &j);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (!j)
+                return api_error(resp, 500, "internal", "could not store the secret", NULL, NULL);
+        return api_json(resp, exists ? 200 : 201, j);
+}
+
+static unsigned h_secrets_delete(struct api_request *req, struct api_response *resp)
+{
+        const char *params[] = {req->params[0]};
+        int r = update_one(req, "DELETE FROM secrets WHERE name = $1 RETURNING id", 1, params);
+
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (r == 0)
+                return not_found(resp, "secret", req->params[0]);
+        resp->status = 204;
+        return 204;
+}
+
+/* ---- tokens ----------------------------------------------------------------------- */
+
+static unsigned h_tokens_create(struct api_request *req, struct api_response *resp)
+{
+        static const char *const keys[] = {"name", "user", NULL};
+        char token[AUTH_TOKEN_LEN + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1];
+        unsigned char hash[AUTH_TOKEN_HASH_BYTES];
+        char hash_hex[2 + 2 * AUTH_TOKEN_HASH_BYTES + 1];
+        _cleanup_free_ char *for_user = NULL;
+        json_t *b, *j = NULL;
+        unsigned st;
+        int r = 0;
+
+        if (api_header(req, "Idempotency-Key"))
+                return api_error(resp, 400, "idempotency_not_supported",
+                                 "Idempotency-Key is not accepted when creating a token",
+                                 "replaying the response would require storing the token",
+                                 "retry without the header; revoke a token you did not receive");
+        b = body_object(req, resp, false);
+        if (!b)
+                return resp->status;
+        if ((st = reject_unknown_keys(b, keys, resp)))
+                return st;
+        const char *name = json_string_value(json_object_get(b, "name"));
+        json_t *user = json_object_get(b, "user");
+        if (!name || !*name || strlen(name) > 100)
+                return api_error(resp, 400, "invalid_field", "name is required (1-100 characters)",
+                                 "field 'name'", "send {\"name\": \"laptop\"}");
+        if (user && !json_is_string(user))
+                return api_error(resp, 400, "invalid_field", "user must be a user name",
+                                 "field 'user'", NULL);
+        if (user && strcmp(json_string_value(user), req->user_name) != 0) {
+                if (!req->is_admin)
+                        return api_error(resp, 403, "forbidden",
+                                         "only an administrator can create tokens for others", NULL,
+                                         NULL);
+                const char *p[] = {req->user_id, json_string_value(user)};
+                _cleanup_pgresult_ PGresult *u =
+                    db_query(req->db, "SELECT id FROM agently_admin_list_users($1) WHERE name = $2",
+                             2, p, &r);
+                if (!u)
+                        return api_db_error(resp, r);
+                if (PQntuples(u) == 0)
+                        return not_found(resp, "user", json_string_value(user));
+                for_user = strdup(PQgetvalue(u, 0, 0));
+        } else
+                for_user = strdup(req->user_id);
+        if (!for_user)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        r = auth_token_generate(token, hash, shown);
+        if (r < 0)
+                return api_error(resp, 500, "internal", "could not generate a token", NULL, NULL);
+        auth_token_hash_hex(hash, hash_hex);
+        const char *params[] = {req->user_id, for_user, name, hash_hex, shown, token};
+        r = api_query_json(req,
+                           "SELECT json_build_object('id', t.id, 'name', $3::text, 'prefix', "
+                           "$5::text, 'user_id', $2::uuid, 'created_at', now(), 'token', $6::text) "
+                           "FROM (SELECT agently_admin_create_token($1, $2, $3, $4::bytea, $5, "
+                           "NULL) AS id) t",
+                           6, params, &j);
+        sodium_memzero(token, sizeof(token));
+        if (r == -EACCES)
+                return api_error(resp, 403, "forbidden", "cannot create a token for that user",
+                                 NULL, NULL);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return api_json(resp, 201, j);
+}
+
+static unsigned h_tokens_list(struct api_request *req, struct api_response *resp)
+{
+        json_t *j = NULL;
+        int r = api_query_json(req,
+                               "SELECT json_build_object('data', COALESCE(json_agg(" TOKEN_JSON
+                               " ORDER BY t.created_at DESC, t.id), '[]'::json)) FROM api_tokens t",
+                               0, NULL, &j);
+
+        if (r < 0)
+                return api_db_error(resp, r);
+        return api_json(resp, 200, j);
+}
+
+static unsigned h_tokens_revoke(struct api_request *req, struct api_response *resp)
+{
+        const char *params[] = {req->params[0]};
+        int r;
+
+        if (!is_uuid(req->params[0]))
+                return not_found(resp, "token", req->params[0]);
+        r = update_one(req,
+                       "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) "
+                       "WHERE id = $1 RETURNING id",
+                       1, params);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (r == 0)
+                return not_found(resp, "token", req->params[0]);
+        resp->status = 204;
+        return 204;
+}
+
+/* ---- the table -------------------------------------------------------------------- */
+
+const struct api_route api_routes[] = {
+    {"GET", "/healthz", h_healthz, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},
+    {"GET", "/readyz", h_readyz, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},
+    {"GET", "/metrics", h_metrics, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},
+    {"GET", "/v1/me", h_me, 0},
+    {"POST", "/v1/workflows", h_workflows_apply, API_ROUTE_IDEMPOTENT},
+    {"GET", "/v1/workflows", h_workflows_list, 0},
+    {"GET", "/v1/workflows/{name}", h_workflows_get, 0},
+    {"GET", "/v1/workflows/{name}/versions", h_workflows_versions, 0},
+    {"POST", "/v1/runs", h_runs_create, API_ROUTE_IDEMPOTENT},
+    {"GET", "/v1/runs", h_runs_list, 0},
+    {"GET", "/v1/runs/{id}", h_runs_get, 0},
+    {"POST", "/v1/runs/{id}/cancel", h_runs_cancel, 0},
+    {"POST", "/v1/runs/{id}/pause", h_runs_pause, 0},
+    {"POST", "/v1/runs/{id}/resume", h_runs_resume, 0},
+    {"POST", "/v1/runs/{id}/rerun", h_runs_rerun, API_ROUTE_IDEMPOTENT},
+    {"POST", "/v1/runs/{id}/signals/{name}", h_runs_signal, API_ROUTE_IDEMPOTENT},
+    {"GET", "/v1/runs/{id}/events", h_events_list, 0},
+    {"GET", "/v1/runs/{id}/events/stream", h_events_stream, API_ROUTE_STREAM},
+    {"POST", "/v1/users", h_users_create, API_ROUTE_IDEMPOTENT},
+    {"GET", "/v1/users", h_users_list, 0},
+    {"GET", "/v1/approvals", h_approvals_list, 0},
+    {"GET", "/v1/approvals/{id}", h_approvals_get, 0},
+    {"POST", "/v1/approvals/{id}/decide", h_approvals_decide, 0},
+    {"GET", "/v1/secrets", h_secrets_list, 0},
+    {"PUT", "/v1/secrets/{name}", h_secrets_put, 0},
+    {"DELETE", "/v1/secrets/{name}", h_secrets_delete, 0},
+    {"POST", "/v1/tokens", h_tokens_create, 0},
+    {"GET", "/v1/tokens", h_tokens_list, 0},
+    {"DELETE", "/v1/tokens/{id}", h_tokens_revoke, 0},
+};
+const size_t api_routes_count = ELEMENTSOF(api_routes);
+
+/* Matches path against pattern; on success copies the parameters into storage. */
+static bool match_pattern(const char *pattern, const char *path, const char **params, size_t max,
+                          char **storage)
+{
+        const char *p = pattern, *s = path;
+        size_t nparams = 0;
+        const char *starts[API_MAX_PATH_PARAMS];
+        size_t lens[API_MAX_PATH_PARAMS];
+
+        while (*p && *s) {
+                if (*p == '{') {
+                        const char *end = strchr(s, '/');
+                        size_t len = end ? (size_t)(end - s) : strlen(s);
+                        if (len == 0 || nparams >= max || nparams >= API_MAX_PATH_PARAMS)
+                                return false;
+                        starts[nparams] = s;
+                        lens[nparams++] = len;
+                        s += len;
+                        p = strchr(p, '}');
+                        if (!p)
+                                return false;
+                        p++;
+                        continue;
+                }
+                if (*p != *s)
+                        return false;
+                p++;
+                s++;
+        }
+        if (*p || *s)
+                return false;
+        if (!storage)
+                return true;
+        size_t total = 0;
+        for (size_t i = 0; i < nparams; i++)
+                total += lens[i] + 1;
+        char *buf = malloc(total ? total : 1);
+        if (!buf)
+                return false;
+        char *w = buf;
+        for (size_t i = 0; i < nparams; i++) {
+                memcpy(w, starts[i], lens[i]);
+                w[lens[i]] = '\0';
+                params[i] = w;
+                w += lens[i] + 1;
+        }
+        *storage = buf;
+        return true;
+}
+
+int api_route_match(const char *method, const char *path, const char **params, size_t max,
+                    char **storage, const char **allow)
+{
+        static __thread char allow_buf[64];
+        bool path_matched = false;
+
+        *storage = NULL;
+        allow_buf[0] = '\0';
+        for (size_t i = 0; i < api_routes_count; i++) {
+                if (!match_pattern(api_routes[i].pattern, path, NULL, max, NULL))
+                        continue;
+                if (strcmp(api_routes[i].method, method) == 0)
+                        return match_pattern(api_routes[i].pattern, path, params, max, storage)
+                                   ? (int)i
+                                   : -3;
+                path_matched = true;
+                size_t n = strlen(allow_buf);
+                snprintf(allow_buf + n, sizeof(allow_buf) - n, "%s%s", n ? ", " : "",
+                         api_routes[i].method);
+        }
+        *allow = allow_buf;
+        return path_matched ? -2 : -1;
+}

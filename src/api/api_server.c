@@ -1,0 +1,942 @@
+/*
+ * The HTTP server: libmicrohttpd with an epoll thread pool, request limits (headers, body,
+ * JSON depth), routing, authentication, one database transaction per request, the
+ * Idempotency-Key protocol, JSON errors, in-process latency metrics, and a clean shutdown
+ * on SIGTERM/SIGINT. The route handlers are in api_routes.c, SSE in api_sse.c.
+ */
+#include "api_internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include "auth_token.h"
+#include "cleanup.h"
+#include "db.h"
+#include "log.h"
+#include "strutil.h"
+
+#define POOL_WAIT_MS      3000
+#define RECONNECT_BACKOFF 1000
+
+struct pool_slot {
+        PGconn *c;
+        bool in_use;
+};
+
+struct api_server {
+        const struct api_options *options;
+        char *conninfo;
+        pthread_mutex_t lock;
+        pthread_cond_t freed;
+        struct pool_slot *slots;
+        unsigned nslots;
+        int64_t last_connect_failure_ms;
+        struct api_sse_hub *sse;
+};
+
+/* One HTTP exchange (MHD's con_cls): lives from the first call of the access handler to
+ * the completion notification. */
+struct exchange {
+        struct buf body;
+        bool body_too_large;
+        int64_t started_ns;
+        int route_index; /* -1 unmatched */
+        char method[12];
+        unsigned status;
+};
+
+static int64_t mono_ns(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void api_options_default(struct api_options *o)
+{
+        *o = (struct api_options){
+            .listen = "127.0.0.1:8080",
+            .data_dir = NULL,
+            .threads = 4,
+            .db_pool_size = 8,
+            .max_connections = 1024,
+            .per_ip_connections = 512,
+            .connection_timeout_s = 30,
+            .statement_timeout_ms = 15000,
+            .max_body = 1024 * 1024,
+        };
+}
+
+const char *api_server_data_dir(struct api_server *server)
+{
+        return server->options->data_dir ? server->options->data_dir : ".agently";
+}
+
+struct api_sse_hub *api_server_sse(struct api_server *server)
+{
+        return server->sse;
+}
+
+unsigned api_server_statement_timeout_ms(struct api_server *server)
+{
+        return server->options->statement_timeout_ms;
+}
+
+/* ---- database pool ---------------------------------------------------------------- */
+
+static int pool_connect(struct api_server *s, PGconn **out)
+{
+        _cleanup_free_ char *setup = str_printf("SET statement_timeout = %u; SET TimeZone = 'UTC'; "
+                                                "SET idle_in_transaction_session_timeout = '60s'",
+                                                s->options->statement_timeout_ms);
+        PGconn *c = NULL;
+        int r;
+
+        if (!setup)
+                return -ENOMEM;
+        r = db_connect(s->conninfo, &c);
+        if (r < 0)
+                return r;
+        r = db_exec(c, setup);
+        if (r < 0) {
+                PQfinish(c);
+                return r;
+        }
+        *out = c;
+        return 0;
+}
+
+PGconn *api_pool_acquire(struct api_server *s, int *r)
+{
+        struct timespec deadline;
+        struct pool_slot *slot = NULL;
+
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += POOL_WAIT_MS / 1000;
+        pthread_mutex_lock(&s->lock);
+        for (;;) {
+                for (unsigned i = 0; i < s->nslots && !slot; i++)
+                        if (!s->slots[i].in_use)
+                                slot = &s->slots[i];
+                if (slot)
+                        break;
+                if (pthread_cond_timedwait(&s->freed, &s->lock, &deadline) == ETIMEDOUT) {
+                        pthread_mutex_unlock(&s->lock);
+                        *r = -EAGAIN;
+                        return NULL;
+                }
+        }
+        slot->in_use = true;
+        if (slot->c && PQstatus(slot->c) != CONNECTION_OK) {
+                PQfinish(slot->c);
+                slot->c = NULL;
+        }
+        if (!slot->c && mono_ns() / 1000000 - s->last_connect_failure_ms < RECONNECT_BACKOFF) {
+                /* the database was unreachable a moment ago: fail fast instead of piling
+                 * connection attempts onto a database that is restarting */
+                slot->in_use = false;
+                pthread_cond_signal(&s->freed);
+                pthread_mutex_unlock(&s->lock);
+                *r = -ECONNREFUSED;
+                return NULL;
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (!slot->c) {
+                int k = pool_connect(s, &slot->c);
+                if (k < 0) {
+                        pthread_mutex_lock(&s->lock);
+                        s->last_connect_failure_ms = mono_ns() / 1000000;
+                        slot->in_use = false;
+                        pthread_cond_signal(&s->freed);
+                        pthread_mutex_unlock(&s->lock);
+                        log_warn("could not connect to the database: %s", db_last_error());
+                        *r = -ECONNREFUSED;
+                        return NULL;
+                }
+        }
+        return slot->c;
+}
+
+void api_pool_release(struct api_server *s, PGconn *c, bool broken)
+{
+        if (!c)
+                return;
+        pthread_mutex_lock(&s->lock);
+        for (unsigned i = 0; i < s->nslots; i++)
+                if (s->slots[i].c == c) {
+                        if (broken || PQstatus(c) != CONNECTION_OK ||
+                            PQtransactionStatus(c) != PQTRANS_IDLE) {
+                                PQfinish(c);
+                                s->slots[i].c = NULL;
+                        }
+                        s->slots[i].in_use = false;
+                        break;
+                }
+        pthread_cond_signal(&s->freed);
+        pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- responses -------------------------------------------------------------------- */
+
+unsigned api_json(struct api_response *resp, unsigned status, json_t *obj)
+{
+        if (resp->json)
+                json_decref(resp->json);
+        resp->json = obj;
+        resp->status = status;
+        return status;
+}
+
+unsigned api_error(struct api_response *resp, unsigned status, const char *code,
+                   const char *message, const char *detail, const char *hint)
+{
+        json_t *e = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "code", code, "message",
+                              message, "detail", detail, "hint", hint);
+        json_t *inner = e ? json_object_get(e, "error") : NULL;
+
+        if (inner && !detail)
+                json_object_set_new(inner, "detail", json_null());
+        if (inner && !hint)
+                json_object_set_new(inner, "hint", json_null());
+        return api_json(resp, status, e);
+}
+
+unsigned api_errorf(struct api_response *resp, unsigned status, const char *code,
+                    const char *message, const char *hint, const char *detail_fmt, ...)
+{
+        char detail[1024];
+        va_list ap;
+
+        va_start(ap, detail_fmt);
+        vsnprintf(detail, sizeof(detail), detail_fmt, ap);
+        va_end(ap);
+        return api_error(resp, status, code, message, detail, hint);
+}
+
+unsigned api_db_error(struct api_response *resp, int r)
+{
+        const char *state = db_last_sqlstate();
+
+        if (r == -ECONNRESET || r == -ECONNREFUSED || str_has_prefix(state, "08") ||
+            strcmp(state, "57P01") == 0)
+                return api_error(resp, 503, "database_unavailable", "the database is unavailable",
+                                 db_last_error(), "retry in a few seconds");
+        if (r == -EAGAIN)
+                return api_error(resp, 503, "busy", "the server is busy", NULL,
+                                 "retry in a few seconds");
+        if (strcmp(state, "57014") == 0)
+                return api_error(resp, 503, "timeout", "the request took too long",
+                                 "the database statement timeout was reached",
+                                 "retry, or narrow the request (filters, a smaller limit)");
+        if (r == -EEXIST)
+                return api_error(resp, 409, "conflict", "the object already exists",
+                                 db_last_error(), NULL);
+        if (r == -EINVAL)
+                return api_error(resp, 400, "invalid_value", "a value was refused", db_last_error(),
+                                 "check the request against docs/openapi.yaml");
+        if (r == -EACCES)
+                return api_error(resp, 403, "forbidden", "permission denied", db_last_error(),
+                                 NULL);
+        log_error("database error: %s", db_last_error());
+        return api_error(resp, 500, "internal", "internal error", db_last_error(), NULL);
+}
+
+/* ---- request helpers -------------------------------------------------------------- */
+
+const char *api_query(struct api_request *req, const char *name)
+{
+        return MHD_lookup_connection_value(req->connection, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *api_header(struct api_request *req, const char *name)
+{
+        return MHD_lookup_connection_value(req->connection, MHD_HEADER_KIND, name);
+}
+
+/* The deepest nesting of arrays and objects in JSON text (strings skipped). */
+static int json_depth(const char *s, size_t n)
+{
+        int depth = 0, max = 0;
+        bool in_string = false;
+
+        for (size_t i = 0; i < n; i++) {
+                char ch = s[i];
+                if (in_string) {
+                        if (ch == '\\')
+                                i++;
+                        else if (ch == '"')
+                                in_string = false;
+                        continue;
+                }
+                if (ch == '"')
+                        in_string = true;
+                else if (ch == '[' || ch == '{') {
+                        if (++depth > max)
+                                max = depth;
+                        if (max > API_MAX_JSON_DEPTH)
+                                return max;
+                } else if (ch == ']' || ch == '}')
+                        depth--;
+        }
+        return max;
+}
+
+json_t *api_request_json(struct api_request *req, struct api_response *resp)
+{
+        json_error_t err;
+
+        if (req->json)
+                return req->json;
+        if (req->body_len == 0) {
+                api_error(resp, 400, "invalid_json", "the request body is empty",
+                          "this route takes a JSON body", "send a JSON document");
+                return NULL;
+        }
+        if (json_depth(req->body, req->body_len) > API_MAX_JSON_DEPTH) {
+                api_errorf(resp, 400, "json_too_deep", "the JSON document is nested too deeply",
+                           "flatten the document", "more than %d levels of arrays and objects",
+                           API_MAX_JSON_DEPTH);
+                return NULL;
+        }
+        req->json =
+            json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+        if (!req->json) {
+                char detail[300];
+                snprintf(detail, sizeof(detail), "line %d, column %d (byte %d): %s", err.line,
+                         err.column, err.position, err.text);
+                api_error(resp, 400, "invalid_json", "the request body is not valid JSON", detail,
+                          "fix the JSON at the position given");
+                json_t *inner = json_object_get(resp->json, "error");
+                json_object_set_new(inner, "line", json_integer(err.line));
+                json_object_set_new(inner, "column", json_integer(err.column));
+                json_object_set_new(inner, "position", json_integer(err.position));
+                return NULL;
+        }
+        return req->json;
+}
+
+int api_query_json(struct api_request *req, const char *sql, int n, const char *const *params,
+                   json_t **out)
+{
+        int r = 0;
+        _cleanup_pgresult_ PGresult *res = db_query(req->db, sql, n, params, &r);
+        json_error_t err;
+
+        *out = NULL;
+        if (!res)
+                return r;
+        if (PQntuples(res) == 0)
+                return 0;
+        if (PQgetisnull(res, 0, 0))
+                return 1;
+        *out = json_loads(PQgetvalue(res, 0, 0), JSON_DECODE_ANY, &err);
+        if (!*out) {
+                db_set_error("could not parse the database's JSON: %s", err.text);
+                return -EIO;
+        }
+        return 1;
+}
+
+int api_append_event(struct api_request *req, const char *run_id, const char *kind,
+                     const char *message, json_t *data)
+{
+        _cleanup_free_ char *text = data ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        const char *params[] = {run_id, kind, message, text};
+        int r = 0;
+        /* control-plane events carry no lease: the seq comes from the run's counter under
+         * its row lock, interleaved with the worker's fenced events (0003_queue.sql) */
+        _cleanup_pgresult_ PGresult *res = db_query(
+            req->db,
+            "SELECT agently_append_event_unfenced($1, $2, NULL, NULL, 'info', $3, $4::jsonb)", 4,
+            params, &r);
+        return res ? 0 : r;
+}
+
+/* ---- metrics ---------------------------------------------------------------------- */
+
+static const double latency_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+#define NBUCKETS   (sizeof(latency_buckets) / sizeof(latency_buckets[0]))
+#define MAX_ROUTES 64
+
+struct route_stats {
+        uint64_t buckets[NBUCKETS];
+        uint64_t count;
+        double sum;
+        uint64_t by_class[6]; /* 1xx..5xx */
+};
+static struct route_stats route_stats[MAX_ROUTES + 1]; /* last: unmatched */
+static pthread_mutex_t metrics_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void api_metrics_observe(size_t route_index, const char *method, unsigned status, double seconds)
+{
+        struct route_stats *st;
+
+        (void)method;
+        if (route_index >= api_routes_count || route_index >= MAX_ROUTES)
+                route_index = MAX_ROUTES;
+        st = &route_stats[route_index];
+        pthread_mutex_lock(&metrics_lock);
+        for (size_t i = 0; i < NBUCKETS; i++)
+                if (seconds <= latency_buckets[i])
+                        st->buckets[i]++;
+        st->count++;
+        st->sum += seconds;
+        if (status >= 100 && status < 600)
+                st->by_class[status / 100]++;
+        pthread_mutex_unlock(&metrics_lock);
+}
+
+int api_metrics_render_http(struct buf *b)
+{
+        int r = buf_append_str(b, "# HELP agently_http_request_duration_seconds HTTP request "
+                                  "latency by route.\n"
+                                  "# TYPE agently_http_request_duration_seconds histogram\n");
+        struct route_stats copy[MAX_ROUTES + 1];
+
+        pthread_mutex_lock(&metrics_lock);
+        memcpy(copy, route_stats, sizeof(copy));
+        pthread_mutex_unlock(&metrics_lock);
+        for (size_t i = 0; r == 0 && i <= MAX_ROUTES; i++) {
+                const char *route = i == MAX_ROUTES ? "unmatched" : NULL, *method = "";
+                if (i < MAX_ROUTES && i < api_routes_count) {
+                        route = api_routes[i].pattern;
+                        method = api_routes[i].method;
+                } else if (i < MAX_ROUTES)
+                        continue;
+                if (copy[i].count == 0)
+                        continue;
+                for (size_t k = 0; r == 0 && k < NBUCKETS; k++)
+                        r = buf_printf(b,
+                                       "agently_http_request_duration_seconds_bucket{route=\"%s\","
+                                       "method=\"%s\",le=\"%g\"} %llu\n",
+                                       route, method, latency_buckets[k],
+                                       (unsigned long long)copy[i].buckets[k]);
+                if (r == 0)
+                        r = buf_printf(b,
+                                       "agently_http_request_duration_seconds_bucket{route=\"%s\","
+                                       "method=\"%s\",le=\"+Inf\"} %llu\n"
+                                       "agently_http_request_duration_seconds_sum{route=\"%s\","
+                                       "method=\"%s\"} %.6f\n"
+                                       "agently_http_request_duration_seconds_count{route=\"%s\","
+                                       "method=\"%s\"} %llu\n",
+                                       route, method, (unsigned long long)copy[i].count, route,
+                                       method, copy[i].sum, route, method,
+                                       (unsigned long long)copy[i].count);
+        }
+        if (r == 0)
+                r = buf_append_str(b, "# HELP agently_http_responses_total HTTP responses by "
+                                      "route and status class.\n"
+                                      "# TYPE agently_http_responses_total counter\n");
+        for (size_t i = 0; r == 0 && i <= MAX_ROUTES; i++) {
+                if (i < MAX_ROUTES && i >= api_routes_count)
+                        continue;
+                const char *route = i == MAX_ROUTES ? "unmatched" : api_routes[i].pattern;
+                const char *method = i == MAX_ROUTES ? "" : api_routes[i].method;
+                for (int k = 1; r == 0 && k < 6; k++)
+                        if (copy[i].by_class[k])
+                                r = buf_printf(b,
+                                               "agently_http_responses_total{route=\"%s\","
+                                               "method=\"%s\",code=\"%dxx\"} %llu\n",
+                                               route, method, k,
+                                               (unsigned long long)copy[i].by_class[k]);
+        }
+        return r;
+}
+
+/* ---- the exchange ----------------------------------------------------------------- */
+
+static enum MHD_Result send_response(struct MHD_Connection *conn, struct exchange *ex,
+                                     struct api_response *resp)
+{
+        struct MHD_Response *mr;
+        enum MHD_Result ret;
+
+        if (resp->raw) {
+                mr = resp->raw;
+        } else {
+                _cleanup_free_ char *text = NULL;
+                if (resp->text)
+                        text = TAKE_PTR(resp->text);
+                else if (resp->json)
+                        text = json_dumps(resp->json, JSON_COMPACT | JSON_ENCODE_ANY);
+                if (!text && resp->status != 204) {
+                        resp->status = 500;
+                        text = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out of "
+                                      "memory\",\"detail\":null,\"hint\":null}}");
+                }
+                size_t len = text ? strlen(text) : 0;
+                mr = MHD_create_response_from_buffer(len, text ? text : (char *)"",
+                                                     text ? MHD_RESPMEM_MUST_FREE
+                                                          : MHD_RESPMEM_PERSISTENT);
+                if (!mr)
+                        return MHD_NO;
+                TAKE_PTR(text);
+                MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                        resp->content_type ? resp->content_type
+                                                           : "application/json");
+        }
+        if (resp->allow)
+                MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow);
+        if (resp->replayed)
+                MHD_add_response_header(mr, "Idempotent-Replayed", "true");
+        if (resp->unauthorized)
+                MHD_add_response_header(mr, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                        "Bearer realm=\"agently\"");
+        ex->status = resp->status;
+        ret = MHD_queue_response(conn, resp->status, mr);
+        MHD_destroy_response(mr);
+        return ret;
+}
+
+static void response_clear(struct api_response *resp)
+{
+        if (resp->json)
+                json_decref(resp->json);
+        free(resp->text);
+        *resp = (struct api_response){0};
+}
+
+struct header_tally {
+        unsigned count;
+        size_t bytes;
+};
+
+static enum MHD_Result tally_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+        struct header_tally *t = cls;
+
+        t->count++;
+        t->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
+        return MHD_YES;
+}
+
+/* Authenticates the bearer token in req's transaction. Returns 0, or a status to answer. */
+static unsigned authenticate(struct api_request *req, struct api_response *resp)
+{
+        const char *h = api_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
+        unsigned char hash[AUTH_TOKEN_HASH_BYTES];
+        char hex[2 + 2 * AUTH_TOKEN_HASH_BYTES + 1];
+        _cleanup_pgresult_ PGresult *res = NULL;
+        int r = 0;
+
+        if (!h || strncasecmp(h, "Bearer ", 7) != 0 || auth_token_hash(h + 7, hash) < 0) {
+                resp->unauthorized = true;
+                return api_error(resp, 401, "unauthorized",
+                                 h ? "the bearer token is malformed" : "authentication required",
+                                 "send Authorization: Bearer agt_...",
+                                 "create a token with `agently token create`, or use the admin "
+                                 "token of `agently up`");
+        }
+        auth_token_hash_hex(hash, hex);
+        const char *params[] = {hex};
+        res = db_query(req->db,
+                       "SELECT user_id, user_name, is_admin FROM agently_authenticate($1::bytea)",
+                       1, params, &r);
+        if (!res)
+                return api_db_error(resp, r);
+        if (PQntuples(res) != 1) {
+                resp->unauthorized = true;
+                return api_error(resp, 401, "unauthorized", "the token is not valid",
+                                 "unknown, revoked or expired token, or a disabled user",
+                                 "create a new token");
+        }
+        str_copy(req->user_id, sizeof(req->user_id), PQgetvalue(res, 0, 0));
+        str_copy(req->user_name, sizeof(req->user_name), PQgetvalue(res, 0, 1));
+        req->is_admin = PQgetvalue(res, 0, 2)[0] == 't';
+        r = db_set_user(req->db, req->user_id);
+        return r < 0 ? api_db_error(resp, r) : 0;
+}
+
+/*
+ * Idempotency-Key, Stripe semantics: the key row is inserted in the request's transaction
+ * before the handler runs, so a concurrent retry blocks on it until the first commits, and
+ * then replays. The stored response is written in the same transaction as the object it
+ * describes; a failed request rolls its key back, so it may be retried with the same key.
+ * Returns 0 to go on (*key_owned set when this request owns the key), else a status.
+ */
+static unsigned idempotency_begin(struct api_request *req, struct api_response *resp,
+                                  const char *key, bool *key_owned)
+{
+        unsigned char digest[crypto_hash_sha256_BYTES];
+        char hex[2 * crypto_hash_sha256_BYTES + 1];
+        crypto_hash_sha256_state st;
+        _cleanup_pgresult_ PGresult *ins = NULL, *old = NULL;
+        int r = 0;
+
+        *key_owned = false;
+        if (strlen(key) < 1 || strlen(key) > 255)
+                return api_error(resp, 400, "invalid_idempotency_key",
+                                 "the Idempotency-Key header must be 1 to 255 characters", NULL,
+                                 "use a UUID");
+        crypto_hash_sha256_init(&st);
+        crypto_hash_sha256_update(&st, (const unsigned char *)req->method, strlen(req->method));
+        crypto_hash_sha256_update(&st, (const unsigned char *)"\n", 1);
+        crypto_hash_sha256_update(&st, (const unsigned char *)req->path, strlen(req->path));
+        crypto_hash_sha256_update(&st, (const unsigned char *)"\n", 1);
+        crypto_hash_sha256_update(&st, (const unsigned char *)req->body, req->body_len);
+        crypto_hash_sha256_final(&st, digest);
+        str_hex(digest, sizeof(digest), hex);
+
+        const char *params[] = {key, req->method, req->path, hex};
+        ins = db_query(req->db,
+                       "INSERT INTO api_idempotency (user_id, key, method, path, request_sha256) "
+                       "VALUES (agently_current_user_id(), $1, $2, $3, $4) "
+                       "ON CONFLICT (user_id, key) DO NOTHING RETURNING 1",
+                       4, params, &r);
+        if (!ins)
+                return api_db_error(resp, r);
+        if (PQntuples(ins) == 1) {
+                *key_owned = true;
+                return 0;
+        }
+        old = db_query(req->db,
+                       "SELECT request_sha256, status_code, response FROM api_idempotency "
+                       "WHERE user_id = agently_current_user_id() AND key = $1",
+                       1, params, &r);
+        if (!old)
+                return api_db_error(resp, r);
+        if (PQntuples(old) != 1 || PQgetisnull(old, 0, 1))
+                return api_error(resp, 409, "idempotency_in_progress",
+                                 "a request with this Idempotency-Key is still in progress", NULL,
+                                 "retry in a moment");
+        if (strcmp(PQgetvalue(old, 0, 0), hex) != 0)
+                return api_error(resp, 422, "idempotency_key_reused",
+                                 "this Idempotency-Key was used with a different request",
+                                 "the method, path or body differ from the first request",
+                                 "use a new key for a new request");
+        json_t *stored = json_loads(PQgetvalue(old, 0, 2), JSON_DECODE_ANY, NULL);
+        if (!stored)
+                return api_error(resp, 500, "internal", "could not read the stored response", NULL,
+                                 NULL);
+        int code = 0;
+        str_to_int(PQgetvalue(old, 0, 1), &code);
+        resp->replayed = true;
+        return api_json(resp, (unsigned)code, stored);
+}
+
+static int idempotency_store(struct api_request *req, struct api_response *resp, const char *key)
+{
+        _cleanup_free_ char *text = json_dumps(resp->json, JSON_COMPACT | JSON_ENCODE_ANY);
+        _cleanup_free_ char *code = str_printf("%u", resp->status);
+        const char *params[] = {key, code, text};
+        int r = 0;
+
+        if (!text || !code)
+                return -ENOMEM;
+        _cleanup_pgresult_ PGresult *res =
+            db_query(req->db,
+                     "UPDATE api_idempotency SET status_code = $2::integer, response = $3::jsonb "
+                     "WHERE user_id = agently_current_user_id() AND key = $1",
+                     3, params, &r);
+        return res ? 0 : r;
+}
+
+/* Runs one matched request: transaction, authentication, idempotency, handler, commit. */
+static void run_request(struct api_request *req, struct api_response *resp)
+{
+        const struct api_route *route = req->route;
+        const char *key = NULL;
+        bool key_owned = false, broken = false;
+        unsigned st;
+        int r;
+
+        if (route->flags & API_ROUTE_NO_DB) {
+                route->handler(req, resp);
+                return;
+        }
+        if (!(route->flags & API_ROUTE_PUBLIC)) {
+                const char *h = api_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
+                if (!h) { /* answer without touching the database */
+                        resp->unauthorized = true;
+                        api_error(resp, 401, "unauthorized", "authentication required",
+                                  "send Authorization: Bearer agt_...",
+                                  "create a token with `agently token create`, or use the admin "
+                                  "token of `agently up`");
+                        return;
+                }
+        }
+        req->db = api_pool_acquire(req->server, &r);
+        if (!req->db) {
+                api_db_error(resp, r);
+                return;
+        }
+        r = db_begin(req->db);
+        if (r < 0 && PQstatus(req->db) != CONNECTION_OK) {
+                /* a connection that died while idle (database restarted): one fresh try */
+                api_pool_release(req->server, req->db, true);
+                req->db = api_pool_acquire(req->server, &r);
+                if (!req->db) {
+                        api_db_error(resp, r);
+                        return;
+                }
+                r = db_begin(req->db);
+        }
+        if (r < 0) {
+                api_db_error(resp, r);
+                goto out;
+        }
+        st = authenticate(req, resp);
+        if (st)
+                goto rollback;
+        key = (route->flags & API_ROUTE_IDEMPOTENT) ? api_header(req, "Idempotency-Key") : NULL;
+        if (key) {
+                st = idempotency_begin(req, resp, key, &key_owned);
+                if (st)
+                        goto rollback;
+                if (!key_owned) { /* replay: nothing to write */
+                        db_rollback(req->db);
+                        goto out;
+                }
+        }
+        st = route->handler(req, resp);
+        if (st >= 400)
+                goto rollback;
+        if (key_owned && resp->json) {
+                r = idempotency_store(req, resp, key);
+                if (r < 0) {
+                        response_clear(resp);
+                        api_db_error(resp, r);
+                        goto rollback;
+                }
+        }
+        r = db_commit(req->db);
+        if (r < 0) {
+                if (resp->raw)
+                        MHD_destroy_response(resp->raw);
+                response_clear(resp);
+                api_db_error(resp, r);
+                broken = true;
+        }
+        goto out;
+rollback:
+        db_rollback(req->db);
+out:
+        if (req->db && PQstatus(req->db) != CONNECTION_OK)
+                broken = true;
+        api_pool_release(req->server, req->db, broken);
+        req->db = NULL;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+        struct api_server *s = cls;
+        struct exchange *ex = *con_cls;
+        struct api_response resp = {0};
+        enum MHD_Result ret;
+
+        if (!ex) {
+                struct header_tally t = {0};
+                const char *cl;
+                ex = calloc(1, sizeof(*ex));
+                if (!ex)
+                        return MHD_NO;
+                buf_init(&ex->body, s->options->max_body);
+                ex->started_ns = mono_ns();
+                ex->route_index = -1;
+                str_copy(ex->method, sizeof(ex->method), method);
+                *con_cls = ex;
+                MHD_get_connection_values(conn, MHD_HEADER_KIND, tally_header, &t);
+                if (t.count > API_MAX_HEADERS || t.bytes > API_MAX_HEADER_BYTES) {
+                        api_errorf(&resp, 431, "headers_too_large",
+                                   "the request headers are too large",
+                                   "send fewer or shorter headers",
+                                   "%u headers, %zu bytes (limits: %d headers, %d bytes)", t.count,
+                                   t.bytes, API_MAX_HEADERS, API_MAX_HEADER_BYTES);
+                        goto early;
+                }
+                cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+                int64_t n;
+                if (cl && str_to_int64(cl, &n) == 0 && (uint64_t)n > s->options->max_body) {
+                        api_errorf(&resp, 413, "payload_too_large", "the request body is too large",
+                                   "send a smaller body", "%lld bytes (limit %zu)", (long long)n,
+                                   s->options->max_body);
+                        goto early;
+                }
+                return MHD_YES;
+        }
+        if (*upload_data_size > 0) {
+                if (!ex->body_too_large &&
+                    buf_append(&ex->body, upload_data, *upload_data_size) < 0)
+                        ex->body_too_large = true;
+                *upload_data_size = 0;
+                return MHD_YES;
+        }
+        if (ex->body_too_large) {
+                api_errorf(&resp, 413, "payload_too_large", "the request body is too large",
+                           "send a smaller body", "limit %zu bytes", s->options->max_body);
+                goto early;
+        }
+        if (strlen(url) > API_MAX_URL_BYTES) {
+                api_error(&resp, 414, "uri_too_long", "the request URI is too long", NULL, NULL);
+                goto early;
+        }
+
+        struct api_request req = {
+            .server = s,
+            .connection = conn,
+            .method = method,
+            .path = url,
+            .body = ex->body.data ? ex->body.data : "",
+            .body_len = ex->body.len,
+        };
+        const char *allow = NULL;
+        int idx = api_route_match(method, url, req.params, API_MAX_PATH_PARAMS, &req.param_storage,
+                                  &allow);
+        if (idx == -1) {
+                api_errorf(&resp, 404, "not_found", "no such route", "see docs/openapi.yaml",
+                           "%s %s", method, url);
+        } else if (idx == -2) {
+                api_errorf(&resp, 405, "method_not_allowed", "method not allowed for this route",
+                           NULL, "%s %s; allowed: %s", method, url, allow);
+                resp.allow = allow;
+        } else if (idx < 0) {
+                api_error(&resp, 500, "internal", "out of memory", NULL, NULL);
+        } else {
+                ex->route_index = idx;
+                req.route = &api_routes[idx];
+                run_request(&req, &resp);
+        }
+        if (resp.status == 0)
+                api_error(&resp, 500, "internal", "the handler gave no response", NULL, NULL);
+        ret = send_response(conn, ex, &resp);
+        if (req.json)
+                json_decref(req.json);
+        free(req.param_storage);
+        response_clear(&resp);
+        return ret;
+early:
+        ret = send_response(conn, ex, &resp);
+        response_clear(&resp);
+        return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+        struct exchange *ex = *con_cls;
+
+        if (!ex)
+                return;
+        if (ex->status)
+                api_metrics_observe(ex->route_index < 0 ? SIZE_MAX : (size_t)ex->route_index,
+                                    ex->method, ex->status,
+                                    (double)(mono_ns() - ex->started_ns) / 1e9);
+        buf_free(&ex->body);
+        free(ex);
+        *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+        char line[512];
+
+        vsnprintf(line, sizeof(line), fmt, ap);
+        size_t n = strlen(line);
+        while (n > 0 && line[n - 1] == '\n')
+                line[--n] = '\0';
+        log_debug("http: %s", line);
+}
+
+static int parse_listen(const char *listen, struct sockaddr_in *addr)
+{
+        _cleanup_free_ char *host = strdup(listen);
+        char *colon = host ? strrchr(host, ':') : NULL;
+        int port;
+
+        if (!host)
+                return -ENOMEM;
+        if (!colon || str_to_int(colon + 1, &port) < 0 || port < 1 || port > 65535)
+                return -EINVAL;
+        *colon = '\0';
+        *addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        if (inet_pton(AF_INET, *host ? host : "0.0.0.0", &addr->sin_addr) != 1)
+                return -EINVAL;
+        return 0;
+}
+
+int api_run(const struct api_options *o)
+{
+        struct api_server s = {.options = o};
+        struct sockaddr_in addr;
+        struct MHD_Daemon *d;
+        sigset_t set;
+        int r, sig;
+
+        r = parse_listen(o->listen, &addr);
+        if (r < 0)
+                return log_errno(r, "cannot listen on '%s': expected ADDR:PORT (IPv4)", o->listen);
+        if (sodium_init() < 0)
+                return log_errno(-EIO, "could not initialise libsodium");
+        r = db_conninfo_for_role(o->data_dir, DB_ROLE_API, &s.conninfo);
+        if (r < 0)
+                return log_errno(r, "could not find the database: %s", db_last_error());
+        pthread_mutex_init(&s.lock, NULL);
+        pthread_cond_init(&s.freed, NULL);
+        s.nslots = o->db_pool_size ? o->db_pool_size : 1;
+        s.slots = calloc(s.nslots, sizeof(*s.slots));
+        if (!s.slots) {
+                free(s.conninfo);
+                return log_errno(-ENOMEM, "out of memory");
+        }
+        r = api_sse_hub_start(&s, &s.sse);
+        if (r < 0) {
+                free(s.slots);
+                free(s.conninfo);
+                return log_errno(r, "could not start the event stream thread");
+        }
+
+        d = MHD_start_daemon(
+            MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
+            NULL, on_request, &s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+            MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)(o->threads ? o->threads : 1),
+            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)o->max_connections,
+            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)o->per_ip_connections,
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)o->connection_timeout_s,
+            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
+            on_completed, &s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)511, MHD_OPTION_END);
+        if (!d) {
+                api_sse_hub_stop(s.sse, 0);
+                free(s.slots);
+                free(s.conninfo);
+                return log_errno(-EADDRNOTAVAIL, "could not listen on %s", o->listen);
+        }
+        log_info("listening on http://%s", o->listen);
+
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        do
+                r = sigwait(&set, &sig);
+        while (r != 0);
+        log_info("%s received; shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+
+        /* Stop accepting, end every stream (resuming suspended connections, which MHD
+         * requires before it stops), then stop the daemon: in-flight requests finish. */
+        MHD_quiesce_daemon(d);
+        api_sse_hub_stop(s.sse, 3000);
+        MHD_stop_daemon(d);
+        for (unsigned i = 0; i < s.nslots; i++)
+                if (s.slots[i].c)
+                        PQfinish(s.slots[i].c);
+        free(s.slots);
+        free(s.conninfo);
+        pthread_cond_destroy(&s.freed);
+        pthread_mutex_destroy(&s.lock);
+        log_info("stopped");
+        return 0;
+}
