@@ -136,6 +136,17 @@ void client_print_api_error(struct client_ctx *ctx, long status, json_t *body)
                 fprintf(stderr, "error: %s\n", message);
         else
                 fprintf(stderr, "error: the server answered HTTP %ld\n", status);
+        const char *node = json_str(err, "node"), *field = json_str(err, "field");
+        json_t *errors = json_object_get(err, "errors");
+        if (json_is_array(errors)) {
+                size_t i;
+                json_t *item;
+                json_array_foreach (errors, i, item)
+                        print_detail_item(item);
+        } else if (node || (field && *field))
+                fprintf(stderr, "  at %s%s%s%s%s\n", node ? "node " : "", node ? node : "",
+                        node && field && *field ? ", " : "", field && *field ? "field " : "",
+                        field && *field ? field : "");
         if (json_is_string(detail) && *json_string_value(detail))
                 fprintf(stderr, "detail: %s\n", json_string_value(detail));
         else if (json_is_array(detail)) {
@@ -144,11 +155,11 @@ void client_print_api_error(struct client_ctx *ctx, long status, json_t *body)
                 json_array_foreach (detail, i, item)
                         print_detail_item(item);
         } else if (json_is_object(detail) && json_object_size(detail) > 0) {
-                json_t *errors = json_object_get(detail, "errors");
-                if (json_is_array(errors)) {
+                json_t *list = json_object_get(detail, "errors");
+                if (json_is_array(list)) {
                         size_t i;
                         json_t *item;
-                        json_array_foreach (errors, i, item)
+                        json_array_foreach (list, i, item)
                                 print_detail_item(item);
                 } else {
                         _cleanup_free_ char *s = json_dumps(detail, JSON_COMPACT | JSON_SORT_KEYS);
@@ -432,10 +443,10 @@ static int grow(char **data, size_t *cap, size_t need)
         size_t ncap = *cap ? *cap : 256;
         char *n;
 
-        if (need <= *cap)
-                return 0;
         if (need > CLIENT_SSE_EVENT_MAX + 2)
                 return -ENOBUFS;
+        if (need <= *cap)
+                return 0;
         while (ncap < need)
                 ncap *= 2;
         n = realloc(*data, ncap);

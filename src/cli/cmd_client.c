@@ -27,11 +27,17 @@ static const struct {
 static void noun_help(const char *noun, const struct client_command *cmds, const char *summary,
                       FILE *out)
 {
+        int width = 0;
+
+        for (const struct client_command *c = cmds; c->verb; c++) {
+                int w = (int)(strlen(c->verb) + 1 + strlen(c->usage));
+                width = w > width ? w : width;
+        }
         fprintf(out, "usage: agently %s <command> [flags]\n\n%s\n\ncommands:\n", noun, summary);
         for (const struct client_command *c = cmds; c->verb; c++) {
-                char left[64];
+                char left[128];
                 snprintf(left, sizeof(left), "%s %s", c->verb, c->usage);
-                fprintf(out, "  %-34s %s\n", left, c->summary);
+                fprintf(out, "  %-*s  %s\n", width, left, c->summary);
         }
         client_global_help(out);
         fprintf(out,
