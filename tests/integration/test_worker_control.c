@@ -1,0 +1,330 @@
+/*
+ * `agently worker` and the things that change a run from outside: signals (sent before the
+ * wait_event node is reached, and while it waits), cancel and pause/resume of a running
+ * run, subworkflows (the parent waits without a worker and wakes when the child finishes),
+ * and an at_most_once request interrupted by SIGKILL (never sent twice). The control
+ * plane's writes are done here in SQL exactly as the API does them: flags on a running
+ * run, status changes on a run nobody holds, signals plus agently_wake_run().
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testlib.h"
+#include "worker_sink.h"
+
+struct fixture {
+        char *conninfo;
+        PGconn *db;
+        char *user;
+        struct worker_sink *sink;
+        char *dir;
+        char log[512];
+        pid_t worker;
+};
+
+static struct fixture *setup(const char *name)
+{
+        struct fixture *f = calloc(1, sizeof(*f));
+
+        f->conninfo = test_db_create(name);
+        f->db = test_db_connect(f->conninfo);
+        f->user = worker_test_user(f->db, "alice");
+        f->sink = worker_sink_start();
+        f->dir = test_tempdir(name);
+        snprintf(f->log, sizeof(f->log), "%s/worker.log", f->dir);
+        f->worker = worker_test_spawn(f->conninfo, "w1", "2s", "500ms", NULL, f->log);
+        return f;
+}
+
+static void dump_log(struct fixture *f)
+{
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "tail -n 40 %s/*.log >&2", f->dir);
+        if (system(cmd) != 0)
+                fprintf(stderr, "(no worker log)\n");
+}
+
+static void teardown(struct fixture *f)
+{
+        if (f->worker > 0) {
+                int st = test_stop_process(f->worker, SIGTERM, 15000);
+                assert_true(WIFEXITED(st));
+                assert_int_equal(WEXITSTATUS(st), 0);
+        }
+        worker_sink_stop(f->sink);
+        PQfinish(f->db);
+        test_rm_rf(f->dir);
+        free(f->dir);
+        free(f->user);
+        free(f->conninfo);
+        free(f);
+}
+
+static char *workflow(struct fixture *f, const char *name, const char *definition)
+{
+        char *def = worker_sink_expand(f->sink, definition);
+        char *wf = worker_test_workflow(f->db, f->user, name, 1, def);
+        free(def);
+        return wf;
+}
+
+static void wait_status(struct fixture *f, const char *run, const char *status, int ms)
+{
+        if (!worker_test_wait_status(f->db, run, status, ms)) {
+                dump_log(f);
+                fprintf(stderr, "run %s: %s, wanted %s\n", run,
+                        test_db_value(f->db,
+                                      "SELECT status || ' ' || coalesce(error::text, '') "
+                                      "FROM workflow_runs WHERE id = '%s'",
+                                      run),
+                        status);
+                fail();
+        }
+}
+
+static void wait_sink(struct fixture *f, const char *prefix, int n, int ms)
+{
+        int64_t deadline = test_now_ms() + ms;
+        while (worker_sink_count(f->sink, prefix) < n) {
+                if (test_now_ms() > deadline) {
+                        dump_log(f);
+                        fprintf(stderr, "sink: %d requests to %s, wanted %d\n",
+                                worker_sink_count(f->sink, prefix), prefix, n);
+                        fail();
+                }
+                usleep(20 * 1000);
+        }
+}
+
+static long long count_events(struct fixture *f, const char *run, const char *kind)
+{
+        return test_db_int(f->db,
+                           "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = '%s'",
+                           run, kind);
+}
+
+static const char SIGNAL_WF[] =
+    "{\"name\":\"sig\",\"nodes\":["
+    "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":\"SINK/a\"}},"
+    "{\"id\":\"b\",\"type\":\"wait_event\",\"event\":\"go\",\"after\":[\"a\"]},"
+    "{\"id\":\"c\",\"type\":\"http\",\"request\":{\"url\":\"SINK/c\"},\"after\":[\"b\"]}]}";
+
+/* A signal sent before the run reaches its wait_event node is kept and consumed there. */
+static void test_signal_sent_early(void **state)
+{
+        struct fixture *f = setup("wk_sig_early");
+        char *wf = workflow(f, "sig", SIGNAL_WF);
+        char *run;
+
+        /* the run and its signal appear together: the worker cannot reach b first */
+        PQclear(test_db_must(f->db, "BEGIN"));
+        run = worker_test_run(f->db, wf, NULL);
+        free(test_db_value(f->db,
+                           "INSERT INTO signals (user_id, workflow_run_id, name, payload) SELECT "
+                           "user_id, id, 'go', '{\"v\": 7}' FROM workflow_runs WHERE id = '%s' "
+                           "RETURNING id",
+                           run));
+        PQclear(test_db_must(f->db, "COMMIT"));
+
+        wait_status(f, run, "completed", 15000);
+        assert_int_equal(worker_sink_count(f->sink, "/c"), 1);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT consumed_by_node FROM signals WHERE "
+                                          "workflow_run_id = '%s'",
+                                          run),
+                            "b");
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT status FROM node_runs WHERE workflow_run_id = "
+                                          "'%s' AND node_id = 'b'",
+                                          run),
+                            "completed");
+        free(run);
+        free(wf);
+        teardown(f);
+}
+
+/* A run waiting for a signal holds nothing; the signal (plus wake-up) resumes it. */
+static void test_signal_wakes_waiting_run(void **state)
+{
+        struct fixture *f = setup("wk_sig_late");
+        char *wf = workflow(f, "sig", SIGNAL_WF);
+        char *run = worker_test_run(f->db, wf, NULL);
+
+        wait_status(f, run, "waiting", 15000);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT (claimed_by IS NULL AND run_at = 'infinity')"
+                                          "::text FROM workflow_runs WHERE id = '%s'",
+                                          run),
+                            "true");
+        usleep(500 * 1000);
+        assert_int_equal(worker_sink_count(f->sink, "/c"), 0);
+        PQclear(test_db_must(f->db, "BEGIN"));
+        free(test_db_value(f->db,
+                           "INSERT INTO signals (user_id, workflow_run_id, name, payload) SELECT "
+                           "user_id, id, 'go', '{}' FROM workflow_runs WHERE id = '%s' RETURNING "
+                           "id",
+                           run));
+        free(test_db_value(f->db, "SELECT agently_wake_run('%s')", run));
+        PQclear(test_db_must(f->db, "COMMIT"));
+        wait_status(f, run, "completed", 10000);
+        assert_int_equal(worker_sink_count(f->sink, "/c"), 1);
+        assert_int_equal(count_events(f, run, "run.resumed"), 1);
+        free(run);
+        free(wf);
+        teardown(f);
+}
+
+/* Cancel of a running run: the request in flight is stopped, the node recorded canceled,
+ * the run finished canceled, nothing after it runs. */
+static void test_cancel_running_run(void **state)
+{
+        struct fixture *f = setup("wk_cancel");
+        char *wf = workflow(f, "cancel",
+                            "{\"name\":\"cancel\",\"nodes\":["
+                            "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
+                            "\"SINK/hang?delay_ms=20000\"},\"timeout\":\"60s\"},"
+                            "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":\"SINK/b\"},"
+                            "\"after\":[\"a\"]}]}");
+        char *run = worker_test_run(f->db, wf, NULL);
+        int64_t t0;
+
+        wait_sink(f, "/hang", 1, 15000);
+        t0 = test_now_ms();
+        PQclear(test_db_must(f->db, "UPDATE workflow_runs SET cancel_requested = true"));
+        wait_status(f, run, "canceled", 5000);
+        assert_true(test_now_ms() - t0 < 3000); /* a heartbeat, not the request's 20 s */
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT status FROM node_runs WHERE workflow_run_id = "
+                                          "'%s' AND node_id = 'a'",
+                                          run),
+                            "canceled");
+        assert_int_equal(count_events(f, run, "run.canceled"), 1);
+        usleep(500 * 1000);
+        assert_int_equal(worker_sink_count(f->sink, "/b"), 0);
+        free(run);
+        free(wf);
+        teardown(f);
+}
+
+/* Pause stops at once and releases the run; resume (the API re-queues it) re-runs the
+ * interrupted request with the same idempotency key and finishes. */
+static void test_pause_and_resume(void **state)
+{
+        struct fixture *f = setup("wk_pause");
+        char *wf = workflow(f, "pause",
+                            "{\"name\":\"pause\",\"nodes\":["
+                            "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
+                            "\"SINK/slow?delay_ms=1500\"}},"
+                            "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":\"SINK/b\"},"
+                            "\"after\":[\"a\"]}]}");
+        char *run = worker_test_run(f->db, wf, NULL);
+
+        wait_sink(f, "/slow", 1, 15000);
+        PQclear(test_db_must(f->db, "UPDATE workflow_runs SET pause_requested = true"));
+        wait_status(f, run, "paused", 5000);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT (claimed_by IS NULL AND NOT pause_requested)"
+                                          "::text FROM workflow_runs WHERE id = '%s'",
+                                          run),
+                            "true");
+        usleep(2000 * 1000); /* paused means paused: nothing moves */
+        assert_int_equal(worker_sink_count(f->sink, "/b"), 0);
+        assert_string_equal(
+            test_db_value(f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run),
+            "paused");
+
+        PQclear(test_db_must(f->db, "UPDATE workflow_runs SET status = 'queued', run_at = now() "
+                                    "WHERE status = 'paused'"));
+        wait_status(f, run, "completed", 15000);
+        assert_int_equal(worker_sink_count(f->sink, "/slow"), 2);
+        assert_int_equal(worker_sink_distinct_keys(f->sink, "/slow"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/b"), 1);
+        assert_int_equal(count_events(f, run, "run.paused"), 1);
+        free(run);
+        free(wf);
+        teardown(f);
+}
+
+/* A subworkflow: one child run, created once; the parent waits without a worker and wakes
+ * when the child finishes; the child's output is the node's output. */
+static void test_subworkflow(void **state)
+{
+        struct fixture *f = setup("wk_child");
+        char *child = workflow(f, "child",
+                               "{\"name\":\"child\",\"nodes\":[{\"id\":\"x\",\"type\":\"http\","
+                               "\"request\":{\"url\":\"SINK/child\"}}]}");
+        char *parent = workflow(f, "parent",
+                                "{\"name\":\"parent\",\"nodes\":["
+                                "{\"id\":\"sub\",\"type\":\"subworkflow\",\"workflow\":"
+                                "\"child\",\"input\":{\"k\":1}},"
+                                "{\"id\":\"after\",\"type\":\"http\",\"request\":{\"url\":"
+                                "\"SINK/after\"},\"after\":[\"sub\"]}]}");
+        char *run = worker_test_run(f->db, parent, NULL);
+
+        wait_status(f, run, "completed", 20000);
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM workflow_runs WHERE parent_run_id = "
+                                     "'%s' AND parent_node_id = 'sub' AND status = 'completed' "
+                                     "AND input = '{\"k\": 1}'",
+                                     run),
+                         1);
+        assert_int_equal(worker_sink_count(f->sink, "/child"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/after"), 1);
+        assert_true(count_events(f, run, "run.waiting") >= 1);
+        free(run);
+        free(child);
+        free(parent);
+        teardown(f);
+}
+
+/* at_most_once: the START mark is committed before the request leaves. SIGKILL mid-request;
+ * the next worker finds the node started-but-unfinished and fails it as interrupted instead
+ * of sending again. */
+static void test_at_most_once_interrupted(void **state)
+{
+        struct fixture *f = setup("wk_amo");
+        char *wf = workflow(f, "amo",
+                            "{\"name\":\"amo\",\"nodes\":[{\"id\":\"pay\",\"type\":\"http\","
+                            "\"delivery\":\"at_most_once\",\"request\":{\"method\":\"POST\","
+                            "\"url\":\"SINK/pay?delay_ms=5000\"}}]}");
+        char *run = worker_test_run(f->db, wf, NULL);
+        char log2[600];
+
+        wait_sink(f, "/pay", 1, 15000);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT status FROM node_runs WHERE workflow_run_id = "
+                                          "'%s'",
+                                          run),
+                            "started");
+        test_stop_process(f->worker, SIGKILL, 5000);
+        snprintf(log2, sizeof(log2), "%s/worker2.log", f->dir);
+        f->worker = worker_test_spawn(f->conninfo, "w2", "2s", "500ms", NULL, log2);
+        wait_status(f, run, "failed", 15000);
+        usleep(300 * 1000);
+        assert_int_equal(worker_sink_count(f->sink, "/pay"), 1);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT error->>'class' FROM node_runs WHERE "
+                                          "workflow_run_id = '%s' ORDER BY attempt DESC LIMIT 1",
+                                          run),
+                            "interrupted");
+        free(run);
+        free(wf);
+        teardown(f);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_signal_sent_early),
+            cmocka_unit_test(test_signal_wakes_waiting_run),
+            cmocka_unit_test(test_cancel_running_run),
+            cmocka_unit_test(test_pause_and_resume),
+            cmocka_unit_test(test_subworkflow),
+            cmocka_unit_test(test_at_most_once_interrupted),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
