@@ -401,7 +401,7 @@ static void print_event(struct client_ctx *ctx, json_t *ev)
         const char *lc = level && strcmp(level, "error") == 0  ? "\033[31m"
                          : level && strcmp(level, "warn") == 0 ? "\033[33m"
                                                                : "";
-        printf("%5lld  %s  %s%-5s%s  %-16s  %s%s%s%s\n",
+        printf("%5lld  %s  %s%-5s%s  %-16s  %-18s  %s%s%s\n",
                (long long)json_integer_value(json_object_get(ev, "seq")), when,
                ctx->color ? lc : "", level ? level : "-", ctx->color && *lc ? "\033[0m" : "", node,
                kind ? kind : "-", message ? message : "", message && *data ? "  " : "", data);
