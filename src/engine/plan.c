@@ -1,0 +1,1124 @@
+/*
+ * The planner: from a parsed workflow and a snapshot of one run's state, decide the next
+ * actions. Pure and deterministic: the same snapshot always yields the same actions, in
+ * topological (then index) order, and nothing here reads a clock or keeps state between
+ * calls. One plan is O(static nodes + dependencies + items of active maps), with hash
+ * lookups into the snapshot; a loop finds its current iteration by binary search.
+ * src/engine/README.md states the contract with the worker.
+ */
+#include "workflow_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "duration.h"
+#include "strutil.h"
+
+enum state {
+        ST_PENDING,   /* not reached yet (waiting for dependencies) */
+        ST_ACTIVE,    /* in progress, or acted on by this plan */
+        ST_DONE,      /* completed (snapshot) */
+        ST_SKIPPED,   /* skipped (snapshot, or decided by this plan) */
+        ST_TOLERATED, /* failed for good, on_failure continue */
+        ST_FAILED,    /* failed for good, on_failure fail */
+        ST_ESCALATED, /* failed for good, on_failure escalate */
+};
+
+struct wf_plan_ctx {
+        const struct wf_workflow *wf;
+        const json_t *nodes; /* snapshot records */
+        const json_t *signals;
+        const json_t *children;
+        json_t *in_flight; /* set: {"<id>": true} */
+        json_t *consumed;  /* {"<event>": n signals taken by this plan} */
+        json_t *run;       /* {"id": ...} */
+        const char *run_id;
+        int64_t now;
+        int64_t wake;
+        bool has_wake;
+        json_t *actions;
+        struct wf_scope scope;
+        int error; /* first -ENOMEM */
+        /* the first failing / escalated node (for finish / needs_input) */
+        char *escalated_id; /* malloc'd */
+        const json_t *escalated_error;
+};
+
+/* ---- small helpers ---- */
+
+static void timer(struct wf_plan_ctx *p, int64_t at)
+{
+        if (!p->has_wake || at < p->wake) {
+                p->wake = at;
+                p->has_wake = true;
+        }
+}
+
+static int emit(struct wf_plan_ctx *p, json_t *action)
+{
+        if (!action || json_array_append_new(p->actions, action) < 0) {
+                p->error = -ENOMEM;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+static const char *rec_status(const json_t *rec)
+{
+        const char *s = rec ? json_string_value(json_object_get(rec, "status")) : NULL;
+        return s ? s : "";
+}
+
+static int rec_attempt(const json_t *rec)
+{
+        json_t *a = rec ? json_object_get(rec, "attempt") : NULL;
+        return json_is_integer(a) && json_integer_value(a) >= 1 && json_integer_value(a) <= 1000000
+                   ? (int)json_integer_value(a)
+                   : 1;
+}
+
+static bool rec_ms(const json_t *rec, const char *key, int64_t *out)
+{
+        json_t *v = rec ? json_object_get(rec, key) : NULL;
+        if (!json_is_integer(v))
+                return false;
+        *out = json_integer_value(v);
+        return true;
+}
+
+static json_t *rec_get(const json_t *rec, const char *key)
+{
+        json_t *v = rec ? json_object_get(rec, key) : NULL;
+        return v ? v : json_null();
+}
+
+static bool is_failed_status(const char *s)
+{
+        return !strcmp(s, "failed") || !strcmp(s, "interrupted") || !strcmp(s, "canceled");
+}
+
+static json_t *error_json(const char *klass, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static json_t *error_json(const char *klass, const char *fmt, ...)
+{
+        va_list ap;
+        char *m = NULL;
+        json_t *e;
+
+        va_start(ap, fmt);
+        if (vasprintf(&m, fmt, ap) < 0)
+                m = NULL;
+        va_end(ap);
+        if (!m)
+                return NULL;
+        e = json_pack("{s:s,s:s}", "class", klass, "message", m);
+        free(m);
+        return e;
+}
+
+static int emit_fail(struct wf_plan_ctx *p, const char *id, int attempt, json_t *error)
+{
+        if (!error) {
+                p->error = -ENOMEM;
+                return -ENOMEM;
+        }
+        return emit(p, json_pack("{s:s,s:s,s:i,s:o}", "action", "fail_node", "node", id, "attempt",
+                                 attempt, "error", error));
+}
+
+static int emit_complete(struct wf_plan_ctx *p, const char *id, json_t *output)
+{
+        if (!output) {
+                p->error = -ENOMEM;
+                return -ENOMEM;
+        }
+        return emit(p,
+                    json_pack("{s:s,s:s,s:o}", "action", "complete", "node", id, "output", output));
+}
+
+/* ---- kind hooks ---- */
+
+int wf_plan_noop_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                       bool reexecution)
+{
+        return emit_complete(p, l->id, json_null());
+}
+
+int wf_plan_transform_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                            bool reexecution)
+{
+        struct wf_expr_error err = {0};
+        _cleanup_free_ char *path = NULL;
+        json_t *out = NULL;
+        int r = wf_tmpl_render(l->node->output, l->scope, &out, &err, &path);
+
+        if (r == -EINVAL) {
+                r = emit_fail(p, l->id, attempt,
+                              error_json("error", "could not render output%s at column %d: %s",
+                                         path ? path : "", err.column,
+                                         err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return r;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return p->error = r;
+        return emit_complete(p, l->id, out);
+}
+
+int wf_plan_condition_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                            bool reexecution)
+{
+        struct wf_expr_error err = {0};
+        _cleanup_json_ json_t *v = NULL;
+        int r = wf_expr_eval_scope(l->node->condition, l->scope, &v, &err);
+
+        if (r == -EINVAL) {
+                r = emit_fail(p, l->id, attempt,
+                              error_json("error", "could not evaluate if at column %d: %s",
+                                         err.column, err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return r;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return p->error = r;
+        return emit_complete(
+            p, l->id,
+            json_pack("{s:s,s:O}", "branch", wf_expr_truthy(v) ? "then" : "else", "value", v));
+}
+
+static bool header_present(const json_t *headers, const char *name)
+{
+        const char *k;
+        json_t *v;
+        json_object_foreach ((json_t *)headers, k, v)
+                if (!strcasecmp(k, name))
+                        return true;
+        return false;
+}
+
+int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                       bool reexecution)
+{
+        const struct wf_node *n = l->node;
+        struct wf_expr_error err = {0};
+        _cleanup_free_ char *path = NULL;
+        _cleanup_json_ json_t *req = NULL;
+        _cleanup_free_ char *key = wf_idempotency_key(p->run_id, l->id);
+        int r;
+
+        if (!key)
+                return p->error = -ENOMEM;
+        r = wf_tmpl_render(n->request, l->scope, &req, &err, &path);
+        if (r == -EINVAL) {
+                r = emit_fail(p, l->id, attempt,
+                              error_json("error", "could not render request%s at column %d: %s",
+                                         path ? path : "", err.column,
+                                         err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return r;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return p->error = r;
+
+        const char *url = json_string_value(json_object_get(req, "url"));
+        if (!url || (!str_has_prefix(url, "http://") && !str_has_prefix(url, "https://")))
+                return emit_fail(p, l->id, attempt,
+                                 error_json("error",
+                                            "request url must be a string starting with http:// "
+                                            "or https:// (got %s)",
+                                            url ? url : "a non-string"));
+        json_t *headers = json_object_get(req, "headers");
+        if (!headers) {
+                headers = json_object();
+                if (!headers || json_object_set_new(req, "headers", headers) < 0)
+                        return p->error = -ENOMEM;
+        }
+        const char *hk;
+        json_t *hv;
+        json_object_foreach (headers, hk, hv) {
+                if (!json_is_string(hv)) {
+                        _cleanup_free_ char *s = wf_expr_to_text(hv);
+                        if (!s || json_object_set_new(headers, hk, json_string(s)) < 0)
+                                return p->error = -ENOMEM;
+                        hv = json_object_get(headers, hk);
+                }
+                if (strpbrk(json_string_value(hv), "\r\n"))
+                        return emit_fail(p, l->id, attempt,
+                                         error_json("error",
+                                                    "header '%s' contains a line break after "
+                                                    "rendering",
+                                                    hk));
+        }
+        if (!header_present(headers, "Idempotency-Key") &&
+            json_object_set_new(headers, "Idempotency-Key", json_string(key)) < 0)
+                return p->error = -ENOMEM;
+        json_t *expect = json_array();
+        if (!expect || json_object_set_new(req, "expect_status", expect) < 0)
+                return p->error = -ENOMEM;
+        for (size_t i = 0; i < n->n_expect; i++)
+                if (json_array_append_new(expect,
+                                          json_pack("[i,i]", n->expect[i].lo, n->expect[i].hi)) < 0)
+                        return p->error = -ENOMEM;
+        if (json_object_set_new(req, "method", json_string(n->method ? n->method : "GET")) < 0)
+                return p->error = -ENOMEM;
+
+        return emit(p,
+                    json_pack("{s:s,s:s,s:i,s:s,s:O,s:o,s:s,s:s,s:b}", "action", "execute", "node",
+                              l->id, "attempt", attempt, "kind", n->kind->name, "input", req,
+                              "timeout_ms",
+                              n->timeout_ms ? json_integer(n->timeout_ms) : json_null(), "delivery",
+                              n->delivery == WF_AT_MOST_ONCE ? "at_most_once" : "at_least_once",
+                              "idempotency_key", key, "reexecution", reexecution));
+}
+
+/* A scheduled attempt ("waiting" with wake_at_ms) of an effect node. */
+int wf_plan_retry_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
+{
+        int64_t at;
+
+        if (rec_ms(l->record, "wake_at_ms", &at) && at > p->now) {
+                timer(p, at);
+                return 0;
+        }
+        return l->node->kind->start(p, l, rec_attempt(l->record), false);
+}
+
+/* RFC 3339 ("2026-11-22T10:00:00Z", fractions and offsets allowed) to ms since epoch. */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+        y -= m <= 2;
+        const int64_t era = (y >= 0 ? y : y - 399) / 400;
+        const unsigned yoe = (unsigned)(y - era * 400);
+        const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+        const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        return era * 146097 + (int64_t)doe - 719468;
+}
+
+static bool digits(const char *s, int n, int *out)
+{
+        int v = 0;
+        for (int i = 0; i < n; i++) {
+                if (s[i] < '0' || s[i] > '9')
+                        return false;
+                v = v * 10 + (s[i] - '0');
+        }
+        *out = v;
+        return true;
+}
+
+static bool parse_rfc3339(const char *s, int64_t *out)
+{
+        int y, mo, d, h, mi, sec, ms = 0, oh = 0, om = 0, sign = 0;
+        size_t n = strlen(s), i = 19;
+
+        if (n < 20 || !digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) || s[7] != '-' ||
+            !digits(s + 8, 2, &d) || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
+            !digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) || s[16] != ':' ||
+            !digits(s + 17, 2, &sec))
+                return false;
+        if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+                return false;
+        if (s[i] == '.') {
+                int scale = 100;
+                i++;
+                if (i >= n || s[i] < '0' || s[i] > '9')
+                        return false;
+                while (i < n && s[i] >= '0' && s[i] <= '9') {
+                        ms += (s[i] - '0') * scale;
+                        scale /= 10;
+                        i++;
+                }
+        }
+        if (s[i] == 'Z' || s[i] == 'z') {
+                i++;
+        } else if (s[i] == '+' || s[i] == '-') {
+                sign = s[i] == '+' ? 1 : -1;
+                if (i + 6 > n || !digits(s + i + 1, 2, &oh) || s[i + 3] != ':' ||
+                    !digits(s + i + 4, 2, &om) || oh > 23 || om > 59)
+                        return false;
+                i += 6;
+        } else {
+                return false;
+        }
+        if (i != n)
+                return false;
+        int64_t days = days_from_civil(y, (unsigned)mo, (unsigned)d);
+        int64_t t = ((days * 24 + h) * 60 + mi) * 60 + (sec > 59 ? 59 : sec);
+        t -= sign * (oh * 3600 + om * 60);
+        *out = t * 1000 + ms;
+        return true;
+}
+
+int wf_plan_sleep_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                        bool reexecution)
+{
+        const struct wf_node *n = l->node;
+        int64_t wake;
+
+        if (n->until) {
+                struct wf_expr_error err = {0};
+                _cleanup_json_ json_t *v = NULL;
+                int r = wf_expr_eval_scope(n->until, l->scope, &v, &err);
+                if (r == -EINVAL) {
+                        r = emit_fail(p, l->id, attempt,
+                                      error_json("error",
+                                                 "could not evaluate until at column %d: %s",
+                                                 err.column, err.message ? err.message : "error"));
+                        wf_expr_error_clear(&err);
+                        return r;
+                }
+                wf_expr_error_clear(&err);
+                if (r < 0)
+                        return p->error = r;
+                if (json_is_integer(v))
+                        wake = json_integer_value(v);
+                else if (!json_is_string(v) || !parse_rfc3339(json_string_value(v), &wake))
+                        return emit_fail(
+                            p, l->id, attempt,
+                            error_json("error",
+                                       "until must give an RFC 3339 time such as "
+                                       "\"2026-01-31T09:00:00Z\" or milliseconds "
+                                       "since the epoch (got %s)",
+                                       json_is_string(v) ? json_string_value(v) : "a non-string"));
+        } else {
+                wake = p->now + n->duration_ms;
+        }
+        if (wake <= p->now)
+                return emit_complete(p, l->id, json_pack("{s:I}", "wake_at_ms", (json_int_t)wake));
+        timer(p, wake);
+        return emit(p, json_pack("{s:s,s:s,s:I}", "action", "sleep", "node", l->id, "wake_at_ms",
+                                 (json_int_t)wake));
+}
+
+int wf_plan_sleep_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
+{
+        int64_t wake;
+
+        if (!rec_ms(l->record, "wake_at_ms", &wake))
+                return wf_plan_sleep_start(p, l, rec_attempt(l->record), false);
+        if (wake > p->now) {
+                timer(p, wake);
+                return 0;
+        }
+        return emit_complete(p, l->id, json_pack("{s:I}", "wake_at_ms", (json_int_t)wake));
+}
+
+/* The next unconsumed signal of the node's event, or NULL. */
+static json_t *take_signal(struct wf_plan_ctx *p, const char *event)
+{
+        json_t *list = json_is_object(p->signals) ? json_object_get(p->signals, event) : NULL;
+        json_t *taken = json_object_get(p->consumed, event);
+        size_t k = taken ? (size_t)json_integer_value(taken) : 0;
+        json_t *sig = json_is_array(list) ? json_array_get(list, k) : NULL;
+
+        if (!sig)
+                return NULL;
+        if (json_object_set_new(p->consumed, event, json_integer((json_int_t)k + 1)) < 0) {
+                p->error = -ENOMEM;
+                return NULL;
+        }
+        return sig;
+}
+
+static int complete_with_signal(struct wf_plan_ctx *p, const struct wf_leaf *l, json_t *sig)
+{
+        json_t *id = json_object_get(sig, "id");
+        json_t *payload = json_object_get(sig, "payload");
+
+        return emit(p,
+                    json_pack("{s:s,s:s,s:O,s:O}", "action", "complete", "node", l->id, "output",
+                              payload ? payload : json_null(), "signal_id", id ? id : json_null()));
+}
+
+int wf_plan_wait_event_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                             bool reexecution)
+{
+        json_t *sig = take_signal(p, l->node->event);
+
+        if (sig)
+                return complete_with_signal(p, l, sig);
+        if (p->error)
+                return p->error;
+        json_t *timeout = json_null();
+        if (l->node->timeout_ms) {
+                timeout = json_integer(p->now + l->node->timeout_ms);
+                timer(p, p->now + l->node->timeout_ms);
+        }
+        return emit(p, json_pack("{s:s,s:s,s:s,s:o}", "action", "wait_signal", "node", l->id,
+                                 "event", l->node->event, "timeout_at_ms", timeout));
+}
+
+int wf_plan_wait_event_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
+{
+        json_t *sig = take_signal(p, l->node->event);
+        int64_t deadline = 0, started;
+        bool has_deadline = false;
+
+        if (sig)
+                return complete_with_signal(p, l, sig);
+        if (p->error)
+                return p->error;
+        if (rec_ms(l->record, "wake_at_ms", &deadline))
+                has_deadline = true;
+        else if (l->node->timeout_ms && rec_ms(l->record, "started_at_ms", &started)) {
+                deadline = started + l->node->timeout_ms;
+                has_deadline = true;
+        }
+        if (!has_deadline)
+                return 0; /* only a signal wakes it */
+        if (deadline <= p->now) {
+                char d[32];
+                duration_format(l->node->timeout_ms, d, sizeof(d));
+                return emit_fail(
+                    p, l->id, rec_attempt(l->record),
+                    error_json("timeout", "no '%s' signal arrived within %s", l->node->event, d));
+        }
+        timer(p, deadline);
+        return 0;
+}
+
+int wf_plan_subworkflow_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                              bool reexecution)
+{
+        const struct wf_node *n = l->node;
+        struct wf_expr_error err = {0};
+        _cleanup_free_ char *path = NULL;
+        json_t *input = NULL;
+        int r = wf_tmpl_render(n->input, l->scope, &input, &err, &path);
+
+        if (r == -EINVAL) {
+                r = emit_fail(p, l->id, attempt,
+                              error_json("error", "could not render input%s at column %d: %s",
+                                         path ? path : "", err.column,
+                                         err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return r;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return p->error = r;
+        _cleanup_free_ char *key = str_printf("%s:%s:%d", p->run_id, l->id, attempt);
+        if (!key) {
+                json_decref(input);
+                return p->error = -ENOMEM;
+        }
+        return emit(p, json_pack("{s:s,s:s,s:i,s:s,s:o,s:o,s:s}", "action", "start_child", "node",
+                                 l->id, "attempt", attempt, "workflow", n->workflow, "version",
+                                 n->version ? json_integer(n->version) : json_null(), "input",
+                                 input, "idempotency_key", key));
+}
+
+int wf_plan_subworkflow_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
+{
+        const struct wf_node *n = l->node;
+        int attempt = rec_attempt(l->record);
+        json_t *child = json_is_object(p->children) ? json_object_get(p->children, l->id) : NULL;
+        int64_t started;
+
+        if (child && rec_attempt(child) != attempt)
+                child = NULL; /* an earlier attempt's child */
+        if (!child)
+                return wf_plan_subworkflow_start(p, l, attempt, true);
+        const char *status = rec_status(child);
+        if (!strcmp(status, "completed"))
+                return emit_complete(p, l->id, json_incref(rec_get(child, "output")));
+        if (!strcmp(status, "failed") || !strcmp(status, "canceled")) {
+                json_t *e =
+                    error_json("error", "child run of workflow '%s' %s", n->workflow, status);
+                if (e && json_object_set(e, "child_error", rec_get(child, "error")) < 0) {
+                        json_decref(e);
+                        e = NULL;
+                }
+                return emit_fail(p, l->id, attempt, e);
+        }
+        if (n->timeout_ms && rec_ms(l->record, "started_at_ms", &started)) {
+                if (started + n->timeout_ms <= p->now) {
+                        char d[32];
+                        duration_format(n->timeout_ms, d, sizeof(d));
+                        return emit_fail(p, l->id, attempt,
+                                         error_json("timeout",
+                                                    "child run of workflow '%s' did not finish "
+                                                    "within %s",
+                                                    n->workflow, d));
+                }
+                timer(p, started + n->timeout_ms);
+        }
+        return 0;
+}
+
+/* ---- one leaf (static node, map item, loop iteration) ---- */
+
+/* Classifies a leaf's record; drives it when in progress. Returns the state. */
+static enum state leaf_state(const struct wf_node *n, const json_t *rec)
+{
+        const char *s = rec_status(rec);
+
+        if (!rec)
+                return ST_PENDING;
+        if (!strcmp(s, "completed"))
+                return ST_DONE;
+        if (!strcmp(s, "skipped"))
+                return ST_SKIPPED;
+        if (is_failed_status(s) && !json_object_get(rec, "retry_at_ms")) {
+                if (!strcmp(s, "canceled"))
+                        return ST_FAILED;
+                return n->on_failure == WF_ON_FAILURE_CONTINUE   ? ST_TOLERATED
+                       : n->on_failure == WF_ON_FAILURE_ESCALATE ? ST_ESCALATED
+                                                                 : ST_FAILED;
+        }
+        return ST_ACTIVE;
+}
+
+/* Drives an ACTIVE leaf: a started, waiting or retry-pending record. */
+static int drive_leaf(struct wf_plan_ctx *p, const struct wf_leaf *l)
+{
+        const struct wf_node *n = l->node;
+        const struct wf_kind *k = n->kind;
+        const char *s = rec_status(l->record);
+        int attempt = rec_attempt(l->record);
+
+        if (is_failed_status(s)) { /* a retry is scheduled */
+                int64_t at = 0;
+                (void)rec_ms(l->record, "retry_at_ms", &at);
+                if (at > p->now) {
+                        timer(p, at);
+                        return 0;
+                }
+                return k->start(p, l, attempt + 1, false);
+        }
+        if (!strcmp(s, "started")) {
+                if (!(k->flags & WF_KIND_EFFECT))
+                        return k->resume ? k->resume(p, l) : k->start(p, l, attempt, true);
+                if (json_object_get(p->in_flight, l->id))
+                        return 0;
+                if (n->delivery == WF_AT_LEAST_ONCE)
+                        return k->start(p, l, attempt, true);
+                return emit_fail(p, l->id, attempt,
+                                 error_json("interrupted",
+                                            "attempt %d was interrupted (the worker stopped "
+                                            "while it ran) and delivery is at_most_once, so "
+                                            "it is not run again",
+                                            attempt));
+        }
+        if (!strcmp(s, "waiting"))
+                return k->resume ? k->resume(p, l) : k->start(p, l, attempt, false);
+        /* an unknown status: treat like started, the safest reading */
+        return k->resume ? k->resume(p, l) : k->start(p, l, attempt, true);
+}
+
+static int note_escalation(struct wf_plan_ctx *p, const char *id, const json_t *rec)
+{
+        if (p->escalated_id)
+                return 0;
+        p->escalated_id = strdup(id);
+        if (!p->escalated_id)
+                return p->error = -ENOMEM;
+        p->escalated_error = rec_get(rec, "error");
+        return 0;
+}
+
+/* ---- map and loop ---- */
+
+static const json_t *item_record(struct wf_plan_ctx *p, char *buf, size_t size, const char *base,
+                                 char sep, size_t i)
+{
+        if (sep == '[')
+                snprintf(buf, size, "%s[%zu]", base, i);
+        else
+                snprintf(buf, size, "%s#%zu", base, i);
+        return json_object_get(p->nodes, buf);
+}
+
+static int fail_composite(struct wf_plan_ctx *p, const struct wf_node *n, const char *item_id,
+                          const json_t *rec)
+{
+        const json_t *ie = rec_get(rec, "error");
+        const char *msg = json_string_value(json_object_get(ie, "message"));
+        json_t *e = error_json("error", "%s failed: %s", item_id, msg ? msg : "error");
+
+        if (e && json_object_set(e, "item_error", (json_t *)ie) < 0) {
+                json_decref(e);
+                e = NULL;
+        }
+        if (e && json_object_set_new(e, "item", json_string(item_id)) < 0) {
+                json_decref(e);
+                e = NULL;
+        }
+        return emit_fail(p, n->id, 1, e);
+}
+
+int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n)
+{
+        const struct wf_node *t = n->body;
+        struct wf_expr_error err = {0};
+        _cleanup_json_ json_t *items = NULL;
+        char id[96];
+        int r = wf_expr_eval_scope(n->items, &p->scope, &items, &err);
+
+        if (r == -EINVAL) {
+                r = emit_fail(p, n->id, 1,
+                              error_json("error", "could not evaluate items at column %d: %s",
+                                         err.column, err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return r;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return p->error = r;
+        if (!json_is_array(items))
+                return emit_fail(p, n->id, 1,
+                                 error_json("error", "items must evaluate to an array (got %s)",
+                                            json_is_null(items)     ? "null"
+                                            : json_is_object(items) ? "an object"
+                                                                    : "a scalar"));
+        size_t count = json_array_size(items);
+        if (count > WF_MAX_MAP_ITEMS)
+                return emit_fail(p, n->id, 1,
+                                 error_json("error", "items has %zu entries; the limit is %d",
+                                            count, WF_MAX_MAP_ITEMS));
+
+        /* pass 1: classify (no actions), so a failed item stops the map before anything
+         * else is started */
+        size_t running = 0, finished = 0, next_new = count, last_active = 0;
+        for (size_t i = 0; i < count; i++) {
+                const json_t *rec = item_record(p, id, sizeof(id), n->id, '[', i);
+                enum state st = leaf_state(t, rec);
+                switch (st) {
+                case ST_PENDING:
+                        if (next_new == count)
+                                next_new = i;
+                        break;
+                case ST_ACTIVE:
+                        running++;
+                        last_active = i;
+                        break;
+                case ST_FAILED:
+                        return fail_composite(p, n, id, rec);
+                case ST_ESCALATED:
+                        return note_escalation(p, id, rec);
+                default:
+                        finished++;
+                }
+        }
+        if (finished == count) {
+                json_t *out = json_array();
+                if (!out)
+                        return p->error = -ENOMEM;
+                for (size_t i = 0; i < count; i++) {
+                        const json_t *rec = item_record(p, id, sizeof(id), n->id, '[', i);
+                        json_t *o = !strcmp(rec_status(rec), "completed") ? rec_get(rec, "output")
+                                                                          : json_null();
+                        if (json_array_append(out, o) < 0) {
+                                json_decref(out);
+                                return p->error = -ENOMEM;
+                        }
+                }
+                return emit_complete(p, n->id, out);
+        }
+
+        /* pass 2: drive the running items and start new ones up to the concurrency */
+        size_t slots = running < (size_t)n->concurrency ? (size_t)n->concurrency - running : 0;
+        for (size_t i = 0; i < count && !p->error; i++) {
+                if (slots == 0 && (running == 0 || i > last_active))
+                        break;
+                const json_t *rec = item_record(p, id, sizeof(id), n->id, '[', i);
+                enum state st = leaf_state(t, rec);
+                if (st != ST_ACTIVE && !(st == ST_PENDING && slots > 0 && i >= next_new))
+                        continue;
+                _cleanup_json_ json_t *index = json_integer((json_int_t)i);
+                if (!index)
+                        return p->error = -ENOMEM;
+                struct wf_scope s = p->scope;
+                s.item = json_array_get(items, i);
+                s.index = index;
+                struct wf_leaf l = {.node = t, .id = id, .record = rec, .scope = &s};
+                if (st == ST_ACTIVE) {
+                        r = drive_leaf(p, &l);
+                } else {
+                        slots--;
+                        r = t->kind->start(p, &l, 1, false);
+                }
+                if (r < 0 && p->error)
+                        return p->error;
+        }
+        return p->error;
+}
+
+int wf_plan_loop(struct wf_plan_ctx *p, const struct wf_node *n)
+{
+        const struct wf_node *t = n->body;
+        char id[96], prev_id[96];
+        size_t lo = 0, hi;
+
+        /* iterations 1..k have records, contiguously: find k by galloping + bisection */
+        if (item_record(p, id, sizeof(id), n->id, '#', 1)) {
+                lo = 1;
+                hi = 2;
+                while (hi <= (size_t)n->max_iterations &&
+                       item_record(p, id, sizeof(id), n->id, '#', hi)) {
+                        lo = hi;
+                        hi *= 2;
+                }
+                if (hi > (size_t)n->max_iterations + 1)
+                        hi = (size_t)n->max_iterations + 1;
+                while (hi - lo > 1) { /* lo has a record, hi does not */
+                        size_t mid = lo + (hi - lo) / 2;
+                        if (item_record(p, id, sizeof(id), n->id, '#', mid))
+                                lo = mid;
+                        else
+                                hi = mid;
+                }
+        }
+        size_t k = lo;
+        const json_t *prev =
+            k > 1 ? item_record(p, prev_id, sizeof(prev_id), n->id, '#', k - 1) : NULL;
+        _cleanup_json_ json_t *iteration = json_integer((json_int_t)(k ? k : 1));
+        if (!iteration)
+                return p->error = -ENOMEM;
+        struct wf_scope s = p->scope;
+        s.iteration = iteration;
+        s.last =
+            prev && !strcmp(rec_status(prev), "completed") ? rec_get(prev, "output") : json_null();
+        if (k == 0) {
+                item_record(p, id, sizeof(id), n->id, '#', 1);
+                struct wf_leaf l = {.node = t, .id = id, .record = NULL, .scope = &s};
+                return t->kind->start(p, &l, 1, false);
+        }
+        const json_t *rec = item_record(p, id, sizeof(id), n->id, '#', k);
+        struct wf_leaf l = {.node = t, .id = id, .record = rec, .scope = &s};
+        switch (leaf_state(t, rec)) {
+        case ST_ACTIVE:
+        case ST_PENDING:
+                return drive_leaf(p, &l);
+        case ST_FAILED:
+                return fail_composite(p, n, id, rec);
+        case ST_ESCALATED:
+                return note_escalation(p, id, rec);
+        default:
+                break;
+        }
+        /* iteration k finished: evaluate until with iteration = k, last = its output */
+        struct wf_expr_error err = {0};
+        _cleanup_json_ json_t *v = NULL;
+        json_t *last = !strcmp(rec_status(rec), "completed") ? rec_get(rec, "output") : json_null();
+        s.last = last;
+        int r = wf_expr_eval_scope(n->until, &s, &v, &err);
+        if (r == -EINVAL) {
+                r = emit_fail(p, n->id, 1,
+                              error_json("error", "could not evaluate until at column %d: %s",
+                                         err.column, err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return r;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return p->error = r;
+        if (wf_expr_truthy(v))
+                return emit_complete(
+                    p, n->id, json_pack("{s:I,s:O}", "iterations", (json_int_t)k, "last", last));
+        if (k >= (size_t)n->max_iterations)
+                return emit_fail(p, n->id, 1,
+                                 error_json("error",
+                                            "loop reached max_iterations (%d) before until "
+                                            "became true",
+                                            n->max_iterations));
+        _cleanup_json_ json_t *next_iteration = json_integer((json_int_t)k + 1);
+        if (!next_iteration)
+                return p->error = -ENOMEM;
+        s.iteration = next_iteration;
+        item_record(p, id, sizeof(id), n->id, '#', k + 1);
+        struct wf_leaf nl = {.node = t, .id = id, .record = NULL, .scope = &s};
+        return t->kind->start(p, &nl, 1, false);
+}
+
+/* ---- the whole run ---- */
+
+static bool snapshot_ok(const json_t *snap)
+{
+        const json_t *nodes = json_object_get(snap, "nodes");
+        const char *k;
+        json_t *v;
+
+        if (!json_is_object(snap) || !json_is_integer(json_object_get(snap, "now_ms")) ||
+            !json_is_string(json_object_get(snap, "run_id")))
+                return false;
+        if (nodes && !json_is_object(nodes))
+                return false;
+        json_object_foreach ((json_t *)nodes, k, v)
+                if (!json_is_object(v))
+                        return false;
+        const json_t *f = json_object_get(snap, "in_flight");
+        if (f && !json_is_array(f) && !json_is_null(f))
+                return false;
+        return true;
+}
+
+static json_t *leaf_outputs(const struct wf_workflow *wf, const json_t *nodes)
+{
+        json_t *out = json_object();
+
+        for (size_t i = 0; out && i < wf->n_nodes; i++) {
+                const struct wf_node *n = &wf->nodes[i];
+                const json_t *rec = json_object_get(nodes, n->id);
+                if (n->n_dependents || strcmp(rec_status(rec), "completed") != 0)
+                        continue;
+                if (json_object_set(out, n->id, rec_get(rec, "output")) < 0) {
+                        json_decref(out);
+                        return NULL;
+                }
+        }
+        return out;
+}
+
+static int plan_run(struct wf_plan_ctx *p, const json_t *snap)
+{
+        const struct wf_workflow *wf = p->wf;
+        _cleanup_free_ enum state *st = calloc(wf->n_nodes, sizeof(enum state));
+        _cleanup_free_ bool *settled = calloc(wf->n_nodes, sizeof(bool)); /* per snapshot */
+        const struct wf_node *failed = NULL;
+        int64_t started;
+
+        if (!st || !settled)
+                return -ENOMEM;
+
+        if (wf->timeout_ms && rec_ms(snap, "started_at_ms", &started)) {
+                if (p->now - started >= wf->timeout_ms) {
+                        char d[32];
+                        duration_format(wf->timeout_ms, d, sizeof(d));
+                        json_t *e = error_json("timeout", "run exceeded its timeout of %s", d);
+                        if (!e || json_object_set_new(e, "node", json_null()) < 0) {
+                                json_decref(e);
+                                return -ENOMEM;
+                        }
+                        return emit(p, json_pack("{s:s,s:s,s:o}", "action", "finish", "status",
+                                                 "failed", "error", e));
+                }
+                timer(p, started + wf->timeout_ms);
+        }
+
+        for (size_t t = 0; t < wf->n_nodes && !p->error; t++) {
+                size_t i = wf->topo[t];
+                const struct wf_node *n = &wf->nodes[i];
+                const json_t *rec = json_object_get(p->nodes, n->id);
+                struct wf_leaf l = {.node = n, .id = n->id, .record = rec, .scope = &p->scope};
+
+                st[i] = leaf_state(n, rec);
+                if (rec && !strcmp(rec_status(rec), "skipped"))
+                        settled[i] = true;
+                switch (st[i]) {
+                case ST_DONE:
+                case ST_TOLERATED:
+                        settled[i] = true;
+                        continue;
+                case ST_SKIPPED:
+                        continue;
+                case ST_FAILED:
+                        if (!failed)
+                                failed = n;
+                        continue;
+                case ST_ESCALATED:
+                        note_escalation(p, n->id, rec);
+                        continue;
+                case ST_ACTIVE:
+                        if (n->kind->composite)
+                                break; /* a map/loop record left in progress: drive it */
+                        (void)drive_leaf(p, &l);
+                        continue;
+                case ST_PENDING:
+                        break;
+                }
+
+                /* not reached yet: branch gates, then dependencies */
+                bool gated_off = false, gate_open = true;
+                for (size_t g = 0; g < n->n_gates; g++) {
+                        size_t c = n->gates[g].condition;
+                        if (st[c] == ST_SKIPPED || st[c] == ST_TOLERATED) {
+                                gated_off = true;
+                        } else if (st[c] == ST_DONE) {
+                                const json_t *crec = json_object_get(p->nodes, wf->nodes[c].id);
+                                const char *branch = json_string_value(
+                                    json_object_get(rec_get(crec, "output"), "branch"));
+                                bool took_then = branch && !strcmp(branch, "then");
+                                if (took_then != n->gates[g].then_branch)
+                                        gated_off = true;
+                        } else {
+                                gate_open = false;
+                        }
+                }
+                if (gated_off) {
+                        st[i] = ST_SKIPPED;
+                        emit(p, json_pack("{s:s,s:s,s:s}", "action", "skip", "node", n->id,
+                                          "reason", "branch not taken"));
+                        continue;
+                }
+                bool all_skipped = n->n_deps > 0, all_settled = true;
+                for (size_t k = 0; k < n->n_deps; k++) {
+                        size_t d = n->deps[k];
+                        if (st[d] != ST_SKIPPED)
+                                all_skipped = false;
+                        if (!settled[d])
+                                all_settled = false;
+                }
+                if (all_skipped) {
+                        st[i] = ST_SKIPPED;
+                        emit(p, json_pack("{s:s,s:s,s:s}", "action", "skip", "node", n->id,
+                                          "reason", "dependency skipped"));
+                        continue;
+                }
+                if (!all_settled || !gate_open)
+                        continue;
+                if (n->when && !rec) {
+                        struct wf_expr_error err = {0};
+                        _cleanup_json_ json_t *v = NULL;
+                        int r = wf_expr_eval_scope(n->when, &p->scope, &v, &err);
+                        if (r == -EINVAL) {
+                                st[i] = ST_ACTIVE;
+                                emit_fail(
+                                    p, n->id, 1,
+                                    error_json("error", "could not evaluate when at column %d: %s",
+                                               err.column, err.message ? err.message : "error"));
+                                wf_expr_error_clear(&err);
+                                continue;
+                        }
+                        wf_expr_error_clear(&err);
+                        if (r < 0)
+                                return r;
+                        if (!wf_expr_truthy(v)) {
+                                st[i] = ST_SKIPPED;
+                                emit(p, json_pack("{s:s,s:s,s:s}", "action", "skip", "node", n->id,
+                                                  "reason", "when was false"));
+                                continue;
+                        }
+                }
+                st[i] = ST_ACTIVE;
+                if (n->kind->composite)
+                        (void)n->kind->composite(p, n);
+                else
+                        (void)n->kind->start(p, &l, 1, false);
+        }
+        if (p->error)
+                return p->error;
+
+        if (failed) {
+                const json_t *rec = json_object_get(p->nodes, failed->id);
+                const json_t *ne = rec_get(rec, "error");
+                const char *msg = json_string_value(json_object_get(ne, "message"));
+                const char *klass = json_string_value(json_object_get(ne, "class"));
+                json_t *e = error_json(klass ? klass : "error", "node '%s' failed: %s", failed->id,
+                                       msg ? msg : "no message");
+                if (!e || json_object_set_new(e, "node", json_string(failed->id)) < 0 ||
+                    json_object_set(e, "error", (json_t *)ne) < 0) {
+                        json_decref(e);
+                        return -ENOMEM;
+                }
+                json_array_clear(p->actions);
+                return emit(p, json_pack("{s:s,s:s,s:o}", "action", "finish", "status", "failed",
+                                         "error", e));
+        }
+        if (p->escalated_id) {
+                json_array_clear(p->actions);
+                return emit(p, json_pack("{s:s,s:s,s:O}", "action", "needs_input", "node",
+                                         p->escalated_id, "error", (json_t *)p->escalated_error));
+        }
+        bool all_settled = true;
+        for (size_t i = 0; i < wf->n_nodes; i++)
+                if (!settled[i])
+                        all_settled = false;
+        if (all_settled) {
+                json_t *output;
+                if (wf->output) {
+                        struct wf_expr_error err = {0};
+                        _cleanup_free_ char *path = NULL;
+                        int r = wf_tmpl_render(wf->output, &p->scope, &output, &err, &path);
+                        if (r == -EINVAL) {
+                                json_t *e = error_json(
+                                    "error",
+                                    "could not render the workflow output%s at column %d: %s",
+                                    path ? path : "", err.column,
+                                    err.message ? err.message : "error");
+                                wf_expr_error_clear(&err);
+                                if (!e || json_object_set_new(e, "node", json_null()) < 0) {
+                                        json_decref(e);
+                                        return -ENOMEM;
+                                }
+                                return emit(p, json_pack("{s:s,s:s,s:o}", "action", "finish",
+                                                         "status", "failed", "error", e));
+                        }
+                        wf_expr_error_clear(&err);
+                        if (r < 0)
+                                return r;
+                } else {
+                        output = leaf_outputs(wf, p->nodes);
+                        if (!output)
+                                return -ENOMEM;
+                }
+                return emit(p, json_pack("{s:s,s:s,s:o}", "action", "finish", "status", "completed",
+                                         "output", output));
+        }
+        if (json_array_size(p->actions) > 0)
+                return 0;
+        return emit(p, json_pack("{s:s,s:o}", "action", "wait", "wake_at_ms",
+                                 p->has_wake ? json_integer(p->wake) : json_null()));
+}
+
+int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actions)
+{
+        struct wf_plan_ctx p = {.wf = wf};
+        _cleanup_json_ json_t *empty = NULL;
+        int r;
+
+        *actions = NULL;
+        if (!wf || !snapshot_ok(snapshot))
+                return -EINVAL;
+        p.nodes = json_object_get(snapshot, "nodes");
+        if (!p.nodes) {
+                empty = json_object();
+                if (!empty)
+                        return -ENOMEM;
+                p.nodes = empty;
+        }
+        p.signals = json_object_get(snapshot, "signals");
+        p.children = json_object_get(snapshot, "children");
+        p.run_id = json_string_value(json_object_get(snapshot, "run_id"));
+        p.now = json_integer_value(json_object_get(snapshot, "now_ms"));
+        p.actions = json_array();
+        p.in_flight = json_object();
+        p.consumed = json_object();
+        p.run = json_pack("{s:s}", "id", p.run_id);
+        if (!p.actions || !p.in_flight || !p.consumed || !p.run) {
+                r = -ENOMEM;
+                goto out;
+        }
+        size_t i;
+        json_t *f;
+        json_array_foreach (json_object_get(snapshot, "in_flight"), i, f)
+                if (json_is_string(f) &&
+                    json_object_set_new(p.in_flight, json_string_value(f), json_true()) < 0) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+        p.scope = (struct wf_scope){
+            .input = json_object_get(snapshot, "input"), .nodes = p.nodes, .run = p.run};
+        r = plan_run(&p, snapshot);
+        if (r == 0 && p.error)
+                r = p.error;
+        if (r == 0)
+                *actions = TAKE_PTR(p.actions);
+out:
+        if (p.actions)
+                json_decref(p.actions);
+        if (p.in_flight)
+                json_decref(p.in_flight);
+        if (p.consumed)
+                json_decref(p.consumed);
+        if (p.run)
+                json_decref(p.run);
+        free(p.escalated_id);
+        return r;
+}

@@ -1,0 +1,397 @@
+/* Unit tests for workflow parsing and validation (src/engine): the minimal shape is
+ * accepted as written, and every kind of mistake is reported with its node, its field and a
+ * message that says how to fix it — all of them at once, not just the first. */
+#include "testlib.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "engine.h"
+
+static json_t *load(const char *text)
+{
+        json_error_t jerr;
+        json_t *j = json_loads(text, 0, &jerr);
+        if (!j)
+                fail_msg("bad test JSON at line %d: %s\n%s", jerr.line, jerr.text, text);
+        return j;
+}
+
+/* Parses text expecting failure; returns the error array (caller frees). */
+static json_t *errors_of(const char *text)
+{
+        _cleanup_json_ json_t *def = load(text);
+        struct wf_workflow *wf = NULL;
+        json_t *errors = NULL;
+
+        assert_int_equal(wf_parse(def, &wf, &errors), -EINVAL);
+        assert_null(wf);
+        assert_non_null(errors);
+        assert_true(json_array_size(errors) > 0);
+        return errors;
+}
+
+/* Asserts an error exists for (node, field) whose message contains `needle`. */
+static void expect_error(const json_t *errors, const char *node, const char *field,
+                         const char *needle)
+{
+        size_t i;
+        json_t *e;
+
+        json_array_foreach (errors, i, e) {
+                const char *n = json_string_value(json_object_get(e, "node"));
+                const char *f = json_string_value(json_object_get(e, "field"));
+                const char *m = json_string_value(json_object_get(e, "message"));
+                if ((node ? n && !strcmp(n, node) : json_is_null(json_object_get(e, "node"))) &&
+                    f && !strcmp(f, field) && m && strstr(m, needle))
+                        return;
+        }
+        char *dump = json_dumps(errors, JSON_INDENT(2));
+        fail_msg("no error for node=%s field=%s containing \"%s\"; got:\n%s", node ? node : "null",
+                 field, needle, dump);
+}
+
+static void minimal_shape_is_accepted_as_written(void **state)
+{
+        const char *text =
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\",\"request\":{"
+            "\"method\":\"POST\",\"url\":\"http://127.0.0.1:9/x\",\"body\":{}}},{\"id\":\"b\","
+            "\"type\":\"sleep\",\"duration\":\"2s\",\"after\":[\"a\"]}]}";
+        struct wf_workflow *wf = NULL;
+        json_t *errors = NULL;
+
+        assert_int_equal(wf_parse_text(text, strlen(text), &wf, &errors), 0);
+        assert_null(errors);
+        assert_non_null(wf);
+        assert_string_equal(wf_name(wf), "w");
+        assert_null(wf_description(wf));
+        assert_int_equal(wf_node_count(wf), 2);
+        assert_int_equal(wf_timeout_ms(wf), 0);
+        assert_string_equal(wf_node_kind(wf, "a"), "http");
+        assert_string_equal(wf_node_kind(wf, "b"), "sleep");
+        assert_null(wf_node_kind(wf, "c"));
+
+        /* the canonical form sorts keys and is compact, whatever the input spelling */
+        _cleanup_free_ char *canon = wf_canonical_json(wf_definition(wf));
+        _cleanup_json_ json_t *reordered =
+            load("{\"nodes\":[{\"type\":\"http\",\"id\":\"a\",\"request\":{\"url\":"
+                 "\"http://127.0.0.1:9/x\",\"method\":\"POST\",\"body\":{}}},{\"after\":[\"a\"],"
+                 "\"id\":\"b\",\"duration\":\"2s\",\"type\":\"sleep\"}],  \"name\": \"w\"}");
+        _cleanup_free_ char *canon2 = wf_canonical_json(reordered);
+        assert_string_equal(canon, canon2);
+        assert_null(strchr(canon, ' '));
+        wf_free(wf);
+}
+
+static void every_kind_parses(void **state)
+{
+        _cleanup_json_ json_t *def = load(
+            "{\"name\":\"all.kinds-1\",\"description\":\"d\",\"timeout\":\"2h\","
+            "\"output\":{\"n\":\"${ len(nodes.fan.output) }\"},\"nodes\":["
+            "{\"id\":\"get\",\"type\":\"http\",\"request\":{\"method\":\"get\",\"url\":"
+            "\"https://example.com/${ input.path }\",\"headers\":{\"X-A\":\"b\"}},"
+            "\"expect_status\":[200,\"3xx\",\"404-410\"],\"retry\":{\"max_attempts\":5,"
+            "\"backoff\":\"fixed\",\"initial_delay\":\"2s\",\"max_delay\":\"1m\","
+            "\"jitter\":false,\"retry_on\":[\"network\",\"http_5xx\"]},\"timeout\":\"10s\","
+            "\"delivery\":\"at_most_once\",\"on_failure\":\"continue\"},"
+            "{\"id\":\"nap\",\"type\":\"sleep\",\"until\":\"input.at\",\"after\":[\"get\"]},"
+            "{\"id\":\"ok\",\"type\":\"wait_event\",\"event\":\"approved\",\"timeout\":\"3d\"},"
+            "{\"id\":\"c\",\"type\":\"condition\",\"if\":\"nodes.get.status == "
+            "'completed'\",\"after\":[\"get\"],\"then\":[\"fan\"],\"else\":[\"t\"]},"
+            "{\"id\":\"fan\",\"type\":\"map\",\"items\":\"input.list\",\"concurrency\":3,"
+            "\"node\":{\"type\":\"http\",\"request\":{\"method\":\"POST\",\"url\":"
+            "\"http://h/${ index }\",\"body\":\"${ item }\"}}},"
+            "{\"id\":\"poll\",\"type\":\"loop\",\"max_iterations\":10,\"until\":\"last.done "
+            "|| iteration >= 3\",\"node\":{\"type\":\"transform\",\"output\":{\"done\":"
+            "\"${ iteration == 2 }\"}}},"
+            "{\"id\":\"child\",\"type\":\"subworkflow\",\"workflow\":\"other\",\"version\":2,"
+            "\"input\":{\"x\":\"${ input.x }\"}},"
+            "{\"id\":\"t\",\"type\":\"transform\",\"output\":\"${ nodes.get.output }\"},"
+            "{\"id\":\"z\",\"type\":\"noop\",\"when\":\"${ input.go }\",\"after\":[\"t\","
+            "\"fan\",\"poll\",\"child\",\"ok\",\"nap\"]}]}");
+        struct wf_workflow *wf = NULL;
+        json_t *errors = NULL;
+        int r = wf_parse(def, &wf, &errors);
+
+        if (r < 0) {
+                char *dump = json_dumps(errors, JSON_INDENT(2));
+                fail_msg("rejected: %s", dump);
+        }
+        assert_string_equal(wf_description(wf), "d");
+        assert_int_equal(wf_timeout_ms(wf), 7200000);
+        assert_string_equal(wf_node_kind(wf, "fan[17]"), "http");
+        assert_string_equal(wf_node_kind(wf, "poll#3"), "transform");
+        assert_null(wf_node_kind(wf, "poll[3]"));
+        wf_free(wf);
+}
+
+static void duplicate_ids_and_bad_ids(void **state)
+{
+        _cleanup_json_ json_t *e = errors_of(
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"},{\"id\":\"a\","
+            "\"type\":\"noop\"},{\"id\":\"9bad\",\"type\":\"noop\"},{\"type\":\"noop\"}]}");
+        expect_error(e, "a", "/nodes/1/id", "duplicate node id 'a' (also /nodes/0/id)");
+        expect_error(e, NULL, "/nodes/2/id", "invalid node id '9bad'");
+        expect_error(e, NULL, "/nodes/3/id", "missing required field 'id'");
+}
+
+static void unknown_after_reference_lists_known_nodes(void **state)
+{
+        _cleanup_json_ json_t *e =
+            errors_of("{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"},{\"id\":\"b\","
+                      "\"type\":\"noop\",\"after\":[\"x\"]}]}");
+        expect_error(e, "b", "/nodes/1/after/0",
+                     "after refers to unknown node 'x'; known nodes: a, b");
+}
+
+static void cycles_are_named(void **state)
+{
+        _cleanup_json_ json_t *e =
+            errors_of("{\"name\":\"w\",\"nodes\":[{\"id\":\"root\",\"type\":\"noop\"},"
+                      "{\"id\":\"a\",\"type\":\"noop\",\"after\":[\"c\",\"root\"]},"
+                      "{\"id\":\"b\",\"type\":\"noop\",\"after\":[\"a\"]},"
+                      "{\"id\":\"c\",\"type\":\"noop\",\"after\":[\"b\"]}]}");
+        size_t i;
+        json_t *x;
+        bool found = false;
+        json_array_foreach (e, i, x) {
+                const char *m = json_string_value(json_object_get(x, "message"));
+                if (strstr(m, "dependency cycle") && strstr(m, "a -> b -> c -> a"))
+                        found = true;
+                if (strstr(m, "dependency cycle"))
+                        assert_non_null(
+                            strstr(json_string_value(json_object_get(x, "field")), "/after"));
+        }
+        if (!found) {
+                char *d = json_dumps(e, 0);
+                fail_msg("cycle not named: %s", d);
+        }
+
+        /* a condition branch closing a loop through its implicit dependency */
+        _cleanup_json_ json_t *e2 = errors_of(
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"c\",\"type\":\"condition\",\"if\":\"true\","
+            "\"then\":[\"a\"],\"after\":[\"a\"]},{\"id\":\"a\",\"type\":\"noop\"}]}");
+        expect_error(e2, "c", "/nodes/0/after", "dependency cycle: c -> a -> c");
+}
+
+static void bad_durations(void **state)
+{
+        _cleanup_json_ json_t *e = errors_of(
+            "{\"name\":\"w\",\"timeout\":\"soon\",\"nodes\":[{\"id\":\"s\",\"type\":\"sleep\","
+            "\"duration\":\"5 minutes\"},{\"id\":\"h\",\"type\":\"http\",\"request\":{"
+            "\"url\":\"http://x\"},\"timeout\":30,\"retry\":{\"initial_delay\":\"1y\"}}]}");
+        expect_error(e, NULL, "/timeout", "not a valid duration: \"soon\"");
+        expect_error(e, "s", "/nodes/0/duration", "not a valid duration: \"5 minutes\"");
+        expect_error(e, "h", "/nodes/1/timeout", "must be a duration string");
+        expect_error(e, "h", "/nodes/1/retry/initial_delay", "not a valid duration");
+}
+
+static void bad_expressions_report_the_column(void **state)
+{
+        _cleanup_json_ json_t *e = errors_of(
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\",\"when\":\"input.x "
+            "== \"},{\"id\":\"b\",\"type\":\"noop\",\"when\":\"input.x = 1\"},"
+            "{\"id\":\"c\",\"type\":\"transform\",\"output\":{\"v\":\"n=${ input.( }\"}},"
+            "{\"id\":\"d\",\"type\":\"noop\",\"when\":\"lenn(input)\"},"
+            "{\"id\":\"f\",\"type\":\"noop\",\"when\":\"len(input, 2)\"}]}");
+        expect_error(e, "a", "/nodes/0/when", "invalid expression at column 12: expression ends");
+        expect_error(e, "b", "/nodes/1/when", "column 9: unexpected '='; use == to compare");
+        expect_error(e, "c", "/nodes/2/output/v", "invalid template at column 12:");
+        expect_error(e, "d", "/nodes/3/when", "unknown function 'lenn'");
+        expect_error(e, "f", "/nodes/4/when", "len() takes 1 argument, got 2");
+}
+
+static void unknown_fields_are_rejected_with_a_hint(void **state)
+{
+        _cleanup_json_ json_t *e =
+            errors_of("{\"name\":\"w\",\"nodse\":[],\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"},"
+                      "{\"id\":\"b\",\"type\":\"http\",\"afer\":[\"a\"],\"request\":{\"url\":"
+                      "\"http://x\",\"header\":{}},\"retry\":{\"max_attempt\":3},\"zzzzzz\":1}]}");
+        expect_error(e, NULL, "/nodse",
+                     "unknown field 'nodse' in the workflow; did you mean 'nodes'?");
+        expect_error(e, "b", "/nodes/1/afer", "did you mean 'after'?");
+        expect_error(e, "b", "/nodes/1/request/header", "did you mean 'headers'?");
+        expect_error(e, "b", "/nodes/1/retry/max_attempt", "did you mean 'max_attempts'?");
+        expect_error(e, "b", "/nodes/1/zzzzzz", "known fields: id, type");
+}
+
+static void type_errors_and_limits(void **state)
+{
+        _cleanup_json_ json_t *e = errors_of(
+            "{\"name\":\"Bad Name\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\",\"after\":\"b\","
+            "\"request\":{\"method\":\"FETCH\",\"url\":\"ftp://x\"},\"retry\":{"
+            "\"max_attempts\":101},\"expect_status\":[\"2xy\"]},"
+            "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":\"http://x\"},\"retry\":{"
+            "\"max_attempts\":\"3\",\"retry_on\":[\"flaky\"]}},"
+            "{\"id\":\"l\",\"type\":\"loop\",\"until\":\"true\",\"max_iterations\":10001,"
+            "\"node\":{\"type\":\"noop\"}},"
+            "{\"id\":\"l2\",\"type\":\"loop\",\"until\":\"true\",\"node\":{\"type\":\"noop\"}},"
+            "{\"id\":\"m\",\"type\":\"map\",\"items\":\"input\",\"concurrency\":0,"
+            "\"node\":{\"type\":\"condition\",\"if\":\"true\"}},"
+            "{\"id\":\"n\",\"type\":\"noop\",\"retry\":{\"max_attempts\":2}},"
+            "{\"id\":\"q\",\"type\":\"frobnicate\"}]}");
+        expect_error(e, NULL, "/name", "invalid workflow name 'Bad Name'");
+        expect_error(e, "a", "/nodes/0/after", "'after' must be an array of node ids");
+        expect_error(e, "a", "/nodes/0/request/method", "unknown HTTP method 'FETCH'");
+        expect_error(e, "a", "/nodes/0/request/url", "url must start with http:// or https://");
+        expect_error(e, "a", "/nodes/0/retry/max_attempts", "between 1 and 100 (got 101)");
+        expect_error(e, "a", "/nodes/0/expect_status/0", "invalid status '2xy'");
+        expect_error(e, "b", "/nodes/1/retry/max_attempts", "must be an integer");
+        expect_error(e, "b", "/nodes/1/retry/retry_on/0", "unknown failure class 'flaky'");
+        expect_error(e, "l", "/nodes/2/max_iterations", "between 1 and 10000 (got 10001)");
+        expect_error(e, "l2", "/nodes/3/max_iterations", "missing required field 'max_iterations'");
+        expect_error(e, "m", "/nodes/4/concurrency", "between 1 and 1000 (got 0)");
+        expect_error(e, "m", "/nodes/4/node/type", "a condition node cannot be a map template");
+        expect_error(e, "n", "/nodes/5/retry", "retry does not apply to noop nodes");
+        expect_error(e, "q", "/nodes/6/type",
+                     "unknown node type 'frobnicate'; known types: http, sleep, wait_event, "
+                     "condition, map, loop, subworkflow, transform, noop");
+}
+
+static void expression_references_are_checked(void **state)
+{
+        _cleanup_json_ json_t *e =
+            errors_of("{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"},"
+                      "{\"id\":\"b\",\"type\":\"noop\",\"when\":\"nodes.zz.output\"},"
+                      "{\"id\":\"c\",\"type\":\"noop\",\"when\":\"nodes.a.status == 'completed'\"},"
+                      "{\"id\":\"d\",\"type\":\"noop\",\"when\":\"item.x\",\"after\":[\"a\"]},"
+                      "{\"id\":\"f\",\"type\":\"noop\",\"when\":\"inptu.x\"},"
+                      "{\"id\":\"g\",\"type\":\"noop\",\"when\":\"nodes[input.k]\"},"
+                      "{\"id\":\"h\",\"type\":\"transform\",\"after\":[\"a\"],\"output\":\"${ "
+                      "nodes[\\\"a\\\"].output }${ nodes.h.output }\"}]}");
+        expect_error(e, "b", "/nodes/1/when",
+                     "unknown node 'zz' at column 1; known nodes: a, b, c");
+        expect_error(e, "c", "/nodes/2/when",
+                     "reads node 'a', which is not upstream of 'c'; add \"a\"");
+        expect_error(e, "d", "/nodes/3/when", "'item' at column 1 is only available inside a map");
+        expect_error(e, "f", "/nodes/4/when", "unknown name 'inptu' at column 1");
+        expect_error(e, "g", "/nodes/5/when", "must be followed by a literal node id");
+        expect_error(e, "h", "/nodes/6/output", "reads node 'h' itself");
+        /* the nodes[\"a\"] spelling of an upstream node is fine: no error about it */
+        size_t i;
+        json_t *x;
+        json_array_foreach (e, i, x)
+                if (!strcmp(json_string_value(json_object_get(x, "field")), "/nodes/6/output"))
+                        assert_null(
+                            strstr(json_string_value(json_object_get(x, "message")), "'a'"));
+}
+
+static void structural_errors(void **state)
+{
+        _cleanup_json_ json_t *e1 = errors_of("[]");
+        expect_error(e1, NULL, "", "must be a JSON object");
+        _cleanup_json_ json_t *e2 = errors_of("{\"name\":\"w\",\"nodes\":[]}");
+        expect_error(e2, NULL, "/nodes", "non-empty array");
+        _cleanup_json_ json_t *e3 = errors_of(
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"s\",\"type\":\"sleep\"},{\"id\":\"c\","
+            "\"type\":\"condition\",\"if\":\"true\",\"then\":[\"s\"],\"else\":[\"s\"]},"
+            "{\"id\":\"w\",\"type\":\"wait_event\"},{\"id\":\"t\",\"type\":\"transform\"},"
+            "{\"id\":\"sw\",\"type\":\"subworkflow\",\"workflow\":\"Nope!\"},"
+            "{\"id\":\"x\",\"type\":\"noop\",\"timeout\":\"1s\",\"delivery\":\"at_most_once\","
+            "\"on_failure\":\"explode\"}]}");
+        expect_error(e3, "s", "/nodes/0", "exactly one of 'duration'");
+        expect_error(e3, "c", "/nodes/1/else", "node 's' is in both then and else");
+        expect_error(e3, "w", "/nodes/2/event", "missing required field 'event'");
+        expect_error(e3, "t", "/nodes/3/output", "missing required field 'output'");
+        expect_error(e3, "sw", "/nodes/4/workflow", "invalid workflow name 'Nope!'");
+        expect_error(e3, "x", "/nodes/5/timeout", "timeout does not apply to noop nodes");
+        expect_error(e3, "x", "/nodes/5/delivery", "delivery does not apply to noop nodes");
+        expect_error(e3, "x", "/nodes/5/on_failure",
+                     "must be \"fail\", \"continue\" or \"escalate\"");
+}
+
+static void too_many_nodes_and_too_many_errors(void **state)
+{
+        _cleanup_json_ json_t *nodes = json_array();
+        for (int i = 0; i < WF_MAX_NODES + 1; i++) {
+                char id[16];
+                snprintf(id, sizeof(id), "n%d", i);
+                json_array_append_new(nodes, json_pack("{s:s,s:s}", "id", id, "type", "noop"));
+        }
+        _cleanup_json_ json_t *def = json_pack("{s:s,s:O}", "name", "big", "nodes", nodes);
+        json_t *errors = NULL;
+        assert_int_equal(wf_validate(def, &errors), -EINVAL);
+        expect_error(errors, NULL, "/nodes", "too many nodes (10001; limit 10000)");
+        json_decref(errors);
+
+        /* exactly the limit is fine and parses quickly */
+        json_array_remove(nodes, 0);
+        json_object_set(def, "nodes", nodes);
+        assert_int_equal(wf_validate(def, &errors), 0);
+
+        /* 500 bad nodes: errors are capped, with a final count of the rest */
+        _cleanup_json_ json_t *bad = json_array();
+        for (int i = 0; i < 500; i++)
+                json_array_append_new(bad, json_pack("{s:s,s:s}", "id", "dup", "type", "noop"));
+        _cleanup_json_ json_t *def2 = json_pack("{s:s,s:O}", "name", "dups", "nodes", bad);
+        assert_int_equal(wf_validate(def2, &errors), -EINVAL);
+        assert_int_equal(json_array_size(errors), WF_MAX_ERRORS + 1);
+        expect_error(errors, NULL, "", "and 299 more errors");
+        json_decref(errors);
+}
+
+static void invalid_json_text_is_reported(void **state)
+{
+        struct wf_workflow *wf = NULL;
+        json_t *errors = NULL;
+        const char *text = "{\"name\": \"w\",\n \"nodes\": [}";
+
+        assert_int_equal(wf_parse_text(text, strlen(text), &wf, &errors), -EINVAL);
+        expect_error(errors, NULL, "", "invalid JSON at line 2");
+        json_decref(errors);
+}
+
+static void idempotency_keys_and_rerun_sets(void **state)
+{
+        _cleanup_free_ char *k1 = wf_idempotency_key("6f1c0000-0000-0000-0000-000000000001", "a");
+        _cleanup_free_ char *k2 = wf_idempotency_key("6f1c0000-0000-0000-0000-000000000001", "b");
+        _cleanup_free_ char *k3 = wf_idempotency_key("6f1c0000-0000-0000-0000-000000000002", "a");
+        _cleanup_free_ char *k4 = wf_idempotency_key("6f1c0000-0000-0000-0000-000000000001", "a");
+        assert_string_equal(k1, "6f1c0000-0000-0000-0000-000000000001:a");
+        assert_string_equal(k1, k4);
+        assert_string_not_equal(k1, k2);
+        assert_string_not_equal(k1, k3);
+
+        _cleanup_json_ json_t *def =
+            load("{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"},"
+                 "{\"id\":\"b\",\"type\":\"noop\",\"after\":[\"a\"]},"
+                 "{\"id\":\"c\",\"type\":\"condition\",\"if\":\"true\",\"after\":[\"a\"],"
+                 "\"then\":[\"d\"]},{\"id\":\"d\",\"type\":\"noop\"},"
+                 "{\"id\":\"e\",\"type\":\"noop\",\"after\":[\"b\"]},"
+                 "{\"id\":\"f\",\"type\":\"noop\"}]}");
+        struct wf_workflow *wf = NULL;
+        assert_int_equal(wf_parse(def, &wf, NULL), 0);
+        json_t *ids = NULL;
+        assert_int_equal(wf_nodes_before(wf, "c", &ids), 0);
+        _cleanup_free_ char *s = json_dumps(ids, JSON_COMPACT);
+        assert_string_equal(s, "[\"a\",\"b\",\"e\",\"f\"]"); /* d is downstream via then */
+        json_decref(ids);
+        assert_int_equal(wf_nodes_before(wf, "a", &ids), 0);
+        _cleanup_free_ char *s2 = json_dumps(ids, JSON_COMPACT);
+        assert_string_equal(s2, "[\"f\"]");
+        json_decref(ids);
+        assert_int_equal(wf_nodes_before(wf, "nope", &ids), -ENOENT);
+        wf_free(wf);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(minimal_shape_is_accepted_as_written),
+            cmocka_unit_test(every_kind_parses),
+            cmocka_unit_test(duplicate_ids_and_bad_ids),
+            cmocka_unit_test(unknown_after_reference_lists_known_nodes),
+            cmocka_unit_test(cycles_are_named),
+            cmocka_unit_test(bad_durations),
+            cmocka_unit_test(bad_expressions_report_the_column),
+            cmocka_unit_test(unknown_fields_are_rejected_with_a_hint),
+            cmocka_unit_test(type_errors_and_limits),
+            cmocka_unit_test(expression_references_are_checked),
+            cmocka_unit_test(structural_errors),
+            cmocka_unit_test(too_many_nodes_and_too_many_errors),
+            cmocka_unit_test(invalid_json_text_is_reported),
+            cmocka_unit_test(idempotency_keys_and_rerun_sets),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
