@@ -389,18 +389,13 @@ static unsigned h_users_create(struct api_request *req, struct api_response *res
                 return api_error(resp, 400, "invalid_field", "is_admin must be a boolean",
                                  "field 'is_admin'", NULL);
         const char *params[] = {req->user_id, name, json_is_true(admin) ? "true" : "false"};
-        r = api_query_json(req,
-                           "SELECT json_build_object('id', u.id, 'name', u.name, 'is_admin', "
-                           "u.is_admin, 'created_at', u.created_at) "
-                           "FROM agently_admin_list_users($1) u "
-                           "WHERE u.id = agently_admin_create_user($1, $2, $3::boolean)",
-                           3, params, &j);
-        if (r < 0) {
+        _cleanup_pgresult_ PGresult *created = db_query(
+            req->db, "SELECT agently_admin_create_user($1, $2, $3::boolean)", 3, params, &r);
+        if (!created) {
                 if (r == -EACCES)
                         return api_error(resp, 403, "forbidden",
-                                         "only an administrator can "
-                                         "create users",
-                                         NULL, "ask an administrator");
+                                         "only an administrator can create users", NULL,
+                                         "ask an administrator");
                 if (r == -EEXIST)
                         return api_errorf(resp, 409, "conflict", "the user already exists", NULL,
                                           "user '%s'", name);
@@ -411,6 +406,15 @@ static unsigned h_users_create(struct api_request *req, struct api_response *res
                                           "name '%s'", name);
                 return api_db_error(resp, r);
         }
+        /* a second statement: the listing must see the row the first one created */
+        const char *p2[] = {req->user_id, PQgetvalue(created, 0, 0)};
+        r = api_query_json(req,
+                           "SELECT json_build_object('id', u.id, 'name', u.name, 'is_admin', "
+                           "u.is_admin, 'created_at', u.created_at) "
+                           "FROM agently_admin_list_users($1) u WHERE u.id = $2",
+                           2, p2, &j);
+        if (r < 0)
+                return api_db_error(resp, r);
         if (!j) /* created but not listed: cannot happen within one transaction */
                 return api_error(resp, 500, "internal", "could not read the new user", NULL, NULL);
         return api_json(resp, 201, j);
