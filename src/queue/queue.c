@@ -76,11 +76,11 @@ int queue_renew_leases(PGconn *c, const char *worker, const struct queue_lease *
         _cleanup_pgresult_ PGresult *res = NULL;
         int r = 0;
 
+        buf_init(&ids, (size_t)n * 40 + 16);
+        buf_init(&epochs, (size_t)n * 24 + 16);
         *nout = 0;
         if (n == 0)
                 return 0;
-        buf_init(&ids, (size_t)n * 40 + 16);
-        buf_init(&epochs, (size_t)n * 24 + 16);
         r = buf_append_str(&ids, "{");
         if (r == 0)
                 r = buf_append_str(&epochs, "{");
