@@ -138,7 +138,7 @@ void client_print_api_error(struct client_ctx *ctx, long status, json_t *body)
                 fprintf(stderr, "error: the server answered HTTP %ld\n", status);
         const char *node = json_str(err, "node"), *field = json_str(err, "field");
         json_t *errors = json_object_get(err, "errors");
-        if (json_is_array(errors)) {
+        if (json_is_array(errors) && json_array_size(errors) > 0) {
                 size_t i;
                 json_t *item;
                 json_array_foreach (errors, i, item)
@@ -147,7 +147,10 @@ void client_print_api_error(struct client_ctx *ctx, long status, json_t *body)
                 fprintf(stderr, "  at %s%s%s%s%s\n", node ? "node " : "", node ? node : "",
                         node && field && *field ? ", " : "", field && *field ? "field " : "",
                         field && *field ? field : "");
-        if (json_is_string(detail) && *json_string_value(detail))
+        /* a list of errors already says what the detail would repeat */
+        if (json_is_array(errors) && json_array_size(errors) > 0)
+                ;
+        else if (json_is_string(detail) && *json_string_value(detail))
                 fprintf(stderr, "detail: %s\n", json_string_value(detail));
         else if (json_is_array(detail)) {
                 size_t i;

@@ -336,9 +336,9 @@ static void write_text(const char *path, const char *text)
 
 static const char hello_wf[] =
     "{\"name\": \"hello\", \"description\": \"says hello\", \"nodes\": [\n"
-    "  {\"id\": \"greet\", \"kind\": \"transform\", \"output\": "
+    "  {\"id\": \"greet\", \"type\": \"transform\", \"output\": "
     "{\"text\": \"hello\"}},\n"
-    "  {\"id\": \"nap\", \"kind\": \"sleep\", \"duration\": \"1h\", "
+    "  {\"id\": \"nap\", \"type\": \"sleep\", \"duration\": \"1h\", "
     "\"after\": [\"greet\"]}\n]}\n";
 
 static void cli_main_commands_match_their_goldens(void **state)
@@ -384,6 +384,17 @@ static void cli_main_commands_match_their_goldens(void **state)
         assert_int_equal(r.exit, 0);
         cli_result_free(&r);
         r = golden(f, "workflow_show_json", NULL, ARGS("workflow", "show", "hello", "-o", "json"));
+        cli_result_free(&r);
+        _cleanup_free_ char *bad = str_printf("%s/bad.json", f->dir);
+        write_text(bad, "{\"name\": \"bad\", \"nodes\": [{\"id\": \"a\", \"type\": "
+                        "\"sleep\"}, {\"id\": \"b\", \"type\": \"teleport\", \"after\": "
+                        "[\"zz\"]}]}");
+        r = golden(f, "workflow_apply_invalid", NULL, ARGS("workflow", "apply", "bad.json"));
+        assert_int_equal(r.exit, CLI_EXIT_FAILURE);
+        cli_result_free(&r);
+        write_text(bad, "{\"name\": \"bad\",\n  \"nodes\": [}\n");
+        r = golden(f, "workflow_apply_bad_json", NULL, ARGS("workflow", "apply", "bad.json"));
+        assert_int_equal(r.exit, CLI_EXIT_FAILURE);
         cli_result_free(&r);
         r = golden(f, "workflow_show_missing", NULL, ARGS("workflow", "show", "nope"));
         assert_int_equal(r.exit, CLI_EXIT_NOT_FOUND);
