@@ -49,14 +49,15 @@ int cmd_api(int argc, char **argv)
             {0},
         };
         struct api_options o;
-        unsigned body;
+        unsigned body = 0;
+        int index = 0;
         sigset_t set;
         int opt, bad = 0;
 
         api_options_default(&o);
         if (getenv("AGENTLY_DATA_DIR"))
                 o.data_dir = getenv("AGENTLY_DATA_DIR");
-        while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        while ((opt = getopt_long(argc, argv, "h", options, &index)) != -1) {
                 switch (opt) {
                 case 'l':
                         o.listen = optarg;
@@ -92,7 +93,7 @@ int cmd_api(int argc, char **argv)
                 }
                 if (bad) {
                         fprintf(stderr, "agently api: invalid value '%s' for --%s\n", optarg,
-                                options[0].name ? argv[optind - 2] + 2 : "");
+                                options[index].name);
                         return CLI_EXIT_USAGE;
                 }
         }
