@@ -446,6 +446,12 @@ static void cli_main_commands_match_their_goldens(void **state)
         assert_int_equal(r.exit, 0);
         _cleanup_free_ char *second = first_line(r.out);
         assert_string_equal(first, second);
+        assert_non_null(strstr(r.err, "Idempotency-Key reused"));
+        cli_result_free(&r);
+        r = golden(f, "run_start_idempotency_conflict", NULL,
+                   ARGS("run", "start", "hello", "--idempotency-key", "k1", "--input",
+                        "{\"other\": true}"));
+        assert_int_equal(r.exit, CLI_EXIT_CONFLICT);
         cli_result_free(&r);
 
         /* a run that went through its nodes (written as a worker would, with SQL): the
