@@ -1,0 +1,984 @@
+/* Unit tests for the planner (src/engine/plan.c) and the failure policy: whole runs are
+ * driven through a small in-memory stand-in for the worker that applies each action the
+ * way the planner contract says (README.md), so every scenario checks what a user would
+ * see: which effects leave, in which order, with which keys, and how the run ends. */
+#include "testlib.h"
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#include "cleanup.h"
+#include "engine.h"
+
+#define RUN_ID "11111111-2222-3333-4444-555555555555"
+#define T0     INT64_C(1700000000000)
+
+static json_t *load(const char *text)
+{
+        json_error_t jerr;
+        json_t *j = json_loads(text, JSON_DECODE_ANY, &jerr);
+        if (!j)
+                fail_msg("bad test JSON at line %d: %s\n%s", jerr.line, jerr.text, text);
+        return j;
+}
+
+static struct wf_workflow *parse(const char *text)
+{
+        _cleanup_json_ json_t *def = load(text);
+        struct wf_workflow *wf = NULL;
+        json_t *errors = NULL;
+        if (wf_parse(def, &wf, &errors) < 0) {
+                char *d = json_dumps(errors, JSON_INDENT(2));
+                fail_msg("definition rejected: %s", d);
+        }
+        return wf;
+}
+
+static json_t *new_snapshot(const char *input)
+{
+        return json_pack("{s:s,s:o,s:I,s:I,s:{},s:[],s:{},s:{}}", "run_id", RUN_ID, "input",
+                         input ? load(input) : json_object(), "now_ms", (json_int_t)T0,
+                         "started_at_ms", (json_int_t)T0, "nodes", "in_flight", "signals",
+                         "children");
+}
+
+static json_t *plan(const struct wf_workflow *wf, const json_t *snap)
+{
+        json_t *actions = NULL;
+        assert_int_equal(wf_plan(wf, snap, &actions), 0);
+        assert_non_null(actions);
+        /* determinism: planning the same snapshot again gives the same actions */
+        json_t *again = NULL;
+        assert_int_equal(wf_plan(wf, snap, &again), 0);
+        assert_true(json_equal(actions, again));
+        json_decref(again);
+        return actions;
+}
+
+static void advance(json_t *snap, int64_t ms)
+{
+        json_int_t now = json_integer_value(json_object_get(snap, "now_ms"));
+        json_object_set_new(snap, "now_ms", json_integer(now + ms));
+}
+
+static int64_t now_of(const json_t *snap)
+{
+        return json_integer_value(json_object_get(snap, "now_ms"));
+}
+
+static json_t *nodes_of(json_t *snap)
+{
+        return json_object_get(snap, "nodes");
+}
+
+static const char *status_of(json_t *snap, const char *id)
+{
+        return json_string_value(json_object_get(json_object_get(nodes_of(snap), id), "status"));
+}
+
+static void in_flight_remove(json_t *snap, const char *id)
+{
+        json_t *f = json_object_get(snap, "in_flight");
+        for (size_t i = 0; i < json_array_size(f); i++)
+                if (!strcmp(json_string_value(json_array_get(f, i)), id)) {
+                        json_array_remove(f, i);
+                        return;
+                }
+}
+
+static int attempt_of(json_t *snap, const char *id)
+{
+        json_t *a = json_object_get(json_object_get(nodes_of(snap), id), "attempt");
+        return a ? (int)json_integer_value(a) : 1;
+}
+
+/* The worker's reaction to a failed attempt (execute failure or fail_node). */
+static void fail_attempt(const struct wf_workflow *wf, json_t *snap, const char *id, int attempt,
+                         json_t *error, uint64_t random)
+{
+        json_t *decision = NULL;
+        assert_int_equal(
+            wf_on_node_failure(wf, id, attempt, error, now_of(snap), random, &decision), 0);
+        json_t *rec =
+            json_pack("{s:s,s:i,s:O}", "status", "failed", "attempt", attempt, "error", error);
+        json_t *at = json_object_get(decision, "retry_at_ms");
+        if (at)
+                json_object_set(rec, "retry_at_ms", at);
+        json_object_set_new(nodes_of(snap), id, rec);
+        in_flight_remove(snap, id);
+        json_decref(decision);
+}
+
+/* Applies one plan's actions as the worker would. Returns the number of execute actions. */
+static int apply(const struct wf_workflow *wf, json_t *snap, const json_t *actions)
+{
+        size_t i;
+        json_t *a;
+        int executes = 0;
+
+        json_array_foreach (actions, i, a) {
+                const char *act = json_string_value(json_object_get(a, "action"));
+                const char *id = json_string_value(json_object_get(a, "node"));
+                if (!strcmp(act, "execute")) {
+                        json_object_set_new(nodes_of(snap), id,
+                                            json_pack("{s:s,s:O,s:I}", "status", "started",
+                                                      "attempt", json_object_get(a, "attempt"),
+                                                      "started_at_ms", (json_int_t)now_of(snap)));
+                        in_flight_remove(snap, id);
+                        json_array_append_new(json_object_get(snap, "in_flight"), json_string(id));
+                        executes++;
+                } else if (!strcmp(act, "complete")) {
+                        json_object_set_new(nodes_of(snap), id,
+                                            json_pack("{s:s,s:i,s:O}", "status", "completed",
+                                                      "attempt", attempt_of(snap, id), "output",
+                                                      json_object_get(a, "output")));
+                        json_t *sig = json_object_get(a, "signal_id");
+                        if (sig) { /* consume it */
+                                const char *k;
+                                json_t *list;
+                                json_object_foreach (json_object_get(snap, "signals"), k, list)
+                                        for (size_t j = 0; j < json_array_size(list); j++)
+                                                if (json_equal(json_object_get(
+                                                                   json_array_get(list, j), "id"),
+                                                               sig))
+                                                        json_array_remove(list, j);
+                        }
+                } else if (!strcmp(act, "skip")) {
+                        json_object_set_new(
+                            nodes_of(snap), id,
+                            json_pack("{s:s,s:i}", "status", "skipped", "attempt", 1));
+                } else if (!strcmp(act, "sleep")) {
+                        json_object_set_new(nodes_of(snap), id,
+                                            json_pack("{s:s,s:i,s:O}", "status", "waiting",
+                                                      "attempt", 1, "wake_at_ms",
+                                                      json_object_get(a, "wake_at_ms")));
+                } else if (!strcmp(act, "wait_signal")) {
+                        json_t *rec = json_pack("{s:s,s:i,s:I}", "status", "waiting", "attempt", 1,
+                                                "started_at_ms", (json_int_t)now_of(snap));
+                        json_t *t = json_object_get(a, "timeout_at_ms");
+                        if (json_is_integer(t))
+                                json_object_set(rec, "wake_at_ms", t);
+                        json_object_set_new(nodes_of(snap), id, rec);
+                } else if (!strcmp(act, "start_child")) {
+                        json_object_set_new(nodes_of(snap), id,
+                                            json_pack("{s:s,s:O,s:I}", "status", "waiting",
+                                                      "attempt", json_object_get(a, "attempt"),
+                                                      "started_at_ms", (json_int_t)now_of(snap)));
+                        json_object_set_new(json_object_get(snap, "children"), id,
+                                            json_pack("{s:s,s:O}", "status", "running", "attempt",
+                                                      json_object_get(a, "attempt")));
+                } else if (!strcmp(act, "fail_node")) {
+                        fail_attempt(wf, snap, id,
+                                     (int)json_integer_value(json_object_get(a, "attempt")),
+                                     json_object_get(a, "error"), 0);
+                } else {
+                        fail_msg("apply: unexpected action %s", act);
+                }
+        }
+        return executes;
+}
+
+static bool is_terminal_plan(const json_t *actions)
+{
+        const char *act = json_string_value(json_object_get(json_array_get(actions, 0), "action"));
+        return json_array_size(actions) == 1 &&
+               (!strcmp(act, "wait") || !strcmp(act, "finish") || !strcmp(act, "needs_input"));
+}
+
+/* Plans and applies until the plan is a lone wait, finish or needs_input; returns it. */
+static json_t *settle(const struct wf_workflow *wf, json_t *snap)
+{
+        for (int round = 0; round < 100000; round++) {
+                json_t *actions = plan(wf, snap);
+                if (is_terminal_plan(actions))
+                        return actions;
+                apply(wf, snap, actions);
+                json_decref(actions);
+        }
+        fail_msg("the plan never settled");
+        return NULL;
+}
+
+static void finish_execute(json_t *snap, const char *id, const char *output)
+{
+        assert_string_equal(status_of(snap, id), "started");
+        json_object_set_new(nodes_of(snap), id,
+                            json_pack("{s:s,s:i,s:o}", "status", "completed", "attempt",
+                                      attempt_of(snap, id), "output",
+                                      output ? load(output) : json_null()));
+        in_flight_remove(snap, id);
+}
+
+/* 12 for "m[12]" */
+static int item_index(const char *id)
+{
+        int n = -1;
+        const char *b = strchr(id, '[');
+        assert_non_null(b);
+        assert_int_equal(sscanf(b, "[%d]", &n), 1);
+        return n;
+}
+
+static const char *action_name(const json_t *a)
+{
+        return json_string_value(json_object_get(a, "action"));
+}
+
+static const json_t *find_action(const json_t *actions, const char *act, const char *node)
+{
+        size_t i;
+        json_t *a;
+        json_array_foreach (actions, i, a)
+                if (!strcmp(action_name(a), act) &&
+                    (!node || !strcmp(json_string_value(json_object_get(a, "node")), node)))
+                        return a;
+        return NULL;
+}
+
+static void expect_lone(const json_t *actions, const char *act)
+{
+        if (json_array_size(actions) != 1 || strcmp(action_name(json_array_get(actions, 0)), act)) {
+                char *d = json_dumps(actions, JSON_INDENT(2));
+                fail_msg("expected a lone %s, got %s", act, d);
+        }
+}
+
+static void expect_json(const json_t *v, const char *expected)
+{
+        _cleanup_json_ json_t *e = load(expected);
+        if (!json_equal((json_t *)v, e)) {
+                char *d = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+                fail_msg("expected %s, got %s", expected, d);
+        }
+}
+
+/* ---- scenarios ---- */
+
+static void linear_chain_runs_in_order_with_stable_keys(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"chain\",\"nodes\":["
+                  "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"method\":\"POST\",\"url\":"
+                  "\"http://127.0.0.1:9/a\",\"body\":{\"q\":\"${ input.q }\",\"raw\":\"${ input.n "
+                  "}\"}}},"
+                  "{\"id\":\"b\",\"type\":\"http\",\"after\":[\"a\"],\"request\":{\"url\":"
+                  "\"http://127.0.0.1:9/b/${ nodes.a.output.id }\"}},"
+                  "{\"id\":\"c\",\"type\":\"transform\",\"after\":[\"b\"],\"output\":{\"sum\":\"${ "
+                  "nodes.a.output.id + nodes.b.output.id }\"}}]}");
+        _cleanup_json_ json_t *snap = new_snapshot("{\"q\":\"hello\",\"n\":7}");
+
+        json_t *p1 = plan(wf, snap);
+        assert_int_equal(json_array_size(p1), 1);
+        const json_t *ex = find_action(p1, "execute", "a");
+        assert_non_null(ex);
+        expect_json(json_object_get(ex, "input"),
+                    "{\"method\":\"POST\",\"url\":\"http://127.0.0.1:9/a\",\"body\":{\"q\":"
+                    "\"hello\",\"raw\":7},\"headers\":{\"Idempotency-Key\":\"" RUN_ID ":a\"},"
+                    "\"expect_status\":[[200,299]]}");
+        assert_int_equal(json_integer_value(json_object_get(ex, "attempt")), 1);
+        assert_int_equal(json_integer_value(json_object_get(ex, "timeout_ms")), 60000);
+        assert_string_equal(json_string_value(json_object_get(ex, "delivery")), "at_least_once");
+        assert_string_equal(json_string_value(json_object_get(ex, "idempotency_key")), RUN_ID ":a");
+        assert_false(json_is_true(json_object_get(ex, "reexecution")));
+        apply(wf, snap, p1);
+        json_decref(p1);
+
+        /* a is in flight: nothing to do but wait for it (no timer) */
+        json_t *p2 = plan(wf, snap);
+        expect_lone(p2, "wait");
+        assert_true(json_is_null(json_object_get(json_array_get(p2, 0), "wake_at_ms")));
+        json_decref(p2);
+
+        finish_execute(snap, "a", "{\"id\":40}");
+        json_t *p3 = plan(wf, snap);
+        ex = find_action(p3, "execute", "b");
+        assert_non_null(ex);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(ex, "input"), "url")),
+                            "http://127.0.0.1:9/b/40");
+        assert_string_equal(json_string_value(json_object_get(ex, "idempotency_key")), RUN_ID ":b");
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(ex, "input"), "method")), "GET");
+        apply(wf, snap, p3);
+        json_decref(p3);
+        finish_execute(snap, "b", "{\"id\":2}");
+
+        json_t *end = settle(wf, snap);
+        expect_lone(end, "finish");
+        const json_t *fin = json_array_get(end, 0);
+        assert_string_equal(json_string_value(json_object_get(fin, "status")), "completed");
+        /* without an output template the run's output is the leaf nodes' outputs */
+        expect_json(json_object_get(fin, "output"), "{\"c\":{\"sum\":42}}");
+        json_decref(end);
+        wf_free(wf);
+}
+
+static void fan_out_and_fan_in(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"fan\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"},"
+                  "{\"id\":\"b\",\"type\":\"http\",\"after\":[\"a\"],\"request\":{\"url\":\"http://"
+                  "x/b\"}},"
+                  "{\"id\":\"c\",\"type\":\"http\",\"after\":[\"a\"],\"request\":{\"url\":\"http://"
+                  "x/c\"}},"
+                  "{\"id\":\"d\",\"type\":\"transform\",\"after\":[\"b\",\"c\"],\"output\":\"${ "
+                  "nodes.b.output + nodes.c.output }\"}]}");
+        _cleanup_json_ json_t *snap = new_snapshot(NULL);
+
+        json_t *p = settle(wf, snap); /* a completes, b and c start together */
+        expect_lone(p, "wait");
+        json_decref(p);
+        assert_string_equal(status_of(snap, "b"), "started");
+        assert_string_equal(status_of(snap, "c"), "started");
+        assert_null(status_of(snap, "d"));
+
+        finish_execute(snap, "c", "3");
+        p = settle(wf, snap); /* d still waits for b */
+        expect_lone(p, "wait");
+        json_decref(p);
+        assert_null(status_of(snap, "d"));
+
+        finish_execute(snap, "b", "4");
+        p = settle(wf, snap);
+        expect_lone(p, "finish");
+        expect_json(json_object_get(json_array_get(p, 0), "output"), "{\"d\":7}");
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void when_false_skips_and_skips_propagate(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"skips\",\"nodes\":[{\"id\":\"x\",\"type\":\"noop\"},"
+                  "{\"id\":\"a\",\"type\":\"noop\",\"when\":\"input.go\"},"
+                  "{\"id\":\"b\",\"type\":\"noop\",\"after\":[\"a\"]},"
+                  "{\"id\":\"b2\",\"type\":\"noop\",\"after\":[\"b\"]},"
+                  "{\"id\":\"c\",\"type\":\"transform\",\"after\":[\"b2\",\"x\"],\"output\":\"${ "
+                  "nodes.b2.status }\"}]}");
+        _cleanup_json_ json_t *snap = new_snapshot("{\"go\":false}");
+
+        json_t *p = plan(wf, snap);
+        /* a is skipped because of when; b and b2 are skipped in the same plan because all
+         * their dependencies are skipped; c runs later because x did not skip */
+        const json_t *s = find_action(p, "skip", "a");
+        assert_non_null(s);
+        assert_string_equal(json_string_value(json_object_get(s, "reason")), "when was false");
+        s = find_action(p, "skip", "b");
+        assert_non_null(s);
+        assert_string_equal(json_string_value(json_object_get(s, "reason")), "dependency skipped");
+        assert_non_null(find_action(p, "skip", "b2"));
+        assert_non_null(find_action(p, "complete", "x"));
+        assert_null(find_action(p, "complete", "c"));
+        json_decref(p);
+
+        p = settle(wf, snap);
+        expect_lone(p, "finish");
+        assert_string_equal(status_of(snap, "c"), "completed");
+        expect_json(json_object_get(json_array_get(p, 0), "output"), "{\"c\":\"skipped\"}");
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void condition_branches(void **state)
+{
+        const char *def =
+            "{\"name\":\"branch\",\"nodes\":["
+            "{\"id\":\"c\",\"type\":\"condition\",\"if\":\"input.n > 10\",\"then\":[\"big\"],"
+            "\"else\":[\"small\"]},"
+            "{\"id\":\"big\",\"type\":\"transform\",\"output\":\"big\"},"
+            "{\"id\":\"big2\",\"type\":\"transform\",\"after\":[\"big\"],\"output\":\"big2\"},"
+            "{\"id\":\"small\",\"type\":\"transform\",\"output\":\"small\"},"
+            "{\"id\":\"join\",\"type\":\"transform\",\"after\":[\"big2\",\"small\"],"
+            "\"output\":\"${ default(nodes.big2.output, nodes.small.output) }\"}]}";
+        struct wf_workflow *wf = parse(def);
+        _cleanup_json_ json_t *snap = new_snapshot("{\"n\":50}");
+
+        json_t *p = settle(wf, snap);
+        expect_lone(p, "finish");
+        expect_json(json_object_get(json_array_get(p, 0), "output"), "{\"join\":\"big2\"}");
+        assert_string_equal(status_of(snap, "small"), "skipped");
+        expect_json(json_object_get(json_object_get(nodes_of(snap), "c"), "output"),
+                    "{\"branch\":\"then\",\"value\":true}");
+        json_decref(p);
+
+        _cleanup_json_ json_t *snap2 = new_snapshot("{\"n\":5}");
+        p = settle(wf, snap2);
+        expect_lone(p, "finish");
+        expect_json(json_object_get(json_array_get(p, 0), "output"), "{\"join\":\"small\"}");
+        /* big is off the branch; big2 depends only on skipped nodes */
+        assert_string_equal(status_of(snap2, "big"), "skipped");
+        assert_string_equal(status_of(snap2, "big2"), "skipped");
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void retries_back_off_within_bounds(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"retry\",\"nodes\":[{\"id\":\"h\",\"type\":\"http\",\"request\":{"
+                  "\"url\":\"http://x\"},\"retry\":{\"max_attempts\":6,\"initial_delay\":\"1s\","
+                  "\"max_delay\":\"5s\"}},"
+                  "{\"id\":\"f\",\"type\":\"http\",\"request\":{\"url\":\"http://x\"},\"retry\":{"
+                  "\"max_attempts\":3,\"backoff\":\"fixed\",\"initial_delay\":\"10s\",\"jitter\":"
+                  "false,\"retry_on\":[\"error\"]},\"on_failure\":\"continue\"},"
+                  "{\"id\":\"m\",\"type\":\"map\",\"items\":\"input.xs\",\"node\":{\"type\":"
+                  "\"http\",\"request\":{\"url\":\"http://x\"},\"retry\":{\"max_attempts\":2}}}]}");
+        _cleanup_json_ json_t *e503 = json_pack("{s:s,s:i,s:s}", "class", "http_status", "status",
+                                                503, "message", "unavailable");
+        json_t *d = NULL;
+
+        /* exponential with full jitter: attempt n waits between initial and
+         * min(max, initial * 2^(n-2)) */
+        static const struct {
+                int attempt;
+                int64_t lo, hi;
+        } bounds[] = {
+            {1, 1000, 1000}, {2, 1000, 2000}, {3, 1000, 4000}, {4, 1000, 5000}, {5, 1000, 5000}};
+        for (size_t k = 0; k < sizeof(bounds) / sizeof(bounds[0]); k++)
+                for (uint64_t rnd = 0; rnd < 5000; rnd += 37) {
+                        assert_int_equal(wf_on_node_failure(wf, "h", bounds[k].attempt, e503, T0,
+                                                            rnd * 7919, &d),
+                                         0);
+                        int64_t at = json_integer_value(json_object_get(d, "retry_at_ms"));
+                        assert_in_range(at - T0, bounds[k].lo, bounds[k].hi);
+                        assert_int_equal(json_integer_value(json_object_get(d, "attempt")),
+                                         bounds[k].attempt + 1);
+                        json_decref(d);
+                }
+        /* the jitter actually varies */
+        assert_int_equal(wf_on_node_failure(wf, "h", 3, e503, T0, 0, &d), 0);
+        int64_t a0 = json_integer_value(json_object_get(d, "retry_at_ms"));
+        json_decref(d);
+        assert_int_equal(wf_on_node_failure(wf, "h", 3, e503, T0, 2999, &d), 0);
+        assert_true(json_integer_value(json_object_get(d, "retry_at_ms")) != a0);
+        json_decref(d);
+        /* attempts exhausted: the node's on_failure decides */
+        assert_int_equal(wf_on_node_failure(wf, "h", 6, e503, T0, 0, &d), 0);
+        expect_json(d, "{\"final\":\"fail\"}");
+        json_decref(d);
+        /* 429 honours Retry-After */
+        _cleanup_json_ json_t *e429 = json_pack("{s:s,s:i,s:i}", "class", "http_status", "status",
+                                                429, "retry_after_ms", 30000);
+        assert_int_equal(wf_on_node_failure(wf, "h", 1, e429, T0, 0, &d), 0);
+        assert_int_equal(json_integer_value(json_object_get(d, "retry_at_ms")), T0 + 30000);
+        json_decref(d);
+        /* a 404 is not retried: the request itself is wrong */
+        _cleanup_json_ json_t *e404 = json_pack("{s:s,s:i}", "class", "http_status", "status", 404);
+        assert_int_equal(wf_on_node_failure(wf, "h", 1, e404, T0, 0, &d), 0);
+        expect_json(d, "{\"final\":\"fail\"}");
+        json_decref(d);
+        /* fixed backoff without jitter; retry_on limits the classes */
+        _cleanup_json_ json_t *eerr = json_pack("{s:s}", "class", "error");
+        assert_int_equal(wf_on_node_failure(wf, "f", 2, eerr, T0, 12345, &d), 0);
+        assert_int_equal(json_integer_value(json_object_get(d, "retry_at_ms")), T0 + 10000);
+        json_decref(d);
+        assert_int_equal(wf_on_node_failure(wf, "f", 1, e503, T0, 0, &d), 0);
+        expect_json(d, "{\"final\":\"continue\"}");
+        json_decref(d);
+        /* map items use their template's policy */
+        assert_int_equal(wf_on_node_failure(wf, "m[42]", 1, e503, T0, 0, &d), 0);
+        assert_non_null(json_object_get(d, "retry_at_ms"));
+        json_decref(d);
+        assert_int_equal(wf_on_node_failure(wf, "m[42]", 2, e503, T0, 0, &d), 0);
+        expect_json(d, "{\"final\":\"fail\"}");
+        json_decref(d);
+        assert_int_equal(wf_on_node_failure(wf, "nope", 1, e503, T0, 0, &d), -ENOENT);
+
+        /* in a run: the failed attempt waits (holding nothing) until its retry time, then
+         * the next attempt goes out with the same idempotency key */
+        _cleanup_json_ json_t *snap = new_snapshot("{\"xs\":[]}");
+        json_t *p = settle(wf, snap);
+        json_decref(p);
+        fail_attempt(wf, snap, "h", 1, e503, 0);
+        int64_t retry_at = json_integer_value(
+            json_object_get(json_object_get(nodes_of(snap), "h"), "retry_at_ms"));
+        p = plan(wf, snap);
+        expect_lone(p, "wait");
+        assert_int_equal(json_integer_value(json_object_get(json_array_get(p, 0), "wake_at_ms")),
+                         retry_at);
+        json_decref(p);
+        advance(snap, retry_at - now_of(snap));
+        p = plan(wf, snap);
+        const json_t *ex = find_action(p, "execute", "h");
+        assert_non_null(ex);
+        assert_int_equal(json_integer_value(json_object_get(ex, "attempt")), 2);
+        assert_string_equal(json_string_value(json_object_get(ex, "idempotency_key")), RUN_ID ":h");
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void crash_recovery_depends_on_delivery(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"crash\",\"nodes\":[{\"id\":\"least\",\"type\":\"http\",\"request\":{"
+                  "\"url\":\"http://x\"}},{\"id\":\"most\",\"type\":\"http\",\"request\":{\"url\":"
+                  "\"http://x\"},\"delivery\":\"at_most_once\"},"
+                  "{\"id\":\"most2\",\"type\":\"http\",\"request\":{\"url\":\"http://x\"},"
+                  "\"delivery\":\"at_most_once\",\"retry\":{\"retry_on\":[\"interrupted\"]}}]}");
+        _cleanup_json_ json_t *snap = new_snapshot(NULL);
+
+        json_t *p = settle(wf, snap);
+        json_decref(p);
+        /* in flight on this worker: nothing is re-emitted */
+        p = plan(wf, snap);
+        expect_lone(p, "wait");
+        json_decref(p);
+
+        /* the worker died: a new owner has nothing in flight */
+        json_array_clear(json_object_get(snap, "in_flight"));
+        p = plan(wf, snap);
+        const json_t *a = find_action(p, "execute", "least");
+        assert_non_null(a); /* at_least_once: the same attempt again, same key */
+        assert_int_equal(json_integer_value(json_object_get(a, "attempt")), 1);
+        assert_true(json_is_true(json_object_get(a, "reexecution")));
+        assert_string_equal(json_string_value(json_object_get(a, "idempotency_key")),
+                            RUN_ID ":least");
+        a = find_action(p, "fail_node", "most"); /* at_most_once: not sent again */
+        assert_non_null(a);
+        assert_null(find_action(p, "execute", "most"));
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(a, "error"), "class")),
+            "interrupted");
+        apply(wf, snap, p);
+        json_decref(p);
+        /* interrupted is not retried by default: the run fails, naming the node */
+        assert_string_equal(status_of(snap, "most"), "failed");
+        assert_null(json_object_get(json_object_get(nodes_of(snap), "most"), "retry_at_ms"));
+        /* ... unless retry_on says so */
+        assert_non_null(json_object_get(json_object_get(nodes_of(snap), "most2"), "retry_at_ms"));
+        p = plan(wf, snap);
+        expect_lone(p, "finish");
+        const json_t *fin = json_array_get(p, 0);
+        assert_string_equal(json_string_value(json_object_get(fin, "status")), "failed");
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(fin, "error"), "node")), "most");
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void map_respects_concurrency_and_fans_in(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"map\",\"nodes\":[{\"id\":\"m\",\"type\":\"map\",\"items\":"
+                  "\"input.xs\",\"concurrency\":10,\"node\":{\"type\":\"http\",\"request\":{"
+                  "\"method\":\"POST\",\"url\":\"http://x/${ index }\",\"body\":\"${ item }\"}}},"
+                  "{\"id\":\"after\",\"type\":\"transform\",\"after\":[\"m\"],\"output\":\"${ "
+                  "len(nodes.m.output) }\"}]}");
+        _cleanup_json_ json_t *snap = new_snapshot(NULL);
+        json_t *xs = json_array();
+        for (int i = 0; i < 25; i++)
+                json_array_append_new(xs, json_pack("{s:i}", "v", i));
+        json_object_set_new(json_object_get(snap, "input"), "xs", xs);
+
+        json_t *p = plan(wf, snap);
+        assert_int_equal(json_array_size(p), 10);
+        for (int i = 0; i < 10; i++) {
+                char id[16];
+                snprintf(id, sizeof(id), "m[%d]", i);
+                const json_t *ex = find_action(p, "execute", id);
+                assert_non_null(ex);
+                char key[80];
+                snprintf(key, sizeof(key), RUN_ID ":m[%d]", i);
+                assert_string_equal(json_string_value(json_object_get(ex, "idempotency_key")), key);
+                assert_int_equal(json_integer_value(json_object_get(
+                                     json_object_get(json_object_get(ex, "input"), "body"), "v")),
+                                 i);
+        }
+        apply(wf, snap, p);
+        json_decref(p);
+        p = plan(wf, snap);
+        expect_lone(p, "wait"); /* 10 in flight: no room */
+        json_decref(p);
+        finish_execute(snap, "m[3]", "\"r3\"");
+        finish_execute(snap, "m[7]", "\"r7\"");
+        p = plan(wf, snap);
+        assert_int_equal(json_array_size(p), 2);
+        assert_non_null(find_action(p, "execute", "m[10]"));
+        assert_non_null(find_action(p, "execute", "m[11]"));
+        apply(wf, snap, p);
+        json_decref(p);
+
+        /* finish everything, checking the limit is never exceeded */
+        for (int round = 0; round < 100; round++) {
+                json_t *f = json_object_get(snap, "in_flight");
+                assert_true(json_array_size(f) <= 10);
+                while (json_array_size(f) > 0) {
+                        const char *id = json_string_value(json_array_get(f, 0));
+                        char out[32];
+                        snprintf(out, sizeof(out), "\"r%d\"", item_index(id));
+                        finish_execute(snap, id, out);
+                }
+                p = settle(wf, snap);
+                if (!strcmp(action_name(json_array_get(p, 0)), "finish"))
+                        break;
+                json_decref(p);
+        }
+        expect_lone(p, "finish");
+        expect_json(json_object_get(json_array_get(p, 0), "output"), "{\"after\":25}");
+        json_t *out = json_object_get(json_object_get(nodes_of(snap), "m"), "output");
+        assert_int_equal(json_array_size(out), 25);
+        for (int i = 0; i < 25; i++) {
+                char want[16];
+                snprintf(want, sizeof(want), "r%d", i);
+                assert_string_equal(json_string_value(json_array_get(out, i)), want);
+        }
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void map_of_ten_thousand_items_completes_fast(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"bigmap\",\"nodes\":[{\"id\":\"m\",\"type\":\"map\",\"items\":"
+                  "\"input.xs\",\"concurrency\":100,\"node\":{\"type\":\"http\",\"request\":{"
+                  "\"url\":\"http://x/${ item }\"}}}]}");
+        _cleanup_json_ json_t *snap = new_snapshot(NULL);
+        json_t *xs = json_array();
+        for (int i = 0; i < 10000; i++)
+                json_array_append_new(xs, json_integer(i));
+        json_object_set_new(json_object_get(snap, "input"), "xs", xs);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+
+        int plans = 0;
+        json_t *p = NULL;
+        for (;;) {
+                json_t *actions = NULL;
+                assert_int_equal(wf_plan(wf, snap, &actions), 0);
+                plans++;
+                if (is_terminal_plan(actions) &&
+                    strcmp(action_name(json_array_get(actions, 0)), "wait") != 0) {
+                        p = actions;
+                        break;
+                }
+                apply(wf, snap, actions);
+                json_decref(actions);
+                /* every execute finishes at once, echoing its item */
+                json_t *f = json_object_get(snap, "in_flight");
+                while (json_array_size(f) > 0) {
+                        const char *id = json_string_value(json_array_get(f, 0));
+                        char out[16];
+                        snprintf(out, sizeof(out), "%d", item_index(id));
+                        finish_execute(snap, id, out);
+                }
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        print_message("10,000-item map: %d plans in %.2fs\n", plans, secs);
+        assert_true(secs < 20.0);
+        expect_lone(p, "finish");
+        json_t *out = json_object_get(json_object_get(nodes_of(snap), "m"), "output");
+        assert_int_equal(json_array_size(out), 10000);
+        for (int i = 0; i < 10000; i += 997)
+                assert_int_equal(json_integer_value(json_array_get(out, i)), i);
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void loop_runs_until_its_condition(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"loop\",\"nodes\":[{\"id\":\"poll\",\"type\":\"loop\","
+                  "\"max_iterations\":5,\"until\":\"last.n >= input.stop\",\"node\":{\"type\":"
+                  "\"transform\",\"output\":{\"n\":\"${ iteration }\",\"prev\":\"${ last }\"}}}]}");
+        _cleanup_json_ json_t *snap = new_snapshot("{\"stop\":3}");
+
+        json_t *p = settle(wf, snap);
+        expect_lone(p, "finish");
+        expect_json(json_object_get(json_array_get(p, 0), "output"),
+                    "{\"poll\":{\"iterations\":3,\"last\":{\"n\":3,\"prev\":{\"n\":2,\"prev\":{"
+                    "\"n\":1,\"prev\":null}}}}}");
+        assert_string_equal(status_of(snap, "poll#1"), "completed");
+        assert_string_equal(status_of(snap, "poll#3"), "completed");
+        assert_null(status_of(snap, "poll#4"));
+        json_decref(p);
+
+        /* never true: bounded by max_iterations, then the loop fails the run */
+        _cleanup_json_ json_t *snap2 = new_snapshot("{\"stop\":99}");
+        p = settle(wf, snap2);
+        expect_lone(p, "finish");
+        const json_t *fin = json_array_get(p, 0);
+        assert_string_equal(json_string_value(json_object_get(fin, "status")), "failed");
+        assert_non_null(
+            strstr(json_string_value(json_object_get(json_object_get(fin, "error"), "message")),
+                   "max_iterations (5)"));
+        assert_string_equal(status_of(snap2, "poll#5"), "completed");
+        assert_null(status_of(snap2, "poll#6"));
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void sleep_for_a_duration_and_until_a_time(void **state)
+{
+        struct wf_workflow *wf = parse(
+            "{\"name\":\"sleepy\",\"nodes\":[{\"id\":\"s\",\"type\":\"sleep\",\"duration\":"
+            "\"2s\"},{\"id\":\"u\",\"type\":\"sleep\",\"until\":\"input.at\",\"after\":[\"s\"]}]}");
+        _cleanup_json_ json_t *snap = new_snapshot("{\"at\":\"2023-11-14T22:15:00.500+01:00\"}");
+        /* T0 = 2023-11-14T22:13:20Z; the until time is 2023-11-14T21:15:00.5Z: already past */
+
+        json_t *p = plan(wf, snap);
+        const json_t *a = find_action(p, "sleep", "s");
+        assert_non_null(a);
+        assert_int_equal(json_integer_value(json_object_get(a, "wake_at_ms")), T0 + 2000);
+        apply(wf, snap, p);
+        json_decref(p);
+        p = plan(wf, snap);
+        expect_lone(p, "wait");
+        assert_int_equal(json_integer_value(json_object_get(json_array_get(p, 0), "wake_at_ms")),
+                         T0 + 2000);
+        json_decref(p);
+        advance(snap, 1999);
+        p = plan(wf, snap);
+        expect_lone(p, "wait");
+        json_decref(p);
+        advance(snap, 1);
+        p = plan(wf, snap);
+        assert_non_null(find_action(p, "complete", "s"));
+        apply(wf, snap, p);
+        json_decref(p);
+        p = plan(wf, snap);
+        a = find_action(p, "complete", "u"); /* until in the past: no sleep at all */
+        assert_non_null(a);
+        expect_json(json_object_get(a, "output"), "{\"wake_at_ms\":1699996500500}");
+        json_decref(p);
+
+        /* an until in the future sleeps until exactly then */
+        json_object_set_new(json_object_get(snap, "input"), "at",
+                            json_string("2023-11-15T00:00:00Z"));
+        p = plan(wf, snap);
+        a = find_action(p, "sleep", "u");
+        assert_non_null(a);
+        assert_int_equal(json_integer_value(json_object_get(a, "wake_at_ms")), 1700006400000);
+        json_decref(p);
+
+        /* a malformed time fails the node with a clear message */
+        json_object_set_new(json_object_get(snap, "input"), "at", json_string("tomorrow"));
+        p = plan(wf, snap);
+        a = find_action(p, "fail_node", "u");
+        assert_non_null(a);
+        assert_non_null(
+            strstr(json_string_value(json_object_get(json_object_get(a, "error"), "message")),
+                   "RFC 3339"));
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void wait_event_keeps_early_signals_and_times_out(void **state)
+{
+        struct wf_workflow *wf = parse(
+            "{\"name\":\"events\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\",\"request\":{"
+            "\"url\":\"http://x\"}},{\"id\":\"w\",\"type\":\"wait_event\",\"event\":"
+            "\"approved\",\"after\":[\"a\"]},{\"id\":\"w2\",\"type\":\"wait_event\",\"event\":"
+            "\"approved\",\"after\":[\"a\"],\"timeout\":\"1h\"},"
+            "{\"id\":\"t\",\"type\":\"transform\",\"after\":[\"w\"],\"output\":\"${ "
+            "nodes.w.output.by }\"}]}");
+        _cleanup_json_ json_t *snap = new_snapshot(NULL);
+
+        json_t *p = settle(wf, snap);
+        json_decref(p);
+        /* the signal arrives while a is still running, before w is reached: it is kept */
+        json_object_set_new(json_object_get(snap, "signals"), "approved",
+                            load("[{\"id\":\"sig-1\",\"payload\":{\"by\":\"ann\"}}]"));
+        finish_execute(snap, "a", NULL);
+        p = plan(wf, snap);
+        const json_t *c = find_action(p, "complete", "w");
+        assert_non_null(c);
+        assert_string_equal(json_string_value(json_object_get(c, "signal_id")), "sig-1");
+        expect_json(json_object_get(c, "output"), "{\"by\":\"ann\"}");
+        /* one signal is consumed once: w2 waits for another, with its timeout */
+        c = find_action(p, "wait_signal", "w2");
+        assert_non_null(c);
+        assert_int_equal(json_integer_value(json_object_get(c, "timeout_at_ms")), T0 + 3600000);
+        apply(wf, snap, p);
+        json_decref(p);
+
+        p = settle(wf, snap);
+        expect_lone(p, "wait");
+        assert_int_equal(json_integer_value(json_object_get(json_array_get(p, 0), "wake_at_ms")),
+                         T0 + 3600000);
+        json_decref(p);
+        assert_string_equal(status_of(snap, "t"), "completed");
+
+        advance(snap, 3600000);
+        p = plan(wf, snap);
+        c = find_action(p, "fail_node", "w2");
+        assert_non_null(c);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(c, "error"), "class")), "timeout");
+        apply(wf, snap, p);
+        json_decref(p);
+        p = plan(wf, snap);
+        expect_lone(p, "finish");
+        assert_string_equal(json_string_value(json_object_get(json_array_get(p, 0), "status")),
+                            "failed");
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void subworkflow_waits_for_its_child(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"parent\",\"nodes\":[{\"id\":\"c\",\"type\":\"subworkflow\","
+                  "\"workflow\":\"child-flow\",\"version\":3,\"input\":{\"x\":\"${ input.x }\"},"
+                  "\"retry\":{\"max_attempts\":2,\"retry_on\":[\"error\"],\"initial_delay\":\"1s\","
+                  "\"jitter\":false}}]}");
+        _cleanup_json_ json_t *snap = new_snapshot("{\"x\":5}");
+
+        json_t *p = plan(wf, snap);
+        const json_t *a = find_action(p, "start_child", "c");
+        assert_non_null(a);
+        assert_string_equal(json_string_value(json_object_get(a, "workflow")), "child-flow");
+        assert_int_equal(json_integer_value(json_object_get(a, "version")), 3);
+        expect_json(json_object_get(a, "input"), "{\"x\":5}");
+        assert_string_equal(json_string_value(json_object_get(a, "idempotency_key")),
+                            RUN_ID ":c:1");
+        apply(wf, snap, p);
+        json_decref(p);
+
+        p = plan(wf, snap); /* the parent holds nothing while the child runs */
+        expect_lone(p, "wait");
+        assert_true(json_is_null(json_object_get(json_array_get(p, 0), "wake_at_ms")));
+        json_decref(p);
+
+        /* the child fails: the node fails, and its retry starts a new child */
+        json_object_set_new(json_object_get(snap, "children"), "c",
+                            load("{\"status\":\"failed\",\"attempt\":1,\"error\":{\"message\":"
+                                 "\"boom\"}}"));
+        p = plan(wf, snap);
+        a = find_action(p, "fail_node", "c");
+        assert_non_null(a);
+        apply(wf, snap, p);
+        json_decref(p);
+        advance(snap, 1000);
+        p = plan(wf, snap);
+        a = find_action(p, "start_child", "c");
+        assert_non_null(a);
+        assert_int_equal(json_integer_value(json_object_get(a, "attempt")), 2);
+        assert_string_equal(json_string_value(json_object_get(a, "idempotency_key")),
+                            RUN_ID ":c:2");
+        apply(wf, snap, p);
+        json_decref(p);
+        /* the old child's failure is not mistaken for the new attempt's */
+        p = plan(wf, snap);
+        expect_lone(p, "wait");
+        json_decref(p);
+        json_object_set_new(json_object_get(snap, "children"), "c",
+                            load("{\"status\":\"completed\",\"attempt\":2,\"output\":{\"y\":6}}"));
+        p = settle(wf, snap);
+        expect_lone(p, "finish");
+        expect_json(json_object_get(json_array_get(p, 0), "output"), "{\"c\":{\"y\":6}}");
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void run_timeout_finishes_the_run(void **state)
+{
+        struct wf_workflow *wf = parse(
+            "{\"name\":\"slow\",\"timeout\":\"1h\",\"nodes\":[{\"id\":\"s\",\"type\":\"sleep\","
+            "\"duration\":\"1d\"}]}");
+        _cleanup_json_ json_t *snap = new_snapshot(NULL);
+
+        json_t *p = settle(wf, snap);
+        expect_lone(p, "wait"); /* wakes for the run deadline, before the sleep ends */
+        assert_int_equal(json_integer_value(json_object_get(json_array_get(p, 0), "wake_at_ms")),
+                         T0 + 3600000);
+        json_decref(p);
+        advance(snap, 3600000);
+        p = plan(wf, snap);
+        expect_lone(p, "finish");
+        const json_t *fin = json_array_get(p, 0);
+        assert_string_equal(json_string_value(json_object_get(fin, "status")), "failed");
+        expect_json(json_object_get(fin, "error"),
+                    "{\"node\":null,\"class\":\"timeout\",\"message\":\"run exceeded its timeout "
+                    "of 1h\"}");
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void failure_policies_continue_and_escalate(void **state)
+{
+        struct wf_workflow *wf = parse(
+            "{\"name\":\"policies\",\"output\":{\"a\":\"${ nodes.a.status }\",\"b\":\"${ "
+            "nodes.b.output }\"},\"nodes\":[{\"id\":\"a\",\"type\":\"http\",\"request\":{"
+            "\"url\":\"http://x\"},\"on_failure\":\"continue\",\"retry\":{\"max_attempts\":1}},"
+            "{\"id\":\"b\",\"type\":\"transform\",\"after\":[\"a\"],\"output\":\"${ "
+            "nodes.a.error.message }\"},"
+            "{\"id\":\"e\",\"type\":\"http\",\"request\":{\"url\":\"http://x\"},"
+            "\"on_failure\":\"escalate\",\"retry\":{\"max_attempts\":1}},"
+            "{\"id\":\"after_e\",\"type\":\"noop\",\"after\":[\"e\"]}]}");
+        _cleanup_json_ json_t *snap = new_snapshot(NULL);
+        _cleanup_json_ json_t *err =
+            json_pack("{s:s,s:s}", "class", "network", "message", "refused");
+
+        json_t *p = settle(wf, snap);
+        json_decref(p);
+        fail_attempt(wf, snap, "a", 1, err, 0);
+        p = settle(wf, snap); /* a tolerated: b runs and reads a's error */
+        json_decref(p);
+        assert_string_equal(status_of(snap, "b"), "completed");
+        fail_attempt(wf, snap, "e", 1, err, 0);
+        p = plan(wf, snap);
+        expect_lone(p, "needs_input");
+        assert_string_equal(json_string_value(json_object_get(json_array_get(p, 0), "node")), "e");
+        expect_json(json_object_get(json_array_get(p, 0), "error"),
+                    "{\"class\":\"network\",\"message\":\"refused\"}");
+        json_decref(p);
+        assert_null(status_of(snap, "after_e"));
+
+        /* a person retries e (a new attempt, due now): the run goes on */
+        json_object_set_new(nodes_of(snap), "e",
+                            json_pack("{s:s,s:i,s:I}", "status", "waiting", "attempt", 2,
+                                      "wake_at_ms", (json_int_t)now_of(snap)));
+        p = plan(wf, snap);
+        const json_t *ex = find_action(p, "execute", "e");
+        assert_non_null(ex);
+        assert_int_equal(json_integer_value(json_object_get(ex, "attempt")), 2);
+        apply(wf, snap, p);
+        json_decref(p);
+        finish_execute(snap, "e", NULL);
+        p = settle(wf, snap);
+        expect_lone(p, "finish");
+        expect_json(json_object_get(json_array_get(p, 0), "output"),
+                    "{\"a\":\"failed\",\"b\":\"refused\"}");
+        json_decref(p);
+        wf_free(wf);
+}
+
+static void malformed_snapshots_are_rejected(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"}]}");
+        json_t *actions = NULL;
+        _cleanup_json_ json_t *s1 = load("{\"run_id\":\"r\"}");
+        assert_int_equal(wf_plan(wf, s1, &actions), -EINVAL);
+        assert_null(actions);
+        _cleanup_json_ json_t *s2 = load("{\"run_id\":\"r\",\"now_ms\":1,\"nodes\":{\"a\":3}}");
+        assert_int_equal(wf_plan(wf, s2, &actions), -EINVAL);
+        _cleanup_json_ json_t *s3 = load("{\"run_id\":\"r\",\"now_ms\":1}"); /* minimal */
+        assert_int_equal(wf_plan(wf, s3, &actions), 0);
+        assert_non_null(find_action(actions, "complete", "a"));
+        json_decref(actions);
+        wf_free(wf);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(linear_chain_runs_in_order_with_stable_keys),
+            cmocka_unit_test(fan_out_and_fan_in),
+            cmocka_unit_test(when_false_skips_and_skips_propagate),
+            cmocka_unit_test(condition_branches),
+            cmocka_unit_test(retries_back_off_within_bounds),
+            cmocka_unit_test(crash_recovery_depends_on_delivery),
+            cmocka_unit_test(map_respects_concurrency_and_fans_in),
+            cmocka_unit_test(map_of_ten_thousand_items_completes_fast),
+            cmocka_unit_test(loop_runs_until_its_condition),
+            cmocka_unit_test(sleep_for_a_duration_and_until_a_time),
+            cmocka_unit_test(wait_event_keeps_early_signals_and_times_out),
+            cmocka_unit_test(subworkflow_waits_for_its_child),
+            cmocka_unit_test(run_timeout_finishes_the_run),
+            cmocka_unit_test(failure_policies_continue_and_escalate),
+            cmocka_unit_test(malformed_snapshots_are_rejected),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
