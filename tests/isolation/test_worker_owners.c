@@ -1,0 +1,267 @@
+/*
+ * Real `agently worker` processes competing for the same runs: each run has exactly one
+ * live owner at a time (several workers, every effect sent once when nobody crashes); a
+ * worker SIGKILLed mid-run loses nothing (its lease expires, another worker resumes from
+ * the checkpoint: finished steps are not re-run); and a ZOMBIE worker, SIGSTOPped for twice
+ * its lease and then continued, gets every write refused and stops the run: the database
+ * and the sink show nothing from it after the new owner took over.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testlib.h"
+#include "worker_sink.h"
+
+struct fixture {
+        char *conninfo;
+        PGconn *db;
+        char *user;
+        struct worker_sink *sink;
+        char *dir;
+        pid_t workers[4];
+        int nworkers;
+};
+
+static struct fixture *setup(const char *name)
+{
+        struct fixture *f = calloc(1, sizeof(*f));
+
+        f->conninfo = test_db_create(name);
+        f->db = test_db_connect(f->conninfo);
+        f->user = worker_test_user(f->db, "alice");
+        f->sink = worker_sink_start();
+        f->dir = test_tempdir(name);
+        return f;
+}
+
+static pid_t spawn(struct fixture *f, const char *id)
+{
+        /* a small concurrency, so that no single worker can take every run at once */
+        static const char *const extra[] = {"--concurrency", "8", NULL};
+        char log[600];
+        snprintf(log, sizeof(log), "%s/%s.log", f->dir, id);
+        f->workers[f->nworkers] = worker_test_spawn(f->conninfo, id, "2s", "500ms", extra, log);
+        return f->workers[f->nworkers++];
+}
+
+static void dump_logs(struct fixture *f)
+{
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "tail -n 30 %s/*.log >&2", f->dir);
+        if (system(cmd) != 0)
+                fprintf(stderr, "(no worker logs)\n");
+}
+
+static void teardown(struct fixture *f)
+{
+        for (int i = 0; i < f->nworkers; i++)
+                if (f->workers[i] > 0)
+                        test_stop_process(f->workers[i], SIGTERM, 15000);
+        worker_sink_stop(f->sink);
+        PQfinish(f->db);
+        test_rm_rf(f->dir);
+        free(f->dir);
+        free(f->user);
+        free(f->conninfo);
+        free(f);
+}
+
+static char *workflow(struct fixture *f, const char *definition)
+{
+        char *def = worker_sink_expand(f->sink, definition);
+        char *wf = worker_test_workflow(f->db, f->user, "w", 1, def);
+        free(def);
+        return wf;
+}
+
+static void wait_all(struct fixture *f, const char *where, long long n, int ms)
+{
+        int64_t deadline = test_now_ms() + ms;
+        while (test_db_int(f->db, "SELECT count(*) FROM workflow_runs WHERE %s", where) < n) {
+                if (test_now_ms() > deadline) {
+                        dump_logs(f);
+                        fprintf(stderr, "%lld runs match %s, wanted %lld\n",
+                                test_db_int(f->db, "SELECT count(*) FROM workflow_runs WHERE %s",
+                                            where),
+                                where, n);
+                        fail();
+                }
+                usleep(50 * 1000);
+        }
+}
+
+static void wait_sink(struct fixture *f, const char *prefix, int n, int ms)
+{
+        int64_t deadline = test_now_ms() + ms;
+        while (worker_sink_count(f->sink, prefix) < n) {
+                if (test_now_ms() > deadline) {
+                        dump_logs(f);
+                        fail();
+                }
+                usleep(20 * 1000);
+        }
+}
+
+#define RUNS 40
+
+/* Three workers, 40 runs of three http steps: with nobody crashing, each step reaches the
+ * sink exactly once, with one key per (run, node), and every node attempt was written by
+ * the worker that held the run's lease at that epoch. */
+static void test_several_workers_one_owner(void **state)
+{
+        struct fixture *f = setup("owners");
+        char *wf = workflow(f, "{\"name\":\"w\",\"nodes\":["
+                               "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
+                               "\"SINK/s/a?delay_ms=20\"}},"
+                               "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":"
+                               "\"SINK/s/b?delay_ms=20\"},\"after\":[\"a\"]},"
+                               "{\"id\":\"c\",\"type\":\"http\",\"request\":{\"url\":"
+                               "\"SINK/s/c\"},\"after\":[\"b\"]}]}");
+        char sql[512];
+
+        spawn(f, "w1");
+        spawn(f, "w2");
+        spawn(f, "w3");
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) SELECT user_id, id, name, version FROM workflows, "
+                 "generate_series(1, %d) WHERE id = '%s'",
+                 RUNS, wf);
+        PQclear(test_db_must(f->db, sql));
+        wait_all(f, "status = 'completed'", RUNS, 45000);
+
+        assert_int_equal(worker_sink_count(f->sink, "/s/"), RUNS * 3);
+        assert_int_equal(worker_sink_distinct_keys(f->sink, "/s/"), RUNS * 3);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM node_runs WHERE status = "
+                                            "'completed' AND attempt = 1"),
+                         RUNS * 3);
+        /* one claim per run: no run was taken from a live owner */
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM workflow_runs WHERE "
+                                            "lease_epoch <> 1"),
+                         0);
+        /* every worker did work (the test is about competition) */
+        assert_int_equal(test_db_int(f->db, "SELECT count(DISTINCT worker) FROM node_runs"), 3);
+        /* and each run's nodes were all written by its one owner */
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM (SELECT workflow_run_id FROM "
+                                            "node_runs GROUP BY 1 HAVING count(DISTINCT worker) "
+                                            "> 1) x"),
+                         0);
+        free(wf);
+        teardown(f);
+}
+
+static const char THREE_STEPS[] = "{\"name\":\"w\",\"nodes\":["
+                                  "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
+                                  "\"SINK/a\"}},"
+                                  "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":"
+                                  "\"SINK/b?delay_ms=1500\"},\"after\":[\"a\"]},"
+                                  "{\"id\":\"c\",\"type\":\"http\",\"request\":{\"url\":"
+                                  "\"SINK/c\"},\"after\":[\"b\"]}]}";
+
+/* SIGKILL mid-step: the lease expires, another worker claims the run and resumes from the
+ * checkpoint. a (committed) is not sent again; b (in flight, at_least_once) is re-sent with
+ * the same key; c runs once. */
+static void test_killed_worker_is_resumed_from_checkpoint(void **state)
+{
+        struct fixture *f = setup("reclaim");
+        char *wf = workflow(f, THREE_STEPS);
+        pid_t w1 = spawn(f, "w1");
+        char *run = worker_test_run(f->db, wf, NULL);
+
+        wait_sink(f, "/b", 1, 15000);
+        test_stop_process(w1, SIGKILL, 5000);
+        f->workers[0] = 0;
+        spawn(f, "w2");
+        if (!worker_test_wait_status(f->db, run, "completed", 20000)) {
+                dump_logs(f);
+                fail();
+        }
+        assert_int_equal(worker_sink_count(f->sink, "/a"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/b"), 2);
+        assert_int_equal(worker_sink_distinct_keys(f->sink, "/b"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/c"), 1);
+        assert_int_equal(test_db_int(f->db, "SELECT lease_epoch FROM workflow_runs"), 2);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE kind = "
+                                            "'run.recovered'"),
+                         1);
+        assert_string_equal(test_db_value(f->db, "SELECT worker FROM node_runs WHERE node_id = "
+                                                 "'c'"),
+                            "w2");
+        free(run);
+        free(wf);
+        teardown(f);
+}
+
+/* ZOMBIE: w1 is SIGSTOPped mid-step for twice its lease; w2 takes the run over and
+ * finishes it; w1 is continued. w1's late response must be refused: nothing in the
+ * database or at the sink comes from w1 after the takeover, and w1 drops the run. */
+static void test_zombie_worker_is_fenced(void **state)
+{
+        struct fixture *f = setup("zombie");
+        char *wf = workflow(f, THREE_STEPS);
+        pid_t w1 = spawn(f, "w1");
+        char *run = worker_test_run(f->db, wf, NULL);
+        char *takeover;
+        int64_t resumed_ms;
+        struct worker_sink_request req;
+        char log[600], cmd[700];
+
+        wait_sink(f, "/b", 1, 15000);
+        kill(w1, SIGSTOP);
+        usleep(4200 * 1000); /* 2 x lease */
+        spawn(f, "w2");
+        if (!worker_test_wait_status(f->db, run, "completed", 20000)) {
+                dump_logs(f);
+                fail();
+        }
+        takeover = test_db_value(f->db, "SELECT min(created_at) FROM logs WHERE kind = "
+                                        "'run.recovered'");
+        assert_non_null(takeover);
+
+        resumed_ms = test_now_ms();
+        kill(w1, SIGCONT);
+        usleep(2500 * 1000); /* time for w1's pending response, heartbeat and retries */
+
+        /* nothing from w1 after w2 took over */
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM node_runs WHERE worker = 'w1' AND "
+                                     "(node_id <> 'a' AND node_id <> 'b' OR lease_epoch <> 1)"),
+                         0);
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM node_runs WHERE worker = 'w1' AND "
+                                     "coalesce(finished_at, started_at) >= '%s'",
+                                     takeover),
+                         0);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT status || ' ' || lease_epoch FROM "
+                                          "workflow_runs WHERE id = '%s'",
+                                          run),
+                            "completed 2");
+        for (int i = 0; worker_sink_get(f->sink, "", i, &req) == 0; i++)
+                if (strstr(req.user_agent, "/w1"))
+                        assert_true(req.at_ms < resumed_ms);
+        assert_int_equal(worker_sink_count(f->sink, "/c"), 1);
+        /* w1 is alive, said why it stopped the run, and drains cleanly */
+        snprintf(log, sizeof(log), "%s/w1.log", f->dir);
+        snprintf(cmd, sizeof(cmd), "grep -q 'lease.lost' %s", log);
+        assert_int_equal(system(cmd), 0);
+        assert_int_equal(waitpid(w1, NULL, WNOHANG), 0);
+        free(takeover);
+        free(run);
+        free(wf);
+        teardown(f);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_several_workers_one_owner),
+            cmocka_unit_test(test_killed_worker_is_resumed_from_checkpoint),
+            cmocka_unit_test(test_zombie_worker_is_fenced),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
