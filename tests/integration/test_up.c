@@ -5,6 +5,7 @@
  */
 #include "testlib.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,43 @@ static void up_stop(struct up *u)
         }
 }
 
+/* The pid of up's child running `agently <role>`, or 0. */
+static pid_t find_child(pid_t parent, const char *role)
+{
+        DIR *proc = opendir("/proc");
+        struct dirent *e;
+        pid_t found = 0;
+
+        assert_non_null(proc);
+        while (!found && (e = readdir(proc))) {
+                char path[300], *stat = NULL, *cmdline = NULL;
+                size_t len = 0;
+                int pid, ppid = 0;
+                char state_char;
+
+                if (str_to_int(e->d_name, &pid) < 0)
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+                if (file_read_all(path, 4096, &stat, NULL) < 0)
+                        continue;
+                const char *close_paren = strrchr(stat, ')');
+                if (close_paren && sscanf(close_paren + 1, " %c %d", &state_char, &ppid) == 2 &&
+                    ppid == parent) {
+                        snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+                        if (file_read_all(path, 4096, &cmdline, &len) == 0 && len > 0) {
+                                /* argv[1] follows argv[0]'s NUL */
+                                const char *arg1 = cmdline + strlen(cmdline) + 1;
+                                if ((size_t)(arg1 - cmdline) < len && strcmp(arg1, role) == 0)
+                                        found = pid;
+                        }
+                        free(cmdline);
+                }
+                free(stat);
+        }
+        closedir(proc);
+        return found;
+}
+
 static void up_runs_stops_and_keeps_its_data(void **state)
 {
         struct up u = {.port = test_free_port()};
@@ -85,6 +123,23 @@ static void up_runs_stops_and_keeps_its_data(void **state)
         assert_int_equal(test_db_int(c, "SELECT count(*) FROM users WHERE is_admin"), 1);
         PQclear(test_db_must(c, "INSERT INTO users (name) VALUES ('kept-across-restarts')"));
         PQfinish(c);
+
+        /* a crashed child is restarted: kill the API with SIGKILL, it comes back */
+        pid_t api = find_child(u.pid, "api");
+        assert_true(api > 0);
+        assert_true(find_child(u.pid, "worker") > 0);
+        assert_true(find_child(u.pid, "dispatch") > 0);
+        kill(api, SIGKILL);
+        int64_t deadline = test_now_ms() + 20000;
+        pid_t again = 0;
+        while (test_now_ms() < deadline) {
+                again = find_child(u.pid, "api");
+                if (again > 0 && again != api)
+                        break;
+                usleep(100 * 1000);
+        }
+        assert_true(again > 0 && again != api);
+        assert_true(test_wait_http_ok(url, 20000));
 
         up_stop(&u);
         assert_false(embedded_pg_running(pg)); /* Ctrl-C/SIGTERM stops Postgres too */
