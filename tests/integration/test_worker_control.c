@@ -132,16 +132,14 @@ static void test_signal_sent_early(void **state)
 
         wait_status(f, run, "completed", 15000);
         assert_int_equal(worker_sink_count(f->sink, "/c"), 1);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT consumed_by_node FROM signals WHERE "
-                                          "workflow_run_id = '%s'",
-                                          run),
-                            "b");
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT status FROM node_runs WHERE workflow_run_id = "
-                                          "'%s' AND node_id = 'b'",
-                                          run),
-                            "completed");
+        assert_db_equal("b", f->db,
+                        "SELECT consumed_by_node FROM signals WHERE "
+                        "workflow_run_id = '%s'",
+                        run);
+        assert_db_equal("completed", f->db,
+                        "SELECT status FROM node_runs WHERE workflow_run_id = "
+                        "'%s' AND node_id = 'b'",
+                        run);
         free(run);
         free(wf);
         teardown(f);
@@ -155,11 +153,10 @@ static void test_signal_wakes_waiting_run(void **state)
         char *run = worker_test_run(f->db, wf, NULL);
 
         wait_status(f, run, "waiting", 15000);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT (claimed_by IS NULL AND run_at = 'infinity')"
-                                          "::text FROM workflow_runs WHERE id = '%s'",
-                                          run),
-                            "true");
+        assert_db_equal("true", f->db,
+                        "SELECT (claimed_by IS NULL AND run_at = 'infinity')"
+                        "::text FROM workflow_runs WHERE id = '%s'",
+                        run);
         usleep(500 * 1000);
         assert_int_equal(worker_sink_count(f->sink, "/c"), 0);
         PQclear(test_db_must(f->db, "BEGIN"));
@@ -197,11 +194,10 @@ static void test_cancel_running_run(void **state)
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET cancel_requested = true"));
         wait_status(f, run, "canceled", 5000);
         assert_true(test_now_ms() - t0 < 3000); /* a heartbeat, not the request's 20 s */
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT status FROM node_runs WHERE workflow_run_id = "
-                                          "'%s' AND node_id = 'a'",
-                                          run),
-                            "canceled");
+        assert_db_equal("canceled", f->db,
+                        "SELECT status FROM node_runs WHERE workflow_run_id = "
+                        "'%s' AND node_id = 'a'",
+                        run);
         assert_int_equal(count_events(f, run, "run.canceled"), 1);
         usleep(500 * 1000);
         assert_int_equal(worker_sink_count(f->sink, "/b"), 0);
@@ -226,16 +222,13 @@ static void test_pause_and_resume(void **state)
         wait_sink(f, "/slow", 1, 15000);
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET pause_requested = true"));
         wait_status(f, run, "paused", 5000);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT (claimed_by IS NULL AND NOT pause_requested)"
-                                          "::text FROM workflow_runs WHERE id = '%s'",
-                                          run),
-                            "true");
+        assert_db_equal("true", f->db,
+                        "SELECT (claimed_by IS NULL AND NOT pause_requested)"
+                        "::text FROM workflow_runs WHERE id = '%s'",
+                        run);
         usleep(2000 * 1000); /* paused means paused: nothing moves */
         assert_int_equal(worker_sink_count(f->sink, "/b"), 0);
-        assert_string_equal(
-            test_db_value(f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run),
-            "paused");
+        assert_db_equal("paused", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
 
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET status = 'queued', run_at = now() "
                                     "WHERE status = 'paused'"));
@@ -295,22 +288,20 @@ static void test_at_most_once_interrupted(void **state)
         char log2[600];
 
         wait_sink(f, "/pay", 1, 15000);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT status FROM node_runs WHERE workflow_run_id = "
-                                          "'%s'",
-                                          run),
-                            "started");
+        assert_db_equal("started", f->db,
+                        "SELECT status FROM node_runs WHERE workflow_run_id = "
+                        "'%s'",
+                        run);
         test_stop_process(f->worker, SIGKILL, 5000);
         snprintf(log2, sizeof(log2), "%s/worker2.log", f->dir);
         f->worker = worker_test_spawn(f->conninfo, "w2", "2s", "500ms", NULL, log2);
         wait_status(f, run, "failed", 15000);
         usleep(300 * 1000);
         assert_int_equal(worker_sink_count(f->sink, "/pay"), 1);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT error->>'class' FROM node_runs WHERE "
-                                          "workflow_run_id = '%s' ORDER BY attempt DESC LIMIT 1",
-                                          run),
-                            "interrupted");
+        assert_db_equal("interrupted", f->db,
+                        "SELECT error->>'class' FROM node_runs WHERE "
+                        "workflow_run_id = '%s' ORDER BY attempt DESC LIMIT 1",
+                        run);
         free(run);
         free(wf);
         teardown(f);

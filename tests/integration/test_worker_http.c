@@ -106,12 +106,11 @@ static void test_minimal_http_then_sleep(void **state)
 
         /* while it sleeps the run holds no lease and no worker */
         wait_status(f, run, "waiting", 15000);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT (claimed_by IS NULL AND lease_expires_at IS "
-                                          "NULL AND run_at > now())::text FROM workflow_runs "
-                                          "WHERE id = '%s'",
-                                          run),
-                            "true");
+        assert_db_equal("true", f->db,
+                        "SELECT (claimed_by IS NULL AND lease_expires_at IS "
+                        "NULL AND run_at > now())::text FROM workflow_runs "
+                        "WHERE id = '%s'",
+                        run);
         wait_status(f, run, "completed", 15000);
 
         assert_int_equal(worker_sink_count(f->sink, "/x"), 1);
@@ -120,18 +119,16 @@ static void test_minimal_http_then_sleep(void **state)
         snprintf(key, sizeof(key), "%s:a", run);
         assert_string_equal(req.idempotency_key, key);
 
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT string_agg(node_id || '=' || status || '#' || "
-                                          "attempt, ',' ORDER BY node_id) FROM node_runs WHERE "
-                                          "workflow_run_id = '%s'",
-                                          run),
-                            "a=completed#1,b=completed#1");
+        assert_db_equal("a=completed#1,b=completed#1", f->db,
+                        "SELECT string_agg(node_id || '=' || status || '#' || "
+                        "attempt, ',' ORDER BY node_id) FROM node_runs WHERE "
+                        "workflow_run_id = '%s'",
+                        run);
         /* the output of the http node is the response */
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT output->'status' FROM node_runs WHERE "
-                                          "workflow_run_id = '%s' AND node_id = 'a'",
-                                          run),
-                            "200");
+        assert_db_equal("200", f->db,
+                        "SELECT output->'status' FROM node_runs WHERE "
+                        "workflow_run_id = '%s' AND node_id = 'a'",
+                        run);
         /* the sleep lasted (database time) */
         assert_true(test_db_int(f->db,
                                 "SELECT (extract(epoch FROM max(finished_at) FILTER (WHERE "
@@ -175,18 +172,16 @@ static void test_retry_with_backoff(void **state)
         assert_int_equal(r2.status, 200);
         assert_true(r1.at_ms - r0.at_ms >= 350);
         assert_true(r2.at_ms - r1.at_ms >= 350);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT string_agg(status || '#' || attempt, ',' ORDER "
-                                          "BY attempt) FROM node_runs WHERE workflow_run_id = "
-                                          "'%s'",
-                                          run),
-                            "failed#1,failed#2,completed#3");
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT error->>'class' || ' ' || (error->>'status') "
-                                          "FROM node_runs WHERE workflow_run_id = '%s' AND "
-                                          "attempt = 1",
-                                          run),
-                            "http_status 500");
+        assert_db_equal("failed#1,failed#2,completed#3", f->db,
+                        "SELECT string_agg(status || '#' || attempt, ',' ORDER "
+                        "BY attempt) FROM node_runs WHERE workflow_run_id = "
+                        "'%s'",
+                        run);
+        assert_db_equal("http_status 500", f->db,
+                        "SELECT error->>'class' || ' ' || (error->>'status') "
+                        "FROM node_runs WHERE workflow_run_id = '%s' AND "
+                        "attempt = 1",
+                        run);
         assert_int_equal(count_events(f, run, "node.retry_scheduled"), 2);
         /* between attempts the run waited without a worker */
         assert_true(count_events(f, run, "run.waiting") >= 2);
@@ -230,11 +225,10 @@ static void test_node_timeout_fails_run(void **state)
 
         wait_status(f, run, "failed", 15000);
         assert_true(test_now_ms() - t0 < 3500);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT error->>'class' FROM node_runs WHERE "
-                                          "workflow_run_id = '%s' AND node_id = 'a'",
-                                          run),
-                            "timeout");
+        assert_db_equal("timeout", f->db,
+                        "SELECT error->>'class' FROM node_runs WHERE "
+                        "workflow_run_id = '%s' AND node_id = 'a'",
+                        run);
         assert_int_equal(count_events(f, run, "run.failed"), 1);
         free(run);
         teardown(f);

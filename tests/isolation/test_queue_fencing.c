@@ -112,13 +112,12 @@ static void test_rescuer_race_completion_wins(void **state)
         PQclear(PQexec(rr, "ROLLBACK"));
 
         /* the run is exactly as A left it */
-        assert_string_equal(test_db_value(f->owner,
-                                          "SELECT status || ' ' || lease_epoch || ' ' "
-                                          "|| attempt || ' ' || output::text || ' ' || "
-                                          "(claimed_by IS NULL)::text FROM workflow_runs "
-                                          "WHERE id = '%s'",
-                                          run),
-                            "completed 1 1 {\"answer\": 42} true");
+        assert_db_equal("completed 1 1 {\"answer\": 42} true", f->owner,
+                        "SELECT status || ' ' || lease_epoch || ' ' "
+                        "|| attempt || ' ' || output::text || ' ' || "
+                        "(claimed_by IS NULL)::text FROM workflow_runs "
+                        "WHERE id = '%s'",
+                        run);
         assert_int_equal(test_db_int(f->owner,
                                      "SELECT count(*) FROM node_runs WHERE workflow_run_id = '%s'",
                                      run),
@@ -174,9 +173,8 @@ static void test_zombie_writes_are_refused(void **state)
         assert_int_equal(queue_checkpoint_node(b, qb.id, qb.epoch, &nw), 1);
         assert_int_equal(queue_finish_run(b, qb.id, qb.epoch, "completed", NULL, NULL), 1);
 
-        assert_string_equal(
-            test_db_value(f->owner, "SELECT status FROM workflow_runs WHERE id = '%s'", run),
-            "completed");
+        assert_db_equal("completed", f->owner, "SELECT status FROM workflow_runs WHERE id = '%s'",
+                        run);
         assert_int_equal(test_db_int(f->owner,
                                      "SELECT count(*) FROM node_runs WHERE workflow_run_id = '%s' "
                                      "AND (worker = 'A' OR lease_epoch = 1)",

@@ -188,9 +188,9 @@ static void test_killed_worker_is_resumed_from_checkpoint(void **state)
         assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE kind = "
                                             "'run.recovered'"),
                          1);
-        assert_string_equal(test_db_value(f->db, "SELECT worker FROM node_runs WHERE node_id = "
-                                                 "'c'"),
-                            "w2");
+        assert_db_equal("w2", f->db,
+                        "SELECT worker FROM node_runs WHERE node_id = "
+                        "'c'");
         free(run);
         free(wf);
         teardown(f);
@@ -236,11 +236,10 @@ static void test_zombie_worker_is_fenced(void **state)
                                      "coalesce(finished_at, started_at) >= '%s'",
                                      takeover),
                          0);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT status || ' ' || lease_epoch FROM "
-                                          "workflow_runs WHERE id = '%s'",
-                                          run),
-                            "completed 2");
+        assert_db_equal("completed 2", f->db,
+                        "SELECT status || ' ' || lease_epoch FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        run);
         for (int i = 0; worker_sink_get(f->sink, "", i, &req) == 0; i++)
                 if (strstr(req.user_agent, "/w1"))
                         assert_true(req.at_ms < resumed_ms);

@@ -67,3 +67,13 @@ bool worker_test_wait_status(PGconn *c, const char *run_id, const char *statuses
  * of owner_conninfo, logging to log_path. extra is NULL-terminated (may be NULL). */
 pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *lease,
                         const char *heartbeat, const char *const *extra, const char *log_path);
+
+/* Asserts that the first value of a query (test_db_value's arguments) equals expected, and
+ * frees it. */
+#define assert_db_equal(expected, ...)                                                             \
+        do {                                                                                       \
+                char *_value = test_db_value(__VA_ARGS__);                                         \
+                assert_non_null(_value);                                                           \
+                assert_string_equal(_value, expected);                                             \
+                free(_value);                                                                      \
+        } while (0)
