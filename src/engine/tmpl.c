@@ -24,6 +24,7 @@ struct tmpl_part {
         char *text; /* literal text (may be empty) preceding e, or trailing text */
         size_t text_len;
         struct wf_expr *e; /* NULL for the trailing text part */
+        int offset;        /* of the expression in the string, for columns */
 };
 
 struct wf_tmpl {
@@ -92,7 +93,7 @@ static int push_key(struct buf *path, const char *key)
         return 0;
 }
 
-static int add_part(struct wf_tmpl *t, struct buf *text, struct wf_expr *e)
+static int add_part(struct wf_tmpl *t, struct buf *text, struct wf_expr *e, int offset)
 {
         struct tmpl_part *parts = realloc(t->parts, (t->n_parts + 1) * sizeof(*parts));
         if (!parts)
@@ -103,6 +104,7 @@ static int add_part(struct wf_tmpl *t, struct buf *text, struct wf_expr *e)
         if (text->len == 0 && !parts[t->n_parts].text)
                 buf_reset(text);
         parts[t->n_parts].e = e;
+        parts[t->n_parts].offset = offset;
         t->n_parts++;
         return 0;
 }
@@ -146,7 +148,7 @@ static int compile_string(struct compile *c, const json_t *j, struct wf_tmpl **o
                                 wf_tmpl_free(t);
                                 return 0;
                         }
-                        if (add_part(t, &text, e) < 0) {
+                        if (add_part(t, &text, e, (int)(i + 2)) < 0) {
                                 wf_expr_free(e);
                                 goto nomem;
                         }
@@ -158,7 +160,7 @@ static int compile_string(struct compile *c, const json_t *j, struct wf_tmpl **o
                         goto nomem;
                 i++;
         }
-        if (text.len && add_part(t, &text, NULL) < 0)
+        if (text.len && add_part(t, &text, NULL, 0) < 0)
                 goto nomem;
         if (!any) { /* only $${ escapes: a literal with them unescaped */
                 const char *txt = t->n_parts ? t->parts[0].text : "";
@@ -416,6 +418,18 @@ int wf_tmpl_render(const struct wf_tmpl *t, const struct wf_scope *scope, json_t
         return r;
 }
 
+struct shifted {
+        wf_expr_ref_cb cb;
+        void *userdata;
+        int offset;
+};
+
+static int shifted_cb(void *userdata, const char *root, const char *node_id, int column)
+{
+        struct shifted *s = userdata;
+        return s->cb(s->userdata, root, node_id, column + s->offset);
+}
+
 int wf_tmpl_walk_refs(const struct wf_tmpl *t, wf_expr_ref_cb cb, void *userdata)
 {
         int r;
@@ -424,7 +438,8 @@ int wf_tmpl_walk_refs(const struct wf_tmpl *t, wf_expr_ref_cb cb, void *userdata
                 return 0;
         for (size_t i = 0; i < t->n_parts; i++)
                 if (t->parts[i].e) {
-                        r = wf_expr_walk_refs(t->parts[i].e, cb, userdata);
+                        struct shifted s = {cb, userdata, t->parts[i].offset};
+                        r = wf_expr_walk_refs(t->parts[i].e, shifted_cb, &s);
                         if (r < 0)
                                 return r;
                 }

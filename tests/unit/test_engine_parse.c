@@ -8,6 +8,7 @@
 
 #include "cleanup.h"
 #include "engine.h"
+#include "fileio.h"
 
 static json_t *load(const char *text)
 {
@@ -375,6 +376,148 @@ static void idempotency_keys_and_rerun_sets(void **state)
         wf_free(wf);
 }
 
+/* {"name": "doc", "nodes": [stubs..., node]}: every node id the snippet names (in after,
+ * then, else or nodes.<id>) becomes a noop the snippet runs after. */
+static json_t *stub_workflow(json_t *node)
+{
+        _cleanup_free_ char *text = json_dumps(node, JSON_COMPACT);
+        json_t *ids = json_object(), *nodes = json_array(), *after = json_array();
+        const char *self = json_string_value(json_object_get(node, "id"));
+        const char *keys[] = {"after", "then", "else"};
+
+        for (size_t k = 0; k < 3; k++) {
+                size_t i;
+                json_t *v;
+                json_array_foreach (json_object_get(node, keys[k]), i, v)
+                        json_object_set_new(ids, json_string_value(v), json_true());
+                json_object_del(node, keys[k]);
+        }
+        for (const char *p = text; (p = strstr(p, "nodes."));) {
+                p += 6;
+                size_t n =
+                    strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
+                char id[80];
+                snprintf(id, sizeof(id), "%.*s", (int)n, p);
+                if (n && strcmp(id, self))
+                        json_object_set_new(ids, id, json_true());
+        }
+        const char *id;
+        json_t *v;
+        json_object_foreach (ids, id, v) {
+                json_array_append_new(nodes, json_pack("{s:s,s:s}", "id", id, "type", "noop"));
+                json_array_append_new(after, json_string(id));
+        }
+        if (json_array_size(after))
+                json_object_set_new(node, "after", after);
+        else
+                json_decref(after);
+        json_array_append(nodes, node);
+        json_decref(ids);
+        return json_pack("{s:s,s:o}", "name", "doc", "nodes", nodes);
+}
+
+/* Every example in docs/workflows.md is valid: whole workflows as written, node snippets
+ * wrapped into a workflow (their references to other nodes dropped). Docs cannot rot. */
+static void documented_examples_are_valid(void **state)
+{
+        _cleanup_free_ char *md = NULL;
+        size_t len = 0;
+        int workflows = 0, snippets = 0;
+
+        assert_int_equal(file_read_all(AGENTLY_SOURCE_DIR "/docs/workflows.md", 1 << 20, &md, &len),
+                         0);
+        for (char *p = md; (p = strstr(p, "```json\n"));) {
+                p += 8;
+                char *end = strstr(p, "```");
+                assert_non_null(end);
+                *end = '\0';
+                json_error_t jerr;
+                json_t *whole = json_loads(p, 0, &jerr);
+                if (whole && json_object_get(whole, "nodes")) {
+                        json_t *errors = NULL;
+                        if (wf_validate(whole, &errors) < 0) {
+                                char *d = json_dumps(errors, JSON_INDENT(2));
+                                fail_msg("documented workflow rejected: %s\n%s", d, p);
+                        }
+                        workflows++;
+                } else {
+                        /* one node per line, or one node over several lines */
+                        char *line = p;
+                        json_t *one = whole;
+                        while (line && *line) {
+                                char *nl = strchr(line, '\n');
+                                if (!one && nl)
+                                        *nl = '\0';
+                                json_t *node = one ? json_incref(one) : json_loads(line, 0, NULL);
+                                if (node && json_object_get(node, "id") &&
+                                    json_object_get(node, "type")) {
+                                        /* the nodes it names become noop stubs it runs after */
+                                        _cleanup_json_ json_t *wf = stub_workflow(node);
+                                        json_t *errors = NULL;
+                                        if (wf_validate(wf, &errors) < 0) {
+                                                char *d = json_dumps(errors, JSON_INDENT(2));
+                                                fail_msg("documented node rejected: %s", d);
+                                        }
+                                        snippets++;
+                                }
+                                if (node)
+                                        json_decref(node);
+                                if (one)
+                                        break;
+                                line = nl ? nl + 1 : NULL;
+                        }
+                }
+                if (whole)
+                        json_decref(whole);
+                p = end + 3;
+        }
+        assert_true(workflows >= 2);
+        assert_true(snippets >= 8);
+}
+
+/* docs/workflow.schema.json is loadable and lists exactly the node kinds the parser knows,
+ * with a rule per kind; its minimal example constraints agree with the parser's. */
+static void schema_matches_the_parser(void **state)
+{
+        json_error_t jerr;
+        _cleanup_json_ json_t *schema =
+            json_load_file(AGENTLY_SOURCE_DIR "/docs/workflow.schema.json", 0, &jerr);
+        assert_non_null(schema);
+        assert_string_equal(json_string_value(json_object_get(schema, "$schema")),
+                            "https://json-schema.org/draft/2020-12/schema");
+        json_t *node = json_object_get(json_object_get(schema, "$defs"), "node");
+        json_t *types =
+            json_object_get(json_object_get(json_object_get(node, "properties"), "type"), "enum");
+        json_t *rules = json_object_get(node, "allOf");
+        assert_int_equal(json_array_size(types), 9);
+        assert_int_equal(json_array_size(rules), 9);
+        size_t i;
+        json_t *t;
+        json_array_foreach (types, i, t) {
+                /* a workflow with just that kind, minimally filled, must name the kind as known */
+                _cleanup_json_ json_t *def = json_pack("{s:s,s:[{s:s,s:s}]}", "name", "k", "nodes",
+                                                       "id", "a", "type", json_string_value(t));
+                json_t *errors = NULL;
+                (void)wf_validate(def, &errors);
+                size_t j;
+                json_t *e;
+                json_array_foreach (errors, j, e)
+                        assert_null(strstr(json_string_value(json_object_get(e, "message")),
+                                           "unknown node type"));
+                json_decref(errors);
+                const char *kind = json_string_value(json_object_get(
+                    json_object_get(json_object_get(json_object_get(json_array_get(rules, i), "if"),
+                                                    "properties"),
+                                    "type"),
+                    "const"));
+                assert_string_equal(kind, json_string_value(t));
+        }
+        /* unknown kinds are rejected by the parser too */
+        _cleanup_json_ json_t *bad =
+            json_pack("{s:s,s:[{s:s,s:s}]}", "name", "k", "nodes", "id", "a", "type", "agentx");
+        assert_int_equal(wf_validate(bad, NULL), -EINVAL);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -392,6 +535,8 @@ int main(void)
             cmocka_unit_test(too_many_nodes_and_too_many_errors),
             cmocka_unit_test(invalid_json_text_is_reported),
             cmocka_unit_test(idempotency_keys_and_rerun_sets),
+            cmocka_unit_test(documented_examples_are_valid),
+            cmocka_unit_test(schema_matches_the_parser),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
