@@ -675,6 +675,78 @@ static void map_of_ten_thousand_items_completes_fast(void **state)
         wf_free(wf);
 }
 
+static void map_edge_cases(void **state)
+{
+        struct wf_workflow *wf;
+#define MAP_DEF(policy)                                                                            \
+        "{\"name\":\"maps\",\"nodes\":[{\"id\":\"m\",\"type\":\"map\",\"items\":\"input.xs\","     \
+        "\"node\":{\"type\":\"http\",\"request\":{\"url\":\"http://x\"},\"retry\":{"               \
+        "\"max_attempts\":1},\"on_failure\":\"" policy "\"}}]}"
+        _cleanup_json_ json_t *err = json_pack("{s:s,s:s}", "class", "network", "message", "down");
+
+        /* an empty list completes at once with [] */
+        wf = parse(MAP_DEF("fail"));
+        _cleanup_json_ json_t *s0 = new_snapshot("{\"xs\":[]}");
+        json_t *p = settle(wf, s0);
+        expect_lone(p, "finish");
+        expect_json(json_object_get(json_array_get(p, 0), "output"), "{\"m\":[]}");
+        json_decref(p);
+
+        /* not a list: the map fails with a message saying so */
+        _cleanup_json_ json_t *s1 = new_snapshot("{\"xs\":{\"a\":1}}");
+        p = plan(wf, s1);
+        const json_t *a = find_action(p, "fail_node", "m");
+        assert_non_null(a);
+        assert_non_null(
+            strstr(json_string_value(json_object_get(json_object_get(a, "error"), "message")),
+                   "items must evaluate to an array (got an object)"));
+        json_decref(p);
+
+        /* an item failing for good fails the map, naming the item, and nothing else starts */
+        _cleanup_json_ json_t *s2 = new_snapshot("{\"xs\":[1,2,3]}");
+        p = settle(wf, s2);
+        json_decref(p);
+        fail_attempt(wf, s2, "m[1]", 1, err, 0);
+        p = plan(wf, s2);
+        expect_lone(p, "fail_node");
+        expect_json(json_object_get(json_object_get(json_array_get(p, 0), "error"), "item"),
+                    "\"m[1]\"");
+        apply(wf, s2, p);
+        json_decref(p);
+        p = plan(wf, s2);
+        expect_lone(p, "finish");
+        assert_string_equal(json_string_value(json_object_get(json_array_get(p, 0), "status")),
+                            "failed");
+        json_decref(p);
+        wf_free(wf);
+
+        /* continue: the failed item is null in the fan-in */
+        wf = parse(MAP_DEF("continue"));
+        _cleanup_json_ json_t *s3 = new_snapshot("{\"xs\":[1,2]}");
+        p = settle(wf, s3);
+        json_decref(p);
+        fail_attempt(wf, s3, "m[0]", 1, err, 0);
+        finish_execute(s3, "m[1]", "\"ok\"");
+        p = settle(wf, s3);
+        expect_lone(p, "finish");
+        expect_json(json_object_get(json_array_get(p, 0), "output"), "{\"m\":[null,\"ok\"]}");
+        json_decref(p);
+        wf_free(wf);
+
+        /* escalate: the run waits for a person on that item */
+        wf = parse(MAP_DEF("escalate"));
+        _cleanup_json_ json_t *s4 = new_snapshot("{\"xs\":[1,2]}");
+        p = settle(wf, s4);
+        json_decref(p);
+        fail_attempt(wf, s4, "m[1]", 1, err, 0);
+        p = plan(wf, s4);
+        expect_lone(p, "needs_input");
+        assert_string_equal(json_string_value(json_object_get(json_array_get(p, 0), "node")),
+                            "m[1]");
+        json_decref(p);
+        wf_free(wf);
+}
+
 static void loop_runs_until_its_condition(void **state)
 {
         struct wf_workflow *wf =
@@ -972,6 +1044,7 @@ int main(void)
             cmocka_unit_test(crash_recovery_depends_on_delivery),
             cmocka_unit_test(map_respects_concurrency_and_fans_in),
             cmocka_unit_test(map_of_ten_thousand_items_completes_fast),
+            cmocka_unit_test(map_edge_cases),
             cmocka_unit_test(loop_runs_until_its_condition),
             cmocka_unit_test(sleep_for_a_duration_and_until_a_time),
             cmocka_unit_test(wait_event_keeps_early_signals_and_times_out),
