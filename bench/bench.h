@@ -15,6 +15,7 @@ struct bench {
         char *owner_conninfo; /* superuser on the bench database */
         int64_t duration_ms;  /* per measurement */
         int quick;            /* smaller sizes, for a smoke run */
+        int64_t soak_ms;      /* soak length (0 = default: 60s, 20s with --quick) */
 };
 
 int64_t bench_now_us(void);

@@ -2,7 +2,7 @@
  * agently-bench entry point: starts a private durable Postgres, migrates it, measures the
  * baselines and then each target, printing `key=value` lines (see docs/performance.md).
  *
- *   agently-bench [--duration 5s] [--quick] [--keep]
+ *   agently-bench [--duration 5s] [--quick] [--keep] [--soak 10m]
  */
 #include "bench.h"
 
@@ -70,6 +70,7 @@ int main(int argc, char **argv)
             {"duration", required_argument, NULL, 'd'},
             {"quick", no_argument, NULL, 'q'},
             {"keep", no_argument, NULL, 'k'},
+            {"soak", required_argument, NULL, 's'},
             {0},
         };
         struct bench b = {.duration_ms = 5000};
@@ -94,8 +95,16 @@ int main(int argc, char **argv)
                 case 'k':
                         keep = 1;
                         break;
+                case 's':
+                        if (duration_parse_ms(optarg, &b.soak_ms) < 0 || b.soak_ms < 10000) {
+                                fprintf(stderr, "bench: bad --soak '%s' (at least 10s)\n", optarg);
+                                return 2;
+                        }
+                        break;
                 default:
-                        fprintf(stderr, "usage: agently-bench [--duration D] [--quick] [--keep]\n");
+                        fprintf(
+                            stderr,
+                            "usage: agently-bench [--duration D] [--quick] [--keep] [--soak D]\n");
                         return 2;
                 }
         }
