@@ -92,7 +92,8 @@ char *wf_canonical_json(const json_t *definition);
  *                            "wake_at_ms": n, "retry_at_ms": n, "started_at_ms": n}, ...},
  *    "in_flight": ["<node id>", ...],   (nodes THIS worker is executing right now)
  *    "signals": {"<event>": [{"id": "...", "payload": ...}, ...]}, (unconsumed, oldest first)
- *    "children": {"<node id>": {"status": "...", "output": ..., "error": ...}}}
+ *    "children": {"<node id>": {"status": "...", "output": ..., "error": ...,
+ *                               "attempt": n (the node attempt that started this child)}}}
  * "nodes" holds the LATEST attempt of each node that has a record, static ids and dynamic
  * ones ("fanout[12]" for map item 12, "poll#3" for loop iteration 3). A node with no record
  * has not been reached.
