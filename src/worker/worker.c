@@ -5,7 +5,14 @@
  * every held lease in one statement per interval and LISTENs for wake-up hints. The two
  * meet in a mutex-protected mailbox. Every write for a run is fenced on its lease epoch
  * (src/queue); a run whose lease is lost is dropped at once, its effects aborted, nothing
- * more written. See src/worker/README.md.
+ * more written.
+ *
+ * Commits are batched: each turn of the loop opens one transaction, writes everything the
+ * turn decided for every run it touches (claim events, finished effects, planned steps, the
+ * START marks of effects about to leave, releases, finishes) in run-id order, commits, and
+ * only then acts on it (sends requests, forgets finished runs). So many runs' checkpoints
+ * share one commit, and nothing leaves the process before the write that allows it is
+ * durable. See src/worker/README.md.
  */
 #include "worker.h"
 
@@ -30,6 +37,7 @@
 #include "strutil.h"
 
 #define CLAIM_BATCH_MAX 64
+#define BATCH_RUNS_MAX  256 /* runs written per transaction (per loop turn) */
 #define WF_CACHE_MAX    256
 #define PLAN_ROUNDS_MAX 256 /* plan/apply rounds per run per loop turn (fairness) */
 #define DB_RETRY_MS     1000
@@ -45,6 +53,17 @@ struct effect {
         struct runtime_http_transfer *transfer;
 };
 
+/* A finished effect whose result is not yet checkpointed. */
+struct completion {
+        struct completion *next;
+        char *node;
+        int attempt;
+        json_t *output, *error;
+};
+
+/* What the open batch decided for a run; applied after the commit. */
+enum fate { FATE_HELD, FATE_DONE, FATE_LOST };
+
 struct run {
         struct run *prev, *next;
         char id[QUEUE_UUID_LEN + 1];
@@ -56,6 +75,12 @@ struct run {
         bool needs_plan;
         int64_t plan_at;        /* monotonic ms: re-plan then (0 = not scheduled) */
         int64_t lease_deadline; /* monotonic ms: our lease surely ends by then */
+        struct completion *completions;
+        json_t *to_start;     /* execute actions whose START mark is in the open batch */
+        const char *announce; /* claim event still to write (run.started, ...) */
+        json_t *announce_data;
+        enum fate fate;
+        const char *lost_where;
 };
 
 struct wf_cache_entry {
@@ -82,10 +107,9 @@ struct worker {
         bool draining;
         int64_t drain_deadline;
         int64_t next_claim;
-        struct ready_run {
-                char run_id[QUEUE_UUID_LEN + 1];
-                int64_t epoch;
-        } * ready;
+        struct run **batch; /* runs of the open transaction, sorted by id */
+        int nbatch;
+        int batch_error; /* a statement failed: the transaction is lost */
 
         /* shared with the heartbeat thread, under lock */
         pthread_mutex_t lock;
@@ -148,10 +172,25 @@ static void effects_abort(struct worker *w, struct run *r)
         }
 }
 
+static void completions_free(struct run *r)
+{
+        while (r->completions) {
+                struct completion *c = r->completions;
+                r->completions = c->next;
+                free(c->node);
+                json_decref(c->output);
+                json_decref(c->error);
+                free(c);
+        }
+}
+
 /* Forgets a run: aborts its effects and stops renewing its lease. Nothing is written. */
 static void run_drop(struct worker *w, struct run *r)
 {
         effects_abort(w, r);
+        completions_free(r);
+        json_decref(r->to_start);
+        json_decref(r->announce_data);
         if (r->prev)
                 r->prev->next = r->next;
         else
@@ -171,16 +210,35 @@ static void run_lost(struct worker *w, struct run *r, const char *where)
         run_drop(w, r);
 }
 
-/* A database failure in the middle of a step: the outcome of the last write is unknown, so
- * the run is abandoned (its lease stops being renewed) and recovered from its checkpoint
- * after the lease expires, by any worker. */
+/* A database failure: the outcome of the last writes is unknown (or they were rolled
+ * back), so the run is abandoned: forgotten and no longer renewed. Its lease expires and
+ * whoever claims it next — this worker included — resumes from the checkpoint. */
 static void run_abandon(struct worker *w, struct run *r, int err, const char *what)
 {
         log_error("could not %s for run %s: %s (%s); leaving it to lease expiry", what, r->id,
                   db_last_error(), strerror(-err));
         run_drop(w, r);
+}
+
+static void db_recover(struct worker *w)
+{
         if (PQstatus(w->db) != CONNECTION_OK)
                 PQreset(w->db);
+        else if (PQtransactionStatus(w->db) != PQTRANS_IDLE)
+                db_rollback(w->db);
+}
+
+/* Inside a batch: what to do with the run once the transaction is over. */
+static void mark_done(struct run *r)
+{
+        if (r->fate == FATE_HELD)
+                r->fate = FATE_DONE;
+}
+
+static void mark_lost(struct run *r, const char *where)
+{
+        r->fate = FATE_LOST;
+        r->lost_where = where;
 }
 
 /* ---- workflow definitions ---------------------------------------------------------- */
@@ -296,6 +354,9 @@ static int snapshot_load(struct worker *w, struct run *run, json_t **snapshot, b
         inflight = json_array();
         for (struct effect *e = run->effects; e; e = e->next)
                 json_array_append_new(inflight, json_string(e->node));
+        for (size_t i = 0; i < json_array_size(run->to_start); i++)
+                json_array_append(inflight,
+                                  json_object_get(json_array_get(run->to_start, i), "node"));
         json_object_set_new(s, "in_flight", inflight);
         *cancel = PQgetvalue(res, 0, 1)[0] == 't';
         *pause = PQgetvalue(res, 0, 2)[0] == 't';
@@ -303,26 +364,12 @@ static int snapshot_load(struct worker *w, struct run *run, json_t **snapshot, b
         return 1;
 }
 
-/* ---- transactions ------------------------------------------------------------------ */
-
-static int tx_begin(struct worker *w)
-{
-        return db_begin(w->db);
-}
-
-/* Ends a transaction: commit when ok > 0, otherwise roll back. Returns ok, or the commit's
- * negative errno. */
-static int tx_end(struct worker *w, int ok)
-{
-        if (ok > 0) {
-                int r = db_commit(w->db);
-                return r < 0 ? r : ok;
-        }
-        db_rollback(w->db);
-        return ok;
-}
-
 /* ---- applying actions -------------------------------------------------------------- */
+/*
+ * Everything below runs inside the loop turn's open transaction. A write returns 1
+ * (written), 0 (lease lost: nothing written for this run, the transaction goes on for the
+ * others) or a negative errno (the statement failed and the transaction with it).
+ */
 
 static const char *jstr(const json_t *o, const char *key)
 {
@@ -390,14 +437,15 @@ static int apply_complete_or_skip(struct worker *w, struct run *run, const json_
         return r;
 }
 
-/* Records a failed attempt and what the node's policy decided. 1, 0 lost, negative errno.
- * Opens its own transaction unless in_tx. */
+/* Records a failed attempt and what the node's policy decided: retry (the attempt carries
+ * retry_at_ms; the next plan waits until then) or final. Database time: the transaction's
+ * now(). */
 static int apply_failure(struct worker *w, struct run *run, const char *node, int attempt,
                          const json_t *error)
 {
         _cleanup_json_ json_t *decision = NULL, *recorded = NULL, *data = NULL;
         int64_t now = queue_db_now_ms(w->db);
-        const char *final;
+        const char *final, *klass = jstr(error, "class");
         int r;
 
         if (now < 0)
@@ -417,13 +465,9 @@ static int apply_failure(struct worker *w, struct run *run, const char *node, in
         else
                 json_object_set(recorded, "retry_at_ms", json_object_get(decision, "retry_at_ms"));
 
-        if ((r = tx_begin(w)) < 0)
-                return r;
         r = checkpoint(w, run, node, attempt,
-                       strcmp(jstr(error, "class") ? jstr(error, "class") : "", "interrupted") == 0
-                           ? "interrupted"
-                           : "failed",
-                       NULL, NULL, recorded, NULL, "node.failed", NULL);
+                       klass && strcmp(klass, "interrupted") == 0 ? "interrupted" : "failed", NULL,
+                       NULL, recorded, NULL, "node.failed", NULL);
         if (r > 0 && !final) {
                 data = json_pack("{s:O, s:O, s:O}", "retry_at_ms",
                                  json_object_get(decision, "retry_at_ms"), "next_attempt",
@@ -432,24 +476,24 @@ static int apply_failure(struct worker *w, struct run *run, const char *node, in
                 r = queue_append_event(w->db, run->id, run->epoch, "node.retry_scheduled", node,
                                        attempt, "warn", NULL, data);
         }
-        return tx_end(w, r);
+        return r;
 }
 
-static int start_effect(struct worker *w, struct run *run, const json_t *a)
+/* Commits to an effect: the START mark goes into the open transaction, the request itself
+ * leaves only after the commit (batch_finish). */
+static int plan_effect(struct worker *w, struct run *run, json_t *a)
 {
         const char *node = jstr(a, "node");
         const char *kind = jstr(a, "kind");
-        const char *key = jstr(a, "idempotency_key");
-        const json_t *input = json_object_get(a, "input");
         int attempt = jint(a, "attempt", 1);
-        json_int_t timeout = json_integer_value(json_object_get(a, "timeout_ms"));
-        _cleanup_free_ char *why = NULL;
-        struct effect *e;
         int r;
 
-        for (e = run->effects; e; e = e->next)
+        for (struct effect *e = run->effects; e; e = e->next)
                 if (strcmp(e->node, node) == 0)
                         return 1; /* already running here */
+        for (size_t i = 0; i < json_array_size(run->to_start); i++)
+                if (strcmp(jstr(json_array_get(run->to_start, i), "node"), node) == 0)
+                        return 1;
 
         if (!kind || strcmp(kind, "http") != 0) {
                 _cleanup_json_ json_t *err =
@@ -457,33 +501,18 @@ static int start_effect(struct worker *w, struct run *run, const json_t *a)
                               kind ? kind : "(none)", " is not supported by this worker");
                 return apply_failure(w, run, node, attempt, err);
         }
-        /* the START mark: committed before anything leaves, so after a crash an
+        /* the START mark: durable before anything leaves, so after a crash an
          * at_most_once node is found started-but-unfinished and not sent again */
-        r = checkpoint(w, run, node, attempt, "started", input, NULL, NULL, key, NULL, NULL);
+        r = checkpoint(w, run, node, attempt, "started", json_object_get(a, "input"), NULL, NULL,
+                       jstr(a, "idempotency_key"), NULL, NULL);
         if (r <= 0)
                 return r;
-
-        e = calloc(1, sizeof(*e));
-        if (!e || !(e->node = strdup(node))) {
-                free(e);
+        if (!run->to_start && !(run->to_start = json_array()))
                 return -ENOMEM;
-        }
-        e->run = run;
-        e->attempt = attempt;
-        r = runtime_http_start(w->http, input, key, timeout, e, &e->transfer, &why);
-        if (r < 0) {
-                _cleanup_json_ json_t *err = json_pack("{s:s, s:s}", "class", "error", "message",
-                                                       why ? why : "could not start request");
-                free(e->node);
-                free(e);
-                return apply_failure(w, run, node, attempt, err);
-        }
-        e->next = run->effects;
-        run->effects = e;
-        return 1;
+        return json_array_append(run->to_start, a) < 0 ? -ENOMEM : 1;
 }
 
-/* Creates the child run idempotently and records the node waiting, in one transaction. */
+/* Creates the child run idempotently and records the node waiting. */
 static int apply_start_child(struct worker *w, struct run *run, const json_t *a)
 {
         const char *node = jstr(a, "node");
@@ -492,120 +521,102 @@ static int apply_start_child(struct worker *w, struct run *run, const json_t *a)
         const json_t *version = json_object_get(a, "version");
         _cleanup_free_ char *key = str_printf("child:%s", jstr(a, "idempotency_key"));
         _cleanup_free_ char *inputs = NULL;
+        _cleanup_pgresult_ PGresult *found = NULL, *res = NULL;
         char epoch[24], ver[24];
-        _cleanup_pgresult_ PGresult *res = NULL;
-        int r;
+        int r = 0;
 
         if (!key)
                 return -ENOMEM;
-        if (input && !json_is_object(input)) {
+        if (input && !json_is_null(input) && !json_is_object(input)) {
                 _cleanup_json_ json_t *err = json_pack("{s:s, s:s}", "class", "error", "message",
                                                        "subworkflow input must be an object");
                 return apply_failure(w, run, node, attempt, err);
         }
-        inputs = json_dumps(input ? input : json_object(), JSON_COMPACT);
+        inputs = json_dumps(json_is_object(input) ? input : json_object(), JSON_COMPACT);
         snprintf(epoch, sizeof(epoch), "%lld", (long long)run->epoch);
         snprintf(ver, sizeof(ver), "%lld", (long long)json_integer_value(version));
         const char *params[] = {
             run->id, epoch, jstr(a, "workflow"), json_is_integer(version) ? ver : NULL, inputs,
             node,    key};
+        const char *lookup[] = {run->user_id, jstr(a, "workflow"),
+                                json_is_integer(version) ? ver : NULL};
 
-        if ((r = tx_begin(w)) < 0)
+        found = db_query(w->db,
+                         "SELECT 1 FROM workflows WHERE user_id = $1 AND name = $2 "
+                         "AND ($3::integer IS NULL OR version = $3::integer) LIMIT 1",
+                         3, lookup, &r);
+        if (!found)
                 return r;
+        if (PQntuples(found) == 0) {
+                _cleanup_free_ char *msg =
+                    str_printf("subworkflow '%s'%s not found", jstr(a, "workflow") ?: "(none)",
+                               json_is_integer(version) ? " at that version" : "");
+                _cleanup_json_ json_t *err =
+                    json_pack("{s:s, s:s?}", "class", "error", "message", msg);
+                return apply_failure(w, run, node, attempt, err);
+        }
+
         r = checkpoint(w, run, node, attempt, "waiting", NULL, NULL, NULL, key, "node.waiting",
                        NULL);
-        if (r > 0) {
-                res = db_query(
-                    w->db,
-                    "WITH ins AS ("
-                    " INSERT INTO workflow_runs (user_id, workflow_id, workflow_name,"
-                    "  workflow_version, input, parent_run_id, parent_node_id,"
-                    "  idempotency_key, budgets)"
-                    " SELECT p.user_id, wf.id, wf.name, wf.version, $5::jsonb, p.id, $6, $7,"
-                    "  p.budgets"
-                    " FROM workflow_runs p"
-                    " CROSS JOIN LATERAL (SELECT * FROM workflows x"
-                    "   WHERE x.user_id = p.user_id AND x.name = $3"
-                    "     AND ($4::integer IS NULL OR x.version = $4::integer)"
-                    "   ORDER BY x.version DESC LIMIT 1) wf"
-                    " WHERE p.id = $1 AND p.lease_epoch = $2::bigint"
-                    " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id)"
-                    " SELECT id FROM ins UNION ALL"
-                    " SELECT c.id FROM workflow_runs c JOIN workflow_runs p ON p.id = $1"
-                    "  WHERE c.user_id = p.user_id AND c.idempotency_key = $7",
-                    7, params, &r);
-                if (res && PQntuples(res) == 0) {
-                        tx_end(w, 0);
-                        _cleanup_json_ json_t *err = json_pack(
-                            "{s:s, s:s++}", "class", "error", "message",
-                            "subworkflow not found: ", jstr(a, "workflow") ?: "(none)", "");
-                        return apply_failure(w, run, node, attempt, err);
-                }
-                if (res)
-                        r = 1;
-        }
-        return tx_end(w, r);
+        if (r <= 0)
+                return r;
+        /* ON CONFLICT: a retry of this step after a crash finds the child it created */
+        res = db_query(w->db,
+                       "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name,"
+                       "  workflow_version, input, parent_run_id, parent_node_id,"
+                       "  idempotency_key, budgets)"
+                       " SELECT p.user_id, wf.id, wf.name, wf.version, $5::jsonb, p.id, $6, $7,"
+                       "  p.budgets"
+                       " FROM workflow_runs p"
+                       " CROSS JOIN LATERAL (SELECT * FROM workflows x"
+                       "   WHERE x.user_id = p.user_id AND x.name = $3"
+                       "     AND ($4::integer IS NULL OR x.version = $4::integer)"
+                       "   ORDER BY x.version DESC LIMIT 1) wf"
+                       " WHERE p.id = $1 AND p.lease_epoch = $2::bigint"
+                       " ON CONFLICT (user_id, idempotency_key) DO NOTHING",
+                       7, params, &r);
+        return res ? 1 : r;
 }
 
 /* Cancel: stop what runs, record it, finish the run canceled. */
-static void run_cancel(struct worker *w, struct run *run)
+static int apply_cancel(struct worker *w, struct run *run)
 {
         _cleanup_json_ json_t *err =
             json_pack("{s:s, s:s}", "class", "canceled", "message", "canceled by request");
-        int r = tx_begin(w);
+        int r = 1;
 
-        if (r == 0)
-                r = 1;
         for (struct effect *e = run->effects; r > 0 && e; e = e->next)
                 r = checkpoint(w, run, e->node, e->attempt, "canceled", NULL, NULL, err, NULL, NULL,
                                NULL);
+        for (size_t i = 0; r > 0 && i < json_array_size(run->to_start); i++) {
+                json_t *a = json_array_get(run->to_start, i);
+                r = checkpoint(w, run, jstr(a, "node"), jint(a, "attempt", 1), "canceled", NULL,
+                               NULL, err, NULL, NULL, NULL);
+        }
         effects_abort(w, run);
+        json_array_clear(run->to_start);
         if (r > 0)
                 r = queue_finish_run(w->db, run->id, run->epoch, "canceled", NULL, err);
-        r = tx_end(w, r);
-        if (r == 0)
-                run_lost(w, run, "cancel");
-        else if (r < 0)
-                run_abandon(w, run, r, "cancel");
-        else {
+        if (r > 0)
                 log_info("run %s canceled", run->id);
-                run_drop(w, run);
-        }
+        return r;
 }
 
 /* Pause: abort effects at once (they run again on resume) and release the run paused. */
-static void run_pause(struct worker *w, struct run *run)
+static int apply_pause(struct worker *w, struct run *run)
 {
         int r;
 
         effects_abort(w, run);
+        json_array_clear(run->to_start);
         r = queue_release_run(w->db, run->id, run->epoch, "paused", -1, "paused by request");
-        if (r == 0)
-                run_lost(w, run, "pause");
-        else if (r < 0)
-                run_abandon(w, run, r, "pause");
-        else {
+        if (r > 0)
                 log_info("run %s paused", run->id);
-                run_drop(w, run);
-        }
-}
-
-/* Lets go of a run (a wait, or a drain): it holds nothing while it waits. */
-static void run_release(struct worker *w, struct run *run, const char *status, int64_t at_ms,
-                        const char *reason)
-{
-        int r = queue_release_run(w->db, run->id, run->epoch, status, at_ms, reason);
-
-        if (r == 0)
-                run_lost(w, run, "release");
-        else if (r < 0)
-                run_abandon(w, run, r, "release");
-        else
-                run_drop(w, run);
+        return r;
 }
 
 /* on_failure escalate: the error goes on the run, an event says why, and the run waits in
- * needs_input for a person; one transaction. 1, 0 lost, negative errno. */
+ * needs_input for a person. */
 static int escalate(struct worker *w, struct run *run, const char *node, const json_t *error)
 {
         _cleanup_free_ char *reason = str_printf(
@@ -614,11 +625,9 @@ static int escalate(struct worker *w, struct run *run, const char *node, const j
         _cleanup_free_ char *errs = error ? json_dumps(error, JSON_COMPACT) : NULL;
         char epoch[24];
         const char *params[] = {run->id, epoch, errs};
-        int r = tx_begin(w);
+        int r;
 
         snprintf(epoch, sizeof(epoch), "%lld", (long long)run->epoch);
-        if (r < 0)
-                return r;
         r = queue_append_event(w->db, run->id, run->epoch, "run.escalated", node, -1, "warn",
                                reason, data);
         if (r > 0) {
@@ -632,19 +641,39 @@ static int escalate(struct worker *w, struct run *run, const char *node, const j
         }
         if (r > 0)
                 r = queue_release_run(w->db, run->id, run->epoch, "needs_input", -1, reason);
-        return tx_end(w, r);
+        return r;
 }
 
-/* The result of one step: keep planning, stop here for now, or the run left this worker. */
+/* The result of one step: keep planning, stop here for now, or the run leaves this worker
+ * when the batch commits. */
 enum step { STEP_AGAIN, STEP_IDLE, STEP_GONE };
 
-static enum step fail_step(struct worker *w, struct run *run, int r, const char *what)
+/* The outcome of a write that did not succeed: lease lost (only this run stops) or a
+ * failed statement (the whole batch is lost). */
+static enum step step_failed(struct worker *w, struct run *run, int r, const char *what)
 {
         if (r == 0)
-                run_lost(w, run, what);
-        else
-                run_abandon(w, run, r, what);
+                mark_lost(run, what);
+        else if (!w->batch_error)
+                w->batch_error = r;
         return STEP_GONE;
+}
+
+/* Ends the run's time here with a fenced release (a wait, a drain). */
+static enum step step_release(struct worker *w, struct run *run, const char *status, int64_t at_ms,
+                              const char *reason)
+{
+        int r = queue_release_run(w->db, run->id, run->epoch, status, at_ms, reason);
+
+        if (r <= 0)
+                return step_failed(w, run, r, "release");
+        mark_done(run);
+        return STEP_GONE;
+}
+
+static bool has_effects(const struct run *run)
+{
+        return run->effects || json_array_size(run->to_start) > 0;
 }
 
 /* One plan/apply round. */
@@ -658,13 +687,12 @@ static enum step run_step(struct worker *w, struct run *run)
 
         r = snapshot_load(w, run, &snapshot, &cancel, &pause);
         if (r <= 0)
-                return fail_step(w, run, r, "load snapshot");
-        if (cancel) {
-                run_cancel(w, run);
-                return STEP_GONE;
-        }
-        if (pause) {
-                run_pause(w, run);
+                return step_failed(w, run, r, "load snapshot");
+        if (cancel || pause) {
+                r = cancel ? apply_cancel(w, run) : apply_pause(w, run);
+                if (r <= 0)
+                        return step_failed(w, run, r, cancel ? "cancel" : "pause");
+                mark_done(run);
                 return STEP_GONE;
         }
         r = wf_plan(run->wf, snapshot, &actions);
@@ -673,48 +701,29 @@ static enum step run_step(struct worker *w, struct run *run)
                     json_pack("{s:s, s:s}", "class", "error", "message", "could not plan the run");
                 r = queue_finish_run(w->db, run->id, run->epoch, "failed", NULL, err);
                 if (r <= 0)
-                        return fail_step(w, run, r, "fail run");
-                run_drop(w, run);
+                        return step_failed(w, run, r, "fail run");
+                mark_done(run);
                 return STEP_GONE;
         }
-
-        /* Completions and skips of one plan share one commit. */
-        if ((r = tx_begin(w)) < 0)
-                return fail_step(w, run, r, "begin");
-        json_array_foreach (actions, i, a) {
-                const char *act = jstr(a, "action");
-                if (!act)
-                        continue;
-                if (strcmp(act, "complete") == 0 || strcmp(act, "skip") == 0) {
-                        r = apply_complete_or_skip(w, run, snapshot, a);
-                        if (r <= 0) {
-                                tx_end(w, 0);
-                                return fail_step(w, run, r, "checkpoint");
-                        }
-                        progress = true;
-                }
-        }
-        r = tx_end(w, 1);
-        if (r <= 0)
-                return fail_step(w, run, r, "commit");
 
         json_array_foreach (actions, i, a) {
                 const char *act = jstr(a, "action");
                 const char *node = jstr(a, "node");
-                if (!act || strcmp(act, "complete") == 0 || strcmp(act, "skip") == 0)
+                if (!act) {
                         continue;
-                if (strcmp(act, "execute") == 0) {
-                        if (w->draining) {
-                                run_release(w, run, "queued", -1, "worker draining");
-                                return STEP_GONE;
-                        }
+                } else if (strcmp(act, "complete") == 0 || strcmp(act, "skip") == 0) {
+                        r = apply_complete_or_skip(w, run, snapshot, a);
+                        progress = true;
+                } else if (strcmp(act, "execute") == 0) {
+                        if (w->draining)
+                                return step_release(w, run, "queued", -1, "worker draining");
                         if (mono_ms() >= run->lease_deadline) {
                                 /* not sure we still hold it (e.g. we were stopped): no new
                                  * effect until the heartbeat confirms */
                                 run->needs_plan = true;
                                 return STEP_IDLE;
                         }
-                        r = start_effect(w, run, a);
+                        r = plan_effect(w, run, a);
                         progress = true;
                 } else if (strcmp(act, "fail_node") == 0) {
                         r = apply_failure(w, run, node, jint(a, "attempt", 1),
@@ -741,26 +750,27 @@ static enum step run_step(struct worker *w, struct run *run)
                         progress = true;
                 } else if (strcmp(act, "finish") == 0) {
                         const char *status = jstr(a, "status");
-                        if (run->effects)
-                                effects_abort(w, run);
+                        effects_abort(w, run);
+                        json_array_clear(run->to_start);
                         r = queue_finish_run(w->db, run->id, run->epoch, status ? status : "failed",
                                              json_object_get(a, "output"),
                                              json_object_get(a, "error"));
                         if (r <= 0)
-                                return fail_step(w, run, r, "finish");
+                                return step_failed(w, run, r, "finish");
                         log_info("run %s %s", run->id, status ? status : "failed");
-                        run_drop(w, run);
+                        mark_done(run);
                         return STEP_GONE;
                 } else if (strcmp(act, "needs_input") == 0) {
                         effects_abort(w, run);
+                        json_array_clear(run->to_start);
                         r = escalate(w, run, node, json_object_get(a, "error"));
                         if (r <= 0)
-                                return fail_step(w, run, r, "escalate");
-                        run_drop(w, run);
+                                return step_failed(w, run, r, "escalate");
+                        mark_done(run);
                         return STEP_GONE;
                 } else if (strcmp(act, "wait") == 0) {
                         const json_t *at = json_object_get(a, "wake_at_ms");
-                        if (run->effects) {
+                        if (has_effects(run)) {
                                 int64_t now =
                                     json_integer_value(json_object_get(snapshot, "now_ms"));
                                 run->plan_at = json_is_integer(at)
@@ -768,16 +778,15 @@ static enum step run_step(struct worker *w, struct run *run)
                                                    : 0;
                                 return STEP_IDLE;
                         }
-                        run_release(w, run, "waiting",
-                                    json_is_integer(at) ? json_integer_value(at) : -1,
-                                    json_is_integer(at) ? "timer" : "event");
-                        return STEP_GONE;
+                        return step_release(w, run, "waiting",
+                                            json_is_integer(at) ? json_integer_value(at) : -1,
+                                            json_is_integer(at) ? "timer" : "event");
                 } else {
                         log_warn("run %s: unknown planner action '%s' ignored", run->id, act);
                         continue;
                 }
                 if (r <= 0)
-                        return fail_step(w, run, r, act);
+                        return step_failed(w, run, r, act);
         }
         if (progress)
                 return STEP_AGAIN;
@@ -788,42 +797,188 @@ static enum step run_step(struct worker *w, struct run *run)
         return STEP_IDLE;
 }
 
+/* Everything the batch owes one run: its claim event, its finished effects, then planning
+ * until it waits. */
 static void run_advance(struct worker *w, struct run *run)
 {
+        int r;
+
+        if (run->announce) {
+                r = queue_append_event(w->db, run->id, run->epoch, run->announce, NULL, -1, "info",
+                                       NULL, run->announce_data);
+                if (r <= 0) {
+                        step_failed(w, run, r, "log claim");
+                        return;
+                }
+        }
+        while (run->completions) {
+                struct completion *c = run->completions;
+                r = c->output ? checkpoint(w, run, c->node, c->attempt, "completed", NULL,
+                                           c->output, NULL, NULL, NULL, NULL)
+                              : apply_failure(w, run, c->node, c->attempt, c->error);
+                run->completions = c->next;
+                free(c->node);
+                json_decref(c->output);
+                json_decref(c->error);
+                free(c);
+                if (r <= 0) {
+                        step_failed(w, run, r, "checkpoint effect");
+                        return;
+                }
+        }
         run->needs_plan = false;
         run->plan_at = 0;
-        for (int round = 0; round < PLAN_ROUNDS_MAX; round++) {
-                enum step s = run_step(w, run);
-                if (s == STEP_GONE || s == STEP_IDLE)
+        for (int round = 0; round < PLAN_ROUNDS_MAX && !w->batch_error; round++) {
+                enum step st = run_step(w, run);
+                if (st == STEP_GONE || st == STEP_IDLE)
                         return;
         }
         run->needs_plan = true; /* fairness: continue on the next loop turn */
 }
 
+/* ---- the batch: one transaction per loop turn ------------------------------------------ */
+
+static bool run_due(const struct run *run, int64_t now)
+{
+        return run->needs_plan || run->completions || run->announce ||
+               (run->plan_at && now >= run->plan_at);
+}
+
+static int run_cmp(const void *a, const void *b)
+{
+        return strcmp((*(struct run *const *)a)->id, (*(struct run *const *)b)->id);
+}
+
+/* Starts the requests whose START marks just committed. */
+static void start_effects(struct worker *w, struct run *run)
+{
+        size_t i;
+        json_t *a;
+
+        json_array_foreach (run->to_start, i, a) {
+                _cleanup_free_ char *why = NULL;
+                struct effect *e = calloc(1, sizeof(*e));
+                int r = -ENOMEM;
+
+                if (e && (e->node = strdup(jstr(a, "node")))) {
+                        e->run = run;
+                        e->attempt = jint(a, "attempt", 1);
+                        r = runtime_http_start(w->http, json_object_get(a, "input"),
+                                               jstr(a, "idempotency_key"),
+                                               json_integer_value(json_object_get(a, "timeout_ms")),
+                                               e, &e->transfer, &why);
+                }
+                if (r == 0) {
+                        e->next = run->effects;
+                        run->effects = e;
+                        continue;
+                }
+                /* could not even start: a failed attempt, checkpointed next turn */
+                struct completion *c = calloc(1, sizeof(*c));
+                if (c && (c->node = strdup(jstr(a, "node")))) {
+                        c->attempt = jint(a, "attempt", 1);
+                        c->error = json_pack("{s:s, s:s}", "class", "error", "message",
+                                             why ? why : "could not start the request");
+                        c->next = run->completions;
+                        run->completions = c;
+                } else {
+                        free(c);
+                }
+                if (e)
+                        free(e->node);
+                free(e);
+        }
+        json_array_clear(run->to_start);
+}
+
+/*
+ * One loop turn's writes: the due runs (at most BATCH_RUNS_MAX, in id order — the global
+ * lock order, so a batch cannot deadlock with a renewal) in one transaction. After the
+ * commit: forget finished and lost runs, start the requests. If anything failed, the
+ * transaction is rolled back and every run of the batch is abandoned to lease expiry.
+ */
+static void batch_run(struct worker *w)
+{
+        int64_t now = mono_ms();
+        int n = 0, r;
+
+        for (struct run *run = w->runs; run && n < w->cfg->concurrency; run = run->next)
+                if (run_due(run, now))
+                        w->batch[n++] = run;
+        if (n == 0)
+                return;
+        qsort(w->batch, (size_t)n, sizeof(*w->batch), run_cmp);
+        if (n > BATCH_RUNS_MAX)
+                n = BATCH_RUNS_MAX;
+        w->nbatch = n;
+        w->batch_error = 0;
+
+        r = db_begin(w->db);
+        for (int i = 0; r == 0 && i < n && !w->batch_error; i++) {
+                struct run *run = w->batch[i];
+                run->fate = FATE_HELD;
+                run_advance(w, run);
+                /* written (or lost): either way it is not announced again */
+                run->announce = NULL;
+        }
+        if (r == 0 && !w->batch_error)
+                r = db_commit(w->db);
+        else if (r == 0)
+                r = w->batch_error;
+        if (r < 0) {
+                for (int i = 0; i < n; i++)
+                        run_abandon(w, w->batch[i], r, "write a batch");
+                db_recover(w);
+                w->nbatch = 0;
+                return;
+        }
+        for (int i = 0; i < n; i++) {
+                struct run *run = w->batch[i];
+                json_decref(run->announce_data);
+                run->announce_data = NULL;
+                if (run->fate == FATE_LOST)
+                        run_lost(w, run, run->lost_where);
+                else if (run->fate == FATE_DONE)
+                        run_drop(w, run);
+                else
+                        start_effects(w, run);
+        }
+        w->nbatch = 0;
+}
+
 /* ---- effect completions ------------------------------------------------------------ */
 
+/* A request ended: keep the result for the next batch (which checkpoints it before the
+ * run is planned again). Takes ownership of output and error. */
 static void effect_done(struct worker *w, struct effect *e, json_t *output, json_t *error)
 {
         struct run *run = e->run;
-        int r;
+        struct completion *c = calloc(1, sizeof(*c));
 
-        /* unlink */
         for (struct effect **p = &run->effects; *p; p = &(*p)->next)
                 if (*p == e) {
                         *p = e->next;
                         break;
                 }
-        if (output)
-                r = checkpoint(w, run, e->node, e->attempt, "completed", NULL, output, NULL, NULL,
-                               NULL, NULL);
-        else
-                r = apply_failure(w, run, e->node, e->attempt, error);
-        free(e->node);
-        free(e);
-        if (r <= 0) {
-                fail_step(w, run, r, "checkpoint effect");
+        if (!c) {
+                /* cannot keep the result: let the lease lapse, the step is re-run */
+                json_decref(output);
+                json_decref(error);
+                free(e->node);
+                free(e);
+                run_abandon(w, run, -ENOMEM, "keep an effect's result");
                 return;
         }
+        c->node = e->node;
+        c->attempt = e->attempt;
+        c->output = output;
+        c->error = error;
+        free(e);
+        /* appended, so results are checkpointed in the order they arrived */
+        struct completion **tail = &run->completions;
+        while (*tail)
+                tail = &(*tail)->next;
+        *tail = c;
         run->needs_plan = true;
 }
 
@@ -842,13 +997,11 @@ static void claim(struct worker *w)
         r = queue_claim_runs(w->db, w->cfg->id, w->cfg->lease_ms, want, claims, &n);
         if (r < 0) {
                 log_error("could not claim runs: %s", db_last_error());
-                if (PQstatus(w->db) != CONNECTION_OK)
-                        PQreset(w->db);
+                db_recover(w);
                 return;
         }
         for (int i = 0; i < n; i++) {
                 struct run *run = calloc(1, sizeof(*run));
-                const char *kind;
                 _cleanup_json_ json_t *errors = NULL;
 
                 if (!run) {
@@ -866,20 +1019,12 @@ static void claim(struct worker *w)
                         w->runs->prev = run;
                 w->runs = run;
                 w->nruns++;
+                run->announce = strcmp(claims[i].status_before, "queued") == 0    ? "run.started"
+                                : strcmp(claims[i].status_before, "waiting") == 0 ? "run.resumed"
+                                                                                  : "run.recovered";
+                run->announce_data = json_pack("{s:s, s:i, s:s}", "worker", w->cfg->id, "claim",
+                                               claims[i].attempt, "from", claims[i].status_before);
 
-                kind = strcmp(claims[i].status_before, "queued") == 0    ? "run.started"
-                       : strcmp(claims[i].status_before, "waiting") == 0 ? "run.resumed"
-                                                                         : "run.recovered";
-                _cleanup_json_ json_t *data =
-                    json_pack("{s:s, s:i, s:s}", "worker", w->cfg->id, "claim", claims[i].attempt,
-                              "from", claims[i].status_before);
-                r = queue_append_event(w->db, run->id, run->epoch, kind, NULL, -1, "info", NULL,
-                                       data);
-                if (r <= 0) {
-                        held_publish(w);
-                        fail_step(w, run, r, "log claim");
-                        continue;
-                }
                 r = wf_lookup(w, run->workflow_id, &run->wf, &errors);
                 if (r < 0) {
                         _cleanup_json_ json_t *err = json_pack(
@@ -887,8 +1032,10 @@ static void claim(struct worker *w)
                             "the run's workflow definition cannot be loaded", "errors", errors);
                         held_publish(w);
                         r = queue_finish_run(w->db, run->id, run->epoch, "failed", NULL, err);
-                        if (r <= 0)
-                                fail_step(w, run, r, "fail run");
+                        if (r == 0)
+                                run_lost(w, run, "fail run");
+                        else if (r < 0)
+                                run_abandon(w, run, r, "fail run");
                         else
                                 run_drop(w, run);
                         continue;
@@ -1057,23 +1204,42 @@ static void read_mail(struct worker *w, bool *claim_hint)
                         continue;
                 }
                 run->lease_deadline = mail[i].renewed_at + w->cfg->lease_ms;
-                if (mail[i].cancel)
-                        run_cancel(w, run);
-                else if (mail[i].pause)
-                        run_pause(w, run);
+                /* the next batch's snapshot carries the request and applies it */
+                if (mail[i].cancel || mail[i].pause)
+                        run->needs_plan = true;
         }
         free(mail);
 }
 
 /* ---- the loop ---------------------------------------------------------------------- */
 
+/* Hands every run still held back to the queue, due now, in one transaction (id order). */
 static void drain_finish(struct worker *w)
 {
-        while (w->runs) {
-                struct run *run = w->runs;
+        int n = 0, r;
+
+        for (struct run *run = w->runs; run; run = run->next) {
                 effects_abort(w, run);
-                run_release(w, run, "queued", -1, "worker stopped");
+                w->batch[n++] = run;
         }
+        qsort(w->batch, (size_t)n, sizeof(*w->batch), run_cmp);
+        r = n > 0 ? db_begin(w->db) : 0;
+        for (int i = 0; r == 0 && i < n; i++) {
+                int k = queue_release_run(w->db, w->batch[i]->id, w->batch[i]->epoch, "queued", -1,
+                                          "worker stopped");
+                if (k < 0)
+                        r = k;
+        }
+        if (n > 0 && r == 0)
+                r = db_commit(w->db);
+        if (r < 0) {
+                log_error("could not release %d runs: %s; they return to the queue when their "
+                          "leases expire",
+                          n, db_last_error());
+                db_recover(w);
+        }
+        while (w->runs)
+                run_drop(w, w->runs);
 }
 
 int worker_run(const struct worker_config *cfg)
@@ -1091,8 +1257,8 @@ int worker_run(const struct worker_config *cfg)
         pthread_mutex_init(&w.lock, NULL);
         w.held = calloc((size_t)cfg->concurrency, sizeof(*w.held));
         w.held_ids = calloc((size_t)cfg->concurrency, sizeof(*w.held_ids));
-        w.ready = calloc((size_t)cfg->concurrency, sizeof(*w.ready));
-        if (!w.held || !w.held_ids || !w.ready) {
+        w.batch = calloc((size_t)cfg->concurrency, sizeof(*w.batch));
+        if (!w.held || !w.held_ids || !w.batch) {
                 r = log_errno(-ENOMEM, "could not allocate the run table");
                 goto out;
         }
@@ -1129,21 +1295,7 @@ int worker_run(const struct worker_config *cfg)
                         w.next_claim = mono_ms() + cfg->poll_ms;
                 }
 
-                /* runs may leave the table while others advance: pick first, then look
-                 * each up again by (id, epoch) */
-                int nready = 0;
-                now = mono_ms();
-                for (struct run *run = w.runs; run && nready < cfg->concurrency; run = run->next)
-                        if (run->needs_plan || (run->plan_at && now >= run->plan_at)) {
-                                str_copy(w.ready[nready].run_id, sizeof(w.ready[0].run_id),
-                                         run->id);
-                                w.ready[nready++].epoch = run->epoch;
-                        }
-                for (int i = 0; i < nready; i++) {
-                        struct run *run = run_find(&w, w.ready[i].run_id, w.ready[i].epoch);
-                        if (run)
-                                run_advance(&w, run);
-                }
+                batch_run(&w);
 
                 if (w.draining &&
                     (runtime_http_active(w.http) == 0 || mono_ms() >= w.drain_deadline)) {
@@ -1156,7 +1308,9 @@ int worker_run(const struct worker_config *cfg)
                 now = mono_ms();
                 timeout = w.draining ? 100 : w.next_claim - now;
                 for (struct run *run = w.runs; run; run = run->next) {
-                        if (run->needs_plan)
+                        if (run->completions || run->announce)
+                                timeout = 0;
+                        else if (run->needs_plan && timeout > 0)
                                 timeout = run->lease_deadline > now ? 0 : 50;
                         if (run->plan_at && run->plan_at - now < timeout)
                                 timeout = run->plan_at - now;
@@ -1186,8 +1340,6 @@ int worker_run(const struct worker_config *cfg)
                 }
                 while (runtime_http_next_done(w.http, &ud, &output, &error)) {
                         effect_done(&w, ud, output, error);
-                        json_decref(output);
-                        json_decref(error);
                 }
         }
 
@@ -1207,7 +1359,7 @@ out:
                 PQfinish(w.db);
         free(w.held);
         free(w.held_ids);
-        free(w.ready);
+        free(w.batch);
         free(w.mail);
         pthread_mutex_destroy(&w.lock);
         return r;
