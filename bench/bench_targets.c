@@ -174,22 +174,38 @@ static void enqueue(struct targets *t, const char *wf, int n)
                   n, wf));
 }
 
-/* Waits until n runs of wf are finished; false after timeout_ms. */
-static bool wait_finished(struct targets *t, const char *wf, int n, int64_t timeout_ms)
+/* Waits until n runs of wf are finished; false after timeout_ms. *done_at (may be NULL):
+ * the database clock (clock_timestamp(), epoch seconds) when the bench first saw them all
+ * finished, at most one poll (5 ms) after the last commit. A batch of steps committed
+ * together carries its transaction's START time in every row, so the end of a measurement
+ * is taken from here, never from max(finished_at). */
+static bool wait_finished_at(struct targets *t, const char *wf, int n, int64_t timeout_ms,
+                             double *done_at)
 {
         int64_t deadline = bench_now_us() + timeout_ms * 1000;
 
         while (bench_now_us() < deadline) {
-                if (qd(t->c,
-                       "SELECT count(*) FROM workflow_runs WHERE workflow_id = '%s' AND "
-                       "finished_at IS NOT NULL",
-                       wf) >= n)
+                PGresult *res = q(t->c,
+                                  "SELECT count(*), extract(epoch FROM clock_timestamp()) FROM "
+                                  "workflow_runs WHERE workflow_id = '%s' AND finished_at IS NOT "
+                                  "NULL",
+                                  wf);
+                bool all = strtol(PQgetvalue(res, 0, 0), NULL, 10) >= n;
+                if (all && done_at)
+                        *done_at = strtod(PQgetvalue(res, 0, 1), NULL);
+                PQclear(res);
+                if (all)
                         return true;
-                sleep_ms(20);
+                sleep_ms(5);
         }
         fprintf(stderr, "bench: runs of %s did not finish within %llds\n", wf,
                 (long long)timeout_ms / 1000);
         return false;
+}
+
+static bool wait_finished(struct targets *t, const char *wf, int n, int64_t timeout_ms)
+{
+        return wait_finished_at(t, wf, n, timeout_ms, NULL);
 }
 
 static void check_all_completed(struct targets *t, const char *wf)
@@ -207,28 +223,42 @@ static void check_all_completed(struct targets *t, const char *wf)
 
 /* ---- runs claimed and completed ----------------------------------------------------- */
 
+/* Transactions committed in the bench database so far (every backend flushes its counts
+ * at exit, and the workers have exited when this is read after a measurement). */
+static double xact_commits(struct targets *t)
+{
+        PQclear(q(t->c, "SELECT pg_stat_clear_snapshot()"));
+        return qd(t->c, "SELECT xact_commit FROM pg_stat_database WHERE datname = "
+                        "current_database()");
+}
+
 static double runs_throughput(struct targets *t, const char *name, int nruns, const char *poll)
 {
         char wf[40];
         pid_t w[WORKERS];
-        double rate;
+        double rate, commits;
 
         make_workflow(t, name, 1, wf, sizeof(wf));
         enqueue(t, wf, nruns);
         PQclear(q(t->c, "ANALYZE workflow_runs"));
+        commits = xact_commits(t);
         for (int i = 0; i < WORKERS; i++)
                 w[i] = spawn_worker(t, 500, poll);
-        bool ok = wait_finished(t, wf, nruns, 600000);
+        double done_at = 0;
+        bool ok = wait_finished_at(t, wf, nruns, 600000, &done_at);
         for (int i = 0; i < WORKERS; i++)
                 stop_worker(w[i]);
         if (!ok)
                 return 0;
         check_all_completed(t, wf);
-        /* database time: first claim to last completion */
+        sleep_ms(600); /* let the exited workers' statistics arrive */
+        bench_report("runs_transactions_per_run", "%.2f (commits, incl. read-only ones, per run)",
+                     (xact_commits(t) - commits) / nruns);
+        /* database clock: the first claim to all seen committed */
         rate = qd(t->c,
-                  "SELECT count(*) / extract(epoch FROM max(finished_at) - min(started_at)) "
-                  "FROM workflow_runs WHERE workflow_id = '%s'",
-                  wf);
+                  "SELECT count(*) / (%f - extract(epoch FROM min(started_at))) FROM "
+                  "workflow_runs WHERE workflow_id = '%s'",
+                  done_at, wf);
         return rate;
 }
 
@@ -241,19 +271,24 @@ static double checkpoints(struct targets *t, int nruns, int steps)
 
         make_workflow(t, "bench-steps", steps, wf, sizeof(wf));
         enqueue(t, wf, nruns);
+        double commits = xact_commits(t);
         for (int i = 0; i < WORKERS; i++)
                 w[i] = spawn_worker(t, nruns, "10ms");
-        bool ok = wait_finished(t, wf, nruns, 600000);
+        double done_at = 0;
+        bool ok = wait_finished_at(t, wf, nruns, 600000, &done_at);
         for (int i = 0; i < WORKERS; i++)
                 stop_worker(w[i]);
         if (!ok)
                 return 0;
         check_all_completed(t, wf);
+        sleep_ms(600);
+        bench_report("steps_transactions_per_step", "%.2f (commits, incl. read-only ones)",
+                     (xact_commits(t) - commits) / ((double)nruns * steps));
         return qd(t->c,
-                  "SELECT count(*) / extract(epoch FROM max(n.finished_at) - min(r.started_at)) "
-                  "FROM node_runs n JOIN workflow_runs r ON r.id = n.workflow_run_id WHERE "
-                  "r.workflow_id = '%s' AND n.status = 'completed'",
-                  wf);
+                  "SELECT count(*) / (%f - extract(epoch FROM min(r.started_at))) FROM node_runs "
+                  "n JOIN workflow_runs r ON r.id = n.workflow_run_id WHERE r.workflow_id = "
+                  "'%s' AND n.status = 'completed'",
+                  done_at, wf);
 }
 
 /* ---- latency: one run at a time on an idle worker ------------------------------------ */
@@ -316,7 +351,6 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
                      "(no-op single-node runs, topped up continuously)",
                      (long long)soak_ms / 1000, window_s, WORKERS, backlog);
         PQclear(q(t->c, "VACUUM ANALYZE workflow_runs"));
-        bench_report("soak_claim_index_bytes_before", "%.0f", claim_index_bytes(t));
         enqueue(t, wf, backlog);
         for (int i = 0; i < WORKERS; i++)
                 w[i] = spawn_worker(t, 500, "10ms");
@@ -324,7 +358,15 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
         end = start + soak_ms * 1000;
         PQclear(q(t->c, "SELECT now()"));
         double t0 = qd(t->c, "SELECT extract(epoch FROM clock_timestamp())");
+        double idx_warm = -1;
         while (bench_now_us() < end) {
+                if (idx_warm < 0 && bench_now_us() >= start + (int64_t)window_s * 1000000) {
+                        idx_warm = claim_index_bytes(t);
+                        bench_report("soak_claim_index_bytes_warm",
+                                     "%.0f (after the first "
+                                     "window)",
+                                     idx_warm);
+                }
                 /* keep the queue non-empty without flooding it */
                 double queued = qd(t->c,
                                    "SELECT count(*) FROM workflow_runs WHERE workflow_id = "
@@ -335,6 +377,8 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
                 sleep_ms(100);
         }
         double t1 = qd(t->c, "SELECT extract(epoch FROM clock_timestamp())");
+        bench_report("soak_claim_index_bytes_end", "%.0f (under load, autovacuum only)",
+                     claim_index_bytes(t));
         for (int i = 0; i < WORKERS; i++)
                 stop_worker(w[i]);
         /* completions per window, from finished_at */
@@ -402,7 +446,7 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
                      rate / base32c);
 
         /* 2. step checkpoints with >= 32 runs in flight */
-        int cruns = 64, steps = quick ? 20 : 50;
+        int cruns = quick ? 64 : 256, steps = quick ? 50 : 200;
         bench_report("bench_steps",
                      "runs=%d steps_per_run=%d (noop chain) workers=%d "
                      "concurrency=%d",
