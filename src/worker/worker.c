@@ -676,18 +676,63 @@ static bool has_effects(const struct run *run)
         return run->effects || json_array_size(run->to_start) > 0;
 }
 
-/* One plan/apply round. */
-static enum step run_step(struct worker *w, struct run *run)
+/*
+ * Records in the snapshot what this round just wrote, so the next round of the same turn
+ * plans from memory instead of reading the run again (the database holds exactly this:
+ * same transaction, same now()). Only the simple records are mirrored; anything else
+ * (failures, child runs) makes the next round reload.
+ */
+static int snapshot_note(json_t *snapshot, const char *node, const char *status, int attempt,
+                         json_t *output, json_t *wake_at)
 {
-        _cleanup_json_ json_t *snapshot = NULL, *actions = NULL;
-        bool cancel = false, pause = false, progress = false;
+        json_t *nodes = json_object_get(snapshot, "nodes");
+        json_t *old = json_object_get(nodes, node);
+        json_t *started = NULL, *rec;
+
+        if (old && jint(old, "attempt", 0) == attempt)
+                started = json_object_get(old, "started_at_ms");
+        rec = json_pack("{s:s, s:i, s:O, s:n, s:O}", "status", status, "attempt", attempt, "output",
+                        output ? output : json_null(), "error", "started_at_ms",
+                        started ? started : json_object_get(snapshot, "now_ms"));
+        if (!rec)
+                return -ENOMEM;
+        if (json_is_integer(wake_at))
+                json_object_set(rec, "wake_at_ms", wake_at);
+        return json_object_set_new(nodes, node, rec) < 0 ? -ENOMEM : 0;
+}
+
+/* Removes a consumed signal from the snapshot's lists. */
+static void snapshot_consume(json_t *snapshot, const char *signal_id)
+{
+        const char *name;
+        json_t *list;
+
+        json_object_foreach (json_object_get(snapshot, "signals"), name, list) {
+                for (size_t i = 0; i < json_array_size(list); i++)
+                        if (strcmp(jstr(json_array_get(list, i), "id") ?: "", signal_id) == 0) {
+                                json_array_remove(list, i);
+                                return;
+                        }
+        }
+}
+
+/* One plan/apply round, from *snapp (loaded when NULL; set to NULL when the next round
+ * must read the run again). */
+static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
+{
+        _cleanup_json_ json_t *actions = NULL;
+        bool cancel = false, pause = false, progress = false, reload = false;
+        json_t *snapshot;
         size_t i;
         json_t *a;
         int r;
 
-        r = snapshot_load(w, run, &snapshot, &cancel, &pause);
-        if (r <= 0)
-                return step_failed(w, run, r, "load snapshot");
+        if (!*snapp) {
+                r = snapshot_load(w, run, snapp, &cancel, &pause);
+                if (r <= 0)
+                        return step_failed(w, run, r, "load snapshot");
+        }
+        snapshot = *snapp;
         if (cancel || pause) {
                 r = cancel ? apply_cancel(w, run) : apply_pause(w, run);
                 if (r <= 0)
@@ -712,7 +757,15 @@ static enum step run_step(struct worker *w, struct run *run)
                 if (!act) {
                         continue;
                 } else if (strcmp(act, "complete") == 0 || strcmp(act, "skip") == 0) {
+                        bool skip = strcmp(act, "skip") == 0;
                         r = apply_complete_or_skip(w, run, snapshot, a);
+                        if (r > 0 &&
+                            snapshot_note(snapshot, node, skip ? "skipped" : "completed",
+                                          snapshot_attempt(snapshot, node),
+                                          skip ? NULL : json_object_get(a, "output"), NULL) < 0)
+                                reload = true;
+                        if (r > 0 && jstr(a, "signal_id"))
+                                snapshot_consume(snapshot, jstr(a, "signal_id"));
                         progress = true;
                 } else if (strcmp(act, "execute") == 0) {
                         if (w->draining)
@@ -724,10 +777,25 @@ static enum step run_step(struct worker *w, struct run *run)
                                 return STEP_IDLE;
                         }
                         r = plan_effect(w, run, a);
+                        if (r > 0 && json_array_size(run->to_start) > 0 &&
+                            strcmp(jstr(json_array_get(run->to_start,
+                                                       json_array_size(run->to_start) - 1),
+                                        "node"),
+                                   node) == 0) {
+                                /* started here: mirror the START mark and in_flight */
+                                if (snapshot_note(snapshot, node, "started", jint(a, "attempt", 1),
+                                                  NULL, NULL) < 0 ||
+                                    json_array_append_new(json_object_get(snapshot, "in_flight"),
+                                                          json_string(node)) < 0)
+                                        reload = true;
+                        } else {
+                                reload = true; /* refused or failed: read it again */
+                        }
                         progress = true;
                 } else if (strcmp(act, "fail_node") == 0) {
                         r = apply_failure(w, run, node, jint(a, "attempt", 1),
                                           json_object_get(a, "error"));
+                        reload = true;
                         progress = true;
                 } else if (strcmp(act, "sleep") == 0 || strcmp(act, "wait_signal") == 0) {
                         const json_t *cur =
@@ -742,11 +810,16 @@ static enum step run_step(struct worker *w, struct run *run)
                                 json_object_set(in, "wake_at_ms", at);
                         if (jstr(a, "event"))
                                 json_object_set(in, "event", json_object_get(a, "event"));
-                        r = checkpoint(w, run, node, snapshot_attempt(snapshot, node), "waiting",
-                                       in, NULL, NULL, NULL, "node.waiting", NULL);
+                        int attempt = snapshot_attempt(snapshot, node);
+                        r = checkpoint(w, run, node, attempt, "waiting", in, NULL, NULL, NULL,
+                                       "node.waiting", NULL);
+                        if (r > 0 && snapshot_note(snapshot, node, "waiting", attempt, NULL,
+                                                   json_is_integer(at) ? at : NULL) < 0)
+                                reload = true;
                         progress = true;
                 } else if (strcmp(act, "start_child") == 0) {
                         r = apply_start_child(w, run, a);
+                        reload = true;
                         progress = true;
                 } else if (strcmp(act, "finish") == 0) {
                         const char *status = jstr(a, "status");
@@ -788,6 +861,10 @@ static enum step run_step(struct worker *w, struct run *run)
                 if (r <= 0)
                         return step_failed(w, run, r, act);
         }
+        if (reload) {
+                json_decref(*snapp);
+                *snapp = NULL;
+        }
         if (progress)
                 return STEP_AGAIN;
         /* a plan must end in finish, needs_input or wait; if it did not, look again later
@@ -826,10 +903,12 @@ static void run_advance(struct worker *w, struct run *run)
                         return;
                 }
         }
+        _cleanup_json_ json_t *snapshot = NULL;
+
         run->needs_plan = false;
         run->plan_at = 0;
         for (int round = 0; round < PLAN_ROUNDS_MAX && !w->batch_error; round++) {
-                enum step st = run_step(w, run);
+                enum step st = run_step(w, run, &snapshot);
                 if (st == STEP_GONE || st == STEP_IDLE)
                         return;
         }

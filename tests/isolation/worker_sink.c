@@ -2,6 +2,8 @@
 #include "worker_sink.h"
 
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,6 +280,20 @@ bool worker_test_wait_status(PGconn *c, const char *run_id, const char *statuses
         }
 }
 
+/* Every worker a test spawned. A failed assertion skips the test's teardown, so whatever
+ * is still alive when the test program exits is killed here rather than left running. */
+static pid_t spawned[256];
+static int nspawned;
+
+static void kill_spawned(void)
+{
+        for (int i = 0; i < nspawned; i++)
+                if (spawned[i] > 0 && waitpid(spawned[i], NULL, WNOHANG) == 0) {
+                        kill(spawned[i], SIGKILL);
+                        waitpid(spawned[i], NULL, 0);
+                }
+}
+
 pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *lease,
                         const char *heartbeat, const char *const *extra, const char *log_path)
 {
@@ -294,5 +310,9 @@ pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *
         snprintf(env_url, sizeof(env_url), "AGENTLY_DATABASE_URL=%s", owner_conninfo);
         pid = test_spawn_agently(args, env, log_path);
         assert_true(pid > 0);
+        if (nspawned == 0)
+                atexit(kill_spawned);
+        if (nspawned < (int)(sizeof(spawned) / sizeof(spawned[0])))
+                spawned[nspawned++] = pid;
         return pid;
 }
