@@ -1025,6 +1025,73 @@ static unsigned h_runs_rerun(struct api_request *req, struct api_response *resp)
         return respond_run(req, resp, 201, new_id);
 }
 
+/*
+ * A person's answer to a run waiting in needs_input (on_failure: escalate): retry the
+ * node, skip it, or stop the run. The decision is one call of agently_resolve_escalation
+ * (0005_escalation.sql), which checks the tenant and the state under the run's row lock.
+ */
+static unsigned h_runs_resolve(struct api_request *req, struct api_response *resp)
+{
+        static const char *const keys[] = {"action", "node", "comment", NULL};
+        const char *id = req->params[0];
+        _cleanup_pgresult_ PGresult *res = NULL;
+        json_t *b;
+        unsigned st;
+        int r = 0;
+
+        if (!is_uuid(id))
+                return not_found(resp, "run", id);
+        b = body_object(req, resp, false);
+        if (!b)
+                return resp->status;
+        if ((st = reject_unknown_keys(b, keys, resp)))
+                return st;
+        const char *action = json_string_value(json_object_get(b, "action"));
+        json_t *node_j = json_object_get(b, "node"), *comment_j = json_object_get(b, "comment");
+        if (json_is_null(node_j)) /* null means "not given" */
+                node_j = NULL;
+        if (json_is_null(comment_j))
+                comment_j = NULL;
+        if (!action || (strcmp(action, "retry") != 0 && strcmp(action, "skip") != 0 &&
+                        strcmp(action, "stop") != 0))
+                return api_error(resp, 400, "invalid_field", "action must be retry, skip or stop",
+                                 "field 'action'",
+                                 "retry runs the node again, skip lets the run go on without "
+                                 "it, stop fails the run");
+        if (node_j && (!json_is_string(node_j) || !*json_string_value(node_j) ||
+                       strlen(json_string_value(node_j)) > 200))
+                return api_error(resp, 400, "invalid_field", "node must be a node id",
+                                 "field 'node'", "omit it to answer for the escalated node");
+        if (comment_j &&
+            (!json_is_string(comment_j) || strlen(json_string_value(comment_j)) > 2000))
+                return api_error(resp, 400, "invalid_field",
+                                 "comment must be a string of at most 2000 characters",
+                                 "field 'comment'", NULL);
+        const char *params[] = {id, action, json_string_value(node_j),
+                                json_string_value(comment_j)};
+        res = db_query(req->db, "SELECT * FROM agently_resolve_escalation($1, $2, $3, $4)", 4,
+                       params, &r);
+        if (!res) {
+                const char *state = db_last_sqlstate();
+                if (strcmp(state, "P0002") == 0)
+                        return not_found(resp, "run", id);
+                if (strcmp(state, "55000") == 0)
+                        return api_error(resp, 409, "conflict",
+                                         "the run is not waiting for a person", db_last_error(),
+                                         "only a run in needs_input (a node escalated) can be "
+                                         "resolved");
+                if (strcmp(state, "22023") == 0)
+                        return api_error(resp, 400, "unknown_node", "no such node to resolve",
+                                         db_last_error(),
+                                         "omit node to answer for the escalated one");
+                return api_db_error(resp, r);
+        }
+        r = notify_control(req, id);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return respond_run(req, resp, 200, id);
+}
+
 static unsigned h_runs_signal(struct api_request *req, struct api_response *resp)
 {
         const char *id = req->params[0], *name = req->params[1];
@@ -1513,6 +1580,7 @@ const struct api_route api_routes[] = {
     {"POST", "/v1/runs/{id}/pause", h_runs_pause, 0},
     {"POST", "/v1/runs/{id}/resume", h_runs_resume, 0},
     {"POST", "/v1/runs/{id}/rerun", h_runs_rerun, API_ROUTE_IDEMPOTENT},
+    {"POST", "/v1/runs/{id}/resolve", h_runs_resolve, 0},
     {"POST", "/v1/runs/{id}/signals/{name}", h_runs_signal, API_ROUTE_IDEMPOTENT},
     {"GET", "/v1/runs/{id}/events", h_events_list, 0},
     {"GET", "/v1/runs/{id}/events/stream", h_events_stream, API_ROUTE_STREAM},

@@ -657,6 +657,45 @@ static int run_signal(struct client_ctx *ctx, const struct client_args *args)
         return CLI_EXIT_OK;
 }
 
+static const struct client_flag resolve_flags[] = {
+    {"node", 0, "NODE", "the node to answer for (default: the one that escalated)"},
+    {"comment", 'c', "TEXT", "why; kept in the run's events"},
+    {NULL, 0, NULL, NULL},
+};
+
+/* `run resolve ID retry|skip|stop`: a person's answer to a run waiting in needs_input. */
+static int run_resolve(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_free_ char *path = client_path("/v1/runs/%s/resolve", args->positional[0]);
+        _cleanup_json_ json_t *body = NULL, *resp = NULL;
+        const char *action = args->positional[1];
+        char buf[64];
+        int r;
+
+        if (strcmp(action, "retry") != 0 && strcmp(action, "skip") != 0 &&
+            strcmp(action, "stop") != 0) {
+                fprintf(stderr,
+                        "agently run resolve: the answer must be retry, skip or stop, not '%s'\n",
+                        action);
+                return CLI_EXIT_USAGE;
+        }
+        body =
+            json_pack("{s:s, s:s?, s:s?}", "action", action, "node", client_arg(ctx, args, "node"),
+                      "comment", client_arg(ctx, args, "comment"));
+        if (!path || !body)
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "POST", path, body, NULL, &resp);
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON) {
+                client_print_json(resp, stdout);
+                return CLI_EXIT_OK;
+        }
+        printf("run %s: %s (%s)\n", args->positional[0],
+               colored(ctx, str_member(resp, "status"), buf, sizeof(buf)), action);
+        return CLI_EXIT_OK;
+}
+
 const struct client_command client_run_commands[] = {
     {"run", "start", "WORKFLOW [--input JSON|@FILE|@-] [--wait]",
      "start a run; prints its id at once", 1, 1, start_flags, run_start},
@@ -673,5 +712,7 @@ const struct client_command client_run_commands[] = {
      rerun_flags, run_rerun},
     {"run", "signal", "ID NAME [--data JSON]", "send a signal to a run's wait_event node", 2, 2,
      signal_flags, run_signal},
+    {"run", "resolve", "ID retry|skip|stop [--node N] [--comment C]",
+     "answer a run waiting for a person (a node escalated)", 2, 2, resolve_flags, run_resolve},
     {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
 };
