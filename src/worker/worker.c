@@ -81,6 +81,8 @@ struct run {
         json_t *announce_data;
         enum fate fate;
         const char *lost_where;
+        json_t *preload; /* snapshot read for the whole batch at once */
+        bool preload_cancel, preload_pause;
 };
 
 struct wf_cache_entry {
@@ -108,6 +110,7 @@ struct worker {
         int64_t drain_deadline;
         int64_t next_claim;
         struct run **batch; /* runs of the open transaction, sorted by id */
+        struct run **held_scratch;
         int nbatch;
         int batch_error; /* a statement failed: the transaction is lost */
 
@@ -191,6 +194,7 @@ static void run_drop(struct worker *w, struct run *r)
         completions_free(r);
         json_decref(r->to_start);
         json_decref(r->announce_data);
+        json_decref(r->preload);
         if (r->prev)
                 r->prev->next = r->next;
         else
@@ -297,8 +301,10 @@ static int wf_lookup(struct worker *w, const char *workflow_id, const struct wf_
 
 /* ---- snapshot ---------------------------------------------------------------------- */
 
+/* Snapshots of the runs $1 = [{"id", "epoch"}, ...] still held (fenced: a run not returned
+ * is lost). */
 static const char SNAPSHOT_SQL[] =
-    "SELECT jsonb_build_object("
+    "SELECT r.id, jsonb_build_object("
     " 'run_id', r.id, 'input', r.input,"
     " 'now_ms', (extract(epoch FROM now()) * 1000)::bigint,"
     " 'started_at_ms', (extract(epoch FROM coalesce(r.started_at, now())) * 1000)::bigint,"
@@ -329,37 +335,63 @@ static const char SNAPSHOT_SQL[] =
     "         WHERE parent_run_id = r.id AND parent_node_id IS NOT NULL"
     "         ORDER BY parent_node_id, created_at DESC) c), '{}')"
     "), r.cancel_requested, r.pause_requested"
-    " FROM workflow_runs r"
-    " WHERE r.id = $1 AND r.lease_epoch = $2 AND r.status = 'running'";
+    " FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch bigint)"
+    " JOIN workflow_runs r ON r.id = h.id AND r.lease_epoch = h.epoch"
+    " WHERE r.status = 'running'";
 
-/* Loads the run's snapshot. 1 loaded, 0 lease lost, negative errno. */
-static int snapshot_load(struct worker *w, struct run *run, json_t **snapshot, bool *cancel,
-                         bool *pause)
+/* Adds what only this process knows: the nodes it is executing. */
+static int snapshot_finish(struct run *run, json_t *s)
 {
-        char epoch[24];
-        const char *params[] = {run->id, epoch};
-        _cleanup_pgresult_ PGresult *res = NULL;
-        json_t *s, *inflight;
-        int r = 0;
+        json_t *inflight = json_array();
 
-        snprintf(epoch, sizeof(epoch), "%lld", (long long)run->epoch);
-        res = db_query(w->db, SNAPSHOT_SQL, 2, params, &r);
-        if (!res)
-                return r;
-        if (PQntuples(res) != 1)
-                return 0;
-        s = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
-        if (!s)
-                return -EIO;
-        inflight = json_array();
+        if (!inflight)
+                return -ENOMEM;
         for (struct effect *e = run->effects; e; e = e->next)
                 json_array_append_new(inflight, json_string(e->node));
         for (size_t i = 0; i < json_array_size(run->to_start); i++)
                 json_array_append(inflight,
                                   json_object_get(json_array_get(run->to_start, i), "node"));
-        json_object_set_new(s, "in_flight", inflight);
-        *cancel = PQgetvalue(res, 0, 1)[0] == 't';
-        *pause = PQgetvalue(res, 0, 2)[0] == 't';
+        return json_object_set_new(s, "in_flight", inflight) < 0 ? -ENOMEM : 0;
+}
+
+/* [{"id", "epoch"}] of runs[0..n), for the batched statements. */
+static char *runs_param(struct run *const *runs, int n)
+{
+        _cleanup_json_ json_t *list = json_array();
+
+        for (int i = 0; list && i < n; i++)
+                if (json_array_append_new(list, json_pack("{s:s, s:I}", "id", runs[i]->id, "epoch",
+                                                          (json_int_t)runs[i]->epoch)) < 0)
+                        return NULL;
+        return list ? json_dumps(list, JSON_COMPACT) : NULL;
+}
+
+/* Loads the run's snapshot. 1 loaded, 0 lease lost, negative errno. */
+static int snapshot_load(struct worker *w, struct run *run, json_t **snapshot, bool *cancel,
+                         bool *pause)
+{
+        _cleanup_free_ char *param = runs_param(&run, 1);
+        const char *params[] = {param};
+        _cleanup_pgresult_ PGresult *res = NULL;
+        json_t *s;
+        int r = 0;
+
+        if (!param)
+                return -ENOMEM;
+        res = db_query(w->db, SNAPSHOT_SQL, 1, params, &r);
+        if (!res)
+                return r;
+        if (PQntuples(res) != 1)
+                return 0;
+        s = json_loads(PQgetvalue(res, 0, 1), 0, NULL);
+        if (!s)
+                return -EIO;
+        if ((r = snapshot_finish(run, s)) < 0) {
+                json_decref(s);
+                return r;
+        }
+        *cancel = PQgetvalue(res, 0, 2)[0] == 't';
+        *pause = PQgetvalue(res, 0, 3)[0] == 't';
         *snapshot = s;
         return 1;
 }
@@ -874,39 +906,22 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
         return STEP_IDLE;
 }
 
-/* Everything the batch owes one run: its claim event, its finished effects, then planning
- * until it waits. */
+/* Plans a run (already locked, its claim event and finished effects written, its snapshot
+ * preloaded by batch_prepare) round after round until it waits. */
 static void run_advance(struct worker *w, struct run *run)
 {
-        int r;
-
-        if (run->announce) {
-                r = queue_append_event(w->db, run->id, run->epoch, run->announce, NULL, -1, "info",
-                                       NULL, run->announce_data);
-                if (r <= 0) {
-                        step_failed(w, run, r, "log claim");
-                        return;
-                }
-        }
-        while (run->completions) {
-                struct completion *c = run->completions;
-                r = c->output ? checkpoint(w, run, c->node, c->attempt, "completed", NULL,
-                                           c->output, NULL, NULL, NULL, NULL)
-                              : apply_failure(w, run, c->node, c->attempt, c->error);
-                run->completions = c->next;
-                free(c->node);
-                json_decref(c->output);
-                json_decref(c->error);
-                free(c);
-                if (r <= 0) {
-                        step_failed(w, run, r, "checkpoint effect");
-                        return;
-                }
-        }
-        _cleanup_json_ json_t *snapshot = NULL;
+        _cleanup_json_ json_t *snapshot = TAKE_PTR(run->preload);
 
         run->needs_plan = false;
         run->plan_at = 0;
+        if (snapshot && (run->preload_cancel || run->preload_pause)) {
+                int r = run->preload_cancel ? apply_cancel(w, run) : apply_pause(w, run);
+                if (r <= 0)
+                        step_failed(w, run, r, run->preload_cancel ? "cancel" : "pause");
+                else
+                        mark_done(run);
+                return;
+        }
         for (int round = 0; round < PLAN_ROUNDS_MAX && !w->batch_error; round++) {
                 enum step st = run_step(w, run, &snapshot);
                 if (st == STEP_GONE || st == STEP_IDLE)
@@ -926,6 +941,147 @@ static bool run_due(const struct run *run, int64_t now)
 static int run_cmp(const void *a, const void *b)
 {
         return strcmp((*(struct run *const *)a)->id, (*(struct run *const *)b)->id);
+}
+
+static int run_id_cmp(const void *key, const void *elem)
+{
+        return strcmp(key, (*(struct run *const *)elem)->id);
+}
+
+static struct run *batch_find(struct worker *w, const char *id)
+{
+        struct run **r = bsearch(id, w->batch, (size_t)w->nbatch, sizeof(*w->batch), run_id_cmp);
+        return r ? *r : NULL;
+}
+
+/* Checkpoints a run's finished requests, in the order they ended. */
+static void write_completions(struct worker *w, struct run *run)
+{
+        while (run->completions && !w->batch_error && run->fate == FATE_HELD) {
+                struct completion *c = run->completions;
+                int r = c->output ? checkpoint(w, run, c->node, c->attempt, "completed", NULL,
+                                               c->output, NULL, NULL, NULL, NULL)
+                                  : apply_failure(w, run, c->node, c->attempt, c->error);
+                run->completions = c->next;
+                free(c->node);
+                json_decref(c->output);
+                json_decref(c->error);
+                free(c);
+                if (r <= 0)
+                        step_failed(w, run, r, "checkpoint effect");
+        }
+}
+
+/*
+ * The batch's first statements, a handful for all its runs: lock them in id order (a run
+ * whose epoch moved on is lost), write the claim events, checkpoint finished requests, and
+ * read every snapshot in one query.
+ */
+static void batch_prepare(struct worker *w)
+{
+        _cleanup_free_ char *param = runs_param(w->batch, w->nbatch), *announce = NULL;
+        _cleanup_json_ json_t *ann = json_array();
+        _cleanup_pgresult_ PGresult *locked = NULL, *res = NULL;
+        const char *params[] = {param};
+        int r = 0, held = 0;
+
+        if (!param || !ann) {
+                w->batch_error = -ENOMEM;
+                return;
+        }
+        locked = db_query(w->db,
+                          "SELECT r.id FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch "
+                          "bigint) JOIN workflow_runs r ON r.id = h.id AND r.lease_epoch = h.epoch "
+                          "WHERE r.status = 'running' ORDER BY r.id FOR UPDATE OF r",
+                          1, params, &r);
+        if (!locked) {
+                w->batch_error = r;
+                return;
+        }
+        for (int i = 0; i < w->nbatch; i++)
+                mark_lost(w->batch[i], "lock");
+        for (int i = 0; i < PQntuples(locked); i++) {
+                struct run *run = batch_find(w, PQgetvalue(locked, i, 0));
+                if (run)
+                        run->fate = FATE_HELD;
+        }
+
+        for (int i = 0; i < w->nbatch; i++) {
+                struct run *run = w->batch[i];
+                if (run->fate == FATE_HELD && run->announce &&
+                    json_array_append_new(ann,
+                                          json_pack("{s:s, s:I, s:s, s:O?}", "id", run->id, "epoch",
+                                                    (json_int_t)run->epoch, "kind", run->announce,
+                                                    "data", run->announce_data)) < 0) {
+                        w->batch_error = -ENOMEM;
+                        return;
+                }
+        }
+        if (json_array_size(ann) > 0) {
+                announce = json_dumps(ann, JSON_COMPACT);
+                const char *aparams[] = {announce};
+                _cleanup_pgresult_ PGresult *ares = db_query(
+                    w->db,
+                    "SELECT a.id, agently_append_event(a.id, a.epoch, a.kind, NULL, NULL, 'info', "
+                    "NULL, a.data) FROM jsonb_to_recordset($1::jsonb) AS a(id uuid, epoch bigint, "
+                    "kind text, data jsonb)",
+                    1, aparams, &r);
+                if (!ares) {
+                        w->batch_error = r;
+                        return;
+                }
+                for (int i = 0; i < PQntuples(ares); i++)
+                        if (PQgetisnull(ares, i, 1)) {
+                                struct run *run = batch_find(w, PQgetvalue(ares, i, 0));
+                                if (run)
+                                        mark_lost(run, "log claim");
+                        }
+        }
+
+        for (int i = 0; i < w->nbatch && !w->batch_error; i++)
+                write_completions(w, w->batch[i]);
+        if (w->batch_error)
+                return;
+
+        /* one read for every snapshot; a held run missing from it is lost */
+        for (int i = 0; i < w->nbatch; i++)
+                if (w->batch[i]->fate == FATE_HELD)
+                        w->held_scratch[held++] = w->batch[i];
+        free(param);
+        param = runs_param(w->held_scratch, held);
+        if (!param) {
+                w->batch_error = -ENOMEM;
+                return;
+        }
+        if (held == 0)
+                return;
+        params[0] = param;
+        res = db_query(w->db, SNAPSHOT_SQL, 1, params, &r);
+        if (!res) {
+                w->batch_error = r;
+                return;
+        }
+        for (int i = 0; i < w->nbatch; i++)
+                if (w->batch[i]->fate == FATE_HELD)
+                        mark_lost(w->batch[i], "load snapshot");
+        for (int i = 0; i < PQntuples(res); i++) {
+                struct run *run = batch_find(w, PQgetvalue(res, i, 0));
+                json_t *snap;
+                if (!run || run->fate != FATE_LOST || strcmp(run->lost_where, "load snapshot"))
+                        continue;
+                snap = json_loads(PQgetvalue(res, i, 1), 0, NULL);
+                if (!snap || snapshot_finish(run, snap) < 0) {
+                        json_decref(snap);
+                        w->batch_error = -ENOMEM;
+                        return;
+                }
+                run->fate = FATE_HELD;
+                run->lost_where = NULL;
+                json_decref(run->preload);
+                run->preload = snap;
+                run->preload_cancel = PQgetvalue(res, i, 2)[0] == 't';
+                run->preload_pause = PQgetvalue(res, i, 3)[0] == 't';
+        }
 }
 
 /* Starts the requests whose START marks just committed. */
@@ -992,13 +1148,17 @@ static void batch_run(struct worker *w)
         w->nbatch = n;
         w->batch_error = 0;
 
+        for (int i = 0; i < n; i++)
+                w->batch[i]->fate = FATE_HELD;
         r = db_begin(w->db);
+        if (r == 0)
+                batch_prepare(w);
         for (int i = 0; r == 0 && i < n && !w->batch_error; i++) {
                 struct run *run = w->batch[i];
-                run->fate = FATE_HELD;
-                run_advance(w, run);
                 /* written (or lost): either way it is not announced again */
                 run->announce = NULL;
+                if (run->fate == FATE_HELD)
+                        run_advance(w, run);
         }
         if (r == 0 && !w->batch_error)
                 r = db_commit(w->db);
@@ -1337,7 +1497,8 @@ int worker_run(const struct worker_config *cfg)
         w.held = calloc((size_t)cfg->concurrency, sizeof(*w.held));
         w.held_ids = calloc((size_t)cfg->concurrency, sizeof(*w.held_ids));
         w.batch = calloc((size_t)cfg->concurrency, sizeof(*w.batch));
-        if (!w.held || !w.held_ids || !w.batch) {
+        w.held_scratch = calloc((size_t)cfg->concurrency, sizeof(*w.held_scratch));
+        if (!w.held || !w.held_ids || !w.batch || !w.held_scratch) {
                 r = log_errno(-ENOMEM, "could not allocate the run table");
                 goto out;
         }
@@ -1439,6 +1600,7 @@ out:
         free(w.held);
         free(w.held_ids);
         free(w.batch);
+        free(w.held_scratch);
         free(w.mail);
         pthread_mutex_destroy(&w.lock);
         return r;
