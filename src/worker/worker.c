@@ -629,6 +629,23 @@ static int apply_cancel(struct worker *w, struct run *run)
         json_array_clear(run->to_start);
         if (r > 0)
                 r = queue_finish_run(w->db, run->id, run->epoch, "canceled", NULL, err);
+        if (r > 0) {
+                /* the subworkflows it started are canceled too: a held child learns it at its
+                 * owner's next renewal; a child nobody holds becomes due now, and whoever
+                 * claims it finds the request and cancels it (and so on, down the tree) */
+                const char *params[] = {run->id};
+                _cleanup_pgresult_ PGresult *res =
+                    db_query(w->db,
+                             "UPDATE workflow_runs SET cancel_requested = true, "
+                             "run_at = least(run_at, now()), updated_at = now(), "
+                             "status = CASE WHEN status IN ('paused', 'needs_input') THEN 'queued' "
+                             "ELSE status END "
+                             "WHERE parent_run_id = $1 AND status NOT IN ('completed', 'failed', "
+                             "'canceled')",
+                             1, params, &r);
+                if (res)
+                        r = 1;
+        }
         if (r > 0)
                 log_info("run %s canceled", run->id);
         return r;

@@ -183,7 +183,7 @@ static void test_cancel_running_run(void **state)
         char *wf = workflow(f, "cancel",
                             "{\"name\":\"cancel\",\"nodes\":["
                             "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
-                            "\"SINK/hang?delay_ms=20000\"},\"timeout\":\"60s\"},"
+                            "\"SINK/hang?delay_ms=8000\"},\"timeout\":\"60s\"},"
                             "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":\"SINK/b\"},"
                             "\"after\":[\"a\"]}]}");
         char *run = worker_test_run(f->db, wf, NULL);
@@ -193,7 +193,7 @@ static void test_cancel_running_run(void **state)
         t0 = test_now_ms();
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET cancel_requested = true"));
         wait_status(f, run, "canceled", 5000);
-        assert_true(test_now_ms() - t0 < 3000); /* a heartbeat, not the request's 20 s */
+        assert_true(test_now_ms() - t0 < 3000); /* a heartbeat, not the request's 8 s */
         assert_db_equal("canceled", f->db,
                         "SELECT status FROM node_runs WHERE workflow_run_id = "
                         "'%s' AND node_id = 'a'",
@@ -274,6 +274,44 @@ static void test_subworkflow(void **state)
         teardown(f);
 }
 
+/* Canceling a parent cancels the child run it is waiting for (and stops the child's
+ * request in flight). */
+static void test_cancel_reaches_subworkflow(void **state)
+{
+        struct fixture *f = setup("wk_child_cancel");
+        char *child = workflow(f, "child",
+                               "{\"name\":\"child\",\"nodes\":[{\"id\":\"x\",\"type\":\"http\","
+                               "\"request\":{\"url\":\"SINK/hang?delay_ms=8000\"},"
+                               "\"timeout\":\"60s\"}]}");
+        char *parent = workflow(f, "parent",
+                                "{\"name\":\"parent\",\"nodes\":[{\"id\":\"sub\",\"type\":"
+                                "\"subworkflow\",\"workflow\":\"child\"}]}");
+        char *run = worker_test_run(f->db, parent, NULL);
+        char *kid;
+
+        wait_sink(f, "/hang", 1, 15000);
+        wait_status(f, run, "waiting", 5000);
+        PQclear(test_db_must(f->db, "BEGIN"));
+        free(test_db_value(f->db,
+                           "UPDATE workflow_runs SET cancel_requested = true, run_at = now() "
+                           "WHERE id = '%s' RETURNING id",
+                           run));
+        PQclear(test_db_must(f->db, "COMMIT"));
+        wait_status(f, run, "canceled", 10000);
+        kid = test_db_value(f->db, "SELECT id FROM workflow_runs WHERE parent_run_id = '%s'", run);
+        assert_non_null(kid);
+        wait_status(f, kid, "canceled", 10000);
+        assert_db_equal("canceled", f->db,
+                        "SELECT status FROM node_runs WHERE workflow_run_id = '%s' AND node_id = "
+                        "'x'",
+                        kid);
+        free(kid);
+        free(run);
+        free(child);
+        free(parent);
+        teardown(f);
+}
+
 /* at_most_once: the START mark is committed before the request leaves. SIGKILL mid-request;
  * the next worker finds the node started-but-unfinished and fails it as interrupted instead
  * of sending again. */
@@ -315,6 +353,7 @@ int main(void)
             cmocka_unit_test(test_cancel_running_run),
             cmocka_unit_test(test_pause_and_resume),
             cmocka_unit_test(test_subworkflow),
+            cmocka_unit_test(test_cancel_reaches_subworkflow),
             cmocka_unit_test(test_at_most_once_interrupted),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
