@@ -332,6 +332,15 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
 
 /* ---- soak ---------------------------------------------------------------------------- */
 
+/* "due=N lease=M" bytes of the two partial claim indexes (caller-sized buffer). */
+static void claim_index_split(struct targets *t, char *out, size_t len)
+{
+        PGresult *res = q(t->c, "SELECT pg_relation_size('workflow_runs_due_idx'), "
+                                "pg_relation_size('workflow_runs_lease_idx')");
+        snprintf(out, len, "due=%s lease=%s", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
+        PQclear(res);
+}
+
 static double claim_index_bytes(struct targets *t)
 {
         return qd(t->c, "SELECT pg_relation_size('workflow_runs_due_idx') + "
@@ -359,7 +368,18 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
         PQclear(q(t->c, "SELECT now()"));
         double t0 = qd(t->c, "SELECT extract(epoch FROM clock_timestamp())");
         double idx_warm = -1;
+        int64_t next_size_at = start + 60 * 1000000LL;
         while (bench_now_us() < end) {
+                if (bench_now_us() >= next_size_at) {
+                        char key[64], split[96];
+                        claim_index_split(t, split, sizeof(split));
+                        snprintf(key, sizeof(key), "soak_claim_index_bytes_%03ds",
+                                 (int)((next_size_at - start) / 1000000));
+                        bench_report(key, "%s (queued+waiting rows now: %.0f)", split,
+                                     qd(t->c, "SELECT count(*) FROM workflow_runs WHERE status "
+                                              "IN ('queued', 'waiting')"));
+                        next_size_at += 60 * 1000000LL;
+                }
                 if (idx_warm < 0 && bench_now_us() >= start + (int64_t)window_s * 1000000) {
                         idx_warm = claim_index_bytes(t);
                         bench_report("soak_claim_index_bytes_warm",
