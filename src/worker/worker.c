@@ -1316,6 +1316,31 @@ static void mail_post(struct worker *w, const struct mail *m)
         w->mail[w->nmail++] = *m;
 }
 
+/* The worker registry (agently_workers) is for people and metrics only: liveness of a run
+ * is decided by its lease. Failures here are logged and otherwise ignored. */
+static void registry(PGconn *c, const struct worker_config *cfg, const char *sql, int nparams)
+{
+        char host[256] = "", pid[16], conc[16];
+        const char *params[] = {cfg->id, host, pid, conc};
+        _cleanup_pgresult_ PGresult *res = NULL;
+        int r = 0;
+
+        gethostname(host, sizeof(host) - 1);
+        snprintf(pid, sizeof(pid), "%d", (int)getpid());
+        snprintf(conc, sizeof(conc), "%d", cfg->concurrency);
+        res = db_query(c, sql, nparams, params, &r);
+        if (!res)
+                log_debug("worker registry: %s", db_last_error());
+}
+
+static const char REGISTER_SQL[] =
+    "INSERT INTO agently_workers (id, hostname, pid, concurrency) "
+    "VALUES ($1, $2, $3::integer, $4::integer) ON CONFLICT (id) DO UPDATE SET "
+    "hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, concurrency = EXCLUDED.concurrency, "
+    "started_at = now(), last_seen_at = now()";
+static const char SEEN_SQL[] = "UPDATE agently_workers SET last_seen_at = now() WHERE id = $1";
+static const char UNREGISTER_SQL[] = "DELETE FROM agently_workers WHERE id = $1";
+
 static void *heartbeat_main(void *arg)
 {
         struct worker *w = arg;
@@ -1349,6 +1374,8 @@ static void *heartbeat_main(void *arg)
                                         PQfinish(c);
                                 c = NULL;
                                 reconnect_at = now + 500;
+                        } else {
+                                registry(c, cfg, REGISTER_SQL, 4);
                         }
                 }
 
@@ -1392,6 +1419,8 @@ static void *heartbeat_main(void *arg)
                                 pthread_mutex_unlock(&w->lock);
                                 runtime_http_wakeup(w->http);
                         }
+                        if (c)
+                                registry(c, cfg, SEEN_SQL, 1);
                         /* from now, not from the previous beat: a late beat is skipped,
                          * never queued up to fire twice */
                         next_beat = mono_ms() + cfg->heartbeat_ms;
@@ -1428,8 +1457,10 @@ static void *heartbeat_main(void *arg)
                 }
         }
 out:
-        if (c)
+        if (c) {
+                registry(c, cfg, UNREGISTER_SQL, 1);
                 PQfinish(c);
+        }
         free(held);
         free(ids);
         free(out);

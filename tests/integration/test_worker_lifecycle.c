@@ -113,9 +113,19 @@ static void test_drain_releases_held_runs(void **state)
         int64_t t0;
 
         wait_sink(f, "/hang", 1, 15000);
+        /* the registry shows the live worker (for people and metrics)... */
+        for (int i = 0; i < 40 && test_db_int(f->db, "SELECT count(*) FROM agently_workers "
+                                                     "WHERE id = 'w1' AND concurrency = 100") == 0;
+             i++)
+                usleep(50 * 1000);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM agently_workers WHERE id = "
+                                            "'w1' AND concurrency = 100"),
+                         1);
         t0 = test_now_ms();
         assert_int_equal(stop_worker(w1, SIGTERM, 10000), 0);
         assert_true(test_now_ms() - t0 < 3000);
+        /* ...and forgets it when it stops */
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM agently_workers"), 0);
         assert_db_equal("queued true", f->db,
                         "SELECT status || ' ' || (claimed_by IS NULL AND lease_expires_at IS "
                         "NULL AND run_at <= now())::text FROM workflow_runs WHERE id = '%s'",
