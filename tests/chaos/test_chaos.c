@@ -70,6 +70,17 @@ struct chaos {
         unsigned rng;
 };
 
+/* The test in progress, so a failed assertion (cmocka longjmps out of the test) leaves no
+ * worker behind: main() kills them at exit. */
+static struct chaos *current;
+
+static void kill_workers_at_exit(void)
+{
+        for (int i = 0; current && i < NWORKERS; i++)
+                if (current->slots[i].pid > 0)
+                        kill(current->slots[i].pid, SIGKILL);
+}
+
 static unsigned rnd(struct chaos *c, unsigned n)
 {
         return n ? (unsigned)(rand_r(&c->rng) % n) : 0;
@@ -257,6 +268,7 @@ static void test_chaos(void **state)
 
         (void)state;
         assert_non_null(c);
+        current = c;
         c->p.full = env_int("AGENTLY_CHAOS_FULL", 0) != 0;
         c->p.runs = c->p.full ? 1000 : 200;
         c->p.kills = c->p.full ? 110 : 30;
@@ -355,6 +367,7 @@ static void test_chaos(void **state)
         int clean_exits = 0;
         for (int i = 0; i < NWORKERS; i++) {
                 int st = test_stop_process(c->slots[i].pid, SIGTERM, 30000);
+                c->slots[i].pid = 0;
                 if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0)
                         clean_exits++;
                 else
@@ -533,6 +546,7 @@ static void test_chaos(void **state)
         assert_int_equal(c->stops, c->p.stops);
         assert_int_equal(clean_exits, NWORKERS);
 
+        current = NULL;
         chaos_sink_stop(c->sink);
         PQfinish(c->db);
         test_rm_rf(c->dir);
@@ -549,6 +563,7 @@ static void test_chaos(void **state)
 
 int main(void)
 {
+        atexit(kill_workers_at_exit);
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_chaos),
         };

@@ -32,6 +32,16 @@
 
 static const char *const NODES[] = {"p"};
 
+/* Workers alive, so a failed assertion (cmocka longjmps out) leaves none behind. */
+static pid_t alive[NWORKERS];
+
+static void kill_workers_at_exit(void)
+{
+        for (int i = 0; i < NWORKERS; i++)
+                if (alive[i] > 0)
+                        kill(alive[i], SIGKILL);
+}
+
 static pid_t spawn(const char *conninfo, const char *dir, int slot, int gen)
 {
         char id[32], log[600];
@@ -80,7 +90,7 @@ static void test_timers_survive_restarts(void **state)
                 wf[k] = worker_test_workflow(db, user, name, 1, def);
         }
         for (int i = 0; i < NWORKERS; i++)
-                pids[i] = spawn(worker_conninfo, dir, i, gen[i]++);
+                alive[i] = pids[i] = spawn(worker_conninfo, dir, i, gen[i]++);
 
         /* all runs at once, round-robin over the eight durations */
         char sql[2048];
@@ -99,7 +109,7 @@ static void test_timers_survive_restarts(void **state)
                 usleep(700 * 1000);
                 assert_int_equal(kill(pids[i], SIGKILL), 0);
                 assert_int_equal(waitpid(pids[i], &st, 0), pids[i]);
-                pids[i] = spawn(worker_conninfo, dir, i, gen[i]++);
+                alive[i] = pids[i] = spawn(worker_conninfo, dir, i, gen[i]++);
         }
         long long sleeping_at_last_restart =
             test_db_int(db, "SELECT count(*) FROM workflow_runs WHERE status = 'waiting'");
@@ -116,6 +126,7 @@ static void test_timers_survive_restarts(void **state)
         int64_t elapsed = test_now_ms() - t0;
         for (int i = 0; i < NWORKERS; i++) {
                 int st = test_stop_process(pids[i], SIGTERM, 20000);
+                alive[i] = 0;
                 assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
         }
 
@@ -223,6 +234,7 @@ static void test_timers_survive_restarts(void **state)
 
 int main(void)
 {
+        atexit(kill_workers_at_exit);
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_timers_survive_restarts),
         };

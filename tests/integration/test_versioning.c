@@ -33,6 +33,15 @@ struct env {
 
 static struct env E;
 
+/* A failed assertion longjmps out of the test: leave no process behind. */
+static void kill_children_at_exit(void)
+{
+        if (E.worker > 0)
+                kill(E.worker, SIGKILL);
+        if (E.api > 0)
+                kill(E.api, SIGKILL);
+}
+
 /* A request to the API; returns the parsed JSON body (caller decrefs) and the status. */
 static json_t *api(const char *method, const char *path, const char *body, long *status)
 {
@@ -92,6 +101,7 @@ static void start_worker(void)
 static void stop_worker(void)
 {
         int st = test_stop_process(E.worker, SIGTERM, 20000);
+        E.worker = 0;
         assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
@@ -249,6 +259,7 @@ static void test_inflight_runs_finish_on_their_version(void **state)
 
         stop_worker();
         test_stop_process(E.api, SIGTERM, 10000);
+        E.api = 0;
         worker_sink_stop(E.sink);
         PQfinish(E.db);
         test_rm_rf(E.dir);
@@ -262,6 +273,7 @@ static void test_inflight_runs_finish_on_their_version(void **state)
 
 int main(void)
 {
+        atexit(kill_children_at_exit);
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_inflight_runs_finish_on_their_version),
         };
