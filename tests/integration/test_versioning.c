@@ -169,12 +169,22 @@ static void assert_run(const char *id, const char *status, int version)
         json_decref(j);
 }
 
-static char *nodes_of(const char *id)
+/* The run's node_runs as "id=status,..." (sorted) and its output, compared to want. */
+static void assert_executed(const char *id, const char *nodes, const char *output)
 {
-        return test_db_value(E.db,
-                             "SELECT string_agg(node_id || '=' || status, ',' ORDER BY node_id) "
-                             "FROM node_runs WHERE workflow_run_id = '%s'",
-                             id);
+        char *got = test_db_value(E.db,
+                                  "SELECT string_agg(node_id || '=' || status, ',' ORDER BY "
+                                  "node_id) FROM node_runs WHERE workflow_run_id = '%s'",
+                                  id);
+        char *out =
+            test_db_value(E.db, "SELECT output::text FROM workflow_runs WHERE id = '%s'", id);
+
+        assert_non_null(got);
+        assert_non_null(out);
+        assert_string_equal(got, nodes);
+        assert_string_equal(out, output);
+        free(got);
+        free(out);
 }
 
 static void test_inflight_runs_finish_on_their_version(void **state)
@@ -236,18 +246,10 @@ static void test_inflight_runs_finish_on_their_version(void **state)
 
         for (int i = 0; i < 4; i++) {
                 assert_run(old[i], "completed", 1);
-                assert_string_equal(nodes_of(old[i]), "a=completed,b=completed,w=completed");
-                assert_string_equal(test_db_value(E.db,
-                                                  "SELECT output::text FROM workflow_runs "
-                                                  "WHERE id = '%s'",
-                                                  old[i]),
-                                    "{\"version\": 1}");
+                assert_executed(old[i], "a=completed,b=completed,w=completed", "{\"version\": 1}");
         }
         assert_run(fresh, "completed", 2);
-        assert_string_equal(nodes_of(fresh), "c=completed,w=completed,x=completed");
-        assert_string_equal(
-            test_db_value(E.db, "SELECT output::text FROM workflow_runs WHERE id = '%s'", fresh),
-            "{\"version\": 2}");
+        assert_executed(fresh, "c=completed,w=completed,x=completed", "{\"version\": 2}");
 
         /* the effects: exactly v1's for the old runs, v2's for the new one */
         assert_int_equal(worker_sink_count(E.sink, "/v1/a"), 4);
