@@ -97,3 +97,47 @@ int queue_release_run(PGconn *c, const char *run_id, int64_t epoch, const char *
 
 /* Database now() in ms since the epoch, or a negative errno. */
 int64_t queue_db_now_ms(PGconn *c);
+
+/*
+ * A loop turn's writes for many runs, sent in one statement (agently_apply_writes of
+ * migrations/0006_batch_writes.sql) with the same fencing as the calls above: per run, all
+ * its writes happen or, when its lease is lost, none. Operations keep their order per run;
+ * a finish or release must be a run's last operation. Not thread-safe.
+ */
+struct queue_writes;
+
+struct queue_writes *queue_writes_new(void);
+void queue_writes_free(struct queue_writes *b);
+/* Operations not yet sent. */
+int queue_writes_count(const struct queue_writes *b);
+/* Drops every operation not yet sent (after a rollback). */
+void queue_writes_clear(struct queue_writes *b);
+
+/* Appends a node_runs write. 0, -ENOMEM, or -EBUSY when (run, node, attempt) already has a
+ * write in the buffer: flush first (one statement cannot upsert a row twice). */
+int queue_writes_node(struct queue_writes *b, const char *run_id, int64_t epoch,
+                      const struct queue_node_write *w);
+/* Appends an event (attempt < 0: none). 0 or -ENOMEM. */
+int queue_writes_event(struct queue_writes *b, const char *run_id, int64_t epoch, const char *kind,
+                       const char *node_id, int attempt, const char *level, const char *message,
+                       const json_t *data);
+/* Appends a finish (completed | failed | canceled). 0 or -ENOMEM. */
+int queue_writes_finish(struct queue_writes *b, const char *run_id, int64_t epoch,
+                        const char *status, const json_t *output, const json_t *error);
+/* Appends a release, as queue_release_run(); error (may be NULL) is recorded on the run.
+ * 0 or -ENOMEM. */
+int queue_writes_release(struct queue_writes *b, const char *run_id, int64_t epoch,
+                         const char *status, int64_t run_at_ms, const char *wait_reason,
+                         const json_t *error);
+/* Marks a signal consumed by node, together with the run's other writes. 0 or -ENOMEM. */
+int queue_writes_consume(struct queue_writes *b, const char *run_id, int64_t epoch,
+                         const char *signal_id, const char *node_id);
+
+/*
+ * Sends every buffered operation in one statement and empties the buffer. For each run
+ * whose lease was lost (nothing of it written) calls lost(arg, run_id). Returns 0 or a
+ * negative errno (the statement failed: nothing was written, the caller's transaction is
+ * lost). An empty buffer sends nothing.
+ */
+int queue_writes_flush(PGconn *c, const char *worker, struct queue_writes *b,
+                       void (*lost)(void *arg, const char *run_id), void *arg);

@@ -41,6 +41,7 @@
 #define WF_CACHE_MAX    256
 #define PLAN_ROUNDS_MAX 256 /* plan/apply rounds per run per loop turn (fairness) */
 #define DB_RETRY_MS     1000
+#define WRITES_FLUSH_AT 4096 /* buffered writes sent in one statement, at most */
 
 struct run;
 
@@ -112,7 +113,8 @@ struct worker {
         struct run **batch; /* runs of the open transaction, sorted by id */
         struct run **held_scratch;
         int nbatch;
-        int batch_error; /* a statement failed: the transaction is lost */
+        int batch_error;             /* a statement failed: the transaction is lost */
+        struct queue_writes *writes; /* the open batch's writes not yet sent */
 
         /* shared with the heartbeat thread, under lock */
         pthread_mutex_t lock;
@@ -125,6 +127,10 @@ struct worker {
         bool claim_hint;
         bool stop;
 };
+
+static int batch_flush(struct worker *w);
+static PGresult *batch_query(struct worker *w, const char *sql, int nparams,
+                             const char *const *params, int *error);
 
 static int64_t mono_ms(void)
 {
@@ -378,7 +384,7 @@ static int snapshot_load(struct worker *w, struct run *run, json_t **snapshot, b
 
         if (!param)
                 return -ENOMEM;
-        res = db_query(w->db, SNAPSHOT_SQL, 1, params, &r);
+        res = batch_query(w, SNAPSHOT_SQL, 1, params, &r);
         if (!res)
                 return r;
         if (PQntuples(res) != 1)
@@ -414,6 +420,15 @@ static int jint(const json_t *o, const char *key, int def)
         return json_is_integer(v) ? (int)json_integer_value(v) : def;
 }
 
+/* The outcome of a buffered write (sent with the batch, see batch_flush): 1, or 0 when an
+ * earlier flush found the lease lost, or the negative errno of buffering it. */
+static int buffered(const struct run *run, int r)
+{
+        if (r < 0)
+                return r;
+        return run->fate == FATE_LOST ? 0 : 1;
+}
+
 static int checkpoint(struct worker *w, struct run *run, const char *node, int attempt,
                       const char *status, const json_t *input, const json_t *output,
                       const json_t *error, const char *key, const char *event_kind,
@@ -431,7 +446,13 @@ static int checkpoint(struct worker *w, struct run *run, const char *node, int a
             .event_kind = event_kind,
             .event_data = event_data,
         };
-        return queue_checkpoint_node(w->db, run->id, run->epoch, &nw);
+        int r = queue_writes_node(w->writes, run->id, run->epoch, &nw);
+
+        if (r == -EBUSY && (r = batch_flush(w)) == 0)
+                r = queue_writes_node(w->writes, run->id, run->epoch, &nw);
+        if (r == 0 && queue_writes_count(w->writes) >= WRITES_FLUSH_AT)
+                r = batch_flush(w); /* bounded memory: a 10,000-item map is many statements */
+        return buffered(run, r);
 }
 
 /* The attempt a complete/skip action records: the latest recorded one, else 1. */
@@ -454,18 +475,11 @@ static int apply_complete_or_skip(struct worker *w, struct run *run, const json_
                 reason = json_pack("{s:s?}", "reason", jstr(a, "reason"));
         r = checkpoint(w, run, node, attempt, skip ? "skipped" : "completed", NULL,
                        skip ? NULL : json_object_get(a, "output"), NULL, NULL, NULL, reason);
-        if (r > 0 && signal_id) {
-                /* consumed in the same transaction as the node's checkpoint: the signal is
-                 * either consumed and recorded, or neither */
-                const char *params[] = {signal_id, node, run->id};
-                _cleanup_pgresult_ PGresult *res =
-                    db_query(w->db,
-                             "UPDATE signals SET consumed_at = now(), consumed_by_node = $2 "
-                             "WHERE id = $1 AND workflow_run_id = $3 AND consumed_at IS NULL",
-                             3, params, &r);
-                if (res)
-                        r = 1;
-        }
+        /* consumed in the same statement as the node's checkpoint: the signal is either
+         * consumed and recorded, or neither */
+        if (r > 0 && signal_id)
+                r = buffered(run, queue_writes_consume(w->writes, run->id, run->epoch, signal_id,
+                                                       node));
         return r;
 }
 
@@ -505,8 +519,9 @@ static int apply_failure(struct worker *w, struct run *run, const char *node, in
                                  json_object_get(decision, "retry_at_ms"), "next_attempt",
                                  json_object_get(decision, "attempt"), "delay_ms",
                                  json_object_get(decision, "delay_ms"));
-                r = queue_append_event(w->db, run->id, run->epoch, "node.retry_scheduled", node,
-                                       attempt, "warn", NULL, data);
+                r = buffered(run, queue_writes_event(w->writes, run->id, run->epoch,
+                                                     "node.retry_scheduled", node, attempt, "warn",
+                                                     NULL, data));
         }
         return r;
 }
@@ -573,7 +588,7 @@ static int apply_start_child(struct worker *w, struct run *run, const json_t *a)
         const char *lookup[] = {run->user_id, jstr(a, "workflow"),
                                 json_is_integer(version) ? ver : NULL};
 
-        found = db_query(w->db,
+        found = batch_query(w,
                          "SELECT 1 FROM workflows WHERE user_id = $1 AND name = $2 "
                          "AND ($3::integer IS NULL OR version = $3::integer) LIMIT 1",
                          3, lookup, &r);
@@ -593,7 +608,7 @@ static int apply_start_child(struct worker *w, struct run *run, const json_t *a)
         if (r <= 0)
                 return r;
         /* ON CONFLICT: a retry of this step after a crash finds the child it created */
-        res = db_query(w->db,
+        res = batch_query(w,
                        "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name,"
                        "  workflow_version, input, parent_run_id, parent_node_id,"
                        "  idempotency_key, budgets)"
@@ -628,14 +643,15 @@ static int apply_cancel(struct worker *w, struct run *run)
         effects_abort(w, run);
         json_array_clear(run->to_start);
         if (r > 0)
-                r = queue_finish_run(w->db, run->id, run->epoch, "canceled", NULL, err);
+                r = buffered(run,
+                             queue_writes_finish(w->writes, run->id, run->epoch, "canceled", NULL, err));
         if (r > 0) {
                 /* the subworkflows it started are canceled too: a held child learns it at its
                  * owner's next renewal; a child nobody holds becomes due now, and whoever
                  * claims it finds the request and cancels it (and so on, down the tree) */
                 const char *params[] = {run->id};
                 _cleanup_pgresult_ PGresult *res =
-                    db_query(w->db,
+                    batch_query(w,
                              "UPDATE workflow_runs SET cancel_requested = true, "
                              "run_at = least(run_at, now()), updated_at = now(), "
                              "status = CASE WHEN status IN ('paused', 'needs_input') THEN 'queued' "
@@ -658,7 +674,8 @@ static int apply_pause(struct worker *w, struct run *run)
 
         effects_abort(w, run);
         json_array_clear(run->to_start);
-        r = queue_release_run(w->db, run->id, run->epoch, "paused", -1, "paused by request");
+        r = buffered(run, queue_writes_release(w->writes, run->id, run->epoch, "paused", -1,
+                                               "paused by request", NULL));
         if (r > 0)
                 log_info("run %s paused", run->id);
         return r;
@@ -671,26 +688,16 @@ static int escalate(struct worker *w, struct run *run, const char *node, const j
         _cleanup_free_ char *reason = str_printf(
             "node %s failed: a person must retry, skip or stop the run", node ? node : "?");
         _cleanup_json_ json_t *data = json_pack("{s:s?, s:O?}", "node", node, "error", error);
-        _cleanup_free_ char *errs = error ? json_dumps(error, JSON_COMPACT) : NULL;
-        char epoch[24];
-        const char *params[] = {run->id, epoch, errs};
         int r;
 
-        snprintf(epoch, sizeof(epoch), "%lld", (long long)run->epoch);
-        r = queue_append_event(w->db, run->id, run->epoch, "run.escalated", node, -1, "warn",
+        if (!reason)
+                return -ENOMEM;
+        r = queue_writes_event(w->writes, run->id, run->epoch, "run.escalated", node, -1, "warn",
                                reason, data);
-        if (r > 0) {
-                _cleanup_pgresult_ PGresult *res =
-                    db_query(w->db,
-                             "UPDATE workflow_runs SET error = $3::jsonb WHERE id = $1 "
-                             "AND lease_epoch = $2::bigint AND status = 'running'",
-                             3, params, &r);
-                if (res)
-                        r = strcmp(PQcmdTuples(res), "1") == 0 ? 1 : 0;
-        }
-        if (r > 0)
-                r = queue_release_run(w->db, run->id, run->epoch, "needs_input", -1, reason);
-        return r;
+        if (r == 0)
+                r = queue_writes_release(w->writes, run->id, run->epoch, "needs_input", -1, reason,
+                                         error);
+        return buffered(run, r);
 }
 
 /* The result of one step: keep planning, stop here for now, or the run leaves this worker
@@ -712,7 +719,8 @@ static enum step step_failed(struct worker *w, struct run *run, int r, const cha
 static enum step step_release(struct worker *w, struct run *run, const char *status, int64_t at_ms,
                               const char *reason)
 {
-        int r = queue_release_run(w->db, run->id, run->epoch, status, at_ms, reason);
+        int r = buffered(run, queue_writes_release(w->writes, run->id, run->epoch, status, at_ms,
+                                                   reason, NULL));
 
         if (r <= 0)
                 return step_failed(w, run, r, "release");
@@ -793,7 +801,8 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
         if (r < 0) {
                 _cleanup_json_ json_t *err =
                     json_pack("{s:s, s:s}", "class", "error", "message", "could not plan the run");
-                r = queue_finish_run(w->db, run->id, run->epoch, "failed", NULL, err);
+                r = buffered(run, queue_writes_finish(w->writes, run->id, run->epoch, "failed",
+                                                      NULL, err));
                 if (r <= 0)
                         return step_failed(w, run, r, "fail run");
                 mark_done(run);
@@ -874,9 +883,10 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                         const char *status = jstr(a, "status");
                         effects_abort(w, run);
                         json_array_clear(run->to_start);
-                        r = queue_finish_run(w->db, run->id, run->epoch, status ? status : "failed",
-                                             json_object_get(a, "output"),
-                                             json_object_get(a, "error"));
+                        r = buffered(run, queue_writes_finish(w->writes, run->id, run->epoch,
+                                                              status ? status : "failed",
+                                                              json_object_get(a, "output"),
+                                                              json_object_get(a, "error")));
                         if (r <= 0)
                                 return step_failed(w, run, r, "finish");
                         log_info("run %s %s", run->id, status ? status : "failed");
@@ -971,6 +981,44 @@ static struct run *batch_find(struct worker *w, const char *id)
         return r ? *r : NULL;
 }
 
+static void batch_lost(void *arg, const char *run_id)
+{
+        struct worker *w = arg;
+        struct run *run = batch_find(w, run_id);
+
+        if (run)
+                mark_lost(run, "write");
+}
+
+/* Sends the turn's buffered writes in one statement: before any statement that must see
+ * them, and before the commit. A run whose lease was lost is marked lost (nothing of it was
+ * written); a failed statement dooms the transaction. */
+static int batch_flush(struct worker *w)
+{
+        int r;
+
+        if (w->batch_error)
+                return w->batch_error;
+        r = queue_writes_flush(w->db, w->cfg->id, w->writes, batch_lost, w);
+        if (r < 0)
+                w->batch_error = r;
+        return r;
+}
+
+/* A statement of the open batch beside the buffered writes: they are sent first, so it
+ * sees them and runs after them. */
+static PGresult *batch_query(struct worker *w, const char *sql, int nparams,
+                             const char *const *params, int *error)
+{
+        int r = batch_flush(w);
+
+        if (r < 0) {
+                *error = r;
+                return NULL;
+        }
+        return db_query(w->db, sql, nparams, params, error);
+}
+
 /* Checkpoints a run's finished requests, in the order they ended. */
 static void write_completions(struct worker *w, struct run *run)
 {
@@ -996,13 +1044,13 @@ static void write_completions(struct worker *w, struct run *run)
  */
 static void batch_prepare(struct worker *w)
 {
-        _cleanup_free_ char *param = runs_param(w->batch, w->nbatch), *announce = NULL;
-        _cleanup_json_ json_t *ann = json_array();
+        _cleanup_free_ char *param = runs_param(w->batch, w->nbatch);
         _cleanup_pgresult_ PGresult *locked = NULL, *res = NULL;
         const char *params[] = {param};
+        bool completions = false;
         int r = 0, held = 0;
 
-        if (!param || !ann) {
+        if (!param) {
                 w->batch_error = -ENOMEM;
                 return;
         }
@@ -1023,40 +1071,24 @@ static void batch_prepare(struct worker *w)
                         run->fate = FATE_HELD;
         }
 
+        /* the claim events (run.started, ...): buffered, sent with the turn's other writes */
         for (int i = 0; i < w->nbatch; i++) {
                 struct run *run = w->batch[i];
                 if (run->fate == FATE_HELD && run->announce &&
-                    json_array_append_new(ann,
-                                          json_pack("{s:s, s:I, s:s, s:O?}", "id", run->id, "epoch",
-                                                    (json_int_t)run->epoch, "kind", run->announce,
-                                                    "data", run->announce_data)) < 0) {
-                        w->batch_error = -ENOMEM;
-                        return;
-                }
-        }
-        if (json_array_size(ann) > 0) {
-                announce = json_dumps(ann, JSON_COMPACT);
-                const char *aparams[] = {announce};
-                _cleanup_pgresult_ PGresult *ares = db_query(
-                    w->db,
-                    "SELECT a.id, agently_append_event(a.id, a.epoch, a.kind, NULL, NULL, 'info', "
-                    "NULL, a.data) FROM jsonb_to_recordset($1::jsonb) AS a(id uuid, epoch bigint, "
-                    "kind text, data jsonb)",
-                    1, aparams, &r);
-                if (!ares) {
+                    (r = queue_writes_event(w->writes, run->id, run->epoch, run->announce, NULL, -1,
+                                            "info", NULL, run->announce_data)) < 0) {
                         w->batch_error = r;
                         return;
                 }
-                for (int i = 0; i < PQntuples(ares); i++)
-                        if (PQgetisnull(ares, i, 1)) {
-                                struct run *run = batch_find(w, PQgetvalue(ares, i, 0));
-                                if (run)
-                                        mark_lost(run, "log claim");
-                        }
         }
-
-        for (int i = 0; i < w->nbatch && !w->batch_error; i++)
+        /* finished requests: checkpointed before the snapshots are read, which must see them */
+        for (int i = 0; i < w->nbatch && !w->batch_error; i++) {
+                if (w->batch[i]->completions)
+                        completions = true;
                 write_completions(w, w->batch[i]);
+        }
+        if (completions)
+                batch_flush(w);
         if (w->batch_error)
                 return;
 
@@ -1177,11 +1209,12 @@ static void batch_run(struct worker *w)
                 if (run->fate == FATE_HELD)
                         run_advance(w, run);
         }
-        if (r == 0 && !w->batch_error)
+        if (r == 0 && batch_flush(w) == 0)
                 r = db_commit(w->db);
         else if (r == 0)
                 r = w->batch_error;
         if (r < 0) {
+                queue_writes_clear(w->writes);
                 for (int i = 0; i < n; i++)
                         run_abandon(w, w->batch[i], r, "write a batch");
                 db_recover(w);
@@ -1546,7 +1579,8 @@ int worker_run(const struct worker_config *cfg)
         w.held_ids = calloc((size_t)cfg->concurrency, sizeof(*w.held_ids));
         w.batch = calloc((size_t)cfg->concurrency, sizeof(*w.batch));
         w.held_scratch = calloc((size_t)cfg->concurrency, sizeof(*w.held_scratch));
-        if (!w.held || !w.held_ids || !w.batch || !w.held_scratch) {
+        w.writes = queue_writes_new();
+        if (!w.held || !w.held_ids || !w.batch || !w.held_scratch || !w.writes) {
                 r = log_errno(-ENOMEM, "could not allocate the run table");
                 goto out;
         }
@@ -1649,6 +1683,7 @@ out:
         free(w.held_ids);
         free(w.batch);
         free(w.held_scratch);
+        queue_writes_free(w.writes);
         free(w.mail);
         pthread_mutex_destroy(&w.lock);
         return r;
