@@ -124,10 +124,9 @@ int queue_writes_release(struct queue_writes *b, const char *run_id, int64_t epo
 int queue_writes_consume(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *signal_id, const char *node_id)
 {
-        return append(b,
-                      json_pack("{s:s, s:s, s:s}", "op", "consume", "signal", signal_id, "node",
-                                node_id),
-                      run_id, epoch);
+        return append(
+            b, json_pack("{s:s, s:s, s:s}", "op", "consume", "signal", signal_id, "node", node_id),
+            run_id, epoch);
 }
 
 int queue_writes_flush(PGconn *c, const char *worker, struct queue_writes *b,

@@ -36,7 +36,7 @@
 #include "runtime_http.h"
 #include "strutil.h"
 
-#define CLAIM_BATCH_MAX 64
+#define CLAIM_BATCH_MAX 256
 #define BATCH_RUNS_MAX  256 /* runs written per transaction (per loop turn) */
 #define WF_CACHE_MAX    256
 #define PLAN_ROUNDS_MAX 256 /* plan/apply rounds per run per loop turn (fairness) */
@@ -478,8 +478,8 @@ static int apply_complete_or_skip(struct worker *w, struct run *run, const json_
         /* consumed in the same statement as the node's checkpoint: the signal is either
          * consumed and recorded, or neither */
         if (r > 0 && signal_id)
-                r = buffered(run, queue_writes_consume(w->writes, run->id, run->epoch, signal_id,
-                                                       node));
+                r = buffered(run,
+                             queue_writes_consume(w->writes, run->id, run->epoch, signal_id, node));
         return r;
 }
 
@@ -589,9 +589,9 @@ static int apply_start_child(struct worker *w, struct run *run, const json_t *a)
                                 json_is_integer(version) ? ver : NULL};
 
         found = batch_query(w,
-                         "SELECT 1 FROM workflows WHERE user_id = $1 AND name = $2 "
-                         "AND ($3::integer IS NULL OR version = $3::integer) LIMIT 1",
-                         3, lookup, &r);
+                            "SELECT 1 FROM workflows WHERE user_id = $1 AND name = $2 "
+                            "AND ($3::integer IS NULL OR version = $3::integer) LIMIT 1",
+                            3, lookup, &r);
         if (!found)
                 return r;
         if (PQntuples(found) == 0) {
@@ -609,19 +609,19 @@ static int apply_start_child(struct worker *w, struct run *run, const json_t *a)
                 return r;
         /* ON CONFLICT: a retry of this step after a crash finds the child it created */
         res = batch_query(w,
-                       "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name,"
-                       "  workflow_version, input, parent_run_id, parent_node_id,"
-                       "  idempotency_key, budgets)"
-                       " SELECT p.user_id, wf.id, wf.name, wf.version, $5::jsonb, p.id, $6, $7,"
-                       "  p.budgets"
-                       " FROM workflow_runs p"
-                       " CROSS JOIN LATERAL (SELECT * FROM workflows x"
-                       "   WHERE x.user_id = p.user_id AND x.name = $3"
-                       "     AND ($4::integer IS NULL OR x.version = $4::integer)"
-                       "   ORDER BY x.version DESC LIMIT 1) wf"
-                       " WHERE p.id = $1 AND p.lease_epoch = $2::bigint"
-                       " ON CONFLICT (user_id, idempotency_key) DO NOTHING",
-                       7, params, &r);
+                          "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name,"
+                          "  workflow_version, input, parent_run_id, parent_node_id,"
+                          "  idempotency_key, budgets)"
+                          " SELECT p.user_id, wf.id, wf.name, wf.version, $5::jsonb, p.id, $6, $7,"
+                          "  p.budgets"
+                          " FROM workflow_runs p"
+                          " CROSS JOIN LATERAL (SELECT * FROM workflows x"
+                          "   WHERE x.user_id = p.user_id AND x.name = $3"
+                          "     AND ($4::integer IS NULL OR x.version = $4::integer)"
+                          "   ORDER BY x.version DESC LIMIT 1) wf"
+                          " WHERE p.id = $1 AND p.lease_epoch = $2::bigint"
+                          " ON CONFLICT (user_id, idempotency_key) DO NOTHING",
+                          7, params, &r);
         return res ? 1 : r;
 }
 
@@ -643,22 +643,22 @@ static int apply_cancel(struct worker *w, struct run *run)
         effects_abort(w, run);
         json_array_clear(run->to_start);
         if (r > 0)
-                r = buffered(run,
-                             queue_writes_finish(w->writes, run->id, run->epoch, "canceled", NULL, err));
+                r = buffered(run, queue_writes_finish(w->writes, run->id, run->epoch, "canceled",
+                                                      NULL, err));
         if (r > 0) {
                 /* the subworkflows it started are canceled too: a held child learns it at its
                  * owner's next renewal; a child nobody holds becomes due now, and whoever
                  * claims it finds the request and cancels it (and so on, down the tree) */
                 const char *params[] = {run->id};
-                _cleanup_pgresult_ PGresult *res =
-                    batch_query(w,
-                             "UPDATE workflow_runs SET cancel_requested = true, "
-                             "run_at = least(run_at, now()), updated_at = now(), "
-                             "status = CASE WHEN status IN ('paused', 'needs_input') THEN 'queued' "
-                             "ELSE status END "
-                             "WHERE parent_run_id = $1 AND status NOT IN ('completed', 'failed', "
-                             "'canceled')",
-                             1, params, &r);
+                _cleanup_pgresult_ PGresult *res = batch_query(
+                    w,
+                    "UPDATE workflow_runs SET cancel_requested = true, "
+                    "run_at = least(run_at, now()), updated_at = now(), "
+                    "status = CASE WHEN status IN ('paused', 'needs_input') THEN 'queued' "
+                    "ELSE status END "
+                    "WHERE parent_run_id = $1 AND status NOT IN ('completed', 'failed', "
+                    "'canceled')",
+                    1, params, &r);
                 if (res)
                         r = 1;
         }
@@ -719,8 +719,8 @@ static enum step step_failed(struct worker *w, struct run *run, int r, const cha
 static enum step step_release(struct worker *w, struct run *run, const char *status, int64_t at_ms,
                               const char *reason)
 {
-        int r = buffered(run, queue_writes_release(w->writes, run->id, run->epoch, status, at_ms,
-                                                   reason, NULL));
+        int r = buffered(
+            run, queue_writes_release(w->writes, run->id, run->epoch, status, at_ms, reason, NULL));
 
         if (r <= 0)
                 return step_failed(w, run, r, "release");
@@ -801,8 +801,8 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
         if (r < 0) {
                 _cleanup_json_ json_t *err =
                     json_pack("{s:s, s:s}", "class", "error", "message", "could not plan the run");
-                r = buffered(run, queue_writes_finish(w->writes, run->id, run->epoch, "failed",
-                                                      NULL, err));
+                r = buffered(
+                    run, queue_writes_finish(w->writes, run->id, run->epoch, "failed", NULL, err));
                 if (r <= 0)
                         return step_failed(w, run, r, "fail run");
                 mark_done(run);
