@@ -26,6 +26,17 @@
 #define PAGE_MAX       200
 #define EVENTS_DEFAULT 100
 #define EVENTS_MAX     1000
+#define NODES_DEFAULT  100
+#define NODES_MAX      1000
+/* GET /v1/runs/{id} shows at most this many node states (in order of first start); a run
+ * with more (a large map) says so, and GET /v1/runs/{id}/nodes pages through all of them. */
+#define RUN_NODES_INLINE "1000"
+
+/* The latest attempt of one node, n = a node_runs row. */
+#define NODE_STATE_JSON                                                                            \
+        "json_build_object('node_id', n.node_id, 'status', n.status, 'attempt', n.attempt, "       \
+        "'output', n.output, 'error', n.error, 'started_at', n.started_at, 'finished_at', "        \
+        "n.finished_at)"
 
 #define RUN_JSON                                                                                   \
         "json_build_object('id', r.id, 'workflow', r.workflow_name, 'workflow_version', "          \
@@ -36,13 +47,17 @@
         "'parent_run_id', r.parent_run_id, 'created_at', r.created_at, 'started_at', "             \
         "r.started_at, 'finished_at', r.finished_at, 'updated_at', r.updated_at, 'run_at', "       \
         "r.run_at, 'timeout_at', r.timeout_at, 'cost_usd', r.cost_usd, 'tokens_in', "              \
-        "r.tokens_in, 'tokens_out', r.tokens_out, 'last_event_seq', r.event_seq, 'nodes', "        \
-        "COALESCE((SELECT json_agg(json_build_object('node_id', n.node_id, 'status', n.status, "   \
-        "'attempt', n.attempt, 'output', n.output, 'error', n.error, 'started_at', "               \
-        "n.started_at, 'finished_at', n.finished_at) ORDER BY n.first_started, n.node_id) "        \
-        "FROM (SELECT DISTINCT ON (x.node_id) x.*, min(x.started_at) OVER (PARTITION BY "          \
-        "x.node_id) AS first_started FROM node_runs x WHERE x.workflow_run_id = r.id "             \
-        "ORDER BY x.node_id, x.attempt DESC) n), '[]'::json))"
+        "r.tokens_in, 'tokens_out', r.tokens_out, 'last_event_seq', r.event_seq, 'nodes_total', "  \
+        "nt.total, 'nodes_truncated', nt.total > " RUN_NODES_INLINE ", 'nodes', "                  \
+        "COALESCE((SELECT json_agg(" NODE_STATE_JSON " ORDER BY n.first_started, n.node_id) "      \
+        "FROM (SELECT * FROM (SELECT DISTINCT ON (x.node_id) x.*, min(x.started_at) OVER "         \
+        "(PARTITION BY x.node_id) AS first_started FROM node_runs x WHERE x.workflow_run_id = "    \
+        "r.id ORDER BY x.node_id, x.attempt DESC) d ORDER BY d.first_started, d.node_id "          \
+        "LIMIT " RUN_NODES_INLINE ") n), '[]'::json))"
+/* FROM clause companion of RUN_JSON: the number of distinct nodes of run r */
+#define RUN_NODES_TOTAL                                                                            \
+        " CROSS JOIN LATERAL (SELECT count(DISTINCT x.node_id) AS total FROM node_runs x WHERE "   \
+        "x.workflow_run_id = r.id) nt"
 
 #define RUN_SUMMARY_JSON                                                                           \
         "json_build_object('id', r.id, 'workflow', r.workflow_name, 'workflow_version', "          \
@@ -283,8 +298,9 @@ static unsigned respond_run(struct api_request *req, struct api_response *resp, 
         const char *params[] = {id};
 
         return respond_query(req, resp, status,
-                             "SELECT " RUN_JSON " FROM workflow_runs r WHERE r.id = $1", 1, params,
-                             "run", id);
+                             "SELECT " RUN_JSON " FROM workflow_runs r" RUN_NODES_TOTAL
+                             " WHERE r.id = $1",
+                             1, params, "run", id);
 }
 
 /* ---- ops -------------------------------------------------------------------------- */
@@ -749,6 +765,38 @@ static unsigned h_runs_get(struct api_request *req, struct api_response *resp)
         if (!is_uuid(req->params[0]))
                 return not_found(resp, "run", req->params[0]);
         return respond_run(req, resp, 200, req->params[0]);
+}
+
+static int run_status(struct api_request *req, const char *id, char **out);
+
+/* Every node's latest attempt, a page at a time in node id order (keyset on node_id). */
+static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
+{
+        const char *id = req->params[0];
+        _cleanup_free_ char *cursor = NULL, *limit_s = NULL, *status = NULL;
+        unsigned st;
+        int limit, r;
+
+        if (!is_uuid(id))
+                return not_found(resp, "run", id);
+        if ((st = parse_limit(req, resp, NODES_DEFAULT, NODES_MAX, &limit)) ||
+            (st = cursor_decode(req, resp, &cursor)))
+                return st;
+        r = run_status(req, id, &status);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (r == 0)
+                return not_found(resp, "run", id);
+        limit_s = str_printf("%d", limit + 1);
+        if (!limit_s)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        const char *params[] = {id, cursor, limit_s};
+        return page_query(req, resp,
+                          "SELECT " NODE_STATE_JSON ", n.node_id FROM (SELECT DISTINCT ON "
+                          "(x.node_id) x.* FROM node_runs x WHERE x.workflow_run_id = $1 AND "
+                          "($2::text IS NULL OR x.node_id > $2) ORDER BY x.node_id, x.attempt "
+                          "DESC) n ORDER BY n.node_id LIMIT $3::integer",
+                          3, params, limit);
 }
 
 /* The run's status, or NULL when it does not exist (for this user). malloc'd. */
@@ -1582,6 +1630,7 @@ const struct api_route api_routes[] = {
     {"POST", "/v1/runs/{id}/rerun", h_runs_rerun, API_ROUTE_IDEMPOTENT},
     {"POST", "/v1/runs/{id}/resolve", h_runs_resolve, 0},
     {"POST", "/v1/runs/{id}/signals/{name}", h_runs_signal, API_ROUTE_IDEMPOTENT},
+    {"GET", "/v1/runs/{id}/nodes", h_runs_nodes, 0},
     {"GET", "/v1/runs/{id}/events", h_events_list, 0},
     {"GET", "/v1/runs/{id}/events/stream", h_events_stream, API_ROUTE_STREAM},
     {"POST", "/v1/users", h_users_create, API_ROUTE_IDEMPOTENT},

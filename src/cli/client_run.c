@@ -334,6 +334,11 @@ static void print_run_detail(struct client_ctx *ctx, json_t *run)
         }
         client_table_print(&t, stdout, ctx->color);
         client_table_free(&t);
+        if (json_is_true(json_object_get(run, "nodes_truncated")))
+                printf("(%zu of %lld nodes shown; GET /v1/runs/%s/nodes pages through all)\n",
+                       json_array_size(json_object_get(run, "nodes")),
+                       (long long)json_integer_value(json_object_get(run, "nodes_total")),
+                       str_member(run, "id"));
 }
 
 static int run_show(struct client_ctx *ctx, const struct client_args *args)

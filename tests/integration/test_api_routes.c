@@ -559,7 +559,7 @@ static void test_cross_tenant(void **state)
                 assert_error(&r, 404, "not_found");
                 reply_free(&r);
         }
-        const char *run_gets[] = {"", "/events", "/events/stream"};
+        const char *run_gets[] = {"", "/nodes", "/events", "/events/stream"};
         for (size_t i = 0; i < ELEMENTSOF(run_gets); i++) {
                 snprintf(path, sizeof(path), "/v1/runs/%s%s", run, run_gets[i]);
                 r = http("GET", path, tb, NULL, NULL);

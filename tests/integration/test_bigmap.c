@@ -189,6 +189,48 @@ static void ten_thousand_pure_items_fan_in_in_order(void **state)
         free(run);
 }
 
+/* Pages through GET /v1/runs/{id}/nodes; checks page bounds and that node ids come in
+ * strictly increasing order (so none twice). Returns how many. */
+static long long read_nodes_paged(const char *run)
+{
+        char url[512], auth[128], last[256] = "";
+        const char *headers[] = {auth, NULL};
+        const char *cursor = NULL;
+        json_t *page = NULL;
+        long long n = 0;
+
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
+        for (int pages = 0;; pages++) {
+                char *body = NULL;
+                assert_true(pages <= ITEMS / PAGE + 2);
+                snprintf(url, sizeof(url), "%s/v1/runs/%s/nodes?limit=%d%s%s", S.base, run, PAGE,
+                         cursor ? "&cursor=" : "", cursor ? cursor : "");
+                assert_int_equal(test_http("GET", url, headers, NULL, &body), 200);
+                json_t *next = json_loads(body, 0, NULL);
+                free(body);
+                assert_non_null(next);
+                json_decref(page);
+                page = next;
+                json_t *data = json_object_get(page, "data"), *node;
+                size_t i;
+                assert_true(json_array_size(data) <= PAGE);
+                json_array_foreach (data, i, node) {
+                        const char *id = json_string_value(json_object_get(node, "node_id"));
+                        assert_non_null(id);
+                        assert_true(strcmp(id, last) > 0);
+                        snprintf(last, sizeof(last), "%s", id);
+                        assert_string_equal(json_string_value(json_object_get(node, "status")),
+                                            "completed");
+                        n++;
+                }
+                cursor = json_string_value(json_object_get(page, "next_cursor"));
+                if (!cursor)
+                        break;
+        }
+        json_decref(page);
+        return n;
+}
+
 static void ten_thousand_item_map_survives_a_kill_and_pages_its_events(void **state)
 {
         char *input = items_input();
@@ -261,14 +303,22 @@ static void ten_thousand_item_map_survives_a_kill_and_pages_its_events(void **st
         assert_int_equal(events, seq);
         assert_true(events > ITEMS);
 
-        /* the run itself is still an ordinary API object */
-        char url[256], auth[128], *body = NULL;
+        /* the run itself is an ordinary API object of bounded size; its node states are
+         * paged like its events */
+        char url[512], auth[128], *body = NULL;
         const char *headers[] = {auth, NULL};
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
         snprintf(url, sizeof(url), "%s/v1/runs/%s", S.base, run);
         assert_int_equal(test_http("GET", url, headers, NULL, &body), 200);
         printf("# GET /v1/runs/{id}: %zu bytes\n", body ? strlen(body) : 0);
+        json_t *j = json_loads(body, 0, NULL);
         free(body);
+        assert_non_null(j);
+        assert_int_equal(json_integer_value(json_object_get(j, "nodes_total")), ITEMS + 2);
+        assert_true(json_is_true(json_object_get(j, "nodes_truncated")));
+        assert_int_equal(json_array_size(json_object_get(j, "nodes")), 1000);
+        json_decref(j);
+        assert_int_equal(read_nodes_paged(run), ITEMS + 2);
         free(run);
 }
 
