@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "cleanup.h"
 #include "db.h"
 #include "engine.h"
@@ -322,6 +323,9 @@ static const char SNAPSHOT_SQL[] =
     "                        (extract(epoch FROM n.started_at) * 1000)::bigint)"
     "     || CASE WHEN n.status = 'waiting' AND n.input ? 'wake_at_ms'"
     "             THEN jsonb_build_object('wake_at_ms', n.input -> 'wake_at_ms')"
+    "             ELSE '{}' END"
+    "     || CASE WHEN n.status = 'waiting' AND n.input ? 'event'"
+    "             THEN jsonb_build_object('event', n.input -> 'event')"
     "             ELSE '{}' END"
     "     || CASE WHEN jsonb_typeof(n.error) = 'object' AND n.error ? 'retry_at_ms'"
     "             THEN jsonb_build_object('retry_at_ms', n.error -> 'retry_at_ms')"
@@ -773,6 +777,45 @@ static void snapshot_consume(json_t *snapshot, const char *signal_id)
         }
 }
 
+/* What a run that releases itself to wait is waiting for, for people (wait_reason):
+ * "signal 'approve' (node gate); sleep (node cool_down)". malloc'd; NULL on ENOMEM. */
+static char *wait_reason(const json_t *snapshot)
+{
+        _cleanup_buf_ struct buf b;
+        const char *node;
+        json_t *rec;
+        int listed = 0, more = 0;
+
+        buf_init(&b, 1000);
+        json_object_foreach (json_object_get(snapshot, "nodes"), node, rec) {
+                const char *status = jstr(rec, "status") ?: "";
+                const char *what = NULL;
+                if (strcmp(status, "waiting") == 0)
+                        what = jstr(rec, "event")                   ? "signal"
+                               : json_object_get(rec, "wake_at_ms") ? "sleep"
+                                                                    : "subworkflow";
+                else if (strcmp(status, "failed") == 0 && json_object_get(rec, "retry_at_ms"))
+                        what = "retry delay";
+                if (!what)
+                        continue;
+                if (listed == 3) {
+                        more++;
+                        continue;
+                }
+                if (strcmp(what, "signal") == 0)
+                        buf_printf(&b, "%ssignal '%.100s' (node %.200s)", listed ? "; " : "",
+                                   jstr(rec, "event"), node);
+                else
+                        buf_printf(&b, "%s%s (node %.200s)", listed ? "; " : "", what, node);
+                listed++;
+        }
+        if (more)
+                buf_printf(&b, "; and %d more", more);
+        if (listed == 0)
+                buf_append_str(&b, "waiting");
+        return buf_steal(&b);
+}
+
 /* One plan/apply round, from *snapp (loaded when NULL; set to NULL when the next round
  * must read the run again). */
 static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
@@ -874,6 +917,10 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                         if (r > 0 && snapshot_note(snapshot, node, "waiting", attempt, NULL,
                                                    json_is_integer(at) ? at : NULL) < 0)
                                 reload = true;
+                        if (r > 0 && !reload && jstr(a, "event"))
+                                json_object_set(
+                                    json_object_get(json_object_get(snapshot, "nodes"), node),
+                                    "event", json_object_get(a, "event"));
                         progress = true;
                 } else if (strcmp(act, "start_child") == 0) {
                         r = apply_start_child(w, run, a);
@@ -910,9 +957,10 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                                                    : 0;
                                 return STEP_IDLE;
                         }
+                        _cleanup_free_ char *why = wait_reason(snapshot);
                         return step_release(w, run, "waiting",
                                             json_is_integer(at) ? json_integer_value(at) : -1,
-                                            json_is_integer(at) ? "timer" : "event");
+                                            why ? why : "waiting");
                 } else {
                         log_warn("run %s: unknown planner action '%s' ignored", run->id, act);
                         continue;

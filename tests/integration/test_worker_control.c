@@ -157,6 +157,9 @@ static void test_signal_wakes_waiting_run(void **state)
                         "SELECT (claimed_by IS NULL AND run_at = 'infinity')"
                         "::text FROM workflow_runs WHERE id = '%s'",
                         run);
+        /* people see what it waits for */
+        assert_db_equal("signal 'go' (node b)", f->db,
+                        "SELECT wait_reason FROM workflow_runs WHERE id = '%s'", run);
         usleep(500 * 1000);
         assert_int_equal(worker_sink_count(f->sink, "/c"), 0);
         PQclear(test_db_must(f->db, "BEGIN"));
@@ -291,6 +294,8 @@ static void test_cancel_reaches_subworkflow(void **state)
 
         wait_sink(f, "/hang", 1, 15000);
         wait_status(f, run, "waiting", 5000);
+        assert_db_equal("subworkflow (node sub)", f->db,
+                        "SELECT wait_reason FROM workflow_runs WHERE id = '%s'", run);
         PQclear(test_db_must(f->db, "BEGIN"));
         free(test_db_value(f->db,
                            "UPDATE workflow_runs SET cancel_requested = true, run_at = now() "
