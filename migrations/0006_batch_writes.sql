@@ -68,20 +68,21 @@ BEGIN
             status text, input jsonb, output jsonb, error jsonb, key text, kind text,
             level text, message text, data jsonb, run_at_ms bigint, signal uuid)
     ), per_run AS (
-        SELECT w.run, min(w.epoch) AS epoch,
-               count(*) FILTER (WHERE w.op <> 'consume') AS nev
+        -- One row per run: its epoch, its number of events, and its last operation, which
+        -- is its finish or release if it has one (that must be a run's last operation).
+        -- One sort, no join back to w per run.
+        SELECT DISTINCT ON (w.run)
+               w.run, w.epoch,
+               count(*) FILTER (WHERE w.op <> 'consume') OVER (PARTITION BY w.run) AS nev,
+               CASE WHEN w.op IN ('finish', 'release') THEN w.op END AS op,
+               w.status, w.output, w.error, w.run_at_ms, w.message
         FROM w
-        GROUP BY w.run
-    ), last_op AS (
-        SELECT DISTINCT ON (w.run) w.*
-        FROM w
-        WHERE w.op IN ('finish', 'release')
         ORDER BY w.run, w.i DESC
     ), u AS (
         -- The fence and the seq allocation, one row update per run. The run rows are
         -- normally locked already (the worker locks its turn's runs in id order first).
         UPDATE workflow_runs r
-        SET event_seq = r.event_seq + p.nev,
+        SET event_seq = r.event_seq + f.nev,
             status = CASE f.op
                          WHEN 'finish' THEN f.status
                          WHEN 'release' THEN CASE WHEN r.cancel_requested THEN 'queued'
@@ -118,12 +119,11 @@ BEGIN
             claimed_by = CASE WHEN f.op IS NULL THEN r.claimed_by END,
             lease_expires_at = CASE WHEN f.op IS NULL THEN r.lease_expires_at END,
             updated_at = now()
-        FROM per_run p
-        LEFT JOIN last_op f ON f.run = p.run
-        WHERE r.id = p.run
-          AND r.lease_epoch = p.epoch
+        FROM per_run f
+        WHERE r.id = f.run
+          AND r.lease_epoch = f.epoch
           AND r.status = 'running'
-        RETURNING r.id, r.event_seq - p.nev AS base, r.user_id, r.created_at,
+        RETURNING r.id, r.event_seq - f.nev AS base, r.user_id, r.created_at,
                   r.status AS final_status, r.run_at AS final_run_at
     ), ev AS (
         SELECT w.*, u.user_id, u.created_at, u.final_status, u.final_run_at,
@@ -223,3 +223,10 @@ ALTER TABLE workflow_runs SET (autovacuum_vacuum_scale_factor = 0,
                                autovacuum_vacuum_threshold = 10000,
                                autovacuum_vacuum_cost_delay = 0,
                                fillfactor = 80);
+
+-- node_runs is the most written table after logs. Its user_id foreign key to users is
+-- redundant: (workflow_run_id, user_id) already references workflow_runs (id, user_id),
+-- whose user_id references users, and deleting a user cascades users -> workflow_runs ->
+-- node_runs through them. Dropping it saves a foreign-key check (a row lock on the user's
+-- row, shared by every concurrent writer of that user) per node row written.
+ALTER TABLE node_runs DROP CONSTRAINT node_runs_user_id_fkey;
