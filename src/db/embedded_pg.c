@@ -374,7 +374,10 @@ static int write_cluster_config(const struct embedded_pg *pg, unsigned flags)
                 /* the queue table churns (every claim and finish is a new row version):
                  * look for vacuum work every 10 s, not every minute, so its small claim
                  * indexes stay small (0006_batch_writes.sql sets its thresholds) */
-                "autovacuum_naptime = 10s\n",
+                "autovacuum_naptime = 10s\n"
+                /* a busy queue writes WAL at tens of MB/s: at the default 1 GB a checkpoint
+                 * (and the burst of full-page images after it) would come every minute */
+                "max_wal_size = 2GB\n",
                 pg->socket_dir);
         if (flags & EMBEDDED_PG_FAST)
                 fprintf(f, "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
