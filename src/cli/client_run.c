@@ -255,13 +255,40 @@ static int run_list(struct client_ctx *ctx, const struct client_args *args)
         return CLI_EXIT_OK;
 }
 
+/* One row per node state (its latest attempt). */
+static void print_nodes(struct client_ctx *ctx, json_t *nodes)
+{
+        struct client_table t;
+        size_t i;
+        json_t *node;
+
+        client_table_init(
+            &t, 1,
+            (const char *[]){"NODE", "STATUS", "ATTEMPT", "STARTED", "DURATION", "ERROR", NULL});
+        json_array_foreach (nodes, i, node) {
+                char attempt[32], nstarted[32], ndur[32], ebuf[256];
+                json_t *e = json_object_get(node, "error");
+                snprintf(attempt, sizeof(attempt), "%lld",
+                         (long long)json_integer_value(json_object_get(node, "attempt")));
+                client_reltime_json(node, "started_at", nstarted, sizeof(nstarted));
+                client_duration_json(node, "started_at", "finished_at", ndur, sizeof(ndur));
+                if (client_table_add(&t, (const char *[]){str_member(node, "node_id"),
+                                                          str_member(node, "status"), attempt,
+                                                          nstarted, ndur,
+                                                          e && !json_is_null(e)
+                                                              ? error_text(e, ebuf, sizeof(ebuf))
+                                                              : NULL}) < 0)
+                        break;
+        }
+        client_table_print(&t, stdout, ctx->color);
+        client_table_free(&t);
+}
+
 static void print_run_detail(struct client_ctx *ctx, json_t *run)
 {
         char buf[512], created[32], started[32], finished[32], dur[32], line[1024];
         const char *status = str_member(run, "status"), *reason = str_member(run, "wait_reason");
-        struct client_table t;
-        size_t i;
-        json_t *node, *v;
+        json_t *v;
 
         client_kv(stdout, "id", str_member(run, "id"));
         snprintf(line, sizeof(line), "%s v%lld", str_member(run, "workflow"),
@@ -310,35 +337,51 @@ static void print_run_detail(struct client_ctx *ctx, json_t *run)
         if (v && !json_is_null(v))
                 client_kv(stdout, "output", client_json_cell(v, buf, sizeof(buf)));
 
-        node = json_object_get(run, "nodes");
-        if (json_array_size(node) == 0)
+        if (json_array_size(json_object_get(run, "nodes")) == 0)
                 return;
         printf("\n");
-        client_table_init(
-            &t, 1,
-            (const char *[]){"NODE", "STATUS", "ATTEMPT", "STARTED", "DURATION", "ERROR", NULL});
-        json_array_foreach (json_object_get(run, "nodes"), i, node) {
-                char attempt[32], nstarted[32], ndur[32], ebuf[256];
-                json_t *e = json_object_get(node, "error");
-                snprintf(attempt, sizeof(attempt), "%lld",
-                         (long long)json_integer_value(json_object_get(node, "attempt")));
-                client_reltime_json(node, "started_at", nstarted, sizeof(nstarted));
-                client_duration_json(node, "started_at", "finished_at", ndur, sizeof(ndur));
-                if (client_table_add(&t, (const char *[]){str_member(node, "node_id"),
-                                                          str_member(node, "status"), attempt,
-                                                          nstarted, ndur,
-                                                          e && !json_is_null(e)
-                                                              ? error_text(e, ebuf, sizeof(ebuf))
-                                                              : NULL}) < 0)
-                        break;
-        }
-        client_table_print(&t, stdout, ctx->color);
-        client_table_free(&t);
+        print_nodes(ctx, json_object_get(run, "nodes"));
         if (json_is_true(json_object_get(run, "nodes_truncated")))
-                printf("(%zu of %lld nodes shown; GET /v1/runs/%s/nodes pages through all)\n",
+                printf("(%zu of %lld nodes shown; all of them: agently run nodes %s)\n",
                        json_array_size(json_object_get(run, "nodes")),
                        (long long)json_integer_value(json_object_get(run, "nodes_total")),
                        str_member(run, "id"));
+}
+
+static const struct client_flag nodes_flags[] = {
+    {"limit", 'n', "N", "at most N nodes (1-1000, default 100)"},
+    {"cursor", 0, "CURSOR", "continue after a previous page"},
+    {NULL, 0, NULL, NULL},
+};
+
+/* Every node's latest attempt, a page at a time in node id order (for runs with more nodes
+ * than `run show` lists). */
+static int run_nodes(struct client_ctx *ctx, const struct client_args *args)
+{
+        _cleanup_free_ char *path = client_path("/v1/runs/%s/nodes", args->positional[0]);
+        _cleanup_json_ json_t *page = NULL;
+        int64_t limit;
+        int r;
+
+        r = client_flag_int(ctx, "limit", client_arg(ctx, args, "limit"), 1, 1000, &limit);
+        if (r)
+                return r;
+        if (!path || client_query_add(&path, "limit", client_arg(ctx, args, "limit")) < 0 ||
+            client_query_add(&path, "cursor", client_arg(ctx, args, "cursor")) < 0)
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "GET", path, NULL, NULL, &page);
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON) {
+                client_print_json(page, stdout);
+                return CLI_EXIT_OK;
+        }
+        print_nodes(ctx, json_object_get(page, "data"));
+        const char *cursor = json_string_value(json_object_get(page, "next_cursor"));
+        if (cursor && *cursor)
+                fprintf(stderr, "(more: agently run nodes %s --cursor %s)\n", args->positional[0],
+                        cursor);
+        return CLI_EXIT_OK;
 }
 
 static int run_show(struct client_ctx *ctx, const struct client_args *args)
@@ -707,6 +750,8 @@ const struct client_command client_run_commands[] = {
     {"run", "list", "[--status S] [--workflow W] [--limit N]", "list runs, newest first", 0, 0,
      list_flags, run_list},
     {"run", "show", "ID", "show a run: status, timing, cost and its nodes", 1, 1, NULL, run_show},
+    {"run", "nodes", "ID [--limit N] [--cursor C]",
+     "list every node of a run (latest attempt), in node id order", 1, 1, nodes_flags, run_nodes},
     {"run", "logs", "ID [--follow]", "print a run's events (--follow: until it ends)", 1, 1,
      logs_flags, run_logs},
     {"run", "cancel", "ID", "cancel a run", 1, 1, NULL, run_cancel},

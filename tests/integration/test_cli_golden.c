@@ -477,6 +477,19 @@ static void cli_main_commands_match_their_goldens(void **state)
         cli_result_free(&r);
         r = golden(f, "run_show_nodes_json", NULL, ARGS("run", "show", first, "-o", "json"));
         cli_result_free(&r);
+        /* the same nodes a page at a time, in node id order */
+        r = golden(f, "run_nodes", NULL, ARGS("run", "nodes", first));
+        assert_int_equal(r.exit, 0);
+        assert_aligned(strstr(r.out, "NODE"));
+        cli_result_free(&r);
+        r = golden(f, "run_nodes_page_json", NULL,
+                   ARGS("run", "nodes", first, "--limit", "1", "-o", "json"));
+        assert_int_equal(r.exit, 0);
+        assert_non_null(strstr(r.out, "\"next_cursor\": \""));
+        cli_result_free(&r);
+        r = golden(f, "run_nodes_page", NULL, ARGS("run", "nodes", first, "--limit", "1"));
+        assert_non_null(strstr(r.err, "(more: agently run nodes "));
+        cli_result_free(&r);
 
         /* secrets: the value comes from stdin and is never printed */
         r = golden(f, "secret_set", "sk-test-123\n", ARGS("secret", "set", "openai"));
