@@ -52,10 +52,6 @@ static struct {
 
 static int setup(void **state)
 {
-        unsigned char hash[AUTH_TOKEN_HASH_BYTES];
-        char hex[2 + 64 + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1];
-        char listen[64], env_db[4096], log[512], url[128];
-
         (void)state;
         S.conninfo = test_db_create("bigmap");
         S.db = test_db_connect(S.conninfo);
@@ -66,24 +62,9 @@ static int setup(void **state)
         S.workflow_id = worker_test_workflow(S.db, user, "big", 1, def);
         free(def);
         S.pure_id = worker_test_workflow(S.db, user, "big-pure", 1, WF_PURE);
-        assert_int_equal(auth_token_generate(S.token, hash, shown), 0);
-        auth_token_hash_hex(hash, hex);
-        free(test_db_value(S.db,
-                           "INSERT INTO api_tokens (user_id, name, token_hash, token_prefix) "
-                           "VALUES ('%s', 't', '%s'::bytea, '%s') RETURNING id",
-                           user, hex, shown));
+        worker_test_token(S.db, user, S.token);
         free(user);
-
-        int port = test_free_port();
-        snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
-        snprintf(S.base, sizeof(S.base), "http://127.0.0.1:%d", port);
-        snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", S.conninfo);
-        snprintf(log, sizeof(log), "%s/api.log", S.dir);
-        const char *args[] = {"api", "--listen", listen, "--data-dir", S.dir, NULL};
-        const char *env[] = {env_db, NULL};
-        S.api = test_spawn_agently(args, env, log);
-        snprintf(url, sizeof(url), "%s/healthz", S.base);
-        assert_true(test_wait_http_ok(url, 15000));
+        S.api = worker_test_spawn_api(S.conninfo, S.dir, S.base, sizeof(S.base));
         return 0;
 }
 

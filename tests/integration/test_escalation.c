@@ -36,21 +36,6 @@ static struct {
         char *workflow_id;
 } S;
 
-static void make_token(const char *user_id, char *token)
-{
-        unsigned char hash[AUTH_TOKEN_HASH_BYTES];
-        char hex[2 + 64 + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1];
-
-        assert_int_equal(auth_token_generate(token, hash, shown), 0);
-        auth_token_hash_hex(hash, hex);
-        PQclear(test_db_must(S.db, "BEGIN"));
-        free(test_db_value(S.db,
-                           "INSERT INTO api_tokens (user_id, name, token_hash, token_prefix) "
-                           "VALUES ('%s', 't', '%s'::bytea, '%s') RETURNING id",
-                           user_id, hex, shown));
-        PQclear(test_db_must(S.db, "COMMIT"));
-}
-
 static long resolve(const char *token, const char *run, const char *body, char **out)
 {
         char url[256], auth[128];
@@ -63,7 +48,7 @@ static long resolve(const char *token, const char *run, const char *body, char *
 
 static int setup(void **state)
 {
-        char listen[64], env_db[4096], log[512];
+        char log[512];
 
         S.conninfo = test_db_create("escalation");
         S.db = test_db_connect(S.conninfo);
@@ -71,27 +56,17 @@ static int setup(void **state)
         S.dir = test_tempdir("escalation");
         char *user = worker_test_user(S.db, "ana");
         char *other = worker_test_user(S.db, "bo");
-        make_token(user, S.token);
-        make_token(other, S.other_token);
+        worker_test_token(S.db, user, S.token);
+        worker_test_token(S.db, other, S.other_token);
         char *def = worker_sink_expand(S.sink, WF);
         S.workflow_id = worker_test_workflow(S.db, user, "esc", 1, def);
         free(def);
         free(user);
         free(other);
 
-        int port = test_free_port();
-        snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
-        snprintf(S.base, sizeof(S.base), "http://127.0.0.1:%d", port);
-        snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", S.conninfo);
-        snprintf(log, sizeof(log), "%s/api.log", S.dir);
-        const char *args[] = {"api", "--listen", listen, "--data-dir", S.dir, NULL};
-        const char *env[] = {env_db, NULL};
-        S.api = test_spawn_agently(args, env, log);
+        S.api = worker_test_spawn_api(S.conninfo, S.dir, S.base, sizeof(S.base));
         snprintf(log, sizeof(log), "%s/worker.log", S.dir);
         S.worker = worker_test_spawn(S.conninfo, "esc-w", "5s", "1s", NULL, log);
-        char url[128];
-        snprintf(url, sizeof(url), "%s/healthz", S.base);
-        assert_true(test_wait_http_ok(url, 15000));
         return 0;
 }
 

@@ -71,29 +71,10 @@ static void metrics_count_retries_lease_losses_and_finishes(void **state)
         char *def = worker_sink_expand(S.sink, WF);
         char *wf = worker_test_workflow(S.db, user, "m", 1, def);
         char *wf_wait = worker_test_workflow(S.db, user, "w", 1, WF_WAIT);
-        unsigned char hash[AUTH_TOKEN_HASH_BYTES];
-        char hex[2 + 64 + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1];
-        assert_int_equal(auth_token_generate(S.token, hash, shown), 0);
-        auth_token_hash_hex(hash, hex);
-        free(test_db_value(S.db,
-                           "INSERT INTO api_tokens (user_id, name, token_hash, token_prefix) "
-                           "VALUES ('%s', 't', '%s'::bytea, '%s') RETURNING id",
-                           user, hex, shown));
+        worker_test_token(S.db, user, S.token);
         free(def);
         free(user);
-
-        int port = test_free_port();
-        char listen[64], env_db[4096];
-        snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
-        snprintf(S.base, sizeof(S.base), "http://127.0.0.1:%d", port);
-        snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", S.conninfo);
-        snprintf(log, sizeof(log), "%s/api.log", S.dir);
-        const char *args[] = {"api", "--listen", listen, "--data-dir", S.dir, NULL};
-        const char *env[] = {env_db, NULL};
-        S.api = test_spawn_agently(args, env, log);
-        char url[128];
-        snprintf(url, sizeof(url), "%s/healthz", S.base);
-        assert_true(test_wait_http_ok(url, 15000));
+        S.api = worker_test_spawn_api(S.conninfo, S.dir, S.base, sizeof(S.base));
 
         /* before anything ran: every series is there, at zero */
         char *body = scrape();

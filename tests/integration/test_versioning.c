@@ -61,32 +61,13 @@ static json_t *api(const char *method, const char *path, const char *body, long 
 
 static void start_api(void)
 {
-        char token[AUTH_TOKEN_LEN + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1], hex[2 + 64 + 1];
-        unsigned char hash[AUTH_TOKEN_HASH_BYTES];
-        char listen[64], env_db[2048], log[600], url[128];
-        int port = test_free_port();
+        char token[AUTH_TOKEN_LEN + 1];
+        char *user = worker_test_user(E.db, "vera");
 
-        assert_int_equal(auth_token_generate(token, hash, shown), 0);
-        auth_token_hash_hex(hash, hex);
-        char *user = test_db_value(E.db, "INSERT INTO users (name) VALUES ('vera') RETURNING id");
-        PQclear(test_db_must(E.db, "SELECT 1"));
-        char *ok = test_db_value(E.db,
-                                 "INSERT INTO api_tokens (user_id, name, token_hash, token_prefix) "
-                                 "VALUES ('%s', 'test', '%s'::bytea, '%s') RETURNING 'ok'",
-                                 user, hex, shown);
-        free(ok);
+        worker_test_token(E.db, user, token);
         free(user);
         snprintf(E.auth, sizeof(E.auth), "Authorization: Bearer %s", token);
-        snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
-        snprintf(E.base, sizeof(E.base), "http://127.0.0.1:%d", port);
-        snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", E.conninfo);
-        snprintf(log, sizeof(log), "%s/api.log", E.dir);
-        const char *args[] = {"api", "--listen", listen, "--data-dir", E.dir, NULL};
-        const char *env[] = {env_db, NULL};
-        E.api = test_spawn_agently(args, env, log);
-        assert_true(E.api > 0);
-        snprintf(url, sizeof(url), "%s/healthz", E.base);
-        assert_true(test_wait_http_ok(url, 15000));
+        E.api = worker_test_spawn_api(E.conninfo, E.dir, E.base, sizeof(E.base));
 }
 
 static void start_worker(void)

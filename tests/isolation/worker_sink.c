@@ -12,6 +12,7 @@
 #include <microhttpd.h>
 
 #include "testlib.h"
+#include "auth_token.h"
 
 #define SINK_MAX_REQUESTS 20000
 
@@ -228,6 +229,39 @@ static char *must_value(PGconn *c, const char *sql, int n, const char *const *pa
         v = strdup(PQgetvalue(res, 0, 0));
         PQclear(res);
         return v;
+}
+
+void worker_test_token(PGconn *owner, const char *user_id, char *token)
+{
+        unsigned char hash[AUTH_TOKEN_HASH_BYTES];
+        char hex[2 + 64 + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1];
+        const char *params[] = {user_id, hex, shown};
+
+        assert_int_equal(auth_token_generate(token, hash, shown), 0);
+        auth_token_hash_hex(hash, hex);
+        free(must_value(owner,
+                        "INSERT INTO api_tokens (user_id, name, token_hash, token_prefix) "
+                        "VALUES ($1, 'test', $2::bytea, $3) RETURNING id",
+                        3, params));
+}
+
+pid_t worker_test_spawn_api(const char *owner_conninfo, const char *dir, char *base, size_t len)
+{
+        char listen[64], env_db[4096], log[4096], url[128];
+        int port = test_free_port();
+        pid_t pid;
+
+        snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
+        snprintf(base, len, "http://127.0.0.1:%d", port);
+        snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", owner_conninfo);
+        snprintf(log, sizeof(log), "%s/api.log", dir);
+        const char *args[] = {"api", "--listen", listen, "--data-dir", dir, NULL};
+        const char *env[] = {env_db, NULL};
+        pid = test_spawn_agently(args, env, log);
+        assert_true(pid > 0);
+        snprintf(url, sizeof(url), "%s/healthz", base);
+        assert_true(test_wait_http_ok(url, 15000));
+        return pid;
 }
 
 char *worker_test_user(PGconn *owner, const char *name)

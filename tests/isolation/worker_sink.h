@@ -63,6 +63,15 @@ char *worker_test_run(PGconn *owner, const char *workflow_id, const char *input)
  * is, false after timeout_ms. */
 bool worker_test_wait_status(PGconn *c, const char *run_id, const char *statuses, int timeout_ms);
 
+/* An API token for user_id, inserted as the owner; the token itself is written to token,
+ * which has room for AUTH_TOKEN_LEN + 1 bytes (src/api/auth_token.h). */
+void worker_test_token(PGconn *owner, const char *user_id, char *token);
+
+/* Starts `agently api` on a free loopback port against the database of owner_conninfo
+ * (data dir dir, log dir/api.log) and waits until /healthz answers; base (len >= 64)
+ * receives "http://127.0.0.1:PORT". */
+pid_t worker_test_spawn_api(const char *owner_conninfo, const char *dir, char *base, size_t len);
+
 /* Spawns `agently worker --id ID --lease L --heartbeat H [extra...]` against the database
  * of owner_conninfo, logging to log_path. extra is NULL-terminated (may be NULL). */
 pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *lease,
