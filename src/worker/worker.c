@@ -744,7 +744,7 @@ static bool has_effects(const struct run *run)
  * (failures, child runs) makes the next round reload.
  */
 static int snapshot_note(json_t *snapshot, const char *node, const char *status, int attempt,
-                         json_t *output, json_t *wake_at)
+                         json_t *output, const json_t *input)
 {
         json_t *nodes = json_object_get(snapshot, "nodes");
         json_t *old = json_object_get(nodes, node);
@@ -757,8 +757,14 @@ static int snapshot_note(json_t *snapshot, const char *node, const char *status,
                         started ? started : json_object_get(snapshot, "now_ms"));
         if (!rec)
                 return -ENOMEM;
-        if (json_is_integer(wake_at))
-                json_object_set(rec, "wake_at_ms", wake_at);
+        /* what SNAPSHOT_SQL takes from a waiting node's input */
+        if (strcmp(status, "waiting") == 0) {
+                json_t *v;
+                if (json_is_integer(v = json_object_get(input, "wake_at_ms")))
+                        json_object_set(rec, "wake_at_ms", v);
+                if ((v = json_object_get(input, "event")))
+                        json_object_set(rec, "event", v);
+        }
         return json_object_set_new(nodes, node, rec) < 0 ? -ENOMEM : 0;
 }
 
@@ -914,13 +920,9 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                         int attempt = snapshot_attempt(snapshot, node);
                         r = checkpoint(w, run, node, attempt, "waiting", in, NULL, NULL, NULL,
                                        "node.waiting", NULL);
-                        if (r > 0 && snapshot_note(snapshot, node, "waiting", attempt, NULL,
-                                                   json_is_integer(at) ? at : NULL) < 0)
+                        if (r > 0 &&
+                            snapshot_note(snapshot, node, "waiting", attempt, NULL, in) < 0)
                                 reload = true;
-                        if (r > 0 && !reload && jstr(a, "event"))
-                                json_object_set(
-                                    json_object_get(json_object_get(snapshot, "nodes"), node),
-                                    "event", json_object_get(a, "event"));
                         progress = true;
                 } else if (strcmp(act, "start_child") == 0) {
                         r = apply_start_child(w, run, a);
