@@ -31,7 +31,9 @@ RETURNS TABLE (lost_run_id uuid)
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    bad record;
+    bad     record;
+    rec     record;
+    parents uuid[] := '{}';
 BEGIN
     IF worker IS NULL OR jsonb_typeof(writes) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'invalid writes: a worker and a JSON array of operations are required'
@@ -60,7 +62,9 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    RETURN QUERY
+    -- Rows of the statement: (false, run) for a run refused by the fence, (true, parent)
+    -- for the parent of a run finished here.
+    FOR rec IN
     WITH w AS (
         SELECT *
         FROM jsonb_to_recordset(writes) AS x(
@@ -124,7 +128,8 @@ BEGIN
           AND r.lease_epoch = f.epoch
           AND r.status = 'running'
         RETURNING r.id, r.event_seq - f.nev AS base, r.user_id, r.created_at,
-                  r.status AS final_status, r.run_at AS final_run_at
+                  r.status AS final_status, r.run_at AS final_run_at, r.parent_run_id,
+                  f.op AS final_op
     ), ev AS (
         SELECT w.*, u.user_id, u.created_at, u.final_status, u.final_run_at,
                u.base + row_number() OVER (PARTITION BY w.run ORDER BY w.i) AS seq
@@ -189,18 +194,24 @@ BEGIN
           AND s.workflow_run_id = w.run
           AND s.consumed_at IS NULL
     )
-    SELECT p.run FROM per_run p WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.id = p.run);
+    SELECT false AS wake, p.run AS id
+    FROM per_run p WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.id = p.run)
+    UNION ALL
+    SELECT true, u.parent_run_id
+    FROM u WHERE u.final_op = 'finish' AND u.parent_run_id IS NOT NULL
+    LOOP
+        IF rec.wake THEN
+            parents := parents || rec.id;
+        ELSE
+            lost_run_id := rec.id;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
 
     -- A finished subworkflow wakes its parent (agently_finish_run does the same), after
-    -- the child rows: the lock order is child before parent.
-    PERFORM agently_wake_run(r.parent_run_id)
-    FROM (SELECT DISTINCT x.run, x.epoch
-          FROM jsonb_to_recordset(writes) AS x(op text, run uuid, epoch bigint)
-          WHERE x.op = 'finish') f
-    JOIN workflow_runs r ON r.id = f.run AND r.lease_epoch = f.epoch
-    WHERE r.parent_run_id IS NOT NULL
-      AND r.status IN ('completed', 'failed', 'canceled')
-    ORDER BY r.parent_run_id;
+    -- the child rows: the lock order is child before parent, parents in id order.
+    PERFORM agently_wake_run(x.parent)
+    FROM (SELECT DISTINCT p AS parent FROM unnest(parents) AS p ORDER BY 1) x;
 END;
 $$;
 
