@@ -767,7 +767,24 @@ static unsigned h_runs_get(struct api_request *req, struct api_response *resp)
         return respond_run(req, resp, 200, req->params[0]);
 }
 
-static int run_status(struct api_request *req, const char *id, char **out);
+/* The run's status into *out (malloc'd). 0 when the run exists for this user; otherwise the
+ * response is set (404, or the database error) and its status returned. */
+static unsigned run_status(struct api_request *req, struct api_response *resp, const char *id,
+                           char **out)
+{
+        const char *params[] = {id};
+        int r = 0;
+        _cleanup_pgresult_ PGresult *res =
+            db_query(req->db, "SELECT status FROM workflow_runs WHERE id = $1", 1, params, &r);
+
+        *out = NULL;
+        if (!res)
+                return api_db_error(resp, r);
+        if (PQntuples(res) == 0)
+                return not_found(resp, "run", id);
+        *out = strdup(PQgetvalue(res, 0, 0));
+        return *out ? 0 : api_db_error(resp, -ENOMEM);
+}
 
 /* Every node's latest attempt, a page at a time in node id order (keyset on node_id). */
 static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
@@ -775,18 +792,15 @@ static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
         const char *id = req->params[0];
         _cleanup_free_ char *cursor = NULL, *limit_s = NULL, *status = NULL;
         unsigned st;
-        int limit, r;
+        int limit;
 
         if (!is_uuid(id))
                 return not_found(resp, "run", id);
         if ((st = parse_limit(req, resp, NODES_DEFAULT, NODES_MAX, &limit)) ||
             (st = cursor_decode(req, resp, &cursor)))
                 return st;
-        r = run_status(req, id, &status);
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (r == 0)
-                return not_found(resp, "run", id);
+        if ((st = run_status(req, resp, id, &status)))
+                return st;
         limit_s = str_printf("%d", limit + 1);
         if (!limit_s)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
@@ -797,23 +811,6 @@ static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
                           "($2::text IS NULL OR x.node_id > $2) ORDER BY x.node_id, x.attempt "
                           "DESC) n ORDER BY n.node_id LIMIT $3::integer",
                           3, params, limit);
-}
-
-/* The run's status, or NULL when it does not exist (for this user). malloc'd. */
-static int run_status(struct api_request *req, const char *id, char **out)
-{
-        const char *params[] = {id};
-        int r = 0;
-        _cleanup_pgresult_ PGresult *res =
-            db_query(req->db, "SELECT status FROM workflow_runs WHERE id = $1", 1, params, &r);
-
-        *out = NULL;
-        if (!res)
-                return r;
-        if (PQntuples(res) == 0)
-                return 0;
-        *out = strdup(PQgetvalue(res, 0, 0));
-        return *out ? 1 : -ENOMEM;
 }
 
 /* Runs an UPDATE ... RETURNING; 1 when a row changed, 0 when none, or a negative errno. */
@@ -874,6 +871,7 @@ static unsigned run_control(struct api_request *req, struct api_response *resp, 
         const char *id = req->params[0];
         const char *params[] = {id};
         _cleanup_json_ json_t *by = json_pack("{s:s}", "by", req->user_name);
+        unsigned st;
         int r;
 
         if (!is_uuid(id))
@@ -909,11 +907,8 @@ static unsigned run_control(struct api_request *req, struct api_response *resp, 
                                 return api_db_error(resp, r);
                         return respond_run(req, resp, 200, id);
                 }
-                r = run_status(req, id, &status);
-                if (r < 0)
-                        return api_db_error(resp, r);
-                if (r == 0)
-                        return not_found(resp, "run", id);
+                if ((st = run_status(req, resp, id, &status)))
+                        return st;
                 if (is_terminal(status))
                         return api_errorf(resp, 409, "conflict", "the run has already finished",
                                           "a finished run can be re-run: POST "
@@ -1145,6 +1140,7 @@ static unsigned h_runs_signal(struct api_request *req, struct api_response *resp
         const char *id = req->params[0], *name = req->params[1];
         _cleanup_free_ char *status = NULL, *payload = NULL;
         json_t *sig = NULL;
+        unsigned st;
         int r;
 
         if (!is_uuid(id))
@@ -1161,11 +1157,8 @@ static unsigned h_runs_signal(struct api_request *req, struct api_response *resp
                 payload = strdup("{}");
         if (!payload)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
-        r = run_status(req, id, &status);
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (r == 0)
-                return not_found(resp, "run", id);
+        if ((st = run_status(req, resp, id, &status)))
+                return st;
         if (is_terminal(status))
                 return api_errorf(resp, 409, "conflict", "the run has already finished", NULL,
                                   "run %s is %s", id, status);
@@ -1252,18 +1245,14 @@ static unsigned h_events_stream(struct api_request *req, struct api_response *re
         _cleanup_free_ char *status = NULL;
         int64_t after;
         unsigned st;
-        int r;
 
         if (!is_uuid(id))
                 return not_found(resp, "run", id);
         st = parse_after(last && *last ? last : api_query(req, "after"), resp, &after);
         if (st)
                 return st;
-        r = run_status(req, id, &status);
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (r == 0)
-                return not_found(resp, "run", id);
+        if ((st = run_status(req, resp, id, &status)))
+                return st;
         resp->raw =
             api_sse_open(api_server_sse(req->server), req->connection, req->user_id, id, after);
         if (!resp->raw)
