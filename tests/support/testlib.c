@@ -135,7 +135,7 @@ static PGresult *vquery(PGconn *c, const char *fmt, va_list ap)
         char *sql = NULL;
         PGresult *res;
 
-        assert_true(vasprintf(&sql, fmt, ap) >= 0);
+        assert_int_ge(vasprintf(&sql, fmt, ap), 0);
         res = test_db_must(c, sql);
         free(sql);
         return res;
@@ -181,7 +181,7 @@ pid_t test_spawn_agently(const char *const *args, const char *const *env, const 
 {
         pid_t pid = fork();
 
-        assert_true(pid >= 0);
+        assert_int_ge(pid, 0);
         if (pid == 0) {
                 const char *argv[64];
                 size_t n = 0;
@@ -231,7 +231,7 @@ int test_free_port(void)
         socklen_t len = sizeof(addr);
         int fd = socket(AF_INET, SOCK_STREAM, 0);
 
-        assert_true(fd >= 0);
+        assert_int_ge(fd, 0);
         assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
         assert_int_equal(getsockname(fd, (struct sockaddr *)&addr, &len), 0);
         close(fd);
@@ -334,4 +334,87 @@ void test_rm_rf(const char *path)
         }
         if (pid > 0)
                 waitpid(pid, NULL, 0);
+}
+
+static const char *const cmp_text[] = {
+    [TEST_LT] = "<", [TEST_LE] = "<=", [TEST_GT] = ">", [TEST_GE] = ">="};
+
+static bool cmp_holds(int order, enum test_cmp op)
+{
+        switch (op) {
+        case TEST_LT:
+                return order < 0;
+        case TEST_LE:
+                return order <= 0;
+        case TEST_GT:
+                return order > 0;
+        case TEST_GE:
+                return order >= 0;
+        }
+        return false;
+}
+
+void test_assert_int_cmp(long long a, enum test_cmp op, long long b, const char *a_text,
+                         const char *b_text, const char *file, int line)
+{
+        if (cmp_holds(a < b ? -1 : a > b, op))
+                return;
+        print_error("%s %s %s: %lld %s %lld is false\n", a_text, cmp_text[op], b_text, a,
+                    cmp_text[op], b);
+        _fail(file, line);
+}
+
+void test_assert_double_equal(double a, double b, const char *a_text, const char *b_text,
+                              const char *file, int line)
+{
+        if (a == b)
+                return;
+        print_error("%s == %s: %.17g != %.17g\n", a_text, b_text, a, b);
+        _fail(file, line);
+}
+
+void test_assert_string_cmp(const char *a, enum test_cmp op, const char *b, const char *a_text,
+                            const char *b_text, const char *file, int line)
+{
+        if (a && b && cmp_holds(strcmp(a, b), op))
+                return;
+        print_error("%s %s %s: \"%s\" %s \"%s\" is false\n", a_text, cmp_text[op], b_text,
+                    a ? a : "(null)", cmp_text[op], b ? b : "(null)");
+        _fail(file, line);
+}
+
+void test_assert_json_equal(const json_t *a, const json_t *b, const char *a_text,
+                            const char *b_text, const char *file, int line)
+{
+        const size_t flags = JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY;
+        char *a_json, *b_json;
+
+        if (a && b && json_equal(a, b))
+                return;
+        a_json = a ? json_dumps(a, flags) : NULL;
+        b_json = b ? json_dumps(b, flags) : NULL;
+        print_error("%s == %s:\n  %s\n  %s\n", a_text, b_text, a_json ? a_json : "(null)",
+                    b_json ? b_json : "(null)");
+        free(a_json);
+        free(b_json);
+        _fail(file, line);
+}
+
+void test_assert_exit(int status, int code, const char *status_text, const char *file, int line)
+{
+        if (status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == code)
+                return;
+        if (status == -1)
+                print_error("%s: the process did not end in time (wanted exit code %d)\n",
+                            status_text, code);
+        else if (WIFSIGNALED(status))
+                print_error("%s: killed by signal %d (wanted exit code %d)\n", status_text,
+                            WTERMSIG(status), code);
+        else if (WIFEXITED(status))
+                print_error("%s: exit code %d, wanted %d\n", status_text, WEXITSTATUS(status),
+                            code);
+        else
+                print_error("%s: wait status 0x%x, wanted exit code %d\n", status_text,
+                            (unsigned)status, code);
+        _fail(file, line);
 }

@@ -1,7 +1,9 @@
 /*
  * Test support: fresh databases cloned from the harness's migrated template, spawning and
- * signalling real agently processes, and a small HTTP client. Assertion helpers abort the
- * test with both operands printed (cmocka's assert_* do that too; use either).
+ * signalling real agently processes, and a small HTTP client. Every comparison in a test
+ * prints both operands when it fails: cmocka's value assertions (assert_int_equal,
+ * assert_string_equal, ...) or the ones below, never assert_true(a == b) (scripts/lint
+ * refuses that).
  */
 #pragma once
 
@@ -63,3 +65,38 @@ bool test_wait_http_ok(const char *url, int timeout_ms);
 /* A temp directory (removed by test_rm_rf); caller frees the path. */
 char *test_tempdir(const char *prefix);
 void test_rm_rf(const char *path);
+
+/* ---- comparisons that print both operands -------------------------------------------
+ * cmocka 1.1 has equality for integers and strings, and an unsigned assert_in_range that
+ * shows a negative number as a huge one; these order signed integers, doubles and strings. */
+
+enum test_cmp { TEST_LT, TEST_LE, TEST_GT, TEST_GE };
+
+void test_assert_int_cmp(long long a, enum test_cmp op, long long b, const char *a_text,
+                         const char *b_text, const char *file, int line);
+void test_assert_double_equal(double a, double b, const char *a_text, const char *b_text,
+                              const char *file, int line);
+void test_assert_string_cmp(const char *a, enum test_cmp op, const char *b, const char *a_text,
+                            const char *b_text, const char *file, int line);
+void test_assert_json_equal(const json_t *a, const json_t *b, const char *a_text,
+                            const char *b_text, const char *file, int line);
+void test_assert_exit(int status, int code, const char *status_text, const char *file, int line);
+
+#define assert_int_lt(a, b)                                                                        \
+        test_assert_int_cmp((long long)(a), TEST_LT, (long long)(b), #a, #b, __FILE__, __LINE__)
+#define assert_int_le(a, b)                                                                        \
+        test_assert_int_cmp((long long)(a), TEST_LE, (long long)(b), #a, #b, __FILE__, __LINE__)
+#define assert_int_gt(a, b)                                                                        \
+        test_assert_int_cmp((long long)(a), TEST_GT, (long long)(b), #a, #b, __FILE__, __LINE__)
+#define assert_int_ge(a, b)                                                                        \
+        test_assert_int_cmp((long long)(a), TEST_GE, (long long)(b), #a, #b, __FILE__, __LINE__)
+/* Exact: for values that are whole numbers or copies, not for computed fractions. */
+#define assert_double_equal(a, b) test_assert_double_equal((a), (b), #a, #b, __FILE__, __LINE__)
+/* Equal JSON values (json_equal); prints both, keys sorted. */
+#define assert_json_equal(a, b) test_assert_json_equal((a), (b), #a, #b, __FILE__, __LINE__)
+/* strcmp order (both non-NULL). */
+#define assert_string_gt(a, b) test_assert_string_cmp((a), TEST_GT, (b), #a, #b, __FILE__, __LINE__)
+/* A wait status (test_stop_process, waitpid) of a process that exited with code; otherwise
+ * says what happened instead (killed by signal N, not reaped in time). */
+#define assert_exit_code(status, code)                                                             \
+        test_assert_exit((status), (code), #status, __FILE__, __LINE__)
