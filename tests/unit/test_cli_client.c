@@ -186,7 +186,7 @@ static void write_file(const char *path, const char *data)
 {
         int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 
-        assert_true(fd >= 0);
+        assert_int_ge(fd, 0);
         assert_int_equal(write(fd, data, strlen(data)), (ssize_t)strlen(data));
         close(fd);
 }

@@ -29,7 +29,7 @@ static json_t *errors_of(const char *text)
         assert_int_equal(wf_parse(def, &wf, &errors), -EINVAL);
         assert_null(wf);
         assert_non_null(errors);
-        assert_true(json_array_size(errors) > 0);
+        assert_int_gt(json_array_size(errors), 0);
         return errors;
 }
 
@@ -471,8 +471,8 @@ static void documented_examples_are_valid(void **state)
                         json_decref(whole);
                 p = end + 3;
         }
-        assert_true(workflows >= 2);
-        assert_true(snippets >= 8);
+        assert_int_ge(workflows, 2);
+        assert_int_ge(snippets, 8);
 }
 
 /* docs/workflow.schema.json is loadable and lists exactly the node kinds the parser knows,

@@ -45,7 +45,7 @@ static void every_example_validates(void **state)
                 checked++;
         }
         closedir(d);
-        assert_true(checked >= 3);
+        assert_int_ge(checked, 3);
 }
 
 int main(void)
