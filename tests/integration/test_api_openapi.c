@@ -71,7 +71,8 @@ static json_t *resolve(json_t *schema)
         const char *prefix = "#/components/";
 
         while (ref) {
-                assert_true(strncmp(ref, prefix, strlen(prefix)) == 0);
+                if (strncmp(ref, prefix, strlen(prefix)) != 0)
+                        fail_msg("$ref \"%s\" does not start with %s", ref, prefix);
                 char kind[32], name[64];
                 assert_int_equal(sscanf(ref + strlen(prefix), "%31[^/]/%63s", kind, name), 2);
                 schema = json_object_get(json_object_get(json_object_get(doc, "components"), kind),

@@ -58,7 +58,7 @@ static pid_t start_api(struct fixture *f)
         _cleanup_free_ char *health = str_printf("%s/healthz", f->server);
         pid_t pid = test_spawn_agently(args, env, f->api_log);
 
-        assert_true(pid > 0);
+        assert_int_gt(pid, 0);
         assert_true(test_wait_http_ok(health, 15000));
         return pid;
 }
@@ -124,7 +124,7 @@ static pid_t cli_spawn(struct fixture *f, const char *in, const char *const *arg
 {
         pid_t pid = fork();
 
-        assert_true(pid >= 0);
+        assert_int_ge(pid, 0);
         if (pid == 0) {
                 const char *argv[32] = {"agently"};
                 int n = 1, fd;
@@ -268,11 +268,12 @@ static void assert_aligned(const char *table)
         for (const char *line = nl + 1; *line; line = strchr(line, '\n') + 1) {
                 const char *end = strchr(line, '\n');
                 assert_non_null(end);
-                for (size_t k = 0; k < n; k++) {
-                        assert_true((size_t)(end - line) > starts[k]);
-                        assert_true(line[starts[k] - 1] == ' ' && line[starts[k] - 2] == ' ');
-                        assert_true(line[starts[k]] != ' ');
-                }
+                for (size_t k = 0; k < n; k++)
+                        if ((size_t)(end - line) <= starts[k] || line[starts[k] - 1] != ' ' ||
+                            line[starts[k] - 2] != ' ' || line[starts[k]] == ' ')
+                                fail_msg("column %zu does not start at byte %zu of the line "
+                                         "\"%.*s\" in:\n%s",
+                                         k, starts[k], (int)(end - line), line, table);
         }
 }
 
@@ -617,7 +618,9 @@ static void cli_wait_exit_code_follows_the_run(void **state)
                 while (!id || strlen(id) < 36) {
                         free(id);
                         id = slurp(out);
-                        assert_true(test_now_ms() < deadline);
+                        if (test_now_ms() >= deadline)
+                                fail_msg("run start --wait printed no run id within 15 s: \"%s\"",
+                                         id ? id : "");
                         usleep(20 * 1000);
                 }
                 id[36] = '\0';
@@ -710,7 +713,7 @@ static void cli_logs_follow_reconnects_without_gaps_or_duplicates(void **state)
         wait_for_ticks(out, 3, 10000);
 
         /* the API dies; events keep being written; a new API comes up on the same port */
-        assert_true(test_stop_process(f->api, SIGKILL, 5000) >= 0);
+        assert_int_ge(test_stop_process(f->api, SIGKILL, 5000), 0);
         f->api = -1;
         append_events(f, run_id, 4, 6);
         usleep(500 * 1000);

@@ -134,9 +134,8 @@ static void skip_lets_the_run_go_on_without_the_node(void **state)
         const char *args[] = {
             "run",      "resolve", run,       "skip",  "--comment", "not needed today",
             "--server", S.base,    "--token", S.token, NULL};
-        int status = test_stop_process(test_spawn_agently(args, NULL, "/dev/null"), 0, 30000);
-        assert_true(WIFEXITED(status));
-        assert_int_equal(WEXITSTATUS(status), 0);
+        assert_exit_code(test_stop_process(test_spawn_agently(args, NULL, "/dev/null"), 0, 30000),
+                         0);
         assert_true(worker_test_wait_status(S.db, run, "completed", 30000));
         /* a is recorded skipped by a person; b, which depends only on a, is skipped with it
          * (the same rule as a `when` that is false) */

@@ -78,8 +78,8 @@ static void metrics_count_retries_lease_losses_and_finishes(void **state)
 
         /* before anything ran: every series is there, at zero */
         char *body = scrape();
-        assert_true(sample(body, "agently_runs_finished_total{status=\"completed\"}") == 0);
-        assert_true(sample(body, "agently_lease_losses_total") == 0);
+        assert_double_equal(sample(body, "agently_runs_finished_total{status=\"completed\"}"), 0);
+        assert_double_equal(sample(body, "agently_lease_losses_total"), 0);
         free(body);
 
         char *run = worker_test_run(S.db, wf, NULL);
@@ -91,15 +91,15 @@ static void metrics_count_retries_lease_losses_and_finishes(void **state)
         char prefix[128];
         snprintf(prefix, sizeof(prefix), "/b/%s", run);
         for (int64_t t0 = test_now_ms(); worker_sink_count(S.sink, prefix) < 1;) {
-                assert_true(test_now_ms() - t0 < 20000);
+                assert_int_lt(test_now_ms() - t0, 20000);
                 usleep(20 * 1000);
         }
         assert_true(worker_test_wait_status(S.db, waiting, "waiting", 10000));
         test_stop_process(w1, SIGKILL, 5000);
 
         body = scrape();
-        assert_true(sample(body, "agently_runs{status=\"waiting\"}") == 1);
-        assert_true(sample(body, "agently_runs{status=\"running\"}") == 1);
+        assert_double_equal(sample(body, "agently_runs{status=\"waiting\"}"), 1);
+        assert_double_equal(sample(body, "agently_runs{status=\"running\"}"), 1);
         free(body);
 
         /* the API cancels the waiting run itself (no worker holds it) */
@@ -119,20 +119,20 @@ static void metrics_count_retries_lease_losses_and_finishes(void **state)
         test_stop_process(w2, SIGTERM, 15000);
 
         body = scrape();
-        assert_true(sample(body, "agently_runs_finished_total{status=\"completed\"}") == 1);
-        assert_true(sample(body, "agently_runs_finished_total{status=\"canceled\"}") == 1);
-        assert_true(sample(body, "agently_runs_finished_total{status=\"failed\"}") == 0);
-        assert_true(sample(body, "agently_node_retries_total") == 1);
-        assert_true(sample(body, "agently_lease_losses_total") == 1);
+        assert_double_equal(sample(body, "agently_runs_finished_total{status=\"completed\"}"), 1);
+        assert_double_equal(sample(body, "agently_runs_finished_total{status=\"canceled\"}"), 1);
+        assert_double_equal(sample(body, "agently_runs_finished_total{status=\"failed\"}"), 0);
+        assert_double_equal(sample(body, "agently_node_retries_total"), 1);
+        assert_double_equal(sample(body, "agently_lease_losses_total"), 1);
         /* claims: the two first starts, the wake-up after a's retry delay, the rescue */
-        assert_true(sample(body, "agently_run_claims_total") >= 4);
-        assert_true(sample(body, "agently_runs{status=\"waiting\"}") == 0);
-        assert_true(sample(body, "agently_runs{status=\"running\"}") == 0);
-        assert_true(sample(body, "agently_queue_depth") == 0);
+        assert_int_ge((long long)sample(body, "agently_run_claims_total"), 4);
+        assert_double_equal(sample(body, "agently_runs{status=\"waiting\"}"), 0);
+        assert_double_equal(sample(body, "agently_runs{status=\"running\"}"), 0);
+        assert_double_equal(sample(body, "agently_queue_depth"), 0);
         /* the counters agree with the event log they summarise */
         long long events = test_db_int(S.db, "SELECT count(*) FROM logs WHERE kind IN "
                                              "('run.started', 'run.resumed', 'run.recovered')");
-        assert_true(sample(body, "agently_run_claims_total") == (double)events);
+        assert_double_equal(sample(body, "agently_run_claims_total"), (double)events);
         free(body);
 
         test_stop_process(S.api, SIGTERM, 10000);

@@ -37,7 +37,9 @@ static int run_migrate(const char *conninfo, const char *extra, char **out)
         free(log);
         free(path);
         free(env);
-        assert_true(status >= 0 && WIFEXITED(status));
+        if (status == -1 || !WIFEXITED(status))
+                fail_msg("agently migrate did not exit within 60 s (wait status %d): %s", status,
+                         *out);
         return WEXITSTATUS(status);
 }
 
@@ -83,9 +85,7 @@ static void concurrent_migrators_queue_instead_of_racing(void **state)
         for (int i = 0; i < 4; i++)
                 pids[i] = test_spawn_agently(args, envv, "/dev/null");
         for (int i = 0; i < 4; i++) {
-                int status = test_stop_process(pids[i], 0, 60000);
-                assert_true(WIFEXITED(status));
-                assert_int_equal(WEXITSTATUS(status), 0);
+                assert_exit_code(test_stop_process(pids[i], 0, 60000), 0);
         }
         PGconn *c = test_db_connect(conninfo);
         assert_int_equal(test_db_int(c, "SELECT count(*) FROM agently_schema_migrations"),

@@ -126,9 +126,9 @@ static void up_runs_stops_and_keeps_its_data(void **state)
 
         /* a crashed child is restarted: kill the API with SIGKILL, it comes back */
         pid_t api = find_child(u.pid, "api");
-        assert_true(api > 0);
-        assert_true(find_child(u.pid, "worker") > 0);
-        assert_true(find_child(u.pid, "dispatch") > 0);
+        assert_int_gt(api, 0);
+        assert_int_gt(find_child(u.pid, "worker"), 0);
+        assert_int_gt(find_child(u.pid, "dispatch"), 0);
         kill(api, SIGKILL);
         int64_t deadline = test_now_ms() + 20000;
         pid_t again = 0;
@@ -138,7 +138,8 @@ static void up_runs_stops_and_keeps_its_data(void **state)
                         break;
                 usleep(100 * 1000);
         }
-        assert_true(again > 0 && again != api);
+        assert_int_gt(again, 0);
+        assert_int_not_equal(again, api);
         assert_true(test_wait_http_ok(url, 20000));
 
         up_stop(&u);

@@ -83,7 +83,7 @@ static void stop_worker(void)
 {
         int st = test_stop_process(E.worker, SIGTERM, 20000);
         E.worker = 0;
-        assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        assert_exit_code(st, 0);
 }
 
 /* Applies a definition; returns the version the API answered, and its status. */
