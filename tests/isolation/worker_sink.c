@@ -258,9 +258,10 @@ pid_t worker_test_spawn_api(const char *owner_conninfo, const char *dir, char *b
         const char *args[] = {"api", "--listen", listen, "--data-dir", dir, NULL};
         const char *env[] = {env_db, NULL};
         pid = test_spawn_agently(args, env, log);
-        assert_true(pid > 0);
+        assert_int_gt(pid, 0);
         snprintf(url, sizeof(url), "%s/healthz", base);
-        assert_true(test_wait_http_ok(url, 15000));
+        if (!test_wait_http_ok(url, 15000))
+                fail_msg("agently api did not answer %s within 15 s (log: %s)", url, log);
         return pid;
 }
 
@@ -308,8 +309,18 @@ bool worker_test_wait_status(PGconn *c, const char *run_id, const char *statuses
                 free(v);
                 if (ok)
                         return true;
-                if (test_now_ms() > deadline)
+                if (test_now_ms() > deadline) {
+                        /* say where it stopped, so the failing assertion need not */
+                        v = must_value(
+                            c,
+                            "SELECT status || coalesce(' ' || left(error::text, 500), '') "
+                            "FROM workflow_runs WHERE id = $1",
+                            1, params);
+                        fprintf(stderr, "run %s is %s after %d ms, not %s\n", run_id, v, timeout_ms,
+                                statuses);
+                        free(v);
                         return false;
+                }
                 usleep(50 * 1000);
         }
 }
@@ -343,7 +354,7 @@ pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *
         args[n] = NULL;
         snprintf(env_url, sizeof(env_url), "AGENTLY_DATABASE_URL=%s", owner_conninfo);
         pid = test_spawn_agently(args, env, log_path);
-        assert_true(pid > 0);
+        assert_int_gt(pid, 0);
         if (nspawned == 0)
                 atexit(kill_spawned);
         if (nspawned < (int)(sizeof(spawned) / sizeof(spawned[0])))
