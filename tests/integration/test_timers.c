@@ -76,7 +76,7 @@ static void test_timers_survive_restarts(void **state)
         int64_t t0;
 
         (void)state;
-        assert_true(runs > 0);
+        assert_int_gt(runs, 0);
         for (int k = 0; k < NWF; k++) {
                 char def[1024], name[16];
                 snprintf(name, sizeof(name), "t%d", k);
@@ -127,7 +127,7 @@ static void test_timers_survive_restarts(void **state)
         for (int i = 0; i < NWORKERS; i++) {
                 int st = test_stop_process(pids[i], SIGTERM, 20000);
                 alive[i] = 0;
-                assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+                assert_exit_code(st, 0);
         }
 
         struct chaos_sink_totals t;

@@ -50,11 +50,8 @@ static void dump_log(struct fixture *f)
 
 static void teardown(struct fixture *f)
 {
-        if (f->worker > 0) {
-                int st = test_stop_process(f->worker, SIGTERM, 15000);
-                assert_true(WIFEXITED(st));
-                assert_int_equal(WEXITSTATUS(st), 0);
-        }
+        if (f->worker > 0)
+                assert_exit_code(test_stop_process(f->worker, SIGTERM, 15000), 0);
         worker_sink_stop(f->sink);
         PQfinish(f->db);
         test_rm_rf(f->dir);
@@ -196,7 +193,7 @@ static void test_cancel_running_run(void **state)
         t0 = test_now_ms();
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET cancel_requested = true"));
         wait_status(f, run, "canceled", 5000);
-        assert_true(test_now_ms() - t0 < 3000); /* a heartbeat, not the request's 8 s */
+        assert_int_lt(test_now_ms() - t0, 3000); /* a heartbeat, not the request's 8 s */
         assert_db_equal("canceled", f->db,
                         "SELECT status FROM node_runs WHERE workflow_run_id = "
                         "'%s' AND node_id = 'a'",
@@ -270,7 +267,7 @@ static void test_subworkflow(void **state)
                          1);
         assert_int_equal(worker_sink_count(f->sink, "/child"), 1);
         assert_int_equal(worker_sink_count(f->sink, "/after"), 1);
-        assert_true(count_events(f, run, "run.waiting") >= 1);
+        assert_int_ge(count_events(f, run, "run.waiting"), 1);
         free(run);
         free(child);
         free(parent);

@@ -48,9 +48,7 @@ static void dump_log(struct fixture *f)
 
 static void teardown(struct fixture *f)
 {
-        int st = test_stop_process(f->worker, SIGTERM, 15000);
-        assert_true(WIFEXITED(st));
-        assert_int_equal(WEXITSTATUS(st), 0);
+        assert_exit_code(test_stop_process(f->worker, SIGTERM, 15000), 0);
         worker_sink_stop(f->sink);
         PQfinish(f->db);
         test_rm_rf(f->dir);
@@ -130,14 +128,16 @@ static void test_minimal_http_then_sleep(void **state)
                         "workflow_run_id = '%s' AND node_id = 'a'",
                         run);
         /* the sleep lasted (database time) */
-        assert_true(test_db_int(f->db,
-                                "SELECT (extract(epoch FROM max(finished_at) FILTER (WHERE "
-                                "node_id = 'b') - max(finished_at) FILTER (WHERE node_id = 'a'))"
-                                " * 1000)::bigint FROM node_runs WHERE workflow_run_id = '%s'",
-                                run) >= 900);
+        assert_int_ge(test_db_int(f->db,
+                                  "SELECT (extract(epoch FROM max(finished_at) FILTER (WHERE "
+                                  "node_id = 'b') - max(finished_at) FILTER (WHERE node_id = "
+                                  "'a')) * 1000)::bigint FROM node_runs WHERE "
+                                  "workflow_run_id = '%s'",
+                                  run),
+                      900);
         assert_int_equal(count_events(f, run, "run.started"), 1);
         assert_int_equal(count_events(f, run, "node.started"), 1);
-        assert_true(count_events(f, run, "node.completed") == 2);
+        assert_int_equal(count_events(f, run, "node.completed"), 2);
         assert_int_equal(count_events(f, run, "run.waiting"), 1);
         assert_int_equal(count_events(f, run, "run.resumed"), 1);
         assert_int_equal(count_events(f, run, "run.completed"), 1);
@@ -170,8 +170,8 @@ static void test_retry_with_backoff(void **state)
         assert_int_equal(worker_sink_get(f->sink, "/flaky", 2, &r2), 0);
         assert_int_equal(r0.status, 500);
         assert_int_equal(r2.status, 200);
-        assert_true(r1.at_ms - r0.at_ms >= 350);
-        assert_true(r2.at_ms - r1.at_ms >= 350);
+        assert_int_ge(r1.at_ms - r0.at_ms, 350);
+        assert_int_ge(r2.at_ms - r1.at_ms, 350);
         assert_db_equal("failed#1,failed#2,completed#3", f->db,
                         "SELECT string_agg(status || '#' || attempt, ',' ORDER "
                         "BY attempt) FROM node_runs WHERE workflow_run_id = "
@@ -184,7 +184,7 @@ static void test_retry_with_backoff(void **state)
                         run);
         assert_int_equal(count_events(f, run, "node.retry_scheduled"), 2);
         /* between attempts the run waited without a worker */
-        assert_true(count_events(f, run, "run.waiting") >= 2);
+        assert_int_ge(count_events(f, run, "run.waiting"), 2);
         free(run);
         teardown(f);
 }
@@ -204,7 +204,7 @@ static void test_429_retry_after(void **state)
         assert_int_equal(worker_sink_get(f->sink, "/limited", 0, &r0), 0);
         assert_int_equal(worker_sink_get(f->sink, "/limited", 1, &r1), 0);
         assert_int_equal(r0.status, 429);
-        assert_true(r1.at_ms - r0.at_ms >= 1800);
+        assert_int_ge(r1.at_ms - r0.at_ms, 1800);
         assert_int_equal(test_db_int(f->db,
                                      "SELECT (error->>'retry_after_ms')::int FROM node_runs "
                                      "WHERE workflow_run_id = '%s' AND attempt = 1",
@@ -224,7 +224,7 @@ static void test_node_timeout_fails_run(void **state)
         int64_t t0 = test_now_ms();
 
         wait_status(f, run, "failed", 15000);
-        assert_true(test_now_ms() - t0 < 3500);
+        assert_int_lt(test_now_ms() - t0, 3500);
         assert_db_equal("timeout", f->db,
                         "SELECT error->>'class' FROM node_runs WHERE "
                         "workflow_run_id = '%s' AND node_id = 'a'",

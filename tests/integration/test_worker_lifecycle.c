@@ -96,7 +96,8 @@ static void wait_sink(struct fixture *f, const char *prefix, int n, int ms)
 static int stop_worker(pid_t pid, int sig, int ms)
 {
         int st = test_stop_process(pid, sig, ms);
-        assert_true(WIFEXITED(st));
+        if (st == -1 || !WIFEXITED(st))
+                fail_msg("worker %d did not exit within %d ms (wait status %d)", (int)pid, ms, st);
         return WEXITSTATUS(st);
 }
 
@@ -123,7 +124,7 @@ static void test_drain_releases_held_runs(void **state)
                          1);
         t0 = test_now_ms();
         assert_int_equal(stop_worker(w1, SIGTERM, 10000), 0);
-        assert_true(test_now_ms() - t0 < 3000);
+        assert_int_lt(test_now_ms() - t0, 3000);
         /* ...and forgets it when it stops */
         assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM agently_workers"), 0);
         assert_db_equal("queued true", f->db,
@@ -134,7 +135,7 @@ static void test_drain_releases_held_runs(void **state)
         t0 = test_now_ms();
         w2 = spawn(f, "w2", "30s", "10s", NULL);
         wait_sink(f, "/hang", 2, 5000);
-        assert_true(test_now_ms() - t0 < 4000); /* not the 30 s lease */
+        assert_int_lt(test_now_ms() - t0, 4000); /* not the 30 s lease */
         assert_int_equal(worker_sink_distinct_keys(f->sink, "/hang"), 1);
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET cancel_requested = true"));
         wait_status(f, run, "canceled", 15000);
@@ -205,7 +206,7 @@ static void test_run_timeout(void **state)
         int64_t t0 = test_now_ms();
 
         wait_status(f, run, "failed", 10000);
-        assert_true(test_now_ms() - t0 < 5000);
+        assert_int_lt(test_now_ms() - t0, 5000);
         assert_db_equal("timeout", f->db,
                         "SELECT error->>'class' FROM workflow_runs WHERE id = '%s'", run);
         assert_int_equal(stop_worker(w1, SIGTERM, 10000), 0);
@@ -225,8 +226,7 @@ static void expect_usage_error(struct fixture *f, const char *const *args, const
         unlink(log);
         pid = test_spawn_agently(args, NULL, log);
         st = test_stop_process(pid, 0, 5000);
-        assert_true(WIFEXITED(st));
-        assert_int_equal(WEXITSTATUS(st), 2);
+        assert_exit_code(st, 2);
         out = fopen(log, "r");
         assert_non_null(out);
         n = fread(text, 1, sizeof(text) - 1, out);

@@ -286,10 +286,11 @@ static void test_renewal_absolute(void **state)
                 assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 10000, renewed, &n), 0);
                 assert_int_equal(n, 1);
         }
-        assert_true(test_db_int(f->owner,
-                                "SELECT (extract(epoch FROM lease_expires_at - now()) * 1000)"
-                                "::bigint FROM workflow_runs WHERE id = '%s'",
-                                run) <= 10000);
+        assert_int_le(test_db_int(f->owner,
+                                  "SELECT (extract(epoch FROM lease_expires_at - now()) * 1000)"
+                                  "::bigint FROM workflow_runs WHERE id = '%s'",
+                                  run),
+                      10000);
         /* renewing with another worker name does not steal it */
         assert_int_equal(queue_renew_leases(a, "B", &lease, 1, 10000, renewed, &n), 0);
         assert_int_equal(n, 0);

@@ -242,7 +242,7 @@ static void test_zombie_worker_is_fenced(void **state)
                         run);
         for (int i = 0; worker_sink_get(f->sink, "", i, &req) == 0; i++)
                 if (strstr(req.user_agent, "/w1"))
-                        assert_true(req.at_ms < resumed_ms);
+                        assert_int_lt(req.at_ms, resumed_ms);
         assert_int_equal(worker_sink_count(f->sink, "/c"), 1);
         /* w1 is alive, said why it stopped the run, and drains cleanly */
         snprintf(log, sizeof(log), "%s/w1.log", f->dir);
