@@ -1,8 +1,7 @@
 /*
  * Internals shared by the files of src/api: the request and response of one HTTP exchange,
- * the route table, the database pool, JSON error helpers, SSE streams and secret
- * encryption. Not used outside the module (tests read the route table through
- * api_routes.h).
+ * the route table, the database pool, JSON error helpers and SSE streams. Not used outside the
+ * module (tests read the route table through api_routes.h).
  */
 #pragma once
 
@@ -113,28 +112,6 @@ void api_pool_release(struct api_server *server, PGconn *c, bool broken);
 const char *api_server_data_dir(struct api_server *server);
 struct api_sse_hub *api_server_sse(struct api_server *server);
 unsigned api_server_statement_timeout_ms(struct api_server *server);
-
-/* ---- secrets (api_secret.c) ---- */
-#define API_SECRET_MAX_VALUE (64 * 1024)
-struct api_sealed_secret {
-        unsigned char nonce[24];
-        unsigned char *ciphertext; /* malloc'd */
-        size_t ciphertext_len;
-        unsigned char wrapped_key[24 + 32 + 16];
-        int key_version;
-};
-/* Encrypts value for (user_id, secret_id) under a fresh data key wrapped by the master key
- * of data_dir (or AGENTLY_MASTER_KEY_FILE), creating the key file (0600) on first use.
- * 0 or a negative errno; on failure nothing is allocated. */
-int api_secret_seal(const char *data_dir, const char *user_id, const char *secret_id,
-                    const char *value, size_t len, struct api_sealed_secret *out);
-/* The inverse, for tests and the worker: *value is malloc'd and NUL-terminated. -EBADMSG
- * when the ciphertext, wrapped key or associated data do not match. */
-int api_secret_open(const char *data_dir, const char *user_id, const char *secret_id,
-                    const unsigned char *nonce, const unsigned char *ciphertext, size_t len,
-                    const unsigned char *wrapped_key, size_t wrapped_len, int key_version,
-                    char **value);
-void api_sealed_secret_free(struct api_sealed_secret *s);
 
 /* ---- metrics (api_server.c) ---- */
 void api_metrics_observe(size_t route_index, const char *method, unsigned status, double seconds);

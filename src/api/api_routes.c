@@ -20,6 +20,7 @@
 #include "engine.h"
 #include "log.h"
 #include "migrate.h"
+#include "secrets.h"
 #include "strutil.h"
 
 #define PAGE_DEFAULT   50
@@ -1401,7 +1402,7 @@ static unsigned h_secrets_put(struct api_request *req, struct api_response *resp
 {
         static const char *const keys[] = {"value", NULL};
         const char *name = req->params[0];
-        struct api_sealed_secret sealed = {0};
+        struct secrets_sealed sealed = {0};
         _cleanup_free_ char *secret_id = NULL, *ct = NULL, *nonce = NULL, *wk = NULL, *kv = NULL;
         _cleanup_pgresult_ PGresult *found = NULL;
         json_t *b, *j = NULL;
@@ -1422,9 +1423,9 @@ static unsigned h_secrets_put(struct api_request *req, struct api_response *resp
         if (!json_is_string(value))
                 return api_error(resp, 400, "invalid_field", "value must be a string",
                                  "field 'value'", "send {\"value\": \"...\"}");
-        if (json_string_length(value) > API_SECRET_MAX_VALUE)
+        if (json_string_length(value) > SECRETS_MAX_VALUE)
                 return api_errorf(resp, 400, "invalid_field", "the secret value is too long", NULL,
-                                  "at most %d bytes", API_SECRET_MAX_VALUE);
+                                  "at most %d bytes", SECRETS_MAX_VALUE);
         const char *p1[] = {name};
         _cleanup_pgresult_ PGresult *lock = db_query(
             req->db,
@@ -1450,8 +1451,8 @@ static unsigned h_secrets_put(struct api_request *req, struct api_response *resp
                         return api_db_error(resp, r);
                 exists = PQntuples(e) > 0;
         }
-        r = api_secret_seal(api_server_data_dir(req->server), req->user_id, secret_id,
-                            json_string_value(value), json_string_length(value), &sealed);
+        r = secrets_seal(api_server_data_dir(req->server), req->user_id, secret_id,
+                         json_string_value(value), json_string_length(value), &sealed);
         if (r < 0) {
                 log_error("could not encrypt a secret: %s", strerror(-r));
                 return api_error(resp, 500, "internal", "could not encrypt the secret",
@@ -1462,7 +1463,7 @@ static unsigned h_secrets_put(struct api_request *req, struct api_response *resp
         nonce = bytea_hex(sealed.nonce, sizeof(sealed.nonce));
         wk = bytea_hex(sealed.wrapped_key, sizeof(sealed.wrapped_key));
         kv = str_printf("%d", sealed.key_version);
-        api_sealed_secret_free(&sealed);
+        secrets_sealed_free(&sealed);
         if (!ct || !nonce || !wk || !kv)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
         const char *p2[] = {secret_id, name, ct, nonce, wk, kv};

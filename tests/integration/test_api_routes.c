@@ -22,6 +22,7 @@
 #include "api_internal.h"
 #include "auth_token.h"
 #include "cleanup.h"
+#include "secrets.h"
 #include "testlib.h"
 
 struct server {
@@ -701,14 +702,14 @@ static void test_secrets_and_tokens(void **state)
         unsigned char *ct = PQunescapeBytea((unsigned char *)PQgetvalue(row, 0, 3), &cl);
         unsigned char *wk = PQunescapeBytea((unsigned char *)PQgetvalue(row, 0, 4), &wl);
         char *value = NULL;
-        assert_int_equal(api_secret_open(S.data_dir, PQgetvalue(row, 0, 0), PQgetvalue(row, 0, 1),
-                                         nonce, ct, cl, wk, wl, 1, &value),
+        assert_int_equal(secrets_open(S.data_dir, PQgetvalue(row, 0, 0), PQgetvalue(row, 0, 1),
+                                      nonce, nl, ct, cl, wk, wl, 1, &value),
                          0);
         assert_string_equal(value, "sk-rotated");
         free(value);
         /* bound to the user: another user id does not open it */
-        assert_int_equal(api_secret_open(S.data_dir, "00000000-0000-0000-0000-000000000000",
-                                         PQgetvalue(row, 0, 1), nonce, ct, cl, wk, wl, 1, &value),
+        assert_int_equal(secrets_open(S.data_dir, "00000000-0000-0000-0000-000000000000",
+                                      PQgetvalue(row, 0, 1), nonce, nl, ct, cl, wk, wl, 1, &value),
                          -EBADMSG);
         PQfreemem(nonce);
         PQfreemem(ct);
