@@ -876,195 +876,300 @@ static json_t *leaf_outputs(const struct wf_workflow *wf, const json_t *nodes)
         return out;
 }
 
-static int plan_run(struct wf_plan_ctx *p, const json_t *snap)
+/* What one plan learns about the static nodes, filled in topological order: a node's gates
+ * and dependencies come before it, so their state is known when it is reached. */
+struct run_walk {
+        enum state *state; /* per node */
+        bool *settled;     /* per node: completed, tolerated or skipped (lets dependents go) */
+        const struct wf_node *failed; /* the first node failed for good (on_failure fail) */
+};
+
+/* How far a node not reached yet may go, from its branch gates and dependencies. */
+enum readiness {
+        READY,      /* every gate open and every dependency settled */
+        NOT_YET,    /* a gate's condition or a dependency is still running */
+        SKIP_GATED, /* on a branch that was not taken (or whose condition was skipped) */
+        SKIP_DEPS,  /* every dependency was skipped */
+};
+
+static int emit_skip(struct wf_plan_ctx *p, const char *id, const char *reason)
+{
+        return emit(p, json_pack("{s:s,s:s,s:s}", "action", "skip", "node", id, "reason", reason));
+}
+
+/* Emits finish with status failed and error e (stolen), whose "node" is null: a failure of
+ * the run as a whole. */
+static int finish_run_failed(struct wf_plan_ctx *p, json_t *e)
+{
+        if (!e || json_object_set_new(e, "node", json_null()) < 0) {
+                json_decref(e);
+                return -ENOMEM;
+        }
+        return emit(p,
+                    json_pack("{s:s,s:s,s:o}", "action", "finish", "status", "failed", "error", e));
+}
+
+/* Step 1: a workflow timeout that has passed fails the run; one still ahead sets a timer.
+ * 1 when the run is finished, 0 to plan on, or -ENOMEM. */
+static int plan_workflow_timeout(struct wf_plan_ctx *p, const json_t *snap)
 {
         const struct wf_workflow *wf = p->wf;
-        _cleanup_free_ enum state *st = calloc(wf->n_nodes, sizeof(enum state));
-        _cleanup_free_ bool *settled = calloc(wf->n_nodes, sizeof(bool)); /* per snapshot */
-        const struct wf_node *failed = NULL;
         int64_t started;
+        char d[32];
 
-        if (!st || !settled)
-                return -ENOMEM;
-
-        if (wf->timeout_ms && rec_ms(snap, "started_at_ms", &started)) {
-                if (p->now - started >= wf->timeout_ms) {
-                        char d[32];
-                        duration_format(wf->timeout_ms, d, sizeof(d));
-                        json_t *e = error_json("timeout", "run exceeded its timeout of %s", d);
-                        if (!e || json_object_set_new(e, "node", json_null()) < 0) {
-                                json_decref(e);
-                                return -ENOMEM;
-                        }
-                        return emit(p, json_pack("{s:s,s:s,s:o}", "action", "finish", "status",
-                                                 "failed", "error", e));
-                }
+        if (!wf->timeout_ms || !rec_ms(snap, "started_at_ms", &started))
+                return 0;
+        if (p->now - started < wf->timeout_ms) {
                 timer(p, started + wf->timeout_ms);
+                return 0;
         }
+        duration_format(wf->timeout_ms, d, sizeof(d));
+        int r = finish_run_failed(p, error_json("timeout", "run exceeded its timeout of %s", d));
+        return r < 0 ? r : 1;
+}
 
-        for (size_t t = 0; t < wf->n_nodes && !p->error; t++) {
-                size_t i = wf->topo[t];
-                const struct wf_node *n = &wf->nodes[i];
-                const json_t *rec = json_object_get(p->nodes, n->id);
-                struct wf_leaf l = {.node = n, .id = n->id, .record = rec, .scope = &p->scope};
+/* Step 2a: a node's state from its snapshot record, acting on what is under way (a leaf in
+ * progress is driven, an escalation noted, a failure remembered). true when the node still
+ * has to be reached: not started yet, or a map/loop record left in progress. */
+static bool walk_recorded(struct wf_plan_ctx *p, struct run_walk *w, size_t i)
+{
+        const struct wf_node *n = &p->wf->nodes[i];
+        const json_t *rec = json_object_get(p->nodes, n->id);
+        struct wf_leaf l = {.node = n, .id = n->id, .record = rec, .scope = &p->scope};
 
-                st[i] = leaf_state(n, rec);
-                if (rec && !strcmp(rec_status(rec), "skipped"))
-                        settled[i] = true;
-                switch (st[i]) {
-                case ST_DONE:
-                case ST_TOLERATED:
-                        settled[i] = true;
-                        continue;
-                case ST_SKIPPED:
-                        continue;
-                case ST_FAILED:
-                        if (!failed)
-                                failed = n;
-                        continue;
-                case ST_ESCALATED:
-                        note_escalation(p, n->id, rec);
-                        continue;
-                case ST_ACTIVE:
-                        if (n->kind->composite)
-                                break; /* a map/loop record left in progress: drive it */
-                        (void)drive_leaf(p, &l);
-                        continue;
-                case ST_PENDING:
-                        break;
-                }
-
-                /* not reached yet: branch gates, then dependencies */
-                bool gated_off = false, gate_open = true;
-                for (size_t g = 0; g < n->n_gates; g++) {
-                        size_t c = n->gates[g].condition;
-                        if (st[c] == ST_SKIPPED || st[c] == ST_TOLERATED) {
-                                gated_off = true;
-                        } else if (st[c] == ST_DONE) {
-                                const json_t *crec = json_object_get(p->nodes, wf->nodes[c].id);
-                                const char *branch = json_string_value(
-                                    json_object_get(rec_get(crec, "output"), "branch"));
-                                bool took_then = branch && !strcmp(branch, "then");
-                                if (took_then != n->gates[g].then_branch)
-                                        gated_off = true;
-                        } else {
-                                gate_open = false;
-                        }
-                }
-                if (gated_off) {
-                        st[i] = ST_SKIPPED;
-                        emit(p, json_pack("{s:s,s:s,s:s}", "action", "skip", "node", n->id,
-                                          "reason", "branch not taken"));
-                        continue;
-                }
-                bool all_skipped = n->n_deps > 0, all_settled = true;
-                for (size_t k = 0; k < n->n_deps; k++) {
-                        size_t d = n->deps[k];
-                        if (st[d] != ST_SKIPPED)
-                                all_skipped = false;
-                        if (!settled[d])
-                                all_settled = false;
-                }
-                if (all_skipped) {
-                        st[i] = ST_SKIPPED;
-                        emit(p, json_pack("{s:s,s:s,s:s}", "action", "skip", "node", n->id,
-                                          "reason", "dependency skipped"));
-                        continue;
-                }
-                if (!all_settled || !gate_open)
-                        continue;
-                if (n->when && !rec) {
-                        struct wf_expr_error err = {0};
-                        _cleanup_json_ json_t *v = NULL;
-                        int r = wf_expr_eval_scope(n->when, &p->scope, &v, &err);
-                        if (r == -EINVAL) {
-                                st[i] = ST_ACTIVE;
-                                emit_fail(
-                                    p, n->id, 1,
-                                    error_json("error", "could not evaluate when at column %d: %s",
-                                               err.column, err.message ? err.message : "error"));
-                                wf_expr_error_clear(&err);
-                                continue;
-                        }
-                        wf_expr_error_clear(&err);
-                        if (r < 0)
-                                return r;
-                        if (!wf_expr_truthy(v)) {
-                                st[i] = ST_SKIPPED;
-                                emit(p, json_pack("{s:s,s:s,s:s}", "action", "skip", "node", n->id,
-                                                  "reason", "when was false"));
-                                continue;
-                        }
-                }
-                st[i] = ST_ACTIVE;
+        w->state[i] = leaf_state(n, rec);
+        if (rec && !strcmp(rec_status(rec), "skipped"))
+                w->settled[i] = true;
+        switch (w->state[i]) {
+        case ST_DONE:
+        case ST_TOLERATED:
+                w->settled[i] = true;
+                return false;
+        case ST_SKIPPED:
+                return false;
+        case ST_FAILED:
+                if (!w->failed)
+                        w->failed = n;
+                return false;
+        case ST_ESCALATED:
+                note_escalation(p, n->id, rec);
+                return false;
+        case ST_ACTIVE:
                 if (n->kind->composite)
-                        (void)n->kind->composite(p, n);
-                else
-                        (void)n->kind->start(p, &l, 1, false);
+                        return true; /* drive it like a node being reached */
+                (void)drive_leaf(p, &l);
+                return false;
+        case ST_PENDING:
+                break;
         }
-        if (p->error)
-                return p->error;
+        return true;
+}
 
-        if (failed) {
-                const json_t *rec = json_object_get(p->nodes, failed->id);
-                const json_t *ne = rec_get(rec, "error");
-                const char *msg = json_string_value(json_object_get(ne, "message"));
-                const char *klass = json_string_value(json_object_get(ne, "class"));
-                json_t *e = error_json(klass ? klass : "error", "node '%s' failed: %s", failed->id,
-                                       msg ? msg : "no message");
-                if (!e || json_object_set_new(e, "node", json_string(failed->id)) < 0 ||
-                    json_object_set(e, "error", (json_t *)ne) < 0) {
-                        json_decref(e);
-                        return -ENOMEM;
+/* Step 2b: may a node not reached yet go? Branch gates first (a branch not taken skips the
+ * node even while another gate is open), then dependencies (all skipped skips it). */
+static enum readiness node_readiness(const struct wf_plan_ctx *p, const struct run_walk *w,
+                                     const struct wf_node *n)
+{
+        const struct wf_workflow *wf = p->wf;
+        bool gated_off = false, gate_open = true, all_skipped = n->n_deps > 0, all_settled = true;
+
+        for (size_t g = 0; g < n->n_gates; g++) {
+                size_t c = n->gates[g].condition;
+                if (w->state[c] == ST_SKIPPED || w->state[c] == ST_TOLERATED) {
+                        gated_off = true;
+                } else if (w->state[c] == ST_DONE) {
+                        const json_t *crec = json_object_get(p->nodes, wf->nodes[c].id);
+                        const char *branch =
+                            json_string_value(json_object_get(rec_get(crec, "output"), "branch"));
+                        bool took_then = branch && !strcmp(branch, "then");
+                        if (took_then != n->gates[g].then_branch)
+                                gated_off = true;
+                } else {
+                        gate_open = false;
                 }
-                json_array_clear(p->actions);
-                return emit(p, json_pack("{s:s,s:s,s:o}", "action", "finish", "status", "failed",
-                                         "error", e));
         }
+        if (gated_off)
+                return SKIP_GATED;
+        for (size_t k = 0; k < n->n_deps; k++) {
+                size_t d = n->deps[k];
+                if (w->state[d] != ST_SKIPPED)
+                        all_skipped = false;
+                if (!w->settled[d])
+                        all_settled = false;
+        }
+        if (all_skipped)
+                return SKIP_DEPS;
+        return all_settled && gate_open ? READY : NOT_YET;
+}
+
+/* Step 2c: a ready node's `when` (only before its first record). 1 when the node starts, 0
+ * when it does not (skipped, or failed for an expression error: both emitted), or -ENOMEM. */
+static int evaluate_when(struct wf_plan_ctx *p, struct run_walk *w, size_t i)
+{
+        const struct wf_node *n = &p->wf->nodes[i];
+        struct wf_expr_error err = {0};
+        _cleanup_json_ json_t *v = NULL;
+        int r;
+
+        if (!n->when || json_object_get(p->nodes, n->id))
+                return 1;
+        r = wf_expr_eval_scope(n->when, &p->scope, &v, &err);
+        if (r == -EINVAL) {
+                w->state[i] = ST_ACTIVE;
+                emit_fail(p, n->id, 1,
+                          error_json("error", "could not evaluate when at column %d: %s",
+                                     err.column, err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return 0;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return r;
+        if (wf_expr_truthy(v))
+                return 1;
+        w->state[i] = ST_SKIPPED;
+        emit_skip(p, n->id, "when was false");
+        return 0;
+}
+
+/* Step 2: one static node, in topological order: its record, then (if it is still to be
+ * reached) gates and dependencies, when, and its start. 0, or a negative errno that ends
+ * the plan; emission failures are left in p->error. */
+static int walk_node(struct wf_plan_ctx *p, struct run_walk *w, size_t i)
+{
+        const struct wf_node *n = &p->wf->nodes[i];
+        int r;
+
+        if (!walk_recorded(p, w, i))
+                return 0;
+        switch (node_readiness(p, w, n)) {
+        case SKIP_GATED:
+                w->state[i] = ST_SKIPPED;
+                emit_skip(p, n->id, "branch not taken");
+                return 0;
+        case SKIP_DEPS:
+                w->state[i] = ST_SKIPPED;
+                emit_skip(p, n->id, "dependency skipped");
+                return 0;
+        case NOT_YET:
+                return 0;
+        case READY:
+                break;
+        }
+        r = evaluate_when(p, w, i);
+        if (r <= 0)
+                return r;
+        w->state[i] = ST_ACTIVE;
+        if (n->kind->composite) {
+                (void)n->kind->composite(p, n);
+        } else {
+                struct wf_leaf l = {.node = n,
+                                    .id = n->id,
+                                    .record = json_object_get(p->nodes, n->id),
+                                    .scope = &p->scope};
+                (void)n->kind->start(p, &l, 1, false);
+        }
+        return 0;
+}
+
+/* Step 3a: a node failed for good ends the run failed, replacing every other action. */
+static int finish_node_failed(struct wf_plan_ctx *p, const struct wf_node *failed)
+{
+        const json_t *rec = json_object_get(p->nodes, failed->id);
+        const json_t *ne = rec_get(rec, "error");
+        const char *msg = json_string_value(json_object_get(ne, "message"));
+        const char *klass = json_string_value(json_object_get(ne, "class"));
+        json_t *e = error_json(klass ? klass : "error", "node '%s' failed: %s", failed->id,
+                               msg ? msg : "no message");
+
+        if (!e || json_object_set_new(e, "node", json_string(failed->id)) < 0 ||
+            json_object_set(e, "error", (json_t *)ne) < 0) {
+                json_decref(e);
+                return -ENOMEM;
+        }
+        json_array_clear(p->actions);
+        return emit(p,
+                    json_pack("{s:s,s:s,s:o}", "action", "finish", "status", "failed", "error", e));
+}
+
+/* Step 3b: every node settled: the run completes with the workflow's output (rendered), or
+ * the outputs of its leaves; an output that does not render fails the run. */
+static int finish_completed(struct wf_plan_ctx *p)
+{
+        const struct wf_workflow *wf = p->wf;
+        json_t *output;
+
+        if (wf->output) {
+                struct wf_expr_error err = {0};
+                _cleanup_free_ char *path = NULL;
+                int r = wf_tmpl_render(wf->output, &p->scope, &output, &err, &path);
+                if (r == -EINVAL) {
+                        json_t *e = error_json(
+                            "error", "could not render the workflow output%s at column %d: %s",
+                            path ? path : "", err.column, err.message ? err.message : "error");
+                        wf_expr_error_clear(&err);
+                        return finish_run_failed(p, e);
+                }
+                wf_expr_error_clear(&err);
+                if (r < 0)
+                        return r;
+        } else {
+                output = leaf_outputs(wf, p->nodes);
+                if (!output)
+                        return -ENOMEM;
+        }
+        return emit(p, json_pack("{s:s,s:s,s:o}", "action", "finish", "status", "completed",
+                                 "output", output));
+}
+
+/* Step 3: what the run as a whole does after the walk, first match wins: a failed node
+ * fails it, an escalation asks for input (both replace the walk's actions), all settled
+ * completes it, actions go out as they are, and otherwise it waits for the next timer. */
+static int plan_outcome(struct wf_plan_ctx *p, const struct run_walk *w)
+{
+        bool all_settled = true;
+
+        if (w->failed)
+                return finish_node_failed(p, w->failed);
         if (p->escalated_id) {
                 json_array_clear(p->actions);
                 return emit(p, json_pack("{s:s,s:s,s:O}", "action", "needs_input", "node",
                                          p->escalated_id, "error", (json_t *)p->escalated_error));
         }
-        bool all_settled = true;
-        for (size_t i = 0; i < wf->n_nodes; i++)
-                if (!settled[i])
+        for (size_t i = 0; i < p->wf->n_nodes; i++)
+                if (!w->settled[i])
                         all_settled = false;
-        if (all_settled) {
-                json_t *output;
-                if (wf->output) {
-                        struct wf_expr_error err = {0};
-                        _cleanup_free_ char *path = NULL;
-                        int r = wf_tmpl_render(wf->output, &p->scope, &output, &err, &path);
-                        if (r == -EINVAL) {
-                                json_t *e = error_json(
-                                    "error",
-                                    "could not render the workflow output%s at column %d: %s",
-                                    path ? path : "", err.column,
-                                    err.message ? err.message : "error");
-                                wf_expr_error_clear(&err);
-                                if (!e || json_object_set_new(e, "node", json_null()) < 0) {
-                                        json_decref(e);
-                                        return -ENOMEM;
-                                }
-                                return emit(p, json_pack("{s:s,s:s,s:o}", "action", "finish",
-                                                         "status", "failed", "error", e));
-                        }
-                        wf_expr_error_clear(&err);
-                        if (r < 0)
-                                return r;
-                } else {
-                        output = leaf_outputs(wf, p->nodes);
-                        if (!output)
-                                return -ENOMEM;
-                }
-                return emit(p, json_pack("{s:s,s:s,s:o}", "action", "finish", "status", "completed",
-                                         "output", output));
-        }
+        if (all_settled)
+                return finish_completed(p);
         if (json_array_size(p->actions) > 0)
                 return 0;
         return emit(p, json_pack("{s:s,s:o}", "action", "wait", "wake_at_ms",
                                  p->has_wake ? json_integer(p->wake) : json_null()));
+}
+
+/* The plan of one run: the workflow timeout, a walk over the static nodes in topological
+ * order, then the run's outcome. */
+static int plan_run(struct wf_plan_ctx *p, const json_t *snap)
+{
+        const struct wf_workflow *wf = p->wf;
+        _cleanup_free_ enum state *state = calloc(wf->n_nodes, sizeof(enum state));
+        _cleanup_free_ bool *settled = calloc(wf->n_nodes, sizeof(bool));
+        struct run_walk w = {.state = state, .settled = settled};
+        int r;
+
+        if (!state || !settled)
+                return -ENOMEM;
+        r = plan_workflow_timeout(p, snap);
+        if (r != 0)
+                return r < 0 ? r : 0;
+        for (size_t t = 0; t < wf->n_nodes && !p->error; t++) {
+                r = walk_node(p, &w, wf->topo[t]);
+                if (r < 0)
+                        return r;
+        }
+        if (p->error)
+                return p->error;
+        return plan_outcome(p, &w);
 }
 
 int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actions)
