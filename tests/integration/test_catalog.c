@@ -5,6 +5,9 @@
  * runs as its owner. Then, with rows of two users in EVERY user-owned table: agently_api
  * with no user set sees zero rows everywhere, and user B can neither see, update, delete
  * nor insert A's rows in any table — and A's rows are byte-for-byte unchanged afterwards.
+ * Each write probe uses only columns agently_api is granted, so what refuses it is the
+ * policy (asserted by row count or by the policy's own error), never a column privilege
+ * checked before the policy is reached.
  *
  * Tables are discovered from the catalog, so a table added later is covered automatically;
  * the seed below must give it rows (the test says so when it does not).
@@ -104,7 +107,7 @@ static PGresult *user_tables(PGconn *c)
         PGresult *res = test_db_must(c, user_tables_sql);
 
         /* the data model of DESIGN.md has at least these 17 user-owned tables */
-        assert_true(PQntuples(res) >= 17);
+        assert_int_ge(PQntuples(res), 17);
         return res;
 }
 
@@ -122,9 +125,10 @@ static void every_user_table_has_forced_rls(void **state)
                 fprintf(stderr, "tables without ENABLE+FORCE ROW LEVEL SECURITY: %s\n", bad);
         assert_null(bad);
         /* partitions of logs are covered too */
-        assert_true(test_db_int(f->c, "SELECT count(*) FROM pg_class WHERE relispartition AND "
-                                      "relname LIKE 'logs%%' AND relrowsecurity AND "
-                                      "relforcerowsecurity") >= 2);
+        assert_int_ge(test_db_int(f->c, "SELECT count(*) FROM pg_class WHERE relispartition AND "
+                                        "relname LIKE 'logs%%' AND relrowsecurity AND "
+                                        "relforcerowsecurity"),
+                      2);
 }
 
 static void api_role_owns_nothing_and_is_unprivileged(void **state)
@@ -181,14 +185,23 @@ static void no_definer_function_for_public_and_no_owner_views(void **state)
         assert_null(views);
 }
 
-/* Runs sql as agently_api in its own transaction, with user_id set when non-NULL.
- * Returns the rows affected/returned, or -1 with the SQLSTATE in state_out. */
-static long api_exec(const char *api_conninfo, const char *user_id, const char *sql,
-                     char *state_out)
+/* What one statement did as agently_api: the rows it affected (or the count it selected),
+ * or -1 and the error. */
+struct probe {
+        long rows;
+        char sqlstate[6];
+        char message[512];
+};
+
+/* Runs sql as agently_api in its own transaction, with user_id set when non-NULL. What got
+ * through is committed when commit is set (it must then be visible afterwards), otherwise
+ * rolled back (the probes that only show a statement gets past the policy). */
+static struct probe api_exec(const char *api_conninfo, const char *user_id, const char *sql,
+                             bool commit)
 {
         PGconn *c = test_db_connect(api_conninfo);
+        struct probe p = {.rows = -1};
         PGresult *res;
-        long n = -1;
 
         PQclear(test_db_must(c, "BEGIN"));
         if (user_id) {
@@ -197,26 +210,85 @@ static long api_exec(const char *api_conninfo, const char *user_id, const char *
                 free(set);
         }
         res = PQexec(c, sql);
-        state_out[0] = '\0';
         if (PQresultStatus(res) == PGRES_TUPLES_OK && strncmp(sql, "SELECT", 6) == 0) {
-                n = 0;
                 int64_t v = 0;
+                p.rows = 0;
                 if (PQntuples(res) > 0 && str_to_int64(PQgetvalue(res, 0, 0), &v) == 0)
-                        n = (long)v;
+                        p.rows = (long)v;
         } else if (PQresultStatus(res) == PGRES_COMMAND_OK ||
                    PQresultStatus(res) == PGRES_TUPLES_OK) {
                 int64_t v = 0;
                 str_to_int64(PQcmdTuples(res), &v);
-                n = (long)v;
+                p.rows = (long)v;
         } else {
-                const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-                str_copy(state_out, 6, s ? s : "?????");
+                const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                const char *message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+                str_copy(p.sqlstate, sizeof(p.sqlstate), state ? state : "?????");
+                str_copy(p.message, sizeof(p.message), message ? message : "");
         }
         PQclear(res);
-        /* commit what was allowed: anything that got through must be visible afterwards */
-        PQclear(PQexec(c, n >= 0 ? "COMMIT" : "ROLLBACK"));
+        PQclear(PQexec(c, commit && p.rows >= 0 ? "COMMIT" : "ROLLBACK"));
         PQfinish(c);
-        return n;
+        return p;
+}
+
+#define PROBE_FMT "%s: %s: %ld rows, error %s \"%s\""
+#define PROBE_ARGS(t, what, p)                                                                     \
+        t, what, (p)->rows, (p)->sqlstate[0] ? (p)->sqlstate : "none", (p)->message
+
+/* The statement ran and touched (or counted) exactly rows rows. */
+static void assert_rows(const char *t, const char *what, const struct probe *p, long rows)
+{
+        if (p->rows != rows)
+                fail_msg(PROBE_FMT ", wanted %ld rows", PROBE_ARGS(t, what, p), rows);
+}
+
+/* The statement got past the row-level security policy: it ran on at least one row, or only
+ * an integrity constraint checked after the policy (SQLSTATE class 23) stopped it. Shows that
+ * the same statement aimed at another user's rows met the policy, not a missing privilege. */
+static void assert_past_policy(const char *t, const char *what, const struct probe *p)
+{
+        if (p->rows < 1 && strncmp(p->sqlstate, "23", 2) != 0)
+                fail_msg(PROBE_FMT ", wanted it to get past the policy", PROBE_ARGS(t, what, p));
+}
+
+/* The row-level security policy itself refused the statement (WITH CHECK). */
+static void assert_refused_by_policy(const char *t, const char *what, const struct probe *p)
+{
+        if (p->rows != -1 || strcmp(p->sqlstate, "42501") != 0 ||
+            !strstr(p->message, "row-level security policy"))
+                fail_msg(PROBE_FMT ", wanted the row-level security policy to refuse it",
+                         PROBE_ARGS(t, what, p));
+}
+
+/* The role has no privilege for the statement at all (no policy is reached). */
+static void assert_no_privilege(const char *t, const char *what, const struct probe *p)
+{
+        if (p->rows != -1 || strcmp(p->sqlstate, "42501") != 0 ||
+            !strstr(p->message, "permission denied"))
+                fail_msg(PROBE_FMT ", wanted permission denied", PROBE_ARGS(t, what, p));
+}
+
+/* Whether agently_api holds privilege (SELECT, INSERT, UPDATE) on column col of table t. */
+static bool api_may(struct fixture *f, const char *t, const char *col, const char *privilege)
+{
+        return test_db_int(f->c,
+                           "SELECT has_column_privilege('agently_api', '%s', '%s', '%s')::int", t,
+                           col, privilege) == 1;
+}
+
+/* The columns of t on which agently_api holds privilege, in table order, each with prefix
+ * before it and ", " between them; NULL when there are none. */
+static char *api_columns(struct fixture *f, const char *t, const char *privilege,
+                         const char *prefix)
+{
+        return test_db_value(f->c,
+                             "SELECT string_agg('%s' || quote_ident(attname), ', ' ORDER BY "
+                             "attnum) FROM pg_attribute WHERE attrelid = '%s'::regclass AND "
+                             "attnum > 0 AND NOT attisdropped AND attidentity = '' AND "
+                             "attgenerated = '' AND has_column_privilege('agently_api', "
+                             "attrelid, attnum, '%s')",
+                             prefix, t, privilege);
 }
 
 static void api_with_no_user_sees_nothing(void **state)
@@ -226,22 +298,24 @@ static void api_with_no_user_sees_nothing(void **state)
 
         for (int i = 0; i < PQntuples(tables); i++) {
                 const char *t = PQgetvalue(tables, i, 0);
-                char sqlstate[6];
                 char *sql = str_printf("SELECT count(*) FROM %s", t);
                 long owner_rows = test_db_int(f->c, "SELECT count(*) FROM %s", t);
-                long n = api_exec(f->api, NULL, sql, sqlstate);
+                struct probe p = api_exec(f->api, NULL, sql, false);
 
                 if (owner_rows < 2)
                         fprintf(stderr,
                                 "table %s has no seed rows for both users: add them "
                                 "to seed_sql in %s\n",
                                 t, __FILE__);
-                assert_true(owner_rows >= 2);
-                if (n != 0)
-                        fprintf(stderr, "%s: agently_api with no user saw %ld rows (%s)\n", t, n,
-                                sqlstate);
-                /* zero rows, or no SELECT privilege at all (42501) */
-                assert_true(n == 0 || strcmp(sqlstate, "42501") == 0);
+                assert_int_ge(owner_rows, 2);
+                /* zero rows where it may read, no SELECT privilege at all elsewhere */
+                if (test_db_int(f->c,
+                                "SELECT has_any_column_privilege('agently_api', '%s', "
+                                "'SELECT')::int",
+                                t))
+                        assert_rows(t, "select with no user", &p, 0);
+                else
+                        assert_no_privilege(t, "select with no user", &p);
                 free(sql);
         }
         PQclear(tables);
@@ -258,6 +332,10 @@ static char *fingerprint(struct fixture *f, const char *t)
                              t, key, f->user_a);
 }
 
+/* Every probe is aimed at the policy: it uses only columns agently_api holds the privilege
+ * for, so a refusal comes from the policy and not from a column privilege checked before it;
+ * the same statement aimed at B's own rows (rolled back) shows it would otherwise go through.
+ * Where the role holds no privilege for a kind of statement, that refusal is asserted. */
 static void tenants_cannot_see_or_touch_each_other(void **state)
 {
         struct fixture *f = *state;
@@ -266,61 +344,107 @@ static void tenants_cannot_see_or_touch_each_other(void **state)
         for (int i = 0; i < PQntuples(tables); i++) {
                 const char *t = PQgetvalue(tables, i, 0);
                 const char *key = strcmp(t, "users") == 0 ? "id" : "user_id";
+                const char *a = f->user_a, *b = f->user_b;
                 char *before = fingerprint(f, t), *after;
-                char sqlstate[6];
+                struct probe p;
                 char *sql;
-                long n;
 
                 /* select: B cannot see A's rows, but does see its own */
-                sql = str_printf("SELECT count(*) FROM %s WHERE %s = '%s'", t, key, f->user_a);
-                n = api_exec(f->api, f->user_b, sql, sqlstate);
-                assert_true(n == 0 || strcmp(sqlstate, "42501") == 0);
+                sql = str_printf("SELECT count(*) FROM %s WHERE %s = '%s'", t, key, a);
+                p = api_exec(f->api, b, sql, false);
                 free(sql);
-                sql = str_printf("SELECT count(*) FROM %s WHERE %s = '%s'", t, key, f->user_b);
-                n = api_exec(f->api, f->user_b, sql, sqlstate);
-                if (n < 1)
-                        fprintf(stderr, "%s: user B cannot see its own rows (%s)\n", t, sqlstate);
-                assert_true(n >= 1 || strcmp(sqlstate, "42501") == 0);
-                free(sql);
-
-                /* update and delete: zero rows affected, or not permitted at all */
-                sql = str_printf("UPDATE %s SET %s = %s WHERE %s = '%s'", t, key, key, key,
-                                 f->user_a);
-                n = api_exec(f->api, f->user_b, sql, sqlstate);
-                assert_true(n == 0 || strcmp(sqlstate, "42501") == 0);
-                free(sql);
-                sql = str_printf("DELETE FROM %s WHERE %s = '%s'", t, key, f->user_a);
-                n = api_exec(f->api, f->user_b, sql, sqlstate);
-                assert_true(n == 0 || strcmp(sqlstate, "42501") == 0);
-                free(sql);
-
-                /* insert: a copy of B's own row, re-owned to A, is refused */
-                if (strcmp(t, "users") != 0) {
-                        char *cols = test_db_value(
-                            f->c,
-                            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) "
-                            "FROM pg_attribute WHERE attrelid = '%s'::regclass AND attnum > 0 "
-                            "AND NOT attisdropped AND attidentity = '' AND attgenerated = ''",
-                            t);
-                        sql = str_printf("INSERT INTO %1$s (%2$s) SELECT %2$s FROM "
-                                         "jsonb_populate_record(NULL::%1$s, (SELECT to_jsonb(x) "
-                                         "|| jsonb_build_object('user_id', '%3$s'::uuid, 'id', "
-                                         "gen_random_uuid()) FROM %1$s x WHERE user_id = '%4$s' "
-                                         "LIMIT 1))",
-                                         t, cols, f->user_a, f->user_b);
-                        n = api_exec(f->api, f->user_b, sql, sqlstate);
-                        if (n >= 0)
-                                fprintf(stderr, "%s: user B inserted a row owned by A\n", t);
-                        assert_int_equal(n, -1);
-                        assert_string_equal(sqlstate, "42501");
+                if (api_may(f, t, key, "SELECT")) {
+                        assert_rows(t, "B selects A's rows", &p, 0);
+                        sql = str_printf("SELECT count(*) FROM %s WHERE %s = '%s'", t, key, b);
+                        p = api_exec(f->api, b, sql, false);
                         free(sql);
-                        free(cols);
+                        assert_past_policy(t, "B selects its own rows", &p);
                 } else {
-                        n = api_exec(f->api, f->user_b,
-                                     "INSERT INTO users (name) VALUES ('mallory')", sqlstate);
-                        assert_int_equal(n, -1);
-                        assert_string_equal(sqlstate, "42501");
+                        assert_no_privilege(t, "B selects A's rows", &p);
                 }
+
+                /* update: with a column the role may update, A's rows are not there for B
+                 * (zero rows, no error), its own are; re-owning its row to A is refused */
+                char *update_cols = api_columns(f, t, "UPDATE", "");
+                if (update_cols) {
+                        char *col = strndup(update_cols, strcspn(update_cols, ","));
+                        sql = str_printf("UPDATE %s SET %s = %s WHERE %s = '%s'", t, col, col, key,
+                                         a);
+                        p = api_exec(f->api, b, sql, true);
+                        free(sql);
+                        assert_rows(t, "B updates A's rows", &p, 0);
+                        sql = str_printf("UPDATE %s SET %s = %s WHERE %s = '%s'", t, col, col, key,
+                                         b);
+                        p = api_exec(f->api, b, sql, false);
+                        free(sql);
+                        assert_past_policy(t, "B updates its own rows", &p);
+                        if (api_may(f, t, key, "UPDATE")) {
+                                sql = str_printf("UPDATE %s SET %s = '%s' WHERE %s = '%s'", t, key,
+                                                 a, key, b);
+                                p = api_exec(f->api, b, sql, true);
+                                free(sql);
+                                assert_refused_by_policy(t, "B gives its rows to A", &p);
+                        }
+                        free(col);
+                } else {
+                        sql = str_printf("UPDATE %s SET %s = %s WHERE %s = '%s'", t, key, key, key,
+                                         a);
+                        p = api_exec(f->api, b, sql, true);
+                        free(sql);
+                        assert_no_privilege(t, "B updates A's rows", &p);
+                }
+                free(update_cols);
+
+                /* delete: A's rows are not there for B, its own are */
+                sql = str_printf("DELETE FROM %s WHERE %s = '%s'", t, key, a);
+                p = api_exec(f->api, b, sql, true);
+                free(sql);
+                if (test_db_int(f->c,
+                                "SELECT has_table_privilege('agently_api', '%s', "
+                                "'DELETE')::int",
+                                t)) {
+                        assert_rows(t, "B deletes A's rows", &p, 0);
+                        sql = str_printf("DELETE FROM %s WHERE %s = '%s'", t, key, b);
+                        p = api_exec(f->api, b, sql, false);
+                        free(sql);
+                        assert_past_policy(t, "B deletes its own rows", &p);
+                } else {
+                        assert_no_privilege(t, "B deletes A's rows", &p);
+                }
+
+                /* insert: a copy of B's own row (the columns the role may insert), owned by A,
+                 * is refused by the policy; the same copy owned by B gets past it */
+                char *insert_cols = api_columns(f, t, "INSERT", "");
+                if (insert_cols && api_may(f, t, key, "INSERT")) {
+                        char *x_cols = api_columns(f, t, "INSERT", "x.");
+                        for (int owner = 0; owner < 2; owner++) {
+                                char *row = test_db_value(
+                                    f->c,
+                                    "SELECT quote_literal(to_jsonb(x) || jsonb_build_object('%s', "
+                                    "'%s'::uuid, 'id', gen_random_uuid())) FROM %s x WHERE %s = "
+                                    "'%s' LIMIT 1",
+                                    key, owner ? b : a, t, key, b);
+                                assert_non_null(row);
+                                sql = str_printf("INSERT INTO %s (%s) SELECT %s FROM "
+                                                 "jsonb_populate_record(NULL::%s, %s) x",
+                                                 t, insert_cols, x_cols, t, row);
+                                p = api_exec(f->api, b, sql, owner == 0);
+                                free(sql);
+                                free(row);
+                                if (owner == 0)
+                                        assert_refused_by_policy(t, "B inserts a row owned by A",
+                                                                 &p);
+                                else
+                                        assert_past_policy(t, "B inserts a row of its own", &p);
+                        }
+                        free(x_cols);
+                } else {
+                        sql = str_printf("INSERT INTO %s (%s) VALUES ('%s')", t, key, a);
+                        p = api_exec(f->api, b, sql, true);
+                        free(sql);
+                        assert_no_privilege(t, "B inserts a row owned by A", &p);
+                }
+                free(insert_cols);
 
                 after = fingerprint(f, t);
                 if (strcmp(before, after) != 0)
