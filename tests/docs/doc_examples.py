@@ -40,6 +40,7 @@ command is replaced by the last id an earlier command printed.
 usage: doc_examples.py --agently BINARY --source DIR [--only FILE...] [--keep]
 """
 import argparse
+import ctypes
 import fnmatch
 import glob
 import http.server
@@ -58,7 +59,9 @@ import time
 import urllib.request
 
 COMMAND_TIMEOUT = 45  # seconds for one command (a --wait or --follow included)
-UP_TIMEOUT = 60  # seconds for `agently up` to answer /readyz
+UP_TIMEOUT = 90  # seconds for `agently up` to answer /readyz
+BUDGET = 240  # seconds for everything, well inside ctest's TIMEOUT (tests/docs/CMakeLists.txt)
+DEADLINE = time.monotonic() + BUDGET
 DOC_PORT = "127.0.0.1:8080"
 DIRECTIVE = re.compile(r"^<!--\s*doc-test:\s*(\w+)\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^( {0,3})(```+)\s*([A-Za-z0-9_+-]*)\s*$")
@@ -67,6 +70,14 @@ PLACEHOLDER = re.compile(r"<[a-z]+(?:-[a-z]+)*-id>|<id>")
 ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 RUN_LANGUAGES = ("sh", "console", "json")
 NODE_MEMBERS = ("retry", "timeout", "on_failure", "delivery", "when", "after", "description")
+
+
+def die_with_parent(sig):
+    """For Popen's preexec_fn: the child gets sig when this runner dies (a ctest timeout kills
+    it), so neither `agently up` (which then stops its Postgres) nor a shell outlives it."""
+    def preexec():
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    return preexec
 
 
 class DocError(Exception):
@@ -202,7 +213,7 @@ class Up:
             [args.agently, "up", "--data-dir", os.path.join(self.dir, ".agently"), "--port",
              str(self.port), "--workers", "1"], cwd=self.dir, env=self.env,
             stdin=subprocess.DEVNULL, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         self.token_path = os.path.join(self.dir, ".agently", "admin-token")
         deadline = time.monotonic() + UP_TIMEOUT
         while time.monotonic() < deadline:
@@ -229,8 +240,11 @@ class Up:
 
     def cli(self, *argv):
         env = dict(self.env, AGENTLY_SERVER=self.server, AGENTLY_TOKEN=self.token)
-        r = subprocess.run([self.args.agently] + list(argv), env=env, capture_output=True,
-                           text=True, timeout=COMMAND_TIMEOUT)
+        try:
+            r = subprocess.run([self.args.agently] + list(argv), env=env, capture_output=True,
+                               text=True, timeout=COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise DocError("agently %s: no answer in %d s" % (" ".join(argv), COMMAND_TIMEOUT))
         if r.returncode != 0:
             raise DocError("agently %s: exit %d: %s" % (" ".join(argv), r.returncode, r.stderr))
         return r.stdout
@@ -283,7 +297,8 @@ class World:
         self.bash = subprocess.Popen(["bash", "--noprofile", "--norc"], cwd=self.dir, env=self.env,
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, pass_fds=(status_w,),
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=die_with_parent(signal.SIGKILL))
         os.close(status_w)
         self.status_fd = status_w
         self.status = os.fdopen(status_r, "r")
@@ -330,10 +345,12 @@ class World:
                                                                       self.status_fd)
         self.bash.stdin.write(script.encode())
         self.bash.stdin.flush()
-        ready, _, _ = select.select([self.status], [], [], COMMAND_TIMEOUT)
+        limit = max(0, min(COMMAND_TIMEOUT, DEADLINE - time.monotonic()))
+        ready, _, _ = select.select([self.status], [], [], limit)
         if not ready:
-            raise DocError("%s: `%s` did not finish within %d s" % (where, command,
-                                                                    COMMAND_TIMEOUT))
+            raise DocError("%s: `%s` did not finish within %d s%s" % (
+                where, command, limit,
+                "" if limit == COMMAND_TIMEOUT else " (the test's %d s are spent)" % BUDGET))
         line = self.status.readline()
         if not line:
             raise DocError("%s: the shell exited during `%s`" % (where, command))
