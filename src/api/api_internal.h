@@ -21,6 +21,7 @@
 #define API_MAX_HEADER_BYTES (32 * 1024)
 #define API_MAX_JSON_DEPTH   64
 #define API_MAX_URL_BYTES    4096
+#define API_ERROR_TEXT_MAX   1024 /* bytes of one text of an error body */
 
 /* One log event as the API shows it (docs/openapi.json "Event"); columns of logs. */
 #define API_EVENT_JSON                                                                             \
@@ -65,9 +66,19 @@ unsigned api_error(struct api_response *resp, unsigned status, const char *code,
 unsigned api_errorf(struct api_response *resp, unsigned status, const char *code,
                     const char *message, const char *hint, const char *detail_fmt, ...)
     __attribute__((format(printf, 6, 7)));
-/* The error for a failed database call r (negative errno): 503 when the database is
- * unreachable or busy, 409/400 for constraint problems, 500 otherwise. */
+/* The error for a failed database call r (negative errno), the one place that turns
+ * database failures into what users read: 503 when the database is unreachable or busy,
+ * 4xx by SQLSTATE with a RAISE message of our SQL functions as the detail, 500 otherwise;
+ * never Postgres' own text (api_server.c). */
 unsigned api_db_error(struct api_response *resp, int r);
+/* A handler's own words for SQLSTATEs its statement raises, tried before the general table;
+ * a list ended by {NULL}. */
+struct api_db_error_case {
+        const char *sqlstate; /* exact ("55000"), or a class ("22") */
+        unsigned status;
+        const char *code, *message, *hint;
+};
+unsigned api_db_error_with(struct api_response *resp, int r, const struct api_db_error_case *cases);
 /* Sets a JSON body (steals obj). */
 unsigned api_json(struct api_response *resp, unsigned status, json_t *obj);
 

@@ -318,7 +318,7 @@ static unsigned h_readyz(struct api_request *req, struct api_response *resp)
 
         if (!c)
                 return api_error(resp, 503, "database_unavailable", "the database is unreachable",
-                                 db_last_error(), "check that Postgres is running");
+                                 NULL, "check that Postgres is running");
         r = db_migrations_check(c);
         api_pool_release(req->server, c, PQstatus(c) != CONNECTION_OK);
         if (r == -ESTALE || r == -EBADMSG || r == -EPROTO)
@@ -327,7 +327,7 @@ static unsigned h_readyz(struct api_request *req, struct api_response *resp)
                                  "run `agently migrate`");
         if (r < 0)
                 return api_error(resp, 503, "database_unavailable", "the database is unreachable",
-                                 db_last_error(), "check that Postgres is running");
+                                 NULL, "check that Postgres is running");
         return api_json(resp, 200,
                         json_pack("{s:s, s:s, s:s}", "status", "ready", "database", "ok",
                                   "migrations", "current"));
@@ -756,8 +756,10 @@ static unsigned h_runs_list(struct api_request *req, struct api_response *resp)
                         "ORDER BY r.created_at DESC, r.id DESC LIMIT $7::integer",
                         7, params, limit);
         if (st == 400 && json_is_object(resp->json)) /* a timestamp Postgres refused */
-                api_error(resp, 400, "invalid_parameter", "invalid created_after/created_before",
-                          db_last_error(), "use RFC 3339, e.g. 2026-11-22T05:53:47Z");
+                api_errorf(resp, 400, "invalid_parameter", "invalid created_after/created_before",
+                           "use RFC 3339, e.g. 2026-11-22T05:53:47Z",
+                           "created_after '%s', created_before '%s'", after ? after : "",
+                           before ? before : "");
         return st;
 }
 
@@ -1074,6 +1076,14 @@ static unsigned h_runs_rerun(struct api_request *req, struct api_response *resp)
  * node, skip it, or stop the run. The decision is one call of agently_resolve_escalation
  * (0005_escalation.sql), which checks the tenant and the state under the run's row lock.
  */
+static const struct api_db_error_case resolve_errors[] = {
+    {"55000", 409, "conflict", "the run is not waiting for a person",
+     "only a run in needs_input (a node escalated) can be resolved: `agently run show ID`"},
+    {"22023", 400, "unknown_node", "no such node to resolve",
+     "omit node to answer for the escalated one"},
+    {NULL, 0, NULL, NULL, NULL},
+};
+
 static unsigned h_runs_resolve(struct api_request *req, struct api_response *resp)
 {
         static const char *const keys[] = {"action", "node", "comment", NULL};
@@ -1115,21 +1125,8 @@ static unsigned h_runs_resolve(struct api_request *req, struct api_response *res
                                 json_string_value(comment_j)};
         res = db_query(req->db, "SELECT * FROM agently_resolve_escalation($1, $2, $3, $4)", 4,
                        params, &r);
-        if (!res) {
-                const char *state = db_last_sqlstate();
-                if (strcmp(state, "P0002") == 0)
-                        return not_found(resp, "run", id);
-                if (strcmp(state, "55000") == 0)
-                        return api_error(resp, 409, "conflict",
-                                         "the run is not waiting for a person", db_last_error(),
-                                         "only a run in needs_input (a node escalated) can be "
-                                         "resolved");
-                if (strcmp(state, "22023") == 0)
-                        return api_error(resp, 400, "unknown_node", "no such node to resolve",
-                                         db_last_error(),
-                                         "omit node to answer for the escalated one");
-                return api_db_error(resp, r);
-        }
+        if (!res)
+                return api_db_error_with(resp, r, resolve_errors);
         r = notify_control(req, id);
         if (r < 0)
                 return api_db_error(resp, r);

@@ -197,17 +197,32 @@ unsigned api_json(struct api_response *resp, unsigned status, json_t *obj)
         return status;
 }
 
+/* Error texts often quote what a client sent (a path, a parameter, a header), so they are
+ * made valid UTF-8 here, where the JSON is built: a JSON string refuses anything else. */
+static json_t *error_text(const char *s)
+{
+        _cleanup_free_ char *printable = NULL;
+
+        if (!s)
+                return json_null();
+        printable = str_utf8_printable(s, API_ERROR_TEXT_MAX);
+        return printable ? json_string(printable) : NULL;
+}
+
 unsigned api_error(struct api_response *resp, unsigned status, const char *code,
                    const char *message, const char *detail, const char *hint)
 {
-        json_t *e = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "code", code, "message",
-                              message, "detail", detail, "hint", hint);
-        json_t *inner = e ? json_object_get(e, "error") : NULL;
+        json_t *e = json_object(), *inner = json_object();
 
-        if (inner && !detail)
-                json_object_set_new(inner, "detail", json_null());
-        if (inner && !hint)
-                json_object_set_new(inner, "hint", json_null());
+        if (!e || !inner || json_object_set_new(inner, "code", error_text(code)) < 0 ||
+            json_object_set_new(inner, "message", error_text(message)) < 0 ||
+            json_object_set_new(inner, "detail", error_text(detail)) < 0 ||
+            json_object_set_new(inner, "hint", error_text(hint)) < 0 ||
+            json_object_set_new(e, "error", TAKE_PTR(inner)) < 0) {
+                json_decref(inner);
+                json_decref(e);
+                e = NULL; /* send_response answers 500: only memory can be short here */
+        }
         return api_json(resp, status, e);
 }
 
@@ -223,32 +238,83 @@ unsigned api_errorf(struct api_response *resp, unsigned status, const char *code
         return api_error(resp, status, code, message, detail, hint);
 }
 
-unsigned api_db_error(struct api_response *resp, int r)
-{
-        const char *state = db_last_sqlstate();
+/*
+ * What a user sees of a failed database call: its SQLSTATE picks the status, the code and
+ * a message; a message that a RAISE in one of our SQL functions wrote (the project's own
+ * words) is the detail, with its HINT; Postgres' own text never leaves this function (it is
+ * logged when a person must act). A handler's cases come first: it knows what a SQLSTATE of
+ * its statement means. sqlstate is exact, or a two-character class.
+ */
+static const struct api_db_error_case db_error_cases[] = {
+    {"23505", 409, "conflict", "the object already exists", NULL},
+    {"42501", 403, "forbidden", "permission denied", NULL},
+    {"P0002", 404, "not_found", "not found", NULL},
+    {"55000", 409, "conflict", "the object's state does not allow this",
+     "look at it again (GET) and retry if it changed"},
+    {"57014", 503, "timeout", "the request took too long",
+     "retry, or narrow the request (filters, a smaller limit)"},
+    {"40001", 503, "busy", "the server is busy", "retry in a few seconds"},
+    {"40P01", 503, "busy", "the server is busy", "retry in a few seconds"},
+    {"55P03", 503, "busy", "the server is busy", "retry in a few seconds"},
+    {"22021", 400, "invalid_value", "a text value is not valid UTF-8", "send UTF-8 text"},
+    {"22", 400, "invalid_value", "a value was refused",
+     "check the request against docs/openapi.yaml"},
+    {"23", 400, "invalid_value", "a value was refused",
+     "check the request against docs/openapi.yaml"},
+    {"P0001", 400, "invalid_value", "a value was refused",
+     "check the request against docs/openapi.yaml"},
+    {NULL, 0, NULL, NULL, NULL},
+};
 
-        if (r == -ECONNRESET || r == -ECONNREFUSED || str_has_prefix(state, "08") ||
-            strcmp(state, "57P01") == 0)
+static const struct api_db_error_case *db_error_case(const struct api_db_error_case *cases,
+                                                     const char *state)
+{
+        for (size_t i = 0; cases && cases[i].sqlstate; i++) {
+                const char *want = cases[i].sqlstate;
+                if (strlen(want) == 2 ? strncmp(state, want, 2) == 0 : strcmp(state, want) == 0)
+                        return &cases[i];
+        }
+        return NULL;
+}
+
+unsigned api_db_error_with(struct api_response *resp, int r, const struct api_db_error_case *cases)
+{
+        struct db_error e = db_last_error_parts();
+        const struct api_db_error_case *c = NULL;
+
+        if (r == -ECONNRESET || r == -ECONNREFUSED || str_has_prefix(e.sqlstate, "08") ||
+            strcmp(e.sqlstate, "57P01") == 0)
                 return api_error(resp, 503, "database_unavailable", "the database is unavailable",
-                                 db_last_error(), "retry in a few seconds");
-        if (r == -EAGAIN)
+                                 NULL, "retry in a few seconds");
+        if (r == -EAGAIN) /* the pool, a serialization failure, a deadlock, a lock timeout */
                 return api_error(resp, 503, "busy", "the server is busy", NULL,
                                  "retry in a few seconds");
-        if (strcmp(state, "57014") == 0)
-                return api_error(resp, 503, "timeout", "the request took too long",
-                                 "the database statement timeout was reached",
-                                 "retry, or narrow the request (filters, a smaller limit)");
-        if (r == -EEXIST)
-                return api_error(resp, 409, "conflict", "the object already exists",
-                                 db_last_error(), NULL);
-        if (r == -EINVAL)
-                return api_error(resp, 400, "invalid_value", "a value was refused", db_last_error(),
-                                 "check the request against docs/openapi.yaml");
-        if (r == -EACCES)
-                return api_error(resp, 403, "forbidden", "permission denied", db_last_error(),
-                                 NULL);
-        log_error("database error: %s", db_last_error());
-        return api_error(resp, 500, "internal", "internal error", db_last_error(), NULL);
+        if (r == -ENOMEM)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        if (*e.sqlstate)
+                c = db_error_case(cases, e.sqlstate);
+        if (!c && *e.sqlstate)
+                c = db_error_case(db_error_cases, e.sqlstate);
+        if (!c) {
+                log_error("database error: %s", db_last_error());
+                return api_error(resp, 500, "internal", "internal error", NULL,
+                                 "retry; if it persists, the server log says more");
+        }
+        if (!e.raised)
+                return api_error(resp, c->status, c->code, c->message,
+                                 strcmp(c->code, "timeout") == 0
+                                     ? "the database statement timeout was reached"
+                                     : NULL,
+                                 c->hint);
+        _cleanup_free_ char *detail =
+            *e.detail ? str_printf("%s (%s)", e.message, e.detail) : strdup(e.message);
+        return api_error(resp, c->status, c->code, c->message, detail ? detail : e.message,
+                         *e.hint ? e.hint : c->hint);
+}
+
+unsigned api_db_error(struct api_response *resp, int r)
+{
+        return api_db_error_with(resp, r, NULL);
 }
 
 /* ---- request helpers -------------------------------------------------------------- */
@@ -521,6 +587,61 @@ static enum MHD_Result tally_header(void *cls, enum MHD_ValueKind kind, const ch
         return MHD_YES;
 }
 
+/*
+ * Text the API reads from a request goes into JSON and into Postgres, and both refuse
+ * anything but UTF-8. So the path, every query parameter and every header the API reads
+ * are checked once, here, before routing: every route answers the same 400 naming the part
+ * that is wrong, and no handler sees such bytes. (Other headers are not the API's business:
+ * HTTP allows any octets in them.)
+ */
+static const char *const read_headers[] = {MHD_HTTP_HEADER_AUTHORIZATION, "Idempotency-Key",
+                                           "Last-Event-ID"};
+
+struct non_utf8 {
+        const char *key;
+        const char *value;
+};
+
+static enum MHD_Result find_non_utf8(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+        struct non_utf8 *bad = cls;
+
+        (void)kind;
+        if (!str_is_utf8(key, strlen(key)) || (value && !str_is_utf8(value, strlen(value)))) {
+                bad->key = key;
+                bad->value = value;
+                return MHD_NO;
+        }
+        return MHD_YES;
+}
+
+/* 0 when the request's text is UTF-8, else the 400 it gets. */
+static unsigned check_request_text(struct MHD_Connection *conn, const char *url,
+                                   struct api_response *resp)
+{
+        struct non_utf8 bad = {0};
+
+        if (!str_is_utf8(url, strlen(url)))
+                return api_errorf(resp, 400, "invalid_path", "the request path is not valid UTF-8",
+                                  "percent-encode the UTF-8 bytes of names in the path",
+                                  "path '%s'", url);
+        MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, find_non_utf8, &bad);
+        if (bad.key)
+                return api_errorf(resp, 400, "invalid_parameter",
+                                  "a query parameter is not valid UTF-8",
+                                  "percent-encode the UTF-8 bytes of the value",
+                                  "parameter '%s' = '%s'", bad.key, bad.value ? bad.value : "");
+        for (size_t i = 0; i < ELEMENTSOF(read_headers); i++) {
+                const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, read_headers[i]);
+                if (v && !str_is_utf8(v, strlen(v)))
+                        return api_errorf(
+                            resp, 400, "invalid_header", "a request header is not valid UTF-8",
+                            "send ASCII or UTF-8 in this header", "header %s", read_headers[i]);
+        }
+        return 0;
+}
+
 /* Authenticates the bearer token in req's transaction. Returns 0, or a status to answer. */
 static unsigned authenticate(struct api_request *req, struct api_response *resp)
 {
@@ -784,6 +905,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 api_error(&resp, 414, "uri_too_long", "the request URI is too long", NULL, NULL);
                 goto early;
         }
+        if (check_request_text(conn, url, &resp))
+                goto early;
 
         struct api_request req = {
             .server = s,

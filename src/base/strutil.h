@@ -27,3 +27,19 @@ bool str_equal_ct(const void *a, const void *b, size_t n);
 
 /* Lower-case hex encoding of n bytes into out (2n+1 bytes). */
 void str_hex(const unsigned char *in, size_t n, char *out);
+
+/* The length of the valid UTF-8 sequence at s (1 to 4 bytes), or 0 when the bytes there are
+ * not one: stray or missing continuation bytes, overlong forms, surrogates (U+D800..DFFF)
+ * and code points above U+10FFFF are refused, as JSON encoders and Postgres refuse them. */
+size_t str_utf8_char_len(const char *s, size_t n);
+
+/* True when the n bytes at s are valid UTF-8 (see str_utf8_char_len). */
+bool str_is_utf8(const char *s, size_t n);
+
+/*
+ * A copy of s that is always valid UTF-8, for showing text of unknown origin: every byte
+ * that is not part of a valid sequence becomes the four characters \xNN, and a copy longer
+ * than max bytes is cut at a character boundary and ends with "...". Malloc'd (the caller
+ * frees); NULL only when memory runs out. s NULL gives NULL.
+ */
+char *str_utf8_printable(const char *s, size_t max);

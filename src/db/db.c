@@ -13,6 +13,10 @@
 
 static __thread char last_error[1024];
 static __thread char last_sqlstate[6];
+static __thread char last_message[512];
+static __thread char last_detail[512];
+static __thread char last_hint[256];
+static __thread bool last_raised;
 
 static void set_error(const char *sqlstate, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -28,6 +32,9 @@ static void set_error(const char *sqlstate, const char *fmt, ...)
         while (n > 0 && (last_error[n - 1] == '\n' || last_error[n - 1] == ' '))
                 last_error[--n] = '\0';
         str_copy(last_sqlstate, sizeof(last_sqlstate), sqlstate ? sqlstate : "");
+        str_copy(last_message, sizeof(last_message), last_error);
+        last_detail[0] = last_hint[0] = '\0';
+        last_raised = false;
 }
 
 const char *db_last_error(void)
@@ -38,6 +45,15 @@ const char *db_last_error(void)
 const char *db_last_sqlstate(void)
 {
         return last_sqlstate;
+}
+
+struct db_error db_last_error_parts(void)
+{
+        return (struct db_error){.sqlstate = last_sqlstate,
+                                 .message = last_message,
+                                 .detail = last_detail,
+                                 .hint = last_hint,
+                                 .raised = last_raised};
 }
 
 const char *db_role_name(enum db_role role)
@@ -152,6 +168,9 @@ void db_set_error(const char *fmt, ...)
         vsnprintf(last_error, sizeof(last_error), fmt, ap);
         va_end(ap);
         last_sqlstate[0] = '\0';
+        str_copy(last_message, sizeof(last_message), last_error);
+        last_detail[0] = last_hint[0] = '\0';
+        last_raised = false;
 }
 
 int db_connect(const char *conninfo, PGconn **out)
@@ -180,6 +199,18 @@ int db_result_error(PGconn *c, const PGresult *res)
         if (!msg || !*msg)
                 msg = PQerrorMessage(c);
         set_error(state, "%s", msg);
+        if (state) { /* the parts a person may read (db_last_error_parts) */
+                const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+                const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+                const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+                const char *source = PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION);
+                str_copy(last_message, sizeof(last_message), primary ? primary : "");
+                str_copy(last_detail, sizeof(last_detail), detail ? detail : "");
+                str_copy(last_hint, sizeof(last_hint), hint ? hint : "");
+                /* PL/pgSQL's RAISE is reported from exec_stmt_raise (pl_exec.c) in every
+                 * Postgres version; Postgres' own errors come from elsewhere */
+                last_raised = source && strcmp(source, "exec_stmt_raise") == 0;
+        }
         if (PQstatus(c) == CONNECTION_BAD)
                 return -ECONNRESET;
         if (!state)

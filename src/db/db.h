@@ -44,6 +44,24 @@ const char *db_last_error(void);
 /* The last SQLSTATE of this thread, "" when the error was not from the server. */
 const char *db_last_sqlstate(void);
 
+/*
+ * The last error of this thread in parts, for a message a person reads (db_last_error() is
+ * the whole report for a log: "ERROR:", DETAIL and CONTEXT lines, the SQL function and its
+ * line). message is the primary message alone; detail and hint are the DETAIL and HINT
+ * fields ("" when none). raised is true when a RAISE in a SQL function wrote the message,
+ * so the text is the project's own words (migrations/), not Postgres'. For an error that
+ * did not come from the server, sqlstate is "", message is db_last_error() and raised is
+ * false. The strings live until this thread's next db call.
+ */
+struct db_error {
+        const char *sqlstate;
+        const char *message;
+        const char *detail;
+        const char *hint;
+        bool raised;
+};
+struct db_error db_last_error_parts(void);
+
 /* Maps a failed result to a negative errno: -EEXIST unique violation, -EACCES privilege,
  * -EAGAIN serialization/deadlock, -EINVAL data/constraint errors, -ECONNRESET lost
  * connection, -EIO anything else; also records db_last_error(). */

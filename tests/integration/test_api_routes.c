@@ -483,6 +483,59 @@ static void test_runs(void **state)
         free(id);
 }
 
+/* Nothing of Postgres' own report reaches a user: no "ERROR:"/"DETAIL:"/"CONTEXT:" lines,
+ * no SQL function names. */
+static void assert_no_database_text(const struct reply *r)
+{
+        static const char *const leaks[] = {
+            "ERROR:",       "DETAIL:", "CONTEXT:", "PL/pgSQL", "agently_", "invalid input syntax",
+            "SQL statement"};
+
+        for (size_t i = 0; i < sizeof(leaks) / sizeof(leaks[0]); i++)
+                if (strstr(r->body, leaks[i]))
+                        fail_msg("database text '%s' in: %s", leaks[i], r->body);
+}
+
+/* Issue 12 item 6: a SQL function's RAISE reaches users as its message alone, under a code
+ * chosen by its SQLSTATE; Postgres' own messages not at all. */
+static void test_database_errors_in_own_words(void **state)
+{
+        char path[256], detail[256];
+        char *id = start_run(S.admin_token);
+        struct reply r;
+
+        snprintf(path, sizeof(path), "/v1/runs/%s/cancel", id);
+        r = http("POST", path, S.admin_token, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        reply_free(&r);
+        snprintf(path, sizeof(path), "/v1/runs/%s/resolve", id);
+        r = http("POST", path, S.admin_token, "{\"action\": \"retry\"}", NULL);
+        assert_error(&r, 409, "conflict");
+        assert_no_database_text(&r);
+        json_t *e = json_object_get(r.json, "error");
+        snprintf(detail, sizeof(detail), "run %s is canceled, not waiting for a person", id);
+        assert_string_equal(jstr(e, "detail"), detail);
+        assert_string_equal(jstr(e, "message"), "the run is not waiting for a person");
+        reply_free(&r);
+
+        /* another SQLSTATE of the same function: no_data_found is a 404 */
+        r = http("POST", "/v1/runs/00000000-0000-4000-8000-000000000000/resolve", S.admin_token,
+                 "{\"action\": \"stop\"}", NULL);
+        assert_error(&r, 404, "not_found");
+        assert_no_database_text(&r);
+        assert_string_equal(jstr(json_object_get(r.json, "error"), "detail"),
+                            "run 00000000-0000-4000-8000-000000000000 not found");
+        reply_free(&r);
+
+        /* Postgres' own error (a timestamp it cannot read): the project's words only */
+        r = http("GET", "/v1/runs?created_after=yesterday-ish", S.admin_token, NULL, NULL);
+        assert_error(&r, 400, "invalid_parameter");
+        assert_no_database_text(&r);
+        assert_non_null(strstr(r.body, "yesterday-ish"));
+        reply_free(&r);
+        free(id);
+}
+
 static void test_idempotency(void **state)
 {
         const char *k1[] = {"Idempotency-Key: key-1", NULL};
@@ -1037,11 +1090,17 @@ static void test_sigterm_with_stream(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_auth_and_ops),  cmocka_unit_test(test_workflows),
-            cmocka_unit_test(test_runs),          cmocka_unit_test(test_idempotency),
-            cmocka_unit_test(test_cross_tenant),  cmocka_unit_test(test_secrets_and_tokens),
-            cmocka_unit_test(test_sse_resume),    cmocka_unit_test(test_limits),
-            cmocka_unit_test(test_database_blip), cmocka_unit_test(test_sigterm_with_stream),
+            cmocka_unit_test(test_auth_and_ops),
+            cmocka_unit_test(test_workflows),
+            cmocka_unit_test(test_runs),
+            cmocka_unit_test(test_database_errors_in_own_words),
+            cmocka_unit_test(test_idempotency),
+            cmocka_unit_test(test_cross_tenant),
+            cmocka_unit_test(test_secrets_and_tokens),
+            cmocka_unit_test(test_sse_resume),
+            cmocka_unit_test(test_limits),
+            cmocka_unit_test(test_database_blip),
+            cmocka_unit_test(test_sigterm_with_stream),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -35,6 +35,42 @@ static void str_to_int64_is_strict(void **state)
         assert_int_equal(str_to_int64("99999999999999999999", &v), -ERANGE);
 }
 
+/* What JSON and Postgres accept, exactly: the API checks request text with it. */
+static void utf8_is_checked_strictly(void **state)
+{
+        static const char *const valid[] = {
+            "", "ascii", "caf\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf"};
+        static const char *const invalid[] = {"\xff",
+                                              "\x80",
+                                              "a\xc3",
+                                              "\xc3\x28",
+                                              "\xc0\xaf",
+                                              "\xe0\x80\xaf",
+                                              "\xed\xa0\x80",
+                                              "\xf4\x90\x80\x80",
+                                              "\xf0\x80\x80\xaf",
+                                              "\xf8\x88\x80\x80\x80"};
+
+        for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++)
+                assert_true(str_is_utf8(valid[i], strlen(valid[i])));
+        for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++)
+                assert_false(str_is_utf8(invalid[i], strlen(invalid[i])));
+
+        char *p = str_utf8_printable("/v1/me\xff\xfe", 100);
+        assert_string_equal(p, "/v1/me\\xff\\xfe");
+        free(p);
+        p = str_utf8_printable("caf\xc3\xa9\xc3", 100);
+        assert_string_equal(p, "caf\xc3\xa9\\xc3");
+        free(p);
+        /* cut at a character boundary, never inside one */
+        p = str_utf8_printable("\xc3\xa9\xc3\xa9\xc3\xa9", 5);
+        assert_string_equal(p, "\xc3\xa9\xc3\xa9...");
+        free(p);
+        p = str_utf8_printable("abc", 3);
+        assert_string_equal(p, "abc");
+        free(p);
+}
+
 static void durations_parse_as_users_write_them(void **state)
 {
         int64_t ms;
@@ -67,6 +103,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(buf_respects_its_cap),
             cmocka_unit_test(str_to_int64_is_strict),
+            cmocka_unit_test(utf8_is_checked_strictly),
             cmocka_unit_test(durations_parse_as_users_write_them),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
