@@ -71,7 +71,7 @@ static void raw_send(const char *req, size_t n, struct raw_reply *out)
 
         *out = (struct raw_reply){0};
         buf_init(&in, 64 * 1024 * 1024);
-        assert_true(fd >= 0);
+        assert_int_ge(fd, 0);
         inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
         assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -93,7 +93,7 @@ static void raw_send(const char *req, size_t n, struct raw_reply *out)
                 assert_int_equal(buf_append(&in, chunk, (size_t)k), 0);
         }
         close(fd);
-        assert_true(in.len > 12);
+        assert_int_gt(in.len, 12);
         const char *data = in.data;
         const char *end = memmem(data, in.len, "\r\n\r\n", 4);
         assert_non_null(end);
@@ -644,7 +644,7 @@ static void test_mutation_fuzz(void **state)
                 one_case(n++, &request_log);
         fprintf(stderr, "api fuzz: %d requests in %.1f s: %d 2xx, %d 3xx, %d 4xx\n", n, seconds,
                 status_classes[2], status_classes[3], status_classes[4]);
-        assert_true(n > 0);
+        assert_int_gt(n, 0);
         assert_alive();
 }
 
