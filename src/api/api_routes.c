@@ -458,66 +458,6 @@ static unsigned h_users_list(struct api_request *req, struct api_response *resp)
 
 /* ---- workflows -------------------------------------------------------------------- */
 
-/* Shape checks used until the engine's parser is available (wf_parse -> -ENOSYS). */
-static json_t *basic_validate(json_t *def)
-{
-        json_t *errors = json_array(), *nodes = json_object_get(def, "nodes"), *n;
-        size_t i;
-
-        if (!json_is_array(nodes) || json_array_size(nodes) == 0) {
-                json_array_append_new(errors,
-                                      json_pack("{s:n, s:s, s:s}", "node", "field", "/nodes",
-                                                "message", "nodes must be a non-empty array"));
-                return errors;
-        }
-        if (json_array_size(nodes) > WF_MAX_NODES)
-                json_array_append_new(errors, json_pack("{s:n, s:s, s:s}", "node", "field",
-                                                        "/nodes", "message", "too many nodes"));
-        json_array_foreach (nodes, i, n) {
-                char field[64];
-                const char *id = json_string_value(json_object_get(n, "id"));
-                snprintf(field, sizeof(field), "/nodes/%zu/id", i);
-                if (!json_is_object(n) || !id || !*id || strlen(id) > 200) {
-                        json_array_append_new(errors, json_pack("{s:n, s:s, s:s}", "node", "field",
-                                                                field, "message",
-                                                                "every node needs an id (1-200 "
-                                                                "characters)"));
-                        continue;
-                }
-                for (size_t k = 0; k < i; k++)
-                        if (json_equal(json_object_get(json_array_get(nodes, k), "id"),
-                                       json_object_get(n, "id")))
-                                json_array_append_new(
-                                    errors, json_pack("{s:s, s:s, s:s}", "node", id, "field", field,
-                                                      "message", "duplicate node id"));
-                json_t *after = json_object_get(n, "after"), *a;
-                size_t j;
-                if (!after)
-                        continue;
-                snprintf(field, sizeof(field), "/nodes/%zu/after", i);
-                if (!json_is_array(after)) {
-                        json_array_append_new(
-                            errors, json_pack("{s:s, s:s, s:s}", "node", id, "field", field,
-                                              "message", "after must be an array of node ids"));
-                        continue;
-                }
-                json_array_foreach (after, j, a) {
-                        bool found = false;
-                        size_t k;
-                        json_t *m;
-                        json_array_foreach (nodes, k, m)
-                                found |= json_is_string(a) &&
-                                         json_equal(json_object_get(m, "id"), a) && k != i;
-                        if (!found)
-                                json_array_append_new(
-                                    errors, json_pack("{s:s, s:s, s:s}", "node", id, "field", field,
-                                                      "message",
-                                                      "after names an unknown node (or itself)"));
-                }
-        }
-        return errors;
-}
-
 static unsigned h_workflows_apply(struct api_request *req, struct api_response *resp)
 {
         json_t *def = body_object(req, resp, false);
@@ -537,11 +477,6 @@ static unsigned h_workflows_apply(struct api_request *req, struct api_response *
                                  "use 1-63 of a-z 0-9 _ . -, starting with a letter or digit");
         r = wf_parse(def, &wf, &errors);
         wf_free(wf);
-        if (r == -ENOSYS) { /* the engine's parser is not there yet: check the shape */
-                json_decref(errors);
-                errors = basic_validate(def);
-                r = json_array_size(errors) ? -EINVAL : 0;
-        }
         if (r == -EINVAL) {
                 json_t *first = json_array_get(errors, 0);
                 const char *node = json_string_value(json_object_get(first, "node"));
@@ -945,59 +880,6 @@ static unsigned h_runs_resume(struct api_request *req, struct api_response *resp
         return run_control(req, resp, CONTROL_RESUME);
 }
 
-/* Node ids of def that a rerun from `from` may reuse: every node that is neither `from`
- * nor downstream of it. The engine's wf_nodes_before() decides when available. */
-static int nodes_before(json_t *def, const char *from, json_t **out)
-{
-        _cleanup_wf_ struct wf_workflow *wf = NULL;
-        json_t *nodes = json_object_get(def, "nodes"), *n;
-        size_t i, count = json_array_size(nodes);
-        int r = wf_parse(def, &wf, NULL);
-
-        if (r == 0) {
-                r = wf_nodes_before(wf, from, out);
-                if (r != -ENOSYS)
-                        return r;
-        }
-        /* fallback: downstream closure over `after` */
-        _cleanup_free_ bool *down = calloc(count ? count : 1, sizeof(bool));
-        bool found = false, changed = true;
-        if (!down)
-                return -ENOMEM;
-        json_array_foreach (nodes, i, n)
-                if (json_is_string(json_object_get(n, "id")) &&
-                    strcmp(json_string_value(json_object_get(n, "id")), from) == 0)
-                        down[i] = found = true;
-        if (!found)
-                return -ENOENT;
-        while (changed) {
-                changed = false;
-                json_array_foreach (nodes, i, n) {
-                        json_t *a;
-                        size_t k;
-                        if (down[i])
-                                continue;
-                        json_array_foreach (json_object_get(n, "after"), k, a) {
-                                for (size_t m = 0; m < count; m++)
-                                        if (down[m] &&
-                                            json_equal(
-                                                json_object_get(json_array_get(nodes, m), "id"),
-                                                a)) {
-                                                down[i] = changed = true;
-                                                break;
-                                        }
-                                if (down[i])
-                                        break;
-                        }
-                }
-        }
-        *out = json_array();
-        json_array_foreach (nodes, i, n)
-                if (!down[i])
-                        json_array_append(*out, json_object_get(n, "id"));
-        return 0;
-}
-
 static unsigned h_runs_rerun(struct api_request *req, struct api_response *resp)
 {
         static const char *const keys[] = {"from_node", NULL};
@@ -1032,7 +914,21 @@ static unsigned h_runs_rerun(struct api_request *req, struct api_response *resp)
         if (r == 0)
                 return not_found(resp, "run", id);
         if (from) {
-                r = nodes_before(def, from, &ids);
+                /* the engine is the one authority on the graph: the nodes it says come
+                 * before from_node are exactly the ones reused */
+                _cleanup_wf_ struct wf_workflow *wf = NULL;
+                _cleanup_json_ json_t *errors = NULL;
+                r = wf_parse(def, &wf, &errors);
+                if (r == -EINVAL) { /* stored before a rule it breaks was made */
+                        const char *why = json_string_value(
+                            json_object_get(json_array_get(errors, 0), "message"));
+                        return api_error(resp, 409, "conflict",
+                                         "the run's workflow version is not valid", why,
+                                         "apply a corrected workflow (`agently workflow apply "
+                                         "FILE`) and start a new run");
+                }
+                if (r == 0)
+                        r = wf_nodes_before(wf, from, &ids);
                 if (r == -ENOENT)
                         return api_errorf(resp, 400, "unknown_node", "from_node names no node",
                                           "use a node id of the run's workflow version",

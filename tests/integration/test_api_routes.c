@@ -483,6 +483,86 @@ static void test_runs(void **state)
         free(id);
 }
 
+/* A run of workflow `name` (stored as the owner, unchecked) whose nodes in ids (SQL array
+ * text) completed; returns the run id. */
+static char *run_with_records(const char *name, const char *definition, const char *ids)
+{
+        char sql[2048];
+
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflows (user_id, name, version, definition, definition_sha256) "
+                 "SELECT id, '%s', 1, '%s'::jsonb, encode(sha256('%s'::bytea), 'hex') FROM users "
+                 "WHERE name = 'root' "
+                 "RETURNING id",
+                 name, definition, name);
+        char *wf = test_db_value(S.db, "%s", sql);
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version, status, finished_at) SELECT user_id, id, name, 1, "
+                 "'completed', now() FROM workflows WHERE id = '%s' RETURNING id",
+                 wf);
+        char *run = test_db_value(S.db, "%s", sql);
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO node_runs (user_id, workflow_run_id, node_id, attempt, status, "
+                 "output, finished_at) SELECT user_id, id, n, 1, 'completed', '{}', now() "
+                 "FROM workflow_runs, unnest(%s::text[]) n WHERE id = '%s'",
+                 ids, run);
+        PQclear(test_db_must(S.db, sql));
+        free(wf);
+        return run;
+}
+
+/* The node ids of a run's node list, sorted, comma-separated (malloc'd). */
+static char *reused_nodes(json_t *run)
+{
+        char *nodes = json_dumps(json_object_get(run, "nodes"), JSON_COMPACT);
+        char *out = test_db_value(S.db,
+                                  "SELECT coalesce(string_agg(n->>'node_id', ',' ORDER BY "
+                                  "n->>'node_id'), '') FROM json_array_elements('%s'::json) n",
+                                  nodes);
+        free(nodes);
+        return out;
+}
+
+/* Rerun from a node reuses exactly the nodes the engine puts before it: a condition's
+ * branches are downstream of it although they do not list it in `after`. A version the
+ * engine refuses (stored before a rule it breaks) cannot be rerun from a node: the old
+ * fallback walked `after` alone and would have reused the branch `b` here. */
+static void test_rerun_follows_the_engine(void **state)
+{
+        static const char *const def =
+            "{\"name\": \"%s\", \"nodes\": [{\"id\": \"a\", \"type\": \"transform\", "
+            "\"output\": {}}, {\"id\": \"c\", \"type\": \"condition\", \"after\": "
+            "[\"a\"], \"if\": \"true\", \"then\": [\"b\"]}, {\"id\": \"b\", \"type\": "
+            "\"transform\", \"output\": {}}%s]}";
+        char text[1024], path[256];
+        struct reply r;
+
+        snprintf(text, sizeof(text), def, "branchy", "");
+        char *run = run_with_records("branchy", text, "ARRAY['a', 'c', 'b']");
+        snprintf(path, sizeof(path), "/v1/runs/%s/rerun", run);
+        r = http("POST", path, S.admin_token, "{\"from_node\": \"c\"}", NULL);
+        assert_int_equal(r.status, 201);
+        char *reused = reused_nodes(r.json);
+        assert_string_equal(reused, "a");
+        free(reused);
+        reply_free(&r);
+        free(run);
+
+        /* the same graph and a node type this engine does not know */
+        snprintf(text, sizeof(text), def, "legacy",
+                 ", {\"id\": \"z\", \"type\": \"teleport\", \"after\": [\"a\"]}");
+        run = run_with_records("legacy", text, "ARRAY['a', 'c', 'b', 'z']");
+        snprintf(path, sizeof(path), "/v1/runs/%s/rerun", run);
+        r = http("POST", path, S.admin_token, "{\"from_node\": \"c\"}", NULL);
+        assert_error(&r, 409, "conflict");
+        assert_non_null(strstr(r.body, "teleport"));
+        reply_free(&r);
+        assert_int_equal(
+            test_db_int(S.db, "SELECT count(*) FROM workflow_runs WHERE rerun_of = '%s'", run), 0);
+        free(run);
+}
+
 /* Nothing of Postgres' own report reaches a user: no "ERROR:"/"DETAIL:"/"CONTEXT:" lines,
  * no SQL function names. */
 static void assert_no_database_text(const struct reply *r)
@@ -1094,6 +1174,7 @@ int main(void)
             cmocka_unit_test(test_workflows),
             cmocka_unit_test(test_runs),
             cmocka_unit_test(test_database_errors_in_own_words),
+            cmocka_unit_test(test_rerun_follows_the_engine),
             cmocka_unit_test(test_idempotency),
             cmocka_unit_test(test_cross_tenant),
             cmocka_unit_test(test_secrets_and_tokens),
