@@ -267,30 +267,42 @@ static void test_concurrent_claimers_one_owner(void **state)
         fixture_free(f);
 }
 
-/* Renewal is absolute and idempotent; a beat that comes after expiry, before anyone took
- * the run, still renews (the epoch never moved, so nobody else wrote). */
+/* Milliseconds until the run's lease expires, on the database clock (negative: expired). */
+static long long lease_left_ms(struct fixture *f, const char *run)
+{
+        return test_db_int(f->owner,
+                           "SELECT (extract(epoch FROM lease_expires_at - clock_timestamp()) * "
+                           "1000)::bigint FROM workflow_runs WHERE id = '%s'",
+                           run);
+}
+
+/* Renewal is absolute and idempotent; a beat that comes after the lease really expired
+ * (database time), before anyone took the run, still renews (the epoch never moved, so
+ * nobody else wrote); once another worker has taken the run, the same beat is refused. */
 static void test_renewal_absolute(void **state)
 {
         struct fixture *f = fixture_new("renew");
         char *run = worker_test_run(f->owner, f->workflow, NULL);
         PGconn *a = test_db_connect(f->worker_conninfo);
-        struct queue_claim qa;
+        PGconn *b = test_db_connect(f->worker_conninfo);
+        struct queue_claim qa, qb;
         struct queue_lease lease;
         struct queue_renewal renewed[1];
+        long long left;
         int n = 0;
 
+        (void)state;
         assert_int_equal(claim_one(a, "A", 10000, &qa), 1);
         lease.run_id = qa.id;
         lease.epoch = qa.epoch;
+        /* absolute: three beats leave now() + 10 s, not 30 s */
         for (int i = 0; i < 3; i++) {
                 assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 10000, renewed, &n), 0);
                 assert_int_equal(n, 1);
         }
-        assert_int_le(test_db_int(f->owner,
-                                  "SELECT (extract(epoch FROM lease_expires_at - now()) * 1000)"
-                                  "::bigint FROM workflow_runs WHERE id = '%s'",
-                                  run),
-                      10000);
+        left = lease_left_ms(f, run);
+        assert_int_ge(left, 9000);
+        assert_int_le(left, 10000);
         /* renewing with another worker name does not steal it */
         assert_int_equal(queue_renew_leases(a, "B", &lease, 1, 10000, renewed, &n), 0);
         assert_int_equal(n, 0);
@@ -300,7 +312,48 @@ static void test_renewal_absolute(void **state)
         assert_int_equal(n, 1);
         assert_true(renewed[0].cancel_requested);
         assert_false(renewed[0].pause_requested);
+        PQclear(test_db_must(f->owner, "UPDATE workflow_runs SET cancel_requested = false"));
+
+        /* a short beat, then no beat until the lease has expired on the database clock */
+        assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 200, renewed, &n), 0);
+        assert_int_equal(n, 1);
+        for (int64_t t0 = test_now_ms(); lease_left_ms(f, run) >= 0;) {
+                assert_int_lt(test_now_ms() - t0, 5000);
+                usleep(50 * 1000);
+        }
+        usleep(100 * 1000);
+        assert_int_lt(lease_left_ms(f, run), 0);
+        /* expired and untaken: the run looks abandoned to a rescuer ... */
+        assert_int_equal(test_db_int(f->owner,
+                                     "SELECT count(*) FROM workflow_runs WHERE id = '%s' AND "
+                                     "status = 'running' AND lease_expires_at < now()",
+                                     run),
+                         1);
+        /* ... but the owner's late beat renews it, under the same epoch */
+        assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 10000, renewed, &n), 0);
+        assert_int_equal(n, 1);
+        left = lease_left_ms(f, run);
+        assert_int_ge(left, 9000);
+        assert_int_le(left, 10000);
+        assert_int_equal(
+            test_db_int(f->owner, "SELECT lease_epoch FROM workflow_runs WHERE id = '%s'", run),
+            qa.epoch);
+
+        /* expired again and taken by B: now A's beat is refused, and B's lease stands */
+        assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 200, renewed, &n), 0);
+        assert_int_equal(n, 1);
+        for (int64_t t0 = test_now_ms(); lease_left_ms(f, run) >= 0;) {
+                assert_int_lt(test_now_ms() - t0, 5000);
+                usleep(50 * 1000);
+        }
+        assert_int_equal(claim_one(b, "B", 10000, &qb), 1);
+        assert_string_equal(qb.id, qa.id);
+        assert_int_gt(qb.epoch, qa.epoch);
+        assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 10000, renewed, &n), 0);
+        assert_int_equal(n, 0);
+        assert_db_equal("B", f->owner, "SELECT claimed_by FROM workflow_runs WHERE id = '%s'", run);
         PQfinish(a);
+        PQfinish(b);
         free(run);
         fixture_free(f);
 }
