@@ -5,7 +5,8 @@
  * normalised), and the documented exit codes are checked: unknown run 3, bad token 4,
  * conflict 5, server down 6, usage 2, --wait on a failed run 7. A second test follows a
  * run's events while the API is killed and restarted, and checks that every event arrives
- * exactly once, in order. Regenerate the goldens with AGENTLY_UPDATE_GOLDEN=1.
+ * exactly once, in order. Regenerate the goldens with AGENTLY_UPDATE_GOLDEN=1 (refused when CI
+ * is set: CI only compares).
  */
 #include "testlib.h"
 
@@ -303,9 +304,15 @@ static struct cli_result golden(struct fixture *f, const char *name, const char 
         _cleanup_free_ char *got = transcript(args, &r);
         _cleanup_free_ char *path = str_printf("%s/tests/golden/%s.txt", AGENTLY_SOURCE_DIR, name);
         const char *update = getenv("AGENTLY_UPDATE_GOLDEN");
+        const char *ci = getenv("CI");
         _cleanup_free_ char *want = NULL;
         size_t len;
 
+        /* CI compares, never rewrites: a rewrite there would turn every golden into a pass */
+        if (update && *update && ci && *ci && strcmp(ci, "false") != 0 && strcmp(ci, "0") != 0)
+                fail_msg("AGENTLY_UPDATE_GOLDEN=%s is set under CI (CI=%s): goldens are compared "
+                         "in CI, never rewritten; unset it and regenerate them locally",
+                         update, ci);
         if (update && strcmp(update, "1") == 0) {
                 _cleanup_free_ char *dir = str_printf("%s/tests/golden", AGENTLY_SOURCE_DIR);
                 assert_int_equal(dir_make_parents(dir, 0755), 0);
