@@ -80,6 +80,11 @@ fresh_copy
 sed -i 's/^| `engine` | \(.*\) | `base` |$/| `engine` | \1 | `base`, `queue` |/' "$tmp/tree/docs/ARCHITECTURE.md"
 expect_refused "docs table drifts" 'docs/ARCHITECTURE.md: the module table differs'
 
+# each module's README says what it may use, as the table does
+fresh_copy
+sed -i 's/^\*\*May use:\*\* `base`$/**May use:** `base`, `db`/' "$tmp/tree/src/engine/README.md"
+expect_refused "engine README drifts" "src/engine/README.md: needs the line '**May use:** \`base\`'"
+
 # an allowed include stays allowed (worker may use db through queue)
 fresh_copy
 printf '#include "db.h"\n' >>"$tmp/tree/src/worker/worker.c"
