@@ -23,6 +23,13 @@
 #define API_MAX_URL_BYTES    4096
 #define API_ERROR_TEXT_MAX   1024 /* bytes of one text of an error body */
 
+/* Where a person without a working token gets one. `agently token create` itself needs a
+ * token, so the first one is the admin token `agently up` wrote. */
+#define API_HINT_TOKEN                                                                             \
+        "use the admin token `agently up` wrote to its data directory: export "                    \
+        "AGENTLY_TOKEN=$(cat .agently/admin-token) (or --data-dir DIR); with a working token, "    \
+        "`agently token create` makes more"
+
 /* One log event as the API shows it (docs/openapi.json "Event"); columns of logs. */
 #define API_EVENT_JSON                                                                             \
         "json_build_object('seq', seq, 'kind', kind, 'level', level, 'node_id', node_id, "         \

@@ -306,6 +306,46 @@ static unsigned respond_run(struct api_request *req, struct api_response *resp, 
 
 /* ---- ops -------------------------------------------------------------------------- */
 
+/* GET /: where things are, until the dashboard is served here (`agently up` and --help
+ * point people at this address). HTML for a browser, plain text for everyone else. */
+static unsigned h_root(struct api_request *req, struct api_response *resp)
+{
+        static const char text[] =
+            "agently API\n"
+            "\n"
+            "The dashboard is not served yet; this address is the API.\n"
+            "\n"
+            "  API         /v1/...  (Authorization: Bearer <token>; the first token is the\n"
+            "              admin token `agently up` wrote to .agently/admin-token)\n"
+            "  CLI         agently --help  (agently workflow|run|approval|secret|token|user)\n"
+            "  docs        docs/api.md, docs/openapi.yaml and docs/cli.md in the repository\n"
+            "  health      /healthz  (process up), /readyz  (database and migrations)\n"
+            "  metrics     /metrics  (Prometheus)\n";
+        static const char html[] =
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>agently</title></head>\n<body>\n<h1>agently API</h1>\n"
+            "<p>The dashboard is not served yet; this address is the API.</p>\n<ul>\n"
+            "<li>API: <code>/v1/...</code> with <code>Authorization: Bearer &lt;token&gt;</code>; "
+            "the first token is the admin token <code>agently up</code> wrote to "
+            "<code>.agently/admin-token</code></li>\n"
+            "<li>CLI: <code>agently --help</code></li>\n"
+            "<li>Docs: <code>docs/api.md</code>, <code>docs/openapi.yaml</code> and "
+            "<code>docs/cli.md</code> in the repository</li>\n"
+            "<li>Health: <a href=\"/healthz\">/healthz</a> (process up), <a "
+            "href=\"/readyz\">/readyz</a> (database and migrations)</li>\n"
+            "<li>Metrics: <a href=\"/metrics\">/metrics</a> (Prometheus)</li>\n"
+            "</ul>\n</body></html>\n";
+        const char *accept = api_header(req, MHD_HTTP_HEADER_ACCEPT);
+        bool browser = accept && strstr(accept, "text/html");
+
+        resp->text = strdup(browser ? html : text);
+        if (!resp->text)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        resp->content_type = browser ? "text/html; charset=utf-8" : "text/plain; charset=utf-8";
+        resp->status = 200;
+        return 200;
+}
+
 static unsigned h_healthz(struct api_request *req, struct api_response *resp)
 {
         return api_json(resp, 200, json_pack("{s:s}", "status", "ok"));
@@ -625,7 +665,8 @@ static unsigned h_runs_create(struct api_request *req, struct api_response *resp
         if (PQntuples(wf) == 0) {
                 if (version_s)
                         return api_errorf(resp, 404, "not_found", "workflow version not found",
-                                          "list versions with GET /v1/workflows/{name}/versions",
+                                          "`agently workflow show NAME` shows the latest "
+                                          "version (GET /v1/workflows/{name}/versions lists all)",
                                           "workflow '%s' version %s", name, version_s);
                 return api_errorf(resp, 404, "not_found", "workflow not found",
                                   "apply it first: `agently workflow apply FILE`", "workflow '%s'",
@@ -1054,7 +1095,9 @@ static unsigned h_runs_signal(struct api_request *req, struct api_response *resp
         if ((st = run_status(req, resp, id, &status)))
                 return st;
         if (is_terminal(status))
-                return api_errorf(resp, 409, "conflict", "the run has already finished", NULL,
+                return api_errorf(resp, 409, "conflict", "the run has already finished",
+                                  "a finished run takes no signals; start a new one: `agently run "
+                                  "rerun ID`",
                                   "run %s is %s", id, status);
         const char *params[] = {id, name, payload};
         r = api_query_json(req,
@@ -1496,6 +1539,7 @@ static unsigned h_tokens_revoke(struct api_request *req, struct api_response *re
 /* ---- the table -------------------------------------------------------------------- */
 
 const struct api_route api_routes[] = {
+    {"GET", "/", h_root, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},
     {"GET", "/healthz", h_healthz, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},
     {"GET", "/readyz", h_readyz, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},
     {"GET", "/metrics", h_metrics, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},

@@ -655,9 +655,7 @@ static unsigned authenticate(struct api_request *req, struct api_response *resp)
                 resp->unauthorized = true;
                 return api_error(resp, 401, "unauthorized",
                                  h ? "the bearer token is malformed" : "authentication required",
-                                 "send Authorization: Bearer agt_...",
-                                 "create a token with `agently token create`, or use the admin "
-                                 "token of `agently up`");
+                                 "send Authorization: Bearer agt_...", API_HINT_TOKEN);
         }
         auth_token_hash_hex(hash, hex);
         const char *params[] = {hex};
@@ -670,7 +668,7 @@ static unsigned authenticate(struct api_request *req, struct api_response *resp)
                 resp->unauthorized = true;
                 return api_error(resp, 401, "unauthorized", "the token is not valid",
                                  "unknown, revoked or expired token, or a disabled user",
-                                 "create a new token");
+                                 API_HINT_TOKEN);
         }
         str_copy(req->user_id, sizeof(req->user_id), PQgetvalue(res, 0, 0));
         str_copy(req->user_name, sizeof(req->user_name), PQgetvalue(res, 0, 1));
@@ -781,9 +779,7 @@ static void run_request(struct api_request *req, struct api_response *resp)
                 if (!h) { /* answer without touching the database */
                         resp->unauthorized = true;
                         api_error(resp, 401, "unauthorized", "authentication required",
-                                  "send Authorization: Bearer agt_...",
-                                  "create a token with `agently token create`, or use the admin "
-                                  "token of `agently up`");
+                                  "send Authorization: Bearer agt_...", API_HINT_TOKEN);
                         return;
                 }
         }

@@ -687,6 +687,14 @@ static int run_signal(struct client_ctx *ctx, const struct client_args *args)
 
         if (!path)
                 return CLI_EXIT_FAILURE;
+        if (args->npositional > 2) { /* `run signal ID NAME '{"by": "ann"}'` */
+                if (data) {
+                        fprintf(stderr, "agently run signal: give the payload once: as the "
+                                        "third argument or with --data, not both\n");
+                        return CLI_EXIT_USAGE;
+                }
+                data = args->positional[2];
+        }
         if (data) {
                 if (client_input_parse(data, "data", &payload, err, sizeof(err)) < 0) {
                         fprintf(stderr, "agently run signal: %s\n", err);
@@ -760,8 +768,8 @@ const struct client_command client_run_commands[] = {
     {"run", "resume", "ID", "resume a paused run", 1, 1, NULL, run_resume},
     {"run", "rerun", "ID [--from NODE]", "start a new run of the same workflow and input", 1, 1,
      rerun_flags, run_rerun},
-    {"run", "signal", "ID NAME [--data JSON]", "send a signal to a run's wait_event node", 2, 2,
-     signal_flags, run_signal},
+    {"run", "signal", "ID NAME [PAYLOAD | --data JSON]", "send a signal to a run's wait_event node",
+     2, 3, signal_flags, run_signal},
     {"run", "resolve", "ID retry|skip|stop [--node N] [--comment C]",
      "answer a run waiting for a person (a node escalated)", 2, 2, resolve_flags, run_resolve},
     {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},

@@ -231,6 +231,24 @@ static void test_auth_and_ops(void **state)
         assert_string_equal(jstr(r.json, "name"), "root");
         assert_true(json_is_true(json_object_get(r.json, "is_admin")));
         reply_free(&r);
+        /* the 401 hint names where the first token is: `agently token create` needs one */
+        r = http("GET", "/v1/me", NULL, NULL, NULL);
+        assert_non_null(strstr(jstr(json_object_get(r.json, "error"), "hint"), "admin-token"));
+        reply_free(&r);
+        /* / says where things are (a page, not a JSON 404), until the dashboard is there */
+        r = http("GET", "/", NULL, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        assert_non_null(strcasestr(r.headers, "Content-Type: text/plain"));
+        assert_non_null(strstr(r.body, "/healthz"));
+        assert_non_null(strstr(r.body, "/v1/"));
+        assert_non_null(strstr(r.body, "docs/api.md"));
+        reply_free(&r);
+        const char *browser[] = {"Accept: text/html,application/xhtml+xml", NULL};
+        r = http("GET", "/", NULL, NULL, browser);
+        assert_int_equal(r.status, 200);
+        assert_non_null(strcasestr(r.headers, "Content-Type: text/html"));
+        assert_non_null(strstr(r.body, "<a href=\"/readyz\">"));
+        reply_free(&r);
         r = http("GET", "/healthz", NULL, NULL, NULL);
         assert_int_equal(r.status, 200);
         reply_free(&r);
