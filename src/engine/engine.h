@@ -25,6 +25,7 @@
 #define WF_MAX_MAP_CONCURRENCY  1000
 #define WF_MAX_LOOP_ITERATIONS  10000
 #define WF_MAX_ATTEMPTS         100
+#define WF_MAX_IDEMPOTENCY_KEY  255  /* characters of an Idempotency-Key a definition sets */
 #define WF_EXPR_MAX_LEN         4096 /* bytes of one expression */
 #define WF_EXPR_MAX_DEPTH       64   /* nesting of one expression */
 #define WF_MAX_ERRORS           200  /* validation errors reported (then one "and N more") */
@@ -106,7 +107,9 @@ char *wf_canonical_json(const json_t *definition);
  *       do the effect; record the node "started" (attempt n) BEFORE the effect for
  *       at_most_once, and keep the node in "in_flight" while executing. For http, input is
  *       {"method","url","headers","body","expect_status":[[lo,hi],...]} and headers already
- *       carry "Idempotency-Key". reexecution=true: the same attempt re-run after a crash.
+ *       carry "Idempotency-Key": the definition's own (any header-name case, sent as given;
+ *       then idempotency_key is that value too) or wf_idempotency_key(). reexecution=true:
+ *       the same attempt re-run after a crash.
  *   {"action":"complete","node":id,"output":any[,"signal_id":"..."]}
  *       record the node completed; consume the signal if signal_id is present.
  *   {"action":"skip","node":id,"reason":"when was false|branch not taken|dependency skipped"}

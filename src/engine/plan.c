@@ -191,14 +191,15 @@ int wf_plan_condition_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int 
             json_pack("{s:s,s:O}", "branch", wf_expr_truthy(v) ? "then" : "else", "value", v));
 }
 
-static bool header_present(const json_t *headers, const char *name)
+/* The value of header name (any case) in a rendered headers object, or NULL. */
+static const char *header_value(const json_t *headers, const char *name)
 {
         const char *k;
         json_t *v;
         json_object_foreach ((json_t *)headers, k, v)
                 if (!strcasecmp(k, name))
-                        return true;
-        return false;
+                        return json_string_value(v);
+        return NULL;
 }
 
 int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
@@ -255,9 +256,24 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
                                                     "rendering",
                                                     hk));
         }
-        if (!header_present(headers, "Idempotency-Key") &&
-            json_object_set_new(headers, "Idempotency-Key", json_string(key)) < 0)
+        /* a key the definition sets is the one that leaves (and is recorded): a key shared
+         * across runs is how a service deduplicates them; the runtime sends it as given */
+        const char *own_key = header_value(headers, "Idempotency-Key");
+        if (own_key && (!*own_key || strlen(own_key) > WF_MAX_IDEMPOTENCY_KEY))
+                return emit_fail(p, l->id, attempt,
+                                 error_json("error",
+                                            "the Idempotency-Key header must be 1 to %d "
+                                            "characters after rendering (got %zu)",
+                                            WF_MAX_IDEMPOTENCY_KEY, strlen(own_key)));
+        if (own_key) {
+                char *copy = strdup(own_key);
+                if (!copy)
+                        return p->error = -ENOMEM;
+                free(key);
+                key = copy;
+        } else if (json_object_set_new(headers, "Idempotency-Key", json_string(key)) < 0) {
                 return p->error = -ENOMEM;
+        }
         json_t *expect = json_array();
         if (!expect || json_object_set_new(req, "expect_status", expect) < 0)
                 return p->error = -ENOMEM;

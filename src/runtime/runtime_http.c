@@ -152,7 +152,7 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
         const json_t *body = json_object_get(request, "body");
         const json_t *expect = json_object_get(request, "expect_status");
         struct runtime_http_transfer *t;
-        bool has_content_type = false;
+        bool has_content_type = false, has_key = false;
         const char *name;
         json_t *value;
         int r;
@@ -206,25 +206,27 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
                                                        "value a string without line breaks)",
                                                        name));
                 }
+                /* the user's own key is sent as given: a key shared across runs is how a
+                 * service deduplicates them */
                 if (strcasecmp(name, "idempotency-key") == 0)
-                        continue; /* the engine's key wins: it is what makes re-sends safe */
+                        has_key = true;
                 if (strcasecmp(name, "content-type") == 0)
                         has_content_type = true;
                 if ((r = add_header(t, name, v)) < 0)
                         break;
         }
-        if (r == 0 && idempotency_key)
+        if (r == 0 && idempotency_key && !has_key)
                 r = add_header(t, "Idempotency-Key", idempotency_key);
         if (r == 0 && body && !json_is_null(body)) {
-                if (json_is_string(body)) {
-                        t->body = strdup(json_string_value(body));
-                } else {
-                        t->body = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
-                        if (!has_content_type)
-                                r = add_header(t, "Content-Type", "application/json");
-                }
+                /* a string is text as written, anything else JSON; the user's type wins */
+                bool text = json_is_string(body);
+                t->body = text ? strdup(json_string_value(body))
+                               : json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
                 if (!t->body)
                         r = -ENOMEM;
+                else if (!has_content_type)
+                        r = add_header(t, "Content-Type",
+                                       text ? "text/plain; charset=utf-8" : "application/json");
         }
         if (r == 0)
                 r = add_header(t, "Expect", ""); /* no 100-continue round trip */

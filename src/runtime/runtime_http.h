@@ -29,9 +29,11 @@ void runtime_http_free(struct runtime_http *h);
 
 /*
  * Starts a request. request is {"method","url","headers":{name:value},"body":any,
- * "expect_status":[status | [lo, hi], ...]} (body: a string is sent as is, anything else
- * as JSON with Content-Type application/json; expect_status defaults to any 2xx). The
- * Idempotency-Key header is set to idempotency_key when non-NULL. timeout_ms bounds the whole
+ * "expect_status":[status | [lo, hi], ...]} (body: a string is sent as is with Content-Type
+ * text/plain; charset=utf-8, anything else as JSON with application/json, unless headers
+ * set Content-Type; expect_status defaults to any 2xx). The Idempotency-Key header is
+ * set to idempotency_key when non-NULL and headers do not carry one (any case) themselves:
+ * a key the request sets is sent as given. timeout_ms bounds the whole
  * exchange (<= 0: the default). userdata comes back with the completion. Returns 0 and the transfer
  * in *out (owned by h until it completes or is aborted), -EINVAL with a message in *error
  * (malloc'd) for a request that cannot be sent (bad method, url, headers), -ENOMEM.

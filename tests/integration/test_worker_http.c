@@ -234,6 +234,85 @@ static void test_node_timeout_fails_run(void **state)
         teardown(f);
 }
 
+/* The first request the sink got on path (fails the test when there is none). */
+static struct worker_sink_request sink_request(struct fixture *f, const char *path)
+{
+        struct worker_sink_request req;
+
+        if (worker_sink_get(f->sink, path, 0, &req) != 0) {
+                fprintf(stderr, "no request on %s\n", path);
+                fail();
+        }
+        return req;
+}
+
+/* A definition's own Idempotency-Key (any header-name case) leaves as written and is the
+ * key recorded; a node without one gets "<run id>:<node id>". */
+static void test_own_idempotency_key(void **state)
+{
+        struct fixture *f = setup("wk_ownkey");
+        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":["
+                                 "{\"id\":\"own\",\"type\":\"http\",\"request\":{\"method\":"
+                                 "\"POST\",\"url\":\"SINK/own\",\"headers\":{\"idempotency-KEY\":"
+                                 "\"order-42\"},\"body\":{}}},"
+                                 "{\"id\":\"derived\",\"type\":\"http\",\"request\":{"
+                                 "\"method\":\"POST\",\"url\":\"SINK/derived\",\"body\":{}}}]}");
+        char derived[300];
+
+        wait_status(f, run, "completed", 15000);
+        assert_int_equal(worker_sink_count(f->sink, "/own"), 1);
+        assert_string_equal(sink_request(f, "/own").idempotency_key, "order-42");
+        snprintf(derived, sizeof(derived), "%s:derived", run);
+        assert_string_equal(sink_request(f, "/derived").idempotency_key, derived);
+        assert_db_equal("order-42", f->db,
+                        "SELECT idempotency_key FROM node_runs WHERE workflow_run_id = '%s' "
+                        "AND node_id = 'own'",
+                        run);
+        free(run);
+        teardown(f);
+}
+
+/* A string body is text (text/plain; charset=utf-8), anything else JSON; a Content-Type the
+ * definition sets always wins. */
+static void test_body_content_types(void **state)
+{
+        struct fixture *f = setup("wk_bodies");
+        char *run =
+            start_run(f, "{\"name\":\"w\",\"nodes\":["
+                         "{\"id\":\"text\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
+                         "\"url\":\"SINK/text\",\"body\":\"h\u00e9llo\"}},"
+                         "{\"id\":\"json\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
+                         "\"url\":\"SINK/json\",\"body\":{\"a\":[1,\"x\"]}}},"
+                         "{\"id\":\"list\",\"type\":\"http\",\"request\":{\"method\":\"PUT\","
+                         "\"url\":\"SINK/list\",\"body\":[1,2]}},"
+                         "{\"id\":\"form\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
+                         "\"url\":\"SINK/form\",\"headers\":{\"content-type\":"
+                         "\"application/x-www-form-urlencoded\"},\"body\":\"a=1&b=2\"}},"
+                         "{\"id\":\"typed\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
+                         "\"url\":\"SINK/typed\",\"headers\":{\"Content-Type\":"
+                         "\"application/vnd.api+json\"},\"body\":{\"b\":true}}}]}");
+        struct worker_sink_request req;
+
+        wait_status(f, run, "completed", 15000);
+        req = sink_request(f, "/text");
+        assert_string_equal(req.content_type, "text/plain; charset=utf-8");
+        assert_string_equal(req.body, "h\xc3\xa9llo");
+        req = sink_request(f, "/json");
+        assert_string_equal(req.content_type, "application/json");
+        assert_string_equal(req.body, "{\"a\":[1,\"x\"]}");
+        req = sink_request(f, "/list");
+        assert_string_equal(req.content_type, "application/json");
+        assert_string_equal(req.body, "[1,2]");
+        req = sink_request(f, "/form");
+        assert_string_equal(req.content_type, "application/x-www-form-urlencoded");
+        assert_string_equal(req.body, "a=1&b=2");
+        req = sink_request(f, "/typed");
+        assert_string_equal(req.content_type, "application/vnd.api+json");
+        assert_string_equal(req.body, "{\"b\":true}");
+        free(run);
+        teardown(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -241,6 +320,8 @@ int main(void)
             cmocka_unit_test(test_retry_with_backoff),
             cmocka_unit_test(test_429_retry_after),
             cmocka_unit_test(test_node_timeout_fails_run),
+            cmocka_unit_test(test_own_idempotency_key),
+            cmocka_unit_test(test_body_content_types),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -73,6 +73,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         snprintf(rec.idempotency_key, sizeof(rec.idempotency_key), "%s", key ? key : "");
         key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "User-Agent");
         snprintf(rec.user_agent, sizeof(rec.user_agent), "%s", key ? key : "");
+        key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+        snprintf(rec.content_type, sizeof(rec.content_type), "%s", key ? key : "");
         memcpy(rec.body, u->body, u->len + 1);
         rec.at_ms = test_now_ms();
 

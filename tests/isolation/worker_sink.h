@@ -1,7 +1,7 @@
 /*
  * A tiny HTTP server inside a test process that plays the outside world for workers: it
- * records every request (method, path, Idempotency-Key, body, arrival time) and answers as
- * the query string tells it, so one sink serves every scenario:
+ * records every request (method, path, Idempotency-Key, Content-Type, body, arrival time)
+ * and answers as the query string tells it, so one sink serves every scenario:
  *   ?fail=N&status=S     the first N requests to this path answer S (default 500)
  *   &retry_after=SEC     ... with a Retry-After header
  *   ?delay_ms=N          answer after N ms (a thread per connection, so others go on)
@@ -19,6 +19,7 @@ struct worker_sink_request {
         char idempotency_key[256];
         char body[512];
         char user_agent[256];
+        char content_type[128];
         int64_t at_ms; /* test_now_ms() at arrival */
         int status;    /* what the sink answered */
 };

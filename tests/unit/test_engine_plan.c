@@ -507,6 +507,53 @@ static void retries_back_off_within_bounds(void **state)
         wf_free(wf);
 }
 
+/* A definition's own Idempotency-Key header (any case) is the key that leaves and the one
+ * recorded; one that renders empty or over 255 characters fails the attempt instead. */
+static void own_idempotency_key_wins(void **state)
+{
+        struct wf_workflow *wf = parse(
+            "{\"name\":\"k\",\"nodes\":[{\"id\":\"own\",\"type\":\"http\",\"request\":{"
+            "\"url\":\"http://x\",\"headers\":{\"idempotency-KEY\":\"order-${ input.id }\"}}},"
+            "{\"id\":\"empty\",\"type\":\"http\",\"request\":{\"url\":\"http://x\","
+            "\"headers\":{\"Idempotency-Key\":\"${ input.none }\"}}},"
+            "{\"id\":\"long\",\"type\":\"http\",\"request\":{\"url\":\"http://x\","
+            "\"headers\":{\"Idempotency-Key\":\"${ input.long }\"}}},"
+            "{\"id\":\"derived\",\"type\":\"http\",\"request\":{\"url\":\"http://x\"}}]}");
+        char input[400];
+        memset(input, 0, sizeof(input));
+        snprintf(input, sizeof(input), "{\"id\":42,\"long\":\"%0256d\"}", 0);
+        _cleanup_json_ json_t *snap = new_snapshot(input);
+        json_t *p = plan(wf, snap);
+
+        const json_t *a = find_action(p, "execute", "own");
+        assert_non_null(a);
+        assert_string_equal(json_string_value(json_object_get(a, "idempotency_key")), "order-42");
+        json_t *headers = json_object_get(json_object_get(a, "input"), "headers");
+        assert_int_equal(json_object_size(headers), 1);
+        assert_string_equal(json_string_value(json_object_get(headers, "idempotency-KEY")),
+                            "order-42");
+        a = find_action(p, "execute", "derived");
+        assert_string_equal(json_string_value(json_object_get(a, "idempotency_key")),
+                            RUN_ID ":derived");
+        assert_string_equal(
+            json_string_value(json_object_get(
+                json_object_get(json_object_get(a, "input"), "headers"), "Idempotency-Key")),
+            RUN_ID ":derived");
+        for (int i = 0; i < 2; i++) {
+                a = find_action(p, "fail_node", i ? "long" : "empty");
+                assert_non_null(a);
+                assert_null(find_action(p, "execute", i ? "long" : "empty"));
+                assert_string_equal(
+                    json_string_value(json_object_get(json_object_get(a, "error"), "message")),
+                    i ? "the Idempotency-Key header must be 1 to 255 characters after rendering "
+                        "(got 256)"
+                      : "the Idempotency-Key header must be 1 to 255 characters after rendering "
+                        "(got 0)");
+        }
+        json_decref(p);
+        wf_free(wf);
+}
+
 static void crash_recovery_depends_on_delivery(void **state)
 {
         struct wf_workflow *wf =
@@ -1041,6 +1088,7 @@ int main(void)
             cmocka_unit_test(when_false_skips_and_skips_propagate),
             cmocka_unit_test(condition_branches),
             cmocka_unit_test(retries_back_off_within_bounds),
+            cmocka_unit_test(own_idempotency_key_wins),
             cmocka_unit_test(crash_recovery_depends_on_delivery),
             cmocka_unit_test(map_respects_concurrency_and_fans_in),
             cmocka_unit_test(map_of_ten_thousand_items_completes_fast),
