@@ -138,16 +138,24 @@ int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actio
 
 /*
  * Decides what follows a failed attempt of node_id (static or dynamic id). error:
- *   {"class": "network|timeout|http_status|interrupted|error", "status": n (http_status),
- *    "retry_after_ms": n (optional, e.g. from Retry-After), "message": "..."}
+ *   {"class": one of the failure classes of docs/workflows.md (connect, network, timeout,
+ *    http_429, http_4xx, http_5xx, http_status, too_large, error, interrupted; anything
+ *    else counts as error), "status": n (http), "retry_after_ms": n (optional, e.g. from
+ *    Retry-After), "message": "..."}
  * random: any uniformly random 64-bit value (the jitter source; pass a fixed value in
  * tests). On success *decision is one of
- *   {"retry_at_ms": n, "attempt": attempt+1, "delay_ms": d}
+ *   {"retry_at_ms": n, "attempt": attempt+1, "delay_ms": d, "max_attempts": m,
+ *    "status": "failed|interrupted"}
  *       record the failed attempt with "retry_at_ms" (or the next attempt as "waiting"
  *       with wake_at_ms) and release the run until then;
- *   {"final": "fail|continue|escalate"}
- *       record the node "failed" (final); the next plan finishes the run, lets dependents
- *       run, or asks for a person, respectively.
+ *   {"final": "fail|continue|escalate", "max_attempts": m, "status": "failed|interrupted",
+ *    "reason": "why no further attempt, for people"}
+ *       record the node with "status" (final); the next plan finishes the run, lets
+ *       dependents run, or asks for a person, respectively.
+ * "status" is "interrupted" when the attempt's outcome is unknown: class interrupted, or
+ * an at_most_once node failing with timeout, network or http_5xx (the request may have
+ * been acted on). Such a failure is retried only when the node's retry_on names its class
+ * (the at_most_once default retries only connect and http_429).
  * Returns 0, -ENOENT if node_id names no node, -EINVAL on a malformed error, -ENOMEM.
  */
 int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int attempt,

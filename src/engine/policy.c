@@ -2,37 +2,67 @@
  * The failure policy: after a failed attempt, retry (when attempts remain and the failure
  * class is one the node retries on) at a time computed from the backoff, or settle the
  * node for good according to on_failure. Randomness for the jitter comes in as a
- * parameter, so this stays pure and testable.
+ * parameter, so this stays pure and testable. Also the one table of failure classes.
  */
 #include "workflow_internal.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cleanup.h"
 #include "duration.h"
+#include "strutil.h"
 
-static unsigned failure_bit(const json_t *error)
+/*
+ * The failure classes: what errors carry in "class", what retry_on names, and what
+ * expressions compare (nodes.x.error.class). docs/workflows.md documents this table; the
+ * runtime and the planner produce only these names (canceled, which ends a node and its
+ * run without the policy being asked, is not in retry_on).
+ */
+static const struct {
+        const char *name;
+        unsigned bit;
+} classes[] = {
+    {"connect", WF_RETRY_CONNECT},
+    {"network", WF_RETRY_NETWORK},
+    {"timeout", WF_RETRY_TIMEOUT},
+    {"http_429", WF_RETRY_HTTP_429},
+    {"http_4xx", WF_RETRY_HTTP_4XX},
+    {"http_5xx", WF_RETRY_HTTP_5XX},
+    {"http_status", WF_RETRY_HTTP_STATUS},
+    {"too_large", WF_RETRY_TOO_LARGE},
+    {"error", WF_RETRY_ERROR},
+    {"interrupted", WF_RETRY_INTERRUPTED},
+};
+
+const char *wf_retry_on_names(void)
+{
+        return "connect, network, timeout, http_429, http_4xx, http_5xx, http_status, "
+               "too_large, error, interrupted";
+}
+
+unsigned wf_retry_on_bits(const char *name)
+{
+        for (size_t i = 0; name && i < sizeof(classes) / sizeof(classes[0]); i++)
+                if (!strcmp(classes[i].name, name))
+                        return classes[i].bit == WF_RETRY_NETWORK
+                                   ? WF_RETRY_NETWORK | WF_RETRY_CONNECT
+                                   : classes[i].bit;
+        return 0;
+}
+
+/* The class of an error: its bit and name; anything unknown is an "error". */
+static unsigned failure_bit(const json_t *error, const char **name)
 {
         const char *klass = json_string_value(json_object_get(error, "class"));
-        json_t *status = json_object_get(error, "status");
 
-        if (!klass)
-                return WF_RETRY_ERROR;
-        if (!strcmp(klass, "network"))
-                return WF_RETRY_NETWORK;
-        if (!strcmp(klass, "timeout"))
-                return WF_RETRY_TIMEOUT;
-        if (!strcmp(klass, "interrupted"))
-                return WF_RETRY_INTERRUPTED;
-        if (!strcmp(klass, "http_status")) {
-                json_int_t s = json_is_integer(status) ? json_integer_value(status) : 0;
-                if (s == 429)
-                        return WF_RETRY_HTTP_429;
-                if (s >= 500 && s <= 599)
-                        return WF_RETRY_HTTP_5XX;
-                return 0; /* other statuses (4xx) are not retried: the request is wrong */
-        }
+        for (size_t i = 0; klass && i < sizeof(classes) / sizeof(classes[0]); i++)
+                if (!strcmp(classes[i].name, klass)) {
+                        *name = classes[i].name;
+                        return classes[i].bit;
+                }
+        *name = "error";
         return WF_RETRY_ERROR;
 }
 
@@ -63,7 +93,10 @@ int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int at
                        const json_t *error, int64_t now_ms, uint64_t random, json_t **decision)
 {
         const struct wf_node *n;
+        const char *klass = "error", *status;
+        _cleanup_free_ char *reason = NULL;
         unsigned bit;
+        bool ambiguous;
 
         *decision = NULL;
         if (!wf || !node_id)
@@ -73,7 +106,12 @@ int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int at
                 return -ENOENT;
         if (attempt < 1 || (error && !json_is_object(error)))
                 return -EINVAL;
-        bit = error ? failure_bit(error) : WF_RETRY_ERROR;
+        bit = error ? failure_bit(error, &klass) : WF_RETRY_ERROR;
+        /* an at_most_once request that may have been acted on (timed out or cut off after
+         * it left, or answered 5xx) ends like one a crash interrupted: its outcome is
+         * unknown, and only a class retry_on names sends it again */
+        ambiguous = n->delivery == WF_AT_MOST_ONCE && (bit & WF_RETRY_AMBIGUOUS);
+        status = ambiguous || bit == WF_RETRY_INTERRUPTED ? "interrupted" : "failed";
         if (attempt < n->retry.max_attempts && (n->retry.retry_on & bit)) {
                 int64_t delay = backoff_delay(&n->retry, attempt + 1, random);
                 json_t *ra = error ? json_object_get(error, "retry_after_ms") : NULL;
@@ -81,13 +119,27 @@ int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int at
                     json_integer_value(ra) > delay)
                         delay = json_integer_value(ra) > DURATION_MAX_MS ? DURATION_MAX_MS
                                                                          : json_integer_value(ra);
-                *decision = json_pack("{s:I,s:i,s:I}", "retry_at_ms", (json_int_t)(now_ms + delay),
-                                      "attempt", attempt + 1, "delay_ms", (json_int_t)delay);
+                *decision =
+                    json_pack("{s:I,s:i,s:I,s:i,s:s}", "retry_at_ms", (json_int_t)(now_ms + delay),
+                              "attempt", attempt + 1, "delay_ms", (json_int_t)delay, "max_attempts",
+                              n->retry.max_attempts, "status", status);
                 return *decision ? 0 : -ENOMEM;
         }
+        if (ambiguous && !(n->retry.retry_on & bit))
+                reason = str_printf("delivery is at_most_once and the request may have been "
+                                    "acted on, so it is not sent again; list \"%s\" in "
+                                    "retry.retry_on to send it again anyway",
+                                    klass);
+        else if (!(n->retry.retry_on & bit))
+                reason = str_printf("%s is not in retry_on", klass);
+        else
+                reason = str_printf("all %d attempts used", n->retry.max_attempts);
         const char *final = n->on_failure == WF_ON_FAILURE_CONTINUE   ? "continue"
                             : n->on_failure == WF_ON_FAILURE_ESCALATE ? "escalate"
                                                                       : "fail";
-        *decision = json_pack("{s:s}", "final", final);
+        if (!reason)
+                return -ENOMEM;
+        *decision = json_pack("{s:s,s:i,s:s,s:s}", "final", final, "max_attempts",
+                              n->retry.max_attempts, "status", status, "reason", reason);
         return *decision ? 0 : -ENOMEM;
 }

@@ -996,40 +996,51 @@ static void parse_retry(struct wf_parse_ctx *c, struct wf_node *n, const json_t 
         }
         json_t *on = json_object_get(r, "retry_on");
         if (on) {
-                static const struct {
-                        const char *name;
-                        unsigned bit;
-                } classes[] = {
-                    {"network", WF_RETRY_NETWORK},   {"timeout", WF_RETRY_TIMEOUT},
-                    {"http_5xx", WF_RETRY_HTTP_5XX}, {"http_429", WF_RETRY_HTTP_429},
-                    {"error", WF_RETRY_ERROR},       {"interrupted", WF_RETRY_INTERRUPTED}};
                 _cleanup_free_ char *f = path_join(rpath, "retry_on");
                 size_t i;
                 json_t *e;
                 if (!json_is_array(on)) {
-                        add_error(c, node, f ? f : rpath,
-                                  "retry_on must be a list of: network, timeout, http_5xx, "
-                                  "http_429, error, interrupted");
+                        add_error(c, node, f ? f : rpath, "retry_on must be a list of: %s",
+                                  wf_retry_on_names());
                         return;
                 }
                 n->retry.retry_on = 0;
+                n->retry.retry_on_given = true;
                 json_array_foreach (on, i, e) {
-                        size_t k;
-                        for (k = 0; k < ELEMENTSOF(classes); k++)
-                                if (json_is_string(e) &&
-                                    !strcmp(json_string_value(e), classes[k].name))
-                                        break;
-                        if (k == ELEMENTSOF(classes)) {
+                        unsigned bits = wf_retry_on_bits(json_string_value(e));
+                        if (!bits) {
                                 _cleanup_free_ char *ef = str_printf("%s/%zu", f ? f : rpath, i);
                                 add_error(c, node, ef ? ef : rpath,
-                                          "unknown failure class '%s' in retry_on; use network, "
-                                          "timeout, http_5xx, http_429, error or interrupted",
-                                          json_is_string(e) ? json_string_value(e) : "?");
+                                          "unknown failure class '%s' in retry_on; use %s",
+                                          json_is_string(e) ? json_string_value(e) : "?",
+                                          wf_retry_on_names());
                                 continue;
                         }
-                        n->retry.retry_on |= classes[k].bit;
+                        n->retry.retry_on |= bits;
                 }
         }
+}
+
+/* at_most_once: the default retries only what surely did not take effect, and a retry
+ * block that allows more attempts must say on which failures (its meaning changed: it used
+ * to re-send after timeouts, network failures and 5xx answers). */
+static void check_at_most_once_retry(struct wf_parse_ctx *c, struct wf_node *n, const json_t *obj,
+                                     const char *path)
+{
+        _cleanup_free_ char *rpath = NULL;
+
+        if (n->delivery != WF_AT_MOST_ONCE || n->retry.retry_on_given)
+                return;
+        n->retry.retry_on = WF_RETRY_DEFAULT_ON_AT_MOST_ONCE;
+        if (!json_is_object(json_object_get(obj, "retry")) || n->retry.max_attempts <= 1)
+                return;
+        rpath = path_join(path, "retry");
+        add_error(c, node_name(n), rpath ? rpath : path,
+                  "delivery is at_most_once and retry allows %d attempts, so retry_on must say "
+                  "which failures send the request again: [\"connect\", \"http_429\"] retries "
+                  "only failures where it surely did not take effect; adding \"timeout\", "
+                  "\"network\" or \"http_5xx\" accepts that it may arrive twice",
+                  n->retry.max_attempts);
 }
 
 static void parse_node_common(struct wf_parse_ctx *c, struct wf_node *n, const json_t *obj,
@@ -1108,6 +1119,7 @@ static void parse_node_common(struct wf_parse_ctx *c, struct wf_node *n, const j
                                   "\"%s\")",
                                   delivery);
         }
+        check_at_most_once_retry(c, n, obj, path);
         const char *description;
         if (get_string(c, node, path, obj, "description", false, &description) && description &&
             strlen(description) > MAX_DESCRIPTION) {

@@ -17,6 +17,7 @@ enum wf_on_failure { WF_ON_FAILURE_FAIL, WF_ON_FAILURE_CONTINUE, WF_ON_FAILURE_E
 enum wf_delivery { WF_AT_LEAST_ONCE, WF_AT_MOST_ONCE };
 enum wf_backoff { WF_BACKOFF_EXPONENTIAL, WF_BACKOFF_FIXED };
 
+/* One bit per failure class (the vocabulary: policy.c's table, docs/workflows.md). */
 enum {
         WF_RETRY_NETWORK = 1 << 0,
         WF_RETRY_TIMEOUT = 1 << 1,
@@ -24,9 +25,24 @@ enum {
         WF_RETRY_HTTP_429 = 1 << 3,
         WF_RETRY_ERROR = 1 << 4,
         WF_RETRY_INTERRUPTED = 1 << 5,
+        WF_RETRY_CONNECT = 1 << 6,
+        WF_RETRY_HTTP_4XX = 1 << 7,
+        WF_RETRY_HTTP_STATUS = 1 << 8,
+        WF_RETRY_TOO_LARGE = 1 << 9,
 };
 #define WF_RETRY_DEFAULT_ON                                                                        \
-        (WF_RETRY_NETWORK | WF_RETRY_TIMEOUT | WF_RETRY_HTTP_5XX | WF_RETRY_HTTP_429)
+        (WF_RETRY_CONNECT | WF_RETRY_NETWORK | WF_RETRY_TIMEOUT | WF_RETRY_HTTP_5XX |              \
+         WF_RETRY_HTTP_429)
+/* at_most_once: only failures where the request surely did not take effect */
+#define WF_RETRY_DEFAULT_ON_AT_MOST_ONCE (WF_RETRY_CONNECT | WF_RETRY_HTTP_429)
+/* the classes after which an at_most_once request may have been acted on */
+#define WF_RETRY_AMBIGUOUS (WF_RETRY_NETWORK | WF_RETRY_TIMEOUT | WF_RETRY_HTTP_5XX)
+
+/* The bits a retry_on entry stands for (0: not a class retry_on accepts); "network" also
+ * covers "connect", so lists written before "connect" existed keep their meaning. */
+unsigned wf_retry_on_bits(const char *name);
+/* "connect, network, ..." — every name wf_retry_on_bits() accepts, for error messages. */
+const char *wf_retry_on_names(void);
 
 struct wf_retry {
         int max_attempts;
@@ -35,6 +51,7 @@ struct wf_retry {
         int64_t max_ms;
         bool jitter;
         unsigned retry_on;
+        bool retry_on_given; /* the definition wrote retry_on (else the default applies) */
 };
 
 struct wf_status_range {

@@ -21,8 +21,10 @@ struct runtime_http_transfer {
         char *body;
         struct buf response;
         bool too_large;
+        int64_t timeout_ms;
         json_t *expect; /* array of accepted statuses, or NULL for 2xx */
         void *userdata;
+        char curl_error[CURL_ERROR_SIZE]; /* libcurl's detail of a failure */
 };
 
 struct runtime_http {
@@ -143,8 +145,8 @@ static int fail_request(char **error, char *msg)
 }
 
 int runtime_http_start(struct runtime_http *h, const json_t *request, const char *idempotency_key,
-                       int64_t timeout_ms, void *userdata, struct runtime_http_transfer **out,
-                       char **error)
+                       int64_t timeout_ms, bool fresh_connection, void *userdata,
+                       struct runtime_http_transfer **out, char **error)
 {
         const char *method = json_string_value(json_object_get(request, "method"));
         const char *url = json_string_value(json_object_get(request, "url"));
@@ -184,6 +186,7 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
                 return -ENOMEM;
         buf_init(&t->response, RUNTIME_HTTP_MAX_RESPONSE_BYTES);
         t->userdata = userdata;
+        t->timeout_ms = timeout_ms;
         t->expect = expect ? json_incref((json_t *)expect) : NULL;
         t->easy = curl_easy_init();
         if (!t->easy) {
@@ -253,6 +256,11 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
         curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
         curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
         curl_easy_setopt(t->easy, CURLOPT_USERAGENT, h->user_agent);
+        curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->curl_error);
+        /* libcurl sends a request again by itself when a reused keep-alive connection turns
+         * out dead; a fresh connection is what rules that out */
+        if (fresh_connection)
+                curl_easy_setopt(t->easy, CURLOPT_FRESH_CONNECT, 1L);
 
         if (curl_multi_add_handle(h->multi, t->easy) != CURLM_OK) {
                 transfer_free(h, t);
@@ -349,15 +357,60 @@ static json_t *response_headers(CURL *easy)
         return o;
 }
 
-static json_t *make_error(const char *kind, const char *message)
+/* The class of an answer outside expect_status (docs/workflows.md, "Failure classes"). */
+static const char *status_class(long status)
 {
-        return json_pack("{s:s, s:s}", "class", kind, "message", message);
+        if (status == 429)
+                return "http_429";
+        if (status >= 400 && status <= 499)
+                return "http_4xx";
+        if (status >= 500 && status <= 599)
+                return "http_5xx";
+        return "http_status";
+}
+
+/* Whether any byte of the request may have left: libcurl reached the point of sending it
+ * (pretransfer) or counted request bytes. Before that nothing can have arrived. */
+static bool request_may_have_left(CURL *easy)
+{
+        curl_off_t pretransfer = 0;
+        long request_size = 0;
+
+        curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
+        curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &request_size);
+        return pretransfer > 0 || request_size > 0;
+}
+
+/* A failed transfer: connect (nothing left), timeout or network (it may have arrived). */
+static json_t *transfer_error(struct runtime_http_transfer *t, CURLcode result)
+{
+        const char *detail = t->curl_error[0] ? t->curl_error : curl_easy_strerror(result);
+        _cleanup_free_ char *msg = NULL;
+        const char *klass;
+
+        if (!request_may_have_left(t->easy)) {
+                klass = "connect";
+                msg = result == CURLE_OPERATION_TIMEDOUT
+                          ? str_printf("could not connect within %lld ms: %s",
+                                       (long long)t->timeout_ms, detail)
+                          : str_printf("could not connect: %s", detail);
+        } else if (result == CURLE_OPERATION_TIMEDOUT) {
+                klass = "timeout";
+                msg = str_printf("no complete answer within %lld ms (the request may have "
+                                 "arrived)",
+                                 (long long)t->timeout_ms);
+        } else {
+                klass = "network";
+                msg = str_printf("connection failed after the request was sent: %s", detail);
+        }
+        return msg ? json_pack("{s:s, s:s}", "class", klass, "message", msg) : NULL;
 }
 
 bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **output,
                             json_t **error)
 {
         struct runtime_http_transfer *t;
+        curl_off_t total_us = 0;
         CURLMsg *m;
         int left;
 
@@ -372,11 +425,10 @@ bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **ou
         *userdata = t->userdata;
 
         if (t->too_large) {
-                *error = make_error("too_large", "response body exceeds 1 MiB");
-        } else if (m->data.result == CURLE_OPERATION_TIMEDOUT) {
-                *error = make_error("timeout", "request timed out");
+                *error = json_pack("{s:s, s:s}", "class", "too_large", "message",
+                                   "response body exceeds 1 MiB");
         } else if (m->data.result != CURLE_OK) {
-                *error = make_error("network", curl_easy_strerror(m->data.result));
+                *error = transfer_error(t, m->data.result);
         } else {
                 long status = 0;
                 curl_off_t retry_after = -1;
@@ -390,8 +442,8 @@ bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **ou
                         char msg[64];
                         snprintf(msg, sizeof(msg), "unexpected http status %ld", status);
                         *error =
-                            json_pack("{s:s, s:s, s:I, s:o}", "class", "http_status", "message",
-                                      msg, "status", (json_int_t)status, "body", body);
+                            json_pack("{s:s, s:s, s:I, s:o}", "class", status_class(status),
+                                      "message", msg, "status", (json_int_t)status, "body", body);
                         /* seconds, from either the delta or the HTTP-date form */
                         if (curl_easy_getinfo(t->easy, CURLINFO_RETRY_AFTER, &retry_after) ==
                                 CURLE_OK &&
@@ -401,7 +453,12 @@ bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **ou
                 }
         }
         if (!*output && !*error)
-                *error = make_error("network", "out of memory building the result");
+                *error = json_pack("{s:s, s:s}", "class", "error", "message",
+                                   "out of memory building the result");
+        /* how long the exchange took, for the failed attempt's event */
+        if (*error && curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us) == CURLE_OK)
+                json_object_set_new(*error, "duration_ms",
+                                    json_integer((json_int_t)(total_us / 1000)));
         if (h->active > 0)
                 h->active--;
         transfer_free(h, t);

@@ -2,8 +2,8 @@
  * HTTP effects without a thread per request: one libcurl multi handle drives every request
  * a worker has in flight, and the worker's event loop waits on it (curl_multi_poll) together
  * with its wake-ups. A request leaves with the node's stable Idempotency-Key header; its
- * outcome is classified (network, timeout, http_status with Retry-After) into the JSON the
- * engine's failure policy reads. Not thread-safe except runtime_http_wakeup().
+ * outcome is classified (connect, network, timeout, http_5xx, ... with Retry-After) into
+ * the JSON the engine's failure policy reads. Not thread-safe except runtime_http_wakeup().
  */
 #pragma once
 
@@ -33,14 +33,16 @@ void runtime_http_free(struct runtime_http *h);
  * text/plain; charset=utf-8, anything else as JSON with application/json, unless headers
  * set Content-Type; expect_status defaults to any 2xx). The Idempotency-Key header is
  * set to idempotency_key when non-NULL and headers do not carry one (any case) themselves:
- * a key the request sets is sent as given. timeout_ms bounds the whole
- * exchange (<= 0: the default). userdata comes back with the completion. Returns 0 and the transfer
- * in *out (owned by h until it completes or is aborted), -EINVAL with a message in *error
- * (malloc'd) for a request that cannot be sent (bad method, url, headers), -ENOMEM.
+ * a key the request sets is sent as given. timeout_ms bounds the whole exchange (<= 0: the
+ * default). fresh_connection (for at_most_once requests): never on a reused connection, so
+ * libcurl cannot send it a second time by itself when a kept-alive connection turns out
+ * dead. userdata comes back with the completion. Returns 0 and the transfer in *out (owned
+ * by h until it completes or is aborted), -EINVAL with a message in *error (malloc'd) for a
+ * request that cannot be sent (bad method, url, headers), -ENOMEM.
  */
 int runtime_http_start(struct runtime_http *h, const json_t *request, const char *idempotency_key,
-                       int64_t timeout_ms, void *userdata, struct runtime_http_transfer **out,
-                       char **error);
+                       int64_t timeout_ms, bool fresh_connection, void *userdata,
+                       struct runtime_http_transfer **out, char **error);
 
 /* Stops a transfer in flight and frees it; its completion is never reported. */
 void runtime_http_abort(struct runtime_http *h, struct runtime_http_transfer *t);
@@ -61,9 +63,12 @@ void runtime_http_wakeup(struct runtime_http *h);
 
 /*
  * Takes the next finished transfer: its userdata and either *output (success: {"status",
- * "headers", "body"}) or *error ({"class": "network"|"timeout"|"http_status"|"too_large",
- * "message", "status"?, "retry_after_ms"?, "body"?}); the caller owns whichever is set. The
- * transfer is freed. Returns false when none is finished.
+ * "headers", "body"}) or *error ({"class", "message", "duration_ms", "status"?,
+ * "retry_after_ms"?, "body"?}); the caller owns whichever is set. The classes
+ * (docs/workflows.md): connect (no connection: nothing was sent), timeout and network (the
+ * request may have arrived), http_429, http_4xx, http_5xx, http_status (another status
+ * outside expect_status), too_large. The transfer is freed. Returns false when none is
+ * finished.
  */
 bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **output,
                             json_t **error);

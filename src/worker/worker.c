@@ -495,7 +495,7 @@ static int apply_failure(struct worker *w, struct run *run, const char *node, in
 {
         _cleanup_json_ json_t *decision = NULL, *recorded = NULL, *data = NULL;
         int64_t now = queue_db_now_ms(w->db);
-        const char *final, *klass = jstr(error, "class");
+        const char *final, *status, *klass = jstr(error, "class");
         int r;
 
         if (now < 0)
@@ -515,9 +515,13 @@ static int apply_failure(struct worker *w, struct run *run, const char *node, in
         else
                 json_object_set(recorded, "retry_at_ms", json_object_get(decision, "retry_at_ms"));
 
-        r = checkpoint(w, run, node, attempt,
-                       klass && strcmp(klass, "interrupted") == 0 ? "interrupted" : "failed", NULL,
-                       NULL, recorded, NULL, "node.failed", NULL);
+        /* the policy says interrupted when the outcome is unknown (an at_most_once request
+         * that may have been acted on) */
+        status = jstr(decision, "status");
+        if (!status)
+                status = klass && strcmp(klass, "interrupted") == 0 ? "interrupted" : "failed";
+        r = checkpoint(w, run, node, attempt, status, NULL, NULL, recorded, NULL, "node.failed",
+                       NULL);
         if (r > 0 && !final) {
                 data = json_pack("{s:O, s:O, s:O}", "retry_at_ms",
                                  json_object_get(decision, "retry_at_ms"), "next_attempt",
@@ -1192,6 +1196,8 @@ static void start_effects(struct worker *w, struct run *run)
         json_array_foreach (run->to_start, i, a) {
                 _cleanup_free_ char *why = NULL;
                 struct effect *e = calloc(1, sizeof(*e));
+                const char *delivery = jstr(a, "delivery");
+                bool at_most_once = delivery && strcmp(delivery, "at_most_once") == 0;
                 int r = -ENOMEM;
 
                 if (e && (e->node = strdup(jstr(a, "node")))) {
@@ -1200,7 +1206,7 @@ static void start_effects(struct worker *w, struct run *run)
                         r = runtime_http_start(w->http, json_object_get(a, "input"),
                                                jstr(a, "idempotency_key"),
                                                json_integer_value(json_object_get(a, "timeout_ms")),
-                                               e, &e->transfer, &why);
+                                               at_most_once, e, &e->transfer, &why);
                 }
                 if (r == 0) {
                         e->next = run->effects;

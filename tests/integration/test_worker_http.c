@@ -177,7 +177,7 @@ static void test_retry_with_backoff(void **state)
                         "BY attempt) FROM node_runs WHERE workflow_run_id = "
                         "'%s'",
                         run);
-        assert_db_equal("http_status 500", f->db,
+        assert_db_equal("http_5xx 500", f->db,
                         "SELECT error->>'class' || ' ' || (error->>'status') "
                         "FROM node_runs WHERE workflow_run_id = '%s' AND "
                         "attempt = 1",
@@ -313,6 +313,90 @@ static void test_body_content_types(void **state)
         teardown(f);
 }
 
+/* The issue's reproduction: at_most_once, timeout 1s, a server that answers in 3s. The
+ * request may have been acted on, so it is sent once: the node ends interrupted (class
+ * timeout) and, with the default on_failure, the run fails naming it. */
+static void test_at_most_once_timeout_is_sent_once(void **state)
+{
+        struct fixture *f = setup("wk_amo_timeout");
+        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"pay\",\"type\":\"http\","
+                                 "\"delivery\":\"at_most_once\",\"timeout\":\"1s\",\"request\":{"
+                                 "\"method\":\"POST\",\"url\":\"SINK/pay?delay_ms=3000\","
+                                 "\"body\":{\"amount\":5}}}]}");
+
+        wait_status(f, run, "failed", 20000);
+        usleep(500 * 1000);
+        assert_int_equal(worker_sink_count(f->sink, "/pay"), 1);
+        assert_db_equal("interrupted#1 timeout", f->db,
+                        "SELECT string_agg(status || '#' || attempt || ' ' || (error->>'class'), "
+                        "',') FROM node_runs WHERE workflow_run_id = '%s'",
+                        run);
+        assert_db_equal("pay timeout", f->db,
+                        "SELECT (error->>'node') || ' ' || (error->>'class') FROM workflow_runs "
+                        "WHERE id = '%s'",
+                        run);
+        free(run);
+        teardown(f);
+}
+
+/* at_most_once after a 5xx or a connection cut after sending: one request each, the node
+ * interrupted, and (on_failure continue) the run goes on; a connection that was never made
+ * is retried as usual. The classes are the documented ones, readable in expressions —
+ * nodes.x.error.class == 'http_5xx' holds for a 503 of either delivery. */
+static void test_at_most_once_ambiguous_failures(void **state)
+{
+        struct fixture *f = setup("wk_amo_classes");
+        char def[4096];
+        char *run;
+
+        snprintf(def, sizeof(def),
+                 "{\"name\":\"w\",\"nodes\":["
+                 "{\"id\":\"five\",\"type\":\"http\",\"delivery\":\"at_most_once\","
+                 "\"on_failure\":\"continue\",\"request\":{\"method\":\"POST\","
+                 "\"url\":\"SINK/five?fail=9&status=503\",\"body\":{}}},"
+                 "{\"id\":\"cut\",\"type\":\"http\",\"delivery\":\"at_most_once\","
+                 "\"on_failure\":\"continue\",\"request\":{\"method\":\"POST\","
+                 "\"url\":\"SINK/cut?drop=1\",\"body\":{}}},"
+                 "{\"id\":\"refused\",\"type\":\"http\",\"delivery\":\"at_most_once\","
+                 "\"on_failure\":\"continue\",\"request\":{\"method\":\"POST\","
+                 "\"url\":\"http://127.0.0.1:%d/x\",\"body\":{}},"
+                 "\"retry\":{\"max_attempts\":2,\"initial_delay\":\"100ms\","
+                 "\"retry_on\":[\"connect\"]}},"
+                 "{\"id\":\"least\",\"type\":\"http\",\"on_failure\":\"continue\","
+                 "\"retry\":{\"max_attempts\":1},\"request\":{\"url\":"
+                 "\"SINK/least?fail=9&status=503\"}},"
+                 "{\"id\":\"gone\",\"type\":\"http\",\"on_failure\":\"continue\","
+                 "\"request\":{\"url\":\"SINK/gone?fail=9&status=404\"}},"
+                 "{\"id\":\"check\",\"type\":\"transform\","
+                 "\"after\":[\"five\",\"cut\",\"refused\",\"least\",\"gone\"],"
+                 "\"output\":{\"a\":\"${ nodes.five.error.class == 'http_5xx' }\","
+                 "\"b\":\"${ nodes.least.error.class == 'http_5xx' }\","
+                 "\"c\":\"${ nodes.five.status } ${ nodes.cut.status } ${ nodes.cut.error.class "
+                 "} ${ nodes.refused.error.class } ${ nodes.gone.error.class }\"}}]}",
+                 test_free_port());
+        run = start_run(f, def);
+        wait_status(f, run, "completed", 20000);
+        usleep(300 * 1000);
+        assert_int_equal(worker_sink_count(f->sink, "/five"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/cut"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/least"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/gone"), 1);
+        assert_db_equal("cut=interrupted#1 network,five=interrupted#1 http_5xx,"
+                        "gone=failed#1 http_4xx,least=failed#1 http_5xx,"
+                        "refused=failed#1 connect,refused=failed#2 connect",
+                        f->db,
+                        "SELECT string_agg(node_id || '=' || status || '#' || attempt || ' ' || "
+                        "(error->>'class'), ',' ORDER BY node_id, attempt) FROM node_runs "
+                        "WHERE workflow_run_id = '%s' AND node_id <> 'check'",
+                        run);
+        assert_db_equal("true true interrupted interrupted network connect http_4xx", f->db,
+                        "SELECT concat_ws(' ', output->>'a', output->>'b', output->>'c') FROM "
+                        "node_runs WHERE workflow_run_id = '%s' AND node_id = 'check'",
+                        run);
+        free(run);
+        teardown(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -322,6 +406,8 @@ int main(void)
             cmocka_unit_test(test_node_timeout_fails_run),
             cmocka_unit_test(test_own_idempotency_key),
             cmocka_unit_test(test_body_content_types),
+            cmocka_unit_test(test_at_most_once_timeout_is_sent_once),
+            cmocka_unit_test(test_at_most_once_ambiguous_failures),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -93,6 +93,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 
         if (delay > 0)
                 usleep((useconds_t)delay * 1000);
+        if (query_int(c, "drop", 0))
+                return MHD_NO; /* closes the connection without an answer */
         snprintf(body, sizeof(body), "{\"ok\":%s,\"n\":%d}", status == 200 ? "true" : "false",
                  same_path + 1);
         resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_COPY);

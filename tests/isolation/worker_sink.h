@@ -5,6 +5,7 @@
  *   ?fail=N&status=S     the first N requests to this path answer S (default 500)
  *   &retry_after=SEC     ... with a Retry-After header
  *   ?delay_ms=N          answer after N ms (a thread per connection, so others go on)
+ *   ?drop=1              close the connection without answering (after any delay)
  * Everything else answers 200 {"ok":true,"n":<requests so far to this path>}.
  */
 #pragma once

@@ -217,6 +217,46 @@ static void unknown_fields_are_rejected_with_a_hint(void **state)
         expect_error(e, "b", "/nodes/1/zzzzzz", "known fields: id, type");
 }
 
+/* An at_most_once node whose retry block allows more attempts must say on which failures
+ * (retry_on): the default would otherwise decide whether the request may be sent twice.
+ * Without a retry block, or with retry_on or a single attempt, it is accepted; every class
+ * of the vocabulary is a valid retry_on entry. */
+static void at_most_once_retry_must_name_its_classes(void **state)
+{
+        _cleanup_json_ json_t *e =
+            errors_of("{\"name\":\"w\",\"nodes\":[{\"id\":\"pay\",\"type\":\"http\","
+                      "\"delivery\":\"at_most_once\",\"request\":{\"url\":\"http://x\"},"
+                      "\"retry\":{\"max_attempts\":5}},"
+                      "{\"id\":\"m\",\"type\":\"map\",\"items\":\"input.xs\",\"node\":{\"type\":"
+                      "\"http\",\"delivery\":\"at_most_once\",\"request\":{\"url\":\"http://x\"},"
+                      "\"retry\":{\"initial_delay\":\"2s\"}}}]}");
+        expect_error(e, "pay", "/nodes/0/retry",
+                     "delivery is at_most_once and retry allows 5 attempts, so retry_on must say "
+                     "which failures send the request again: [\"connect\", \"http_429\"] retries "
+                     "only failures where it surely did not take effect; adding \"timeout\", "
+                     "\"network\" or \"http_5xx\" accepts that it may arrive twice");
+        expect_error(e, "m", "/nodes/1/node/retry", "allows 3 attempts, so retry_on must say");
+        assert_int_equal(json_array_size(e), 2);
+
+        const char *ok =
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\",\"delivery\":"
+            "\"at_most_once\",\"request\":{\"url\":\"http://x\"}},"
+            "{\"id\":\"b\",\"type\":\"http\",\"delivery\":\"at_most_once\",\"request\":{"
+            "\"url\":\"http://x\"},\"retry\":{\"max_attempts\":1}},"
+            "{\"id\":\"c\",\"type\":\"http\",\"delivery\":\"at_most_once\",\"request\":{"
+            "\"url\":\"http://x\"},\"retry\":{\"max_attempts\":4,\"retry_on\":[\"connect\","
+            "\"http_429\",\"timeout\"]}},"
+            "{\"id\":\"d\",\"type\":\"http\",\"request\":{\"url\":\"http://x\"},"
+            "\"retry\":{\"max_attempts\":2,\"retry_on\":[\"connect\",\"network\",\"timeout\","
+            "\"http_429\",\"http_4xx\",\"http_5xx\",\"http_status\",\"too_large\",\"error\","
+            "\"interrupted\"]}}]}";
+        struct wf_workflow *wf = NULL;
+        json_t *errors = NULL;
+        assert_int_equal(wf_parse_text(ok, strlen(ok), &wf, &errors), 0);
+        assert_null(errors);
+        wf_free(wf);
+}
+
 static void type_errors_and_limits(void **state)
 {
         _cleanup_json_ json_t *e = errors_of(
@@ -239,7 +279,9 @@ static void type_errors_and_limits(void **state)
         expect_error(e, "a", "/nodes/0/retry/max_attempts", "between 1 and 100 (got 101)");
         expect_error(e, "a", "/nodes/0/expect_status/0", "invalid status '2xy'");
         expect_error(e, "b", "/nodes/1/retry/max_attempts", "must be an integer");
-        expect_error(e, "b", "/nodes/1/retry/retry_on/0", "unknown failure class 'flaky'");
+        expect_error(e, "b", "/nodes/1/retry/retry_on/0",
+                     "unknown failure class 'flaky' in retry_on; use connect, network, timeout, "
+                     "http_429, http_4xx, http_5xx, http_status, too_large, error, interrupted");
         expect_error(e, "l", "/nodes/2/max_iterations", "between 1 and 10000 (got 10001)");
         expect_error(e, "l2", "/nodes/3/max_iterations", "missing required field 'max_iterations'");
         expect_error(e, "m", "/nodes/4/concurrency", "between 1 and 1000 (got 0)");
@@ -530,6 +572,7 @@ int main(void)
             cmocka_unit_test(bad_expressions_report_the_column),
             cmocka_unit_test(unknown_fields_are_rejected_with_a_hint),
             cmocka_unit_test(type_errors_and_limits),
+            cmocka_unit_test(at_most_once_retry_must_name_its_classes),
             cmocka_unit_test(expression_references_are_checked),
             cmocka_unit_test(structural_errors),
             cmocka_unit_test(too_many_nodes_and_too_many_errors),

@@ -100,8 +100,9 @@ static void fail_attempt(const struct wf_workflow *wf, json_t *snap, const char 
         json_t *decision = NULL;
         assert_int_equal(
             wf_on_node_failure(wf, id, attempt, error, now_of(snap), random, &decision), 0);
-        json_t *rec =
-            json_pack("{s:s,s:i,s:O}", "status", "failed", "attempt", attempt, "error", error);
+        json_t *rec = json_pack("{s:s,s:i,s:O}", "status",
+                                json_string_value(json_object_get(decision, "status")), "attempt",
+                                attempt, "error", error);
         json_t *at = json_object_get(decision, "retry_at_ms");
         if (at)
                 json_object_set(rec, "retry_at_ms", at);
@@ -423,8 +424,8 @@ static void retries_back_off_within_bounds(void **state)
                   "false,\"retry_on\":[\"error\"]},\"on_failure\":\"continue\"},"
                   "{\"id\":\"m\",\"type\":\"map\",\"items\":\"input.xs\",\"node\":{\"type\":"
                   "\"http\",\"request\":{\"url\":\"http://x\"},\"retry\":{\"max_attempts\":2}}}]}");
-        _cleanup_json_ json_t *e503 = json_pack("{s:s,s:i,s:s}", "class", "http_status", "status",
-                                                503, "message", "unavailable");
+        _cleanup_json_ json_t *e503 = json_pack("{s:s,s:i,s:s}", "class", "http_5xx", "status", 503,
+                                                "message", "unavailable");
         json_t *d = NULL;
 
         /* exponential with full jitter: attempt n waits between initial and
@@ -454,18 +455,20 @@ static void retries_back_off_within_bounds(void **state)
         json_decref(d);
         /* attempts exhausted: the node's on_failure decides */
         assert_int_equal(wf_on_node_failure(wf, "h", 6, e503, T0, 0, &d), 0);
-        expect_json(d, "{\"final\":\"fail\"}");
+        expect_json(d, "{\"final\":\"fail\",\"max_attempts\":6,\"status\":\"failed\","
+                       "\"reason\":\"all 6 attempts used\"}");
         json_decref(d);
         /* 429 honours Retry-After */
-        _cleanup_json_ json_t *e429 = json_pack("{s:s,s:i,s:i}", "class", "http_status", "status",
-                                                429, "retry_after_ms", 30000);
+        _cleanup_json_ json_t *e429 =
+            json_pack("{s:s,s:i,s:i}", "class", "http_429", "status", 429, "retry_after_ms", 30000);
         assert_int_equal(wf_on_node_failure(wf, "h", 1, e429, T0, 0, &d), 0);
         assert_int_equal(json_integer_value(json_object_get(d, "retry_at_ms")), T0 + 30000);
         json_decref(d);
         /* a 404 is not retried: the request itself is wrong */
-        _cleanup_json_ json_t *e404 = json_pack("{s:s,s:i}", "class", "http_status", "status", 404);
+        _cleanup_json_ json_t *e404 = json_pack("{s:s,s:i}", "class", "http_4xx", "status", 404);
         assert_int_equal(wf_on_node_failure(wf, "h", 1, e404, T0, 0, &d), 0);
-        expect_json(d, "{\"final\":\"fail\"}");
+        expect_json(d, "{\"final\":\"fail\",\"max_attempts\":6,\"status\":\"failed\","
+                       "\"reason\":\"http_4xx is not in retry_on\"}");
         json_decref(d);
         /* fixed backoff without jitter; retry_on limits the classes */
         _cleanup_json_ json_t *eerr = json_pack("{s:s}", "class", "error");
@@ -473,14 +476,15 @@ static void retries_back_off_within_bounds(void **state)
         assert_int_equal(json_integer_value(json_object_get(d, "retry_at_ms")), T0 + 10000);
         json_decref(d);
         assert_int_equal(wf_on_node_failure(wf, "f", 1, e503, T0, 0, &d), 0);
-        expect_json(d, "{\"final\":\"continue\"}");
+        expect_json(d, "{\"final\":\"continue\",\"max_attempts\":3,\"status\":\"failed\","
+                       "\"reason\":\"http_5xx is not in retry_on\"}");
         json_decref(d);
         /* map items use their template's policy */
         assert_int_equal(wf_on_node_failure(wf, "m[42]", 1, e503, T0, 0, &d), 0);
         assert_non_null(json_object_get(d, "retry_at_ms"));
         json_decref(d);
         assert_int_equal(wf_on_node_failure(wf, "m[42]", 2, e503, T0, 0, &d), 0);
-        expect_json(d, "{\"final\":\"fail\"}");
+        assert_string_equal(json_string_value(json_object_get(d, "final")), "fail");
         json_decref(d);
         assert_int_equal(wf_on_node_failure(wf, "nope", 1, e503, T0, 0, &d), -ENOENT);
 
@@ -554,6 +558,66 @@ static void own_idempotency_key_wins(void **state)
         wf_free(wf);
 }
 
+/* at_most_once: a failure after which the request may have been acted on (timeout,
+ * network after sending, 5xx) ends the attempt interrupted and is not sent again unless
+ * retry_on names the class; failures where nothing took effect (connect, 429) are retried
+ * as usual. at_least_once retries them all by default. */
+static void at_most_once_does_not_resend_an_ambiguous_failure(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"amo\",\"nodes\":[{\"id\":\"most\",\"type\":\"http\",\"delivery\":"
+                  "\"at_most_once\",\"request\":{\"url\":\"http://x\"}},"
+                  "{\"id\":\"listed\",\"type\":\"http\",\"delivery\":\"at_most_once\",\"request\":{"
+                  "\"url\":\"http://x\"},\"retry\":{\"retry_on\":[\"timeout\",\"network\"]}},"
+                  "{\"id\":\"least\",\"type\":\"http\",\"request\":{\"url\":\"http://x\"}}]}");
+        static const char *const ambiguous[] = {"timeout", "network", "http_5xx"};
+        json_t *d = NULL;
+
+        for (size_t i = 0; i < 3; i++) {
+                _cleanup_json_ json_t *e =
+                    json_pack("{s:s,s:s}", "class", ambiguous[i], "message", "m");
+                _cleanup_free_ char *reason = NULL;
+                assert_int_equal(wf_on_node_failure(wf, "most", 1, e, T0, 0, &d), 0);
+                assert_null(json_object_get(d, "retry_at_ms"));
+                assert_string_equal(json_string_value(json_object_get(d, "final")), "fail");
+                assert_string_equal(json_string_value(json_object_get(d, "status")), "interrupted");
+                assert_non_null(reason = strdup(json_string_value(json_object_get(d, "reason"))));
+                assert_non_null(strstr(reason, "delivery is at_most_once"));
+                assert_non_null(strstr(reason, ambiguous[i]));
+                json_decref(d);
+                /* at_least_once: the same failure is retried */
+                assert_int_equal(wf_on_node_failure(wf, "least", 1, e, T0, 0, &d), 0);
+                assert_non_null(json_object_get(d, "retry_at_ms"));
+                assert_string_equal(json_string_value(json_object_get(d, "status")), "failed");
+                json_decref(d);
+        }
+        /* listed explicitly: sent again, the attempt still recorded as interrupted */
+        _cleanup_json_ json_t *timeout = json_pack("{s:s}", "class", "timeout");
+        assert_int_equal(wf_on_node_failure(wf, "listed", 1, timeout, T0, 0, &d), 0);
+        assert_non_null(json_object_get(d, "retry_at_ms"));
+        assert_string_equal(json_string_value(json_object_get(d, "status")), "interrupted");
+        json_decref(d);
+        _cleanup_json_ json_t *e5xx = json_pack("{s:s,s:i}", "class", "http_5xx", "status", 503);
+        assert_int_equal(wf_on_node_failure(wf, "listed", 1, e5xx, T0, 0, &d), 0);
+        assert_null(json_object_get(d, "retry_at_ms"));
+        json_decref(d);
+        /* nothing left the worker, or the server refused it: retried by default */
+        _cleanup_json_ json_t *connect = json_pack("{s:s}", "class", "connect");
+        _cleanup_json_ json_t *e429 = json_pack("{s:s,s:i}", "class", "http_429", "status", 429);
+        assert_int_equal(wf_on_node_failure(wf, "most", 1, connect, T0, 0, &d), 0);
+        assert_non_null(json_object_get(d, "retry_at_ms"));
+        assert_string_equal(json_string_value(json_object_get(d, "status")), "failed");
+        json_decref(d);
+        assert_int_equal(wf_on_node_failure(wf, "most", 2, e429, T0, 0, &d), 0);
+        assert_non_null(json_object_get(d, "retry_at_ms"));
+        json_decref(d);
+        /* "network" in retry_on covers connect too */
+        assert_int_equal(wf_on_node_failure(wf, "listed", 1, connect, T0, 0, &d), 0);
+        assert_non_null(json_object_get(d, "retry_at_ms"));
+        json_decref(d);
+        wf_free(wf);
+}
+
 static void crash_recovery_depends_on_delivery(void **state)
 {
         struct wf_workflow *wf =
@@ -589,7 +653,7 @@ static void crash_recovery_depends_on_delivery(void **state)
         apply(wf, snap, p);
         json_decref(p);
         /* interrupted is not retried by default: the run fails, naming the node */
-        assert_string_equal(status_of(snap, "most"), "failed");
+        assert_string_equal(status_of(snap, "most"), "interrupted");
         assert_null(json_object_get(json_object_get(nodes_of(snap), "most"), "retry_at_ms"));
         /* ... unless retry_on says so */
         assert_non_null(json_object_get(json_object_get(nodes_of(snap), "most2"), "retry_at_ms"));
@@ -1089,6 +1153,7 @@ int main(void)
             cmocka_unit_test(condition_branches),
             cmocka_unit_test(retries_back_off_within_bounds),
             cmocka_unit_test(own_idempotency_key_wins),
+            cmocka_unit_test(at_most_once_does_not_resend_an_ambiguous_failure),
             cmocka_unit_test(crash_recovery_depends_on_delivery),
             cmocka_unit_test(map_respects_concurrency_and_fans_in),
             cmocka_unit_test(map_of_ten_thousand_items_completes_fast),
