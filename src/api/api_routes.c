@@ -17,6 +17,7 @@
 #include "auth_token.h"
 #include "cleanup.h"
 #include "db.h"
+#include "embedded_pg.h"
 #include "engine.h"
 #include "log.h"
 #include "migrate.h"
@@ -378,6 +379,7 @@ static unsigned h_metrics(struct api_request *req, struct api_response *resp)
         _cleanup_buf_ struct buf b;
         int r = 0;
         bool db_up = false;
+        long long restarts = 0;
         PGconn *c = api_pool_acquire(req->server, &r);
 
         buf_init(&b, 4 * 1024 * 1024);
@@ -406,6 +408,15 @@ static unsigned h_metrics(struct api_request *req, struct api_response *resp)
                    "# HELP agently_database_up 1 when the metrics query reached the "
                    "database.\n# TYPE agently_database_up gauge\nagently_database_up %d\n",
                    db_up ? 1 : 0);
+        /* from the data directory, not the database: readable while Postgres is down */
+        if (str_is_empty(getenv("AGENTLY_DATABASE_URL")) &&
+            embedded_pg_read_restarts(api_server_data_dir(req->server), &restarts) == 0)
+                buf_printf(&b,
+                           "# HELP agently_postgres_restarts_total times agently up restarted "
+                           "the embedded Postgres after it died.\n"
+                           "# TYPE agently_postgres_restarts_total counter\n"
+                           "agently_postgres_restarts_total %lld\n",
+                           restarts);
         api_metrics_render_http(&b);
         resp->text = buf_steal(&b);
         resp->content_type = "text/plain; version=0.0.4; charset=utf-8";

@@ -2,8 +2,10 @@
  * `agently up`: the embedded default. Starts (or reuses) a private Postgres under the data
  * directory unless AGENTLY_DATABASE_URL is set, migrates, bootstraps the admin user and
  * token, then supervises the api, N workers and the dispatcher as child processes of this
- * binary. A child that dies is restarted with exponential backoff (reset after it stays up
- * for a while). SIGINT/SIGTERM stop the children (workers drain on SIGTERM), then Postgres.
+ * binary — and the embedded Postgres itself. A child or a Postgres that dies is started
+ * again with exponential back-off (reset after it stays up for a while); Postgres runs its
+ * crash recovery on that start, and the others reconnect by themselves. SIGINT/SIGTERM stop
+ * the children (workers drain on SIGTERM), then Postgres.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -35,14 +37,38 @@
 #define RESTART_MAX_MS     30000
 #define HEALTHY_AFTER_MS   30000
 #define STOP_GRACE_SECONDS 30
+#define TICK_MS            200
+
+struct up_options {
+        const char *data_dir_arg;
+        const char *listen_host;
+        int port;
+        int workers;
+};
+
+/* When a supervised process may be started again: exponential back-off from RESTART_MIN_MS
+ * to RESTART_MAX_MS, back to the minimum once it stayed up HEALTHY_AFTER_MS. */
+struct backoff {
+        int64_t started_ms;
+        int64_t restart_at_ms;
+        int64_t delay_ms;
+};
 
 struct child {
         const char *role; /* "api", "worker", "dispatch" */
         char *argv[12];
-        pid_t pid;
-        int64_t started_ms;
-        int64_t restart_at_ms; /* when dead: time to start again */
-        int64_t backoff_ms;
+        pid_t pid; /* 0 while dead */
+        struct backoff backoff;
+};
+
+struct supervisor {
+        const char *self; /* the binary the children run */
+        sigset_t stop_signals;
+        struct child children[MAX_CHILDREN];
+        size_t nchildren;
+        struct embedded_pg *pg; /* NULL with AGENTLY_DATABASE_URL */
+        pid_t postmaster;       /* 0 while Postgres is down */
+        struct backoff postgres;
 };
 
 static int64_t now_ms(void)
@@ -51,6 +77,48 @@ static int64_t now_ms(void)
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void backoff_started(struct backoff *b)
+{
+        if (b->delay_ms == 0)
+                b->delay_ms = RESTART_MIN_MS;
+        b->started_ms = now_ms();
+}
+
+/* The process died (or a start failed, with may_reset false): schedules the next start and
+ * returns the delay until then. */
+static int64_t backoff_schedule(struct backoff *b, bool may_reset)
+{
+        int64_t delay;
+
+        if (may_reset && now_ms() - b->started_ms > HEALTHY_AFTER_MS)
+                b->delay_ms = RESTART_MIN_MS;
+        delay = b->delay_ms;
+        b->restart_at_ms = now_ms() + delay;
+        b->delay_ms = delay * 2 > RESTART_MAX_MS ? RESTART_MAX_MS : delay * 2;
+        return delay;
+}
+
+static bool backoff_due(const struct backoff *b)
+{
+        return now_ms() >= b->restart_at_ms;
+}
+
+/* Alive and not a zombie (a zombie's parent, if it is not us, may never reap it). */
+static bool process_alive(pid_t pid)
+{
+        char path[64];
+        _cleanup_free_ char *stat = NULL;
+        const char *end;
+
+        if (pid <= 0 || (kill(pid, 0) < 0 && errno == ESRCH))
+                return false;
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        if (file_read_all(path, 4096, &stat, NULL) < 0)
+                return true;
+        end = strrchr(stat, ')');
+        return !(end && end[1] == ' ' && end[2] == 'Z');
 }
 
 static void up_usage(FILE *out)
@@ -63,6 +131,95 @@ static void up_usage(FILE *out)
                      "  --port PORT     API and dashboard port (default 8080)\n"
                      "  --listen ADDR   API listen address (default 127.0.0.1)\n"
                      "  --workers N     worker processes (default 2; 0 runs none)\n");
+}
+
+/* Returns 0 to go on, or the exit code to leave with (--help, a usage error). */
+static int up_parse_options(int argc, char **argv, struct up_options *o, int *exit_code)
+{
+        static const struct option options[] = {
+            {"data-dir", required_argument, NULL, 'd'}, {"port", required_argument, NULL, 'p'},
+            {"listen", required_argument, NULL, 'l'},   {"workers", required_argument, NULL, 'w'},
+            {"help", no_argument, NULL, 'h'},           {0},
+        };
+        int opt;
+
+        *o = (struct up_options){.listen_host = "127.0.0.1", .port = 8080, .workers = 2};
+        *exit_code = CLI_EXIT_USAGE;
+        while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+                switch (opt) {
+                case 'd':
+                        o->data_dir_arg = optarg;
+                        break;
+                case 'p':
+                        if (str_to_int(optarg, &o->port) < 0 || o->port < 1 || o->port > 65535) {
+                                fprintf(stderr, "agently up: --port must be 1-65535, got '%s'\n",
+                                        optarg);
+                                return -1;
+                        }
+                        break;
+                case 'l':
+                        o->listen_host = optarg;
+                        break;
+                case 'w':
+                        if (str_to_int(optarg, &o->workers) < 0 || o->workers < 0 ||
+                            o->workers > 64) {
+                                fprintf(stderr, "agently up: --workers must be 0-64, got '%s'\n",
+                                        optarg);
+                                return -1;
+                        }
+                        break;
+                case 'h':
+                        up_usage(stdout);
+                        *exit_code = CLI_EXIT_OK;
+                        return -1;
+                default:
+                        up_usage(stderr);
+                        return -1;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "agently up: unexpected argument '%s'\n", argv[optind]);
+                return -1;
+        }
+        if (str_is_empty(o->data_dir_arg))
+                o->data_dir_arg = getenv("AGENTLY_DATA_DIR");
+        *exit_code = CLI_EXIT_OK;
+        return 0;
+}
+
+/* Step 1: the embedded cluster, created on first start. *out is set whenever the cluster
+ * could be opened, even when starting it failed, so the caller stops what did start. */
+static int up_start_postgres(const char *data_dir, struct embedded_pg **out)
+{
+        int r = embedded_pg_open(data_dir, out);
+
+        if (r == 0 && !embedded_pg_initialized(*out)) {
+                log_info("creating the embedded Postgres under %s (first start)", data_dir);
+                r = embedded_pg_init(*out, 0);
+        }
+        if (r == 0) {
+                log_info("starting Postgres");
+                r = embedded_pg_start(*out);
+        }
+        return r;
+}
+
+/* Step 2: migrate, let the role logins in (embedded), and the admin user and token. */
+static int up_prepare_database(const char *data_dir, bool embedded, char **token_path, int *created)
+{
+        _cleanup_pgconn_ PGconn *c = NULL;
+        int applied = 0;
+        int r = cli_db_connect(data_dir, DB_ROLE_OWNER, &c);
+
+        if (r == 0)
+                r = db_migrate(c, &applied);
+        if (r == 0 && embedded)
+                r = bootstrap_embedded_roles(c);
+        if (r == 0)
+                r = bootstrap_admin(c, data_dir, token_path, created);
+        if (r == 0 && applied > 0)
+                log_info("applied %d migration(s)", applied);
+        return r;
 }
 
 static pid_t spawn_child(struct child *ch, const char *self)
@@ -84,8 +241,33 @@ static pid_t spawn_child(struct child *ch, const char *self)
                 _exit(127);
         }
         ch->pid = pid;
-        ch->started_ms = now_ms();
+        backoff_started(&ch->backoff);
         return pid;
+}
+
+/* Step 3: the api, the workers and the dispatcher. The argv strings must outlive s. */
+static int up_spawn_children(struct supervisor *s, const char *data_dir, const char *listen,
+                             int workers)
+{
+        struct child api = {.role = "api",
+                            .argv = {"agently", "api", "--listen", (char *)listen, "--data-dir",
+                                     (char *)data_dir, NULL}};
+        struct child worker = {.role = "worker",
+                               .argv = {"agently", "worker", "--data-dir", (char *)data_dir, NULL}};
+        struct child dispatch = {
+            .role = "dispatch",
+            .argv = {"agently", "dispatch", "--data-dir", (char *)data_dir, NULL}};
+
+        s->children[s->nchildren++] = api;
+        for (int i = 0; i < workers; i++)
+                s->children[s->nchildren++] = worker;
+        s->children[s->nchildren++] = dispatch;
+        for (size_t i = 0; i < s->nchildren; i++) {
+                int r = spawn_child(&s->children[i], s->self);
+                if (r < 0)
+                        return log_errno(r, "could not start %s", s->children[i].role);
+        }
+        return 0;
 }
 
 static bool wait_for_port(const char *host, int port, int timeout_ms)
@@ -105,23 +287,158 @@ static bool wait_for_port(const char *host, int port, int timeout_ms)
         return false;
 }
 
-static void stop_children(struct child *children, size_t n)
+static void up_print_banner(const struct up_options *o, const struct embedded_pg *pg,
+                            const char *data_dir, const char *token_path, int created)
+{
+        const char *host = strcmp(o->listen_host, "0.0.0.0") == 0 ? "127.0.0.1" : o->listen_host;
+        bool api_up = wait_for_port(o->listen_host, o->port, 15000);
+
+        printf("\nagently is %s\n"
+               "  dashboard & API   http://%s:%d/\n"
+               "  admin token       %s%s\n"
+               "  use the CLI       export AGENTLY_TOKEN=$(cat %s) AGENTLY_SERVER=http://%s:%d\n",
+               api_up ? "up" : "starting (the API is not answering yet)", host, o->port, token_path,
+               created ? " (new)" : "", token_path, host, o->port);
+        if (pg)
+                printf("  database          embedded Postgres, %s (127.0.0.1:%d)\n",
+                       embedded_pg_cluster_dir(pg), embedded_pg_port(pg));
+        else
+                printf("  database          AGENTLY_DATABASE_URL\n");
+        printf("  workers           %d\n\nPress Ctrl-C to stop; your data stays in %s.\n\n",
+               o->workers, data_dir);
+        fflush(stdout);
+}
+
+static void describe_exit(int status, char *out, size_t len)
+{
+        if (WIFSIGNALED(status))
+                snprintf(out, len, "was killed by %s", strsignal(WTERMSIG(status)));
+        else
+                snprintf(out, len, "exited with %d", WEXITSTATUS(status));
+}
+
+static void child_died(struct child *ch, int status)
+{
+        char how[64];
+        pid_t pid = ch->pid;
+        int64_t delay = backoff_schedule(&ch->backoff, true);
+
+        ch->pid = 0;
+        describe_exit(status, how, sizeof(how));
+        log_warn("%s (pid %d) %s; restarting in %lldms", ch->role, pid, how, (long long)delay);
+}
+
+/* how: what happened, for the log ("was killed by Killed", "is gone"). */
+static void postgres_died(struct supervisor *s, const char *how)
+{
+        pid_t pid = s->postmaster;
+        int64_t delay = backoff_schedule(&s->postgres, true);
+
+        s->postmaster = 0;
+        log_warn("Postgres (pid %d) %s; restarting it in %lldms (crash recovery runs on start)",
+                 pid, how, (long long)delay);
+}
+
+/* Reaps every dead child: ours, the postmaster (ours as the child subreaper once pg_ctl
+ * exits), and orphaned Postgres backends (ignored). */
+static void up_reap(struct supervisor *s)
+{
+        for (;;) {
+                int status;
+                char how[64];
+                pid_t pid = waitpid(-1, &status, WNOHANG);
+
+                if (pid <= 0)
+                        return;
+                if (s->postmaster > 0 && pid == s->postmaster) {
+                        describe_exit(status, how, sizeof(how));
+                        postgres_died(s, how);
+                        continue;
+                }
+                for (size_t i = 0; i < s->nchildren; i++)
+                        if (s->children[i].pid == pid)
+                                child_died(&s->children[i], status);
+        }
+}
+
+/* Starts Postgres again when it is due. Blocks while Postgres recovers (pg_ctl start -w);
+ * a stop signal that arrives meanwhile waits for the next turn of the loop. */
+static void postgres_restart(struct supervisor *s)
+{
+        int old_port = embedded_pg_port(s->pg);
+        int r;
+
+        log_info("starting Postgres again");
+        r = embedded_pg_start(s->pg);
+        if (r < 0) {
+                int64_t delay = backoff_schedule(&s->postgres, false);
+                log_error("could not restart Postgres: %s; next try in %lldms", db_last_error(),
+                          (long long)delay);
+                return;
+        }
+        s->postmaster = embedded_pg_postmaster_pid(s->pg);
+        backoff_started(&s->postgres);
+        r = embedded_pg_count_restart(s->pg);
+        if (r < 0)
+                log_warn("could not count the restart in %s/postgres.json: %s",
+                         embedded_pg_data_dir(s->pg), strerror(-r));
+        log_warn("Postgres is back (pid %d, restart %lld of this cluster)", s->postmaster,
+                 embedded_pg_restarts(s->pg));
+        if (embedded_pg_port(s->pg) != old_port) {
+                /* the children's connection strings name the old port */
+                log_warn("Postgres moved from port %d to %d; restarting the children", old_port,
+                         embedded_pg_port(s->pg));
+                for (size_t i = 0; i < s->nchildren; i++)
+                        if (s->children[i].pid > 0)
+                                kill(s->children[i].pid, SIGTERM);
+        }
+}
+
+/* Step 4: until a stop signal, reap and restart what died, Postgres included. */
+static void up_supervise(struct supervisor *s)
+{
+        for (;;) {
+                struct timespec tick = {.tv_sec = 0, .tv_nsec = TICK_MS * 1000 * 1000};
+                siginfo_t info;
+                int sig = sigtimedwait(&s->stop_signals, &info, &tick);
+
+                if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
+                        log_info("received %s; stopping", strsignal(sig));
+                        return;
+                }
+                up_reap(s);
+                /* a postmaster we did not start (reused at start-up) is not our child */
+                if (s->pg && s->postmaster > 0 && !process_alive(s->postmaster))
+                        postgres_died(s, "is gone");
+                if (s->pg && s->postmaster == 0 && backoff_due(&s->postgres))
+                        postgres_restart(s);
+                for (size_t i = 0; i < s->nchildren; i++) {
+                        struct child *ch = &s->children[i];
+                        if (ch->pid == 0 && backoff_due(&ch->backoff) &&
+                            spawn_child(ch, s->self) < 0)
+                                ch->backoff.restart_at_ms = now_ms() + ch->backoff.delay_ms;
+                }
+        }
+}
+
+/* Step 5: SIGTERM the children, SIGKILL what is left after STOP_GRACE_SECONDS. */
+static void stop_children(struct supervisor *s)
 {
         int64_t deadline = now_ms() + STOP_GRACE_SECONDS * 1000;
         size_t alive = 0;
 
-        for (size_t i = 0; i < n; i++)
-                if (children[i].pid > 0) {
-                        kill(children[i].pid, SIGTERM);
+        for (size_t i = 0; i < s->nchildren; i++)
+                if (s->children[i].pid > 0) {
+                        kill(s->children[i].pid, SIGTERM);
                         alive++;
                 }
         while (alive > 0) {
                 int status;
                 pid_t pid = waitpid(-1, &status, WNOHANG);
                 if (pid > 0) {
-                        for (size_t i = 0; i < n; i++)
-                                if (children[i].pid == pid) {
-                                        children[i].pid = 0;
+                        for (size_t i = 0; i < s->nchildren; i++)
+                                if (s->children[i].pid == pid) {
+                                        s->children[i].pid = 0;
                                         alive--;
                                 }
                         continue;
@@ -131,217 +448,84 @@ static void stop_children(struct child *children, size_t n)
                 if (now_ms() > deadline) {
                         log_warn("children did not stop within %ds; killing them",
                                  STOP_GRACE_SECONDS);
-                        for (size_t i = 0; i < n; i++)
-                                if (children[i].pid > 0)
-                                        kill(children[i].pid, SIGKILL);
+                        for (size_t i = 0; i < s->nchildren; i++)
+                                if (s->children[i].pid > 0)
+                                        kill(s->children[i].pid, SIGKILL);
                         deadline = now_ms() + 5000;
                 }
                 usleep(50 * 1000);
         }
 }
 
+/* Step 6: Postgres last, once nothing uses it. */
+static void up_stop_postgres(struct embedded_pg *pg)
+{
+        if (!pg)
+                return;
+        if (embedded_pg_running(pg)) {
+                log_info("stopping Postgres");
+                if (embedded_pg_stop(pg) < 0)
+                        log_error("%s", db_last_error());
+        }
+        embedded_pg_free(pg);
+}
+
 int cmd_up(int argc, char **argv)
 {
-        static const struct option options[] = {
-            {"data-dir", required_argument, NULL, 'd'}, {"port", required_argument, NULL, 'p'},
-            {"listen", required_argument, NULL, 'l'},   {"workers", required_argument, NULL, 'w'},
-            {"help", no_argument, NULL, 'h'},           {0},
-        };
-        const char *data_dir_arg = NULL, *listen_host = "127.0.0.1";
+        struct up_options o;
         _cleanup_free_ char *data_dir = NULL, *token_path = NULL, *listen = NULL;
-        _cleanup_free_ char *self = NULL;
-        struct embedded_pg *pg = NULL;
-        _cleanup_pgconn_ PGconn *c = NULL;
-        struct child children[MAX_CHILDREN];
-        size_t nchildren = 0;
-        int port = 8080, workers = 2, opt, r, created = 0, applied = 0, exit_code = CLI_EXIT_OK;
+        struct supervisor s = {.self = "/proc/self/exe"};
         bool embedded = str_is_empty(getenv("AGENTLY_DATABASE_URL"));
-        sigset_t mask;
+        int r, created = 0, exit_code = CLI_EXIT_OK;
 
-        while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-                switch (opt) {
-                case 'd':
-                        data_dir_arg = optarg;
-                        break;
-                case 'p':
-                        if (str_to_int(optarg, &port) < 0 || port < 1 || port > 65535) {
-                                fprintf(stderr, "agently up: --port must be 1-65535, got '%s'\n",
-                                        optarg);
-                                return CLI_EXIT_USAGE;
-                        }
-                        break;
-                case 'l':
-                        listen_host = optarg;
-                        break;
-                case 'w':
-                        if (str_to_int(optarg, &workers) < 0 || workers < 0 || workers > 64) {
-                                fprintf(stderr, "agently up: --workers must be 0-64, got '%s'\n",
-                                        optarg);
-                                return CLI_EXIT_USAGE;
-                        }
-                        break;
-                case 'h':
-                        up_usage(stdout);
-                        return CLI_EXIT_OK;
-                default:
-                        up_usage(stderr);
-                        return CLI_EXIT_USAGE;
-                }
-        }
-        if (optind < argc) {
-                fprintf(stderr, "agently up: unexpected argument '%s'\n", argv[optind]);
-                return CLI_EXIT_USAGE;
-        }
-        if (str_is_empty(data_dir_arg))
-                data_dir_arg = getenv("AGENTLY_DATA_DIR");
-        r = path_absolute(str_is_empty(data_dir_arg) ? EMBEDDED_PG_DEFAULT_DATA_DIR : data_dir_arg,
+        if (up_parse_options(argc, argv, &o, &exit_code) < 0)
+                return exit_code;
+        r = path_absolute(str_is_empty(o.data_dir_arg) ? EMBEDDED_PG_DEFAULT_DATA_DIR
+                                                       : o.data_dir_arg,
                           &data_dir);
         if (r < 0)
                 return log_errno(r, "could not resolve the data directory"), CLI_EXIT_FAILURE;
         r = dir_make_parents(data_dir, 0700);
         if (r < 0)
                 return log_errno(r, "could not create %s", data_dir), CLI_EXIT_FAILURE;
+        listen = str_printf("%s:%d", o.listen_host, o.port);
+        if (!listen)
+                return CLI_EXIT_FAILURE;
 
-        /* Block the stop signals now: they are taken synchronously in the loop below. */
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGCHLD);
-        sigaddset(&mask, SIGHUP);
-        sigprocmask(SIG_BLOCK, &mask, NULL);
+        /* The stop signals are taken synchronously by the loop; SIGCHLD only wakes it. */
+        sigemptyset(&s.stop_signals);
+        sigaddset(&s.stop_signals, SIGINT);
+        sigaddset(&s.stop_signals, SIGTERM);
+        sigaddset(&s.stop_signals, SIGCHLD);
+        sigaddset(&s.stop_signals, SIGHUP);
+        sigprocmask(SIG_BLOCK, &s.stop_signals, NULL);
+        /* pg_ctl exits once the server is up: the postmaster it leaves behind becomes our
+         * child, so its death reaches us like any child's */
+        prctl(PR_SET_CHILD_SUBREAPER, 1);
 
         if (embedded) {
-                r = embedded_pg_open(data_dir, &pg);
-                if (r == 0 && !embedded_pg_initialized(pg)) {
-                        log_info("creating the embedded Postgres under %s (first start)", data_dir);
-                        r = embedded_pg_init(pg, 0);
-                }
-                if (r == 0) {
-                        log_info("starting Postgres");
-                        r = embedded_pg_start(pg);
-                }
+                r = up_start_postgres(data_dir, &s.pg);
                 if (r < 0) {
                         exit_code = cli_db_fail("could not start the embedded Postgres", r);
                         goto out;
                 }
+                s.postmaster = embedded_pg_postmaster_pid(s.pg);
+                backoff_started(&s.postgres);
         }
-        r = cli_db_connect(data_dir, DB_ROLE_OWNER, &c);
-        if (r == 0)
-                r = db_migrate(c, &applied);
-        if (r == 0 && embedded)
-                r = bootstrap_embedded_roles(c);
-        if (r == 0)
-                r = bootstrap_admin(c, data_dir, &token_path, &created);
+        r = up_prepare_database(data_dir, embedded, &token_path, &created);
         if (r < 0) {
                 exit_code = cli_db_fail("could not prepare the database", r);
                 goto out;
         }
-        if (applied > 0)
-                log_info("applied %d migration(s)", applied);
-        PQfinish(TAKE_PTR(c));
-
-        self = strdup("/proc/self/exe");
-        listen = str_printf("%s:%d", listen_host, port);
-        if (!self || !listen) {
+        if (up_spawn_children(&s, data_dir, listen, o.workers) < 0) {
                 exit_code = CLI_EXIT_FAILURE;
-                goto out;
+                goto stop;
         }
-        {
-                struct child api = {
-                    .role = "api",
-                    .argv = {"agently", "api", "--listen", listen, "--data-dir", data_dir, NULL}};
-                struct child dispatch = {
-                    .role = "dispatch",
-                    .argv = {"agently", "dispatch", "--data-dir", data_dir, NULL}};
-                children[nchildren++] = api;
-                for (int i = 0; i < workers; i++) {
-                        struct child w = {
-                            .role = "worker",
-                            .argv = {"agently", "worker", "--data-dir", data_dir, NULL}};
-                        children[nchildren++] = w;
-                }
-                children[nchildren++] = dispatch;
-        }
-        for (size_t i = 0; i < nchildren; i++) {
-                children[i].backoff_ms = RESTART_MIN_MS;
-                if (spawn_child(&children[i], self) < 0) {
-                        log_error("could not start %s: %s", children[i].role, strerror(errno));
-                        exit_code = CLI_EXIT_FAILURE;
-                        goto stop;
-                }
-        }
-
-        bool api_up = wait_for_port(listen_host, port, 15000);
-        printf("\nagently is %s\n"
-               "  dashboard & API   http://%s:%d/\n"
-               "  admin token       %s%s\n"
-               "  use the CLI       export AGENTLY_TOKEN=$(cat %s) AGENTLY_SERVER=http://%s:%d\n",
-               api_up ? "up" : "starting (the API is not answering yet)",
-               strcmp(listen_host, "0.0.0.0") == 0 ? "127.0.0.1" : listen_host, port, token_path,
-               created ? " (new)" : "", token_path,
-               strcmp(listen_host, "0.0.0.0") == 0 ? "127.0.0.1" : listen_host, port);
-        if (embedded)
-                printf("  database          embedded Postgres, %s (127.0.0.1:%d)\n",
-                       embedded_pg_cluster_dir(pg), embedded_pg_port(pg));
-        else
-                printf("  database          AGENTLY_DATABASE_URL\n");
-        printf("  workers           %d\n\nPress Ctrl-C to stop; your data stays in %s.\n\n",
-               workers, data_dir);
-        fflush(stdout);
-
-        for (;;) {
-                struct timespec tick = {.tv_sec = 0, .tv_nsec = 200 * 1000 * 1000};
-                siginfo_t info;
-                int sig = sigtimedwait(&mask, &info, &tick);
-
-                if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
-                        log_info("received %s; stopping", strsignal(sig));
-                        break;
-                }
-                /* reap any dead children and schedule their restart */
-                for (;;) {
-                        int status;
-                        pid_t pid = waitpid(-1, &status, WNOHANG);
-                        if (pid <= 0)
-                                break;
-                        for (size_t i = 0; i < nchildren; i++) {
-                                struct child *ch = &children[i];
-                                if (ch->pid != pid)
-                                        continue;
-                                int64_t ran = now_ms() - ch->started_ms;
-                                if (ran > HEALTHY_AFTER_MS)
-                                        ch->backoff_ms = RESTART_MIN_MS;
-                                ch->pid = 0;
-                                ch->restart_at_ms = now_ms() + ch->backoff_ms;
-                                if (WIFSIGNALED(status))
-                                        log_warn(
-                                            "%s (pid %d) was killed by %s; restarting in %lldms",
-                                            ch->role, pid, strsignal(WTERMSIG(status)),
-                                            (long long)ch->backoff_ms);
-                                else
-                                        log_warn("%s (pid %d) exited with %d; restarting in %lldms",
-                                                 ch->role, pid, WEXITSTATUS(status),
-                                                 (long long)ch->backoff_ms);
-                                ch->backoff_ms *= 2;
-                                if (ch->backoff_ms > RESTART_MAX_MS)
-                                        ch->backoff_ms = RESTART_MAX_MS;
-                        }
-                }
-                for (size_t i = 0; i < nchildren; i++)
-                        if (children[i].pid == 0 && now_ms() >= children[i].restart_at_ms &&
-                            spawn_child(&children[i], self) < 0)
-                                children[i].restart_at_ms = now_ms() + children[i].backoff_ms;
-        }
+        up_print_banner(&o, s.pg, data_dir, token_path, created);
+        up_supervise(&s);
 stop:
-        stop_children(children, nchildren);
+        stop_children(&s);
 out:
-        if (pg) {
-                if (embedded_pg_running(pg)) {
-                        log_info("stopping Postgres");
-                        if (embedded_pg_stop(pg) < 0)
-                                log_error("%s", db_last_error());
-                }
-                embedded_pg_free(pg);
-        }
+        up_stop_postgres(s.pg);
         return exit_code;
 }

@@ -42,6 +42,7 @@ struct embedded_pg {
         char *socket_dir;
         char *log_path;
         int port;
+        long long restarts; /* crash restarts by `agently up` since the cluster was made */
         bool initialized;
         bool drop_privileges;
         uid_t uid;
@@ -255,18 +256,21 @@ static int load_state(struct embedded_pg *pg)
         json_error_t jerr;
         const char *home = NULL;
         int port = 0;
+        json_int_t restarts = 0;
 
         if (!path)
                 return -ENOMEM;
         if (access(path, F_OK) < 0)
                 return 0;
         state = json_load_file(path, 0, &jerr);
-        if (!state || json_unpack(state, "{s:s, s?:i}", "home", &home, "port", &port) < 0) {
+        if (!state || json_unpack(state, "{s:s, s?:i, s?:I}", "home", &home, "port", &port,
+                                  "restarts", &restarts) < 0) {
                 db_set_error("%s is damaged (%s); move it away and run `agently up` again", path,
                              state ? "missing fields" : jerr.text);
                 return -EINVAL;
         }
         pg->port = port;
+        pg->restarts = restarts;
         pg->initialized = true;
         return set_paths(pg, home);
 }
@@ -275,8 +279,8 @@ static int save_state(const struct embedded_pg *pg)
 {
         _cleanup_free_ char *path = str_printf("%s/" STATE_FILE, pg->data_dir);
         _cleanup_json_ json_t *state =
-            json_pack("{s:s, s:i, s:s}", "home", pg->home, "port", pg->port, "user",
-                      pg->run_user ? pg->run_user : "");
+            json_pack("{s:s, s:i, s:s, s:I}", "home", pg->home, "port", pg->port, "user",
+                      pg->run_user ? pg->run_user : "", "restarts", (json_int_t)pg->restarts);
         _cleanup_free_ char *text = state ? json_dumps(state, JSON_INDENT(2)) : NULL;
 
         if (!path || !text)
@@ -545,7 +549,8 @@ int embedded_pg_start(struct embedded_pg *pg)
         if (!pg_ctl)
                 return -ENOMEM;
         /* a crashed previous run may have left a socket lock behind; Postgres handles the
-         * stale postmaster.pid itself */
+         * stale postmaster.pid itself. The port is kept whenever it is still free, so clients
+         * holding the old connection string reach the restarted server. */
         for (int tries = 0; tries < 5; tries++) {
                 int port = pg->port;
                 _cleanup_free_ char *options = NULL;
@@ -568,7 +573,9 @@ int embedded_pg_start(struct embedded_pg *pg)
                                 return r;
                         return ensure_database(pg);
                 }
-                pg->port = 0; /* probably lost the port to someone else: pick another */
+                if (port_is_free(port))
+                        break; /* the port was not the problem: the log says what was */
+                pg->port = 0;  /* lost the port to someone else: pick another */
         }
         db_set_error("could not start Postgres (pg_ctl exit %d); see %s", r, pg->log_path);
         return -EIO;
@@ -594,5 +601,49 @@ int embedded_pg_stop(struct embedded_pg *pg)
                 db_set_error("could not stop Postgres (pg_ctl exit %d); see %s", r, pg->log_path);
                 return -EIO;
         }
+        return 0;
+}
+
+pid_t embedded_pg_postmaster_pid(const struct embedded_pg *pg)
+{
+        _cleanup_free_ char *path = NULL, *text = NULL;
+        int pid;
+
+        if (!pg->initialized)
+                return 0;
+        path = str_printf("%s/postmaster.pid", pg->cluster_dir);
+        if (!path || file_read_all(path, 4096, &text, NULL) < 0)
+                return 0;
+        text[strcspn(text, "\n")] = '\0';
+        if (str_to_int(text, &pid) < 0 || pid <= 0)
+                return 0;
+        return pid;
+}
+
+int embedded_pg_count_restart(struct embedded_pg *pg)
+{
+        pg->restarts++;
+        return save_state(pg);
+}
+
+long long embedded_pg_restarts(const struct embedded_pg *pg)
+{
+        return pg->restarts;
+}
+
+int embedded_pg_read_restarts(const char *data_dir, long long *out)
+{
+        _cleanup_free_ char *path = str_printf("%s/" STATE_FILE, data_dir);
+        _cleanup_json_ json_t *state = NULL;
+        json_int_t restarts = 0;
+
+        if (!path)
+                return -ENOMEM;
+        state = json_load_file(path, 0, NULL);
+        if (!state)
+                return access(path, F_OK) < 0 ? -ENOENT : -EINVAL;
+        if (json_unpack(state, "{s?:I}", "restarts", &restarts) < 0)
+                return -EINVAL;
+        *out = restarts;
         return 0;
 }

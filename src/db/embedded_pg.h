@@ -17,13 +17,14 @@
 #pragma once
 
 #include <stdbool.h>
+#include <sys/types.h>
 
 #define EMBEDDED_PG_SUPERUSER        "agently"
 #define EMBEDDED_PG_DATABASE         "agently"
 #define EMBEDDED_PG_DEFAULT_DATA_DIR ".agently"
 
 enum embedded_pg_flags {
-        /* fsync=off, synchronous_commit=off: for throwaway test clusters only */
+        /* fsync, synchronous_commit and full_page_writes off: throwaway test clusters only */
         EMBEDDED_PG_FAST = 1 << 0,
 };
 
@@ -42,14 +43,30 @@ int embedded_pg_port(const struct embedded_pg *pg);
 /* Creates the data directory and the cluster (initdb) when missing; a no-op otherwise. */
 int embedded_pg_init(struct embedded_pg *pg, unsigned flags);
 
-/* Starts the cluster on a free loopback port unless it is already running, waits until it
- * accepts connections and creates the `agently` database if missing. */
+/* Starts the cluster unless it is already running, waits until it accepts connections
+ * (after crash recovery, if the server died) and creates the `agently` database if
+ * missing. It keeps the port of the last start while that port is free, so connection
+ * strings handed out before stay valid; otherwise it picks a free loopback port. */
 int embedded_pg_start(struct embedded_pg *pg);
 
 /* Fast shutdown; waits for it. A cluster that is not running is not an error. */
 int embedded_pg_stop(struct embedded_pg *pg);
 
 bool embedded_pg_running(const struct embedded_pg *pg);
+
+/* The postmaster's pid from PGDATA/postmaster.pid, or 0 when there is none. The file can
+ * outlive a killed server: check that the process is alive before trusting it. */
+pid_t embedded_pg_postmaster_pid(const struct embedded_pg *pg);
+
+/* Crash restarts: `agently up` counts each time it brought a dead Postgres back, in
+ * postgres.json ("restarts"), so any process with the data directory (the API's /metrics)
+ * can read the figure without a database. The count covers the life of the cluster. */
+int embedded_pg_count_restart(struct embedded_pg *pg);
+long long embedded_pg_restarts(const struct embedded_pg *pg);
+
+/* Reads the count from <data_dir>/postgres.json without opening the cluster (no user
+ * look-ups, safe in a threaded server); -ENOENT when the directory has no embedded cluster. */
+int embedded_pg_read_restarts(const char *data_dir, long long *out);
 
 /* A malloc'd libpq connection string for user and dbname over the unix socket. */
 char *embedded_pg_conninfo(const struct embedded_pg *pg, const char *user, const char *dbname);
