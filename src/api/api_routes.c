@@ -51,11 +51,9 @@
         "r.run_at, 'timeout_at', r.timeout_at, 'cost_usd', r.cost_usd, 'tokens_in', "              \
         "r.tokens_in, 'tokens_out', r.tokens_out, 'last_event_seq', r.event_seq, 'nodes_total', "  \
         "nt.total, 'nodes_truncated', nt.total > " RUN_NODES_INLINE ", 'nodes', "                  \
-        "COALESCE((SELECT json_agg(" NODE_STATE_JSON " ORDER BY n.first_started, n.node_id) "      \
-        "FROM (SELECT * FROM (SELECT DISTINCT ON (x.node_id) x.*, min(x.started_at) OVER "         \
-        "(PARTITION BY x.node_id) AS first_started FROM node_runs x WHERE x.workflow_run_id = "    \
-        "r.id ORDER BY x.node_id, x.attempt DESC) d ORDER BY d.first_started, d.node_id "          \
-        "LIMIT " RUN_NODES_INLINE ") n), '[]'::json))"
+        "COALESCE((SELECT json_agg(" NODE_STATE_JSON " ORDER BY n.first_started_at, n.node_id) "   \
+        "FROM (SELECT * FROM agently_node_latest d WHERE d.workflow_run_id = r.id "                \
+        "ORDER BY d.first_started_at, d.node_id LIMIT " RUN_NODES_INLINE ") n), '[]'::json))"
 /* FROM clause companion of RUN_JSON: the number of distinct nodes of run r */
 #define RUN_NODES_TOTAL                                                                            \
         " CROSS JOIN LATERAL (SELECT count(DISTINCT x.node_id) AS total FROM node_runs x WHERE "   \
@@ -796,10 +794,9 @@ static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
         const char *params[] = {id, cursor, limit_s};
         return page_query(req, resp,
-                          "SELECT " NODE_STATE_JSON ", n.node_id FROM (SELECT DISTINCT ON "
-                          "(x.node_id) x.* FROM node_runs x WHERE x.workflow_run_id = $1 AND "
-                          "($2::text IS NULL OR x.node_id > $2) ORDER BY x.node_id, x.attempt "
-                          "DESC) n ORDER BY n.node_id LIMIT $3::integer",
+                          "SELECT " NODE_STATE_JSON ", n.node_id FROM agently_node_latest n "
+                          "WHERE n.workflow_run_id = $1 AND ($2::text IS NULL OR n.node_id > "
+                          "$2) ORDER BY n.node_id LIMIT $3::integer",
                           3, params, limit);
 }
 
@@ -826,95 +823,47 @@ static int notify_control(struct api_request *req, const char *id)
 enum control { CONTROL_CANCEL, CONTROL_PAUSE, CONTROL_RESUME };
 
 /*
- * cancel/pause/resume. A run no worker holds is changed here, in one conditional UPDATE; a
- * running run gets a request flag that its worker applies at its next heartbeat (the API
- * may not touch a running run's status: only the lease holder may). Retried when the run
- * changed state between the two UPDATEs.
+ * cancel/pause/resume: one call each of agently_cancel_run / agently_pause_run /
+ * agently_resume_run (0009_run_status.sql), which own the status change, its event and its
+ * consequences. A run no worker holds changes at once; a running run gets a request its
+ * worker applies (only the lease holder may end a running run).
  */
 static unsigned run_control(struct api_request *req, struct api_response *resp, enum control op)
 {
-        static const char *const direct[] = {
-            [CONTROL_CANCEL] =
-                "UPDATE workflow_runs SET status = 'canceled', finished_at = now(), "
-                "updated_at = now(), cancel_requested = true, wait_reason = NULL "
-                "WHERE id = $1 AND status IN ('queued', 'waiting', 'needs_input', 'paused') "
-                "RETURNING id",
-            [CONTROL_PAUSE] = "UPDATE workflow_runs SET status = 'paused', updated_at = now(), "
-                              "pause_requested = false WHERE id = $1 "
-                              "AND status IN ('queued', 'waiting', 'needs_input') RETURNING id",
-            [CONTROL_RESUME] = "UPDATE workflow_runs SET status = 'queued', run_at = now(), "
-                               "updated_at = now(), pause_requested = false, wait_reason = NULL "
-                               "WHERE id = $1 AND status = 'paused' RETURNING id",
+        static const char *const sql[] = {
+            [CONTROL_CANCEL] = "SELECT agently_cancel_run($1::uuid, $2, $3::jsonb)",
+            [CONTROL_PAUSE] = "SELECT agently_pause_run($1::uuid, $2, $3::jsonb)",
+            [CONTROL_RESUME] = "SELECT agently_resume_run($1::uuid, $2, $3::jsonb)",
         };
-        static const char *const running[] = {
-            [CONTROL_CANCEL] = "UPDATE workflow_runs SET cancel_requested = true, updated_at = "
-                               "now() WHERE id = $1 AND status = 'running' RETURNING id",
-            [CONTROL_PAUSE] = "UPDATE workflow_runs SET pause_requested = true, updated_at = "
-                              "now() WHERE id = $1 AND status = 'running' RETURNING id",
-            [CONTROL_RESUME] = "UPDATE workflow_runs SET pause_requested = false, updated_at = "
-                               "now() WHERE id = $1 AND status = 'running' AND pause_requested "
-                               "RETURNING id",
-        };
-        static const char *const done_kind[] = {"run.canceled", "run.paused", "run.resumed"};
-        static const char *const asked_kind[] = {"run.cancel_requested", "run.pause_requested",
-                                                 "run.pause_withdrawn"};
+        static const char *const verb[] = {"canceled", "paused", "resumed"};
         const char *id = req->params[0];
-        const char *params[] = {id};
         _cleanup_json_ json_t *by = json_pack("{s:s}", "by", req->user_name);
-        unsigned st;
-        int r;
+        _cleanup_free_ char *data = by ? json_dumps(by, JSON_COMPACT) : NULL;
+
+        _cleanup_pgresult_ PGresult *res = NULL;
+        const char *outcome;
+        int r = 0;
 
         if (!is_uuid(id))
                 return not_found(resp, "run", id);
-        for (int attempt = 0; attempt < 3; attempt++) {
-                _cleanup_free_ char *status = NULL;
-                r = update_one(req, direct[op], 1, params);
-                if (r < 0)
-                        return api_db_error(resp, r);
-                if (r > 0) {
-                        if (op == CONTROL_CANCEL) {
-                                _cleanup_pgresult_ PGresult *a =
-                                    db_query(req->db,
-                                             "UPDATE approvals SET status = 'canceled' WHERE "
-                                             "workflow_run_id = $1 AND status = 'pending'",
-                                             1, params, &r);
-                                if (!a)
-                                        return api_db_error(resp, r);
-                        }
-                        r = api_append_event(req, id, done_kind[op], done_kind[op] + 4, by);
-                        if (r < 0)
-                                return api_db_error(resp, r);
-                        return respond_run(req, resp, 200, id);
-                }
-                r = update_one(req, running[op], 1, params);
-                if (r < 0)
-                        return api_db_error(resp, r);
-                if (r > 0) {
-                        r = api_append_event(req, id, asked_kind[op], asked_kind[op] + 4, by);
-                        if (r == 0)
-                                r = notify_control(req, id);
-                        if (r < 0)
-                                return api_db_error(resp, r);
-                        return respond_run(req, resp, 200, id);
-                }
-                if ((st = run_status(req, resp, id, &status)))
-                        return st;
-                if (is_terminal(status))
-                        return api_errorf(resp, 409, "conflict", "the run has already finished",
-                                          "a finished run can be re-run: POST "
-                                          "/v1/runs/{id}/rerun",
-                                          "run %s is %s", id, status);
-                if (op == CONTROL_PAUSE && strcmp(status, "paused") == 0)
-                        return respond_run(req, resp, 200, id); /* already paused */
-                if (op == CONTROL_RESUME && strcmp(status, "running") != 0)
-                        return api_errorf(resp, 409, "conflict", "the run is not paused", NULL,
-                                          "run %s is %s", id, status);
-                if (op == CONTROL_RESUME) /* running without a pause request: nothing to do */
-                        return respond_run(req, resp, 200, id);
-                /* the run moved between the two statements: look again */
-        }
-        return api_error(resp, 503, "busy", "the run keeps changing state", NULL,
-                         "retry in a moment");
+        if (!data)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        const char *params[] = {id, verb[op], data};
+        res = db_query(req->db, sql[op], 3, params, &r);
+        if (!res)
+                return api_db_error(resp, r);
+        if (PQgetisnull(res, 0, 0))
+                return not_found(resp, "run", id);
+        outcome = PQgetvalue(res, 0, 0);
+        if (is_terminal(outcome))
+                return api_errorf(resp, 409, "conflict", "the run has already finished",
+                                  "a finished run can be re-run: POST /v1/runs/{id}/rerun",
+                                  "run %s is %s", id, outcome);
+        if (op == CONTROL_RESUME && strcmp(outcome, "done") != 0 &&
+            strcmp(outcome, "requested") != 0 && strcmp(outcome, "running") != 0)
+                return api_errorf(resp, 409, "conflict", "the run is not paused", NULL,
+                                  "run %s is %s", id, outcome);
+        return respond_run(req, resp, 200, id);
 }
 
 static unsigned h_runs_cancel(struct api_request *req, struct api_response *resp)

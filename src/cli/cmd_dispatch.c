@@ -1,7 +1,9 @@
 /*
  * `agently dispatch`: housekeeping that must happen whether or not anyone is looking.
  * Today: create the monthly log partitions ahead of time (so no event ever lands in the
- * default partition) and expire idempotency keys older than their retention. Later issues
+ * default partition), expire idempotency keys older than their retention, and fail runs
+ * whose workflow timeout passed while nobody worked on them (paused, or waiting for a
+ * person: agently_fail_overdue_runs). Later issues
  * add the notification outbox and cron schedules here. Every task is idempotent, so any
  * number of dispatchers may run; a failed round is retried at the next tick.
  */
@@ -21,6 +23,7 @@
 
 #define PARTITION_MONTHS_AHEAD "3"
 #define IDEMPOTENCY_RETENTION  "24 hours"
+#define OVERDUE_PER_ROUND      "1000"
 
 static volatile sig_atomic_t dispatch_stop;
 
@@ -33,8 +36,9 @@ static void on_stop(int sig)
 static void dispatch_usage(FILE *out)
 {
         fprintf(out, "usage: agently dispatch [--data-dir DIR] [--interval DURATION]\n\n"
-                     "Runs housekeeping every interval (default 60s): log partitions ahead,\n"
-                     "idempotency-key expiry. Any number may run at once.\n");
+                     "Runs housekeeping every interval (default 5s): log partitions ahead,\n"
+                     "idempotency-key expiry, run deadlines of paused and needs_input runs.\n"
+                     "Any number may run at once.\n");
 }
 
 /* One round of every task; returns 0 or the first failure (the others still ran). */
@@ -58,6 +62,15 @@ static int dispatch_round(PGconn *c)
                 if (!first)
                         first = r;
         }
+        _cleanup_pgresult_ PGresult *overdue = db_query(
+            c, "SELECT agently_fail_overdue_runs(" OVERDUE_PER_ROUND ")", 0, NULL, &r);
+        if (!overdue) {
+                log_warn("could not fail overdue runs: %s", db_last_error());
+                if (!first)
+                        first = r;
+        } else if (strcmp(PQgetvalue(overdue, 0, 0), "0") != 0) {
+                log_info("failed %s run(s) past their timeout", PQgetvalue(overdue, 0, 0));
+        }
         return first;
 }
 
@@ -70,7 +83,7 @@ int cmd_dispatch(int argc, char **argv)
             {0},
         };
         const char *data_dir = NULL;
-        int64_t interval_ms = 60000;
+        int64_t interval_ms = 5000;
         int opt;
         PGconn *c = NULL;
 

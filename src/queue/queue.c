@@ -11,29 +11,6 @@
 #include "db.h"
 #include "strutil.h"
 
-/* Serialises a JSON argument; *out stays NULL for NULL (SQL NULL). */
-static int json_param(const json_t *v, char **out)
-{
-        *out = NULL;
-        if (!v)
-                return 0;
-        *out = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        return *out ? 0 : -ENOMEM;
-}
-
-/* Runs a fenced statement returning one bigint (seq) or NULL: 1, 0 (lease lost), < 0. */
-static int fenced(PGconn *c, const char *sql, int nparams, const char *const *params)
-{
-        int r = 0;
-        _cleanup_pgresult_ PGresult *res = db_query(c, sql, nparams, params, &r);
-
-        if (!res)
-                return r;
-        if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
-                return 0;
-        return 1;
-}
-
 int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
                      struct queue_claim *out, int *n)
 {
@@ -115,75 +92,70 @@ int queue_renew_leases(PGconn *c, const char *worker, const struct queue_lease *
         return 0;
 }
 
+/*
+ * The per-row writes are one-operation batches: the same statement, fencing and rules as a
+ * worker's loop turn (agently_apply_writes), so there is one definition of what a write
+ * does. 1 written, 0 lease lost (nothing written), a negative errno on failure.
+ */
+static void one_lost(void *arg, const char *run_id)
+{
+        (void)run_id;
+        *(bool *)arg = true;
+}
+
+static int one_write(PGconn *c, const char *worker, struct queue_writes *b, int r)
+{
+        bool lost = false;
+
+        if (r == 0)
+                r = queue_writes_flush(c, worker ? worker : "", b, one_lost, &lost);
+        queue_writes_free(b);
+        return r < 0 ? r : lost ? 0 : 1;
+}
+
 int queue_checkpoint_node(PGconn *c, const char *run_id, int64_t epoch,
                           const struct queue_node_write *w)
 {
-        _cleanup_free_ char *input = NULL, *output = NULL, *error = NULL, *data = NULL;
-        char epochs[24], attempt[16];
-        int r;
+        struct queue_writes *b = queue_writes_new();
 
-        snprintf(epochs, sizeof(epochs), "%lld", (long long)epoch);
-        snprintf(attempt, sizeof(attempt), "%d", w->attempt);
-        if ((r = json_param(w->input, &input)) < 0 || (r = json_param(w->output, &output)) < 0 ||
-            (r = json_param(w->error, &error)) < 0 || (r = json_param(w->event_data, &data)) < 0)
-                return r;
-        const char *params[] = {
-            run_id, epochs,    w->node_id,         attempt,       w->status,        input, output,
-            error,  w->worker, w->idempotency_key, w->event_kind, w->event_message, data};
-        return fenced(c,
-                      "SELECT agently_checkpoint_node($1::uuid, $2::bigint, $3, $4::integer, $5, "
-                      "$6::jsonb, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13::jsonb, NULL)",
-                      13, params);
+        if (!b)
+                return -ENOMEM;
+        return one_write(c, w->worker, b, queue_writes_node(b, run_id, epoch, w));
 }
 
 int queue_append_event(PGconn *c, const char *run_id, int64_t epoch, const char *kind,
                        const char *node_id, int attempt, const char *level, const char *message,
                        const json_t *data)
 {
-        _cleanup_free_ char *datas = NULL;
-        char epochs[24], attempts[16];
-        int r;
+        struct queue_writes *b = queue_writes_new();
 
-        snprintf(epochs, sizeof(epochs), "%lld", (long long)epoch);
-        snprintf(attempts, sizeof(attempts), "%d", attempt);
-        if ((r = json_param(data, &datas)) < 0)
-                return r;
-        const char *params[] = {run_id, epochs,  kind, node_id, attempt >= 0 ? attempts : NULL,
-                                level,  message, datas};
-        return fenced(c,
-                      "SELECT agently_append_event($1::uuid, $2::bigint, $3, $4, $5::integer, "
-                      "$6, $7, $8::jsonb)",
-                      8, params);
+        if (!b)
+                return -ENOMEM;
+        return one_write(
+            c, NULL, b,
+            queue_writes_event(b, run_id, epoch, kind, node_id, attempt, level, message, data));
 }
 
 int queue_finish_run(PGconn *c, const char *run_id, int64_t epoch, const char *status,
                      const json_t *output, const json_t *error)
 {
-        _cleanup_free_ char *outs = NULL, *errs = NULL;
-        char epochs[24];
-        int r;
+        struct queue_writes *b = queue_writes_new();
 
-        snprintf(epochs, sizeof(epochs), "%lld", (long long)epoch);
-        if ((r = json_param(output, &outs)) < 0 || (r = json_param(error, &errs)) < 0)
-                return r;
-        const char *params[] = {run_id, epochs, status, outs, errs};
-        return fenced(c,
-                      "SELECT agently_finish_run($1::uuid, $2::bigint, $3, $4::jsonb, $5::jsonb)",
-                      5, params);
+        if (!b)
+                return -ENOMEM;
+        return one_write(c, NULL, b, queue_writes_finish(b, run_id, epoch, status, output, error));
 }
 
 int queue_release_run(PGconn *c, const char *run_id, int64_t epoch, const char *status,
                       int64_t run_at_ms, const char *wait_reason)
 {
-        char epochs[24], at[24];
+        struct queue_writes *b = queue_writes_new();
 
-        snprintf(epochs, sizeof(epochs), "%lld", (long long)epoch);
-        snprintf(at, sizeof(at), "%lld", (long long)run_at_ms);
-        const char *params[] = {run_id, epochs, status, run_at_ms >= 0 ? at : NULL, wait_reason};
-        return fenced(c,
-                      "SELECT agently_release_run($1::uuid, $2::bigint, $3, "
-                      "to_timestamp($4::bigint / 1000.0), $5, NULL)",
-                      5, params);
+        if (!b)
+                return -ENOMEM;
+        return one_write(c, NULL, b,
+                         queue_writes_release(b, run_id, epoch, status, run_at_ms, wait_reason,
+                                              NULL, -1));
 }
 
 int64_t queue_db_now_ms(PGconn *c)

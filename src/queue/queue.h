@@ -57,7 +57,7 @@ struct queue_renewal {
 int queue_renew_leases(PGconn *c, const char *worker, const struct queue_lease *held, int n,
                        int64_t lease_ms, struct queue_renewal *out, int *nout);
 
-/* One node_runs write (agently_checkpoint_node); NULL members are SQL NULL. */
+/* One node_runs write (an agently_apply_writes "node" op); NULL members are SQL NULL. */
 struct queue_node_write {
         const char *node_id;
         int attempt;
@@ -100,7 +100,7 @@ int64_t queue_db_now_ms(PGconn *c);
 
 /*
  * A loop turn's writes for many runs, sent in one statement (agently_apply_writes of
- * migrations/0006_batch_writes.sql) with the same fencing as the calls above: per run, all
+ * migrations/0009_run_status.sql) with the same fencing as the calls above: per run, all
  * its writes happen or, when its lease is lost, none. Operations keep their order per run;
  * a finish or release must be a run's last operation. Not thread-safe.
  */
@@ -124,11 +124,13 @@ int queue_writes_event(struct queue_writes *b, const char *run_id, int64_t epoch
 /* Appends a finish (completed | failed | canceled). 0 or -ENOMEM. */
 int queue_writes_finish(struct queue_writes *b, const char *run_id, int64_t epoch,
                         const char *status, const json_t *output, const json_t *error);
-/* Appends a release, as queue_release_run(); error (may be NULL) is recorded on the run.
- * 0 or -ENOMEM. */
+/* Appends a release, as queue_release_run(); error (may be NULL) is recorded on the run;
+ * deadline_ms (database time, < 0: unchanged) is the run's workflow deadline, kept while
+ * nobody holds the run so that a paused or needs_input run still fails on time
+ * (agently_fail_overdue_runs). 0 or -ENOMEM. */
 int queue_writes_release(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *status, int64_t run_at_ms, const char *wait_reason,
-                         const json_t *error);
+                         const json_t *error, int64_t deadline_ms);
 /* Marks a signal consumed by node, together with the run's other writes. 0 or -ENOMEM. */
 int queue_writes_consume(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *signal_id, const char *node_id);

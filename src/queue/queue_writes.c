@@ -1,4 +1,4 @@
-/* The batched writes of one worker loop turn; see queue.h and 0006_batch_writes.sql. */
+/* The batched writes of one worker loop turn; see queue.h and 0009_run_status.sql. */
 #include "queue.h"
 
 #include <errno.h>
@@ -108,13 +108,15 @@ int queue_writes_finish(struct queue_writes *b, const char *run_id, int64_t epoc
 
 int queue_writes_release(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *status, int64_t run_at_ms, const char *wait_reason,
-                         const json_t *error)
+                         const json_t *error, int64_t deadline_ms)
 {
         json_t *op = json_pack("{s:s, s:s, s:s?, s:O?}", "op", "release", "status", status,
                                "message", wait_reason, "error", error);
 
-        if (op && run_at_ms >= 0 &&
-            json_object_set_new(op, "run_at_ms", json_integer(run_at_ms)) < 0) {
+        if (op && ((run_at_ms >= 0 &&
+                    json_object_set_new(op, "run_at_ms", json_integer(run_at_ms)) < 0) ||
+                   (deadline_ms >= 0 &&
+                    json_object_set_new(op, "deadline_ms", json_integer(deadline_ms)) < 0))) {
                 json_decref(op);
                 return -ENOMEM;
         }

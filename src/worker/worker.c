@@ -85,6 +85,7 @@ struct run {
         const char *lost_where;
         json_t *preload; /* snapshot read for the whole batch at once */
         bool preload_cancel, preload_pause;
+        int64_t deadline_ms; /* database ms: the workflow's timeout ends the run then; -1 none */
 };
 
 struct wf_cache_entry {
@@ -330,8 +331,7 @@ static const char SNAPSHOT_SQL[] =
     "     || CASE WHEN jsonb_typeof(n.error) = 'object' AND n.error ? 'retry_at_ms'"
     "             THEN jsonb_build_object('retry_at_ms', n.error -> 'retry_at_ms')"
     "             ELSE '{}' END)"
-    "   FROM (SELECT DISTINCT ON (node_id) * FROM node_runs"
-    "         WHERE workflow_run_id = r.id ORDER BY node_id, attempt DESC) n), '{}'),"
+    "   FROM agently_node_latest n WHERE n.workflow_run_id = r.id), '{}'),"
     " 'signals', coalesce((SELECT jsonb_object_agg(s.name, s.list) FROM"
     "   (SELECT name, jsonb_agg(jsonb_build_object('id', id, 'payload', payload)"
     "                           ORDER BY created_at, id) AS list"
@@ -349,13 +349,18 @@ static const char SNAPSHOT_SQL[] =
     " JOIN workflow_runs r ON r.id = h.id AND r.lease_epoch = h.epoch"
     " WHERE r.status = 'running'";
 
-/* Adds what only this process knows: the nodes it is executing. */
+/* Adds what only this process knows: the nodes it is executing; notes the run's deadline
+ * (recorded with each release, so it is kept while nobody holds the run). */
 static int snapshot_finish(struct run *run, json_t *s)
 {
         json_t *inflight = json_array();
+        json_t *started = json_object_get(s, "started_at_ms");
 
         if (!inflight)
                 return -ENOMEM;
+        run->deadline_ms = wf_timeout_ms(run->wf) > 0 && json_is_integer(started)
+                               ? json_integer_value(started) + wf_timeout_ms(run->wf)
+                               : -1;
         for (struct effect *e = run->effects; e; e = e->next)
                 json_array_append_new(inflight, json_string(e->node));
         for (size_t i = 0; i < json_array_size(run->to_start); i++)
@@ -633,7 +638,9 @@ static int apply_start_child(struct worker *w, struct run *run, const json_t *a)
         return res ? 1 : r;
 }
 
-/* Cancel: stop what runs, record it, finish the run canceled. */
+/* Cancel: stop what runs, record it, finish the run canceled. What a run's end implies
+ * (its children canceled, its parent woken, its open nodes closed) is done by the
+ * database for every way a run ends (0009_run_status.sql). */
 static int apply_cancel(struct worker *w, struct run *run)
 {
         _cleanup_json_ json_t *err =
@@ -653,23 +660,6 @@ static int apply_cancel(struct worker *w, struct run *run)
         if (r > 0)
                 r = buffered(run, queue_writes_finish(w->writes, run->id, run->epoch, "canceled",
                                                       NULL, err));
-        if (r > 0) {
-                /* the subworkflows it started are canceled too: a held child learns it at its
-                 * owner's next renewal; a child nobody holds becomes due now, and whoever
-                 * claims it finds the request and cancels it (and so on, down the tree) */
-                const char *params[] = {run->id};
-                _cleanup_pgresult_ PGresult *res = batch_query(
-                    w,
-                    "UPDATE workflow_runs SET cancel_requested = true, "
-                    "run_at = least(run_at, now()), updated_at = now(), "
-                    "status = CASE WHEN status IN ('paused', 'needs_input') THEN 'queued' "
-                    "ELSE status END "
-                    "WHERE parent_run_id = $1 AND status NOT IN ('completed', 'failed', "
-                    "'canceled')",
-                    1, params, &r);
-                if (res)
-                        r = 1;
-        }
         if (r > 0)
                 log_info("run %s canceled", run->id);
         return r;
@@ -683,7 +673,7 @@ static int apply_pause(struct worker *w, struct run *run)
         effects_abort(w, run);
         json_array_clear(run->to_start);
         r = buffered(run, queue_writes_release(w->writes, run->id, run->epoch, "paused", -1,
-                                               "paused by request", NULL));
+                                               "paused by request", NULL, run->deadline_ms));
         if (r > 0)
                 log_info("run %s paused", run->id);
         return r;
@@ -704,7 +694,7 @@ static int escalate(struct worker *w, struct run *run, const char *node, const j
                                reason, data);
         if (r == 0)
                 r = queue_writes_release(w->writes, run->id, run->epoch, "needs_input", -1, reason,
-                                         error);
+                                         error, run->deadline_ms);
         return buffered(run, r);
 }
 
@@ -728,7 +718,8 @@ static enum step step_release(struct worker *w, struct run *run, const char *sta
                               const char *reason)
 {
         int r = buffered(
-            run, queue_writes_release(w->writes, run->id, run->epoch, status, at_ms, reason, NULL));
+            run, queue_writes_release(w->writes, run->id, run->epoch, status, at_ms, reason, NULL,
+                                      run->deadline_ms));
 
         if (r <= 0)
                 return step_failed(w, run, r, "release");
@@ -1357,6 +1348,7 @@ static void claim(struct worker *w)
                 str_copy(run->user_id, sizeof(run->user_id), claims[i].user_id);
                 str_copy(run->workflow_id, sizeof(run->workflow_id), claims[i].workflow_id);
                 run->epoch = claims[i].epoch;
+                run->deadline_ms = -1;
                 run->lease_deadline = sent + w->cfg->lease_ms;
                 run->needs_plan = true;
                 run->next = w->runs;

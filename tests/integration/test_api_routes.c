@@ -434,10 +434,8 @@ static void test_runs(void **state)
         reply_free(&r);
 
         /* signal: stored, run woken (waiting -> due now) */
-        snprintf(sql, sizeof(sql),
-                 "UPDATE workflow_runs SET status = 'waiting', run_at = 'infinity' WHERE id = '%s'",
-                 more[1]);
-        PQclear(test_db_must(S.db, sql));
+        snprintf(sql, sizeof(sql), "id = '%s'", more[1]);
+        test_run_move(S.db, sql, "waiting", "run_at = 'infinity'");
         snprintf(path, sizeof(path), "/v1/runs/%s/signals/go", more[1]);
         r = http("POST", path, S.admin_token, "{\"ok\": true}", NULL);
         assert_int_equal(r.status, 201);
@@ -976,11 +974,8 @@ static void *writer(void *arg)
                 PQclear(test_db_must(c, sql));
                 usleep(20 * 1000);
         }
-        snprintf(sql, sizeof(sql),
-                 "UPDATE workflow_runs SET status = 'completed', finished_at = now() WHERE id = "
-                 "'%s'",
-                 w->run);
-        PQclear(test_db_must(c, sql));
+        snprintf(sql, sizeof(sql), "id = '%s'", w->run);
+        test_run_move(c, sql, "completed", NULL);
         PQfinish(c);
         return NULL;
 }

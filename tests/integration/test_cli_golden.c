@@ -464,10 +464,9 @@ static void cli_main_commands_match_their_goldens(void **state)
 
         /* a run that went through its nodes (written as a worker would, with SQL): the
          * per-node table shows status, attempt and duration */
-        PQclear(test_db_must(f->db, "UPDATE workflow_runs SET status = 'failed', attempt = 2, "
-                                    "started_at = now() - interval '95 seconds', finished_at = "
-                                    "now(), error = '{\"message\": \"node nap failed\"}' "
-                                    "WHERE idempotency_key = 'k1'"));
+        test_run_move(f->db, "idempotency_key = 'k1'", "failed",
+                      "attempt = 2, started_at = now() - interval '95 seconds', error = "
+                      "'{\"message\": \"node nap failed\"}'");
         PQclear(test_db_must(
             f->db, "INSERT INTO node_runs (user_id, workflow_run_id, node_id, attempt, status, "
                    "output, error, started_at, finished_at) SELECT user_id, id, n.node, n.attempt, "
@@ -633,13 +632,13 @@ static void cli_wait_exit_code_follows_the_run(void **state)
                 id[36] = '\0';
                 usleep(300 * 1000);
                 assert_int_equal(waitpid(pid, NULL, WNOHANG), 0); /* still waiting */
-                PQclear(test_db_must(
-                    f->db, i == 0 ? "UPDATE workflow_runs SET status = 'completed', started_at = "
-                                    "now() - interval '2 seconds', finished_at = now(), output = "
-                                    "'{\"text\": \"hello\"}' WHERE status = 'queued'"
-                                  : "UPDATE workflow_runs SET status = 'failed', started_at = "
-                                    "now(), finished_at = now(), error = '{\"message\": "
-                                    "\"boom\"}' WHERE status = 'queued'"));
+                if (i == 0)
+                        test_run_move(f->db, "status = 'queued'", "completed",
+                                      "started_at = now() - interval '2 seconds', output = "
+                                      "'{\"text\": \"hello\"}'");
+                else
+                        test_run_move(f->db, "status = 'queued'", "failed",
+                                      "started_at = now(), error = '{\"message\": \"boom\"}'");
                 int code = wait_exit(pid, 20000);
                 _cleanup_free_ char *e = slurp(err);
                 assert_int_equal(code, i == 0 ? CLI_EXIT_OK : CLI_EXIT_RUN_FAILED);
@@ -729,8 +728,7 @@ static void cli_logs_follow_reconnects_without_gaps_or_duplicates(void **state)
         wait_for_ticks(out, 8, 20000);
         assert_int_equal(waitpid(pid, NULL, WNOHANG), 0); /* still following */
 
-        PQclear(test_db_must(f->db, "UPDATE workflow_runs SET status = 'completed', started_at = "
-                                    "now(), finished_at = now() WHERE status = 'queued'"));
+        test_run_move(f->db, "status = 'queued'", "completed", "started_at = now()");
         int code = wait_exit(pid, 20000);
         _cleanup_free_ char *text = slurp(out);
         _cleanup_free_ char *errs = slurp(err);

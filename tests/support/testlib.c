@@ -130,6 +130,36 @@ PGresult *test_db_must(PGconn *c, const char *sql)
         return res;
 }
 
+void test_run_move(PGconn *c, const char *where, const char *status, const char *extra)
+{
+        bool final = strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 ||
+                     strcmp(status, "canceled") == 0;
+        char *ids = test_db_value(
+            c, "SELECT coalesce(array_agg(id), '{}')::text FROM workflow_runs WHERE %s", where);
+        char *claim = NULL, *move = NULL;
+
+        if (asprintf(&claim,
+                     "UPDATE workflow_runs SET status = 'running', claimed_by = 'test', "
+                     "lease_expires_at = now() + interval '1 minute', lease_epoch = lease_epoch + "
+                     "1, attempt = attempt + 1 WHERE id = ANY ('%s') AND status IN ('queued', "
+                     "'waiting')",
+                     ids) < 0 ||
+            (strcmp(status, "running") != 0 &&
+             asprintf(&move,
+                      "UPDATE workflow_runs SET status = '%s', claimed_by = NULL, "
+                      "lease_expires_at = NULL, finished_at = %s%s%s WHERE id = ANY ('%s') AND "
+                      "status = 'running'",
+                      status, final ? "now()" : "NULL", extra ? ", " : "", extra ? extra : "",
+                      ids) < 0))
+                fail();
+        PQclear(test_db_must(c, claim));
+        if (move)
+                PQclear(test_db_must(c, move));
+        free(ids);
+        free(claim);
+        free(move);
+}
+
 static PGresult *vquery(PGconn *c, const char *fmt, va_list ap)
 {
         char *sql = NULL;

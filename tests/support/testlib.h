@@ -33,6 +33,16 @@ PGconn *test_db_connect(const char *conninfo);
 /* Runs SQL (no parameters) and fails the test on error; returns the result (caller clears). */
 PGresult *test_db_must(PGconn *c, const char *sql);
 
+/*
+ * For fixtures that play a worker with SQL: moves the runs matching `where` (an SQL
+ * condition on workflow_runs) to `status` through the transitions a worker would make (a
+ * claim to 'running' first when they are queued or waiting, since only a lease holder may
+ * finish or release a run: 0009_run_status.sql), then sets `status` with the lease dropped,
+ * finished_at for a final status, and `extra` (more "col = value" assignments, or NULL).
+ * Fails the test on error.
+ */
+void test_run_move(PGconn *c, const char *where, const char *status, const char *extra);
+
 /* Runs SQL and returns the first column of the first row as a malloc'd string (NULL if no
  * row or SQL NULL); fails the test on error. */
 char *test_db_value(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

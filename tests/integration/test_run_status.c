@@ -1,0 +1,408 @@
+/*
+ * The rules of a run's status (migrations/0009_run_status.sql), end to end with real
+ * processes: the transition list is enforced on every writer; a run that ends — through its
+ * worker, the API's cancel, a person's "stop" or its deadline — wakes its parent, cancels
+ * its live children and leaves no node shown waiting; a subworkflow attempt that ends
+ * without its child cancels that child before the node is retried; a workflow timeout is
+ * enforced while the run is paused.
+ */
+#include "testlib.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth_token.h"
+#include "strutil.h"
+#include "worker_sink.h"
+
+/* waits for a signal that never comes */
+static const char CHILD_WAITS[] = "{\"name\":\"child-waits\",\"nodes\":["
+                                  "{\"id\":\"w\",\"type\":\"wait_event\",\"event\":\"never\"}]}";
+/* escalates at once: its only node fails and asks a person */
+static const char CHILD_ESCALATES[] =
+    "{\"name\":\"child-escalates\",\"nodes\":["
+    "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
+    "\"url\":\"SINK/esc?fail=100\"},\"retry\":{\"max_attempts\":1},\"on_failure\":\"escalate\"}]}";
+/* a parent of one child, no timeout anywhere: only the child's end can wake it */
+static const char PARENT[] = "{\"name\":\"parent\",\"nodes\":["
+                             "{\"id\":\"sub\",\"type\":\"subworkflow\",\"workflow\":\"WF\"}]}";
+/* a parent whose own deadline passes while its child waits */
+static const char PARENT_TIMEOUT[] =
+    "{\"name\":\"parent-timeout\",\"timeout\":\"2s\",\"nodes\":["
+    "{\"id\":\"sub\",\"type\":\"subworkflow\",\"workflow\":\"child-waits\"},"
+    "{\"id\":\"also\",\"type\":\"wait_event\",\"event\":\"never\"}]}";
+/* a subworkflow node that times out and is retried once */
+static const char PARENT_RETRY[] =
+    "{\"name\":\"parent-retry\",\"nodes\":["
+    "{\"id\":\"sub\",\"type\":\"subworkflow\",\"workflow\":\"child-waits\",\"timeout\":\"1s\","
+    "\"retry\":{\"max_attempts\":2,\"initial_delay\":\"100ms\",\"retry_on\":[\"timeout\"]}}]}";
+/* waits for a signal, with a deadline */
+static const char PAUSABLE[] = "{\"name\":\"pausable\",\"timeout\":\"3s\",\"nodes\":["
+                               "{\"id\":\"w\",\"type\":\"wait_event\",\"event\":\"go\"}]}";
+
+static struct {
+        char *conninfo;
+        PGconn *db;
+        struct worker_sink *sink;
+        char *dir;
+        pid_t api, worker, dispatcher;
+        char base[64];
+        char token[AUTH_TOKEN_LEN + 1];
+        char *user;
+} S;
+
+static char *workflow(const char *name, const char *def, const char *child)
+{
+        char *expanded = worker_sink_expand(S.sink, def);
+        char *wf = NULL;
+
+        assert_non_null(expanded);
+        if (child) {
+                char *at = strstr(expanded, "\"WF\"");
+                assert_non_null(at);
+                char *with = str_printf("%.*s\"%s\"%s", (int)(at - expanded), expanded, child,
+                                        at + 4);
+                free(expanded);
+                expanded = with;
+        }
+        wf = worker_test_workflow(S.db, S.user, name, 1, expanded);
+        free(expanded);
+        return wf;
+}
+
+static long api_post(const char *path, const char *body, char **out)
+{
+        char url[256], auth[128];
+        const char *headers[] = {auth, NULL};
+
+        snprintf(url, sizeof(url), "%s%s", S.base, path);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
+        return test_http("POST", url, headers, body, out);
+}
+
+static int setup(void **state)
+{
+        char log[512], env_url[1024];
+
+        (void)state;
+        S.conninfo = test_db_create("run_status");
+        S.db = test_db_connect(S.conninfo);
+        S.sink = worker_sink_start();
+        S.dir = test_tempdir("run_status");
+        S.user = worker_test_user(S.db, "ana");
+        worker_test_token(S.db, S.user, S.token);
+        free(workflow("child-waits", CHILD_WAITS, NULL));
+        free(workflow("child-escalates", CHILD_ESCALATES, NULL));
+
+        S.api = worker_test_spawn_api(S.conninfo, S.dir, S.base, sizeof(S.base));
+        snprintf(log, sizeof(log), "%s/worker.log", S.dir);
+        S.worker = worker_test_spawn(S.conninfo, "status-w", "5s", "1s", NULL, log);
+        snprintf(log, sizeof(log), "%s/dispatch.log", S.dir);
+        snprintf(env_url, sizeof(env_url), "AGENTLY_DATABASE_URL=%s", S.conninfo);
+        const char *args[] = {"dispatch", "--interval", "200ms", NULL};
+        const char *env[] = {env_url, NULL};
+        S.dispatcher = test_spawn_agently(args, env, log);
+        assert_true(S.dispatcher > 0);
+        return 0;
+}
+
+static int teardown(void **state)
+{
+        (void)state;
+        test_stop_process(S.dispatcher, SIGTERM, 10000);
+        test_stop_process(S.worker, SIGTERM, 15000);
+        test_stop_process(S.api, SIGTERM, 10000);
+        worker_sink_stop(S.sink);
+        PQfinish(S.db);
+        test_rm_rf(S.dir);
+        free(S.dir);
+        free(S.conninfo);
+        free(S.user);
+        return 0;
+}
+
+/* The child run that `parent`'s node `sub` started, once it is in one of `statuses`. */
+static char *child_of(const char *parent, const char *statuses)
+{
+        char *child = NULL;
+
+        for (int i = 0; i < 300 && !child; i++) {
+                child = test_db_value(S.db,
+                                      "SELECT id FROM workflow_runs WHERE parent_run_id = '%s' "
+                                      "ORDER BY created_at DESC LIMIT 1",
+                                      parent);
+                if (!child)
+                        usleep(100 * 1000);
+        }
+        assert_non_null(child);
+        assert_true(worker_test_wait_status(S.db, child, statuses, 30000));
+        return child;
+}
+
+static const char *const STATUSES[] = {"queued",    "running", "waiting",  "paused",
+                                       "needs_input", "completed", "failed", "canceled"};
+
+static bool allowed(const char *from, const char *to)
+{
+        static const char *const list[] = {
+            "queued>running",   "queued>paused",      "queued>canceled",     "waiting>running",
+            "waiting>paused",   "waiting>canceled",   "running>queued",      "running>waiting",
+            "running>paused",   "running>needs_input", "running>completed",  "running>failed",
+            "running>canceled", "paused>queued",      "paused>canceled",     "paused>failed",
+            "needs_input>queued", "needs_input>paused", "needs_input>canceled",
+            "needs_input>failed"};
+        char key[64];
+
+        snprintf(key, sizeof(key), "%s>%s", from, to);
+        for (size_t i = 0; i < sizeof(list) / sizeof(list[0]); i++)
+                if (strcmp(list[i], key) == 0)
+                        return true;
+        return false;
+}
+
+/* The columns a run in `status` must have (a lease when running, finished_at when final). */
+static const char *columns_for(const char *status)
+{
+        if (strcmp(status, "running") == 0)
+                return "claimed_by = 'probe', lease_expires_at = now() + interval '1 minute', "
+                       "finished_at = NULL";
+        if (strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 ||
+            strcmp(status, "canceled") == 0)
+                return "claimed_by = NULL, lease_expires_at = NULL, finished_at = now()";
+        return "claimed_by = NULL, lease_expires_at = NULL, finished_at = NULL";
+}
+
+/* Every pair of statuses, from any writer (here the owner): the listed changes go through,
+ * every other one is refused with SQLSTATE 55000 and changes nothing. */
+static void every_change_of_status_is_checked_against_the_list(void **state)
+{
+        char *wf = workflow("probe", "{\"name\":\"probe\",\"nodes\":[{\"id\":\"n\","
+                                     "\"type\":\"noop\"}]}",
+                            NULL);
+        char *run = test_db_value(S.db,
+                                  "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                                  "workflow_version, status, run_at) SELECT user_id, id, name, "
+                                  "version, 'paused', 'infinity' FROM workflows WHERE id = '%s' "
+                                  "RETURNING id",
+                                  wf);
+        char sql[512];
+        int refused = 0, passed = 0;
+
+        (void)state;
+        assert_db_equal("20", S.db, "SELECT count(*) FROM agently_run_transitions");
+        for (size_t f = 0; f < 8; f++) {
+                for (size_t t = 0; t < 8; t++) {
+                        if (f == t)
+                                continue;
+                        /* put the run in `from` without the guard (this session only) */
+                        snprintf(sql, sizeof(sql),
+                                 "SET session_replication_role = replica; UPDATE workflow_runs "
+                                 "SET status = '%s', %s WHERE id = '%s'; SET "
+                                 "session_replication_role = origin",
+                                 STATUSES[f], columns_for(STATUSES[f]), run);
+                        PQclear(test_db_must(S.db, sql));
+                        snprintf(sql, sizeof(sql),
+                                 "UPDATE workflow_runs SET status = '%s', %s WHERE id = '%s'",
+                                 STATUSES[t], columns_for(STATUSES[t]), run);
+                        PGresult *res = PQexec(S.db, sql);
+                        const char *state_code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                        if (allowed(STATUSES[f], STATUSES[t])) {
+                                if (PQresultStatus(res) != PGRES_COMMAND_OK)
+                                        fprintf(stderr, "%s -> %s refused: %s", STATUSES[f],
+                                                STATUSES[t], PQresultErrorMessage(res));
+                                assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+                                passed++;
+                        } else {
+                                if (PQresultStatus(res) == PGRES_COMMAND_OK)
+                                        fprintf(stderr, "%s -> %s was allowed\n", STATUSES[f],
+                                                STATUSES[t]);
+                                assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
+                                assert_string_equal(state_code, "55000");
+                                assert_non_null(strstr(PQresultErrorMessage(res), "cannot go from"));
+                                refused++;
+                        }
+                        PQclear(res);
+                }
+        }
+        assert_int_equal(passed, 20);
+        assert_int_equal(refused, 56 - 20);
+        free(run);
+        free(wf);
+}
+
+/* Defect 1: a child canceled through the API wakes its parent, which has no timer. */
+static void a_child_canceled_by_the_api_wakes_its_parent(void **state)
+{
+        char *wf = workflow("parent-a", PARENT, "child-waits");
+        char *parent = worker_test_run(S.db, wf, NULL);
+        char *child = NULL, *out = NULL, path[128];
+
+        (void)state;
+        assert_true(worker_test_wait_status(S.db, parent, "waiting", 30000));
+        child = child_of(parent, "waiting");
+        snprintf(path, sizeof(path), "/v1/runs/%s/cancel", child);
+        assert_int_equal(api_post(path, NULL, &out), 200);
+        free(out);
+        assert_db_equal("canceled", S.db, "SELECT status FROM workflow_runs WHERE id = '%s'",
+                        child);
+        /* the parent's subworkflow node fails with its child, and the run with it */
+        assert_true(worker_test_wait_status(S.db, parent, "failed", 15000));
+        assert_db_equal("failed", S.db,
+                        "SELECT status FROM agently_node_latest WHERE workflow_run_id = '%s' "
+                        "AND node_id = 'sub'",
+                        parent);
+        free(child);
+        free(parent);
+        free(wf);
+}
+
+/* Defect 1, the other door: a person stops an escalated child; the parent wakes. The
+ * child's error has the documented shape {node, class, message, error}. */
+static void a_child_stopped_by_a_person_wakes_its_parent(void **state)
+{
+        char *wf = workflow("parent-b", PARENT, "child-escalates");
+        char *parent = worker_test_run(S.db, wf, NULL);
+        char *child = NULL, *out = NULL, path[128];
+
+        (void)state;
+        child = child_of(parent, "needs_input");
+        snprintf(path, sizeof(path), "/v1/runs/%s/resolve", child);
+        assert_int_equal(api_post(path, "{\"action\":\"stop\"}", &out), 200);
+        free(out);
+        assert_db_equal("a|true", S.db,
+                        "SELECT concat_ws('|', error->>'node', (error->>'class' = "
+                        "error->'error'->>'class' AND error->>'message' LIKE 'node ''a'' failed: "
+                        "%%; a person stopped the run' AND error->'error' ? 'message')::text) FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        child);
+        assert_true(worker_test_wait_status(S.db, parent, "failed", 15000));
+        free(child);
+        free(parent);
+        free(wf);
+}
+
+/* Defect 3: canceling a waiting parent through the API cancels its child (and the API's
+ * cancel leaves no node of the parent shown waiting). */
+static void canceling_a_parent_cancels_its_children(void **state)
+{
+        char *wf = workflow("parent-c", PARENT, "child-waits");
+        char *parent = worker_test_run(S.db, wf, NULL);
+        char *child = NULL, *out = NULL, path[128];
+
+        (void)state;
+        assert_true(worker_test_wait_status(S.db, parent, "waiting", 30000));
+        child = child_of(parent, "waiting");
+        snprintf(path, sizeof(path), "/v1/runs/%s/cancel", parent);
+        assert_int_equal(api_post(path, NULL, &out), 200);
+        free(out);
+        assert_db_equal("canceled|canceled", S.db,
+                        "SELECT p.status || '|' || c.status FROM workflow_runs p, workflow_runs c "
+                        "WHERE p.id = '%s' AND c.id = '%s'",
+                        parent, child);
+        assert_db_equal("0", S.db,
+                        "SELECT count(*) FROM node_runs WHERE workflow_run_id IN ('%s', '%s') AND "
+                        "status IN ('waiting', 'started')",
+                        parent, child);
+        assert_db_equal("1", S.db,
+                        "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = "
+                        "'run.canceled' AND data->>'parent_run_id' = '%s'",
+                        child, parent);
+        free(child);
+        free(parent);
+        free(wf);
+}
+
+/* Defect 3 and issue 12 item 3: a parent that fails on its own deadline cancels its live
+ * child, and every node of the finished run is in a final state, with the reason. */
+static void a_parent_that_times_out_cancels_its_child_and_closes_its_nodes(void **state)
+{
+        char *wf = workflow("parent-timeout", PARENT_TIMEOUT, NULL);
+        char *parent = worker_test_run(S.db, wf, NULL);
+        char *child = NULL;
+
+        (void)state;
+        child = child_of(parent, "waiting|queued|running");
+        assert_true(worker_test_wait_status(S.db, parent, "failed", 20000));
+        assert_true(worker_test_wait_status(S.db, child, "canceled", 15000));
+        assert_db_equal("also:canceled|sub:canceled", S.db,
+                        "SELECT string_agg(node_id || ':' || status, '|' ORDER BY node_id) FROM "
+                        "agently_node_latest WHERE workflow_run_id = '%s'",
+                        parent);
+        assert_db_equal("the run failed before this node finished", S.db,
+                        "SELECT error->>'message' FROM agently_node_latest WHERE "
+                        "workflow_run_id = '%s' AND node_id = 'also'",
+                        parent);
+        free(child);
+        free(parent);
+        free(wf);
+}
+
+/* Defect 3: a subworkflow node that times out and is retried never leaves its previous
+ * child running beside the new one. */
+static void a_retried_subworkflow_node_cancels_its_previous_child(void **state)
+{
+        char *wf = workflow("parent-retry", PARENT_RETRY, NULL);
+        char *parent = worker_test_run(S.db, wf, NULL);
+
+        (void)state;
+        assert_true(worker_test_wait_status(S.db, parent, "failed", 30000));
+        assert_db_equal("2", S.db, "SELECT count(*) FROM workflow_runs WHERE parent_run_id = '%s'",
+                        parent);
+        assert_db_equal("0", S.db,
+                        "SELECT count(*) FROM workflow_runs WHERE parent_run_id = '%s' AND "
+                        "status NOT IN ('completed', 'failed', 'canceled')",
+                        parent);
+        /* the first child was canceled when its attempt timed out, before the second began */
+        assert_db_equal("t", S.db,
+                        "SELECT c1.finished_at <= c2.created_at FROM workflow_runs c1, "
+                        "workflow_runs c2 WHERE c1.parent_run_id = '%s' AND c2.parent_run_id = "
+                        "c1.parent_run_id AND c1.created_at < c2.created_at",
+                        parent);
+        free(parent);
+        free(wf);
+}
+
+/* A workflow timeout is enforced while the run is paused (nobody holds it). */
+static void a_paused_run_still_fails_at_its_deadline(void **state)
+{
+        char *wf = workflow("pausable", PAUSABLE, NULL);
+        char *run = worker_test_run(S.db, wf, NULL);
+        char *out = NULL, path[128];
+
+        (void)state;
+        assert_true(worker_test_wait_status(S.db, run, "waiting", 30000));
+        snprintf(path, sizeof(path), "/v1/runs/%s/pause", run);
+        assert_int_equal(api_post(path, NULL, &out), 200);
+        free(out);
+        assert_db_equal("paused", S.db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
+        assert_db_equal("t", S.db,
+                        "SELECT abs(extract(epoch FROM timeout_at - started_at) - 3) < 0.002 "
+                        "FROM workflow_runs WHERE id = '%s'",
+                        run);
+        assert_true(worker_test_wait_status(S.db, run, "failed", 15000));
+        assert_db_equal("timeout|true", S.db,
+                        "SELECT error->>'class' || '|' || (finished_at >= timeout_at)::text "
+                        "FROM workflow_runs WHERE id = '%s'",
+                        run);
+        assert_db_equal("canceled", S.db,
+                        "SELECT status FROM agently_node_latest WHERE workflow_run_id = '%s'",
+                        run);
+        free(run);
+        free(wf);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(every_change_of_status_is_checked_against_the_list),
+            cmocka_unit_test(a_child_canceled_by_the_api_wakes_its_parent),
+            cmocka_unit_test(a_child_stopped_by_a_person_wakes_its_parent),
+            cmocka_unit_test(canceling_a_parent_cancels_its_children),
+            cmocka_unit_test(a_parent_that_times_out_cancels_its_child_and_closes_its_nodes),
+            cmocka_unit_test(a_retried_subworkflow_node_cancels_its_previous_child),
+            cmocka_unit_test(a_paused_run_still_fails_at_its_deadline),
+        };
+        return cmocka_run_group_tests(tests, setup, teardown);
+}
