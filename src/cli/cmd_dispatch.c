@@ -62,8 +62,8 @@ static int dispatch_round(PGconn *c)
                 if (!first)
                         first = r;
         }
-        _cleanup_pgresult_ PGresult *overdue = db_query(
-            c, "SELECT agently_fail_overdue_runs(" OVERDUE_PER_ROUND ")", 0, NULL, &r);
+        _cleanup_pgresult_ PGresult *overdue =
+            db_query(c, "SELECT agently_fail_overdue_runs(" OVERDUE_PER_ROUND ")", 0, NULL, &r);
         if (!overdue) {
                 log_warn("could not fail overdue runs: %s", db_last_error());
                 if (!first)

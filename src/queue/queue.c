@@ -153,9 +153,9 @@ int queue_release_run(PGconn *c, const char *run_id, int64_t epoch, const char *
 
         if (!b)
                 return -ENOMEM;
-        return one_write(c, NULL, b,
-                         queue_writes_release(b, run_id, epoch, status, run_at_ms, wait_reason,
-                                              NULL, -1));
+        return one_write(
+            c, NULL, b,
+            queue_writes_release(b, run_id, epoch, status, run_at_ms, wait_reason, NULL, -1));
 }
 
 int64_t queue_db_now_ms(PGconn *c)

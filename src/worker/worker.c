@@ -717,9 +717,8 @@ static enum step step_failed(struct worker *w, struct run *run, int r, const cha
 static enum step step_release(struct worker *w, struct run *run, const char *status, int64_t at_ms,
                               const char *reason)
 {
-        int r = buffered(
-            run, queue_writes_release(w->writes, run->id, run->epoch, status, at_ms, reason, NULL,
-                                      run->deadline_ms));
+        int r = buffered(run, queue_writes_release(w->writes, run->id, run->epoch, status, at_ms,
+                                                   reason, NULL, run->deadline_ms));
 
         if (r <= 0)
                 return step_failed(w, run, r, "release");

@@ -62,8 +62,8 @@ static char *workflow(const char *name, const char *def, const char *child)
         if (child) {
                 char *at = strstr(expanded, "\"WF\"");
                 assert_non_null(at);
-                char *with = str_printf("%.*s\"%s\"%s", (int)(at - expanded), expanded, child,
-                                        at + 4);
+                char *with =
+                    str_printf("%.*s\"%s\"%s", (int)(at - expanded), expanded, child, at + 4);
                 free(expanded);
                 expanded = with;
         }
@@ -104,7 +104,7 @@ static int setup(void **state)
         const char *args[] = {"dispatch", "--interval", "200ms", NULL};
         const char *env[] = {env_url, NULL};
         S.dispatcher = test_spawn_agently(args, env, log);
-        assert_true(S.dispatcher > 0);
+        assert_int_gt(S.dispatcher, 0);
         return 0;
 }
 
@@ -141,18 +141,19 @@ static char *child_of(const char *parent, const char *statuses)
         return child;
 }
 
-static const char *const STATUSES[] = {"queued",    "running", "waiting",  "paused",
-                                       "needs_input", "completed", "failed", "canceled"};
+static const char *const STATUSES[] = {"queued",      "running",   "waiting", "paused",
+                                       "needs_input", "completed", "failed",  "canceled"};
 
 static bool allowed(const char *from, const char *to)
 {
         static const char *const list[] = {
-            "queued>running",   "queued>paused",      "queued>canceled",     "waiting>running",
-            "waiting>paused",   "waiting>canceled",   "running>queued",      "running>waiting",
-            "running>paused",   "running>needs_input", "running>completed",  "running>failed",
-            "running>canceled", "paused>queued",      "paused>canceled",     "paused>failed",
-            "needs_input>queued", "needs_input>paused", "needs_input>canceled",
-            "needs_input>failed"};
+            "queued>running",       "queued>paused",      "queued>canceled",
+            "waiting>running",      "waiting>paused",     "waiting>canceled",
+            "running>queued",       "running>waiting",    "running>paused",
+            "running>needs_input",  "running>completed",  "running>failed",
+            "running>canceled",     "paused>queued",      "paused>canceled",
+            "paused>failed",        "needs_input>queued", "needs_input>paused",
+            "needs_input>canceled", "needs_input>failed"};
         char key[64];
 
         snprintf(key, sizeof(key), "%s>%s", from, to);
@@ -178,8 +179,9 @@ static const char *columns_for(const char *status)
  * every other one is refused with SQLSTATE 55000 and changes nothing. */
 static void every_change_of_status_is_checked_against_the_list(void **state)
 {
-        char *wf = workflow("probe", "{\"name\":\"probe\",\"nodes\":[{\"id\":\"n\","
-                                     "\"type\":\"noop\"}]}",
+        char *wf = workflow("probe",
+                            "{\"name\":\"probe\",\"nodes\":[{\"id\":\"n\","
+                            "\"type\":\"noop\"}]}",
                             NULL);
         char *run = test_db_value(S.db,
                                   "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
@@ -220,7 +222,8 @@ static void every_change_of_status_is_checked_against_the_list(void **state)
                                                 STATUSES[t]);
                                 assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
                                 assert_string_equal(state_code, "55000");
-                                assert_non_null(strstr(PQresultErrorMessage(res), "cannot go from"));
+                                assert_non_null(
+                                    strstr(PQresultErrorMessage(res), "cannot go from"));
                                 refused++;
                         }
                         PQclear(res);
@@ -387,8 +390,7 @@ static void a_paused_run_still_fails_at_its_deadline(void **state)
                         "FROM workflow_runs WHERE id = '%s'",
                         run);
         assert_db_equal("canceled", S.db,
-                        "SELECT status FROM agently_node_latest WHERE workflow_run_id = '%s'",
-                        run);
+                        "SELECT status FROM agently_node_latest WHERE workflow_run_id = '%s'", run);
         free(run);
         free(wf);
 }
