@@ -417,7 +417,8 @@ def compare_output(expected_text, stdout, stderr):
             actual = json.loads(stdout)
         except ValueError:
             return "the doc shows JSON, the command printed:\n%s%s" % (stdout, stderr)
-        return json_match(expected, actual)
+        diff = json_match(expected, actual)
+        return diff and "%s\nthe command printed:\n%s" % (diff, stdout[:3000])
     exp = [l.rstrip() for l in expected_text.rstrip("\n").split("\n")]
     act = [l.rstrip() for l in (stdout + stderr).rstrip("\n").split("\n")] if (stdout +
                                                                                  stderr) else []
