@@ -154,8 +154,19 @@ char *client_path(const char *fmt, ...);
  * Returns 0 or -ENOMEM. value NULL is skipped. */
 int client_query_add(char **url, const char *name, const char *value);
 
-/* Prints "error: could not reach agently at URL: reason; is `agently up` running?". */
+/* Prints "error: could not reach agently at URL: reason; is `agently up` running?" (with
+ * -o json: the error object, code "unreachable", on stdout). */
 void client_print_unreachable(struct client_ctx *ctx, const char *reason);
+
+/*
+ * Reports the command's failure, once, and returns exit_code. As text on stderr:
+ * "agently NAME: MESSAGE" for a usage error (code "usage"), "error: MESSAGE" otherwise,
+ * then "detail: ..." and "hint: ..." when given (either may be NULL). With -o json, the
+ * API's error shape on stdout instead, {"error": {"code", "message", "detail", "hint"}}, so
+ * a script reads a local failure and a server's the same way; the exit code is the same.
+ */
+int client_fail(const struct client_ctx *ctx, int exit_code, const char *code, const char *detail,
+                const char *hint, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 /* Sleeps ms milliseconds (restarting after signals). */
 void client_sleep_ms(long ms);
@@ -163,7 +174,9 @@ void client_sleep_ms(long ms);
 /* Maps an HTTP status to an exit code. */
 int client_exit_for_status(long status);
 
-/* Prints an API error body ({"error": {...}}) as "error: message" / "hint: ...". */
+/* Prints an API error body ({"error": {...}}) as "error: message" / "hint: ..." on stderr;
+ * with -o json, the body itself on stdout (a body without the error shape, e.g. a proxy's
+ * page, becomes {"error": {"code": "http_error", ...}}). */
 void client_print_api_error(struct client_ctx *ctx, long status, json_t *body);
 
 /* Server-sent events: one parsed event. data is NUL-terminated; id may be NULL. */

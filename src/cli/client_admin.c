@@ -190,33 +190,27 @@ static int secret_set(struct client_ctx *ctx, const struct client_args *args)
         if (!path)
                 return CLI_EXIT_FAILURE;
         r = client_read_secret(STDIN_FILENO, name, &value, &len);
-        if (r == -ENODATA) {
-                fprintf(stderr,
-                        "agently secret set: the value is empty; pipe it on stdin, "
-                        "e.g. `printf %%s \"$KEY\" | agently secret set %s`\n",
-                        name);
-                return CLI_EXIT_USAGE;
-        }
-        if (r == -EFBIG) {
-                fprintf(stderr, "agently secret set: the value is larger than %d KiB\n",
-                        CLIENT_INPUT_MAX >> 10);
-                return CLI_EXIT_USAGE;
-        }
-        if (r == -EINVAL) {
-                fprintf(stderr, "agently secret set: the value contains a NUL byte; encode "
-                                "binary values (e.g. base64) first\n");
-                return CLI_EXIT_USAGE;
-        }
-        if (r < 0) {
-                fprintf(stderr, "error: could not read the value from stdin: %s\n", strerror(-r));
-                return CLI_EXIT_FAILURE;
-        }
+        if (r == -ENODATA)
+                return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                   "the value is empty; pipe it on stdin, e.g. `printf %%s "
+                                   "\"$KEY\" | agently secret set %s`",
+                                   name);
+        if (r == -EFBIG)
+                return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                   "the value is larger than %d KiB", CLIENT_INPUT_MAX >> 10);
+        if (r == -EINVAL)
+                return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                   "the value contains a NUL byte; encode binary values (e.g. "
+                                   "base64) first");
+        if (r < 0)
+                return client_fail(ctx, CLI_EXIT_FAILURE, "input_unreadable", NULL, NULL,
+                                   "could not read the value from stdin: %s", strerror(-r));
         body = json_object();
         if (!body || json_object_set_new(body, "value", json_stringn(value, len)) < 0) {
                 explicit_bzero(value, len);
                 free(value);
-                fprintf(stderr, "agently secret set: the value is not valid UTF-8 text\n");
-                return CLI_EXIT_USAGE;
+                return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                   "the value is not valid UTF-8 text");
         }
         explicit_bzero(value, len);
         free(value);

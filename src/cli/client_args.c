@@ -203,11 +203,10 @@ int client_flag_int(const struct client_ctx *ctx, const char *flag, const char *
 
         if (!value)
                 return 0;
-        if (str_to_int64(value, &v) < 0 || v < min || v > max) {
-                fprintf(stderr, "agently %s: --%s must be an integer from %lld to %lld, not '%s'\n",
-                        ctx->name, flag, (long long)min, (long long)max, value);
-                return CLI_EXIT_USAGE;
-        }
+        if (str_to_int64(value, &v) < 0 || v < min || v > max)
+                return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                   "--%s must be an integer from %lld to %lld, not '%s'", flag,
+                                   (long long)min, (long long)max, value);
         *out = v;
         return 0;
 }

@@ -54,9 +54,10 @@ int client_ctx_init(struct client_ctx *ctx, const struct client_global *global, 
         else if (strcmp(global->output, "json") == 0)
                 ctx->output = CLIENT_OUTPUT_JSON;
         else {
-                fprintf(stderr, "agently %s: bad value for -o/--output: '%s' (use table or json)\n",
-                        name, global->output);
-                return CLI_EXIT_USAGE;
+                /* the output it asked for is unknown, so the error comes as text */
+                return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                   "bad value for -o/--output: '%s' (use table or json)",
+                                   global->output);
         }
         env = getenv("NO_COLOR");
         ctx->color = isatty(STDOUT_FILENO) && str_is_empty(env) &&
@@ -67,11 +68,10 @@ int client_ctx_init(struct client_ctx *ctx, const struct client_global *global, 
         if (str_is_empty(server))
                 server = CLIENT_DEFAULT_SERVER;
         if (!str_has_prefix(server, "http://") && !str_has_prefix(server, "https://")) {
-                fprintf(stderr,
-                        "agently %s: bad server address '%s': it must start with http:// or "
-                        "https:// (e.g. " CLIENT_DEFAULT_SERVER ")\n",
-                        name, server);
-                return CLI_EXIT_USAGE;
+                return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                   "bad server address '%s': it must start with http:// or "
+                                   "https:// (e.g. " CLIENT_DEFAULT_SERVER ")",
+                                   server);
         }
         ctx->server = strdup(server);
         if (!ctx->server)
@@ -81,22 +81,20 @@ int client_ctx_init(struct client_ctx *ctx, const struct client_global *global, 
 
         if (global->token) {
                 if (str_is_empty(global->token)) {
-                        fprintf(stderr, "agently %s: --token is empty\n", name);
-                        return CLI_EXIT_USAGE;
+                        return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                           "--token is empty");
                 }
                 ctx->token = strdup(global->token);
                 ctx->token_source = strdup("--token");
         } else if (global->data_dir) {
                 r = read_token_file(global->data_dir, &ctx->token, &ctx->token_source);
-                if (r < 0) {
-                        fprintf(stderr,
-                                "agently %s: could not read %s/admin-token: %s\n"
-                                "hint: --data-dir must be the directory `agently up` uses "
-                                "(default ./.agently)\n",
-                                name, global->data_dir,
-                                r == -ENODATA ? "the file is empty" : strerror(-r));
-                        return CLI_EXIT_USAGE;
-                }
+                if (r < 0)
+                        return client_fail(
+                            ctx, CLI_EXIT_USAGE, "usage", NULL,
+                            "--data-dir must be the directory `agently up` uses (default "
+                            "./.agently)",
+                            "could not read %s/admin-token: %s", global->data_dir,
+                            r == -ENODATA ? "the file is empty" : strerror(-r));
         } else if (!str_is_empty(env = getenv("AGENTLY_TOKEN"))) {
                 ctx->token = strdup(env);
                 ctx->token_source = strdup("AGENTLY_TOKEN");

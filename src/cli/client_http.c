@@ -126,11 +126,67 @@ static void print_detail_item(json_t *item)
         fprintf(stderr, "%s\n", message);
 }
 
+/* {"error": {"code", "message", "detail", "hint"}} on stdout, the shape of the API's errors. */
+static void print_error_json(const char *code, const char *message, const char *detail,
+                             const char *hint)
+{
+        _cleanup_json_ json_t *e = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "code", code,
+                                             "message", message, "detail", detail, "hint", hint);
+        json_t *inner = json_object_get(e, "error");
+
+        if (!inner) {
+                printf("{\"error\": {\"code\": \"internal\", \"message\": \"out of memory\", "
+                       "\"detail\": null, \"hint\": null}}\n");
+                return;
+        }
+        if (!detail)
+                json_object_set_new(inner, "detail", json_null());
+        if (!hint)
+                json_object_set_new(inner, "hint", json_null());
+        client_print_json(e, stdout);
+}
+
+int client_fail(const struct client_ctx *ctx, int exit_code, const char *code, const char *detail,
+                const char *hint, const char *fmt, ...)
+{
+        char message[1024];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(message, sizeof(message), fmt, ap);
+        va_end(ap);
+        if (ctx->output == CLIENT_OUTPUT_JSON) {
+                print_error_json(code, message, detail, hint);
+                fflush(stdout);
+                return exit_code;
+        }
+        if (strcmp(code, "usage") == 0)
+                fprintf(stderr, "agently %s: %s\n", ctx->name, message);
+        else
+                fprintf(stderr, "error: %s\n", message);
+        if (detail)
+                fprintf(stderr, "detail: %s\n", detail);
+        if (hint)
+                fprintf(stderr, "hint: %s\n", hint);
+        return exit_code;
+}
+
 void client_print_api_error(struct client_ctx *ctx, long status, json_t *body)
 {
         json_t *err = json_object_get(body, "error");
         const char *message = json_str(err, "message"), *hint = json_str(err, "hint");
         json_t *detail = json_object_get(err, "detail");
+
+        if (ctx->output == CLIENT_OUTPUT_JSON) {
+                if (json_is_string(json_object_get(err, "code")) && message) {
+                        client_print_json(body, stdout);
+                } else {
+                        char text[64];
+                        snprintf(text, sizeof(text), "the server answered HTTP %ld", status);
+                        print_error_json("http_error", text, NULL, NULL);
+                }
+                return;
+        }
 
         if (message)
                 fprintf(stderr, "error: %s\n", message);
@@ -216,9 +272,10 @@ static void transport_reason(CURL *c, CURLcode rc, long timeout_ms, char *out, s
 
 void client_print_unreachable(struct client_ctx *ctx, const char *reason)
 {
-        fprintf(stderr, "error: could not reach agently at %s: %s; is `agently up` running?\n",
-                ctx->server, reason);
-        fprintf(stderr, "hint: set the address with --server URL or AGENTLY_SERVER\n");
+        client_fail(ctx, CLI_EXIT_UNAVAILABLE, "unreachable", NULL,
+                    "set the address with --server URL or AGENTLY_SERVER",
+                    "could not reach agently at %s: %s; is `agently up` running?", ctx->server,
+                    reason);
 }
 
 static size_t write_to_buf(char *ptr, size_t size, size_t nmemb, void *userdata)
@@ -369,11 +426,10 @@ int client_call_status(struct client_ctx *ctx, const char *method, const char *p
         curl_slist_free_all(h);
         if (warned && rc == CURLE_OK)
                 fprintf(stderr, "note: reconnected to agently\n");
-        if (rc == CURLE_WRITE_ERROR) {
-                fprintf(stderr, "error: the answer of %s %s exceeds %u MiB\n", method, path,
-                        CLIENT_RESPONSE_MAX >> 20);
-                return CLI_EXIT_FAILURE;
-        }
+        if (rc == CURLE_WRITE_ERROR)
+                return client_fail(ctx, CLI_EXIT_FAILURE, "response_too_large", NULL, NULL,
+                                   "the answer of %s %s exceeds %u MiB", method, path,
+                                   CLIENT_RESPONSE_MAX >> 20);
         if (rc != CURLE_OK) {
                 char reason[256];
                 transport_reason(c, rc, ctx->timeout_ms, reason, sizeof(reason));
@@ -386,13 +442,11 @@ int client_call_status(struct client_ctx *ctx, const char *method, const char *p
         if (resp.len > 0) {
                 json_error_t jerr;
                 parsed = json_loadb(resp.data, resp.len, JSON_DECODE_ANY, &jerr);
-                if (!parsed && status >= 200 && status < 300) {
-                        fprintf(stderr,
-                                "error: the server's answer to %s %s is not JSON (%s at line "
-                                "%d); is %s an agently server?\n",
-                                method, path, jerr.text, jerr.line, ctx->server);
-                        return CLI_EXIT_FAILURE;
-                }
+                if (!parsed && status >= 200 && status < 300)
+                        return client_fail(ctx, CLI_EXIT_FAILURE, "invalid_response", NULL, NULL,
+                                           "the server's answer to %s %s is not JSON (%s at "
+                                           "line %d); is %s an agently server?",
+                                           method, path, jerr.text, jerr.line, ctx->server);
         }
         if (status >= 200 && status < 300) {
                 *out = parsed;
@@ -403,9 +457,10 @@ int client_call_status(struct client_ctx *ctx, const char *method, const char *p
                         *out = parsed;
                         return client_exit_for_status(status);
                 }
-        if (!parsed && resp.len > 0) {
-                fprintf(stderr, "error: the server answered HTTP %ld: %.200s\n", status, resp.data);
-        } else
+        if (!parsed && resp.len > 0)
+                client_fail(ctx, client_exit_for_status(status), "http_error", NULL, NULL,
+                            "the server answered HTTP %ld: %.200s", status, resp.data);
+        else
                 client_print_api_error(ctx, status, parsed);
         int code = client_exit_for_status(status);
         if (status == 422) {
@@ -614,9 +669,8 @@ int client_stream(struct client_ctx *ctx, const char *path, const char *last_eve
         if (s.stopped > 0) {
                 result = CLIENT_STREAM_STOPPED;
         } else if (s.stopped < 0) {
-                fprintf(stderr, "error: could not read the event stream: %s\n",
-                        strerror(-s.stopped));
-                result = CLI_EXIT_FAILURE;
+                result = client_fail(ctx, CLI_EXIT_FAILURE, "stream_failed", NULL, NULL,
+                                     "could not read the event stream: %s", strerror(-s.stopped));
         } else if (s.status >= 300 || (rc == CURLE_OK && s.status < 200)) {
                 json_t *body = s.error_body.len
                                    ? json_loadb(s.error_body.data, s.error_body.len, 0, NULL)

@@ -142,14 +142,13 @@ static int run_start(struct client_ctx *ctx, const struct client_args *args)
         if (input) {
                 json_t *in = NULL;
                 if (client_input_parse(input, "input", &in, err, sizeof(err)) < 0) {
-                        fprintf(stderr, "agently run start: %s\n", err);
-                        return CLI_EXIT_USAGE;
+                        return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL, "%s", err);
                 }
                 if (!json_is_object(in)) {
                         json_decref(in);
-                        fprintf(stderr, "agently run start: --input must be a JSON object, "
-                                        "e.g. '{\"url\": \"https://example.com\"}'\n");
-                        return CLI_EXIT_USAGE;
+                        return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                           "--input must be a JSON object, e.g. '{\"url\": "
+                                           "\"https://example.com\"}'");
                 }
                 json_object_set_new(body, "input", in);
         }
@@ -157,10 +156,9 @@ static int run_start(struct client_ctx *ctx, const struct client_args *args)
         if (r != CLI_EXIT_OK)
                 return r;
         const char *id = str_member(resp, "id");
-        if (!id) {
-                fprintf(stderr, "error: the server's answer has no run id\n");
-                return CLI_EXIT_FAILURE;
-        }
+        if (!id)
+                return client_fail(ctx, CLI_EXIT_FAILURE, "invalid_response", NULL, NULL,
+                                   "the server's answer has no run id");
         if (ctx->output == CLIENT_OUTPUT_TABLE) {
                 printf("%s\n", id); /* alone on its line: `id=$(agently run start wf)` */
                 fflush(stdout);
@@ -205,13 +203,11 @@ static int run_list(struct client_ctx *ctx, const struct client_args *args)
                 bool ok = false;
                 for (i = 0; i < ELEMENTSOF(statuses); i++)
                         ok = ok || strcmp(status, statuses[i]) == 0;
-                if (!ok) {
-                        fprintf(stderr,
-                                "agently run list: bad --status '%s'; use queued, running, "
-                                "waiting, needs_input, paused, completed, failed or canceled\n",
-                                status);
-                        return CLI_EXIT_USAGE;
-                }
+                if (!ok)
+                        return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                           "bad --status '%s'; use queued, running, waiting, "
+                                           "needs_input, paused, completed, failed or canceled",
+                                           status);
         }
         r = client_flag_int(ctx, "limit", client_arg(ctx, args, "limit"), 1, 200, &limit);
         if (r)
@@ -652,10 +648,9 @@ static int run_rerun(struct client_ctx *ctx, const struct client_args *args)
         if (r != CLI_EXIT_OK)
                 return r;
         const char *id = str_member(resp, "id");
-        if (!id) {
-                fprintf(stderr, "error: the server's answer has no run id\n");
-                return CLI_EXIT_FAILURE;
-        }
+        if (!id)
+                return client_fail(ctx, CLI_EXIT_FAILURE, "invalid_response", NULL, NULL,
+                                   "the server's answer has no run id");
         if (ctx->output == CLIENT_OUTPUT_TABLE) {
                 printf("%s\n", id);
                 fflush(stdout);
@@ -689,16 +684,15 @@ static int run_signal(struct client_ctx *ctx, const struct client_args *args)
                 return CLI_EXIT_FAILURE;
         if (args->npositional > 2) { /* `run signal ID NAME '{"by": "ann"}'` */
                 if (data) {
-                        fprintf(stderr, "agently run signal: give the payload once: as the "
-                                        "third argument or with --data, not both\n");
-                        return CLI_EXIT_USAGE;
+                        return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                           "give the payload once: as the third argument or "
+                                           "with --data, not both");
                 }
                 data = args->positional[2];
         }
         if (data) {
                 if (client_input_parse(data, "data", &payload, err, sizeof(err)) < 0) {
-                        fprintf(stderr, "agently run signal: %s\n", err);
-                        return CLI_EXIT_USAGE;
+                        return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL, "%s", err);
                 }
         } else if (!(payload = json_object()))
                 return CLI_EXIT_FAILURE;
@@ -730,10 +724,8 @@ static int run_resolve(struct client_ctx *ctx, const struct client_args *args)
 
         if (strcmp(action, "retry") != 0 && strcmp(action, "skip") != 0 &&
             strcmp(action, "stop") != 0) {
-                fprintf(stderr,
-                        "agently run resolve: the answer must be retry, skip or stop, not '%s'\n",
-                        action);
-                return CLI_EXIT_USAGE;
+                return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                   "the answer must be retry, skip or stop, not '%s'", action);
         }
         body =
             json_pack("{s:s, s:s?, s:s?}", "action", action, "node", client_arg(ctx, args, "node"),

@@ -33,19 +33,21 @@ static int workflow_apply(struct client_ctx *ctx, const struct client_args *args
 
         r = strcmp(file, "-") == 0 ? fd_read_all(STDIN_FILENO, WORKFLOW_FILE_MAX, &data, &len)
                                    : file_read_all(file, WORKFLOW_FILE_MAX, &data, &len);
-        if (r < 0) {
-                fprintf(stderr, "error: could not read %s: %s\n", file,
-                        r == -EFBIG ? "larger than 4 MiB" : strerror(-r));
-                return r == -ENOENT ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
-        }
+        if (r < 0)
+                return client_fail(ctx, r == -ENOENT ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE,
+                                   r == -ENOENT ? "usage" : "file_unreadable", NULL, NULL,
+                                   "could not read %s: %s", file,
+                                   r == -EFBIG ? "larger than 4 MiB" : strerror(-r));
         def = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!def) {
-                fprintf(stderr, "error: %s is not valid JSON: %s at line %d, column %d\n", file,
-                        jerr.text, jerr.line, jerr.column);
-                if (str_has_prefix(data, "name:") || strstr(file, ".yaml") || strstr(file, ".yml"))
-                        fprintf(stderr, "hint: workflow files are JSON; convert YAML first "
-                                        "(e.g. with yq -o json)\n");
-                return CLI_EXIT_FAILURE;
+                bool yaml =
+                    str_has_prefix(data, "name:") || strstr(file, ".yaml") || strstr(file, ".yml");
+                return client_fail(ctx, CLI_EXIT_FAILURE, "invalid_json", NULL,
+                                   yaml ? "workflow files are JSON; convert YAML first (e.g. "
+                                          "with yq -o json)"
+                                        : NULL,
+                                   "%s is not valid JSON: %s at line %d, column %d", file,
+                                   jerr.text, jerr.line, jerr.column);
         }
         if (key) {
                 idem = str_printf("Idempotency-Key: %s", key);

@@ -10,6 +10,7 @@
 
 #include "cleanup.h"
 #include "client.h"
+#include "strutil.h"
 
 static const struct {
         const char *noun;
@@ -44,6 +45,28 @@ static void noun_help(const char *noun, const struct client_command *cmds, const
                 "\nRun `agently %s <command> --help` for a command's flags. Exit codes: "
                 "docs/cli.md.\n",
                 noun);
+}
+
+/* Whether the command line asks for -o json (-o json, -ojson, --output json, --output=json),
+ * read before parsing so that an error in parsing itself is reported in that shape. */
+static bool wants_json(int argc, char **argv)
+{
+        for (int i = 1; i < argc; i++) {
+                const char *a = argv[i];
+                if (strcmp(a, "--") == 0)
+                        break;
+                if ((strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) && i + 1 < argc)
+                        a = argv[++i];
+                else if (strncmp(a, "--output=", 9) == 0)
+                        a += 9;
+                else if (strncmp(a, "-o", 2) == 0 && a[2])
+                        a += 2;
+                else
+                        continue;
+                if (strcmp(a, "json") == 0)
+                        return true;
+        }
+        return false;
 }
 
 static bool is_help(const char *s)
@@ -83,7 +106,14 @@ int cmd_client(int argc, char **argv)
                 if (client_global_takes_value(argv[i]))
                         i++;
         }
+        /* a context for reporting a usage error before the real one exists */
+        struct client_ctx early = {.name = argv[0],
+                                   .output = wants_json(argc, argv) ? CLIENT_OUTPUT_JSON
+                                                                    : CLIENT_OUTPUT_TABLE};
         if (verb_at < 0) {
+                if (early.output == CLIENT_OUTPUT_JSON)
+                        return client_fail(&early, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                           "missing command (see `agently %s --help`)", argv[0]);
                 fprintf(stderr, "agently %s: missing command\n\n", argv[0]);
                 noun_help(argv[0], cmds, summary, stderr);
                 return CLI_EXIT_USAGE;
@@ -93,6 +123,10 @@ int cmd_client(int argc, char **argv)
                 if (strcmp(c->verb, verb) == 0)
                         cmd = c;
         if (!cmd) {
+                if (early.output == CLIENT_OUTPUT_JSON)
+                        return client_fail(&early, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                           "unknown command '%s' (see `agently %s --help`)", verb,
+                                           argv[0]);
                 fprintf(stderr, "agently %s: unknown command '%s'\n\n", argv[0], verb);
                 noun_help(argv[0], cmds, summary, stderr);
                 return CLI_EXIT_USAGE;
@@ -107,7 +141,19 @@ int cmd_client(int argc, char **argv)
         for (int i = 1; i < argc; i++)
                 if (i != verb_at)
                         rest[nrest++] = argv[i];
+        snprintf(name, sizeof(name), "%s %s", cmd->noun, cmd->verb);
         if (client_args_parse(cmd, nrest, rest, &args, &global, err, sizeof(err)) < 0) {
+                if (early.output == CLIENT_OUTPUT_JSON) {
+                        /* the message without its "agently NOUN VERB: " prefix */
+                        const char *msg = err;
+                        size_t n = strlen("agently ") + strlen(name) + 2;
+                        if (strncmp(err, "agently ", 8) == 0 && strlen(err) > n &&
+                            strncmp(err + 8, name, strlen(name)) == 0)
+                                msg = err + n;
+                        early.name = name;
+                        _cleanup_free_ char *hint = str_printf("see `agently %s --help`", name);
+                        return client_fail(&early, CLI_EXIT_USAGE, "usage", NULL, hint, "%s", msg);
+                }
                 fprintf(stderr, "%s\nsee `agently %s %s --help`\n", err, cmd->noun, cmd->verb);
                 return CLI_EXIT_USAGE;
         }
@@ -115,7 +161,6 @@ int cmd_client(int argc, char **argv)
                 client_command_help(cmd, stdout);
                 return CLI_EXIT_OK;
         }
-        snprintf(name, sizeof(name), "%s %s", cmd->noun, cmd->verb);
         r = client_ctx_init(&ctx, &global, name);
         if (r != CLI_EXIT_OK) {
                 client_ctx_done(&ctx);

@@ -444,6 +444,15 @@ static void cli_main_commands_match_their_goldens(void **state)
         r = golden(f, "run_start_unknown_workflow", NULL, ARGS("run", "start", "nope"));
         assert_int_equal(r.exit, CLI_EXIT_NOT_FOUND);
         cli_result_free(&r);
+        /* -o json: a failure is the API's error object on stdout, same exit code */
+        r = golden(f, "run_show_unknown_json", NULL,
+                   ARGS("run", "show", "00000000-0000-4000-8000-000000000000", "-o", "json"));
+        assert_int_equal(r.exit, CLI_EXIT_NOT_FOUND);
+        assert_string_equal(r.err, "");
+        cli_result_free(&r);
+        r = golden(f, "run_cancel_again_json", NULL, ARGS("run", "cancel", run_id, "-o", "json"));
+        assert_int_equal(r.exit, CLI_EXIT_CONFLICT);
+        cli_result_free(&r);
 
         /* the same Idempotency-Key returns the same run */
         r = cli_run(f, NULL, ARGS("run", "start", "hello", "--idempotency-key", "k1"));
@@ -578,6 +587,15 @@ static void cli_exit_codes_and_usage_errors(void **state)
         r = golden(f, "usage_missing_argument", NULL, ARGS("run", "show"));
         assert_int_equal(r.exit, CLI_EXIT_USAGE);
         cli_result_free(&r);
+        /* -o json: a local usage error has the same shape, code "usage" */
+        r = golden(f, "usage_bad_limit_json", NULL, ARGS("run", "list", "--limit", "0", "-ojson"));
+        assert_int_equal(r.exit, CLI_EXIT_USAGE);
+        assert_string_equal(r.err, "");
+        cli_result_free(&r);
+        r = golden(f, "usage_unknown_flag_json", NULL,
+                   ARGS("run", "list", "--output=json", "--stat", "failed"));
+        assert_int_equal(r.exit, CLI_EXIT_USAGE);
+        cli_result_free(&r);
         r = cli_run(f, NULL, ARGS("run", "list", "-o", "yaml"));
         assert_int_equal(r.exit, CLI_EXIT_USAGE);
         assert_non_null(strstr(r.err, "-o/--output"));
@@ -588,6 +606,15 @@ static void cli_exit_codes_and_usage_errors(void **state)
         assert_int_equal(r.exit, CLI_EXIT_UNAVAILABLE);
         assert_non_null(strstr(r.err, "could not reach agently at http://127.0.0.1:"));
         assert_non_null(strstr(r.err, "connection refused; is `agently up` running?"));
+        cli_result_free(&r);
+        r = cli_run(f, NULL, ARGS("run", "list", "--server", down, "-o", "json"));
+        assert_int_equal(r.exit, CLI_EXIT_UNAVAILABLE);
+        assert_string_equal(r.err, "");
+        json_t *doc = json_loads(r.out, 0, NULL), *e = json_object_get(doc, "error");
+        assert_string_equal(json_string_value(json_object_get(e, "code")), "unreachable");
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")),
+                               "could not reach agently at http://127.0.0.1:"));
+        json_decref(doc);
         cli_result_free(&r);
 
         /* no token anywhere → 4 with a hint; --data-dir finds the admin token */
