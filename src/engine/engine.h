@@ -161,6 +161,17 @@ int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actio
 int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int attempt,
                        const json_t *error, int64_t now_ms, uint64_t random, json_t **decision);
 
+/*
+ * What a failed attempt's event says, from its error and wf_on_node_failure()'s decision:
+ * *message for people ("timeout: no complete answer within 1000 ms (...) (attempt 1 of 3,
+ * 1s); attempt 2 in 1s", or "...; no further attempt: <reason>") and *data
+ * {"class","status"?,"duration_ms"?,"attempt","max_attempts","next_attempt": n|null,
+ *  "retry_at_ms": n|null,"delay_ms"?,"final"?,"reason"?}. Both new (caller frees/decrefs).
+ * Returns 0 or -ENOMEM (then both NULL).
+ */
+int wf_failure_event(const json_t *error, int attempt, const json_t *decision, char **message,
+                     json_t **data);
+
 /* The idempotency key of node_id's side effects in run_id: "<run_id>:<node_id>", the same
  * on every attempt and re-execution, different for every other node or run (at most 255
  * bytes for ids within the limits). Malloc'd; NULL on allocation failure. */

@@ -133,7 +133,9 @@ int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int at
         else if (!(n->retry.retry_on & bit))
                 reason = str_printf("%s is not in retry_on", klass);
         else
-                reason = str_printf("all %d attempts used", n->retry.max_attempts);
+                reason = n->retry.max_attempts == 1
+                             ? strdup("it has 1 attempt (retry.max_attempts)")
+                             : str_printf("all %d attempts used", n->retry.max_attempts);
         const char *final = n->on_failure == WF_ON_FAILURE_CONTINUE   ? "continue"
                             : n->on_failure == WF_ON_FAILURE_ESCALATE ? "escalate"
                                                                       : "fail";
@@ -142,4 +144,56 @@ int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int at
         *decision = json_pack("{s:s,s:i,s:s,s:s}", "final", final, "max_attempts",
                               n->retry.max_attempts, "status", status, "reason", reason);
         return *decision ? 0 : -ENOMEM;
+}
+
+int wf_failure_event(const json_t *error, int attempt, const json_t *decision, char **message,
+                     json_t **data)
+{
+        const char *klass = json_string_value(json_object_get(error, "class"));
+        const char *text = json_string_value(json_object_get(error, "message"));
+        const char *reason = json_string_value(json_object_get(decision, "reason"));
+        json_t *duration = json_object_get(error, "duration_ms");
+        json_t *max = json_object_get(decision, "max_attempts");
+        json_t *next = json_object_get(decision, "attempt");
+        char took[32] = "", of[32] = "", delay[32] = "";
+
+        *message = NULL;
+        *data =
+            json_pack("{s:s,s:O?,s:O?,s:i,s:O?,s:O?,s:O?,s:O?,s:O?,s:s?}", "class",
+                      klass ? klass : "error", "status", json_object_get(error, "status"),
+                      "duration_ms", duration, "attempt", attempt, "max_attempts", max,
+                      "next_attempt", next, "retry_at_ms", json_object_get(decision, "retry_at_ms"),
+                      "delay_ms", json_object_get(decision, "delay_ms"), "final",
+                      json_object_get(decision, "final"), "reason", reason);
+        if (!*data)
+                return -ENOMEM;
+        /* what does not apply is left out, except that null says "no further attempt" */
+        static const char *const optional[] = {"status",   "duration_ms", "max_attempts",
+                                               "delay_ms", "final",       "reason"};
+        for (size_t i = 0; i < sizeof(optional) / sizeof(optional[0]); i++)
+                if (json_is_null(json_object_get(*data, optional[i])))
+                        json_object_del(*data, optional[i]);
+        if (json_is_integer(max))
+                snprintf(of, sizeof(of), " of %lld", (long long)json_integer_value(max));
+        if (json_is_integer(duration)) {
+                char d[24];
+                duration_format(json_integer_value(duration), d, sizeof(d));
+                snprintf(took, sizeof(took), ", %s", d);
+        }
+        if (next) {
+                duration_format(json_integer_value(json_object_get(decision, "delay_ms")), delay,
+                                sizeof(delay));
+                *message = str_printf("%s: %s (attempt %d%s%s); attempt %lld in %s",
+                                      klass ? klass : "error", text ? text : "no message", attempt,
+                                      of, took, (long long)json_integer_value(next), delay);
+        } else {
+                *message = str_printf("%s: %s (attempt %d%s%s); no further attempt%s%s",
+                                      klass ? klass : "error", text ? text : "no message", attempt,
+                                      of, took, reason ? ": " : "", reason ? reason : "");
+        }
+        if (*message)
+                return 0;
+        json_decref(*data);
+        *data = NULL;
+        return -ENOMEM;
 }

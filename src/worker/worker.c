@@ -438,6 +438,18 @@ static int buffered(const struct run *run, int r)
         return run->fate == FATE_LOST ? 0 : 1;
 }
 
+/* Buffers one node_runs write (with its event) into the open batch. */
+static int checkpoint_write(struct worker *w, struct run *run, const struct queue_node_write *nw)
+{
+        int r = queue_writes_node(w->writes, run->id, run->epoch, nw);
+
+        if (r == -EBUSY && (r = batch_flush(w)) == 0)
+                r = queue_writes_node(w->writes, run->id, run->epoch, nw);
+        if (r == 0 && queue_writes_count(w->writes) >= WRITES_FLUSH_AT)
+                r = batch_flush(w); /* bounded memory: a 10,000-item map is many statements */
+        return buffered(run, r);
+}
+
 static int checkpoint(struct worker *w, struct run *run, const char *node, int attempt,
                       const char *status, const json_t *input, const json_t *output,
                       const json_t *error, const char *key, const char *event_kind,
@@ -455,13 +467,7 @@ static int checkpoint(struct worker *w, struct run *run, const char *node, int a
             .event_kind = event_kind,
             .event_data = event_data,
         };
-        int r = queue_writes_node(w->writes, run->id, run->epoch, &nw);
-
-        if (r == -EBUSY && (r = batch_flush(w)) == 0)
-                r = queue_writes_node(w->writes, run->id, run->epoch, &nw);
-        if (r == 0 && queue_writes_count(w->writes) >= WRITES_FLUSH_AT)
-                r = batch_flush(w); /* bounded memory: a 10,000-item map is many statements */
-        return buffered(run, r);
+        return checkpoint_write(w, run, &nw);
 }
 
 /* The attempt a complete/skip action records: the latest recorded one, else 1. */
@@ -498,7 +504,8 @@ static int apply_complete_or_skip(struct worker *w, struct run *run, const json_
 static int apply_failure(struct worker *w, struct run *run, const char *node, int attempt,
                          const json_t *error)
 {
-        _cleanup_json_ json_t *decision = NULL, *recorded = NULL, *data = NULL;
+        _cleanup_json_ json_t *decision = NULL, *recorded = NULL, *data = NULL, *event = NULL;
+        _cleanup_free_ char *message = NULL;
         int64_t now = queue_db_now_ms(w->db);
         const char *final, *status, *klass = jstr(error, "class");
         int r;
@@ -525,8 +532,19 @@ static int apply_failure(struct worker *w, struct run *run, const char *node, in
         status = jstr(decision, "status");
         if (!status)
                 status = klass && strcmp(klass, "interrupted") == 0 ? "interrupted" : "failed";
-        r = checkpoint(w, run, node, attempt, status, NULL, NULL, recorded, NULL, "node.failed",
-                       NULL);
+        /* the event says what failed and what happens next, so `run logs` shows each cause */
+        r = wf_failure_event(recorded, attempt, decision, &message, &event);
+        if (r < 0)
+                return r;
+        r = checkpoint_write(w, run,
+                             &(struct queue_node_write){.node_id = node,
+                                                        .attempt = attempt < 1 ? 1 : attempt,
+                                                        .status = status,
+                                                        .error = recorded,
+                                                        .worker = w->cfg->id,
+                                                        .event_kind = "node.failed",
+                                                        .event_message = message,
+                                                        .event_data = event});
         if (r > 0 && !final) {
                 data = json_pack("{s:O, s:O, s:O}", "retry_at_ms",
                                  json_object_get(decision, "retry_at_ms"), "next_attempt",

@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "fileio.h"
 #include "testlib.h"
 #include "worker_sink.h"
 
@@ -397,6 +398,124 @@ static void test_at_most_once_ambiguous_failures(void **state)
         teardown(f);
 }
 
+/* The node.failed event of attempt `attempt` of node in the API's event list (a new
+ * reference), or NULL. */
+static json_t *failed_event(const char *base, const char *token, const char *run, const char *node,
+                            int attempt)
+{
+        char url[256], auth[128];
+        const char *headers[] = {auth, NULL};
+        char *body = NULL;
+        json_t *list, *found = NULL, *e;
+        size_t i;
+
+        snprintf(url, sizeof(url), "%s/v1/runs/%s/events?limit=200", base, run);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        assert_int_equal(test_http("GET", url, headers, NULL, &body), 200);
+        list = json_loads(body, 0, NULL);
+        free(body);
+        assert_non_null(list);
+        json_array_foreach (json_object_get(list, "data"), i, e) {
+                if (!strcmp(json_string_value(json_object_get(e, "kind")), "node.failed") &&
+                    json_is_string(json_object_get(e, "node_id")) &&
+                    !strcmp(json_string_value(json_object_get(e, "node_id")), node) &&
+                    json_integer_value(json_object_get(e, "attempt")) == attempt)
+                        found = json_incref(e);
+        }
+        json_decref(list);
+        return found;
+}
+
+/* Whether one line of text holds "node.failed", a and b. */
+static bool line_has(const char *text, const char *a, const char *b)
+{
+        for (const char *l = text; l && *l;) {
+                const char *end = strchr(l, '\n');
+                size_t n = end ? (size_t)(end - l) : strlen(l);
+                char *line = strndup(l, n);
+                bool ok = strstr(line, "node.failed") && strstr(line, a) && strstr(line, b);
+                free(line);
+                if (ok)
+                        return true;
+                l = end ? end + 1 : NULL;
+        }
+        fprintf(stderr, "no node.failed line with '%s' and '%s' in:\n%s\n", a, b, text);
+        return false;
+}
+
+/* Every failed attempt's node.failed event says what failed (class, status or error text,
+ * duration), which attempt it was, and when the next one is due or that none will be — in
+ * the API's events and in `agently run logs`. */
+static void test_failed_attempts_say_why(void **state)
+{
+        struct fixture *f = setup("wk_why");
+        char base[64], token[128], out[600], *logs = NULL;
+        size_t len;
+        pid_t api = worker_test_spawn_api(f->conninfo, f->dir, base, sizeof(base));
+        char *run =
+            start_run(f, "{\"name\":\"w\",\"nodes\":["
+                         "{\"id\":\"flaky\",\"type\":\"http\",\"request\":{\"url\":"
+                         "\"SINK/flaky?fail=2&status=503\"},\"retry\":{\"max_attempts\":3,"
+                         "\"backoff\":\"fixed\",\"initial_delay\":\"300ms\",\"jitter\":false}},"
+                         "{\"id\":\"gone\",\"type\":\"http\",\"on_failure\":\"continue\","
+                         "\"request\":{\"url\":\"SINK/gone?fail=9&status=404\"}}]}");
+        json_t *e, *d;
+
+        worker_test_token(f->db, f->user, token);
+        wait_status(f, run, "completed", 20000);
+
+        e = failed_event(base, token, run, "flaky", 1);
+        assert_non_null(e);
+        assert_string_equal(json_string_value(json_object_get(e, "level")), "error");
+        assert_non_null(json_string_value(json_object_get(e, "message")));
+        d = json_object_get(e, "data");
+        assert_true(json_is_object(d));
+        assert_string_equal(json_string_value(json_object_get(d, "class")), "http_5xx");
+        assert_int_equal(json_integer_value(json_object_get(d, "status")), 503);
+        assert_true(json_is_integer(json_object_get(d, "duration_ms")));
+        assert_int_equal(json_integer_value(json_object_get(d, "attempt")), 1);
+        assert_int_equal(json_integer_value(json_object_get(d, "max_attempts")), 3);
+        assert_int_equal(json_integer_value(json_object_get(d, "next_attempt")), 2);
+        assert_int_equal(json_integer_value(json_object_get(d, "delay_ms")), 300);
+        assert_true(json_is_integer(json_object_get(d, "retry_at_ms")));
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")),
+                               "http_5xx: unexpected http status 503 (attempt 1 of 3, "));
+        assert_non_null(
+            strstr(json_string_value(json_object_get(e, "message")), "); attempt 2 in 300ms"));
+        json_decref(e);
+
+        e = failed_event(base, token, run, "gone", 1);
+        assert_non_null(e);
+        d = json_object_get(e, "data");
+        assert_true(json_is_object(d));
+        assert_string_equal(json_string_value(json_object_get(d, "class")), "http_4xx");
+        assert_int_equal(json_integer_value(json_object_get(d, "status")), 404);
+        assert_true(json_is_null(json_object_get(d, "next_attempt")));
+        assert_true(json_is_null(json_object_get(d, "retry_at_ms")));
+        assert_string_equal(json_string_value(json_object_get(d, "final")), "continue");
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")),
+                               "; no further attempt: http_4xx is not in retry_on"));
+        json_decref(e);
+
+        /* and `agently run logs` prints it per attempt */
+        snprintf(out, sizeof(out), "%s/logs.txt", f->dir);
+        const char *args[] = {"run", "logs", run, "--server", base, "--token", token, NULL};
+        assert_exit_code(test_stop_process(test_spawn_agently(args, NULL, out), 0, 30000), 0);
+        assert_int_equal(file_read_all(out, 1 << 20, &logs, &len), 0);
+        assert_true(line_has(logs, "flaky#1",
+                             "http_5xx: unexpected http status 503 (attempt 1 "
+                             "of 3, "));
+        assert_true(line_has(logs, "flaky#2", "(attempt 2 of 3, "));
+        assert_true(line_has(logs, "flaky#2", "); attempt 3 in 300ms"));
+        assert_true(line_has(logs, "gone#1",
+                             "http_4xx: unexpected http status 404 (attempt 1 of "
+                             "3, "));
+        free(logs);
+        assert_exit_code(test_stop_process(api, SIGTERM, 10000), 0);
+        free(run);
+        teardown(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -408,6 +527,7 @@ int main(void)
             cmocka_unit_test(test_body_content_types),
             cmocka_unit_test(test_at_most_once_timeout_is_sent_once),
             cmocka_unit_test(test_at_most_once_ambiguous_failures),
+            cmocka_unit_test(test_failed_attempts_say_why),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

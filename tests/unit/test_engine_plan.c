@@ -618,6 +618,57 @@ static void at_most_once_does_not_resend_an_ambiguous_failure(void **state)
         wf_free(wf);
 }
 
+/* A failed attempt's event: the cause, the attempt, and the next one or why none. */
+static void failure_events_say_what_failed_and_what_next(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"ev\",\"nodes\":[{\"id\":\"h\",\"type\":\"http\",\"request\":{"
+                  "\"url\":\"http://x\"},\"retry\":{\"backoff\":\"fixed\",\"jitter\":false,"
+                  "\"initial_delay\":\"1500ms\"}},{\"id\":\"w\",\"type\":\"wait_event\",\"event\":"
+                  "\"go\"}]}");
+        _cleanup_json_ json_t *e503 =
+            json_pack("{s:s,s:s,s:i,s:i}", "class", "http_5xx", "message",
+                      "unexpected http status 503", "status", 503, "duration_ms", 1200);
+        _cleanup_json_ json_t *etimeout =
+            json_pack("{s:s,s:s}", "class", "timeout", "message", "no 'go' signal arrived");
+        json_t *d = NULL, *data = NULL;
+        char *message = NULL;
+
+        assert_int_equal(wf_on_node_failure(wf, "h", 1, e503, T0, 0, &d), 0);
+        assert_int_equal(wf_failure_event(e503, 1, d, &message, &data), 0);
+        assert_string_equal(message, "http_5xx: unexpected http status 503 (attempt 1 of 3, "
+                                     "1s); attempt 2 in 1s");
+        expect_json(data, "{\"class\":\"http_5xx\",\"status\":503,\"duration_ms\":1200,"
+                          "\"attempt\":1,\"max_attempts\":3,\"next_attempt\":2,"
+                          "\"retry_at_ms\":1700000001500,\"delay_ms\":1500}");
+        free(message);
+        json_decref(data);
+        json_decref(d);
+
+        assert_int_equal(wf_on_node_failure(wf, "h", 3, e503, T0, 0, &d), 0);
+        assert_int_equal(wf_failure_event(e503, 3, d, &message, &data), 0);
+        assert_string_equal(message, "http_5xx: unexpected http status 503 (attempt 3 of 3, "
+                                     "1s); no further attempt: all 3 attempts used");
+        expect_json(data, "{\"class\":\"http_5xx\",\"status\":503,\"duration_ms\":1200,"
+                          "\"attempt\":3,\"max_attempts\":3,\"next_attempt\":null,"
+                          "\"retry_at_ms\":null,\"final\":\"fail\","
+                          "\"reason\":\"all 3 attempts used\"}");
+        free(message);
+        json_decref(data);
+        json_decref(d);
+
+        /* no request, no duration */
+        assert_int_equal(wf_on_node_failure(wf, "w", 1, etimeout, T0, 0, &d), 0);
+        assert_int_equal(wf_failure_event(etimeout, 1, d, &message, &data), 0);
+        assert_string_equal(message, "timeout: no 'go' signal arrived (attempt 1 of 1); no "
+                                     "further attempt: it has 1 attempt (retry.max_attempts)");
+        assert_null(json_object_get(data, "duration_ms"));
+        free(message);
+        json_decref(data);
+        json_decref(d);
+        wf_free(wf);
+}
+
 static void crash_recovery_depends_on_delivery(void **state)
 {
         struct wf_workflow *wf =
@@ -1154,6 +1205,7 @@ int main(void)
             cmocka_unit_test(retries_back_off_within_bounds),
             cmocka_unit_test(own_idempotency_key_wins),
             cmocka_unit_test(at_most_once_does_not_resend_an_ambiguous_failure),
+            cmocka_unit_test(failure_events_say_what_failed_and_what_next),
             cmocka_unit_test(crash_recovery_depends_on_delivery),
             cmocka_unit_test(map_respects_concurrency_and_fans_in),
             cmocka_unit_test(map_of_ten_thousand_items_completes_fast),
