@@ -48,6 +48,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -535,7 +536,8 @@ def apply_workflow(world, block, definition):
     path = os.path.join(world.dir, ".workflow-%d.json" % (world.counter + 1))
     with open(path, "w", encoding="utf-8") as f:
         f.write(world.to_world(json.dumps(definition)))
-    code, stdout, stderr = world.run("agently workflow apply '%s'" % path, block.where())
+    code, stdout, stderr = world.run("agently workflow apply %s" % shlex.quote(path),
+                                     block.where())
     if code != 0:
         raise DocError("%s: the workflow does not apply:\n%s%s" % (block.where(), stdout,
                                                                   stderr))
@@ -562,7 +564,8 @@ def run_json(world, block):
         except ValueError as e:
             raise DocError("%s: doc-test input is not JSON: %s" % (block.where(), e))
         code, stdout, stderr = world.run(
-            "agently run start '%s' --input '%s' --wait" % (wf["name"], data), block.where())
+            "agently run start %s --input %s --wait" % (shlex.quote(wf["name"]), shlex.quote(data)),
+            block.where())
         if code != 0:
             raise DocError("%s: the run of workflow %s did not complete (exit %d):\n%s%s" %
                            (block.where(), wf["name"], code, stdout, stderr))
