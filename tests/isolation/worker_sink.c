@@ -249,6 +249,28 @@ void worker_test_token(PGconn *owner, const char *user_id, char *token)
                         3, params));
 }
 
+/* Every worker and api a test spawned. A failed assertion skips the test's teardown, so whatever
+ * is still alive when the test program exits is killed here rather than left running. */
+static pid_t spawned[256];
+static int nspawned;
+
+static void kill_spawned(void)
+{
+        for (int i = 0; i < nspawned; i++)
+                if (spawned[i] > 0 && waitpid(spawned[i], NULL, WNOHANG) == 0) {
+                        kill(spawned[i], SIGKILL);
+                        waitpid(spawned[i], NULL, 0);
+                }
+}
+
+static void remember_spawned(pid_t pid)
+{
+        if (nspawned == 0)
+                atexit(kill_spawned);
+        if (nspawned < (int)(sizeof(spawned) / sizeof(spawned[0])))
+                spawned[nspawned++] = pid;
+}
+
 pid_t worker_test_spawn_api(const char *owner_conninfo, const char *dir, char *base, size_t len)
 {
         char listen[64], env_db[4096], log[4096], url[128];
@@ -263,6 +285,7 @@ pid_t worker_test_spawn_api(const char *owner_conninfo, const char *dir, char *b
         const char *env[] = {env_db, NULL};
         pid = test_spawn_agently(args, env, log);
         assert_int_gt(pid, 0);
+        remember_spawned(pid); /* killed at exit if a failed assertion skips the teardown */
         snprintf(url, sizeof(url), "%s/healthz", base);
         if (!test_wait_http_ok(url, 15000))
                 fail_msg("agently api did not answer %s within 15 s (log: %s)", url, log);
@@ -329,20 +352,6 @@ bool worker_test_wait_status(PGconn *c, const char *run_id, const char *statuses
         }
 }
 
-/* Every worker a test spawned. A failed assertion skips the test's teardown, so whatever
- * is still alive when the test program exits is killed here rather than left running. */
-static pid_t spawned[256];
-static int nspawned;
-
-static void kill_spawned(void)
-{
-        for (int i = 0; i < nspawned; i++)
-                if (spawned[i] > 0 && waitpid(spawned[i], NULL, WNOHANG) == 0) {
-                        kill(spawned[i], SIGKILL);
-                        waitpid(spawned[i], NULL, 0);
-                }
-}
-
 pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *lease,
                         const char *heartbeat, const char *const *extra, const char *log_path)
 {
@@ -359,9 +368,6 @@ pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *
         snprintf(env_url, sizeof(env_url), "AGENTLY_DATABASE_URL=%s", owner_conninfo);
         pid = test_spawn_agently(args, env, log_path);
         assert_int_gt(pid, 0);
-        if (nspawned == 0)
-                atexit(kill_spawned);
-        if (nspawned < (int)(sizeof(spawned) / sizeof(spawned[0])))
-                spawned[nspawned++] = pid;
+        remember_spawned(pid);
         return pid;
 }

@@ -71,7 +71,8 @@ void worker_test_token(PGconn *owner, const char *user_id, char *token);
 
 /* Starts `agently api` on a free loopback port against the database of owner_conninfo
  * (data dir dir, log dir/api.log) and waits until /healthz answers; base (len >= 64)
- * receives "http://127.0.0.1:PORT". */
+ * receives "http://127.0.0.1:PORT". Like the workers below, it is killed when the test
+ * program exits if it still runs then (a failed assertion skips a test's teardown). */
 pid_t worker_test_spawn_api(const char *owner_conninfo, const char *dir, char *base, size_t len);
 
 /* Spawns `agently worker --id ID --lease L --heartbeat H [extra...]` against the database
