@@ -366,8 +366,14 @@ void test_rm_rf(const char *path)
                 waitpid(pid, NULL, 0);
 }
 
-static const char *const cmp_text[] = {
-    [TEST_LT] = "<", [TEST_LE] = "<=", [TEST_GT] = ">", [TEST_GE] = ">="};
+static const char *cmp_name(enum test_cmp op)
+{
+        static const char *const text[] = {
+            [TEST_LT] = "<", [TEST_LE] = "<=", [TEST_GT] = ">", [TEST_GE] = ">="};
+
+        /* bounded, so an optimising build cannot see an index past the table */
+        return (unsigned)op < sizeof(text) / sizeof(text[0]) ? text[op] : "?";
+}
 
 static bool cmp_holds(int order, enum test_cmp op)
 {
@@ -389,8 +395,8 @@ void test_assert_int_cmp(long long a, enum test_cmp op, long long b, const char 
 {
         if (cmp_holds(a < b ? -1 : a > b, op))
                 return;
-        print_error("%s %s %s: %lld %s %lld is false\n", a_text, cmp_text[op], b_text, a,
-                    cmp_text[op], b);
+        print_error("%s %s %s: %lld %s %lld is false\n", a_text, cmp_name(op), b_text, a,
+                    cmp_name(op), b);
         _fail(file, line);
 }
 
@@ -408,8 +414,8 @@ void test_assert_string_cmp(const char *a, enum test_cmp op, const char *b, cons
 {
         if (a && b && cmp_holds(strcmp(a, b), op))
                 return;
-        print_error("%s %s %s: \"%s\" %s \"%s\" is false\n", a_text, cmp_text[op], b_text,
-                    a ? a : "(null)", cmp_text[op], b ? b : "(null)");
+        print_error("%s %s %s: \"%s\" %s \"%s\" is false\n", a_text, cmp_name(op), b_text,
+                    a ? a : "(null)", cmp_name(op), b ? b : "(null)");
         _fail(file, line);
 }
 
