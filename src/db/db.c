@@ -121,6 +121,86 @@ static int conninfo_with_role(const char *url, const char *role, char **out)
         return 0;
 }
 
+static bool conninfo_has(const PQconninfoOption *opts, const char *keyword)
+{
+        for (const PQconninfoOption *o = opts; o->keyword; o++)
+                if (o->val && strcmp(o->keyword, keyword) == 0)
+                        return true;
+        return false;
+}
+
+int db_conninfo_with_limits(const char *conninfo, const struct db_session_limits *limits,
+                            char **out)
+{
+        _cleanup_buf_ struct buf b, server;
+        char *err = NULL;
+        PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+        const char *user_options = NULL;
+        int64_t keepalive_s = (limits->keepalive_ms + 999) / 1000;
+        int r = 0;
+
+        buf_init(&b, 64 * 1024);
+        buf_init(&server, 4096);
+        if (!opts) {
+                set_error(NULL, "not a valid connection string: %s", err ? err : "parse error");
+                PQfreemem(err);
+                return -EINVAL;
+        }
+        /* the server's end: its own settings, ours first so an explicit -c of the
+         * conninfo (later on the command line) wins */
+        if (limits->idle_in_transaction_ms > 0)
+                r = buf_printf(&server, " -c idle_in_transaction_session_timeout=%lld",
+                               (long long)limits->idle_in_transaction_ms);
+        if (r == 0 && limits->statement_ms > 0)
+                r = buf_printf(&server, " -c statement_timeout=%lld",
+                               (long long)limits->statement_ms);
+        if (r == 0 && keepalive_s > 0)
+                r = buf_printf(&server,
+                               " -c tcp_keepalives_idle=%lld -c tcp_keepalives_interval=%lld"
+                               " -c tcp_keepalives_count=3",
+                               (long long)keepalive_s, (long long)keepalive_s);
+        if (r == 0 && limits->tcp_user_timeout_ms > 0)
+                r = buf_printf(&server, " -c tcp_user_timeout=%lld",
+                               (long long)limits->tcp_user_timeout_ms);
+        for (PQconninfoOption *o = opts; r == 0 && o->keyword; o++) {
+                if (strcmp(o->keyword, "options") == 0)
+                        user_options = o->val;
+                else if (o->val)
+                        r = conninfo_append(&b, o->keyword, o->val);
+        }
+        if (r == 0 && (server.len || user_options)) {
+                _cleanup_free_ char *merged = str_printf("%s %s", server.len ? server.data + 1 : "",
+                                                         user_options ? user_options : "");
+                r = merged ? conninfo_append(&b, "options", merged) : -ENOMEM;
+        }
+        /* the client's end: libpq's own keepalives, unless the conninfo sets them */
+        struct {
+                const char *keyword;
+                long long value;
+        } client[] = {
+            {"keepalives", keepalive_s > 0},
+            {"keepalives_idle", keepalive_s},
+            {"keepalives_interval", keepalive_s},
+            {"keepalives_count", 3},
+            {"tcp_user_timeout", limits->tcp_user_timeout_ms},
+        };
+        for (size_t i = 0; r == 0 && i < sizeof(client) / sizeof(client[0]); i++) {
+                char value[24];
+                if (client[i].value <= 0 || (i > 0 && i < 4 && keepalive_s <= 0) ||
+                    conninfo_has(opts, client[i].keyword))
+                        continue;
+                snprintf(value, sizeof(value), "%lld", client[i].value);
+                r = conninfo_append(&b, client[i].keyword, value);
+        }
+        if (r == 0 && limits->application_name && !conninfo_has(opts, "fallback_application_name"))
+                r = conninfo_append(&b, "fallback_application_name", limits->application_name);
+        PQconninfoFree(opts);
+        if (r < 0)
+                return r;
+        *out = buf_steal(&b);
+        return 0;
+}
+
 int db_conninfo_for_role(const char *data_dir, enum db_role role, char **out)
 {
         const char *url = getenv("AGENTLY_DATABASE_URL");

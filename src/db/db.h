@@ -9,6 +9,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <libpq-fe.h>
 
 #include "cleanup.h"
@@ -31,6 +32,28 @@ const char *db_role_name(enum db_role role);
  * Returns -ENOENT with a hint in db_last_error() when neither is available.
  */
 int db_conninfo_for_role(const char *data_dir, enum db_role role, char **out);
+
+/*
+ * Limits for a connection whose transactions take row locks that others wait for, so a
+ * client that freezes (SIGSTOP, a long pause) or is cut off (a partition) cannot keep them
+ * for long. Each is a server setting sent at connect time (options=-c ...), so it survives
+ * PQreset(); a zero field leaves that setting at the server's or the conninfo's value.
+ */
+struct db_session_limits {
+        int64_t idle_in_transaction_ms; /* the server ends a session idle that long in a
+                                         * transaction (its locks go with it) */
+        int64_t statement_ms;           /* statement_timeout */
+        int64_t keepalive_ms;           /* TCP keepalive, both ends: probe after this much
+                                         * silence, then every keepalive_ms; 3 unanswered
+                                         * probes end the connection */
+        int64_t tcp_user_timeout_ms;    /* both ends: data unacknowledged this long ends it */
+        const char *application_name;   /* fallback_application_name (pg_stat_activity) */
+};
+
+/* conninfo with limits applied, into a malloc'd *out. Settings the conninfo already makes
+ * (its own keepalives_*, its own -c options) win over limits. 0 or a negative errno. */
+int db_conninfo_with_limits(const char *conninfo, const struct db_session_limits *limits,
+                            char **out);
 
 /* Connects (blocking). On failure returns a negative errno and the reason is in
  * db_last_error(); *out is NULL. */

@@ -103,6 +103,7 @@ struct mail {
 
 struct worker {
         const struct worker_config *cfg;
+        char *conninfo; /* cfg->conninfo with the session limits (worker_conninfo) */
         PGconn *db;
         struct runtime_http *http;
         struct run *runs;
@@ -1465,7 +1466,7 @@ static void *heartbeat_main(void *arg)
                         break;
 
                 if (!c && now >= reconnect_at) {
-                        if (db_connect(cfg->conninfo, &c) < 0 ||
+                        if (db_connect(w->conninfo, &c) < 0 ||
                             db_exec(c, "LISTEN agently_runs") < 0) {
                                 log_warn("heartbeat: could not connect: %s", db_last_error());
                                 if (c)
@@ -1627,6 +1628,39 @@ static void drain_finish(struct worker *w)
                 run_drop(w, w->runs);
 }
 
+/*
+ * The worker's connections, with limits that keep a frozen (SIGSTOP, a long pause) or
+ * cut-off (a partition) worker from pinning the runs it holds. A loop turn holds its runs'
+ * rows locked from its first statement to its commit, and SKIP LOCKED hides locked rows
+ * from every rescuer; so without a limit, a worker frozen mid-turn keeps its runs forever,
+ * lease or not. The numbers (src/worker/README.md, "Database sessions"):
+ *  - idle in transaction: lease/2. The heartbeat is at most lease/2 (the CLI refuses
+ *    more), so by the time the frozen worker's lease can have expired, the server has
+ *    ended its session and the locks are gone: the rescue waits for the lease, not longer.
+ *  - statement_timeout: the lease. A statement that ran a whole lease has lost it anyway.
+ *  - TCP keepalives, both ends: probe after lease/6 of silence (1-30 s), every lease/6,
+ *    three probes: a dead peer is noticed in about 2/3 of the lease (20 s by default).
+ *  - tcp_user_timeout, both ends: lease/2 of unacknowledged data ends the connection.
+ */
+static int worker_conninfo(const struct worker_config *cfg, char **out)
+{
+        _cleanup_free_ char *name = str_printf("agently worker %s", cfg->id);
+        int64_t keepalive = cfg->lease_ms / 6;
+        struct db_session_limits limits = {
+            .idle_in_transaction_ms = cfg->lease_ms / 2,
+            .statement_ms = cfg->lease_ms,
+            .keepalive_ms = keepalive < 1000    ? 1000
+                            : keepalive > 30000 ? 30000
+                                                : keepalive,
+            .tcp_user_timeout_ms = cfg->lease_ms / 2,
+            .application_name = name,
+        };
+
+        if (!name)
+                return -ENOMEM;
+        return db_conninfo_with_limits(cfg->conninfo, &limits, out);
+}
+
 int worker_run(const struct worker_config *cfg)
 {
         struct worker w = {.cfg = cfg};
@@ -1649,7 +1683,12 @@ int worker_run(const struct worker_config *cfg)
                 r = log_errno(-ENOMEM, "could not allocate the run table");
                 goto out;
         }
-        r = db_connect(cfg->conninfo, &w.db);
+        r = worker_conninfo(cfg, &w.conninfo);
+        if (r < 0) {
+                log_errno(r, "%s", db_last_error());
+                goto out;
+        }
+        r = db_connect(w.conninfo, &w.db);
         if (r < 0) {
                 log_errno(r, "%s", db_last_error());
                 goto out;
@@ -1744,6 +1783,7 @@ out:
                 wf_free(w.cache[i].wf);
         if (w.db)
                 PQfinish(w.db);
+        free(w.conninfo);
         free(w.held);
         free(w.held_ids);
         free(w.batch);

@@ -1,0 +1,224 @@
+/*
+ * Liveness of the queue around a worker that stops moving (src/worker/README.md, "Database
+ * sessions"). A worker frozen with SIGSTOP in the middle of a loop turn holds its turn's
+ * run rows locked, and SKIP LOCKED hides locked rows from every rescuer: the server must
+ * end that session (idle_in_transaction_session_timeout, lease/2) so that another worker
+ * rescues the runs once their leases expire — and the frozen worker, continued, must write
+ * nothing.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testlib.h"
+#include "worker_sink.h"
+
+#define LEASE_MS 2000
+#define RUNS     4
+
+struct fixture {
+        char *conninfo;
+        PGconn *db;
+        char *user;
+        struct worker_sink *sink;
+        char *dir;
+};
+
+static struct fixture *setup(const char *name)
+{
+        struct fixture *f = calloc(1, sizeof(*f));
+
+        f->conninfo = test_db_create(name);
+        f->db = test_db_connect(f->conninfo);
+        f->user = worker_test_user(f->db, "alice");
+        f->sink = worker_sink_start();
+        f->dir = test_tempdir(name);
+        return f;
+}
+
+static void teardown(struct fixture *f)
+{
+        worker_sink_stop(f->sink);
+        PQfinish(f->db);
+        test_rm_rf(f->dir);
+        free(f->dir);
+        free(f->user);
+        free(f->conninfo);
+        free(f);
+}
+
+static pid_t spawn(struct fixture *f, const char *id)
+{
+        char log[600];
+        snprintf(log, sizeof(log), "%s/%s.log", f->dir, id);
+        return worker_test_spawn(f->conninfo, id, "2s", "500ms", NULL, log);
+}
+
+static void dump_logs(struct fixture *f)
+{
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "tail -n 30 %s/*.log >&2", f->dir);
+        if (system(cmd) != 0)
+                fprintf(stderr, "(no worker logs)\n");
+}
+
+static char *workflow(struct fixture *f, const char *name, const char *definition)
+{
+        char *def = worker_sink_expand(f->sink, definition);
+        char *wf = worker_test_workflow(f->db, f->user, name, 1, def);
+        free(def);
+        return wf;
+}
+
+/* Polls a count query until it reaches n; returns the ms it took, or fails after ms. */
+static int64_t wait_count(struct fixture *f, long long n, int ms, const char *sql)
+{
+        int64_t t0 = test_now_ms();
+        while (test_db_int(f->db, "%s", sql) < n) {
+                if (test_now_ms() - t0 > ms) {
+                        dump_logs(f);
+                        fail_msg("%lld rows for %s after %d ms, wanted %lld",
+                                 test_db_int(f->db, "%s", sql), sql, ms, n);
+                }
+                usleep(20 * 1000);
+        }
+        return test_now_ms() - t0;
+}
+
+/*
+ * w1 claims four parent runs and starts a turn: it locks all four rows, then creates the
+ * first one's child run — an INSERT the test makes wait (it holds an uncommitted run with
+ * the same idempotency key). w1 is SIGSTOPped right there and the test lets the INSERT
+ * through: w1's session now sits idle in its transaction, holding the four rows, with a
+ * client that will not answer. The rows must be freed and the runs rescued by w2 within
+ * the lease and a few seconds; w1, continued, writes nothing and sends nothing.
+ */
+static void test_worker_frozen_mid_turn_is_rescued(void **state)
+{
+        struct fixture *f = setup("frozen");
+        char *child = workflow(f, "child",
+                               "{\"name\":\"child\",\"nodes\":[{\"id\":\"x\",\"type\":\"http\","
+                               "\"request\":{\"url\":\"SINK/child\"}}]}");
+        char *parent = workflow(f, "parent",
+                                "{\"name\":\"parent\",\"nodes\":["
+                                "{\"id\":\"sub\",\"type\":\"subworkflow\",\"workflow\":\"child\"},"
+                                "{\"id\":\"after\",\"type\":\"http\",\"request\":{\"url\":"
+                                "\"SINK/after\"},\"after\":[\"sub\"]}]}");
+        char *blocked, *state_now, *takeover;
+        pid_t w1, w2;
+        int64_t stopped_at, rescue_ms, resumed_ms;
+        struct worker_sink_request req;
+
+        /* another session watches: the test's own sits in the transaction that blocks w1 */
+        PGconn *holder = test_db_connect(f->conninfo);
+
+        /* the runs, and (uncommitted) a run holding each child's idempotency key */
+        free(test_db_value(f->db,
+                           "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                           "workflow_version) SELECT user_id, id, name, version FROM workflows, "
+                           "generate_series(1, %d) WHERE id = '%s' RETURNING id",
+                           RUNS, parent));
+        PQclear(test_db_must(holder, "BEGIN"));
+        PQclear(test_db_must(holder, "INSERT INTO workflow_runs (user_id, workflow_id, "
+                                     "workflow_name, workflow_version, idempotency_key) "
+                                     "SELECT c.user_id, c.id, c.name, c.version, 'child:' || p.id "
+                                     "|| ':sub:1' FROM workflows c, workflow_runs p "
+                                     "WHERE c.name = 'child' AND p.workflow_name = 'parent'"));
+
+        w1 = spawn(f, "w1");
+        /* w1's turn waits for the test's transaction: it holds the four rows by now */
+        for (int i = 0;; i++) {
+                blocked = test_db_value(f->db,
+                                        "SELECT pid FROM pg_stat_activity WHERE %d = ANY "
+                                        "(pg_blocking_pids(pid)) LIMIT 1",
+                                        PQbackendPID(holder));
+                if (blocked)
+                        break;
+                if (i > 750) {
+                        dump_logs(f);
+                        fail_msg("w1 never reached the child run's insert");
+                }
+                usleep(20 * 1000);
+        }
+        kill(w1, SIGSTOP);
+        stopped_at = test_now_ms();
+        PQclear(test_db_must(holder, "ROLLBACK"));
+        PQfinish(holder);
+        w2 = spawn(f, "w2");
+
+        /* the window: w1's session is idle in its transaction and holds every run */
+        for (int i = 0;; i++) {
+                state_now = test_db_value(
+                    f->db, "SELECT state FROM pg_stat_activity WHERE pid = %s", blocked);
+                if (state_now && strcmp(state_now, "idle in transaction") == 0)
+                        break;
+                assert_int_lt(i, 100);
+                free(state_now);
+                usleep(5 * 1000);
+        }
+        free(state_now);
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM (SELECT 1 FROM workflow_runs WHERE "
+                                     "workflow_name = 'parent' FOR UPDATE SKIP LOCKED) x"),
+                         0);
+
+        /* rescued: every run taken over by w2, within the lease and a few seconds */
+        wait_count(f, RUNS, LEASE_MS + 4000,
+                   "SELECT count(*) FROM workflow_runs WHERE workflow_name = 'parent' AND "
+                   "lease_epoch >= 2");
+        rescue_ms = test_now_ms() - stopped_at;
+        printf("# runs rescued %lld ms after w1 was stopped (lease %d ms)\n", (long long)rescue_ms,
+               LEASE_MS);
+        assert_int_lt(rescue_ms, LEASE_MS + 4000);
+        wait_count(f, RUNS, 20000,
+                   "SELECT count(*) FROM workflow_runs WHERE workflow_name = 'parent' AND "
+                   "status = 'completed'");
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE kind = "
+                                            "'run.recovered'"),
+                         RUNS);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM workflow_runs WHERE "
+                                            "workflow_name = 'child'"),
+                         RUNS);
+        assert_int_equal(worker_sink_count(f->sink, "/child"), RUNS);
+        assert_int_equal(worker_sink_count(f->sink, "/after"), RUNS);
+
+        /* w1, continued, is fenced: nothing from it after the takeover */
+        takeover = test_db_value(f->db, "SELECT min(created_at) FROM logs WHERE kind = "
+                                        "'run.recovered'");
+        resumed_ms = test_now_ms();
+        kill(w1, SIGCONT);
+        usleep(2500 * 1000);
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM node_runs WHERE worker = 'w1' AND "
+                                     "coalesce(finished_at, started_at) >= '%s'",
+                                     takeover),
+                         0);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM node_runs WHERE worker = 'w1'"),
+                         0);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM workflow_runs WHERE "
+                                            "workflow_name = 'child'"),
+                         RUNS);
+        for (int i = 0; worker_sink_get(f->sink, "", i, &req) == 0; i++)
+                if (strstr(req.user_agent, "/w1"))
+                        assert_int_lt(req.at_ms, resumed_ms);
+        /* alive, and it drains cleanly */
+        assert_int_equal(waitpid(w1, NULL, WNOHANG), 0);
+        assert_exit_code(test_stop_process(w1, SIGTERM, 15000), 0);
+        assert_exit_code(test_stop_process(w2, SIGTERM, 15000), 0);
+        free(takeover);
+        free(blocked);
+        free(child);
+        free(parent);
+        teardown(f);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_worker_frozen_mid_turn_is_rescued),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
