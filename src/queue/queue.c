@@ -11,23 +11,38 @@
 #include "db.h"
 #include "strutil.h"
 
-int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
-                     struct queue_claim *out, int *n)
+/* '{id,id,...}' of held[0..n), a uuid[] literal. */
+static int uuid_array(struct buf *b, const struct queue_lease *held, int n)
 {
+        int r = buf_append_str(b, "{");
+
+        for (int i = 0; r == 0 && i < n; i++)
+                r = buf_printf(b, "%s%s", i ? "," : "", held[i].run_id);
+        return r < 0 ? r : buf_append_str(b, "}");
+}
+
+int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
+                     const struct queue_lease *held, int nheld, struct queue_claim *out, int *n)
+{
+        _cleanup_buf_ struct buf ids;
         char lease[48], maxs[16];
-        const char *params[] = {worker, lease, maxs};
+        const char *params[] = {worker, lease, maxs, NULL};
         _cleanup_pgresult_ PGresult *res = NULL;
         int r = 0, rows;
 
         *n = 0;
-        if (max < 1 || max > QUEUE_MAX_CLAIM || lease_ms <= 0)
+        buf_init(&ids, (size_t)nheld * 40 + 16);
+        if (max < 1 || max > QUEUE_MAX_CLAIM || lease_ms <= 0 || nheld < 0)
                 return -EINVAL;
+        if ((r = uuid_array(&ids, held, nheld)) < 0)
+                return r;
+        params[3] = ids.data;
         snprintf(lease, sizeof(lease), "%lld milliseconds", (long long)lease_ms);
         snprintf(maxs, sizeof(maxs), "%d", max);
         res = db_query(c,
                        "SELECT id, user_id, workflow_id, lease_epoch, attempt, status_before "
-                       "FROM agently_claim_runs($1, $2::interval, $3::integer)",
-                       3, params, &r);
+                       "FROM agently_claim_runs($1, $2::interval, $3::integer, $4::uuid[])",
+                       4, params, &r);
         if (!res)
                 return r;
         rows = PQntuples(res);
@@ -58,16 +73,11 @@ int queue_renew_leases(PGconn *c, const char *worker, const struct queue_lease *
         *nout = 0;
         if (n == 0)
                 return 0;
-        r = buf_append_str(&ids, "{");
+        r = uuid_array(&ids, held, n);
         if (r == 0)
                 r = buf_append_str(&epochs, "{");
-        for (int i = 0; r == 0 && i < n; i++) {
-                r = buf_printf(&ids, "%s%s", i ? "," : "", held[i].run_id);
-                if (r == 0)
-                        r = buf_printf(&epochs, "%s%lld", i ? "," : "", (long long)held[i].epoch);
-        }
-        if (r == 0)
-                r = buf_append_str(&ids, "}");
+        for (int i = 0; r == 0 && i < n; i++)
+                r = buf_printf(&epochs, "%s%lld", i ? "," : "", (long long)held[i].epoch);
         if (r == 0)
                 r = buf_append_str(&epochs, "}");
         if (r < 0)

@@ -1,6 +1,6 @@
 /*
  * The durable queue as C calls: thin wrappers over the SQL functions of
- * migrations/0003_queue.sql (claim, renew, checkpoint, event, finish, release). Every
+ * migrations/0003_queue.sql and later (claim, renew, checkpoint, event, finish, release). Every
  * write for a run carries the lease epoch it was claimed with; the database refuses it
  * when the epoch moved on (another worker claimed the run) or the run is no longer
  * running. The wrappers report that as 0 ("lease lost"), distinct from errors (negative
@@ -29,18 +29,20 @@ struct queue_claim {
         char status_before[16]; /* queued | waiting | running (rescued from a lost worker) */
 };
 
-/*
- * Claims up to max (1..QUEUE_MAX_CLAIM) due runs in one statement for worker, each with a
- * lease of lease_ms. Fills out[0..*n). Returns 0 or a negative errno (nothing claimed: the
- * statement is atomic).
- */
-int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
-                     struct queue_claim *out, int *n);
-
 struct queue_lease {
         const char *run_id;
         int64_t epoch;
 };
+
+/*
+ * Claims up to max (1..QUEUE_MAX_CLAIM) due runs in one statement for worker, each with a
+ * lease of lease_ms. held[0..nheld) are the runs the worker still holds (NULL, 0 for
+ * none): an expired lease among them is not "rescued" from itself (its renewal takes it
+ * back). Fills out[0..*n). Returns 0 or a negative errno (nothing claimed: the statement is
+ * atomic).
+ */
+int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
+                     const struct queue_lease *held, int nheld, struct queue_claim *out, int *n);
 
 struct queue_renewal {
         char id[QUEUE_UUID_LEN + 1];

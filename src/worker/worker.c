@@ -77,6 +77,7 @@ struct run {
         bool needs_plan;
         int64_t plan_at;        /* monotonic ms: re-plan then (0 = not scheduled) */
         int64_t lease_deadline; /* monotonic ms: our lease surely ends by then */
+        int64_t last_turn;      /* monotonic ms of its last loop turn (0: none yet) */
         struct completion *completions;
         json_t *to_start;     /* execute actions whose START mark is in the open batch */
         const char *announce; /* claim event still to write (run.started, ...) */
@@ -115,6 +116,7 @@ struct worker {
         int64_t next_claim;
         struct run **batch; /* runs of the open transaction, sorted by id */
         struct run **held_scratch;
+        struct queue_lease *claim_held; /* runs held, for the claim (never rescue our own) */
         int nbatch;
         int batch_error;             /* a statement failed: the transaction is lost */
         struct queue_writes *writes; /* the open batch's writes not yet sent */
@@ -135,11 +137,14 @@ static int batch_flush(struct worker *w);
 static PGresult *batch_query(struct worker *w, const char *sql, int nparams,
                              const char *const *params, int *error);
 
+/* The loop's clock. CLOCK_BOOTTIME, not CLOCK_MONOTONIC: it keeps counting while the
+ * machine is suspended, so a worker that wakes from a suspend knows its lease deadlines
+ * have passed instead of believing it still holds its runs. */
 static int64_t mono_ms(void)
 {
         struct timespec ts;
 
-        clock_gettime(CLOCK_MONOTONIC, &ts);
+        clock_gettime(CLOCK_BOOTTIME, &ts);
         return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -345,7 +350,7 @@ static const char SNAPSHOT_SQL[] =
     "   FROM (SELECT DISTINCT ON (parent_node_id) * FROM workflow_runs"
     "         WHERE parent_run_id = r.id AND parent_node_id IS NOT NULL"
     "         ORDER BY parent_node_id, created_at DESC) c), '{}')"
-    "), r.cancel_requested, r.pause_requested"
+    "), r.cancel_requested, r.pause_requested, r.lease_epoch"
     " FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch bigint)"
     " JOIN workflow_runs r ON r.id = h.id AND r.lease_epoch = h.epoch"
     " WHERE r.status = 'running'";
@@ -1028,6 +1033,22 @@ static bool run_due(const struct run *run, int64_t now)
                (run->plan_at && now >= run->plan_at);
 }
 
+/* Since when a due run has waited for a turn: its planned time, or else its last turn
+ * (whatever made it due — a finished request, a heartbeat's news — came after that). */
+static int64_t run_due_since(const struct run *run)
+{
+        if (!run->needs_plan && !run->completions && !run->announce)
+                return run->plan_at;
+        return run->plan_at && run->plan_at < run->last_turn ? run->plan_at : run->last_turn;
+}
+
+static int run_due_cmp(const void *a, const void *b)
+{
+        int64_t x = run_due_since(*(struct run *const *)a);
+        int64_t y = run_due_since(*(struct run *const *)b);
+        return x < y ? -1 : x > y;
+}
+
 static int run_cmp(const void *a, const void *b)
 {
         return strcmp((*(struct run *const *)a)->id, (*(struct run *const *)b)->id);
@@ -1038,16 +1059,26 @@ static int run_id_cmp(const void *key, const void *elem)
         return strcmp(key, (*(struct run *const *)elem)->id);
 }
 
-static struct run *batch_find(struct worker *w, const char *id)
+/* The batch's run with this id and epoch (the text of a lease_epoch column; NULL: any).
+ * Matched on both: a row about another epoch of the run is not about this claim of it. */
+static struct run *batch_find(struct worker *w, const char *id, const char *epoch)
 {
         struct run **r = bsearch(id, w->batch, (size_t)w->nbatch, sizeof(*w->batch), run_id_cmp);
-        return r ? *r : NULL;
+        int64_t e;
+
+        if (!r)
+                return NULL;
+        if (epoch && (str_to_int64(epoch, &e) < 0 || e != (*r)->epoch))
+                return NULL;
+        return *r;
 }
 
 static void batch_lost(void *arg, const char *run_id)
 {
         struct worker *w = arg;
-        struct run *run = batch_find(w, run_id);
+        /* a refused write names the run only; the batch holds one epoch of each run (claim
+         * drops an older copy of a run it claims again) */
+        struct run *run = batch_find(w, run_id, NULL);
 
         if (run)
                 mark_lost(run, "write");
@@ -1118,7 +1149,8 @@ static void batch_prepare(struct worker *w)
                 return;
         }
         locked = db_query(w->db,
-                          "SELECT r.id FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch "
+                          "SELECT r.id, r.lease_epoch FROM jsonb_to_recordset($1::jsonb) AS "
+                          "h(id uuid, epoch "
                           "bigint) JOIN workflow_runs r ON r.id = h.id AND r.lease_epoch = h.epoch "
                           "WHERE r.status = 'running' ORDER BY r.id FOR UPDATE OF r",
                           1, params, &r);
@@ -1129,7 +1161,7 @@ static void batch_prepare(struct worker *w)
         for (int i = 0; i < w->nbatch; i++)
                 mark_lost(w->batch[i], "lock");
         for (int i = 0; i < PQntuples(locked); i++) {
-                struct run *run = batch_find(w, PQgetvalue(locked, i, 0));
+                struct run *run = batch_find(w, PQgetvalue(locked, i, 0), PQgetvalue(locked, i, 1));
                 if (run)
                         run->fate = FATE_HELD;
         }
@@ -1177,7 +1209,7 @@ static void batch_prepare(struct worker *w)
                 if (w->batch[i]->fate == FATE_HELD)
                         mark_lost(w->batch[i], "load snapshot");
         for (int i = 0; i < PQntuples(res); i++) {
-                struct run *run = batch_find(w, PQgetvalue(res, i, 0));
+                struct run *run = batch_find(w, PQgetvalue(res, i, 0), PQgetvalue(res, i, 4));
                 json_t *snap;
                 if (!run || run->fate != FATE_LOST || strcmp(run->lost_where, "load snapshot"))
                         continue;
@@ -1196,11 +1228,21 @@ static void batch_prepare(struct worker *w)
         }
 }
 
-/* Starts the requests whose START marks just committed. */
+/*
+ * Starts the requests whose START marks committed — only while the lease surely holds
+ * (the loop's own deadline: last renewal sent + lease). A worker stopped between the
+ * commit and here (SIGSTOP, a long pause) keeps them until the heartbeat confirms the
+ * lease (read_mail), or forgets them when it reports the lease lost: a request leaves
+ * after the lease was lost only if the worker stops in the moment between this check and
+ * the request's first bytes, and then with the same key (src/queue/README.md).
+ */
 static void start_effects(struct worker *w, struct run *run)
 {
         size_t i;
         json_t *a;
+
+        if (json_array_size(run->to_start) == 0 || mono_ms() >= run->lease_deadline)
+                return;
 
         json_array_foreach (run->to_start, i, a) {
                 _cleanup_free_ char *why = NULL;
@@ -1256,14 +1298,20 @@ static void batch_run(struct worker *w)
                         w->batch[n++] = run;
         if (n == 0)
                 return;
-        qsort(w->batch, (size_t)n, sizeof(*w->batch), run_cmp);
-        if (n > BATCH_RUNS_MAX)
+        if (n > BATCH_RUNS_MAX) {
+                /* more due than one turn takes: those that have waited longest first, so
+                 * under a sustained backlog every run gets its turn */
+                qsort(w->batch, (size_t)n, sizeof(*w->batch), run_due_cmp);
                 n = BATCH_RUNS_MAX;
+        }
+        qsort(w->batch, (size_t)n, sizeof(*w->batch), run_cmp);
         w->nbatch = n;
         w->batch_error = 0;
 
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
                 w->batch[i]->fate = FATE_HELD;
+                w->batch[i]->last_turn = now;
+        }
         r = db_begin(w->db);
         if (r == 0)
                 batch_prepare(w);
@@ -1341,23 +1389,36 @@ static void effect_done(struct worker *w, struct effect *e, json_t *output, json
 static void claim(struct worker *w)
 {
         struct queue_claim claims[CLAIM_BATCH_MAX];
-        int want = w->cfg->concurrency - w->nruns, n = 0, r;
+        int want = w->cfg->concurrency - w->nruns, n = 0, nheld = 0, r;
         int64_t sent = mono_ms();
 
         if (want <= 0)
                 return;
         if (want > CLAIM_BATCH_MAX)
                 want = CLAIM_BATCH_MAX;
-        r = queue_claim_runs(w->db, w->cfg->id, w->cfg->lease_ms, want, claims, &n);
+        /* every run we hold: a lease of ours that expired (a turn that kept its row locked
+         * past it, a slow renewal) is renewed by the heartbeat, never "rescued" from
+         * ourselves into a second copy */
+        for (struct run *x = w->runs; x && nheld < w->cfg->concurrency; x = x->next)
+                w->claim_held[nheld++] = (struct queue_lease){.run_id = x->id, .epoch = x->epoch};
+        r = queue_claim_runs(w->db, w->cfg->id, w->cfg->lease_ms, want, w->claim_held, nheld,
+                             claims, &n);
         if (r < 0) {
                 log_error("could not claim runs: %s", db_last_error());
                 db_recover(w);
                 return;
         }
         for (int i = 0; i < n; i++) {
-                struct run *run = calloc(1, sizeof(*run));
+                struct run *run, *old;
                 _cleanup_json_ json_t *errors = NULL;
 
+                /* a copy of this run under an older epoch is stale: the run was released
+                 * and claimed again, or taken over, since; it has lost its lease */
+                for (old = w->runs; old && strcmp(old->id, claims[i].id) != 0; old = old->next)
+                        ;
+                if (old)
+                        run_lost(w, old, "claimed again");
+                run = calloc(1, sizeof(*run));
                 if (!run) {
                         log_error("out of memory: run %s left to lease expiry", claims[i].id);
                         continue;
@@ -1368,6 +1429,7 @@ static void claim(struct worker *w)
                 run->epoch = claims[i].epoch;
                 run->deadline_ms = -1;
                 run->lease_deadline = sent + w->cfg->lease_ms;
+                run->last_turn = sent;
                 run->needs_plan = true;
                 run->next = w->runs;
                 if (w->runs)
@@ -1381,6 +1443,12 @@ static void claim(struct worker *w)
                                                claims[i].attempt, "from", claims[i].status_before);
 
                 r = wf_lookup(w, run->workflow_id, &run->wf, &errors);
+                if (r < 0 && r != -ENOENT && r != -EINVAL) {
+                        /* a database error (or memory): nothing is wrong with the run, so it
+                         * is not failed; its lease expires and it is claimed again */
+                        run_abandon(w, run, r, "load the workflow definition");
+                        continue;
+                }
                 if (r < 0) {
                         _cleanup_json_ json_t *err = json_pack(
                             "{s:s, s:s, s:O?}", "class", "error", "message",
@@ -1590,6 +1658,8 @@ static void read_mail(struct worker *w, bool *claim_hint)
                         continue;
                 }
                 run->lease_deadline = mail[i].renewed_at + w->cfg->lease_ms;
+                /* requests held back for want of a confirmed lease leave now */
+                start_effects(w, run);
                 /* the next batch's snapshot carries the request and applies it */
                 if (mail[i].cancel || mail[i].pause)
                         run->needs_plan = true;
@@ -1678,8 +1748,9 @@ int worker_run(const struct worker_config *cfg)
         w.held_ids = calloc((size_t)cfg->concurrency, sizeof(*w.held_ids));
         w.batch = calloc((size_t)cfg->concurrency, sizeof(*w.batch));
         w.held_scratch = calloc((size_t)cfg->concurrency, sizeof(*w.held_scratch));
+        w.claim_held = calloc((size_t)cfg->concurrency, sizeof(*w.claim_held));
         w.writes = queue_writes_new();
-        if (!w.held || !w.held_ids || !w.batch || !w.held_scratch || !w.writes) {
+        if (!w.held || !w.held_ids || !w.batch || !w.held_scratch || !w.claim_held || !w.writes) {
                 r = log_errno(-ENOMEM, "could not allocate the run table");
                 goto out;
         }
@@ -1788,6 +1859,7 @@ out:
         free(w.held_ids);
         free(w.batch);
         free(w.held_scratch);
+        free(w.claim_held);
         queue_writes_free(w.writes);
         free(w.mail);
         pthread_mutex_destroy(&w.lock);

@@ -51,7 +51,7 @@ static void fixture_free(struct fixture *f)
 static int claim_one(PGconn *c, const char *worker, int64_t lease_ms, struct queue_claim *out)
 {
         int n = 0;
-        assert_int_equal(queue_claim_runs(c, worker, lease_ms, 1, out, &n), 0);
+        assert_int_equal(queue_claim_runs(c, worker, lease_ms, 1, NULL, 0, out, &n), 0);
         return n;
 }
 
@@ -91,13 +91,13 @@ static void test_rescuer_race_completion_wins(void **state)
         assert_int_equal(test_db_int(b, "SELECT count(*) FROM workflow_runs WHERE status = "
                                         "'running' AND lease_expires_at < now()"),
                          1);
-        assert_int_equal(queue_claim_runs(b, "B", 30000, 10, &qb, &n), 0);
+        assert_int_equal(queue_claim_runs(b, "B", 30000, 10, NULL, 0, &qb, &n), 0);
         assert_int_equal(n, 0);
 
         PQclear(test_db_must(a, "COMMIT"));
 
         /* after the commit, B (read committed) still gets nothing: the run is completed */
-        assert_int_equal(queue_claim_runs(b, "B", 30000, 10, &qb, &n), 0);
+        assert_int_equal(queue_claim_runs(b, "B", 30000, 10, NULL, 0, &qb, &n), 0);
         assert_int_equal(n, 0);
         PQclear(test_db_must(b, "COMMIT"));
 
@@ -128,7 +128,7 @@ static void test_rescuer_race_completion_wins(void **state)
                                      run),
                          1);
         /* and nobody can claim it later */
-        assert_int_equal(queue_claim_runs(b, "B", 30000, 10, &qb, &n), 0);
+        assert_int_equal(queue_claim_runs(b, "B", 30000, 10, NULL, 0, &qb, &n), 0);
         assert_int_equal(n, 0);
 
         PQfinish(a);
@@ -210,7 +210,7 @@ static void *claimer_main(void *arg)
 
         while (empty < 5) {
                 int n = 0;
-                if (queue_claim_runs(c, cl->name, 30000, 7, batch, &n) < 0)
+                if (queue_claim_runs(c, cl->name, 30000, 7, NULL, 0, batch, &n) < 0)
                         break;
                 if (n == 0) {
                         empty++;

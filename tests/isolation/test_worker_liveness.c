@@ -4,7 +4,9 @@
  * run rows locked, and SKIP LOCKED hides locked rows from every rescuer: the server must
  * end that session (idle_in_transaction_session_timeout, lease/2) so that another worker
  * rescues the runs once their leases expire — and the frozen worker, continued, must write
- * nothing.
+ * nothing. And the claim's own rules for liveness: a worker never rescues a run it still
+ * holds; a database error while loading a claimed run's workflow leaves the run for a
+ * retry instead of failing it.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -215,10 +217,91 @@ static void test_worker_frozen_mid_turn_is_rescued(void **state)
         teardown(f);
 }
 
+/*
+ * A worker's own lease on a run it is working on can lapse without anyone else involved
+ * (a turn that kept the row locked past it, a renewal that came late). Its own claim must
+ * not "rescue" the run from itself into a second copy (a new epoch, the first copy's
+ * request aborted and sent again): the heartbeat renews the lease, the epoch stays. The
+ * test makes the lapse happen over and over for 1.5 s (claims poll every 100 ms) while a
+ * request is in flight.
+ */
+static void test_worker_never_rescues_its_own_run(void **state)
+{
+        struct fixture *f = setup("selfrescue");
+        char *wf = workflow(f, "w",
+                            "{\"name\":\"w\",\"nodes\":["
+                            "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
+                            "\"SINK/slow?delay_ms=3000\"}},"
+                            "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":"
+                            "\"SINK/b\"},\"after\":[\"a\"]}]}");
+        char *run = worker_test_run(f->db, wf, NULL);
+        pid_t w1 = spawn(f, "w1");
+
+        wait_count(f, 1, 15000,
+                   "SELECT count(*) FROM node_runs WHERE node_id = 'a' AND status = 'started'");
+        for (int64_t t0 = test_now_ms(); test_now_ms() - t0 < 1500;) {
+                PQclear(test_db_must(f->db, "UPDATE workflow_runs SET lease_expires_at = now() - "
+                                            "interval '1 second' WHERE status = 'running'"));
+                usleep(20 * 1000);
+        }
+        if (!worker_test_wait_status(f->db, run, "completed", 15000)) {
+                dump_logs(f);
+                fail_msg("run %s did not complete", run);
+        }
+        assert_int_equal(test_db_int(f->db, "SELECT lease_epoch FROM workflow_runs"), 1);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE kind = "
+                                            "'run.recovered'"),
+                         0);
+        assert_int_equal(worker_sink_count(f->sink, "/slow"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/b"), 1);
+        assert_exit_code(test_stop_process(w1, SIGTERM, 15000), 0);
+        free(run);
+        free(wf);
+        teardown(f);
+}
+
+/*
+ * A database error while the worker looks up a claimed run's workflow definition says
+ * nothing about the run: it must not be failed, but left for a retry (its lease expires
+ * and it is claimed again). The worker role is denied the workflows table until the run
+ * has been claimed once.
+ */
+static void test_transient_error_loading_the_workflow_leaves_the_run(void **state)
+{
+        struct fixture *f = setup("wflookup");
+        char *wf = workflow(f, "w",
+                            "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+                            "\"request\":{\"url\":\"SINK/a\"}}]}");
+        char *run;
+        pid_t w1;
+
+        PQclear(test_db_must(f->db, "REVOKE SELECT ON workflows FROM agently_worker"));
+        run = worker_test_run(f->db, wf, NULL);
+        w1 = spawn(f, "w1");
+        wait_count(f, 1, 15000, "SELECT lease_epoch FROM workflow_runs");
+        usleep(300 * 1000);
+        assert_db_equal("running", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
+        PQclear(test_db_must(f->db, "GRANT SELECT ON workflows TO agently_worker"));
+        if (!worker_test_wait_status(f->db, run, "completed", LEASE_MS + 8000)) {
+                dump_logs(f);
+                fail_msg("run %s did not complete", run);
+        }
+        assert_int_equal(worker_sink_count(f->sink, "/a"), 1);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE kind = "
+                                            "'run.recovered'"),
+                         1);
+        assert_exit_code(test_stop_process(w1, SIGTERM, 15000), 0);
+        free(run);
+        free(wf);
+        teardown(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_worker_frozen_mid_turn_is_rescued),
+            cmocka_unit_test(test_worker_never_rescues_its_own_run),
+            cmocka_unit_test(test_transient_error_loading_the_workflow_leaves_the_run),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
