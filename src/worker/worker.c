@@ -689,15 +689,11 @@ static int apply_cancel(struct worker *w, struct run *run)
         return r;
 }
 
-/* Pause: abort effects at once (they run again on resume) and release the run paused. */
+/* Pause, once nothing is in flight (step_pause): release the run paused. */
 static int apply_pause(struct worker *w, struct run *run)
 {
-        int r;
-
-        effects_abort(w, run);
-        json_array_clear(run->to_start);
-        r = buffered(run, queue_writes_release(w->writes, run->id, run->epoch, "paused", -1,
-                                               "paused by request", NULL, run->deadline_ms));
+        int r = buffered(run, queue_writes_release(w->writes, run->id, run->epoch, "paused", -1,
+                                                   "paused by request", NULL, run->deadline_ms));
         if (r > 0)
                 log_info("run %s paused", run->id);
         return r;
@@ -753,6 +749,22 @@ static enum step step_release(struct worker *w, struct run *run, const char *sta
 static bool has_effects(const struct run *run)
 {
         return run->effects || json_array_size(run->to_start) > 0;
+}
+
+/* A pause takes effect at a step boundary: requests in flight finish and are checkpointed
+ * (the run is planned again when one ends, and comes back here), nothing new starts; when
+ * none is left, the run is released paused. So a pause never makes a request go twice. */
+static enum step step_pause(struct worker *w, struct run *run)
+{
+        int r;
+
+        if (has_effects(run))
+                return STEP_IDLE;
+        r = apply_pause(w, run);
+        if (r <= 0)
+                return step_failed(w, run, r, "pause");
+        mark_done(run);
+        return STEP_GONE;
 }
 
 /*
@@ -857,13 +869,15 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                         return step_failed(w, run, r, "load snapshot");
         }
         snapshot = *snapp;
-        if (cancel || pause) {
-                r = cancel ? apply_cancel(w, run) : apply_pause(w, run);
+        if (cancel) {
+                r = apply_cancel(w, run);
                 if (r <= 0)
-                        return step_failed(w, run, r, cancel ? "cancel" : "pause");
+                        return step_failed(w, run, r, "cancel");
                 mark_done(run);
                 return STEP_GONE;
         }
+        if (pause)
+                return step_pause(w, run);
         r = wf_plan(run->wf, snapshot, &actions);
         if (r < 0) {
                 _cleanup_json_ json_t *err =
@@ -893,8 +907,13 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                                 snapshot_consume(snapshot, jstr(a, "signal_id"));
                         progress = true;
                 } else if (strcmp(act, "execute") == 0) {
+                        /* a drain starts nothing new but lets what runs finish (their
+                         * results are checkpointed; the run is planned again when one
+                         * ends); with nothing in flight the run goes back to the queue */
                         if (w->draining)
-                                return step_release(w, run, "queued", -1, "worker draining");
+                                return has_effects(run)
+                                           ? STEP_IDLE
+                                           : step_release(w, run, "queued", -1, "worker draining");
                         if (mono_ms() >= run->lease_deadline) {
                                 /* not sure we still hold it (e.g. we were stopped): no new
                                  * effect until the heartbeat confirms */
@@ -1009,12 +1028,16 @@ static void run_advance(struct worker *w, struct run *run)
 
         run->needs_plan = false;
         run->plan_at = 0;
-        if (snapshot && (run->preload_cancel || run->preload_pause)) {
-                int r = run->preload_cancel ? apply_cancel(w, run) : apply_pause(w, run);
+        if (snapshot && run->preload_cancel) {
+                int r = apply_cancel(w, run);
                 if (r <= 0)
-                        step_failed(w, run, r, run->preload_cancel ? "cancel" : "pause");
+                        step_failed(w, run, r, "cancel");
                 else
                         mark_done(run);
+                return;
+        }
+        if (snapshot && run->preload_pause) {
+                step_pause(w, run);
                 return;
         }
         for (int round = 0; round < PLAN_ROUNDS_MAX && !w->batch_error; round++) {

@@ -169,6 +169,51 @@ static void test_drain_keeps_finished_effects(void **state)
         teardown(f);
 }
 
+/* SIGTERM while an at_most_once and an at_least_once request are in flight, and the run
+ * then wants to start another (e finishes during the drain; d follows it). The drain
+ * starts nothing new and aborts nothing: a and b finish within the grace and are
+ * checkpointed, then the run goes back to the queue, and another worker runs d. Each
+ * request reached the server exactly once, and the run completes. */
+static void test_drain_lets_requests_in_flight_finish(void **state)
+{
+        static const char *const grace[] = {"--drain-grace", "10s", NULL};
+        struct fixture *f = setup("wk_drain3");
+        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":["
+                                 "{\"id\":\"a\",\"type\":\"http\",\"delivery\":\"at_most_once\","
+                                 "\"timeout\":\"30s\",\"request\":{\"method\":\"POST\","
+                                 "\"url\":\"SINK/amo?delay_ms=3000\"}},"
+                                 "{\"id\":\"b\",\"type\":\"http\",\"timeout\":\"30s\","
+                                 "\"request\":{\"method\":\"POST\","
+                                 "\"url\":\"SINK/alo?delay_ms=3000\"}},"
+                                 "{\"id\":\"e\",\"type\":\"http\",\"request\":{\"url\":"
+                                 "\"SINK/e?delay_ms=1000\"}},"
+                                 "{\"id\":\"d\",\"type\":\"http\",\"request\":{\"url\":"
+                                 "\"SINK/d\"},\"after\":[\"e\"]}]}");
+        pid_t w1 = spawn(f, "w1", "30s", "10s", grace), w2;
+
+        wait_sink(f, "/amo", 1, 15000);
+        wait_sink(f, "/alo", 1, 5000);
+        wait_sink(f, "/e", 1, 5000);
+        assert_int_equal(stop_worker(w1, SIGTERM, 15000), 0);
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM node_runs WHERE workflow_run_id = '%s' "
+                                     "AND status = 'completed' AND worker = 'w1'",
+                                     run),
+                         3);
+        assert_int_equal(worker_sink_count(f->sink, "/d"), 0);
+        assert_db_equal("queued", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
+
+        w2 = spawn(f, "w2", "30s", "10s", NULL);
+        wait_status(f, run, "completed", 15000);
+        assert_int_equal(worker_sink_count(f->sink, "/amo"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/alo"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/e"), 1);
+        assert_int_equal(worker_sink_count(f->sink, "/d"), 1);
+        assert_int_equal(stop_worker(w2, SIGTERM, 10000), 0);
+        free(run);
+        teardown(f);
+}
+
 /* on_failure escalate: the run waits in needs_input, holding nothing, with the error. */
 static void test_escalate_to_needs_input(void **state)
 {
@@ -256,6 +301,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_drain_releases_held_runs),
             cmocka_unit_test(test_drain_keeps_finished_effects),
+            cmocka_unit_test(test_drain_lets_requests_in_flight_finish),
             cmocka_unit_test(test_escalate_to_needs_input),
             cmocka_unit_test(test_run_timeout),
             cmocka_unit_test(test_flags_are_validated),
