@@ -151,9 +151,6 @@ int db_conninfo_with_limits(const char *conninfo, const struct db_session_limits
         if (limits->idle_in_transaction_ms > 0)
                 r = buf_printf(&server, " -c idle_in_transaction_session_timeout=%lld",
                                (long long)limits->idle_in_transaction_ms);
-        if (r == 0 && limits->statement_ms > 0)
-                r = buf_printf(&server, " -c statement_timeout=%lld",
-                               (long long)limits->statement_ms);
         if (r == 0 && keepalive_s > 0)
                 r = buf_printf(&server,
                                " -c tcp_keepalives_idle=%lld -c tcp_keepalives_interval=%lld"

@@ -36,13 +36,13 @@ int db_conninfo_for_role(const char *data_dir, enum db_role role, char **out);
 /*
  * Limits for a connection whose transactions take row locks that others wait for, so a
  * client that freezes (SIGSTOP, a long pause) or is cut off (a partition) cannot keep them
- * for long. Each is a server setting sent at connect time (options=-c ...), so it survives
- * PQreset(); a zero field leaves that setting at the server's or the conninfo's value.
+ * for long. (No statement_timeout: a running statement is the server's own work, and its
+ * locks go when it ends.) Each is a server setting sent at connect time (options=-c ...), so it
+ * survives PQreset(); a zero field leaves that setting at the server's or the conninfo's value.
  */
 struct db_session_limits {
         int64_t idle_in_transaction_ms; /* the server ends a session idle that long in a
                                          * transaction (its locks go with it) */
-        int64_t statement_ms;           /* statement_timeout */
         int64_t keepalive_ms;           /* TCP keepalive, both ends: probe after this much
                                          * silence, then every keepalive_ms; 3 unanswered
                                          * probes end the connection */

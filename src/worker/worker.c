@@ -78,6 +78,7 @@ struct run {
         int64_t plan_at;        /* monotonic ms: re-plan then (0 = not scheduled) */
         int64_t lease_deadline; /* monotonic ms: our lease surely ends by then */
         int64_t last_turn;      /* monotonic ms of its last loop turn (0: none yet) */
+        bool lease_wait;        /* planning waits for a renewal to confirm the lease (read_mail) */
         struct completion *completions;
         json_t *to_start;     /* execute actions whose START mark is in the open batch */
         const char *announce; /* claim event still to write (run.started, ...) */
@@ -119,6 +120,7 @@ struct worker {
         struct queue_lease *claim_held; /* runs held, for the claim (never rescue our own) */
         int nbatch;
         int batch_error;             /* a statement failed: the transaction is lost */
+        int64_t turn_began;          /* monotonic ms before the turn's BEGIN was sent */
         struct queue_writes *writes; /* the open batch's writes not yet sent */
 
         /* shared with the heartbeat thread, under lock */
@@ -916,8 +918,10 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                                            : step_release(w, run, "queued", -1, "worker draining");
                         if (mono_ms() >= run->lease_deadline) {
                                 /* not sure we still hold it (e.g. we were stopped): no new
-                                 * effect until the heartbeat confirms */
+                                 * effect until the heartbeat confirms — and no turn either
+                                 * (run_due), whose row lock would hold the renewal up */
                                 run->needs_plan = true;
+                                run->lease_wait = true;
                                 return STEP_IDLE;
                         }
                         r = plan_effect(w, run, a);
@@ -1027,6 +1031,7 @@ static void run_advance(struct worker *w, struct run *run)
         _cleanup_json_ json_t *snapshot = TAKE_PTR(run->preload);
 
         run->needs_plan = false;
+        run->lease_wait = false;
         run->plan_at = 0;
         if (snapshot && run->preload_cancel) {
                 int r = apply_cancel(w, run);
@@ -1052,8 +1057,11 @@ static void run_advance(struct worker *w, struct run *run)
 
 static bool run_due(const struct run *run, int64_t now)
 {
-        return run->needs_plan || run->completions || run->announce ||
-               (run->plan_at && now >= run->plan_at);
+        if (run->completions || run->announce)
+                return true;
+        if (run->lease_wait)
+                return false;
+        return run->needs_plan || (run->plan_at && now >= run->plan_at);
 }
 
 /* Since when a due run has waited for a turn: its planned time, or else its last turn
@@ -1172,10 +1180,10 @@ static void batch_prepare(struct worker *w)
                 return;
         }
         locked = db_query(w->db,
-                          "SELECT r.id, r.lease_epoch FROM jsonb_to_recordset($1::jsonb) AS "
-                          "h(id uuid, epoch "
-                          "bigint) JOIN workflow_runs r ON r.id = h.id AND r.lease_epoch = h.epoch "
-                          "WHERE r.status = 'running' ORDER BY r.id FOR UPDATE OF r",
+                          "SELECT r.id, r.lease_epoch, (extract(epoch FROM r.lease_expires_at - "
+                          "now()) * 1000)::bigint FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, "
+                          "epoch bigint) JOIN workflow_runs r ON r.id = h.id AND r.lease_epoch = "
+                          "h.epoch WHERE r.status = 'running' ORDER BY r.id FOR UPDATE OF r",
                           1, params, &r);
         if (!locked) {
                 w->batch_error = r;
@@ -1185,8 +1193,16 @@ static void batch_prepare(struct worker *w)
                 mark_lost(w->batch[i], "lock");
         for (int i = 0; i < PQntuples(locked); i++) {
                 struct run *run = batch_find(w, PQgetvalue(locked, i, 0), PQgetvalue(locked, i, 1));
-                if (run)
-                        run->fate = FATE_HELD;
+                int64_t left;
+                if (!run)
+                        continue;
+                run->fate = FATE_HELD;
+                /* the row says how long the lease still runs (database time, from the
+                 * transaction's start, which came after turn_began): the lease surely holds
+                 * until turn_began + that, renewal or not */
+                if (str_to_int64(PQgetvalue(locked, i, 2), &left) == 0 &&
+                    w->turn_began + left > run->lease_deadline)
+                        run->lease_deadline = w->turn_began + left;
         }
 
         /* the claim events (run.started, ...): buffered, sent with the turn's other writes */
@@ -1335,6 +1351,7 @@ static void batch_run(struct worker *w)
                 w->batch[i]->fate = FATE_HELD;
                 w->batch[i]->last_turn = now;
         }
+        w->turn_began = mono_ms();
         r = db_begin(w->db);
         if (r == 0)
                 batch_prepare(w);
@@ -1680,7 +1697,9 @@ static void read_mail(struct worker *w, bool *claim_hint)
                         run_lost(w, run, "heartbeat");
                         continue;
                 }
-                run->lease_deadline = mail[i].renewed_at + w->cfg->lease_ms;
+                if (mail[i].renewed_at + w->cfg->lease_ms > run->lease_deadline)
+                        run->lease_deadline = mail[i].renewed_at + w->cfg->lease_ms;
+                run->lease_wait = false;
                 /* requests held back for want of a confirmed lease leave now */
                 start_effects(w, run);
                 /* the next batch's snapshot carries the request and applies it */
@@ -1727,10 +1746,14 @@ static void drain_finish(struct worker *w)
  * rows locked from its first statement to its commit, and SKIP LOCKED hides locked rows
  * from every rescuer; so without a limit, a worker frozen mid-turn keeps its runs forever,
  * lease or not. The numbers (src/worker/README.md, "Database sessions"):
- *  - idle in transaction: lease/2. The heartbeat is at most lease/2 (the CLI refuses
- *    more), so by the time the frozen worker's lease can have expired, the server has
- *    ended its session and the locks are gone: the rescue waits for the lease, not longer.
- *  - statement_timeout: the lease. A statement that ran a whole lease has lost it anyway.
+ *  - idle in transaction: lease - heartbeat. The lease of a run lapses at the earliest one
+ *    heartbeat interval less than a lease after the worker froze (its last renewal can be
+ *    that old), and the server has ended the session by then: the rescue waits for the
+ *    lease, not longer. No shorter: a turn over a big run (a 10,000-item map) plans for a
+ *    while between two statements, and ending its session would abandon its runs.
+ *  - no statement_timeout: a statement of a turn over a big run (its snapshot, a flush of
+ *    4,096 writes) can take longer than a short lease on a loaded machine, and is the
+ *    server's own work; cutting it would keep such a run from ever progressing.
  *  - TCP keepalives, both ends: probe after lease/6 of silence (1-30 s), every lease/6,
  *    three probes: a dead peer is noticed in about 2/3 of the lease (20 s by default).
  *  - tcp_user_timeout, both ends: lease/2 of unacknowledged data ends the connection.
@@ -1740,8 +1763,7 @@ static int worker_conninfo(const struct worker_config *cfg, char **out)
         _cleanup_free_ char *name = str_printf("agently worker %s", cfg->id);
         int64_t keepalive = cfg->lease_ms / 6;
         struct db_session_limits limits = {
-            .idle_in_transaction_ms = cfg->lease_ms / 2,
-            .statement_ms = cfg->lease_ms,
+            .idle_in_transaction_ms = cfg->lease_ms - cfg->heartbeat_ms,
             .keepalive_ms = keepalive < 1000    ? 1000
                             : keepalive > 30000 ? 30000
                                                 : keepalive,
@@ -1830,8 +1852,8 @@ int worker_run(const struct worker_config *cfg)
                 for (struct run *run = w.runs; run; run = run->next) {
                         if (run->completions || run->announce)
                                 timeout = 0;
-                        else if (run->needs_plan && timeout > 0)
-                                timeout = run->lease_deadline > now ? 0 : 50;
+                        else if (run->needs_plan && !run->lease_wait)
+                                timeout = 0;
                         if (run->plan_at && run->plan_at - now < timeout)
                                 timeout = run->plan_at - now;
                 }

@@ -2,7 +2,7 @@
  * Liveness of the queue around a worker that stops moving (src/worker/README.md, "Database
  * sessions"). A worker frozen with SIGSTOP in the middle of a loop turn holds its turn's
  * run rows locked, and SKIP LOCKED hides locked rows from every rescuer: the server must
- * end that session (idle_in_transaction_session_timeout, lease/2) so that another worker
+ * end that session (idle_in_transaction_session_timeout, lease - heartbeat) so that another worker
  * rescues the runs once their leases expire — and the frozen worker, continued, must write
  * nothing. And the claim's own rules for liveness: a worker never rescues a run it still
  * holds; a database error while loading a claimed run's workflow leaves the run for a
