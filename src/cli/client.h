@@ -14,32 +14,14 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "cli_args.h"
 
 #define CLIENT_DEFAULT_SERVER   "http://127.0.0.1:8080"
 #define CLIENT_DEFAULT_DATA_DIR ".agently"
-#define CLIENT_MAX_FLAGS        12
-#define CLIENT_MAX_POSITIONALS  4
 
 enum client_output {
         CLIENT_OUTPUT_TABLE,
         CLIENT_OUTPUT_JSON,
-};
-
-/* One flag of a command. value_name NULL means a boolean flag. */
-struct client_flag {
-        const char *name; /* long name without the dashes */
-        char short_name;  /* 0 if none */
-        const char *value_name;
-        const char *help;
-};
-
-/* A command line after parsing: positionals, then the value of each flag of the command's
- * table by index (NULL when not given; "" for a boolean flag that was given). Points into
- * argv; owns nothing. */
-struct client_args {
-        const char *positional[CLIENT_MAX_POSITIONALS];
-        int npositional;
-        const char *flag[CLIENT_MAX_FLAGS];
 };
 
 /* Global options, accepted by every client command anywhere after the noun. */
@@ -74,8 +56,8 @@ struct client_command {
         const char *usage; /* positionals and flags after "agently NOUN VERB" */
         const char *summary;
         int min_args, max_args;
-        const struct client_flag *flags; /* terminated by an entry with name NULL */
-        int (*run)(struct client_ctx *ctx, const struct client_args *args);
+        const struct cli_flag *flags; /* terminated by an entry with name NULL */
+        int (*run)(struct client_ctx *ctx, const struct cli_args *args);
 };
 
 /* The command tables of each noun (client_workflow.c, client_run.c, client_admin.c). */
@@ -94,15 +76,14 @@ extern const struct client_command client_user_commands[];
  * -EINVAL; nothing else is allocated.
  */
 int client_args_parse(const struct client_command *cmd, int argc, char **argv,
-                      struct client_args *args, struct client_global *global, char *err,
+                      struct cli_args *args, struct client_global *global, char *err,
                       size_t err_size);
 
 /* Index of flag `name` in cmd->flags, or -1. */
 int client_flag_index(const struct client_command *cmd, const char *name);
 
 /* The value of flag `name` of the running command (NULL when not given). */
-const char *client_arg(const struct client_ctx *ctx, const struct client_args *args,
-                       const char *name);
+const char *client_arg(const struct client_ctx *ctx, const struct cli_args *args, const char *name);
 
 /* Parses an integer flag value within [min, max]; on failure prints a usage error naming
  * the flag and returns CLI_EXIT_USAGE. value NULL leaves *out untouched and returns 0. */

@@ -45,14 +45,14 @@ static int print_table(struct client_ctx *ctx, struct client_table *t, int r)
 
 /* ---- approvals ---- */
 
-static const struct client_flag approval_list_flags[] = {
+static const struct cli_flag approval_list_flags[] = {
     {"status", 's', "STATUS", "pending, approved, rejected, expired or canceled"},
     {"limit", 'n', "N", "at most N approvals (1-200, default 50)"},
     {"cursor", 0, "CURSOR", "continue after a previous page"},
     {NULL, 0, NULL, NULL},
 };
 
-static int approval_list(struct client_ctx *ctx, const struct client_args *args)
+static int approval_list(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = strdup("/v1/approvals");
         _cleanup_json_ json_t *resp = NULL;
@@ -115,7 +115,7 @@ static void print_approval(struct client_ctx *ctx, json_t *a)
         }
 }
 
-static int approval_show(struct client_ctx *ctx, const struct client_args *args)
+static int approval_show(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = client_path("/v1/approvals/%s", args->positional[0]);
         _cleanup_json_ json_t *a = NULL;
@@ -129,7 +129,7 @@ static int approval_show(struct client_ctx *ctx, const struct client_args *args)
         return r;
 }
 
-static int decide(struct client_ctx *ctx, const struct client_args *args, const char *decision)
+static int decide(struct client_ctx *ctx, const struct cli_args *args, const char *decision)
 {
         _cleanup_free_ char *path = client_path("/v1/approvals/%s/decide", args->positional[0]);
         _cleanup_json_ json_t *body = json_object(), *resp = NULL;
@@ -149,17 +149,17 @@ static int decide(struct client_ctx *ctx, const struct client_args *args, const 
         return CLI_EXIT_OK;
 }
 
-static const struct client_flag decide_flags[] = {
+static const struct cli_flag decide_flags[] = {
     {"comment", 'c', "TEXT", "a note kept with the decision"},
     {NULL, 0, NULL, NULL},
 };
 
-static int approval_approve(struct client_ctx *ctx, const struct client_args *args)
+static int approval_approve(struct client_ctx *ctx, const struct cli_args *args)
 {
         return decide(ctx, args, "approve");
 }
 
-static int approval_reject(struct client_ctx *ctx, const struct client_args *args)
+static int approval_reject(struct client_ctx *ctx, const struct cli_args *args)
 {
         return decide(ctx, args, "reject");
 }
@@ -177,7 +177,7 @@ const struct client_command client_approval_commands[] = {
 
 /* ---- secrets ---- */
 
-static int secret_set(struct client_ctx *ctx, const struct client_args *args)
+static int secret_set(struct client_ctx *ctx, const struct cli_args *args)
 {
         const char *name = args->positional[0];
         _cleanup_free_ char *path = client_path("/v1/secrets/%s", name);
@@ -228,7 +228,7 @@ static int secret_set(struct client_ctx *ctx, const struct client_args *args)
         return CLI_EXIT_OK;
 }
 
-static int secret_list(struct client_ctx *ctx, const struct client_args *args)
+static int secret_list(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_json_ json_t *resp = NULL;
         struct client_table t;
@@ -255,7 +255,7 @@ static int secret_list(struct client_ctx *ctx, const struct client_args *args)
         return print_table(ctx, &t, r);
 }
 
-static int secret_rm(struct client_ctx *ctx, const struct client_args *args)
+static int secret_rm(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = client_path("/v1/secrets/%s", args->positional[0]);
         _cleanup_json_ json_t *resp = NULL;
@@ -281,13 +281,13 @@ const struct client_command client_secret_commands[] = {
 
 /* ---- tokens ---- */
 
-static const struct client_flag token_create_flags[] = {
+static const struct cli_flag token_create_flags[] = {
     {"name", 0, "NAME", "a label to recognise the token by (default \"cli\")"},
     {"user", 'u', "USER", "admin: mint the token for this user instead of yourself"},
     {NULL, 0, NULL, NULL},
 };
 
-static int token_create(struct client_ctx *ctx, const struct client_args *args)
+static int token_create(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_json_ json_t *body = json_object(), *resp = NULL;
         const char *name = client_arg(ctx, args, "name"), *user = client_arg(ctx, args, "user");
@@ -311,7 +311,7 @@ static int token_create(struct client_ctx *ctx, const struct client_args *args)
         return CLI_EXIT_OK;
 }
 
-static int token_list(struct client_ctx *ctx, const struct client_args *args)
+static int token_list(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_json_ json_t *resp = NULL;
         struct client_table t;
@@ -346,7 +346,7 @@ static int token_list(struct client_ctx *ctx, const struct client_args *args)
         return print_table(ctx, &t, r);
 }
 
-static int token_revoke(struct client_ctx *ctx, const struct client_args *args)
+static int token_revoke(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = client_path("/v1/tokens/%s", args->positional[0]);
         _cleanup_json_ json_t *resp = NULL;
@@ -372,12 +372,12 @@ const struct client_command client_token_commands[] = {
 
 /* ---- users ---- */
 
-static const struct client_flag user_create_flags[] = {
+static const struct cli_flag user_create_flags[] = {
     {"admin", 0, NULL, "the user may create users and tokens for others"},
     {NULL, 0, NULL, NULL},
 };
 
-static int user_create(struct client_ctx *ctx, const struct client_args *args)
+static int user_create(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_json_ json_t *body = json_object(), *resp = NULL;
         const char *name = args->positional[0];
@@ -401,7 +401,7 @@ static int user_create(struct client_ctx *ctx, const struct client_args *args)
         return CLI_EXIT_OK;
 }
 
-static int user_list(struct client_ctx *ctx, const struct client_args *args)
+static int user_list(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_json_ json_t *resp = NULL;
         struct client_table t;

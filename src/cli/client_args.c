@@ -1,8 +1,7 @@
 /*
- * Command-line parsing for the client commands. Table-driven rather than getopt so that a
- * usage error can name the command and the exact bad flag ("agently run list: unknown flag
- * --stat"), global flags are accepted anywhere after the noun, and --help output is
- * generated from the same table that parses.
+ * Command-line parsing for the client commands, over the parser every command shares
+ * (cli_args.c): the global flags are its shared table, accepted anywhere after the noun, and
+ * --help output is generated from the same tables that parse.
  */
 #include <errno.h>
 #include <string.h>
@@ -10,7 +9,7 @@
 #include "client.h"
 #include "strutil.h"
 
-static const struct client_flag global_flags[] = {
+static const struct cli_flag global_flags[] = {
     {"server", 0, "URL", "API address (env AGENTLY_SERVER; default " CLIENT_DEFAULT_SERVER ")"},
     {"token", 0, "TOKEN", "API token (env AGENTLY_TOKEN)"},
     {"data-dir", 0, "DIR", "use DIR/admin-token, the admin token `agently up` wrote"},
@@ -18,20 +17,6 @@ static const struct client_flag global_flags[] = {
     {"help", 'h', NULL, "show this help"},
     {NULL, 0, NULL, NULL},
 };
-
-static const struct client_flag *find_flag(const struct client_flag *flags, const char *name,
-                                           size_t name_len, char short_name, int *index)
-{
-        for (int i = 0; flags && flags[i].name; i++) {
-                if (short_name ? flags[i].short_name == short_name
-                               : strlen(flags[i].name) == name_len &&
-                                     strncmp(flags[i].name, name, name_len) == 0) {
-                        *index = i;
-                        return &flags[i];
-                }
-        }
-        return NULL;
-}
 
 static void set_global(struct client_global *g, const char *name, const char *value)
 {
@@ -49,93 +34,37 @@ static void set_global(struct client_global *g, const char *name, const char *va
 
 bool client_global_takes_value(const char *token)
 {
-        int index;
-
         if (strncmp(token, "--", 2) == 0) {
                 const char *name = token + 2;
                 if (strchr(name, '='))
                         return false;
-                const struct client_flag *f =
-                    find_flag(global_flags, name, strlen(name), 0, &index);
-                return f && f->value_name;
+                for (int i = 0; global_flags[i].name; i++)
+                        if (strcmp(global_flags[i].name, name) == 0)
+                                return global_flags[i].value_name != NULL;
+                return false;
         }
-        if (token[0] == '-' && token[1] && !token[2]) {
-                const struct client_flag *f = find_flag(global_flags, NULL, 0, token[1], &index);
-                return f && f->value_name;
-        }
+        if (token[0] == '-' && token[1] && !token[2])
+                for (int i = 0; global_flags[i].name; i++)
+                        if (global_flags[i].short_name == token[1])
+                                return global_flags[i].value_name != NULL;
         return false;
 }
 
 int client_args_parse(const struct client_command *cmd, int argc, char **argv,
-                      struct client_args *args, struct client_global *global, char *err,
+                      struct cli_args *args, struct client_global *global, char *err,
                       size_t err_size)
 {
-        bool flags_done = false;
+        char who[128];
+        int r;
 
-        memset(args, 0, sizeof(*args));
-        for (int i = 0; i < argc; i++) {
-                const char *tok = argv[i];
-                const struct client_flag *f;
-                const char *value = NULL, *name;
-                size_t name_len;
-                char short_name = 0;
-                int index;
-                bool is_global = false;
-
-                if (flags_done || tok[0] != '-' || strcmp(tok, "-") == 0) {
-                        if (args->npositional >= CLIENT_MAX_POSITIONALS ||
-                            args->npositional >= cmd->max_args) {
-                                snprintf(err, err_size, "agently %s %s: unexpected argument '%s'",
-                                         cmd->noun, cmd->verb, tok);
-                                return -EINVAL;
-                        }
-                        args->positional[args->npositional++] = tok;
-                        continue;
-                }
-                if (strcmp(tok, "--") == 0) {
-                        flags_done = true;
-                        continue;
-                }
-                if (tok[1] == '-') {
-                        name = tok + 2;
-                        const char *eq = strchr(name, '=');
-                        name_len = eq ? (size_t)(eq - name) : strlen(name);
-                        if (eq)
-                                value = eq + 1;
-                } else {
-                        name = tok + 1;
-                        short_name = tok[1];
-                        name_len = 1;
-                        if (tok[2])
-                                value = tok + 2; /* -ojson */
-                }
-                f = find_flag(cmd->flags, name, name_len, short_name, &index);
-                if (!f) {
-                        f = find_flag(global_flags, name, name_len, short_name, &index);
-                        is_global = true;
-                }
-                if (!f) {
-                        snprintf(err, err_size, "agently %s %s: unknown flag %s", cmd->noun,
-                                 cmd->verb, tok);
-                        return -EINVAL;
-                }
-                if (f->value_name && !value) {
-                        if (i + 1 >= argc) {
-                                snprintf(err, err_size, "agently %s %s: flag --%s needs %s",
-                                         cmd->noun, cmd->verb, f->name, f->value_name);
-                                return -EINVAL;
-                        }
-                        value = argv[++i];
-                } else if (!f->value_name && value) {
-                        snprintf(err, err_size, "agently %s %s: flag --%s takes no value",
-                                 cmd->noun, cmd->verb, f->name);
-                        return -EINVAL;
-                }
-                if (is_global)
-                        set_global(global, f->name, value ? value : "");
-                else
-                        args->flag[index] = value ? value : "";
-        }
+        snprintf(who, sizeof(who), "agently %s %s", cmd->noun, cmd->verb);
+        r = cli_args_parse(who, cmd->flags, global_flags, cmd->max_args, argc, argv, args, err,
+                           err_size);
+        if (r < 0)
+                return r;
+        for (int i = 0; global_flags[i].name; i++)
+                if (args->shared[i])
+                        set_global(global, global_flags[i].name, args->shared[i]);
         if (global->help)
                 return 0;
         if (args->npositional < cmd->min_args) {
@@ -154,35 +83,17 @@ int client_flag_index(const struct client_command *cmd, const char *name)
         return -1;
 }
 
-const char *client_arg(const struct client_ctx *ctx, const struct client_args *args,
-                       const char *name)
+const char *client_arg(const struct client_ctx *ctx, const struct cli_args *args, const char *name)
 {
         int i = client_flag_index(ctx->cmd, name);
 
         return i < 0 ? NULL : args->flag[i];
 }
 
-static void print_flags(const struct client_flag *flags, FILE *out)
-{
-        for (int i = 0; flags && flags[i].name; i++) {
-                char left[64];
-
-                if (flags[i].short_name)
-                        snprintf(left, sizeof(left), "-%c, --%s%s%s", flags[i].short_name,
-                                 flags[i].name, flags[i].value_name ? " " : "",
-                                 flags[i].value_name ? flags[i].value_name : "");
-                else
-                        snprintf(left, sizeof(left), "    --%s%s%s", flags[i].name,
-                                 flags[i].value_name ? " " : "",
-                                 flags[i].value_name ? flags[i].value_name : "");
-                fprintf(out, "  %-26s %s\n", left, flags[i].help);
-        }
-}
-
 void client_global_help(FILE *out)
 {
         fprintf(out, "\nglobal flags:\n");
-        print_flags(global_flags, out);
+        cli_flags_help(global_flags, out);
 }
 
 void client_command_help(const struct client_command *cmd, FILE *out)
@@ -191,7 +102,7 @@ void client_command_help(const struct client_command *cmd, FILE *out)
                 *cmd->usage ? " " : "", cmd->usage, cmd->summary);
         if (cmd->flags && cmd->flags[0].name) {
                 fprintf(out, "\nflags:\n");
-                print_flags(cmd->flags, out);
+                cli_flags_help(cmd->flags, out);
         }
         client_global_help(out);
 }

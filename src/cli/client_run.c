@@ -111,7 +111,7 @@ static void print_final(struct client_ctx *ctx, json_t *run)
         }
 }
 
-static const struct client_flag start_flags[] = {
+static const struct cli_flag start_flags[] = {
     {"input", 'i', "JSON", "run input: a JSON object, @FILE, or @- for stdin (default {})"},
     {"version", 0, "N", "start version N instead of the latest"},
     {"idempotency-key", 0, "KEY", "retry-safe start: the same key returns the same run"},
@@ -119,7 +119,7 @@ static const struct client_flag start_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static int run_start(struct client_ctx *ctx, const struct client_args *args)
+static int run_start(struct client_ctx *ctx, const struct cli_args *args)
 {
         const char *input = client_arg(ctx, args, "input");
         const char *version = client_arg(ctx, args, "version");
@@ -176,7 +176,7 @@ static int run_start(struct client_ctx *ctx, const struct client_args *args)
         return r;
 }
 
-static const struct client_flag list_flags[] = {
+static const struct cli_flag list_flags[] = {
     {"status", 's', "STATUS", "only runs with this status (queued, running, ..., canceled)"},
     {"workflow", 0, "NAME", "only runs of this workflow"},
     {"created-after", 0, "TIME", "only runs created after TIME (RFC 3339)"},
@@ -186,7 +186,7 @@ static const struct client_flag list_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static int run_list(struct client_ctx *ctx, const struct client_args *args)
+static int run_list(struct client_ctx *ctx, const struct cli_args *args)
 {
         static const char *const statuses[] = {"queued", "running",   "waiting", "needs_input",
                                                "paused", "completed", "failed",  "canceled"};
@@ -344,7 +344,7 @@ static void print_run_detail(struct client_ctx *ctx, json_t *run)
                        str_member(run, "id"));
 }
 
-static const struct client_flag nodes_flags[] = {
+static const struct cli_flag nodes_flags[] = {
     {"limit", 'n', "N", "at most N nodes (1-1000, default 100)"},
     {"cursor", 0, "CURSOR", "continue after a previous page"},
     {NULL, 0, NULL, NULL},
@@ -352,7 +352,7 @@ static const struct client_flag nodes_flags[] = {
 
 /* Every node's latest attempt, a page at a time in node id order (for runs with more nodes
  * than `run show` lists). */
-static int run_nodes(struct client_ctx *ctx, const struct client_args *args)
+static int run_nodes(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = client_path("/v1/runs/%s/nodes", args->positional[0]);
         _cleanup_json_ json_t *page = NULL;
@@ -380,7 +380,7 @@ static int run_nodes(struct client_ctx *ctx, const struct client_args *args)
         return CLI_EXIT_OK;
 }
 
-static int run_show(struct client_ctx *ctx, const struct client_args *args)
+static int run_show(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = client_path("/v1/runs/%s", args->positional[0]);
         _cleanup_json_ json_t *run = NULL;
@@ -536,13 +536,13 @@ static int follow(struct client_ctx *ctx, const char *id, struct follow_state *s
         }
 }
 
-static const struct client_flag logs_flags[] = {
+static const struct cli_flag logs_flags[] = {
     {"follow", 'f', NULL, "stream new events until the run ends (reconnects on its own)"},
     {"after", 0, "SEQ", "only events after seq SEQ"},
     {NULL, 0, NULL, NULL},
 };
 
-static int run_logs(struct client_ctx *ctx, const struct client_args *args)
+static int run_logs(struct client_ctx *ctx, const struct cli_args *args)
 {
         const char *id = args->positional[0];
         struct follow_state s = {.ctx = ctx};
@@ -581,7 +581,7 @@ static int run_logs(struct client_ctx *ctx, const struct client_args *args)
 
 /* ---- control ---- */
 
-static int run_control(struct client_ctx *ctx, const struct client_args *args, const char *verb)
+static int run_control(struct client_ctx *ctx, const struct cli_args *args, const char *verb)
 {
         _cleanup_free_ char *path = client_path("/v1/runs/%s/", args->positional[0]);
         _cleanup_free_ char *full = path ? str_printf("%s%s", path, verb) : NULL;
@@ -610,29 +610,29 @@ static int run_control(struct client_ctx *ctx, const struct client_args *args, c
         return CLI_EXIT_OK;
 }
 
-static int run_cancel(struct client_ctx *ctx, const struct client_args *args)
+static int run_cancel(struct client_ctx *ctx, const struct cli_args *args)
 {
         return run_control(ctx, args, "cancel");
 }
 
-static int run_pause(struct client_ctx *ctx, const struct client_args *args)
+static int run_pause(struct client_ctx *ctx, const struct cli_args *args)
 {
         return run_control(ctx, args, "pause");
 }
 
-static int run_resume(struct client_ctx *ctx, const struct client_args *args)
+static int run_resume(struct client_ctx *ctx, const struct cli_args *args)
 {
         return run_control(ctx, args, "resume");
 }
 
-static const struct client_flag rerun_flags[] = {
+static const struct cli_flag rerun_flags[] = {
     {"from", 0, "NODE", "re-execute NODE and everything after it; reuse earlier outputs"},
     {"idempotency-key", 0, "KEY", "retry-safe rerun: the same key returns the same new run"},
     {"wait", 'w', NULL, "wait until the new run ends (exit 0 completed, 7 failed or canceled)"},
     {NULL, 0, NULL, NULL},
 };
 
-static int run_rerun(struct client_ctx *ctx, const struct client_args *args)
+static int run_rerun(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = client_path("/v1/runs/%s/rerun", args->positional[0]);
         _cleanup_free_ char *idem = idempotency_header(client_arg(ctx, args, "idempotency-key"));
@@ -664,13 +664,13 @@ static int run_rerun(struct client_ctx *ctx, const struct client_args *args)
         return r;
 }
 
-static const struct client_flag signal_flags[] = {
+static const struct cli_flag signal_flags[] = {
     {"data", 'd', "JSON", "the signal's payload: JSON, @FILE or @- (default {})"},
     {"idempotency-key", 0, "KEY", "retry-safe send: the same key stores the signal once"},
     {NULL, 0, NULL, NULL},
 };
 
-static int run_signal(struct client_ctx *ctx, const struct client_args *args)
+static int run_signal(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path =
             client_path("/v1/runs/%s/signals/%s", args->positional[0], args->positional[1]);
@@ -707,14 +707,14 @@ static int run_signal(struct client_ctx *ctx, const struct client_args *args)
         return CLI_EXIT_OK;
 }
 
-static const struct client_flag resolve_flags[] = {
+static const struct cli_flag resolve_flags[] = {
     {"node", 0, "NODE", "the node to answer for (default: the one that escalated)"},
     {"comment", 'c', "TEXT", "why; kept in the run's events"},
     {NULL, 0, NULL, NULL},
 };
 
 /* `run resolve ID retry|skip|stop`: a person's answer to a run waiting in needs_input. */
-static int run_resolve(struct client_ctx *ctx, const struct client_args *args)
+static int run_resolve(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = client_path("/v1/runs/%s/resolve", args->positional[0]);
         _cleanup_json_ json_t *body = NULL, *resp = NULL;

@@ -14,12 +14,12 @@
 
 #define WORKFLOW_FILE_MAX (4 << 20)
 
-static const struct client_flag apply_flags[] = {
+static const struct cli_flag apply_flags[] = {
     {"idempotency-key", 0, "KEY", "retry-safe apply: the same key replays the first answer"},
     {NULL, 0, NULL, NULL},
 };
 
-static int workflow_apply(struct client_ctx *ctx, const struct client_args *args)
+static int workflow_apply(struct client_ctx *ctx, const struct cli_args *args)
 {
         const char *file = args->positional[0];
         _cleanup_free_ char *data = NULL, *idem = NULL;
@@ -71,13 +71,13 @@ static int workflow_apply(struct client_ctx *ctx, const struct client_args *args
         return CLI_EXIT_OK;
 }
 
-static const struct client_flag list_flags[] = {
+static const struct cli_flag list_flags[] = {
     {"limit", 0, "N", "at most N workflows (1-200, default 50)"},
     {"cursor", 0, "CURSOR", "continue after a previous page"},
     {NULL, 0, NULL, NULL},
 };
 
-static int workflow_list(struct client_ctx *ctx, const struct client_args *args)
+static int workflow_list(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = strdup("/v1/workflows");
         _cleanup_json_ json_t *resp = NULL;
@@ -121,12 +121,12 @@ static int workflow_list(struct client_ctx *ctx, const struct client_args *args)
         return CLI_EXIT_OK;
 }
 
-static const struct client_flag show_flags[] = {
+static const struct cli_flag show_flags[] = {
     {"version", 0, "N", "show version N instead of the latest"},
     {NULL, 0, NULL, NULL},
 };
 
-static int workflow_show(struct client_ctx *ctx, const struct client_args *args)
+static int workflow_show(struct client_ctx *ctx, const struct cli_args *args)
 {
         const char *version = client_arg(ctx, args, "version");
         _cleanup_free_ char *path = client_path("/v1/workflows/%s", args->positional[0]);

@@ -79,7 +79,7 @@ int cmd_client(int argc, char **argv)
         const struct client_command *cmds = NULL, *cmd = NULL;
         const char *summary = NULL, *verb = NULL;
         struct client_global global = {0};
-        struct client_args args;
+        struct cli_args args;
         struct client_ctx ctx;
         char err[512], name[64];
         int verb_at = -1, r;

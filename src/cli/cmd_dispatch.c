@@ -8,7 +8,6 @@
  * number of dispatchers may run; a failed round is retried at the next tick.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,6 +15,7 @@
 
 #include "cleanup.h"
 #include "cli.h"
+#include "cli_args.h"
 #include "cli_db.h"
 #include "duration.h"
 #include "log.h"
@@ -33,13 +33,12 @@ static void on_stop(int sig)
         dispatch_stop = 1;
 }
 
-static void dispatch_usage(FILE *out)
-{
-        fprintf(out, "usage: agently dispatch [--data-dir DIR] [--interval DURATION]\n\n"
-                     "Runs housekeeping every interval (default 5s): log partitions ahead,\n"
-                     "idempotency-key expiry, run deadlines of paused and needs_input runs.\n"
-                     "Any number may run at once.\n");
-}
+static const struct cli_flag dispatch_flags[] = {
+    {"data-dir", 0, "DIR", "embedded Postgres of `agently up` (default ./.agently)"},
+    {"interval", 0, "DURATION", "time between rounds (default 60s, at least 100ms)"},
+    {"help", 'h', NULL, "show this help"},
+    {NULL, 0, NULL, NULL},
+};
 
 /* One round of every task; returns 0 or the first failure (the others still ran). */
 static int dispatch_round(PGconn *c)
@@ -76,38 +75,25 @@ static int dispatch_round(PGconn *c)
 
 int cmd_dispatch(int argc, char **argv)
 {
-        static const struct option options[] = {
-            {"data-dir", required_argument, NULL, 'd'},
-            {"interval", required_argument, NULL, 'i'},
-            {"help", no_argument, NULL, 'h'},
-            {0},
-        };
-        const char *data_dir = NULL;
-        int64_t interval_ms = 5000;
-        int opt;
+        const char *data_dir, *interval;
+        int64_t interval_ms = 60000;
+        struct cli_args args;
         PGconn *c = NULL;
+        int r = cli_role_args("dispatch", "dispatch [--data-dir DIR] [--interval DURATION]",
+                              "Runs housekeeping every interval: log partitions ahead,\n"
+                              "idempotency-key expiry. Any number may run at once.",
+                              dispatch_flags, argc, argv, &args);
 
-        while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-                switch (opt) {
-                case 'd':
-                        data_dir = optarg;
-                        break;
-                case 'i':
-                        if (duration_parse_ms(optarg, &interval_ms) < 0 || interval_ms < 100) {
-                                fprintf(stderr,
-                                        "agently dispatch: --interval must be a duration of at "
-                                        "least 100ms (e.g. 30s), got '%s'\n",
-                                        optarg);
-                                return CLI_EXIT_USAGE;
-                        }
-                        break;
-                case 'h':
-                        dispatch_usage(stdout);
-                        return CLI_EXIT_OK;
-                default:
-                        dispatch_usage(stderr);
-                        return CLI_EXIT_USAGE;
-                }
+        if (r >= 0)
+                return r;
+        data_dir = cli_args_get(dispatch_flags, &args, "data-dir");
+        interval = cli_args_get(dispatch_flags, &args, "interval");
+        if (interval && (duration_parse_ms(interval, &interval_ms) < 0 || interval_ms < 100)) {
+                fprintf(stderr,
+                        "agently dispatch: --interval must be a duration of at least 100ms (e.g. "
+                        "30s), got '%s'\n",
+                        interval);
+                return CLI_EXIT_USAGE;
         }
         signal(SIGTERM, on_stop);
         signal(SIGINT, on_stop);

@@ -1,51 +1,40 @@
 /* `agently migrate`: apply pending migrations (see src/db/migrate.h). */
-#include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 #include "cleanup.h"
 #include "cli.h"
+#include "cli_args.h"
 #include "cli_db.h"
 #include "log.h"
 #include "migrate.h"
 
-static void migrate_usage(FILE *out)
-{
-        fprintf(out, "usage: agently migrate [--data-dir DIR] [--check]\n\n"
-                     "Applies pending schema migrations to the database named by\n"
-                     "AGENTLY_DATABASE_URL, or to the embedded Postgres under --data-dir\n"
-                     "(default ./.agently). Re-running is a no-op.\n\n"
-                     "  --data-dir DIR  the embedded default's data directory\n"
-                     "  --check         only report; exit 1 if migrations are pending\n");
-}
+#define MIGRATE_DESCRIPTION                                                                        \
+        "Applies pending schema migrations to the database named by\n"                             \
+        "AGENTLY_DATABASE_URL, or to the embedded Postgres under --data-dir\n"                     \
+        "(default ./.agently). Re-running is a no-op."
+
+static const struct cli_flag migrate_flags[] = {
+    {"data-dir", 0, "DIR", "the embedded default's data directory"},
+    {"check", 0, NULL, "only report; exit 1 if migrations are pending"},
+    {"help", 'h', NULL, "show this help"},
+    {NULL, 0, NULL, NULL},
+};
 
 int cmd_migrate(int argc, char **argv)
 {
-        static const struct option options[] = {
-            {"data-dir", required_argument, NULL, 'd'},
-            {"check", no_argument, NULL, 'c'},
-            {"help", no_argument, NULL, 'h'},
-            {0},
-        };
-        const char *data_dir = NULL;
+        const char *data_dir;
         _cleanup_pgconn_ PGconn *c = NULL;
-        int opt, r, applied = 0, check = 0;
+        struct cli_args args;
+        int r, applied = 0;
+        bool check;
 
-        while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-                switch (opt) {
-                case 'd':
-                        data_dir = optarg;
-                        break;
-                case 'c':
-                        check = 1;
-                        break;
-                case 'h':
-                        migrate_usage(stdout);
-                        return CLI_EXIT_OK;
-                default:
-                        migrate_usage(stderr);
-                        return CLI_EXIT_USAGE;
-                }
-        }
+        r = cli_role_args("migrate", "migrate [--data-dir DIR] [--check]", MIGRATE_DESCRIPTION,
+                          migrate_flags, argc, argv, &args);
+        if (r >= 0)
+                return r;
+        data_dir = cli_args_get(migrate_flags, &args, "data-dir");
+        check = cli_args_get(migrate_flags, &args, "check") != NULL;
         r = cli_db_connect(data_dir, DB_ROLE_OWNER, &c);
         if (r < 0)
                 return cli_db_fail("could not reach the database", r);

@@ -8,7 +8,6 @@
  * the children (workers drain on SIGTERM), then Postgres.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <signal.h>
@@ -25,6 +24,7 @@
 #include "bootstrap.h"
 #include "cleanup.h"
 #include "cli.h"
+#include "cli_args.h"
 #include "cli_db.h"
 #include "embedded_pg.h"
 #include "fileio.h"
@@ -121,70 +121,45 @@ static bool process_alive(pid_t pid)
         return !(end && end[1] == ' ' && end[2] == 'Z');
 }
 
-static void up_usage(FILE *out)
-{
-        fprintf(out, "usage: agently up [--data-dir DIR] [--port PORT] [--workers N]\n\n"
-                     "Runs agently on this machine: an embedded Postgres under DIR (unless\n"
-                     "AGENTLY_DATABASE_URL is set), the API on 127.0.0.1:PORT, N workers and the\n"
-                     "dispatcher. Stop with Ctrl-C; data is kept in DIR for the next start.\n\n"
-                     "  --data-dir DIR  data directory (default ./.agently, or AGENTLY_DATA_DIR)\n"
-                     "  --port PORT     API and dashboard port (default 8080)\n"
-                     "  --listen ADDR   API listen address (default 127.0.0.1)\n"
-                     "  --workers N     worker processes (default 2; 0 runs none)\n");
-}
+static const struct cli_flag up_flags[] = {
+    {"data-dir", 0, "DIR", "data directory (default ./.agently, or AGENTLY_DATA_DIR)"},
+    {"port", 0, "PORT", "API and dashboard port (default 8080)"},
+    {"listen", 0, "ADDR", "API listen address (default 127.0.0.1)"},
+    {"workers", 0, "N", "worker processes (default 2; 0 runs none)"},
+    {"help", 'h', NULL, "show this help"},
+    {NULL, 0, NULL, NULL},
+};
 
-/* Returns 0 to go on, or the exit code to leave with (--help, a usage error). */
-static int up_parse_options(int argc, char **argv, struct up_options *o, int *exit_code)
+/* Returns -1 to go on, or the exit code to leave with (--help, a usage error). */
+static int up_parse_options(int argc, char **argv, struct up_options *o)
 {
-        static const struct option options[] = {
-            {"data-dir", required_argument, NULL, 'd'}, {"port", required_argument, NULL, 'p'},
-            {"listen", required_argument, NULL, 'l'},   {"workers", required_argument, NULL, 'w'},
-            {"help", no_argument, NULL, 'h'},           {0},
+        struct cli_args args;
+        int64_t port = 8080, workers = 2;
+        int r = cli_role_args(
+            "up", "up [--data-dir DIR] [--port PORT] [--listen ADDR] [--workers N]",
+            "Runs agently on this machine: an embedded Postgres under DIR (unless\n"
+            "AGENTLY_DATABASE_URL is set), the API on 127.0.0.1:PORT, N workers and the\n"
+            "dispatcher. Stop with Ctrl-C; data is kept in DIR for the next start.",
+            up_flags, argc, argv, &args);
+
+        if (r >= 0)
+                return r;
+        if ((r = cli_flag_int("up", "port", cli_args_get(up_flags, &args, "port"), 1, 65535,
+                              &port)) ||
+            (r = cli_flag_int("up", "workers", cli_args_get(up_flags, &args, "workers"), 0, 64,
+                              &workers)))
+                return r;
+        *o = (struct up_options){
+            .data_dir_arg = cli_args_get(up_flags, &args, "data-dir"),
+            .listen_host = cli_args_get(up_flags, &args, "listen"),
+            .port = (int)port,
+            .workers = (int)workers,
         };
-        int opt;
-
-        *o = (struct up_options){.listen_host = "127.0.0.1", .port = 8080, .workers = 2};
-        *exit_code = CLI_EXIT_USAGE;
-        while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-                switch (opt) {
-                case 'd':
-                        o->data_dir_arg = optarg;
-                        break;
-                case 'p':
-                        if (str_to_int(optarg, &o->port) < 0 || o->port < 1 || o->port > 65535) {
-                                fprintf(stderr, "agently up: --port must be 1-65535, got '%s'\n",
-                                        optarg);
-                                return -1;
-                        }
-                        break;
-                case 'l':
-                        o->listen_host = optarg;
-                        break;
-                case 'w':
-                        if (str_to_int(optarg, &o->workers) < 0 || o->workers < 0 ||
-                            o->workers > 64) {
-                                fprintf(stderr, "agently up: --workers must be 0-64, got '%s'\n",
-                                        optarg);
-                                return -1;
-                        }
-                        break;
-                case 'h':
-                        up_usage(stdout);
-                        *exit_code = CLI_EXIT_OK;
-                        return -1;
-                default:
-                        up_usage(stderr);
-                        return -1;
-                }
-        }
-        if (optind < argc) {
-                fprintf(stderr, "agently up: unexpected argument '%s'\n", argv[optind]);
-                return -1;
-        }
+        if (!o->listen_host)
+                o->listen_host = "127.0.0.1";
         if (str_is_empty(o->data_dir_arg))
                 o->data_dir_arg = getenv("AGENTLY_DATA_DIR");
-        *exit_code = CLI_EXIT_OK;
-        return 0;
+        return -1;
 }
 
 /* Step 1: the embedded cluster, created on first start. *out is set whenever the cluster
@@ -472,14 +447,15 @@ static void up_stop_postgres(struct embedded_pg *pg)
 
 int cmd_up(int argc, char **argv)
 {
-        struct up_options o;
+        struct up_options o = {0};
         _cleanup_free_ char *data_dir = NULL, *token_path = NULL, *listen = NULL;
         struct supervisor s = {.self = "/proc/self/exe"};
         bool embedded = str_is_empty(getenv("AGENTLY_DATABASE_URL"));
         int r, created = 0, exit_code = CLI_EXIT_OK;
 
-        if (up_parse_options(argc, argv, &o, &exit_code) < 0)
-                return exit_code;
+        r = up_parse_options(argc, argv, &o);
+        if (r >= 0)
+                return r;
         r = path_absolute(str_is_empty(o.data_dir_arg) ? EMBEDDED_PG_DEFAULT_DATA_DIR
                                                        : o.data_dir_arg,
                           &data_dir);

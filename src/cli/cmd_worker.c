@@ -4,7 +4,6 @@
  * starts from the loop, never from a signal handler), and runs src/worker.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +14,7 @@
 
 #include "cleanup.h"
 #include "cli.h"
+#include "cli_args.h"
 #include "cli_db.h"
 #include "duration.h"
 #include "embedded_pg.h"
@@ -22,31 +22,27 @@
 #include "strutil.h"
 #include "worker.h"
 
-static void worker_usage(FILE *out)
-{
-        fprintf(
-            out,
-            "usage: agently worker [--data-dir DIR] [--concurrency N] [--lease DURATION]\n"
-            "                      [--heartbeat DURATION] [--drain-grace DURATION] [--id NAME]\n\n"
-            "Claims runs from the queue and executes them until SIGTERM (drain) or SIGINT.\n\n"
-            "  --data-dir DIR         embedded Postgres of `agently up` (default ./.agently);\n"
-            "                         AGENTLY_DATABASE_URL overrides it\n"
-            "  --concurrency N        runs held at once (default 100, 1-%d)\n"
-            "  --lease DURATION       lease length (default 30s, 1s-1h)\n"
-            "  --heartbeat DURATION   renewal interval (default lease/3; at most lease/2)\n"
-            "  --drain-grace DURATION on SIGTERM, how long running effects may finish\n"
-            "                         before their runs are released (default 10s)\n"
-            "  --poll DURATION        claim polling fallback (default 500ms, 10ms-1s)\n"
-            "  --id NAME              worker id recorded on claimed runs\n"
-            "                         (default <hostname>:<pid>)\n",
-            WORKER_MAX_CONCURRENCY);
-}
+static const struct cli_flag worker_flags[] = {
+    {"data-dir", 0, "DIR", "embedded Postgres of `agently up` (default ./.agently)"},
+    {"concurrency", 0, "N", "runs held at once (default 100)"},
+    {"lease", 0, "DURATION", "lease length (default 30s, 1s-1h)"},
+    {"heartbeat", 0, "DURATION", "renewal interval (default lease/3; at most lease/2)"},
+    {"drain-grace", 0, "DURATION", "on SIGTERM, how long running effects may finish (10s)"},
+    {"poll", 0, "DURATION", "claim polling fallback (default 500ms, 10ms-1s)"},
+    {"id", 0, "NAME", "worker id recorded on claimed runs (default <hostname>:<pid>)"},
+    {"help", 'h', NULL, "show this help"},
+    {NULL, 0, NULL, NULL},
+};
 
-static int parse_duration_flag(const char *flag, const char *value, int64_t min_ms, int64_t max_ms,
-                               int64_t *out)
+/* A duration flag within [min_ms, max_ms] into *out (left alone when the flag is absent). */
+static int parse_duration_flag(const struct cli_args *args, const char *flag, int64_t min_ms,
+                               int64_t max_ms, int64_t *out)
 {
+        const char *value = cli_args_get(worker_flags, args, flag);
         char lo[32], hi[32];
 
+        if (!value)
+                return 0;
         if (duration_parse_ms(value, out) < 0 || *out < min_ms || *out > max_ms) {
                 duration_format(min_ms, lo, sizeof(lo));
                 duration_format(max_ms, hi, sizeof(hi));
@@ -61,17 +57,6 @@ static int parse_duration_flag(const char *flag, const char *value, int64_t min_
 
 int cmd_worker(int argc, char **argv)
 {
-        static const struct option options[] = {
-            {"data-dir", required_argument, NULL, 'd'},
-            {"concurrency", required_argument, NULL, 'c'},
-            {"lease", required_argument, NULL, 'l'},
-            {"heartbeat", required_argument, NULL, 'b'},
-            {"drain-grace", required_argument, NULL, 'g'},
-            {"poll", required_argument, NULL, 'p'},
-            {"id", required_argument, NULL, 'i'},
-            {"help", no_argument, NULL, 'h'},
-            {0},
-        };
         struct worker_config cfg = {
             .concurrency = 100,
             .lease_ms = 30000,
@@ -80,65 +65,38 @@ int cmd_worker(int argc, char **argv)
             .poll_ms = 500,
             .signal_fd = -1,
         };
-        const char *data_dir = NULL, *id = NULL;
+        const char *data_dir, *id, *concurrency;
         _cleanup_free_ char *conninfo = NULL, *default_id = NULL;
         _cleanup_close_ int sfd = -1;
         char host[128] = "worker";
+        struct cli_args args;
         sigset_t mask;
-        int opt, r;
+        int r;
 
         log_setup("worker");
-        optind = 1;
-        while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-                switch (opt) {
-                case 'd':
-                        data_dir = optarg;
-                        break;
-                case 'c':
-                        if (str_to_int(optarg, &cfg.concurrency) < 0 || cfg.concurrency < 1 ||
-                            cfg.concurrency > WORKER_MAX_CONCURRENCY) {
-                                fprintf(stderr,
-                                        "agently worker: --concurrency must be 1-%d, got '%s'\n",
-                                        WORKER_MAX_CONCURRENCY, optarg);
-                                return CLI_EXIT_USAGE;
-                        }
-                        break;
-                case 'l':
-                        if (parse_duration_flag("lease", optarg, 1000, 3600 * 1000, &cfg.lease_ms) <
-                            0)
-                                return CLI_EXIT_USAGE;
-                        break;
-                case 'b':
-                        if (parse_duration_flag("heartbeat", optarg, 100, 1800 * 1000,
-                                                &cfg.heartbeat_ms) < 0)
-                                return CLI_EXIT_USAGE;
-                        break;
-                case 'g':
-                        if (parse_duration_flag("drain-grace", optarg, 0, 3600 * 1000,
-                                                &cfg.drain_grace_ms) < 0)
-                                return CLI_EXIT_USAGE;
-                        break;
-                case 'p':
-                        if (parse_duration_flag("poll", optarg, 10, 1000, &cfg.poll_ms) < 0)
-                                return CLI_EXIT_USAGE;
-                        break;
-                case 'i':
-                        if (str_is_empty(optarg) || strlen(optarg) > 200) {
-                                fprintf(stderr, "agently worker: --id must be 1-200 characters\n");
-                                return CLI_EXIT_USAGE;
-                        }
-                        id = optarg;
-                        break;
-                case 'h':
-                        worker_usage(stdout);
-                        return CLI_EXIT_OK;
-                default:
-                        worker_usage(stderr);
-                        return CLI_EXIT_USAGE;
-                }
+        r = cli_role_args("worker",
+                          "worker [--data-dir DIR] [--concurrency N] [--lease DURATION] [options]",
+                          "Claims runs from the queue and executes them until SIGTERM (drain) "
+                          "or SIGINT.\nAGENTLY_DATABASE_URL, when set, overrides --data-dir.",
+                          worker_flags, argc, argv, &args);
+        if (r >= 0)
+                return r;
+        data_dir = cli_args_get(worker_flags, &args, "data-dir");
+        id = cli_args_get(worker_flags, &args, "id");
+        concurrency = cli_args_get(worker_flags, &args, "concurrency");
+        if (concurrency && (str_to_int(concurrency, &cfg.concurrency) < 0 || cfg.concurrency < 1 ||
+                            cfg.concurrency > WORKER_MAX_CONCURRENCY)) {
+                fprintf(stderr, "agently worker: --concurrency must be 1-%d, got '%s'\n",
+                        WORKER_MAX_CONCURRENCY, concurrency);
+                return CLI_EXIT_USAGE;
         }
-        if (optind < argc) {
-                fprintf(stderr, "agently worker: unexpected argument '%s'\n", argv[optind]);
+        if (parse_duration_flag(&args, "lease", 1000, 3600 * 1000, &cfg.lease_ms) < 0 ||
+            parse_duration_flag(&args, "heartbeat", 100, 1800 * 1000, &cfg.heartbeat_ms) < 0 ||
+            parse_duration_flag(&args, "drain-grace", 0, 3600 * 1000, &cfg.drain_grace_ms) < 0 ||
+            parse_duration_flag(&args, "poll", 10, 1000, &cfg.poll_ms) < 0)
+                return CLI_EXIT_USAGE;
+        if (id && (str_is_empty(id) || strlen(id) > 200)) {
+                fprintf(stderr, "agently worker: --id must be 1-200 characters\n");
                 return CLI_EXIT_USAGE;
         }
         if (cfg.heartbeat_ms == 0)

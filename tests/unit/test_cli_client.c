@@ -123,7 +123,7 @@ static void timestamps_parse_in_api_and_postgres_forms(void **state)
         assert_int_equal(client_time_parse("2026-13-22T05:53:47Z", &a), -EINVAL);
 }
 
-static const struct client_flag test_flags[] = {
+static const struct cli_flag test_flags[] = {
     {"input", 'i', "JSON", "input"},
     {"wait", 'w', NULL, "wait"},
     {NULL, 0, NULL, NULL},
@@ -132,7 +132,7 @@ static const struct client_flag test_flags[] = {
 static const struct client_command test_cmd = {"run", "start", "WORKFLOW", "start",
                                                1,     1,       test_flags, NULL};
 
-static int parse(struct client_args *a, struct client_global *g, char *err, size_t n, ...)
+static int parse(struct cli_args *a, struct client_global *g, char *err, size_t n, ...)
 {
         char *argv[16];
         int argc = 0;
@@ -148,7 +148,7 @@ static int parse(struct client_args *a, struct client_global *g, char *err, size
 
 static void arguments_parse_and_usage_errors_name_the_flag(void **state)
 {
-        struct client_args a;
+        struct cli_args a;
         struct client_global g;
         char err[256];
 
@@ -180,6 +180,53 @@ static void arguments_parse_and_usage_errors_name_the_flag(void **state)
         assert_true(g.help);
         assert_int_equal(parse(&a, &g, err, sizeof(err), "--", "-dash-name", NULL), 0);
         assert_string_equal(a.positional[0], "-dash-name");
+}
+
+/* The server roles parse with the same parser: same spellings, errors naming the role. */
+static void server_roles_parse_with_the_same_parser(void **state)
+{
+        static const struct cli_flag role_flags[] = {
+            {"port", 0, "PORT", "port"},
+            {"check", 0, NULL, "check only"},
+            {"help", 'h', NULL, "show this help"},
+            {NULL, 0, NULL, NULL},
+        };
+        char *ok[] = {"up", "--port=9090", "--check", NULL};
+        char *spaced[] = {"up", "--port", "9090", NULL};
+        char *help[] = {"up", "-h", NULL};
+        char *unknown[] = {"up", "--server", "http://x", NULL};
+        char *extra[] = {"up", "stray", NULL};
+        char *missing[] = {"up", "--port", NULL};
+        struct cli_args a;
+        int64_t port = 0;
+        char err[256];
+
+        (void)state;
+        assert_int_equal(cli_role_args("up", "up [--port PORT]", "test", role_flags, 3, ok, &a),
+                         -1);
+        assert_string_equal(cli_args_get(role_flags, &a, "port"), "9090");
+        assert_string_equal(cli_args_get(role_flags, &a, "check"), "");
+        assert_null(cli_args_get(role_flags, &a, "help"));
+        assert_int_equal(
+            cli_flag_int("up", "port", cli_args_get(role_flags, &a, "port"), 1, 65535, &port), 0);
+        assert_int_equal(port, 9090);
+        assert_int_equal(cli_flag_int("up", "port", "0", 1, 65535, &port), CLI_EXIT_USAGE);
+        assert_int_equal(cli_role_args("up", "up", "test", role_flags, 3, spaced, &a), -1);
+        assert_string_equal(cli_args_get(role_flags, &a, "port"), "9090");
+        assert_int_equal(cli_role_args("up", "up", "test", role_flags, 2, help, &a), CLI_EXIT_OK);
+        /* a client's global flag is not a server role's */
+        assert_int_equal(cli_role_args("up", "up", "test", role_flags, 3, unknown, &a),
+                         CLI_EXIT_USAGE);
+        assert_int_equal(cli_role_args("up", "up", "test", role_flags, 2, extra, &a),
+                         CLI_EXIT_USAGE);
+        assert_int_equal(
+            cli_args_parse("agently up", role_flags, NULL, 0, 1, missing + 1, &a, err, sizeof(err)),
+            -EINVAL);
+        assert_string_equal(err, "agently up: flag --port needs PORT");
+        assert_int_equal(
+            cli_args_parse("agently up", role_flags, NULL, 0, 2, unknown + 1, &a, err, sizeof(err)),
+            -EINVAL);
+        assert_string_equal(err, "agently up: unknown flag --server");
 }
 
 static void write_file(const char *path, const char *data)
@@ -383,6 +430,7 @@ int main(void)
             cmocka_unit_test(sse_parser_caps_an_event),
             cmocka_unit_test(paths_escape_their_arguments),
             cmocka_unit_test(http_statuses_map_to_exit_codes),
+            cmocka_unit_test(server_roles_parse_with_the_same_parser),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
