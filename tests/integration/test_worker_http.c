@@ -13,104 +13,43 @@
 
 #include "fileio.h"
 #include "testlib.h"
-#include "worker_sink.h"
+#include "worker_fixture.h"
 
-struct fixture {
-        char *conninfo;
-        PGconn *db;
-        char *user;
-        struct worker_sink *sink;
-        char *dir;
-        char log[512];
-        pid_t worker;
-};
-
-static struct fixture *setup(const char *name)
+/* One worker per test, w1 (lease 2 s, heartbeat 500 ms); it must drain cleanly at the end. */
+static struct worker_fixture *setup(const char *name)
 {
-        struct fixture *f = calloc(1, sizeof(*f));
+        struct worker_fixture *f = worker_fixture_new(name);
 
-        f->conninfo = test_db_create(name);
-        f->db = test_db_connect(f->conninfo);
-        f->user = worker_test_user(f->db, "alice");
-        f->sink = worker_sink_start();
-        f->dir = test_tempdir(name);
-        snprintf(f->log, sizeof(f->log), "%s/worker.log", f->dir);
-        f->worker = worker_test_spawn(f->conninfo, "w1", "2s", "500ms", NULL, f->log);
+        worker_fixture_spawn(f, "w1", "2s", "500ms", NULL);
         return f;
 }
 
-static void dump_log(struct fixture *f)
+static void teardown(struct worker_fixture *f)
 {
-        char cmd[600];
-        snprintf(cmd, sizeof(cmd), "tail -n 40 %s >&2", f->log);
-        if (system(cmd) != 0)
-                fprintf(stderr, "(no worker log)\n");
-}
-
-static void teardown(struct fixture *f)
-{
-        assert_exit_code(test_stop_process(f->worker, SIGTERM, 15000), 0);
-        worker_sink_stop(f->sink);
-        PQfinish(f->db);
-        test_rm_rf(f->dir);
-        free(f->dir);
-        free(f->user);
-        free(f->conninfo);
-        free(f);
-}
-
-static char *start_run(struct fixture *f, const char *definition)
-{
-        char *def = worker_sink_expand(f->sink, definition), *wf, *run;
-
-        wf = worker_test_workflow(f->db, f->user, "w", 1, def);
-        run = worker_test_run(f->db, wf, NULL);
-        free(def);
-        free(wf);
-        return run;
-}
-
-static void wait_status(struct fixture *f, const char *run, const char *status, int ms)
-{
-        if (!worker_test_wait_status(f->db, run, status, ms)) {
-                dump_log(f);
-                fprintf(stderr, "run %s: status %s, wanted %s\n", run,
-                        test_db_value(f->db,
-                                      "SELECT status || ' ' || coalesce(error::text, '') "
-                                      "FROM workflow_runs WHERE id = '%s'",
-                                      run),
-                        status);
-                fail();
-        }
-}
-
-static long long count_events(struct fixture *f, const char *run, const char *kind)
-{
-        return test_db_int(f->db,
-                           "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = '%s'",
-                           run, kind);
+        assert_exit_code(test_stop_process(f->workers[0], SIGTERM, 15000), 0);
+        worker_fixture_free(f);
 }
 
 /* The issue's minimal shape, as written: http, then a sleep after it. */
 static void test_minimal_http_then_sleep(void **state)
 {
-        struct fixture *f = setup("wk_min");
-        char *run =
-            start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
-                         "\"request\":{\"method\":\"POST\",\"url\":\"SINK/x\",\"body\":{}}},"
-                         "{\"id\":\"b\",\"type\":\"sleep\",\"duration\":\"1s\","
-                         "\"after\":[\"a\"]}]}");
+        struct worker_fixture *f = setup("wk_min");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+               "\"request\":{\"method\":\"POST\",\"url\":\"SINK/x\",\"body\":{}}},"
+               "{\"id\":\"b\",\"type\":\"sleep\",\"duration\":\"1s\","
+               "\"after\":[\"a\"]}]}");
         struct worker_sink_request req;
         char key[300];
 
         /* while it sleeps the run holds no lease and no worker */
-        wait_status(f, run, "waiting", 15000);
+        worker_fixture_wait_status(f, run, "waiting", 15000);
         assert_db_equal("true", f->db,
                         "SELECT (claimed_by IS NULL AND lease_expires_at IS "
                         "NULL AND run_at > now())::text FROM workflow_runs "
                         "WHERE id = '%s'",
                         run);
-        wait_status(f, run, "completed", 15000);
+        worker_fixture_wait_status(f, run, "completed", 15000);
 
         assert_int_equal(worker_sink_count(f->sink, "/x"), 1);
         assert_int_equal(worker_sink_get(f->sink, "/x", 0, &req), 0);
@@ -136,12 +75,12 @@ static void test_minimal_http_then_sleep(void **state)
                                   "workflow_run_id = '%s'",
                                   run),
                       900);
-        assert_int_equal(count_events(f, run, "run.started"), 1);
-        assert_int_equal(count_events(f, run, "node.started"), 1);
-        assert_int_equal(count_events(f, run, "node.completed"), 2);
-        assert_int_equal(count_events(f, run, "run.waiting"), 1);
-        assert_int_equal(count_events(f, run, "run.resumed"), 1);
-        assert_int_equal(count_events(f, run, "run.completed"), 1);
+        assert_int_equal(worker_fixture_count_events(f, run, "run.started"), 1);
+        assert_int_equal(worker_fixture_count_events(f, run, "node.started"), 1);
+        assert_int_equal(worker_fixture_count_events(f, run, "node.completed"), 2);
+        assert_int_equal(worker_fixture_count_events(f, run, "run.waiting"), 1);
+        assert_int_equal(worker_fixture_count_events(f, run, "run.resumed"), 1);
+        assert_int_equal(worker_fixture_count_events(f, run, "run.completed"), 1);
         /* events are gap-free per run */
         assert_int_equal(test_db_int(f->db,
                                      "SELECT max(seq) - count(*) FROM logs WHERE "
@@ -156,14 +95,15 @@ static void test_minimal_http_then_sleep(void **state)
  * time, then success; one idempotency key for all three sends. */
 static void test_retry_with_backoff(void **state)
 {
-        struct fixture *f = setup("wk_retry");
-        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
-                                 "\"request\":{\"url\":\"SINK/flaky?fail=2\"},"
-                                 "\"retry\":{\"max_attempts\":3,\"backoff\":\"fixed\","
-                                 "\"initial_delay\":\"400ms\",\"jitter\":false}}]}");
+        struct worker_fixture *f = setup("wk_retry");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+               "\"request\":{\"url\":\"SINK/flaky?fail=2\"},"
+               "\"retry\":{\"max_attempts\":3,\"backoff\":\"fixed\","
+               "\"initial_delay\":\"400ms\",\"jitter\":false}}]}");
         struct worker_sink_request r0, r1, r2;
 
-        wait_status(f, run, "completed", 20000);
+        worker_fixture_wait_status(f, run, "completed", 20000);
         assert_int_equal(worker_sink_count(f->sink, "/flaky"), 3);
         assert_int_equal(worker_sink_distinct_keys(f->sink, "/flaky"), 1);
         assert_int_equal(worker_sink_get(f->sink, "/flaky", 0, &r0), 0);
@@ -183,9 +123,9 @@ static void test_retry_with_backoff(void **state)
                         "FROM node_runs WHERE workflow_run_id = '%s' AND "
                         "attempt = 1",
                         run);
-        assert_int_equal(count_events(f, run, "node.retry_scheduled"), 2);
+        assert_int_equal(worker_fixture_count_events(f, run, "node.retry_scheduled"), 2);
         /* between attempts the run waited without a worker */
-        assert_int_ge(count_events(f, run, "run.waiting"), 2);
+        assert_int_ge(worker_fixture_count_events(f, run, "run.waiting"), 2);
         free(run);
         teardown(f);
 }
@@ -193,14 +133,15 @@ static void test_retry_with_backoff(void **state)
 /* 429 with Retry-After: 2 is honoured even though the policy's own delay is 100ms. */
 static void test_429_retry_after(void **state)
 {
-        struct fixture *f = setup("wk_429");
-        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
-                                 "\"request\":{\"url\":\"SINK/limited?fail=1&status=429&"
-                                 "retry_after=2\"},\"retry\":{\"max_attempts\":2,"
-                                 "\"initial_delay\":\"100ms\",\"jitter\":false}}]}");
+        struct worker_fixture *f = setup("wk_429");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+               "\"request\":{\"url\":\"SINK/limited?fail=1&status=429&"
+               "retry_after=2\"},\"retry\":{\"max_attempts\":2,"
+               "\"initial_delay\":\"100ms\",\"jitter\":false}}]}");
         struct worker_sink_request r0, r1;
 
-        wait_status(f, run, "completed", 20000);
+        worker_fixture_wait_status(f, run, "completed", 20000);
         assert_int_equal(worker_sink_count(f->sink, "/limited"), 2);
         assert_int_equal(worker_sink_get(f->sink, "/limited", 0, &r0), 0);
         assert_int_equal(worker_sink_get(f->sink, "/limited", 1, &r1), 0);
@@ -218,25 +159,26 @@ static void test_429_retry_after(void **state)
 /* A node timeout aborts the request and, with no retry left, fails the run. */
 static void test_node_timeout_fails_run(void **state)
 {
-        struct fixture *f = setup("wk_timeout");
-        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
-                                 "\"request\":{\"url\":\"SINK/slow?delay_ms=4000\"},"
-                                 "\"timeout\":\"500ms\",\"retry\":{\"max_attempts\":1}}]}");
+        struct worker_fixture *f = setup("wk_timeout");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+               "\"request\":{\"url\":\"SINK/slow?delay_ms=4000\"},"
+               "\"timeout\":\"500ms\",\"retry\":{\"max_attempts\":1}}]}");
         int64_t t0 = test_now_ms();
 
-        wait_status(f, run, "failed", 15000);
+        worker_fixture_wait_status(f, run, "failed", 15000);
         assert_int_lt(test_now_ms() - t0, 3500);
         assert_db_equal("timeout", f->db,
                         "SELECT error->>'class' FROM node_runs WHERE "
                         "workflow_run_id = '%s' AND node_id = 'a'",
                         run);
-        assert_int_equal(count_events(f, run, "run.failed"), 1);
+        assert_int_equal(worker_fixture_count_events(f, run, "run.failed"), 1);
         free(run);
         teardown(f);
 }
 
 /* The first request the sink got on path (fails the test when there is none). */
-static struct worker_sink_request sink_request(struct fixture *f, const char *path)
+static struct worker_sink_request sink_request(struct worker_fixture *f, const char *path)
 {
         struct worker_sink_request req;
 
@@ -251,16 +193,17 @@ static struct worker_sink_request sink_request(struct fixture *f, const char *pa
  * key recorded; a node without one gets "<run id>:<node id>". */
 static void test_own_idempotency_key(void **state)
 {
-        struct fixture *f = setup("wk_ownkey");
-        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":["
-                                 "{\"id\":\"own\",\"type\":\"http\",\"request\":{\"method\":"
-                                 "\"POST\",\"url\":\"SINK/own\",\"headers\":{\"idempotency-KEY\":"
-                                 "\"order-42\"},\"body\":{}}},"
-                                 "{\"id\":\"derived\",\"type\":\"http\",\"request\":{"
-                                 "\"method\":\"POST\",\"url\":\"SINK/derived\",\"body\":{}}}]}");
+        struct worker_fixture *f = setup("wk_ownkey");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":["
+               "{\"id\":\"own\",\"type\":\"http\",\"request\":{\"method\":"
+               "\"POST\",\"url\":\"SINK/own\",\"headers\":{\"idempotency-KEY\":"
+               "\"order-42\"},\"body\":{}}},"
+               "{\"id\":\"derived\",\"type\":\"http\",\"request\":{"
+               "\"method\":\"POST\",\"url\":\"SINK/derived\",\"body\":{}}}]}");
         char derived[300];
 
-        wait_status(f, run, "completed", 15000);
+        worker_fixture_wait_status(f, run, "completed", 15000);
         assert_int_equal(worker_sink_count(f->sink, "/own"), 1);
         assert_string_equal(sink_request(f, "/own").idempotency_key, "order-42");
         snprintf(derived, sizeof(derived), "%s:derived", run);
@@ -277,24 +220,24 @@ static void test_own_idempotency_key(void **state)
  * definition sets always wins. */
 static void test_body_content_types(void **state)
 {
-        struct fixture *f = setup("wk_bodies");
-        char *run =
-            start_run(f, "{\"name\":\"w\",\"nodes\":["
-                         "{\"id\":\"text\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
-                         "\"url\":\"SINK/text\",\"body\":\"h\u00e9llo\"}},"
-                         "{\"id\":\"json\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
-                         "\"url\":\"SINK/json\",\"body\":{\"a\":[1,\"x\"]}}},"
-                         "{\"id\":\"list\",\"type\":\"http\",\"request\":{\"method\":\"PUT\","
-                         "\"url\":\"SINK/list\",\"body\":[1,2]}},"
-                         "{\"id\":\"form\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
-                         "\"url\":\"SINK/form\",\"headers\":{\"content-type\":"
-                         "\"application/x-www-form-urlencoded\"},\"body\":\"a=1&b=2\"}},"
-                         "{\"id\":\"typed\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
-                         "\"url\":\"SINK/typed\",\"headers\":{\"Content-Type\":"
-                         "\"application/vnd.api+json\"},\"body\":{\"b\":true}}}]}");
+        struct worker_fixture *f = setup("wk_bodies");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":["
+               "{\"id\":\"text\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
+               "\"url\":\"SINK/text\",\"body\":\"h\u00e9llo\"}},"
+               "{\"id\":\"json\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
+               "\"url\":\"SINK/json\",\"body\":{\"a\":[1,\"x\"]}}},"
+               "{\"id\":\"list\",\"type\":\"http\",\"request\":{\"method\":\"PUT\","
+               "\"url\":\"SINK/list\",\"body\":[1,2]}},"
+               "{\"id\":\"form\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
+               "\"url\":\"SINK/form\",\"headers\":{\"content-type\":"
+               "\"application/x-www-form-urlencoded\"},\"body\":\"a=1&b=2\"}},"
+               "{\"id\":\"typed\",\"type\":\"http\",\"request\":{\"method\":\"POST\","
+               "\"url\":\"SINK/typed\",\"headers\":{\"Content-Type\":"
+               "\"application/vnd.api+json\"},\"body\":{\"b\":true}}}]}");
         struct worker_sink_request req;
 
-        wait_status(f, run, "completed", 15000);
+        worker_fixture_wait_status(f, run, "completed", 15000);
         req = sink_request(f, "/text");
         assert_string_equal(req.content_type, "text/plain; charset=utf-8");
         assert_string_equal(req.body, "h\xc3\xa9llo");
@@ -319,13 +262,14 @@ static void test_body_content_types(void **state)
  * timeout) and, with the default on_failure, the run fails naming it. */
 static void test_at_most_once_timeout_is_sent_once(void **state)
 {
-        struct fixture *f = setup("wk_amo_timeout");
-        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"pay\",\"type\":\"http\","
-                                 "\"delivery\":\"at_most_once\",\"timeout\":\"1s\",\"request\":{"
-                                 "\"method\":\"POST\",\"url\":\"SINK/pay?delay_ms=3000\","
-                                 "\"body\":{\"amount\":5}}}]}");
+        struct worker_fixture *f = setup("wk_amo_timeout");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"pay\",\"type\":\"http\","
+               "\"delivery\":\"at_most_once\",\"timeout\":\"1s\",\"request\":{"
+               "\"method\":\"POST\",\"url\":\"SINK/pay?delay_ms=3000\","
+               "\"body\":{\"amount\":5}}}]}");
 
-        wait_status(f, run, "failed", 20000);
+        worker_fixture_wait_status(f, run, "failed", 20000);
         usleep(500 * 1000);
         assert_int_equal(worker_sink_count(f->sink, "/pay"), 1);
         assert_db_equal("interrupted#1 timeout", f->db,
@@ -346,7 +290,7 @@ static void test_at_most_once_timeout_is_sent_once(void **state)
  * nodes.x.error.class == 'http_5xx' holds for a 503 of either delivery. */
 static void test_at_most_once_ambiguous_failures(void **state)
 {
-        struct fixture *f = setup("wk_amo_classes");
+        struct worker_fixture *f = setup("wk_amo_classes");
         char def[4096];
         char *run;
 
@@ -375,8 +319,8 @@ static void test_at_most_once_ambiguous_failures(void **state)
                  "\"c\":\"${ nodes.five.status } ${ nodes.cut.status } ${ nodes.cut.error.class "
                  "} ${ nodes.refused.error.class } ${ nodes.gone.error.class }\"}}]}",
                  test_free_port());
-        run = start_run(f, def);
-        wait_status(f, run, "completed", 20000);
+        run = worker_fixture_start_run(f, def);
+        worker_fixture_wait_status(f, run, "completed", 20000);
         usleep(300 * 1000);
         assert_int_equal(worker_sink_count(f->sink, "/five"), 1);
         assert_int_equal(worker_sink_count(f->sink, "/cut"), 1);
@@ -448,21 +392,21 @@ static bool line_has(const char *text, const char *a, const char *b)
  * the API's events and in `agently run logs`. */
 static void test_failed_attempts_say_why(void **state)
 {
-        struct fixture *f = setup("wk_why");
+        struct worker_fixture *f = setup("wk_why");
         char base[64], token[128], out[600], *logs = NULL;
         size_t len;
         pid_t api = worker_test_spawn_api(f->conninfo, f->dir, base, sizeof(base));
-        char *run =
-            start_run(f, "{\"name\":\"w\",\"nodes\":["
-                         "{\"id\":\"flaky\",\"type\":\"http\",\"request\":{\"url\":"
-                         "\"SINK/flaky?fail=2&status=503\"},\"retry\":{\"max_attempts\":3,"
-                         "\"backoff\":\"fixed\",\"initial_delay\":\"300ms\",\"jitter\":false}},"
-                         "{\"id\":\"gone\",\"type\":\"http\",\"on_failure\":\"continue\","
-                         "\"request\":{\"url\":\"SINK/gone?fail=9&status=404\"}}]}");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":["
+               "{\"id\":\"flaky\",\"type\":\"http\",\"request\":{\"url\":"
+               "\"SINK/flaky?fail=2&status=503\"},\"retry\":{\"max_attempts\":3,"
+               "\"backoff\":\"fixed\",\"initial_delay\":\"300ms\",\"jitter\":false}},"
+               "{\"id\":\"gone\",\"type\":\"http\",\"on_failure\":\"continue\","
+               "\"request\":{\"url\":\"SINK/gone?fail=9&status=404\"}}]}");
         json_t *e, *d;
 
         worker_test_token(f->db, f->user, token);
-        wait_status(f, run, "completed", 20000);
+        worker_fixture_wait_status(f, run, "completed", 20000);
 
         e = failed_event(base, token, run, "flaky", 1);
         assert_non_null(e);

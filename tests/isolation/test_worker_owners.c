@@ -14,76 +14,26 @@
 #include <unistd.h>
 
 #include "testlib.h"
-#include "worker_sink.h"
+#include "worker_fixture.h"
 
-struct fixture {
-        char *conninfo;
-        PGconn *db;
-        char *user;
-        struct worker_sink *sink;
-        char *dir;
-        pid_t workers[4];
-        int nworkers;
-};
-
-static struct fixture *setup(const char *name)
-{
-        struct fixture *f = calloc(1, sizeof(*f));
-
-        f->conninfo = test_db_create(name);
-        f->db = test_db_connect(f->conninfo);
-        f->user = worker_test_user(f->db, "alice");
-        f->sink = worker_sink_start();
-        f->dir = test_tempdir(name);
-        return f;
-}
-
-static pid_t spawn(struct fixture *f, const char *id)
+static pid_t spawn(struct worker_fixture *f, const char *id)
 {
         /* a small concurrency, so that no single worker can take every run at once */
         static const char *const extra[] = {"--concurrency", "8", NULL};
-        char log[600];
-        snprintf(log, sizeof(log), "%s/%s.log", f->dir, id);
-        f->workers[f->nworkers] = worker_test_spawn(f->conninfo, id, "2s", "500ms", extra, log);
-        return f->workers[f->nworkers++];
+        return worker_fixture_spawn(f, id, "2s", "500ms", extra);
 }
 
-static void dump_logs(struct fixture *f)
+static char *workflow(struct worker_fixture *f, const char *definition)
 {
-        char cmd[600];
-        snprintf(cmd, sizeof(cmd), "tail -n 30 %s/*.log >&2", f->dir);
-        if (system(cmd) != 0)
-                fprintf(stderr, "(no worker logs)\n");
+        return worker_fixture_workflow(f, "w", definition);
 }
 
-static void teardown(struct fixture *f)
-{
-        for (int i = 0; i < f->nworkers; i++)
-                if (f->workers[i] > 0)
-                        test_stop_process(f->workers[i], SIGTERM, 15000);
-        worker_sink_stop(f->sink);
-        PQfinish(f->db);
-        test_rm_rf(f->dir);
-        free(f->dir);
-        free(f->user);
-        free(f->conninfo);
-        free(f);
-}
-
-static char *workflow(struct fixture *f, const char *definition)
-{
-        char *def = worker_sink_expand(f->sink, definition);
-        char *wf = worker_test_workflow(f->db, f->user, "w", 1, def);
-        free(def);
-        return wf;
-}
-
-static void wait_all(struct fixture *f, const char *where, long long n, int ms)
+static void wait_all(struct worker_fixture *f, const char *where, long long n, int ms)
 {
         int64_t deadline = test_now_ms() + ms;
         while (test_db_int(f->db, "SELECT count(*) FROM workflow_runs WHERE %s", where) < n) {
                 if (test_now_ms() > deadline) {
-                        dump_logs(f);
+                        worker_fixture_dump_logs(f);
                         fprintf(stderr, "%lld runs match %s, wanted %lld\n",
                                 test_db_int(f->db, "SELECT count(*) FROM workflow_runs WHERE %s",
                                             where),
@@ -94,18 +44,6 @@ static void wait_all(struct fixture *f, const char *where, long long n, int ms)
         }
 }
 
-static void wait_sink(struct fixture *f, const char *prefix, int n, int ms)
-{
-        int64_t deadline = test_now_ms() + ms;
-        while (worker_sink_count(f->sink, prefix) < n) {
-                if (test_now_ms() > deadline) {
-                        dump_logs(f);
-                        fail();
-                }
-                usleep(20 * 1000);
-        }
-}
-
 #define RUNS 40
 
 /* Three workers, 40 runs of three http steps: with nobody crashing, each step reaches the
@@ -113,7 +51,7 @@ static void wait_sink(struct fixture *f, const char *prefix, int n, int ms)
  * the worker that held the run's lease at that epoch. */
 static void test_several_workers_one_owner(void **state)
 {
-        struct fixture *f = setup("owners");
+        struct worker_fixture *f = worker_fixture_new("owners");
         char *wf = workflow(f, "{\"name\":\"w\",\"nodes\":["
                                "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
                                "\"SINK/s/a?delay_ms=20\"}},"
@@ -151,7 +89,7 @@ static void test_several_workers_one_owner(void **state)
                                             "> 1) x"),
                          0);
         free(wf);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 static const char THREE_STEPS[] = "{\"name\":\"w\",\"nodes\":["
@@ -167,17 +105,17 @@ static const char THREE_STEPS[] = "{\"name\":\"w\",\"nodes\":["
  * the same key; c runs once. */
 static void test_killed_worker_is_resumed_from_checkpoint(void **state)
 {
-        struct fixture *f = setup("reclaim");
+        struct worker_fixture *f = worker_fixture_new("reclaim");
         char *wf = workflow(f, THREE_STEPS);
         pid_t w1 = spawn(f, "w1");
         char *run = worker_test_run(f->db, wf, NULL);
 
-        wait_sink(f, "/b", 1, 15000);
+        worker_fixture_wait_sink(f, "/b", 1, 15000);
         test_stop_process(w1, SIGKILL, 5000);
         f->workers[0] = 0;
         spawn(f, "w2");
         if (!worker_test_wait_status(f->db, run, "completed", 20000)) {
-                dump_logs(f);
+                worker_fixture_dump_logs(f);
                 fail();
         }
         assert_int_equal(worker_sink_count(f->sink, "/a"), 1);
@@ -193,7 +131,7 @@ static void test_killed_worker_is_resumed_from_checkpoint(void **state)
                         "'c'");
         free(run);
         free(wf);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 /* ZOMBIE: w1 is SIGSTOPped mid-step for twice its lease; w2 takes the run over and
@@ -201,7 +139,7 @@ static void test_killed_worker_is_resumed_from_checkpoint(void **state)
  * database or at the sink comes from w1 after the takeover, and w1 drops the run. */
 static void test_zombie_worker_is_fenced(void **state)
 {
-        struct fixture *f = setup("zombie");
+        struct worker_fixture *f = worker_fixture_new("zombie");
         char *wf = workflow(f, THREE_STEPS);
         pid_t w1 = spawn(f, "w1");
         char *run = worker_test_run(f->db, wf, NULL);
@@ -210,12 +148,12 @@ static void test_zombie_worker_is_fenced(void **state)
         struct worker_sink_request req;
         char log[600], cmd[700];
 
-        wait_sink(f, "/b", 1, 15000);
+        worker_fixture_wait_sink(f, "/b", 1, 15000);
         kill(w1, SIGSTOP);
         usleep(4200 * 1000); /* 2 x lease */
         spawn(f, "w2");
         if (!worker_test_wait_status(f->db, run, "completed", 20000)) {
-                dump_logs(f);
+                worker_fixture_dump_logs(f);
                 fail();
         }
         takeover = test_db_value(f->db, "SELECT min(created_at) FROM logs WHERE kind = "
@@ -252,7 +190,7 @@ static void test_zombie_worker_is_fenced(void **state)
         free(takeover);
         free(run);
         free(wf);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 int main(void)
