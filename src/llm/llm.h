@@ -184,6 +184,7 @@ bool llm_stream_done(const struct llm_stream *s);
 
 /*
  * Ends the stream (the body is complete) and moves the result into *out (zeroed first;
+ * an event not ended by its blank line is discarded, as the event-stream grammar says;
  * the caller frees it with llm_result_free, also after a failure). -EBADMSG when the
  * stream ended before its last event (a cut connection), had failed before, or holds a
  * tool call without a name. Call at most once.

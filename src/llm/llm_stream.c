@@ -586,15 +586,8 @@ int llm_stream_finish(struct llm_stream *s, struct llm_result *out, char **error
         if (s->finished)
                 return llm_fail(error, -EINVAL, "stream already finished");
         s->finished = true;
-        /* a last line or event the body ended without terminating still counts */
-        if (!s->failed && s->line.len) {
-                process_line(s, s->line.data, s->line.len);
-                buf_reset(&s->line);
-        }
-        if (!s->failed && s->has_data) {
-                dispatch(s);
-                s->has_data = false;
-        }
+        /* an event the body ended before its blank line is discarded, as the event-stream
+         * grammar says: a cut connection, reported below when the last event is missing */
         if (s->failed)
                 return report(s, error);
         if (!s->done)

@@ -245,6 +245,9 @@ static void malformed_streams_are_named(void **state)
                        "openai stream: event 2 is not JSON");
         expect_failure(LLM_PROVIDER_OPENAI, OA_CHUNK("{\"content\":\"hi\"}"), -EBADMSG,
                        "ended before its last event (data: [DONE]) after 1 events");
+        /* an event the body ends before its blank line does not count (a cut) */
+        expect_failure(LLM_PROVIDER_OPENAI, OA_CHUNK("{\"content\":\"hi\"}") "data: [DONE]\n",
+                       -EBADMSG, "ended before its last event (data: [DONE]) after 1 events");
         expect_failure(LLM_PROVIDER_OPENAI, "data: [1,2]\n\n", -EBADMSG,
                        "event 1 is not a JSON object");
         expect_failure(LLM_PROVIDER_OPENAI,
@@ -291,7 +294,7 @@ static void malformed_streams_are_named(void **state)
             -EBADMSG, "ended before its last event (message_stop) after 1 events");
 }
 
-/* Comments, unknown fields, a BOM, multi-line data, a final event without its blank line:
+/* Comments, unknown fields, a BOM, multi-line data, an event split over data lines:
  * the event-stream grammar, not just the happy path. */
 static void event_stream_grammar(void **state)
 {
@@ -301,7 +304,7 @@ static void event_stream_grammar(void **state)
                                    "data: \"delta\":{\"content\":\"a\\nb\"}}]}\n\n"
                                    "data:{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"c\"},"
                                    "\"finish_reason\":\"stop\"}]}\n\n"
-                                   "data: [DONE]";
+                                   "data: [DONE]\n\n";
         static const char *const ends[] = {"\n", "\r\n", "\r"};
         size_t cuts[512];
 
