@@ -14,94 +14,27 @@
 #include <unistd.h>
 
 #include "testlib.h"
-#include "worker_sink.h"
+#include "worker_fixture.h"
 
-struct fixture {
-        char *conninfo;
-        PGconn *db;
-        char *user;
-        struct worker_sink *sink;
-        char *dir;
-        char log[512];
-        pid_t worker;
-};
-
-static struct fixture *setup(const char *name)
+/* One worker per test, w1 (lease 2 s, heartbeat 500 ms); the one running at the end (w1, or
+ * the w2 that replaced it) must drain cleanly. */
+static struct worker_fixture *setup(const char *name)
 {
-        struct fixture *f = calloc(1, sizeof(*f));
+        struct worker_fixture *f = worker_fixture_new(name);
 
-        f->conninfo = test_db_create(name);
-        f->db = test_db_connect(f->conninfo);
-        f->user = worker_test_user(f->db, "alice");
-        f->sink = worker_sink_start();
-        f->dir = test_tempdir(name);
-        snprintf(f->log, sizeof(f->log), "%s/worker.log", f->dir);
-        f->worker = worker_test_spawn(f->conninfo, "w1", "2s", "500ms", NULL, f->log);
+        worker_fixture_spawn(f, "w1", "2s", "500ms", NULL);
         return f;
 }
 
-static void dump_log(struct fixture *f)
+static void teardown(struct worker_fixture *f)
 {
-        char cmd[600];
-        snprintf(cmd, sizeof(cmd), "tail -n 40 %s/*.log >&2", f->dir);
-        if (system(cmd) != 0)
-                fprintf(stderr, "(no worker log)\n");
+        assert_exit_code(test_stop_process(f->workers[f->nworkers - 1], SIGTERM, 15000), 0);
+        worker_fixture_free(f);
 }
 
-static void teardown(struct fixture *f)
+static char *workflow(struct worker_fixture *f, const char *name, const char *definition)
 {
-        if (f->worker > 0)
-                assert_exit_code(test_stop_process(f->worker, SIGTERM, 15000), 0);
-        worker_sink_stop(f->sink);
-        PQfinish(f->db);
-        test_rm_rf(f->dir);
-        free(f->dir);
-        free(f->user);
-        free(f->conninfo);
-        free(f);
-}
-
-static char *workflow(struct fixture *f, const char *name, const char *definition)
-{
-        char *def = worker_sink_expand(f->sink, definition);
-        char *wf = worker_test_workflow(f->db, f->user, name, 1, def);
-        free(def);
-        return wf;
-}
-
-static void wait_status(struct fixture *f, const char *run, const char *status, int ms)
-{
-        if (!worker_test_wait_status(f->db, run, status, ms)) {
-                dump_log(f);
-                fprintf(stderr, "run %s: %s, wanted %s\n", run,
-                        test_db_value(f->db,
-                                      "SELECT status || ' ' || coalesce(error::text, '') "
-                                      "FROM workflow_runs WHERE id = '%s'",
-                                      run),
-                        status);
-                fail();
-        }
-}
-
-static void wait_sink(struct fixture *f, const char *prefix, int n, int ms)
-{
-        int64_t deadline = test_now_ms() + ms;
-        while (worker_sink_count(f->sink, prefix) < n) {
-                if (test_now_ms() > deadline) {
-                        dump_log(f);
-                        fprintf(stderr, "sink: %d requests to %s, wanted %d\n",
-                                worker_sink_count(f->sink, prefix), prefix, n);
-                        fail();
-                }
-                usleep(20 * 1000);
-        }
-}
-
-static long long count_events(struct fixture *f, const char *run, const char *kind)
-{
-        return test_db_int(f->db,
-                           "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = '%s'",
-                           run, kind);
+        return worker_fixture_workflow(f, name, definition);
 }
 
 static const char SIGNAL_WF[] =
@@ -113,7 +46,7 @@ static const char SIGNAL_WF[] =
 /* A signal sent before the run reaches its wait_event node is kept and consumed there. */
 static void test_signal_sent_early(void **state)
 {
-        struct fixture *f = setup("wk_sig_early");
+        struct worker_fixture *f = setup("wk_sig_early");
         char *wf = workflow(f, "sig", SIGNAL_WF);
         char *run;
 
@@ -127,7 +60,7 @@ static void test_signal_sent_early(void **state)
                            run));
         PQclear(test_db_must(f->db, "COMMIT"));
 
-        wait_status(f, run, "completed", 15000);
+        worker_fixture_wait_status(f, run, "completed", 15000);
         assert_int_equal(worker_sink_count(f->sink, "/c"), 1);
         assert_db_equal("b", f->db,
                         "SELECT consumed_by_node FROM signals WHERE "
@@ -145,11 +78,11 @@ static void test_signal_sent_early(void **state)
 /* A run waiting for a signal holds nothing; the signal (plus wake-up) resumes it. */
 static void test_signal_wakes_waiting_run(void **state)
 {
-        struct fixture *f = setup("wk_sig_late");
+        struct worker_fixture *f = setup("wk_sig_late");
         char *wf = workflow(f, "sig", SIGNAL_WF);
         char *run = worker_test_run(f->db, wf, NULL);
 
-        wait_status(f, run, "waiting", 15000);
+        worker_fixture_wait_status(f, run, "waiting", 15000);
         assert_db_equal("true", f->db,
                         "SELECT (claimed_by IS NULL AND run_at = 'infinity')"
                         "::text FROM workflow_runs WHERE id = '%s'",
@@ -167,9 +100,9 @@ static void test_signal_wakes_waiting_run(void **state)
                            run));
         free(test_db_value(f->db, "SELECT agently_wake_run('%s')", run));
         PQclear(test_db_must(f->db, "COMMIT"));
-        wait_status(f, run, "completed", 10000);
+        worker_fixture_wait_status(f, run, "completed", 10000);
         assert_int_equal(worker_sink_count(f->sink, "/c"), 1);
-        assert_int_equal(count_events(f, run, "run.resumed"), 1);
+        assert_int_equal(worker_fixture_count_events(f, run, "run.resumed"), 1);
         free(run);
         free(wf);
         teardown(f);
@@ -179,7 +112,7 @@ static void test_signal_wakes_waiting_run(void **state)
  * the run finished canceled, nothing after it runs. */
 static void test_cancel_running_run(void **state)
 {
-        struct fixture *f = setup("wk_cancel");
+        struct worker_fixture *f = setup("wk_cancel");
         char *wf = workflow(f, "cancel",
                             "{\"name\":\"cancel\",\"nodes\":["
                             "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
@@ -189,16 +122,16 @@ static void test_cancel_running_run(void **state)
         char *run = worker_test_run(f->db, wf, NULL);
         int64_t t0;
 
-        wait_sink(f, "/hang", 1, 15000);
+        worker_fixture_wait_sink(f, "/hang", 1, 15000);
         t0 = test_now_ms();
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET cancel_requested = true"));
-        wait_status(f, run, "canceled", 5000);
+        worker_fixture_wait_status(f, run, "canceled", 5000);
         assert_int_lt(test_now_ms() - t0, 3000); /* a heartbeat, not the request's 8 s */
         assert_db_equal("canceled", f->db,
                         "SELECT status FROM node_runs WHERE workflow_run_id = "
                         "'%s' AND node_id = 'a'",
                         run);
-        assert_int_equal(count_events(f, run, "run.canceled"), 1);
+        assert_int_equal(worker_fixture_count_events(f, run, "run.canceled"), 1);
         usleep(500 * 1000);
         assert_int_equal(worker_sink_count(f->sink, "/b"), 0);
         free(run);
@@ -212,7 +145,7 @@ static void test_cancel_running_run(void **state)
  * POST reached the server exactly once: a pause never makes a request go twice. */
 static void test_pause_and_resume(void **state)
 {
-        struct fixture *f = setup("wk_pause");
+        struct worker_fixture *f = setup("wk_pause");
         char *wf = workflow(f, "pause",
                             "{\"name\":\"pause\",\"nodes\":["
                             "{\"id\":\"a\",\"type\":\"http\",\"delivery\":\"at_most_once\","
@@ -223,7 +156,7 @@ static void test_pause_and_resume(void **state)
         char *run = worker_test_run(f->db, wf, NULL);
         int64_t t0;
 
-        wait_sink(f, "/slow", 1, 15000);
+        worker_fixture_wait_sink(f, "/slow", 1, 15000);
         t0 = test_now_ms();
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET pause_requested = true"));
         usleep(1500 * 1000); /* a heartbeat has seen it: the run waits for its request */
@@ -231,7 +164,7 @@ static void test_pause_and_resume(void **state)
                         "SELECT r.status || ' ' || n.status FROM workflow_runs r JOIN node_runs n "
                         "ON n.workflow_run_id = r.id WHERE r.id = '%s' AND n.node_id = 'a'",
                         run);
-        wait_status(f, run, "paused", 10000);
+        worker_fixture_wait_status(f, run, "paused", 10000);
         assert_int_ge(test_now_ms() - t0, 3000); /* the rest of the 5 s request */
         assert_db_equal("completed", f->db,
                         "SELECT status FROM node_runs WHERE workflow_run_id = '%s' AND node_id = "
@@ -247,10 +180,10 @@ static void test_pause_and_resume(void **state)
 
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET status = 'queued', run_at = now() "
                                     "WHERE status = 'paused'"));
-        wait_status(f, run, "completed", 15000);
+        worker_fixture_wait_status(f, run, "completed", 15000);
         assert_int_equal(worker_sink_count(f->sink, "/slow"), 1);
         assert_int_equal(worker_sink_count(f->sink, "/b"), 1);
-        assert_int_equal(count_events(f, run, "run.paused"), 1);
+        assert_int_equal(worker_fixture_count_events(f, run, "run.paused"), 1);
         free(run);
         free(wf);
         teardown(f);
@@ -260,7 +193,7 @@ static void test_pause_and_resume(void **state)
  * when the child finishes; the child's output is the node's output. */
 static void test_subworkflow(void **state)
 {
-        struct fixture *f = setup("wk_child");
+        struct worker_fixture *f = setup("wk_child");
         char *child = workflow(f, "child",
                                "{\"name\":\"child\",\"nodes\":[{\"id\":\"x\",\"type\":\"http\","
                                "\"request\":{\"url\":\"SINK/child\"}}]}");
@@ -272,7 +205,7 @@ static void test_subworkflow(void **state)
                                 "\"SINK/after\"},\"after\":[\"sub\"]}]}");
         char *run = worker_test_run(f->db, parent, NULL);
 
-        wait_status(f, run, "completed", 20000);
+        worker_fixture_wait_status(f, run, "completed", 20000);
         assert_int_equal(test_db_int(f->db,
                                      "SELECT count(*) FROM workflow_runs WHERE parent_run_id = "
                                      "'%s' AND parent_node_id = 'sub' AND status = 'completed' "
@@ -281,7 +214,7 @@ static void test_subworkflow(void **state)
                          1);
         assert_int_equal(worker_sink_count(f->sink, "/child"), 1);
         assert_int_equal(worker_sink_count(f->sink, "/after"), 1);
-        assert_int_ge(count_events(f, run, "run.waiting"), 1);
+        assert_int_ge(worker_fixture_count_events(f, run, "run.waiting"), 1);
         free(run);
         free(child);
         free(parent);
@@ -292,7 +225,7 @@ static void test_subworkflow(void **state)
  * request in flight). */
 static void test_cancel_reaches_subworkflow(void **state)
 {
-        struct fixture *f = setup("wk_child_cancel");
+        struct worker_fixture *f = setup("wk_child_cancel");
         char *child = workflow(f, "child",
                                "{\"name\":\"child\",\"nodes\":[{\"id\":\"x\",\"type\":\"http\","
                                "\"request\":{\"url\":\"SINK/hang?delay_ms=8000\"},"
@@ -303,8 +236,8 @@ static void test_cancel_reaches_subworkflow(void **state)
         char *run = worker_test_run(f->db, parent, NULL);
         char *kid;
 
-        wait_sink(f, "/hang", 1, 15000);
-        wait_status(f, run, "waiting", 5000);
+        worker_fixture_wait_sink(f, "/hang", 1, 15000);
+        worker_fixture_wait_status(f, run, "waiting", 5000);
         assert_db_equal("subworkflow (node sub)", f->db,
                         "SELECT wait_reason FROM workflow_runs WHERE id = '%s'", run);
         PQclear(test_db_must(f->db, "BEGIN"));
@@ -313,10 +246,10 @@ static void test_cancel_reaches_subworkflow(void **state)
                            "WHERE id = '%s' RETURNING id",
                            run));
         PQclear(test_db_must(f->db, "COMMIT"));
-        wait_status(f, run, "canceled", 10000);
+        worker_fixture_wait_status(f, run, "canceled", 10000);
         kid = test_db_value(f->db, "SELECT id FROM workflow_runs WHERE parent_run_id = '%s'", run);
         assert_non_null(kid);
-        wait_status(f, kid, "canceled", 10000);
+        worker_fixture_wait_status(f, kid, "canceled", 10000);
         assert_db_equal("canceled", f->db,
                         "SELECT status FROM node_runs WHERE workflow_run_id = '%s' AND node_id = "
                         "'x'",
@@ -333,23 +266,20 @@ static void test_cancel_reaches_subworkflow(void **state)
  * of sending again. */
 static void test_at_most_once_interrupted(void **state)
 {
-        struct fixture *f = setup("wk_amo");
+        struct worker_fixture *f = setup("wk_amo");
         char *wf = workflow(f, "amo",
                             "{\"name\":\"amo\",\"nodes\":[{\"id\":\"pay\",\"type\":\"http\","
                             "\"delivery\":\"at_most_once\",\"request\":{\"method\":\"POST\","
                             "\"url\":\"SINK/pay?delay_ms=5000\"}}]}");
         char *run = worker_test_run(f->db, wf, NULL);
-        char log2[600];
-
-        wait_sink(f, "/pay", 1, 15000);
+        worker_fixture_wait_sink(f, "/pay", 1, 15000);
         assert_db_equal("started", f->db,
                         "SELECT status FROM node_runs WHERE workflow_run_id = "
                         "'%s'",
                         run);
-        test_stop_process(f->worker, SIGKILL, 5000);
-        snprintf(log2, sizeof(log2), "%s/worker2.log", f->dir);
-        f->worker = worker_test_spawn(f->conninfo, "w2", "2s", "500ms", NULL, log2);
-        wait_status(f, run, "failed", 15000);
+        test_stop_process(f->workers[0], SIGKILL, 5000);
+        worker_fixture_spawn(f, "w2", "2s", "500ms", NULL);
+        worker_fixture_wait_status(f, run, "failed", 15000);
         usleep(300 * 1000);
         assert_int_equal(worker_sink_count(f->sink, "/pay"), 1);
         assert_db_equal("interrupted", f->db,

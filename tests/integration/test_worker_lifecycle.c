@@ -13,85 +13,7 @@
 #include <unistd.h>
 
 #include "testlib.h"
-#include "worker_sink.h"
-
-struct fixture {
-        char *conninfo;
-        PGconn *db;
-        char *user;
-        struct worker_sink *sink;
-        char *dir;
-};
-
-static struct fixture *setup(const char *name)
-{
-        struct fixture *f = calloc(1, sizeof(*f));
-
-        f->conninfo = test_db_create(name);
-        f->db = test_db_connect(f->conninfo);
-        f->user = worker_test_user(f->db, "alice");
-        f->sink = worker_sink_start();
-        f->dir = test_tempdir(name);
-        return f;
-}
-
-static void teardown(struct fixture *f)
-{
-        worker_sink_stop(f->sink);
-        PQfinish(f->db);
-        test_rm_rf(f->dir);
-        free(f->dir);
-        free(f->user);
-        free(f->conninfo);
-        free(f);
-}
-
-static pid_t spawn(struct fixture *f, const char *id, const char *lease, const char *heartbeat,
-                   const char *const *extra)
-{
-        char log[600];
-        snprintf(log, sizeof(log), "%s/%s.log", f->dir, id);
-        return worker_test_spawn(f->conninfo, id, lease, heartbeat, extra, log);
-}
-
-static void dump_logs(struct fixture *f)
-{
-        char cmd[600];
-        snprintf(cmd, sizeof(cmd), "tail -n 30 %s/*.log >&2", f->dir);
-        if (system(cmd) != 0)
-                fprintf(stderr, "(no logs)\n");
-}
-
-static char *start_run(struct fixture *f, const char *definition)
-{
-        char *def = worker_sink_expand(f->sink, definition);
-        char *wf = worker_test_workflow(f->db, f->user, "w", 1, def);
-        char *run = worker_test_run(f->db, wf, NULL);
-        free(def);
-        free(wf);
-        return run;
-}
-
-static void wait_status(struct fixture *f, const char *run, const char *status, int ms)
-{
-        if (!worker_test_wait_status(f->db, run, status, ms)) {
-                dump_logs(f);
-                fail_msg("run %s did not reach %s", run, status);
-        }
-}
-
-static void wait_sink(struct fixture *f, const char *prefix, int n, int ms)
-{
-        int64_t deadline = test_now_ms() + ms;
-        while (worker_sink_count(f->sink, prefix) < n) {
-                if (test_now_ms() > deadline) {
-                        dump_logs(f);
-                        fail_msg("sink: %d requests to %s, wanted %d",
-                                 worker_sink_count(f->sink, prefix), prefix, n);
-                }
-                usleep(20 * 1000);
-        }
-}
+#include "worker_fixture.h"
 
 static int stop_worker(pid_t pid, int sig, int ms)
 {
@@ -106,14 +28,15 @@ static int stop_worker(pid_t pid, int sig, int ms)
 static void test_drain_releases_held_runs(void **state)
 {
         static const char *const grace[] = {"--drain-grace", "300ms", NULL};
-        struct fixture *f = setup("wk_drain");
-        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
-                                 "\"request\":{\"url\":\"SINK/hang?delay_ms=15000\"},"
-                                 "\"timeout\":\"60s\"}]}");
-        pid_t w1 = spawn(f, "w1", "30s", "10s", grace), w2;
+        struct worker_fixture *f = worker_fixture_new("wk_drain");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+               "\"request\":{\"url\":\"SINK/hang?delay_ms=15000\"},"
+               "\"timeout\":\"60s\"}]}");
+        pid_t w1 = worker_fixture_spawn(f, "w1", "30s", "10s", grace), w2;
         int64_t t0;
 
-        wait_sink(f, "/hang", 1, 15000);
+        worker_fixture_wait_sink(f, "/hang", 1, 15000);
         /* the registry shows the live worker (for people and metrics)... */
         for (int i = 0; i < 40 && test_db_int(f->db, "SELECT count(*) FROM agently_workers "
                                                      "WHERE id = 'w1' AND concurrency = 100") == 0;
@@ -133,15 +56,15 @@ static void test_drain_releases_held_runs(void **state)
                         run);
 
         t0 = test_now_ms();
-        w2 = spawn(f, "w2", "30s", "10s", NULL);
-        wait_sink(f, "/hang", 2, 5000);
+        w2 = worker_fixture_spawn(f, "w2", "30s", "10s", NULL);
+        worker_fixture_wait_sink(f, "/hang", 2, 5000);
         assert_int_lt(test_now_ms() - t0, 4000); /* not the 30 s lease */
         assert_int_equal(worker_sink_distinct_keys(f->sink, "/hang"), 1);
         PQclear(test_db_must(f->db, "UPDATE workflow_runs SET cancel_requested = true"));
-        wait_status(f, run, "canceled", 15000);
+        worker_fixture_wait_status(f, run, "canceled", 15000);
         assert_int_equal(stop_worker(w2, SIGTERM, 10000), 0);
         free(run);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 /* SIGTERM while a short request runs: it finishes within the grace and its result is
@@ -149,15 +72,16 @@ static void test_drain_releases_held_runs(void **state)
 static void test_drain_keeps_finished_effects(void **state)
 {
         static const char *const grace[] = {"--drain-grace", "5s", NULL};
-        struct fixture *f = setup("wk_drain2");
-        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":["
-                                 "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
-                                 "\"SINK/quick?delay_ms=800\"}},"
-                                 "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":"
-                                 "\"SINK/next\"},\"after\":[\"a\"]}]}");
-        pid_t w1 = spawn(f, "w1", "30s", "10s", grace);
+        struct worker_fixture *f = worker_fixture_new("wk_drain2");
+        char *run =
+            worker_fixture_start_run(f, "{\"name\":\"w\",\"nodes\":["
+                                        "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
+                                        "\"SINK/quick?delay_ms=800\"}},"
+                                        "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":"
+                                        "\"SINK/next\"},\"after\":[\"a\"]}]}");
+        pid_t w1 = worker_fixture_spawn(f, "w1", "30s", "10s", grace);
 
-        wait_sink(f, "/quick", 1, 15000);
+        worker_fixture_wait_sink(f, "/quick", 1, 15000);
         assert_int_equal(stop_worker(w1, SIGTERM, 10000), 0);
         assert_db_equal("completed", f->db,
                         "SELECT status FROM node_runs WHERE workflow_run_id = '%s' AND node_id = "
@@ -166,7 +90,7 @@ static void test_drain_keeps_finished_effects(void **state)
         assert_int_equal(worker_sink_count(f->sink, "/next"), 0);
         assert_db_equal("queued", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
         free(run);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 /* SIGTERM while an at_most_once and an at_least_once request are in flight, and the run
@@ -177,23 +101,24 @@ static void test_drain_keeps_finished_effects(void **state)
 static void test_drain_lets_requests_in_flight_finish(void **state)
 {
         static const char *const grace[] = {"--drain-grace", "10s", NULL};
-        struct fixture *f = setup("wk_drain3");
-        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":["
-                                 "{\"id\":\"a\",\"type\":\"http\",\"delivery\":\"at_most_once\","
-                                 "\"timeout\":\"30s\",\"request\":{\"method\":\"POST\","
-                                 "\"url\":\"SINK/amo?delay_ms=3000\"}},"
-                                 "{\"id\":\"b\",\"type\":\"http\",\"timeout\":\"30s\","
-                                 "\"request\":{\"method\":\"POST\","
-                                 "\"url\":\"SINK/alo?delay_ms=3000\"}},"
-                                 "{\"id\":\"e\",\"type\":\"http\",\"request\":{\"url\":"
-                                 "\"SINK/e?delay_ms=1000\"}},"
-                                 "{\"id\":\"d\",\"type\":\"http\",\"request\":{\"url\":"
-                                 "\"SINK/d\"},\"after\":[\"e\"]}]}");
-        pid_t w1 = spawn(f, "w1", "30s", "10s", grace), w2;
+        struct worker_fixture *f = worker_fixture_new("wk_drain3");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":["
+               "{\"id\":\"a\",\"type\":\"http\",\"delivery\":\"at_most_once\","
+               "\"timeout\":\"30s\",\"request\":{\"method\":\"POST\","
+               "\"url\":\"SINK/amo?delay_ms=3000\"}},"
+               "{\"id\":\"b\",\"type\":\"http\",\"timeout\":\"30s\","
+               "\"request\":{\"method\":\"POST\","
+               "\"url\":\"SINK/alo?delay_ms=3000\"}},"
+               "{\"id\":\"e\",\"type\":\"http\",\"request\":{\"url\":"
+               "\"SINK/e?delay_ms=1000\"}},"
+               "{\"id\":\"d\",\"type\":\"http\",\"request\":{\"url\":"
+               "\"SINK/d\"},\"after\":[\"e\"]}]}");
+        pid_t w1 = worker_fixture_spawn(f, "w1", "30s", "10s", grace), w2;
 
-        wait_sink(f, "/amo", 1, 15000);
-        wait_sink(f, "/alo", 1, 5000);
-        wait_sink(f, "/e", 1, 5000);
+        worker_fixture_wait_sink(f, "/amo", 1, 15000);
+        worker_fixture_wait_sink(f, "/alo", 1, 5000);
+        worker_fixture_wait_sink(f, "/e", 1, 5000);
         assert_int_equal(stop_worker(w1, SIGTERM, 15000), 0);
         assert_int_equal(test_db_int(f->db,
                                      "SELECT count(*) FROM node_runs WHERE workflow_run_id = '%s' "
@@ -203,27 +128,28 @@ static void test_drain_lets_requests_in_flight_finish(void **state)
         assert_int_equal(worker_sink_count(f->sink, "/d"), 0);
         assert_db_equal("queued", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
 
-        w2 = spawn(f, "w2", "30s", "10s", NULL);
-        wait_status(f, run, "completed", 15000);
+        w2 = worker_fixture_spawn(f, "w2", "30s", "10s", NULL);
+        worker_fixture_wait_status(f, run, "completed", 15000);
         assert_int_equal(worker_sink_count(f->sink, "/amo"), 1);
         assert_int_equal(worker_sink_count(f->sink, "/alo"), 1);
         assert_int_equal(worker_sink_count(f->sink, "/e"), 1);
         assert_int_equal(worker_sink_count(f->sink, "/d"), 1);
         assert_int_equal(stop_worker(w2, SIGTERM, 10000), 0);
         free(run);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 /* on_failure escalate: the run waits in needs_input, holding nothing, with the error. */
 static void test_escalate_to_needs_input(void **state)
 {
-        struct fixture *f = setup("wk_escalate");
-        char *run = start_run(f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
-                                 "\"request\":{\"url\":\"SINK/bad?fail=9&status=500\"},"
-                                 "\"retry\":{\"max_attempts\":1},\"on_failure\":\"escalate\"}]}");
-        pid_t w1 = spawn(f, "w1", "2s", "500ms", NULL);
+        struct worker_fixture *f = worker_fixture_new("wk_escalate");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+               "\"request\":{\"url\":\"SINK/bad?fail=9&status=500\"},"
+               "\"retry\":{\"max_attempts\":1},\"on_failure\":\"escalate\"}]}");
+        pid_t w1 = worker_fixture_spawn(f, "w1", "2s", "500ms", NULL);
 
-        wait_status(f, run, "needs_input", 15000);
+        worker_fixture_wait_status(f, run, "needs_input", 15000);
         assert_db_equal("true", f->db,
                         "SELECT (claimed_by IS NULL AND error IS NOT NULL)::text FROM "
                         "workflow_runs WHERE id = '%s'",
@@ -238,28 +164,30 @@ static void test_escalate_to_needs_input(void **state)
         assert_int_equal(worker_sink_count(f->sink, "/bad"), 1);
         assert_int_equal(stop_worker(w1, SIGTERM, 10000), 0);
         free(run);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 /* A run deadline (database time) fails a run sleeping past it. */
 static void test_run_timeout(void **state)
 {
-        struct fixture *f = setup("wk_deadline");
-        char *run = start_run(f, "{\"name\":\"w\",\"timeout\":\"1s\",\"nodes\":[{\"id\":\"nap\","
-                                 "\"type\":\"sleep\",\"duration\":\"1h\"}]}");
-        pid_t w1 = spawn(f, "w1", "2s", "500ms", NULL);
+        struct worker_fixture *f = worker_fixture_new("wk_deadline");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"timeout\":\"1s\",\"nodes\":[{\"id\":\"nap\","
+               "\"type\":\"sleep\",\"duration\":\"1h\"}]}");
+        pid_t w1 = worker_fixture_spawn(f, "w1", "2s", "500ms", NULL);
         int64_t t0 = test_now_ms();
 
-        wait_status(f, run, "failed", 10000);
+        worker_fixture_wait_status(f, run, "failed", 10000);
         assert_int_lt(test_now_ms() - t0, 5000);
         assert_db_equal("timeout", f->db,
                         "SELECT error->>'class' FROM workflow_runs WHERE id = '%s'", run);
         assert_int_equal(stop_worker(w1, SIGTERM, 10000), 0);
         free(run);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
-static void expect_usage_error(struct fixture *f, const char *const *args, const char *message)
+static void expect_usage_error(struct worker_fixture *f, const char *const *args,
+                               const char *message)
 {
         char log[600], text[4096];
         FILE *out;
@@ -283,7 +211,7 @@ static void expect_usage_error(struct fixture *f, const char *const *args, const
 
 static void test_flags_are_validated(void **state)
 {
-        struct fixture *f = setup("wk_flags");
+        struct worker_fixture *f = worker_fixture_new("wk_flags");
         const char *a1[] = {"worker", "--lease", "3s", "--heartbeat", "2s", NULL};
         const char *a2[] = {"worker", "--concurrency", "0", NULL};
         const char *a3[] = {"worker", "--lease", "soon", NULL};
@@ -293,7 +221,7 @@ static void test_flags_are_validated(void **state)
         expect_usage_error(f, a2, "--concurrency must be 1-10000, got '0'");
         expect_usage_error(f, a3, "--lease must be a duration between 1s and 1h");
         expect_usage_error(f, a4, "--poll must be a duration between 10ms and 1s");
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 int main(void)

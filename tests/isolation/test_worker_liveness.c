@@ -16,72 +16,23 @@
 #include <unistd.h>
 
 #include "testlib.h"
-#include "worker_sink.h"
+#include "worker_fixture.h"
 
 #define LEASE_MS 2000
 #define RUNS     4
 
-struct fixture {
-        char *conninfo;
-        PGconn *db;
-        char *user;
-        struct worker_sink *sink;
-        char *dir;
-};
-
-static struct fixture *setup(const char *name)
+static pid_t spawn(struct worker_fixture *f, const char *id)
 {
-        struct fixture *f = calloc(1, sizeof(*f));
-
-        f->conninfo = test_db_create(name);
-        f->db = test_db_connect(f->conninfo);
-        f->user = worker_test_user(f->db, "alice");
-        f->sink = worker_sink_start();
-        f->dir = test_tempdir(name);
-        return f;
-}
-
-static void teardown(struct fixture *f)
-{
-        worker_sink_stop(f->sink);
-        PQfinish(f->db);
-        test_rm_rf(f->dir);
-        free(f->dir);
-        free(f->user);
-        free(f->conninfo);
-        free(f);
-}
-
-static pid_t spawn(struct fixture *f, const char *id)
-{
-        char log[600];
-        snprintf(log, sizeof(log), "%s/%s.log", f->dir, id);
-        return worker_test_spawn(f->conninfo, id, "2s", "500ms", NULL, log);
-}
-
-static void dump_logs(struct fixture *f)
-{
-        char cmd[600];
-        snprintf(cmd, sizeof(cmd), "tail -n 30 %s/*.log >&2", f->dir);
-        if (system(cmd) != 0)
-                fprintf(stderr, "(no worker logs)\n");
-}
-
-static char *workflow(struct fixture *f, const char *name, const char *definition)
-{
-        char *def = worker_sink_expand(f->sink, definition);
-        char *wf = worker_test_workflow(f->db, f->user, name, 1, def);
-        free(def);
-        return wf;
+        return worker_fixture_spawn(f, id, "2s", "500ms", NULL);
 }
 
 /* Polls a count query until it reaches n; returns the ms it took, or fails after ms. */
-static int64_t wait_count(struct fixture *f, long long n, int ms, const char *sql)
+static int64_t wait_count(struct worker_fixture *f, long long n, int ms, const char *sql)
 {
         int64_t t0 = test_now_ms();
         while (test_db_int(f->db, "%s", sql) < n) {
                 if (test_now_ms() - t0 > ms) {
-                        dump_logs(f);
+                        worker_fixture_dump_logs(f);
                         fail_msg("%lld rows for %s after %d ms, wanted %lld",
                                  test_db_int(f->db, "%s", sql), sql, ms, n);
                 }
@@ -100,15 +51,17 @@ static int64_t wait_count(struct fixture *f, long long n, int ms, const char *sq
  */
 static void test_worker_frozen_mid_turn_is_rescued(void **state)
 {
-        struct fixture *f = setup("frozen");
-        char *child = workflow(f, "child",
-                               "{\"name\":\"child\",\"nodes\":[{\"id\":\"x\",\"type\":\"http\","
-                               "\"request\":{\"url\":\"SINK/child\"}}]}");
-        char *parent = workflow(f, "parent",
-                                "{\"name\":\"parent\",\"nodes\":["
-                                "{\"id\":\"sub\",\"type\":\"subworkflow\",\"workflow\":\"child\"},"
-                                "{\"id\":\"after\",\"type\":\"http\",\"request\":{\"url\":"
-                                "\"SINK/after\"},\"after\":[\"sub\"]}]}");
+        struct worker_fixture *f = worker_fixture_new("frozen");
+        char *child = worker_fixture_workflow(
+            f, "child",
+            "{\"name\":\"child\",\"nodes\":[{\"id\":\"x\",\"type\":\"http\","
+            "\"request\":{\"url\":\"SINK/child\"}}]}");
+        char *parent = worker_fixture_workflow(
+            f, "parent",
+            "{\"name\":\"parent\",\"nodes\":["
+            "{\"id\":\"sub\",\"type\":\"subworkflow\",\"workflow\":\"child\"},"
+            "{\"id\":\"after\",\"type\":\"http\",\"request\":{\"url\":"
+            "\"SINK/after\"},\"after\":[\"sub\"]}]}");
         char *blocked, *state_now, *takeover;
         pid_t w1, w2;
         int64_t stopped_at, rescue_ms, resumed_ms;
@@ -140,7 +93,7 @@ static void test_worker_frozen_mid_turn_is_rescued(void **state)
                 if (blocked)
                         break;
                 if (i > 750) {
-                        dump_logs(f);
+                        worker_fixture_dump_logs(f);
                         fail_msg("w1 never reached the child run's insert");
                 }
                 usleep(20 * 1000);
@@ -214,7 +167,7 @@ static void test_worker_frozen_mid_turn_is_rescued(void **state)
         free(blocked);
         free(child);
         free(parent);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 /*
@@ -227,13 +180,13 @@ static void test_worker_frozen_mid_turn_is_rescued(void **state)
  */
 static void test_worker_never_rescues_its_own_run(void **state)
 {
-        struct fixture *f = setup("selfrescue");
-        char *wf = workflow(f, "w",
-                            "{\"name\":\"w\",\"nodes\":["
-                            "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
-                            "\"SINK/slow?delay_ms=3000\"}},"
-                            "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":"
-                            "\"SINK/b\"},\"after\":[\"a\"]}]}");
+        struct worker_fixture *f = worker_fixture_new("selfrescue");
+        char *wf = worker_fixture_workflow(f, "w",
+                                           "{\"name\":\"w\",\"nodes\":["
+                                           "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
+                                           "\"SINK/slow?delay_ms=3000\"}},"
+                                           "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":"
+                                           "\"SINK/b\"},\"after\":[\"a\"]}]}");
         char *run = worker_test_run(f->db, wf, NULL);
         pid_t w1 = spawn(f, "w1");
 
@@ -245,7 +198,7 @@ static void test_worker_never_rescues_its_own_run(void **state)
                 usleep(20 * 1000);
         }
         if (!worker_test_wait_status(f->db, run, "completed", 15000)) {
-                dump_logs(f);
+                worker_fixture_dump_logs(f);
                 fail_msg("run %s did not complete", run);
         }
         assert_int_equal(test_db_int(f->db, "SELECT lease_epoch FROM workflow_runs"), 1);
@@ -257,7 +210,7 @@ static void test_worker_never_rescues_its_own_run(void **state)
         assert_exit_code(test_stop_process(w1, SIGTERM, 15000), 0);
         free(run);
         free(wf);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 /*
@@ -268,10 +221,11 @@ static void test_worker_never_rescues_its_own_run(void **state)
  */
 static void test_transient_error_loading_the_workflow_leaves_the_run(void **state)
 {
-        struct fixture *f = setup("wflookup");
-        char *wf = workflow(f, "w",
-                            "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
-                            "\"request\":{\"url\":\"SINK/a\"}}]}");
+        struct worker_fixture *f = worker_fixture_new("wflookup");
+        char *wf =
+            worker_fixture_workflow(f, "w",
+                                    "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"http\","
+                                    "\"request\":{\"url\":\"SINK/a\"}}]}");
         char *run;
         pid_t w1;
 
@@ -283,7 +237,7 @@ static void test_transient_error_loading_the_workflow_leaves_the_run(void **stat
         assert_db_equal("running", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
         PQclear(test_db_must(f->db, "GRANT SELECT ON workflows TO agently_worker"));
         if (!worker_test_wait_status(f->db, run, "completed", LEASE_MS + 8000)) {
-                dump_logs(f);
+                worker_fixture_dump_logs(f);
                 fail_msg("run %s did not complete", run);
         }
         assert_int_equal(worker_sink_count(f->sink, "/a"), 1);
@@ -293,7 +247,7 @@ static void test_transient_error_loading_the_workflow_leaves_the_run(void **stat
         assert_exit_code(test_stop_process(w1, SIGTERM, 15000), 0);
         free(run);
         free(wf);
-        teardown(f);
+        worker_fixture_free(f);
 }
 
 int main(void)
