@@ -308,8 +308,8 @@ static bool do_stop(struct chaos *c, int64_t now)
 
                 /* what it held once stopped (a write of its own may still commit just before) */
                 usleep(50 * 1000);
-                /* frozen inside a transaction, it keeps its runs' rows locked and nobody can
-                 * take them over (issue 8 defect 4, tested on its own in the worker suite):
+                /* frozen inside a transaction, it keeps its runs' rows locked until the server
+                 * ends its session (issue 8 defect 4, tested on its own in the worker suite):
                  * continue it and try again shortly, a few times, so that zombies come back
                  * to runs that were taken over */
                 if (c->stop_retries < 40 && most > 0 &&
@@ -396,7 +396,8 @@ static bool log_has(struct chaos *c, const char *worker, const char *text)
 
 /* Every zombie was fenced: of each run taken over while it was stopped, no node attempt of
  * its epoch was started or finished after it came back (its writes were refused), and, when
- * it lived on for a few heartbeats, its log says it lost that lease. Returns violations;
+ * it lived on for a few heartbeats, its log says it lost that lease (or gave the run up when
+ * its turn failed because the server had ended its frozen session). Returns violations;
  * counts the zombies and runs that were fenced. */
 static long long check_zombies(struct chaos *c, int *fenced_zombies, int *fenced_runs)
 {
@@ -409,7 +410,7 @@ static long long check_zombies(struct chaos *c, int *fenced_zombies, int *fenced
                 int taken = 0;
 
                 for (int r = 0; r < z->nruns; r++) {
-                        char text[128];
+                        char text[128], abandoned[128];
                         if (!z->runs[r].taken)
                                 continue;
                         taken++;
@@ -429,7 +430,13 @@ static long long check_zombies(struct chaos *c, int *fenced_zombies, int *fenced
                         }
                         snprintf(text, sizeof(text), "lease.lost run %s epoch %lld", z->runs[r].id,
                                  z->runs[r].epoch);
-                        if (lived_on && !log_has(c, z->worker, text)) {
+                        /* or, frozen inside a turn, the server ended its session (issue 8
+                         * defect 4): the turn failed on its return and it gave the run up to
+                         * lease expiry, writing nothing */
+                        snprintf(abandoned, sizeof(abandoned),
+                                 "could not write a batch for run %s:", z->runs[r].id);
+                        if (lived_on && !log_has(c, z->worker, text) &&
+                            !log_has(c, z->worker, abandoned)) {
                                 bad++;
                                 fprintf(stderr,
                                         "chaos: zombie %s never logged \"%s\" (run taken over "
