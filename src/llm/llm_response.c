@@ -252,7 +252,7 @@ void llm_anthropic_usage(const json_t *usage, struct llm_result *r)
                 return;
         r->has_usage = true;
         for (size_t i = 0; i < 3; i++)
-                any_input |= json_object_get(usage, input[i]) != NULL;
+                any_input |= json_is_integer(json_object_get(usage, input[i]));
         /* message_delta repeats the cumulative counts it has; absent ones stay as they were */
         if (any_input) {
                 r->usage.input_tokens = llm_json_count(usage, "input_tokens") +
@@ -260,7 +260,7 @@ void llm_anthropic_usage(const json_t *usage, struct llm_result *r)
                                         llm_json_count(usage, "cache_creation_input_tokens");
                 r->usage.cached_input_tokens = llm_json_count(usage, "cache_read_input_tokens");
         }
-        if (json_object_get(usage, "output_tokens"))
+        if (json_is_integer(json_object_get(usage, "output_tokens")))
                 r->usage.output_tokens = llm_json_count(usage, "output_tokens");
 }
 

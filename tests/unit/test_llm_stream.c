@@ -327,6 +327,29 @@ static void event_stream_grammar(void **state)
         }
 }
 
+/* Newer Anthropic streams repeat the cumulative counts in message_delta (input and cache
+ * included); null counts there change nothing. */
+static void anthropic_message_delta_usage(void **state)
+{
+        static const char text[] =
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\","
+            "\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":10,"
+            "\"cache_read_input_tokens\":0,\"output_tokens\":1}}}\n\n"
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
+            "\"max_tokens\"},\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":30,"
+            "\"cache_creation_input_tokens\":5,\"output_tokens\":40}}\n\n"
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":"
+            "{\"input_tokens\":null,\"output_tokens\":null}}\n\n"
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        _cleanup_json_ json_t *got = parse_whole(LLM_PROVIDER_ANTHROPIC, text, strlen(text));
+        _cleanup_json_ json_t *want = json_pack("{s:i, s:i, s:i}", "input_tokens", 12 + 30 + 5,
+                                                "output_tokens", 40, "cached_input_tokens", 30);
+
+        assert_json_equal(json_object_get(got, "usage"), want);
+        assert_string_equal(json_string_value(json_object_get(got, "stop_reason")), "max_tokens");
+        assert_string_equal(json_string_value(json_object_get(got, "text")), "");
+}
+
 /* Feeds chunk repeatedly (up to limit bytes in all) and expects -ENOBUFS with needle before
  * the limit is reached: the parser refuses to grow past its cap. */
 static void expect_cap(enum llm_provider p, const char *prefix, const char *chunk, size_t limit,
@@ -398,6 +421,7 @@ int main(void)
             cmocka_unit_test(text_arrives_as_it_streams),
             cmocka_unit_test(malformed_streams_are_named),
             cmocka_unit_test(event_stream_grammar),
+            cmocka_unit_test(anthropic_message_delta_usage),
             cmocka_unit_test(every_buffer_has_a_cap),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
