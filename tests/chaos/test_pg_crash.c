@@ -58,7 +58,8 @@ struct load {
         char base[64];
         char auth[256];
         pthread_t poster, signaller;
-        volatile int stop; /* no new runs; the signaller finishes the acknowledged ones */
+        volatile int stop;        /* no new runs */
+        volatile int poster_done; /* set after the poster ended: nothing more to signal */
         pthread_mutex_t lock;
         struct acked runs[MAX_RUNS]; /* by n */
         int nacked, post_retries, signal_retries;
@@ -161,7 +162,7 @@ static void *signal_runs(void *arg)
                         nacked = l->nacked;
                         run_id = n < nacked ? l->runs[n].run_id : NULL;
                         pthread_mutex_unlock(&l->lock);
-                        if (run_id || (l->stop && n >= nacked))
+                        if (run_id || (l->poster_done && n >= nacked))
                                 break;
                         usleep(10 * 1000);
                 }
@@ -293,6 +294,8 @@ static void test_pg_crash(void **state)
         usleep(LOAD_MS * 1000);
         l->stop = 1;
         pthread_join(l->poster, NULL);
+        /* only now: a run whose POST was in flight at the stop is acknowledged after it */
+        l->poster_done = 1;
         pthread_join(l->signaller, NULL);
 
         /* every run completes */
