@@ -722,7 +722,12 @@ static int escalate(struct worker *w, struct run *run, const char *node, const j
 
 /* The result of one step: keep planning, stop here for now, or the run leaves this worker
  * when the batch commits. */
-enum step { STEP_AGAIN, STEP_IDLE, STEP_GONE };
+enum step {
+        STEP_AGAIN,
+        STEP_IDLE,
+        STEP_GONE,
+        STEP_NEXT, /* only between an action handler and run_step: go on with the next action */
+};
 
 /* The outcome of a write that did not succeed: lease lost (only this run stops) or a
  * failed statement (the whole batch is lost). */
@@ -854,13 +859,230 @@ static char *wait_reason(const json_t *snapshot)
         return buf_steal(&b);
 }
 
+/* One plan/apply round in progress: the snapshot it plans from, and what its actions did. */
+struct round {
+        json_t *snapshot;
+        bool progress; /* something was written: plan again */
+        bool reload;   /* a write the snapshot does not mirror: read the run again */
+};
+
+/* Ends the run failed with a message of ours (the plan could not be made or applied). */
+static enum step step_fail_run(struct worker *w, struct run *run, const char *message)
+{
+        _cleanup_json_ json_t *err = json_pack("{s:s, s:s}", "class", "error", "message", message);
+        int r = err ? buffered(run, queue_writes_finish(w->writes, run->id, run->epoch, "failed",
+                                                        NULL, err))
+                    : -ENOMEM;
+
+        if (r <= 0)
+                return step_failed(w, run, r, "fail run");
+        log_error("run %s failed: %s", run->id, message);
+        mark_done(run);
+        return STEP_GONE;
+}
+
+/*
+ * The planner's actions (engine.h), one handler each. A handler applies one action inside
+ * the open turn and answers STEP_NEXT to go on with the plan's next action, or how the
+ * round ends (a failed write ends it through step_failed).
+ */
+
+/* complete / skip: the node's record (and the signal it consumed), mirrored in memory. */
+static enum step act_complete(struct worker *w, struct run *run, struct round *rd, const char *act,
+                              json_t *a)
+{
+        const char *node = jstr(a, "node");
+        bool skip = strcmp(act, "skip") == 0;
+        int r = apply_complete_or_skip(w, run, rd->snapshot, a);
+
+        if (r <= 0)
+                return step_failed(w, run, r, act);
+        if (snapshot_note(rd->snapshot, node, skip ? "skipped" : "completed",
+                          snapshot_attempt(rd->snapshot, node),
+                          skip ? NULL : json_object_get(a, "output"), NULL) < 0)
+                rd->reload = true;
+        if (jstr(a, "signal_id"))
+                snapshot_consume(rd->snapshot, jstr(a, "signal_id"));
+        rd->progress = true;
+        return STEP_NEXT;
+}
+
+/* execute: the START mark now, the request after the commit (plan_effect). */
+static enum step act_execute(struct worker *w, struct run *run, struct round *rd, const char *act,
+                             json_t *a)
+{
+        const char *node = jstr(a, "node");
+        size_t n;
+        int r;
+
+        /* a drain starts nothing new but lets what runs finish (their results are
+         * checkpointed; the run is planned again when one ends); with nothing in flight the
+         * run goes back to the queue */
+        if (w->draining)
+                return has_effects(run) ? STEP_IDLE
+                                        : step_release(w, run, "queued", -1, "worker draining");
+        if (mono_ms() >= run->lease_deadline) {
+                /* not sure we still hold it (e.g. we were stopped): no new effect until the
+                 * heartbeat confirms — and no turn either (run_due), whose row lock would
+                 * hold the renewal up */
+                run->needs_plan = true;
+                run->lease_wait = true;
+                return STEP_IDLE;
+        }
+        r = plan_effect(w, run, a);
+        if (r <= 0)
+                return step_failed(w, run, r, act);
+        n = json_array_size(run->to_start);
+        if (n > 0 && strcmp(jstr(json_array_get(run->to_start, n - 1), "node"), node) == 0) {
+                /* started here: mirror the START mark and in_flight */
+                if (snapshot_note(rd->snapshot, node, "started", jint(a, "attempt", 1), NULL,
+                                  NULL) < 0 ||
+                    json_array_append_new(json_object_get(rd->snapshot, "in_flight"),
+                                          json_string(node)) < 0)
+                        rd->reload = true;
+        } else {
+                rd->reload = true; /* refused or failed: read it again */
+        }
+        rd->progress = true;
+        return STEP_NEXT;
+}
+
+static enum step act_fail_node(struct worker *w, struct run *run, struct round *rd, const char *act,
+                               json_t *a)
+{
+        int r = apply_failure(w, run, jstr(a, "node"), jint(a, "attempt", 1),
+                              json_object_get(a, "error"));
+
+        if (r <= 0)
+                return step_failed(w, run, r, act);
+        rd->reload = true;
+        rd->progress = true;
+        return STEP_NEXT;
+}
+
+/* sleep / wait_signal: the node recorded waiting (with its wake-up time), once. */
+static enum step act_wait_node(struct worker *w, struct run *run, struct round *rd, const char *act,
+                               json_t *a)
+{
+        const char *node = jstr(a, "node");
+        const json_t *cur = json_object_get(json_object_get(rd->snapshot, "nodes"), node);
+        json_t *at = json_object_get(a, strcmp(act, "sleep") == 0 ? "wake_at_ms" : "timeout_at_ms");
+        _cleanup_json_ json_t *in = NULL;
+        int attempt, r;
+
+        if (cur && strcmp(jstr(cur, "status") ?: "", "waiting") == 0 &&
+            json_equal(json_object_get(cur, "wake_at_ms"), at))
+                return STEP_NEXT; /* already recorded */
+        in = json_object();
+        if (json_is_integer(at))
+                json_object_set(in, "wake_at_ms", at);
+        if (jstr(a, "event"))
+                json_object_set(in, "event", json_object_get(a, "event"));
+        attempt = snapshot_attempt(rd->snapshot, node);
+        r = checkpoint(w, run, node, attempt, "waiting", in, NULL, NULL, NULL, "node.waiting",
+                       NULL);
+        if (r <= 0)
+                return step_failed(w, run, r, act);
+        if (snapshot_note(rd->snapshot, node, "waiting", attempt, NULL, in) < 0)
+                rd->reload = true;
+        rd->progress = true;
+        return STEP_NEXT;
+}
+
+static enum step act_start_child(struct worker *w, struct run *run, struct round *rd,
+                                 const char *act, json_t *a)
+{
+        int r = apply_start_child(w, run, a);
+
+        if (r <= 0)
+                return step_failed(w, run, r, act);
+        rd->reload = true;
+        rd->progress = true;
+        return STEP_NEXT;
+}
+
+static enum step act_finish(struct worker *w, struct run *run, struct round *rd, const char *act,
+                            json_t *a)
+{
+        const char *status = jstr(a, "status");
+        int r;
+
+        (void)rd;
+        (void)act;
+        effects_abort(w, run);
+        json_array_clear(run->to_start);
+        r = buffered(
+            run, queue_writes_finish(w->writes, run->id, run->epoch, status ? status : "failed",
+                                     json_object_get(a, "output"), json_object_get(a, "error")));
+        if (r <= 0)
+                return step_failed(w, run, r, "finish");
+        log_info("run %s %s", run->id, status ? status : "failed");
+        mark_done(run);
+        return STEP_GONE;
+}
+
+static enum step act_needs_input(struct worker *w, struct run *run, struct round *rd,
+                                 const char *act, json_t *a)
+{
+        int r;
+
+        (void)rd;
+        (void)act;
+        effects_abort(w, run);
+        json_array_clear(run->to_start);
+        r = escalate(w, run, jstr(a, "node"), json_object_get(a, "error"));
+        if (r <= 0)
+                return step_failed(w, run, r, "escalate");
+        mark_done(run);
+        return STEP_GONE;
+}
+
+/* wait: with requests in flight keep the run (planned again when one ends, or at
+ * wake_at_ms); otherwise release it until then. */
+static enum step act_wait(struct worker *w, struct run *run, struct round *rd, const char *act,
+                          json_t *a)
+{
+        const json_t *at = json_object_get(a, "wake_at_ms");
+        _cleanup_free_ char *why = NULL;
+
+        (void)act;
+        if (has_effects(run)) {
+                int64_t now = json_integer_value(json_object_get(rd->snapshot, "now_ms"));
+                run->plan_at = json_is_integer(at) ? mono_ms() + (json_integer_value(at) - now) : 0;
+                return STEP_IDLE;
+        }
+        why = wait_reason(rd->snapshot);
+        return step_release(w, run, "waiting", json_is_integer(at) ? json_integer_value(at) : -1,
+                            why ? why : "waiting");
+}
+
+static const struct action {
+        const char *name;
+        enum step (*apply)(struct worker *w, struct run *run, struct round *rd, const char *act,
+                           json_t *a);
+} ACTIONS[] = {
+    {"complete", act_complete},       {"skip", act_complete},
+    {"execute", act_execute},         {"fail_node", act_fail_node},
+    {"sleep", act_wait_node},         {"wait_signal", act_wait_node},
+    {"start_child", act_start_child}, {"finish", act_finish},
+    {"needs_input", act_needs_input}, {"wait", act_wait},
+};
+
+static const struct action *action_find(const char *name)
+{
+        for (size_t i = 0; name && i < sizeof(ACTIONS) / sizeof(ACTIONS[0]); i++)
+                if (strcmp(ACTIONS[i].name, name) == 0)
+                        return &ACTIONS[i];
+        return NULL;
+}
+
 /* One plan/apply round, from *snapp (loaded when NULL; set to NULL when the next round
  * must read the run again). */
 static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
 {
         _cleanup_json_ json_t *actions = NULL;
-        bool cancel = false, pause = false, progress = false, reload = false;
-        json_t *snapshot;
+        bool cancel = false, pause = false;
+        struct round rd = {0};
         size_t i;
         json_t *a;
         int r;
@@ -870,7 +1092,7 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                 if (r <= 0)
                         return step_failed(w, run, r, "load snapshot");
         }
-        snapshot = *snapp;
+        rd.snapshot = *snapp;
         if (cancel) {
                 r = apply_cancel(w, run);
                 if (r <= 0)
@@ -880,142 +1102,31 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
         }
         if (pause)
                 return step_pause(w, run);
-        r = wf_plan(run->wf, snapshot, &actions);
-        if (r < 0) {
-                _cleanup_json_ json_t *err =
-                    json_pack("{s:s, s:s}", "class", "error", "message", "could not plan the run");
-                r = buffered(
-                    run, queue_writes_finish(w->writes, run->id, run->epoch, "failed", NULL, err));
-                if (r <= 0)
-                        return step_failed(w, run, r, "fail run");
-                mark_done(run);
-                return STEP_GONE;
-        }
+        if (wf_plan(run->wf, rd.snapshot, &actions) < 0)
+                return step_fail_run(w, run, "could not plan the run");
 
         json_array_foreach (actions, i, a) {
                 const char *act = jstr(a, "action");
-                const char *node = jstr(a, "node");
-                if (!act) {
-                        continue;
-                } else if (strcmp(act, "complete") == 0 || strcmp(act, "skip") == 0) {
-                        bool skip = strcmp(act, "skip") == 0;
-                        r = apply_complete_or_skip(w, run, snapshot, a);
-                        if (r > 0 &&
-                            snapshot_note(snapshot, node, skip ? "skipped" : "completed",
-                                          snapshot_attempt(snapshot, node),
-                                          skip ? NULL : json_object_get(a, "output"), NULL) < 0)
-                                reload = true;
-                        if (r > 0 && jstr(a, "signal_id"))
-                                snapshot_consume(snapshot, jstr(a, "signal_id"));
-                        progress = true;
-                } else if (strcmp(act, "execute") == 0) {
-                        /* a drain starts nothing new but lets what runs finish (their
-                         * results are checkpointed; the run is planned again when one
-                         * ends); with nothing in flight the run goes back to the queue */
-                        if (w->draining)
-                                return has_effects(run)
-                                           ? STEP_IDLE
-                                           : step_release(w, run, "queued", -1, "worker draining");
-                        if (mono_ms() >= run->lease_deadline) {
-                                /* not sure we still hold it (e.g. we were stopped): no new
-                                 * effect until the heartbeat confirms — and no turn either
-                                 * (run_due), whose row lock would hold the renewal up */
-                                run->needs_plan = true;
-                                run->lease_wait = true;
-                                return STEP_IDLE;
-                        }
-                        r = plan_effect(w, run, a);
-                        if (r > 0 && json_array_size(run->to_start) > 0 &&
-                            strcmp(jstr(json_array_get(run->to_start,
-                                                       json_array_size(run->to_start) - 1),
-                                        "node"),
-                                   node) == 0) {
-                                /* started here: mirror the START mark and in_flight */
-                                if (snapshot_note(snapshot, node, "started", jint(a, "attempt", 1),
-                                                  NULL, NULL) < 0 ||
-                                    json_array_append_new(json_object_get(snapshot, "in_flight"),
-                                                          json_string(node)) < 0)
-                                        reload = true;
-                        } else {
-                                reload = true; /* refused or failed: read it again */
-                        }
-                        progress = true;
-                } else if (strcmp(act, "fail_node") == 0) {
-                        r = apply_failure(w, run, node, jint(a, "attempt", 1),
-                                          json_object_get(a, "error"));
-                        reload = true;
-                        progress = true;
-                } else if (strcmp(act, "sleep") == 0 || strcmp(act, "wait_signal") == 0) {
-                        const json_t *cur =
-                            json_object_get(json_object_get(snapshot, "nodes"), node);
-                        json_t *at = json_object_get(
-                            a, strcmp(act, "sleep") == 0 ? "wake_at_ms" : "timeout_at_ms");
-                        if (cur && strcmp(jstr(cur, "status") ?: "", "waiting") == 0 &&
-                            json_equal(json_object_get(cur, "wake_at_ms"), at))
-                                continue; /* already recorded */
-                        _cleanup_json_ json_t *in = json_object();
-                        if (json_is_integer(at))
-                                json_object_set(in, "wake_at_ms", at);
-                        if (jstr(a, "event"))
-                                json_object_set(in, "event", json_object_get(a, "event"));
-                        int attempt = snapshot_attempt(snapshot, node);
-                        r = checkpoint(w, run, node, attempt, "waiting", in, NULL, NULL, NULL,
-                                       "node.waiting", NULL);
-                        if (r > 0 &&
-                            snapshot_note(snapshot, node, "waiting", attempt, NULL, in) < 0)
-                                reload = true;
-                        progress = true;
-                } else if (strcmp(act, "start_child") == 0) {
-                        r = apply_start_child(w, run, a);
-                        reload = true;
-                        progress = true;
-                } else if (strcmp(act, "finish") == 0) {
-                        const char *status = jstr(a, "status");
-                        effects_abort(w, run);
-                        json_array_clear(run->to_start);
-                        r = buffered(run, queue_writes_finish(w->writes, run->id, run->epoch,
-                                                              status ? status : "failed",
-                                                              json_object_get(a, "output"),
-                                                              json_object_get(a, "error")));
-                        if (r <= 0)
-                                return step_failed(w, run, r, "finish");
-                        log_info("run %s %s", run->id, status ? status : "failed");
-                        mark_done(run);
-                        return STEP_GONE;
-                } else if (strcmp(act, "needs_input") == 0) {
-                        effects_abort(w, run);
-                        json_array_clear(run->to_start);
-                        r = escalate(w, run, node, json_object_get(a, "error"));
-                        if (r <= 0)
-                                return step_failed(w, run, r, "escalate");
-                        mark_done(run);
-                        return STEP_GONE;
-                } else if (strcmp(act, "wait") == 0) {
-                        const json_t *at = json_object_get(a, "wake_at_ms");
-                        if (has_effects(run)) {
-                                int64_t now =
-                                    json_integer_value(json_object_get(snapshot, "now_ms"));
-                                run->plan_at = json_is_integer(at)
-                                                   ? mono_ms() + (json_integer_value(at) - now)
-                                                   : 0;
-                                return STEP_IDLE;
-                        }
-                        _cleanup_free_ char *why = wait_reason(snapshot);
-                        return step_release(w, run, "waiting",
-                                            json_is_integer(at) ? json_integer_value(at) : -1,
-                                            why ? why : "waiting");
-                } else {
-                        log_warn("run %s: unknown planner action '%s' ignored", run->id, act);
-                        continue;
+                const struct action *handler = action_find(act);
+                enum step st;
+
+                if (!handler) {
+                        /* the planner and this worker are one program: an action it does not
+                         * know is a bug, and ignoring it would leave the run half-done */
+                        _cleanup_free_ char *msg =
+                            str_printf("the planner asked for an unknown action '%.64s'",
+                                       act ? act : "(none)");
+                        return step_fail_run(w, run, msg ? msg : "unknown planner action");
                 }
-                if (r <= 0)
-                        return step_failed(w, run, r, act);
+                st = handler->apply(w, run, &rd, act, a);
+                if (st != STEP_NEXT)
+                        return st;
         }
-        if (reload) {
+        if (rd.reload) {
                 json_decref(*snapp);
                 *snapp = NULL;
         }
-        if (progress)
+        if (rd.progress)
                 return STEP_AGAIN;
         /* a plan must end in finish, needs_input or wait; if it did not, look again later
          * rather than spin */
