@@ -648,11 +648,21 @@ static void test_mutation_fuzz(void **state)
         assert_alive();
 }
 
+/* After all of it, SIGTERM stops the server cleanly (under ASan: no leak, no error). */
+static void test_clean_shutdown(void **state)
+{
+        int status = test_stop_process(F.api, SIGTERM, 15000);
+
+        F.api = 0;
+        assert_exit_code(status, 0);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_invalid_utf8),
             cmocka_unit_test(test_mutation_fuzz),
+            cmocka_unit_test(test_clean_shutdown),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
