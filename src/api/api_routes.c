@@ -857,7 +857,8 @@ static unsigned run_control(struct api_request *req, struct api_response *resp, 
         outcome = PQgetvalue(res, 0, 0);
         if (is_terminal(outcome))
                 return api_errorf(resp, 409, "conflict", "the run has already finished",
-                                  "a finished run can be re-run: POST /v1/runs/{id}/rerun",
+                                  "a finished run can be re-run: agently run rerun ID "
+                                  "(POST /v1/runs/{id}/rerun)",
                                   "run %s is %s", id, outcome);
         if (op == CONTROL_RESUME && strcmp(outcome, "done") != 0 &&
             strcmp(outcome, "requested") != 0 && strcmp(outcome, "running") != 0)
