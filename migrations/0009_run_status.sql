@@ -272,11 +272,12 @@ RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    failed integer := 0;
-    rec    record;
+    failed    integer := 0;
+    rec       record;
+    run_error jsonb;
 BEGIN
     FOR rec IN
-        SELECT r.id, r.timeout_at, r.started_at
+        SELECT r.id, r.timeout_at
         FROM workflow_runs r
         WHERE r.timeout_at < now()
           AND r.status IN ('paused', 'needs_input')
@@ -291,11 +292,11 @@ BEGIN
                 'message', format('run exceeded its timeout (deadline %s)',
                                   to_char(rec.timeout_at AT TIME ZONE 'UTC',
                                           'YYYY-MM-DD"T"HH24:MI:SS"Z"')))
-        WHERE r.id = rec.id;
+        WHERE r.id = rec.id
+        RETURNING r.error INTO run_error;
         PERFORM agently_append_event_unfenced(rec.id, 'run.failed', NULL, NULL, 'error',
                                               'run exceeded its timeout while nobody worked on it',
-                                              (SELECT r.error FROM workflow_runs r
-                                               WHERE r.id = rec.id));
+                                              run_error);
         failed := failed + 1;
     END LOOP;
     RETURN failed;

@@ -839,7 +839,6 @@ static unsigned run_control(struct api_request *req, struct api_response *resp, 
         const char *id = req->params[0];
         _cleanup_json_ json_t *by = json_pack("{s:s}", "by", req->user_name);
         _cleanup_free_ char *data = by ? json_dumps(by, JSON_COMPACT) : NULL;
-
         _cleanup_pgresult_ PGresult *res = NULL;
         const char *outcome;
         int r = 0;
