@@ -293,6 +293,43 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
                               "idempotency_key", key, "reexecution", reexecution));
 }
 
+/* An agent step: the rendered agent object goes to the worker, which runs the session
+ * (src/agent) and resumes it from its journal when this attempt is executed again. */
+int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                        bool reexecution)
+{
+        const struct wf_node *n = l->node;
+        struct wf_expr_error err = {0};
+        _cleanup_free_ char *path = NULL;
+        _cleanup_json_ json_t *agent = NULL;
+        _cleanup_free_ char *key = wf_idempotency_key(p->run_id, l->id);
+        int r;
+
+        if (!key)
+                return p->error = -ENOMEM;
+        r = wf_tmpl_render(n->agent, l->scope, &agent, &err, &path);
+        if (r == -EINVAL) {
+                r = emit_fail(p, l->id, attempt,
+                              error_json("error", "could not render agent%s at column %d: %s",
+                                         path ? path : "", err.column,
+                                         err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return r;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return p->error = r;
+        if (!json_is_string(json_object_get(agent, "prompt")))
+                return emit_fail(p, l->id, attempt,
+                                 error_json("error", "the agent's prompt must render to a string"));
+        return emit(
+            p, json_pack("{s:s,s:s,s:i,s:s,s:O,s:o,s:s,s:s,s:b}", "action", "execute", "node",
+                         l->id, "attempt", attempt, "kind", "agent", "input", agent, "timeout_ms",
+                         n->timeout_ms ? json_integer(n->timeout_ms) : json_null(), "delivery",
+                         n->delivery == WF_AT_MOST_ONCE ? "at_most_once" : "at_least_once",
+                         "idempotency_key", key, "reexecution", reexecution));
+}
+
 /* A scheduled attempt ("waiting" with wake_at_ms) of an effect node. */
 int wf_plan_retry_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
 {

@@ -504,11 +504,151 @@ static const char *const map_fields[] = {"items", "concurrency", "node", NULL};
 static const char *const loop_fields[] = {"node", "until", "max_iterations", NULL};
 static const char *const subworkflow_fields[] = {"workflow", "version", "input", NULL};
 static const char *const transform_fields[] = {"output", NULL};
+static const char *const agent_fields[] = {"agent", NULL};
 static const char *const no_fields[] = {NULL};
 
 static const char *node_name(const struct wf_node *n)
 {
         return n->id ? n->id : (n->parent ? n->parent->id : NULL);
+}
+
+/* ---- agent ---- */
+
+static const char *const agent_def_fields[] = {
+    "provider",      "base_url", "model",         "api_key_secret", "system",     "prompt", "tools",
+    "allowed_hosts", "budget",   "output_schema", "max_turns",      "max_tokens", NULL};
+static const char *const agent_budget_fields[] = {
+    "max_tokens", "max_cost_usd", "max_wall_clock", "max_llm_calls", "max_tool_calls", NULL};
+static const char *const agent_tool_names[] = {"http_request", "ask_human", "spawn_agent", "finish",
+                                               NULL};
+
+/* One string member of an agent (or a list of strings), without ${ } in names that the
+ * worker must know before rendering. */
+static void parse_agent_budget(struct wf_parse_ctx *c, const char *node, const char *path,
+                               const json_t *b)
+{
+        const char *k;
+        json_t *v;
+
+        if (!json_is_object(b)) {
+                add_error(c, node, path,
+                          "'budget' must be an object such as {\"max_tokens\": 100000, "
+                          "\"max_cost_usd\": 5}");
+                return;
+        }
+        check_fields(c, node, path, b, "an agent budget", agent_budget_fields, NULL);
+        json_object_foreach ((json_t *)b, k, v) {
+                _cleanup_free_ char *f = path_join(path, k);
+                if (!strcmp(k, "max_wall_clock")) {
+                        int64_t ms;
+                        (void)get_duration(c, node, path, b, k, &ms);
+                } else if (!strcmp(k, "max_cost_usd")) {
+                        if (!json_is_number(v) || json_number_value(v) < 0)
+                                add_error(c, node, f ? f : path,
+                                          "'max_cost_usd' must be a number of US dollars >= 0");
+                } else if (in_list(agent_budget_fields, k)) {
+                        int64_t n;
+                        (void)get_int(c, node, path, b, k, 0, INT64_C(1) << 50, &n);
+                }
+        }
+}
+
+static void parse_agent(struct wf_parse_ctx *c, struct wf_node *n, const json_t *obj,
+                        const char *path)
+{
+        const char *node = node_name(n);
+        json_t *a = json_object_get(obj, "agent");
+        _cleanup_free_ char *apath = path_join(path, "agent");
+        const char *s;
+        json_t *v;
+        size_t i;
+
+        if (!apath) {
+                c->oom = true;
+                return;
+        }
+        if (!a) {
+                add_error(c, node, apath,
+                          "missing required field 'agent' ({\"provider\": \"openai\", \"model\": "
+                          "\"...\", \"prompt\": \"...\"})");
+                return;
+        }
+        if (!json_is_object(a)) {
+                add_error(c, node, apath,
+                          "'agent' must be an object with provider, model and prompt");
+                return;
+        }
+        check_fields(c, node, apath, a, "an agent", agent_def_fields, NULL);
+        if (get_string(c, node, apath, a, "provider", true, &s) && s && strcmp(s, "openai") != 0 &&
+            strcmp(s, "anthropic") != 0) {
+                _cleanup_free_ char *f = path_join(apath, "provider");
+                add_error(c, node, f ? f : apath,
+                          "unknown provider '%s'; use openai (OpenAI-compatible chat "
+                          "completions: OpenAI, Ollama, vLLM, llama.cpp) or anthropic",
+                          s);
+        }
+        (void)get_string(c, node, apath, a, "model", true, &s);
+        (void)get_string(c, node, apath, a, "prompt", true, &s);
+        (void)get_string(c, node, apath, a, "system", false, &s);
+        if (get_string(c, node, apath, a, "base_url", false, &s) && s && !strstr(s, "${") &&
+            !str_has_prefix(s, "http://") && !str_has_prefix(s, "https://")) {
+                _cleanup_free_ char *f = path_join(apath, "base_url");
+                add_error(c, node, f ? f : apath,
+                          "base_url must start with http:// or https:// (got \"%s\")", s);
+        }
+        if (get_string(c, node, apath, a, "api_key_secret", false, &s) && s && strstr(s, "${")) {
+                _cleanup_free_ char *f = path_join(apath, "api_key_secret");
+                add_error(c, node, f ? f : apath,
+                          "api_key_secret names a stored secret; it cannot be an expression");
+        }
+        v = json_object_get(a, "tools");
+        if (v) {
+                _cleanup_free_ char *f = path_join(apath, "tools");
+                json_t *t;
+                if (!json_is_array(v))
+                        add_error(c, node, f ? f : apath,
+                                  "'tools' must be a list of tool names, e.g. [\"http_request\"]");
+                else
+                        json_array_foreach (v, i, t) {
+                                if (!json_is_string(t) ||
+                                    !in_list(agent_tool_names, json_string_value(t)))
+                                        add_error(c, node, f ? f : apath,
+                                                  "unknown tool %s%s%s; the built-in tools are "
+                                                  "http_request, ask_human, spawn_agent, finish",
+                                                  json_is_string(t) ? "'" : "",
+                                                  json_is_string(t) ? json_string_value(t)
+                                                                    : "(not a string)",
+                                                  json_is_string(t) ? "'" : "");
+                        }
+        }
+        v = json_object_get(a, "allowed_hosts");
+        if (v) {
+                _cleanup_free_ char *f = path_join(apath, "allowed_hosts");
+                json_t *h;
+                bool ok = json_is_array(v);
+                json_array_foreach (v, i, h)
+                        if (!json_is_string(h) || !*json_string_value(h) ||
+                            strpbrk(json_string_value(h), "/:@ ${}"))
+                                ok = false;
+                if (!ok)
+                        add_error(c, node, f ? f : apath,
+                                  "'allowed_hosts' must be a list of host names, e.g. "
+                                  "[\"api.example.com\", \"127.0.0.1\"]");
+        }
+        v = json_object_get(a, "budget");
+        if (v) {
+                _cleanup_free_ char *f = path_join(apath, "budget");
+                parse_agent_budget(c, node, f ? f : apath, v);
+        }
+        v = json_object_get(a, "output_schema");
+        if (v && !json_is_object(v)) {
+                _cleanup_free_ char *f = path_join(apath, "output_schema");
+                add_error(c, node, f ? f : apath, "'output_schema' must be a JSON Schema object");
+        }
+        int64_t num;
+        (void)get_int(c, node, apath, a, "max_turns", 1, 1000, &num);
+        (void)get_int(c, node, apath, a, "max_tokens", 1, 1000000, &num);
+        (void)parse_template(c, n, apath, a, scope_of(n), owner_of(n), &n->agent);
 }
 
 static bool parse_status_spec(const json_t *v, struct wf_status_range *out)
@@ -908,6 +1048,10 @@ static const struct wf_kind kinds[] = {
     {"transform", transform_fields, WF_KIND_TEMPLATABLE, 1, 0, parse_transform,
      wf_plan_transform_start, NULL, NULL},
     {"noop", no_fields, WF_KIND_TEMPLATABLE, 1, 0, NULL, wf_plan_noop_start, NULL, NULL},
+    /* an agent's LLM calls and tools are journaled and resumed by the worker; a failed
+     * attempt is not retried unless retry says so (it starts the agent afresh) */
+    {"agent", agent_fields, WF_KIND_EFFECT | WF_KIND_TEMPLATABLE | WF_KIND_RETRY | WF_KIND_TIMEOUT,
+     1, 0, parse_agent, wf_plan_agent_start, wf_plan_retry_resume, NULL},
 };
 
 const struct wf_kind *wf_kind_find(const char *name)
@@ -920,7 +1064,7 @@ const struct wf_kind *wf_kind_find(const char *name)
 
 static const char *kind_names(void)
 {
-        return "http, sleep, wait_event, condition, map, loop, subworkflow, transform, noop";
+        return "http, agent, sleep, wait_event, condition, map, loop, subworkflow, transform, noop";
 }
 
 /* ---- common node fields ---- */
@@ -1187,6 +1331,7 @@ static void node_free(struct wf_node *n)
         free(n->workflow);
         wf_tmpl_free(n->input);
         wf_tmpl_free(n->output);
+        wf_tmpl_free(n->agent);
 }
 
 void wf_free(struct wf_workflow *wf)

@@ -107,6 +107,8 @@ struct wf_node {
         struct wf_tmpl *input;
         /* transform */
         struct wf_tmpl *output;
+        /* agent: the agent object (provider, model, prompt, tools, budget, ...) */
+        struct wf_tmpl *agent;
 };
 
 struct wf_workflow {
@@ -184,6 +186,8 @@ int wf_plan_subworkflow_start(struct wf_plan_ctx *p, const struct wf_leaf *l, in
 int wf_plan_subworkflow_resume(struct wf_plan_ctx *p, const struct wf_leaf *l);
 int wf_plan_transform_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                             bool reexecution);
+int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                        bool reexecution);
 int wf_plan_noop_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                        bool reexecution);
 int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n);

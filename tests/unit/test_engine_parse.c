@@ -9,6 +9,7 @@
 #include "cleanup.h"
 #include "engine.h"
 #include "fileio.h"
+#include "strutil.h"
 
 static json_t *load(const char *text)
 {
@@ -288,7 +289,7 @@ static void type_errors_and_limits(void **state)
         expect_error(e, "m", "/nodes/4/node/type", "a condition node cannot be a map template");
         expect_error(e, "n", "/nodes/5/retry", "retry does not apply to noop nodes");
         expect_error(e, "q", "/nodes/6/type",
-                     "unknown node type 'frobnicate'; known types: http, sleep, wait_event, "
+                     "unknown node type 'frobnicate'; known types: http, agent, sleep, wait_event, "
                      "condition, map, loop, subworkflow, transform, noop");
 }
 
@@ -531,8 +532,8 @@ static void schema_matches_the_parser(void **state)
         json_t *types =
             json_object_get(json_object_get(json_object_get(node, "properties"), "type"), "enum");
         json_t *rules = json_object_get(node, "allOf");
-        assert_int_equal(json_array_size(types), 9);
-        assert_int_equal(json_array_size(rules), 9);
+        assert_int_equal(json_array_size(types), 10);
+        assert_int_equal(json_array_size(rules), 10);
         size_t i;
         json_t *t;
         json_array_foreach (types, i, t) {
@@ -560,10 +561,48 @@ static void schema_matches_the_parser(void **state)
         assert_int_equal(wf_validate(bad, NULL), -EINVAL);
 }
 
+/* The agent node's inline shape of issue 10 is accepted as written, for both providers; its
+ * mistakes are named. */
+static void agent_node_inline_shape(void **state)
+{
+        static const char *const providers[] = {"openai", "anthropic"};
+        (void)state;
+
+        for (size_t i = 0; i < ELEMENTSOF(providers); i++) {
+                _cleanup_free_ char *text = str_printf(
+                    "{\"name\":\"w\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
+                    "\"provider\":\"%s\",\"base_url\":\"http://127.0.0.1:PORT/v1\",\"model\":"
+                    "\"m\",\"api_key_secret\":\"LLMKEY\",\"system\":\"You call tools when "
+                    "asked.\",\"prompt\":\"Research ${ input.topic } carefully.\",\"tools\":["
+                    "\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"],\"budget\":{"
+                    "\"max_tokens\":100000,\"max_cost_usd\":5}}}]}",
+                    providers[i]);
+                _cleanup_json_ json_t *def = load(text);
+                json_t *errors = NULL;
+                int r = wf_validate(def, &errors);
+                if (r != 0) {
+                        char *dump = json_dumps(errors, JSON_INDENT(2));
+                        fail_msg("%s refused: %s", providers[i], dump);
+                }
+                json_decref(errors);
+        }
+        _cleanup_json_ json_t *errors = errors_of(
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"agent\",\"agent\":{"
+            "\"provider\":\"openia\",\"model\":\"m\",\"promt\":\"x\",\"tools\":[\"shell\"],"
+            "\"budget\":{\"max_cost\":1},\"api_key_secret\":\"${ input.k }\"}}]}");
+        expect_error(errors, "a", "/nodes/0/agent/provider", "unknown provider 'openia'");
+        expect_error(errors, "a", "/nodes/0/agent/promt", "did you mean 'prompt'");
+        expect_error(errors, "a", "/nodes/0/agent/prompt", "missing required field");
+        expect_error(errors, "a", "/nodes/0/agent/tools", "unknown tool 'shell'");
+        expect_error(errors, "a", "/nodes/0/agent/budget/max_cost", "known fields: max_tokens");
+        expect_error(errors, "a", "/nodes/0/agent/api_key_secret", "cannot be an expression");
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(minimal_shape_is_accepted_as_written),
+            cmocka_unit_test(agent_node_inline_shape),
             cmocka_unit_test(every_kind_parses),
             cmocka_unit_test(duplicate_ids_and_bad_ids),
             cmocka_unit_test(unknown_after_reference_lists_known_nodes),
