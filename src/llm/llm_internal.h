@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,3 +38,7 @@ void llm_anthropic_usage(const json_t *usage, struct llm_result *r);
 
 /* -EBADMSG with the provider's error object (or string) as the message. */
 int llm_server_error(enum llm_provider p, const json_t *err, char **error);
+
+/* Whether a stream failed because the server sent an error event (an overloaded provider
+ * mid-answer), not because it was malformed or too large. */
+bool llm_stream_server_failed(const struct llm_stream *s);

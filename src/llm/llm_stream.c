@@ -48,6 +48,7 @@ struct llm_stream {
         bool finished;
         int failed;
         char *failure;
+        bool server_error; /* the failure is an error event the server sent */
         struct buf text;
         size_t text_taken;
         size_t result_bytes; /* text and arguments together, for LLM_MAX_RESULT_BYTES */
@@ -88,6 +89,11 @@ void llm_stream_free(struct llm_stream *s)
                 free(s->slots[i]);
         }
         free(s);
+}
+
+bool llm_stream_server_failed(const struct llm_stream *s)
+{
+        return s->failed && s->server_error;
 }
 
 bool llm_stream_done(const struct llm_stream *s)
@@ -235,6 +241,7 @@ static int openai_chunk(struct llm_stream *s, const json_t *chunk)
         if (json_object_get(chunk, "error") && !json_is_null(json_object_get(chunk, "error"))) {
                 _cleanup_free_ char *m = NULL;
                 llm_server_error(s->provider, json_object_get(chunk, "error"), &m);
+                s->server_error = !s->failed;
                 return stream_fail(s, -EBADMSG, "%s", m ? m : "openai stream: server error");
         }
         keep_string(&s->result.id, chunk, "id");
@@ -440,6 +447,7 @@ static int anthropic_error(struct llm_stream *s, const json_t *ev)
         _cleanup_free_ char *m = NULL;
 
         llm_server_error(s->provider, json_object_get(ev, "error"), &m);
+        s->server_error = !s->failed;
         return stream_fail(s, -EBADMSG, "%s", m ? m : "anthropic stream: server error");
 }
 

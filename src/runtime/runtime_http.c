@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <curl/curl.h>
 
@@ -14,24 +15,47 @@
 #include "cleanup.h"
 #include "strutil.h"
 
+enum transfer_list { LIST_ACTIVE, LIST_DONE, LIST_CALLBACK };
+
+struct transfer_queue {
+        struct runtime_http_transfer *head, *tail;
+};
+
 struct runtime_http_transfer {
         struct runtime_http_transfer *prev, *next;
+        enum transfer_list list; /* which of h's queues holds it */
         CURL *easy;
         struct curl_slist *headers;
         char *body;
         struct buf response;
         bool too_large;
+        bool refused_body;   /* on_body asked to stop */
+        int status_expected; /* -1 not known yet, else whether the status is expected */
+        CURLcode result;     /* once finished */
         int64_t timeout_ms;
         json_t *expect; /* array of accepted statuses, or NULL for 2xx */
         void *userdata;
+        int (*on_body)(void *userdata, const char *data, size_t len);
+        void (*on_done)(void *userdata, json_t *output, json_t *error);
         char curl_error[CURL_ERROR_SIZE]; /* libcurl's detail of a failure */
+};
+
+struct runtime_http_timer {
+        int64_t due_ms;
+        uint64_t seq; /* timers due at the same moment run in the order they were started */
+        size_t index; /* in the heap */
+        void (*fn)(void *userdata);
+        void *userdata;
 };
 
 struct runtime_http {
         CURLM *multi;
         char user_agent[128];
-        struct runtime_http_transfer *head;
+        struct transfer_queue queues[3]; /* LIST_ACTIVE, LIST_DONE, LIST_CALLBACK */
         unsigned active;
+        struct runtime_http_timer **timers; /* a binary min-heap on (due_ms, seq) */
+        size_t ntimers, timers_cap;
+        uint64_t timer_seq;
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -39,6 +63,14 @@ static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static void global_init(void)
 {
         curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int64_t runtime_http_now_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int runtime_http_new(const char *user_agent, struct runtime_http **out)
@@ -60,6 +92,37 @@ int runtime_http_new(const char *user_agent, struct runtime_http **out)
         return 0;
 }
 
+static void queue_push(struct runtime_http *h, enum transfer_list l,
+                       struct runtime_http_transfer *t)
+{
+        struct transfer_queue *q = &h->queues[l];
+
+        t->list = l;
+        t->next = NULL;
+        t->prev = q->tail;
+        if (q->tail)
+                q->tail->next = t;
+        else
+                q->head = t;
+        q->tail = t;
+}
+
+static void queue_unlink(struct runtime_http *h, struct runtime_http_transfer *t)
+{
+        struct transfer_queue *q = &h->queues[t->list];
+
+        if (t->prev)
+                t->prev->next = t->next;
+        else
+                q->head = t->next;
+        if (t->next)
+                t->next->prev = t->prev;
+        else
+                q->tail = t->prev;
+        t->prev = t->next = NULL;
+}
+
+/* Unlinks t (it is always in one of h's queues) and frees it. */
 static void transfer_free(struct runtime_http *h, struct runtime_http_transfer *t)
 {
         if (!t)
@@ -68,12 +131,12 @@ static void transfer_free(struct runtime_http *h, struct runtime_http_transfer *
                 curl_multi_remove_handle(h->multi, t->easy);
                 curl_easy_cleanup(t->easy);
         }
-        if (t->prev)
-                t->prev->next = t->next;
-        else if (h->head == t)
-                h->head = t->next;
-        if (t->next)
-                t->next->prev = t->prev;
+        queue_unlink(h, t);
+        if (h->active > 0)
+                h->active--;
+        /* a header may hold an API key: not left behind in freed memory */
+        for (struct curl_slist *l = t->headers; l; l = l->next)
+                explicit_bzero(l->data, strlen(l->data));
         curl_slist_free_all(t->headers);
         free(t->body);
         buf_free(&t->response);
@@ -81,20 +144,38 @@ static void transfer_free(struct runtime_http *h, struct runtime_http_transfer *
         free(t);
 }
 
+static void timer_heap_free(struct runtime_http *h);
+
 void runtime_http_free(struct runtime_http *h)
 {
         if (!h)
                 return;
-        while (h->head)
-                transfer_free(h, h->head);
+        for (int l = LIST_ACTIVE; l <= LIST_CALLBACK; l++)
+                while (h->queues[l].head)
+                        transfer_free(h, h->queues[l].head);
+        timer_heap_free(h);
         curl_multi_cleanup(h->multi);
         free(h);
 }
+
+static bool status_expected(const json_t *expect, long status);
 
 static size_t on_body(char *data, size_t size, size_t n, void *userdata)
 {
         struct runtime_http_transfer *t = userdata;
 
+        if (t->on_body && t->status_expected < 0) {
+                long status = 0;
+                curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+                t->status_expected = status_expected(t->expect, status);
+        }
+        if (t->on_body && t->status_expected == 1) {
+                if (t->on_body(t->userdata, data, size * n) < 0) {
+                        t->refused_body = true;
+                        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+                }
+                return size * n;
+        }
         if (buf_append(&t->response, data, size * n) < 0) {
                 t->too_large = true;
                 return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
@@ -148,6 +229,17 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
                        int64_t timeout_ms, bool fresh_connection, void *userdata,
                        struct runtime_http_transfer **out, char **error)
 {
+        struct runtime_http_options o = {.timeout_ms = timeout_ms,
+                                         .fresh_connection = fresh_connection};
+
+        return runtime_http_start_ex(h, request, idempotency_key, &o, userdata, out, error);
+}
+
+int runtime_http_start_ex(struct runtime_http *h, const json_t *request,
+                          const char *idempotency_key, const struct runtime_http_options *o,
+                          void *userdata, struct runtime_http_transfer **out, char **error)
+{
+        static const struct runtime_http_options defaults;
         const char *method = json_string_value(json_object_get(request, "method"));
         const char *url = json_string_value(json_object_get(request, "url"));
         const json_t *headers = json_object_get(request, "headers");
@@ -155,10 +247,13 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
         const json_t *expect = json_object_get(request, "expect_status");
         struct runtime_http_transfer *t;
         bool has_content_type = false, has_key = false;
+        int64_t timeout_ms, connect_ms;
         const char *name;
         json_t *value;
         int r;
 
+        if (!o)
+                o = &defaults;
         if (error)
                 *error = NULL;
         if (!method)
@@ -178,26 +273,29 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
                     error,
                     strdup(
                         "request.expect_status must be an array of statuses or [lo, hi] ranges"));
-        if (timeout_ms <= 0)
-                timeout_ms = RUNTIME_HTTP_DEFAULT_TIMEOUT_MS;
+        timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : RUNTIME_HTTP_DEFAULT_TIMEOUT_MS;
+        connect_ms = o->connect_timeout_ms > 0 ? o->connect_timeout_ms
+                                               : (timeout_ms < 10000 ? timeout_ms : 10000);
 
         t = calloc(1, sizeof(*t));
         if (!t)
                 return -ENOMEM;
-        buf_init(&t->response, RUNTIME_HTTP_MAX_RESPONSE_BYTES);
+        /* linked before anything can fail, so transfer_free() unlinks consistently */
+        queue_push(h, LIST_ACTIVE, t);
+        h->active++;
+        buf_init(&t->response,
+                 o->max_response_bytes ? o->max_response_bytes : RUNTIME_HTTP_MAX_RESPONSE_BYTES);
         t->userdata = userdata;
         t->timeout_ms = timeout_ms;
+        t->on_body = o->on_body;
+        t->on_done = o->on_done;
+        t->status_expected = -1;
         t->expect = expect ? json_incref((json_t *)expect) : NULL;
         t->easy = curl_easy_init();
         if (!t->easy) {
                 transfer_free(h, t);
                 return -ENOMEM;
         }
-        /* linked before anything can fail, so transfer_free() unlinks consistently */
-        t->next = h->head;
-        if (h->head)
-                h->head->prev = t;
-        h->head = t;
 
         r = 0;
         json_object_foreach ((json_t *)headers, name, value) {
@@ -231,6 +329,13 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
                         r = add_header(t, "Content-Type",
                                        text ? "text/plain; charset=utf-8" : "application/json");
         }
+        for (const char *const *x = o->extra_headers; r == 0 && x && *x; x++) {
+                struct curl_slist *l = curl_slist_append(t->headers, *x);
+                if (!l)
+                        r = -ENOMEM;
+                else
+                        t->headers = l;
+        }
         if (r == 0)
                 r = add_header(t, "Expect", ""); /* no 100-continue round trip */
         if (r < 0) {
@@ -250,8 +355,7 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
                 curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(t->body));
         }
         curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-        curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS,
-                         (long)(timeout_ms < 10000 ? timeout_ms : 10000));
+        curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)connect_ms);
         curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
         curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
@@ -259,24 +363,19 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
         curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->curl_error);
         /* libcurl sends a request again by itself when a reused keep-alive connection turns
          * out dead; a fresh connection is what rules that out */
-        if (fresh_connection)
+        if (o->fresh_connection)
                 curl_easy_setopt(t->easy, CURLOPT_FRESH_CONNECT, 1L);
 
         if (curl_multi_add_handle(h->multi, t->easy) != CURLM_OK) {
                 transfer_free(h, t);
                 return -ENOMEM;
         }
-        h->active++;
         *out = t;
         return 0;
 }
 
 void runtime_http_abort(struct runtime_http *h, struct runtime_http_transfer *t)
 {
-        if (!t)
-                return;
-        if (h->active > 0)
-                h->active--;
         transfer_free(h, t);
 }
 
@@ -285,16 +384,183 @@ unsigned runtime_http_active(const struct runtime_http *h)
         return h->active;
 }
 
+/* ---- timers: a binary min-heap on (due_ms, seq) -------------------------------------- */
+
+static bool timer_before(const struct runtime_http_timer *a, const struct runtime_http_timer *b)
+{
+        return a->due_ms < b->due_ms || (a->due_ms == b->due_ms && a->seq < b->seq);
+}
+
+static void timer_place(struct runtime_http *h, size_t i, struct runtime_http_timer *t)
+{
+        h->timers[i] = t;
+        t->index = i;
+}
+
+static void timer_sift_up(struct runtime_http *h, size_t i)
+{
+        struct runtime_http_timer *t = h->timers[i];
+
+        while (i > 0 && timer_before(t, h->timers[(i - 1) / 2])) {
+                timer_place(h, i, h->timers[(i - 1) / 2]);
+                i = (i - 1) / 2;
+        }
+        timer_place(h, i, t);
+}
+
+static void timer_sift_down(struct runtime_http *h, size_t i)
+{
+        struct runtime_http_timer *t = h->timers[i];
+
+        for (;;) {
+                size_t c = 2 * i + 1;
+                if (c >= h->ntimers)
+                        break;
+                if (c + 1 < h->ntimers && timer_before(h->timers[c + 1], h->timers[c]))
+                        c++;
+                if (!timer_before(h->timers[c], t))
+                        break;
+                timer_place(h, i, h->timers[c]);
+                i = c;
+        }
+        timer_place(h, i, t);
+}
+
+/* Takes t out of the heap (does not free it). */
+static void timer_remove(struct runtime_http *h, struct runtime_http_timer *t)
+{
+        size_t i = t->index;
+        struct runtime_http_timer *last = h->timers[--h->ntimers];
+
+        if (i == h->ntimers)
+                return;
+        timer_place(h, i, last);
+        if (i > 0 && timer_before(last, h->timers[(i - 1) / 2]))
+                timer_sift_up(h, i);
+        else
+                timer_sift_down(h, i);
+}
+
+int runtime_http_timer_start(struct runtime_http *h, int64_t delay_ms, void (*fn)(void *userdata),
+                             void *userdata, struct runtime_http_timer **out)
+{
+        struct runtime_http_timer *t;
+
+        if (h->ntimers == h->timers_cap) {
+                size_t cap = h->timers_cap ? h->timers_cap * 2 : 16;
+                struct runtime_http_timer **n = realloc(h->timers, cap * sizeof(*n));
+                if (!n)
+                        return -ENOMEM;
+                h->timers = n;
+                h->timers_cap = cap;
+        }
+        t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        t->due_ms = runtime_http_now_ms() + (delay_ms > 0 ? delay_ms : 0);
+        t->seq = h->timer_seq++;
+        t->fn = fn;
+        t->userdata = userdata;
+        h->ntimers++;
+        timer_place(h, h->ntimers - 1, t);
+        timer_sift_up(h, h->ntimers - 1);
+        *out = t;
+        return 0;
+}
+
+void runtime_http_timer_cancel(struct runtime_http *h, struct runtime_http_timer *t)
+{
+        if (!t)
+                return;
+        timer_remove(h, t);
+        free(t);
+}
+
+static void timer_heap_free(struct runtime_http *h)
+{
+        for (size_t i = 0; i < h->ntimers; i++)
+                free(h->timers[i]);
+        free(h->timers);
+        h->timers = NULL;
+        h->ntimers = h->timers_cap = 0;
+}
+
+/* Runs the timers due by now; a timer started by one of them waits for the next poll. */
+static void timers_run(struct runtime_http *h)
+{
+        int64_t now = runtime_http_now_ms();
+        uint64_t started_before = h->timer_seq;
+
+        while (h->ntimers > 0 && h->timers[0]->due_ms <= now &&
+               h->timers[0]->seq < started_before) {
+                struct runtime_http_timer *t = h->timers[0];
+                void (*fn)(void *) = t->fn;
+                void *userdata = t->userdata;
+
+                timer_remove(h, t);
+                free(t);
+                fn(userdata);
+        }
+}
+
+static void transfer_outcome(struct runtime_http_transfer *t, json_t **output, json_t **error);
+
+/* Moves every finished transfer to its queue: LIST_CALLBACK when it has on_done, else
+ * LIST_DONE for runtime_http_next_done. */
+static void collect_finished(struct runtime_http *h)
+{
+        struct runtime_http_transfer *t;
+        CURLMsg *m;
+        int left;
+
+        while ((m = curl_multi_info_read(h->multi, &left))) {
+                if (m->msg != CURLMSG_DONE)
+                        continue;
+                curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+                if (t->list != LIST_ACTIVE)
+                        continue;
+                t->result = m->data.result;
+                queue_unlink(h, t);
+                queue_push(h, t->on_done ? LIST_CALLBACK : LIST_DONE, t);
+        }
+}
+
+/* Calls on_done for each finished transfer that has one; a callback may abort others. */
+static void deliver_callbacks(struct runtime_http *h)
+{
+        struct runtime_http_transfer *t;
+
+        while ((t = h->queues[LIST_CALLBACK].head)) {
+                void (*on_done)(void *, json_t *, json_t *) = t->on_done;
+                void *userdata = t->userdata;
+                json_t *output, *error;
+
+                transfer_outcome(t, &output, &error);
+                transfer_free(h, t);
+                on_done(userdata, output, error);
+        }
+}
+
 int runtime_http_poll(struct runtime_http *h, int timeout_ms, int extra_fd)
 {
         struct curl_waitfd extra = {.fd = extra_fd, .events = CURL_WAIT_POLLIN};
         int running = 0;
 
+        if (timeout_ms < 0)
+                timeout_ms = 0;
+        if (h->ntimers > 0) {
+                int64_t until = h->timers[0]->due_ms - runtime_http_now_ms();
+                if (until < timeout_ms)
+                        timeout_ms = until < 0 ? 0 : (int)until;
+        }
         if (curl_multi_poll(h->multi, extra_fd >= 0 ? &extra : NULL, extra_fd >= 0 ? 1 : 0,
-                            timeout_ms < 0 ? 0 : timeout_ms, NULL) != CURLM_OK)
+                            timeout_ms, NULL) != CURLM_OK)
                 return -EIO;
         if (curl_multi_perform(h->multi, &running) != CURLM_OK)
                 return -EIO;
+        collect_finished(h);
+        deliver_callbacks(h);
+        timers_run(h);
         return extra_fd >= 0 && (extra.revents & CURL_WAIT_POLLIN) ? 1 : 0;
 }
 
@@ -406,29 +672,22 @@ static json_t *transfer_error(struct runtime_http_transfer *t, CURLcode result)
         return msg ? json_pack("{s:s, s:s}", "class", klass, "message", msg) : NULL;
 }
 
-bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **output,
-                            json_t **error)
+/* What came of a finished transfer: *output or *error (classified). */
+static void transfer_outcome(struct runtime_http_transfer *t, json_t **output, json_t **error)
 {
-        struct runtime_http_transfer *t;
         curl_off_t total_us = 0;
-        CURLMsg *m;
-        int left;
 
         *output = *error = NULL;
-        while ((m = curl_multi_info_read(h->multi, &left))) {
-                if (m->msg == CURLMSG_DONE)
-                        break;
-        }
-        if (!m)
-                return false;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
-        *userdata = t->userdata;
-
         if (t->too_large) {
-                *error = json_pack("{s:s, s:s}", "class", "too_large", "message",
-                                   "response body exceeds 1 MiB");
-        } else if (m->data.result != CURLE_OK) {
-                *error = transfer_error(t, m->data.result);
+                *error = json_pack(
+                    "{s:s, s:s++}", "class", "too_large", "message", "response body exceeds ",
+                    t->response.max == RUNTIME_HTTP_MAX_RESPONSE_BYTES ? "1 MiB"
+                                                                       : "its size limit");
+        } else if (t->refused_body) {
+                *error = json_pack("{s:s, s:s}", "class", "network", "message",
+                                   "the response body was refused by its reader");
+        } else if (t->result != CURLE_OK) {
+                *error = transfer_error(t, t->result);
         } else {
                 long status = 0;
                 curl_off_t retry_after = -1;
@@ -459,8 +718,20 @@ bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **ou
         if (*error && curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us) == CURLE_OK)
                 json_object_set_new(*error, "duration_ms",
                                     json_integer((json_int_t)(total_us / 1000)));
-        if (h->active > 0)
-                h->active--;
+}
+
+bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **output,
+                            json_t **error)
+{
+        struct runtime_http_transfer *t;
+
+        *output = *error = NULL;
+        collect_finished(h);
+        t = h->queues[LIST_DONE].head;
+        if (!t)
+                return false;
+        *userdata = t->userdata;
+        transfer_outcome(t, output, error);
         transfer_free(h, t);
         return true;
 }

@@ -44,16 +44,67 @@ int runtime_http_start(struct runtime_http *h, const json_t *request, const char
                        int64_t timeout_ms, bool fresh_connection, void *userdata,
                        struct runtime_http_transfer **out, char **error);
 
+/*
+ * What runtime_http_start_ex adds to a request, for callers that drive their own protocol
+ * over HTTP (src/llm: streamed answers, retries). Zero is the default of every member.
+ */
+struct runtime_http_options {
+        int64_t timeout_ms;         /* the whole exchange; <= 0: the default (30 s) */
+        int64_t connect_timeout_ms; /* connecting; <= 0: the smaller of timeout_ms and 10 s */
+        bool fresh_connection;      /* as for runtime_http_start */
+        size_t max_response_bytes;  /* a buffered body's cap; 0: RUNTIME_HTTP_MAX_RESPONSE_BYTES */
+        /* More headers, "Name: value" lines (NULL-terminated; copied, and the copies are
+         * zeroed when the transfer is freed, so an API key is not left in freed memory). */
+        const char *const *extra_headers;
+        /*
+         * Called with each piece of the body of a response whose status is expected, as it
+         * arrives (inside runtime_http_poll, while libcurl is working: it must not start,
+         * abort or free transfers; starting a timer is fine). Return 0 to go on, < 0 to abort the
+         * transfer (its completion then reports class "network"). Such a body is not buffered: the
+         * output's "body" is "". A response with any other status is buffered as usual.
+         */
+        int (*on_body)(void *userdata, const char *data, size_t len);
+        /*
+         * When set, the completion is delivered by calling on_done from runtime_http_poll
+         * (after libcurl's work, so it may start and abort transfers and timers) instead of
+         * through runtime_http_next_done; it owns output or error (one is set). The
+         * transfer is freed before the call.
+         */
+        void (*on_done)(void *userdata, json_t *output, json_t *error);
+};
+
+/* runtime_http_start with the options above (o may be NULL: the defaults). */
+int runtime_http_start_ex(struct runtime_http *h, const json_t *request,
+                          const char *idempotency_key, const struct runtime_http_options *o,
+                          void *userdata, struct runtime_http_transfer **out, char **error);
+
 /* Stops a transfer in flight and frees it; its completion is never reported. */
 void runtime_http_abort(struct runtime_http *h, struct runtime_http_transfer *t);
 
-/* Number of transfers in flight. */
+/* Number of transfers in flight (or finished and not yet reported). */
 unsigned runtime_http_active(const struct runtime_http *h);
 
 /*
- * Drives transfers, waiting up to timeout_ms for network activity, runtime_http_wakeup() or
- * extra_fd (>= 0) becoming readable. Returns 1 when extra_fd is readable, 0, or a negative
- * errno when libcurl failed.
+ * Timers on the same loop, for callers that wait between transfers (a retry after
+ * Retry-After): fn(userdata) runs from runtime_http_poll once delay_ms (monotonic) have
+ * passed, after libcurl's work, so it may start transfers and timers. runtime_http_poll
+ * sleeps no longer than the nearest timer. A timer is freed before fn runs (drop the pointer
+ * there). 0 and *out, or -ENOMEM.
+ */
+struct runtime_http_timer;
+int runtime_http_timer_start(struct runtime_http *h, int64_t delay_ms, void (*fn)(void *userdata),
+                             void *userdata, struct runtime_http_timer **out);
+/* Cancels a timer that has not run, and frees it; accepts NULL. */
+void runtime_http_timer_cancel(struct runtime_http *h, struct runtime_http_timer *t);
+
+/* The monotonic clock the timers use, in milliseconds. */
+int64_t runtime_http_now_ms(void);
+
+/*
+ * Drives transfers, waiting up to timeout_ms (less when a timer is due sooner) for network
+ * activity, runtime_http_wakeup() or extra_fd (>= 0) becoming readable; then delivers the
+ * completions that have an on_done callback and runs the timers that are due. Returns 1 when
+ * extra_fd is readable, 0, or a negative errno when libcurl failed.
  */
 int runtime_http_poll(struct runtime_http *h, int timeout_ms, int extra_fd);
 
@@ -68,7 +119,7 @@ void runtime_http_wakeup(struct runtime_http *h);
  * (docs/workflows.md): connect (no connection: nothing was sent), timeout and network (the
  * request may have arrived), http_429, http_4xx, http_5xx, http_status (another status
  * outside expect_status), too_large. The transfer is freed. Returns false when none is
- * finished.
+ * finished. A transfer started with an on_done callback never comes out here.
  */
 bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **output,
                             json_t **error);

@@ -144,6 +144,13 @@ static void openai_stream(struct reply *r, const json_t *step, const json_t *req
                                   NULL, with_usage));
                 at = to;
         }
+        if (json_is_string(json_object_get(step, "stream_error"))) {
+                emit(r, NULL,
+                     json_pack("{s:{s:O, s:s, s:n, s:n}}", "error", "message",
+                               json_object_get(step, "stream_error"), "type", "server_error",
+                               "param", "code"));
+                return;
+        }
         json_array_foreach (json_object_get(step, "tool_calls"), i, call) {
                 const char *args = json_string_value(json_object_get(call, "arguments"));
                 emit(r, NULL,
@@ -246,6 +253,13 @@ static void anthropic_stream(struct reply *r, const json_t *step, const char *id
                 emit(r, "content_block_stop",
                      json_pack("{s:s, s:i}", "type", "content_block_stop", "index", block));
                 block++;
+        }
+        if (json_is_string(json_object_get(step, "stream_error"))) {
+                emit(r, "error",
+                     json_pack("{s:s, s:{s:s, s:O}}", "type", "error", "error", "type",
+                               "overloaded_error", "message",
+                               json_object_get(step, "stream_error")));
+                return;
         }
         json_array_foreach (json_object_get(step, "tool_calls"), i, call) {
                 const char *args = json_string_value(json_object_get(call, "arguments"));
