@@ -1,0 +1,353 @@
+/*
+ * The shell and run_code tools (src/sandbox/sandbox_tools.h) and the long-lived pipe mode
+ * of the sandbox the agent executor uses, with real sandboxed processes: arguments, stdin,
+ * files in the workspace, the files written, kept files copied out as artifacts (never
+ * through a symlink the sandbox planted), the interpreters discovered rather than assumed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fileio.h"
+#include "sandbox.h"
+#include "sandbox_tools.h"
+#include "strutil.h"
+#include "testlib.h"
+
+static struct sandbox *sb;
+static struct sandbox_tools *tools;
+static char *tmp;
+
+static int group_setup(void **state)
+{
+        (void)state;
+        char *error = NULL;
+        if (sandbox_open(NULL, &sb, &error) < 0 || sandbox_check(sb, &error) < 0 ||
+            sandbox_tools_open(sb, &tools, &error) < 0) {
+                fprintf(stderr, "sandbox unavailable: %s\n", error ? error : "?");
+                free(error);
+                return -1;
+        }
+        tmp = test_tempdir("sandbox-tools");
+        return 0;
+}
+
+static int group_teardown(void **state)
+{
+        (void)state;
+        test_rm_rf(tmp);
+        free(tmp);
+        sandbox_tools_free(tools);
+        sandbox_free(sb);
+        return 0;
+}
+
+struct call {
+        char *workspace;
+        char *artifacts;
+        struct sandbox_tool_call c;
+};
+
+static struct call *new_call(const char *name)
+{
+        struct call *call = calloc(1, sizeof(*call));
+        call->workspace = str_printf("%s/%s-ws", tmp, name);
+        call->artifacts = str_printf("%s/%s-artifacts", tmp, name);
+        assert_int_equal(sandbox_workspace_create(sb, call->workspace), 0);
+        call->c = (struct sandbox_tool_call){.workspace = call->workspace,
+                                             .artifact_dir = call->artifacts,
+                                             .limits = sandbox_limits_default()};
+        call->c.limits.wall_ms = 30000;
+        return call;
+}
+
+static void free_call(struct call *call)
+{
+        assert_int_equal(sandbox_workspace_remove(call->workspace), 0);
+        free(call->workspace);
+        free(call->artifacts);
+        free(call);
+}
+
+static json_t *run_tool(struct call *call, const char *tool, const char *args_text)
+{
+        json_error_t jerr;
+        json_t *args = json_loads(args_text, 0, &jerr);
+        assert_non_null(args);
+        json_t *result = NULL;
+        char *error = NULL;
+        int r = sandbox_tool_run(tools, &call->c, tool, args, &result, &error);
+        if (r < 0)
+                fail_msg("%s failed: %s", tool, error ? error : "?");
+        free(error);
+        json_decref(args);
+        return result;
+}
+
+static int run_tool_error(struct call *call, const char *tool, const char *args_text, char **error)
+{
+        json_t *args = json_loads(args_text, 0, NULL);
+        assert_non_null(args);
+        json_t *result = NULL;
+        int r = sandbox_tool_run(tools, &call->c, tool, args, &result, error);
+        json_decref(args);
+        assert_null(result);
+        return r;
+}
+
+static const char *str_of(const json_t *o, const char *key)
+{
+        const char *s = json_string_value(json_object_get(o, key));
+        assert_non_null(s);
+        return s;
+}
+
+static void test_languages_discovered(void **state)
+{
+        (void)state;
+        json_t *langs = sandbox_tools_languages(tools);
+        bool python = false, node = false;
+        size_t i;
+        json_t *l;
+        json_array_foreach (langs, i, l) {
+                python |= strcmp(str_of(l, "language"), "python") == 0;
+                node |= strcmp(str_of(l, "language"), "node") == 0;
+                assert_int_gt(strlen(str_of(l, "version")), 0);
+        }
+        /* offered exactly when the host has them where the sandbox looks */
+        bool host_python =
+            access("/usr/bin/python3", X_OK) == 0 || access("/usr/local/bin/python3", X_OK) == 0;
+        bool host_node = access("/usr/bin/node", X_OK) == 0 ||
+                         access("/usr/local/bin/node", X_OK) == 0 ||
+                         access("/usr/bin/nodejs", X_OK) == 0;
+        assert_int_equal(python, host_python);
+        assert_int_equal(node, host_node);
+        json_t *schema = sandbox_tools_schema(tools, "run_code");
+        assert_int_equal(
+            json_array_size(json_object_get(
+                json_object_get(json_object_get(schema, "properties"), "language"), "enum")),
+            json_array_size(langs));
+        json_decref(schema);
+        json_decref(langs);
+}
+
+static void test_shell_files_and_artifacts(void **state)
+{
+        (void)state;
+        struct call *call = new_call("shell");
+        json_t *r = run_tool(call, "shell",
+                             "{\"command\": \"tr a-z A-Z < in.txt > out.txt; mkdir -p d; echo 1 "
+                             "> d/n; echo done; echo oops >&2; exit 3\", \"files\": {\"in.txt\": "
+                             "\"hello\"}, \"keep\": [\"out.txt\", \"d/n\"]}");
+        assert_int_equal(json_integer_value(json_object_get(r, "exit_status")), 3);
+        assert_string_equal(str_of(r, "stdout"), "done\n");
+        assert_string_equal(str_of(r, "stderr"), "oops\n");
+        assert_false(json_is_true(json_object_get(r, "timed_out")));
+        /* in.txt was written before the call: only what the command wrote is listed */
+        json_t *expected = json_pack("[{s:s, s:i}, {s:s, s:i}]", "path", "d/n", "size", 2, "path",
+                                     "out.txt", "size", 5);
+        assert_json_equal(json_object_get(r, "files_written"), expected);
+        json_decref(expected);
+        json_t *artifacts = json_object_get(r, "artifacts");
+        assert_int_equal(json_array_size(artifacts), 2);
+        char *content = NULL;
+        size_t len;
+        assert_int_equal(
+            file_read_all(str_of(json_array_get(artifacts, 0), "path"), 1024, &content, &len), 0);
+        assert_string_equal(content, "HELLO");
+        free(content);
+        assert_int_equal(json_array_size(json_object_get(r, "artifact_errors")), 0);
+        json_decref(r);
+
+        /* stdin, and the environment the caller adds */
+        const char *const env[] = {"GREETING=hi", NULL};
+        call->c.envp = env;
+        r = run_tool(call, "shell",
+                     "{\"command\": \"printf '%s:' \\\"$GREETING\\\"; wc -c\", "
+                     "\"stdin\": \"abc\"}");
+        assert_string_equal(str_of(r, "stdout"), "hi:3\n");
+        assert_int_equal(json_integer_value(json_object_get(r, "exit_status")), 0);
+        json_decref(r);
+        free_call(call);
+}
+
+static void test_run_code(void **state)
+{
+        (void)state;
+        struct call *call = new_call("code");
+        json_t *langs = sandbox_tools_languages(tools);
+        size_t i;
+        json_t *l;
+        size_t ran = 0;
+        json_array_foreach (langs, i, l) {
+                const char *language = str_of(l, "language");
+                json_t *r = NULL;
+                if (strcmp(language, "python") == 0)
+                        r = run_tool(call, "run_code",
+                                     "{\"language\": \"python\", \"args\": [\"2\", \"40\"], "
+                                     "\"code\": \"import sys\\nopen('py.txt', 'w').write('x')\\n"
+                                     "print(sum(int(a) for a in sys.argv[1:]))\"}");
+                else if (strcmp(language, "node") == 0)
+                        r = run_tool(call, "run_code",
+                                     "{\"language\": \"node\", \"args\": [\"2\", \"40\"], "
+                                     "\"code\": \"require('fs').writeFileSync('js.txt', 'x'); "
+                                     "console.log(process.argv.slice(2).map(Number).reduce((a, "
+                                     "b) => a + b))\"}");
+                if (!r)
+                        continue;
+                assert_string_equal(str_of(r, "stdout"), "42\n");
+                assert_int_equal(json_integer_value(json_object_get(r, "exit_status")), 0);
+                json_t *written = json_object_get(r, "files_written");
+                assert_int_equal(json_array_size(written), 1);
+                json_decref(r);
+                ran++;
+        }
+        assert_int_equal(ran, json_array_size(langs));
+        json_decref(langs);
+        free_call(call);
+}
+
+static void test_wrong_arguments(void **state)
+{
+        (void)state;
+        struct call *call = new_call("wrong");
+        char *error = NULL;
+        assert_int_equal(
+            run_tool_error(call, "run_code", "{\"language\": \"cobol\", \"code\": \"x\"}", &error),
+            -EINVAL);
+        assert_non_null(strstr(error, "\"language\" must be one of"));
+        free(error);
+        error = NULL;
+        assert_int_equal(run_tool_error(call, "shell", "{}", &error), -EINVAL);
+        assert_string_equal(error, "shell: \"command\" is required (a command line for /bin/sh)");
+        free(error);
+        error = NULL;
+        assert_int_equal(run_tool_error(call, "shell",
+                                        "{\"command\": \"true\", \"keep\": [\"../etc/passwd\"]}",
+                                        &error),
+                         -EINVAL);
+        free(error);
+        error = NULL;
+        assert_int_equal(run_tool_error(call, "shell",
+                                        "{\"command\": \"true\", \"files\": {\"/abs\": \"x\"}}",
+                                        &error),
+                         -EINVAL);
+        free(error);
+        error = NULL;
+        assert_int_equal(
+            run_tool_error(call, "shell", "{\"command\": \"true\", \"cwd\": \"/\"}", &error),
+            -EINVAL);
+        assert_string_equal(error, "shell has no argument \"cwd\"");
+        free(error);
+        free_call(call);
+}
+
+static void test_kept_symlinks_not_followed(void **state)
+{
+        (void)state;
+        /* a host file the sandbox cannot see: a symlink to it, planted in the workspace,
+         * must not make the worker copy it out */
+        char *secret = str_printf("%s/host-secret", tmp);
+        assert_int_equal(file_write_atomic(secret, "s3cret", 6, 0600), 0);
+        struct call *call = new_call("links");
+        char *args =
+            str_printf("{\"command\": \"ln -s %s abs; ln -s ../../../../../../etc/hostname "
+                       "rel; mkfifo fifo\", \"keep\": [\"abs\", \"rel\", \"fifo\"]}",
+                       secret);
+        json_t *r = run_tool(call, "shell", args);
+        assert_int_equal(json_integer_value(json_object_get(r, "exit_status")), 0);
+        assert_int_equal(json_array_size(json_object_get(r, "artifacts")), 0);
+        json_t *errors = json_object_get(r, "artifact_errors");
+        assert_int_equal(json_array_size(errors), 3);
+        assert_string_equal(str_of(json_array_get(errors, 0), "error"), "a symlink (not followed)");
+        assert_string_equal(str_of(json_array_get(errors, 1), "error"), "a symlink (not followed)");
+        assert_string_equal(str_of(json_array_get(errors, 2), "error"), "not a regular file");
+        char *copied = str_printf("%s/abs", call->artifacts);
+        struct stat st;
+        assert_int_equal(lstat(copied, &st), -1);
+        json_decref(r);
+        free(copied);
+        free(args);
+        free_call(call);
+        free(secret);
+}
+
+static void test_timeout_argument(void **state)
+{
+        (void)state;
+        struct call *call = new_call("timeout");
+        json_t *r = run_tool(call, "shell",
+                             "{\"command\": \"sleep 20 & sleep 20\", \"timeout\": \"500ms\"}");
+        assert_true(json_is_true(json_object_get(r, "timed_out")));
+        assert_int_lt(json_integer_value(json_object_get(r, "duration_ms")), 5000);
+        json_decref(r);
+        free_call(call);
+}
+
+static void test_pipes_mode(void **state)
+{
+        (void)state;
+        /* the executor's mode: stdin and stdout stay open pipes the caller drives */
+        const char *const argv[] = {"cat", NULL};
+        const char *const envp[] = {"PATH=/usr/bin:/bin", NULL};
+        struct sandbox_spec spec = {.argv = argv, .envp = envp, .limits = sandbox_limits_default()};
+        spec.limits.wall_ms = 0;
+        struct sandbox_proc *p;
+        char *error = NULL;
+        assert_int_equal(sandbox_spawn(sb, &spec, SANDBOX_PIPES, &p, &error), 0);
+        char got[64] = {0};
+        size_t have = 0;
+        for (int round = 0; round < 2; round++) {
+                const char *line = round == 0 ? "{\"v\":1}\n" : "second\n";
+                assert_int_equal(write(sandbox_proc_stdin_fd(p), line, strlen(line)),
+                                 (ssize_t)strlen(line));
+                size_t want = have + strlen(line);
+                int64_t deadline = test_now_ms() + 10000;
+                while (have < want && test_now_ms() < deadline) {
+                        struct pollfd fds[SANDBOX_POLL_MAX + 1];
+                        int timeout;
+                        int n = sandbox_proc_poll_fds(p, fds, &timeout);
+                        fds[n++] =
+                            (struct pollfd){.fd = sandbox_proc_stdout_fd(p), .events = POLLIN};
+                        poll(fds, (nfds_t)n, 200);
+                        ssize_t r =
+                            read(sandbox_proc_stdout_fd(p), got + have, sizeof(got) - 1 - have);
+                        if (r > 0)
+                                have += (size_t)r;
+                        assert_int_equal(sandbox_proc_step(p), 0);
+                }
+        }
+        assert_string_equal(got, "{\"v\":1}\nsecond\n");
+        sandbox_proc_close_stdin(p);
+        int64_t deadline = test_now_ms() + 10000;
+        int r;
+        while ((r = sandbox_proc_step(p)) == 0 && test_now_ms() < deadline) {
+                struct pollfd fds[SANDBOX_POLL_MAX];
+                int timeout;
+                int n = sandbox_proc_poll_fds(p, fds, &timeout);
+                poll(fds, (nfds_t)n, timeout < 0 || timeout > 200 ? 200 : timeout);
+        }
+        assert_int_equal(r, 1);
+        assert_int_equal(sandbox_proc_result(p)->exit_status, 0);
+        assert_null(sandbox_proc_result(p)->out);
+        sandbox_proc_free(p);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_languages_discovered),
+            cmocka_unit_test(test_shell_files_and_artifacts),
+            cmocka_unit_test(test_run_code),
+            cmocka_unit_test(test_wrong_arguments),
+            cmocka_unit_test(test_kept_symlinks_not_followed),
+            cmocka_unit_test(test_timeout_argument),
+            cmocka_unit_test(test_pipes_mode),
+        };
+        return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
