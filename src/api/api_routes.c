@@ -1030,6 +1030,63 @@ static unsigned h_runs_resolve(struct api_request *req, struct api_response *res
         return respond_run(req, resp, 200, id);
 }
 
+/*
+ * A person's input to a run whose agent waits (docs/executor-protocol.md): the answer to
+ * its ask_human question, and/or budgets to raise after one was exhausted. One call of
+ * agently_answer_run_input (0012_agent_journal.sql), which checks the tenant and the state
+ * under the run's row lock and queues the run; the agent resumes by replaying its journal.
+ */
+static const struct api_db_error_case input_errors[] = {
+    {"55000", 409, "conflict", "the run is not waiting for input",
+     "only a run in needs_input whose agent asked a question or ran out of budget takes input: "
+     "`agently run show ID`"},
+    {"22023", 400, "invalid_field", "give an answer or a budget", NULL},
+    {NULL, 0, NULL, NULL, NULL},
+};
+
+static unsigned h_runs_input(struct api_request *req, struct api_response *resp)
+{
+        static const char *const keys[] = {"answer", "budget", NULL};
+        const char *id = req->params[0];
+        _cleanup_pgresult_ PGresult *res = NULL;
+        _cleanup_free_ char *answer = NULL, *budget = NULL;
+        json_t *b, *a, *bu;
+        unsigned st;
+        int r = 0;
+
+        if (!is_uuid(id))
+                return not_found(resp, "run", id);
+        b = body_object(req, resp, false);
+        if (!b)
+                return resp->status;
+        if ((st = reject_unknown_keys(b, keys, resp)))
+                return st;
+        a = json_object_get(b, "answer");
+        bu = json_object_get(b, "budget");
+        if (!a && !bu)
+                return api_error(resp, 400, "invalid_field", "give an answer or a budget",
+                                 "fields 'answer', 'budget'",
+                                 "{\"answer\": \"...\"} answers the agent's question; "
+                                 "{\"budget\": {\"max_cost_usd\": 10}} raises its budget");
+        if (bu && !json_is_object(bu))
+                return api_error(resp, 400, "invalid_field", "budget must be an object",
+                                 "field 'budget'",
+                                 "max_tokens, max_cost_usd, max_wall_clock, max_llm_calls, "
+                                 "max_tool_calls");
+        if ((a && !(answer = json_dumps(a, JSON_COMPACT | JSON_ENCODE_ANY))) ||
+            (bu && !(budget = json_dumps(bu, JSON_COMPACT))))
+                return api_db_error(resp, -ENOMEM);
+        const char *params[] = {id, answer, budget};
+        res = db_query(req->db, "SELECT * FROM agently_answer_run_input($1, $2::jsonb, $3::jsonb)",
+                       3, params, &r);
+        if (!res)
+                return api_db_error_with(resp, r, input_errors);
+        r = notify_control(req, id);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return respond_run(req, resp, 200, id);
+}
+
 static unsigned h_runs_signal(struct api_request *req, struct api_response *resp)
 {
         const char *id = req->params[0], *name = req->params[1];
@@ -1516,6 +1573,7 @@ const struct api_route api_routes[] = {
     {"POST", "/v1/runs/{id}/resume", h_runs_resume, 0},
     {"POST", "/v1/runs/{id}/rerun", h_runs_rerun, API_ROUTE_IDEMPOTENT},
     {"POST", "/v1/runs/{id}/resolve", h_runs_resolve, 0},
+    {"POST", "/v1/runs/{id}/input", h_runs_input, 0},
     {"POST", "/v1/runs/{id}/signals/{name}", h_runs_signal, API_ROUTE_IDEMPOTENT},
     {"GET", "/v1/runs/{id}/nodes", h_runs_nodes, 0},
     {"GET", "/v1/runs/{id}/events", h_events_list, 0},

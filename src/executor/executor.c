@@ -373,11 +373,14 @@ static int loop(struct session *s, const json_t *start)
 
         for (json_int_t turn = 0; turn < max_turns; turn++) {
                 _cleanup_json_ json_t *answer = NULL;
-                json_t *req = json_pack("{s:s, s:{s:O?, s:O, s:O, s:s}}", "type", "llm", "request",
-                                        "system", json_object_get(agent, "system"), "messages",
-                                        messages, "tools", tools, "tool_choice", "auto");
+                json_t *req =
+                    json_pack("{s:s, s:{s:O, s:O, s:s}}", "type", "llm", "request", "messages",
+                              messages, "tools", tools, "tool_choice", "auto");
                 if (!req)
                         return -ENOMEM;
+                if (json_is_string(json_object_get(agent, "system")))
+                        json_object_set(json_object_get(req, "request"), "system",
+                                        json_object_get(agent, "system"));
                 if (json_array_size(tools) == 0) {
                         json_object_del(json_object_get(req, "request"), "tools");
                         json_object_del(json_object_get(req, "request"), "tool_choice");

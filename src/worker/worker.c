@@ -24,10 +24,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "agent.h"
 #include "buf.h"
 #include "cleanup.h"
 #include "db.h"
@@ -46,13 +48,15 @@
 
 struct run;
 
-/* One effect in flight: an HTTP request for one node attempt. */
+/* One effect in flight: an HTTP request, or an agent session (src/agent), for one node
+ * attempt. */
 struct effect {
         struct effect *next;
         struct run *run;
         char *node;
         int attempt;
         struct runtime_http_transfer *transfer;
+        struct agent_session *agent;
 };
 
 /* A finished effect whose result is not yet checkpointed. */
@@ -108,6 +112,8 @@ struct worker {
         char *conninfo; /* cfg->conninfo with the session limits (worker_conninfo) */
         PGconn *db;
         struct runtime_http *http;
+        struct agent_host *agents; /* the agent sessions' executors and calls */
+        int loop_fd;               /* epoll: the signalfd and the agents' pipes */
         struct run *runs;
         int nruns;
         struct wf_cache_entry cache[WF_CACHE_MAX];
@@ -185,7 +191,10 @@ static void effects_abort(struct worker *w, struct run *r)
         while (r->effects) {
                 struct effect *e = r->effects;
                 r->effects = e->next;
-                runtime_http_abort(w->http, e->transfer);
+                if (e->agent)
+                        agent_session_abort(w->agents, e->agent);
+                else
+                        runtime_http_abort(w->http, e->transfer);
                 free(e->node);
                 free(e);
         }
@@ -581,7 +590,7 @@ static int plan_effect(struct worker *w, struct run *run, json_t *a)
                 if (strcmp(jstr(json_array_get(run->to_start, i), "node"), node) == 0)
                         return 1;
 
-        if (!kind || strcmp(kind, "http") != 0) {
+        if (!kind || (strcmp(kind, "http") != 0 && strcmp(kind, "agent") != 0)) {
                 _cleanup_json_ json_t *err =
                     json_pack("{s:s, s:s++}", "class", "error", "message", "node kind ",
                               kind ? kind : "(none)", " is not supported by this worker");
@@ -1255,6 +1264,38 @@ static PGresult *batch_query(struct worker *w, const char *sql, int nparams,
         return db_query(w->db, sql, nparams, params, error);
 }
 
+/* An agent session that ended waiting for a person (its question, an exhausted budget). */
+static bool agent_waits(const json_t *error)
+{
+        const char *klass = jstr(error, "class");
+        return klass && strcmp(klass, "needs_input") == 0;
+}
+
+/* The node waits (the same attempt, executed again once a person answered: its journal
+ * replays) and the run goes to needs_input, holding no executor and no lease. */
+static int agent_needs_input(struct worker *w, struct run *run, const struct completion *c)
+{
+        const char *why = jstr(c->error, "message");
+        int r = checkpoint_write(
+            w, run,
+            &(struct queue_node_write){.node_id = c->node,
+                                       .attempt = c->attempt,
+                                       .status = "waiting",
+                                       .worker = w->cfg->id,
+                                       .event_kind = "agent.needs_input",
+                                       .event_message = why,
+                                       .event_data = json_object_get(c->error, "waiting_for")});
+        if (r > 0)
+                r = buffered(run,
+                             queue_writes_release(w->writes, run->id, run->epoch, "needs_input", -1,
+                                                  why, c->error, run->deadline_ms));
+        if (r > 0) {
+                effects_abort(w, run);
+                mark_done(run);
+        }
+        return r;
+}
+
 /* Checkpoints a run's finished requests, in the order they ended. */
 static void write_completions(struct worker *w, struct run *run)
 {
@@ -1262,7 +1303,9 @@ static void write_completions(struct worker *w, struct run *run)
                 struct completion *c = run->completions;
                 int r = c->output ? checkpoint(w, run, c->node, c->attempt, "completed", NULL,
                                                c->output, NULL, NULL, NULL, NULL)
-                                  : apply_failure(w, run, c->node, c->attempt, c->error);
+                        : agent_waits(c->error)
+                            ? agent_needs_input(w, run, c)
+                            : apply_failure(w, run, c->node, c->attempt, c->error);
                 run->completions = c->next;
                 free(c->node);
                 json_decref(c->output);
@@ -1378,6 +1421,20 @@ static void batch_prepare(struct worker *w)
         }
 }
 
+/* An agent node's session (src/agent): started or resumed from its journal. */
+static int start_agent(struct worker *w, struct run *run, struct effect *e, const json_t *a,
+                       char **why)
+{
+        struct agent_step step = {.run_id = run->id,
+                                  .user_id = run->user_id,
+                                  .epoch = run->epoch,
+                                  .node_id = e->node,
+                                  .attempt = e->attempt,
+                                  .agent = json_object_get(a, "input")};
+
+        return agent_session_start(w->agents, &step, e, &e->agent, why);
+}
+
 /*
  * Starts the requests whose START marks committed — only while the lease surely holds
  * (the loop's own deadline: last renewal sent + lease). A worker stopped between the
@@ -1404,10 +1461,14 @@ static void start_effects(struct worker *w, struct run *run)
                 if (e && (e->node = strdup(jstr(a, "node")))) {
                         e->run = run;
                         e->attempt = jint(a, "attempt", 1);
-                        r = runtime_http_start(w->http, json_object_get(a, "input"),
-                                               jstr(a, "idempotency_key"),
-                                               json_integer_value(json_object_get(a, "timeout_ms")),
-                                               at_most_once, e, &e->transfer, &why);
+                        if (strcmp(jstr(a, "kind"), "agent") == 0)
+                                r = start_agent(w, run, e, a, &why);
+                        else
+                                r = runtime_http_start(
+                                    w->http, json_object_get(a, "input"),
+                                    jstr(a, "idempotency_key"),
+                                    json_integer_value(json_object_get(a, "timeout_ms")),
+                                    at_most_once, e, &e->transfer, &why);
                 }
                 if (r == 0) {
                         e->next = run->effects;
@@ -1533,6 +1594,15 @@ static void effect_done(struct worker *w, struct effect *e, json_t *output, json
                 tail = &(*tail)->next;
         *tail = c;
         run->needs_plan = true;
+}
+
+/* An agent session ended (src/agent): its answer is the node's result, like a request's. */
+static void agent_done(void *owner, void *userdata, json_t *output, json_t *error)
+{
+        struct effect *e = userdata;
+
+        e->agent = NULL; /* the session is gone */
+        effect_done(owner, e, output, error);
 }
 
 /* ---- claims ------------------------------------------------------------------------ */
@@ -1869,6 +1939,23 @@ static void drain_finish(struct worker *w)
  *    three probes: a dead peer is noticed in about 2/3 of the lease (20 s by default).
  *  - tcp_user_timeout, both ends: lease/2 of unacknowledged data ends the connection.
  */
+/* The descriptor the loop waits on besides libcurl's: the signalfd and the agent sessions'
+ * pipes (an epoll set inside an epoll set is readable when one of its own is). */
+static int loop_fd_open(struct worker *w)
+{
+        int fds[2] = {w->cfg->signal_fd, agent_host_fd(w->agents)};
+
+        w->loop_fd = epoll_create1(EPOLL_CLOEXEC);
+        if (w->loop_fd < 0)
+                return -errno;
+        for (int i = 0; i < 2; i++) {
+                struct epoll_event ev = {.events = EPOLLIN, .data.fd = fds[i]};
+                if (fds[i] >= 0 && epoll_ctl(w->loop_fd, EPOLL_CTL_ADD, fds[i], &ev) < 0)
+                        return -errno;
+        }
+        return 0;
+}
+
 static int worker_conninfo(const struct worker_config *cfg, char **out)
 {
         _cleanup_free_ char *name = str_printf("agently worker %s", cfg->id);
@@ -1889,7 +1976,7 @@ static int worker_conninfo(const struct worker_config *cfg, char **out)
 
 int worker_run(const struct worker_config *cfg)
 {
-        struct worker w = {.cfg = cfg};
+        struct worker w = {.cfg = cfg, .loop_fd = -1};
         pthread_t hb;
         bool hb_started = false;
         _cleanup_free_ char *ua = NULL;
@@ -1926,6 +2013,21 @@ int worker_run(const struct worker_config *cfg)
                 log_errno(r, "could not set up HTTP");
                 goto out;
         }
+        r = agent_host_new(&(struct agent_host_config){.db = w.db,
+                                                       .http = w.http,
+                                                       .executor_path = cfg->executor_path
+                                                                            ? cfg->executor_path
+                                                                            : "/proc/self/exe",
+                                                       .secrets_dir = getenv("AGENTLY_DATA_DIR"),
+                                                       .done = agent_done,
+                                                       .owner = &w},
+                           &w.agents);
+        if (r == 0)
+                r = loop_fd_open(&w);
+        if (r < 0) {
+                log_errno(r, "could not set up agent sessions");
+                goto out;
+        }
         r = -pthread_create(&hb, NULL, heartbeat_main, &w);
         if (r < 0) {
                 log_errno(r, "could not start the heartbeat thread");
@@ -1951,7 +2053,8 @@ int worker_run(const struct worker_config *cfg)
                 batch_run(&w);
 
                 if (w.draining &&
-                    (runtime_http_active(w.http) == 0 || mono_ms() >= w.drain_deadline)) {
+                    ((runtime_http_active(w.http) == 0 && agent_host_active(w.agents) == 0) ||
+                     mono_ms() >= w.drain_deadline)) {
                         drain_finish(&w);
                         log_info("worker %s drained", cfg->id);
                         r = 0;
@@ -1972,7 +2075,7 @@ int worker_run(const struct worker_config *cfg)
                         timeout = 0;
                 if (timeout > 1000)
                         timeout = 1000;
-                r = runtime_http_poll(w.http, (int)timeout, cfg->signal_fd);
+                r = runtime_http_poll(w.http, (int)timeout, w.loop_fd);
                 if (r < 0) {
                         log_errno(r, "could not drive HTTP transfers");
                         break;
@@ -1991,8 +2094,10 @@ int worker_run(const struct worker_config *cfg)
                                 }
                         }
                 }
+                agent_host_poll(w.agents);
                 while (runtime_http_next_done(w.http, &ud, &output, &error)) {
-                        effect_done(&w, ud, output, error);
+                        if (!agent_host_http_done(w.agents, ud, output, error))
+                                effect_done(&w, ud, output, error);
                 }
         }
 
@@ -2005,6 +2110,9 @@ out:
         }
         while (w.runs)
                 run_drop(&w, w.runs);
+        agent_host_free(w.agents);
+        if (w.loop_fd >= 0)
+                close(w.loop_fd);
         runtime_http_free(w.http);
         for (int i = 0; i < w.ncache; i++)
                 wf_free(w.cache[i].wf);

@@ -12,14 +12,15 @@
 #define WORKER_MAX_CONCURRENCY 10000
 
 struct worker_config {
-        const char *conninfo;   /* agently_worker role */
-        const char *id;         /* claimed_by; unique per process */
-        int concurrency;        /* runs held at once */
-        int64_t lease_ms;       /* lease length */
-        int64_t heartbeat_ms;   /* renewal interval, < lease_ms */
-        int64_t drain_grace_ms; /* SIGTERM: how long in-flight effects may finish */
-        int64_t poll_ms;        /* claim polling fallback when no NOTIFY arrives */
-        int signal_fd;          /* readable on SIGTERM/SIGINT (a signalfd), or -1 */
+        const char *conninfo;      /* agently_worker role */
+        const char *id;            /* claimed_by; unique per process */
+        int concurrency;           /* runs held at once */
+        int64_t lease_ms;          /* lease length */
+        int64_t heartbeat_ms;      /* renewal interval, < lease_ms */
+        int64_t drain_grace_ms;    /* SIGTERM: how long in-flight effects may finish */
+        int64_t poll_ms;           /* claim polling fallback when no NOTIFY arrives */
+        int signal_fd;             /* readable on SIGTERM/SIGINT (a signalfd), or -1 */
+        const char *executor_path; /* `agently executor`'s binary (NULL: /proc/self/exe) */
 };
 
 /*

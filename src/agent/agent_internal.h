@@ -1,0 +1,129 @@
+/* Shared between the files of src/agent (not part of its interface). */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <jansson.h>
+
+#include "agent.h"
+#include "buf.h"
+#include "llm.h"
+
+#define AGENT_MAX_LINE         (8 * 1024 * 1024) /* docs/executor-protocol.md, Transport */
+#define AGENT_STDERR_TAIL      2048              /* bytes of an executor's stderr kept */
+#define AGENT_TOOL_CONTENT_MAX (32 * 1024)       /* a tool result as the model sees it */
+#define AGENT_LLM_TIMEOUT_MS   (120 * 1000)
+#define AGENT_TOOL_TIMEOUT_MS  (30 * 1000)
+#define AGENT_ID_LEN           36
+
+struct runtime_http_transfer;
+
+/* A journaled call, as read when the session started. */
+struct agent_journal_entry {
+        int seq;
+        char kind[16];
+        char hash[65];
+        char *call_id;    /* tool/spawn/ask_human: the model's call id, or NULL */
+        json_t *request;  /* as stored (an llm request's messages as a delta) */
+        json_t *response; /* NULL: no answer yet (an ask_human question waiting) */
+        bool matched;
+};
+
+/* A request being performed live. */
+struct agent_pending {
+        struct agent_pending *next;
+        struct agent_session *session;
+        char *id;      /* the protocol id */
+        char kind[16]; /* llm, tool */
+        char hash[65];
+        json_t *request; /* the executor's request without v and id */
+        struct runtime_http_transfer *transfer;
+        int64_t started_ms;
+        const char *effect;     /* tool: its effect class */
+        bool is_pending_marker; /* always true: agent_host_http_done checks it */
+};
+
+struct agent_session {
+        struct agent_session *prev, *next;
+        struct agent_host *host;
+        void *userdata;
+        char run_id[AGENT_ID_LEN + 1], user_id[AGENT_ID_LEN + 1], agent_run_id[AGENT_ID_LEN + 1];
+        char *node_id;
+        int64_t epoch;
+        int attempt;
+        json_t *agent; /* the rendered agent object */
+        enum llm_provider provider;
+        char *api_key; /* wiped when freed; never written anywhere but the request leaving */
+
+        pid_t pid;
+        int in_fd, out_fd, err_fd;
+        uint64_t serial; /* epoll events name the session by it: 0 stdout, 1 stderr, 2 stdin */
+        bool in_watched; /* stdin registered for EPOLLOUT (answers waiting) */
+        struct buf to_executor;
+        struct buf from_executor;
+        char stderr_tail[AGENT_STDERR_TAIL + 1];
+        size_t stderr_len;
+
+        struct agent_journal_entry *journal;
+        size_t njournal, unmatched;
+        json_t *occurrences; /* {"kind:hash": n} of this session */
+        struct agent_pending *pending;
+
+        /* totals the budgets are checked against (agent_runs, kept current) */
+        json_t *budget;
+        int64_t tokens_in, tokens_out, llm_calls, tool_calls;
+        double cost_usd, last_call_cost;
+        int64_t started_at_ms; /* database time the agent run started */
+        int64_t db_offset_ms;  /* database ms - monotonic ms at start */
+
+        json_t *last_messages; /* the previous llm request's messages (for the delta) */
+        int last_llm_seq;      /* its journal seq, 0 for none */
+        bool ended;
+};
+
+struct agent_host {
+        struct agent_host_config cfg;
+        int epfd;
+        struct agent_session *sessions;
+        unsigned nsessions;
+        uint64_t serials;
+};
+
+/* ---- agent_journal.c: the session's statements ---- */
+int agent_db_open_run(struct agent_session *s, char **error);
+int agent_db_load_journal(struct agent_session *s, char **error);
+int agent_db_load_api_key(struct agent_session *s, const char *secret, char **error);
+/* One answered call (kind NULL: only events). Returns the seq (>= 0), -ESTALE when the
+ * lease is lost, or a negative errno. */
+int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,
+                    const json_t *response, const char *hash, const struct llm_usage *usage,
+                    double cost, int llm_calls, int tool_calls, json_t *events);
+int agent_db_set_status(struct agent_session *s, const char *status, const json_t *waiting_for,
+                        const json_t *error);
+
+/* ---- agent_tools.c ---- */
+/* The start message's tools for the agent's list of names (finish always). */
+json_t *agent_tool_definitions(const json_t *names);
+/* Starts a live tool request; 0, or < 0 with *refusal set to an answer error object
+ * ({"class", "message"}) the executor gets instead. */
+int agent_tool_start(struct agent_session *s, struct agent_pending *p, json_t **refusal);
+/* Turns a finished tool transfer into the tool's result ({content, is_error, effect}) and
+ * its events. */
+json_t *agent_tool_result(struct agent_session *s, struct agent_pending *p, const json_t *output,
+                          const json_t *error, json_t *events);
+
+/* ---- agent_llm_direct.c ---- */
+int agent_llm_call_direct(struct agent_session *s, struct agent_pending *p, char **error);
+int agent_llm_result_direct(struct agent_session *s, const json_t *output, const json_t *error,
+                            struct llm_result *out, char **message);
+
+/* ---- agent_spawn.c ---- */
+int agent_executor_spawn(const char *executor_path, pid_t *pid, int *in_fd, int *out_fd,
+                         int *err_fd);
+
+/* ---- agent_session.c helpers used by the others ---- */
+/* A deep copy of v with every occurrence of the session's API key replaced. */
+json_t *agent_redact(const struct agent_session *s, const json_t *v);
+char *agent_redact_text(const struct agent_session *s, const char *text);
+int64_t agent_now_ms(void);

@@ -1,0 +1,228 @@
+/*
+ * The statements of an agent session, on the worker loop's connection, each its own
+ * transaction (never inside a loop turn's). Writes are fenced on the run's lease epoch:
+ * agently_agent_record() (migrations/0012_agent_journal.sql) writes a call's journal row,
+ * totals and events in one statement, or nothing when the lease is lost.
+ */
+#include "agent_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sodium.h>
+
+#include "cleanup.h"
+#include "db.h"
+#include "secrets.h"
+#include "strutil.h"
+
+static char *dump(const json_t *v)
+{
+        return v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+}
+
+static int failed(char **error, int r, const char *what)
+{
+        if (error && !*error)
+                *error = str_printf("could not %s: %s", what, db_last_error());
+        return r < 0 ? r : -EIO;
+}
+
+static const char OPEN_SQL[] =
+    "WITH found AS ("
+    "  SELECT a.id, a.status, a.tokens_in, a.tokens_out, a.cost_usd::float8, a.llm_calls,"
+    "         a.tool_calls, a.budget, (extract(epoch FROM a.started_at) * 1000)::bigint"
+    "  FROM agent_runs a"
+    "  WHERE a.workflow_run_id = $1 AND a.node_id = $2 AND a.attempt = $3"
+    "    AND a.parent_agent_run_id IS NULL"
+    "  ORDER BY a.started_at LIMIT 1),"
+    " ins AS ("
+    "  INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt, model, budget)"
+    "  SELECT $4, $1, $2, $3, left($5, 200), $6::jsonb WHERE NOT EXISTS (SELECT 1 FROM found)"
+    "  RETURNING id, status, tokens_in, tokens_out, cost_usd::float8, llm_calls, tool_calls,"
+    "            budget, (extract(epoch FROM started_at) * 1000)::bigint)"
+    " SELECT *, (extract(epoch FROM clock_timestamp()) * 1000)::bigint FROM ("
+    "  SELECT * FROM found UNION ALL SELECT * FROM ins) x";
+
+static const char RUNNING_SQL[] =
+    "UPDATE agent_runs SET status = 'running', finished_at = NULL, waiting_for = NULL"
+    " WHERE id = $1 AND status <> 'running'";
+
+int agent_db_open_run(struct agent_session *s, char **error)
+{
+        char attempt[16];
+        json_t *budget = json_object_get(s->agent, "budget");
+        _cleanup_free_ char *budget_text = dump(json_is_object(budget) ? budget : NULL);
+        const char *params[] = {s->run_id,
+                                s->node_id,
+                                attempt,
+                                s->user_id,
+                                json_string_value(json_object_get(s->agent, "model")),
+                                budget_text ? budget_text : "{}"};
+        _cleanup_pgresult_ PGresult *res = NULL, *upd = NULL;
+        json_error_t jerr;
+        int r = 0;
+
+        snprintf(attempt, sizeof(attempt), "%d", s->attempt);
+        res = db_query(s->host->cfg.db, OPEN_SQL, 6, params, &r);
+        if (!res || PQntuples(res) != 1)
+                return failed(error, r, "find or create the agent run");
+        str_copy(s->agent_run_id, sizeof(s->agent_run_id), PQgetvalue(res, 0, 0));
+        s->tokens_in = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+        s->tokens_out = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+        s->cost_usd = strtod(PQgetvalue(res, 0, 4), NULL);
+        s->llm_calls = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+        s->tool_calls = strtoll(PQgetvalue(res, 0, 6), NULL, 10);
+        s->budget = json_loads(PQgetvalue(res, 0, 7), 0, &jerr);
+        s->started_at_ms = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
+        s->db_offset_ms = strtoll(PQgetvalue(res, 0, 9), NULL, 10) - agent_now_ms();
+        if (!s->budget)
+                return -ENOMEM;
+        if (strcmp(PQgetvalue(res, 0, 1), "running") != 0) {
+                const char *p1[] = {s->agent_run_id};
+                upd = db_query(s->host->cfg.db, RUNNING_SQL, 1, p1, &r);
+                if (!upd)
+                        return failed(error, r, "resume the agent run");
+        }
+        return 0;
+}
+
+static const char JOURNAL_SQL[] =
+    "SELECT seq, kind, request_sha256, request, response FROM agent_journal"
+    " WHERE agent_run_id = $1 ORDER BY seq";
+
+int agent_db_load_journal(struct agent_session *s, char **error)
+{
+        const char *params[] = {s->agent_run_id};
+        _cleanup_pgresult_ PGresult *res = NULL;
+        json_error_t jerr;
+        int r = 0, n;
+
+        res = db_query(s->host->cfg.db, JOURNAL_SQL, 1, params, &r);
+        if (!res)
+                return failed(error, r, "read the agent's journal");
+        n = PQntuples(res);
+        s->journal = calloc(n > 0 ? (size_t)n : 1, sizeof(*s->journal));
+        if (!s->journal)
+                return -ENOMEM;
+        for (int i = 0; i < n; i++) {
+                struct agent_journal_entry *e = &s->journal[i];
+                const char *call_id;
+                e->seq = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
+                str_copy(e->kind, sizeof(e->kind), PQgetvalue(res, i, 1));
+                str_copy(e->hash, sizeof(e->hash), PQgetvalue(res, i, 2));
+                e->request = json_loads(PQgetvalue(res, i, 3), 0, &jerr);
+                if (!PQgetisnull(res, i, 4))
+                        e->response = json_loads(PQgetvalue(res, i, 4), JSON_DECODE_ANY, &jerr);
+                if (!e->request || (!PQgetisnull(res, i, 4) && !e->response))
+                        return -ENOMEM;
+                call_id = json_string_value(json_object_get(e->request, "call_id"));
+                if (call_id && !(e->call_id = strdup(call_id)))
+                        return -ENOMEM;
+                s->njournal++;
+        }
+        s->unmatched = s->njournal;
+        return 0;
+}
+
+static const char SECRET_SQL[] =
+    "SELECT id, nonce, ciphertext, wrapped_key, key_version FROM secrets"
+    " WHERE user_id = $1 AND (name = $2 OR name = lower($2))"
+    " ORDER BY name = $2 DESC LIMIT 1";
+
+int agent_db_load_api_key(struct agent_session *s, const char *secret, char **error)
+{
+        const char *params[] = {s->user_id, secret};
+        _cleanup_pgresult_ PGresult *res = NULL;
+        unsigned char *field[3] = {NULL, NULL, NULL};
+        size_t len[3] = {0, 0, 0};
+        int r = 0;
+
+        res = db_query(s->host->cfg.db, SECRET_SQL, 2, params, &r);
+        if (!res)
+                return failed(error, r, "read the agent's api key secret");
+        if (PQntuples(res) != 1) {
+                *error = str_printf("the agent's api_key_secret '%s' is not a stored secret of "
+                                    "this user; store it with: agently secret set %s",
+                                    secret, secret);
+                return -ENOENT;
+        }
+        for (int i = 0; i < 3; i++)
+                field[i] =
+                    PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, i + 1), &len[i]);
+        if (field[0] && field[1] && field[2])
+                r = secrets_open(s->host->cfg.secrets_dir, s->user_id, PQgetvalue(res, 0, 0),
+                                 field[0], len[0], field[1], len[1], field[2], len[2],
+                                 (int)strtol(PQgetvalue(res, 0, 4), NULL, 10), &s->api_key);
+        else
+                r = -ENOMEM;
+        for (int i = 0; i < 3; i++)
+                PQfreemem(field[i]);
+        if (r < 0) {
+                *error = str_printf("could not open the agent's api_key_secret '%s' (%s)", secret,
+                                    r == -ENOENT ? "no key file" : "the key does not open it");
+                return r;
+        }
+        return 0;
+}
+
+static const char RECORD_SQL[] =
+    "SELECT agently_agent_record($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9, $10,"
+    " $11::numeric, $12, $13, $14, $15, $16::jsonb)";
+
+int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,
+                    const json_t *response, const char *hash, const struct llm_usage *usage,
+                    double cost, int llm_calls, int tool_calls, json_t *events)
+{
+        char epoch[24], tin[24], tout[24], tcached[24], tcost[48], nllm[16], ntool[16], attempt[16];
+        _cleanup_free_ char *req = dump(request), *resp = dump(response), *ev = dump(events);
+        const char *params[] = {
+            s->run_id, epoch,   s->agent_run_id, kind, req,   resp,       hash,    tin,
+            tout,      tcached, tcost,           nllm, ntool, s->node_id, attempt, ev ? ev : "[]"};
+        _cleanup_pgresult_ PGresult *res = NULL;
+        int r = 0;
+
+        json_decref(events);
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
+        snprintf(tin, sizeof(tin), "%lld", (long long)(usage ? usage->input_tokens : 0));
+        snprintf(tout, sizeof(tout), "%lld", (long long)(usage ? usage->output_tokens : 0));
+        snprintf(tcached, sizeof(tcached), "%lld",
+                 (long long)(usage ? usage->cached_input_tokens : 0));
+        snprintf(tcost, sizeof(tcost), "%.9f", cost);
+        snprintf(nllm, sizeof(nllm), "%d", llm_calls);
+        snprintf(ntool, sizeof(ntool), "%d", tool_calls);
+        snprintf(attempt, sizeof(attempt), "%d", s->attempt);
+        if ((request && !req) || (response && !resp) || (events && !ev))
+                return -ENOMEM;
+        res = db_query(s->host->cfg.db, RECORD_SQL, 16, params, &r);
+        if (!res)
+                return r < 0 ? r : -EIO;
+        if (PQgetisnull(res, 0, 0))
+                return -ESTALE;
+        return (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+}
+
+static const char STATUS_SQL[] =
+    "UPDATE agent_runs a SET status = $2, waiting_for = $3::jsonb,"
+    "  error = coalesce($4::jsonb, a.error),"
+    "  finished_at = CASE WHEN $2 IN ('completed', 'failed', 'canceled') THEN now() END"
+    " WHERE a.id = $1 AND EXISTS (SELECT 1 FROM workflow_runs r WHERE r.id = $5"
+    "   AND r.lease_epoch = $6 AND r.status = 'running')";
+
+int agent_db_set_status(struct agent_session *s, const char *status, const json_t *waiting_for,
+                        const json_t *error)
+{
+        char epoch[24];
+        _cleanup_free_ char *w = dump(waiting_for), *e = dump(error);
+        const char *params[] = {s->agent_run_id, status, w, e, s->run_id, epoch};
+        _cleanup_pgresult_ PGresult *res = NULL;
+        int r = 0;
+
+        if (!s->agent_run_id[0])
+                return 0;
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
+        res = db_query(s->host->cfg.db, STATUS_SQL, 6, params, &r);
+        if (!res)
+                return r < 0 ? r : -EIO;
+        return strcmp(PQcmdTuples(res), "1") == 0 ? 0 : -ESTALE;
+}

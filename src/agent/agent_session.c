@@ -1,0 +1,1055 @@
+/*
+ * Agent sessions: the executor's pipes on one epoll descriptor, the protocol's lines, replay
+ * from the journal, budgets, and the dispatch of live requests to the LLM and the tools.
+ * Every call here comes from the worker's loop thread; nothing blocks on a pipe (both ends
+ * are non-blocking, answers wait in a buffer until the executor reads them).
+ */
+#include "agent_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <sodium.h>
+
+#include "cleanup.h"
+#include "db.h"
+#include "duration.h"
+#include "log.h"
+#include "runtime_http.h"
+#include "strutil.h"
+
+int64_t agent_now_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- redaction: the API key never leaves in anything but the request it authorises ---- */
+
+char *agent_redact_text(const struct agent_session *s, const char *text)
+{
+        const char *key = s ? s->api_key : NULL;
+        size_t klen = key ? strlen(key) : 0;
+        _cleanup_buf_ struct buf b = {0};
+        const char *p = text, *hit;
+
+        if (!text)
+                return NULL;
+        if (klen < 4 || !strstr(text, key))
+                return strdup(text);
+        buf_init(&b, 2 * strlen(text) + 64);
+        while ((hit = strstr(p, key))) {
+                if (buf_append(&b, p, (size_t)(hit - p)) < 0 ||
+                    buf_append_str(&b, "[redacted]") < 0)
+                        return NULL;
+                p = hit + klen;
+        }
+        if (buf_append_str(&b, p) < 0)
+                return NULL;
+        return buf_steal(&b);
+}
+
+json_t *agent_redact(const struct agent_session *s, const json_t *v)
+{
+        if (!v)
+                return NULL;
+        if (json_is_string(v)) {
+                _cleanup_free_ char *t = agent_redact_text(s, json_string_value(v));
+                return t ? json_string(t) : NULL;
+        }
+        if (json_is_object(v)) {
+                json_t *o = json_object(), *x;
+                const char *k;
+                if (!o)
+                        return NULL;
+                json_object_foreach ((json_t *)v, k, x) {
+                        _cleanup_free_ char *rk = agent_redact_text(s, k);
+                        if (!rk || json_object_set_new(o, rk, agent_redact(s, x)) < 0) {
+                                json_decref(o);
+                                return NULL;
+                        }
+                }
+                return o;
+        }
+        if (json_is_array(v)) {
+                json_t *a = json_array(), *x;
+                size_t i;
+                if (!a)
+                        return NULL;
+                json_array_foreach (v, i, x)
+                        if (json_array_append_new(a, agent_redact(s, x)) < 0) {
+                                json_decref(a);
+                                return NULL;
+                        }
+                return a;
+        }
+        return json_deep_copy(v);
+}
+
+/* Why a session statement failed, for the node's error. */
+static const char *db_why(int r)
+{
+        if (r == -ESTALE)
+                return "the run's lease was lost";
+        if (r == -ENOMEM)
+                return "out of memory";
+        return db_last_error_parts().message;
+}
+
+/* ---- lifetimes ---- */
+
+static void pending_free(struct agent_host *h, struct agent_pending *p)
+{
+        if (!p)
+                return;
+        if (p->transfer)
+                runtime_http_abort(h->cfg.http, p->transfer);
+        free(p->id);
+        json_decref(p->request);
+        free(p);
+}
+
+static void session_free(struct agent_host *h, struct agent_session *s)
+{
+        if (!s)
+                return;
+        while (s->pending) {
+                struct agent_pending *p = s->pending;
+                s->pending = p->next;
+                pending_free(h, p);
+        }
+        for (int i = 0; i < 3; i++) {
+                int fd = i == 0 ? s->out_fd : i == 1 ? s->err_fd : s->in_fd;
+                if (fd >= 0) {
+                        epoll_ctl(h->epfd, EPOLL_CTL_DEL, fd, NULL);
+                        close(fd);
+                }
+        }
+        if (s->pid > 0) {
+                /* its answer (if any) is written; nothing it says now is read */
+                kill(s->pid, SIGKILL);
+                while (waitpid(s->pid, NULL, 0) < 0 && errno == EINTR)
+                        ;
+        }
+        if (s->api_key) {
+                sodium_memzero(s->api_key, strlen(s->api_key));
+                free(s->api_key);
+        }
+        for (size_t i = 0; i < s->njournal; i++) {
+                free(s->journal[i].call_id);
+                json_decref(s->journal[i].request);
+                json_decref(s->journal[i].response);
+        }
+        free(s->journal);
+        json_decref(s->occurrences);
+        json_decref(s->agent);
+        json_decref(s->budget);
+        json_decref(s->last_messages);
+        buf_free(&s->to_executor);
+        buf_free(&s->from_executor);
+        free(s->node_id);
+        free(s);
+}
+
+static void session_unlink(struct agent_host *h, struct agent_session *s)
+{
+        if (s->prev)
+                s->prev->next = s->next;
+        else if (h->sessions == s)
+                h->sessions = s->next;
+        if (s->next)
+                s->next->prev = s->prev;
+        s->prev = s->next = NULL;
+        h->nsessions--;
+}
+
+/* Ends a session and reports it (once). Takes output and error. */
+static void session_end(struct agent_session *s, json_t *output, json_t *error)
+{
+        struct agent_host *h = s->host;
+        void *ud = s->userdata;
+
+        if (s->ended) {
+                json_decref(output);
+                json_decref(error);
+                return;
+        }
+        s->ended = true;
+        session_unlink(h, s);
+        session_free(h, s);
+        h->cfg.done(h->cfg.owner, ud, output, error);
+}
+
+static void session_fail(struct agent_session *s, const char *klass, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void session_fail(struct agent_session *s, const char *klass, const char *fmt, ...)
+{
+        va_list ap;
+        char *m = NULL;
+        _cleanup_free_ char *clean = NULL;
+
+        va_start(ap, fmt);
+        if (vasprintf(&m, fmt, ap) < 0)
+                m = NULL;
+        va_end(ap);
+        clean = agent_redact_text(s, m ? m : "the agent session failed");
+        free(m);
+        json_t *e = json_pack("{s:s, s:s}", "class", klass, "message",
+                              clean ? clean : "the agent session failed");
+        (void)agent_db_set_status(s, "failed", NULL, e);
+        session_end(s, NULL, e);
+}
+
+/* ---- writing to the executor ---- */
+
+static void flush_to_executor(struct agent_session *s)
+{
+        while (s->to_executor.len > 0) {
+                ssize_t n = write(s->in_fd, s->to_executor.data, s->to_executor.len);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == EAGAIN) {
+                        if (!s->in_watched) {
+                                struct epoll_event ev = {.events = EPOLLOUT,
+                                                         .data.u64 = s->serial << 2 | 2};
+                                if (epoll_ctl(s->host->epfd, EPOLL_CTL_ADD, s->in_fd, &ev) == 0)
+                                        s->in_watched = true;
+                        }
+                        return;
+                }
+                if (n <= 0)
+                        return; /* the executor is gone: its stdout's end says so */
+                memmove(s->to_executor.data, s->to_executor.data + n,
+                        s->to_executor.len - (size_t)n);
+                s->to_executor.len -= (size_t)n;
+        }
+        if (s->in_watched) {
+                epoll_ctl(s->host->epfd, EPOLL_CTL_DEL, s->in_fd, NULL);
+                s->in_watched = false;
+        }
+}
+
+static int send_message(struct agent_session *s, json_t *m)
+{
+        _cleanup_free_ char *text = NULL;
+
+        if (!m)
+                return -ENOMEM;
+        json_object_set_new(m, "v", json_integer(1));
+        text = json_dumps(m, JSON_COMPACT);
+        json_decref(m);
+        if (!text || buf_append_str(&s->to_executor, text) < 0 ||
+            buf_append(&s->to_executor, "\n", 1) < 0)
+                return -ENOBUFS;
+        flush_to_executor(s);
+        return 0;
+}
+
+static int answer_ok(struct agent_session *s, const char *id, const json_t *result)
+{
+        return send_message(s, json_pack("{s:s, s:b, s:O}", "id", id, "ok", 1, "result",
+                                         result ? result : json_object()));
+}
+
+static int answer_error(struct agent_session *s, const char *id, const char *klass,
+                        const char *message)
+{
+        _cleanup_free_ char *clean = agent_redact_text(s, message);
+        return send_message(s, json_pack("{s:s, s:b, s:{s:s, s:s}}", "id", id, "ok", 0, "error",
+                                         "class", klass, "message", clean ? clean : "refused"));
+}
+
+/* ---- the journal: hashes, occurrences, replay ---- */
+
+static int request_hash(const json_t *body, char out[65])
+{
+        _cleanup_free_ char *text = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
+        unsigned char digest[crypto_hash_sha256_BYTES];
+
+        if (!text)
+                return -ENOMEM;
+        crypto_hash_sha256(digest, (const unsigned char *)text, strlen(text));
+        str_hex(digest, sizeof(digest), out);
+        out[64] = '\0';
+        return 0;
+}
+
+/* The n-th journal entry of (kind, hash), or NULL. */
+static struct agent_journal_entry *journal_find(struct agent_session *s, const char *kind,
+                                                const char *hash, int n)
+{
+        for (size_t i = 0; i < s->njournal; i++) {
+                struct agent_journal_entry *e = &s->journal[i];
+                if (!strcmp(e->kind, kind) && !strcmp(e->hash, hash) && --n == 0)
+                        return e;
+        }
+        return NULL;
+}
+
+/*
+ * A request that matches no journal entry diverges when the journal still holds an
+ * unmatched entry it should have matched: for llm any unmatched llm call (the loop asks
+ * them one after another); for the others an unmatched entry of the same kind answering
+ * the same model call id (parallel tool calls may arrive in any order).
+ */
+static struct agent_journal_entry *journal_diverged(struct agent_session *s, const char *kind,
+                                                    const char *call_id)
+{
+        for (size_t i = 0; i < s->njournal; i++) {
+                struct agent_journal_entry *e = &s->journal[i];
+                if (e->matched || strcmp(e->kind, kind))
+                        continue;
+                if (!strcmp(kind, "llm"))
+                        return e;
+                if (call_id && e->call_id && !strcmp(call_id, e->call_id))
+                        return e;
+        }
+        return NULL;
+}
+
+/* The messages of an llm request as journaled: the ones after the previous call's when
+ * that call's messages are a prefix (the conversation is stored once). */
+static json_t *llm_request_stored(struct agent_session *s, const json_t *body)
+{
+        const json_t *req = json_object_get(body, "request");
+        const json_t *msgs = json_object_get(req, "messages");
+        size_t prev = json_array_size(s->last_messages);
+        json_t *stored = json_deep_copy(body), *sreq;
+
+        if (!stored)
+                return NULL;
+        sreq = json_object_get(stored, "request");
+        if (s->last_llm_seq > 0 && prev > 0 && prev <= json_array_size(msgs)) {
+                bool prefix = true;
+                for (size_t i = 0; i < prev && prefix; i++)
+                        prefix = json_equal(json_array_get(msgs, i),
+                                            json_array_get(s->last_messages, i));
+                if (prefix) {
+                        json_t *tail = json_array();
+                        for (size_t i = prev; tail && i < json_array_size(msgs); i++)
+                                json_array_append(tail, json_array_get(msgs, i));
+                        json_object_set_new(sreq, "messages", tail ? tail : json_array());
+                        json_object_set_new(sreq, "messages_after_seq",
+                                            json_integer(s->last_llm_seq));
+                        json_object_set_new(sreq, "messages_after_count",
+                                            json_integer((json_int_t)prev));
+                }
+        }
+        /* tools and system repeat on every call: kept once, in the first */
+        if (s->last_llm_seq > 0) {
+                json_object_del(sreq, "tools");
+                json_object_del(sreq, "system");
+        }
+        return stored;
+}
+
+static void remember_messages(struct agent_session *s, const json_t *body, int seq)
+{
+        json_decref(s->last_messages);
+        s->last_messages =
+            json_incref(json_object_get(json_object_get(body, "request"), "messages"));
+        s->last_llm_seq = seq;
+}
+
+/* ---- budgets ---- */
+
+static double budget_number(const struct agent_session *s, const char *key, bool *set)
+{
+        json_t *v = json_object_get(s->budget, key);
+        *set = json_is_number(v);
+        return *set ? json_number_value(v) : 0;
+}
+
+/*
+ * The budget a live call of kind would break, or NULL. Cost: the call is refused when the
+ * cost so far plus the last LLM call's cost (the next one is rarely cheaper: its context
+ * only grows) would pass the limit, so a run stops before the call that would exceed it
+ * rather than after.
+ */
+static const char *budget_exhausted(struct agent_session *s, const char *kind, char **why)
+{
+        bool set;
+        double v;
+
+        v = budget_number(s, "max_tokens", &set);
+        if (set && (double)(s->tokens_in + s->tokens_out) >= v) {
+                *why = str_printf("%lld tokens used of max_tokens %.0f",
+                                  (long long)(s->tokens_in + s->tokens_out), v);
+                return "max_tokens";
+        }
+        v = budget_number(s, "max_cost_usd", &set);
+        if (set && !strcmp(kind, "llm") && s->cost_usd + s->last_call_cost > v) {
+                *why = str_printf("$%.6f spent, the next llm call (about $%.6f) would pass "
+                                  "max_cost_usd $%.6f",
+                                  s->cost_usd, s->last_call_cost, v);
+                return "max_cost_usd";
+        }
+        v = budget_number(s, "max_llm_calls", &set);
+        if (set && !strcmp(kind, "llm") && (double)s->llm_calls >= v) {
+                *why = str_printf("%lld llm calls made of max_llm_calls %.0f",
+                                  (long long)s->llm_calls, v);
+                return "max_llm_calls";
+        }
+        v = budget_number(s, "max_tool_calls", &set);
+        if (set && !strcmp(kind, "tool") && (double)s->tool_calls >= v) {
+                *why = str_printf("%lld tool calls made of max_tool_calls %.0f",
+                                  (long long)s->tool_calls, v);
+                return "max_tool_calls";
+        }
+        const char *wall = json_string_value(json_object_get(s->budget, "max_wall_clock"));
+        int64_t limit;
+        if (wall && duration_parse_ms(wall, &limit) == 0) {
+                int64_t elapsed = agent_now_ms() + s->db_offset_ms - s->started_at_ms;
+                if (elapsed >= limit) {
+                        *why = str_printf("%llds since the agent started, max_wall_clock %s",
+                                          (long long)(elapsed / 1000), wall);
+                        return "max_wall_clock";
+                }
+        }
+        return NULL;
+}
+
+/* The agent waits for a person: the question (ask_human) or the budget it exhausted. */
+static void session_needs_input(struct agent_session *s, json_t *waiting_for, const char *message)
+{
+        json_t *e;
+        int r = agent_db_set_status(s, "waiting", waiting_for, NULL);
+
+        if (r < 0) {
+                json_decref(waiting_for);
+                session_fail(s, "error", "could not record that the agent waits: %s", db_why(r));
+                return;
+        }
+        e = json_pack("{s:s, s:s, s:o}", "class", "needs_input", "message", message, "waiting_for",
+                      waiting_for);
+        session_end(s, NULL, e);
+}
+
+/* ---- requests ---- */
+
+static int64_t occurrence_next(struct agent_session *s, const char *kind, const char *hash)
+{
+        _cleanup_free_ char *key = str_printf("%s:%s", kind, hash);
+        json_int_t n;
+
+        if (!key)
+                return -ENOMEM;
+        n = json_integer_value(json_object_get(s->occurrences, key)) + 1;
+        json_object_set_new(s->occurrences, key, json_integer(n));
+        return n;
+}
+
+static void event_request(struct agent_session *s, const char *id, const json_t *m)
+{
+        const char *kind = json_string_value(json_object_get(m, "kind"));
+        const char *message = json_string_value(json_object_get(m, "message"));
+        const json_t *data = json_object_get(m, "data");
+        _cleanup_json_ json_t *events = NULL, *clean = NULL;
+        int r;
+
+        if (!kind || (strcmp(kind, "reasoning") && strcmp(kind, "trace")) || !message ||
+            strlen(message) > 4096) {
+                answer_error(s, id, "invalid_request",
+                             "an event needs kind reasoning or trace and a message of at most "
+                             "4 KiB");
+                return;
+        }
+        if (s->unmatched > 0) { /* replaying: the first session recorded it */
+                answer_ok(s, id, NULL);
+                return;
+        }
+        clean = agent_redact(s, data);
+        events = json_pack("[{s:s+, s:s, s:O?}]", "kind", "agent.", kind, "message", message,
+                           "data", clean);
+        r = events ? agent_db_record(s, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, TAKE_PTR(events))
+                   : -ENOMEM;
+        if (r < 0) {
+                session_fail(s, "error", "could not record an event: %s", db_why(r));
+                return;
+        }
+        answer_ok(s, id, NULL);
+}
+
+static void pending_add(struct agent_session *s, struct agent_pending *p)
+{
+        p->next = s->pending;
+        s->pending = p;
+}
+
+static void pending_remove(struct agent_session *s, struct agent_pending *p)
+{
+        for (struct agent_pending **q = &s->pending; *q; q = &(*q)->next)
+                if (*q == p) {
+                        *q = p->next;
+                        return;
+                }
+}
+
+/* A live llm or tool request. Takes body. */
+static void live_request(struct agent_session *s, const char *id, const char *kind,
+                         const char *hash, json_t *body)
+{
+        struct agent_pending *p;
+        _cleanup_free_ char *why = NULL, *err = NULL;
+        const char *budget = budget_exhausted(s, kind, &why);
+        int r;
+
+        if (budget) {
+                _cleanup_free_ char *m =
+                    str_printf("budget exhausted: %s; raise it to continue", why ? why : budget);
+                json_decref(body);
+                session_needs_input(s,
+                                    json_pack("{s:s, s:s, s:s?}", "kind", "budget", "budget",
+                                              budget, "detail", why),
+                                    m ? m : "budget exhausted");
+                return;
+        }
+        p = calloc(1, sizeof(*p));
+        if (!p || !(p->id = strdup(id))) {
+                free(p);
+                json_decref(body);
+                session_fail(s, "error", "out of memory");
+                return;
+        }
+        p->session = s;
+        p->is_pending_marker = true;
+        str_copy(p->kind, sizeof(p->kind), kind);
+        memcpy(p->hash, hash, 65);
+        p->request = body;
+        p->started_ms = agent_now_ms();
+        if (!strcmp(kind, "llm")) {
+                r = agent_llm_call_direct(s, p, &err);
+                if (r < 0) {
+                        answer_error(s, id, r == -EINVAL ? "invalid_request" : "llm",
+                                     err ? err : "could not start the llm call");
+                        pending_free(s->host, p);
+                        return;
+                }
+        } else {
+                json_t *refusal = NULL;
+                r = agent_tool_start(s, p, &refusal);
+                if (r < 0) {
+                        const char *klass = json_string_value(json_object_get(refusal, "class"));
+                        const char *reason = json_string_value(json_object_get(refusal, "message"));
+                        /* shown, not journaled: the same request is refused the same way */
+                        _cleanup_json_ json_t *data = agent_redact(s, p->request);
+                        json_t *events =
+                            json_pack("[{s:s, s:s, s:s, s:{s:s?, s:s?, s:O?}}]", "kind",
+                                      "agent.tool_refused", "level", "warn", "message",
+                                      reason ? reason : "refused", "data", "class", klass, "name",
+                                      json_string_value(json_object_get(p->request, "name")),
+                                      "request", data);
+                        if (events)
+                                (void)agent_db_record(s, NULL, NULL, NULL, NULL, NULL, 0, 0, 0,
+                                                      events);
+                        answer_error(s, id, klass ? klass : "invalid_request",
+                                     reason ? reason : "the tool call was refused");
+                        json_decref(refusal);
+                        pending_free(s->host, p);
+                        return;
+                }
+        }
+        pending_add(s, p);
+}
+
+static void effect_request(struct agent_session *s, const char *id, const char *type, json_t *m)
+{
+        _cleanup_json_ json_t *body = json_deep_copy(m);
+        char hash[65];
+        struct agent_journal_entry *e;
+        const char *call_id = json_string_value(json_object_get(m, "call_id"));
+        int64_t n;
+
+        if (!body ||
+            request_hash((json_object_del(body, "v"), json_object_del(body, "id"), body), hash) <
+                0 ||
+            (n = occurrence_next(s, type, hash)) < 0) {
+                session_fail(s, "error", "out of memory");
+                return;
+        }
+        e = journal_find(s, type, hash, (int)n);
+        if (e) {
+                if (!e->matched) {
+                        e->matched = true;
+                        s->unmatched--;
+                }
+                if (!strcmp(type, "llm"))
+                        remember_messages(s, body, e->seq);
+                if (!e->response) { /* an ask_human nobody answered yet */
+                        const char *q = json_string_value(json_object_get(m, "question"));
+                        _cleanup_free_ char *msg =
+                            str_printf("the agent asks: %s", q ? q : "(no question)");
+                        session_needs_input(
+                            s, json_pack("{s:s, s:s?}", "kind", "ask_human", "question", q),
+                            msg ? msg : "the agent asks a question");
+                        return;
+                }
+                if (!strcmp(type, "llm")) {
+                        s->last_call_cost =
+                            json_number_value(json_object_get(e->response, "cost_usd"));
+                }
+                answer_ok(s, id, e->response);
+                return;
+        }
+        struct agent_journal_entry *d = journal_diverged(s, type, call_id);
+        if (d) {
+                _cleanup_json_ json_t *error = json_pack(
+                    "{s:s, s:s, s:O, s:O}", "class", "nondeterminism", "message",
+                    "the executor asked for something else than its journal holds at this "
+                    "point: the agent cannot be resumed",
+                    "journaled", d->request, "requested", body);
+                json_t *clean = agent_redact(s, error);
+                (void)agent_db_set_status(s, "failed", NULL, clean);
+                session_end(s, NULL, clean);
+                return;
+        }
+        if (!strcmp(type, "ask_human")) {
+                const char *q = json_string_value(json_object_get(m, "question"));
+                _cleanup_json_ json_t *events =
+                    json_pack("[{s:s, s:s, s:{s:s?, s:s?}}]", "kind", "agent.ask_human", "message",
+                              "the agent asks a person", "data", "question", q, "call_id", call_id);
+                int r = agent_db_record(s, "ask_human", body, NULL, hash, NULL, 0, 0, 0,
+                                        TAKE_PTR(events));
+                if (r < 0) {
+                        session_fail(s, "error", "could not journal a question: %s", db_why(r));
+                        return;
+                }
+                _cleanup_free_ char *msg = str_printf("the agent asks: %s", q ? q : "");
+                session_needs_input(s, json_pack("{s:s, s:s?}", "kind", "ask_human", "question", q),
+                                    msg ? msg : "the agent asks a question");
+                return;
+        }
+        if (!strcmp(type, "spawn")) {
+                answer_error(s, id, "not_allowed",
+                             "sub-agents are not supported by this worker yet");
+                return;
+        }
+        live_request(s, id, type, hash, TAKE_PTR(body));
+}
+
+static void result_request(struct agent_session *s, const char *id, const json_t *m)
+{
+        json_t *out = json_object_get(m, "output");
+        _cleanup_json_ json_t *events = NULL;
+
+        if (!out) {
+                answer_error(s, id, "invalid_request", "a result needs an output");
+                return;
+        }
+        answer_ok(s, id, NULL);
+        events = json_pack("[{s:s, s:s, s:{s:I, s:I, s:f, s:I, s:I}}]", "kind", "agent.finished",
+                           "message", "the agent answered", "data", "tokens_in",
+                           (json_int_t)s->tokens_in, "tokens_out", (json_int_t)s->tokens_out,
+                           "cost_usd", s->cost_usd, "llm_calls", (json_int_t)s->llm_calls,
+                           "tool_calls", (json_int_t)s->tool_calls);
+        if (s->unmatched == 0 && events)
+                (void)agent_db_record(s, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, TAKE_PTR(events));
+        (void)agent_db_set_status(s, "completed", NULL, NULL);
+        session_end(s, agent_redact(s, out), NULL);
+}
+
+static void error_request(struct agent_session *s, const char *id, const json_t *m)
+{
+        const char *klass = json_string_value(json_object_get(m, "class"));
+        const char *message = json_string_value(json_object_get(m, "message"));
+
+        answer_ok(s, id, NULL);
+        session_fail(s, klass && *klass ? klass : "agent", "%s",
+                     message ? message : "the agent gave up");
+}
+
+static void handle_line(struct agent_session *s, const char *line, size_t len)
+{
+        json_error_t jerr;
+        _cleanup_json_ json_t *m = json_loadb(line, len, 0, &jerr);
+        const char *id, *type;
+
+        if (!json_is_object(m) || json_integer_value(json_object_get(m, "v")) != 1) {
+                session_fail(s, "executor",
+                             "the executor wrote a line that is not a version 1 protocol message");
+                return;
+        }
+        id = json_string_value(json_object_get(m, "id"));
+        type = json_string_value(json_object_get(m, "type"));
+        if (!id || !*id || strlen(id) > 64 || !type) {
+                session_fail(s, "executor", "the executor sent a request without id or type");
+                return;
+        }
+        if (!strcmp(type, "event"))
+                event_request(s, id, m);
+        else if (!strcmp(type, "llm") || !strcmp(type, "tool") || !strcmp(type, "ask_human") ||
+                 !strcmp(type, "spawn"))
+                effect_request(s, id, type, m);
+        else if (!strcmp(type, "result"))
+                result_request(s, id, m);
+        else if (!strcmp(type, "error"))
+                error_request(s, id, m);
+        else
+                session_fail(s, "executor", "the executor sent an unknown request type '%.64s'",
+                             type);
+}
+
+/* ---- HTTP completions ---- */
+
+static void llm_done(struct agent_session *s, struct agent_pending *p, const json_t *output,
+                     const json_t *error)
+{
+        struct llm_result res = {0};
+        _cleanup_free_ char *message = NULL;
+        _cleanup_json_ json_t *result = NULL, *stored = NULL, *events = NULL;
+        const char *model = json_string_value(json_object_get(s->agent, "model"));
+        int64_t took = agent_now_ms() - p->started_ms;
+        int r = agent_llm_result_direct(s, output, error, &res, &message);
+
+        if (r < 0) {
+                llm_result_free(&res);
+                answer_error(s, p->id, "llm", message ? message : "the llm call failed");
+                return;
+        }
+        struct llm_cost cost = llm_cost(NULL, res.model ? res.model : model, &res.usage);
+        result = llm_result_to_json(&res);
+        if (result)
+                json_object_set_new(result, "cost_usd", json_real(cost.usd));
+        stored = llm_request_stored(s, p->request);
+        events = json_pack("[{s:s, s:s, s:{s:s?, s:I, s:I, s:I, s:f, s:b, s:I, s:s, s:I, s:I}}]",
+                           "kind", "agent.llm", "message", "llm call", "data", "model",
+                           res.model ? res.model : model, "input_tokens",
+                           (json_int_t)res.usage.input_tokens, "output_tokens",
+                           (json_int_t)res.usage.output_tokens, "cached_input_tokens",
+                           (json_int_t)res.usage.cached_input_tokens, "cost_usd", cost.usd,
+                           "price_known", cost.known, "duration_ms", (json_int_t)took,
+                           "stop_reason", llm_stop_reason_name(res.stop_reason), "tool_calls",
+                           (json_int_t)res.tool_call_count, "call", (json_int_t)(s->llm_calls + 1));
+        if (!result || !stored || !events) {
+                llm_result_free(&res);
+                session_fail(s, "error", "out of memory");
+                return;
+        }
+        _cleanup_json_ json_t *clean_result = agent_redact(s, result);
+        _cleanup_json_ json_t *clean_stored = agent_redact(s, stored);
+        struct llm_usage usage = res.usage;
+        llm_result_free(&res);
+        r = agent_db_record(s, "llm", clean_stored, clean_result, p->hash, &usage, cost.usd, 1, 0,
+                            TAKE_PTR(events));
+        if (r < 0) {
+                session_fail(s, "error", "could not journal an llm call: %s", db_why(r));
+                return;
+        }
+        s->tokens_in += usage.input_tokens;
+        s->tokens_out += usage.output_tokens;
+        s->cost_usd += cost.usd;
+        s->last_call_cost = cost.usd;
+        s->llm_calls++;
+        remember_messages(s, p->request, r);
+        answer_ok(s, p->id, clean_result);
+}
+
+static void tool_done(struct agent_session *s, struct agent_pending *p, const json_t *output,
+                      const json_t *error)
+{
+        _cleanup_json_ json_t *events = json_array();
+        _cleanup_json_ json_t *result = agent_tool_result(s, p, output, error, events);
+        _cleanup_json_ json_t *clean = NULL;
+        int r;
+
+        if (!result || !events) {
+                session_fail(s, "error", "out of memory");
+                return;
+        }
+        clean = agent_redact(s, result);
+        r = agent_db_record(s, "tool", p->request, clean, p->hash, NULL, 0, 0, 1, TAKE_PTR(events));
+        if (r < 0) {
+                session_fail(s, "error", "could not journal a tool call: %s", db_why(r));
+                return;
+        }
+        s->tool_calls++;
+        answer_ok(s, p->id, clean);
+}
+
+bool agent_host_http_done(struct agent_host *h, void *userdata, json_t *output, json_t *error)
+{
+        struct agent_pending *p = NULL;
+
+        for (struct agent_session *s = h->sessions; s && !p; s = s->next)
+                for (struct agent_pending *q = s->pending; q; q = q->next)
+                        if ((void *)q == userdata) {
+                                p = q;
+                                break;
+                        }
+        if (!p)
+                return false;
+        struct agent_session *s = p->session;
+        p->transfer = NULL; /* finished: runtime freed it */
+        pending_remove(s, p);
+        if (!strcmp(p->kind, "llm"))
+                llm_done(s, p, output, error);
+        else
+                tool_done(s, p, output, error);
+        /* s may be gone now (a failure ended it), p is ours */
+        pending_free(h, p);
+        json_decref(output);
+        json_decref(error);
+        return true;
+}
+
+/* ---- pipes ---- */
+
+static void read_stderr(struct agent_session *s);
+
+static void read_stdout(struct agent_session *s)
+{
+        char chunk[65536];
+
+        for (;;) {
+                ssize_t n = read(s->out_fd, chunk, sizeof(chunk));
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == EAGAIN)
+                        return;
+                if (n <= 0) {
+                        if (s->err_fd >= 0)
+                                read_stderr(s); /* its last words say why */
+                        session_fail(s, "executor", "the executor ended without a result%s%s",
+                                     s->stderr_len ? ": " : "", s->stderr_tail);
+                        return;
+                }
+                if (buf_append(&s->from_executor, chunk, (size_t)n) < 0) {
+                        session_fail(s, "executor", "the executor wrote a line longer than 8 MiB");
+                        return;
+                }
+                /* every whole line; a handler may end the session */
+                for (;;) {
+                        char *nl = memchr(s->from_executor.data, '\n', s->from_executor.len);
+                        if (!nl)
+                                break;
+                        size_t len = (size_t)(nl - s->from_executor.data);
+                        _cleanup_free_ char *line = strndup(s->from_executor.data, len);
+                        memmove(s->from_executor.data, nl + 1, s->from_executor.len - len - 1);
+                        s->from_executor.len -= len + 1;
+                        s->from_executor.data[s->from_executor.len] = '\0';
+                        if (!line) {
+                                session_fail(s, "error", "out of memory");
+                                return;
+                        }
+                        struct agent_host *h = s->host;
+                        bool alive = false;
+                        handle_line(s, line, len);
+                        for (struct agent_session *x = h->sessions; x; x = x->next)
+                                alive |= x == s;
+                        if (!alive)
+                                return;
+                }
+        }
+}
+
+static void read_stderr(struct agent_session *s)
+{
+        char chunk[4096];
+
+        for (;;) {
+                ssize_t n = read(s->err_fd, chunk, sizeof(chunk));
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0) {
+                        if (n == 0) {
+                                epoll_ctl(s->host->epfd, EPOLL_CTL_DEL, s->err_fd, NULL);
+                                close(s->err_fd);
+                                s->err_fd = -1;
+                        }
+                        return;
+                }
+                /* keep the tail: the end says why it stopped */
+                size_t keep = (size_t)n > AGENT_STDERR_TAIL ? AGENT_STDERR_TAIL : (size_t)n;
+                const char *from = chunk + n - keep;
+                if (s->stderr_len + keep > AGENT_STDERR_TAIL) {
+                        size_t drop = s->stderr_len + keep - AGENT_STDERR_TAIL;
+                        memmove(s->stderr_tail, s->stderr_tail + drop, s->stderr_len - drop);
+                        s->stderr_len -= drop;
+                }
+                memcpy(s->stderr_tail + s->stderr_len, from, keep);
+                s->stderr_len += keep;
+                s->stderr_tail[s->stderr_len] = '\0';
+                while (s->stderr_len > 0 && s->stderr_tail[s->stderr_len - 1] == '\n')
+                        s->stderr_tail[--s->stderr_len] = '\0';
+        }
+}
+
+void agent_host_poll(struct agent_host *h)
+{
+        struct epoll_event evs[64];
+        int n;
+
+        do {
+                n = epoll_wait(h->epfd, evs, (int)ELEMENTSOF(evs), 0);
+                for (int i = 0; i < n; i++) {
+                        /* an earlier event of this round may have ended the session: it is
+                         * found by its serial, never through a pointer it owned */
+                        uint64_t serial = evs[i].data.u64 >> 2;
+                        int which = (int)(evs[i].data.u64 & 3);
+                        struct agent_session *s = h->sessions;
+                        while (s && s->serial != serial)
+                                s = s->next;
+                        if (!s)
+                                continue;
+                        if (which == 0)
+                                read_stdout(s);
+                        else if (which == 1)
+                                read_stderr(s);
+                        else
+                                flush_to_executor(s);
+                }
+        } while (n == (int)ELEMENTSOF(evs));
+}
+
+/* ---- host and session lifetimes ---- */
+
+int agent_host_new(const struct agent_host_config *cfg, struct agent_host **out)
+{
+        struct agent_host *h = calloc(1, sizeof(*h));
+
+        *out = NULL;
+        if (!h)
+                return -ENOMEM;
+        if (sodium_init() < 0) {
+                free(h);
+                return -EIO;
+        }
+        h->cfg = *cfg;
+        h->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (h->epfd < 0) {
+                int r = -errno;
+                free(h);
+                return r;
+        }
+        *out = h;
+        return 0;
+}
+
+void agent_host_free(struct agent_host *h)
+{
+        if (!h)
+                return;
+        while (h->sessions) {
+                struct agent_session *s = h->sessions;
+                session_unlink(h, s);
+                session_free(h, s);
+        }
+        close(h->epfd);
+        free(h);
+}
+
+int agent_host_fd(const struct agent_host *h)
+{
+        return h->epfd;
+}
+
+unsigned agent_host_active(const struct agent_host *h)
+{
+        return h->nsessions;
+}
+
+void agent_session_abort(struct agent_host *h, struct agent_session *s)
+{
+        if (!s || s->ended)
+                return;
+        s->ended = true;
+        session_unlink(h, s);
+        session_free(h, s);
+}
+
+static int watch(struct agent_session *s, int fd, int which)
+{
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = s->serial << 2 | (uint64_t)which};
+
+        return epoll_ctl(s->host->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+int agent_session_start(struct agent_host *h, const struct agent_step *step, void *userdata,
+                        struct agent_session **out, char **error)
+{
+        struct agent_session *s = calloc(1, sizeof(*s));
+        const char *provider = json_string_value(json_object_get(step->agent, "provider"));
+        const char *secret = json_string_value(json_object_get(step->agent, "api_key_secret"));
+        json_t *start;
+        int r;
+
+        *out = NULL;
+        *error = NULL;
+        if (!s)
+                return -ENOMEM;
+        s->host = h;
+        s->userdata = userdata;
+        s->pid = -1;
+        s->in_fd = s->out_fd = s->err_fd = -1;
+        buf_init(&s->to_executor, 4 * (size_t)AGENT_MAX_LINE);
+        buf_init(&s->from_executor, AGENT_MAX_LINE);
+        str_copy(s->run_id, sizeof(s->run_id), step->run_id);
+        str_copy(s->user_id, sizeof(s->user_id), step->user_id);
+        s->epoch = step->epoch;
+        s->attempt = step->attempt;
+        s->node_id = strdup(step->node_id);
+        s->agent = json_deep_copy(step->agent);
+        s->occurrences = json_object();
+        if (!s->node_id || !s->agent || !s->occurrences) {
+                session_free(h, s);
+                return -ENOMEM;
+        }
+        if (!provider || llm_provider_from_name(provider, &s->provider) < 0) {
+                *error = strdup("the agent's provider must be openai or anthropic");
+                session_free(h, s);
+                return -EINVAL;
+        }
+        r = agent_db_open_run(s, error);
+        if (r >= 0)
+                r = agent_db_load_journal(s, error);
+        if (r >= 0 && secret)
+                r = agent_db_load_api_key(s, secret, error);
+        if (r < 0) {
+                session_free(h, s);
+                return r;
+        }
+        r = agent_executor_spawn(h->cfg.executor_path, &s->pid, &s->in_fd, &s->out_fd, &s->err_fd);
+        if (r < 0) {
+                *error = str_printf("could not start the executor %s: %s", h->cfg.executor_path,
+                                    strerror(-r));
+                session_free(h, s);
+                return r;
+        }
+        s->serial = ++h->serials;
+        if ((r = watch(s, s->out_fd, 0)) < 0 || (r = watch(s, s->err_fd, 1)) < 0) {
+                *error = str_printf("could not watch the executor: %s", strerror(-r));
+                session_free(h, s);
+                return r;
+        }
+        s->next = h->sessions;
+        if (h->sessions)
+                h->sessions->prev = s;
+        h->sessions = s;
+        h->nsessions++;
+
+        int64_t max_turns = json_integer_value(json_object_get(step->agent, "max_turns"));
+        start = json_pack("{s:s, s:{s:s?, s:O?, s:O?, s:O, s:o, s:O?, s:I}, s:O?, s:i}", "type",
+                          "start", "agent", "name", step->node_id, "model",
+                          json_object_get(step->agent, "model"), "system",
+                          json_object_get(step->agent, "system"), "prompt",
+                          json_object_get(step->agent, "prompt"), "tools",
+                          agent_tool_definitions(json_object_get(step->agent, "tools")),
+                          "output_schema", json_object_get(step->agent, "output_schema"),
+                          "max_turns", (json_int_t)(max_turns > 0 ? max_turns : 50), "input",
+                          json_object_get(step->agent, "input"), "depth", 0);
+        r = send_message(s, start);
+        if (r < 0) {
+                *error = strdup("could not write the start message");
+                session_unlink(h, s);
+                session_free(h, s);
+                return r;
+        }
+        *out = s;
+        return 0;
+}

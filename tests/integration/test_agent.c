@@ -1,0 +1,515 @@
+/*
+ * Agents end to end with real processes: a worker runs an `agent` node's executor, performs
+ * its LLM calls against the scripted LLM test server (llm_server.h, both providers) and its
+ * http_request calls against a sink, journaling each before answering. Shown here: the
+ * three-tools-then-answer loop with tokens, cost and events; a worker SIGKILLed while the
+ * third of four LLM calls is in flight (the next worker replays calls 1 and 2 from the
+ * journal, sends 3 and 4, repeats no tool effect, gives the same output); ask_human waiting
+ * in needs_input with no executor left, answered through the API; a cost budget that stops
+ * the run before the call that would pass it, raised through the API. Every test searches
+ * for its API key (a unique value) in the events, errors, journal, API responses and logs.
+ */
+#include "testlib.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "auth_token.h"
+#include "cleanup.h"
+#include "fileio.h"
+#include "llm_server.h"
+#include "secrets.h"
+#include "strutil.h"
+#include "worker_sink.h"
+
+static struct {
+        char *conninfo;
+        PGconn *db;
+        struct worker_sink *sink;
+        struct llm_server *llm;
+        char *dir;
+        char *user;
+        pid_t api;
+        char base[64];
+        char token[AUTH_TOKEN_LEN + 1];
+        char key[64]; /* this test's API key: must never be seen anywhere but the LLM server */
+        int nworkers;
+        char last_log[512];
+} S;
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+static void store_key(void)
+{
+        struct secrets_sealed sealed = {0};
+        char *id = test_db_value(S.db, "SELECT gen_random_uuid()");
+        char *nonce, *cipher, *wrapped;
+        size_t n1, n2, n3;
+
+        snprintf(S.key, sizeof(S.key), "sk-canary-%08x%08x", (unsigned)random(),
+                 (unsigned)getpid());
+        assert_int_equal(secrets_seal(S.dir, S.user, id, S.key, strlen(S.key), &sealed), 0);
+        nonce = (char *)PQescapeByteaConn(S.db, sealed.nonce, sizeof(sealed.nonce), &n1);
+        cipher = (char *)PQescapeByteaConn(S.db, sealed.ciphertext, sealed.ciphertext_len, &n2);
+        wrapped =
+            (char *)PQescapeByteaConn(S.db, sealed.wrapped_key, sizeof(sealed.wrapped_key), &n3);
+        _cleanup_free_ char *sql =
+            str_printf("INSERT INTO secrets (id, user_id, name, ciphertext, nonce, wrapped_key,"
+                       " key_version) VALUES ('%s', '%s', 'llmkey', '%s', '%s', '%s', %d)",
+                       id, S.user, cipher, nonce, wrapped, sealed.key_version);
+        PQclear(test_db_must(S.db, sql));
+        PQfreemem(nonce);
+        PQfreemem(cipher);
+        PQfreemem(wrapped);
+        secrets_sealed_free(&sealed);
+        free(id);
+}
+
+static void assert_completed(const char *run)
+{
+        _cleanup_free_ char *st =
+            test_db_value(S.db,
+                          "SELECT status || ' ' || coalesce(error::text, '') FROM"
+                          " workflow_runs WHERE id = '%s'",
+                          run);
+        if (!st || strcmp(st, "completed ") != 0) {
+                void dump_log(void);
+                dump_log();
+                fail_msg("run %s: %s", run, st ? st : "(none)");
+        }
+}
+
+/* The end of the last worker's log, to stderr (a test that fails shows why). */
+void dump_log(void);
+void dump_log(void)
+{
+        _cleanup_free_ char *text = NULL;
+        size_t len = 0;
+
+        if (file_read_all(S.last_log, 64 << 20, &text, &len) == 0 && text)
+                fprintf(stderr, "---- %s (end) ----\n%s\n", S.last_log,
+                        len > 6000 ? text + len - 6000 : text);
+}
+
+static pid_t spawn_worker(const char *lease)
+{
+        char id[32];
+
+        snprintf(id, sizeof(id), "agent-w%d", ++S.nworkers);
+        snprintf(S.last_log, sizeof(S.last_log), "%s/%s.log", S.dir, id);
+        return worker_test_spawn(S.conninfo, id, lease, "500ms", NULL, S.last_log);
+}
+
+/* The workflow of one agent node for provider, its LLM at the test server. */
+static char *agent_workflow(const char *name, const char *provider, const char *model,
+                            const char *tools, const char *budget)
+{
+        _cleanup_free_ char *def = str_printf(
+            "{\"name\":\"%s\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
+            "\"provider\":\"%s\",\"base_url\":\"%s\",\"model\":\"%s\","
+            "\"api_key_secret\":\"LLMKEY\",\"system\":\"You call tools when asked.\","
+            "\"prompt\":\"Research ${ input.topic } carefully.\",\"tools\":%s,"
+            "\"allowed_hosts\":[\"127.0.0.1\"],\"budget\":%s}}]}",
+            name, provider, llm_server_url(S.llm), model, tools,
+            budget ? budget : "{\"max_tokens\":100000,\"max_cost_usd\":5}");
+        return worker_test_workflow(S.db, S.user, name, 1, def);
+}
+
+/* One scripted LLM answer: a GET of SINK/<tag>/<path> (extra: more members of the step). */
+static char *tool_step(const char *tag, const char *path, const char *extra)
+{
+        return str_printf("{\"text\":\"I will fetch %s.\",\"tool_calls\":[{\"id\":\"call_%s\","
+                          "\"name\":\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\","
+                          "\\\"url\\\":\\\"%s/%s/%s\\\"}\"}],\"usage\":{\"input\":1000,"
+                          "\"output\":100}%s}",
+                          path, path, worker_sink_url(S.sink), tag, path, extra ? extra : "");
+}
+
+/* The script of the three-tools loop: GET SINK/<tag>/a, b, c, then an answer. third_extra
+ * goes into the third step; repeat_third scripts the third call a second time (as the
+ * worker that resumes after a crash sends it). */
+static void script_three_tools(const char *tag, const char *third_extra, bool repeat_third)
+{
+        _cleanup_free_ char *a = tool_step(tag, "a", NULL), *b = tool_step(tag, "b", NULL),
+                            *c = tool_step(tag, "c", third_extra), *c2 = tool_step(tag, "c", NULL);
+        _cleanup_free_ char *script =
+            str_printf("[%s,%s,%s,%s%s{\"text\":\"The answer is abc.\",\"usage\":{"
+                       "\"input\":2000,\"output\":50,\"cached\":500}}]",
+                       a, b, c, repeat_third ? c2 : "", repeat_third ? "," : "");
+        llm_server_script(S.llm, script);
+}
+
+/* The key must appear nowhere we can look: database rows, worker and API logs. */
+static void assert_no_key_anywhere(const char *run)
+{
+        const char *tables[] = {"logs", "agent_journal", "agent_runs", "node_runs",
+                                "workflow_runs"};
+
+        for (size_t i = 0; i < ELEMENTSOF(tables); i++)
+                assert_db_equal("0", S.db, "SELECT count(*) FROM %s t WHERE t::text LIKE '%%%s%%'",
+                                tables[i], S.key);
+        DIR *d = opendir(S.dir);
+        struct dirent *e;
+        assert_non_null(d);
+        while ((e = readdir(d))) {
+                char path[1024];
+                _cleanup_free_ char *text = NULL;
+                size_t len;
+                if (!strstr(e->d_name, ".log"))
+                        continue;
+                snprintf(path, sizeof(path), "%s/%s", S.dir, e->d_name);
+                if (file_read_all(path, 64 << 20, &text, &len) == 0 && text && strstr(text, S.key))
+                        fail_msg("the api key appears in %s", path);
+        }
+        closedir(d);
+        /* and in what the API shows of the run and its events */
+        char url[256], auth[128];
+        const char *headers[] = {auth, NULL};
+        const char *routes[] = {"", "/events", "/nodes"};
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
+        for (size_t i = 0; i < ELEMENTSOF(routes); i++) {
+                _cleanup_free_ char *out = NULL;
+                snprintf(url, sizeof(url), "%s/v1/runs/%s%s", S.base, run, routes[i]);
+                assert_int_equal(test_http("GET", url, headers, NULL, &out), 200);
+                if (out && strstr(out, S.key))
+                        fail_msg("the api key appears in GET /v1/runs/{id}%s", routes[i]);
+        }
+}
+
+static long post_input(const char *run, const char *body)
+{
+        char url[256], auth[128];
+        const char *headers[] = {auth, NULL};
+        _cleanup_free_ char *out = NULL;
+
+        snprintf(url, sizeof(url), "%s/v1/runs/%s/input", S.base, run);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
+        return test_http("POST", url, headers, body, &out);
+}
+
+/* Children of pid (executors a worker runs). */
+static int children_of(pid_t pid)
+{
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        int n = 0;
+
+        assert_non_null(d);
+        while ((e = readdir(d))) {
+                char path[300];
+                _cleanup_free_ char *stat = NULL;
+                size_t len;
+                if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+                if (file_read_all(path, 4096, &stat, &len) != 0 || !stat)
+                        continue;
+                char *close = strrchr(stat, ')');
+                int ppid = 0;
+                char state;
+                if (close && sscanf(close + 2, "%c %d", &state, &ppid) == 2 && ppid == pid &&
+                    state != 'Z')
+                        n++;
+        }
+        closedir(d);
+        return n;
+}
+
+static void wait_llm_requests(int n, int ms)
+{
+        int64_t end = test_now_ms() + ms;
+
+        while (llm_server_request_count(S.llm) < n && test_now_ms() < end)
+                usleep(20000);
+        assert_int_equal(llm_server_request_count(S.llm), n);
+}
+
+/* ---- fixture ------------------------------------------------------------------------- */
+
+static int setup(void **state)
+{
+        char keyfile[600];
+
+        (void)state;
+        srandom((unsigned)(getpid() ^ test_now_ms()));
+        S.conninfo = test_db_create("agent");
+        S.db = test_db_connect(S.conninfo);
+        S.sink = worker_sink_start();
+        S.llm = llm_server_start();
+        S.dir = test_tempdir("agent");
+        snprintf(keyfile, sizeof(keyfile), "%s/master.key", S.dir);
+        setenv("AGENTLY_MASTER_KEY_FILE", keyfile, 1); /* the worker inherits it */
+        S.user = worker_test_user(S.db, "ada");
+        worker_test_token(S.db, S.user, S.token);
+        store_key();
+        S.api = worker_test_spawn_api(S.conninfo, S.dir, S.base, sizeof(S.base));
+        return 0;
+}
+
+static int teardown(void **state)
+{
+        (void)state;
+        test_stop_process(S.api, SIGTERM, 10000);
+        llm_server_stop(S.llm);
+        worker_sink_stop(S.sink);
+        PQfinish(S.db);
+        test_rm_rf(S.dir);
+        free(S.dir);
+        free(S.user);
+        free(S.conninfo);
+        return 0;
+}
+
+/* ---- tests --------------------------------------------------------------------------- */
+
+static void three_tools_then_answer(const char *provider, const char *model)
+{
+        char tag[32], prefix[64];
+        int before = llm_server_request_count(S.llm);
+
+        snprintf(tag, sizeof(tag), "e2e-%s", provider);
+        snprintf(prefix, sizeof(prefix), "/%s/", tag);
+        _cleanup_free_ char *wf = agent_workflow(tag, provider, model, "[\"http_request\"]", NULL);
+        script_three_tools(tag, NULL, false);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"durable agents\"}");
+        pid_t w = spawn_worker("5s");
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not end; see %s", S.last_log);
+        }
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("The answer is abc.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+
+        /* 4 LLM calls, each carrying the key; the last with the three tool results */
+        assert_int_equal(llm_server_request_count(S.llm) - before, 4);
+        for (int i = before; i < before + 4; i++) {
+                _cleanup_json_ json_t *req = llm_server_request(S.llm, i);
+                const json_t *h = json_object_get(req, "headers");
+                const char *auth = json_string_value(json_object_get(
+                    h, strcmp(provider, "openai") == 0 ? "authorization" : "x-api-key"));
+                assert_non_null(auth);
+                assert_non_null(strstr(auth, S.key));
+        }
+        _cleanup_json_ json_t *last = llm_server_request(S.llm, before + 3);
+        _cleanup_free_ char *last_text = json_dumps(json_object_get(last, "body"), JSON_COMPACT);
+        assert_non_null(strstr(last_text, "Research durable agents carefully."));
+        assert_non_null(strstr(last_text, "call_c"));
+
+        /* each tool effect once, with a stable idempotency key */
+        assert_int_equal(worker_sink_count(S.sink, prefix), 3);
+        assert_int_equal(worker_sink_distinct_keys(S.sink, prefix), 3);
+
+        /* tokens and cost */
+        assert_db_equal("4|3|5000|350|true", S.db,
+                        "SELECT llm_calls || '|' || tool_calls || '|' || tokens_in || '|' ||"
+                        " tokens_out || '|' || (cost_usd > 0) FROM agent_runs"
+                        " WHERE workflow_run_id = '%s'",
+                        run);
+        assert_db_equal("7", S.db,
+                        "SELECT count(*) FROM agent_journal j JOIN agent_runs a ON a.id = "
+                        "j.agent_run_id WHERE a.workflow_run_id = '%s'",
+                        run);
+        /* the events show the reasoning, each call and its result */
+        assert_db_equal("4|3|3|3|1", S.db,
+                        "SELECT count(*) FILTER (WHERE kind = 'agent.llm') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.reasoning') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.tool_call') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.tool_result') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.finished')"
+                        " FROM logs WHERE workflow_run_id = '%s'",
+                        run);
+        assert_db_equal("5000", S.db,
+                        "SELECT sum((data->>'input_tokens')::int) FROM logs WHERE"
+                        " workflow_run_id = '%s' AND kind = 'agent.llm'",
+                        run);
+        assert_db_equal("read_only", S.db,
+                        "SELECT min(data->>'effect') FROM logs WHERE workflow_run_id = '%s'"
+                        " AND kind = 'agent.tool_call'",
+                        run);
+        assert_no_key_anywhere(run);
+}
+
+static void openai_agent_calls_three_tools_then_answers(void **state)
+{
+        (void)state;
+        three_tools_then_answer("openai", "gpt-4o-mini");
+}
+
+static void anthropic_agent_calls_three_tools_then_answers(void **state)
+{
+        (void)state;
+        three_tools_then_answer("anthropic", "claude-3-5-haiku");
+}
+
+/*
+ * The worker is SIGKILLed while the third LLM call is in flight. The next worker replays
+ * calls 1 and 2 and tools a and b from the journal: the server receives calls 3 and 4 only,
+ * the sink sees a, b and c once each, and the output is an uninterrupted run's.
+ */
+static void crash_mid_loop_replays_the_journal(void **state)
+{
+        (void)state;
+        const char *tag = "crash";
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *wf =
+            agent_workflow(tag, "openai", "gpt-4o-mini", "[\"http_request\"]", NULL);
+        script_three_tools(tag, ",\"delay_ms\":8000", true);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"crashes\"}");
+        pid_t w1 = spawn_worker("2s");
+
+        wait_llm_requests(before + 3, 30000); /* the third is in flight (delayed) */
+        assert_int_equal(worker_sink_count(S.sink, "/crash/"), 2);
+        kill(w1, SIGKILL);
+        test_stop_process(w1, SIGKILL, 5000);
+
+        pid_t w2 = spawn_worker("2s");
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
+                test_stop_process(w2, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not end after the crash; see %s", S.last_log);
+        }
+        test_stop_process(w2, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("The answer is abc.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        /* 3 before the kill, then calls 3 and 4 only */
+        assert_int_equal(llm_server_request_count(S.llm) - before, 5);
+        _cleanup_json_ json_t *killed = llm_server_request(S.llm, before + 2);
+        _cleanup_json_ json_t *again = llm_server_request(S.llm, before + 3);
+        assert_true(json_equal(json_object_get(killed, "body"), json_object_get(again, "body")));
+        /* no tool effect repeated */
+        assert_int_equal(worker_sink_count(S.sink, "/crash/a"), 1);
+        assert_int_equal(worker_sink_count(S.sink, "/crash/b"), 1);
+        assert_int_equal(worker_sink_count(S.sink, "/crash/c"), 1);
+        assert_db_equal("4|3", S.db,
+                        "SELECT llm_calls || '|' || tool_calls FROM agent_runs"
+                        " WHERE workflow_run_id = '%s'",
+                        run);
+        assert_no_key_anywhere(run);
+}
+
+/* ask_human: the run waits in needs_input with no executor left; the answer through the
+ * API resumes it with no repeated LLM call. */
+static void ask_human_waits_holding_nothing(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *wf =
+            agent_workflow("ask", "anthropic", "claude-3-5-haiku", "[\"ask_human\"]", NULL);
+        llm_server_script(
+            S.llm,
+            "[{\"text\":\"\",\"tool_calls\":[{\"id\":\"q1\",\"name\":\"ask_human\","
+            "\"arguments\":\"{\\\"question\\\":\\\"Which colour?\\\"}\"}],\"usage\":{\"input\":10,"
+            "\"output\":5}},{\"text\":\"You chose blue.\",\"usage\":{\"input\":20,\"output\":5}}]");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"colours\"}");
+        pid_t w = spawn_worker("5s");
+
+        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not wait for a person; see %s", S.last_log);
+        }
+        usleep(300 * 1000);
+        assert_int_equal(children_of(w), 0); /* no executor process left */
+        assert_db_equal("t", S.db,
+                        "SELECT claimed_by IS NULL AND lease_expires_at IS NULL FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        run);
+        assert_db_equal("waiting|Which colour?", S.db,
+                        "SELECT status || '|' || (waiting_for->>'question') FROM agent_runs"
+                        " WHERE workflow_run_id = '%s'",
+                        run);
+        assert_int_equal(llm_server_request_count(S.llm) - before, 1);
+
+        assert_int_equal(post_input(run, "{\"answer\":\"blue\"}"), 200);
+        assert_int_equal(post_input(run, "{\"answer\":\"red\"}"), 409); /* answered already */
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not resume; see %s", S.last_log);
+        }
+        test_stop_process(w, SIGTERM, 15000);
+        assert_db_equal("You chose blue.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        /* call 1 came from the journal: 2 calls in all */
+        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
+        _cleanup_json_ json_t *second = llm_server_request(S.llm, before + 1);
+        _cleanup_free_ char *text = json_dumps(json_object_get(second, "body"), JSON_COMPACT);
+        assert_non_null(strstr(text, "blue"));
+        assert_no_key_anywhere(run);
+}
+
+/* max_cost_usd: the run stops before the call that would pass it, waits in needs_input,
+ * and continues where it stopped once a person raises the budget. */
+static void cost_budget_stops_and_is_raised(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        /* gpt-4o-mini: $0.15 per million input tokens: each call below costs $0.15 */
+        _cleanup_free_ char *wf = agent_workflow("budget", "openai", "gpt-4o-mini",
+                                                 "[\"http_request\"]", "{\"max_cost_usd\":0.25}");
+        _cleanup_free_ char *script = str_printf(
+            "[{\"text\":\"\",\"tool_calls\":[{\"id\":\"b1\",\"name\":\"http_request\","
+            "\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"%s/budget/1\\\"}\"}],"
+            "\"usage\":{\"input\":1000000,\"output\":0}},"
+            "{\"text\":\"Done within budget.\",\"usage\":{\"input\":1000000,\"output\":0}}]",
+            worker_sink_url(S.sink));
+        llm_server_script(S.llm, script);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"money\"}");
+        pid_t w = spawn_worker("5s");
+
+        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the budget did not stop the run; see %s", S.last_log);
+        }
+        /* one call made ($0.15); the second would pass $0.25 */
+        assert_int_equal(llm_server_request_count(S.llm) - before, 1);
+        assert_int_equal(worker_sink_count(S.sink, "/budget/"), 1);
+        assert_db_equal(
+            "max_cost_usd", S.db,
+            "SELECT waiting_for->>'budget' FROM agent_runs WHERE workflow_run_id = '%s'", run);
+        assert_db_equal("1", S.db,
+                        "SELECT count(*) FROM workflow_runs WHERE id = '%s' AND"
+                        " error->>'message' LIKE 'budget exhausted%%'",
+                        run);
+        usleep(300 * 1000);
+        assert_int_equal(children_of(w), 0);
+
+        assert_int_equal(post_input(run, "{\"budget\":{\"max_cost_usd\":1}}"), 200);
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not continue; see %s", S.last_log);
+        }
+        test_stop_process(w, SIGTERM, 15000);
+        assert_db_equal("Done within budget.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
+        assert_int_equal(worker_sink_count(S.sink, "/budget/"), 1); /* not repeated */
+        assert_db_equal("0.300000", S.db,
+                        "SELECT cost_usd FROM agent_runs WHERE workflow_run_id = '%s'", run);
+        assert_no_key_anywhere(run);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(openai_agent_calls_three_tools_then_answers),
+            cmocka_unit_test(anthropic_agent_calls_three_tools_then_answers),
+            cmocka_unit_test(crash_mid_loop_replays_the_journal),
+            cmocka_unit_test(ask_human_waits_holding_nothing),
+            cmocka_unit_test(cost_budget_stops_and_is_raised),
+        };
+        if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
+                cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
+        return cmocka_run_group_tests(tests, setup, teardown);
+}
