@@ -13,11 +13,12 @@
 #define AGENT_MAX_LINE         (8 * 1024 * 1024) /* docs/executor-protocol.md, Transport */
 #define AGENT_STDERR_TAIL      2048              /* bytes of an executor's stderr kept */
 #define AGENT_TOOL_CONTENT_MAX (32 * 1024)       /* a tool result as the model sees it */
-#define AGENT_LLM_TIMEOUT_MS   (120 * 1000)
+#define AGENT_LLM_TIMEOUT_MS   (10 * 60 * 1000)  /* one call, retries included */
 #define AGENT_TOOL_TIMEOUT_MS  (30 * 1000)
 #define AGENT_ID_LEN           36
 
 struct runtime_http_transfer;
+struct llm_call;
 
 /* A journaled call, as read when the session started. */
 struct agent_journal_entry {
@@ -37,8 +38,9 @@ struct agent_pending {
         char *id;      /* the protocol id */
         char kind[16]; /* llm, tool */
         char hash[65];
-        json_t *request; /* the executor's request without v and id */
-        struct runtime_http_transfer *transfer;
+        json_t *request;                        /* the executor's request without v and id */
+        struct runtime_http_transfer *transfer; /* a tool's request */
+        struct llm_call *call;                  /* an llm call */
         int64_t started_ms;
         const char *effect;     /* tool: its effect class */
         bool is_pending_marker; /* always true: agent_host_http_done checks it */
@@ -113,10 +115,12 @@ int agent_tool_start(struct agent_session *s, struct agent_pending *p, json_t **
 json_t *agent_tool_result(struct agent_session *s, struct agent_pending *p, const json_t *output,
                           const json_t *error, json_t *events);
 
-/* ---- agent_llm_direct.c ---- */
-int agent_llm_call_direct(struct agent_session *s, struct agent_pending *p, char **error);
-int agent_llm_result_direct(struct agent_session *s, const json_t *output, const json_t *error,
-                            struct llm_result *out, char **message);
+/* ---- agent_llm.c: the calls through src/llm's client ---- */
+int agent_llm_start(struct agent_session *s, struct agent_pending *p, char **error);
+void agent_llm_abort(struct agent_pending *p);
+/* agent_session.c: a call ended (takes result and error; p is the session's pending). */
+void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *error,
+                    int64_t duration_ms);
 
 /* ---- agent_spawn.c ---- */
 int agent_executor_spawn(const char *executor_path, pid_t *pid, int *in_fd, int *out_fd,

@@ -110,6 +110,8 @@ static void pending_free(struct agent_host *h, struct agent_pending *p)
                 return;
         if (p->transfer)
                 runtime_http_abort(h->cfg.http, p->transfer);
+        if (p->call)
+                agent_llm_abort(p);
         free(p->id);
         json_decref(p->request);
         free(p);
@@ -524,7 +526,7 @@ static void live_request(struct agent_session *s, const char *id, const char *ki
         p->request = body;
         p->started_ms = agent_now_ms();
         if (!strcmp(kind, "llm")) {
-                r = agent_llm_call_direct(s, p, &err);
+                r = agent_llm_start(s, p, &err);
                 if (r < 0) {
                         answer_error(s, id, r == -EINVAL ? "invalid_request" : "llm",
                                      err ? err : "could not start the llm call");
@@ -697,44 +699,42 @@ static void handle_line(struct agent_session *s, const char *line, size_t len)
 
 /* ---- HTTP completions ---- */
 
-static void llm_done(struct agent_session *s, struct agent_pending *p, const json_t *output,
-                     const json_t *error)
+static void llm_done(struct agent_session *s, struct agent_pending *p, struct llm_result *res,
+                     const json_t *error, int64_t took)
 {
-        struct llm_result res = {0};
-        _cleanup_free_ char *message = NULL;
         _cleanup_json_ json_t *result = NULL, *stored = NULL, *events = NULL;
         const char *model = json_string_value(json_object_get(s->agent, "model"));
-        int64_t took = agent_now_ms() - p->started_ms;
-        int r = agent_llm_result_direct(s, output, error, &res, &message);
+        int r;
 
-        if (r < 0) {
-                llm_result_free(&res);
-                answer_error(s, p->id, "llm", message ? message : "the llm call failed");
+        if (!res) {
+                const char *klass = json_string_value(json_object_get(error, "class"));
+                const char *m = json_string_value(json_object_get(error, "message"));
+                _cleanup_free_ char *msg =
+                    str_printf("the llm call failed (%s): %s", klass ? klass : "error", m ? m : "");
+                answer_error(s, p->id, "llm", msg ? msg : "the llm call failed");
                 return;
         }
-        struct llm_cost cost = llm_cost(NULL, res.model ? res.model : model, &res.usage);
-        result = llm_result_to_json(&res);
+        struct llm_cost cost = llm_cost(NULL, res->model ? res->model : model, &res->usage);
+        result = llm_result_to_json(res);
         if (result)
                 json_object_set_new(result, "cost_usd", json_real(cost.usd));
         stored = llm_request_stored(s, p->request);
-        events = json_pack("[{s:s, s:s, s:{s:s?, s:I, s:I, s:I, s:f, s:b, s:I, s:s, s:I, s:I}}]",
-                           "kind", "agent.llm", "message", "llm call", "data", "model",
-                           res.model ? res.model : model, "input_tokens",
-                           (json_int_t)res.usage.input_tokens, "output_tokens",
-                           (json_int_t)res.usage.output_tokens, "cached_input_tokens",
-                           (json_int_t)res.usage.cached_input_tokens, "cost_usd", cost.usd,
-                           "price_known", cost.known, "duration_ms", (json_int_t)took,
-                           "stop_reason", llm_stop_reason_name(res.stop_reason), "tool_calls",
-                           (json_int_t)res.tool_call_count, "call", (json_int_t)(s->llm_calls + 1));
+        events = json_pack(
+            "[{s:s, s:s, s:{s:s?, s:I, s:I, s:I, s:f, s:b, s:I, s:s, s:I, s:I}}]", "kind",
+            "agent.llm", "message", "llm call", "data", "model", res->model ? res->model : model,
+            "input_tokens", (json_int_t)res->usage.input_tokens, "output_tokens",
+            (json_int_t)res->usage.output_tokens, "cached_input_tokens",
+            (json_int_t)res->usage.cached_input_tokens, "cost_usd", cost.usd, "price_known",
+            cost.known, "duration_ms", (json_int_t)took, "stop_reason",
+            llm_stop_reason_name(res->stop_reason), "tool_calls", (json_int_t)res->tool_call_count,
+            "call", (json_int_t)(s->llm_calls + 1));
         if (!result || !stored || !events) {
-                llm_result_free(&res);
                 session_fail(s, "error", "out of memory");
                 return;
         }
         _cleanup_json_ json_t *clean_result = agent_redact(s, result);
         _cleanup_json_ json_t *clean_stored = agent_redact(s, stored);
-        struct llm_usage usage = res.usage;
-        llm_result_free(&res);
+        struct llm_usage usage = res->usage;
         r = agent_db_record(s, "llm", clean_stored, clean_result, p->hash, &usage, cost.usd, 1, 0,
                             TAKE_PTR(events));
         if (r < 0) {
@@ -748,6 +748,23 @@ static void llm_done(struct agent_session *s, struct agent_pending *p, const jso
         s->llm_calls++;
         remember_messages(s, p->request, r);
         answer_ok(s, p->id, clean_result);
+}
+
+void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *error,
+                    int64_t duration_ms)
+{
+        struct agent_session *s = p->session;
+        struct agent_host *h = s->host;
+
+        pending_remove(s, p);
+        llm_done(s, p, result, error, duration_ms);
+        /* s may be gone now (a failure ended it); p is ours */
+        pending_free(h, p);
+        if (result) {
+                llm_result_free(result);
+                free(result);
+        }
+        json_decref(error);
 }
 
 static void tool_done(struct agent_session *s, struct agent_pending *p, const json_t *output,
@@ -787,10 +804,7 @@ bool agent_host_http_done(struct agent_host *h, void *userdata, json_t *output, 
         struct agent_session *s = p->session;
         p->transfer = NULL; /* finished: runtime freed it */
         pending_remove(s, p);
-        if (!strcmp(p->kind, "llm"))
-                llm_done(s, p, output, error);
-        else
-                tool_done(s, p, output, error);
+        tool_done(s, p, output, error);
         /* s may be gone now (a failure ended it), p is ours */
         pending_free(h, p);
         json_decref(output);
