@@ -22,6 +22,9 @@
  *   memory MIB            touches MIB MiB; prints how much it got
  *   spin BEAT             starts two children that append to BEAT every 20 ms, then spins
  *   output BYTES          writes BYTES bytes to stdout
+ *   fsize PATH MIB        writes MIB MiB to PATH (SIGXFSZ ignored, so the limit is an errno)
+ *   nofile                opens /dev/null until refused; prints how many it got
+ *   cpu                   spins on the CPU, no children
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -256,6 +259,39 @@ int main(int argc, char **argv)
                         left -= w;
                 }
                 return 0;
+        }
+        if (strcmp(what, "fsize") == 0 && argc == 4) {
+                signal(SIGXFSZ, SIG_IGN);
+                int fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+                if (fd < 0)
+                        return report(what, errno);
+                static char chunk[1 << 20];
+                long mib = strtol(argv[3], NULL, 10), done = 0;
+                int err = 0;
+                for (; done < mib; done++) {
+                        if (write(fd, chunk, sizeof(chunk)) != (ssize_t)sizeof(chunk)) {
+                                err = errno;
+                                break;
+                        }
+                }
+                printf("wrote %ld\n", done);
+                return report(what, err);
+        }
+        if (strcmp(what, "nofile") == 0) {
+                int n = 0, err = 0;
+                for (; n < 100000; n++) {
+                        if (open("/dev/null", O_RDONLY) < 0) {
+                                err = errno;
+                                break;
+                        }
+                }
+                printf("opened %d\n", n);
+                return report(what, err);
+        }
+        if (strcmp(what, "cpu") == 0) {
+                report(what, 0);
+                for (volatile unsigned long i = 0;; i++)
+                        ;
         }
         fprintf(stderr, "usage: sandbox_probe ATTEMPT [ARGS] (see the source)\n");
         return 2;

@@ -413,6 +413,47 @@ static void test_output_capped(void **state)
         sandbox_result_free(&r);
 }
 
+static void test_file_size_and_descriptors_capped(void **state)
+{
+        (void)state;
+        struct sandbox_limits l = sandbox_limits_default();
+        l.file_bytes = (uint64_t)4 << 20;
+        l.open_files = 64;
+        struct sandbox_result r =
+            probe_in((const char *[]){"fsize", "/workspace/big", "16", NULL}, &l, NULL);
+        assert_int_equal(reported(r.out, "fsize"), EFBIG);
+        assert_non_null(strstr(r.out, "wrote 4\n"));
+        sandbox_result_free(&r);
+        char *big = str_printf("%s/big", workspace);
+        struct stat st;
+        assert_int_equal(stat(big, &st), 0);
+        assert_int_equal(st.st_size, 4 << 20);
+        unlink(big);
+        free(big);
+
+        r = probe_in((const char *[]){"nofile", NULL}, &l, NULL);
+        assert_int_equal(reported(r.out, "nofile"), EMFILE);
+        const char *opened = strstr(r.out, "opened ");
+        assert_non_null(opened);
+        assert_int_lt(strtol(opened + 7, NULL, 10), 64);
+        sandbox_result_free(&r);
+}
+
+static void test_cpu_capped(void **state)
+{
+        (void)state;
+        struct sandbox_limits l = sandbox_limits_default();
+        l.cpu_seconds = 1;
+        l.wall_ms = 60000;
+        struct sandbox_result r = probe_in((const char *[]){"cpu", NULL}, &l, NULL);
+        /* SIGXCPU at the limit (soft = hard, so SIGKILL if it were caught) */
+        assert_false(r.timed_out);
+        if (r.exit_status != 128 + SIGKILL)
+                assert_int_equal(r.exit_status, 128 + SIGXCPU);
+        assert_int_lt(r.wall_ms, 60000);
+        sandbox_result_free(&r);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -426,6 +467,8 @@ int main(void)
             cmocka_unit_test(test_memory_capped),
             cmocka_unit_test(test_wall_clock_kills_everything),
             cmocka_unit_test(test_output_capped),
+            cmocka_unit_test(test_file_size_and_descriptors_capped),
+            cmocka_unit_test(test_cpu_capped),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
