@@ -16,6 +16,7 @@
 #define AGENT_LLM_TIMEOUT_MS   (10 * 60 * 1000)  /* one call, retries included */
 #define AGENT_TOOL_TIMEOUT_MS  (30 * 1000)
 #define AGENT_ID_LEN           36
+#define AGENT_MAX_DEPTH        3 /* sub-agents of sub-agents: a deeper one gets no spawn_agent */
 
 struct runtime_http_transfer;
 struct llm_call;
@@ -42,8 +43,10 @@ struct agent_pending {
         struct runtime_http_transfer *transfer; /* a tool's request */
         struct llm_call *call;                  /* an llm call */
         int64_t started_ms;
-        const char *effect;     /* tool: its effect class */
-        bool is_pending_marker; /* always true: agent_host_http_done checks it */
+        const char *effect;          /* tool: its effect class */
+        int spawn_seq;               /* spawn: the journal row the sub-agent's answer goes to */
+        struct agent_session *child; /* spawn: the sub-agent */
+        bool is_pending_marker;      /* always true: agent_host_http_done checks it */
 };
 
 struct agent_session {
@@ -79,6 +82,10 @@ struct agent_session {
         int64_t started_at_ms; /* database time the agent run started */
         int64_t db_offset_ms;  /* database ms - monotonic ms at start */
 
+        struct agent_session *parent;  /* a sub-agent's: the session that spawned it */
+        struct agent_pending *spawned; /* ... and the parent's request it answers */
+        int depth;                     /* 0 for a node's agent */
+
         json_t *last_messages; /* the previous llm request's messages (for the delta) */
         int last_llm_seq;      /* its journal seq, 0 for none */
         bool ended;
@@ -94,6 +101,11 @@ struct agent_host {
 
 /* ---- agent_journal.c: the session's statements ---- */
 int agent_db_open_run(struct agent_session *s, char **error);
+/* A sub-agent's row: created under the parent's (child_id NULL) or read again by id. */
+int agent_db_open_child(struct agent_session *s, const char *parent_id, const char *child_id,
+                        char **error);
+/* The answer of a journal row written without one (a spawn), fenced. */
+int agent_db_answer(struct agent_session *s, int seq, const json_t *response);
 int agent_db_load_journal(struct agent_session *s, char **error);
 int agent_db_load_api_key(struct agent_session *s, const char *secret, char **error);
 /* One answered call (kind NULL: only events). Returns the seq (>= 0), -ESTALE when the

@@ -87,6 +87,77 @@ int agent_db_open_run(struct agent_session *s, char **error)
         return 0;
 }
 
+static const char CHILD_NEW_SQL[] =
+    "INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt, parent_agent_run_id,"
+    " model, budget)"
+    " SELECT p.user_id, p.workflow_run_id, p.node_id, p.attempt, p.id, p.model, p.budget"
+    " FROM agent_runs p WHERE p.id = $1"
+    " RETURNING id, status, tokens_in, tokens_out, cost_usd::float8, llm_calls, tool_calls,"
+    "  budget, (extract(epoch FROM started_at) * 1000)::bigint,"
+    "  (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+static const char CHILD_SQL[] =
+    "SELECT id, status, tokens_in, tokens_out, cost_usd::float8, llm_calls, tool_calls,"
+    "  budget, (extract(epoch FROM started_at) * 1000)::bigint,"
+    "  (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    " FROM agent_runs WHERE id = $1 AND parent_agent_run_id = $2";
+
+int agent_db_open_child(struct agent_session *s, const char *parent_id, const char *child_id,
+                        char **error)
+{
+        const char *params[] = {child_id ? child_id : parent_id, parent_id};
+        _cleanup_pgresult_ PGresult *res = NULL, *upd = NULL;
+        json_error_t jerr;
+        int r = 0;
+
+        res = db_query(s->host->cfg.db, child_id ? CHILD_SQL : CHILD_NEW_SQL, child_id ? 2 : 1,
+                       params, &r);
+        if (!res || PQntuples(res) != 1)
+                return failed(error, r, "find or create the sub-agent's run");
+        str_copy(s->agent_run_id, sizeof(s->agent_run_id), PQgetvalue(res, 0, 0));
+        s->tokens_in = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+        s->tokens_out = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+        s->cost_usd = strtod(PQgetvalue(res, 0, 4), NULL);
+        s->llm_calls = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+        s->tool_calls = strtoll(PQgetvalue(res, 0, 6), NULL, 10);
+        s->budget = json_loads(PQgetvalue(res, 0, 7), 0, &jerr);
+        s->started_at_ms = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
+        s->db_offset_ms = strtoll(PQgetvalue(res, 0, 9), NULL, 10) - agent_now_ms();
+        if (!s->budget)
+                return -ENOMEM;
+        if (strcmp(PQgetvalue(res, 0, 1), "running") != 0) {
+                const char *p1[] = {s->agent_run_id};
+                upd = db_query(s->host->cfg.db, RUNNING_SQL, 1, p1, &r);
+                if (!upd)
+                        return failed(error, r, "resume the sub-agent's run");
+        }
+        return 0;
+}
+
+static const char ANSWER_SQL[] =
+    "WITH fence AS (SELECT 1 FROM workflow_runs r WHERE r.id = $1 AND r.lease_epoch = $2"
+    "  AND r.status = 'running' FOR UPDATE)"
+    " UPDATE agent_journal j SET response = $5::jsonb FROM fence"
+    " WHERE j.agent_run_id = $3 AND j.seq = $4 AND j.response IS NULL";
+
+int agent_db_answer(struct agent_session *s, int seq, const json_t *response)
+{
+        char epoch[24], seqs[16];
+        _cleanup_free_ char *resp = dump(response);
+        const char *params[] = {s->run_id, epoch, s->agent_run_id, seqs, resp};
+        _cleanup_pgresult_ PGresult *res = NULL;
+        int r = 0;
+
+        if (!resp)
+                return -ENOMEM;
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
+        snprintf(seqs, sizeof(seqs), "%d", seq);
+        res = db_query(s->host->cfg.db, ANSWER_SQL, 5, params, &r);
+        if (!res)
+                return r < 0 ? r : -EIO;
+        return strcmp(PQcmdTuples(res), "1") == 0 ? 0 : -ESTALE;
+}
+
 static const char JOURNAL_SQL[] =
     "SELECT seq, kind, request_sha256, request, response FROM agent_journal"
     " WHERE agent_run_id = $1 ORDER BY seq";

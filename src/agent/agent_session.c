@@ -104,10 +104,20 @@ static const char *db_why(int r)
 
 /* ---- lifetimes ---- */
 
+static void session_free(struct agent_host *h, struct agent_session *s);
+static void session_unlink(struct agent_host *h, struct agent_session *s);
+
 static void pending_free(struct agent_host *h, struct agent_pending *p)
 {
         if (!p)
                 return;
+        if (p->child) { /* the parent ends: so does the sub-agent it waited for */
+                struct agent_session *c = p->child;
+                p->child = NULL;
+                c->ended = true;
+                session_unlink(h, c);
+                session_free(h, c);
+        }
         if (p->transfer)
                 runtime_http_abort(h->cfg.http, p->transfer);
         if (p->call)
@@ -171,6 +181,9 @@ static void session_unlink(struct agent_host *h, struct agent_session *s)
         h->nsessions--;
 }
 
+static void child_done(struct agent_session *parent, struct agent_pending *p, json_t *output,
+                       json_t *error);
+
 /* Ends a session and reports it (once). Takes output and error. */
 static void session_end(struct agent_session *s, json_t *output, json_t *error)
 {
@@ -183,6 +196,15 @@ static void session_end(struct agent_session *s, json_t *output, json_t *error)
                 return;
         }
         s->ended = true;
+        if (s->parent) {
+                struct agent_session *parent = s->parent;
+                struct agent_pending *p = s->spawned;
+                p->child = NULL;
+                session_unlink(h, s);
+                session_free(h, s);
+                child_done(parent, p, output, error);
+                return;
+        }
         session_unlink(h, s);
         session_free(h, s);
         h->cfg.done(h->cfg.owner, ud, output, error);
@@ -560,6 +582,113 @@ static void live_request(struct agent_session *s, const char *id, const char *ki
         pending_add(s, p);
 }
 
+static int child_start(struct agent_session *parent, struct agent_pending *p, const char *child_id,
+                       char **error);
+
+/*
+ * A sub-agent: live (e NULL) it gets a new agent run and the spawn is journaled without an
+ * answer, naming it; resumed (e: such a row) the same agent run goes on from its own
+ * journal. Its answer is journaled into the row when it ends (child_done). Takes body.
+ */
+static void spawn_request(struct agent_session *s, const char *id, const char *hash, json_t *body,
+                          const struct agent_journal_entry *e)
+{
+        struct agent_pending *p = calloc(1, sizeof(*p));
+        _cleanup_free_ char *err = NULL;
+        const char *child_id =
+            e ? json_string_value(json_object_get(e->request, "child_agent_run_id")) : NULL;
+        int r;
+
+        if (!p || !(p->id = strdup(id))) {
+                free(p);
+                json_decref(body);
+                session_fail(s, "error", "out of memory");
+                return;
+        }
+        p->session = s;
+        p->is_pending_marker = true;
+        str_copy(p->kind, sizeof(p->kind), "spawn");
+        memcpy(p->hash, hash, 65);
+        p->request = body;
+        p->started_ms = agent_now_ms();
+        if (!e && s->depth >= AGENT_MAX_DEPTH) {
+                answer_error(s, id, "not_allowed", "sub-agents may nest at most 3 deep");
+                pending_free(s->host, p);
+                return;
+        }
+        if (e && !child_id) {
+                pending_free(s->host, p);
+                session_fail(s, "error", "a journaled spawn names no sub-agent");
+                return;
+        }
+        pending_add(s, p);
+        r = child_start(s, p, child_id, &err);
+        if (r < 0) {
+                pending_remove(s, p);
+                answer_error(s, id, "spawn", err ? err : "could not start the sub-agent");
+                pending_free(s->host, p);
+                return;
+        }
+        if (e) {
+                p->spawn_seq = e->seq;
+                return;
+        }
+        _cleanup_json_ json_t *stored = json_deep_copy(body);
+        json_t *events =
+            json_pack("[{s:s, s:s, s:{s:s?, s:s, s:O?}}]", "kind", "agent.spawn", "message",
+                      "a sub-agent starts", "data", "call_id",
+                      json_string_value(json_object_get(body, "call_id")), "child_agent_run_id",
+                      p->child->agent_run_id, "prompt", json_object_get(body, "prompt"));
+        if (!stored || !events ||
+            json_object_set_new(stored, "child_agent_run_id", json_string(p->child->agent_run_id)) <
+                0) {
+                json_decref(events);
+                session_fail(s, "error", "out of memory");
+                return;
+        }
+        _cleanup_json_ json_t *clean = agent_redact(s, stored);
+        r = agent_db_record(s, "spawn", clean, NULL, hash, NULL, 0, 0, 0, events);
+        if (r < 0) {
+                session_fail(s, "error", "could not journal a sub-agent: %s", db_why(r));
+                return;
+        }
+        p->spawn_seq = r;
+}
+
+/* A sub-agent ended: its answer is journaled into the parent's spawn row, then given. */
+static void child_done(struct agent_session *parent, struct agent_pending *p, json_t *output,
+                       json_t *error)
+{
+        struct agent_host *h = parent->host;
+        _cleanup_json_ json_t *out = output, *err = error, *response = NULL;
+        int r;
+
+        pending_remove(parent, p);
+        if (!out) {
+                const char *m = json_string_value(json_object_get(err, "message"));
+                _cleanup_free_ char *msg = str_printf("the sub-agent failed: %s", m ? m : "");
+                answer_error(parent, p->id, "spawn", msg ? msg : "the sub-agent failed");
+                pending_free(h, p);
+                return;
+        }
+        response = json_pack("{s:O}", "output", out);
+        r = response ? agent_db_answer(parent, p->spawn_seq, response) : -ENOMEM;
+        if (r == 0) {
+                json_t *events = json_pack(
+                    "[{s:s, s:s, s:{s:s?, s:O}}]", "kind", "agent.spawn_result", "message",
+                    "a sub-agent answered", "data", "call_id",
+                    json_string_value(json_object_get(p->request, "call_id")), "output", out);
+                if (events)
+                        (void)agent_db_record(parent, NULL, NULL, NULL, NULL, NULL, 0, 0, 0,
+                                              events);
+                answer_ok(parent, p->id, response);
+        } else {
+                session_fail(parent, "error", "could not journal a sub-agent's answer: %s",
+                             db_why(r));
+        }
+        pending_free(h, p);
+}
+
 static void effect_request(struct agent_session *s, const char *id, const char *type, json_t *m)
 {
         _cleanup_json_ json_t *body = json_deep_copy(m);
@@ -583,6 +712,10 @@ static void effect_request(struct agent_session *s, const char *id, const char *
                 }
                 if (!strcmp(type, "llm"))
                         remember_messages(s, body, e->seq);
+                if (!e->response && !strcmp(type, "spawn")) { /* a sub-agent still at work */
+                        spawn_request(s, id, hash, TAKE_PTR(body), e);
+                        return;
+                }
                 if (!e->response) { /* an ask_human nobody answered yet */
                         const char *q = json_string_value(json_object_get(m, "question"));
                         _cleanup_free_ char *msg =
@@ -628,8 +761,7 @@ static void effect_request(struct agent_session *s, const char *id, const char *
                 return;
         }
         if (!strcmp(type, "spawn")) {
-                answer_error(s, id, "not_allowed",
-                             "sub-agents are not supported by this worker yet");
+                spawn_request(s, id, hash, TAKE_PTR(body), NULL);
                 return;
         }
         live_request(s, id, type, hash, TAKE_PTR(body));
@@ -984,44 +1116,50 @@ static int watch(struct agent_session *s, int fd, int which)
         return epoll_ctl(s->host->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
-int agent_session_start(struct agent_host *h, const struct agent_step *step, void *userdata,
-                        struct agent_session **out, char **error)
+/* A session's memory (nothing started yet); agent is copied. */
+static struct agent_session *session_new(struct agent_host *h, const char *run_id,
+                                         const char *user_id, int64_t epoch, const char *node_id,
+                                         int attempt, const json_t *agent, char **error)
 {
         struct agent_session *s = calloc(1, sizeof(*s));
-        const char *provider = json_string_value(json_object_get(step->agent, "provider"));
-        const char *secret = json_string_value(json_object_get(step->agent, "api_key_secret"));
-        json_t *start;
-        int r;
+        const char *provider = json_string_value(json_object_get(agent, "provider"));
 
-        *out = NULL;
-        *error = NULL;
         if (!s)
-                return -ENOMEM;
+                return NULL;
         s->host = h;
-        s->userdata = userdata;
         s->pid = -1;
         s->in_fd = s->out_fd = s->err_fd = -1;
         buf_init(&s->to_executor, 4 * (size_t)AGENT_MAX_LINE);
         buf_init(&s->from_executor, AGENT_MAX_LINE);
-        str_copy(s->run_id, sizeof(s->run_id), step->run_id);
-        str_copy(s->user_id, sizeof(s->user_id), step->user_id);
-        s->epoch = step->epoch;
-        s->attempt = step->attempt;
-        s->node_id = strdup(step->node_id);
-        s->agent = json_deep_copy(step->agent);
+        str_copy(s->run_id, sizeof(s->run_id), run_id);
+        str_copy(s->user_id, sizeof(s->user_id), user_id);
+        s->epoch = epoch;
+        s->attempt = attempt;
+        s->node_id = strdup(node_id);
+        s->agent = json_deep_copy(agent);
         s->occurrences = json_object();
         if (!s->node_id || !s->agent || !s->occurrences) {
                 session_free(h, s);
-                return -ENOMEM;
+                return NULL;
         }
         if (!provider || llm_provider_from_name(provider, &s->provider) < 0) {
                 *error = strdup("the agent's provider must be openai or anthropic");
                 session_free(h, s);
-                return -EINVAL;
+                return NULL;
         }
-        r = agent_db_open_run(s, error);
-        if (r >= 0)
-                r = agent_db_load_journal(s, error);
+        return s;
+}
+
+/* Reads the journal and the key, spawns the executor, writes the start message. On failure
+ * s is freed. */
+static int session_launch(struct agent_session *s, char **error)
+{
+        struct agent_host *h = s->host;
+        const char *secret = json_string_value(json_object_get(s->agent, "api_key_secret"));
+        json_t *start, *tools;
+        int r;
+
+        r = agent_db_load_journal(s, error);
         if (r >= 0 && secret)
                 r = agent_db_load_api_key(s, secret, error);
         if (r < 0) {
@@ -1047,16 +1185,22 @@ int agent_session_start(struct agent_host *h, const struct agent_step *step, voi
         h->sessions = s;
         h->nsessions++;
 
-        int64_t max_turns = json_integer_value(json_object_get(step->agent, "max_turns"));
-        start = json_pack("{s:s, s:{s:s?, s:O?, s:O?, s:O, s:o, s:O?, s:I}, s:O?, s:i}", "type",
-                          "start", "agent", "name", step->node_id, "model",
-                          json_object_get(step->agent, "model"), "system",
-                          json_object_get(step->agent, "system"), "prompt",
-                          json_object_get(step->agent, "prompt"), "tools",
-                          agent_tool_definitions(json_object_get(step->agent, "tools")),
-                          "output_schema", json_object_get(step->agent, "output_schema"),
-                          "max_turns", (json_int_t)(max_turns > 0 ? max_turns : 50), "input",
-                          json_object_get(step->agent, "input"), "depth", 0);
+        int64_t max_turns = json_integer_value(json_object_get(s->agent, "max_turns"));
+        tools = agent_tool_definitions(json_object_get(s->agent, "tools"));
+        if (tools && s->depth >= AGENT_MAX_DEPTH) /* the deepest sub-agents spawn no more */
+                for (size_t i = json_array_size(tools); i-- > 0;)
+                        if (!strcmp(
+                                json_string_value(json_object_get(json_array_get(tools, i), "name"))
+                                    ?: "",
+                                "spawn_agent"))
+                                json_array_remove(tools, i);
+        start = json_pack(
+            "{s:s, s:{s:s?, s:O?, s:O?, s:O, s:o, s:O?, s:I}, s:O?, s:i}", "type", "start", "agent",
+            "name", s->node_id, "model", json_object_get(s->agent, "model"), "system",
+            json_object_get(s->agent, "system"), "prompt", json_object_get(s->agent, "prompt"),
+            "tools", tools, "output_schema", json_object_get(s->agent, "output_schema"),
+            "max_turns", (json_int_t)(max_turns > 0 ? max_turns : 50), "input",
+            json_object_get(s->agent, "input"), "depth", s->depth);
         r = send_message(s, start);
         if (r < 0) {
                 *error = strdup("could not write the start message");
@@ -1064,6 +1208,72 @@ int agent_session_start(struct agent_host *h, const struct agent_step *step, voi
                 session_free(h, s);
                 return r;
         }
+        return 0;
+}
+
+int agent_session_start(struct agent_host *h, const struct agent_step *step, void *userdata,
+                        struct agent_session **out, char **error)
+{
+        struct agent_session *s;
+        int r;
+
+        *out = NULL;
+        *error = NULL;
+        s = session_new(h, step->run_id, step->user_id, step->epoch, step->node_id, step->attempt,
+                        step->agent, error);
+        if (!s)
+                return *error ? -EINVAL : -ENOMEM;
+        s->userdata = userdata;
+        r = agent_db_open_run(s, error);
+        if (r < 0) {
+                session_free(h, s);
+                return r;
+        }
+        r = session_launch(s, error);
+        if (r < 0)
+                return r;
         *out = s;
+        return 0;
+}
+
+/*
+ * A sub-agent for the parent's spawn request p: child_id NULL creates its agent run (a live
+ * spawn), else it resumes that one (a spawn journaled without an answer). The parent's
+ * definition with the spawn's prompt and input; one level deeper.
+ */
+static int child_start(struct agent_session *parent, struct agent_pending *p, const char *child_id,
+                       char **error)
+{
+        struct agent_host *h = parent->host;
+        _cleanup_json_ json_t *agent = json_deep_copy(parent->agent);
+        const json_t *prompt = json_object_get(p->request, "prompt");
+        const json_t *input = json_object_get(p->request, "input");
+        struct agent_session *s;
+        int r;
+
+        if (!agent)
+                return -ENOMEM;
+        json_object_set_new(agent, "prompt",
+                            json_string(json_is_string(prompt) ? json_string_value(prompt) : ""));
+        if (input)
+                json_object_set_new(agent, "input", json_deep_copy(input));
+        else
+                json_object_del(agent, "input");
+        s = session_new(h, parent->run_id, parent->user_id, parent->epoch, parent->node_id,
+                        parent->attempt, agent, error);
+        if (!s)
+                return -ENOMEM;
+        s->parent = parent;
+        s->spawned = p;
+        s->depth = parent->depth + 1;
+        r = agent_db_open_child(s, parent->agent_run_id, child_id, error);
+        if (r < 0) {
+                session_free(h, s);
+                return r;
+        }
+        r = session_launch(s, error);
+        if (r < 0)
+                return r;
+        p->child = s;
         return 0;
 }

@@ -427,8 +427,20 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 
         pthread_mutex_lock(&s->lock);
         if ((openai || anthropic) && strcmp(method, "POST") == 0 && json_array_size(s->steps)) {
-                step = json_incref(json_array_get(s->steps, 0));
-                json_array_remove(s->steps, 0);
+                /* the first step whose "match" (if any) is in the request's last message */
+                json_t *msgs = json_object_get(body, "messages");
+                char *last = json_dumps(json_array_get(msgs, json_array_size(msgs) - 1),
+                                        JSON_COMPACT | JSON_ENCODE_ANY);
+                for (size_t i = 0; i < json_array_size(s->steps); i++) {
+                        const char *m = json_string_value(
+                            json_object_get(json_array_get(s->steps, i), "match"));
+                        if (m && !(last && strstr(last, m)))
+                                continue;
+                        step = json_incref(json_array_get(s->steps, i));
+                        json_array_remove(s->steps, i);
+                        break;
+                }
+                free(last);
         }
         n = ++s->responses;
         json_array_append_new(s->requests, record);

@@ -22,8 +22,11 @@
  *    "status": S, "error": "message", "retry_after": "2"
  *                         answer S with the provider's error body (and Retry-After)
  *    "cut_after": N,      send only the first N bytes of the body, then close the connection
- *    "stream_error": "m"} streaming: after the text, the provider's error event (anthropic
+ *    "stream_error": "m", streaming: after the text, the provider's error event (anthropic
  *                         overloaded_error, openai an error chunk) instead of the rest
+ *    "match": "text"}     only for a request whose last message (as compact JSON) contains
+ *                         text: the first step that fits answers, so agents running in
+ *                         parallel each get theirs
  * With no step left it answers 500 "no scripted response left".
  */
 #pragma once

@@ -500,6 +500,73 @@ static void cost_budget_stops_and_is_raised(void **state)
         assert_no_key_anywhere(run);
 }
 
+/*
+ * A sub-agent tree of depth 2: the agent spawns two children in parallel, each spawns a
+ * leaf; the worker is SIGKILLed while both leaves' LLM calls are in flight. The next worker
+ * replays the root and the children from their journals (their first calls are not sent
+ * again), runs the leaves again, and the root answers with both children's answers.
+ */
+static void subagent_tree_resumes_after_a_kill(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *wf =
+            agent_workflow("tree", "openai", "gpt-4o-mini", "[\"spawn_agent\"]", NULL);
+        llm_server_script(
+            S.llm,
+            "[{\"match\":\"Research tree\",\"text\":\"Two helpers.\",\"tool_calls\":["
+            "{\"id\":\"s1\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"CHILD-A "
+            "go\\\"}\"},{\"id\":\"s2\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
+            "\\\"CHILD-B go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+            "{\"match\":\"CHILD-A go\",\"tool_calls\":[{\"id\":\"g1\",\"name\":\"spawn_agent\","
+            "\"arguments\":\"{\\\"prompt\\\":\\\"LEAF-A go\\\"}\"}],\"usage\":{\"input\":10,"
+            "\"output\":5}},"
+            "{\"match\":\"CHILD-B go\",\"tool_calls\":[{\"id\":\"g2\",\"name\":\"spawn_agent\","
+            "\"arguments\":\"{\\\"prompt\\\":\\\"LEAF-B go\\\"}\"}],\"usage\":{\"input\":10,"
+            "\"output\":5}},"
+            "{\"match\":\"LEAF-A go\",\"text\":\"LA-DONE\",\"delay_ms\":8000},"
+            "{\"match\":\"LEAF-B go\",\"text\":\"LB-DONE\",\"delay_ms\":8000},"
+            "{\"match\":\"LEAF-A go\",\"text\":\"LA-DONE\"},"
+            "{\"match\":\"LEAF-B go\",\"text\":\"LB-DONE\"},"
+            "{\"match\":\"LA-DONE\",\"text\":\"CA-DONE\"},"
+            "{\"match\":\"LB-DONE\",\"text\":\"CB-DONE\"},"
+            "{\"match\":\"CB-DONE\",\"text\":\"ROOT: CA-DONE + CB-DONE\"}]");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"tree\"}");
+        pid_t w1 = spawn_worker("2s");
+
+        /* root, both children, both leaves: the leaves' calls are in flight together */
+        wait_llm_requests(before + 5, 30000);
+        assert_int_equal(children_of(w1), 5); /* five executors at once */
+        kill(w1, SIGKILL);
+        test_stop_process(w1, SIGKILL, 5000);
+
+        pid_t w2 = spawn_worker("2s");
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
+                test_stop_process(w2, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the tree did not end after the kill; see %s", S.last_log);
+        }
+        test_stop_process(w2, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("ROOT: CA-DONE + CB-DONE", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        /* 5 before the kill; after it only the leaves again, the children's and the root's
+         * last calls */
+        assert_int_equal(llm_server_request_count(S.llm) - before, 10);
+        assert_int_equal(llm_server_steps_left(S.llm), 0);
+        /* the tree: a root, two children under it, a leaf under each child */
+        assert_db_equal(
+            "1|2|2|5", S.db,
+            "SELECT count(*) FILTER (WHERE a.parent_agent_run_id IS NULL) || '|' ||"
+            " count(*) FILTER (WHERE p.id IS NOT NULL AND p.parent_agent_run_id IS NULL) || '|' ||"
+            " count(*) FILTER (WHERE p.parent_agent_run_id IS NOT NULL) || '|' ||"
+            " count(*) FILTER (WHERE a.status = 'completed')"
+            " FROM agent_runs a LEFT JOIN agent_runs p ON p.id = a.parent_agent_run_id"
+            " WHERE a.workflow_run_id = '%s'",
+            run);
+        assert_no_key_anywhere(run);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -508,6 +575,7 @@ int main(void)
             cmocka_unit_test(crash_mid_loop_replays_the_journal),
             cmocka_unit_test(ask_human_waits_holding_nothing),
             cmocka_unit_test(cost_budget_stops_and_is_raised),
+            cmocka_unit_test(subagent_tree_resumes_after_a_kill),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
