@@ -567,6 +567,56 @@ static void subagent_tree_resumes_after_a_kill(void **state)
         assert_no_key_anywhere(run);
 }
 
+/*
+ * Replay that finds the executor asking something else than its journal holds is a
+ * recorded nondeterminism error showing both requests, never silent divergence. (The
+ * journal row's hash is altered while the run waits for a person, as if the agent had
+ * asked something else in its first session.)
+ */
+static void a_journal_mismatch_is_a_nondeterminism_error(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *wf =
+            agent_workflow("nondet", "openai", "gpt-4o-mini", "[\"ask_human\"]", NULL);
+        llm_server_script(S.llm,
+                          "[{\"text\":\"\",\"tool_calls\":[{\"id\":\"q1\",\"name\":\"ask_human\","
+                          "\"arguments\":\"{\\\"question\\\":\\\"Go on?\\\"}\"}],"
+                          "\"usage\":{\"input\":10,\"output\":5}}]");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"chance\"}");
+        pid_t w = spawn_worker("5s");
+
+        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not wait for a person; see %s", S.last_log);
+        }
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *sql = str_printf(
+            "UPDATE agent_journal j SET request_sha256 = repeat('0', 64) FROM agent_runs a"
+            " WHERE a.id = j.agent_run_id AND a.workflow_run_id = '%s' AND j.kind = 'llm'",
+            run);
+        PQclear(test_db_must(S.db, sql));
+        assert_int_equal(post_input(run, "{\"answer\":\"yes\"}"), 200);
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not end; see %s", S.last_log);
+        }
+        test_stop_process(w, SIGTERM, 15000);
+        assert_db_equal("failed|nondeterminism", S.db,
+                        "SELECT status || '|' || (error->'error'->>'class') FROM workflow_runs"
+                        " WHERE id = '%s'",
+                        run);
+        /* both requests shown: the journaled one and the new one, both the first llm call */
+        assert_db_equal(
+            "llm|llm", S.db,
+            "SELECT (error->'journaled'->>'type') || '|' || (error->'requested'->>'type')"
+            " FROM agent_runs WHERE workflow_run_id = '%s'",
+            run);
+        assert_int_equal(llm_server_request_count(S.llm), before); /* nothing went live */
+        assert_no_key_anywhere(run);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -576,6 +626,7 @@ int main(void)
             cmocka_unit_test(ask_human_waits_holding_nothing),
             cmocka_unit_test(cost_budget_stops_and_is_raised),
             cmocka_unit_test(subagent_tree_resumes_after_a_kill),
+            cmocka_unit_test(a_journal_mismatch_is_a_nondeterminism_error),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
