@@ -1,4 +1,4 @@
-/* C calls over the queue functions of migrations/0003_queue.sql; see queue.h. */
+/* C calls over the queue functions (migrations/0011_run_queue.sql and before); see queue.h. */
 #include "queue.h"
 
 #include <errno.h>

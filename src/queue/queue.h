@@ -1,6 +1,6 @@
 /*
  * The durable queue as C calls: thin wrappers over the SQL functions of
- * migrations/0003_queue.sql and later (claim, renew, checkpoint, event, finish, release). Every
+ * migrations/0011_run_queue.sql (claim, renew, checkpoint, event, finish, release). Every
  * write for a run carries the lease epoch it was claimed with; the database refuses it
  * when the epoch moved on (another worker claimed the run) or the run is no longer
  * running. The wrappers report that as 0 ("lease lost"), distinct from errors (negative
@@ -102,7 +102,7 @@ int64_t queue_db_now_ms(PGconn *c);
 
 /*
  * A loop turn's writes for many runs, sent in one statement (agently_apply_writes of
- * migrations/0009_run_status.sql) with the same fencing as the calls above: per run, all
+ * migrations/0011_run_queue.sql) with the same fencing as the calls above: per run, all
  * its writes happen or, when its lease is lost, none. Operations keep their order per run;
  * a finish or release must be a run's last operation. Not thread-safe.
  */

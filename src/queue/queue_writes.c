@@ -1,4 +1,4 @@
-/* The batched writes of one worker loop turn; see queue.h and 0009_run_status.sql. */
+/* The batched writes of one worker loop turn; see queue.h and 0011_run_queue.sql. */
 #include "queue.h"
 
 #include <errno.h>

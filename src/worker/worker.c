@@ -326,8 +326,8 @@ static int wf_lookup(struct worker *w, const char *workflow_id, const struct wf_
 
 /* ---- snapshot ---------------------------------------------------------------------- */
 
-/* Snapshots of the runs $1 = [{"id", "epoch"}, ...] still held (fenced: a run not returned
- * is lost). */
+/* Snapshots of the runs $1 = [{"id", "epoch"}, ...] still held (fenced on the queue row: a
+ * run not returned is lost). */
 static const char SNAPSHOT_SQL[] =
     "SELECT r.id, jsonb_build_object("
     " 'run_id', r.id, 'input', r.input,"
@@ -361,10 +361,11 @@ static const char SNAPSHOT_SQL[] =
     "   FROM (SELECT DISTINCT ON (parent_node_id) * FROM workflow_runs"
     "         WHERE parent_run_id = r.id AND parent_node_id IS NOT NULL"
     "         ORDER BY parent_node_id, created_at DESC) c), '{}')"
-    "), r.cancel_requested, r.pause_requested, r.lease_epoch"
+    "), r.cancel_requested, r.pause_requested, q.lease_epoch"
     " FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch bigint)"
-    " JOIN workflow_runs r ON r.id = h.id AND r.lease_epoch = h.epoch"
-    " WHERE r.status = 'running'";
+    " JOIN run_queue q ON q.run_id = h.id AND q.lease_epoch = h.epoch"
+    " JOIN workflow_runs r ON r.id = q.run_id"
+    " WHERE q.claimed_by IS NOT NULL";
 
 /* Adds what only this process knows: the nodes it is executing; notes the run's deadline
  * (recorded with each release, so it is kept while nobody holds the run). */
@@ -667,7 +668,8 @@ static int apply_start_child(struct worker *w, struct run *run, const json_t *a)
                           "   WHERE x.user_id = p.user_id AND x.name = $3"
                           "     AND ($4::integer IS NULL OR x.version = $4::integer)"
                           "   ORDER BY x.version DESC LIMIT 1) wf"
-                          " WHERE p.id = $1 AND p.lease_epoch = $2::bigint"
+                          " JOIN run_queue q ON q.run_id = p.id AND q.lease_epoch = $2::bigint"
+                          " WHERE p.id = $1"
                           " ON CONFLICT (user_id, idempotency_key) DO NOTHING",
                           7, params, &r);
         return res ? 1 : r;
@@ -1316,6 +1318,17 @@ static void write_completions(struct worker *w, struct run *run)
         }
 }
 
+/* The turn's first statement: locks the runs of $1 = [{"id", "epoch"}, ...] still held at
+ * that epoch (a run not returned is lost) — per run its record, then its queue row, in id
+ * order: the lock order of 0011_run_queue.sql — and says how long each lease still runs. */
+static const char BATCH_LOCK_SQL[] =
+    "SELECT q.run_id, q.lease_epoch, (extract(epoch FROM q.lease_expires_at - now()) * "
+    "1000)::bigint"
+    " FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch bigint)"
+    " JOIN workflow_runs r ON r.id = h.id"
+    " JOIN run_queue q ON q.run_id = h.id AND q.lease_epoch = h.epoch"
+    " WHERE q.claimed_by IS NOT NULL ORDER BY q.run_id FOR UPDATE OF r, q";
+
 /*
  * The batch's first statements, a handful for all its runs: lock them in id order (a run
  * whose epoch moved on is lost), write the claim events, checkpoint finished requests, and
@@ -1333,12 +1346,7 @@ static void batch_prepare(struct worker *w)
                 w->batch_error = -ENOMEM;
                 return;
         }
-        locked = db_query(w->db,
-                          "SELECT r.id, r.lease_epoch, (extract(epoch FROM r.lease_expires_at - "
-                          "now()) * 1000)::bigint FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, "
-                          "epoch bigint) JOIN workflow_runs r ON r.id = h.id AND r.lease_epoch = "
-                          "h.epoch WHERE r.status = 'running' ORDER BY r.id FOR UPDATE OF r",
-                          1, params, &r);
+        locked = db_query(w->db, BATCH_LOCK_SQL, 1, params, &r);
         if (!locked) {
                 w->batch_error = r;
                 return;

@@ -1,6 +1,7 @@
 /*
  * The queue's concurrency invariants, driven by hand with several libpq sessions against
- * the real functions of migrations/0003_queue.sql (through src/queue): the rescuer race (a
+ * the real functions of migrations/0011_run_queue.sql (through src/queue; the lease lives in
+ * run_queue, the run's record in workflow_runs): the rescuer race (a
  * run that completes between a reclaimer's read and its write is never reverted or re-run),
  * fencing (a worker whose lease was taken over gets every write refused), exactly one owner
  * under concurrent batched claimers, and absolute, idempotent renewal.
@@ -77,8 +78,8 @@ static void test_rescuer_race_completion_wins(void **state)
 
         /* a repeatable-read reclaimer takes its snapshot now, while the run looks abandoned */
         PQclear(test_db_must(rr, "BEGIN ISOLATION LEVEL REPEATABLE READ"));
-        assert_int_equal(test_db_int(rr, "SELECT count(*) FROM workflow_runs WHERE status = "
-                                         "'running' AND lease_expires_at < now()"),
+        assert_int_equal(test_db_int(rr, "SELECT count(*) FROM run_queue WHERE claimed_by IS "
+                                         "NOT NULL AND lease_expires_at < now()"),
                          1);
 
         /* A completes, transaction still open (row locked, not yet visible) */
@@ -88,8 +89,8 @@ static void test_rescuer_race_completion_wins(void **state)
 
         /* B reads the run as abandoned and claims: SKIP LOCKED passes it by */
         PQclear(test_db_must(b, "BEGIN"));
-        assert_int_equal(test_db_int(b, "SELECT count(*) FROM workflow_runs WHERE status = "
-                                        "'running' AND lease_expires_at < now()"),
+        assert_int_equal(test_db_int(b, "SELECT count(*) FROM run_queue WHERE claimed_by IS "
+                                        "NOT NULL AND lease_expires_at < now()"),
                          1);
         assert_int_equal(queue_claim_runs(b, "B", 30000, 10, NULL, 0, &qb, &n), 0);
         assert_int_equal(n, 0);
@@ -258,8 +259,8 @@ static void test_concurrent_claimers_one_owner(void **state)
                         for (int j = i + 1; j < CLAIMERS; j++)
                                 for (int m = 0; m < cl[j].n; m++)
                                         assert_string_not_equal(cl[i].ids[k], cl[j].ids[m]);
-        assert_int_equal(test_db_int(f->owner, "SELECT count(*) FROM workflow_runs WHERE "
-                                               "status = 'running' AND lease_epoch = 1 AND "
+        assert_int_equal(test_db_int(f->owner, "SELECT count(*) FROM run_queue WHERE "
+                                               "claimed_by IS NOT NULL AND lease_epoch = 1 AND "
                                                "attempt = 1"),
                          RUNS);
         for (int i = 0; i < CLAIMERS; i++)
@@ -272,7 +273,7 @@ static long long lease_left_ms(struct fixture *f, const char *run)
 {
         return test_db_int(f->owner,
                            "SELECT (extract(epoch FROM lease_expires_at - clock_timestamp()) * "
-                           "1000)::bigint FROM workflow_runs WHERE id = '%s'",
+                           "1000)::bigint FROM run_queue WHERE run_id = '%s'",
                            run);
 }
 
@@ -325,8 +326,8 @@ static void test_renewal_absolute(void **state)
         assert_int_lt(lease_left_ms(f, run), 0);
         /* expired and untaken: the run looks abandoned to a rescuer ... */
         assert_int_equal(test_db_int(f->owner,
-                                     "SELECT count(*) FROM workflow_runs WHERE id = '%s' AND "
-                                     "status = 'running' AND lease_expires_at < now()",
+                                     "SELECT count(*) FROM run_queue WHERE run_id = '%s' AND "
+                                     "claimed_by IS NOT NULL AND lease_expires_at < now()",
                                      run),
                          1);
         /* ... but the owner's late beat renews it, under the same epoch */
@@ -336,7 +337,7 @@ static void test_renewal_absolute(void **state)
         assert_int_ge(left, 9000);
         assert_int_le(left, 10000);
         assert_int_equal(
-            test_db_int(f->owner, "SELECT lease_epoch FROM workflow_runs WHERE id = '%s'", run),
+            test_db_int(f->owner, "SELECT lease_epoch FROM run_queue WHERE run_id = '%s'", run),
             qa.epoch);
 
         /* expired again and taken by B: now A's beat is refused, and B's lease stands */
@@ -351,9 +352,74 @@ static void test_renewal_absolute(void **state)
         assert_int_gt(qb.epoch, qa.epoch);
         assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 10000, renewed, &n), 0);
         assert_int_equal(n, 0);
-        assert_db_equal("B", f->owner, "SELECT claimed_by FROM workflow_runs WHERE id = '%s'", run);
+        assert_db_equal("B", f->owner, "SELECT claimed_by FROM run_queue WHERE run_id = '%s'", run);
         PQfinish(a);
         PQfinish(b);
+        free(run);
+        fixture_free(f);
+}
+
+/* The run's xmin (the transaction that wrote its newest version) and its queue row. */
+static char *record_xmin(struct fixture *f, const char *run)
+{
+        return test_db_value(f->owner, "SELECT xmin::text FROM workflow_runs WHERE id = '%s'", run);
+}
+
+/* Claims and renewals write only the narrow queue row (0011): the run's record keeps its
+ * version until the worker's first write, which records the claim and — for a run done in
+ * its first turn — its end, in one new version; the queue row goes with the finish. */
+static void test_claim_and_renewal_touch_only_the_queue(void **state)
+{
+        struct fixture *f = fixture_new("narrow");
+        char *run = worker_test_run(f->owner, f->workflow, NULL);
+        PGconn *a = test_db_connect(f->worker_conninfo);
+        struct queue_claim qa;
+        struct queue_lease lease;
+        struct queue_renewal renewed[1];
+        char *x0 = record_xmin(f, run), *x1, *x2, *x3;
+        int n = 0;
+
+        (void)state;
+        assert_int_equal(claim_one(a, "A", 30000, &qa), 1);
+        lease.run_id = qa.id;
+        lease.epoch = qa.epoch;
+        assert_int_equal(queue_renew_leases(a, "A", &lease, 1, 30000, renewed, &n), 0);
+        assert_int_equal(n, 1);
+        x1 = record_xmin(f, run);
+        assert_string_equal(x1, x0);
+        assert_db_equal("queued 0 1 A", f->owner,
+                        "SELECT r.status || ' ' || r.lease_epoch || ' ' || q.lease_epoch || ' ' "
+                        "|| q.claimed_by FROM workflow_runs r JOIN run_queue q ON q.run_id = r.id "
+                        "WHERE r.id = '%s'",
+                        run);
+
+        /* the first write records the claim and the end at once: queued -> completed */
+        PQclear(test_db_must(a, "BEGIN"));
+        assert_int_equal(
+            queue_append_event(a, qa.id, qa.epoch, "run.started", NULL, -1, "info", NULL, NULL), 1);
+        assert_int_equal(queue_finish_run(a, qa.id, qa.epoch, "completed", NULL, NULL), 1);
+        x2 = test_db_value(a, "SELECT txid_current()::text");
+        PQclear(test_db_must(a, "COMMIT"));
+        x3 = record_xmin(f, run);
+        assert_string_equal(x3, x2);
+        assert_db_equal("completed 1 1 true 0", f->owner,
+                        "SELECT status || ' ' || lease_epoch || ' ' || attempt || ' ' || "
+                        "(started_at IS NOT NULL AND claimed_by IS NULL)::text || ' ' || "
+                        "(SELECT count(*) FROM run_queue) FROM workflow_runs WHERE id = '%s'",
+                        run);
+        /* what 0009 refuses stays refused for anyone who does not record a new claim */
+        PQclear(test_db_must(f->owner, "INSERT INTO workflow_runs (user_id, workflow_id, "
+                                       "workflow_name, workflow_version) SELECT user_id, id, "
+                                       "name, version FROM workflows"));
+        PGresult *res = PQexec(f->owner, "UPDATE workflow_runs SET status = 'completed', "
+                                         "finished_at = now() WHERE status = 'queued'");
+        assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "55000");
+        PQclear(res);
+        PQfinish(a);
+        free(x0);
+        free(x1);
+        free(x2);
+        free(x3);
         free(run);
         fixture_free(f);
 }
@@ -365,6 +431,7 @@ int main(void)
             cmocka_unit_test(test_zombie_writes_are_refused),
             cmocka_unit_test(test_concurrent_claimers_one_owner),
             cmocka_unit_test(test_renewal_absolute),
+            cmocka_unit_test(test_claim_and_renewal_touch_only_the_queue),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -193,8 +193,8 @@ static void test_worker_never_rescues_its_own_run(void **state)
         wait_count(f, 1, 15000,
                    "SELECT count(*) FROM node_runs WHERE node_id = 'a' AND status = 'started'");
         for (int64_t t0 = test_now_ms(); test_now_ms() - t0 < 1500;) {
-                PQclear(test_db_must(f->db, "UPDATE workflow_runs SET lease_expires_at = now() - "
-                                            "interval '1 second' WHERE status = 'running'"));
+                PQclear(test_db_must(f->db, "UPDATE run_queue SET lease_expires_at = now() - "
+                                            "interval '1 second' WHERE claimed_by IS NOT NULL"));
                 usleep(20 * 1000);
         }
         if (!worker_test_wait_status(f->db, run, "completed", 15000)) {
@@ -232,9 +232,10 @@ static void test_transient_error_loading_the_workflow_leaves_the_run(void **stat
         PQclear(test_db_must(f->db, "REVOKE SELECT ON workflows FROM agently_worker"));
         run = worker_test_run(f->db, wf, NULL);
         w1 = spawn(f, "w1");
-        wait_count(f, 1, 15000, "SELECT lease_epoch FROM workflow_runs");
+        /* claimed (the lease is the queue row's); its record not failed, nothing written */
+        wait_count(f, 1, 15000, "SELECT lease_epoch FROM run_queue");
         usleep(300 * 1000);
-        assert_db_equal("running", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
+        assert_db_equal("queued", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
         PQclear(test_db_must(f->db, "GRANT SELECT ON workflows TO agently_worker"));
         if (!worker_test_wait_status(f->db, run, "completed", LEASE_MS + 8000)) {
                 worker_fixture_dump_logs(f);
