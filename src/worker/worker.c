@@ -91,6 +91,8 @@ struct run {
         const char *lost_where;
         json_t *preload; /* snapshot read for the whole batch at once */
         bool preload_cancel, preload_pause;
+        json_t *kept; /* its snapshot after its last turn, with that turn's writes (held runs stay
+                         in memory, see snapshot_keep); NULL: the next turn reads it whole */
         int64_t deadline_ms; /* database ms: the workflow's timeout ends the run then; -1 none */
 };
 
@@ -220,6 +222,7 @@ static void run_drop(struct worker *w, struct run *r)
         json_decref(r->to_start);
         json_decref(r->announce_data);
         json_decref(r->preload);
+        json_decref(r->kept);
         if (r->prev)
                 r->prev->next = r->next;
         else
@@ -326,15 +329,17 @@ static int wf_lookup(struct worker *w, const char *workflow_id, const struct wf_
 
 /* ---- snapshot ---------------------------------------------------------------------- */
 
-/* Snapshots of the runs $1 = [{"id", "epoch"}, ...] still held (fenced on the queue row: a
- * run not returned is lost). */
+/* Snapshots of the runs $1 = [{"id", "epoch", "whole"}, ...] still held (fenced on the
+ * queue row: a run not returned is lost). "nodes" — O(nodes) rows — only where whole is
+ * true; a run held in memory gets the rest (what others may change: signals, children,
+ * the control requests) and keeps its own nodes (snapshot_keep). */
 static const char SNAPSHOT_SQL[] =
     "SELECT r.id, jsonb_build_object("
     " 'run_id', r.id, 'input', r.input,"
     " 'now_ms', (extract(epoch FROM now()) * 1000)::bigint,"
     " 'started_at_ms', (extract(epoch FROM coalesce(r.started_at, now())) * 1000)::bigint,"
     " 'engine_state', r.engine_state,"
-    " 'nodes', coalesce((SELECT jsonb_object_agg(n.node_id,"
+    " 'nodes', CASE WHEN h.whole THEN coalesce((SELECT jsonb_object_agg(n.node_id,"
     "     jsonb_build_object('status', n.status, 'attempt', n.attempt,"
     "                        'output', n.output, 'error', n.error,"
     "                        'started_at_ms',"
@@ -348,7 +353,7 @@ static const char SNAPSHOT_SQL[] =
     "     || CASE WHEN jsonb_typeof(n.error) = 'object' AND n.error ? 'retry_at_ms'"
     "             THEN jsonb_build_object('retry_at_ms', n.error -> 'retry_at_ms')"
     "             ELSE '{}' END)"
-    "   FROM agently_node_latest n WHERE n.workflow_run_id = r.id), '{}'),"
+    "   FROM agently_node_latest n WHERE n.workflow_run_id = r.id), '{}') END,"
     " 'signals', coalesce((SELECT jsonb_object_agg(s.name, s.list) FROM"
     "   (SELECT name, jsonb_agg(jsonb_build_object('id', id, 'payload', payload)"
     "                           ORDER BY created_at, id) AS list"
@@ -362,7 +367,7 @@ static const char SNAPSHOT_SQL[] =
     "         WHERE parent_run_id = r.id AND parent_node_id IS NOT NULL"
     "         ORDER BY parent_node_id, created_at DESC) c), '{}')"
     "), r.cancel_requested, r.pause_requested, q.lease_epoch"
-    " FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch bigint)"
+    " FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch bigint, whole boolean)"
     " JOIN run_queue q ON q.run_id = h.id AND q.lease_epoch = h.epoch"
     " JOIN workflow_runs r ON r.id = q.run_id"
     " WHERE q.claimed_by IS NOT NULL";
@@ -387,27 +392,61 @@ static int snapshot_finish(struct run *run, json_t *s)
         return json_object_set_new(s, "in_flight", inflight) < 0 ? -ENOMEM : 0;
 }
 
-/* [{"id", "epoch"}] of runs[0..n), for the batched statements. */
+/* [{"id", "epoch", "whole"}] of runs[0..n), for the batched statements; whole: the
+ * snapshot must be read whole (the run has none in memory). */
 static char *runs_param(struct run *const *runs, int n)
 {
         _cleanup_json_ json_t *list = json_array();
 
         for (int i = 0; list && i < n; i++)
-                if (json_array_append_new(list, json_pack("{s:s, s:I}", "id", runs[i]->id, "epoch",
-                                                          (json_int_t)runs[i]->epoch)) < 0)
+                if (json_array_append_new(list, json_pack("{s:s, s:I, s:b}", "id", runs[i]->id,
+                                                          "epoch", (json_int_t)runs[i]->epoch,
+                                                          "whole", !runs[i]->kept)) < 0)
                         return NULL;
         return list ? json_dumps(list, JSON_COMPACT) : NULL;
+}
+
+/*
+ * Held runs stay in memory between loop turns. A run's node records change only through
+ * its holder's writes while it is held (the control plane changes them only for a run
+ * nobody holds, the database's end-of-run rules only for a run that ended), so the snapshot
+ * a turn leaves — updated with every write of that turn (snapshot_note) — is what the
+ * database holds, and the next turn reads only what others may change (signals, children,
+ * control requests, now) instead of O(nodes) rows. A write the snapshot does not mirror
+ * (a failure, a child run) drops it and the next turn reads it whole.
+ */
+static void snapshot_keep(struct run *run, json_t *snapshot)
+{
+        json_decref(run->kept);
+        run->kept = snapshot;
+}
+
+static void snapshot_forget(struct run *run)
+{
+        snapshot_keep(run, NULL);
+}
+
+/* A turn's partial read s (no nodes) completed with the run's nodes kept in memory. */
+static int snapshot_merge(struct run *run, json_t *s)
+{
+        int r = json_object_set(s, "nodes", json_object_get(run->kept, "nodes"));
+
+        snapshot_forget(run);
+        return r < 0 ? -ENOMEM : 0;
 }
 
 /* Loads the run's snapshot. 1 loaded, 0 lease lost, negative errno. */
 static int snapshot_load(struct worker *w, struct run *run, json_t **snapshot, bool *cancel,
                          bool *pause)
 {
-        _cleanup_free_ char *param = runs_param(&run, 1);
-        const char *params[] = {param};
+        _cleanup_free_ char *param = NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
         json_t *s;
         int r = 0;
+
+        snapshot_forget(run); /* read whole */
+        param = runs_param(&run, 1);
+        const char *params[] = {param};
 
         if (!param)
                 return -ENOMEM;
@@ -1130,8 +1169,13 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                         return step_fail_run(w, run, msg ? msg : "unknown planner action");
                 }
                 st = handler->apply(w, run, &rd, act, a);
-                if (st != STEP_NEXT)
+                if (st != STEP_NEXT) {
+                        if (rd.reload) { /* what this round wrote is not all in the snapshot */
+                                json_decref(*snapp);
+                                *snapp = NULL;
+                        }
                         return st;
+                }
         }
         if (rd.reload) {
                 json_decref(*snapp);
@@ -1164,15 +1208,21 @@ static void run_advance(struct worker *w, struct run *run)
                 return;
         }
         if (snapshot && run->preload_pause) {
-                step_pause(w, run);
+                if (step_pause(w, run) == STEP_IDLE)
+                        snapshot_keep(run, TAKE_PTR(snapshot));
                 return;
         }
         for (int round = 0; round < PLAN_ROUNDS_MAX && !w->batch_error; round++) {
                 enum step st = run_step(w, run, &snapshot);
-                if (st == STEP_GONE || st == STEP_IDLE)
+                if (st == STEP_GONE)
                         return;
+                if (st == STEP_IDLE) {
+                        snapshot_keep(run, TAKE_PTR(snapshot)); /* NULL if it must be reread */
+                        return;
+                }
         }
         run->needs_plan = true; /* fairness: continue on the next loop turn */
+        snapshot_keep(run, TAKE_PTR(snapshot));
 }
 
 /* ---- the batch: one transaction per loop turn ------------------------------------------ */
@@ -1308,6 +1358,13 @@ static void write_completions(struct worker *w, struct run *run)
                         : agent_waits(c->error)
                             ? agent_needs_input(w, run, c)
                             : apply_failure(w, run, c->node, c->attempt, c->error);
+                /* the snapshot in memory mirrors a success; a failure's record (retry time,
+                 * final status) is read back */
+                if (r <= 0 || !c->output ||
+                    (run->kept &&
+                     snapshot_note(run->kept, c->node, "completed", c->attempt < 1 ? 1 : c->attempt,
+                                   c->output, NULL) < 0))
+                        snapshot_forget(run);
                 run->completions = c->next;
                 free(c->node);
                 json_decref(c->output);
@@ -1415,6 +1472,11 @@ static void batch_prepare(struct worker *w)
                 if (!run || run->fate != FATE_LOST || strcmp(run->lost_where, "load snapshot"))
                         continue;
                 snap = json_loads(PQgetvalue(res, i, 1), 0, NULL);
+                /* a run held in memory: its own nodes, the rest as read now */
+                if (snap && run->kept && snapshot_merge(run, snap) < 0) {
+                        json_decref(snap);
+                        snap = NULL;
+                }
                 if (!snap || snapshot_finish(run, snap) < 0) {
                         json_decref(snap);
                         w->batch_error = -ENOMEM;
