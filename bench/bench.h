@@ -32,6 +32,18 @@ struct embedded_pg;
 void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double base1c,
                        double base32c);
 
+/* A local HTTP receiver for the http steps (answers 200 at once); NULL on failure. */
+struct bench_receiver;
+struct bench_receiver *bench_receiver_start(void);
+const char *bench_receiver_url(const struct bench_receiver *r);
+void bench_receiver_stop(struct bench_receiver *r);
+/* The receiver's own capacity: `requests` POSTs over `concurrency` keep-alive connections,
+ * per second. */
+double bench_receiver_capacity(const struct bench_receiver *r, int concurrency, int requests);
+/* POSTs body with a bearer token; the answer into out (NUL-terminated, truncated to len).
+ * Returns the HTTP status or -1. */
+int bench_http_post(const char *url, const char *token, const char *body, char *out, size_t len);
+
 /* Single-row INSERT + COMMIT per second with prepared statements over `connections`
  * connections (one thread each) for b->duration_ms. */
 double bench_baseline_commits(const struct bench *b, int connections);
