@@ -7,7 +7,7 @@
 --   * run_queue holds one row per live (unfinished) run: its due time, priority, tenant,
 --     the lease (claimed_by, lease_expires_at), the fencing token (lease_epoch), the number
 --     of claims (attempt). Three indexes: the key, due unclaimed runs, claimed runs by
---     lease expiry. Claims and renewals touch only this table.
+--     lease expiry. Claims and renewals touch only this table (but a rescue, below).
 --   * workflow_runs stays the run's record. The worker writes it in its turn's one
 --     statement (agently_apply_writes) as before; the first write of a claim also records
 --     the claim there (status 'running', claimed_by, lease_epoch, attempt, started_at). A
@@ -23,7 +23,10 @@
 --     list, workflow_runs_ended, cancel / pause / resume, the escalation answer, the
 --     deadline sweep) are unchanged: they set the record's status and the queue follows.
 --   * Fencing: every worker write is conditioned on the queue row's lease_epoch, locked
---     in the same statement (agently_apply_writes, the worker's turn, the snapshot).
+--     in the same statement (agently_apply_writes, the worker's turn, the snapshot). The
+--     record's lease_epoch stays a sound fence for writers that check the record (status
+--     running at that epoch): a released run is not running until its next holder's first
+--     write, and a rescue records its new holder on the record at once.
 --   * A claimed run whose first write has not committed yet still reads 'queued' or
 --     'waiting' in its record. A cancel or pause in that moment changes it at once (no
 --     worker has done anything for the claim yet; nothing has left the worker), and the
@@ -244,7 +247,26 @@ BEGIN
             attempt          = q.attempt + 1
         FROM picked p
         WHERE q.run_id = p.run_id
-        RETURNING q.run_id, q.lease_epoch, q.attempt, p.before
+        RETURNING q.run_id, q.lease_epoch, q.attempt, q.claimed_by, q.lease_expires_at, p.before
+    ), rescued AS (
+        -- The one claim that writes the record: the rescue of a run a lost worker had
+        -- written (its record says running, under the lost worker's epoch). The new holder
+        -- is recorded at once, so a fence on the record (the agent journal's, 0012) refuses
+        -- the lost worker from this moment, not from the new holder's first write. Rare (a
+        -- worker died), and HOT: no status, no indexed column. Nobody else locks a running
+        -- run's record and then its queue row (only its holder changes its status), so
+        -- this wait cannot deadlock.
+        UPDATE workflow_runs r
+        SET claimed_by       = c.claimed_by,
+            lease_expires_at = c.lease_expires_at,
+            lease_epoch      = c.lease_epoch,
+            attempt          = c.attempt,
+            wake_requested   = false,
+            updated_at       = now()
+        FROM claimed c
+        WHERE r.id = c.run_id
+          AND c.before = 'running'
+          AND r.status = 'running'
     )
     SELECT c.run_id, r.user_id, r.workflow_id, c.lease_epoch, c.attempt,
            coalesce(c.before, r.status), r.created_at

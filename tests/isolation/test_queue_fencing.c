@@ -424,6 +424,44 @@ static void test_claim_and_renewal_touch_only_the_queue(void **state)
         fixture_free(f);
 }
 
+/* A rescue of a run its lost holder had written records the new holder on the record at
+ * once (the one claim that writes it), so a fence on the record (the agent journal's)
+ * refuses the lost holder before the new one has written anything. */
+static void test_rescue_records_the_new_holder(void **state)
+{
+        struct fixture *f = fixture_new("rescue_record");
+        char *run = worker_test_run(f->owner, f->workflow, NULL);
+        PGconn *a = test_db_connect(f->worker_conninfo);
+        PGconn *b = test_db_connect(f->worker_conninfo);
+        struct queue_claim qa, qb;
+
+        (void)state;
+        assert_int_equal(claim_one(a, "A", 300, &qa), 1);
+        assert_int_equal(
+            queue_append_event(a, qa.id, qa.epoch, "run.started", NULL, -1, "info", NULL, NULL), 1);
+        assert_db_equal("running 1 A", f->owner,
+                        "SELECT status || ' ' || lease_epoch || ' ' || claimed_by FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        run);
+        usleep(500 * 1000);
+        assert_int_equal(claim_one(b, "B", 30000, &qb), 1);
+        assert_string_equal(qb.status_before, "running");
+        assert_db_equal("running 2 B", f->owner,
+                        "SELECT status || ' ' || lease_epoch || ' ' || claimed_by FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        run);
+        assert_int_equal(
+            queue_append_event(a, qa.id, qa.epoch, "node.started", "a", 1, "info", NULL, NULL), 0);
+        assert_int_equal(queue_finish_run(b, qb.id, qb.epoch, "completed", NULL, NULL), 1);
+        assert_db_equal("completed 2", f->owner,
+                        "SELECT status || ' ' || lease_epoch FROM workflow_runs WHERE id = '%s'",
+                        run);
+        PQfinish(a);
+        PQfinish(b);
+        free(run);
+        fixture_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -432,6 +470,7 @@ int main(void)
             cmocka_unit_test(test_concurrent_claimers_one_owner),
             cmocka_unit_test(test_renewal_absolute),
             cmocka_unit_test(test_claim_and_renewal_touch_only_the_queue),
+            cmocka_unit_test(test_rescue_records_the_new_holder),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
