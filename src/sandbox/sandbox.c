@@ -654,7 +654,10 @@ static int build_command(const struct sandbox *sb, const struct sandbox_spec *sp
         strv_add(argv, "--");
         strv_add(argv, sb->prlimit_path);
         strv_addf(argv, "--cpu=%" PRIu32 ":%" PRIu32, l->cpu_seconds, l->cpu_seconds);
-        strv_addf(argv, "--as=%" PRIu64 ":%" PRIu64, l->memory_bytes, l->memory_bytes);
+        if (l->memory_bytes == SANDBOX_UNLIMITED)
+                strv_add(argv, "--as=unlimited:unlimited");
+        else
+                strv_addf(argv, "--as=%" PRIu64 ":%" PRIu64, l->memory_bytes, l->memory_bytes);
         strv_addf(argv, "--nproc=%" PRIu32 ":%" PRIu32, l->processes, l->processes);
         strv_addf(argv, "--fsize=%" PRIu64 ":%" PRIu64, l->file_bytes, l->file_bytes);
         strv_addf(argv, "--nofile=%" PRIu32 ":%" PRIu32, l->open_files, l->open_files);

@@ -59,9 +59,13 @@ int sandbox_check(const struct sandbox *sb, char **error);
 uid_t sandbox_uid(const struct sandbox *sb);
 gid_t sandbox_gid(const struct sandbox *sb);
 
+/* memory_bytes = SANDBOX_UNLIMITED: no address-space limit (a sanitizer build's shadow
+ * memory needs terabytes of address space; never for untrusted code). */
+#define SANDBOX_UNLIMITED UINT64_MAX
+
 struct sandbox_limits {
         uint32_t cpu_seconds;  /* RLIMIT_CPU of each process */
-        uint64_t memory_bytes; /* RLIMIT_AS of each process */
+        uint64_t memory_bytes; /* RLIMIT_AS of each process, or SANDBOX_UNLIMITED */
         uint32_t processes;    /* RLIMIT_NPROC: processes of the sandbox user, counted inside
                                 * the sandbox's own user namespace */
         uint64_t file_bytes;   /* RLIMIT_FSIZE: largest file it may write */

@@ -338,6 +338,59 @@ static void test_pipes_mode(void **state)
         sandbox_proc_free(p);
 }
 
+static void test_executor_runs_in_a_sandbox(void **state)
+{
+        (void)state;
+        /* what the agent module does for each agent step: agently executor, bound read-only,
+         * speaking the executor protocol over the pipes */
+        const char *const argv[] = {"/agently", "executor", NULL};
+        const char *const envp[] = {"PATH=/usr/bin:/bin", "AGENTLY_LOG_LEVEL=warn",
+                                    /* a sanitizer build's leak check stops the world with
+                                     * ptrace, which the sandbox refuses */
+                                    "ASAN_OPTIONS=detect_leaks=0", NULL};
+        struct sandbox_bind bind = {.host_path = AGENTLY_BINARY, .path = "/agently"};
+        struct sandbox_spec spec = {.argv = argv,
+                                    .envp = envp,
+                                    .binds = &bind,
+                                    .n_binds = 1,
+                                    .limits = sandbox_limits_default()};
+#if defined(__SANITIZE_ADDRESS__)
+        spec.limits.memory_bytes = SANDBOX_UNLIMITED;
+#endif
+        spec.limits.wall_ms = 60000;
+        struct sandbox_proc *p;
+        char *error = NULL;
+        assert_int_equal(sandbox_spawn(sb, &spec, SANDBOX_PIPES, &p, &error), 0);
+        const char start[] =
+            "{\"v\":1,\"type\":\"start\",\"agent\":{\"name\":\"a\",\"model\":\"m\","
+            "\"system\":\"s\",\"prompt\":\"What is at /a?\",\"tools\":[],"
+            "\"output_schema\":null,\"max_turns\":5},\"input\":{},\"depth\":0}\n";
+        assert_int_equal(write(sandbox_proc_stdin_fd(p), start, strlen(start)),
+                         (ssize_t)strlen(start));
+        char line[65536];
+        size_t have = 0;
+        int64_t deadline = test_now_ms() + 30000;
+        while (!memchr(line, '\n', have) && have < sizeof(line) - 1 && test_now_ms() < deadline) {
+                struct pollfd fds[SANDBOX_POLL_MAX + 1];
+                int timeout;
+                int n = sandbox_proc_poll_fds(p, fds, &timeout);
+                fds[n++] = (struct pollfd){.fd = sandbox_proc_stdout_fd(p), .events = POLLIN};
+                poll(fds, (nfds_t)n, 200);
+                ssize_t r = read(sandbox_proc_stdout_fd(p), line + have, sizeof(line) - 1 - have);
+                if (r > 0)
+                        have += (size_t)r;
+                if (sandbox_proc_step(p) == 1)
+                        fail_msg("the executor ended: %s", sandbox_proc_result(p)->err);
+        }
+        line[have] = '\0';
+        json_t *request = json_loads(line, JSON_DISABLE_EOF_CHECK, NULL);
+        if (!request)
+                fail_msg("no request from the executor: %s", line);
+        assert_string_equal(json_string_value(json_object_get(request, "type")), "llm");
+        json_decref(request);
+        sandbox_proc_free(p);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -348,6 +401,7 @@ int main(void)
             cmocka_unit_test(test_kept_symlinks_not_followed),
             cmocka_unit_test(test_timeout_argument),
             cmocka_unit_test(test_pipes_mode),
+            cmocka_unit_test(test_executor_runs_in_a_sandbox),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
