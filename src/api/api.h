@@ -17,6 +17,7 @@ struct api_options {
         unsigned connection_timeout_s; /* idle connection (slow header/body) */
         unsigned statement_timeout_ms; /* per-request database time */
         size_t max_body;               /* request body bytes (413 above) */
+        const char *web_dir; /* the built dashboard; NULL: AGENTLY_WEB_DIR or the build's */
 };
 
 /* Fills the defaults (listen 127.0.0.1:8080, 4 threads, 1 MiB body, ...). */

@@ -52,6 +52,7 @@ struct api_request {
         char user_id[40]; /* authenticated user */
         char user_name[80];
         bool is_admin;
+        char session_id[40]; /* the dashboard session that authenticated it, or "" (bearer) */
 };
 
 struct api_response {
@@ -63,6 +64,7 @@ struct api_response {
         bool replayed;            /* Idempotent-Replayed: true */
         bool unauthorized;        /* add WWW-Authenticate */
         struct MHD_Response *raw; /* a ready response (SSE); status as given */
+        char *set_cookie;         /* Set-Cookie value (owned), or NULL */
 };
 
 /* Sets an error response: {"error": {"code", "message", "detail", "hint"}}. detail and hint
@@ -111,6 +113,34 @@ int api_query_json(struct api_request *req, const char *sql, int n, const char *
 int api_append_event(struct api_request *req, const char *run_id, const char *kind,
                      const char *message, json_t *data);
 
+/* True when s has the shape of a UUID (api_routes.c). */
+bool api_is_uuid(const char *s);
+
+/* ---- dashboard sessions (api_session.c) ---- */
+#define API_SESSION_COOKIE "agently_session"
+#define API_CSRF_HEADER    "X-CSRF-Token"
+/* The session cookie of the request, or NULL. */
+const char *api_session_cookie(struct api_request *req);
+/* Authenticates the request by its session cookie in req's transaction (user set, like a
+ * bearer token) and, for a method other than GET and HEAD, checks its CSRF token and Origin.
+ * Returns 0, or the status it answered (401 clears the cookie, 403 csrf_failed). */
+unsigned api_session_authenticate(struct api_request *req, struct api_response *resp,
+                                  const char *cookie);
+unsigned api_h_session_create(struct api_request *req, struct api_response *resp);
+unsigned api_h_session_get(struct api_request *req, struct api_response *resp);
+unsigned api_h_session_delete(struct api_request *req, struct api_response *resp);
+unsigned api_h_sessions_list(struct api_request *req, struct api_response *resp);
+unsigned api_h_sessions_revoke(struct api_request *req, struct api_response *resp);
+
+/* ---- the dashboard's files (api_static.c) ---- */
+/* Where the built dashboard is: o->web_dir, AGENTLY_WEB_DIR, or the build directory's web/
+ * (NULL when none is known). */
+const char *api_static_dir(const struct api_options *o);
+/* Answers GET url from the dashboard's files (an app route gets index.html). Returns the
+ * status with resp->raw set, or 0 when there is nothing to serve (no build, no such asset). */
+unsigned api_static_serve(const struct api_options *o, struct MHD_Connection *conn, const char *url,
+                          struct api_response *resp);
+
 /* ---- SSE (api_sse.c) ---- */
 struct api_sse_hub;
 int api_sse_hub_start(struct api_server *server, struct api_sse_hub **out);
@@ -128,6 +158,7 @@ PGconn *api_pool_acquire(struct api_server *server, int *r);
 /* Returns a connection; broken ones (or broken=true) are closed and reopened later. */
 void api_pool_release(struct api_server *server, PGconn *c, bool broken);
 const char *api_server_data_dir(struct api_server *server);
+const struct api_options *api_server_options(struct api_server *server);
 struct api_sse_hub *api_server_sse(struct api_server *server);
 unsigned api_server_statement_timeout_ms(struct api_server *server);
 

@@ -109,6 +109,11 @@ static bool is_uuid(const char *s)
         return true;
 }
 
+bool api_is_uuid(const char *s)
+{
+        return is_uuid(s);
+}
+
 static bool is_name(const char *s)
 {
         size_t n = strlen(s);
@@ -305,14 +310,15 @@ static unsigned respond_run(struct api_request *req, struct api_response *resp, 
 
 /* ---- ops -------------------------------------------------------------------------- */
 
-/* GET /: where things are, until the dashboard is served here (`agently up` and --help
- * point people at this address). HTML for a browser, plain text for everyone else. */
+/* GET /: the dashboard for a browser (api_static.c); where things are for everyone else
+ * (`agently up` and --help point people at this address), and for a browser when the
+ * dashboard is not built. */
 static unsigned h_root(struct api_request *req, struct api_response *resp)
 {
         static const char text[] =
             "agently API\n"
             "\n"
-            "The dashboard is not served yet; this address is the API.\n"
+            "The dashboard: open this address in a browser and sign in with an API token.\n"
             "\n"
             "  API         /v1/...  (Authorization: Bearer <token>; the first token is the\n"
             "              admin token `agently up` wrote to .agently/admin-token)\n"
@@ -323,7 +329,9 @@ static unsigned h_root(struct api_request *req, struct api_response *resp)
         static const char html[] =
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>agently</title></head>\n<body>\n<h1>agently API</h1>\n"
-            "<p>The dashboard is not served yet; this address is the API.</p>\n<ul>\n"
+            "<p>The dashboard is not built on this server (scripts/build builds it, "
+            "<code>--web-dir</code> or <code>AGENTLY_WEB_DIR</code> names it); this address is "
+            "the API.</p>\n<ul>\n"
             "<li>API: <code>/v1/...</code> with <code>Authorization: Bearer &lt;token&gt;</code>; "
             "the first token is the admin token <code>agently up</code> wrote to "
             "<code>.agently/admin-token</code></li>\n"
@@ -336,6 +344,10 @@ static unsigned h_root(struct api_request *req, struct api_response *resp)
             "</ul>\n</body></html>\n";
         const char *accept = api_header(req, MHD_HTTP_HEADER_ACCEPT);
         bool browser = accept && strstr(accept, "text/html");
+
+        if (browser &&
+            api_static_serve(api_server_options(req->server), req->connection, "/", resp))
+                return resp->status; /* the dashboard */
 
         resp->text = strdup(browser ? html : text);
         if (!resp->text)
@@ -1589,6 +1601,11 @@ const struct api_route api_routes[] = {
     {"POST", "/v1/tokens", h_tokens_create, 0},
     {"GET", "/v1/tokens", h_tokens_list, 0},
     {"DELETE", "/v1/tokens/{id}", h_tokens_revoke, 0},
+    {"POST", "/v1/sessions", api_h_session_create, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},
+    {"GET", "/v1/sessions", api_h_sessions_list, 0},
+    {"DELETE", "/v1/sessions/{id}", api_h_sessions_revoke, 0},
+    {"GET", "/v1/session", api_h_session_get, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},
+    {"DELETE", "/v1/session", api_h_session_delete, 0},
 };
 const size_t api_routes_count = ELEMENTSOF(api_routes);
 

@@ -82,6 +82,11 @@ const char *api_server_data_dir(struct api_server *server)
         return server->options->data_dir ? server->options->data_dir : ".agently";
 }
 
+const struct api_options *api_server_options(struct api_server *server)
+{
+        return server->options;
+}
+
 struct api_sse_hub *api_server_sse(struct api_server *server)
 {
         return server->sse;
@@ -558,6 +563,8 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, struct exchang
         if (resp->unauthorized)
                 MHD_add_response_header(mr, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                         "Bearer realm=\"agently\"");
+        if (resp->set_cookie)
+                MHD_add_response_header(mr, MHD_HTTP_HEADER_SET_COOKIE, resp->set_cookie);
         ex->status = resp->status;
         ret = MHD_queue_response(conn, resp->status, mr);
         MHD_destroy_response(mr);
@@ -569,6 +576,7 @@ static void response_clear(struct api_response *resp)
         if (resp->json)
                 json_decref(resp->json);
         free(resp->text);
+        free(resp->set_cookie);
         *resp = (struct api_response){0};
 }
 
@@ -594,8 +602,10 @@ static enum MHD_Result tally_header(void *cls, enum MHD_ValueKind kind, const ch
  * that is wrong, and no handler sees such bytes. (Other headers are not the API's business:
  * HTTP allows any octets in them.)
  */
-static const char *const read_headers[] = {MHD_HTTP_HEADER_AUTHORIZATION, "Idempotency-Key",
-                                           "Last-Event-ID"};
+static const char *const read_headers[] = {
+    MHD_HTTP_HEADER_AUTHORIZATION, "Idempotency-Key", "Last-Event-ID",
+    MHD_HTTP_HEADER_COOKIE,        API_CSRF_HEADER,   "Origin",
+    MHD_HTTP_HEADER_HOST};
 
 struct non_utf8 {
         const char *key;
@@ -651,6 +661,8 @@ static unsigned authenticate(struct api_request *req, struct api_response *resp)
         _cleanup_pgresult_ PGresult *res = NULL;
         int r = 0;
 
+        if (!h && api_session_cookie(req)) /* the dashboard (api_session.c) */
+                return api_session_authenticate(req, resp, api_session_cookie(req));
         if (!h || strncasecmp(h, "Bearer ", 7) != 0 || auth_token_hash(h + 7, hash) < 0) {
                 resp->unauthorized = true;
                 return api_error(resp, 401, "unauthorized",
@@ -776,7 +788,7 @@ static void run_request(struct api_request *req, struct api_response *resp)
         }
         if (!(route->flags & API_ROUTE_PUBLIC)) {
                 const char *h = api_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
-                if (!h) { /* answer without touching the database */
+                if (!h && !api_session_cookie(req)) { /* answer without the database */
                         resp->unauthorized = true;
                         api_error(resp, 401, "unauthorized", "authentication required",
                                   "send Authorization: Bearer agt_...", API_HINT_TOKEN);
@@ -915,7 +927,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         const char *allow = NULL;
         int idx = api_route_match(method, url, req.params, API_MAX_PATH_PARAMS, &req.param_storage,
                                   &allow);
-        if (idx == -1) {
+        if (idx == -1 && strcmp(method, "GET") == 0 && !str_has_prefix(url, "/v1/") &&
+            api_static_serve(s->options, conn, url, &resp)) {
+                /* the dashboard (api_static.c) */
+        } else if (idx == -1) {
                 api_errorf(&resp, 404, "not_found", "no such route", "see docs/openapi.yaml",
                            "%s %s", method, url);
         } else if (idx == -2) {

@@ -17,6 +17,7 @@ static const struct cli_flag api_flags[] = {
     {"per-ip-connections", 0, "N", "open connections per client address (default 512)"},
     {"timeout", 0, "SECONDS", "idle connection timeout (default 30)"},
     {"max-body", 0, "BYTES", "request body limit (default 1048576)"},
+    {"web-dir", 0, "DIR", "the built dashboard (default AGENTLY_WEB_DIR, else the build's web/)"},
     {"help", 'h', NULL, "show this help"},
     {NULL, 0, NULL, NULL},
 };
@@ -53,6 +54,8 @@ int cmd_api(int argc, char **argv)
                 o.listen = cli_args_get(api_flags, &args, "listen");
         if (cli_args_get(api_flags, &args, "data-dir"))
                 o.data_dir = cli_args_get(api_flags, &args, "data-dir");
+        if (cli_args_get(api_flags, &args, "web-dir"))
+                o.web_dir = cli_args_get(api_flags, &args, "web-dir");
         body = (unsigned)o.max_body;
         if ((r = unsigned_flag(&args, "threads", 1, 256, &o.threads)) ||
             (r = unsigned_flag(&args, "db-pool", 1, 256, &o.db_pool_size)) ||

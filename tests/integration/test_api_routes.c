@@ -151,7 +151,9 @@ static void start_server(void)
         snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", S.conninfo);
         const char *args[] = {"api",      "--listen",  listen, "--data-dir",
                               S.data_dir, "--timeout", "20",   NULL};
-        const char *env[] = {env_db, NULL};
+        /* no dashboard here: / is the page saying where things are (tests/web has the
+         * dashboard's files) */
+        const char *env[] = {env_db, "AGENTLY_WEB_DIR=/nonexistent", NULL};
         char log[512];
         snprintf(log, sizeof(log), "%s/api.log", S.data_dir);
         S.pid = test_spawn_agently(args, env, log);

@@ -1,0 +1,141 @@
+// The browser tests' harness: a real `agently up` (embedded Postgres, a free port, a scratch
+// data directory) and Debian's Chromium driven headless by playwright-core (no browser
+// download). Every page is watched: a console error, an uncaught exception, a failed request
+// or an HTTP error answer fails the test that caused it. Screenshots go to
+// $AGENTLY_E2E_ARTIFACTS (ctest sets it to build/e2e-artifacts).
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+export const CHROMIUM = process.env.AGENTLY_CHROMIUM || "/usr/lib/chromium/chromium";
+export const ARTIFACTS = process.env.AGENTLY_E2E_ARTIFACTS || join(tmpdir(), "agently-e2e-artifacts");
+mkdirSync(ARTIFACTS, { recursive: true });
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+    s.on("error", reject);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Starts `agently up`; resolves when /readyz answers 200. */
+export async function startAgently() {
+  const bin = process.env.AGENTLY_BIN;
+  if (!bin) throw new Error("AGENTLY_BIN is not set (ctest sets it to the built agently)");
+  const dir = mkdtempSync(join(tmpdir(), "agently-e2e-"));
+  const port = await freePort();
+  const log = [];
+  const child = spawn(bin, ["up", "--data-dir", dir, "--port", String(port), "--workers", "2"], {
+    env: { ...process.env, AGENTLY_LOG_LEVEL: "warn" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout.on("data", (d) => log.push(String(d)));
+  child.stderr.on("data", (d) => log.push(String(d)));
+  const base = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 90_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`agently up exited ${child.exitCode}:\n${log.join("")}`);
+    try {
+      const r = await fetch(`${base}/readyz`);
+      if (r.status === 200) break;
+    } catch {
+      /* not listening yet */
+    }
+    if (Date.now() > deadline) throw new Error(`agently up not ready in 90 s:\n${log.join("")}`);
+    await sleep(200);
+  }
+  const token = readFileSync(join(dir, "admin-token"), "utf8").trim();
+  return {
+    base,
+    token,
+    dir,
+    log,
+    /** A bearer request to the API (for setting things up and checking). */
+    async api(method, path, body) {
+      const r = await fetch(base + path, {
+        method,
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const text = await r.text();
+      if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
+      return text ? JSON.parse(text) : undefined;
+    },
+    async stop() {
+      child.kill("SIGTERM");
+      const t = setTimeout(() => child.kill("SIGKILL"), 20_000);
+      await new Promise((r) => (child.exitCode !== null ? r() : child.on("exit", r)));
+      clearTimeout(t);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function launchBrowser() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+  });
+}
+
+/** A page whose problems are collected: problems() lists them (empty = clean). */
+export async function watchedPage(browser, viewport = { width: 1280, height: 900 }) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  const problems = [];
+  const expected = []; // [status, path] a test provokes on purpose, each allowed once
+  let allowedLogs = 0; // Chrome logs every HTTP error answer as a console error too
+  page.on("console", (m) => {
+    if (m.type() !== "error") return;
+    if (allowedLogs > 0 && m.text().startsWith("Failed to load resource: the server responded")) {
+      allowedLogs--;
+      return;
+    }
+    problems.push(`console error: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`uncaught: ${e.message}`));
+  page.on("requestfailed", (r) => {
+    // a request canceled on purpose (a page left mid-poll, the event stream of a run page
+    // that closed) is not a failure; anything else (refused, reset, timed out) is
+    if (r.failure()?.errorText === "net::ERR_ABORTED") return;
+    problems.push(`request failed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`);
+  });
+  page.on("response", (r) => {
+    if (r.status() < 400) return;
+    const i = expected.findIndex(([st, path]) => st === r.status() && new URL(r.url()).pathname === path);
+    if (i >= 0) {
+      expected.splice(i, 1);
+      allowedLogs++;
+      return;
+    }
+    problems.push(`HTTP ${r.status()}: ${r.request().method()} ${r.url()}`);
+  });
+  return {
+    context,
+    page,
+    problems: () => [...problems, ...expected.map(([st, path]) => `expected HTTP ${st} from ${path} never came`)],
+    /** The next answer `status` from `path` is provoked on purpose (an invalid workflow). */
+    expectHttp: (status, path) => expected.push([status, path]),
+  };
+}
+
+export async function screenshot(page, name) {
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+export async function signIn(page, base, token) {
+  await page.goto(base + "/");
+  await page.getByLabel("API token").fill(token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("navigation", { name: "main" }).waitFor();
+}

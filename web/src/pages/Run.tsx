@@ -1,0 +1,581 @@
+// The run viewer: status and actions, the DAG with each node's state, the waterfall
+// timeline (a map's items aggregated, expandable), the live event log (follow, search,
+// level), input / output / error, cost, and time travel: a slider over the event log that
+// shows every node as it was right after the chosen event.
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
+import { ApiError, call, uuid, type Approval, type NodeState, type Run, type RunEvent } from "../api/client";
+import { navigate } from "../lib/router";
+import { groupNodes, groupStatus, layout, stateAt, type DefNode, type Group } from "../lib/runstate";
+import { followEvents } from "../lib/sse";
+import { absolute, duration, span } from "../lib/time";
+import { VirtualList } from "../lib/virtual";
+import { ErrorBox, Json, Link, Loading, Status, Time, useTick } from "../ui";
+
+const FINAL = new Set(["completed", "failed", "canceled"]);
+const LEVELS = ["debug", "info", "warn", "error"];
+
+/** Every event of the run: pages of 1,000, then the live stream from the last one. */
+function useEvents(id: string, onChange: () => void, onEnd: () => void) {
+  const [events, setEvents] = useState<RunEvent[]>([]);
+  const [loaded, setLoaded] = useState(false);
+  const [live, setLive] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+  useEffect(() => {
+    let stop = false;
+    let follow: { close(): void } | null = null;
+    const all: RunEvent[] = [];
+    setEvents([]);
+    setLoaded(false);
+    (async () => {
+      try {
+        // seqs are dense (1, 2, 3, ...), so four pages are asked for at once
+        let after = 0;
+        for (let done = false; !done; ) {
+          const pages = await Promise.all(
+            [0, 1, 2, 3].map((i) => call("get", "/v1/runs/{id}/events", { path: { id }, query: { after: after + i * 1000, limit: 1000 } })),
+          );
+          if (stop) return;
+          for (const page of pages) {
+            const fresh = page.data.filter((e) => e.seq > after);
+            all.push(...fresh);
+            if (fresh.length) after = fresh[fresh.length - 1].seq;
+            if (page.data.length < 1000) {
+              done = true;
+              break;
+            }
+          }
+          if (!done) setEvents([...all]); // shown while the rest loads
+        }
+        setEvents([...all]);
+        setLoaded(true);
+        follow = followEvents(
+          id,
+          after,
+          (batch) => {
+            all.push(...batch);
+            setEvents([...all]);
+            onChange();
+          },
+          () => {
+            setLive(false);
+            onEnd();
+          },
+          setLive,
+        );
+        if (stop) follow.close();
+      } catch (e) {
+        if (!stop) setError(e);
+      }
+    })();
+    return () => {
+      stop = true;
+      follow?.close();
+    };
+  }, [id]);
+  return { events, loaded, live, error };
+}
+
+export function RunPage({ id }: { id: string }) {
+  const [run, setRun] = useState<Run | undefined>(undefined);
+  const [nodes, setNodes] = useState<NodeState[]>([]);
+  const [defs, setDefs] = useState<DefNode[]>([]);
+  const [error, setError] = useState<unknown>(null);
+  const [actionError, setActionError] = useState<unknown>(null);
+  const [selected, setSelected] = useState<string | null>(null);
+  const [travel, setTravel] = useState<number | null>(null);
+  const [approvals, setApprovals] = useState<Approval[]>([]);
+  const refresh = useRef<ReturnType<typeof setTimeout> | null>(null);
+  const finalRef = useRef(false);
+  useTick(1000);
+
+  async function loadRun() {
+    try {
+      const r = await call("get", "/v1/runs/{id}", { path: { id } });
+      setRun(r);
+      setNodes(r.nodes);
+      finalRef.current = FINAL.has(r.status);
+      setError(null);
+      if (r.status === "needs_input" || r.status === "waiting") {
+        const a = await call("get", "/v1/approvals", { query: { status: "pending", limit: 200 } });
+        setApprovals(a.data.filter((x) => x.run_id === id));
+      } else setApprovals([]);
+    } catch (e) {
+      setError(e);
+    }
+  }
+  // events arrive in bursts: one reload of the run per 400 ms at most
+  function soon() {
+    if (refresh.current) return;
+    refresh.current = setTimeout(() => {
+      refresh.current = null;
+      loadRun();
+    }, 400);
+  }
+  // the run's end: one more read unless the run was already seen finished
+  const { events, loaded, live, error: eventsError } = useEvents(id, soon, () => finalRef.current || soon());
+
+  useEffect(() => {
+    setRun(undefined);
+    setTravel(null);
+    setSelected(null);
+    loadRun();
+  }, [id]);
+  useEffect(() => {
+    if (!run) return;
+    call("get", "/v1/workflows/{name}", { path: { name: run.workflow }, query: { version: run.workflow_version } }).then(
+      (w) => setDefs(((w.definition as { nodes?: DefNode[] }).nodes ?? []) as DefNode[]),
+      () => setDefs([]),
+    );
+  }, [run?.workflow, run?.workflow_version]);
+
+  const past = useMemo(() => (travel === null ? null : stateAt(events, travel)), [events, travel]);
+  // A run shows its first 1,000 nodes inline; with more (a large map) the rest come from the
+  // event log, which has every node's transitions (GET .../nodes pages would take seconds).
+  const liveNodes = useMemo(() => {
+    if (!run?.nodes_truncated) return nodes;
+    const inline = new Set(nodes.map((n) => n.node_id));
+    return [...nodes, ...stateAt(events, Infinity).nodes.filter((n) => !inline.has(n.node_id))];
+  }, [nodes, events, run?.nodes_truncated]);
+  const shownNodes = past ? past.nodes : liveNodes;
+  const groups = useMemo(() => groupNodes(shownNodes, defs.map((d) => d.id)), [shownNodes, defs]);
+
+  if (error && !run) return <ErrorBox error={error} />;
+  if (!run)
+    return (
+      <section class="run">
+        <Loading what="the run" />
+        <EventLog events={events} loaded={loaded} live={live} error={eventsError} travel={null} onTravel={() => {}} />
+      </section>
+    );
+
+  async function act(f: () => Promise<unknown>) {
+    setActionError(null);
+    try {
+      await f();
+      await loadRun();
+    } catch (e) {
+      setActionError(e);
+    }
+  }
+  async function rerun(from?: string) {
+    setActionError(null);
+    try {
+      const r = await call("post", "/v1/runs/{id}/rerun", { path: { id }, body: from ? { from_node: from } : {} });
+      navigate(`/runs/${r.id}`);
+    } catch (e) {
+      setActionError(e);
+    }
+  }
+  const final = FINAL.has(run.status);
+  const waitingFor = defs.filter((d) => d.type === "wait_event" && shownNodes.some((n) => n.node_id === d.id && n.status === "waiting"));
+  const sel = selected ? groups.find((g) => g.id === selected) : undefined;
+  const lastSeq = events.length ? events[events.length - 1].seq : 0;
+
+  return (
+    <section class="run">
+      <div class="run-head">
+        <h1>
+          {run.workflow} <span class="muted">v{run.workflow_version}</span> <Status status={past ? past.status : run.status} />
+        </h1>
+        <div class="mono muted" title="run id">
+          {run.id}
+        </div>
+        <dl class="facts">
+          <dt>Created</dt>
+          <dd>
+            <Time iso={run.created_at} />
+          </dd>
+          <dt>Duration</dt>
+          <dd>{span(run.started_at, run.finished_at)}</dd>
+          <dt>Attempt</dt>
+          <dd>{run.attempt}</dd>
+          <dt>Cost</dt>
+          <dd data-testid="cost">
+            ${run.cost_usd.toFixed(4)} <span class="muted">({run.tokens_in} in / {run.tokens_out} out tokens)</span>
+          </dd>
+          {run.rerun_of && (
+            <>
+              <dt>Rerun of</dt>
+              <dd>
+                <Link href={`/runs/${run.rerun_of}`} class="mono">
+                  {run.rerun_of.slice(0, 8)}
+                </Link>
+                {run.rerun_from_node && <> from {run.rerun_from_node}</>}
+              </dd>
+            </>
+          )}
+          {run.wait_reason && (
+            <>
+              <dt>Waiting</dt>
+              <dd>{run.wait_reason}</dd>
+            </>
+          )}
+        </dl>
+        <div class="actions" role="group" aria-label="run actions">
+          <button disabled={final || run.cancel_requested} onClick={() => act(() => call("post", "/v1/runs/{id}/cancel", { path: { id } }))}>
+            Cancel
+          </button>
+          <button disabled={final || run.status === "paused" || run.pause_requested} onClick={() => act(() => call("post", "/v1/runs/{id}/pause", { path: { id } }))}>
+            Pause
+          </button>
+          <button disabled={run.status !== "paused" && !run.pause_requested} onClick={() => act(() => call("post", "/v1/runs/{id}/resume", { path: { id } }))}>
+            Resume
+          </button>
+          <button onClick={() => rerun()}>Rerun</button>
+        </div>
+        <ErrorBox error={actionError} />
+      </div>
+
+      {!final && <SignalForm runId={id} suggestions={waitingFor.map((d) => d.event ?? "")} onSent={loadRun} />}
+      {run.status === "needs_input" && <ResolveForm run={run} onDone={loadRun} />}
+      {approvals.map((a) => (
+        <ApprovalCard approval={a} onDone={loadRun} />
+      ))}
+
+      <TimeTravel events={events} value={travel} onChange={setTravel} lastSeq={lastSeq} at={past?.at ?? null} />
+
+      <div class="panes">
+        <div class="pane">
+          <h2>Graph</h2>
+          <Dag defs={defs} groups={groups} selected={selected} onSelect={setSelected} />
+          {sel && (
+            <NodeDetail group={sel} final={final} onRerun={() => rerun(sel.id)} onClose={() => setSelected(null)} />
+          )}
+        </div>
+        <div class="pane">
+          <h2>Timeline</h2>
+          <Timeline groups={groups} runStart={Date.parse(run.started_at ?? run.created_at)} runEnd={past?.at ? Date.parse(past.at) : run.finished_at ? Date.parse(run.finished_at) : Date.now()} onSelect={setSelected} />
+        </div>
+      </div>
+
+      <EventLog events={events} loaded={loaded} live={live && !final} error={eventsError} travel={travel} onTravel={setTravel} />
+
+      <div class="panes">
+        <div class="pane">
+          <h2>Input</h2>
+          <Json value={run.input} label="run input" />
+        </div>
+        <div class="pane">
+          <h2>{run.error ? "Error" : "Output"}</h2>
+          {run.error ? <Json value={run.error} label="run error" /> : final ? <Json value={run.output} label="run output" /> : <p class="muted">Not finished yet.</p>}
+        </div>
+      </div>
+    </section>
+  );
+}
+
+function TimeTravel({ events, value, onChange, lastSeq, at }: { events: RunEvent[]; value: number | null; onChange: (v: number | null) => void; lastSeq: number; at: string | null }) {
+  if (!events.length) return null;
+  const idx = value === null ? events.length - 1 : Math.max(0, events.findIndex((e) => e.seq >= value));
+  return (
+    <div class={`travel ${value !== null ? "on" : ""}`}>
+      <label for="travel">Time travel</label>
+      <input
+        id="travel"
+        type="range"
+        min={0}
+        max={events.length - 1}
+        value={idx}
+        aria-valuetext={`event ${events[idx]?.seq}`}
+        onInput={(e) => {
+          const i = Number((e.target as HTMLInputElement).value);
+          onChange(i >= events.length - 1 && events[i].seq === lastSeq ? null : events[i].seq);
+        }}
+      />
+      <span class="travel-at" data-testid="travel-at">
+        {value === null ? `live (event ${lastSeq})` : `as of event ${value} — ${absolute(at)}`}
+      </span>
+      {value !== null && (
+        <button class="link" onClick={() => onChange(null)}>
+          Back to live
+        </button>
+      )}
+    </div>
+  );
+}
+
+function Dag({ defs, groups, selected, onSelect }: { defs: DefNode[]; groups: Group[]; selected: string | null; onSelect: (id: string) => void }) {
+  const { pos, width, height } = useMemo(() => layout(defs), [defs]);
+  if (!defs.length) return <p class="muted">No graph.</p>;
+  const byId = new Map(groups.map((g) => [g.id, g]));
+  return (
+    <div class="dag-wrap">
+      <svg class="dag" width={width} height={height} role="img" aria-label="workflow graph">
+        {defs.flatMap((d) =>
+          (d.after ?? []).map((a) => {
+            const p = pos.get(a), q = pos.get(d.id);
+            if (!p || !q) return null;
+            return <path class="edge" d={`M${p.x + 140},${p.y + 20} C${p.x + 155},${p.y + 20} ${q.x - 15},${q.y + 20} ${q.x},${q.y + 20}`} />;
+          }),
+        )}
+        {defs.map((d) => {
+          const p = pos.get(d.id)!;
+          const g = byId.get(d.id);
+          const st = g ? groupStatus(g) : "pending";
+          const n = g?.items.length ?? 0;
+          return (
+            <g
+              class={`node s-${st} ${selected === d.id ? "sel" : ""}`}
+              transform={`translate(${p.x},${p.y})`}
+              tabIndex={0}
+              role="button"
+              aria-label={`node ${d.id}: ${st}`}
+              data-node={d.id}
+              data-status={st}
+              onClick={() => onSelect(d.id)}
+              onKeyDown={(e) => (e.key === "Enter" || e.key === " ") && onSelect(d.id)}
+            >
+              <rect width={140} height={40} rx={6} />
+              <text x={8} y={16}>
+                {d.id.length > 18 ? d.id.slice(0, 17) + "…" : d.id}
+              </text>
+              <text x={8} y={32} class="sub">
+                {d.type ?? ""} · {n ? `${g!.counts.completed ?? 0}/${n}` : st}
+              </text>
+            </g>
+          );
+        })}
+      </svg>
+    </div>
+  );
+}
+
+function NodeDetail({ group, final, onRerun, onClose }: { group: Group; final: boolean; onRerun: () => void; onClose: () => void }) {
+  const n = group.node;
+  return (
+    <div class="node-detail" role="region" aria-label={`node ${group.id}`}>
+      <h3>
+        {group.id} {n && <Status status={n.status} />}{" "}
+        <button class="link" onClick={onClose} aria-label="close node details">
+          ×
+        </button>
+      </h3>
+      {n && (
+        <p>
+          attempt {n.attempt} · started <Time iso={n.started_at} /> · {span(n.started_at, n.finished_at)}
+        </p>
+      )}
+      {group.items.length > 0 && (
+        <p>
+          {group.items.length} items:{" "}
+          {Object.entries(group.counts)
+            .map(([s, c]) => `${c} ${s}`)
+            .join(", ")}
+        </p>
+      )}
+      <button onClick={onRerun} disabled={!final} title={final ? "a new run reusing the results of the nodes before this one" : "the run must finish first"}>
+        Rerun from {group.id}
+      </button>
+      {n?.error != null && <Json value={n.error} label="node error" />}
+      {n?.output != null && <Json value={n.output} label="node output" />}
+    </div>
+  );
+}
+
+function Timeline({ groups, runStart, runEnd, onSelect }: { groups: Group[]; runStart: number; runEnd: number; onSelect: (id: string) => void }) {
+  const [open, setOpen] = useState<string | null>(null);
+  if (!groups.length) return <p class="muted">Nothing has started yet.</p>;
+  const total = Math.max(1, runEnd - runStart);
+  const bar = (start: number, end: number | null, st: string, label: string) => {
+    const l = Math.max(0, ((start - runStart) / total) * 100);
+    const w = Math.max(0.5, (((end ?? runEnd) - start) / total) * 100);
+    return (
+      <div class="track">
+        <div class={`bar s-${st}`} style={{ left: `${l}%`, width: `${Math.min(w, 100 - l)}%` }} title={label} />
+      </div>
+    );
+  };
+  return (
+    <div class="timeline" role="table" aria-label="timeline">
+      {groups.map((g) => {
+        const st = groupStatus(g);
+        const d = duration((g.end ?? runEnd) - g.start);
+        const n = g.node;
+        return (
+          <>
+            <div class="trow" role="row" data-group={g.id}>
+              <button class="tname link" role="cell" onClick={() => (g.items.length ? setOpen(open === g.id ? null : g.id) : onSelect(g.id))} aria-expanded={g.items.length ? open === g.id : undefined}>
+                {g.items.length ? (open === g.id ? "▾ " : "▸ ") : ""}
+                {g.id}
+                {n && n.attempt > 1 && <span class="retry"> attempt {n.attempt}</span>}
+                {g.items.length > 0 && <span class="muted"> ×{g.items.length}</span>}
+              </button>
+              {bar(g.start, g.end, st, `${g.id}: ${st}, ${d}`)}
+              <span class="tdur" role="cell">
+                {st === "waiting" ? "waiting" : d}
+              </span>
+            </div>
+            {open === g.id && (
+              <VirtualList
+                label={`items of ${g.id}`}
+                items={g.items}
+                rowHeight={22}
+                height={Math.min(300, g.items.length * 22)}
+                row={(it) => (
+                  <div class="trow item">
+                    <span class="tname mono">
+                      {it.node_id}
+                      {it.attempt > 1 && <span class="retry"> attempt {it.attempt}</span>}
+                    </span>
+                    {bar(Date.parse(it.started_at), it.finished_at ? Date.parse(it.finished_at) : null, it.status, `${it.node_id}: ${it.status}`)}
+                    <span class="tdur">{span(it.started_at, it.finished_at)}</span>
+                  </div>
+                )}
+              />
+            )}
+          </>
+        );
+      })}
+    </div>
+  );
+}
+
+function EventLog({ events, loaded, live, error, travel, onTravel }: { events: RunEvent[]; loaded: boolean; live: boolean; error: unknown; travel: number | null; onTravel: (seq: number) => void }) {
+  const [follow, setFollow] = useState(true);
+  const [search, setSearch] = useState("");
+  const [level, setLevel] = useState("");
+  const shown = useMemo(() => {
+    const q = search.toLowerCase();
+    const min = level ? LEVELS.indexOf(level) : 0;
+    if (!q && !min) return events;
+    return events.filter(
+      (e) => LEVELS.indexOf(e.level) >= min && (!q || e.kind.includes(q) || (e.node_id ?? "").toLowerCase().includes(q) || (e.message ?? "").toLowerCase().includes(q)),
+    );
+  }, [events, search, level]);
+  return (
+    <div class="events">
+      <div class="events-head">
+        <h2>
+          Events <span class="muted">({events.length})</span> {live && <span class="live" aria-label="live">● live</span>}
+        </h2>
+        <label>
+          <input type="checkbox" checked={follow} onChange={(e) => setFollow((e.target as HTMLInputElement).checked)} /> Follow
+        </label>
+        <input type="search" aria-label="search events" placeholder="search kind, node, message" value={search} onInput={(e) => setSearch((e.target as HTMLInputElement).value)} />
+        <select aria-label="minimum level" value={level} onChange={(e) => setLevel((e.target as HTMLSelectElement).value)}>
+          <option value="">all levels</option>
+          {LEVELS.slice(1).map((l) => (
+            <option value={l}>{l} and above</option>
+          ))}
+        </select>
+      </div>
+      <ErrorBox error={error} />
+      {!loaded && !events.length ? (
+        <Loading what="events" />
+      ) : (
+        <VirtualList
+          label="event log"
+          items={shown}
+          rowHeight={24}
+          height={360}
+          follow={follow}
+          onScrollAway={() => setFollow(false)}
+          row={(e) => (
+            <div class={`ev l-${e.level} ${travel !== null && e.seq > travel ? "future" : ""}`} data-seq={e.seq}>
+              <button class="link seq" title="time travel to this event" onClick={() => onTravel(e.seq)}>
+                {e.seq}
+              </button>
+              <time dateTime={e.created_at} title={absolute(e.created_at)}>
+                {e.created_at.slice(11, 23)}
+              </time>
+              <span class="kind">{e.kind}</span>
+              <span class="evnode">{e.node_id ?? ""}</span>
+              <span class="msg">{e.message ?? ""}</span>
+            </div>
+          )}
+        />
+      )}
+    </div>
+  );
+}
+
+function SignalForm({ runId, suggestions, onSent }: { runId: string; suggestions: string[]; onSent: () => void }) {
+  const [name, setName] = useState("");
+  const [payload, setPayload] = useState("{}");
+  const [error, setError] = useState<unknown>(null);
+  const [sent, setSent] = useState("");
+  const wanted = suggestions.filter(Boolean);
+  async function send(e: Event) {
+    e.preventDefault();
+    setError(null);
+    let body: Record<string, unknown>;
+    try {
+      body = payload.trim() ? JSON.parse(payload) : {};
+    } catch (err) {
+      setError(new ApiError(400, "invalid_json", "the payload is not valid JSON", String(err)));
+      return;
+    }
+    try {
+      await call("post", "/v1/runs/{id}/signals/{name}", { path: { id: runId, name: name || wanted[0] }, body: body as never });
+      setSent(name || wanted[0]);
+      onSent();
+    } catch (err) {
+      setError(err);
+    }
+  }
+  return (
+    <form class="signal" onSubmit={send} aria-label="send a signal">
+      <strong>Signal</strong>
+      {wanted.length > 0 && <span class="hint">waiting for {wanted.map((w) => `“${w}”`).join(", ")}</span>}
+      <input aria-label="signal name" placeholder={wanted[0] || "name"} value={name} onInput={(e) => setName((e.target as HTMLInputElement).value)} />
+      <input aria-label="signal payload (JSON)" class="mono" value={payload} onInput={(e) => setPayload((e.target as HTMLInputElement).value)} />
+      <button type="submit" disabled={!name && !wanted.length}>
+        Send signal
+      </button>
+      {sent && <span class="ok">sent “{sent}”</span>}
+      <ErrorBox error={error} />
+    </form>
+  );
+}
+
+export function ResolveForm({ run, onDone }: { run: { id: string; wait_reason: string | null }; onDone: () => void }) {
+  const [comment, setComment] = useState("");
+  const [error, setError] = useState<unknown>(null);
+  async function resolve(action: "retry" | "skip" | "stop") {
+    try {
+      await call("post", "/v1/runs/{id}/resolve", { path: { id: run.id }, body: { action, comment: comment || undefined } });
+      onDone();
+    } catch (e) {
+      setError(e);
+    }
+  }
+  return (
+    <div class="ask" role="region" aria-label="the run needs input">
+      <strong>Needs input</strong> {run.wait_reason && <span>{run.wait_reason}</span>}
+      <input aria-label="comment" placeholder="comment (optional)" value={comment} onInput={(e) => setComment((e.target as HTMLInputElement).value)} />
+      <button onClick={() => resolve("retry")}>Retry node</button>
+      <button onClick={() => resolve("skip")}>Skip node</button>
+      <button class="danger" onClick={() => resolve("stop")}>
+        Stop run
+      </button>
+      <ErrorBox error={error} />
+    </div>
+  );
+}
+
+export function ApprovalCard({ approval, onDone }: { approval: Approval; onDone: () => void }) {
+  const [comment, setComment] = useState("");
+  const [error, setError] = useState<unknown>(null);
+  async function decide(decision: "approve" | "reject") {
+    try {
+      await call("post", "/v1/approvals/{id}/decide", { path: { id: approval.id }, body: { decision, comment: comment || undefined }, query: undefined as never });
+      onDone();
+    } catch (e) {
+      setError(e);
+    }
+  }
+  return (
+    <div class="ask" role="region" aria-label={`approval ${approval.title}`}>
+      <strong>Approval</strong> {approval.title} <span class="muted">node {approval.node_id}</span> <Time iso={approval.created_at} />
+      <Json value={approval.request} label="what is asked" />
+      <input aria-label="comment" placeholder="comment (optional)" value={comment} onInput={(e) => setComment((e.target as HTMLInputElement).value)} />
+      <button onClick={() => decide("approve")}>Approve</button>
+      <button class="danger" onClick={() => decide("reject")}>
+        Reject
+      </button>
+      <ErrorBox error={error} />
+    </div>
+  );
+}
+
+export { uuid };
