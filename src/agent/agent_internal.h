@@ -86,8 +86,9 @@ struct agent_session {
         struct agent_pending *spawned; /* ... and the parent's request it answers */
         int depth;                     /* 0 for a node's agent */
 
-        json_t *last_messages; /* the previous llm request's messages (for the delta) */
-        int last_llm_seq;      /* its journal seq, 0 for none */
+        json_t *last_messages;  /* the previous llm request's messages (for the delta) */
+        int last_llm_seq;       /* its journal seq, 0 for none */
+        json_t *last_assistant; /* its answer as the next request's assistant message */
         bool ended;
 };
 

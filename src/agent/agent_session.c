@@ -163,6 +163,7 @@ static void session_free(struct agent_host *h, struct agent_session *s)
         json_decref(s->agent);
         json_decref(s->budget);
         json_decref(s->last_messages);
+        json_decref(s->last_assistant);
         buf_free(&s->to_executor);
         buf_free(&s->from_executor);
         free(s->node_id);
@@ -356,8 +357,17 @@ static json_t *llm_request_stored(struct agent_session *s, const json_t *body)
                                             json_array_get(s->last_messages, i));
                 if (prefix) {
                         json_t *tail = json_array();
-                        for (size_t i = prev; tail && i < json_array_size(msgs); i++)
-                                json_array_append(tail, json_array_get(msgs, i));
+                        for (size_t i = prev; tail && i < json_array_size(msgs); i++) {
+                                json_t *m = json_array_get(msgs, i);
+                                /* the previous answer is in its row already: named, not
+                                 * stored twice */
+                                if (i == prev && json_equal(m, s->last_assistant))
+                                        json_array_append_new(
+                                            tail,
+                                            json_pack("{s:i}", "answer_of_seq", s->last_llm_seq));
+                                else
+                                        json_array_append(tail, m);
+                        }
                         json_object_set_new(sreq, "messages", tail ? tail : json_array());
                         json_object_set_new(sreq, "messages_after_seq",
                                             json_integer(s->last_llm_seq));
@@ -373,12 +383,24 @@ static json_t *llm_request_stored(struct agent_session *s, const json_t *body)
         return stored;
 }
 
-static void remember_messages(struct agent_session *s, const json_t *body, int seq)
+/* After an llm call (live or replayed): its messages, its row, and the assistant message
+ * its answer becomes in the next request (as the executor writes it), which the next row
+ * then names instead of storing it again. */
+static void remember_messages(struct agent_session *s, const json_t *body, int seq,
+                              const json_t *result)
 {
+        const char *text = json_string_value(json_object_get(result, "text"));
+        const json_t *calls = json_object_get(result, "tool_calls");
+
         json_decref(s->last_messages);
         s->last_messages =
             json_incref(json_object_get(json_object_get(body, "request"), "messages"));
         s->last_llm_seq = seq;
+        json_decref(s->last_assistant);
+        s->last_assistant =
+            json_pack("{s:s, s:s?}", "role", "assistant", "content", text && *text ? text : NULL);
+        if (s->last_assistant && json_array_size(calls) > 0)
+                json_object_set(s->last_assistant, "tool_calls", (json_t *)calls);
 }
 
 /* ---- budgets ---- */
@@ -711,7 +733,7 @@ static void effect_request(struct agent_session *s, const char *id, const char *
                         s->unmatched--;
                 }
                 if (!strcmp(type, "llm"))
-                        remember_messages(s, body, e->seq);
+                        remember_messages(s, body, e->seq, e->response);
                 if (!e->response && !strcmp(type, "spawn")) { /* a sub-agent still at work */
                         spawn_request(s, id, hash, TAKE_PTR(body), e);
                         return;
@@ -878,7 +900,7 @@ static void llm_done(struct agent_session *s, struct agent_pending *p, struct ll
         s->cost_usd += cost.usd;
         s->last_call_cost = cost.usd;
         s->llm_calls++;
-        remember_messages(s, p->request, r);
+        remember_messages(s, p->request, r, clean_result);
         answer_ok(s, p->id, clean_result);
 }
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "auth_token.h"
+#include "buf.h"
 #include "cleanup.h"
 #include "fileio.h"
 #include "llm_server.h"
@@ -617,6 +618,82 @@ static void a_journal_mismatch_is_a_nondeterminism_error(void **state)
         assert_no_key_anywhere(run);
 }
 
+/* Journal bytes of the llm rows up to the n-th llm call of the agent run. */
+static long long journal_bytes(const char *run, int n)
+{
+        return test_db_int(S.db,
+                           "SELECT coalesce(sum(octet_length(j.request::text) +"
+                           " octet_length(coalesce(j.response::text, ''))), 0)"
+                           " FROM agent_journal j JOIN agent_runs a ON a.id = j.agent_run_id"
+                           " WHERE a.workflow_run_id = '%s' AND j.seq <= (SELECT seq FROM"
+                           " agent_journal x WHERE x.agent_run_id = a.id AND x.kind = 'llm'"
+                           " ORDER BY seq OFFSET %d LIMIT 1)",
+                           run, n - 1);
+}
+
+/*
+ * The conversation is stored once: a 200-turn conversation (each turn adds ~2 KB: the
+ * model's text and its refused tool call) journals at most 2x the bytes of its distinct
+ * messages (the last request's), where storing each call's whole request would be ~100x
+ * at turn 200. Prints the journal bytes per turn at turns 50, 100 and 200.
+ */
+static void journal_grows_with_the_conversation(void **state)
+{
+        enum { TURNS = 200 };
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *def = str_printf(
+            "{\"name\":\"long\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
+            "\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+            "\"api_key_secret\":\"LLMKEY\",\"prompt\":\"Talk for a long time.\",\"tools\":"
+            "[\"http_request\"],\"max_turns\":%d}}]}",
+            llm_server_url(S.llm), TURNS + 5);
+        _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, "long", 1, def);
+        char pad[2001];
+        memset(pad, 'x', sizeof(pad) - 1);
+        pad[sizeof(pad) - 1] = '\0';
+        struct buf script;
+        buf_init(&script, 8 << 20);
+        assert_int_equal(buf_append_str(&script, "["), 0);
+        for (int i = 1; i <= TURNS; i++)
+                assert_int_equal(
+                    buf_printf(&script,
+                               "{\"text\":\"turn %d %s\",\"tool_calls\":[{\"id\":\"t%d\","
+                               "\"name\":\"http_request\",\"arguments\":\"{\\\"method\\\":"
+                               "\\\"GET\\\",\\\"url\\\":\\\"http://elsewhere.test/%d\\\"}\"}],"
+                               "\"usage\":{\"input\":10,\"output\":10}},",
+                               i, pad, i, i),
+                    0);
+        assert_int_equal(buf_append_str(&script, "{\"text\":\"Enough.\"}]"), 0);
+        llm_server_script(S.llm, script.data);
+        buf_free(&script);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
+        pid_t w = spawn_worker("5s");
+
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 240000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the long conversation did not end; see %s", S.last_log);
+        }
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_int_equal(llm_server_request_count(S.llm) - before, TURNS + 1);
+
+        const int at[] = {50, 100, 200};
+        for (size_t k = 0; k < ELEMENTSOF(at); k++) {
+                /* the distinct messages of the conversation so far: the call's whole list */
+                _cleanup_json_ json_t *req = llm_server_request(S.llm, before + at[k] - 1);
+                _cleanup_free_ char *msgs = json_dumps(
+                    json_object_get(json_object_get(req, "body"), "messages"), JSON_COMPACT);
+                long long journal = journal_bytes(run, at[k]);
+                double ratio = (double)journal / (double)strlen(msgs);
+                printf("journal growth: turn %d: %lld journal bytes (%lld per turn), %zu bytes "
+                       "of distinct messages, ratio %.2f\n",
+                       at[k], journal, journal / at[k], strlen(msgs), ratio);
+                assert_int_le(journal, 2 * (long long)strlen(msgs));
+        }
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -627,6 +704,7 @@ int main(void)
             cmocka_unit_test(cost_budget_stops_and_is_raised),
             cmocka_unit_test(subagent_tree_resumes_after_a_kill),
             cmocka_unit_test(a_journal_mismatch_is_a_nondeterminism_error),
+            cmocka_unit_test(journal_grows_with_the_conversation),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
