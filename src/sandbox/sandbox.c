@@ -803,6 +803,26 @@ fail:
         return r;
 }
 
+int sandbox_spawn_fds(const struct sandbox *sb, const struct sandbox_spec *spec, pid_t *pid,
+                      int *stdin_fd, int *stdout_fd, int *stderr_fd, char **error)
+{
+        struct sandbox_spec copy = *spec;
+        copy.limits.wall_ms = 0;
+        struct sandbox_proc *p;
+        int r = sandbox_spawn(sb, &copy, SANDBOX_PIPES, &p, error);
+        if (r < 0)
+                return r;
+        *pid = p->pid;
+        *stdin_fd = p->stdin_fd;
+        *stdout_fd = p->stdout_fd;
+        *stderr_fd = p->err_fd;
+        /* the caller owns them now: nothing of the proc may touch them */
+        p->stdin_fd = p->stdout_fd = p->err_fd = -1;
+        p->pid = -1;
+        sandbox_proc_free(p);
+        return 0;
+}
+
 int sandbox_proc_stdin_fd(const struct sandbox_proc *p)
 {
         return p->stdin_fd;

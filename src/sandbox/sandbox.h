@@ -146,6 +146,18 @@ struct sandbox_proc;
 int sandbox_spawn(const struct sandbox *sb, const struct sandbox_spec *spec,
                   enum sandbox_stdio stdio, struct sandbox_proc **out, char **error);
 
+/*
+ * For a caller with its own event loop that drives the process itself (the agent module's
+ * executor sessions, over epoll): starts spec like SANDBOX_PIPES and hands everything out.
+ * *pid is bwrap, a child of the caller: SIGKILL to it ends the whole sandbox (its pid 1 and
+ * with it every process inside); the caller reaps it with waitpid. The three pipes are
+ * non-blocking and the caller's to close: write to *stdin_fd, read *stdout_fd and
+ * *stderr_fd (uncapped: cap what you keep). No wall clock here (limits.wall_ms is
+ * ignored): the caller's loop kills at its deadline. 0 or -errno and *error.
+ */
+int sandbox_spawn_fds(const struct sandbox *sb, const struct sandbox_spec *spec, pid_t *pid,
+                      int *stdin_fd, int *stdout_fd, int *stderr_fd, char **error);
+
 /* SANDBOX_PIPES: the write end of the process's stdin and the read end of its stdout, both
  * non-blocking and owned by the proc (valid until sandbox_proc_free, or until
  * sandbox_proc_close_stdin for stdin); -1 with SANDBOX_CAPTURE. */

@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fileio.h"
@@ -391,6 +393,51 @@ static void test_executor_runs_in_a_sandbox(void **state)
         sandbox_proc_free(p);
 }
 
+static void test_spawn_fds(void **state)
+{
+        (void)state;
+        /* the caller drives everything: pipes, kill, reap */
+        const char *const argv[] = {"sh", "-c",
+                                    "read line; echo \"got $line\"; echo note >&2; "
+                                    "sleep 60 & sleep 60",
+                                    NULL};
+        const char *const envp[] = {"PATH=/usr/bin:/bin", NULL};
+        struct sandbox_spec spec = {.argv = argv, .envp = envp, .limits = sandbox_limits_default()};
+        pid_t pid;
+        int in, out, err;
+        char *error = NULL;
+        assert_int_equal(sandbox_spawn_fds(sb, &spec, &pid, &in, &out, &err, &error), 0);
+        assert_int_equal(write(in, "x\n", 2), 2);
+        char buf[64] = {0}, ebuf[64] = {0};
+        size_t have = 0, ehave = 0;
+        int64_t deadline = test_now_ms() + 20000;
+        while ((!strchr(buf, '\n') || !strchr(ebuf, '\n')) && test_now_ms() < deadline) {
+                struct pollfd fds[2] = {{.fd = out, .events = POLLIN},
+                                        {.fd = err, .events = POLLIN}};
+                poll(fds, 2, 200);
+                ssize_t n = read(out, buf + have, sizeof(buf) - 1 - have);
+                if (n > 0)
+                        have += (size_t)n;
+                n = read(err, ebuf + ehave, sizeof(ebuf) - 1 - ehave);
+                if (n > 0)
+                        ehave += (size_t)n;
+        }
+        assert_string_equal(buf, "got x\n");
+        assert_string_equal(ebuf, "note\n");
+        /* SIGKILL to bwrap ends everything inside: the pipes reach end of file at once */
+        int64_t killed = test_now_ms();
+        assert_int_equal(kill(pid, SIGKILL), 0);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        struct pollfd fd = {.fd = out, .events = POLLIN};
+        while (test_now_ms() < killed + 5000 && read(out, buf, sizeof(buf)) != 0)
+                poll(&fd, 1, 100);
+        assert_int_lt(test_now_ms() - killed, 5000);
+        close(in);
+        close(out);
+        close(err);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -402,6 +449,7 @@ int main(void)
             cmocka_unit_test(test_timeout_argument),
             cmocka_unit_test(test_pipes_mode),
             cmocka_unit_test(test_executor_runs_in_a_sandbox),
+            cmocka_unit_test(test_spawn_fds),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
