@@ -141,6 +141,38 @@ const char *api_static_dir(const struct api_options *o);
 unsigned api_static_serve(const struct api_options *o, struct MHD_Connection *conn, const char *url,
                           struct api_response *resp);
 
+/* ---- route helpers (api_routes.c), shared by the route files ---- */
+/* 404 "<what> '<id>' does not exist"; returns 404. */
+unsigned api_not_found(struct api_response *resp, const char *what, const char *id);
+/* The body as a JSON object, borrowed from req ({} for an empty body when allow_empty);
+ * NULL with a 400 response set. */
+json_t *api_body_object(struct api_request *req, struct api_response *resp, bool allow_empty);
+/* 400 when obj has a key not in allowed (NULL-terminated); else 0. */
+unsigned api_reject_unknown_keys(json_t *obj, const char *const *allowed,
+                                 struct api_response *resp);
+/* A keyset page's arguments: ?limit= (default 50, at most 200) and ?cursor= split into its
+ * "<timestamp>|<uuid>" parts (NULL without a cursor; *cursor owns them, caller frees).
+ * 0 or a 400 status. */
+unsigned api_page_begin(struct api_request *req, struct api_response *resp, int *limit,
+                        char **cursor, const char **cursor_time, const char **cursor_id);
+/* Answers {"data", "next_cursor"} from rows (item json, cursor key text) of a query with
+ * LIMIT limit + 1. */
+unsigned api_page_query(struct api_request *req, struct api_response *resp, const char *sql, int n,
+                        const char *const *params, int limit);
+/* Answers the first row's JSON with status, or a 404 naming what and id. */
+unsigned api_respond_query(struct api_request *req, struct api_response *resp, unsigned status,
+                           const char *sql, int n, const char *const *params, const char *what,
+                           const char *id);
+
+/* ---- approvals and the inbox (api_approvals.c) ---- */
+unsigned api_h_approvals_list(struct api_request *req, struct api_response *resp);
+unsigned api_h_approvals_get(struct api_request *req, struct api_response *resp);
+unsigned api_h_approvals_decide(struct api_request *req, struct api_response *resp);
+unsigned api_h_approvals_reassign(struct api_request *req, struct api_response *resp);
+unsigned api_h_approval_link_show(struct api_request *req, struct api_response *resp);
+unsigned api_h_approval_link_decide(struct api_request *req, struct api_response *resp);
+unsigned api_h_inbox(struct api_request *req, struct api_response *resp);
+
 /* ---- SSE (api_sse.c) ---- */
 struct api_sse_hub;
 int api_sse_hub_start(struct api_server *server, struct api_sse_hub **out);

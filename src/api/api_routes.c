@@ -73,12 +73,6 @@
         "json_build_object('id', w.id, 'name', w.name, 'version', w.version, "                     \
         "'definition_sha256', w.definition_sha256, 'created_at', w.created_at)"
 
-#define APPROVAL_JSON                                                                              \
-        "json_build_object('id', a.id, 'run_id', a.workflow_run_id, 'node_id', a.node_id, "        \
-        "'status', a.status, 'title', a.title, 'request', a.request, 'decision', a.decision, "     \
-        "'decided_by', a.decided_by, 'comment', a.comment, 'decided_at', a.decided_at, "           \
-        "'expires_at', a.expires_at, 'created_at', a.created_at)"
-
 #define SECRET_JSON                                                                                \
         "json_build_object('name', s.name, 'key_version', s.key_version, 'created_at', "           \
         "s.created_at, 'updated_at', s.updated_at)"
@@ -1227,115 +1221,6 @@ static unsigned h_events_stream(struct api_request *req, struct api_response *re
         return 200;
 }
 
-/* ---- approvals -------------------------------------------------------------------- */
-
-static unsigned h_approvals_list(struct api_request *req, struct api_response *resp)
-{
-        static const char *const statuses[] = {"pending", "approved", "rejected", "expired",
-                                               "canceled"};
-        const char *status = api_query(req, "status");
-        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
-        const char *cts, *cid;
-        unsigned st;
-        int limit;
-
-        if (status) {
-                bool ok = false;
-                for (size_t i = 0; i < ELEMENTSOF(statuses); i++)
-                        ok |= strcmp(status, statuses[i]) == 0;
-                if (!ok)
-                        return api_errorf(resp, 400, "invalid_parameter", "invalid status",
-                                          "one of pending, approved, rejected, expired, canceled",
-                                          "status '%s'", status);
-        }
-        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, &limit)) ||
-            (st = cursor_decode(req, resp, &cursor)) ||
-            (st = split_time_cursor(cursor, &cts, &cid, resp)))
-                return st;
-        limit_s = str_printf("%d", limit + 1);
-        const char *params[] = {status, cts, cid, limit_s};
-        return page_query(req, resp,
-                          "SELECT " APPROVAL_JSON ", a.created_at::text || '|' || a.id "
-                          "FROM approvals a WHERE ($1::text IS NULL OR a.status = $1) "
-                          "AND ($2::timestamptz IS NULL OR (a.created_at, a.id) < "
-                          "($2::timestamptz, $3::uuid)) "
-                          "ORDER BY a.created_at DESC, a.id DESC LIMIT $4::integer",
-                          4, params, limit);
-}
-
-static unsigned h_approvals_get(struct api_request *req, struct api_response *resp)
-{
-        const char *params[] = {req->params[0]};
-
-        if (!is_uuid(req->params[0]))
-                return not_found(resp, "approval", req->params[0]);
-        return respond_query(req, resp, 200,
-                             "SELECT " APPROVAL_JSON " FROM approvals a WHERE a.id = $1", 1, params,
-                             "approval", req->params[0]);
-}
-
-static unsigned h_approvals_decide(struct api_request *req, struct api_response *resp)
-{
-        static const char *const keys[] = {"decision", "comment", NULL};
-        const char *id = req->params[0];
-        json_t *b, *j = NULL;
-        unsigned st;
-        int r;
-
-        if (!is_uuid(id))
-                return not_found(resp, "approval", id);
-        b = body_object(req, resp, false);
-        if (!b)
-                return resp->status;
-        if ((st = reject_unknown_keys(b, keys, resp)))
-                return st;
-        const char *decision = json_string_value(json_object_get(b, "decision"));
-        json_t *comment_j = json_object_get(b, "comment");
-        if (!decision || (strcmp(decision, "approve") != 0 && strcmp(decision, "reject") != 0))
-                return api_error(resp, 400, "invalid_field",
-                                 "decision must be \"approve\" or \"reject\"", "field 'decision'",
-                                 NULL);
-        if (comment_j &&
-            (!json_is_string(comment_j) || strlen(json_string_value(comment_j)) > 10000))
-                return api_error(resp, 400, "invalid_field",
-                                 "comment must be a string of at most 10000 characters",
-                                 "field 'comment'", NULL);
-        const char *params[] = {id, decision, json_string_value(comment_j), req->user_name};
-        r = api_query_json(req,
-                           "WITH a AS (UPDATE approvals SET status = CASE WHEN $2 = 'approve' "
-                           "THEN 'approved' ELSE 'rejected' END, decision = "
-                           "json_build_object('decision', $2::text), decided_by = $4, comment = "
-                           "$3, decided_at = now() WHERE id = $1 AND status = 'pending' "
-                           "RETURNING *) SELECT " APPROVAL_JSON " FROM a",
-                           4, params, &j);
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (r == 0) {
-                _cleanup_pgresult_ PGresult *res =
-                    db_query(req->db, "SELECT status FROM approvals WHERE id = $1", 1, params, &r);
-                if (!res)
-                        return api_db_error(resp, r);
-                if (PQntuples(res) == 0)
-                        return not_found(resp, "approval", id);
-                return api_errorf(resp, 409, "conflict", "the approval was already decided", NULL,
-                                  "approval %s is %s", id, PQgetvalue(res, 0, 0));
-        }
-        api_json(resp, 200, j);
-        const char *run_id = json_string_value(json_object_get(j, "run_id"));
-        const char *p2[] = {run_id};
-        r = update_one(req, "SELECT 1 FROM agently_wake_run($1)", 1, p2);
-        if (r < 0)
-                return api_db_error(resp, r);
-        _cleanup_json_ json_t *data = json_pack("{s:s, s:s, s:s}", "approval_id", id, "decision",
-                                                decision, "by", req->user_name);
-        r = api_append_event(req, run_id, "approval.decided", "approval decided", data);
-        if (r == 0)
-                r = notify_control(req, run_id);
-        if (r < 0)
-                return api_db_error(resp, r);
-        return 200;
-}
-
 /* ---- secrets ---------------------------------------------------------------------- */
 
 static unsigned h_secrets_list(struct api_request *req, struct api_response *resp)
@@ -1565,6 +1450,48 @@ static unsigned h_tokens_revoke(struct api_request *req, struct api_response *re
         return 204;
 }
 
+/* ---- helpers the other route files share (api_internal.h) ---------------------------- */
+
+unsigned api_not_found(struct api_response *resp, const char *what, const char *id)
+{
+        return not_found(resp, what, id);
+}
+
+json_t *api_body_object(struct api_request *req, struct api_response *resp, bool allow_empty)
+{
+        return body_object(req, resp, allow_empty);
+}
+
+unsigned api_reject_unknown_keys(json_t *obj, const char *const *allowed, struct api_response *resp)
+{
+        return reject_unknown_keys(obj, allowed, resp);
+}
+
+unsigned api_page_begin(struct api_request *req, struct api_response *resp, int *limit,
+                        char **cursor, const char **cursor_time, const char **cursor_id)
+{
+        unsigned st;
+
+        *cursor = NULL;
+        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, limit)) ||
+            (st = cursor_decode(req, resp, cursor)))
+                return st;
+        return split_time_cursor(*cursor, cursor_time, cursor_id, resp);
+}
+
+unsigned api_page_query(struct api_request *req, struct api_response *resp, const char *sql, int n,
+                        const char *const *params, int limit)
+{
+        return page_query(req, resp, sql, n, params, limit);
+}
+
+unsigned api_respond_query(struct api_request *req, struct api_response *resp, unsigned status,
+                           const char *sql, int n, const char *const *params, const char *what,
+                           const char *id)
+{
+        return respond_query(req, resp, status, sql, n, params, what, id);
+}
+
 /* ---- the table -------------------------------------------------------------------- */
 
 const struct api_route api_routes[] = {
@@ -1592,9 +1519,13 @@ const struct api_route api_routes[] = {
     {"GET", "/v1/runs/{id}/events/stream", h_events_stream, API_ROUTE_STREAM},
     {"POST", "/v1/users", h_users_create, API_ROUTE_IDEMPOTENT},
     {"GET", "/v1/users", h_users_list, 0},
-    {"GET", "/v1/approvals", h_approvals_list, 0},
-    {"GET", "/v1/approvals/{id}", h_approvals_get, 0},
-    {"POST", "/v1/approvals/{id}/decide", h_approvals_decide, 0},
+    {"GET", "/v1/approvals", api_h_approvals_list, 0},
+    {"GET", "/v1/approvals/{id}", api_h_approvals_get, 0},
+    {"POST", "/v1/approvals/{id}/decide", api_h_approvals_decide, 0},
+    {"POST", "/v1/approvals/{id}/reassign", api_h_approvals_reassign, 0},
+    {"GET", "/v1/approval-links/{token}", api_h_approval_link_show, API_ROUTE_PUBLIC},
+    {"POST", "/v1/approval-links/{token}", api_h_approval_link_decide, API_ROUTE_PUBLIC},
+    {"GET", "/v1/inbox", api_h_inbox, 0},
     {"GET", "/v1/secrets", h_secrets_list, 0},
     {"PUT", "/v1/secrets/{name}", h_secrets_put, 0},
     {"DELETE", "/v1/secrets/{name}", h_secrets_delete, 0},

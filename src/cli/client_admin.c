@@ -108,9 +108,20 @@ static void print_approval(struct client_ctx *ctx, json_t *a)
         client_kv(stdout, "expires", expires);
         client_kv(stdout, "request",
                   client_json_cell(json_object_get(a, "request"), buf, sizeof(buf)));
+        client_kv(stdout, "reviewers",
+                  client_json_cell(json_object_get(a, "reviewers"), buf, sizeof(buf)));
+        if (json_integer_value(json_object_get(a, "quorum")) > 1) {
+                snprintf(buf, sizeof(buf), "%lld",
+                         json_integer_value(json_object_get(a, "quorum")));
+                client_kv(stdout, "quorum", buf);
+        }
+        if (json_array_size(json_object_get(a, "votes")) > 0)
+                client_kv(stdout, "votes",
+                          client_json_cell(json_object_get(a, "votes"), buf, sizeof(buf)));
         if (str_member(a, "decided_by")) {
                 client_kv(stdout, "decided", decided);
                 client_kv(stdout, "by", str_member(a, "decided_by"));
+                client_kv(stdout, "via", str_member(a, "decided_via"));
                 client_kv(stdout, "comment", str_member(a, "comment"));
         }
 }
@@ -137,6 +148,7 @@ static int decide(struct client_ctx *ctx, const struct cli_args *args, const cha
         int r;
 
         if (!path || !body || json_object_set_new(body, "decision", json_string(decision)) < 0 ||
+            json_object_set_new(body, "channel", json_string("cli")) < 0 ||
             (comment && json_object_set_new(body, "comment", json_string(comment)) < 0))
                 return CLI_EXIT_FAILURE;
         r = client_call(ctx, "POST", path, body, NULL, &resp);
@@ -164,6 +176,39 @@ static int approval_reject(struct client_ctx *ctx, const struct cli_args *args)
         return decide(ctx, args, "reject");
 }
 
+static const struct cli_flag reassign_flags[] = {
+    {"to", 't', "WHO", "the new reviewer: a user name or an e-mail address (required)"},
+    {"from", 'f', "WHO", "the reviewer to replace (the owner only; default: yourself)"},
+    {"comment", 'c', "TEXT", "a note kept with the change"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int approval_reassign(struct client_ctx *ctx, const struct cli_args *args)
+{
+        _cleanup_free_ char *path = client_path("/v1/approvals/%s/reassign", args->positional[0]);
+        _cleanup_json_ json_t *body = json_object(), *resp = NULL;
+        const char *to = client_arg(ctx, args, "to"), *from = client_arg(ctx, args, "from");
+        const char *comment = client_arg(ctx, args, "comment");
+        int r;
+
+        if (!to)
+                return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                   "agently approval reassign: --to is required (the new "
+                                   "reviewer)");
+        if (!path || !body || json_object_set_new(body, "to", json_string(to)) < 0 ||
+            (from && json_object_set_new(body, "from", json_string(from)) < 0) ||
+            (comment && json_object_set_new(body, "comment", json_string(comment)) < 0))
+                return CLI_EXIT_FAILURE;
+        r = client_call(ctx, "POST", path, body, NULL, &resp);
+        if (r != CLI_EXIT_OK)
+                return r;
+        if (ctx->output == CLIENT_OUTPUT_JSON)
+                client_print_json(resp, stdout);
+        else
+                print_approval(ctx, resp);
+        return CLI_EXIT_OK;
+}
+
 const struct client_command client_approval_commands[] = {
     {"approval", "list", "[--status S]", "list approvals, newest first", 0, 0, approval_list_flags,
      approval_list},
@@ -172,6 +217,9 @@ const struct client_command client_approval_commands[] = {
      decide_flags, approval_approve},
     {"approval", "reject", "ID [--comment C]", "reject: the node fails (its on_failure decides)", 1,
      1, decide_flags, approval_reject},
+    {"approval", "reassign", "ID --to WHO [--from WHO]",
+     "hand a reviewer's place to someone else (they are notified)", 1, 1, reassign_flags,
+     approval_reassign},
     {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
 };
 

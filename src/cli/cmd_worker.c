@@ -128,6 +128,7 @@ int cmd_worker(int argc, char **argv)
         if (r < 0)
                 return cli_db_fail("could not find the database", r);
         cfg.conninfo = conninfo;
+        cfg.public_url = getenv("AGENTLY_PUBLIC_URL");
 
         /* Blocked here, before any thread starts, so every thread inherits the mask and
          * only the signalfd sees these signals. */

@@ -94,7 +94,11 @@ char *wf_canonical_json(const json_t *definition);
  *    "in_flight": ["<node id>", ...],   (nodes THIS worker is executing right now)
  *    "signals": {"<event>": [{"id": "...", "payload": ...}, ...]}, (unconsumed, oldest first)
  *    "children": {"<node id>": {"status": "...", "output": ..., "error": ...,
- *                               "attempt": n (the node attempt that started this child)}}}
+ *                               "attempt": n (the node attempt that started this child)}},
+ *    "approvals": {"<node id>": {"id": "<uuid>", "attempt": n (the node attempt that asked),
+ *                                "status": "pending|approved|rejected|expired|canceled",
+ *                                "decision": {...} | null, "expires_at_ms": n | null}}}
+ *      (the latest approval of each approval node; may be absent)
  * "nodes" holds the LATEST attempt of each node that has a record, static ids and dynamic
  * ones ("fanout[12]" for map item 12, "poll#3" for loop iteration 3). A node with no record
  * has not been reached.
@@ -122,6 +126,18 @@ char *wf_canonical_json(const json_t *definition);
  *       in one transaction
  *   {"action":"fail_node","node":id,"attempt":n,"error":{"class":...,"message":...}}
  *       this attempt failed: apply wf_on_node_failure() exactly as for a failed execute
+ *   {"action":"request_approval","node":id,"attempt":n,"approval":{"title","context":{...},
+ *    "proposed_action","reviewers":[...],"channels":[...],"quorum":n,
+ *    "forbid_self_approval":bool,"timeout_ms":n|null,"on_timeout":"reject|approve|escalate|
+ *    fail","escalation":[{"contacts":[...],"timeout_ms":n}]?}}
+ *       create the node attempt's approval once (idempotently: a re-execution finds it),
+ *       with its notifications, and record the node "waiting"; the decision arrives in
+ *       snapshot.approvals (approved: the node completes with the decision as its output;
+ *       rejected: it fails with class "rejected"; expired: class "timeout")
+ *   {"action":"approval_timeout","node":id,"approval_id":"<uuid>"}
+ *       the approval's deadline passed while pending: apply its on_timeout (decide it, or
+ *       escalate to the next level with a new deadline) unless a person decided first, then
+ *       plan again from a fresh snapshot
  *   {"action":"finish","status":"completed","output":any}
  *   {"action":"finish","status":"failed","error":{"node":id|null,"class":...,"message":...}}
  *   {"action":"needs_input","node":id,"error":{...}}   (on_failure escalate)

@@ -32,9 +32,10 @@ struct wf_plan_ctx {
         const json_t *nodes; /* snapshot records */
         const json_t *signals;
         const json_t *children;
-        json_t *in_flight; /* set: {"<id>": true} */
-        json_t *consumed;  /* {"<event>": n signals taken by this plan} */
-        json_t *run;       /* {"id": ...} */
+        const json_t *approvals; /* {"<node id>": the node's latest approval} */
+        json_t *in_flight;       /* set: {"<id>": true} */
+        json_t *consumed;        /* {"<event>": n signals taken by this plan} */
+        json_t *run;             /* {"id": ...} */
         const char *run_id;
         int64_t now;
         int64_t wake;
@@ -603,6 +604,104 @@ int wf_plan_subworkflow_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
                 timer(p, started + n->timeout_ms);
         }
         return 0;
+}
+
+/* ---- approval ---- */
+
+/* The request a reviewer reads and the policy the database applies (engine.h,
+ * request_approval). */
+int wf_plan_approval_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                           bool reexecution)
+{
+        const struct wf_node *n = l->node;
+        struct wf_expr_error err = {0};
+        _cleanup_free_ char *path = NULL;
+        _cleanup_json_ json_t *shown = NULL;
+        json_t *spec;
+        int r = wf_tmpl_render(n->approval, l->scope, &shown, &err, &path);
+
+        (void)reexecution;
+        if (r == -EINVAL) {
+                r = emit_fail(
+                    p, l->id, attempt,
+                    error_json("error", "could not render the approval%s at column %d: %s",
+                               path ? path : "", err.column, err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return r;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return p->error = r;
+        spec = json_deep_copy(n->approval_policy);
+        if (!spec || json_object_update(spec, shown) < 0) {
+                json_decref(spec);
+                return p->error = -ENOMEM;
+        }
+        if (!json_is_string(json_object_get(spec, "title"))) {
+                _cleanup_free_ char *t = str_printf("Approve %s of %s", l->id, p->wf->name);
+                if (!t || json_object_set_new(spec, "title", json_string(t)) < 0) {
+                        json_decref(spec);
+                        return p->error = -ENOMEM;
+                }
+        }
+        if (!json_object_get(spec, "proposed_action")) {
+                /* what happens on approval: the nodes that wait for this one */
+                json_t *next = json_array();
+                for (size_t i = 0; next && i < n->n_dependents; i++)
+                        json_array_append_new(next, json_string(p->wf->nodes[n->dependents[i]].id));
+                if (!next || json_object_set_new(spec, "proposed_action",
+                                                 json_pack("{s:o}", "next", next)) < 0) {
+                        json_decref(spec);
+                        return p->error = -ENOMEM;
+                }
+        }
+        if (json_object_set_new(spec, "timeout_ms",
+                                n->timeout_ms ? json_integer(n->timeout_ms) : json_null()) < 0) {
+                json_decref(spec);
+                return p->error = -ENOMEM;
+        }
+        return emit(p, json_pack("{s:s,s:s,s:i,s:o}", "action", "request_approval", "node", l->id,
+                                 "attempt", attempt, "approval", spec));
+}
+
+/* The node waits for its approval (snapshot.approvals): the decision completes it
+ * (approved: the decision is the output) or fails it (rejected, or no decision in time);
+ * a pending approval past its deadline asks the worker to apply on_timeout. */
+int wf_plan_approval_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
+{
+        int attempt = rec_attempt(l->record);
+        json_t *a = json_is_object(p->approvals) ? json_object_get(p->approvals, l->id) : NULL;
+        const char *status = rec_status(a);
+        int64_t deadline;
+
+        if (!a || rec_attempt(a) != attempt)
+                return wf_plan_approval_start(p, l, attempt, true); /* not asked yet */
+        if (!strcmp(status, "approved"))
+                return emit_complete(p, l->id, json_incref(rec_get(a, "decision")));
+        if (!strcmp(status, "rejected") || !strcmp(status, "expired") ||
+            !strcmp(status, "canceled")) {
+                json_t *decision = rec_get(a, "decision");
+                const char *by = json_string_value(json_object_get(decision, "by"));
+                const char *comment = json_string_value(json_object_get(decision, "comment"));
+                json_t *e = !strcmp(status, "rejected")
+                                ? error_json("rejected", "rejected by %s%s%s", by ? by : "?",
+                                             comment ? ": " : "", comment ? comment : "")
+                            : !strcmp(status, "expired")
+                                ? error_json("timeout", "no decision within the deadline")
+                                : error_json("error", "the approval was canceled");
+                if (e && json_object_set(e, "decision", decision) < 0) {
+                        json_decref(e);
+                        e = NULL;
+                }
+                return emit_fail(p, l->id, attempt, e);
+        }
+        if (rec_ms(a, "expires_at_ms", &deadline)) {
+                if (deadline <= p->now)
+                        return emit(p, json_pack("{s:s,s:s,s:O}", "action", "approval_timeout",
+                                                 "node", l->id, "approval_id", rec_get(a, "id")));
+                timer(p, deadline);
+        }
+        return 0; /* only a decision wakes it */
 }
 
 /* ---- one leaf (static node, map item, loop iteration) ---- */
@@ -1243,6 +1342,7 @@ int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actio
         }
         p.signals = json_object_get(snapshot, "signals");
         p.children = json_object_get(snapshot, "children");
+        p.approvals = json_object_get(snapshot, "approvals");
         p.run_id = json_string_value(json_object_get(snapshot, "run_id"));
         p.now = json_integer_value(json_object_get(snapshot, "now_ms"));
         p.actions = json_array();

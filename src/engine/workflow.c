@@ -505,6 +505,9 @@ static const char *const loop_fields[] = {"node", "until", "max_iterations", NUL
 static const char *const subworkflow_fields[] = {"workflow", "version", "input", NULL};
 static const char *const transform_fields[] = {"output", NULL};
 static const char *const agent_fields[] = {"agent", NULL};
+static const char *const approval_fields[] = {
+    "title",      "reviewers",  "channels", "quorum",          "forbid_self_approval",
+    "on_timeout", "escalation", "context",  "proposed_action", NULL};
 static const char *const no_fields[] = {NULL};
 
 static const char *node_name(const struct wf_node *n)
@@ -1033,6 +1036,298 @@ static void parse_transform(struct wf_parse_ctx *c, struct wf_node *n, const jso
         (void)parse_template(c, n, opath, output, scope_of(n), owner_of(n), &n->output);
 }
 
+/* ---- approval ---- */
+
+#define APPROVAL_MAX_CONTACTS 100
+#define APPROVAL_MAX_CHANNELS 10
+#define APPROVAL_MAX_LEVELS   10
+
+/* A reviewer or contact: a user name or an e-mail address, 1-254 characters of letters,
+ * digits and _ . @ + -, starting with a letter or digit. */
+static bool valid_contact(const char *s)
+{
+        size_t n = strlen(s);
+
+        if (n < 1 || n > 254 || !(is_alpha(s[0]) || is_digit(s[0])))
+                return false;
+        for (size_t i = 1; i < n; i++)
+                if (!is_alpha(s[i]) && !is_digit(s[i]) && !strchr("_.@+-", s[i]))
+                        return false;
+        return true;
+}
+
+/* obj[key]: a list of contacts (lower-cased into *out, a new array); false after an error. */
+static bool parse_contacts(struct wf_parse_ctx *c, const struct wf_node *n, const char *path,
+                           const json_t *obj, const char *key, bool required, json_t **out)
+{
+        json_t *v = json_object_get(obj, key);
+        _cleanup_free_ char *field = path_join(path, key);
+        size_t i;
+        json_t *e;
+
+        *out = NULL;
+        if (!v) {
+                if (required)
+                        add_error(c, node_name(n), field ? field : path,
+                                  "missing required field '%s' (a list of user names or e-mail "
+                                  "addresses)",
+                                  key);
+                return !required;
+        }
+        if (!json_is_array(v) || json_array_size(v) > APPROVAL_MAX_CONTACTS ||
+            (required && json_array_size(v) == 0)) {
+                add_error(c, node_name(n), field ? field : path,
+                          "'%s' must be a list of %d to %d user names or e-mail addresses, e.g. "
+                          "[\"ops@example.com\", \"alice\"]",
+                          key, required ? 1 : 0, APPROVAL_MAX_CONTACTS);
+                return false;
+        }
+        if (!(*out = json_array())) {
+                c->oom = true;
+                return false;
+        }
+        json_array_foreach (v, i, e) {
+                const char *s = json_string_value(e);
+                char lower[256];
+                if (!s || !valid_contact(s)) {
+                        _cleanup_free_ char *f = str_printf("%s/%zu", field ? field : path, i);
+                        add_error(c, node_name(n), f ? f : path,
+                                  "invalid reviewer %s%s%s: use a user name or an e-mail address",
+                                  s ? "'" : "", s ? s : "(not a string)", s ? "'" : "");
+                        continue;
+                }
+                size_t k;
+                for (k = 0; s[k]; k++)
+                        lower[k] = (s[k] >= 'A' && s[k] <= 'Z') ? (char)(s[k] - 'A' + 'a') : s[k];
+                lower[k] = '\0';
+                if (json_array_append_new(*out, json_string(lower)) < 0)
+                        c->oom = true;
+        }
+        return true;
+}
+
+static void parse_approval_channels(struct wf_parse_ctx *c, const struct wf_node *n,
+                                    const char *path, const json_t *obj, json_t *policy)
+{
+        static const char *const channel_fields[] = {"kind", "url", NULL};
+        json_t *v = json_object_get(obj, "channels");
+        _cleanup_free_ char *field = path_join(path, "channels");
+        size_t i;
+        json_t *ch;
+
+        if (!v)
+                return;
+        if (!json_is_array(v) || json_array_size(v) > APPROVAL_MAX_CHANNELS) {
+                add_error(c, node_name(n), field ? field : path,
+                          "channels must be a list of at most %d channels, e.g. [{\"kind\": "
+                          "\"email\"}, {\"kind\": \"webhook\", \"url\": \"https://...\"}]",
+                          APPROVAL_MAX_CHANNELS);
+                return;
+        }
+        json_array_foreach (v, i, ch) {
+                _cleanup_free_ char *f = str_printf("%s/%zu", field ? field : path, i);
+                const char *kind, *url;
+                if (!f) {
+                        c->oom = true;
+                        return;
+                }
+                if (!json_is_object(ch)) {
+                        add_error(c, node_name(n), f, "a channel must be an object with 'kind'");
+                        continue;
+                }
+                check_fields(c, node_name(n), f, ch, "a channel", channel_fields, NULL);
+                if (!get_string(c, node_name(n), f, ch, "kind", true, &kind) || !kind)
+                        continue;
+                if (strcmp(kind, "email") && strcmp(kind, "slack") && strcmp(kind, "webhook")) {
+                        _cleanup_free_ char *kf = path_join(f, "kind");
+                        add_error(c, node_name(n), kf ? kf : f,
+                                  "channel kind must be \"email\", \"slack\" or \"webhook\" (got "
+                                  "\"%s\")",
+                                  kind);
+                        continue;
+                }
+                if (!get_string(c, node_name(n), f, ch, "url", strcmp(kind, "email") != 0, &url))
+                        continue;
+                if (url && !str_has_prefix(url, "http://") && !str_has_prefix(url, "https://")) {
+                        _cleanup_free_ char *uf = path_join(f, "url");
+                        add_error(c, node_name(n), uf ? uf : f,
+                                  "a channel url must start with http:// or https://");
+                        continue;
+                }
+        }
+        if (json_object_set(policy, "channels", v) < 0)
+                c->oom = true;
+}
+
+static void parse_approval_escalation(struct wf_parse_ctx *c, const struct wf_node *n,
+                                      const char *path, const json_t *obj, json_t *policy)
+{
+        static const char *const level_fields[] = {"contacts", "timeout", NULL};
+        json_t *v = json_object_get(obj, "escalation");
+        _cleanup_free_ char *field = path_join(path, "escalation");
+        _cleanup_json_ json_t *ladder = json_array();
+        size_t i;
+        json_t *lv;
+
+        if (!v)
+                return;
+        if (!ladder) {
+                c->oom = true;
+                return;
+        }
+        if (!json_is_array(v) || json_array_size(v) == 0 ||
+            json_array_size(v) > APPROVAL_MAX_LEVELS) {
+                add_error(c, node_name(n), field ? field : path,
+                          "escalation must be a list of 1 to %d levels, e.g. [{\"contacts\": "
+                          "[\"lead@example.com\"], \"timeout\": \"1d\"}]",
+                          APPROVAL_MAX_LEVELS);
+                return;
+        }
+        json_array_foreach (v, i, lv) {
+                _cleanup_free_ char *f = str_printf("%s/%zu", field ? field : path, i);
+                _cleanup_json_ json_t *contacts = NULL;
+                int64_t timeout = n->timeout_ms;
+                if (!f) {
+                        c->oom = true;
+                        return;
+                }
+                if (!json_is_object(lv)) {
+                        add_error(c, node_name(n), f,
+                                  "an escalation level must be an object with 'contacts' and "
+                                  "'timeout'");
+                        continue;
+                }
+                check_fields(c, node_name(n), f, lv, "an escalation level", level_fields, NULL);
+                if (!parse_contacts(c, n, f, lv, "contacts", true, &contacts) || !contacts)
+                        continue;
+                if (!get_duration(c, node_name(n), f, lv, "timeout", &timeout))
+                        continue;
+                if (timeout <= 0) {
+                        add_error(c, node_name(n), f, "an escalation level needs a timeout");
+                        continue;
+                }
+                if (json_array_append_new(ladder, json_pack("{s:O, s:I}", "contacts", contacts,
+                                                            "timeout_ms", (json_int_t)timeout)) < 0)
+                        c->oom = true;
+        }
+        if (json_object_set(policy, "escalation", ladder) < 0)
+                c->oom = true;
+}
+
+static void parse_approval(struct wf_parse_ctx *c, struct wf_node *n, const json_t *obj,
+                           const char *path)
+{
+        static const char *const on_timeout_values[] = {"reject", "approve", "escalate", "fail",
+                                                        NULL};
+        const char *node = node_name(n);
+        _cleanup_json_ json_t *reviewers = NULL, *tmpl = NULL;
+        json_t *policy = json_object();
+        const char *on_timeout = NULL, *title = NULL;
+        int64_t quorum = 1;
+        json_t *v;
+
+        if (!policy) {
+                c->oom = true;
+                return;
+        }
+        n->approval_policy = policy;
+        if (parse_contacts(c, n, path, obj, "reviewers", false, &reviewers) && reviewers)
+                json_object_set(policy, "reviewers", reviewers);
+        else if (!reviewers)
+                json_object_set_new(policy, "reviewers", json_array());
+        parse_approval_channels(c, n, path, obj, policy);
+
+        size_t n_reviewers = json_array_size(json_object_get(policy, "reviewers"));
+        if (get_int(c, node, path, obj, "quorum", 1, 100, &quorum) &&
+            (size_t)quorum > (n_reviewers ? n_reviewers : 1)) {
+                _cleanup_free_ char *f = path_join(path, "quorum");
+                add_error(c, node, f ? f : path,
+                          "quorum %lld is more than the %zu reviewer%s listed", (long long)quorum,
+                          n_reviewers, n_reviewers == 1 ? "" : "s");
+        }
+        json_object_set_new(policy, "quorum", json_integer(quorum));
+
+        v = json_object_get(obj, "forbid_self_approval");
+        if (v && !json_is_boolean(v)) {
+                _cleanup_free_ char *f = path_join(path, "forbid_self_approval");
+                add_error(c, node, f ? f : path, "forbid_self_approval must be true or false");
+        }
+        json_object_set_new(policy, "forbid_self_approval", json_boolean(json_is_true(v)));
+
+        if (get_string(c, node, path, obj, "on_timeout", false, &on_timeout) && on_timeout) {
+                _cleanup_free_ char *f = path_join(path, "on_timeout");
+                if (!in_list(on_timeout_values, on_timeout))
+                        add_error(c, node, f ? f : path,
+                                  "on_timeout must be \"reject\", \"approve\", \"escalate\" or "
+                                  "\"fail\" (got \"%s\")",
+                                  on_timeout);
+                else if (n->timeout_ms <= 0)
+                        add_error(c, node, f ? f : path,
+                                  "on_timeout needs a timeout, e.g. \"timeout\": \"3d\"");
+        }
+        json_object_set_new(policy, "on_timeout", json_string(on_timeout ? on_timeout : "fail"));
+        if (json_object_get(obj, "escalation")) {
+                if (!on_timeout || strcmp(on_timeout, "escalate") != 0) {
+                        _cleanup_free_ char *f = path_join(path, "escalation");
+                        add_error(c, node, f ? f : path,
+                                  "an escalation ladder needs \"on_timeout\": \"escalate\"");
+                } else {
+                        parse_approval_escalation(c, n, path, obj, policy);
+                }
+        }
+
+        /* what the reviewer reads, rendered when the node is reached: the title, the outputs
+         * of the context nodes (default: the nodes it comes after) and the proposed action */
+        tmpl = json_object();
+        json_t *context = json_object();
+        if (!tmpl || !context || json_object_set_new(tmpl, "context", context) < 0) {
+                c->oom = true;
+                return;
+        }
+        if (get_string(c, node, path, obj, "title", false, &title) && title) {
+                if (strlen(title) > 500) {
+                        _cleanup_free_ char *f = path_join(path, "title");
+                        add_error(c, node, f ? f : path, "title too long (limit 500 bytes)");
+                }
+                json_object_set(tmpl, "title", json_object_get(obj, "title"));
+        }
+        v = json_object_get(obj, "proposed_action");
+        if (v)
+                json_object_set(tmpl, "proposed_action", v);
+        json_t *ids = json_object_get(obj, "context");
+        _cleanup_free_ char *cpath = path_join(path, "context");
+        if (ids && (!json_is_array(ids) || json_array_size(ids) > 100)) {
+                add_error(c, node, cpath ? cpath : path,
+                          "context must be a list of at most 100 upstream node ids whose outputs "
+                          "the reviewer sees, e.g. [\"draft\"]");
+                ids = NULL;
+        } else if (!ids) {
+                ids = json_object_get(obj, "after");
+                if (!json_is_array(ids))
+                        ids = NULL;
+        }
+        size_t i;
+        json_array_foreach (ids, i, v) {
+                const char *id = json_string_value(v);
+                if (!id || !valid_node_id(id) || !wf_find_node(c->wf, id)) {
+                        if (json_object_get(obj, "context")) {
+                                _cleanup_free_ char *f =
+                                    str_printf("%s/%zu", cpath ? cpath : path, i);
+                                add_error(c, node, f ? f : path,
+                                          "context refers to unknown node '%s'",
+                                          id ? id : "(not a string)");
+                        }
+                        continue;
+                }
+                _cleanup_free_ char *expr = str_printf("${ nodes[\"%s\"].output }", id);
+                if (!expr || json_object_set_new(context, id, json_string(expr)) < 0) {
+                        c->oom = true;
+                        return;
+                }
+        }
+        (void)parse_template(c, n, path, tmpl, scope_of(n), owner_of(n), &n->approval);
+}
+
 static const struct wf_kind kinds[] = {
     {"http", http_fields, WF_KIND_EFFECT | WF_KIND_TEMPLATABLE | WF_KIND_RETRY | WF_KIND_TIMEOUT, 3,
      DEFAULT_HTTP_TIMEOUT_MS, parse_http, wf_plan_http_start, wf_plan_retry_resume, NULL},
@@ -1052,6 +1347,8 @@ static const struct wf_kind kinds[] = {
      * attempt is not retried unless retry says so (it starts the agent afresh) */
     {"agent", agent_fields, WF_KIND_EFFECT | WF_KIND_TEMPLATABLE | WF_KIND_RETRY | WF_KIND_TIMEOUT,
      1, 0, parse_agent, wf_plan_agent_start, wf_plan_retry_resume, NULL},
+    {"approval", approval_fields, WF_KIND_TIMEOUT, 1, 0, parse_approval, wf_plan_approval_start,
+     wf_plan_approval_resume, NULL},
 };
 
 const struct wf_kind *wf_kind_find(const char *name)
@@ -1064,7 +1361,8 @@ const struct wf_kind *wf_kind_find(const char *name)
 
 static const char *kind_names(void)
 {
-        return "http, agent, sleep, wait_event, condition, map, loop, subworkflow, transform, noop";
+        return "http, agent, sleep, wait_event, condition, map, loop, subworkflow, transform, "
+               "noop, approval";
 }
 
 /* ---- common node fields ---- */
@@ -1224,8 +1522,8 @@ static void parse_node_common(struct wf_parse_ctx *c, struct wf_node *n, const j
                 _cleanup_free_ char *f = path_join(path, "timeout");
                 if (!(n->kind->flags & WF_KIND_TIMEOUT))
                         add_error(c, node, f ? f : path,
-                                  "timeout does not apply to %s nodes; it applies to http, "
-                                  "wait_event and subworkflow nodes",
+                                  "timeout does not apply to %s nodes; it applies to http, agent, "
+                                  "wait_event, subworkflow and approval nodes",
                                   type);
                 else if (get_duration(c, node, path, obj, "timeout", &n->timeout_ms) &&
                          n->timeout_ms == 0)
@@ -1332,6 +1630,9 @@ static void node_free(struct wf_node *n)
         wf_tmpl_free(n->input);
         wf_tmpl_free(n->output);
         wf_tmpl_free(n->agent);
+        wf_tmpl_free(n->approval);
+        if (n->approval_policy)
+                json_decref(n->approval_policy);
 }
 
 void wf_free(struct wf_workflow *wf)

@@ -109,6 +109,11 @@ struct wf_node {
         struct wf_tmpl *output;
         /* agent: the agent object (provider, model, prompt, tools, budget, ...) */
         struct wf_tmpl *agent;
+        /* approval: {title, context, proposed_action} rendered when the node is reached, and
+         * the validated policy {reviewers, channels, quorum, forbid_self_approval,
+         * on_timeout, escalation: [{contacts, timeout_ms}]} */
+        struct wf_tmpl *approval;
+        json_t *approval_policy;
 };
 
 struct wf_workflow {
@@ -188,6 +193,9 @@ int wf_plan_transform_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int 
                             bool reexecution);
 int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                         bool reexecution);
+int wf_plan_approval_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                           bool reexecution);
+int wf_plan_approval_resume(struct wf_plan_ctx *p, const struct wf_leaf *l);
 int wf_plan_noop_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                        bool reexecution);
 int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n);

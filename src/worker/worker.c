@@ -365,7 +365,13 @@ static const char SNAPSHOT_SQL[] =
     "                        (regexp_match(c.idempotency_key, ':([0-9]+)$'))[1]::integer))"
     "   FROM (SELECT DISTINCT ON (parent_node_id) * FROM workflow_runs"
     "         WHERE parent_run_id = r.id AND parent_node_id IS NOT NULL"
-    "         ORDER BY parent_node_id, created_at DESC) c), '{}')"
+    "         ORDER BY parent_node_id, created_at DESC) c), '{}'),"
+    " 'approvals', coalesce((SELECT jsonb_object_agg(a.node_id,"
+    "     jsonb_build_object('id', a.id, 'attempt', a.node_attempt, 'status', a.status,"
+    "                        'decision', a.decision, 'expires_at_ms',"
+    "                        (extract(epoch FROM a.expires_at) * 1000)::bigint))"
+    "   FROM (SELECT DISTINCT ON (node_id) * FROM approvals"
+    "         WHERE workflow_run_id = r.id ORDER BY node_id, node_attempt DESC) a), '{}')"
     "), r.cancel_requested, r.pause_requested, q.lease_epoch"
     " FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch bigint, whole boolean)"
     " JOIN run_queue q ON q.run_id = h.id AND q.lease_epoch = h.epoch"
@@ -886,7 +892,9 @@ static char *wait_reason(const json_t *snapshot)
                 if (strcmp(status, "waiting") == 0)
                         what = jstr(rec, "event")                   ? "signal"
                                : json_object_get(rec, "wake_at_ms") ? "sleep"
-                                                                    : "subworkflow";
+                               : json_object_get(json_object_get(snapshot, "approvals"), node)
+                                   ? "approval"
+                                   : "subworkflow";
                 else if (strcmp(status, "failed") == 0 && json_object_get(rec, "retry_at_ms"))
                         what = "retry delay";
                 if (!what)
@@ -1106,16 +1114,86 @@ static enum step act_wait(struct worker *w, struct run *run, struct round *rd, c
                             why ? why : "waiting");
 }
 
+/*
+ * request_approval: the node attempt's approval, its links and notifications
+ * (agently_request_approval, 0015_approvals.sql: idempotent per attempt, so a re-execution
+ * after a crash asks nobody twice), then the node recorded waiting. The next round reads
+ * the approval from a fresh snapshot.
+ */
+static enum step act_request_approval(struct worker *w, struct run *run, struct round *rd,
+                                      const char *act, json_t *a)
+{
+        const char *node = jstr(a, "node");
+        int attempt = jint(a, "attempt", 1);
+        _cleanup_free_ char *spec = json_dumps(json_object_get(a, "approval"), JSON_COMPACT);
+        _cleanup_pgresult_ PGresult *res = NULL;
+        _cleanup_json_ json_t *in = NULL;
+        char epoch[24], att[16];
+        int r = 0;
+
+        if (!spec)
+                return step_failed(w, run, -ENOMEM, act);
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)run->epoch);
+        snprintf(att, sizeof(att), "%d", attempt);
+        const char *params[] = {run->id, epoch, node, att, spec, w->cfg->public_url};
+        res = batch_query(w,
+                          "SELECT agently_request_approval($1::uuid, $2::bigint, $3, $4::integer,"
+                          " $5::jsonb, $6)",
+                          6, params, &r);
+        if (!res)
+                return step_failed(w, run, r, act);
+        if (PQgetisnull(res, 0, 0))
+                return step_failed(w, run, 0, act); /* lease lost */
+        in = json_pack("{s:s}", "approval_id", PQgetvalue(res, 0, 0));
+        r = in ? checkpoint(w, run, node, attempt, "waiting", in, NULL, NULL, NULL, "node.waiting",
+                            NULL)
+               : -ENOMEM;
+        if (r <= 0)
+                return step_failed(w, run, r, act);
+        rd->reload = true;
+        rd->progress = true;
+        return STEP_NEXT;
+}
+
+/* approval_timeout: the database applies on_timeout unless a decision came first
+ * (agently_approval_timeout); the next round reads the outcome. */
+static enum step act_approval_timeout(struct worker *w, struct run *run, struct round *rd,
+                                      const char *act, json_t *a)
+{
+        _cleanup_pgresult_ PGresult *res = NULL;
+        char epoch[24];
+        int r = 0;
+
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)run->epoch);
+        const char *params[] = {run->id, epoch, jstr(a, "approval_id")};
+        res = batch_query(w, "SELECT agently_approval_timeout($1::uuid, $2::bigint, $3::uuid)", 3,
+                          params, &r);
+        if (!res)
+                return step_failed(w, run, r, act);
+        if (PQgetisnull(res, 0, 0))
+                return step_failed(w, run, 0, act); /* lease lost */
+        rd->reload = true;
+        rd->progress = true;
+        return STEP_NEXT;
+}
+
 static const struct action {
         const char *name;
         enum step (*apply)(struct worker *w, struct run *run, struct round *rd, const char *act,
                            json_t *a);
 } ACTIONS[] = {
-    {"complete", act_complete},       {"skip", act_complete},
-    {"execute", act_execute},         {"fail_node", act_fail_node},
-    {"sleep", act_wait_node},         {"wait_signal", act_wait_node},
-    {"start_child", act_start_child}, {"finish", act_finish},
-    {"needs_input", act_needs_input}, {"wait", act_wait},
+    {"complete", act_complete},
+    {"skip", act_complete},
+    {"execute", act_execute},
+    {"fail_node", act_fail_node},
+    {"sleep", act_wait_node},
+    {"wait_signal", act_wait_node},
+    {"start_child", act_start_child},
+    {"finish", act_finish},
+    {"needs_input", act_needs_input},
+    {"wait", act_wait},
+    {"request_approval", act_request_approval},
+    {"approval_timeout", act_approval_timeout},
 };
 
 static const struct action *action_find(const char *name)

@@ -21,6 +21,7 @@ struct worker_config {
         int64_t poll_ms;           /* claim polling fallback when no NOTIFY arrives */
         int signal_fd;             /* readable on SIGTERM/SIGINT (a signalfd), or -1 */
         const char *executor_path; /* `agently executor`'s binary (NULL: /proc/self/exe) */
+        const char *public_url;    /* where people reach the API (approval links); NULL: default */
 };
 
 /*

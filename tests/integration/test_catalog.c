@@ -22,7 +22,7 @@
 
 static const char seed_sql[] =
     "CREATE FUNCTION test_seed(u uuid, tag text) RETURNS void LANGUAGE plpgsql AS $$\n"
-    "DECLARE wf uuid; run uuid; ar uuid; created timestamptz;\n"
+    "DECLARE wf uuid; run uuid; ar uuid; ap uuid; created timestamptz;\n"
     "BEGIN\n"
     "  INSERT INTO api_tokens (user_id, name, token_hash, token_prefix) VALUES (u, 't', "
     "sha256(convert_to(tag, 'UTF8')), 'agt_x');\n"
@@ -42,7 +42,10 @@ static const char seed_sql[] =
     "run, 1, u, 'run.queued');\n"
     "  INSERT INTO signals (user_id, workflow_run_id, name) VALUES (u, run, 'go');\n"
     "  INSERT INTO approvals (user_id, workflow_run_id, node_id, title) VALUES (u, run, 'a', "
-    "'ok?');\n"
+    "'ok?') RETURNING id INTO ap;\n"
+    "  INSERT INTO approval_links (token_hash, approval_id, user_id, reviewer, decision, "
+    "expires_at) VALUES (sha256(convert_to('link' || tag, 'UTF8')), ap, u, 'r', 'approve', "
+    "now());\n"
     "  INSERT INTO notifications (user_id, channel, target) VALUES (u, 'email', 'a@example.com');\n"
     "  INSERT INTO artifacts (user_id, workflow_run_id, name, size_bytes, sha256, inline_data) "
     "VALUES (u, run, 'f', 1, encode(sha256('f'), 'hex'), '\\x66');\n"

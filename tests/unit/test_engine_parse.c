@@ -518,6 +518,45 @@ static void documented_examples_are_valid(void **state)
         assert_int_ge(snippets, 8);
 }
 
+/* The approval node: the minimal shape as written; the rules a definition must keep. */
+static void approval_nodes(void **state)
+{
+        const char *minimal =
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"draft\",\"type\":\"noop\"},"
+            "{\"id\":\"ok\",\"type\":\"approval\",\"after\":[\"draft\"],\"reviewers\":"
+            "[\"ops@example.com\"],\"channels\":[{\"kind\":\"webhook\",\"url\":"
+            "\"http://127.0.0.1:9/hook\"}],\"timeout\":\"3d\",\"on_timeout\":\"escalate\"}]}";
+        struct wf_workflow *wf = NULL;
+        json_t *errors = NULL;
+
+        (void)state;
+        assert_int_equal(wf_parse_text(minimal, strlen(minimal), &wf, &errors), 0);
+        assert_null(errors);
+        assert_string_equal(wf_node_kind(wf, "ok"), "approval");
+        wf_free(wf);
+
+        _cleanup_json_ json_t *e = errors_of(
+            "{\"name\":\"w\",\"nodes\":["
+            "{\"id\":\"a\",\"type\":\"approval\",\"reviewers\":[\"bob\"],\"quorum\":2},"
+            "{\"id\":\"b\",\"type\":\"approval\",\"on_timeout\":\"reject\"},"
+            "{\"id\":\"c\",\"type\":\"approval\",\"channels\":[{\"kind\":\"pigeon\"}]},"
+            "{\"id\":\"d\",\"type\":\"approval\",\"timeout\":\"1d\",\"escalation\":"
+            "[{\"contacts\":[\"x@example.com\"]}]},"
+            "{\"id\":\"e\",\"type\":\"approval\",\"reviewers\":[\"not valid\"],"
+            "\"context\":[\"zz\"],\"forbid_self_approval\":\"yes\"},"
+            "{\"id\":\"f\",\"type\":\"approval\",\"timeout\":\"1d\",\"on_timeout\":\"later\","
+            "\"channels\":[{\"kind\":\"slack\"}]}]}");
+        expect_error(e, "a", "/nodes/0/quorum", "quorum 2 is more than the 1 reviewer listed");
+        expect_error(e, "b", "/nodes/1/on_timeout", "on_timeout needs a timeout");
+        expect_error(e, "c", "/nodes/2/channels/0/kind", "channel kind must be");
+        expect_error(e, "d", "/nodes/3/escalation", "needs \"on_timeout\": \"escalate\"");
+        expect_error(e, "e", "/nodes/4/reviewers/0", "invalid reviewer 'not valid'");
+        expect_error(e, "e", "/nodes/4/context/0", "context refers to unknown node 'zz'");
+        expect_error(e, "e", "/nodes/4/forbid_self_approval", "must be true or false");
+        expect_error(e, "f", "/nodes/5/on_timeout", "on_timeout must be");
+        expect_error(e, "f", "/nodes/5/channels/0/url", "missing required field 'url'");
+}
+
 /* docs/workflow.schema.json is loadable and lists exactly the node kinds the parser knows,
  * with a rule per kind; its minimal example constraints agree with the parser's. */
 static void schema_matches_the_parser(void **state)
@@ -532,8 +571,8 @@ static void schema_matches_the_parser(void **state)
         json_t *types =
             json_object_get(json_object_get(json_object_get(node, "properties"), "type"), "enum");
         json_t *rules = json_object_get(node, "allOf");
-        assert_int_equal(json_array_size(types), 10);
-        assert_int_equal(json_array_size(rules), 10);
+        assert_int_equal(json_array_size(types), 11);
+        assert_int_equal(json_array_size(rules), 11);
         size_t i;
         json_t *t;
         json_array_foreach (types, i, t) {
@@ -619,6 +658,7 @@ int main(void)
             cmocka_unit_test(idempotency_keys_and_rerun_sets),
             cmocka_unit_test(documented_examples_are_valid),
             cmocka_unit_test(schema_matches_the_parser),
+            cmocka_unit_test(approval_nodes),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
