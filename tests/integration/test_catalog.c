@@ -59,6 +59,9 @@ static const char seed_sql[] =
     "sha256(convert_to(tag, 'UTF8')));\n"
     "  INSERT INTO api_idempotency (user_id, key, method, path, request_sha256) VALUES (u, 'k', "
     "'POST', '/v1/runs', encode(sha256('x'), 'hex'));\n"
+    "  INSERT INTO web_sessions (user_id, token_id, secret_hash, csrf_token, expires_at) SELECT "
+    "u, t.id, sha256(convert_to('session ' || tag, 'UTF8')), repeat('c', 43), now() + interval "
+    "'1 day' FROM api_tokens t WHERE t.user_id = u;\n"
     "END $$;\n";
 
 /* user-owned tables: those with a user_id column, plus users itself; no partitions */
