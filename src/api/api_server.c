@@ -22,6 +22,7 @@
 #include "cleanup.h"
 #include "db.h"
 #include "log.h"
+#include "redact.h"
 #include "strutil.h"
 
 #define POOL_WAIT_MS      3000
@@ -418,12 +419,37 @@ int api_query_json(struct api_request *req, const char *sql, int n, const char *
         return 1;
 }
 
+/* A text answer with every secret value this process knows masked (src/base/redact.h).
+ * Takes text; NULL when out of memory. JSON is masked as values (redact_json), never as
+ * text, where masking could cut through its syntax. */
+static char *redacted_answer(char *text)
+{
+        char *masked = NULL;
+        int r;
+
+        if (!text)
+                return NULL;
+        r = redact_text(text, strlen(text), &masked, NULL);
+        if (r == 0)
+                return text;
+        free(text);
+        return r == 1 ? masked : NULL;
+}
+
 int api_append_event(struct api_request *req, const char *run_id, const char *kind,
                      const char *message, json_t *data)
 {
-        _cleanup_free_ char *text = data ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-        const char *params[] = {run_id, kind, message, text};
-        int r = 0;
+        /* an event is stored for good: masked (src/base/redact.h) before it is written; data
+         * is masked in place */
+        int r = data ? redact_json(data) : 0;
+        _cleanup_free_ char *text =
+            data && r >= 0 ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        _cleanup_free_ char *said = message ? redact_strdup(message) : NULL;
+
+        if ((data && !text) || (message && !said))
+                return -ENOMEM;
+        r = 0;
+        const char *params[] = {run_id, kind, said, text};
         /* control-plane events carry no lease: the seq comes from the run's counter under
          * its row lock, interleaved with the worker's fenced events (0003_queue.sql) */
         _cleanup_pgresult_ PGresult *res = db_query(
@@ -536,9 +562,10 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, struct exchang
                 mr = resp->raw;
         } else {
                 _cleanup_free_ char *text = NULL;
+                /* every answer passes the redaction choke point (src/base/redact.h) */
                 if (resp->text)
-                        text = TAKE_PTR(resp->text);
-                else if (resp->json)
+                        text = redacted_answer(TAKE_PTR(resp->text));
+                else if (resp->json && redact_json(resp->json) >= 0)
                         text = json_dumps(resp->json, JSON_COMPACT | JSON_ENCODE_ANY);
                 if (!text && resp->status != 204) {
                         resp->status = 500;
@@ -758,7 +785,10 @@ static unsigned idempotency_begin(struct api_request *req, struct api_response *
 
 static int idempotency_store(struct api_request *req, struct api_response *resp, const char *key)
 {
-        _cleanup_free_ char *text = json_dumps(resp->json, JSON_COMPACT | JSON_ENCODE_ANY);
+        /* the stored answer is an answer: masked like the one sent (src/base/redact.h) */
+        _cleanup_free_ char *text = redact_json(resp->json) >= 0
+                                        ? json_dumps(resp->json, JSON_COMPACT | JSON_ENCODE_ANY)
+                                        : NULL;
         _cleanup_free_ char *code = str_printf("%u", resp->status);
         const char *params[] = {key, code, text};
         int r = 0;

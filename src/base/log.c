@@ -11,6 +11,9 @@
 
 #include <jansson.h>
 
+#include "redact.h"
+#include "strutil.h"
+
 static const char *log_role = "agently";
 static enum log_level log_min_level = LOG_INFO;
 static int log_json;
@@ -51,8 +54,22 @@ static void log_vwrite(enum log_level level, const char *fmt, va_list ap)
         char stamp[64];
         struct timespec ts;
         struct tm tm;
+        char *full = NULL, *masked = NULL;
 
-        vsnprintf(message, sizeof(message), fmt, ap);
+        /* the whole message is masked before it is cut, so no prefix of a secret survives */
+        if (vasprintf(&full, fmt, ap) < 0)
+                full = NULL;
+        if (full) {
+                int m = redact_text(full, strlen(full), &masked, NULL);
+                str_copy(message, sizeof(message),
+                         m == 1   ? masked
+                         : m == 0 ? full
+                                  : "[message withheld: out of memory]");
+                free(masked);
+                free(full);
+        } else {
+                str_copy(message, sizeof(message), "[message withheld: out of memory]");
+        }
         clock_gettime(CLOCK_REALTIME, &ts);
         gmtime_r(&ts.tv_sec, &tm);
         snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
@@ -87,14 +104,19 @@ void log_msg(enum log_level level, const char *fmt, ...)
 int log_errno(int r, const char *fmt, ...)
 {
         va_list ap;
-        char message[3800];
+        char *message = NULL;
 
+        /* formatted whole (not cut) so that log_vwrite masks it before anything is cut */
         va_start(ap, fmt);
-        vsnprintf(message, sizeof(message), fmt, ap);
+        if (vasprintf(&message, fmt, ap) < 0)
+                message = NULL;
         va_end(ap);
-        if (r < 0)
+        if (!message)
+                log_msg(LOG_ERROR, "[message withheld: out of memory]");
+        else if (r < 0)
                 log_msg(LOG_ERROR, "%s: %s", message, strerror(-r));
         else
                 log_msg(LOG_ERROR, "%s", message);
+        free(message);
         return r;
 }

@@ -6,6 +6,7 @@
 
 #include "cleanup.h"
 #include "db.h"
+#include "redact.h"
 #include "strutil.h"
 
 struct queue_writes {
@@ -140,6 +141,14 @@ int queue_writes_flush(PGconn *c, const char *worker, struct queue_writes *b,
 
         if (json_array_size(b->ops) == 0)
                 return 0;
+        /* everything a worker stores (node inputs and outputs, errors, events) leaves in this
+         * one statement: it passes the redaction choke point here (src/base/redact.h), on
+         * every string and key — not on the JSON text, where masking could cut through its
+         * syntax — so a value inside a JSON text inside a string is found too */
+        if (redact_json(b->ops) < 0) {
+                queue_writes_clear(b);
+                return -ENOMEM;
+        }
         writes = json_dumps(b->ops, JSON_COMPACT);
         queue_writes_clear(b);
         if (!writes)
