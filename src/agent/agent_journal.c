@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sodium.h>
 
@@ -196,45 +197,42 @@ int agent_db_load_journal(struct agent_session *s, char **error)
         return 0;
 }
 
-static const char SECRET_SQL[] =
-    "SELECT id, nonce, ciphertext, wrapped_key, key_version FROM secrets"
-    " WHERE user_id = $1 AND (name = $2 OR name = lower($2))"
-    " ORDER BY name = $2 DESC LIMIT 1";
-
+/* The agent's api_key_secret through the vault's resolver (src/secrets: secrets_resolve),
+ * which also registers the key with the process's redaction choke point; an exact name
+ * first, then its lower-case spelling (names were lower-case only before 0014). */
 int agent_db_load_api_key(struct agent_session *s, const char *secret, char **error)
 {
-        const char *params[] = {s->user_id, secret};
-        _cleanup_pgresult_ PGresult *res = NULL;
-        unsigned char *field[3] = {NULL, NULL, NULL};
-        size_t len[3] = {0, 0, 0};
-        int r = 0;
+        struct secrets_kms kms;
+        const char *value = NULL;
+        size_t len = 0;
+        int r;
 
-        res = db_query(s->host->cfg.db, SECRET_SQL, 2, params, &r);
-        if (!res)
-                return failed(error, r, "read the agent's api key secret");
-        if (PQntuples(res) != 1) {
+        if (secrets_kms_init(&kms, s->host->cfg.secrets_dir) < 0)
+                return -ENOMEM;
+        r = secrets_resolve(s->host->cfg.db, &kms, s->user_id, secret, &value, &len, error);
+        if (r == -ENOENT) {
+                _cleanup_free_ char *lower = strdup(secret);
+                for (char *c = lower; c && *c; c++)
+                        *c = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
+                if (lower && strcmp(lower, secret) != 0) {
+                        free(*error);
+                        *error = NULL;
+                        r = secrets_resolve(s->host->cfg.db, &kms, s->user_id, lower, &value,
+                                            &len, error);
+                }
+        }
+        secrets_kms_release(&kms);
+        if (r == -ENOENT) {
+                free(*error);
                 *error = str_printf("the agent's api_key_secret '%s' is not a stored secret of "
                                     "this user; store it with: agently secret set %s",
                                     secret, secret);
-                return -ENOENT;
         }
-        for (int i = 0; i < 3; i++)
-                field[i] =
-                    PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, i + 1), &len[i]);
-        if (field[0] && field[1] && field[2])
-                r = secrets_open(s->host->cfg.secrets_dir, s->user_id, PQgetvalue(res, 0, 0),
-                                 field[0], len[0], field[1], len[1], field[2], len[2],
-                                 (int)strtol(PQgetvalue(res, 0, 4), NULL, 10), &s->api_key);
-        else
-                r = -ENOMEM;
-        for (int i = 0; i < 3; i++)
-                PQfreemem(field[i]);
-        if (r < 0) {
-                *error = str_printf("could not open the agent's api_key_secret '%s' (%s)", secret,
-                                    r == -ENOENT ? "no key file" : "the key does not open it");
+        if (r < 0)
                 return r;
-        }
-        return 0;
+        /* the session owns its copy (wiped and freed with the session) */
+        s->api_key = strndup(value, len);
+        return s->api_key ? 0 : -ENOMEM;
 }
 
 static const char RECORD_SQL[] =

@@ -1253,17 +1253,18 @@ static unsigned h_secrets_put(struct api_request *req, struct api_response *resp
         static const char *const keys[] = {"value", NULL};
         const char *name = req->params[0];
         struct secrets_sealed sealed = {0};
+        struct secrets_kms kms;
         _cleanup_free_ char *secret_id = NULL, *ct = NULL, *nonce = NULL, *wk = NULL, *kv = NULL;
+        _cleanup_free_ char *why = NULL;
         _cleanup_pgresult_ PGresult *found = NULL;
         json_t *b, *j = NULL;
         unsigned st;
         int r = 0;
         bool exists;
 
-        if (!is_name(name))
+        if (!secrets_name_valid(name))
                 return api_errorf(resp, 400, "invalid_parameter", "invalid secret name",
-                                  "use 1-63 of a-z 0-9 _ . -, starting with a letter or digit",
-                                  "name '%s'", name);
+                                  "use " SECRETS_NAME_RULE, "name '%s'", name);
         b = body_object(req, resp, false);
         if (!b)
                 return resp->status;
@@ -1301,17 +1302,23 @@ static unsigned h_secrets_put(struct api_request *req, struct api_response *resp
                         return api_db_error(resp, r);
                 exists = PQntuples(e) > 0;
         }
-        r = secrets_seal(api_server_data_dir(req->server), req->user_id, secret_id,
-                         json_string_value(value), json_string_length(value), &sealed);
+        r = secrets_kms_init(&kms, api_server_data_dir(req->server));
+        if (r == 0)
+                r = secrets_seal_for_store(req->db, &kms, req->user_id, secret_id, name,
+                                           json_string_value(value), json_string_length(value),
+                                           &sealed, &why);
+        secrets_kms_release(&kms);
         if (r < 0) {
-                log_error("could not encrypt a secret: %s", strerror(-r));
+                if (r == -EAGAIN || r == -ECONNRESET || r == -ETIMEDOUT)
+                        return api_db_error(resp, r);
+                log_error("could not encrypt a secret: %s", why ? why : strerror(-r));
                 return api_error(resp, 500, "internal", "could not encrypt the secret",
-                                 "the master key is unavailable",
-                                 "check <data-dir>/master.key or AGENTLY_MASTER_KEY_FILE");
+                                 "the key-encryption key is unavailable",
+                                 "the server log names the KMS provider and what failed");
         }
         ct = bytea_hex(sealed.ciphertext, sealed.ciphertext_len);
         nonce = bytea_hex(sealed.nonce, sizeof(sealed.nonce));
-        wk = bytea_hex(sealed.wrapped_key, sizeof(sealed.wrapped_key));
+        wk = bytea_hex(sealed.wrapped_key, sealed.wrapped_len);
         kv = str_printf("%d", sealed.key_version);
         secrets_sealed_free(&sealed);
         if (!ct || !nonce || !wk || !kv)

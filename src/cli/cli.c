@@ -22,7 +22,7 @@ static const struct command commands[] = {
     {"workflow", cmd_client, "apply, list and show workflow definitions"},
     {"run", cmd_client, "start, inspect, follow and control runs"},
     {"approval", cmd_client, "list and decide approvals"},
-    {"secret", cmd_client, "set, list and remove secrets"},
+    {"secret", cmd_secret, "set, list and delete secrets; rotate the key"},
     {"token", cmd_client, "create, list and revoke API tokens"},
     {"user", cmd_client, "create and list users (admin)"},
 };

@@ -15,6 +15,7 @@ int cmd_worker(int argc, char **argv);
 int cmd_dispatch(int argc, char **argv);
 int cmd_executor(int argc, char **argv);
 int cmd_client(int argc, char **argv); /* workflow, run, approval, secret, token, user */
+int cmd_secret(int argc, char **argv); /* secret rotate-key here, the other verbs: cmd_client */
 
 /* Exit codes, documented in docs/cli.md. */
 enum cli_exit {

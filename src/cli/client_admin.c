@@ -6,6 +6,7 @@
  * `agently token create > file` captures exactly the token.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -225,9 +226,16 @@ const struct client_command client_approval_commands[] = {
 
 /* ---- secrets ---- */
 
+static const struct cli_flag secret_set_flags[] = {
+    {"file", 'f', "PATH", "read the value from this file (one trailing newline dropped)"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int secret_set(struct client_ctx *ctx, const struct cli_args *args)
 {
         const char *name = args->positional[0];
+        const char *file = cli_args_get(secret_set_flags, args, "file");
+        _cleanup_close_ int fd = -1;
         _cleanup_free_ char *path = client_path("/v1/secrets/%s", name);
         _cleanup_json_ json_t *body = NULL, *resp = NULL;
         char *value = NULL;
@@ -237,11 +245,17 @@ static int secret_set(struct client_ctx *ctx, const struct cli_args *args)
 
         if (!path)
                 return CLI_EXIT_FAILURE;
-        r = client_read_secret(STDIN_FILENO, name, &value, &len);
+        if (file) {
+                fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+                if (fd < 0)
+                        return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                           "could not open %s: %s", file, strerror(errno));
+        }
+        r = client_read_secret(fd >= 0 ? fd : STDIN_FILENO, name, &value, &len);
         if (r == -ENODATA)
                 return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
                                    "the value is empty; pipe it on stdin, e.g. `printf %%s "
-                                   "\"$KEY\" | agently secret set %s`",
+                                   "\"$KEY\" | agently secret set %s`, or use --file PATH",
                                    name);
         if (r == -EFBIG)
                 return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
@@ -252,7 +266,8 @@ static int secret_set(struct client_ctx *ctx, const struct cli_args *args)
                                    "base64) first");
         if (r < 0)
                 return client_fail(ctx, CLI_EXIT_FAILURE, "input_unreadable", NULL, NULL,
-                                   "could not read the value from stdin: %s", strerror(-r));
+                                   "could not read the value from %s: %s", file ? file : "stdin",
+                                   strerror(-r));
         body = json_object();
         if (!body || json_object_set_new(body, "value", json_stringn(value, len)) < 0) {
                 explicit_bzero(value, len);
@@ -320,10 +335,13 @@ static int secret_rm(struct client_ctx *ctx, const struct cli_args *args)
 }
 
 const struct client_command client_secret_commands[] = {
-    {"secret", "set", "NAME", "create or replace a secret; the value is read from stdin", 1, 1,
-     NULL, secret_set},
+    {"secret", "set", "NAME [--file PATH]",
+     "create or replace a secret; the value is read from stdin (a terminal: not echoed) or "
+     "--file, never from the command line",
+     1, 1, secret_set_flags, secret_set},
     {"secret", "list", "", "list secret names (values are never shown)", 0, 0, NULL, secret_list},
-    {"secret", "rm", "NAME", "delete a secret", 1, 1, NULL, secret_rm},
+    {"secret", "delete", "NAME", "delete a secret", 1, 1, NULL, secret_rm},
+    {"secret", "rm", "NAME", "delete a secret (same as delete)", 1, 1, NULL, secret_rm},
     {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
 };
 

@@ -1,11 +1,15 @@
 /* `agently api`: parse options, block the shutdown signals, run the server (src/api). */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
 
 #include "api.h"
 #include "cli.h"
 #include "cli_args.h"
+#include "log.h"
 #include "strutil.h"
 
 static const struct cli_flag api_flags[] = {
@@ -72,5 +76,8 @@ int cmd_api(int argc, char **argv)
         sigaddset(&set, SIGINT);
         pthread_sigmask(SIG_BLOCK, &set, NULL);
         signal(SIGPIPE, SIG_IGN);
+        /* the API seals secret values it receives: no core dump of them */
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+                log_warn("could not make the api non-dumpable: %s", strerror(errno));
         return api_run(&o) < 0 ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -129,6 +130,10 @@ int cmd_worker(int argc, char **argv)
                 return cli_db_fail("could not find the database", r);
         cfg.conninfo = conninfo;
         cfg.public_url = getenv("AGENTLY_PUBLIC_URL");
+        cfg.data_dir = str_is_empty(data_dir) ? NULL : data_dir;
+        /* a worker holds decrypted secrets: no core dump, no ptrace by same-uid processes */
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+                log_warn("could not make the worker non-dumpable: %s", strerror(errno));
 
         /* Blocked here, before any thread starts, so every thread inherits the mask and
          * only the signalfd sees these signals. */

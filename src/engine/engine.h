@@ -107,13 +107,16 @@ char *wf_canonical_json(const json_t *definition);
  * snapshot twice yields equal arrays. Action shapes:
  *   {"action":"execute","node":id,"attempt":n,"kind":"http","input":<resolved input>,
  *    "timeout_ms":n|null,"delivery":"at_least_once|at_most_once","idempotency_key":"...",
- *    "reexecution":bool}
+ *    "reexecution":bool[,"secrets":["NAME",...]]}
  *       do the effect; record the node "started" (attempt n) BEFORE the effect for
  *       at_most_once, and keep the node in "in_flight" while executing. For http, input is
  *       {"method","url","headers","body","expect_status":[[lo,hi],...]} and headers already
  *       carry "Idempotency-Key": the definition's own (any header-name case, sent as given;
  *       then idempotency_key is that value too) or wf_idempotency_key(). reexecution=true:
- *       the same attempt re-run after a crash.
+ *       the same attempt re-run after a crash. secrets (present when the request names
+ *       any with `${ secrets.NAME }`): input holds "[secret:NAME]" where each was used —
+ *       record it so — and only for the names listed here, the executor puts the secret's
+ *       value in the request that leaves (src/secrets: secrets_expand_json()).
  *   {"action":"complete","node":id,"output":any[,"signal_id":"..."]}
  *       record the node completed; consume the signal if signal_id is present.
  *   {"action":"skip","node":id,"reason":"when was false|branch not taken|dependency skipped"}

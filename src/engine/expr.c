@@ -1034,6 +1034,8 @@ static const json_t *scope_lookup(const struct wf_scope *s, const char *name)
                 return s->iteration;
         if (!strcmp(name, "last"))
                 return s->last;
+        if (!strcmp(name, "secrets"))
+                return s->secrets;
         return NULL;
 }
 
@@ -1368,7 +1370,7 @@ int wf_expr_walk_refs(const struct wf_expr *e, wf_expr_ref_cb cb, void *userdata
 
                 if (n->kind != N_NAME)
                         continue;
-                if (strcmp(n->name, "nodes") != 0) {
+                if (strcmp(n->name, "nodes") != 0 && strcmp(n->name, "secrets") != 0) {
                         r = cb(userdata, n->name, NULL, n->column);
                         if (r < 0)
                                 return r;
@@ -1387,7 +1389,7 @@ int wf_expr_walk_refs(const struct wf_expr *e, wf_expr_ref_cb cb, void *userdata
                                 id = json_string_value(e->nodes[m->b].value);
                         break;
                 }
-                r = cb(userdata, "nodes", id, n->column);
+                r = cb(userdata, n->name, id, n->column);
                 if (r < 0)
                         return r;
         }

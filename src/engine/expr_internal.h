@@ -25,6 +25,7 @@ struct wf_scope {
         const json_t *index;
         const json_t *iteration;
         const json_t *last;
+        const json_t *secrets; /* an http request's: {"NAME": "[secret:NAME]"} */
 };
 
 /* An evaluation or compilation problem: message (malloc'd) and 1-based column (0 if none). */
@@ -44,9 +45,10 @@ int wf_expr_eval_scope(const struct wf_expr *e, const struct wf_scope *scope, js
                        struct wf_expr_error *err);
 
 /* Calls cb for every name an expression reads: root is "input", "nodes", "item", ...;
- * node_id is the node named by nodes.<id> / nodes["<id>"] (NULL for other roots, and for
- * a nodes reference whose id is not a literal: the callback should reject that). Stops
- * and returns the first negative value cb returns. */
+ * node_id is the node named by nodes.<id> / nodes["<id>"], or the secret named by
+ * secrets.<NAME> / secrets["<NAME>"] (NULL for other roots, and for a nodes or secrets
+ * reference whose name is not a literal: the callback should reject that). Stops and
+ * returns the first negative value cb returns. */
 typedef int (*wf_expr_ref_cb)(void *userdata, const char *root, const char *node_id, int column);
 int wf_expr_walk_refs(const struct wf_expr *e, wf_expr_ref_cb cb, void *userdata);
 

@@ -203,6 +203,44 @@ static const char *header_value(const json_t *headers, const char *name)
         return NULL;
 }
 
+static int collect_secret(void *userdata, const char *root, const char *name, int column)
+{
+        json_t *names = userdata;
+        size_t i;
+        json_t *v;
+
+        if (strcmp(root, "secrets") != 0 || !name)
+                return 0;
+        json_array_foreach (names, i, v)
+                if (!strcmp(json_string_value(v), name))
+                        return 0;
+        return json_array_append_new(names, json_string(name)) < 0 ? -ENOMEM : 0;
+}
+
+/*
+ * The secrets an http request names (`${ secrets.NAME }`, literal names only: validation
+ * refuses others) and the scope they render in: each one as the placeholder
+ * "[secret:NAME]", which is what the START mark stores. The worker puts the value in only
+ * the request that leaves, and only for the names listed in the action (src/secrets).
+ */
+static int secret_placeholders(const struct wf_node *n, json_t **names, json_t **placeholders)
+{
+        size_t i;
+        json_t *v;
+
+        *names = json_array();
+        *placeholders = json_object();
+        if (!*names || !*placeholders || wf_tmpl_walk_refs(n->request, collect_secret, *names) < 0)
+                return -ENOMEM;
+        json_array_foreach (*names, i, v) {
+                _cleanup_free_ char *ph = str_printf("[secret:%s]", json_string_value(v));
+                if (!ph ||
+                    json_object_set_new(*placeholders, json_string_value(v), json_string(ph)) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
 int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                        bool reexecution)
 {
@@ -213,9 +251,13 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
         _cleanup_free_ char *key = wf_idempotency_key(p->run_id, l->id);
         int r;
 
-        if (!key)
+        _cleanup_json_ json_t *secrets = NULL, *placeholders = NULL;
+        struct wf_scope scope = *l->scope;
+
+        if (!key || secret_placeholders(n, &secrets, &placeholders) < 0)
                 return p->error = -ENOMEM;
-        r = wf_tmpl_render(n->request, l->scope, &req, &err, &path);
+        scope.secrets = placeholders;
+        r = wf_tmpl_render(n->request, &scope, &req, &err, &path);
         if (r == -EINVAL) {
                 r = emit_fail(p, l->id, attempt,
                               error_json("error", "could not render request%s at column %d: %s",
@@ -285,13 +327,18 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
         if (json_object_set_new(req, "method", json_string(n->method ? n->method : "GET")) < 0)
                 return p->error = -ENOMEM;
 
-        return emit(p,
-                    json_pack("{s:s,s:s,s:i,s:s,s:O,s:o,s:s,s:s,s:b}", "action", "execute", "node",
-                              l->id, "attempt", attempt, "kind", n->kind->name, "input", req,
-                              "timeout_ms",
-                              n->timeout_ms ? json_integer(n->timeout_ms) : json_null(), "delivery",
-                              n->delivery == WF_AT_MOST_ONCE ? "at_most_once" : "at_least_once",
-                              "idempotency_key", key, "reexecution", reexecution));
+        json_t *action =
+            json_pack("{s:s,s:s,s:i,s:s,s:O,s:o,s:s,s:s,s:b}", "action", "execute", "node", l->id,
+                      "attempt", attempt, "kind", n->kind->name, "input", req, "timeout_ms",
+                      n->timeout_ms ? json_integer(n->timeout_ms) : json_null(), "delivery",
+                      n->delivery == WF_AT_MOST_ONCE ? "at_most_once" : "at_least_once",
+                      "idempotency_key", key, "reexecution", reexecution);
+        if (action && json_array_size(secrets) > 0 &&
+            json_object_set(action, "secrets", secrets) < 0) {
+                json_decref(action);
+                action = NULL;
+        }
+        return emit(p, action);
 }
 
 /* An agent step: the rendered agent object goes to the worker, which runs the session

@@ -30,8 +30,9 @@ enum {
         SCOPE_INPUT = 1 << 0,
         SCOPE_NODES = 1 << 1,
         SCOPE_RUN = 1 << 2,
-        SCOPE_ITEM = 1 << 3, /* item, index */
-        SCOPE_LOOP = 1 << 4, /* iteration, last */
+        SCOPE_ITEM = 1 << 3,    /* item, index */
+        SCOPE_LOOP = 1 << 4,    /* iteration, last */
+        SCOPE_SECRETS = 1 << 5, /* secrets: an http node's request only */
         SCOPE_BASE = SCOPE_INPUT | SCOPE_NODES | SCOPE_RUN,
 };
 
@@ -322,6 +323,22 @@ static int ref_cb(void *userdata, const char *root, const char *node_id, int col
                 need = SCOPE_ITEM;
         else if (!strcmp(root, "iteration") || !strcmp(root, "last"))
                 need = SCOPE_LOOP;
+        else if (!strcmp(root, "secrets"))
+                need = SCOPE_SECRETS;
+        if (need == SCOPE_SECRETS) {
+                /* resolved by the worker in the request that leaves, never stored */
+                if (!(rc->scope & SCOPE_SECRETS))
+                        add_error(c, rc->node, rc->path,
+                                  "'secrets' at column %d can only be used in an http node's "
+                                  "request (url, headers, body)",
+                                  col);
+                else if (!node_id)
+                        add_error(c, rc->node, rc->path,
+                                  "'secrets' at column %d must be followed by a literal name, "
+                                  "e.g. secrets.OPENAI_API_KEY or secrets[\"my-key\"]",
+                                  col);
+                return 0;
+        }
         if (!need) {
                 add_error(c, rc->node, rc->path,
                           "unknown name '%s' at column %d; names available here: %s", root, col,
@@ -777,7 +794,8 @@ static void parse_http(struct wf_parse_ctx *c, struct wf_node *n, const json_t *
                         return;
                 }
                 json_object_del(t, "method");
-                (void)parse_template(c, n, rpath, t, scope_of(n), owner_of(n), &n->request);
+                (void)parse_template(c, n, rpath, t, scope_of(n) | SCOPE_SECRETS, owner_of(n),
+                                     &n->request);
         }
 
         json_t *expect = json_object_get(obj, "expect_status");

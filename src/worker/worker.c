@@ -38,6 +38,7 @@
 #include "queue.h"
 #include "runtime_http.h"
 #include "strutil.h"
+#include "worker_secrets.h"
 
 #define CLAIM_BATCH_MAX 256
 #define BATCH_RUNS_MAX  256 /* runs written per transaction (per loop turn) */
@@ -130,6 +131,7 @@ struct worker {
         int batch_error;             /* a statement failed: the transaction is lost */
         int64_t turn_began;          /* monotonic ms before the turn's BEGIN was sent */
         struct queue_writes *writes; /* the open batch's writes not yet sent */
+        struct secrets_kms kms;      /* how secrets are opened (worker_secrets.c) */
 
         /* shared with the heartbeat thread, under lock */
         pthread_mutex_t lock;
@@ -1607,16 +1609,23 @@ static void start_effects(struct worker *w, struct run *run)
                 int r = -ENOMEM;
 
                 if (e && (e->node = strdup(jstr(a, "node")))) {
+                        _cleanup_json_ json_t *sent = NULL;
                         e->run = run;
                         e->attempt = jint(a, "attempt", 1);
-                        if (strcmp(jstr(a, "kind"), "agent") == 0)
+                        if (strcmp(jstr(a, "kind"), "agent") == 0) {
                                 r = start_agent(w, run, e, a, &why);
-                        else
-                                r = runtime_http_start(
-                                    w->http, json_object_get(a, "input"),
-                                    jstr(a, "idempotency_key"),
-                                    json_integer_value(json_object_get(a, "timeout_ms")),
-                                    at_most_once, e, &e->transfer, &why);
+                        } else {
+                                /* secrets go into the request that leaves only
+                                 * (worker_secrets.c) */
+                                r = worker_secrets_request(w->db, &w->kms, run->user_id, a, &sent,
+                                                           &why);
+                                if (r == 0)
+                                        r = runtime_http_start(
+                                            w->http, sent ? sent : json_object_get(a, "input"),
+                                            jstr(a, "idempotency_key"),
+                                            json_integer_value(json_object_get(a, "timeout_ms")),
+                                            at_most_once, e, &e->transfer, &why);
+                        }
                 }
                 if (r == 0) {
                         e->next = run->effects;
@@ -2141,7 +2150,8 @@ int worker_run(const struct worker_config *cfg)
         w.held_scratch = calloc((size_t)cfg->concurrency, sizeof(*w.held_scratch));
         w.claim_held = calloc((size_t)cfg->concurrency, sizeof(*w.claim_held));
         w.writes = queue_writes_new();
-        if (!w.held || !w.held_ids || !w.batch || !w.held_scratch || !w.claim_held || !w.writes) {
+        if (!w.held || !w.held_ids || !w.batch || !w.held_scratch || !w.claim_held || !w.writes ||
+            secrets_kms_init(&w.kms, cfg->data_dir) < 0) {
                 r = log_errno(-ENOMEM, "could not allocate the run table");
                 goto out;
         }
@@ -2166,7 +2176,7 @@ int worker_run(const struct worker_config *cfg)
                                                        .executor_path = cfg->executor_path
                                                                             ? cfg->executor_path
                                                                             : "/proc/self/exe",
-                                                       .secrets_dir = getenv("AGENTLY_DATA_DIR"),
+                                                       .secrets_dir = cfg->data_dir,
                                                        .done = agent_done,
                                                        .owner = &w},
                            &w.agents);
@@ -2273,6 +2283,7 @@ out:
         free(w.held_scratch);
         free(w.claim_held);
         queue_writes_free(w.writes);
+        secrets_kms_release(&w.kms);
         free(w.mail);
         pthread_mutex_destroy(&w.lock);
         return r;

@@ -22,6 +22,7 @@ struct worker_config {
         int signal_fd;             /* readable on SIGTERM/SIGINT (a signalfd), or -1 */
         const char *executor_path; /* `agently executor`'s binary (NULL: /proc/self/exe) */
         const char *public_url;    /* where people reach the API (approval links); NULL: default */
+        const char *data_dir;      /* the local key files (secrets); NULL: ".agently" */
 };
 
 /*

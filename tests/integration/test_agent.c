@@ -54,11 +54,16 @@ static void store_key(void)
 
         snprintf(S.key, sizeof(S.key), "sk-canary-%08x%08x", (unsigned)random(),
                  (unsigned)getpid());
-        assert_int_equal(secrets_seal(S.dir, S.user, id, S.key, strlen(S.key), &sealed), 0);
+        struct secrets_kms kms;
+        assert_int_equal(secrets_kms_init(&kms, S.dir), 0);
+        assert_int_equal(secrets_seal(&kms, "local", SECRETS_KEY_VERSION_LOCAL, S.user, id, S.key,
+                                      strlen(S.key), &sealed, NULL),
+                         0);
+        secrets_kms_release(&kms);
         nonce = (char *)PQescapeByteaConn(S.db, sealed.nonce, sizeof(sealed.nonce), &n1);
         cipher = (char *)PQescapeByteaConn(S.db, sealed.ciphertext, sealed.ciphertext_len, &n2);
         wrapped =
-            (char *)PQescapeByteaConn(S.db, sealed.wrapped_key, sizeof(sealed.wrapped_key), &n3);
+            (char *)PQescapeByteaConn(S.db, sealed.wrapped_key, sealed.wrapped_len, &n3);
         _cleanup_free_ char *sql =
             str_printf("INSERT INTO secrets (id, user_id, name, ciphertext, nonce, wrapped_key,"
                        " key_version) VALUES ('%s', '%s', 'llmkey', '%s', '%s', '%s', %d)",

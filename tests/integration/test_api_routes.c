@@ -855,15 +855,20 @@ static void test_secrets_and_tokens(void **state)
         unsigned char *ct = PQunescapeBytea((unsigned char *)PQgetvalue(row, 0, 3), &cl);
         unsigned char *wk = PQunescapeBytea((unsigned char *)PQgetvalue(row, 0, 4), &wl);
         char *value = NULL;
-        assert_int_equal(secrets_open(S.data_dir, PQgetvalue(row, 0, 0), PQgetvalue(row, 0, 1),
-                                      nonce, nl, ct, cl, wk, wl, 1, &value),
+        struct secrets_kms kms;
+        assert_int_equal(secrets_kms_init(&kms, S.data_dir), 0);
+        assert_string_equal(PQgetvalue(row, 0, 5), "1");
+        assert_int_equal(secrets_open(&kms, "local", PQgetvalue(row, 0, 0), PQgetvalue(row, 0, 1),
+                                      nonce, nl, ct, cl, wk, wl, 1, &value, NULL, NULL),
                          0);
         assert_string_equal(value, "sk-rotated");
-        free(value);
+        secrets_value_free(value);
         /* bound to the user: another user id does not open it */
-        assert_int_equal(secrets_open(S.data_dir, "00000000-0000-0000-0000-000000000000",
-                                      PQgetvalue(row, 0, 1), nonce, nl, ct, cl, wk, wl, 1, &value),
+        assert_int_equal(secrets_open(&kms, "local", "00000000-0000-0000-0000-000000000000",
+                                      PQgetvalue(row, 0, 1), nonce, nl, ct, cl, wk, wl, 1, &value,
+                                      NULL, NULL),
                          -EBADMSG);
+        secrets_kms_release(&kms);
         PQfreemem(nonce);
         PQfreemem(ct);
         PQfreemem(wk);
@@ -876,7 +881,23 @@ static void test_secrets_and_tokens(void **state)
         reply_free(&r);
         r = http("PUT", "/v1/secrets/Bad%20Name", S.admin_token, "{\"value\": \"x\"}", NULL);
         assert_error(&r, 400, "invalid_parameter");
+        assert_string_equal(jstr(json_object_get(r.json, "error"), "hint"),
+                            "use 1-63 characters of A-Z a-z 0-9 _ . -, the first a letter, digit "
+                            "or _ (e.g. OPENAI_API_KEY)");
         reply_free(&r);
+        /* names with environment-variable habits */
+        const char *env_names[] = {"OPENAI_API_KEY", "LLMKEY", "_lower_and_UPPER"};
+        for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
+                char path[128];
+                snprintf(path, sizeof(path), "/v1/secrets/%s", env_names[i]);
+                r = http("PUT", path, S.admin_token, "{\"value\": \"sk-env\"}", NULL);
+                assert_int_equal(r.status, 201);
+                assert_string_equal(jstr(r.json, "name"), env_names[i]);
+                reply_free(&r);
+                r = http("DELETE", path, S.admin_token, NULL, NULL);
+                assert_int_equal(r.status, 204);
+                reply_free(&r);
+        }
 
         /* tokens: shown once, listed by prefix, revocable */
         r = http("POST", "/v1/tokens", S.admin_token, "{\"name\": \"laptop\"}", NULL);
