@@ -204,6 +204,34 @@ static void bad_expressions_report_the_column(void **state)
         expect_error(e, "f", "/nodes/4/when", "len() takes 1 argument, got 2");
 }
 
+/* ${ secrets.NAME }: only in an http node's request, only with a literal name. */
+static void secrets_only_in_http_requests_and_by_literal_name(void **state)
+{
+        _cleanup_json_ json_t *e = errors_of(
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"transform\",\"output\":"
+            "{\"k\":\"${ secrets.API_KEY }\"}},{\"id\":\"b\",\"type\":\"noop\",\"when\":"
+            "\"secrets.X == 'y'\"},{\"id\":\"c\",\"type\":\"http\",\"request\":{\"url\":"
+            "\"https://x.example.com/\",\"headers\":{\"A\":\"${ secrets[input.name] }\"}}}]}");
+        expect_error(e, "a", "/nodes/0/output",
+                     "'secrets' at column 4 can only be used in an http node's request");
+        expect_error(e, "b", "/nodes/1/when",
+                     "'secrets' at column 1 can only be used in an http node's request");
+        expect_error(e, "c", "/nodes/2/request",
+                     "'secrets' at column 4 must be followed by a literal name");
+
+        /* accepted where it belongs: url, headers and body, member or index syntax */
+        _cleanup_json_ json_t *def =
+            load("{\"name\":\"w\",\"nodes\":[{\"id\":\"c\",\"type\":\"http\",\"request\":{"
+                 "\"url\":\"https://x.example.com/?k=${ secrets.K }\",\"headers\":{\"A\":"
+                 "\"Bearer ${ secrets.OPENAI_API_KEY }\"},\"body\":{\"b\":\"${ "
+                 "secrets[\\\"my-key\\\"] }\"}}}]}");
+        struct wf_workflow *wf = NULL;
+        json_t *errors = NULL;
+        assert_int_equal(wf_parse(def, &wf, &errors), 0);
+        assert_null(errors);
+        wf_free(wf);
+}
+
 static void unknown_fields_are_rejected_with_a_hint(void **state)
 {
         _cleanup_json_ json_t *e =
@@ -648,6 +676,7 @@ int main(void)
             cmocka_unit_test(cycles_are_named),
             cmocka_unit_test(bad_durations),
             cmocka_unit_test(bad_expressions_report_the_column),
+            cmocka_unit_test(secrets_only_in_http_requests_and_by_literal_name),
             cmocka_unit_test(unknown_fields_are_rejected_with_a_hint),
             cmocka_unit_test(type_errors_and_limits),
             cmocka_unit_test(at_most_once_retry_must_name_its_classes),

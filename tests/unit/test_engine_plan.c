@@ -511,6 +511,36 @@ static void retries_back_off_within_bounds(void **state)
         wf_free(wf);
 }
 
+/* ${ secrets.NAME } renders as [secret:NAME] (what is recorded) and the action lists the
+ * names, once each, for the worker to put the values into the request that leaves. */
+static void secrets_render_as_placeholders_and_are_listed(void **state)
+{
+        struct wf_workflow *wf =
+            parse("{\"name\":\"s\",\"nodes\":[{\"id\":\"h\",\"type\":\"http\",\"request\":{"
+                  "\"method\":\"POST\",\"url\":\"http://x/?k=${ secrets.K }\",\"headers\":{"
+                  "\"Authorization\":\"Bearer ${ secrets.OPENAI_API_KEY }\"},\"body\":{\"a\":"
+                  "\"${ secrets[\\\"my-key\\\"] }\",\"b\":\"${ secrets.K }\"}}},"
+                  "{\"id\":\"plain\",\"type\":\"http\",\"request\":{\"url\":\"http://x\"}}]}");
+        _cleanup_json_ json_t *snap = new_snapshot("{}");
+        json_t *p = plan(wf, snap);
+        const json_t *ex = find_action(p, "execute", "h");
+        assert_non_null(ex);
+        _cleanup_json_ json_t *names = json_loads("[\"K\",\"OPENAI_API_KEY\",\"my-key\"]", 0, NULL);
+        assert_json_equal(json_object_get(ex, "secrets"), names);
+        const json_t *in = json_object_get(ex, "input");
+        assert_string_equal(json_string_value(json_object_get(in, "url")),
+                            "http://x/?k=[secret:K]");
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(in, "headers"), "Authorization")),
+            "Bearer [secret:OPENAI_API_KEY]");
+        assert_string_equal(json_string_value(json_object_get(json_object_get(in, "body"), "a")),
+                            "[secret:my-key]");
+        /* a request that names none has no list */
+        assert_null(json_object_get(find_action(p, "execute", "plain"), "secrets"));
+        json_decref(p);
+        wf_free(wf);
+}
+
 /* A definition's own Idempotency-Key header (any case) is the key that leaves and the one
  * recorded; one that renders empty or over 255 characters fails the attempt instead. */
 static void own_idempotency_key_wins(void **state)
@@ -1204,6 +1234,7 @@ int main(void)
             cmocka_unit_test(condition_branches),
             cmocka_unit_test(retries_back_off_within_bounds),
             cmocka_unit_test(own_idempotency_key_wins),
+            cmocka_unit_test(secrets_render_as_placeholders_and_are_listed),
             cmocka_unit_test(at_most_once_does_not_resend_an_ambiguous_failure),
             cmocka_unit_test(failure_events_say_what_failed_and_what_next),
             cmocka_unit_test(crash_recovery_depends_on_delivery),

@@ -4,16 +4,14 @@
  * cuts them), the longest pattern wins, short values are refused, and unregistering stops
  * the masking.
  */
+#include "testlib.h"
+
 #include <errno.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include <cmocka.h>
 #include <jansson.h>
 
 #include "log.h"
@@ -128,7 +126,7 @@ static void log_lines_are_masked_before_the_cut(void **state)
         int saved = dup(STDERR_FILENO);
         char pad[4090];
 
-        assert_true(fd >= 0);
+        assert_int_ge(fd, 0);
         memset(pad, 'x', sizeof(pad) - 1);
         pad[sizeof(pad) - 1] = '\0';
         log_setup("test");
@@ -141,7 +139,7 @@ static void log_lines_are_masked_before_the_cut(void **state)
 
         char buf[16384];
         ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-        assert_true(n > 0);
+        assert_int_gt(n, 0);
         buf[n] = '\0';
         close(fd);
         unlink(path);
