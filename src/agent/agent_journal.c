@@ -217,8 +217,8 @@ int agent_db_load_api_key(struct agent_session *s, const char *secret, char **er
                 if (lower && strcmp(lower, secret) != 0) {
                         free(*error);
                         *error = NULL;
-                        r = secrets_resolve(s->host->cfg.db, &kms, s->user_id, lower, &value,
-                                            &len, error);
+                        r = secrets_resolve(s->host->cfg.db, &kms, s->user_id, lower, &value, &len,
+                                            error);
                 }
         }
         secrets_kms_release(&kms);

@@ -62,8 +62,7 @@ static void store_key(void)
         secrets_kms_release(&kms);
         nonce = (char *)PQescapeByteaConn(S.db, sealed.nonce, sizeof(sealed.nonce), &n1);
         cipher = (char *)PQescapeByteaConn(S.db, sealed.ciphertext, sealed.ciphertext_len, &n2);
-        wrapped =
-            (char *)PQescapeByteaConn(S.db, sealed.wrapped_key, sealed.wrapped_len, &n3);
+        wrapped = (char *)PQescapeByteaConn(S.db, sealed.wrapped_key, sealed.wrapped_len, &n3);
         _cleanup_free_ char *sql =
             str_printf("INSERT INTO secrets (id, user_id, name, ciphertext, nonce, wrapped_key,"
                        " key_version) VALUES ('%s', '%s', 'llmkey', '%s', '%s', '%s', %d)",
