@@ -172,6 +172,18 @@ unsigned api_h_approvals_reassign(struct api_request *req, struct api_response *
 unsigned api_h_approval_link_show(struct api_request *req, struct api_response *resp);
 unsigned api_h_approval_link_decide(struct api_request *req, struct api_response *resp);
 unsigned api_h_inbox(struct api_request *req, struct api_response *resp);
+/* A name of a workflow or an agent: 1-63 of a-z 0-9 _ . -, starting with a letter or digit. */
+bool api_is_name(const char *s);
+/* A page keyed by name: ?limit= (default 50, at most 200) and ?cursor= decoded into *cursor
+ * (the last name of the previous page; NULL without one; caller frees). 0 or a 400 status. */
+unsigned api_page_begin_name(struct api_request *req, struct api_response *resp, int *limit,
+                             char **cursor);
+
+/* ---- agent definitions (api_agents.c) ---- */
+unsigned api_h_agents_apply(struct api_request *req, struct api_response *resp);
+unsigned api_h_agents_list(struct api_request *req, struct api_response *resp);
+unsigned api_h_agents_get(struct api_request *req, struct api_response *resp);
+unsigned api_h_agents_versions(struct api_request *req, struct api_response *resp);
 
 /* ---- SSE (api_sse.c) ---- */
 struct api_sse_hub;

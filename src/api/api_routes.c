@@ -1499,6 +1499,22 @@ unsigned api_respond_query(struct api_request *req, struct api_response *resp, u
         return respond_query(req, resp, status, sql, n, params, what, id);
 }
 
+bool api_is_name(const char *s)
+{
+        return is_name(s);
+}
+
+unsigned api_page_begin_name(struct api_request *req, struct api_response *resp, int *limit,
+                             char **cursor)
+{
+        unsigned st;
+
+        *cursor = NULL;
+        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, limit)))
+                return st;
+        return cursor_decode(req, resp, cursor);
+}
+
 /* ---- the table -------------------------------------------------------------------- */
 
 const struct api_route api_routes[] = {
@@ -1511,6 +1527,10 @@ const struct api_route api_routes[] = {
     {"GET", "/v1/workflows", h_workflows_list, 0},
     {"GET", "/v1/workflows/{name}", h_workflows_get, 0},
     {"GET", "/v1/workflows/{name}/versions", h_workflows_versions, 0},
+    {"POST", "/v1/agents", api_h_agents_apply, API_ROUTE_IDEMPOTENT},
+    {"GET", "/v1/agents", api_h_agents_list, 0},
+    {"GET", "/v1/agents/{name}", api_h_agents_get, 0},
+    {"GET", "/v1/agents/{name}/versions", api_h_agents_versions, 0},
     {"POST", "/v1/runs", h_runs_create, API_ROUTE_IDEMPOTENT},
     {"GET", "/v1/runs", h_runs_list, 0},
     {"GET", "/v1/runs/{id}", h_runs_get, 0},

@@ -20,6 +20,7 @@ static const struct command commands[] = {
     {"dispatch", cmd_dispatch, "deliver notifications, fire schedules, sweep timers"},
     {"executor", cmd_executor, "run one agent step (spawned by a worker)"},
     {"workflow", cmd_client, "apply, list and show workflow definitions"},
+    {"agent", cmd_client, "apply, list and show agent definitions"},
     {"run", cmd_client, "start, inspect, follow and control runs"},
     {"approval", cmd_client, "list and decide approvals"},
     {"secret", cmd_secret, "set, list and delete secrets; rotate the key"},

@@ -60,13 +60,22 @@ struct client_command {
         int (*run)(struct client_ctx *ctx, const struct cli_args *args);
 };
 
-/* The command tables of each noun (client_workflow.c, client_run.c, client_admin.c). */
+/* The command tables of each noun (client_workflow.c, client_run.c, client_admin.c,
+ * client_agent.c). */
 extern const struct client_command client_workflow_commands[];
 extern const struct client_command client_run_commands[];
 extern const struct client_command client_approval_commands[];
 extern const struct client_command client_secret_commands[];
 extern const struct client_command client_token_commands[];
 extern const struct client_command client_user_commands[];
+extern const struct client_command client_agent_commands[];
+
+/* `NOUN apply FILE` (client_workflow.c): POSTs the JSON definition in FILE (- for stdin) to
+ * api_path and prints "NOUN NAME: created vN" or "unchanged (vN)"; its flags are
+ * client_apply_flags. */
+int client_apply_file(struct client_ctx *ctx, const struct cli_args *args, const char *api_path,
+                      const char *noun);
+extern const struct cli_flag client_apply_flags[];
 
 /* ---- argument parsing (client_args.c) ---- */
 

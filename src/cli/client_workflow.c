@@ -12,14 +12,15 @@
 #include "fileio.h"
 #include "strutil.h"
 
-#define WORKFLOW_FILE_MAX (4 << 20)
+#define DEFINITION_FILE_MAX (4 << 20)
 
-static const struct cli_flag apply_flags[] = {
+const struct cli_flag client_apply_flags[] = {
     {"idempotency-key", 0, "KEY", "retry-safe apply: the same key replays the first answer"},
     {NULL, 0, NULL, NULL},
 };
 
-static int workflow_apply(struct client_ctx *ctx, const struct cli_args *args)
+int client_apply_file(struct client_ctx *ctx, const struct cli_args *args, const char *api_path,
+                      const char *noun)
 {
         const char *file = args->positional[0];
         _cleanup_free_ char *data = NULL, *idem = NULL;
@@ -31,8 +32,8 @@ static int workflow_apply(struct client_ctx *ctx, const struct cli_args *args)
         long status;
         int r;
 
-        r = strcmp(file, "-") == 0 ? fd_read_all(STDIN_FILENO, WORKFLOW_FILE_MAX, &data, &len)
-                                   : file_read_all(file, WORKFLOW_FILE_MAX, &data, &len);
+        r = strcmp(file, "-") == 0 ? fd_read_all(STDIN_FILENO, DEFINITION_FILE_MAX, &data, &len)
+                                   : file_read_all(file, DEFINITION_FILE_MAX, &data, &len);
         if (r < 0)
                 return client_fail(ctx, r == -ENOENT ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE,
                                    r == -ENOENT ? "usage" : "file_unreadable", NULL, NULL,
@@ -43,8 +44,8 @@ static int workflow_apply(struct client_ctx *ctx, const struct cli_args *args)
                 bool yaml =
                     str_has_prefix(data, "name:") || strstr(file, ".yaml") || strstr(file, ".yml");
                 return client_fail(ctx, CLI_EXIT_FAILURE, "invalid_json", NULL,
-                                   yaml ? "workflow files are JSON; convert YAML first (e.g. "
-                                          "with yq -o json)"
+                                   yaml ? "definition files are JSON; convert YAML first "
+                                          "(e.g. with yq -o json)"
                                         : NULL,
                                    "%s is not valid JSON: %s at line %d, column %d", file,
                                    jerr.text, jerr.line, jerr.column);
@@ -55,7 +56,7 @@ static int workflow_apply(struct client_ctx *ctx, const struct cli_args *args)
                         return CLI_EXIT_FAILURE;
                 headers[0] = idem;
         }
-        r = client_call_status(ctx, "POST", "/v1/workflows", def, headers, NULL, &resp, &status);
+        r = client_call_status(ctx, "POST", api_path, def, headers, NULL, &resp, &status);
         if (r != CLI_EXIT_OK)
                 return r;
         if (ctx->output == CLIENT_OUTPUT_JSON) {
@@ -65,10 +66,15 @@ static int workflow_apply(struct client_ctx *ctx, const struct cli_args *args)
         const char *name = json_string_value(json_object_get(resp, "name"));
         long long version = json_integer_value(json_object_get(resp, "version"));
         if (status == 201)
-                printf("workflow %s: created v%lld\n", name ? name : "?", version);
+                printf("%s %s: created v%lld\n", noun, name ? name : "?", version);
         else
-                printf("workflow %s: unchanged (v%lld)\n", name ? name : "?", version);
+                printf("%s %s: unchanged (v%lld)\n", noun, name ? name : "?", version);
         return CLI_EXIT_OK;
+}
+
+static int workflow_apply(struct client_ctx *ctx, const struct cli_args *args)
+{
+        return client_apply_file(ctx, args, "/v1/workflows", "workflow");
 }
 
 static const struct cli_flag list_flags[] = {
@@ -192,7 +198,7 @@ static int workflow_show(struct client_ctx *ctx, const struct cli_args *args)
 
 const struct client_command client_workflow_commands[] = {
     {"workflow", "apply", "FILE",
-     "create a new version of a workflow from a JSON file (- for stdin)", 1, 1, apply_flags,
+     "create a new version of a workflow from a JSON file (- for stdin)", 1, 1, client_apply_flags,
      workflow_apply},
     {"workflow", "list", "[--limit N] [--cursor C]", "list workflows (latest version of each)", 0,
      0, list_flags, workflow_list},

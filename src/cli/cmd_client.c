@@ -18,6 +18,7 @@ static const struct {
         const char *summary;
 } nouns[] = {
     {"workflow", client_workflow_commands, "apply, list and show workflow definitions"},
+    {"agent", client_agent_commands, "apply, list and show agent definitions"},
     {"run", client_run_commands, "start, inspect, follow and control runs"},
     {"approval", client_approval_commands, "list and decide approvals"},
     {"secret", client_secret_commands, "set, list and remove secrets"},

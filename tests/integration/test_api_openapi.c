@@ -222,6 +222,16 @@ static void test_responses_match_schemas(void **state)
         json_decref(call("GET", "/v1/workflows/{name}", "/v1/workflows/w", NULL, 200));
         json_decref(
             call("GET", "/v1/workflows/{name}/versions", "/v1/workflows/w/versions", NULL, 200));
+        json_decref(call("POST", "/v1/agents", "/v1/agents",
+                         "{\"name\": \"a\", \"description\": \"d\", \"provider\": "
+                         "\"openai\", \"model\": \"m\", \"tools\": [\"http_request\"], "
+                         "\"budget\": {\"max_cost_usd\": 1}}",
+                         201));
+        json_decref(call("POST", "/v1/agents", "/v1/agents",
+                         "{\"name\": \"a\", \"provider\": \"x\", \"model\": \"m\"}", 422));
+        json_decref(call("GET", "/v1/agents", "/v1/agents", NULL, 200));
+        json_decref(call("GET", "/v1/agents/{name}", "/v1/agents/a", NULL, 200));
+        json_decref(call("GET", "/v1/agents/{name}/versions", "/v1/agents/a/versions", NULL, 200));
         j = call("POST", "/v1/runs", "/v1/runs", "{\"workflow\": \"w\", \"input\": {\"a\": 1}}",
                  201);
         char *run = strdup(json_string_value(json_object_get(j, "id")));

@@ -334,6 +334,121 @@ static void test_workflows(void **state)
         reply_free(&r);
 }
 
+static const char *AGENT =
+    "{\"name\": \"researcher\", \"description\": \"reads pages\", \"provider\": \"openai\", "
+    "\"base_url\": \"http://127.0.0.1:9/v1\", \"model\": \"gpt-4o-mini\", "
+    "\"api_key_secret\": \"LLMKEY\", \"system\": \"You call tools when asked.\", "
+    "\"tools\": [\"http_request\"], \"allowed_hosts\": [\"127.0.0.1\"], "
+    "\"budget\": {\"max_tokens\": 100000, \"max_cost_usd\": 5}}";
+
+/* Agent definitions: versioned like workflows, validated by the agent node's rules. */
+static void test_agents(void **state)
+{
+        struct reply r = http("POST", "/v1/agents", S.admin_token, AGENT, NULL);
+        assert_int_equal(r.status, 201);
+        assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 1);
+        assert_string_equal(jstr(json_object_get(r.json, "definition"), "model"), "gpt-4o-mini");
+        reply_free(&r);
+        /* the same again (other key order): unchanged */
+        r = http("POST", "/v1/agents", S.admin_token,
+                 "{\"model\": \"gpt-4o-mini\", \"provider\": \"openai\", \"name\": "
+                 "\"researcher\", \"description\": \"reads pages\", \"base_url\": "
+                 "\"http://127.0.0.1:9/v1\", \"api_key_secret\": \"LLMKEY\", \"system\": "
+                 "\"You call tools when asked.\", \"tools\": [\"http_request\"], "
+                 "\"allowed_hosts\": [\"127.0.0.1\"], \"budget\": {\"max_cost_usd\": 5, "
+                 "\"max_tokens\": 100000}}",
+                 NULL);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 1);
+        reply_free(&r);
+        /* a change is a new version; version 1 stays as it was */
+        r = http("POST", "/v1/agents", S.admin_token,
+                 "{\"name\": \"researcher\", \"provider\": \"anthropic\", \"model\": "
+                 "\"claude-sonnet-4-5\", \"prompt\": \"Research ${ input.topic }.\"}",
+                 NULL);
+        assert_int_equal(r.status, 201);
+        assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 2);
+        reply_free(&r);
+        /* the agent node's rules, with the field named relative to the definition */
+        r = http("POST", "/v1/agents", S.admin_token,
+                 "{\"name\": \"researcher\", \"provider\": \"openai\", \"model\": \"m\", "
+                 "\"budget\": {\"max_cost_usd\": -1}}",
+                 NULL);
+        assert_error(&r, 422, "validation_failed");
+        assert_non_null(strstr(r.body, "max_cost_usd"));
+        assert_null(strstr(r.body, "/nodes/0"));
+        reply_free(&r);
+        r = http("POST", "/v1/agents", S.admin_token,
+                 "{\"name\": \"researcher\", \"provider\": \"gemini\", \"model\": \"m\"}", NULL);
+        assert_error(&r, 422, "validation_failed");
+        assert_non_null(strstr(r.body, "unknown provider 'gemini'"));
+        reply_free(&r);
+        r = http("POST", "/v1/agents", S.admin_token,
+                 "{\"name\": \"researcher\", \"provider\": \"openai\", \"model\": \"m\", "
+                 "\"api_key\": \"sk-123\"}",
+                 NULL);
+        assert_error(&r, 422, "validation_failed");
+        assert_non_null(strstr(r.body, "api_key"));
+        reply_free(&r);
+        r = http("POST", "/v1/agents", S.admin_token,
+                 "{\"name\": \"Bad Name\", \"provider\": \"openai\", \"model\": \"m\"}", NULL);
+        assert_error(&r, 400, "invalid_field");
+        reply_free(&r);
+        r = http("POST", "/v1/agents", S.admin_token,
+                 "{\"name\": \"x\", \"description\": 5, \"provider\": \"openai\", "
+                 "\"model\": \"m\"}",
+                 NULL);
+        assert_error(&r, 400, "invalid_field");
+        reply_free(&r);
+        assert_int_equal(
+            test_db_int(S.db, "SELECT max(version) FROM agents WHERE name = 'researcher'"), 2);
+        r = http("POST", "/v1/agents", S.admin_token,
+                 "{\"name\": \"writer\", \"provider\": \"anthropic\", \"model\": \"m\"}", NULL);
+        assert_int_equal(r.status, 201);
+        reply_free(&r);
+        /* list: the latest of each, by name, paged */
+        r = http("GET", "/v1/agents?limit=1", S.admin_token, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        json_t *first = json_array_get(json_object_get(r.json, "data"), 0);
+        assert_string_equal(jstr(first, "name"), "researcher");
+        assert_int_equal(json_integer_value(json_object_get(first, "version")), 2);
+        assert_string_equal(jstr(first, "provider"), "anthropic");
+        assert_non_null(jstr(r.json, "next_cursor"));
+        char path[256];
+        snprintf(path, sizeof(path), "/v1/agents?limit=1&cursor=%s", jstr(r.json, "next_cursor"));
+        reply_free(&r);
+        r = http("GET", path, S.admin_token, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(jstr(json_array_get(json_object_get(r.json, "data"), 0), "name"),
+                            "writer");
+        assert_true(json_is_null(json_object_get(r.json, "next_cursor")));
+        reply_free(&r);
+        r = http("GET", "/v1/agents/researcher?version=1", S.admin_token, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(jstr(json_object_get(r.json, "definition"), "api_key_secret"),
+                            "LLMKEY");
+        reply_free(&r);
+        r = http("GET", "/v1/agents/researcher", S.admin_token, NULL, NULL);
+        assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 2);
+        reply_free(&r);
+        r = http("GET", "/v1/agents/researcher?version=0", S.admin_token, NULL, NULL);
+        assert_error(&r, 400, "invalid_parameter");
+        reply_free(&r);
+        r = http("GET", "/v1/agents/researcher?version=9", S.admin_token, NULL, NULL);
+        assert_error(&r, 404, "not_found");
+        reply_free(&r);
+        r = http("GET", "/v1/agents/researcher/versions", S.admin_token, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(json_array_size(json_object_get(r.json, "data")), 2);
+        assert_int_equal(json_integer_value(json_object_get(
+                             json_array_get(json_object_get(r.json, "data"), 0), "version")),
+                         2);
+        reply_free(&r);
+        r = http("GET", "/v1/agents/nobody/versions", S.admin_token, NULL, NULL);
+        assert_error(&r, 404, "not_found");
+        reply_free(&r);
+}
+
 static void test_runs(void **state)
 {
         struct reply r;
@@ -734,7 +849,8 @@ static void test_cross_tenant(void **state)
         r = http("POST", "/v1/runs", tb, "{\"workflow\": \"etl\"}", NULL);
         assert_error(&r, 404, "not_found");
         reply_free(&r);
-        const char *empties[] = {"/v1/runs", "/v1/workflows", "/v1/approvals", "/v1/secrets"};
+        const char *empties[] = {"/v1/runs", "/v1/workflows", "/v1/approvals", "/v1/secrets",
+                                 "/v1/agents"};
         for (size_t i = 0; i < ELEMENTSOF(empties); i++) {
                 r = http("GET", empties[i], tb, NULL, NULL);
                 assert_int_equal(r.status, 200);
@@ -750,6 +866,9 @@ static void test_cross_tenant(void **state)
         assert_error(&r, 404, "not_found");
         reply_free(&r);
         r = http("GET", "/v1/workflows/etl/versions", tb, NULL, NULL);
+        assert_error(&r, 404, "not_found");
+        reply_free(&r);
+        r = http("GET", "/v1/agents/researcher", tb, NULL, NULL);
         assert_error(&r, 404, "not_found");
         reply_free(&r);
         snprintf(path, sizeof(path), "/v1/approvals/%s", appr);
@@ -1210,6 +1329,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_auth_and_ops),
             cmocka_unit_test(test_workflows),
+            cmocka_unit_test(test_agents),
             cmocka_unit_test(test_runs),
             cmocka_unit_test(test_database_errors_in_own_words),
             cmocka_unit_test(test_rerun_follows_the_engine),

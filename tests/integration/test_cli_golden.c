@@ -349,6 +349,14 @@ static const char hello_wf[] =
     "  {\"id\": \"nap\", \"type\": \"sleep\", \"duration\": \"1h\", "
     "\"after\": [\"greet\"]}\n]}\n";
 
+static const char researcher_agent[] =
+    "{\"name\": \"researcher\", \"description\": \"reads pages and sums them up\",\n"
+    " \"provider\": \"anthropic\", \"base_url\": \"https://api.anthropic.com/v1\",\n"
+    " \"model\": \"claude-sonnet-4-5\", \"api_key_secret\": \"ANTHROPIC_KEY\",\n"
+    " \"system\": \"You call tools when asked.\", \"tools\": [\"http_request\", \"finish\"],\n"
+    " \"allowed_hosts\": [\"example.com\"],\n"
+    " \"budget\": {\"max_tokens\": 100000, \"max_cost_usd\": 5}, \"max_turns\": 20}\n";
+
 static void cli_main_commands_match_their_goldens(void **state)
 {
         struct fixture *f = *state;
@@ -405,6 +413,31 @@ static void cli_main_commands_match_their_goldens(void **state)
         assert_int_equal(r.exit, CLI_EXIT_FAILURE);
         cli_result_free(&r);
         r = golden(f, "workflow_show_missing", NULL, ARGS("workflow", "show", "nope"));
+        assert_int_equal(r.exit, CLI_EXIT_NOT_FOUND);
+        cli_result_free(&r);
+
+        /* agents: apply twice (created, then unchanged), list, show, an invalid one */
+        _cleanup_free_ char *agent = str_printf("%s/researcher.json", f->dir);
+        write_text(agent, researcher_agent);
+        r = golden(f, "agent_apply", NULL, ARGS("agent", "apply", "researcher.json"));
+        assert_int_equal(r.exit, 0);
+        cli_result_free(&r);
+        r = golden(f, "agent_apply_unchanged", NULL, ARGS("agent", "apply", "researcher.json"));
+        assert_int_equal(r.exit, 0);
+        cli_result_free(&r);
+        r = golden(f, "agent_list", NULL, ARGS("agent", "list"));
+        assert_int_equal(r.exit, 0);
+        assert_aligned(r.out);
+        cli_result_free(&r);
+        r = golden(f, "agent_show", NULL, ARGS("agent", "show", "researcher"));
+        assert_int_equal(r.exit, 0);
+        cli_result_free(&r);
+        write_text(bad, "{\"name\": \"bad\", \"provider\": \"gemini\", \"model\": \"m\", "
+                        "\"tools\": [\"shell\"], \"budget\": {\"max_dollars\": 5}}");
+        r = golden(f, "agent_apply_invalid", NULL, ARGS("agent", "apply", "bad.json"));
+        assert_int_equal(r.exit, CLI_EXIT_FAILURE);
+        cli_result_free(&r);
+        r = golden(f, "agent_show_missing", NULL, ARGS("agent", "show", "nope"));
         assert_int_equal(r.exit, CLI_EXIT_NOT_FOUND);
         cli_result_free(&r);
 
