@@ -35,6 +35,7 @@ struct agent_host_config {
         struct runtime_http *http; /* the loop's multi handle (borrowed) */
         const char *executor_path; /* the agently binary ("executor" is its argument) */
         const char *secrets_dir;   /* data dir for secrets_open (NULL: the default) */
+        const json_t *llm_prices;  /* price overrides by model for llm_cost, or NULL */
         agent_done_fn done;
         void *owner; /* passed to done */
 };

@@ -868,7 +868,8 @@ static void llm_done(struct agent_session *s, struct agent_pending *p, struct ll
                 answer_error(s, p->id, "llm", msg ? msg : "the llm call failed");
                 return;
         }
-        struct llm_cost cost = llm_cost(NULL, res->model ? res->model : model, &res->usage);
+        struct llm_cost cost =
+            llm_cost(s->host->cfg.llm_prices, res->model ? res->model : model, &res->usage);
         result = llm_result_to_json(res);
         if (result)
                 json_object_set_new(result, "cost_usd", json_real(cost.usd));

@@ -40,6 +40,20 @@
         "'output', n.output, 'error', n.error, 'started_at', n.started_at, 'finished_at', "        \
         "n.finished_at)"
 
+/* The agent runs of run r (sub-agents too), each with its own LLM totals; the run's
+ * cost_usd, tokens_in and tokens_out are their sums (0013_llm_costs.sql). cached_tokens_in
+ * and llm_calls through to_jsonb: columns of 0012. */
+#define AGENT_RUNS_JSON                                                                            \
+        "COALESCE((SELECT json_agg(json_build_object('id', a.id, 'node_id', a.node_id, "           \
+        "'attempt', a.attempt, 'parent_agent_run_id', a.parent_agent_run_id, 'status', "           \
+        "a.status, 'model', a.model, 'tokens_in', a.tokens_in, 'tokens_out', a.tokens_out, "       \
+        "'cached_tokens_in', COALESCE((to_jsonb(a) ->> 'cached_tokens_in')::bigint, 0), "          \
+        "'cost_usd', a.cost_usd, 'llm_calls', COALESCE((to_jsonb(a) ->> 'llm_calls')::bigint, "    \
+        "0), 'tool_calls', a.tool_calls, 'started_at', a.started_at, 'finished_at', "              \
+        "a.finished_at, 'error', a.error) ORDER BY a.started_at, a.id) FROM (SELECT * FROM "       \
+        "agent_runs x WHERE x.workflow_run_id = r.id ORDER BY x.started_at, x.id LIMIT 1000) a), " \
+        "'[]'::json)"
+
 #define RUN_JSON                                                                                   \
         "json_build_object('id', r.id, 'workflow', r.workflow_name, 'workflow_version', "          \
         "r.workflow_version, 'workflow_id', r.workflow_id, 'status', r.status, 'input', r.input, " \
@@ -49,7 +63,8 @@
         "'parent_run_id', r.parent_run_id, 'created_at', r.created_at, 'started_at', "             \
         "r.started_at, 'finished_at', r.finished_at, 'updated_at', r.updated_at, 'run_at', "       \
         "r.run_at, 'timeout_at', r.timeout_at, 'cost_usd', r.cost_usd, 'tokens_in', "              \
-        "r.tokens_in, 'tokens_out', r.tokens_out, 'last_event_seq', r.event_seq, 'nodes_total', "  \
+        "r.tokens_in, 'tokens_out', r.tokens_out, 'agents', " AGENT_RUNS_JSON ", "                 \
+        "'last_event_seq', r.event_seq, 'nodes_total', "                                           \
         "nt.total, 'nodes_truncated', nt.total > " RUN_NODES_INLINE ", 'nodes', "                  \
         "COALESCE((SELECT json_agg(" NODE_STATE_JSON " ORDER BY n.first_started_at, n.node_id) "   \
         "FROM (SELECT * FROM agently_node_latest d WHERE d.workflow_run_id = r.id "                \
@@ -388,8 +403,13 @@ static unsigned h_metrics(struct api_request *req, struct api_response *resp)
 
         buf_init(&b, 4 * 1024 * 1024);
         if (c) {
+                /* the run and queue samples, then the LLM usage ones (0013) */
                 _cleanup_pgresult_ PGresult *res =
-                    db_query(c, "SELECT name, kind, help, labels, value FROM agently_api_metrics()",
+                    db_query(c,
+                             "SELECT name, kind, help, labels, value FROM (SELECT 1 AS part, "
+                             "m.* FROM agently_api_metrics() WITH ORDINALITY m UNION ALL "
+                             "SELECT 2, l.* FROM agently_api_llm_metrics() WITH ORDINALITY l) "
+                             "s ORDER BY part, ordinality",
                              0, NULL, &r);
                 if (res) {
                         const char *last = "";
@@ -435,8 +455,10 @@ static unsigned h_me(struct api_request *req, struct api_response *resp)
         const char *params[] = {req->user_id};
 
         return respond_query(req, resp, 200,
-                             "SELECT json_build_object('id', id, 'name', name, 'is_admin', "
-                             "is_admin, 'created_at', created_at) FROM users WHERE id = $1",
+                             "SELECT json_build_object('id', u.id, 'name', u.name, 'is_admin', "
+                             "u.is_admin, 'created_at', u.created_at, 'usage', "
+                             "(SELECT to_json(g) FROM agently_user_llm_usage(u.id) g)) "
+                             "FROM users u WHERE u.id = $1",
                              1, params, "user", req->user_id);
 }
 

@@ -5,6 +5,8 @@
  */
 #pragma once
 
+#include <jansson.h>
+
 int cli_main(int argc, char **argv);
 
 /* Each command takes argv starting at its own name; returns the process exit code. */
@@ -16,6 +18,11 @@ int cmd_dispatch(int argc, char **argv);
 int cmd_executor(int argc, char **argv);
 int cmd_client(int argc, char **argv); /* workflow, run, approval, secret, token, user */
 int cmd_secret(int argc, char **argv); /* secret rotate-key here, the other verbs: cmd_client */
+
+/* LLM price overrides (cli_prices.c): the JSON file flag_value names, else the one
+ * AGENTLY_LLM_PRICES names, else none (*out NULL); checked by llm_pricing_validate. 0, or
+ * -EINVAL after telling stderr what is wrong ("agently ROLE: ..."). The caller owns *out. */
+int cli_llm_prices_load(const char *role, const char *flag_value, json_t **out);
 
 /* Exit codes, documented in docs/cli.md. */
 enum cli_exit {

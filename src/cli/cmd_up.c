@@ -126,6 +126,8 @@ static const struct cli_flag up_flags[] = {
     {"port", 0, "PORT", "API and dashboard port (default 8080)"},
     {"listen", 0, "ADDR", "API listen address (default 127.0.0.1)"},
     {"workers", 0, "N", "worker processes (default 2; 0 runs none)"},
+    {"llm-prices", 0, "FILE",
+     "LLM price overrides by model, JSON, for the workers (default: AGENTLY_LLM_PRICES)"},
     {"help", 'h', NULL, "show this help"},
     {NULL, 0, NULL, NULL},
 };
@@ -149,6 +151,16 @@ static int up_parse_options(int argc, char **argv, struct up_options *o)
             (r = cli_flag_int("up", "workers", cli_args_get(up_flags, &args, "workers"), 0, 64,
                               &workers)))
                 return r;
+        /* checked here, so a bad file stops `up` at once; the workers read it again */
+        const char *prices_file = cli_args_get(up_flags, &args, "llm-prices");
+        _cleanup_json_ json_t *prices = NULL;
+        if (cli_llm_prices_load("up", prices_file, &prices) < 0)
+                return CLI_EXIT_USAGE;
+        if (!str_is_empty(prices_file)) {
+                _cleanup_free_ char *abs = realpath(prices_file, NULL);
+                if (!abs || setenv("AGENTLY_LLM_PRICES", abs, 1) < 0)
+                        return CLI_EXIT_FAILURE;
+        }
         *o = (struct up_options){
             .data_dir_arg = cli_args_get(up_flags, &args, "data-dir"),
             .listen_host = cli_args_get(up_flags, &args, "listen"),

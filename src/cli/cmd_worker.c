@@ -31,6 +31,8 @@ static const struct cli_flag worker_flags[] = {
     {"drain-grace", 0, "DURATION", "on SIGTERM, how long running effects may finish (10s)"},
     {"poll", 0, "DURATION", "claim polling fallback (default 500ms, 10ms-1s)"},
     {"id", 0, "NAME", "worker id recorded on claimed runs (default <hostname>:<pid>)"},
+    {"llm-prices", 0, "FILE",
+     "LLM price overrides by model, JSON (default: AGENTLY_LLM_PRICES, else the shipped list)"},
     {"help", 'h', NULL, "show this help"},
     {NULL, 0, NULL, NULL},
 };
@@ -121,6 +123,11 @@ int cmd_worker(int argc, char **argv)
                 id = default_id;
         }
         cfg.id = id;
+        _cleanup_json_ json_t *prices = NULL;
+        if (cli_llm_prices_load("worker", cli_args_get(worker_flags, &args, "llm-prices"),
+                                &prices) < 0)
+                return CLI_EXIT_USAGE;
+        cfg.llm_prices = prices;
 
         if (str_is_empty(data_dir))
                 data_dir = getenv("AGENTLY_DATA_DIR");

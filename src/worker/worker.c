@@ -2177,6 +2177,7 @@ int worker_run(const struct worker_config *cfg)
                                                                             ? cfg->executor_path
                                                                             : "/proc/self/exe",
                                                        .secrets_dir = cfg->data_dir,
+                                                       .llm_prices = cfg->llm_prices,
                                                        .done = agent_done,
                                                        .owner = &w},
                            &w.agents);

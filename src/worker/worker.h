@@ -8,6 +8,7 @@
 #pragma once
 
 #include <stdint.h>
+#include <jansson.h>
 
 #define WORKER_MAX_CONCURRENCY 10000
 
@@ -23,6 +24,9 @@ struct worker_config {
         const char *executor_path; /* `agently executor`'s binary (NULL: /proc/self/exe) */
         const char *public_url;    /* where people reach the API (approval links); NULL: default */
         const char *data_dir;      /* the local key files (secrets); NULL: ".agently" */
+        /* LLM price overrides by model (llm_cost's overrides: --llm-prices or
+         * AGENTLY_LLM_PRICES, checked at start), or NULL for the shipped list. Borrowed. */
+        const json_t *llm_prices;
 };
 
 /*

@@ -676,6 +676,10 @@ static void cli_wait_exit_code_follows_the_run(void **state)
         assert_int_equal(r.exit, 0);
         cli_result_free(&r);
         for (size_t i = 0; i < 2; i++) {
+                /* the previous round's output must not pass for this one's while the new CLI
+                 * has not yet opened (truncated) the file */
+                unlink(out);
+                unlink(err);
                 pid_t pid = cli_spawn(f, NULL, ARGS("run", "start", "hello", "--wait"), out, err);
                 _cleanup_free_ char *id = NULL;
                 int64_t deadline = test_now_ms() + 15000;

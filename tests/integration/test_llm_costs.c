@@ -1,0 +1,303 @@
+/*
+ * What LLM calls cost, totalled (0013_llm_costs.sql): the worker adds each call's tokens and
+ * cost to its agent run; the run's totals, the user's totals and /metrics follow from that
+ * in the same transaction, with the worker's own role. Shown through the API: the run view
+ * (the run's totals and each agent run's, sub-agents included), /v1/me (the caller's
+ * totals, never another user's) and /metrics (per user).
+ */
+#include "testlib.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "auth_token.h"
+#include "cleanup.h"
+#include "fileio.h"
+#include "llm_server.h"
+#include "strutil.h"
+#include "worker_sink.h"
+
+static const char WF[] = "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"}]}";
+
+static double sample(const char *body, const char *series)
+{
+        size_t n = strlen(series);
+
+        for (const char *p = body; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+                if (strncmp(p, series, n) == 0 && p[n] == ' ')
+                        return strtod(p + n + 1, NULL);
+        fail_msg("no sample %s in:\n%s", series, body);
+        return -1;
+}
+
+static json_t *get(const char *base, const char *token, const char *path)
+{
+        char url[256], auth[128], *body = NULL;
+        const char *headers[] = {auth, NULL};
+
+        snprintf(url, sizeof(url), "%s%s", base, path);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        assert_int_equal(test_http("GET", url, token ? headers : NULL, NULL, &body), 200);
+        json_t *j = json_loads(body, JSON_DECODE_ANY, NULL);
+        if (!j)
+                fail_msg("not JSON: %s", body);
+        free(body);
+        return j;
+}
+
+/* An agent run of run (as the owner, the way the worker creates them). */
+static char *agent_run(PGconn *owner, const char *run, const char *parent)
+{
+        return test_db_value(owner,
+                             "INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt, "
+                             "parent_agent_run_id, model) SELECT user_id, id, 'a', 1, %s%s%s, "
+                             "'gpt-4o-mini' FROM workflow_runs WHERE id = '%s' RETURNING id",
+                             parent ? "'" : "", parent ? parent : "NULL", parent ? "'" : "", run);
+}
+
+/* One LLM call's usage recorded on an agent run, as the worker records it (its own role). */
+static void record_call(PGconn *worker, const char *agent, long in, long out, const char *cost,
+                        int tools)
+{
+        char sql[512];
+
+        snprintf(sql, sizeof(sql),
+                 "UPDATE agent_runs SET tokens_in = tokens_in + %ld, tokens_out = tokens_out + "
+                 "%ld, cost_usd = cost_usd + %s, tool_calls = tool_calls + %d WHERE id = '%s'",
+                 in, out, cost, tools, agent);
+        PQclear(test_db_must(worker, sql));
+}
+
+static void costs_add_up_per_agent_run_run_and_user(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *conninfo = test_db_create("llmcost");
+        PGconn *db = test_db_connect(conninfo);
+        _cleanup_free_ char *worker_ci = test_db_conninfo_as(conninfo, "agently_worker");
+        PGconn *worker = test_db_connect(worker_ci);
+        _cleanup_free_ char *dir = test_tempdir("llmcost");
+        _cleanup_free_ char *ana = worker_test_user(db, "ana");
+        _cleanup_free_ char *bo = worker_test_user(db, "bo");
+        _cleanup_free_ char *wf = worker_test_workflow(db, ana, "w", 1, WF);
+        _cleanup_free_ char *wf_bo = worker_test_workflow(db, bo, "w", 1, WF);
+        _cleanup_free_ char *run = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *other = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *bo_run = worker_test_run(db, wf_bo, NULL);
+        char token[AUTH_TOKEN_LEN + 1], token_bo[AUTH_TOKEN_LEN + 1], base[64], path[128];
+
+        worker_test_token(db, ana, token);
+        worker_test_token(db, bo, token_bo);
+
+        /* a parent agent with two calls and a sub-agent with one; another run; bo's run */
+        _cleanup_free_ char *parent = agent_run(db, run, NULL);
+        _cleanup_free_ char *child = agent_run(db, run, parent);
+        _cleanup_free_ char *elsewhere = agent_run(db, other, NULL);
+        _cleanup_free_ char *bos = agent_run(db, bo_run, NULL);
+        record_call(worker, parent, 1000, 100, "0.0012", 1);
+        record_call(worker, parent, 1500, 200, "0.0020", 2);
+        record_call(worker, child, 300, 30, "0.0003", 0);
+        record_call(worker, elsewhere, 10, 1, "0.000010", 0);
+        record_call(worker, bos, 5000, 500, "0.5", 0);
+        /* a status change alone counts nothing */
+        PQclear(test_db_must(worker, "UPDATE agent_runs SET status = 'waiting'"));
+
+        /* the run's totals are the sums of its agent runs, sub-agent included */
+        assert_db_equal("0.003500|2800|330", db,
+                        "SELECT cost_usd::text || '|' || tokens_in || '|' || tokens_out FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        run);
+        assert_db_equal("0.000010|10|1", db,
+                        "SELECT cost_usd::text || '|' || tokens_in || '|' || tokens_out FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        other);
+
+        pid_t api = worker_test_spawn_api(conninfo, dir, base, sizeof(base));
+
+        /* the run view: the totals and each agent run's own */
+        snprintf(path, sizeof(path), "/v1/runs/%s", run);
+        json_t *view = get(base, token, path);
+        assert_double_equal(json_number_value(json_object_get(view, "cost_usd")), 0.0035);
+        assert_int_equal(json_integer_value(json_object_get(view, "tokens_in")), 2800);
+        assert_int_equal(json_integer_value(json_object_get(view, "tokens_out")), 330);
+        json_t *agents = json_object_get(view, "agents");
+        assert_int_equal(json_array_size(agents), 2);
+        json_t *a0 = json_array_get(agents, 0), *a1 = json_array_get(agents, 1);
+        if (json_is_string(json_object_get(a0, "parent_agent_run_id"))) {
+                json_t *t = a0;
+                a0 = a1;
+                a1 = t;
+        }
+        assert_string_equal(json_string_value(json_object_get(a0, "id")), parent);
+        assert_double_equal(json_number_value(json_object_get(a0, "cost_usd")), 0.0032);
+        assert_int_equal(json_integer_value(json_object_get(a0, "tokens_in")), 2500);
+        assert_int_equal(json_integer_value(json_object_get(a0, "tool_calls")), 3);
+        assert_string_equal(json_string_value(json_object_get(a0, "model")), "gpt-4o-mini");
+        assert_string_equal(json_string_value(json_object_get(a1, "parent_agent_run_id")), parent);
+        assert_double_equal(json_number_value(json_object_get(a1, "cost_usd")), 0.0003);
+        json_decref(view);
+
+        /* /v1/me: the caller's totals only */
+        json_t *me = get(base, token, "/v1/me");
+        json_t *usage = json_object_get(me, "usage");
+        assert_double_equal(json_number_value(json_object_get(usage, "cost_usd")), 0.00351);
+        assert_int_equal(json_integer_value(json_object_get(usage, "tokens_in")), 2810);
+        assert_int_equal(json_integer_value(json_object_get(usage, "tokens_out")), 331);
+        assert_int_equal(json_integer_value(json_object_get(usage, "tool_calls")), 3);
+        json_decref(me);
+        me = get(base, token_bo, "/v1/me");
+        assert_double_equal(
+            json_number_value(json_object_get(json_object_get(me, "usage"), "cost_usd")), 0.5);
+        json_decref(me);
+
+        /* /metrics: per user */
+        char url[128], *body = NULL;
+        snprintf(url, sizeof(url), "%s/metrics", base);
+        assert_int_equal(test_http("GET", url, NULL, NULL, &body), 200);
+        assert_double_equal(sample(body, "agently_llm_cost_usd_total{user=\"ana\"}"), 0.00351);
+        assert_double_equal(sample(body, "agently_llm_cost_usd_total{user=\"bo\"}"), 0.5);
+        assert_double_equal(sample(body, "agently_llm_tokens_total{user=\"ana\",kind=\"input\"}"),
+                            2810);
+        assert_double_equal(sample(body, "agently_llm_tokens_total{user=\"ana\",kind=\"output\"}"),
+                            331);
+        assert_double_equal(sample(body, "agently_agent_tool_calls_total{user=\"ana\"}"), 3);
+        assert_non_null(strstr(body, "# TYPE agently_llm_cost_usd_total counter"));
+        /* the run samples are still there */
+        assert_double_equal(sample(body, "agently_runs{status=\"queued\"}"), 3);
+        free(body);
+
+        test_stop_process(api, SIGTERM, 10000);
+        PQfinish(worker);
+        PQfinish(db);
+        test_rm_rf(dir);
+}
+
+/* End to end: a worker started with --llm-prices prices an agent's LLM call of a model the
+ * shipped list does not know from the file, and the call's cost reaches the agent run, the
+ * run, the user's usage and /metrics. (Without the override the model costs 0.) */
+static void a_price_override_prices_a_real_call(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *conninfo = test_db_create("llmprice");
+        PGconn *db = test_db_connect(conninfo);
+        _cleanup_free_ char *dir = test_tempdir("llmprice");
+        _cleanup_free_ char *prices = str_printf("%s/prices.json", dir);
+        _cleanup_free_ char *wlog = str_printf("%s/worker.log", dir);
+        _cleanup_free_ char *user = worker_test_user(db, "cy");
+        struct llm_server *llm = llm_server_start();
+        char token[AUTH_TOKEN_LEN + 1], base[64];
+        const char *price_text =
+            "{\"house-model\": {\"input\": 10, \"output\": 20, \"cached_input\": 1}}";
+
+        worker_test_token(db, user, token);
+        assert_int_equal(file_write_atomic(prices, price_text, strlen(price_text), 0644), 0);
+        _cleanup_free_ char *def =
+            str_printf("{\"name\":\"priced\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\","
+                       "\"agent\":{\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":"
+                       "\"house-model\",\"prompt\":\"Say hi.\"}}]}",
+                       llm_server_url(llm));
+        _cleanup_free_ char *wf = worker_test_workflow(db, user, "priced", 1, def);
+        llm_server_script(llm, "[{\"text\": \"hi\", \"usage\": {\"input\": 1000, \"output\": "
+                               "100, \"cached\": 500}}]");
+        _cleanup_free_ char *run = worker_test_run(db, wf, NULL);
+        pid_t w = worker_test_spawn(conninfo, "price-w", "5s", "500ms",
+                                    (const char *[]){"--llm-prices", prices, NULL}, wlog);
+        bool ended = worker_test_wait_status(db, run, "completed|failed", 60000);
+        test_stop_process(w, SIGTERM, 15000);
+        if (!ended) {
+                _cleanup_free_ char *text = NULL;
+                file_read_all(wlog, 1 << 20, &text, &(size_t){0});
+                fail_msg("the run did not end:\n%s", text ? text : "");
+        }
+        assert_db_equal("completed", db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
+        /* (1000 - 500) x $10 + 500 x $1 + 100 x $20 per million tokens */
+        assert_db_equal("0.007500", db,
+                        "SELECT cost_usd::text FROM agent_runs WHERE workflow_run_id = '%s'", run);
+        assert_db_equal("0.007500|1000|100", db,
+                        "SELECT cost_usd::text || '|' || tokens_in || '|' || tokens_out FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        run);
+
+        pid_t api = worker_test_spawn_api(conninfo, dir, base, sizeof(base));
+        json_t *me = get(base, token, "/v1/me");
+        json_t *usage = json_object_get(me, "usage");
+        assert_double_equal(json_number_value(json_object_get(usage, "cost_usd")), 0.0075);
+        assert_int_equal(json_integer_value(json_object_get(usage, "cached_tokens_in")), 500);
+        assert_int_equal(json_integer_value(json_object_get(usage, "llm_calls")), 1);
+        json_decref(me);
+        char url[128], *body = NULL;
+        snprintf(url, sizeof(url), "%s/metrics", base);
+        assert_int_equal(test_http("GET", url, NULL, NULL, &body), 200);
+        assert_double_equal(sample(body, "agently_llm_cost_usd_total{user=\"cy\"}"), 0.0075);
+        assert_double_equal(sample(body, "agently_llm_calls_total{user=\"cy\"}"), 1);
+        assert_double_equal(
+            sample(body, "agently_llm_tokens_total{user=\"cy\",kind=\"cached_input\"}"), 500);
+        free(body);
+        test_stop_process(api, SIGTERM, 10000);
+        llm_server_stop(llm);
+        PQfinish(db);
+        test_rm_rf(dir);
+}
+
+/* Runs agently with args and env until it exits (at most 10 s); its exit code, *err its
+ * stderr. */
+static int run_agently(const char *const *args, const char *const *env, const char *dir, char **err)
+{
+        _cleanup_free_ char *log = str_printf("%s/out.log", dir);
+        pid_t pid = test_spawn_agently(args, env, log);
+        int status = -1;
+
+        for (int64_t t0 = test_now_ms(); waitpid(pid, &status, WNOHANG) == 0;) {
+                assert_int_lt(test_now_ms() - t0, 10000);
+                usleep(20 * 1000);
+        }
+        assert_int_equal(file_read_all(log, 1 << 20, err, &(size_t){0}), 0);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Price overrides are checked when a worker (or up) starts: a bad file stops it with the
+ * reason (the model and member), from the flag or from AGENTLY_LLM_PRICES. */
+static void a_bad_price_file_stops_the_worker(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *dir = test_tempdir("llmprices");
+        _cleanup_free_ char *file = str_printf("%s/prices.json", dir);
+        _cleanup_free_ char *env_file = str_printf("AGENTLY_LLM_PRICES=%s", file);
+        char *err = NULL;
+
+        assert_int_equal(file_write_atomic(file, "{\"gpt-4o\": {\"input\": \"cheap\"}}", 30, 0644),
+                         0);
+        assert_int_equal(
+            run_agently((const char *[]){"worker", "--llm-prices", file, NULL}, NULL, dir, &err),
+            2);
+        assert_non_null(strstr(err, "gpt-4o"));
+        assert_non_null(strstr(err, "input"));
+        free(err);
+        assert_int_equal(file_write_atomic(file, "{\"m\": {\"input\": 1,", 18, 0644), 0);
+        assert_int_equal(run_agently((const char *[]){"worker", NULL},
+                                     (const char *[]){env_file, NULL}, dir, &err),
+                         2);
+        assert_non_null(strstr(err, "not valid JSON"));
+        free(err);
+        assert_int_equal(run_agently((const char *[]){"up", "--llm-prices", "/nonexistent/p.json",
+                                                      "--data-dir", dir, NULL},
+                                     NULL, dir, &err),
+                         2);
+        assert_non_null(strstr(err, "could not read the LLM prices /nonexistent/p.json"));
+        free(err);
+        test_rm_rf(dir);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(costs_add_up_per_agent_run_run_and_user),
+            cmocka_unit_test(a_bad_price_file_stops_the_worker),
+            cmocka_unit_test(a_price_override_prices_a_real_call),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
