@@ -47,3 +47,8 @@ int bench_http_post(const char *url, const char *token, const char *body, char *
 /* Single-row INSERT + COMMIT per second with prepared statements over `connections`
  * connections (one thread each) for b->duration_ms. */
 double bench_baseline_commits(const struct bench *b, int connections);
+
+/* LLM call density (bench_llm.c): `calls` concurrent ~5 s streaming calls through src/llm's
+ * client on one loop against a local streaming server; prints completions, wall time, peak
+ * sockets and the client's memory. Needs no database. */
+void bench_llm_density(int calls);

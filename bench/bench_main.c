@@ -71,6 +71,7 @@ int main(int argc, char **argv)
             {"quick", no_argument, NULL, 'q'},
             {"keep", no_argument, NULL, 'k'},
             {"soak", required_argument, NULL, 's'},
+            {"llm-density", required_argument, NULL, 'l'},
             {0},
         };
         struct bench b = {.duration_ms = 5000};
@@ -95,6 +96,11 @@ int main(int argc, char **argv)
                 case 'k':
                         keep = 1;
                         break;
+                case 'l': /* only the LLM client's density, no database */
+                        bench_llm_density((int)strtol(optarg, NULL, 10) > 0
+                                              ? (int)strtol(optarg, NULL, 10)
+                                              : 1000);
+                        return 0;
                 case 's':
                         if (duration_parse_ms(optarg, &b.soak_ms) < 0 || b.soak_ms < 10000) {
                                 fprintf(stderr, "bench: bad --soak '%s' (at least 10s)\n", optarg);
@@ -102,9 +108,8 @@ int main(int argc, char **argv)
                         }
                         break;
                 default:
-                        fprintf(
-                            stderr,
-                            "usage: agently-bench [--duration D] [--quick] [--keep] [--soak D]\n");
+                        fprintf(stderr, "usage: agently-bench [--duration D] [--quick] [--keep] "
+                                        "[--soak D] [--llm-density N]\n");
                         return 2;
                 }
         }
@@ -147,6 +152,7 @@ int main(int argc, char **argv)
         bench_report("baseline_commit_32c", "%.0f", base32);
 
         bench_run_targets(&b, pg, base1, base32);
+        bench_llm_density(b.quick ? 200 : 1000);
 
         embedded_pg_stop(pg);
         embedded_pg_free(pg);
