@@ -19,6 +19,7 @@
 #define AGENT_MAX_DEPTH        3 /* sub-agents of sub-agents: a deeper one gets no spawn_agent */
 
 struct runtime_http_transfer;
+struct sandbox;
 struct llm_call;
 
 /* A journaled call, as read when the session started. */
@@ -98,6 +99,7 @@ struct agent_host {
         struct agent_session *sessions;
         unsigned nsessions;
         uint64_t serials;
+        struct sandbox *sandbox; /* agent_spawn.c: executors run in it (opened at the first) */
 };
 
 /* ---- agent_journal.c: the session's statements ---- */
@@ -135,9 +137,12 @@ void agent_llm_abort(struct agent_pending *p);
 void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *error,
                     int64_t duration_ms);
 
-/* ---- agent_spawn.c ---- */
-int agent_executor_spawn(const char *executor_path, pid_t *pid, int *in_fd, int *out_fd,
-                         int *err_fd);
+/* ---- agent_spawn.c: the executor, in the host's sandbox ---- */
+/* Starts an executor (pid and three non-blocking pipes); 0, or < 0 with *error (malloc'd,
+ * for the node's error: the sandbox that cannot start and why, or the spawn that failed). */
+int agent_executor_spawn(struct agent_host *h, pid_t *pid, int *in_fd, int *out_fd, int *err_fd,
+                         char **error);
+void agent_sandbox_free(struct agent_host *h);
 
 /* ---- agent_session.c helpers used by the others ---- */
 /* A deep copy of v with every occurrence of the session's API key replaced. */

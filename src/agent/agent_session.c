@@ -1110,6 +1110,7 @@ void agent_host_free(struct agent_host *h)
                 session_free(h, s);
         }
         close(h->epfd);
+        agent_sandbox_free(h);
         free(h);
 }
 
@@ -1189,10 +1190,8 @@ static int session_launch(struct agent_session *s, char **error)
                 session_free(h, s);
                 return r;
         }
-        r = agent_executor_spawn(h->cfg.executor_path, &s->pid, &s->in_fd, &s->out_fd, &s->err_fd);
+        r = agent_executor_spawn(h, &s->pid, &s->in_fd, &s->out_fd, &s->err_fd, error);
         if (r < 0) {
-                *error = str_printf("could not start the executor %s: %s", h->cfg.executor_path,
-                                    strerror(-r));
                 session_free(h, s);
                 return r;
         }
