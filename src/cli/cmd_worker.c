@@ -33,6 +33,8 @@ static const struct cli_flag worker_flags[] = {
     {"id", 0, "NAME", "worker id recorded on claimed runs (default <hostname>:<pid>)"},
     {"llm-prices", 0, "FILE",
      "LLM price overrides by model, JSON (default: AGENTLY_LLM_PRICES, else the shipped list)"},
+    {"executor", 0, "PATH",
+     "program run (sandboxed) for each agent step (default: this binary's `executor`)"},
     {"help", 'h', NULL, "show this help"},
     {NULL, 0, NULL, NULL},
 };
@@ -128,6 +130,7 @@ int cmd_worker(int argc, char **argv)
                                 &prices) < 0)
                 return CLI_EXIT_USAGE;
         cfg.llm_prices = prices;
+        cfg.executor_path = cli_args_get(worker_flags, &args, "executor");
 
         if (str_is_empty(data_dir))
                 data_dir = getenv("AGENTLY_DATA_DIR");
