@@ -52,3 +52,8 @@ double bench_baseline_commits(const struct bench *b, int connections);
  * client on one loop against a local streaming server; prints completions, wall time, peak
  * sockets and the client's memory. Needs no database. */
 void bench_llm_density(int calls);
+
+/* The live fan-out (bench_sse.c): 1,000 event streams over 100 runs against a real
+ * `agently api`; prints the delay from commit to client (p50, p99) and the API's database
+ * transactions per second while the streams are idle. */
+void bench_sse(const struct bench *b);

@@ -72,13 +72,14 @@ int main(int argc, char **argv)
             {"keep", no_argument, NULL, 'k'},
             {"soak", required_argument, NULL, 's'},
             {"llm-density", required_argument, NULL, 'l'},
+            {"sse", no_argument, NULL, 'e'},
             {0},
         };
         struct bench b = {.duration_ms = 5000};
         struct embedded_pg *pg = NULL;
         PGconn *c = NULL;
         char template[] = "/tmp/agently-bench-XXXXXX";
-        int opt, keep = 0;
+        int opt, keep = 0, sse_only = 0;
         struct utsname uts;
 
         while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -101,6 +102,9 @@ int main(int argc, char **argv)
                                               ? (int)strtol(optarg, NULL, 10)
                                               : 1000);
                         return 0;
+                case 'e': /* only the live fan-out (bench_sse.c) */
+                        sse_only = 1;
+                        break;
                 case 's':
                         if (duration_parse_ms(optarg, &b.soak_ms) < 0 || b.soak_ms < 10000) {
                                 fprintf(stderr, "bench: bad --soak '%s' (at least 10s)\n", optarg);
@@ -109,7 +113,7 @@ int main(int argc, char **argv)
                         break;
                 default:
                         fprintf(stderr, "usage: agently-bench [--duration D] [--quick] [--keep] "
-                                        "[--soak D] [--llm-density N]\n");
+                                        "[--soak D] [--llm-density N] [--sse]\n");
                         return 2;
                 }
         }
@@ -146,13 +150,17 @@ int main(int argc, char **argv)
         PQclear(v);
         PQfinish(c);
 
-        double base1 = bench_baseline_commits(&b, 1);
-        bench_report("baseline_commit_1c", "%.0f", base1);
-        double base32 = bench_baseline_commits(&b, 32);
-        bench_report("baseline_commit_32c", "%.0f", base32);
+        if (sse_only) {
+                bench_sse(&b);
+        } else {
+                double base1 = bench_baseline_commits(&b, 1);
+                bench_report("baseline_commit_1c", "%.0f", base1);
+                double base32 = bench_baseline_commits(&b, 32);
+                bench_report("baseline_commit_32c", "%.0f", base32);
 
-        bench_run_targets(&b, pg, base1, base32);
-        bench_llm_density(b.quick ? 200 : 1000);
+                bench_run_targets(&b, pg, base1, base32);
+                bench_llm_density(b.quick ? 200 : 1000);
+        }
 
         embedded_pg_stop(pg);
         embedded_pg_free(pg);

@@ -199,6 +199,9 @@ struct MHD_Response *api_sse_open(struct api_sse_hub *hub, struct MHD_Connection
 /* Takes a connection (waits up to a few seconds); NULL with *r = -EAGAIN (pool busy) or
  * -ECONNREFUSED (database down). */
 PGconn *api_pool_acquire(struct api_server *server, int *r);
+/* Opens a connection of the pool's kind (role agently_api, timeouts, UTC) outside the
+ * pool, for a thread that keeps one (the SSE hub's LISTEN). 0 or a negative errno. */
+int api_db_connect(struct api_server *server, PGconn **out);
 /* Returns a connection; broken ones (or broken=true) are closed and reopened later. */
 void api_pool_release(struct api_server *server, PGconn *c, bool broken);
 const char *api_server_data_dir(struct api_server *server);

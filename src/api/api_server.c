@@ -122,6 +122,11 @@ static int pool_connect(struct api_server *s, PGconn **out)
         return 0;
 }
 
+int api_db_connect(struct api_server *s, PGconn **out)
+{
+        return pool_connect(s, out);
+}
+
 PGconn *api_pool_acquire(struct api_server *s, int *r)
 {
         struct timespec deadline;

@@ -44,6 +44,8 @@ struct up_options {
         const char *listen_host;
         int port;
         int workers;
+        const char *api_max_connections;    /* passed to `agently api`, or NULL */
+        const char *api_per_ip_connections; /* (it checks them) */
 };
 
 /* When a supervised process may be started again: exponential back-off from RESTART_MIN_MS
@@ -128,6 +130,9 @@ static const struct cli_flag up_flags[] = {
     {"workers", 0, "N", "worker processes (default 2; 0 runs none)"},
     {"llm-prices", 0, "FILE",
      "LLM price overrides by model, JSON, for the workers (default: AGENTLY_LLM_PRICES)"},
+    {"api-max-connections", 0, "N", "the API's open connections in all (default 1024)"},
+    {"api-per-ip-connections", 0, "N",
+     "the API's open connections per client address (default 512; each live view is one)"},
     {"help", 'h', NULL, "show this help"},
     {NULL, 0, NULL, NULL},
 };
@@ -138,7 +143,7 @@ static int up_parse_options(int argc, char **argv, struct up_options *o)
         struct cli_args args;
         int64_t port = 8080, workers = 2;
         int r = cli_role_args(
-            "up", "up [--data-dir DIR] [--port PORT] [--listen ADDR] [--workers N]",
+            "up", "up [--data-dir DIR] [--port PORT] [--listen ADDR] [--workers N] [options]",
             "Runs agently on this machine: an embedded Postgres under DIR (unless\n"
             "AGENTLY_DATABASE_URL is set), the API on 127.0.0.1:PORT, N workers and the\n"
             "dispatcher. Stop with Ctrl-C; data is kept in DIR for the next start.",
@@ -166,6 +171,8 @@ static int up_parse_options(int argc, char **argv, struct up_options *o)
             .listen_host = cli_args_get(up_flags, &args, "listen"),
             .port = (int)port,
             .workers = (int)workers,
+            .api_max_connections = cli_args_get(up_flags, &args, "api-max-connections"),
+            .api_per_ip_connections = cli_args_get(up_flags, &args, "api-per-ip-connections"),
         };
         if (!o->listen_host)
                 o->listen_host = "127.0.0.1";
@@ -234,11 +241,23 @@ static pid_t spawn_child(struct child *ch, const char *self)
 
 /* Step 3: the api, the workers and the dispatcher. The argv strings must outlive s. */
 static int up_spawn_children(struct supervisor *s, const char *data_dir, const char *listen,
-                             int workers)
+                             const struct up_options *o)
 {
         struct child api = {.role = "api",
                             .argv = {"agently", "api", "--listen", (char *)listen, "--data-dir",
                                      (char *)data_dir, NULL}};
+        size_t argc = 6;
+        int workers = o->workers;
+
+        /* the API's connection limits, checked by `agently api` itself */
+        if (o->api_max_connections) {
+                api.argv[argc++] = "--max-connections";
+                api.argv[argc++] = (char *)o->api_max_connections;
+        }
+        if (o->api_per_ip_connections) {
+                api.argv[argc++] = "--per-ip-connections";
+                api.argv[argc++] = (char *)o->api_per_ip_connections;
+        }
         struct child worker = {.role = "worker",
                                .argv = {"agently", "worker", "--data-dir", (char *)data_dir, NULL}};
         struct child dispatch = {
@@ -505,7 +524,7 @@ int cmd_up(int argc, char **argv)
                 exit_code = cli_db_fail("could not prepare the database", r);
                 goto out;
         }
-        if (up_spawn_children(&s, data_dir, listen, o.workers) < 0) {
+        if (up_spawn_children(&s, data_dir, listen, &o) < 0) {
                 exit_code = CLI_EXIT_FAILURE;
                 goto stop;
         }

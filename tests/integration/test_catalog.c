@@ -62,6 +62,8 @@ static const char seed_sql[] =
     "  INSERT INTO web_sessions (user_id, token_id, secret_hash, csrf_token, expires_at) SELECT "
     "u, t.id, sha256(convert_to('session ' || tag, 'UTF8')), repeat('c', 43), now() + interval "
     "'1 day' FROM api_tokens t WHERE t.user_id = u;\n"
+    "  INSERT INTO agently_watched_runs (run_id, user_id, expires_at) VALUES (run, u, now() + "
+    "interval '1 minute');\n"
     "END $$;\n";
 
 /* user-owned tables: those with a user_id column, plus users itself; no partitions */

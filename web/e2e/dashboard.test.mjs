@@ -8,6 +8,7 @@
 // Each test fails on any console error, uncaught exception, failed request or HTTP error
 // answer in the browser (harness.mjs). Screenshots: $AGENTLY_E2E_ARTIFACTS.
 import assert from "node:assert/strict";
+import { connect } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { launchBrowser, screenshot, signIn, startAgently, watchedPage } from "./harness.mjs";
 
@@ -123,6 +124,35 @@ describe("the dashboard", () => {
       assert.deepEqual(problems(), []);
     } finally {
       await context.close();
+    }
+  });
+
+  it("agently up passes the API's connection limits: 600 open connections from one address", { timeout: 60_000 }, async () => {
+    // the API's default is 512 per address; the harness starts `agently up
+    // --api-per-ip-connections 700`, so every one of 600 kept-open connections is answered
+    const { port } = new URL(agently.base);
+    const sockets = [];
+    try {
+      const answers = await Promise.all(
+        Array.from({ length: 600 }, () =>
+          new Promise((resolve) => {
+            const s = connect(Number(port), "127.0.0.1");
+            sockets.push(s);
+            let got = "";
+            s.on("connect", () => s.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+            s.on("data", (d) => {
+              got += d;
+              if (got.includes("\r\n\r\n")) resolve(got.slice(0, 12));
+            });
+            s.on("error", () => resolve("error"));
+            s.on("close", () => resolve(got ? got.slice(0, 12) : "closed"));
+          }),
+        ),
+      );
+      const ok = answers.filter((a) => a === "HTTP/1.1 200").length;
+      assert.equal(ok, 600, `answered: ${ok}; others: ${[...new Set(answers.filter((a) => a !== "HTTP/1.1 200"))]}`);
+    } finally {
+      sockets.forEach((s) => s.destroy());
     }
   });
 

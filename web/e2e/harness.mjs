@@ -34,7 +34,10 @@ export async function startAgently() {
   const dir = mkdtempSync(join(tmpdir(), "agently-e2e-"));
   const port = await freePort();
   const log = [];
-  const child = spawn(bin, ["up", "--data-dir", dir, "--port", String(port), "--workers", "2"], {
+  // a dashboard open in many tabs holds an event stream each: the limit per address is
+  // raised through `agently up` (the third test checks it)
+  const args = ["up", "--data-dir", dir, "--port", String(port), "--workers", "2", "--api-per-ip-connections", "700"];
+  const child = spawn(bin, args, {
     env: { ...process.env, AGENTLY_LOG_LEVEL: "warn" },
     stdio: ["ignore", "pipe", "pipe"],
   });
