@@ -57,7 +57,7 @@ const char *agent_tool_effect(const char *tool, const json_t *arguments)
 
         if (!t)
                 return NULL;
-        if (!strcmp(t->name, "http_request") && method &&
+        if (!strcmp(tool, "http_request") && method &&
             (!strcasecmp(method, "GET") || !strcasecmp(method, "HEAD") ||
              !strcasecmp(method, "OPTIONS")))
                 return "read_only";
