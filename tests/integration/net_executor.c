@@ -55,7 +55,8 @@ int main(void)
         json_t *start = json_loads(line, 0, NULL);
         const char *prompt =
             json_string_value(json_object_get(json_object_get(start, "agent"), "prompt"));
-        if (!prompt || sscanf(prompt, "tcp %d unix %199s", &port, path) != 2)
+        if (!prompt || sscanf(prompt, "tcp %d unix %199s", &port, path) != 2 ||
+            strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
                 return 2;
         json_decref(start);
 
@@ -63,7 +64,7 @@ int main(void)
         in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         attempt(AF_INET, (struct sockaddr *)&in, sizeof(in), tcp, sizeof(tcp));
         struct sockaddr_un un = {.sun_family = AF_UNIX};
-        snprintf(un.sun_path, sizeof(un.sun_path), "%s", path);
+        memcpy(un.sun_path, path, strlen(path) + 1);
         attempt(AF_UNIX, (struct sockaddr *)&un, sizeof(un), unx, sizeof(unx));
 
         json_t *data = json_pack("{s:s, s:s}", "tcp", tcp, "unix", unx);
