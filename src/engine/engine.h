@@ -81,6 +81,23 @@ const char *wf_node_kind(const struct wf_workflow *wf, const char *node_id);
  * allocation failure. */
 char *wf_canonical_json(const json_t *definition);
 
+/* ---- Notification channels (channel.c) -------------------------------------------- */
+
+/* The most subscriptions a workflow's "notifications" list may hold. */
+#define WF_MAX_SUBSCRIPTIONS 20
+
+/*
+ * Checks a notification channel as a definition writes it ({"kind": "email", "to": ...},
+ * {"kind": "slack", "url": ...}, {"kind": "webhook", "url": ..., "secret"?: vault name};
+ * docs/notifications.md). Returns 0, or -EINVAL with a message for people in msg (len
+ * bytes) and *field set to the JSON path of the problem below the channel ("" or "/to").
+ */
+int wf_channel_check(const json_t *channel, char *msg, size_t len, const char **field);
+
+/* Checks one entry of a workflow's "notifications" list ({"on": [events], "channel"}; the
+ * channel itself is checked by wf_channel_check()). Same contract. */
+int wf_subscription_check(const json_t *subscription, char *msg, size_t len, const char **field);
+
 /* ---- Planning --------------------------------------------------------------------- */
 
 /*

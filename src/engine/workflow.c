@@ -1796,8 +1796,39 @@ static void check_upstream_refs(struct wf_parse_ctx *c)
         }
 }
 
-static const char *const workflow_fields[] = {"$schema", "name",   "description", "timeout",
-                                              "nodes",   "output", NULL};
+static const char *const workflow_fields[] = {"$schema", "name",   "description",   "timeout",
+                                              "nodes",   "output", "notifications", NULL};
+
+/* "notifications": who hears of the run's end, its need of a person and its approvals
+ * (channel.c checks each entry; migrations/0016_notify.sql reads them). */
+static void parse_notifications(struct wf_parse_ctx *c, const json_t *definition)
+{
+        const json_t *subs = json_object_get(definition, "notifications");
+        char msg[256];
+
+        if (!subs)
+                return;
+        if (!json_is_array(subs) || json_array_size(subs) > WF_MAX_SUBSCRIPTIONS) {
+                add_error(c, NULL, "/notifications",
+                          "'notifications' must be a list of at most %d subscriptions "
+                          "[{\"on\": [\"failed\"], \"channel\": {...}}]",
+                          WF_MAX_SUBSCRIPTIONS);
+                return;
+        }
+        for (size_t i = 0; i < json_array_size(subs); i++) {
+                const json_t *sub = json_array_get(subs, i);
+                const char *field = "";
+                if (wf_subscription_check(sub, msg, sizeof(msg), &field) < 0) {
+                        _cleanup_free_ char *f = str_printf("/notifications/%zu%s", i, field);
+                        add_error(c, NULL, f ? f : "/notifications", "%s", msg);
+                } else if (wf_channel_check(json_object_get(sub, "channel"), msg, sizeof(msg),
+                                            &field) < 0) {
+                        _cleanup_free_ char *f =
+                            str_printf("/notifications/%zu/channel%s", i, field);
+                        add_error(c, NULL, f ? f : "/notifications", "%s", msg);
+                }
+        }
+}
 
 static int build(const json_t *definition, struct wf_parse_ctx *c)
 {
@@ -1812,6 +1843,7 @@ static int build(const json_t *definition, struct wf_parse_ctx *c)
                 return 0;
         }
         check_fields(c, NULL, "", definition, "the workflow", workflow_fields, NULL);
+        parse_notifications(c, definition);
         if (get_string(c, NULL, "", definition, "name", true, &s) && s) {
                 if (!valid_workflow_name(s))
                         add_error(c, NULL, "/name",

@@ -1,0 +1,258 @@
+/*
+ * The notification outbox end to end: rows enqueued by agently_notify_enqueue and by a
+ * workflow's subscriptions (a run that completes, a run that fails) are delivered by a real
+ * `agently dispatch` to real receivers — a Standard Webhooks receiver that verifies the
+ * signature with its own implementation, a Slack stand-in, and an SMTP server
+ * (python3-aiosmtpd) — with retries and back-off on 5xx, a final failure on 4xx, and every
+ * attempt recorded.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "notify_receiver.h"
+#include "secrets.h"
+#include "testlib.h"
+#include "worker_fixture.h"
+
+#define SECRET "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+/* a JSON string, or a text that says it is missing (cmocka would crash on NULL) */
+#define S(x) (json_string_value(x) ? json_string_value(x) : "(missing)")
+
+/* Stores value as alice's vault secret `name` (sealed under the test's key file). */
+static void put_secret(struct worker_fixture *f, const char *name, const char *value)
+{
+        struct secrets_sealed s = {0};
+        char *id = test_db_value(f->db, "SELECT gen_random_uuid()");
+        char sql[4096];
+
+        assert_int_equal(secrets_seal(f->dir, f->user, id, value, strlen(value), &s), 0);
+        char *ct = calloc(1, s.ciphertext_len * 2 + 1), nonce[64], wk[256];
+        for (size_t i = 0; i < s.ciphertext_len; i++)
+                snprintf(ct + 2 * i, 3, "%02x", s.ciphertext[i]);
+        for (size_t i = 0; i < sizeof(s.nonce); i++)
+                snprintf(nonce + 2 * i, 3, "%02x", s.nonce[i]);
+        for (size_t i = 0; i < sizeof(s.wrapped_key); i++)
+                snprintf(wk + 2 * i, 3, "%02x", s.wrapped_key[i]);
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO secrets (id, user_id, name, ciphertext, nonce, wrapped_key, "
+                 "key_version) VALUES ('%s', '%s', '%s', '\\x%s', '\\x%s', '\\x%s', %d) "
+                 "RETURNING 1",
+                 id, f->user, name, ct, nonce, wk, s.key_version);
+        free(test_db_value(f->db, "%s", sql));
+        secrets_sealed_free(&s);
+        free(ct);
+        free(id);
+}
+
+static char *enqueue(struct worker_fixture *f, const char *channel, const char *message)
+{
+        return test_db_value(f->db,
+                             "SELECT agently_notify_enqueue('%s', NULL, '%s'::jsonb, '%s'::jsonb, "
+                             "NULL)",
+                             f->user, channel, message);
+}
+
+/* Waits until no notification is pending or sending; fails after ms. */
+static void wait_settled(struct worker_fixture *f, int ms)
+{
+        int64_t deadline = test_now_ms() + ms;
+
+        while (test_db_int(f->db, "SELECT count(*) FROM notifications WHERE status IN "
+                                  "('pending', 'sending')") > 0) {
+                if (test_now_ms() > deadline) {
+                        worker_fixture_dump_logs(f);
+                        fail_msg("notifications still pending after %d ms", ms);
+                }
+                usleep(100 * 1000);
+        }
+}
+
+static void test_channels(void **state)
+{
+        (void)state;
+        struct worker_fixture *f = worker_fixture_new("notify");
+        struct notify_receiver rcv;
+        char key_file[600], log[700], channel[512];
+
+        snprintf(key_file, sizeof(key_file), "%s/master.key", f->dir);
+        setenv("AGENTLY_MASTER_KEY_FILE", key_file, 1);
+        notify_receiver_start(&rcv, SECRET);
+        put_secret(f, "hook-secret", SECRET);
+
+        snprintf(channel, sizeof(channel),
+                 "{\"kind\":\"webhook\",\"url\":\"%s/hook\",\"secret\":\"hook-secret\"}", rcv.url);
+        char *hook = enqueue(f, channel,
+                             "{\"event\":\"notify\",\"title\":\"Report missing\","
+                             "\"text\":\"Please send it.\",\"links\":[{\"label\":\"Approve\","
+                             "\"url\":\"/v1/approvals/x\"}]}");
+        snprintf(channel, sizeof(channel),
+                 "{\"kind\":\"webhook\",\"url\":\"%s/hook?fail=2\","
+                 "\"secret\":\"hook-secret\"}",
+                 rcv.url);
+        char *flaky = enqueue(f, channel, "{\"event\":\"notify\",\"title\":\"flaky\"}");
+        snprintf(channel, sizeof(channel), "{\"kind\":\"webhook\",\"url\":\"%s/nowhere\"}",
+                 rcv.url);
+        char *gone = enqueue(f, channel, "{\"event\":\"notify\",\"title\":\"gone\"}");
+        snprintf(channel, sizeof(channel), "{\"kind\":\"slack\",\"url\":\"%s/slack\"}", rcv.url);
+        char *slack = enqueue(f, channel,
+                              "{\"event\":\"notify\",\"title\":\"Slack title\",\"text\":\"body\","
+                              "\"links\":[{\"label\":\"Reject\",\"url\":\"/x/reject\"}]}");
+        char *mail = enqueue(f,
+                             "{\"kind\":\"email\",\"to\":[\"ops@example.test\","
+                             "\"boss@example.test\"]}",
+                             "{\"event\":\"notify\",\"title\":\"Rapport de police — manquant\","
+                             "\"text\":\"Line one\\n.\\nLine three\"}");
+
+        snprintf(log, sizeof(log), "%s/dispatch.log", f->dir);
+        pid_t d = notify_spawn_dispatcher(f->conninfo, &rcv, "d1", NULL, log);
+        wait_settled(f, 30000);
+
+        json_t *st = notify_receiver_state(&rcv);
+        /* signed webhook: verified by the receiver, delivered once, links made absolute */
+        assert_int_equal(json_integer_value(json_object_get(st, "bad_signatures")), 0);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "hooks"), hook)),
+                         1);
+        json_t *body = json_object_get(json_object_get(st, "hook_bodies"), hook);
+        assert_string_equal(S(json_object_get(body, "type")), "notify");
+        const char *link = json_string_value(json_object_get(
+            json_array_get(json_object_get(json_object_get(body, "data"), "links"), 0), "url"));
+        assert_non_null(link);
+        assert_string_equal(link, "https://agently.example.test/v1/approvals/x");
+        /* 500 twice, then delivered on the third attempt with back-off between */
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "hooks"), flaky)),
+                         1);
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT status || ':' || attempts FROM "
+                                          "notifications WHERE id = '%s'",
+                                          flaky),
+                            "sent:3");
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM notification_attempts WHERE "
+                                     "notification_id = '%s' AND outcome = 'failed' AND "
+                                     "status_code = 500",
+                                     flaky),
+                         2);
+        assert_int_ge(
+            test_db_int(f->db,
+                        "SELECT (extract(epoch FROM max(started_at) - min(started_at)) "
+                        "* 1000)::bigint FROM notification_attempts WHERE notification_id = '%s'",
+                        flaky),
+            1500 + 3000 - 1000); /* 2 s and 4 s, each -25 % at worst */
+        /* 404: final at once */
+        assert_string_equal(test_db_value(f->db,
+                                          "SELECT status || ':' || attempts FROM "
+                                          "notifications WHERE id = '%s'",
+                                          gone),
+                            "failed:1");
+        /* slack: text and blocks with buttons */
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "slack"), slack)),
+                         1);
+        body = json_object_get(json_object_get(st, "slack_bodies"), slack);
+        assert_string_equal(S(json_object_get(body, "text")), "Slack title");
+        json_t *actions = json_array_get(json_object_get(body, "blocks"), 1);
+        assert_string_equal(S(json_object_get(actions, "type")), "actions");
+        assert_string_equal(
+            S(json_object_get(json_array_get(json_object_get(actions, "elements"), 0), "url")),
+            "https://agently.example.test/x/reject");
+        /* e-mail through a real SMTP server: both recipients, the UTF-8 subject decoded, the
+         * body's lone dot survived (dot-stuffing), the id in Message-ID */
+        char msgid[128];
+        snprintf(msgid, sizeof(msgid), "<%s@agently>", mail);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "mail"), msgid)),
+                         1);
+        json_t *m = json_object_get(json_object_get(st, "mail_messages"), msgid);
+        assert_string_equal(S(json_object_get(m, "subject")), "Rapport de police — manquant");
+        assert_int_equal(json_array_size(json_object_get(m, "to")), 2);
+        assert_string_equal(S(json_object_get(m, "notification_id")), mail);
+        assert_non_null(
+            strstr(json_string_value(json_object_get(m, "body")), "Line one\r\n.\r\nLine three"));
+        json_decref(st);
+
+        test_stop_process(d, SIGTERM, 10000);
+        notify_receiver_stop(&rcv);
+        free(hook);
+        free(flaky);
+        free(gone);
+        free(slack);
+        free(mail);
+        worker_fixture_free(f);
+}
+
+/* A workflow's subscriptions: the run's end enqueues in the status change's transaction. */
+static void test_subscriptions(void **state)
+{
+        (void)state;
+        struct worker_fixture *f = worker_fixture_new("notify_subs");
+        struct notify_receiver rcv;
+        char def[2048], log[700];
+
+        notify_receiver_start(&rcv, NULL);
+        snprintf(
+            def, sizeof(def),
+            "{\"name\":\"subs\",\"notifications\":[{\"on\":[\"completed\",\"failed\"],"
+            "\"channel\":{\"kind\":\"webhook\",\"url\":\"%s/hook\"}},"
+            "{\"on\":[\"failed\"],\"channel\":{\"kind\":\"email\",\"to\":\"ops@example.test\"}}],"
+            "\"nodes\":[{\"id\":\"a\",\"type\":\"transform\",\"output\":{\"x\":1}},"
+            "{\"id\":\"b\",\"type\":\"http\",\"after\":[\"a\"],\"when\":\"input.fail\","
+            "\"request\":{\"method\":\"POST\",\"url\":\"%s/nowhere\"},"
+            "\"retry\":{\"max_attempts\":1}}]}",
+            rcv.url, rcv.url);
+        char *wf = worker_fixture_workflow(f, "subs", def);
+        char *ok = worker_test_run(f->db, wf, "{\"fail\":false}");
+        char *bad = worker_test_run(f->db, wf, "{\"fail\":true}");
+        worker_fixture_spawn(f, "w1", "10s", "2s", NULL);
+        worker_fixture_wait_status(f, ok, "completed", 30000);
+        worker_fixture_wait_status(f, bad, "failed", 30000);
+        /* the rows exist as soon as the runs ended: one for ok, two for bad */
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM notifications WHERE workflow_run_id = "
+                                     "'%s' AND event = 'run.completed'",
+                                     ok),
+                         1);
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM notifications WHERE workflow_run_id = "
+                                     "'%s' AND event = 'run.failed'",
+                                     bad),
+                         2);
+        snprintf(log, sizeof(log), "%s/dispatch.log", f->dir);
+        pid_t d = notify_spawn_dispatcher(f->conninfo, &rcv, "d1", NULL, log);
+        wait_settled(f, 30000);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM notifications WHERE status = "
+                                            "'sent'"),
+                         3);
+        json_t *st = notify_receiver_state(&rcv);
+        assert_int_equal(json_object_size(json_object_get(st, "hooks")), 2);
+        assert_int_equal(json_object_size(json_object_get(st, "mail")), 1);
+        char *failed_id = test_db_value(f->db,
+                                        "SELECT id FROM notifications WHERE workflow_run_id = '%s' "
+                                        "AND channel = 'webhook'",
+                                        bad);
+        json_t *data =
+            json_object_get(json_object_get(json_object_get(st, "hook_bodies"), failed_id), "data");
+        assert_string_equal(S(json_object_get(data, "run_id")), bad);
+        assert_string_equal(S(json_object_get(data, "workflow")), "subs");
+        assert_non_null(strstr(json_string_value(json_object_get(data, "run_url")), bad));
+        assert_non_null(strstr(json_string_value(json_object_get(data, "text")), "failed"));
+        /* and the run's events say so */
+        assert_int_equal(worker_fixture_count_events(f, bad, "notification.sent"), 2);
+        json_decref(st);
+        free(failed_id);
+        test_stop_process(d, SIGTERM, 10000);
+        notify_receiver_stop(&rcv);
+        free(wf);
+        free(ok);
+        free(bad);
+        worker_fixture_free(f);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_channels),
+            cmocka_unit_test(test_subscriptions),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
