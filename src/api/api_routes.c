@@ -7,6 +7,7 @@
  * transaction back.
  */
 #include "api_internal.h"
+#include "api_triggers.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -1575,6 +1576,16 @@ const struct api_route api_routes[] = {
     {"GET", "/v1/approval-links/{token}", api_h_approval_link_show, API_ROUTE_PUBLIC},
     {"POST", "/v1/approval-links/{token}", api_h_approval_link_decide, API_ROUTE_PUBLIC},
     {"GET", "/v1/inbox", api_h_inbox, 0},
+    {"POST", "/v1/schedules", api_schedules_create, API_ROUTE_IDEMPOTENT},
+    {"GET", "/v1/schedules", api_schedules_list, 0},
+    {"GET", "/v1/schedules/{id}", api_schedules_get, 0},
+    {"PATCH", "/v1/schedules/{id}", api_schedules_update, 0},
+    {"DELETE", "/v1/schedules/{id}", api_schedules_delete, 0},
+    {"POST", "/v1/triggers", api_triggers_create, API_ROUTE_IDEMPOTENT},
+    {"GET", "/v1/triggers", api_triggers_list, 0},
+    {"GET", "/v1/triggers/{id}", api_triggers_get, 0},
+    {"DELETE", "/v1/triggers/{id}", api_triggers_delete, 0},
+    {"POST", "/v1/hooks/{id}", api_hooks_deliver, API_ROUTE_PUBLIC | API_ROUTE_NO_DB},
     {"GET", "/v1/secrets", h_secrets_list, 0},
     {"PUT", "/v1/secrets/{name}", h_secrets_put, 0},
     {"DELETE", "/v1/secrets/{name}", h_secrets_delete, 0},

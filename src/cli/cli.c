@@ -26,6 +26,8 @@ static const struct command commands[] = {
     {"secret", cmd_secret, "set, list and delete secrets; rotate the key"},
     {"token", cmd_client, "create, list and revoke API tokens"},
     {"user", cmd_client, "create and list users (admin)"},
+    {"schedule", cmd_client, "start workflows on cron schedules"},
+    {"trigger", cmd_client, "start workflows from signed webhooks"},
 };
 
 static void usage(FILE *out)

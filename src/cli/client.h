@@ -68,6 +68,8 @@ extern const struct client_command client_approval_commands[];
 extern const struct client_command client_secret_commands[];
 extern const struct client_command client_token_commands[];
 extern const struct client_command client_user_commands[];
+extern const struct client_command client_schedule_commands[];
+extern const struct client_command client_trigger_commands[];
 extern const struct client_command client_agent_commands[];
 
 /* `NOUN apply FILE` (client_workflow.c): POSTs the JSON definition in FILE (- for stdin) to

@@ -24,6 +24,8 @@ static const struct {
     {"secret", client_secret_commands, "set, list and remove secrets"},
     {"token", client_token_commands, "create, list and revoke API tokens"},
     {"user", client_user_commands, "create and list users (admin)"},
+    {"schedule", client_schedule_commands, "start workflows on cron schedules"},
+    {"trigger", client_trigger_commands, "start workflows from signed webhooks"},
 };
 
 static void noun_help(const char *noun, const struct client_command *cmds, const char *summary,
