@@ -378,6 +378,51 @@ int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int atte
                          "idempotency_key", key, "reexecution", reexecution));
 }
 
+/* A notify node: the message rendered; the worker puts it in the notification outbox
+ * (keyed on the node's idempotency key) and completes the node with its id. */
+int wf_plan_notify_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                         bool reexecution)
+{
+        const struct wf_node *n = l->node;
+        struct wf_expr_error err = {0};
+        _cleanup_free_ char *path = NULL;
+        _cleanup_json_ json_t *message = NULL;
+        _cleanup_free_ char *key = wf_idempotency_key(p->run_id, l->id);
+        int r;
+
+        if (!key)
+                return p->error = -ENOMEM;
+        r = wf_tmpl_render(n->notify, l->scope, &message, &err, &path);
+        if (r == -EINVAL) {
+                r = emit_fail(p, l->id, attempt,
+                              error_json("error",
+                                         "could not render the notification%s at column "
+                                         "%d: %s",
+                                         path ? path : "", err.column,
+                                         err.message ? err.message : "error"));
+                wf_expr_error_clear(&err);
+                return r;
+        }
+        wf_expr_error_clear(&err);
+        if (r < 0)
+                return p->error = r;
+        const char *title = json_string_value(json_object_get(message, "title"));
+        if (!title || !*title || strlen(title) > 998)
+                return emit_fail(p, l->id, attempt,
+                                 error_json("error", "the notification's title must render to a "
+                                                     "string of 1 to 998 bytes"));
+        json_t *text = json_object_get(message, "text");
+        if (text && !json_is_string(text)) {
+                _cleanup_free_ char *t = wf_expr_to_text(text);
+                if (!t || json_object_set_new(message, "text", json_string(t)) < 0)
+                        return p->error = -ENOMEM;
+        }
+        return emit(p, json_pack("{s:s,s:s,s:i,s:s,s:O,s:n,s:s,s:s,s:b}", "action", "execute",
+                                 "node", l->id, "attempt", attempt, "kind", "notify", "input",
+                                 message, "timeout_ms", "delivery", "at_least_once",
+                                 "idempotency_key", key, "reexecution", reexecution));
+}
+
 /* A scheduled attempt ("waiting" with wake_at_ms) of an effect node. */
 int wf_plan_retry_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
 {

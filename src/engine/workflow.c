@@ -525,6 +525,7 @@ static const char *const agent_fields[] = {"agent", NULL};
 static const char *const approval_fields[] = {
     "title",      "reviewers",  "channels", "quorum",          "forbid_self_approval",
     "on_timeout", "escalation", "context",  "proposed_action", NULL};
+static const char *const notify_fields[] = {"channel", "title", "text", "links", NULL};
 static const char *const no_fields[] = {NULL};
 
 static const char *node_name(const struct wf_node *n)
@@ -669,6 +670,56 @@ static void parse_agent(struct wf_parse_ctx *c, struct wf_node *n, const json_t 
         (void)get_int(c, node, apath, a, "max_turns", 1, 1000, &num);
         (void)get_int(c, node, apath, a, "max_tokens", 1, 1000000, &num);
         (void)parse_template(c, n, apath, a, scope_of(n), owner_of(n), &n->agent);
+}
+
+/* A notify node: a channel (literal, checked as a workflow's subscriptions are: channel.c)
+ * and a message whose title, text and links may be templates. */
+static void parse_notify(struct wf_parse_ctx *c, struct wf_node *n, const json_t *obj,
+                         const char *path)
+{
+        const char *node = node_name(n);
+        const json_t *channel = json_object_get(obj, "channel");
+        const json_t *links = json_object_get(obj, "links");
+        const char *field = "", *s;
+        char msg[256];
+        _cleanup_free_ char *cpath = path_join(path, "channel");
+        _cleanup_json_ json_t *message = NULL;
+
+        if (!cpath) {
+                c->oom = true;
+                return;
+        }
+        if (!channel) {
+                add_error(c, node, cpath,
+                          "missing required field 'channel' (e.g. {\"kind\": \"email\", \"to\": "
+                          "\"ops@example.com\"})");
+        } else if (wf_channel_check(channel, msg, sizeof(msg), &field) < 0) {
+                _cleanup_free_ char *f = str_printf("%s%s", cpath, field);
+                add_error(c, node, f ? f : cpath, "%s", msg);
+        }
+        (void)get_string(c, node, path, obj, "title", true, &s);
+        (void)get_string(c, node, path, obj, "text", false, &s);
+        if (links) {
+                bool ok = json_is_array(links) && json_array_size(links) <= 10;
+                for (size_t i = 0; ok && i < json_array_size(links); i++) {
+                        const json_t *l = json_array_get(links, i);
+                        ok = json_is_string(json_object_get(l, "label")) &&
+                             json_is_string(json_object_get(l, "url")) && json_object_size(l) == 2;
+                }
+                if (!ok) {
+                        _cleanup_free_ char *f = path_join(path, "links");
+                        add_error(c, node, f ? f : path,
+                                  "'links' must be a list of at most 10 {\"label\", \"url\"}");
+                }
+        }
+        message = json_pack("{s:O?,s:O?,s:O?,s:O?}", "channel", channel, "title",
+                            json_object_get(obj, "title"), "text", json_object_get(obj, "text"),
+                            "links", links);
+        if (!message) {
+                c->oom = true;
+                return;
+        }
+        (void)parse_template(c, n, path, message, scope_of(n), owner_of(n), &n->notify);
 }
 
 static bool parse_status_spec(const json_t *v, struct wf_status_range *out)
@@ -1367,6 +1418,8 @@ static const struct wf_kind kinds[] = {
      1, 0, parse_agent, wf_plan_agent_start, wf_plan_retry_resume, NULL},
     {"approval", approval_fields, WF_KIND_TIMEOUT, 1, 0, parse_approval, wf_plan_approval_start,
      wf_plan_approval_resume, NULL},
+    {"notify", notify_fields, WF_KIND_EFFECT | WF_KIND_RETRY, 3, 0, parse_notify,
+     wf_plan_notify_start, wf_plan_retry_resume, NULL},
 };
 
 const struct wf_kind *wf_kind_find(const char *name)
@@ -1380,7 +1433,7 @@ const struct wf_kind *wf_kind_find(const char *name)
 static const char *kind_names(void)
 {
         return "http, agent, sleep, wait_event, condition, map, loop, subworkflow, transform, "
-               "noop, approval";
+               "noop, approval, notify";
 }
 
 /* ---- common node fields ---- */
@@ -1651,6 +1704,7 @@ static void node_free(struct wf_node *n)
         wf_tmpl_free(n->approval);
         if (n->approval_policy)
                 json_decref(n->approval_policy);
+        wf_tmpl_free(n->notify);
 }
 
 void wf_free(struct wf_workflow *wf)

@@ -114,6 +114,9 @@ struct wf_node {
          * on_timeout, escalation: [{contacts, timeout_ms}]} */
         struct wf_tmpl *approval;
         json_t *approval_policy;
+        /* notify: {"channel", "title", "text", "links"} (the channel literal, the rest
+         * templates) */
+        struct wf_tmpl *notify;
 };
 
 struct wf_workflow {
@@ -191,6 +194,8 @@ int wf_plan_subworkflow_start(struct wf_plan_ctx *p, const struct wf_leaf *l, in
 int wf_plan_subworkflow_resume(struct wf_plan_ctx *p, const struct wf_leaf *l);
 int wf_plan_transform_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                             bool reexecution);
+int wf_plan_notify_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                         bool reexecution);
 int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                         bool reexecution);
 int wf_plan_approval_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,

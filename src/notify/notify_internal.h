@@ -10,6 +10,7 @@ struct notify_message {
         const char *event;     /* "run.failed", "approval.requested", "notify", ... */
         char *title;           /* one line */
         char *text;            /* the body's paragraph(s) */
+        const char *run_id;    /* NULL when the notification has no run (borrowed) */
         char *run_url;         /* NULL when the notification has no run */
         json_t *links;         /* [{"label", "url"}], urls absolute */
         const json_t *payload; /* the row's payload (borrowed) */

@@ -46,7 +46,8 @@ int notify_message_init(struct notify_message *m, const char *id, const char *ru
         else
                 m->title = str_printf("agently: %s", m->event);
         m->text = strndup(text ? text : "", MAX_TEXT);
-        if (run_id && *run_id)
+        m->run_id = run_id && *run_id ? run_id : NULL;
+        if (m->run_id)
                 m->run_url = str_printf("%s/v1/runs/%s", public_url, run_id);
         m->links = json_array();
         if (!m->title || !m->text || (run_id && *run_id && !m->run_url) || !m->links)
@@ -210,7 +211,8 @@ char *notify_render_webhook(const struct notify_message *m, int64_t now_s)
             json_object_set_new(data, "title", json_string(m->title)) < 0 ||
             json_object_set_new(data, "text", json_string(m->text)) < 0 ||
             json_object_set(data, "links", m->links) < 0 ||
-            (m->run_url && json_object_set_new(data, "run_url", json_string(m->run_url)) < 0))
+            (m->run_url && json_object_set_new(data, "run_url", json_string(m->run_url)) < 0) ||
+            (m->run_id && json_object_set_new(data, "run_id", json_string(m->run_id)) < 0))
                 return NULL;
         _cleanup_json_ json_t *body =
             json_pack("{s:s,s:s,s:O}", "type", m->event, "timestamp", ts, "data", data);

@@ -622,6 +622,8 @@ static int apply_failure(struct worker *w, struct run *run, const char *node, in
         return r;
 }
 
+static int apply_notify(struct worker *w, struct run *run, const json_t *a);
+
 /* Commits to an effect: the START mark goes into the open transaction, the request itself
  * leaves only after the commit (batch_finish). */
 static int plan_effect(struct worker *w, struct run *run, json_t *a)
@@ -638,6 +640,8 @@ static int plan_effect(struct worker *w, struct run *run, json_t *a)
                 if (strcmp(jstr(json_array_get(run->to_start, i), "node"), node) == 0)
                         return 1;
 
+        if (kind && strcmp(kind, "notify") == 0)
+                return apply_notify(w, run, a); /* no effect leaves the worker: the outbox */
         if (!kind || (strcmp(kind, "http") != 0 && strcmp(kind, "agent") != 0)) {
                 _cleanup_json_ json_t *err =
                     json_pack("{s:s, s:s++}", "class", "error", "message", "node kind ",
@@ -653,6 +657,47 @@ static int plan_effect(struct worker *w, struct run *run, json_t *a)
         if (!run->to_start && !(run->to_start = json_array()))
                 return -ENOMEM;
         return json_array_append(run->to_start, a) < 0 ? -ENOMEM : 1;
+}
+
+/*
+ * A notify node: the notification enters the outbox (agently_notify_enqueue, keyed on the
+ * node's idempotency key, so a re-execution after a crash finds the first one) in the
+ * turn's transaction, fenced on the lease like the node's checkpoint, and the node
+ * completes with the notification's id. The dispatcher delivers it (src/notify).
+ */
+static int apply_notify(struct worker *w, struct run *run, const json_t *a)
+{
+        const char *node = jstr(a, "node");
+        const json_t *in = json_object_get(a, "input");
+        int attempt = jint(a, "attempt", 1), r = 0;
+        _cleanup_free_ char *key = str_printf("notify:%s", jstr(a, "idempotency_key"));
+        _cleanup_json_ json_t *message =
+            json_pack("{s:s,s:O?,s:O?,s:O?,s:s}", "event", "notify", "title",
+                      json_object_get(in, "title"), "text", json_object_get(in, "text"), "links",
+                      json_object_get(in, "links"), "node_id", node);
+        _cleanup_free_ char *channel = json_dumps(json_object_get(in, "channel"), JSON_COMPACT);
+        _cleanup_free_ char *msg = message ? json_dumps(message, JSON_COMPACT) : NULL;
+        _cleanup_pgresult_ PGresult *res = NULL;
+        char epoch[24];
+
+        if (!key || !channel || !msg)
+                return -ENOMEM;
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)run->epoch);
+        const char *params[] = {run->id, epoch, channel, msg, key};
+        res = batch_query(w,
+                          "SELECT agently_notify_enqueue(p.user_id, p.id, $3::jsonb, $4::jsonb, $5)"
+                          " FROM workflow_runs p WHERE p.id = $1 AND p.lease_epoch = $2::bigint",
+                          5, params, &r);
+        if (!res)
+                return r;
+        if (PQntuples(res) == 0)
+                return 0; /* the lease is lost */
+        _cleanup_json_ json_t *output =
+            json_pack("{s:s}", "notification_id", PQgetvalue(res, 0, 0));
+        if (!output)
+                return -ENOMEM;
+        return checkpoint(w, run, node, attempt, "completed", in, output, NULL,
+                          jstr(a, "idempotency_key"), NULL, NULL);
 }
 
 /* Creates the child run idempotently and records the node waiting. */

@@ -248,11 +248,58 @@ static void test_subscriptions(void **state)
         worker_fixture_free(f);
 }
 
+/* A notify node: the message rendered from the run, put in the outbox with the node's
+ * completion, delivered by the dispatcher once. */
+static void test_notify_node(void **state)
+{
+        (void)state;
+        struct worker_fixture *f = worker_fixture_new("notify_node");
+        struct notify_receiver rcv;
+        char def[1024], log[700];
+
+        notify_receiver_start(&rcv, NULL);
+        snprintf(def, sizeof(def),
+                 "{\"name\":\"nn\",\"nodes\":[{\"id\":\"tell\",\"type\":\"notify\","
+                 "\"channel\":{\"kind\":\"webhook\",\"url\":\"%s/hook\"},"
+                 "\"title\":\"Hello ${ input.name }\",\"text\":\"from a node\"},"
+                 "{\"id\":\"after\",\"type\":\"transform\",\"after\":[\"tell\"],"
+                 "\"output\":{\"id\":\"${ nodes.tell.output.notification_id }\"}}]}",
+                 rcv.url);
+        char *wf = worker_fixture_workflow(f, "nn", def);
+        char *run = worker_test_run(f->db, wf, "{\"name\":\"world\"}");
+        worker_fixture_spawn(f, "w1", "10s", "2s", NULL);
+        worker_fixture_wait_status(f, run, "completed", 30000);
+        char *id = test_db_value(f->db,
+                                 "SELECT output->>'notification_id' FROM agently_node_latest "
+                                 "WHERE workflow_run_id = '%s' AND node_id = 'tell'",
+                                 run);
+        assert_non_null(id);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM notifications"), 1);
+        snprintf(log, sizeof(log), "%s/dispatch.log", f->dir);
+        pid_t d = notify_spawn_dispatcher(f->conninfo, &rcv, "d1", NULL, log);
+        wait_settled(f, 30000);
+        json_t *st = notify_receiver_state(&rcv);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "hooks"), id)), 1);
+        json_t *data =
+            json_object_get(json_object_get(json_object_get(st, "hook_bodies"), id), "data");
+        assert_string_equal(S(json_object_get(data, "title")), "Hello world");
+        assert_string_equal(S(json_object_get(data, "node_id")), "tell");
+        assert_string_equal(S(json_object_get(data, "run_id")), run);
+        json_decref(st);
+        test_stop_process(d, SIGTERM, 10000);
+        notify_receiver_stop(&rcv);
+        free(id);
+        free(wf);
+        free(run);
+        worker_fixture_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_channels),
             cmocka_unit_test(test_subscriptions),
+            cmocka_unit_test(test_notify_node),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -318,7 +318,7 @@ static void type_errors_and_limits(void **state)
         expect_error(e, "n", "/nodes/5/retry", "retry does not apply to noop nodes");
         expect_error(e, "q", "/nodes/6/type",
                      "unknown node type 'frobnicate'; known types: http, agent, sleep, wait_event, "
-                     "condition, map, loop, subworkflow, transform, noop");
+                     "condition, map, loop, subworkflow, transform, noop, approval, notify");
 }
 
 static void expression_references_are_checked(void **state)
@@ -599,8 +599,8 @@ static void schema_matches_the_parser(void **state)
         json_t *types =
             json_object_get(json_object_get(json_object_get(node, "properties"), "type"), "enum");
         json_t *rules = json_object_get(node, "allOf");
-        assert_int_equal(json_array_size(types), 11);
-        assert_int_equal(json_array_size(rules), 11);
+        assert_int_equal(json_array_size(types), 12);
+        assert_int_equal(json_array_size(rules), 12);
         size_t i;
         json_t *t;
         json_array_foreach (types, i, t) {
