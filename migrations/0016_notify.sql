@@ -477,19 +477,20 @@ ALTER TABLE triggers
     ADD COLUMN last_run_id         uuid;
 
 -- What the API needs to verify a delivery before it knows the user: the owner, the
--- workflow and the sealed signing secret of an enabled trigger of an enabled user; zero rows
--- otherwise.
+-- workflow and the sealed signing secret (with its key version's KMS provider, 0014) of an
+-- enabled trigger of an enabled user; zero rows otherwise.
 CREATE FUNCTION agently_webhook_trigger(trigger_id uuid)
 RETURNS TABLE (user_id uuid, workflow_name text, secret_nonce bytea, secret_ciphertext bytea,
-               secret_wrapped_key bytea, secret_key_version integer)
+               secret_wrapped_key bytea, secret_key_version integer, secret_provider text)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
 AS $$
     SELECT t.user_id, t.workflow_name, t.secret_nonce, t.secret_ciphertext,
-           t.secret_wrapped_key, t.secret_key_version
+           t.secret_wrapped_key, t.secret_key_version, k.provider
     FROM triggers t
     JOIN users u ON u.id = t.user_id
+    JOIN secret_key_versions k ON k.version = t.secret_key_version
     WHERE t.id = agently_webhook_trigger.trigger_id
       AND t.enabled
       AND t.secret_ciphertext IS NOT NULL

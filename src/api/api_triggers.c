@@ -338,17 +338,34 @@ unsigned api_triggers_create(struct api_request *req, struct api_response *resp)
         if (!id || !secret)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
         crypto_hash_sha256(hash, (const unsigned char *)secret, strlen(secret));
-        r = secrets_seal(api_server_data_dir(req->server), req->user_id, id, secret, strlen(secret),
-                         &sealed);
+        struct secrets_kms kms;
+        _cleanup_free_ char *why = NULL;
+        /* sealed like a vault secret under the newest key version (the trigger id stands for
+         * the secret id in the associated data) but not registered with the redaction choke
+         * point: this answer must show it, once */
+        _cleanup_pgresult_ PGresult *active = db_query(
+            req->db, "SELECT version, provider FROM agently_secret_key_active()", 0, NULL, &r);
+        int version;
+        if (!active)
+                return api_db_error(resp, r);
+        if (PQntuples(active) != 1 || str_to_int(PQgetvalue(active, 0, 0), &version) < 0)
+                return api_error(resp, 503, "no_key", "the vault has no live key version", NULL,
+                                 "see agently secret rotate");
+        r = secrets_kms_init(&kms, api_server_data_dir(req->server));
+        if (r == 0) {
+                r = secrets_seal(&kms, PQgetvalue(active, 0, 1), version, req->user_id, id, secret,
+                                 strlen(secret), &sealed, &why);
+                secrets_kms_release(&kms);
+        }
         if (r < 0) {
-                log_error("could not seal a trigger secret: %s", strerror(-r));
+                log_error("could not seal a trigger secret: %s", why ? why : strerror(-r));
                 return api_error(resp, 500, "internal", "could not encrypt the trigger's secret",
                                  NULL, NULL);
         }
         _cleanup_free_ char *h = hex(hash, sizeof(hash));
         _cleanup_free_ char *n = hex(sealed.nonce, sizeof(sealed.nonce));
         _cleanup_free_ char *ct = hex(sealed.ciphertext, sealed.ciphertext_len);
-        _cleanup_free_ char *wk = hex(sealed.wrapped_key, sizeof(sealed.wrapped_key));
+        _cleanup_free_ char *wk = hex(sealed.wrapped_key, sealed.wrapped_len);
         _cleanup_free_ char *kv = str_printf("%d", sealed.key_version);
         secrets_sealed_free(&sealed);
         if (!h || !n || !ct || !wk || !kv)
@@ -398,27 +415,35 @@ unsigned api_triggers_delete(struct api_request *req, struct api_response *resp)
                    "trigger");
 }
 
-/* Opens the trigger's sealed secret from a row of agently_webhook_trigger (columns 2-5). */
+/* Opens the trigger's sealed secret from a row of agently_webhook_trigger (columns 2-6:
+ * nonce, ciphertext, wrapped key in hex, key version, provider). */
 static int open_secret(struct api_request *req, const char *trigger_id, const PGresult *row,
                        char **secret)
 {
-        unsigned char nonce[64], wrapped[1024], *ct;
-        size_t nl, cl, wl, cap = (size_t)PQgetlength(row, 0, 3) / 2 + 1;
-        int version, r;
+        unsigned char nonce[64], *ct = NULL, *wrapped = NULL;
+        size_t nl, cl, wl, cap = (size_t)PQgetlength(row, 0, 3) / 2 + 1,
+                           wcap = (size_t)PQgetlength(row, 0, 4) / 2 + 1;
+        int version, r = -EBADMSG;
+        struct secrets_kms kms;
 
-        if (str_to_int(PQgetvalue(row, 0, 5), &version) < 0 || !(ct = malloc(cap)))
+        if (str_to_int(PQgetvalue(row, 0, 5), &version) < 0 || !(ct = malloc(cap)) ||
+            !(wrapped = malloc(wcap))) {
+                free(ct);
                 return -ENOMEM;
+        }
         if (sodium_hex2bin(nonce, sizeof(nonce), PQgetvalue(row, 0, 2), PQgetlength(row, 0, 2),
-                           NULL, &nl, NULL) != 0 ||
+                           NULL, &nl, NULL) == 0 &&
             sodium_hex2bin(ct, cap, PQgetvalue(row, 0, 3), PQgetlength(row, 0, 3), NULL, &cl,
-                           NULL) != 0 ||
-            sodium_hex2bin(wrapped, sizeof(wrapped), PQgetvalue(row, 0, 4), PQgetlength(row, 0, 4),
-                           NULL, &wl, NULL) != 0)
-                r = -EBADMSG;
-        else
-                r = secrets_open(api_server_data_dir(req->server), PQgetvalue(row, 0, 0),
-                                 trigger_id, nonce, nl, ct, cl, wrapped, wl, version, secret);
+                           NULL) == 0 &&
+            sodium_hex2bin(wrapped, wcap, PQgetvalue(row, 0, 4), PQgetlength(row, 0, 4), NULL, &wl,
+                           NULL) == 0 &&
+            (r = secrets_kms_init(&kms, api_server_data_dir(req->server))) == 0) {
+                r = secrets_open(&kms, PQgetvalue(row, 0, 6), PQgetvalue(row, 0, 0), trigger_id,
+                                 nonce, nl, ct, cl, wrapped, wl, version, secret, NULL, NULL);
+                secrets_kms_release(&kms);
+        }
         free(ct);
+        free(wrapped);
         return r;
 }
 
@@ -477,7 +502,7 @@ unsigned api_hooks_deliver(struct api_request *req, struct api_response *resp)
         row = db_query(c,
                        "SELECT user_id, workflow_name, encode(secret_nonce, 'hex'), "
                        "encode(secret_ciphertext, 'hex'), encode(secret_wrapped_key, 'hex'), "
-                       "secret_key_version FROM agently_webhook_trigger($1)",
+                       "secret_key_version, secret_provider FROM agently_webhook_trigger($1)",
                        1, p, &r);
         if (!row) {
                 st = api_db_error(resp, r);

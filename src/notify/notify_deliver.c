@@ -119,39 +119,20 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
         return len;
 }
 
-/* Opens the vault secret `name` of user_id; 0, -ENOENT (no such secret), or an errno. */
+/* The value of user_id's vault secret `name` (secrets_resolve: borrowed, masked in this
+ * process's output); 0, -ENOENT (no such secret), or an errno with *error (malloc'd). */
 static int open_vault_secret(PGconn *c, const struct notify_config *cfg, const char *user_id,
-                             const char *name, char **value)
+                             const char *name, const char **value, char **error)
 {
-        const char *p[] = {user_id, name};
-        int r;
-        _cleanup_pgresult_ PGresult *res = db_query(
-            c,
-            "SELECT id, encode(nonce, 'hex'), encode(ciphertext, 'hex'), "
-            "encode(wrapped_key, 'hex'), key_version FROM secrets WHERE user_id = $1 AND name = $2",
-            2, p, &r);
+        struct secrets_kms kms;
+        int r = secrets_kms_init(&kms, cfg->data_dir);
 
         *value = NULL;
-        if (!res)
+        if (r < 0)
                 return r;
-        if (PQntuples(res) == 0)
-                return -ENOENT;
-        unsigned char nonce[64], wrapped[1024];
-        size_t nl, wl, cl, ctext_cap = (size_t)PQgetlength(res, 0, 2) / 2 + 1;
-        _cleanup_free_ unsigned char *ctext = malloc(ctext_cap);
-        int version;
-        if (!ctext)
-                return -ENOMEM;
-        if (sodium_hex2bin(nonce, sizeof(nonce), PQgetvalue(res, 0, 1), PQgetlength(res, 0, 1),
-                           NULL, &nl, NULL) != 0 ||
-            sodium_hex2bin(ctext, ctext_cap, PQgetvalue(res, 0, 2), PQgetlength(res, 0, 2), NULL,
-                           &cl, NULL) != 0 ||
-            sodium_hex2bin(wrapped, sizeof(wrapped), PQgetvalue(res, 0, 3), PQgetlength(res, 0, 3),
-                           NULL, &wl, NULL) != 0 ||
-            str_to_int(PQgetvalue(res, 0, 4), &version) < 0)
-                return -EBADMSG;
-        return secrets_open(cfg->data_dir, user_id, PQgetvalue(res, 0, 0), nonce, nl, ctext, cl,
-                            wrapped, wl, version, value);
+        r = secrets_resolve(c, &kms, user_id, name, value, NULL, error);
+        secrets_kms_release(&kms);
+        return r;
 }
 
 static CURL *easy_new(struct delivery *d, const struct notify_config *cfg, const char *url)
@@ -223,8 +204,9 @@ static int prepare_webhook(PGconn *c, struct delivery *d, const struct notify_co
         if (add_header(d, "webhook-id", d->id) < 0 || add_header(d, "webhook-timestamp", ts) < 0)
                 return -ENOMEM;
         if (secret_name) {
-                char *secret = NULL;
-                r = open_vault_secret(c, cfg, user_id, secret_name, &secret);
+                const char *secret = NULL;
+                _cleanup_free_ char *why = NULL;
+                r = open_vault_secret(c, cfg, user_id, secret_name, &secret, &why);
                 if (r == -ENOENT) {
                         delivery_fail(d, false,
                                       str_printf("secret '%s' not found: create it with `agently "
@@ -235,14 +217,11 @@ static int prepare_webhook(PGconn *c, struct delivery *d, const struct notify_co
                 if (r < 0) {
                         delivery_fail(d, false,
                                       str_printf("could not open secret '%s': %s", secret_name,
-                                                 r == -EBADMSG ? "it does not decrypt with this "
-                                                                 "key file"
-                                                               : strerror(-r)));
+                                                 why ? why : strerror(-r)));
                         return 0;
                 }
                 _cleanup_free_ char *sig =
                     notify_webhook_sign(secret, d->id, now, d->body, d->body_len);
-                secrets_value_free(secret);
                 if (!sig) {
                         delivery_fail(d, true,
                                       str_printf("secret '%s' cannot sign: a whsec_ secret must be "

@@ -28,13 +28,17 @@ static void put_secret(struct worker_fixture *f, const char *name, const char *v
         char *id = test_db_value(f->db, "SELECT gen_random_uuid()");
         char sql[4096];
 
-        assert_int_equal(secrets_seal(f->dir, f->user, id, value, strlen(value), &s), 0);
-        char *ct = calloc(1, s.ciphertext_len * 2 + 1), nonce[64], wk[256];
+        struct secrets_kms kms;
+        assert_int_equal(secrets_kms_init(&kms, f->dir), 0);
+        assert_int_equal(
+            secrets_seal(&kms, "local", 1, f->user, id, value, strlen(value), &s, NULL), 0);
+        secrets_kms_release(&kms);
+        char *ct = calloc(1, s.ciphertext_len * 2 + 1), nonce[64], wk[1024];
         for (size_t i = 0; i < s.ciphertext_len; i++)
                 snprintf(ct + 2 * i, 3, "%02x", s.ciphertext[i]);
         for (size_t i = 0; i < sizeof(s.nonce); i++)
                 snprintf(nonce + 2 * i, 3, "%02x", s.nonce[i]);
-        for (size_t i = 0; i < sizeof(s.wrapped_key); i++)
+        for (size_t i = 0; i < s.wrapped_len && i < sizeof(wk) / 2; i++)
                 snprintf(wk + 2 * i, 3, "%02x", s.wrapped_key[i]);
         snprintf(sql, sizeof(sql),
                  "INSERT INTO secrets (id, user_id, name, ciphertext, nonce, wrapped_key, "
