@@ -28,7 +28,8 @@ static char *absolute(const char *url, const char *public_url)
 int notify_message_init(struct notify_message *m, const char *id, const char *run_id,
                         const json_t *payload, const char *public_url)
 {
-        const char *title = json_string_value(json_object_get(payload, "title"));
+        /* "subject" (approvals' rows, 0015) wins over "title" for the one-line summary */
+        const char *title = json_string_value(json_object_get(payload, "subject"));
         const char *text = json_string_value(json_object_get(payload, "text"));
         const char *workflow = json_string_value(json_object_get(payload, "workflow"));
         const json_t *links = json_object_get(payload, "links");
@@ -39,6 +40,8 @@ int notify_message_init(struct notify_message *m, const char *id, const char *ru
         m->event = json_string_value(json_object_get(payload, "event"));
         if (!m->event)
                 m->event = "notify";
+        if (!title)
+                title = json_string_value(json_object_get(payload, "title"));
         if (title)
                 m->title = strndup(title, 998);
         else if (workflow)
@@ -56,6 +59,26 @@ int notify_message_init(struct notify_message *m, const char *id, const char *ru
         for (char *p = m->title; *p; p++)
                 if (*p == '\r' || *p == '\n')
                         *p = ' ';
+        /* links: [{"label", "url"}], or {"approve": url, "reject": url} (approvals' rows):
+         * the key, capitalised, is the label */
+        if (json_is_object(links)) {
+                const char *k;
+                json_t *v;
+                json_object_foreach ((json_t *)links, k, v) {
+                        const char *url = json_string_value(v);
+                        if (!url || !*k || strpbrk(url, " \r\n") || json_array_size(m->links) >= 10)
+                                continue;
+                        _cleanup_free_ char *abs = absolute(url, public_url);
+                        _cleanup_free_ char *label = strdup(k);
+                        if (!abs || !label)
+                                goto oom;
+                        if (label[0] >= 'a' && label[0] <= 'z')
+                                label[0] = (char)(label[0] - 'a' + 'A');
+                        if (json_array_append_new(
+                                m->links, json_pack("{s:s,s:s}", "label", label, "url", abs)) < 0)
+                                goto oom;
+                }
+        }
         for (size_t i = 0; json_is_array(links) && i < json_array_size(links) && i < 10; i++) {
                 const char *label =
                     json_string_value(json_object_get(json_array_get(links, i), "label"));

@@ -104,6 +104,11 @@ static void test_channels(void **state)
         char *slack = enqueue(f, channel,
                               "{\"event\":\"notify\",\"title\":\"Slack title\",\"text\":\"body\","
                               "\"links\":[{\"label\":\"Reject\",\"url\":\"/x/reject\"}]}");
+        /* the shape approvals write (0015): a subject, links as {"approve", "reject"} */
+        char *slack2 = enqueue(f, channel,
+                               "{\"event\":\"approval.requested\",\"subject\":\"Approval "
+                               "needed: pay\",\"title\":\"pay\",\"links\":{\"approve\":"
+                               "\"/v1/approval-links/a\",\"reject\":\"/v1/approval-links/r\"}}");
         char *mail = enqueue(f,
                              "{\"kind\":\"email\",\"to\":[\"ops@example.test\","
                              "\"boss@example.test\"]}",
@@ -161,6 +166,20 @@ static void test_channels(void **state)
         assert_string_equal(
             S(json_object_get(json_array_get(json_object_get(actions, "elements"), 0), "url")),
             "https://agently.example.test/x/reject");
+        body = json_object_get(json_object_get(st, "slack_bodies"), slack2);
+        assert_string_equal(S(json_object_get(body, "text")), "Approval needed: pay");
+        actions = json_array_get(json_object_get(body, "blocks"), 1);
+        /* both buttons, in whatever order the object's keys came */
+        json_t *els = json_object_get(actions, "elements");
+        char labels[160];
+        snprintf(labels, sizeof(labels), "%s %s %s",
+                 S(json_object_get(json_object_get(json_array_get(els, 0), "text"), "text")),
+                 S(json_object_get(json_object_get(json_array_get(els, 1), "text"), "text")),
+                 S(json_object_get(json_array_get(els, 1), "url")));
+        if (strcmp(labels, "Approve Reject https://agently.example.test/v1/approval-links/r") != 0)
+                assert_string_equal(
+                    labels, "Reject Approve https://agently.example.test/v1/approval-links/a");
+        free(slack2);
         /* e-mail through a real SMTP server: both recipients, the UTF-8 subject decoded, the
          * body's lone dot survived (dot-stuffing), the id in Message-ID */
         char msgid[128];
