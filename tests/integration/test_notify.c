@@ -21,6 +21,22 @@
 /* a JSON string, or a text that says it is missing (cmocka would crash on NULL) */
 #define S(x) (json_string_value(x) ? json_string_value(x) : "(missing)")
 
+/* Keeps a test_db_value() result until the program ends, so an assertion can read it and
+ * LeakSanitizer sees it freed. */
+static char *kept_values[256];
+static size_t kept_n;
+static char *kept(char *v)
+{
+        if (kept_n < sizeof(kept_values) / sizeof(kept_values[0]))
+                kept_values[kept_n++] = v;
+        return v;
+}
+static void kept_free(void)
+{
+        for (size_t i = 0; i < kept_n; i++)
+                free(kept_values[i]);
+}
+
 /* Stores value as alice's vault secret `name` (sealed under the test's key file). */
 static void put_secret(struct worker_fixture *f, const char *name, const char *value)
 {
@@ -133,10 +149,10 @@ static void test_channels(void **state)
         /* 500 twice, then delivered on the third attempt with back-off between */
         assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "hooks"), flaky)),
                          1);
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT status || ':' || attempts FROM "
-                                          "notifications WHERE id = '%s'",
-                                          flaky),
+        assert_string_equal(kept(test_db_value(f->db,
+                                               "SELECT status || ':' || attempts FROM "
+                                               "notifications WHERE id = '%s'",
+                                               flaky)),
                             "sent:3");
         assert_int_equal(test_db_int(f->db,
                                      "SELECT count(*) FROM notification_attempts WHERE "
@@ -151,10 +167,10 @@ static void test_channels(void **state)
                         flaky),
             1500 + 3000 - 1000); /* 2 s and 4 s, each -25 % at worst */
         /* 404: final at once */
-        assert_string_equal(test_db_value(f->db,
-                                          "SELECT status || ':' || attempts FROM "
-                                          "notifications WHERE id = '%s'",
-                                          gone),
+        assert_string_equal(kept(test_db_value(f->db,
+                                               "SELECT status || ':' || attempts FROM "
+                                               "notifications WHERE id = '%s'",
+                                               gone)),
                             "failed:1");
         /* slack: text and blocks with buttons */
         assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "slack"), slack)),
@@ -319,6 +335,7 @@ static void test_notify_node(void **state)
 
 int main(void)
 {
+        atexit(kept_free);
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_channels),
             cmocka_unit_test(test_subscriptions),

@@ -18,6 +18,22 @@
 
 #define S(x) (json_string_value(x) ? json_string_value(x) : "(missing)")
 
+/* Keeps a test_db_value() result until the program ends, so an assertion can read it and
+ * LeakSanitizer sees it freed. */
+static char *kept_values[256];
+static size_t kept_n;
+static char *kept(char *v)
+{
+        if (kept_n < sizeof(kept_values) / sizeof(kept_values[0]))
+                kept_values[kept_n++] = v;
+        return v;
+}
+static void kept_free(void)
+{
+        for (size_t i = 0; i < kept_n; i++)
+                free(kept_values[i]);
+}
+
 static struct {
         struct worker_fixture *f;
         pid_t api;
@@ -112,12 +128,13 @@ static void schedules_show_their_next_fire_time(void **state)
         const char *next = S(json_object_get(r, "next_run_at"));
         char *id = strdup(S(json_object_get(r, "id")));
         /* 09:00 on a weekday in Paris, in the future */
-        assert_string_equal(test_db_value(T.f->db,
-                                          "SELECT to_char('%s'::timestamptz AT TIME ZONE "
-                                          "'Europe/Paris', 'HH24:MI ID')::text ~ '^09:00 [1-5]$' "
-                                          "AND '%s'::timestamptz > now()",
-                                          next, next),
-                            "t");
+        assert_string_equal(
+            kept(test_db_value(T.f->db,
+                               "SELECT to_char('%s'::timestamptz AT TIME ZONE "
+                               "'Europe/Paris', 'HH24:MI ID')::text ~ '^09:00 [1-5]$' "
+                               "AND '%s'::timestamptz > now()",
+                               next, next)),
+            "t");
         json_decref(r);
         char path[128];
         snprintf(path, sizeof(path), "/v1/schedules/%s", id);
@@ -155,11 +172,12 @@ static void webhook_triggers_start_runs_once_per_delivery(void **state)
         assert_int_equal(deliver(id, secret, "msg_1", now, "{\"name\":\"world\"}", &run), 202);
         assert_true(json_is_false(json_object_get(run, "duplicate")));
         const char *run_id = S(json_object_get(run, "run_id"));
-        assert_string_equal(test_db_value(T.f->db,
-                                          "SELECT input->>'name' || ' ' || (input->>'webhook_id') "
-                                          "FROM workflow_runs WHERE id = '%s'",
-                                          run_id),
-                            "world msg_1");
+        assert_string_equal(
+            kept(test_db_value(T.f->db,
+                               "SELECT input->>'name' || ' ' || (input->>'webhook_id') "
+                               "FROM workflow_runs WHERE id = '%s'",
+                               run_id)),
+            "world msg_1");
         /* the sender's retry: the same run, nothing new */
         assert_int_equal(deliver(id, secret, "msg_1", now, "{\"name\":\"world\"}", &r), 202);
         assert_true(json_is_true(json_object_get(r, "duplicate")));
@@ -167,10 +185,10 @@ static void webhook_triggers_start_runs_once_per_delivery(void **state)
         json_decref(r);
         /* a payload that is not an object arrives under "payload" */
         assert_int_equal(deliver(id, secret, "msg_2", now, "[1,2]", &r), 202);
-        assert_string_equal(test_db_value(T.f->db,
-                                          "SELECT input->'payload'::text FROM workflow_runs "
-                                          "WHERE id = '%s'",
-                                          S(json_object_get(r, "run_id"))),
+        assert_string_equal(kept(test_db_value(T.f->db,
+                                               "SELECT input->'payload'::text FROM workflow_runs "
+                                               "WHERE id = '%s'",
+                                               S(json_object_get(r, "run_id")))),
                             "[1, 2]");
         json_decref(r);
         /* refused: another secret, a stale timestamp, an unknown trigger, no signature */
@@ -193,6 +211,7 @@ static void webhook_triggers_start_runs_once_per_delivery(void **state)
 
 int main(void)
 {
+        atexit(kept_free);
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(schedules_show_their_next_fire_time),
             cmocka_unit_test(webhook_triggers_start_runs_once_per_delivery),
