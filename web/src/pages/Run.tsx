@@ -86,6 +86,17 @@ export function RunPage({ id }: { id: string }) {
   const [approvals, setApprovals] = useState<Approval[]>([]);
   const refresh = useRef<ReturnType<typeof setTimeout> | null>(null);
   const finalRef = useRef(false);
+  // Once the page is gone (another page, sign-out) no reload may start: a timer left behind
+  // would read the run without a session.
+  const gone = useRef(false);
+  useEffect(
+    () => () => {
+      gone.current = true;
+      if (refresh.current) clearTimeout(refresh.current);
+      refresh.current = null;
+    },
+    [],
+  );
   useTick(1000);
 
   async function loadRun() {
@@ -105,10 +116,10 @@ export function RunPage({ id }: { id: string }) {
   }
   // events arrive in bursts: one reload of the run per 400 ms at most
   function soon() {
-    if (refresh.current) return;
+    if (refresh.current || gone.current) return;
     refresh.current = setTimeout(() => {
       refresh.current = null;
-      loadRun();
+      if (!gone.current) loadRun();
     }, 400);
   }
   // the run's end: one more read unless the run was already seen finished
