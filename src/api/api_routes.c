@@ -103,7 +103,7 @@ static const char *const run_statuses[] = {"queued", "running",   "waiting", "ne
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
-static bool is_uuid(const char *s)
+bool api_is_uuid(const char *s)
 {
         static const char shape[] = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
 
@@ -119,12 +119,7 @@ static bool is_uuid(const char *s)
         return true;
 }
 
-bool api_is_uuid(const char *s)
-{
-        return is_uuid(s);
-}
-
-static bool is_name(const char *s)
+bool api_is_name(const char *s)
 {
         size_t n = strlen(s);
 
@@ -145,14 +140,14 @@ static bool is_terminal(const char *status)
                strcmp(status, "canceled") == 0;
 }
 
-static unsigned not_found(struct api_response *resp, const char *what, const char *id)
+unsigned api_not_found(struct api_response *resp, const char *what, const char *id)
 {
         return api_errorf(resp, 404, "not_found", "not found", NULL, "%s '%s' does not exist", what,
                           id);
 }
 
 /* The body as a JSON object (an empty body is {} when allow_empty). */
-static json_t *body_object(struct api_request *req, struct api_response *resp, bool allow_empty)
+json_t *api_body_object(struct api_request *req, struct api_response *resp, bool allow_empty)
 {
         json_t *j;
 
@@ -170,8 +165,7 @@ static json_t *body_object(struct api_request *req, struct api_response *resp, b
 }
 
 /* 400 when obj has a key not in allowed (NULL-terminated). */
-static unsigned reject_unknown_keys(json_t *obj, const char *const *allowed,
-                                    struct api_response *resp)
+unsigned api_reject_unknown_keys(json_t *obj, const char *const *allowed, struct api_response *resp)
 {
         const char *key;
         json_t *v;
@@ -248,8 +242,8 @@ bad:
  * Runs a page query whose rows are (item json, cursor key text) with LIMIT limit + 1, and
  * answers {"data": [...], "next_cursor": ...}.
  */
-static unsigned page_query(struct api_request *req, struct api_response *resp, const char *sql,
-                           int n, const char *const *params, int limit)
+unsigned api_page_query(struct api_request *req, struct api_response *resp, const char *sql, int n,
+                        const char *const *params, int limit)
 {
         int r = 0;
         _cleanup_pgresult_ PGresult *res = db_query(req->db, sql, n, params, &r);
@@ -284,7 +278,7 @@ static unsigned split_time_cursor(char *cursor, const char **ts, const char **id
         *ts = *id = NULL;
         if (!cursor)
                 return 0;
-        if (!bar || !is_uuid(bar + 1))
+        if (!bar || !api_is_uuid(bar + 1))
                 return api_error(resp, 400, "invalid_cursor", "the cursor is not valid", NULL,
                                  "pass next_cursor from the previous page unchanged");
         *bar = '\0';
@@ -293,9 +287,9 @@ static unsigned split_time_cursor(char *cursor, const char **ts, const char **id
         return 0;
 }
 
-static unsigned respond_query(struct api_request *req, struct api_response *resp, unsigned status,
-                              const char *sql, int n, const char *const *params, const char *what,
-                              const char *id)
+unsigned api_respond_query(struct api_request *req, struct api_response *resp, unsigned status,
+                           const char *sql, int n, const char *const *params, const char *what,
+                           const char *id)
 {
         json_t *j = NULL;
         int r = api_query_json(req, sql, n, params, &j);
@@ -303,7 +297,7 @@ static unsigned respond_query(struct api_request *req, struct api_response *resp
         if (r < 0)
                 return api_db_error(resp, r);
         if (r == 0 || !j)
-                return not_found(resp, what, id);
+                return api_not_found(resp, what, id);
         return api_json(resp, status, j);
 }
 
@@ -312,10 +306,10 @@ static unsigned respond_run(struct api_request *req, struct api_response *resp, 
 {
         const char *params[] = {id};
 
-        return respond_query(req, resp, status,
-                             "SELECT " RUN_JSON " FROM workflow_runs r" RUN_NODES_TOTAL
-                             " WHERE r.id = $1",
-                             1, params, "run", id);
+        return api_respond_query(req, resp, status,
+                                 "SELECT " RUN_JSON " FROM workflow_runs r" RUN_NODES_TOTAL
+                                 " WHERE r.id = $1",
+                                 1, params, "run", id);
 }
 
 /* ---- ops -------------------------------------------------------------------------- */
@@ -455,25 +449,25 @@ static unsigned h_me(struct api_request *req, struct api_response *resp)
 {
         const char *params[] = {req->user_id};
 
-        return respond_query(req, resp, 200,
-                             "SELECT json_build_object('id', u.id, 'name', u.name, 'is_admin', "
-                             "u.is_admin, 'created_at', u.created_at, 'usage', "
-                             "(SELECT to_json(g) FROM agently_user_llm_usage(u.id) g)) "
-                             "FROM users u WHERE u.id = $1",
-                             1, params, "user", req->user_id);
+        return api_respond_query(req, resp, 200,
+                                 "SELECT json_build_object('id', u.id, 'name', u.name, 'is_admin', "
+                                 "u.is_admin, 'created_at', u.created_at, 'usage', "
+                                 "(SELECT to_json(g) FROM agently_user_llm_usage(u.id) g)) "
+                                 "FROM users u WHERE u.id = $1",
+                                 1, params, "user", req->user_id);
 }
 
 static unsigned h_users_create(struct api_request *req, struct api_response *resp)
 {
         static const char *const keys[] = {"name", "is_admin", NULL};
-        json_t *b = body_object(req, resp, false);
+        json_t *b = api_body_object(req, resp, false);
         unsigned st;
         json_t *j = NULL;
         int r;
 
         if (!b)
                 return resp->status;
-        if ((st = reject_unknown_keys(b, keys, resp)))
+        if ((st = api_reject_unknown_keys(b, keys, resp)))
                 return st;
         const char *name = json_string_value(json_object_get(b, "name"));
         json_t *admin = json_object_get(b, "is_admin");
@@ -538,7 +532,7 @@ static unsigned h_users_list(struct api_request *req, struct api_response *resp)
 
 static unsigned h_workflows_apply(struct api_request *req, struct api_response *resp)
 {
-        json_t *def = body_object(req, resp, false);
+        json_t *def = api_body_object(req, resp, false);
         _cleanup_json_ json_t *errors = NULL;
         _cleanup_free_ char *canonical = NULL;
         struct wf_workflow *wf = NULL;
@@ -549,7 +543,7 @@ static unsigned h_workflows_apply(struct api_request *req, struct api_response *
         if (!def)
                 return resp->status;
         const char *name = json_string_value(json_object_get(def, "name"));
-        if (!name || !is_name(name))
+        if (!name || !api_is_name(name))
                 return api_error(resp, 400, "invalid_field", "invalid workflow name",
                                  "field 'name'",
                                  "use 1-63 of a-z 0-9 _ . -, starting with a letter or digit");
@@ -621,11 +615,11 @@ static unsigned h_workflows_list(struct api_request *req, struct api_response *r
                 return st;
         limit_s = str_printf("%d", limit + 1);
         const char *params[] = {cursor, limit_s};
-        return page_query(req, resp,
-                          "SELECT " WORKFLOW_VERSION_JSON ", w.name FROM (SELECT DISTINCT ON "
-                          "(name) * FROM workflows WHERE ($1::text IS NULL OR name > $1) "
-                          "ORDER BY name, version DESC) w ORDER BY w.name LIMIT $2::integer",
-                          2, params, limit);
+        return api_page_query(req, resp,
+                              "SELECT " WORKFLOW_VERSION_JSON ", w.name FROM (SELECT DISTINCT ON "
+                              "(name) * FROM workflows WHERE ($1::text IS NULL OR name > $1) "
+                              "ORDER BY name, version DESC) w ORDER BY w.name LIMIT $2::integer",
+                              2, params, limit);
 }
 
 static unsigned h_workflows_get(struct api_request *req, struct api_response *resp)
@@ -637,11 +631,11 @@ static unsigned h_workflows_get(struct api_request *req, struct api_response *re
                 return api_errorf(resp, 400, "invalid_parameter", "invalid version", NULL,
                                   "version must be a positive integer, got '%s'", v);
         const char *params[] = {name, v};
-        return respond_query(req, resp, 200,
-                             "SELECT " WORKFLOW_JSON " FROM workflows w WHERE w.name = $1 AND "
-                             "($2::integer IS NULL OR w.version = $2::integer) "
-                             "ORDER BY w.version DESC LIMIT 1",
-                             2, params, "workflow", name);
+        return api_respond_query(req, resp, 200,
+                                 "SELECT " WORKFLOW_JSON " FROM workflows w WHERE w.name = $1 AND "
+                                 "($2::integer IS NULL OR w.version = $2::integer) "
+                                 "ORDER BY w.version DESC LIMIT 1",
+                                 2, params, "workflow", name);
 }
 
 static unsigned h_workflows_versions(struct api_request *req, struct api_response *resp)
@@ -657,7 +651,7 @@ static unsigned h_workflows_versions(struct api_request *req, struct api_respons
         if (r < 0)
                 return api_db_error(resp, r);
         if (!j)
-                return not_found(resp, "workflow", req->params[0]);
+                return api_not_found(resp, "workflow", req->params[0]);
         return api_json(resp, 200, j);
 }
 
@@ -666,7 +660,7 @@ static unsigned h_workflows_versions(struct api_request *req, struct api_respons
 static unsigned h_runs_create(struct api_request *req, struct api_response *resp)
 {
         static const char *const keys[] = {"workflow", "version", "input", NULL};
-        json_t *b = body_object(req, resp, false);
+        json_t *b = api_body_object(req, resp, false);
         _cleanup_free_ char *input = NULL, *version_s = NULL;
         _cleanup_pgresult_ PGresult *wf = NULL, *ins = NULL;
         unsigned st;
@@ -674,7 +668,7 @@ static unsigned h_runs_create(struct api_request *req, struct api_response *resp
 
         if (!b)
                 return resp->status;
-        if ((st = reject_unknown_keys(b, keys, resp)))
+        if ((st = api_reject_unknown_keys(b, keys, resp)))
                 return st;
         const char *name = json_string_value(json_object_get(b, "workflow"));
         json_t *version = json_object_get(b, "version"), *in = json_object_get(b, "input");
@@ -759,16 +753,16 @@ static unsigned h_runs_list(struct api_request *req, struct api_response *resp)
                 return st;
         limit_s = str_printf("%d", limit + 1);
         const char *params[] = {status, workflow, after, before, cts, cid, limit_s};
-        st = page_query(req, resp,
-                        "SELECT " RUN_SUMMARY_JSON ", r.created_at::text || '|' || r.id "
-                        "FROM workflow_runs r WHERE ($1::text IS NULL OR r.status = $1) "
-                        "AND ($2::text IS NULL OR r.workflow_name = $2) "
-                        "AND ($3::timestamptz IS NULL OR r.created_at > $3::timestamptz) "
-                        "AND ($4::timestamptz IS NULL OR r.created_at < $4::timestamptz) "
-                        "AND ($5::timestamptz IS NULL OR (r.created_at, r.id) < "
-                        "($5::timestamptz, $6::uuid)) "
-                        "ORDER BY r.created_at DESC, r.id DESC LIMIT $7::integer",
-                        7, params, limit);
+        st = api_page_query(req, resp,
+                            "SELECT " RUN_SUMMARY_JSON ", r.created_at::text || '|' || r.id "
+                            "FROM workflow_runs r WHERE ($1::text IS NULL OR r.status = $1) "
+                            "AND ($2::text IS NULL OR r.workflow_name = $2) "
+                            "AND ($3::timestamptz IS NULL OR r.created_at > $3::timestamptz) "
+                            "AND ($4::timestamptz IS NULL OR r.created_at < $4::timestamptz) "
+                            "AND ($5::timestamptz IS NULL OR (r.created_at, r.id) < "
+                            "($5::timestamptz, $6::uuid)) "
+                            "ORDER BY r.created_at DESC, r.id DESC LIMIT $7::integer",
+                            7, params, limit);
         if (st == 400 && json_is_object(resp->json)) /* a timestamp Postgres refused */
                 api_errorf(resp, 400, "invalid_parameter", "invalid created_after/created_before",
                            "use RFC 3339, e.g. 2026-11-22T05:53:47Z",
@@ -779,8 +773,8 @@ static unsigned h_runs_list(struct api_request *req, struct api_response *resp)
 
 static unsigned h_runs_get(struct api_request *req, struct api_response *resp)
 {
-        if (!is_uuid(req->params[0]))
-                return not_found(resp, "run", req->params[0]);
+        if (!api_is_uuid(req->params[0]))
+                return api_not_found(resp, "run", req->params[0]);
         return respond_run(req, resp, 200, req->params[0]);
 }
 
@@ -798,7 +792,7 @@ static unsigned run_status(struct api_request *req, struct api_response *resp, c
         if (!res)
                 return api_db_error(resp, r);
         if (PQntuples(res) == 0)
-                return not_found(resp, "run", id);
+                return api_not_found(resp, "run", id);
         *out = strdup(PQgetvalue(res, 0, 0));
         return *out ? 0 : api_db_error(resp, -ENOMEM);
 }
@@ -811,8 +805,8 @@ static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
         unsigned st;
         int limit;
 
-        if (!is_uuid(id))
-                return not_found(resp, "run", id);
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "run", id);
         if ((st = parse_limit(req, resp, NODES_DEFAULT, NODES_MAX, &limit)) ||
             (st = cursor_decode(req, resp, &cursor)))
                 return st;
@@ -822,11 +816,11 @@ static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
         if (!limit_s)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
         const char *params[] = {id, cursor, limit_s};
-        return page_query(req, resp,
-                          "SELECT " NODE_STATE_JSON ", n.node_id FROM agently_node_latest n "
-                          "WHERE n.workflow_run_id = $1 AND ($2::text IS NULL OR n.node_id > "
-                          "$2) ORDER BY n.node_id LIMIT $3::integer",
-                          3, params, limit);
+        return api_page_query(req, resp,
+                              "SELECT " NODE_STATE_JSON ", n.node_id FROM agently_node_latest n "
+                              "WHERE n.workflow_run_id = $1 AND ($2::text IS NULL OR n.node_id > "
+                              "$2) ORDER BY n.node_id LIMIT $3::integer",
+                              3, params, limit);
 }
 
 /* Runs an UPDATE ... RETURNING; 1 when a row changed, 0 when none, or a negative errno. */
@@ -872,8 +866,8 @@ static unsigned run_control(struct api_request *req, struct api_response *resp, 
         const char *outcome;
         int r = 0;
 
-        if (!is_uuid(id))
-                return not_found(resp, "run", id);
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "run", id);
         if (!data)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
         const char *params[] = {id, verb[op], data};
@@ -881,7 +875,7 @@ static unsigned run_control(struct api_request *req, struct api_response *resp, 
         if (!res)
                 return api_db_error(resp, r);
         if (PQgetisnull(res, 0, 0))
-                return not_found(resp, "run", id);
+                return api_not_found(resp, "run", id);
         outcome = PQgetvalue(res, 0, 0);
         if (is_terminal(outcome))
                 return api_errorf(resp, 409, "conflict", "the run has already finished",
@@ -921,12 +915,12 @@ static unsigned h_runs_rerun(struct api_request *req, struct api_response *resp)
         unsigned st;
         int r = 0;
 
-        if (!is_uuid(id))
-                return not_found(resp, "run", id);
-        b = body_object(req, resp, true);
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "run", id);
+        b = api_body_object(req, resp, true);
         if (!b)
                 return resp->status;
-        if ((st = reject_unknown_keys(b, keys, resp)))
+        if ((st = api_reject_unknown_keys(b, keys, resp)))
                 return st;
         json_t *from_j = json_object_get(b, "from_node");
         if (from_j && (!json_is_string(from_j) || !*json_string_value(from_j) ||
@@ -942,7 +936,7 @@ static unsigned h_runs_rerun(struct api_request *req, struct api_response *resp)
         if (r < 0)
                 return api_db_error(resp, r);
         if (r == 0)
-                return not_found(resp, "run", id);
+                return api_not_found(resp, "run", id);
         if (from) {
                 /* the engine is the one authority on the graph: the nodes it says come
                  * before from_node are exactly the ones reused */
@@ -1019,12 +1013,12 @@ static unsigned h_runs_resolve(struct api_request *req, struct api_response *res
         unsigned st;
         int r = 0;
 
-        if (!is_uuid(id))
-                return not_found(resp, "run", id);
-        b = body_object(req, resp, false);
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "run", id);
+        b = api_body_object(req, resp, false);
         if (!b)
                 return resp->status;
-        if ((st = reject_unknown_keys(b, keys, resp)))
+        if ((st = api_reject_unknown_keys(b, keys, resp)))
                 return st;
         const char *action = json_string_value(json_object_get(b, "action"));
         json_t *node_j = json_object_get(b, "node"), *comment_j = json_object_get(b, "comment");
@@ -1083,12 +1077,12 @@ static unsigned h_runs_input(struct api_request *req, struct api_response *resp)
         unsigned st;
         int r = 0;
 
-        if (!is_uuid(id))
-                return not_found(resp, "run", id);
-        b = body_object(req, resp, false);
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "run", id);
+        b = api_body_object(req, resp, false);
         if (!b)
                 return resp->status;
-        if ((st = reject_unknown_keys(b, keys, resp)))
+        if ((st = api_reject_unknown_keys(b, keys, resp)))
                 return st;
         a = json_object_get(b, "answer");
         bu = json_object_get(b, "budget");
@@ -1124,8 +1118,8 @@ static unsigned h_runs_signal(struct api_request *req, struct api_response *resp
         unsigned st;
         int r;
 
-        if (!is_uuid(id))
-                return not_found(resp, "run", id);
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "run", id);
         if (strlen(name) > 200)
                 return api_error(resp, 400, "invalid_parameter", "signal name too long",
                                  "at most 200 characters", NULL);
@@ -1193,8 +1187,8 @@ static unsigned h_events_list(struct api_request *req, struct api_response *resp
         int limit, r;
         json_t *j = NULL;
 
-        if (!is_uuid(id))
-                return not_found(resp, "run", id);
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "run", id);
         if ((st = parse_after(api_query(req, "after"), resp, &after)) ||
             (st = parse_limit(req, resp, EVENTS_DEFAULT, EVENTS_MAX, &limit)))
                 return st;
@@ -1217,7 +1211,7 @@ static unsigned h_events_list(struct api_request *req, struct api_response *resp
         if (r < 0)
                 return api_db_error(resp, r);
         if (!j)
-                return not_found(resp, "run", id);
+                return api_not_found(resp, "run", id);
         return api_json(resp, 200, j);
 }
 
@@ -1229,8 +1223,8 @@ static unsigned h_events_stream(struct api_request *req, struct api_response *re
         int64_t after;
         unsigned st;
 
-        if (!is_uuid(id))
-                return not_found(resp, "run", id);
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "run", id);
         st = parse_after(last && *last ? last : api_query(req, "after"), resp, &after);
         if (st)
                 return st;
@@ -1288,10 +1282,10 @@ static unsigned h_secrets_put(struct api_request *req, struct api_response *resp
         if (!secrets_name_valid(name))
                 return api_errorf(resp, 400, "invalid_parameter", "invalid secret name",
                                   "use " SECRETS_NAME_RULE, "name '%s'", name);
-        b = body_object(req, resp, false);
+        b = api_body_object(req, resp, false);
         if (!b)
                 return resp->status;
-        if ((st = reject_unknown_keys(b, keys, resp)))
+        if ((st = api_reject_unknown_keys(b, keys, resp)))
                 return st;
         json_t *value = json_object_get(b, "value");
         if (!json_is_string(value))
@@ -1374,7 +1368,7 @@ static unsigned h_secrets_delete(struct api_request *req, struct api_response *r
         if (r < 0)
                 return api_db_error(resp, r);
         if (r == 0)
-                return not_found(resp, "secret", req->params[0]);
+                return api_not_found(resp, "secret", req->params[0]);
         resp->status = 204;
         return 204;
 }
@@ -1397,10 +1391,10 @@ static unsigned h_tokens_create(struct api_request *req, struct api_response *re
                                  "Idempotency-Key is not accepted when creating a token",
                                  "replaying the response would require storing the token",
                                  "retry without the header; revoke a token you did not receive");
-        b = body_object(req, resp, false);
+        b = api_body_object(req, resp, false);
         if (!b)
                 return resp->status;
-        if ((st = reject_unknown_keys(b, keys, resp)))
+        if ((st = api_reject_unknown_keys(b, keys, resp)))
                 return st;
         const char *name = json_string_value(json_object_get(b, "name"));
         json_t *user = json_object_get(b, "user");
@@ -1422,7 +1416,7 @@ static unsigned h_tokens_create(struct api_request *req, struct api_response *re
                 if (!u)
                         return api_db_error(resp, r);
                 if (PQntuples(u) == 0)
-                        return not_found(resp, "user", json_string_value(user));
+                        return api_not_found(resp, "user", json_string_value(user));
                 for_user = strdup(PQgetvalue(u, 0, 0));
         } else
                 for_user = strdup(req->user_id);
@@ -1466,8 +1460,8 @@ static unsigned h_tokens_revoke(struct api_request *req, struct api_response *re
         const char *params[] = {req->params[0]};
         int r;
 
-        if (!is_uuid(req->params[0]))
-                return not_found(resp, "token", req->params[0]);
+        if (!api_is_uuid(req->params[0]))
+                return api_not_found(resp, "token", req->params[0]);
         r = update_one(req,
                        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) "
                        "WHERE id = $1 RETURNING id",
@@ -1475,27 +1469,12 @@ static unsigned h_tokens_revoke(struct api_request *req, struct api_response *re
         if (r < 0)
                 return api_db_error(resp, r);
         if (r == 0)
-                return not_found(resp, "token", req->params[0]);
+                return api_not_found(resp, "token", req->params[0]);
         resp->status = 204;
         return 204;
 }
 
 /* ---- helpers the other route files share (api_internal.h) ---------------------------- */
-
-unsigned api_not_found(struct api_response *resp, const char *what, const char *id)
-{
-        return not_found(resp, what, id);
-}
-
-json_t *api_body_object(struct api_request *req, struct api_response *resp, bool allow_empty)
-{
-        return body_object(req, resp, allow_empty);
-}
-
-unsigned api_reject_unknown_keys(json_t *obj, const char *const *allowed, struct api_response *resp)
-{
-        return reject_unknown_keys(obj, allowed, resp);
-}
 
 unsigned api_page_begin(struct api_request *req, struct api_response *resp, int *limit,
                         char **cursor, const char **cursor_time, const char **cursor_id)
@@ -1507,24 +1486,6 @@ unsigned api_page_begin(struct api_request *req, struct api_response *resp, int 
             (st = cursor_decode(req, resp, cursor)))
                 return st;
         return split_time_cursor(*cursor, cursor_time, cursor_id, resp);
-}
-
-unsigned api_page_query(struct api_request *req, struct api_response *resp, const char *sql, int n,
-                        const char *const *params, int limit)
-{
-        return page_query(req, resp, sql, n, params, limit);
-}
-
-unsigned api_respond_query(struct api_request *req, struct api_response *resp, unsigned status,
-                           const char *sql, int n, const char *const *params, const char *what,
-                           const char *id)
-{
-        return respond_query(req, resp, status, sql, n, params, what, id);
-}
-
-bool api_is_name(const char *s)
-{
-        return is_name(s);
 }
 
 unsigned api_page_begin_name(struct api_request *req, struct api_response *resp, int *limit,
