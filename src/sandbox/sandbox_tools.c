@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "duration.h"
@@ -25,6 +26,10 @@
 #define MAX_ARGS    100   /* run_code "args" */
 #define MAX_ENTRIES 10000 /* workspace entries compared */
 #define MAX_DEPTH   16
+/* the disk cap's look at the workspace: how often while a call runs, and how far */
+#define DISK_CHECK_MS    200
+#define DISK_MAX_ENTRIES 100000
+#define DISK_MAX_DEPTH   256
 
 struct language_def {
         const char *language;
@@ -322,6 +327,66 @@ static json_t *files_written(const struct snapshot *before, const struct snapsho
         return list;
 }
 
+/* ---- the disk cap -------------------------------------------------------------------- */
+
+struct usage {
+        uint64_t bytes;   /* blocks in use (st_blocks * 512) of every entry */
+        uint64_t entries; /* files, directories, links, ... */
+        bool too_deep;    /* nested deeper than DISK_MAX_DEPTH: not all was counted */
+};
+
+/* Adds what the directory dirfd (closed here) holds to u, without following symlinks; stops
+ * early once u passes limit (0: none) or DISK_MAX_ENTRIES. */
+static void usage_walk(int dirfd, int depth, uint64_t limit, struct usage *u)
+{
+        DIR *d = fdopendir(dirfd);
+        if (!d) {
+                close(dirfd);
+                return;
+        }
+        struct dirent *de;
+        while ((de = readdir(d))) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                        continue;
+                struct stat st;
+                if (fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                        continue;
+                u->bytes += (uint64_t)st.st_blocks * 512;
+                u->entries++;
+                if ((limit && u->bytes > limit) || u->entries > DISK_MAX_ENTRIES)
+                        break;
+                if (!S_ISDIR(st.st_mode))
+                        continue;
+                if (depth >= DISK_MAX_DEPTH) {
+                        u->too_deep = true;
+                        break;
+                }
+                int sub =
+                    openat(dirfd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (sub >= 0)
+                        usage_walk(sub, depth + 1, limit, u);
+                if ((limit && u->bytes > limit) || u->entries > DISK_MAX_ENTRIES || u->too_deep)
+                        break;
+        }
+        closedir(d);
+}
+
+static struct usage workspace_usage(const char *workspace, uint64_t limit)
+{
+        struct usage u = {0};
+        int fd = open(workspace, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0)
+                usage_walk(fd, 0, limit, &u);
+        return u;
+}
+
+static int64_t mono_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* ---- jobs --------------------------------------------------------------------------- */
 
 struct sandbox_tool_job {
@@ -333,6 +398,11 @@ struct sandbox_tool_job {
         uint64_t file_bytes;
         size_t output_bytes;
         struct snapshot before;
+        uint64_t disk_cap;    /* the call's workspace_bytes: max(cap, use before the call) */
+        uint64_t disk_limit;  /* the cap as asked (for the message) */
+        int64_t next_disk_ms; /* the next look at the workspace while it runs */
+        bool disk_full;       /* killed at the cap */
+        struct usage disk;    /* what the look that found it full saw */
 };
 
 void sandbox_tool_job_free(struct sandbox_tool_job *job)
@@ -538,6 +608,7 @@ int sandbox_tool_start(const struct sandbox_tools *t, const struct sandbox_tool_
         job->keep = json_incref(json_object_get(args, "keep"));
         job->file_bytes = call->limits.file_bytes;
         job->output_bytes = call->limits.output_bytes;
+        job->disk_limit = call->workspace_bytes;
         if (!job->workspace || (call->artifact_dir && !job->artifact_dir)) {
                 sandbox_tool_job_free(job);
                 return -ENOMEM;
@@ -548,6 +619,13 @@ int sandbox_tool_start(const struct sandbox_tools *t, const struct sandbox_tool_
                           strerror(-r));
                 sandbox_tool_job_free(job);
                 return r;
+        }
+        if (job->disk_limit) {
+                /* a workspace over the cap already (a call killed at it) may still shrink:
+                 * only growing past both is stopped */
+                struct usage u = workspace_usage(call->workspace, 0);
+                job->disk_cap = u.bytes > job->disk_limit ? u.bytes : job->disk_limit;
+                job->next_disk_ms = mono_ms() + DISK_CHECK_MS;
         }
 
         /* the environment: the tools' base, then the caller's entries */
@@ -578,6 +656,45 @@ int sandbox_tool_start(const struct sandbox_tools *t, const struct sandbox_tool_
         }
         *out = job;
         return 0;
+}
+
+int sandbox_tool_job_poll_fds(const struct sandbox_tool_job *job, struct pollfd *fds,
+                              int *timeout_ms)
+{
+        int n = sandbox_proc_poll_fds(job->proc, fds, timeout_ms);
+        if (job->disk_cap && !job->disk_full && !sandbox_proc_result(job->proc)) {
+                int64_t left = job->next_disk_ms - mono_ms();
+                int t = left < 0 ? 0 : left > DISK_CHECK_MS ? DISK_CHECK_MS : (int)left;
+                if (*timeout_ms < 0 || t < *timeout_ms)
+                        *timeout_ms = t;
+        }
+        return n;
+}
+
+/* Whether the workspace is past the job's cap (then the job is marked and killed). */
+static bool disk_check(struct sandbox_tool_job *job)
+{
+        struct usage u = workspace_usage(job->workspace, job->disk_cap);
+        if (u.bytes <= job->disk_cap && u.entries <= DISK_MAX_ENTRIES && !u.too_deep)
+                return false;
+        job->disk_full = true;
+        job->disk = u;
+        return true;
+}
+
+int sandbox_tool_job_step(struct sandbox_tool_job *job)
+{
+        int r = sandbox_proc_step(job->proc);
+        if (r != 0 || !job->disk_cap || job->disk_full)
+                return r;
+        if (mono_ms() >= job->next_disk_ms) {
+                job->next_disk_ms = mono_ms() + DISK_CHECK_MS;
+                if (disk_check(job)) {
+                        sandbox_proc_kill(job->proc);
+                        r = sandbox_proc_step(job->proc);
+                }
+        }
+        return r;
 }
 
 /* Copies the workspace file name to artifact_dir/name; adds the artifact or the error. */
@@ -661,6 +778,9 @@ int sandbox_tool_job_finish(struct sandbox_tool_job *job, json_t **result, char 
                 set_error(error, "the tool has not finished");
                 return -EBUSY;
         }
+        /* a call that ended before the next look may have passed the cap too */
+        if (job->disk_cap && !job->disk_full)
+                (void)disk_check(job);
         struct snapshot after;
         int r = snapshot_take(job->workspace, &after);
         if (r < 0) {
@@ -697,6 +817,28 @@ int sandbox_tool_job_finish(struct sandbox_tool_job *job, json_t **result, char 
                     "artifacts", artifacts, "artifact_errors", artifact_errors);
                 r = *result ? 0 : -ENOMEM;
         }
+        if (r == 0 && job->disk_full) {
+                char *why =
+                    job->disk.entries > DISK_MAX_ENTRIES
+                        ? str_printf("the workspace passed %d files and directories: the call "
+                                     "was stopped; remove files before writing more",
+                                     DISK_MAX_ENTRIES)
+                    : job->disk.too_deep
+                        ? str_printf("the workspace is nested deeper than %d directories: the "
+                                     "call was stopped; remove them before writing more",
+                                     DISK_MAX_DEPTH)
+                        : str_printf("the workspace passed its disk cap of %llu bytes (%llu in "
+                                     "use): the call was stopped; remove files or write less",
+                                     (unsigned long long)job->disk_limit,
+                                     (unsigned long long)job->disk.bytes);
+                if (!why || json_object_set_new(*result, "workspace_full", json_true()) < 0 ||
+                    json_object_set_new(*result, "error", json_string(why)) < 0) {
+                        json_decref(*result);
+                        *result = NULL;
+                        r = -ENOMEM;
+                }
+                free(why);
+        }
         free(out);
         free(err);
         json_decref(written);
@@ -713,11 +855,10 @@ int sandbox_tool_run(const struct sandbox_tools *t, const struct sandbox_tool_ca
         int r = sandbox_tool_start(t, call, tool, args, &job, error);
         if (r < 0)
                 return r;
-        struct sandbox_proc *p = sandbox_tool_job_proc(job);
-        while ((r = sandbox_proc_step(p)) == 0) {
+        while ((r = sandbox_tool_job_step(job)) == 0) {
                 struct pollfd fds[SANDBOX_POLL_MAX];
                 int timeout;
-                int n = sandbox_proc_poll_fds(p, fds, &timeout);
+                int n = sandbox_tool_job_poll_fds(job, fds, &timeout);
                 if (poll(fds, (nfds_t)n, timeout) < 0 && errno != EINTR) {
                         r = -errno;
                         break;

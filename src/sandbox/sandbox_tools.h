@@ -16,6 +16,8 @@
  *   {"exit_status", "timed_out", "duration_ms", "stdout", "stdout_truncated", "stderr",
  *    "stderr_truncated", "files_written": [{"path", "size"}],
  *    "artifacts": [{"name", "path", "size"}], "artifact_errors": [{"name", "error"}]}
+ * and, when the call was killed at the workspace's disk cap, "workspace_full": true and
+ * "error" (what happened and what to do).
  * stdout and stderr are shown as UTF-8 (other bytes as \xNN). files_written lists the
  * regular files of the workspace that are new or changed by this call. An artifact's path
  * is the host path of its copy; the agent module records the row (see README.md).
@@ -28,6 +30,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "sandbox.h"
 
@@ -55,6 +58,10 @@ struct sandbox_tool_call {
         const char *artifact_dir; /* where kept files go (created as needed); NULL: none */
         const char *const *envp;  /* more environment for the tool ("NAME=value"), or NULL */
         struct sandbox_limits limits;
+        /* The disk cap of the whole workspace (bytes of blocks in use, all files and
+         * directories): a call that takes it past the cap (and past what it used before the
+         * call) is killed, and its result says so. 0: no cap. */
+        uint64_t workspace_bytes;
 };
 
 struct sandbox_tool_job;
@@ -71,6 +78,14 @@ int sandbox_tool_start(const struct sandbox_tools *t, const struct sandbox_tool_
                        char **error);
 
 struct sandbox_proc *sandbox_tool_job_proc(struct sandbox_tool_job *job);
+
+/* What to poll for the job (as sandbox_proc_poll_fds, and the timeout also brings the next
+ * look at the workspace's disk use while it runs) and the step to call when one is ready
+ * or the timeout passed: sandbox_proc_step plus the disk cap (a call past it is killed).
+ * Use these rather than the proc's own when the call has a workspace_bytes cap. */
+int sandbox_tool_job_poll_fds(const struct sandbox_tool_job *job, struct pollfd *fds,
+                              int *timeout_ms);
+int sandbox_tool_job_step(struct sandbox_tool_job *job);
 
 /* After sandbox_proc_step returned 1: lists the files written, copies the kept ones and
  * builds the result (new reference in *result). 0 or -errno. */

@@ -291,6 +291,59 @@ static void test_timeout_argument(void **state)
         free_call(call);
 }
 
+/* Disk use of the workspace in bytes of blocks (as the cap counts it). */
+static long long du_bytes(const char *dir)
+{
+        char cmd[1200];
+        snprintf(cmd, sizeof(cmd), "du -s -B1 %s", dir);
+        FILE *f = popen(cmd, "r");
+        long long n = -1;
+        assert_non_null(f);
+        if (fscanf(f, "%lld", &n) != 1)
+                n = -1;
+        pclose(f);
+        return n;
+}
+
+/*
+ * The workspace's disk cap: a call writing many files, each well under the file size
+ * limit, past a 4 MiB cap is killed and says why (workspace_full, error); the workspace
+ * holds far less than what it meant to write (400 MiB). A workspace over the cap may still
+ * shrink: the next call removes files and runs to its end.
+ */
+static void test_workspace_disk_cap(void **state)
+{
+        (void)state;
+        struct call *call = new_call("disk");
+        call->c.workspace_bytes = 4 << 20;
+        json_t *r = run_tool(call, "shell",
+                             "{\"command\": \"i=0; while [ $i -lt 400 ]; do head -c 1048576 "
+                             "/dev/zero > f$i || exit 3; i=$((i+1)); done; echo wrote all\"}");
+        assert_true(json_is_true(json_object_get(r, "workspace_full")));
+        assert_non_null(strstr(str_of(r, "error"), "passed its disk cap of 4194304 bytes"));
+        assert_int_equal(json_integer_value(json_object_get(r, "exit_status")), 137);
+        assert_null(strstr(str_of(r, "stdout"), "wrote all"));
+        long long used = du_bytes(call->workspace);
+        printf("disk cap 4 MiB: the workspace holds %lld bytes when the call is stopped\n", used);
+        assert_int_lt(used, 400LL << 20);
+        json_decref(r);
+
+        r = run_tool(call, "shell", "{\"command\": \"rm -f f*; echo cleaned\"}");
+        assert_null(json_object_get(r, "workspace_full"));
+        assert_int_equal(json_integer_value(json_object_get(r, "exit_status")), 0);
+        assert_string_equal(str_of(r, "stdout"), "cleaned\n");
+        json_decref(r);
+
+        /* many empty files cost no blocks but are counted */
+        r = run_tool(call, "shell",
+                     "{\"command\": \"mkdir d && cd d && i=0; while [ $i -lt 200000 ]; do : > "
+                     "$i; i=$((i+1)); done\", \"timeout\": \"50s\"}");
+        assert_true(json_is_true(json_object_get(r, "workspace_full")));
+        assert_non_null(strstr(str_of(r, "error"), "files and directories"));
+        json_decref(r);
+        free_call(call);
+}
+
 static void test_pipes_mode(void **state)
 {
         (void)state;
@@ -447,6 +500,7 @@ int main(void)
             cmocka_unit_test(test_wrong_arguments),
             cmocka_unit_test(test_kept_symlinks_not_followed),
             cmocka_unit_test(test_timeout_argument),
+            cmocka_unit_test(test_workspace_disk_cap),
             cmocka_unit_test(test_pipes_mode),
             cmocka_unit_test(test_executor_runs_in_a_sandbox),
             cmocka_unit_test(test_spawn_fds),
