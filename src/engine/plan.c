@@ -140,6 +140,48 @@ static int emit_complete(struct wf_plan_ctx *p, const char *id, json_t *output)
                     json_pack("{s:s,s:s,s:o}", "action", "complete", "node", id, "output", output));
 }
 
+/*
+ * Renders the node's template t in scope into *out (a new reference). A template that does
+ * not render fails the attempt ("could not render <what><field> at column N: ..."), the one
+ * wording every kind uses. Returns 1 with *out set; otherwise what the kind hook returns: 0
+ * (the failure was emitted) or a negative errno (p->error set).
+ */
+static int render_or_fail(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                          const struct wf_tmpl *t, const struct wf_scope *scope, const char *what,
+                          json_t **out)
+{
+        struct wf_expr_error err = {0};
+        _cleanup_free_ char *path = NULL;
+        int r = wf_tmpl_render(t, scope, out, &err, &path);
+
+        if (r == -EINVAL)
+                r = emit_fail(p, l->id, attempt,
+                              error_json("error", "could not render %s%s at column %d: %s", what,
+                                         path ? path : "", err.column,
+                                         err.message ? err.message : "error"));
+        else if (r < 0)
+                p->error = r;
+        else
+                r = 1;
+        wf_expr_error_clear(&err);
+        return r;
+}
+
+/* The execute action of an effect node's attempt (engine.h): input is borrowed. NULL when
+ * out of memory. */
+static json_t *execute_action(const struct wf_leaf *l, int attempt, json_t *input, const char *key,
+                              bool reexecution)
+{
+        const struct wf_node *n = l->node;
+
+        return json_pack("{s:s,s:s,s:i,s:s,s:O,s:o,s:s,s:s,s:b}", "action", "execute", "node",
+                         l->id, "attempt", attempt, "kind", n->kind->name, "input", input,
+                         "timeout_ms", n->timeout_ms ? json_integer(n->timeout_ms) : json_null(),
+                         "delivery",
+                         n->delivery == WF_AT_MOST_ONCE ? "at_most_once" : "at_least_once",
+                         "idempotency_key", key, "reexecution", reexecution);
+}
+
 /* ---- kind hooks ---- */
 
 int wf_plan_noop_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
@@ -151,22 +193,11 @@ int wf_plan_noop_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
 int wf_plan_transform_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                             bool reexecution)
 {
-        struct wf_expr_error err = {0};
-        _cleanup_free_ char *path = NULL;
         json_t *out = NULL;
-        int r = wf_tmpl_render(l->node->output, l->scope, &out, &err, &path);
+        int r = render_or_fail(p, l, attempt, l->node->output, l->scope, "output", &out);
 
-        if (r == -EINVAL) {
-                r = emit_fail(p, l->id, attempt,
-                              error_json("error", "could not render output%s at column %d: %s",
-                                         path ? path : "", err.column,
-                                         err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
+        if (r <= 0)
                 return r;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
-                return p->error = r;
         return emit_complete(p, l->id, out);
 }
 
@@ -245,8 +276,6 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
                        bool reexecution)
 {
         const struct wf_node *n = l->node;
-        struct wf_expr_error err = {0};
-        _cleanup_free_ char *path = NULL;
         _cleanup_json_ json_t *req = NULL;
         _cleanup_free_ char *key = wf_idempotency_key(p->run_id, l->id);
         int r;
@@ -257,18 +286,8 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
         if (!key || secret_placeholders(n, &secrets, &placeholders) < 0)
                 return p->error = -ENOMEM;
         scope.secrets = placeholders;
-        r = wf_tmpl_render(n->request, &scope, &req, &err, &path);
-        if (r == -EINVAL) {
-                r = emit_fail(p, l->id, attempt,
-                              error_json("error", "could not render request%s at column %d: %s",
-                                         path ? path : "", err.column,
-                                         err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
+        if ((r = render_or_fail(p, l, attempt, n->request, &scope, "request", &req)) <= 0)
                 return r;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
-                return p->error = r;
 
         const char *url = json_string_value(json_object_get(req, "url"));
         if (!url || (!str_has_prefix(url, "http://") && !str_has_prefix(url, "https://")))
@@ -327,12 +346,7 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
         if (json_object_set_new(req, "method", json_string(n->method ? n->method : "GET")) < 0)
                 return p->error = -ENOMEM;
 
-        json_t *action =
-            json_pack("{s:s,s:s,s:i,s:s,s:O,s:o,s:s,s:s,s:b}", "action", "execute", "node", l->id,
-                      "attempt", attempt, "kind", n->kind->name, "input", req, "timeout_ms",
-                      n->timeout_ms ? json_integer(n->timeout_ms) : json_null(), "delivery",
-                      n->delivery == WF_AT_MOST_ONCE ? "at_most_once" : "at_least_once",
-                      "idempotency_key", key, "reexecution", reexecution);
+        json_t *action = execute_action(l, attempt, req, key, reexecution);
         if (action && json_array_size(secrets) > 0 &&
             json_object_set(action, "secrets", secrets) < 0) {
                 json_decref(action);
@@ -346,36 +360,18 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
 int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                         bool reexecution)
 {
-        const struct wf_node *n = l->node;
-        struct wf_expr_error err = {0};
-        _cleanup_free_ char *path = NULL;
         _cleanup_json_ json_t *agent = NULL;
         _cleanup_free_ char *key = wf_idempotency_key(p->run_id, l->id);
         int r;
 
         if (!key)
                 return p->error = -ENOMEM;
-        r = wf_tmpl_render(n->agent, l->scope, &agent, &err, &path);
-        if (r == -EINVAL) {
-                r = emit_fail(p, l->id, attempt,
-                              error_json("error", "could not render agent%s at column %d: %s",
-                                         path ? path : "", err.column,
-                                         err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
+        if ((r = render_or_fail(p, l, attempt, l->node->agent, l->scope, "agent", &agent)) <= 0)
                 return r;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
-                return p->error = r;
         if (!json_is_string(json_object_get(agent, "prompt")))
                 return emit_fail(p, l->id, attempt,
                                  error_json("error", "the agent's prompt must render to a string"));
-        return emit(
-            p, json_pack("{s:s,s:s,s:i,s:s,s:O,s:o,s:s,s:s,s:b}", "action", "execute", "node",
-                         l->id, "attempt", attempt, "kind", "agent", "input", agent, "timeout_ms",
-                         n->timeout_ms ? json_integer(n->timeout_ms) : json_null(), "delivery",
-                         n->delivery == WF_AT_MOST_ONCE ? "at_most_once" : "at_least_once",
-                         "idempotency_key", key, "reexecution", reexecution));
+        return emit(p, execute_action(l, attempt, agent, key, reexecution));
 }
 
 /* A notify node: the message rendered; the worker puts it in the notification outbox
@@ -383,29 +379,15 @@ int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int atte
 int wf_plan_notify_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                          bool reexecution)
 {
-        const struct wf_node *n = l->node;
-        struct wf_expr_error err = {0};
-        _cleanup_free_ char *path = NULL;
         _cleanup_json_ json_t *message = NULL;
         _cleanup_free_ char *key = wf_idempotency_key(p->run_id, l->id);
         int r;
 
         if (!key)
                 return p->error = -ENOMEM;
-        r = wf_tmpl_render(n->notify, l->scope, &message, &err, &path);
-        if (r == -EINVAL) {
-                r = emit_fail(p, l->id, attempt,
-                              error_json("error",
-                                         "could not render the notification%s at column "
-                                         "%d: %s",
-                                         path ? path : "", err.column,
-                                         err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
+        r = render_or_fail(p, l, attempt, l->node->notify, l->scope, "the notification", &message);
+        if (r <= 0)
                 return r;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
-                return p->error = r;
         const char *title = json_string_value(json_object_get(message, "title"));
         if (!title || !*title || strlen(title) > 998)
                 return emit_fail(p, l->id, attempt,
@@ -417,10 +399,7 @@ int wf_plan_notify_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int att
                 if (!t || json_object_set_new(message, "text", json_string(t)) < 0)
                         return p->error = -ENOMEM;
         }
-        return emit(p, json_pack("{s:s,s:s,s:i,s:s,s:O,s:n,s:s,s:s,s:b}", "action", "execute",
-                                 "node", l->id, "attempt", attempt, "kind", "notify", "input",
-                                 message, "timeout_ms", "delivery", "at_least_once",
-                                 "idempotency_key", key, "reexecution", reexecution));
+        return emit(p, execute_action(l, attempt, message, key, reexecution));
 }
 
 /* A scheduled attempt ("waiting" with wake_at_ms) of an effect node. */
@@ -633,22 +612,11 @@ int wf_plan_subworkflow_start(struct wf_plan_ctx *p, const struct wf_leaf *l, in
                               bool reexecution)
 {
         const struct wf_node *n = l->node;
-        struct wf_expr_error err = {0};
-        _cleanup_free_ char *path = NULL;
         json_t *input = NULL;
-        int r = wf_tmpl_render(n->input, l->scope, &input, &err, &path);
+        int r = render_or_fail(p, l, attempt, n->input, l->scope, "input", &input);
 
-        if (r == -EINVAL) {
-                r = emit_fail(p, l->id, attempt,
-                              error_json("error", "could not render input%s at column %d: %s",
-                                         path ? path : "", err.column,
-                                         err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
+        if (r <= 0)
                 return r;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
-                return p->error = r;
         _cleanup_free_ char *key = str_printf("%s:%s:%d", p->run_id, l->id, attempt);
         if (!key) {
                 json_decref(input);
@@ -706,24 +674,13 @@ int wf_plan_approval_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int a
                            bool reexecution)
 {
         const struct wf_node *n = l->node;
-        struct wf_expr_error err = {0};
-        _cleanup_free_ char *path = NULL;
         _cleanup_json_ json_t *shown = NULL;
         json_t *spec;
-        int r = wf_tmpl_render(n->approval, l->scope, &shown, &err, &path);
+        int r = render_or_fail(p, l, attempt, n->approval, l->scope, "the approval", &shown);
 
         (void)reexecution;
-        if (r == -EINVAL) {
-                r = emit_fail(
-                    p, l->id, attempt,
-                    error_json("error", "could not render the approval%s at column %d: %s",
-                               path ? path : "", err.column, err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
+        if (r <= 0)
                 return r;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
-                return p->error = r;
         spec = json_deep_copy(n->approval_policy);
         if (!spec || json_object_update(spec, shown) < 0) {
                 json_decref(spec);
