@@ -13,8 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sodium.h>
-
 #include "cleanup.h"
 #include "db.h"
 #include "engine.h"
@@ -29,6 +27,9 @@
         "a.definition->'description', 'provider', a.definition->'provider', 'model', "             \
         "a.definition->'model', 'definition_sha256', a.definition_sha256, 'created_at', "          \
         "a.created_at)"
+
+static const struct api_versioned agents_table = {
+    .table = "agents", .alias = "a", .what = "agent", .row_json = AGENT_JSON};
 
 /* The agent node's check, as a one-node workflow: its errors with their field relative to
  * the definition ("/budget/max_cost_usd"). 0, -EINVAL with *errors, -ENOMEM. */
@@ -67,10 +68,7 @@ unsigned api_h_agents_apply(struct api_request *req, struct api_response *resp)
 {
         json_t *def = api_body_object(req, resp, false);
         _cleanup_json_ json_t *errors = NULL;
-        _cleanup_free_ char *canonical = NULL;
-        unsigned char digest[crypto_hash_sha256_BYTES];
-        char sha[2 * crypto_hash_sha256_BYTES + 1];
-        json_t *desc, *j = NULL;
+        json_t *desc;
         int r;
 
         if (!def)
@@ -99,38 +97,7 @@ unsigned api_h_agents_apply(struct api_request *req, struct api_response *resp)
         }
         if (r < 0)
                 return api_error(resp, 500, "internal", "could not validate the agent", NULL, NULL);
-        canonical = wf_canonical_json(def);
-        if (!canonical)
-                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
-        crypto_hash_sha256(digest, (const unsigned char *)canonical, strlen(canonical));
-        str_hex(digest, sizeof(digest), sha);
-
-        const char *params[] = {name, sha, canonical};
-        _cleanup_pgresult_ PGresult *lock =
-            db_query(req->db,
-                     "SELECT pg_advisory_xact_lock(hashtext('agently.agent:' || "
-                     "agently_current_user_id() || ':' || $1))",
-                     1, params, &r);
-        if (!lock)
-                return api_db_error(resp, r);
-        r = api_query_json(req,
-                           "SELECT " AGENT_JSON " FROM agents a WHERE a.name = $1 "
-                           "AND a.definition_sha256 = $2 AND a.version = (SELECT max(version) "
-                           "FROM agents WHERE name = $1)",
-                           2, params, &j);
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (j)
-                return api_json(resp, 200, j);
-        r = api_query_json(req,
-                           "WITH a AS (INSERT INTO agents (user_id, name, version, definition, "
-                           "definition_sha256) SELECT agently_current_user_id(), $1, "
-                           "COALESCE(max(version), 0) + 1, $3::jsonb, $2 FROM agents "
-                           "WHERE name = $1 RETURNING *) SELECT " AGENT_JSON " FROM a",
-                           3, params, &j);
-        if (r < 0)
-                return api_db_error(resp, r);
-        return api_json(resp, 201, j);
+        return api_apply_versioned(req, resp, &agents_table, name, def);
 }
 
 unsigned api_h_agents_list(struct api_request *req, struct api_response *resp)

@@ -179,6 +179,21 @@ bool api_is_name(const char *s);
 unsigned api_page_begin_name(struct api_request *req, struct api_response *resp, int *limit,
                              char **cursor);
 
+/* ---- versioned definitions (api_versioned.c) ---- */
+/* A table of named, versioned definitions: columns user_id, name, version, definition,
+ * definition_sha256 (workflows, agents). All static strings. */
+struct api_versioned {
+        const char *table;    /* "workflows" */
+        const char *alias;    /* the row's alias in row_json: "w" */
+        const char *what;     /* the advisory lock's namespace: "workflow" */
+        const char *row_json; /* the JSON answered for a version row, over alias */
+};
+/* Applies def (already validated; borrowed) as the next version of name in t for the
+ * request's user: 200 with the latest version when it has the same canonical text, else 201
+ * with the new version max + 1. Returns the status with the response set (errors too). */
+unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
+                             const struct api_versioned *t, const char *name, const json_t *def);
+
 /* ---- agent definitions (api_agents.c) ---- */
 unsigned api_h_agents_apply(struct api_request *req, struct api_response *resp);
 unsigned api_h_agents_list(struct api_request *req, struct api_response *resp);

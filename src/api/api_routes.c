@@ -530,14 +530,14 @@ static unsigned h_users_list(struct api_request *req, struct api_response *resp)
 
 /* ---- workflows -------------------------------------------------------------------- */
 
+static const struct api_versioned workflows_table = {
+    .table = "workflows", .alias = "w", .what = "workflow", .row_json = WORKFLOW_JSON};
+
 static unsigned h_workflows_apply(struct api_request *req, struct api_response *resp)
 {
         json_t *def = api_body_object(req, resp, false);
         _cleanup_json_ json_t *errors = NULL;
-        _cleanup_free_ char *canonical = NULL;
         struct wf_workflow *wf = NULL;
-        unsigned char digest[crypto_hash_sha256_BYTES];
-        char sha[2 * crypto_hash_sha256_BYTES + 1];
         int r;
 
         if (!def)
@@ -569,39 +569,7 @@ static unsigned h_workflows_apply(struct api_request *req, struct api_response *
         if (r < 0)
                 return api_error(resp, 500, "internal", "could not validate the workflow", NULL,
                                  NULL);
-        canonical = wf_canonical_json(def);
-        if (!canonical)
-                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
-        crypto_hash_sha256(digest, (const unsigned char *)canonical, strlen(canonical));
-        str_hex(digest, sizeof(digest), sha);
-
-        const char *params[] = {name, sha, canonical};
-        _cleanup_pgresult_ PGresult *lock =
-            db_query(req->db,
-                     "SELECT pg_advisory_xact_lock(hashtext('agently.workflow:' || "
-                     "agently_current_user_id() || ':' || $1))",
-                     1, params, &r);
-        if (!lock)
-                return api_db_error(resp, r);
-        json_t *j = NULL;
-        r = api_query_json(req,
-                           "SELECT " WORKFLOW_JSON " FROM workflows w WHERE w.name = $1 "
-                           "AND w.definition_sha256 = $2 AND w.version = (SELECT max(version) "
-                           "FROM workflows WHERE name = $1)",
-                           2, params, &j);
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (j)
-                return api_json(resp, 200, j);
-        r = api_query_json(req,
-                           "WITH w AS (INSERT INTO workflows (user_id, name, version, definition, "
-                           "definition_sha256) SELECT agently_current_user_id(), $1, "
-                           "COALESCE(max(version), 0) + 1, $3::jsonb, $2 FROM workflows "
-                           "WHERE name = $1 RETURNING *) SELECT " WORKFLOW_JSON " FROM w",
-                           3, params, &j);
-        if (r < 0)
-                return api_db_error(resp, r);
-        return api_json(resp, 201, j);
+        return api_apply_versioned(req, resp, &workflows_table, name, def);
 }
 
 static unsigned h_workflows_list(struct api_request *req, struct api_response *resp)

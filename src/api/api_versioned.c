@@ -1,0 +1,64 @@
+/*
+ * The one versioned apply of /v1/workflows and /v1/agents. A definition is named and
+ * versioned: applying one that equals the latest version (its canonical text's sha256)
+ * changes nothing (200, that version), any other becomes version max + 1 (201). A version
+ * row is never changed once written, so a run that used it keeps meaning the same thing.
+ * Concurrent applies of one name by one user are serialised by a transaction-scoped
+ * advisory lock (two different definitions applied at once get versions n and n + 1; the
+ * same one twice gets 201 then 200).
+ */
+#include "api_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "cleanup.h"
+#include "db.h"
+#include "engine.h"
+#include "strutil.h"
+
+unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
+                             const struct api_versioned *t, const char *name, const json_t *def)
+{
+        _cleanup_free_ char *canonical = wf_canonical_json(def), *lock_sql = NULL, *same_sql = NULL,
+                            *insert_sql = NULL;
+        unsigned char digest[crypto_hash_sha256_BYTES];
+        char sha[2 * crypto_hash_sha256_BYTES + 1];
+        json_t *j = NULL;
+        int r;
+
+        lock_sql = str_printf("SELECT pg_advisory_xact_lock(hashtext('agently.%s:' || "
+                              "agently_current_user_id() || ':' || $1))",
+                              t->what);
+        same_sql =
+            str_printf("SELECT %s FROM %s %s WHERE %s.name = $1 AND "
+                       "%s.definition_sha256 = $2 AND %s.version = (SELECT max(version) "
+                       "FROM %s WHERE name = $1)",
+                       t->row_json, t->table, t->alias, t->alias, t->alias, t->alias, t->table);
+        insert_sql = str_printf("WITH %s AS (INSERT INTO %s (user_id, name, version, definition, "
+                                "definition_sha256) SELECT agently_current_user_id(), $1, "
+                                "COALESCE(max(version), 0) + 1, $3::jsonb, $2 FROM %s "
+                                "WHERE name = $1 RETURNING *) SELECT %s FROM %s",
+                                t->alias, t->table, t->table, t->row_json, t->alias);
+        if (!canonical || !lock_sql || !same_sql || !insert_sql)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        crypto_hash_sha256(digest, (const unsigned char *)canonical, strlen(canonical));
+        str_hex(digest, sizeof(digest), sha);
+
+        const char *params[] = {name, sha, canonical};
+        _cleanup_pgresult_ PGresult *lock = db_query(req->db, lock_sql, 1, params, &r);
+        if (!lock)
+                return api_db_error(resp, r);
+        r = api_query_json(req, same_sql, 2, params, &j);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (j)
+                return api_json(resp, 200, j);
+        r = api_query_json(req, insert_sql, 3, params, &j);
+        if (r < 0)
+                return api_db_error(resp, r);
+        return api_json(resp, 201, j);
+}
