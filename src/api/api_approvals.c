@@ -161,6 +161,30 @@ unsigned api_h_approvals_decide(struct api_request *req, struct api_response *re
                            PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1), id, approval);
 }
 
+/* The approval a reviewer just handed their place in (me) to `to`, as they saw it before
+ * (they may no longer read it): the same with its reviewers as they are now. New reference. */
+static json_t *handed_over(const json_t *before, const char *me, const char *to)
+{
+        json_t *j = json_deep_copy(before), *reviewers = json_array(), *v;
+        char lower[256];
+        size_t i, k;
+
+        if (!j || !reviewers) {
+                json_decref(j);
+                json_decref(reviewers);
+                return NULL;
+        }
+        json_array_foreach (json_object_get(before, "reviewers"), i, v)
+                if (json_is_string(v) && strcmp(json_string_value(v), me) != 0)
+                        json_array_append(reviewers, v);
+        for (k = 0; to[k] && k < sizeof(lower) - 1; k++)
+                lower[k] = (char)(to[k] >= 'A' && to[k] <= 'Z' ? to[k] - 'A' + 'a' : to[k]);
+        lower[k] = '\0';
+        json_array_append_new(reviewers, json_string(lower));
+        json_object_set_new(j, "reviewers", reviewers);
+        return j;
+}
+
 unsigned api_h_approvals_reassign(struct api_request *req, struct api_response *resp)
 {
         static const char *const keys[] = {"to", "from", "comment", NULL};
@@ -191,6 +215,8 @@ unsigned api_h_approvals_reassign(struct api_request *req, struct api_response *
                                  "characters",
                                  NULL, NULL);
         const char *params[] = {id, json_string_value(from_j), to, json_string_value(comment_j)};
+        /* as the caller saw it: a reviewer who hands over their own place cannot read it after */
+        _cleanup_json_ json_t *before = approval_json(req, id);
         res = db_query(
             req->db, "SELECT outcome, reason FROM agently_reassign_approval($1::uuid, $2, $3, $4)",
             4, params, &r);
@@ -200,6 +226,8 @@ unsigned api_h_approvals_reassign(struct api_request *req, struct api_response *
         const char *reason = PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1);
         if (!strcmp(outcome, "done")) {
                 json_t *j = approval_json(req, id);
+                if (!j && before)
+                        j = handed_over(before, req->user_name, to);
                 return j ? api_json(resp, 200, j)
                          : api_error(resp, 500, "internal", "could not read the approval", NULL,
                                      NULL);

@@ -640,6 +640,95 @@ static void kill_while_waiting_loses_nothing(void **state)
         free(wf);
 }
 
+/* The link sent to `to` about approval `approval` in a notification of event, for decision
+ * (the token part only). */
+static char *link_token_to(const char *approval, const char *event, const char *to,
+                           const char *decision)
+{
+        char *url = test_db_value(S.db,
+                                  "SELECT payload->'links'->>'%s' FROM notifications WHERE "
+                                  "payload->>'approval_id' = '%s' AND payload->>'event' = '%s' "
+                                  "AND payload->>'to' = '%s' ORDER BY created_at LIMIT 1",
+                                  decision, approval, event, to);
+        assert_non_null(url);
+        char *token = strdup(strrchr(url, '/') + 1);
+        free(url);
+        return token;
+}
+
+/*
+ * Reassignment: bob, the reviewer, hands his place to carol. Carol is notified (a notice of
+ * her own in the outbox, with links bound to her), sees the approval in her inbox and may
+ * decide; bob can no longer decide, by API or by the link he was sent; the handover is an
+ * event of the run.
+ */
+static void reassigned_reviewer_decides_old_one_cannot(void **state)
+{
+        static const char WF_HANDOVER[] =
+            "{\"name\":\"handover\",\"nodes\":["
+            "{\"id\":\"ok\",\"type\":\"approval\",\"reviewers\":[\"bob\"],"
+            "\"channels\":[{\"kind\":\"webhook\",\"url\":\"SINK/hook\"}]},"
+            "{\"id\":\"done\",\"type\":\"transform\",\"after\":[\"ok\"],"
+            "\"output\":{\"by\":\"${ nodes.ok.output.by }\"}}]}";
+        char *wf = workflow("handover", WF_HANDOVER), *run, *out = NULL, path[256];
+        char *approval = waiting_approval(wf, &run);
+        char *bob_yes = link_token_to(approval, "approval.requested", "bob", "approve");
+        (void)state;
+
+        /* carol is no reviewer yet: she can neither take the place nor decide */
+        snprintf(path, sizeof(path), "/v1/approvals/%s/reassign", approval);
+        assert_int_equal(api("POST", S.carol, path, "{\"to\":\"carol\"}", &out), 404);
+        free(out);
+        assert_int_equal(
+            api("POST", S.bob, path, "{\"to\":\"Carol\",\"comment\":\"on leave\"}", &out), 200);
+        /* the answer shows the new reviewers, although bob may no longer read the approval */
+        assert_non_null(strstr(out, "\"reviewers\":[\"carol\"]"));
+        free(out);
+        assert_db_equal("{carol}", S.db, "SELECT reviewers::text FROM approvals WHERE id = '%s'",
+                        approval);
+        /* the event: who handed whose place to whom, and why */
+        assert_db_equal("bob|bob|carol|on leave", S.db,
+                        "SELECT (data->>'by') || '|' || (data->>'from') || '|' || (data->>'to') "
+                        "|| '|' || (data->>'comment') FROM logs WHERE workflow_run_id = '%s' AND "
+                        "kind = 'approval.reassigned'",
+                        run);
+        /* carol's notice: in the outbox, for her, with links of her own */
+        assert_db_equal("1", S.db,
+                        "SELECT count(*) FROM notifications WHERE workflow_run_id = '%s' AND "
+                        "channel = 'webhook' AND payload->>'event' = 'approval.reassigned' AND "
+                        "payload->>'to' = 'carol'",
+                        run);
+        char *carol_no = link_token_to(approval, "approval.reassigned", "carol", "reject");
+        assert_int_equal(api("GET", S.carol, "/v1/inbox", NULL, &out), 200);
+        assert_non_null(strstr(out, approval));
+        free(out);
+        assert_int_equal(api("GET", S.bob, "/v1/inbox", NULL, &out), 200);
+        assert_null(strstr(out, approval));
+        free(out);
+
+        /* bob cannot decide any more: not by API, not by the link he was sent */
+        assert_int_equal(decide(S.bob, approval, "{\"decision\":\"approve\"}", &out), 404);
+        free(out);
+        assert_int_equal(via_link("POST", bob_yes, "application/json", NULL, &out), 410);
+        free(out);
+        assert_db_equal("pending", S.db, "SELECT status FROM approvals WHERE id = '%s'", approval);
+        /* carol's link works: a GET shows her page (and decides nothing) */
+        assert_int_equal(via_link("GET", carol_no, "application/json", NULL, &out), 200);
+        free(out);
+
+        /* carol decides */
+        assert_int_equal(decide(S.carol, approval, "{\"decision\":\"approve\"}", &out), 200);
+        free(out);
+        assert_true(worker_test_wait_status(S.db, run, "completed", 30000));
+        assert_db_equal("carol", S.db,
+                        "SELECT output->'done'->>'by' FROM workflow_runs WHERE id = '%s'", run);
+        free(carol_no);
+        free(bob_yes);
+        free(approval);
+        free(run);
+        free(wf);
+}
+
 /* One inbox: an approval, an escalated run and an agent's question (a run in needs_input as
  * the worker parks it for ask_human, 0012), each with its answer form; a stranger sees none
  * of them. */
@@ -750,6 +839,7 @@ int main(void)
             cmocka_unit_test(forbid_self_approval),
             cmocka_unit_test(timeout_paths),
             cmocka_unit_test(kill_while_waiting_loses_nothing),
+            cmocka_unit_test(reassigned_reviewer_decides_old_one_cannot),
             cmocka_unit_test(inbox_lists_every_kind),
             cmocka_unit_test(processes_stop_cleanly),
         };
