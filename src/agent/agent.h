@@ -36,6 +36,7 @@ struct agent_host_config {
         const char *executor_path; /* the agently binary ("executor" is its argument) */
         const char *secrets_dir;   /* data dir for secrets_open (NULL: the default) */
         const json_t *llm_prices;  /* price overrides by model for llm_cost, or NULL */
+        const char *public_url;    /* where people reach the API (approval links), or NULL */
         agent_done_fn done;
         void *owner; /* passed to done */
 };

@@ -46,6 +46,7 @@ struct agent_pending {
         int64_t started_ms;
         const char *effect;          /* tool: its effect class */
         int spawn_seq;               /* spawn: the journal row the sub-agent's answer goes to */
+        int approval_seq;            /* an approved gated tool call: its journal row */
         struct agent_session *child; /* spawn: the sub-agent */
         bool is_pending_marker;      /* always true: agent_host_http_done checks it */
 };
@@ -144,7 +145,32 @@ int agent_executor_spawn(struct agent_host *h, pid_t *pid, int *in_fd, int *out_
                          char **error);
 void agent_sandbox_free(struct agent_host *h);
 
+/* ---- agent_approval.c: tool calls that need a person (approve_tools) ---- */
+/* Whether the agent's approve_tools gates this tool request (by name or effect class). */
+bool agent_approval_gates(const struct agent_session *s, const json_t *body);
+/* A live gated call: journaled without an answer with its approval, then the session ends
+ * waiting (the run waits holding nothing). Takes body. */
+void agent_approval_request(struct agent_session *s, const char *hash, json_t *body);
+/* A replayed gated call's journal row e (no answer yet): waits on, runs the approved call
+ * (once), or answers the rejection. Takes body. */
+void agent_approval_resume(struct agent_session *s, const char *id,
+                           const struct agent_journal_entry *e, const char *hash, json_t *body);
+/* An approved call's transfer ended (p->approval_seq set): its answer into its row. */
+void agent_approval_tool_done(struct agent_session *s, struct agent_pending *p,
+                              const json_t *output, const json_t *error);
+
 /* ---- agent_session.c helpers used by the others ---- */
+/* Answers request id with result (ok: true). */
+int agent_session_answer(struct agent_session *s, const char *id, const json_t *result);
+/* Fails the agent step (the session ends; s is freed). */
+void agent_session_failed(struct agent_session *s, const char *klass, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Ends the session waiting for a person: error has class needs_input and waiting_for
+ * (taken; s is freed). */
+void agent_session_waits(struct agent_session *s, json_t *error);
+/* A live request joins the session's pending list (its end frees it) / is freed. */
+void agent_pending_add(struct agent_session *s, struct agent_pending *p);
+void agent_pending_release(struct agent_host *h, struct agent_pending *p);
 /* A deep copy of v with every occurrence of the session's API key replaced. */
 json_t *agent_redact(const struct agent_session *s, const json_t *v);
 char *agent_redact_text(const struct agent_session *s, const char *text);

@@ -556,6 +556,10 @@ static void live_request(struct agent_session *s, const char *id, const char *ki
                                     m ? m : "budget exhausted");
                 return;
         }
+        if (!strcmp(kind, "tool") && agent_approval_gates(s, body)) { /* a person decides */
+                agent_approval_request(s, hash, body);
+                return;
+        }
         p = calloc(1, sizeof(*p));
         if (!p || !(p->id = strdup(id))) {
                 free(p);
@@ -734,6 +738,10 @@ static void effect_request(struct agent_session *s, const char *id, const char *
                 }
                 if (!strcmp(type, "llm"))
                         remember_messages(s, body, e->seq, e->response);
+                if (!e->response && !strcmp(type, "tool")) { /* gated: its approval says */
+                        agent_approval_resume(s, id, e, hash, TAKE_PTR(body));
+                        return;
+                }
                 if (!e->response && !strcmp(type, "spawn")) { /* a sub-agent still at work */
                         spawn_request(s, id, hash, TAKE_PTR(body), e);
                         return;
@@ -925,6 +933,10 @@ void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *
 static void tool_done(struct agent_session *s, struct agent_pending *p, const json_t *output,
                       const json_t *error)
 {
+        if (p->approval_seq > 0) { /* an approved gated call: its journal row has waited */
+                agent_approval_tool_done(s, p, output, error);
+                return;
+        }
         _cleanup_json_ json_t *events = json_array();
         _cleanup_json_ json_t *result = agent_tool_result(s, p, output, error, events);
         _cleanup_json_ json_t *clean = NULL;
@@ -1298,4 +1310,39 @@ static int child_start(struct agent_session *parent, struct agent_pending *p, co
                 return r;
         p->child = s;
         return 0;
+}
+
+/* ---- what agent_approval.c needs of a session (agent_internal.h) ---- */
+
+int agent_session_answer(struct agent_session *s, const char *id, const json_t *result)
+{
+        return answer_ok(s, id, result);
+}
+
+void agent_session_failed(struct agent_session *s, const char *klass, const char *fmt, ...)
+{
+        va_list ap;
+        char *m = NULL;
+
+        va_start(ap, fmt);
+        if (vasprintf(&m, fmt, ap) < 0)
+                m = NULL;
+        va_end(ap);
+        session_fail(s, klass, "%s", m ? m : "the agent session failed");
+        free(m);
+}
+
+void agent_session_waits(struct agent_session *s, json_t *error)
+{
+        session_end(s, NULL, error);
+}
+
+void agent_pending_add(struct agent_session *s, struct agent_pending *p)
+{
+        pending_add(s, p);
+}
+
+void agent_pending_release(struct agent_host *h, struct agent_pending *p)
+{
+        pending_free(h, p);
 }

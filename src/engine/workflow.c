@@ -535,13 +535,20 @@ static const char *node_name(const struct wf_node *n)
 
 /* ---- agent ---- */
 
-static const char *const agent_def_fields[] = {
-    "provider",      "base_url", "model",         "api_key_secret", "system",     "prompt", "tools",
-    "allowed_hosts", "budget",   "output_schema", "max_turns",      "max_tokens", NULL};
+static const char *const agent_def_fields[] = {"provider",      "base_url",
+                                               "model",         "api_key_secret",
+                                               "system",        "prompt",
+                                               "tools",         "allowed_hosts",
+                                               "budget",        "output_schema",
+                                               "max_turns",     "max_tokens",
+                                               "approve_tools", NULL};
 static const char *const agent_budget_fields[] = {
     "max_tokens", "max_cost_usd", "max_wall_clock", "max_llm_calls", "max_tool_calls", NULL};
 static const char *const agent_tool_names[] = {"http_request", "ask_human", "spawn_agent", "finish",
                                                NULL};
+
+static json_t *parse_agent_approve_tools(struct wf_parse_ctx *c, const struct wf_node *n,
+                                         const char *path, const json_t *v);
 
 /* One string member of an agent (or a list of strings), without ${ } in names that the
  * worker must know before rendering. */
@@ -669,7 +676,19 @@ static void parse_agent(struct wf_parse_ctx *c, struct wf_node *n, const json_t 
         int64_t num;
         (void)get_int(c, node, apath, a, "max_turns", 1, 1000, &num);
         (void)get_int(c, node, apath, a, "max_tokens", 1, 1000000, &num);
-        (void)parse_template(c, n, apath, a, scope_of(n), owner_of(n), &n->agent);
+        /* approve_tools goes to the worker as the approval node's fields (durations in ms) */
+        _cleanup_json_ json_t *copy = NULL, *gate = NULL;
+        v = json_object_get(a, "approve_tools");
+        if (v) {
+                _cleanup_free_ char *f = path_join(apath, "approve_tools");
+                gate = parse_agent_approve_tools(c, n, f ? f : apath, v);
+                copy = json_deep_copy(a);
+                if (!copy || (gate && json_object_set(copy, "approve_tools", gate) < 0)) {
+                        c->oom = true;
+                        return;
+                }
+        }
+        (void)parse_template(c, n, apath, copy ? copy : a, scope_of(n), owner_of(n), &n->agent);
 }
 
 /* A notify node: a channel (literal, checked as a workflow's subscriptions are: channel.c)
@@ -1229,7 +1248,8 @@ static void parse_approval_channels(struct wf_parse_ctx *c, const struct wf_node
 }
 
 static void parse_approval_escalation(struct wf_parse_ctx *c, const struct wf_node *n,
-                                      const char *path, const json_t *obj, json_t *policy)
+                                      const char *path, const json_t *obj, int64_t default_timeout,
+                                      json_t *policy)
 {
         static const char *const level_fields[] = {"contacts", "timeout", NULL};
         json_t *v = json_object_get(obj, "escalation");
@@ -1255,7 +1275,7 @@ static void parse_approval_escalation(struct wf_parse_ctx *c, const struct wf_no
         json_array_foreach (v, i, lv) {
                 _cleanup_free_ char *f = str_printf("%s/%zu", field ? field : path, i);
                 _cleanup_json_ json_t *contacts = NULL;
-                int64_t timeout = n->timeout_ms;
+                int64_t timeout = default_timeout;
                 if (!f) {
                         c->oom = true;
                         return;
@@ -1341,7 +1361,7 @@ static void parse_approval(struct wf_parse_ctx *c, struct wf_node *n, const json
                         add_error(c, node, f ? f : path,
                                   "an escalation ladder needs \"on_timeout\": \"escalate\"");
                 } else {
-                        parse_approval_escalation(c, n, path, obj, policy);
+                        parse_approval_escalation(c, n, path, obj, n->timeout_ms, policy);
                 }
         }
 
@@ -1395,6 +1415,148 @@ static void parse_approval(struct wf_parse_ctx *c, struct wf_node *n, const json
                 }
         }
         (void)parse_template(c, n, path, tmpl, scope_of(n), owner_of(n), &n->approval);
+}
+
+/*
+ * An agent's approve_tools: the tool calls a person approves before they run
+ * (src/agent/agent_approval.c). Either a list of tool names and effect classes, or an
+ * object {"tools", "effects"} with the approval node's fields (reviewers, channels, quorum,
+ * forbid_self_approval, timeout, on_timeout, escalation, title). Returns it normalised for
+ * the worker: {"tools", "effects", "reviewers", "channels", "quorum",
+ * "forbid_self_approval", "timeout_ms"?, "on_timeout", "escalation"?, "title"?}; NULL after
+ * an error.
+ */
+static json_t *parse_agent_approve_tools(struct wf_parse_ctx *c, const struct wf_node *n,
+                                         const char *path, const json_t *v)
+{
+        static const char *const fields[] = {
+            "tools",   "effects",    "reviewers",  "channels", "quorum", "forbid_self_approval",
+            "timeout", "on_timeout", "escalation", "title",    NULL};
+        static const char *const effects[] = {"read_only", "idempotent", "irreversible", NULL};
+        static const char *const gateable[] = {"http_request", NULL};
+        static const char *const on_timeout_values[] = {"reject", "approve", "escalate", "fail",
+                                                        NULL};
+        const char *node = node_name(n);
+        const bool short_form = json_is_array(v);
+        _cleanup_json_ json_t *out = json_pack("{s:[], s:[]}", "tools", "effects");
+        _cleanup_json_ json_t *reviewers = NULL;
+        int64_t quorum = 1, timeout = 0;
+        const char *on_timeout = NULL, *title = NULL;
+        size_t errors = c->n_errors + c->dropped;
+
+        if (!out) {
+                c->oom = true;
+                return NULL;
+        }
+        if (!short_form && !json_is_object(v)) {
+                add_error(c, node, path,
+                          "'approve_tools' must be a list of tool names and effect classes "
+                          "(e.g. [\"http_request\"] or [\"irreversible\"]) or an object "
+                          "{\"tools\", \"effects\", \"reviewers\", \"timeout\", ...}");
+                return NULL;
+        }
+        if (!short_form)
+                check_fields(c, node, path, v, "approve_tools", fields, NULL);
+        /* what is gated: tool names and effect classes (the short form mixes them) */
+        for (int k = 0; k < 2; k++) {
+                const char *key = k == 0 ? "tools" : "effects";
+                const json_t *list = short_form ? v : json_object_get(v, key);
+                _cleanup_free_ char *f = short_form ? strdup(path) : path_join(path, key);
+                const json_t *e;
+                size_t i;
+                if (!list)
+                        continue;
+                if (!json_is_array(list)) {
+                        add_error(c, node, f ? f : path, "'%s' must be a list", key);
+                        continue;
+                }
+                json_array_foreach (list, i, e) {
+                        const char *name = json_string_value(e);
+                        bool tool = name && in_list(gateable, name);
+                        bool effect = name && in_list(effects, name);
+                        if ((short_form && (tool || effect)) || (!short_form && k == 0 && tool) ||
+                            (!short_form && k == 1 && effect)) {
+                                json_array_append(json_object_get(out, tool ? "tools" : "effects"),
+                                                  (json_t *)e);
+                                continue;
+                        }
+                        add_error(c, node, f ? f : path,
+                                  "%s%s%s cannot be gated: name %s (read_only, idempotent, "
+                                  "irreversible)",
+                                  name ? "'" : "", name ? name : "(not a string)", name ? "'" : "",
+                                  short_form ? "tools that run through the worker "
+                                               "(http_request) or effect classes"
+                                  : k == 0   ? "tools that run through the worker (http_request); "
+                                               "gate by effect class with 'effects'"
+                                             : "effect classes");
+                }
+        }
+        if (json_array_size(json_object_get(out, "tools")) == 0 &&
+            json_array_size(json_object_get(out, "effects")) == 0 &&
+            c->n_errors + c->dropped == errors)
+                add_error(c, node, path,
+                          "'approve_tools' gates nothing: name tools (\"tools\": "
+                          "[\"http_request\"]) or effect classes (\"effects\": "
+                          "[\"irreversible\"])");
+        /* who decides and how: the approval node's rules */
+        if (short_form) {
+                json_object_set_new(out, "reviewers", json_array());
+                json_object_set_new(out, "quorum", json_integer(1));
+                json_object_set_new(out, "forbid_self_approval", json_false());
+                json_object_set_new(out, "on_timeout", json_string("fail"));
+                return c->n_errors + c->dropped == errors ? TAKE_PTR(out) : NULL;
+        }
+        if (parse_contacts(c, n, path, v, "reviewers", false, &reviewers) && reviewers)
+                json_object_set(out, "reviewers", reviewers);
+        else
+                json_object_set_new(out, "reviewers", json_array());
+        parse_approval_channels(c, n, path, v, out);
+        size_t n_reviewers = json_array_size(json_object_get(out, "reviewers"));
+        if (get_int(c, node, path, v, "quorum", 1, 100, &quorum) &&
+            (size_t)quorum > (n_reviewers ? n_reviewers : 1)) {
+                _cleanup_free_ char *f = path_join(path, "quorum");
+                add_error(c, node, f ? f : path,
+                          "quorum %lld is more than the %zu reviewer%s listed", (long long)quorum,
+                          n_reviewers, n_reviewers == 1 ? "" : "s");
+        }
+        json_object_set_new(out, "quorum", json_integer(quorum));
+        const json_t *fsa = json_object_get(v, "forbid_self_approval");
+        if (fsa && !json_is_boolean(fsa)) {
+                _cleanup_free_ char *f = path_join(path, "forbid_self_approval");
+                add_error(c, node, f ? f : path, "forbid_self_approval must be true or false");
+        }
+        json_object_set_new(out, "forbid_self_approval", json_boolean(json_is_true(fsa)));
+        if (get_duration(c, node, path, v, "timeout", &timeout) && timeout > 0)
+                json_object_set_new(out, "timeout_ms", json_integer(timeout));
+        if (get_string(c, node, path, v, "on_timeout", false, &on_timeout) && on_timeout) {
+                _cleanup_free_ char *f = path_join(path, "on_timeout");
+                if (!in_list(on_timeout_values, on_timeout))
+                        add_error(c, node, f ? f : path,
+                                  "on_timeout must be \"reject\", \"approve\", \"escalate\" or "
+                                  "\"fail\" (got \"%s\")",
+                                  on_timeout);
+                else if (timeout <= 0)
+                        add_error(c, node, f ? f : path,
+                                  "on_timeout needs a timeout, e.g. \"timeout\": \"1d\"");
+        }
+        json_object_set_new(out, "on_timeout", json_string(on_timeout ? on_timeout : "fail"));
+        if (json_object_get(v, "escalation")) {
+                if (!on_timeout || strcmp(on_timeout, "escalate") != 0) {
+                        _cleanup_free_ char *f = path_join(path, "escalation");
+                        add_error(c, node, f ? f : path,
+                                  "an escalation ladder needs \"on_timeout\": \"escalate\"");
+                } else {
+                        parse_approval_escalation(c, n, path, v, timeout, out);
+                }
+        }
+        if (get_string(c, node, path, v, "title", false, &title) && title) {
+                if (strlen(title) > 500) {
+                        _cleanup_free_ char *f = path_join(path, "title");
+                        add_error(c, node, f ? f : path, "title too long (limit 500 bytes)");
+                }
+                json_object_set(out, "title", json_object_get(v, "title"));
+        }
+        return c->n_errors + c->dropped == errors ? TAKE_PTR(out) : NULL;
 }
 
 static const struct wf_kind kinds[] = {

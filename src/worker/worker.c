@@ -1448,11 +1448,24 @@ static bool agent_waits(const json_t *error)
         return klass && strcmp(klass, "needs_input") == 0;
 }
 
+/* The agent waits for the approval of a tool call (src/agent/agent_approval.c): the run
+ * waits like an approval node's (no error on it, its approval in the inbox), due at the
+ * approval's deadline; a decision wakes it. */
+static bool agent_waits_for_approval(const json_t *error)
+{
+        const char *kind = jstr(json_object_get(error, "waiting_for"), "kind");
+        return kind && strcmp(kind, "tool_approval") == 0;
+}
+
 /* The node waits (the same attempt, executed again once a person answered: its journal
- * replays) and the run goes to needs_input, holding no executor and no lease. */
+ * replays) and the run goes to needs_input (waiting, for a tool call's approval), holding
+ * no executor and no lease. */
 static int agent_needs_input(struct worker *w, struct run *run, const struct completion *c)
 {
         const char *why = jstr(c->error, "message");
+        bool approval = agent_waits_for_approval(c->error);
+        json_int_t due = json_integer_value(
+            json_object_get(json_object_get(c->error, "waiting_for"), "expires_at_ms"));
         int r = checkpoint_write(
             w, run,
             &(struct queue_node_write){.node_id = c->node,
@@ -1462,7 +1475,11 @@ static int agent_needs_input(struct worker *w, struct run *run, const struct com
                                        .event_kind = "agent.needs_input",
                                        .event_message = why,
                                        .event_data = json_object_get(c->error, "waiting_for")});
-        if (r > 0)
+        if (r > 0 && approval)
+                r = buffered(run,
+                             queue_writes_release(w->writes, run->id, run->epoch, "waiting",
+                                                  due > 0 ? due : -1, why, NULL, run->deadline_ms));
+        else if (r > 0)
                 r = buffered(run,
                              queue_writes_release(w->writes, run->id, run->epoch, "needs_input", -1,
                                                   why, c->error, run->deadline_ms));
@@ -2223,6 +2240,7 @@ int worker_run(const struct worker_config *cfg)
                                                                             : "/proc/self/exe",
                                                        .secrets_dir = cfg->data_dir,
                                                        .llm_prices = cfg->llm_prices,
+                                                       .public_url = cfg->public_url,
                                                        .done = agent_done,
                                                        .owner = &w},
                            &w.agents);

@@ -698,6 +698,261 @@ static void journal_grows_with_the_conversation(void **state)
         }
 }
 
+/* ---- tool calls that need a person (approve_tools) ---------------------------------- */
+
+/* An agent whose http_request calls a person approves (ada, who owns the run), notified by
+ * webhook, with a deadline that rejects. */
+static char *gated_workflow(const char *name, const char *timeout)
+{
+        _cleanup_free_ char *def = str_printf(
+            "{\"name\":\"%s\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
+            "\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+            "\"api_key_secret\":\"LLMKEY\",\"prompt\":\"Send the ${ input.topic } report.\","
+            "\"tools\":[\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"],"
+            "\"approve_tools\":{\"tools\":[\"http_request\"],\"reviewers\":[\"ada\"],\"channels\":["
+            "{\"kind\":"
+            "\"webhook\",\"url\":\"%s/hook\"}],\"timeout\":\"%s\",\"on_timeout\":\"reject\"}}}]}",
+            name, llm_server_url(S.llm), worker_sink_url(S.sink), timeout);
+        return worker_test_workflow(S.db, S.user, name, 1, def);
+}
+
+/* The script: a POST to SINK/<tag>/send<query> (the call a person decides on), then the
+ * agent's answer once it has the call's result (whatever it is). */
+static void script_gated(const char *tag, const char *query, const char *answer)
+{
+        _cleanup_free_ char *script = str_printf(
+            "[{\"text\":\"I will send the report to the archive.\",\"tool_calls\":[{\"id\":"
+            "\"call_send\",\"name\":\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"POST\\\","
+            "\\\"url\\\":\\\"%s/%s/send%s\\\",\\\"body\\\":\\\"the report\\\"}\"}],"
+            "\"usage\":{\"input\":100,\"output\":10}},{\"text\":\"%s\"}]",
+            worker_sink_url(S.sink), tag, query ? query : "", answer);
+        llm_server_script(S.llm, script);
+}
+
+/* Waits until the run waits for its tool call's approval; returns the approval's id. */
+static char *waiting_tool_approval(const char *run, pid_t worker)
+{
+        for (int i = 0; i < 300; i++) {
+                char *id = test_db_value(S.db,
+                                         "SELECT a.id FROM approvals a JOIN workflow_runs r ON "
+                                         "r.id = a.workflow_run_id WHERE r.id = '%s' AND "
+                                         "a.status = 'pending' AND r.status = 'waiting'",
+                                         run);
+                if (id)
+                        return id;
+                usleep(100 * 1000);
+        }
+        test_stop_process(worker, SIGTERM, 15000);
+        dump_log();
+        fail_msg("run %s never waited for a tool call's approval", run);
+        return NULL;
+}
+
+static long decide_tool(const char *approval, const char *body)
+{
+        char url[256], auth[128];
+        const char *headers[] = {auth, NULL};
+        _cleanup_free_ char *out = NULL;
+
+        snprintf(url, sizeof(url), "%s/v1/approvals/%s/decide", S.base, approval);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
+        return test_http("POST", url, headers, body, &out);
+}
+
+static void wait_ended(const char *run, pid_t w)
+{
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("run %s did not end; see %s", run, S.last_log);
+        }
+}
+
+/* The last LLM request's body, as text (what the agent saw last). */
+static char *last_llm_body(void)
+{
+        _cleanup_json_ json_t *req = llm_server_request(S.llm, llm_server_request_count(S.llm) - 1);
+        return json_dumps(json_object_get(req, "body"), JSON_COMPACT);
+}
+
+/*
+ * Approved: while the person decides, the run waits holding nothing (no executor, no
+ * lease) and the approval shows the call, its arguments and the agent's reasoning, in the
+ * inbox and in a webhook notice; approved, the call runs once and the agent continues from
+ * its journal (its first LLM call is not paid again).
+ */
+static void gated_tool_call_approved_runs_once(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *wf = gated_workflow("gated-yes", "1h");
+        script_gated("gated-yes", NULL, "Sent.");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"quarterly\"}");
+        pid_t w = spawn_worker("5s");
+        _cleanup_free_ char *approval = waiting_tool_approval(run, w);
+
+        usleep(300 * 1000);
+        assert_int_equal(children_of(w), 0); /* no executor process while a person decides */
+        assert_db_equal("t", S.db,
+                        "SELECT claimed_by IS NULL AND lease_expires_at IS NULL FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        run);
+        assert_int_equal(worker_sink_count(S.sink, "/gated-yes/"), 0);
+        /* what the reviewer sees: the tool, its arguments, the reasoning, the action */
+        assert_db_equal("http_request|POST|the report|I will send the report to the archive.", S.db,
+                        "SELECT (request->'context'->>'tool') || '|' ||"
+                        " (request->'context'->'arguments'->>'method') || '|' ||"
+                        " (request->'context'->'arguments'->>'body') || '|' ||"
+                        " (request->'context'->>'reasoning') FROM approvals WHERE id = '%s'",
+                        approval);
+        assert_db_equal("1", S.db,
+                        "SELECT count(*) FROM approvals WHERE id = '%s' AND request->>"
+                        "'proposed_action' LIKE 'http_request POST %%/gated-yes/send'",
+                        approval);
+        assert_db_equal("1", S.db,
+                        "SELECT count(*) FROM notifications WHERE workflow_run_id = '%s' AND "
+                        "channel = 'webhook' AND payload->>'event' = 'approval.requested'",
+                        run);
+        char url[256], auth[128];
+        const char *headers[] = {auth, NULL};
+        _cleanup_free_ char *inbox = NULL;
+        snprintf(url, sizeof(url), "%s/v1/inbox", S.base);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
+        assert_int_equal(test_http("GET", url, headers, NULL, &inbox), 200);
+        assert_non_null(strstr(inbox, approval));
+        assert_non_null(strstr(inbox, "\"tool\":\"http_request\""));
+        assert_null(strstr(inbox, "\"kind\":\"question\"")); /* one entry: the approval */
+        assert_db_equal("waiting|tool_approval", S.db,
+                        "SELECT status || '|' || (waiting_for->>'kind') FROM agent_runs"
+                        " WHERE workflow_run_id = '%s'",
+                        run);
+
+        assert_int_equal(decide_tool(approval, "{\"decision\":\"approve\",\"comment\":\"go\"}"),
+                         200);
+        wait_ended(run, w);
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("Sent.", S.db, "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'",
+                        run);
+        assert_int_equal(worker_sink_count(S.sink, "/gated-yes/send"), 1);
+        _cleanup_free_ char *seen = last_llm_body();
+        assert_non_null(strstr(seen, "\\\"ok\\\":true")); /* the receiver's answer */
+        /* the first call came from the journal: 2 in all */
+        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
+        assert_db_equal("1|1|1|1|1|1", S.db,
+                        "SELECT count(*) FILTER (WHERE kind = 'agent.tool_approval') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'approval.requested') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'approval.decided') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.tool_approved') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.tool_call') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.tool_result')"
+                        " FROM logs WHERE workflow_run_id = '%s'",
+                        run);
+        assert_db_equal("2|1", S.db,
+                        "SELECT llm_calls || '|' || tool_calls FROM agent_runs"
+                        " WHERE workflow_run_id = '%s'",
+                        run);
+        assert_no_key_anywhere(run);
+}
+
+/*
+ * Approved, and the worker is SIGKILLed right after the call reached the receiver and
+ * before its answer was journaled: the next worker does not send it again (the receiver
+ * sees it once) and tells the agent the call was interrupted; nobody is asked twice.
+ */
+static void gated_tool_call_not_repeated_after_a_kill(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *wf = gated_workflow("gated-kill", "1h");
+        script_gated("gated-kill", "?delay_ms=5000", "Maybe sent.");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"monthly\"}");
+        pid_t w1 = spawn_worker("2s");
+        _cleanup_free_ char *approval = waiting_tool_approval(run, w1);
+
+        assert_int_equal(decide_tool(approval, "{\"decision\":\"approve\"}"), 200);
+        for (int i = 0; i < 300 && worker_sink_count(S.sink, "/gated-kill/") < 1; i++)
+                usleep(100 * 1000);
+        assert_int_equal(worker_sink_count(S.sink, "/gated-kill/"), 1); /* its answer waits */
+        kill(w1, SIGKILL);
+        test_stop_process(w1, SIGKILL, 5000);
+
+        pid_t w2 = spawn_worker("2s");
+        wait_ended(run, w2);
+        test_stop_process(w2, SIGTERM, 15000);
+        assert_completed(run);
+        usleep(5500 * 1000); /* the receiver's delayed answer is over: nothing else came */
+        assert_int_equal(worker_sink_count(S.sink, "/gated-kill/send"), 1);
+        assert_db_equal("Maybe sent.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        _cleanup_free_ char *seen = last_llm_body();
+        assert_non_null(strstr(seen, "interrupted"));
+        assert_db_equal("1|1|1", S.db,
+                        "SELECT (SELECT count(*) FROM approvals WHERE workflow_run_id = '%s')"
+                        " || '|' || count(*) FILTER (WHERE kind = 'approval.requested') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.tool_interrupted')"
+                        " FROM logs WHERE workflow_run_id = '%s'",
+                        run, run);
+        assert_no_key_anywhere(run);
+}
+
+/* Rejected: the call never runs, the agent's next LLM request carries the rejection and
+ * the reviewer's comment, and the agent finishes differently. */
+static void gated_tool_call_rejected_reaches_the_agent(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *wf = gated_workflow("gated-no", "1h");
+        script_gated("gated-no", NULL, "Not sent: rejected.");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"weekly\"}");
+        pid_t w = spawn_worker("5s");
+        _cleanup_free_ char *approval = waiting_tool_approval(run, w);
+
+        assert_int_equal(
+            decide_tool(approval,
+                        "{\"decision\":\"reject\",\"comment\":\"not to the archive, ask legal\"}"),
+            200);
+        wait_ended(run, w);
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("Not sent: rejected.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        assert_int_equal(worker_sink_count(S.sink, "/gated-no/"), 0);
+        _cleanup_free_ char *seen = last_llm_body();
+        assert_non_null(strstr(seen, "rejected by ada"));
+        assert_non_null(strstr(seen, "not to the archive, ask legal"));
+        assert_db_equal("1|1", S.db,
+                        "SELECT count(*) FILTER (WHERE kind = 'approval.decided') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.tool_rejected')"
+                        " FROM logs WHERE workflow_run_id = '%s'",
+                        run);
+        assert_no_key_anywhere(run);
+}
+
+/* Nobody decides: at the deadline on_timeout reject applies (the run was due then, holding
+ * nothing before), the call never runs and the agent is told why. */
+static void gated_tool_call_times_out_rejected(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *wf = gated_workflow("gated-late", "2s");
+        script_gated("gated-late", NULL, "Not sent: nobody answered.");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"yearly\"}");
+        pid_t w = spawn_worker("5s");
+        _cleanup_free_ char *approval = waiting_tool_approval(run, w);
+
+        wait_ended(run, w);
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("rejected|timeout", S.db,
+                        "SELECT status || '|' || decided_by FROM approvals WHERE id = '%s'",
+                        approval);
+        assert_int_equal(worker_sink_count(S.sink, "/gated-late/"), 0);
+        _cleanup_free_ char *seen = last_llm_body();
+        assert_non_null(strstr(seen, "on_timeout reject"));
+        assert_db_equal("1", S.db,
+                        "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = "
+                        "'approval.timed_out'",
+                        run);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -709,6 +964,10 @@ int main(void)
             cmocka_unit_test(subagent_tree_resumes_after_a_kill),
             cmocka_unit_test(a_journal_mismatch_is_a_nondeterminism_error),
             cmocka_unit_test(journal_grows_with_the_conversation),
+            cmocka_unit_test(gated_tool_call_approved_runs_once),
+            cmocka_unit_test(gated_tool_call_not_repeated_after_a_kill),
+            cmocka_unit_test(gated_tool_call_rejected_reaches_the_agent),
+            cmocka_unit_test(gated_tool_call_times_out_rejected),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));

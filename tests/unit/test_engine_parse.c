@@ -665,11 +665,62 @@ static void agent_node_inline_shape(void **state)
         expect_error(errors, "a", "/nodes/0/agent/api_key_secret", "cannot be an expression");
 }
 
+/* An agent's approve_tools: the short list and the object with the approval node's fields
+ * are accepted; what cannot be gated and the approval fields' mistakes are named. */
+static void agent_approve_tools_shapes(void **state)
+{
+        static const char *const good[] = {
+            "[\"http_request\"]", "[\"irreversible\", \"http_request\"]",
+            "{\"effects\":[\"irreversible\"],\"reviewers\":[\"ops@example.com\"],\"channels\":"
+            "[{\"kind\":\"webhook\",\"url\":\"https://example.com/h\"}],\"quorum\":1,"
+            "\"timeout\":\"1d\",\"on_timeout\":\"escalate\",\"escalation\":[{\"contacts\":"
+            "[\"boss\"],\"timeout\":\"2h\"}],\"title\":\"Send it?\"}"};
+        (void)state;
+
+        for (size_t i = 0; i < ELEMENTSOF(good); i++) {
+                _cleanup_free_ char *text = str_printf(
+                    "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"agent\",\"agent\":{"
+                    "\"provider\":\"openai\",\"model\":\"m\",\"prompt\":\"p\",\"tools\":"
+                    "[\"http_request\"],\"approve_tools\":%s}}]}",
+                    good[i]);
+                _cleanup_json_ json_t *def = load(text);
+                json_t *errors = NULL;
+                if (wf_validate(def, &errors) != 0) {
+                        char *dump = json_dumps(errors, JSON_INDENT(2));
+                        fail_msg("%s refused: %s", good[i], dump);
+                }
+                json_decref(errors);
+        }
+        _cleanup_json_ json_t *errors = errors_of(
+            "{\"name\":\"w\",\"nodes\":["
+            "{\"id\":\"a\",\"type\":\"agent\",\"agent\":{\"provider\":\"openai\",\"model\":\"m\","
+            "\"prompt\":\"p\",\"approve_tools\":[\"finish\",\"dangerous\"]}},"
+            "{\"id\":\"b\",\"type\":\"agent\",\"agent\":{\"provider\":\"openai\",\"model\":\"m\","
+            "\"prompt\":\"p\",\"approve_tools\":{\"reviewers\":[\"bad name\"],\"on_timeout\":"
+            "\"reject\",\"quorum\":3,\"effects\":[\"http_request\"],\"when\":1}}},"
+            "{\"id\":\"c\",\"type\":\"agent\",\"agent\":{\"provider\":\"openai\",\"model\":\"m\","
+            "\"prompt\":\"p\",\"approve_tools\":\"all\"}},"
+            "{\"id\":\"d\",\"type\":\"agent\",\"agent\":{\"provider\":\"openai\",\"model\":\"m\","
+            "\"prompt\":\"p\",\"approve_tools\":{}}}]}");
+        expect_error(errors, "a", "/nodes/0/agent/approve_tools", "'finish' cannot be gated");
+        expect_error(errors, "a", "/nodes/0/agent/approve_tools", "'dangerous' cannot be gated");
+        expect_error(errors, "b", "/nodes/1/agent/approve_tools/effects",
+                     "'http_request' cannot be gated: name effect classes");
+        expect_error(errors, "b", "/nodes/1/agent/approve_tools/reviewers/0", "invalid reviewer");
+        expect_error(errors, "b", "/nodes/1/agent/approve_tools/on_timeout",
+                     "on_timeout needs a timeout");
+        expect_error(errors, "b", "/nodes/1/agent/approve_tools/quorum", "quorum 3 is more");
+        expect_error(errors, "b", "/nodes/1/agent/approve_tools/when", "known fields");
+        expect_error(errors, "d", "/nodes/3/agent/approve_tools", "gates nothing");
+        expect_error(errors, "c", "/nodes/2/agent/approve_tools", "must be a list");
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(minimal_shape_is_accepted_as_written),
             cmocka_unit_test(agent_node_inline_shape),
+            cmocka_unit_test(agent_approve_tools_shapes),
             cmocka_unit_test(every_kind_parses),
             cmocka_unit_test(duplicate_ids_and_bad_ids),
             cmocka_unit_test(unknown_after_reference_lists_known_nodes),
