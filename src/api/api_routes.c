@@ -63,7 +63,8 @@
         "r.pause_requested, 'rerun_of', r.rerun_of, 'rerun_from_node', r.rerun_from_node, "        \
         "'parent_run_id', r.parent_run_id, 'created_at', r.created_at, 'started_at', "             \
         "r.started_at, 'finished_at', r.finished_at, 'updated_at', r.updated_at, 'run_at', "       \
-        "r.run_at, 'timeout_at', r.timeout_at, 'cost_usd', r.cost_usd, 'tokens_in', "              \
+        "r.run_at, 'timeout_at', r.timeout_at, 'time_scale', r.time_scale, 'cost_usd', "           \
+        "r.cost_usd, 'tokens_in', "                                                                \
         "r.tokens_in, 'tokens_out', r.tokens_out, 'agents', " AGENT_RUNS_JSON ", "                 \
         "'last_event_seq', r.event_seq, 'nodes_total', "                                           \
         "nt.total, 'nodes_truncated', nt.total > " RUN_NODES_INLINE ", 'nodes', "                  \
@@ -625,11 +626,30 @@ static unsigned h_workflows_versions(struct api_request *req, struct api_respons
 
 /* ---- runs ------------------------------------------------------------------------- */
 
+/* The run's time_scale member (engine: wf_time_scale_check) as SQL text into *out (NULL
+ * when absent: real time). 0, or the 400 response's status. */
+static unsigned run_time_scale(const json_t *body, struct api_response *resp, char **out)
+{
+        const json_t *v = json_object_get(body, "time_scale");
+        char msg[256];
+        double scale;
+
+        *out = NULL;
+        if (!v || json_is_null(v))
+                return 0;
+        if (wf_time_scale_check(v, &scale, msg, sizeof(msg)) < 0)
+                return api_error(resp, 400, "invalid_field", msg, "field 'time_scale'",
+                                 "leave it out for real time; e.g. 86400 to rehearse a "
+                                 "3-day flow in 3 seconds");
+        *out = str_printf("%.17g", scale);
+        return *out ? 0 : api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+}
+
 static unsigned h_runs_create(struct api_request *req, struct api_response *resp)
 {
-        static const char *const keys[] = {"workflow", "version", "input", NULL};
+        static const char *const keys[] = {"workflow", "version", "input", "time_scale", NULL};
         json_t *b = api_body_object(req, resp, false);
-        _cleanup_free_ char *input = NULL, *version_s = NULL;
+        _cleanup_free_ char *input = NULL, *version_s = NULL, *scale_s = NULL;
         _cleanup_pgresult_ PGresult *wf = NULL, *ins = NULL;
         unsigned st;
         int r = 0;
@@ -649,6 +669,8 @@ static unsigned h_runs_create(struct api_request *req, struct api_response *resp
         if (in && !json_is_object(in))
                 return api_error(resp, 400, "invalid_field", "input must be a JSON object",
                                  "field 'input'", "wrap values in an object: {\"input\": {...}}");
+        if ((st = run_time_scale(b, resp, &scale_s)))
+                return st;
         if (version)
                 version_s = str_printf("%lld", (long long)json_integer_value(version));
         input = in ? json_dumps(in, JSON_COMPACT) : strdup("{}");
@@ -672,14 +694,18 @@ static unsigned h_runs_create(struct api_request *req, struct api_response *resp
                                   "apply it first: `agently workflow apply FILE`", "workflow '%s'",
                                   name);
         }
-        const char *p2[] = {PQgetvalue(wf, 0, 0), name, PQgetvalue(wf, 0, 1), input,
-                            api_header(req, "Idempotency-Key")};
+        const char *p2[] = {PQgetvalue(wf, 0, 0),
+                            name,
+                            PQgetvalue(wf, 0, 1),
+                            input,
+                            api_header(req, "Idempotency-Key"),
+                            scale_s};
         ins = db_query(req->db,
                        "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                       "workflow_version, input, idempotency_key) VALUES "
-                       "(agently_current_user_id(), $1, $2, $3::integer, $4::jsonb, $5) "
-                       "RETURNING id",
-                       5, p2, &r);
+                       "workflow_version, input, idempotency_key, time_scale) VALUES "
+                       "(agently_current_user_id(), $1, $2, $3::integer, $4::jsonb, $5, "
+                       "coalesce($6::double precision, 1)) RETURNING id",
+                       6, p2, &r);
         if (!ins) {
                 if (r == -EEXIST)
                         return api_error(resp, 409, "conflict",

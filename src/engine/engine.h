@@ -98,12 +98,43 @@ int wf_channel_check(const json_t *channel, char *msg, size_t len, const char **
  * channel itself is checked by wf_channel_check()). Same contract. */
 int wf_subscription_check(const json_t *subscription, char *msg, size_t len, const char **field);
 
+/* ---- Time scale (time_scale.c) ---------------------------------------------------- */
+
+/*
+ * A run may be started with a time scale (docs/workflows.md, "Dry runs: time_scale"):
+ * every duration the run WAITS — sleep, wait_event, subworkflow and workflow timeouts,
+ * retry back-off, approval deadlines and escalation steps — is divided by it, so
+ * time_scale 86400 turns a day into a second. Durations that bound work (an http
+ * attempt's timeout, an agent's budget) are not scaled. The scale is recorded with the
+ * run and reaches the planner as snapshot.time_scale; these functions are its one home.
+ */
+#define WF_TIME_SCALE_MIN 0.001
+#define WF_TIME_SCALE_MAX 1000000.0
+
+/* Checks a time scale as a client sends it (a JSON number, WF_TIME_SCALE_MIN to
+ * WF_TIME_SCALE_MAX). 0 with *scale set, or -EINVAL with a message for people in msg. */
+int wf_time_scale_check(const json_t *value, double *scale, char *msg, size_t len);
+
+/* ms divided by scale, rounded up (a positive duration stays at least 1 ms); ms itself
+ * when scale is 1 or not a valid scale. */
+int64_t wf_time_scaled_ms(int64_t ms, double scale);
+
+/* The snapshot's "time_scale" (a number; absent or invalid: 1). */
+double wf_snapshot_time_scale(const json_t *snapshot);
+
+/* When the run's own timeout passes, in database ms: started_at_ms + the workflow's
+ * timeout scaled by the snapshot's time scale; -1 when the workflow has no timeout or the
+ * snapshot no start. */
+int64_t wf_run_deadline_ms(const struct wf_workflow *wf, const json_t *snapshot);
+
 /* ---- Planning --------------------------------------------------------------------- */
 
 /*
  * Plans the next step of a run. `snapshot` (read only, never kept):
  *   {"run_id": "<uuid>", "input": <run input>, "now_ms": <database now, ms since epoch>,
  *    "started_at_ms": <run start>, "engine_state": {} (reserved, may be absent),
+ *    "time_scale": <the run's time scale> (optional, default 1: every duration the plan
+ *    waits is divided by it, see wf_time_scaled_ms),
  *    "nodes": {"<node id>": {"status": "started|waiting|completed|failed|skipped|
  *                                        interrupted|canceled",
  *                            "attempt": n, "output": ..., "error": ...,
@@ -196,6 +227,12 @@ int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actio
  */
 int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int attempt,
                        const json_t *error, int64_t now_ms, uint64_t random, json_t **decision);
+
+/* wf_on_node_failure() for a run with a time scale (wf_time_scaled_ms): the back-off
+ * delay is divided by time_scale (1.0: as wf_on_node_failure); a Retry-After is not. */
+int wf_on_node_failure_scaled(const struct wf_workflow *wf, const char *node_id, int attempt,
+                              const json_t *error, int64_t now_ms, double time_scale,
+                              uint64_t random, json_t **decision);
 
 /*
  * What a failed attempt's event says, from its error and wf_on_node_failure()'s decision:

@@ -38,6 +38,7 @@ struct wf_plan_ctx {
         json_t *run;             /* {"id": ...} */
         const char *run_id;
         int64_t now;
+        double scale; /* the run's time scale (time_scale.c): every wait is divided by it */
         int64_t wake;
         bool has_wake;
         json_t *actions;
@@ -49,6 +50,26 @@ struct wf_plan_ctx {
 };
 
 /* ---- small helpers ---- */
+
+/* A duration the run waits, in the run's time (time_scale.c). */
+static int64_t span(const struct wf_plan_ctx *p, int64_t ms)
+{
+        return wf_time_scaled_ms(ms, p->scale);
+}
+
+/* A waited duration for messages: "2d", or "2d (2s at time_scale 86400)". */
+static void span_text(const struct wf_plan_ctx *p, int64_t ms, char *out, size_t size)
+{
+        char d[32], scaled[32];
+
+        duration_format(ms, d, sizeof(d));
+        if (span(p, ms) == ms) {
+                snprintf(out, size, "%s", d);
+                return;
+        }
+        duration_format(span(p, ms), scaled, sizeof(scaled));
+        snprintf(out, size, "%s (%s at time_scale %g)", d, scaled, p->scale);
+}
 
 static void timer(struct wf_plan_ctx *p, int64_t at)
 {
@@ -514,6 +535,8 @@ int wf_plan_sleep_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int atte
         } else {
                 wake = p->now + n->duration_ms;
         }
+        if (wake > p->now)
+                wake = p->now + span(p, wake - p->now);
         if (wake <= p->now)
                 return emit_complete(p, l->id, json_pack("{s:I}", "wake_at_ms", (json_int_t)wake));
         timer(p, wake);
@@ -572,8 +595,8 @@ int wf_plan_wait_event_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int
                 return p->error;
         json_t *timeout = json_null();
         if (l->node->timeout_ms) {
-                timeout = json_integer(p->now + l->node->timeout_ms);
-                timer(p, p->now + l->node->timeout_ms);
+                timeout = json_integer(p->now + span(p, l->node->timeout_ms));
+                timer(p, p->now + span(p, l->node->timeout_ms));
         }
         return emit(p, json_pack("{s:s,s:s,s:s,s:o}", "action", "wait_signal", "node", l->id,
                                  "event", l->node->event, "timeout_at_ms", timeout));
@@ -592,14 +615,14 @@ int wf_plan_wait_event_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
         if (rec_ms(l->record, "wake_at_ms", &deadline))
                 has_deadline = true;
         else if (l->node->timeout_ms && rec_ms(l->record, "started_at_ms", &started)) {
-                deadline = started + l->node->timeout_ms;
+                deadline = started + span(p, l->node->timeout_ms);
                 has_deadline = true;
         }
         if (!has_deadline)
                 return 0; /* only a signal wakes it */
         if (deadline <= p->now) {
-                char d[32];
-                duration_format(l->node->timeout_ms, d, sizeof(d));
+                char d[96];
+                span_text(p, l->node->timeout_ms, d, sizeof(d));
                 return emit_fail(
                     p, l->id, rec_attempt(l->record),
                     error_json("timeout", "no '%s' signal arrived within %s", l->node->event, d));
@@ -652,21 +675,41 @@ int wf_plan_subworkflow_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
                 return emit_fail(p, l->id, attempt, e);
         }
         if (n->timeout_ms && rec_ms(l->record, "started_at_ms", &started)) {
-                if (started + n->timeout_ms <= p->now) {
-                        char d[32];
-                        duration_format(n->timeout_ms, d, sizeof(d));
+                if (started + span(p, n->timeout_ms) <= p->now) {
+                        char d[96];
+                        span_text(p, n->timeout_ms, d, sizeof(d));
                         return emit_fail(p, l->id, attempt,
                                          error_json("timeout",
                                                     "child run of workflow '%s' did not finish "
                                                     "within %s",
                                                     n->workflow, d));
                 }
-                timer(p, started + n->timeout_ms);
+                timer(p, started + span(p, n->timeout_ms));
         }
         return 0;
 }
 
 /* ---- approval ---- */
+
+/* The approval's deadlines in the run's time: its timeout and each escalation step's. */
+static int approval_scale(const struct wf_plan_ctx *p, const struct wf_node *n, json_t *spec)
+{
+        json_t *step;
+        size_t i;
+
+        if (json_object_set_new(spec, "timeout_ms",
+                                n->timeout_ms ? json_integer(span(p, n->timeout_ms))
+                                              : json_null()) < 0)
+                return -ENOMEM;
+        json_array_foreach (json_object_get(spec, "escalation"), i, step) {
+                json_t *t = json_object_get(step, "timeout_ms");
+                if (json_is_integer(t) &&
+                    json_object_set_new(step, "timeout_ms",
+                                        json_integer(span(p, json_integer_value(t)))) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
 
 /* The request a reviewer reads and the policy the database applies (engine.h,
  * request_approval). */
@@ -704,8 +747,7 @@ int wf_plan_approval_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int a
                         return p->error = -ENOMEM;
                 }
         }
-        if (json_object_set_new(spec, "timeout_ms",
-                                n->timeout_ms ? json_integer(n->timeout_ms) : json_null()) < 0) {
+        if (approval_scale(p, n, spec) < 0) {
                 json_decref(spec);
                 return p->error = -ENOMEM;
         }
@@ -1115,16 +1157,16 @@ static int finish_run_failed(struct wf_plan_ctx *p, json_t *e)
 static int plan_workflow_timeout(struct wf_plan_ctx *p, const json_t *snap)
 {
         const struct wf_workflow *wf = p->wf;
-        int64_t started;
-        char d[32];
+        int64_t deadline = wf_run_deadline_ms(wf, snap);
+        char d[96];
 
-        if (!wf->timeout_ms || !rec_ms(snap, "started_at_ms", &started))
+        if (deadline < 0)
                 return 0;
-        if (p->now - started < wf->timeout_ms) {
-                timer(p, started + wf->timeout_ms);
+        if (p->now < deadline) {
+                timer(p, deadline);
                 return 0;
         }
-        duration_format(wf->timeout_ms, d, sizeof(d));
+        span_text(p, wf->timeout_ms, d, sizeof(d));
         int r = finish_run_failed(p, error_json("timeout", "run exceeded its timeout of %s", d));
         return r < 0 ? r : 1;
 }
@@ -1394,6 +1436,7 @@ int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actio
         p.approvals = json_object_get(snapshot, "approvals");
         p.run_id = json_string_value(json_object_get(snapshot, "run_id"));
         p.now = json_integer_value(json_object_get(snapshot, "now_ms"));
+        p.scale = wf_snapshot_time_scale(snapshot);
         p.actions = json_array();
         p.in_flight = json_object();
         p.consumed = json_object();

@@ -92,6 +92,14 @@ static int64_t backoff_delay(const struct wf_retry *r, int next, uint64_t random
 int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int attempt,
                        const json_t *error, int64_t now_ms, uint64_t random, json_t **decision)
 {
+        return wf_on_node_failure_scaled(wf, node_id, attempt, error, now_ms, 1.0, random,
+                                         decision);
+}
+
+int wf_on_node_failure_scaled(const struct wf_workflow *wf, const char *node_id, int attempt,
+                              const json_t *error, int64_t now_ms, double time_scale,
+                              uint64_t random, json_t **decision)
+{
         const struct wf_node *n;
         const char *klass = "error", *status;
         _cleanup_free_ char *reason = NULL;
@@ -113,7 +121,10 @@ int wf_on_node_failure(const struct wf_workflow *wf, const char *node_id, int at
         ambiguous = n->delivery == WF_AT_MOST_ONCE && (bit & WF_RETRY_AMBIGUOUS);
         status = ambiguous || bit == WF_RETRY_INTERRUPTED ? "interrupted" : "failed";
         if (attempt < n->retry.max_attempts && (n->retry.retry_on & bit)) {
-                int64_t delay = backoff_delay(&n->retry, attempt + 1, random);
+                /* the run's time scale shrinks the workflow's own back-off; a server's
+                 * Retry-After is its own demand and is honoured as sent */
+                int64_t delay =
+                    wf_time_scaled_ms(backoff_delay(&n->retry, attempt + 1, random), time_scale);
                 json_t *ra = error ? json_object_get(error, "retry_after_ms") : NULL;
                 if (bit == WF_RETRY_HTTP_429 && json_is_integer(ra) &&
                     json_integer_value(ra) > delay)

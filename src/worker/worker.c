@@ -95,6 +95,7 @@ struct run {
         json_t *kept; /* its snapshot after its last turn, with that turn's writes (held runs stay
                          in memory, see snapshot_keep); NULL: the next turn reads it whole */
         int64_t deadline_ms; /* database ms: the workflow's timeout ends the run then; -1 none */
+        double time_scale; /* the run's (wf_time_scaled_ms): its retry back-off is divided by it */
 };
 
 struct wf_cache_entry {
@@ -340,7 +341,7 @@ static const char SNAPSHOT_SQL[] =
     " 'run_id', r.id, 'input', r.input,"
     " 'now_ms', (extract(epoch FROM now()) * 1000)::bigint,"
     " 'started_at_ms', (extract(epoch FROM coalesce(r.started_at, now())) * 1000)::bigint,"
-    " 'engine_state', r.engine_state,"
+    " 'engine_state', r.engine_state, 'time_scale', r.time_scale,"
     " 'nodes', CASE WHEN h.whole THEN coalesce((SELECT jsonb_object_agg(n.node_id,"
     "     jsonb_build_object('status', n.status, 'attempt', n.attempt,"
     "                        'output', n.output, 'error', n.error,"
@@ -385,13 +386,11 @@ static const char SNAPSHOT_SQL[] =
 static int snapshot_finish(struct run *run, json_t *s)
 {
         json_t *inflight = json_array();
-        json_t *started = json_object_get(s, "started_at_ms");
 
         if (!inflight)
                 return -ENOMEM;
-        run->deadline_ms = wf_timeout_ms(run->wf) > 0 && json_is_integer(started)
-                               ? json_integer_value(started) + wf_timeout_ms(run->wf)
-                               : -1;
+        run->deadline_ms = wf_run_deadline_ms(run->wf, s);
+        run->time_scale = wf_snapshot_time_scale(s);
         for (struct effect *e = run->effects; e; e = e->next)
                 json_array_append_new(inflight, json_string(e->node));
         for (size_t i = 0; i < json_array_size(run->to_start); i++)
@@ -577,7 +576,8 @@ static int apply_failure(struct worker *w, struct run *run, const char *node, in
 
         if (now < 0)
                 return (int)now;
-        r = wf_on_node_failure(run->wf, node, attempt, error, now, random64(), &decision);
+        r = wf_on_node_failure_scaled(run->wf, node, attempt, error, now, run->time_scale,
+                                      random64(), &decision);
         if (r < 0) {
                 decision = json_pack("{s:s}", "final", "fail");
                 if (!decision)

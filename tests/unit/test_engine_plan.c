@@ -1135,6 +1135,100 @@ static void subworkflow_waits_for_its_child(void **state)
         wf_free(wf);
 }
 
+/* A run's time_scale divides every duration it waits (time_scale.c), and nothing else. */
+static void time_scale_divides_every_wait(void **state)
+{
+        (void)state;
+        /* the rule: rounded up, a positive duration stays positive, 1 and invalid change
+         * nothing */
+        assert_int_equal(wf_time_scaled_ms(3600000, 86400), 42);
+        assert_int_equal(wf_time_scaled_ms(86400000, 86400), 1000);
+        assert_int_equal(wf_time_scaled_ms(1, 86400), 1);
+        assert_int_equal(wf_time_scaled_ms(0, 86400), 0);
+        assert_int_equal(wf_time_scaled_ms(1000, 1), 1000);
+        assert_int_equal(wf_time_scaled_ms(1000, 0.5), 2000);    /* below 1 stretches */
+        assert_int_equal(wf_time_scaled_ms(1000, 0.0001), 1000); /* out of range: ignored */
+        assert_int_equal(wf_time_scaled_ms(1000, 0.001), 1000000);
+
+        struct wf_workflow *wf = parse(
+            "{\"name\":\"rehearsal\",\"timeout\":\"10d\",\"nodes\":["
+            "{\"id\":\"s\",\"type\":\"sleep\",\"duration\":\"3d\"},"
+            "{\"id\":\"u\",\"type\":\"sleep\",\"until\":\"input.at\"},"
+            "{\"id\":\"w\",\"type\":\"wait_event\",\"event\":\"doc\",\"timeout\":\"1d\"},"
+            "{\"id\":\"h\",\"type\":\"http\",\"timeout\":\"30s\",\"request\":{\"url\":"
+            "\"http://127.0.0.1:1/\"},\"retry\":{\"max_attempts\":3,\"initial_delay\":\"1h\","
+            "\"jitter\":false}},"
+            "{\"id\":\"ok\",\"type\":\"approval\",\"timeout\":\"2d\",\"on_timeout\":\"escalate\","
+            "\"escalation\":[{\"contacts\":[\"boss@example.com\"],\"timeout\":\"1d\"}]}]}");
+        /* an until one day ahead of now: reached one second after now */
+        _cleanup_json_ json_t *snap = new_snapshot("{\"at\":1700086400000}");
+        json_object_set_new(snap, "time_scale", json_real(86400));
+
+        json_t *p = plan(wf, snap);
+        const json_t *a = find_action(p, "sleep", "s");
+        assert_non_null(a);
+        assert_int_equal(json_integer_value(json_object_get(a, "wake_at_ms")), T0 + 3000);
+        a = find_action(p, "sleep", "u");
+        assert_non_null(a);
+        assert_int_equal(json_integer_value(json_object_get(a, "wake_at_ms")), T0 + 1000);
+        a = find_action(p, "wait_signal", "w");
+        assert_non_null(a);
+        assert_int_equal(json_integer_value(json_object_get(a, "timeout_at_ms")), T0 + 1000);
+        /* work is not a wait: an http attempt's own timeout stays as written */
+        a = find_action(p, "execute", "h");
+        assert_non_null(a);
+        assert_int_equal(json_integer_value(json_object_get(a, "timeout_ms")), 30000);
+        a = find_action(p, "request_approval", "ok");
+        assert_non_null(a);
+        expect_json(json_object_get(json_object_get(a, "approval"), "timeout_ms"), "2000");
+        expect_json(json_object_get(json_object_get(a, "approval"), "escalation"),
+                    "[{\"contacts\":[\"boss@example.com\"],\"timeout_ms\":1000}]");
+        /* the workflow's own definition is untouched (the spec was a copy) */
+        json_decref(p);
+        json_object_del(snap, "time_scale");
+        p = plan(wf, snap);
+        a = find_action(p, "request_approval", "ok");
+        expect_json(json_object_get(json_object_get(a, "approval"), "escalation"),
+                    "[{\"contacts\":[\"boss@example.com\"],\"timeout_ms\":86400000}]");
+        json_decref(p);
+        json_object_set_new(snap, "time_scale", json_real(86400));
+
+        /* the run's deadline: ten days after its start, in ten seconds */
+        assert_int_equal(wf_run_deadline_ms(wf, snap), T0 + 10000);
+        /* the retry back-off: an hour in 42 ms */
+        _cleanup_json_ json_t *err = load("{\"class\":\"connect\",\"message\":\"refused\"}");
+        json_t *d = NULL;
+        assert_int_equal(wf_on_node_failure_scaled(wf, "h", 1, err, T0, 86400, 0, &d), 0);
+        expect_json(json_object_get(d, "delay_ms"), "42");
+        expect_json(json_object_get(d, "retry_at_ms"), "1700000000042");
+        json_decref(d);
+        /* a Retry-After is the server's, honoured as sent */
+        _cleanup_json_ json_t *busy =
+            load("{\"class\":\"http_429\",\"status\":429,\"retry_after_ms\":5000}");
+        assert_int_equal(wf_on_node_failure_scaled(wf, "h", 1, busy, T0, 86400, 0, &d), 0);
+        expect_json(json_object_get(d, "delay_ms"), "5000");
+        json_decref(d);
+
+        /* a waiting wait_event whose record has no deadline (resumed from its start): its
+         * timeout passes one second after it began; the error says both durations */
+        json_object_set_new(nodes_of(snap), "w",
+                            json_pack("{s:s,s:i,s:I}", "status", "waiting", "attempt", 1,
+                                      "started_at_ms", (json_int_t)T0));
+        advance(snap, 999);
+        p = plan(wf, snap);
+        assert_null(find_action(p, "fail_node", "w"));
+        json_decref(p);
+        advance(snap, 1);
+        p = plan(wf, snap);
+        a = find_action(p, "fail_node", "w");
+        assert_non_null(a);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(a, "error"), "message")),
+            "no 'doc' signal arrived within 1d (1s at time_scale 86400)");
+        json_decref(p);
+        wf_free(wf);
+}
+
 static void run_timeout_finishes_the_run(void **state)
 {
         struct wf_workflow *wf = parse(
@@ -1246,6 +1340,7 @@ int main(void)
             cmocka_unit_test(wait_event_keeps_early_signals_and_times_out),
             cmocka_unit_test(subworkflow_waits_for_its_child),
             cmocka_unit_test(run_timeout_finishes_the_run),
+            cmocka_unit_test(time_scale_divides_every_wait),
             cmocka_unit_test(failure_policies_continue_and_escalate),
             cmocka_unit_test(malformed_snapshots_are_rejected),
         };
