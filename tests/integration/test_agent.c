@@ -856,9 +856,10 @@ static void gated_tool_call_approved_runs_once(void **state)
 }
 
 /*
- * Approved, and the worker is SIGKILLed right after the call reached the receiver and
- * before its answer was journaled: the next worker does not send it again (the receiver
- * sees it once) and tells the agent the call was interrupted; nobody is asked twice.
+ * A worker SIGKILLed while the run waits, then one SIGKILLed right after the approved call
+ * reached the receiver and before its answer was journaled: the next worker does not send
+ * it again (the receiver sees it once) and tells the agent the call was interrupted; nobody
+ * is asked twice.
  */
 static void gated_tool_call_not_repeated_after_a_kill(void **state)
 {
@@ -866,8 +867,19 @@ static void gated_tool_call_not_repeated_after_a_kill(void **state)
         _cleanup_free_ char *wf = gated_workflow("gated-kill", "1h");
         script_gated("gated-kill", "?delay_ms=5000", "Maybe sent.");
         _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"monthly\"}");
+        pid_t w0 = spawn_worker("2s");
+        _cleanup_free_ char *approval = waiting_tool_approval(run, w0);
+
+        /* a kill while the run waits loses nothing: the next worker holds nothing either */
+        kill(w0, SIGKILL);
+        test_stop_process(w0, SIGKILL, 5000);
         pid_t w1 = spawn_worker("2s");
-        _cleanup_free_ char *approval = waiting_tool_approval(run, w1);
+        usleep(1500 * 1000);
+        assert_db_equal("waiting|pending", S.db,
+                        "SELECT r.status || '|' || a.status FROM workflow_runs r JOIN approvals a"
+                        " ON a.workflow_run_id = r.id WHERE a.id = '%s'",
+                        approval);
+        assert_int_equal(children_of(w1), 0);
 
         assert_int_equal(decide_tool(approval, "{\"decision\":\"approve\"}"), 200);
         for (int i = 0; i < 300 && worker_sink_count(S.sink, "/gated-kill/") < 1; i++)
@@ -886,6 +898,9 @@ static void gated_tool_call_not_repeated_after_a_kill(void **state)
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         _cleanup_free_ char *seen = last_llm_body();
         assert_non_null(strstr(seen, "interrupted"));
+        /* asked once: one approval, one request event, one notice */
+        assert_db_equal("1", S.db,
+                        "SELECT count(*) FROM notifications WHERE workflow_run_id = '%s'", run);
         assert_db_equal("1|1|1", S.db,
                         "SELECT (SELECT count(*) FROM approvals WHERE workflow_run_id = '%s')"
                         " || '|' || count(*) FILTER (WHERE kind = 'approval.requested') || '|' ||"
