@@ -278,8 +278,9 @@ static int send_message(struct agent_session *s, json_t *m)
 
 static int answer_ok(struct agent_session *s, const char *id, const json_t *result)
 {
-        return send_message(s, json_pack("{s:s, s:b, s:O}", "id", id, "ok", 1, "result",
-                                         result ? result : json_object()));
+        /* "o" takes the new empty object; a caller's result is borrowed (a reference added) */
+        return send_message(s, json_pack("{s:s, s:b, s:o}", "id", id, "ok", 1, "result",
+                                         result ? json_incref((json_t *)result) : json_object()));
 }
 
 static int answer_error(struct agent_session *s, const char *id, const char *klass,

@@ -830,7 +830,7 @@ static void gated_tool_call_approved_runs_once(void **state)
         assert_int_equal(decide_tool(approval, "{\"decision\":\"approve\",\"comment\":\"go\"}"),
                          200);
         wait_ended(run, w);
-        test_stop_process(w, SIGTERM, 15000);
+        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
         assert_completed(run);
         assert_db_equal("Sent.", S.db, "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'",
                         run);
@@ -890,7 +890,7 @@ static void gated_tool_call_not_repeated_after_a_kill(void **state)
 
         pid_t w2 = spawn_worker("2s");
         wait_ended(run, w2);
-        test_stop_process(w2, SIGTERM, 15000);
+        assert_exit_code(test_stop_process(w2, SIGTERM, 15000), 0); /* ASan: clean */
         assert_completed(run);
         usleep(5500 * 1000); /* the receiver's delayed answer is over: nothing else came */
         assert_int_equal(worker_sink_count(S.sink, "/gated-kill/send"), 1);
@@ -926,7 +926,7 @@ static void gated_tool_call_rejected_reaches_the_agent(void **state)
                         "{\"decision\":\"reject\",\"comment\":\"not to the archive, ask legal\"}"),
             200);
         wait_ended(run, w);
-        test_stop_process(w, SIGTERM, 15000);
+        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
         assert_completed(run);
         assert_db_equal("Not sent: rejected.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
@@ -954,7 +954,7 @@ static void gated_tool_call_times_out_rejected(void **state)
         _cleanup_free_ char *approval = waiting_tool_approval(run, w);
 
         wait_ended(run, w);
-        test_stop_process(w, SIGTERM, 15000);
+        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
         assert_completed(run);
         assert_db_equal("rejected|timeout", S.db,
                         "SELECT status || '|' || decided_by FROM approvals WHERE id = '%s'",
