@@ -20,6 +20,8 @@
 
 struct runtime_http_transfer;
 struct sandbox;
+struct sandbox_tools;
+struct sandbox_tool_job;
 struct llm_call;
 
 /* A journaled call, as read when the session started. */
@@ -44,11 +46,15 @@ struct agent_pending {
         struct runtime_http_transfer *transfer; /* a tool's request */
         struct llm_call *call;                  /* an llm call */
         int64_t started_ms;
-        const char *effect;          /* tool: its effect class */
-        int spawn_seq;               /* spawn: the journal row the sub-agent's answer goes to */
-        int approval_seq;            /* an approved gated tool call: its journal row */
-        struct agent_session *child; /* spawn: the sub-agent */
-        bool is_pending_marker;      /* always true: agent_host_http_done checks it */
+        const char *effect;           /* tool: its effect class */
+        int spawn_seq;                /* spawn: the journal row the sub-agent's answer goes to */
+        int approval_seq;             /* an approved gated tool call: its journal row */
+        struct agent_session *child;  /* spawn: the sub-agent */
+        bool is_pending_marker;       /* always true: agent_host_http_done checks it */
+        struct sandbox_tool_job *job; /* shell/run_code: the call in its sandbox */
+        int job_fds[3];               /* ... the descriptors of it in the host's epoll */
+        int njob_fds;
+        json_t *artifacts; /* ... the artifacts rows its journal entry adds, or NULL */
 };
 
 struct agent_session {
@@ -92,6 +98,7 @@ struct agent_session {
         int last_llm_seq;       /* its journal seq, 0 for none */
         json_t *last_assistant; /* its answer as the next request's assistant message */
         bool ended;
+        char *workspace; /* shell/run_code: the agent run's workspace once one was made */
 };
 
 struct agent_host {
@@ -100,7 +107,11 @@ struct agent_host {
         struct agent_session *sessions;
         unsigned nsessions;
         uint64_t serials;
-        struct sandbox *sandbox; /* agent_spawn.c: executors run in it (opened at the first) */
+        struct sandbox *sandbox;     /* agent_spawn.c: executors run in it (opened at the first) */
+        struct sandbox_tools *tools; /* shell/run_code (opened at the first agent using them) */
+        char *data_dir;              /* absolute: workspaces and artifacts live under it */
+        int timerfd;                 /* the tool calls' next deadline (valid with has_timer) */
+        bool has_timer;
 };
 
 /* ---- agent_journal.c: the session's statements ---- */
@@ -121,8 +132,8 @@ int agent_db_set_status(struct agent_session *s, const char *status, const json_
                         const json_t *error);
 
 /* ---- agent_tools.c ---- */
-/* The start message's tools for the agent's list of names (finish always). */
-json_t *agent_tool_definitions(const json_t *names);
+/* The start message's tools for the session's agent's list of names (finish always). */
+json_t *agent_tool_definitions(struct agent_session *s, const json_t *names);
 /* Starts a live tool request; 0, or < 0 with *refusal set to an answer error object
  * ({"class", "message"}) the executor gets instead. */
 int agent_tool_start(struct agent_session *s, struct agent_pending *p, json_t **refusal);
@@ -130,6 +141,46 @@ int agent_tool_start(struct agent_session *s, struct agent_pending *p, json_t **
  * its events. */
 json_t *agent_tool_result(struct agent_session *s, struct agent_pending *p, const json_t *output,
                           const json_t *error, json_t *events);
+
+/* ---- agent_tools_secrets.c: ${ secrets.NAME } in a tool call's arguments ---- */
+/* Counts the references in the strings of v (object values, array items), each checked
+ * against the agent's "secrets"; >= 0, or -EPERM / -EINVAL with *why (malloc'd, for the
+ * model: a name the agent was not given, a malformed reference). */
+int agent_secrets_check(const struct agent_session *s, const json_t *v, char **why);
+/* A copy of v with every reference replaced by the secret's value, resolved now
+ * (secrets_resolve: the value is registered with the redaction choke point). The copy only
+ * goes into what leaves (a request, a sandbox's environment) and is dropped at once. 0, or
+ * < 0 with *error naming the secret. */
+int agent_secrets_expand(struct agent_session *s, const json_t *v, json_t **out, char **error);
+/* The sentence for a tool's description naming the secrets it may use, or NULL. */
+char *agent_secrets_hint(const struct agent_session *s, const char *where);
+
+/* ---- agent_tools_sandbox.c: shell and run_code ---- */
+/* The definition of shell or run_code ({name, description, effect, parameters}), or NULL
+ * when the tools cannot be offered (*error says why). */
+json_t *agent_sandbox_tool_definition(struct agent_session *s, const char *name, char **error);
+/* Starts a live call; as agent_tool_start. */
+int agent_sandbox_tool_start(struct agent_session *s, struct agent_pending *p, json_t **refusal);
+/* The tool's result ({content, is_error, effect}) and events from the sandbox tool's result
+ * object (output) or error; sets p->artifacts. */
+json_t *agent_sandbox_tool_result(struct agent_session *s, struct agent_pending *p,
+                                  const json_t *output, const json_t *error, json_t *events);
+/* Journals an answered tool call (request and response as stored) with p->artifacts. */
+int agent_db_record_tool(struct agent_session *s, struct agent_pending *p, const json_t *request,
+                         const json_t *response, json_t *events);
+/* The host's epoll said a job's descriptor (serial: its session) or the timer (serial 0)
+ * is ready: steps the jobs, ends those that finished (may end sessions). */
+void agent_tool_jobs_poll(struct agent_host *h, uint64_t serial);
+/* Kills and forgets p's job (a pending freed). */
+void agent_tool_job_free(struct agent_host *h, struct agent_pending *p);
+/* A session ends (error: how; NULL for an answer): its workspace is removed unless it waits
+ * for a person (it goes on from there). */
+void agent_tools_session_end(struct agent_session *s, const json_t *error);
+void agent_tools_session_free(struct agent_session *s);
+void agent_tools_host_free(struct agent_host *h);
+
+/* ---- agent_session.c: a tool call finished (takes output and error; ends p) ---- */
+void agent_tool_finished(struct agent_pending *p, json_t *output, json_t *error);
 
 /* ---- agent_llm.c: the calls through src/llm's client ---- */
 int agent_llm_start(struct agent_session *s, struct agent_pending *p, char **error);
@@ -144,6 +195,8 @@ void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *
 int agent_executor_spawn(struct agent_host *h, pid_t *pid, int *in_fd, int *out_fd, int *err_fd,
                          char **error);
 void agent_sandbox_free(struct agent_host *h);
+/* The host's sandbox, opened and checked at the first use; 0 or < 0 with *error. */
+int agent_host_sandbox(struct agent_host *h, char **error);
 
 /* ---- agent_approval.c: tool calls that need a person (approve_tools) ---- */
 /* Whether the agent's approve_tools gates this tool request (by name or effect class). */

@@ -20,6 +20,7 @@
 #include "db.h"
 #include "duration.h"
 #include "log.h"
+#include "redact.h"
 #include "runtime_http.h"
 #include "strutil.h"
 
@@ -32,7 +33,7 @@ int64_t agent_now_ms(void)
 
 /* ---- redaction: the API key never leaves in anything but the request it authorises ---- */
 
-char *agent_redact_text(const struct agent_session *s, const char *text)
+static char *key_redact_text(const struct agent_session *s, const char *text)
 {
         const char *key = s ? s->api_key : NULL;
         size_t klen = key ? strlen(key) : 0;
@@ -55,12 +56,12 @@ char *agent_redact_text(const struct agent_session *s, const char *text)
         return buf_steal(&b);
 }
 
-json_t *agent_redact(const struct agent_session *s, const json_t *v)
+static json_t *key_redact(const struct agent_session *s, const json_t *v)
 {
         if (!v)
                 return NULL;
         if (json_is_string(v)) {
-                _cleanup_free_ char *t = agent_redact_text(s, json_string_value(v));
+                _cleanup_free_ char *t = key_redact_text(s, json_string_value(v));
                 return t ? json_string(t) : NULL;
         }
         if (json_is_object(v)) {
@@ -69,8 +70,8 @@ json_t *agent_redact(const struct agent_session *s, const json_t *v)
                 if (!o)
                         return NULL;
                 json_object_foreach ((json_t *)v, k, x) {
-                        _cleanup_free_ char *rk = agent_redact_text(s, k);
-                        if (!rk || json_object_set_new(o, rk, agent_redact(s, x)) < 0) {
+                        _cleanup_free_ char *rk = key_redact_text(s, k);
+                        if (!rk || json_object_set_new(o, rk, key_redact(s, x)) < 0) {
                                 json_decref(o);
                                 return NULL;
                         }
@@ -83,13 +84,33 @@ json_t *agent_redact(const struct agent_session *s, const json_t *v)
                 if (!a)
                         return NULL;
                 json_array_foreach (v, i, x)
-                        if (json_array_append_new(a, agent_redact(s, x)) < 0) {
+                        if (json_array_append_new(a, key_redact(s, x)) < 0) {
                                 json_decref(a);
                                 return NULL;
                         }
                 return a;
         }
         return json_deep_copy(v);
+}
+
+/* The session's API key, then every secret this process knows (the choke point,
+ * src/base/redact: the values tools resolved, a response that echoes one). */
+char *agent_redact_text(const struct agent_session *s, const char *text)
+{
+        _cleanup_free_ char *t = key_redact_text(s, text);
+
+        return t ? redact_strdup(t) : NULL;
+}
+
+json_t *agent_redact(const struct agent_session *s, const json_t *v)
+{
+        json_t *c = key_redact(s, v);
+
+        if (c && redact_json(c) < 0) {
+                json_decref(c);
+                return NULL;
+        }
+        return c;
 }
 
 /* Why a session statement failed, for the node's error. */
@@ -122,6 +143,8 @@ static void pending_free(struct agent_host *h, struct agent_pending *p)
                 runtime_http_abort(h->cfg.http, p->transfer);
         if (p->call)
                 agent_llm_abort(p);
+        agent_tool_job_free(h, p);
+        json_decref(p->artifacts);
         free(p->id);
         json_decref(p->request);
         free(p);
@@ -159,6 +182,7 @@ static void session_free(struct agent_host *h, struct agent_session *s)
                 json_decref(s->journal[i].response);
         }
         free(s->journal);
+        agent_tools_session_free(s);
         json_decref(s->occurrences);
         json_decref(s->agent);
         json_decref(s->budget);
@@ -197,6 +221,7 @@ static void session_end(struct agent_session *s, json_t *output, json_t *error)
                 return;
         }
         s->ended = true;
+        agent_tools_session_end(s, error);
         if (s->parent) {
                 struct agent_session *parent = s->parent;
                 struct agent_pending *p = s->spawned;
@@ -948,7 +973,9 @@ static void tool_done(struct agent_session *s, struct agent_pending *p, const js
                 return;
         }
         clean = agent_redact(s, result);
-        r = agent_db_record(s, "tool", p->request, clean, p->hash, NULL, 0, 0, 1, TAKE_PTR(events));
+        _cleanup_json_ json_t *request = agent_redact(s, p->request);
+        r = clean && request ? agent_db_record_tool(s, p, request, clean, TAKE_PTR(events))
+                             : -ENOMEM;
         if (r < 0) {
                 session_fail(s, "error", "could not journal a tool call: %s", db_why(r));
                 return;
@@ -969,15 +996,22 @@ bool agent_host_http_done(struct agent_host *h, void *userdata, json_t *output, 
                         }
         if (!p)
                 return false;
-        struct agent_session *s = p->session;
         p->transfer = NULL; /* finished: runtime freed it */
+        agent_tool_finished(p, output, error);
+        return true;
+}
+
+void agent_tool_finished(struct agent_pending *p, json_t *output, json_t *error)
+{
+        struct agent_session *s = p->session;
+        struct agent_host *h = s->host;
+
         pending_remove(s, p);
         tool_done(s, p, output, error);
         /* s may be gone now (a failure ended it), p is ours */
         pending_free(h, p);
         json_decref(output);
         json_decref(error);
-        return true;
 }
 
 /* ---- pipes ---- */
@@ -1074,6 +1108,10 @@ void agent_host_poll(struct agent_host *h)
                          * found by its serial, never through a pointer it owned */
                         uint64_t serial = evs[i].data.u64 >> 2;
                         int which = (int)(evs[i].data.u64 & 3);
+                        if (which == 3) { /* a tool call's sandbox, or their timer */
+                                agent_tool_jobs_poll(h, serial);
+                                continue;
+                        }
                         struct agent_session *s = h->sessions;
                         while (s && s->serial != serial)
                                 s = s->next;
@@ -1221,7 +1259,7 @@ static int session_launch(struct agent_session *s, char **error)
         h->nsessions++;
 
         int64_t max_turns = json_integer_value(json_object_get(s->agent, "max_turns"));
-        tools = agent_tool_definitions(json_object_get(s->agent, "tools"));
+        tools = agent_tool_definitions(s, json_object_get(s->agent, "tools"));
         if (tools && s->depth >= AGENT_MAX_DEPTH) /* the deepest sub-agents spawn no more */
                 for (size_t i = json_array_size(tools); i-- > 0;)
                         if (!strcmp(

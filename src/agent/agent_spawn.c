@@ -20,7 +20,7 @@
 /* Opens and checks the host's sandbox context at the first step; 0, or < 0 with the reason.
  * A failure is not kept: the next step tries again (a machine may be fixed meanwhile, and a
  * check may fail for a passing reason such as a fork refused under load). */
-static int host_sandbox(struct agent_host *h, char **error)
+int agent_host_sandbox(struct agent_host *h, char **error)
 {
         char *why = NULL;
         int r;
@@ -43,6 +43,7 @@ static int host_sandbox(struct agent_host *h, char **error)
 
 void agent_sandbox_free(struct agent_host *h)
 {
+        agent_tools_host_free(h); /* the tools borrow the sandbox */
         sandbox_free(h->sandbox);
         h->sandbox = NULL;
 }
@@ -59,7 +60,7 @@ int agent_executor_spawn(struct agent_host *h, pid_t *pid, int *in_fd, int *out_
         const char *const envp[] = {NULL};
 #endif
         char real[PATH_MAX];
-        int r = host_sandbox(h, error);
+        int r = agent_host_sandbox(h, error);
 
         if (r < 0)
                 return r;

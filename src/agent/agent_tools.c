@@ -2,7 +2,8 @@
  * The built-in tools: one JSON Schema each (the same object serves both LLM providers, see
  * src/llm), the effect class each declares, and http_request performed through the
  * worker's libcurl multi handle — only to the agent's allowed_hosts, with a stable
- * idempotency key, its response capped.
+ * idempotency key, its response capped, `${ secrets.NAME }` in it expanded only in the
+ * request that leaves. shell and run_code: agent_tools_sandbox.c.
  */
 #include "agent_internal.h"
 
@@ -12,6 +13,7 @@
 
 #include "cleanup.h"
 #include "runtime_http.h"
+#include "sandbox_tools.h"
 #include "strutil.h"
 
 static const char HTTP_SCHEMA[] =
@@ -40,6 +42,9 @@ static const struct tool {
     {"spawn_agent", "Start a sub-agent with its own prompt and wait for its answer.", SPAWN_SCHEMA,
      "idempotent"},
     {"finish", "Give the final answer and stop.", FINISH_SCHEMA, "read_only"},
+    /* their schemas and descriptions: agent_tools_sandbox.c (the languages found here) */
+    {"shell", NULL, NULL, "irreversible"},
+    {"run_code", NULL, NULL, "irreversible"},
 };
 
 static const struct tool *tool_find(const char *name)
@@ -64,17 +69,21 @@ const char *agent_tool_effect(const char *tool, const json_t *arguments)
         return t->effect;
 }
 
-static json_t *definition(const struct tool *t)
+static json_t *definition(const struct agent_session *s, const struct tool *t)
 {
         json_error_t jerr;
         json_t *schema = json_loads(t->schema, 0, &jerr);
+        _cleanup_free_ char *hint = s && !strcmp(t->name, "http_request")
+                                        ? agent_secrets_hint(s, "in the url, headers or body")
+                                        : NULL;
 
-        return schema ? json_pack("{s:s, s:s, s:s, s:o}", "name", t->name, "description",
-                                  t->description, "effect", t->effect, "parameters", schema)
+        return schema ? json_pack("{s:s, s:s++, s:s, s:o}", "name", t->name, "description",
+                                  t->description, hint ? " " : "", hint ? hint : "", "effect",
+                                  t->effect, "parameters", schema)
                       : NULL;
 }
 
-json_t *agent_tool_definitions(const json_t *names)
+json_t *agent_tool_definitions(struct agent_session *s, const json_t *names)
 {
         json_t *out = json_array(), *n;
         size_t i;
@@ -87,10 +96,18 @@ json_t *agent_tool_definitions(const json_t *names)
                 if (!t)
                         continue; /* the engine refused unknown names already */
                 finish |= !strcmp(t->name, "finish");
-                json_array_append_new(out, definition(t));
+                if (sandbox_tools_has(t->name)) {
+                        /* not offered when no sandbox can start here: a call would fail */
+                        _cleanup_free_ char *why = NULL;
+                        json_t *d = agent_sandbox_tool_definition(s, t->name, &why);
+                        if (d)
+                                json_array_append_new(out, d);
+                        continue;
+                }
+                json_array_append_new(out, definition(s, t));
         }
         if (!finish)
-                json_array_append_new(out, definition(tool_find("finish")));
+                json_array_append_new(out, definition(s, tool_find("finish")));
         return out;
 }
 
@@ -182,6 +199,8 @@ int agent_tool_start(struct agent_session *s, struct agent_pending *p, json_t **
                 return refuse(refusal, "not_allowed", "this agent was not given the tool %s", name);
         if (!json_is_object(args))
                 return refuse(refusal, "invalid_request", "the arguments must be an object");
+        if (sandbox_tools_has(name))
+                return agent_sandbox_tool_start(s, p, refusal);
         method = json_string_value(json_object_get(args, "method"));
         url = json_string_value(json_object_get(args, "url"));
         if (!method || !url)
@@ -194,6 +213,36 @@ int agent_tool_start(struct agent_session *s, struct agent_pending *p, json_t **
         if (!host_allowed(s, host))
                 return refuse(refusal, "not_allowed",
                               "the host %s is not in this agent's allowed_hosts", host);
+        _cleanup_free_ char *why = NULL;
+        _cleanup_json_ json_t *sent = NULL; /* with the secrets' values: sent, never kept */
+        r = agent_secrets_check(s, args, &why);
+        if (r < 0)
+                return refuse(refusal, r == -EPERM ? "not_allowed" : "invalid_request", "%s",
+                              why ? why : "a secret reference was refused");
+        if (r > 0) {
+                char sent_host[256];
+                const char *sent_url;
+                r = agent_secrets_expand(s, args, &sent, &why);
+                if (r < 0)
+                        return refuse(refusal, "secret", "%s",
+                                      why ? why : "a secret could not be opened");
+                sent_url = json_string_value(json_object_get(sent, "url"));
+                /* a value must not move the request to another host (a "port" of
+                 * "80@elsewhere") nor add header lines */
+                if (!sent_url || !url_host(sent_url, sent_host, sizeof(sent_host)) ||
+                    strcasecmp(sent_host, host) != 0)
+                        return refuse(refusal, "not_allowed",
+                                      "a secret in the url would change its host; put secrets "
+                                      "in the path, the query, a header or the body");
+                const char *hk;
+                json_t *hv;
+                json_object_foreach (json_object_get(sent, "headers"), hk, hv)
+                        if (json_is_string(hv) && strpbrk(json_string_value(hv), "\r\n"))
+                                return refuse(refusal, "invalid_request",
+                                              "the header %s would hold a line break", hk);
+                args = sent;
+                url = sent_url;
+        }
         p->effect = agent_tool_effect(name, args);
         /* the same for this call on every resume: the receiver can deduplicate */
         char okey[96];
@@ -237,6 +286,8 @@ json_t *agent_tool_result(struct agent_session *s, struct agent_pending *p, cons
         bool is_error;
         _cleanup_json_ json_t *args = agent_redact(s, json_object_get(p->request, "arguments"));
 
+        if (sandbox_tools_has(name))
+                return agent_sandbox_tool_result(s, p, output, error, events);
         if (output) {
                 _cleanup_json_ json_t *c = json_pack("{s:I, s:O?}", "status", status, "body",
                                                      json_object_get(output, "body"));

@@ -535,17 +535,14 @@ static const char *node_name(const struct wf_node *n)
 
 /* ---- agent ---- */
 
-static const char *const agent_def_fields[] = {"provider",      "base_url",
-                                               "model",         "api_key_secret",
-                                               "system",        "prompt",
-                                               "tools",         "allowed_hosts",
-                                               "budget",        "output_schema",
-                                               "max_turns",     "max_tokens",
-                                               "approve_tools", NULL};
+static const char *const agent_def_fields[] = {
+    "provider",  "base_url",   "model",         "api_key_secret", "system",
+    "prompt",    "tools",      "allowed_hosts", "budget",         "output_schema",
+    "max_turns", "max_tokens", "approve_tools", "secrets",        NULL};
 static const char *const agent_budget_fields[] = {
     "max_tokens", "max_cost_usd", "max_wall_clock", "max_llm_calls", "max_tool_calls", NULL};
 static const char *const agent_tool_names[] = {"http_request", "ask_human", "spawn_agent", "finish",
-                                               NULL};
+                                               "shell",        "run_code",  NULL};
 
 static json_t *parse_agent_approve_tools(struct wf_parse_ctx *c, const struct wf_node *n,
                                          const char *path, const json_t *v);
@@ -642,7 +639,8 @@ static void parse_agent(struct wf_parse_ctx *c, struct wf_node *n, const json_t 
                                     !in_list(agent_tool_names, json_string_value(t)))
                                         add_error(c, node, f ? f : apath,
                                                   "unknown tool %s%s%s; the built-in tools are "
-                                                  "http_request, ask_human, spawn_agent, finish",
+                                                  "http_request, ask_human, spawn_agent, finish, "
+                                                  "shell, run_code",
                                                   json_is_string(t) ? "'" : "",
                                                   json_is_string(t) ? json_string_value(t)
                                                                     : "(not a string)",
@@ -662,6 +660,20 @@ static void parse_agent(struct wf_parse_ctx *c, struct wf_node *n, const json_t 
                         add_error(c, node, f ? f : apath,
                                   "'allowed_hosts' must be a list of host names, e.g. "
                                   "[\"api.example.com\", \"127.0.0.1\"]");
+        }
+        v = json_object_get(a, "secrets");
+        if (v) { /* the stored secrets its tools may name as ${ secrets.NAME } (src/agent) */
+                _cleanup_free_ char *f = path_join(apath, "secrets");
+                json_t *h;
+                bool ok = json_is_array(v);
+                json_array_foreach (v, i, h)
+                        if (!json_is_string(h) || !*json_string_value(h) ||
+                            strpbrk(json_string_value(h), "${} /"))
+                                ok = false; /* the name rule itself is src/secrets' */
+                if (!ok)
+                        add_error(c, node, f ? f : apath,
+                                  "'secrets' must be a list of stored secret names its tools may "
+                                  "use, e.g. [\"GITHUB_TOKEN\"]");
         }
         v = json_object_get(a, "budget");
         if (v) {

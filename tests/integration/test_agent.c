@@ -22,6 +22,7 @@
 #include "auth_token.h"
 #include "buf.h"
 #include "cleanup.h"
+#include "embedded_pg.h"
 #include "fileio.h"
 #include "llm_server.h"
 #include "secrets.h"
@@ -38,26 +39,26 @@ static struct {
         pid_t api;
         char base[64];
         char token[AUTH_TOKEN_LEN + 1];
-        char key[64]; /* this test's API key: must never be seen anywhere but the LLM server */
+        char key[64];    /* this test's API key: must never be seen anywhere but the LLM server */
+        char canary[64]; /* the secret CANARY the tools use: seen by the sink only */
         int nworkers;
         char last_log[512];
 } S;
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static void store_key(void)
+/* A stored secret of the test user. */
+static void store_secret(const char *name, const char *value)
 {
         struct secrets_sealed sealed = {0};
         char *id = test_db_value(S.db, "SELECT gen_random_uuid()");
         char *nonce, *cipher, *wrapped;
         size_t n1, n2, n3;
 
-        snprintf(S.key, sizeof(S.key), "sk-canary-%08x%08x", (unsigned)random(),
-                 (unsigned)getpid());
         struct secrets_kms kms;
         assert_int_equal(secrets_kms_init(&kms, S.dir), 0);
-        assert_int_equal(secrets_seal(&kms, "local", SECRETS_KEY_VERSION_LOCAL, S.user, id, S.key,
-                                      strlen(S.key), &sealed, NULL),
+        assert_int_equal(secrets_seal(&kms, "local", SECRETS_KEY_VERSION_LOCAL, S.user, id, value,
+                                      strlen(value), &sealed, NULL),
                          0);
         secrets_kms_release(&kms);
         nonce = (char *)PQescapeByteaConn(S.db, sealed.nonce, sizeof(sealed.nonce), &n1);
@@ -65,14 +66,24 @@ static void store_key(void)
         wrapped = (char *)PQescapeByteaConn(S.db, sealed.wrapped_key, sealed.wrapped_len, &n3);
         _cleanup_free_ char *sql =
             str_printf("INSERT INTO secrets (id, user_id, name, ciphertext, nonce, wrapped_key,"
-                       " key_version) VALUES ('%s', '%s', 'llmkey', '%s', '%s', '%s', %d)",
-                       id, S.user, cipher, nonce, wrapped, sealed.key_version);
+                       " key_version) VALUES ('%s', '%s', '%s', '%s', '%s', '%s', %d)",
+                       id, S.user, name, cipher, nonce, wrapped, sealed.key_version);
         PQclear(test_db_must(S.db, sql));
         PQfreemem(nonce);
         PQfreemem(cipher);
         PQfreemem(wrapped);
         secrets_sealed_free(&sealed);
         free(id);
+}
+
+static void store_key(void)
+{
+        snprintf(S.key, sizeof(S.key), "sk-canary-%08x%08x", (unsigned)random(),
+                 (unsigned)getpid());
+        store_secret("llmkey", S.key);
+        snprintf(S.canary, sizeof(S.canary), "tool-canary-%08x%08x", (unsigned)random(),
+                 (unsigned)getpid());
+        store_secret("CANARY", S.canary);
 }
 
 static void assert_completed(const char *run)
@@ -149,15 +160,15 @@ static void script_three_tools(const char *tag, const char *third_extra, bool re
         llm_server_script(S.llm, script);
 }
 
-/* The key must appear nowhere we can look: database rows, worker and API logs. */
-static void assert_no_key_anywhere(const char *run)
+/* The value must appear nowhere we can look: database rows, worker and API logs. */
+static void assert_nowhere(const char *run, const char *value)
 {
         const char *tables[] = {"logs", "agent_journal", "agent_runs", "node_runs",
                                 "workflow_runs"};
 
         for (size_t i = 0; i < ELEMENTSOF(tables); i++)
                 assert_db_equal("0", S.db, "SELECT count(*) FROM %s t WHERE t::text LIKE '%%%s%%'",
-                                tables[i], S.key);
+                                tables[i], value);
         DIR *d = opendir(S.dir);
         struct dirent *e;
         assert_non_null(d);
@@ -168,8 +179,8 @@ static void assert_no_key_anywhere(const char *run)
                 if (!strstr(e->d_name, ".log"))
                         continue;
                 snprintf(path, sizeof(path), "%s/%s", S.dir, e->d_name);
-                if (file_read_all(path, 64 << 20, &text, &len) == 0 && text && strstr(text, S.key))
-                        fail_msg("the api key appears in %s", path);
+                if (file_read_all(path, 64 << 20, &text, &len) == 0 && text && strstr(text, value))
+                        fail_msg("%s appears in %s", value, path);
         }
         closedir(d);
         /* and in what the API shows of the run and its events */
@@ -181,9 +192,14 @@ static void assert_no_key_anywhere(const char *run)
                 _cleanup_free_ char *out = NULL;
                 snprintf(url, sizeof(url), "%s/v1/runs/%s%s", S.base, run, routes[i]);
                 assert_int_equal(test_http("GET", url, headers, NULL, &out), 200);
-                if (out && strstr(out, S.key))
-                        fail_msg("the api key appears in GET /v1/runs/{id}%s", routes[i]);
+                if (out && strstr(out, value))
+                        fail_msg("%s appears in GET /v1/runs/{id}%s", value, routes[i]);
         }
+}
+
+static void assert_no_key_anywhere(const char *run)
+{
+        assert_nowhere(run, S.key);
 }
 
 static long post_input(const char *run, const char *body)
@@ -968,6 +984,229 @@ static void gated_tool_call_times_out_rejected(void **state)
                         run);
 }
 
+/* ---- shell and run_code ------------------------------------------------------------ */
+
+static pid_t spawn_tools_worker(void)
+{
+        char id[32];
+        const char *extra[] = {"--data-dir", S.dir, NULL};
+
+        snprintf(id, sizeof(id), "agent-w%d", ++S.nworkers);
+        snprintf(S.last_log, sizeof(S.last_log), "%s/%s.log", S.dir, id);
+        return worker_test_spawn(S.conninfo, id, "2s", "500ms", extra, S.last_log);
+}
+
+/* One scripted LLM answer calling tool with args (taken); delay_ms > 0 delays it. */
+static json_t *call_step(const char *text, const char *id, const char *tool, json_t *args,
+                         int delay_ms)
+{
+        _cleanup_free_ char *a = json_dumps(args, JSON_COMPACT);
+        json_t *step =
+            json_pack("{s:s, s:[{s:s, s:s, s:s}], s:{s:i, s:i}}", "text", text, "tool_calls", "id",
+                      id, "name", tool, "arguments", a, "usage", "input", 100, "output", 10);
+
+        json_decref(args);
+        assert_non_null(step);
+        if (delay_ms > 0)
+                json_object_set_new(step, "delay_ms", json_integer(delay_ms));
+        return step;
+}
+
+/* The whole text of the body of the server's i-th request. */
+static char *llm_body_text(int i)
+{
+        _cleanup_json_ json_t *req = llm_server_request(S.llm, i);
+        return json_dumps(json_object_get(req, "body"), JSON_COMPACT);
+}
+
+/* Every table's dump (pg_dump): the value must not be in it. */
+static void assert_not_in_pg_dump(const char *value)
+{
+        _cleanup_free_ char *bindir = NULL, *cmd = NULL;
+        struct buf dump;
+        char chunk[65536];
+        size_t n;
+
+        assert_int_equal(embedded_pg_bindir(&bindir), 0);
+        cmd = str_printf("'%s/pg_dump' --no-owner '%s'", bindir, S.conninfo);
+        FILE *p = popen(cmd, "r");
+        assert_non_null(p);
+        buf_init(&dump, (size_t)1 << 30);
+        while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
+                assert_int_equal(buf_append(&dump, chunk, n), 0);
+        assert_int_equal(pclose(p), 0);
+        assert_non_null(dump.data);
+        assert_non_null(strstr(dump.data, "CREATE TABLE")); /* a dump was read */
+        if (strstr(dump.data, value))
+                fail_msg("%s appears in pg_dump", value);
+        buf_free(&dump);
+}
+
+/*
+ * An agent calls run_code (python3): the code writes report.txt, which it keeps, appends a
+ * line to runs.log in the workspace (the count of its runs) and prints the secret CANARY it
+ * gets in its environment; then shell counts the runs; then http_request sends CANARY in an
+ * Authorization header to a server that echoes it back; then the agent answers. With crash,
+ * the worker is SIGKILLed once the run_code result is journaled and while the next LLM call
+ * is in flight. Returns the run_code result as the model saw it, without its duration.
+ */
+static json_t *run_code_keeps_a_file(const char *tag, bool crash)
+{
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *def = str_printf(
+            "{\"name\":\"%s\",\"nodes\":[{\"id\":\"compute\",\"type\":\"agent\",\"agent\":{"
+            "\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+            "\"api_key_secret\":\"LLMKEY\",\"prompt\":\"Compute and report.\","
+            "\"tools\":[\"run_code\",\"shell\",\"http_request\"],\"secrets\":[\"CANARY\"],"
+            "\"allowed_hosts\":[\"127.0.0.1\"]}}]}",
+            tag, llm_server_url(S.llm));
+        _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, tag, 1, def);
+        _cleanup_free_ char *url =
+            str_printf("%s/%s/report?echo_auth=1", worker_sink_url(S.sink), tag);
+        _cleanup_free_ char *prefix = str_printf("/%s/report", tag);
+        const char *code = "import os\n"
+                           "open('report.txt', 'w').write('hello artifact\\n')\n"
+                           "open('runs.log', 'a').write('run\\n')\n"
+                           "print('token is', os.environ['TOKEN'])\n";
+        json_t *script = json_array();
+
+        json_array_append_new(
+            script,
+            call_step("I will compute.", "c1", "run_code",
+                      json_pack("{s:s, s:s, s:[s], s:{s:s}}", "language", "python", "code", code,
+                                "keep", "report.txt", "env", "TOKEN", "${ secrets.CANARY }"),
+                      0));
+        json_t *count = json_pack("{s:s}", "command", "echo runs=$(wc -l < runs.log)");
+        json_array_append_new(script, call_step("Let me count.", "c2", "shell",
+                                                json_deep_copy(count), crash ? 8000 : 0));
+        if (crash) /* sent again by the worker that resumes */
+                json_array_append_new(
+                    script, call_step("Let me count.", "c2", "shell", json_deep_copy(count), 0));
+        json_decref(count);
+        json_array_append_new(
+            script, call_step("Now I report.", "c3", "http_request",
+                              json_pack("{s:s, s:s, s:{s:s}, s:s}", "method", "POST", "url", url,
+                                        "headers", "Authorization", "Bearer ${ secrets.CANARY }",
+                                        "body", "the report"),
+                              0));
+        json_array_append_new(script,
+                              json_pack("{s:s, s:{s:i, s:i}}", "text", "Done: report.txt written.",
+                                        "usage", "input", 100, "output", 10));
+        _cleanup_free_ char *script_text = json_dumps(script, JSON_COMPACT);
+        json_decref(script);
+        llm_server_script(S.llm, script_text);
+
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
+        pid_t w = spawn_tools_worker();
+        if (crash) {
+                wait_llm_requests(before + 2, 60000); /* the second call is in flight */
+                /* run_code's result was journaled before that call was sent */
+                assert_db_equal("1", S.db,
+                                "SELECT count(*) FROM agent_journal j JOIN agent_runs a ON a.id ="
+                                " j.agent_run_id WHERE a.workflow_run_id = '%s' AND j.kind = "
+                                "'tool' AND j.request->>'name' = 'run_code'",
+                                run);
+                kill(w, SIGKILL);
+                test_stop_process(w, SIGKILL, 5000);
+                w = spawn_tools_worker();
+        }
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 90000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not end; see %s", S.last_log);
+        }
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("Done: report.txt written.", S.db,
+                        "SELECT output->>'compute' FROM workflow_runs WHERE id = '%s'", run);
+        assert_int_equal(llm_server_request_count(S.llm) - before, crash ? 5 : 4);
+
+        /* the code ran once: shell, after the resume, counts one run in the workspace */
+        _cleanup_free_ char *after_shell = llm_body_text(before + (crash ? 3 : 2));
+        /* "runs=1\n" in stdout, in the content, in the body: escaped twice */
+        assert_non_null(strstr(after_shell, "runs=1\\\\n"));
+        /* the model saw the secret's name, never its value; and the kept file */
+        _cleanup_free_ char *after_code = llm_body_text(before + 1);
+        assert_non_null(strstr(after_code, "token is [secret:CANARY]"));
+        assert_null(strstr(after_code, S.canary));
+
+        /* one artifact row, its file under the data dir with the content */
+        assert_db_equal("report.txt|15|text/plain|1", S.db,
+                        "SELECT name || '|' || size_bytes || '|' || content_type || '|' ||"
+                        " (sha256 = encode(sha256(convert_to('hello artifact' || chr(10),"
+                        " 'UTF8')), 'hex'))::int FROM artifacts WHERE workflow_run_id = '%s'",
+                        run);
+        _cleanup_free_ char *uri = test_db_value(
+            S.db, "SELECT storage_uri FROM artifacts WHERE workflow_run_id = '%s'", run);
+        assert_true(str_has_prefix(uri, "file://"));
+        assert_true(str_has_prefix(uri + 7, S.dir));
+        _cleanup_free_ char *content = NULL;
+        size_t len = 0;
+        assert_int_equal(file_read_all(uri + 7, 1 << 20, &content, &len), 0);
+        assert_string_equal(content, "hello artifact\n");
+
+        /* the effects, their classes and the journal's unexpanded references */
+        assert_db_equal("1|1|1", S.db,
+                        "SELECT count(*) FILTER (WHERE data->>'name' = 'run_code' AND"
+                        " data->>'effect' = 'irreversible') || '|' || count(*) FILTER (WHERE"
+                        " data->>'name' = 'shell' AND data->>'effect' = 'irreversible') || '|'"
+                        " || count(*) FILTER (WHERE data->>'name' = 'http_request')"
+                        " FROM logs WHERE workflow_run_id = '%s' AND kind = 'agent.tool_call'",
+                        run);
+        assert_db_equal("3|2", S.db,
+                        "SELECT a.tool_calls || '|' || count(*) FILTER (WHERE j.request::text"
+                        " LIKE '%%${ secrets.CANARY }%%') FROM agent_runs a JOIN agent_journal j"
+                        " ON j.agent_run_id = a.id WHERE a.workflow_run_id = '%s'"
+                        " GROUP BY a.tool_calls",
+                        run);
+        /* the request that left carried the value; its echo came back masked */
+        struct worker_sink_request rec;
+        assert_int_equal(worker_sink_count(S.sink, prefix), 1);
+        assert_int_equal(worker_sink_get(S.sink, prefix, 0, &rec), 0);
+        _cleanup_free_ char *bearer = str_printf("Bearer %s", S.canary);
+        assert_string_equal(rec.authorization, bearer);
+        _cleanup_free_ char *after_http = llm_body_text(before + (crash ? 4 : 3));
+        assert_non_null(strstr(after_http, "Bearer [secret:CANARY]"));
+
+        /* the workspace went with the agent run */
+        _cleanup_free_ char *agent_run =
+            test_db_value(S.db, "SELECT id FROM agent_runs WHERE workflow_run_id = '%s'", run);
+        _cleanup_free_ char *ws = str_printf("%s/workspaces/%s", S.dir, agent_run);
+        struct stat st;
+        assert_int_equal(stat(ws, &st), -1);
+
+        assert_nowhere(run, S.canary);
+        assert_nowhere(run, S.key);
+        assert_not_in_pg_dump(S.canary);
+
+        /* what the model saw of run_code, for the comparison with another run */
+        _cleanup_free_ char *seen_text = test_db_value(
+            S.db,
+            "SELECT j.response->>'content' FROM agent_journal j JOIN agent_runs a ON a.id ="
+            " j.agent_run_id WHERE a.workflow_run_id = '%s' AND j.request->>'name' = "
+            "'run_code'",
+            run);
+        json_t *seen = json_loads(seen_text, 0, NULL);
+        assert_non_null(seen);
+        json_object_del(seen, "duration_ms");
+        return seen;
+}
+
+/* run_code resumed after a SIGKILL gives what an uninterrupted run gives, the code run
+ * once. */
+static void run_code_is_journaled_and_not_run_again(void **state)
+{
+        (void)state;
+        _cleanup_json_ json_t *straight = run_code_keeps_a_file("code-straight", false);
+        _cleanup_json_ json_t *resumed = run_code_keeps_a_file("code-crash", true);
+        _cleanup_free_ char *a = json_dumps(straight, JSON_COMPACT | JSON_SORT_KEYS);
+        _cleanup_free_ char *b = json_dumps(resumed, JSON_COMPACT | JSON_SORT_KEYS);
+
+        assert_string_equal(a, b);
+        assert_non_null(strstr(a, "\"stdout\":\"token is [secret:CANARY]\\n\""));
+        assert_non_null(strstr(a, "\"name\":\"report.txt\",\"sha256\""));
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -983,6 +1222,7 @@ int main(void)
             cmocka_unit_test(gated_tool_call_not_repeated_after_a_kill),
             cmocka_unit_test(gated_tool_call_rejected_reaches_the_agent),
             cmocka_unit_test(gated_tool_call_times_out_rejected),
+            cmocka_unit_test(run_code_is_journaled_and_not_run_again),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));

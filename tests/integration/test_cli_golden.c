@@ -433,7 +433,7 @@ static void cli_main_commands_match_their_goldens(void **state)
         assert_int_equal(r.exit, 0);
         cli_result_free(&r);
         write_text(bad, "{\"name\": \"bad\", \"provider\": \"gemini\", \"model\": \"m\", "
-                        "\"tools\": [\"shell\"], \"budget\": {\"max_dollars\": 5}}");
+                        "\"tools\": [\"browser\"], \"budget\": {\"max_dollars\": 5}}");
         r = golden(f, "agent_apply_invalid", NULL, ARGS("agent", "apply", "bad.json"));
         assert_int_equal(r.exit, CLI_EXIT_FAILURE);
         cli_result_free(&r);

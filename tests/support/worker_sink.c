@@ -49,7 +49,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         struct worker_sink_request rec = {0};
         struct MHD_Response *resp;
         const char *key;
-        char body[128];
+        char body[512];
         int same_path = 0, fail, status = 200, delay;
         enum MHD_Result ret;
 
@@ -75,6 +75,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         snprintf(rec.user_agent, sizeof(rec.user_agent), "%s", key ? key : "");
         key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
         snprintf(rec.content_type, sizeof(rec.content_type), "%s", key ? key : "");
+        key = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+        snprintf(rec.authorization, sizeof(rec.authorization), "%s", key ? key : "");
         memcpy(rec.body, u->body, u->len + 1);
         rec.at_ms = test_now_ms();
 
@@ -95,8 +97,14 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                 usleep((useconds_t)delay * 1000);
         if (query_int(c, "drop", 0))
                 return MHD_NO; /* closes the connection without an answer */
-        snprintf(body, sizeof(body), "{\"ok\":%s,\"n\":%d}", status == 200 ? "true" : "false",
-                 same_path + 1);
+        /* ?echo_auth=1: the Authorization header comes back in the body (a server that
+         * answers with a secret it was sent) */
+        if (query_int(c, "echo_auth", 0))
+                snprintf(body, sizeof(body), "{\"ok\":%s,\"n\":%d,\"auth\":\"%s\"}",
+                         status == 200 ? "true" : "false", same_path + 1, rec.authorization);
+        else
+                snprintf(body, sizeof(body), "{\"ok\":%s,\"n\":%d}",
+                         status == 200 ? "true" : "false", same_path + 1);
         resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_COPY);
         MHD_add_response_header(resp, "Content-Type", "application/json");
         if (status != 200 && query(c, "retry_after"))

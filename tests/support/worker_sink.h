@@ -21,8 +21,9 @@ struct worker_sink_request {
         char body[512];
         char user_agent[256];
         char content_type[128];
-        int64_t at_ms; /* test_now_ms() at arrival */
-        int status;    /* what the sink answered */
+        char authorization[256]; /* the Authorization header */
+        int64_t at_ms;           /* test_now_ms() at arrival */
+        int status;              /* what the sink answered */
 };
 
 /* Starts a sink on 127.0.0.1 (a free port); aborts the test on failure. */

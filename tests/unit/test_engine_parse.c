@@ -641,7 +641,8 @@ static void agent_node_inline_shape(void **state)
                     "\"provider\":\"%s\",\"base_url\":\"http://127.0.0.1:PORT/v1\",\"model\":"
                     "\"m\",\"api_key_secret\":\"LLMKEY\",\"system\":\"You call tools when "
                     "asked.\",\"prompt\":\"Research ${ input.topic } carefully.\",\"tools\":["
-                    "\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"],\"budget\":{"
+                    "\"http_request\",\"shell\",\"run_code\"],\"allowed_hosts\":[\"127.0.0.1\"],"
+                    "\"secrets\":[\"GITHUB_TOKEN\"],\"budget\":{"
                     "\"max_tokens\":100000,\"max_cost_usd\":5}}}]}",
                     providers[i]);
                 _cleanup_json_ json_t *def = load(text);
@@ -655,12 +656,14 @@ static void agent_node_inline_shape(void **state)
         }
         _cleanup_json_ json_t *errors = errors_of(
             "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"agent\",\"agent\":{"
-            "\"provider\":\"openia\",\"model\":\"m\",\"promt\":\"x\",\"tools\":[\"shell\"],"
-            "\"budget\":{\"max_cost\":1},\"api_key_secret\":\"${ input.k }\"}}]}");
+            "\"provider\":\"openia\",\"model\":\"m\",\"promt\":\"x\",\"tools\":[\"browser\"],"
+            "\"budget\":{\"max_cost\":1},\"api_key_secret\":\"${ input.k }\","
+            "\"secrets\":[\"${ secrets.X }\"]}}]}");
         expect_error(errors, "a", "/nodes/0/agent/provider", "unknown provider 'openia'");
         expect_error(errors, "a", "/nodes/0/agent/promt", "did you mean 'prompt'");
         expect_error(errors, "a", "/nodes/0/agent/prompt", "missing required field");
-        expect_error(errors, "a", "/nodes/0/agent/tools", "unknown tool 'shell'");
+        expect_error(errors, "a", "/nodes/0/agent/tools", "unknown tool 'browser'");
+        expect_error(errors, "a", "/nodes/0/agent/secrets", "list of stored secret names");
         expect_error(errors, "a", "/nodes/0/agent/budget/max_cost", "known fields: max_tokens");
         expect_error(errors, "a", "/nodes/0/agent/api_key_secret", "cannot be an expression");
 }
