@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs the examples of README.md and docs/*.md against a live `agently up`.
+"""Runs the examples of README.md, docs/*.md and examples/*/README.md against a live `agently up`.
 
 A doc example that no longer works fails the suite. One `agently up` (embedded Postgres, a
 free port) serves every document; each document gets its own admin user (so documents do not
@@ -29,8 +29,14 @@ Outside URLs are served by a local stand-in: `http(s)://<host>.example.com/...` 
 `http://127.0.0.1:<stand-in port>/<host>.example.com/...` in commands and workflows, and
 `127.0.0.1:8080` (agently up's default address) becomes the address of this document's
 `agently up`. Output is mapped back before it is compared, so the docs keep readable URLs.
-The stand-in answers with tests/docs/stand-ins.json where a route matches, otherwise 200 with
-an echo of the request: {"method", "path", "headers" (lower-case names), "body"}.
+The stand-in answers with tests/docs/stand-ins.json where a route matches (its JSON "body", or
+its "text" with its "content_type", e.g. a streamed LLM answer), otherwise 200 with an echo of
+the request: {"method", "path", "headers" (lower-case names), "body"}.
+
+E-mail goes to a real local SMTP server (tests/support/notify_receiver.py, Debian's
+python3-aiosmtpd): `agently up` runs with AGENTLY_SMTP_URL pointing at it, as a reader of
+examples/chase-document/README.md runs it with `python3 -m aiosmtpd`. At the end the runner
+prints how many messages it received.
 
 In expected output, `…` matches any text within a line, and a line holding only `…` matches
 any number of lines. When the expected output is JSON, it is compared as JSON: an object's
@@ -148,11 +154,12 @@ class StandIn:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 target = self.path.lstrip("/")
-                status, body = 200, None
+                status, body, answer, ctype = 200, None, None, "application/json"
                 for r in routes:
                     if r.get("method", self.command) == self.command and fnmatch.fnmatchcase(
                             target, r["url"]):
                         status, body = r.get("status", 200), r.get("body")
+                        answer, ctype = r.get("text"), r.get("content_type", ctype)
                         break
                 else:
                     text = raw.decode("utf-8", "replace")
@@ -163,9 +170,9 @@ class StandIn:
                     body = {"method": self.command, "path": "/" + target.split("/", 1)[-1],
                             "headers": {k.lower(): v for k, v in self.headers.items()},
                             "body": parsed}
-                data = json.dumps(body).encode()
+                data = answer.encode() if answer is not None else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
@@ -184,6 +191,30 @@ class StandIn:
         self.server.server_close()
 
 
+class MailSink:
+    """A real SMTP server (tests/support/notify_receiver.py: Debian's python3-aiosmtpd, which it
+    imports through its own /usr/bin/python3) that agently up's dispatcher delivers to."""
+
+    def __init__(self, source):
+        path = os.path.join(source, "tests", "support", "notify_receiver.py")
+        self.proc = subprocess.Popen([path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     text=True, start_new_session=True,
+                                     preexec_fn=die_with_parent(signal.SIGKILL))
+        ready = self.proc.stdout.readline().split()
+        if len(ready) != 3 or ready[0] != "ready":
+            raise DocError("the SMTP server did not start (%s)" % " ".join(ready))
+        self.http_port, self.smtp_port = int(ready[1]), int(ready[2])
+
+    def messages(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/state" % self.http_port,
+                                    timeout=5) as r:
+            return json.load(r)["mail_messages"]
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 # --------------------------------------------------------------------------------------------
 # One document's world: a scratch directory, `agently up`, a bash that keeps its state
 
@@ -199,7 +230,7 @@ def free_port():
 class Up:
     """The one `agently up` every document talks to (embedded Postgres, a free port)."""
 
-    def __init__(self, args):
+    def __init__(self, args, mail):
         self.args = args
         self.dir = tempfile.mkdtemp(prefix="agently-doc-up-")
         os.chmod(self.dir, 0o755)
@@ -209,6 +240,8 @@ class Up:
         self.env["AGENTLY_DATABASE_URL"] = ""  # the embedded Postgres, as a newcomer runs it
         for k in ("AGENTLY_TOKEN", "AGENTLY_DATA_DIR", "AGENTLY_SERVER"):
             self.env.pop(k, None)
+        self.env.update({"AGENTLY_SMTP_URL": "smtp://127.0.0.1:%d" % mail.smtp_port,
+                         "AGENTLY_SMTP_TLS": "none", "AGENTLY_SMTP_FROM": "agently@example.com"})
         self.log_path = os.path.join(self.dir, "up.log")
         self.proc = subprocess.Popen(
             [args.agently, "up", "--data-dir", os.path.join(self.dir, ".agently"), "--port",
@@ -625,12 +658,15 @@ def main():
 
     docs = ["README.md"] + sorted(
         os.path.relpath(p, args.source) for p in glob.glob(os.path.join(args.source, "docs",
-                                                                        "*.md")))
+                                                                        "*.md"))) + sorted(
+        os.path.relpath(p, args.source) for p in glob.glob(os.path.join(args.source, "examples",
+                                                                        "*", "README.md")))
     if args.only:
         docs = [d for d in docs if d in args.only or os.path.basename(d) in args.only]
     failures, ran, skipped = [], 0, 0
     started = time.monotonic()
     standin = StandIn(os.path.join(args.source, "tests", "docs", "stand-ins.json"))
+    mail = None
     work = []
     for doc in docs:
         try:
@@ -647,7 +683,8 @@ def main():
     up = None
     try:
         if work:
-            up = Up(args)
+            mail = MailSink(args.source)
+            up = Up(args, mail)
             print("agently up ready in %.1fs" % (time.monotonic() - started))
         for serial, (doc, todo) in enumerate(work, 1):
             t0 = time.monotonic()
@@ -671,6 +708,12 @@ def main():
             except DocError as e:
                 failures.append(str(e))
     standin.close()
+    if mail:
+        try:
+            print("e-mail: %d message(s) reached the SMTP server" % len(mail.messages()))
+        except OSError as e:
+            failures.append("could not read the SMTP server's state: %s" % e)
+        mail.close()
     print("doc examples: %d run, %d skipped, %d failure(s), %.1fs" %
           (ran, skipped, len(failures), time.monotonic() - started))
     for f in failures:

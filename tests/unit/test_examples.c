@@ -13,9 +13,10 @@
 #include "fileio.h"
 #include "strutil.h"
 
-static void every_example_validates(void **state)
+/* Validates every *.json of dir (examples/ or one of its directories); returns how many. */
+static int validate_dir(const char *dir)
 {
-        DIR *d = opendir(AGENTLY_SOURCE_DIR "/examples");
+        DIR *d = opendir(dir);
         struct dirent *e;
         int checked = 0;
 
@@ -29,7 +30,7 @@ static void every_example_validates(void **state)
 
                 if (n < 6 || strcmp(e->d_name + n - 5, ".json") != 0)
                         continue;
-                path = str_printf("%s/examples/%s", AGENTLY_SOURCE_DIR, e->d_name);
+                path = str_printf("%s/%s", dir, e->d_name);
                 assert_int_equal(file_read_all(path, WF_MAX_DEFINITION_BYTES, &text, &len), 0);
                 if (wf_parse_text(text, len, &wf, &errors) < 0) {
                         char *dump = errors ? json_dumps(errors, JSON_INDENT(2)) : NULL;
@@ -39,13 +40,41 @@ static void every_example_validates(void **state)
                 }
                 /* the file name is the workflow name, so `run start <name>` matches */
                 assert_int_equal(strncmp(wf_name(wf), e->d_name, n - 5), 0);
+                assert_int_equal(strlen(wf_name(wf)), n - 5);
                 wf_free(wf);
                 free(text);
                 free(path);
                 checked++;
         }
         closedir(d);
-        assert_int_ge(checked, 3);
+        return checked;
+}
+
+static void every_example_validates(void **state)
+{
+        DIR *d = opendir(AGENTLY_SOURCE_DIR "/examples");
+        struct dirent *e;
+        int checked;
+
+        (void)state;
+        assert_non_null(d);
+        checked = validate_dir(AGENTLY_SOURCE_DIR "/examples");
+        /* an example of several files is a directory (examples/chase-document/) */
+        while ((e = readdir(d))) {
+                char *sub;
+                DIR *probe;
+                if (e->d_name[0] == '.')
+                        continue;
+                sub = str_printf("%s/examples/%s", AGENTLY_SOURCE_DIR, e->d_name);
+                probe = opendir(sub);
+                if (probe) {
+                        closedir(probe);
+                        checked += validate_dir(sub);
+                }
+                free(sub);
+        }
+        closedir(d);
+        assert_int_ge(checked, 4);
 }
 
 int main(void)
