@@ -376,6 +376,8 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
         return emit(p, action);
 }
 
+static int escalation_scale(const struct wf_plan_ctx *p, json_t *spec);
+
 /* An agent step: the rendered agent object goes to the worker, which runs the session
  * (src/agent) and resumes it from its journal when this attempt is executed again. */
 int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
@@ -392,6 +394,14 @@ int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int atte
         if (!json_is_string(json_object_get(agent, "prompt")))
                 return emit_fail(p, l->id, attempt,
                                  error_json("error", "the agent's prompt must render to a string"));
+        /* its tool calls' approvals wait in the run's time, like an approval node's */
+        json_t *gate = json_object_get(agent, "approve_tools"), *t;
+        if (json_is_object(gate) && (t = json_object_get(gate, "timeout_ms")) &&
+            json_is_integer(t) &&
+            (json_object_set_new(gate, "timeout_ms", json_integer(span(p, json_integer_value(t)))) <
+                 0 ||
+             escalation_scale(p, gate) < 0))
+                return p->error = -ENOMEM;
         return emit(p, execute_action(l, attempt, agent, key, reexecution));
 }
 
@@ -691,16 +701,12 @@ int wf_plan_subworkflow_resume(struct wf_plan_ctx *p, const struct wf_leaf *l)
 
 /* ---- approval ---- */
 
-/* The approval's deadlines in the run's time: its timeout and each escalation step's. */
-static int approval_scale(const struct wf_plan_ctx *p, const struct wf_node *n, json_t *spec)
+/* Each escalation step's timeout_ms of spec in the run's time. */
+static int escalation_scale(const struct wf_plan_ctx *p, json_t *spec)
 {
         json_t *step;
         size_t i;
 
-        if (json_object_set_new(spec, "timeout_ms",
-                                n->timeout_ms ? json_integer(span(p, n->timeout_ms))
-                                              : json_null()) < 0)
-                return -ENOMEM;
         json_array_foreach (json_object_get(spec, "escalation"), i, step) {
                 json_t *t = json_object_get(step, "timeout_ms");
                 if (json_is_integer(t) &&
@@ -709,6 +715,16 @@ static int approval_scale(const struct wf_plan_ctx *p, const struct wf_node *n, 
                         return -ENOMEM;
         }
         return 0;
+}
+
+/* The approval's deadlines in the run's time: its timeout and each escalation step's. */
+static int approval_scale(const struct wf_plan_ctx *p, const struct wf_node *n, json_t *spec)
+{
+        if (json_object_set_new(spec, "timeout_ms",
+                                n->timeout_ms ? json_integer(span(p, n->timeout_ms))
+                                              : json_null()) < 0)
+                return -ENOMEM;
+        return escalation_scale(p, spec);
 }
 
 /* The request a reviewer reads and the policy the database applies (engine.h,

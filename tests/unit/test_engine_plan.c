@@ -1159,7 +1159,11 @@ static void time_scale_divides_every_wait(void **state)
             "\"http://127.0.0.1:1/\"},\"retry\":{\"max_attempts\":3,\"initial_delay\":\"1h\","
             "\"jitter\":false}},"
             "{\"id\":\"ok\",\"type\":\"approval\",\"timeout\":\"2d\",\"on_timeout\":\"escalate\","
-            "\"escalation\":[{\"contacts\":[\"boss@example.com\"],\"timeout\":\"1d\"}]}]}");
+            "\"escalation\":[{\"contacts\":[\"boss@example.com\"],\"timeout\":\"1d\"}]},"
+            "{\"id\":\"ag\",\"type\":\"agent\",\"agent\":{\"provider\":\"openai\",\"model\":\"m\","
+            "\"prompt\":\"p\",\"approve_tools\":{\"tools\":[\"http_request\"],\"timeout\":\"3d\","
+            "\"on_timeout\":\"escalate\",\"escalation\":[{\"contacts\":[\"boss\"],"
+            "\"timeout\":\"1d\"}]}}}]}");
         /* an until one day ahead of now: reached one second after now */
         _cleanup_json_ json_t *snap = new_snapshot("{\"at\":1700086400000}");
         json_object_set_new(snap, "time_scale", json_real(86400));
@@ -1183,6 +1187,13 @@ static void time_scale_divides_every_wait(void **state)
         expect_json(json_object_get(json_object_get(a, "approval"), "timeout_ms"), "2000");
         expect_json(json_object_get(json_object_get(a, "approval"), "escalation"),
                     "[{\"contacts\":[\"boss@example.com\"],\"timeout_ms\":1000}]");
+        /* an agent's tool-call approvals too */
+        a = find_action(p, "execute", "ag");
+        assert_non_null(a);
+        const json_t *gate = json_object_get(json_object_get(a, "input"), "approve_tools");
+        expect_json(json_object_get(gate, "timeout_ms"), "3000");
+        expect_json(json_object_get(gate, "escalation"),
+                    "[{\"contacts\":[\"boss\"],\"timeout_ms\":1000}]");
         /* the workflow's own definition is untouched (the spec was a copy) */
         json_decref(p);
         json_object_del(snap, "time_scale");
