@@ -1115,7 +1115,7 @@ static json_t *run_code_keeps_a_file(const char *tag, bool crash)
                 dump_log();
                 fail_msg("the run did not end; see %s", S.last_log);
         }
-        test_stop_process(w, SIGTERM, 15000);
+        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
         assert_completed(run);
         assert_db_equal("Done: report.txt written.", S.db,
                         "SELECT output->>'compute' FROM workflow_runs WHERE id = '%s'", run);
