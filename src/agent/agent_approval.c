@@ -284,25 +284,38 @@ static int approval_timeout(struct agent_session *s, const char *approval_id)
         return PQgetisnull(res, 0, 0) ? -ESTALE : 0;
 }
 
+/* The answer and, for a shell/run_code call that kept files, their artifacts rows (as
+ * agently_agent_record_artifacts writes them for an ungated call, 0021): one statement. */
 static const char ANSWER_SQL[] =
-    "SELECT agently_agent_answer_tool($1::uuid, $2::bigint, $3::uuid, $4::integer, $5::jsonb,"
-    " $6::integer, $7, $8::integer, $9::jsonb)";
+    "WITH a AS (SELECT agently_agent_answer_tool($1::uuid, $2::bigint, $3::uuid, $4::integer,"
+    "   $5::jsonb, $6::integer, $7, $8::integer, $9::jsonb) AS seq),"
+    " kept AS (INSERT INTO artifacts (user_id, workflow_run_id, node_id, name, content_type,"
+    "   size_bytes, sha256, storage_uri)"
+    "  SELECT r.user_id, r.id, $7, x.name, coalesce(x.content_type, 'application/octet-stream'),"
+    "   x.size_bytes, x.sha256, x.storage_uri"
+    "  FROM a, workflow_runs r, jsonb_populate_recordset(NULL::artifacts,"
+    "   coalesce($10::jsonb, '[]'::jsonb)) x"
+    "  WHERE a.seq IS NOT NULL AND r.id = $1::uuid)"
+    " SELECT seq FROM a";
 
 /* The gated call's answer into its journal row with its events (takes events), fenced;
  * then to the executor. */
 static void answer_gated(struct agent_session *s, const char *id, int seq, const json_t *response,
-                         int tool_calls, json_t *events)
+                         int tool_calls, json_t *events, const json_t *artifacts)
 {
         _cleanup_json_ json_t *ev = events, *clean = shown(s, response);
+        int masked = ev ? redact_json(ev) : 0; /* a tool's output preview, its arguments */
+        _cleanup_json_ json_t *kept = artifacts ? shown(s, artifacts) : NULL;
         _cleanup_free_ char *resp = clean ? json_dumps(clean, JSON_COMPACT) : NULL;
-        _cleanup_free_ char *evs = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+        _cleanup_free_ char *evs = ev && masked >= 0 ? json_dumps(ev, JSON_COMPACT) : NULL;
+        _cleanup_free_ char *arts = kept ? json_dumps(kept, JSON_COMPACT) : NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
         char epoch[24], seqs[16], calls[16], attempt[16];
-        const char *params[] = {s->run_id,  epoch,   s->agent_run_id, seqs, resp, calls,
-                                s->node_id, attempt, evs ? evs : "[]"};
+        const char *params[] = {s->run_id,  epoch,   s->agent_run_id,  seqs, resp, calls,
+                                s->node_id, attempt, evs ? evs : "[]", arts};
         int r = 0;
 
-        if (!resp || (ev && !evs)) {
+        if (!resp || (ev && !evs) || (artifacts && !arts)) {
                 agent_session_failed(s, "error", "out of memory");
                 return;
         }
@@ -310,7 +323,7 @@ static void answer_gated(struct agent_session *s, const char *id, int seq, const
         snprintf(seqs, sizeof(seqs), "%d", seq);
         snprintf(calls, sizeof(calls), "%d", tool_calls);
         snprintf(attempt, sizeof(attempt), "%d", s->attempt);
-        res = db_query(s->host->cfg.db, ANSWER_SQL, 9, params, &r);
+        res = db_query(s->host->cfg.db, ANSWER_SQL, 10, params, &r);
         if (!res || PQgetisnull(res, 0, 0)) {
                 agent_session_failed(s, "error", "could not journal a tool call: %s",
                                      res ? "the run's lease was lost"
@@ -351,7 +364,7 @@ static void rejected(struct agent_session *s, const char *id, int seq, const jso
                 agent_session_failed(s, "error", "out of memory");
                 return;
         }
-        answer_gated(s, id, seq, response, 0, events);
+        answer_gated(s, id, seq, response, 0, events, NULL);
 }
 
 /* Started before and never answered: the worker stopped while it ran. It may have taken
@@ -376,7 +389,7 @@ static void interrupted(struct agent_session *s, const char *id, int seq, const 
                 agent_session_failed(s, "error", "out of memory");
                 return;
         }
-        answer_gated(s, id, seq, response, 1, events);
+        answer_gated(s, id, seq, response, 1, events, NULL);
 }
 
 static const char START_SQL[] =
@@ -450,7 +463,7 @@ static void approved(struct agent_session *s, const char *id, int seq, const cha
                 json_decref(refusal);
                 agent_pending_release(s->host, p);
                 if (response)
-                        answer_gated(s, id, seq, response, 0, NULL);
+                        answer_gated(s, id, seq, response, 0, NULL, NULL);
                 else
                         agent_session_failed(s, "error", "out of memory");
                 return;
@@ -510,5 +523,5 @@ void agent_approval_tool_done(struct agent_session *s, struct agent_pending *p,
                 agent_session_failed(s, "error", "out of memory");
                 return;
         }
-        answer_gated(s, p->id, p->approval_seq, result, 1, events);
+        answer_gated(s, p->id, p->approval_seq, result, 1, events, p->artifacts);
 }

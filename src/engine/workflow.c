@@ -1445,7 +1445,7 @@ static json_t *parse_agent_approve_tools(struct wf_parse_ctx *c, const struct wf
             "tools",   "effects",    "reviewers",  "channels", "quorum", "forbid_self_approval",
             "timeout", "on_timeout", "escalation", "title",    NULL};
         static const char *const effects[] = {"read_only", "idempotent", "irreversible", NULL};
-        static const char *const gateable[] = {"http_request", NULL};
+        static const char *const gateable[] = {"http_request", "shell", "run_code", NULL};
         static const char *const on_timeout_values[] = {"reject", "approve", "escalate", "fail",
                                                         NULL};
         const char *node = node_name(n);
@@ -1497,8 +1497,9 @@ static json_t *parse_agent_approve_tools(struct wf_parse_ctx *c, const struct wf
                                   "irreversible)",
                                   name ? "'" : "", name ? name : "(not a string)", name ? "'" : "",
                                   short_form ? "tools that run through the worker "
-                                               "(http_request) or effect classes"
-                                  : k == 0   ? "tools that run through the worker (http_request); "
+                                               "(http_request, shell, run_code) or effect classes"
+                                  : k == 0   ? "tools that run through the worker (http_request, "
+                                               "shell, run_code); "
                                                "gate by effect class with 'effects'"
                                              : "effect classes");
                 }

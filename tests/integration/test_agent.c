@@ -1192,6 +1192,54 @@ static json_t *run_code_keeps_a_file(const char *tag, bool crash)
         return seen;
 }
 
+/* A gated run_code call (approve_tools): once approved it runs, and the file it keeps is an
+ * artifact of the run, written with the call's answer. */
+static void gated_run_code_keeps_its_file(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *def = str_printf(
+            "{\"name\":\"gated-code\",\"nodes\":[{\"id\":\"compute\",\"type\":\"agent\","
+            "\"agent\":{\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+            "\"api_key_secret\":\"LLMKEY\",\"prompt\":\"Compute.\",\"tools\":[\"run_code\"],"
+            "\"approve_tools\":{\"effects\":[\"irreversible\"],\"reviewers\":[\"ada\"],"
+            "\"channels\":[{\"kind\":\"webhook\",\"url\":\"%s/hook\"}],\"timeout\":\"1h\"}}}]}",
+            llm_server_url(S.llm), worker_sink_url(S.sink));
+        _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, "gated-code", 1, def);
+        json_t *script = json_array();
+        json_array_append_new(
+            script, call_step("I will compute.", "g1", "run_code",
+                              json_pack("{s:s, s:s, s:[s]}", "language", "python", "code",
+                                        "open('gated.txt', 'w').write('approved output')\n", "keep",
+                                        "gated.txt"),
+                              0));
+        json_array_append_new(script, json_pack("{s:s}", "text", "Computed."));
+        _cleanup_free_ char *script_text = json_dumps(script, JSON_COMPACT);
+        json_decref(script);
+        llm_server_script(S.llm, script_text);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
+        pid_t w = spawn_tools_worker();
+        _cleanup_free_ char *approval = waiting_tool_approval(run, w);
+
+        assert_db_equal("0", S.db, "SELECT count(*) FROM artifacts WHERE workflow_run_id = '%s'",
+                        run);
+        assert_int_equal(decide_tool(approval, "{\"decision\":\"approve\"}"), 200);
+        wait_ended(run, w);
+        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
+        assert_completed(run);
+        assert_db_equal("gated.txt|15", S.db,
+                        "SELECT name || '|' || size_bytes FROM artifacts WHERE workflow_run_id ="
+                        " '%s'",
+                        run);
+        _cleanup_free_ char *uri = test_db_value(
+            S.db, "SELECT storage_uri FROM artifacts WHERE workflow_run_id = '%s'", run);
+        _cleanup_free_ char *content = NULL;
+        size_t len = 0;
+        assert_true(str_has_prefix(uri, "file://"));
+        assert_int_equal(file_read_all(uri + 7, 1 << 20, &content, &len), 0);
+        assert_string_equal(content, "approved output");
+        assert_no_key_anywhere(run);
+}
+
 /* run_code resumed after a SIGKILL gives what an uninterrupted run gives, the code run
  * once. */
 static void run_code_is_journaled_and_not_run_again(void **state)
@@ -1223,6 +1271,7 @@ int main(void)
             cmocka_unit_test(gated_tool_call_rejected_reaches_the_agent),
             cmocka_unit_test(gated_tool_call_times_out_rejected),
             cmocka_unit_test(run_code_is_journaled_and_not_run_again),
+            cmocka_unit_test(gated_run_code_keeps_its_file),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
