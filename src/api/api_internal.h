@@ -200,6 +200,11 @@ unsigned api_h_agents_list(struct api_request *req, struct api_response *resp);
 unsigned api_h_agents_get(struct api_request *req, struct api_response *resp);
 unsigned api_h_agents_versions(struct api_request *req, struct api_response *resp);
 
+/* ---- an agent run's journal, a run's artifacts (api_run_extras.c) ---- */
+unsigned api_h_agent_journal(struct api_request *req, struct api_response *resp);
+unsigned api_h_artifacts_list(struct api_request *req, struct api_response *resp);
+unsigned api_h_artifact_get(struct api_request *req, struct api_response *resp);
+
 /* ---- SSE (api_sse.c) ---- */
 struct api_sse_hub;
 int api_sse_hub_start(struct api_server *server, struct api_sse_hub **out);
