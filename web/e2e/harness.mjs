@@ -142,3 +142,61 @@ export async function signIn(page, base, token) {
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("navigation", { name: "main" }).waitFor();
 }
+
+/**
+ * The scripted LLM server of tests/integration (llm_server.h) as a process
+ * (tests/web/e2e_llm_server.c; ctest sets AGENTLY_E2E_LLM_SERVER): url is the base URL an
+ * agent names; script(steps) appends steps (llm_server.h documents them); count() is the
+ * number of requests it received.
+ */
+export async function startLlmServer() {
+  const bin = process.env.AGENTLY_E2E_LLM_SERVER;
+  if (!bin) throw new Error("AGENTLY_E2E_LLM_SERVER is not set (ctest sets it to the built e2e_llm_server)");
+  const child = spawn(bin, [], { stdio: ["pipe", "pipe", "inherit"] });
+  const waiting = [];
+  let buf = "";
+  child.stdout.on("data", (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      waiting.shift()?.(line);
+    }
+  });
+  const next = () => new Promise((resolve) => waiting.push(resolve));
+  const exited = new Promise((r) => child.on("exit", r));
+  const url = await Promise.race([next(), exited.then((c) => Promise.reject(new Error(`e2e_llm_server exited ${c}`)))]);
+  const ask = async (line) => {
+    const answer = next();
+    child.stdin.write(line + "\n");
+    return answer;
+  };
+  return {
+    url,
+    async script(steps) {
+      const a = await ask(JSON.stringify(steps));
+      if (a !== "ok") throw new Error(`e2e_llm_server: ${a}`);
+    },
+    async count() {
+      return Number(await ask("count"));
+    },
+    async stop() {
+      child.stdin.end();
+      const t = setTimeout(() => child.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+/** Polls the API until the run's status matches re; the run. */
+export async function waitRun(agently, id, re, ms = 60_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const r = await agently.api("GET", `/v1/runs/${id}`);
+    if (re.test(r.status)) return r;
+    if (Date.now() > deadline) throw new Error(`run ${id} is ${r.status}, not ${re}`);
+    await sleep(250);
+  }
+}

@@ -12,6 +12,8 @@ import { InboxPage } from "./pages/Inbox";
 import { WorkflowsPage, WorkflowPage } from "./pages/Workflows";
 import { SecretsPage } from "./pages/Secrets";
 import { SessionsPage } from "./pages/Sessions";
+import { AgentsPage, AgentPage } from "./pages/Agents";
+import { SchedulesPage } from "./pages/Schedules";
 
 function SignIn({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
   const [token, setToken] = useState("");
@@ -51,6 +53,8 @@ const NAV: [string, string][] = [
   ["/runs", "Runs"],
   ["/inbox", "Inbox"],
   ["/workflows", "Workflows"],
+  ["/agents", "Agents"],
+  ["/schedules", "Schedules"],
   ["/secrets", "Secrets"],
   ["/sessions", "Sessions"],
 ];
@@ -62,6 +66,9 @@ function Page({ path }: { path: string }) {
   if (path === "/inbox") return <InboxPage />;
   if (path === "/workflows") return <WorkflowsPage />;
   if ((m = match("/workflows/:name", path))) return <WorkflowPage name={m.name} />;
+  if (path === "/agents") return <AgentsPage />;
+  if ((m = match("/agents/:name", path))) return <AgentPage name={m.name} />;
+  if (path === "/schedules") return <SchedulesPage />;
   if (path === "/secrets") return <SecretsPage />;
   if (path === "/sessions") return <SessionsPage />;
   return (

@@ -16,7 +16,7 @@ export type Secret = Schemas["Secret"];
 export type Session = Schemas["Session"];
 export type RunStatus = Run["status"];
 
-type Method = "get" | "post" | "put" | "delete";
+type Method = "get" | "post" | "put" | "patch" | "delete";
 type Op<P extends keyof paths, M extends Method> = NonNullable<paths[P][M]>;
 type JsonOf<R> = R extends { content: { "application/json": infer J } } ? J : undefined;
 type Success<O> = O extends { responses: infer R }

@@ -10,6 +10,8 @@ import { followEvents } from "../lib/sse";
 import { absolute, duration, span } from "../lib/time";
 import { VirtualList } from "../lib/virtual";
 import { ErrorBox, Json, Link, Loading, Status, Time, useTick } from "../ui";
+import { AgentView } from "../viewer/AgentView";
+import { Artifacts } from "../viewer/Artifacts";
 
 const FINAL = new Set(["completed", "failed", "canceled"]);
 const LEVELS = ["debug", "info", "warn", "error"];
@@ -259,6 +261,8 @@ export function RunPage({ id }: { id: string }) {
         </div>
       </div>
 
+      <AgentView run={run} events={events} />
+
       <EventLog events={events} loaded={loaded} live={live && !final} error={eventsError} travel={travel} onTravel={setTravel} />
 
       <div class="panes">
@@ -271,6 +275,7 @@ export function RunPage({ id }: { id: string }) {
           {run.error ? <Json value={run.error} label="run error" /> : final ? <Json value={run.output} label="run output" /> : <p class="muted">Not finished yet.</p>}
         </div>
       </div>
+      <Artifacts runId={id} version={run.updated_at} />
     </section>
   );
 }
@@ -328,7 +333,7 @@ function Dag({ defs, groups, selected, onSelect }: { defs: DefNode[]; groups: Gr
             <g
               class={`node s-${st} ${selected === d.id ? "sel" : ""}`}
               transform={`translate(${p.x},${p.y})`}
-              tabIndex={0}
+              tabindex={0} // lower-case: an SVG attribute (preact sets SVG attributes as written)
               role="button"
               aria-label={`node ${d.id}: ${st}`}
               data-node={d.id}
