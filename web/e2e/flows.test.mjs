@@ -102,7 +102,7 @@ describe("the dashboard, further", () => {
     }
   });
 
-  it("shows an agent's LLM calls, its tool call and its sub-agent as a tree, live", { timeout: 240_000 }, async () => {
+  it("shows an agent's LLM calls, its tool call and its sub-agent as a tree, live", { timeout: 360_000 }, async () => {
     await agently.api("PUT", "/v1/secrets/LLMKEY", { value: "sk-e2e-not-a-real-key" });
     const health = `${agently.base}/healthz`;
     await llm.script([
@@ -128,7 +128,7 @@ describe("the dashboard, further", () => {
         text: "ROOT-ANSWER: the service is healthy and the helper agrees. ".repeat(3).trim(),
         usage: { input: 1800, output: 60, cached: 1000 },
         chunk: 6,
-        interval_ms: 150,
+        interval_ms: 400, // about 12 s: long enough to be seen on a loaded machine
       },
     ]);
     await agently.api("POST", "/v1/workflows", {
@@ -159,9 +159,9 @@ describe("the dashboard, further", () => {
       const view = page.getByRole("region", { name: "agents" });
       await view.waitFor({ timeout: 60_000 });
       // the answer forms live
-      await view.getByTestId("streaming").getByText(/ROOT-ANSWER/).waitFor({ timeout: 60_000 });
+      await view.getByTestId("streaming").getByText(/ROOT-ANSWER/).waitFor({ timeout: 120_000 });
       await screenshot(page, "12-agent-streaming");
-      const done = await waitRun(agently, run.id, /^(completed|failed)$/, 90_000);
+      const done = await waitRun(agently, run.id, /^(completed|failed)$/, 120_000);
       assert.equal(done.status, "completed", JSON.stringify(done.error));
 
       const root = done.agents.find((a) => !a.parent_agent_run_id);
@@ -191,6 +191,47 @@ describe("the dashboard, further", () => {
       assert.ok(done.cost_usd > 0, "a known price");
       assert.match(await view.getByRole("heading", { name: /Agents/ }).innerText(), new RegExp(`\\$${done.cost_usd.toFixed(4).replace(".", "\\.")} in all`));
       await screenshot(page, "13-agent-view");
+      assert.deepEqual(problems(), []);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("answers an agent's question from the inbox, and the agent goes on with the answer", { timeout: 180_000 }, async () => {
+    await agently.api("PUT", "/v1/secrets/LLMKEY", { value: "sk-e2e-not-a-real-key" });
+    await llm.script([
+      {
+        match: "Research colours",
+        tool_calls: [{ id: "ASK1", name: "ask_human", arguments: JSON.stringify({ question: "Which colour should the report use?" }) }],
+        usage: { input: 100, output: 10 },
+      },
+      { match: "teal-green", text: "COLOUR: teal-green", usage: { input: 150, output: 5 } },
+    ]);
+    await agently.api("POST", "/v1/workflows", {
+      name: "e2e-ask",
+      nodes: [
+        {
+          id: "think",
+          type: "agent",
+          agent: { provider: "openai", base_url: llm.url, model: "gpt-4o-mini", api_key_secret: "LLMKEY", prompt: "Research ${ input.topic }.", tools: ["ask_human"] },
+        },
+      ],
+    });
+    const run = await agently.api("POST", "/v1/runs", { workflow: "e2e-ask", input: { topic: "colours" } });
+    await waitRun(agently, run.id, /^needs_input$/, 60_000);
+    const { context, page, problems } = await watchedPage(browser);
+    try {
+      await signIn(page, agently.base, agently.token);
+      await page.getByRole("link", { name: "Inbox" }).click();
+      const form = page.getByRole("form", { name: "answer the agent's question" });
+      await form.getByText("Which colour should the report use?").waitFor();
+      await screenshot(page, "17-inbox-question");
+      await form.getByLabel("answer").fill("teal-green");
+      await form.getByRole("button", { name: "Answer" }).click();
+      await page.getByText("Nothing waits for you.").waitFor({ timeout: 30_000 });
+      const done = await waitRun(agently, run.id, /^(completed|failed)$/, 60_000);
+      assert.equal(done.status, "completed", JSON.stringify(done.error));
+      assert.equal(done.output.think, "COLOUR: teal-green");
       assert.deepEqual(problems(), []);
     } finally {
       await context.close();

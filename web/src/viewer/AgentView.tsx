@@ -9,7 +9,7 @@
 // data.agent_run_id, add what the journal does not hold (latency, effect class, reasoning)
 // and the text of the call in flight (agent.text).
 import type { ComponentChildren } from "preact";
-import { useEffect, useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { call, type Run, type RunEvent, type Schemas } from "../api/client";
 import { duration, span } from "../lib/time";
 import { ErrorBox, Json, Status, Time } from "../ui";
@@ -114,25 +114,31 @@ function AgentRunItem({ runId, agent, kids, evs, depth, open: initial = false }:
   );
 }
 
-/** The journal of one agent run, every page; read again as the agent run moves on. */
+/** The journal of one agent run, every page; as the agent run moves on, only what changed
+ * is read again: the entries from the first one still in flight (no response yet) on. */
 function useJournal(runId: string, agent: AgentRun, bump: number) {
   const [entries, setEntries] = useState<Entry[] | undefined>(undefined);
   const [error, setError] = useState<unknown>(null);
+  const held = useRef<{ id: string; list: Entry[] }>({ id: "", list: [] });
   useEffect(() => {
     let live = true;
+    if (held.current.id !== agent.id) held.current = { id: agent.id, list: [] };
+    const old = held.current.list;
+    const open = old.findIndex((e) => e.response === null);
+    const keep = open >= 0 ? old.slice(0, open) : old;
     (async () => {
       try {
-        const all: Entry[] = [];
-        for (let after = 0; ; ) {
+        const fresh: Entry[] = [];
+        for (let after = keep.length ? keep[keep.length - 1].seq : 0; ; ) {
           const page = await call("get", "/v1/runs/{id}/agents/{agent_id}/journal", { path: { id: runId, agent_id: agent.id }, query: { after, limit: 200 } });
-          all.push(...page.data);
+          fresh.push(...page.data);
           after = page.next_after;
           if (!page.more) break;
         }
-        if (live) {
-          setEntries(all);
-          setError(null);
-        }
+        if (!live) return;
+        held.current = { id: agent.id, list: [...keep, ...fresh] };
+        setEntries(held.current.list);
+        setError(null);
       } catch (e) {
         if (live) setError(e);
       }
@@ -313,7 +319,7 @@ function StepView({ s }: { s: Step }) {
           <span class="muted">arguments</span>
           <Json value={args} label="tool arguments" />
           <span class="muted">result</span>
-          {s.e.response === null ? <p class="muted">running…</p> : <Json value={s.e.response} label="tool result" />}
+          {s.e.response === null ? <p class="muted">running…</p> : <Json value={readable(s.e.response)} label="tool result" />}
         </div>
       </div>
     );
@@ -331,6 +337,17 @@ function StepView({ s }: { s: Step }) {
       {res !== null && <Json value={res} label="the answer" />}
     </div>
   );
+}
+
+/** A tool result whose content is JSON text, with that content parsed (easier to read). */
+function readable(v: unknown): unknown {
+  const o = obj(v);
+  if (typeof o.content !== "string") return v;
+  try {
+    return { ...o, content: JSON.parse(o.content) };
+  } catch {
+    return v;
+  }
 }
 
 function Messages({ messages }: { messages: unknown[] }) {
