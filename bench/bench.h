@@ -57,3 +57,8 @@ void bench_llm_density(int calls);
  * `agently api`; prints the delay from commit to client (p50, p99) and the API's database
  * transactions per second while the streams are idle. */
 void bench_sse(const struct bench *b);
+
+/* Reading a large run (bench_run_read.c): GET /v1/runs/{id} of a run of 20,005 events and
+ * two 10,000-item maps against the same route for a small run, plus the rest of the run
+ * page's first load, through a real `agently api`. */
+void bench_run_read(const struct bench *b);

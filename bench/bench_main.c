@@ -2,7 +2,7 @@
  * agently-bench entry point: starts a private durable Postgres, migrates it, measures the
  * baselines and then each target, printing `key=value` lines (see docs/performance.md).
  *
- *   agently-bench [--duration 5s] [--quick] [--keep] [--soak 10m]
+ *   agently-bench [--duration 5s] [--quick] [--keep] [--soak 10m] [--sse] [--run-read]
  */
 #include "bench.h"
 
@@ -73,13 +73,14 @@ int main(int argc, char **argv)
             {"soak", required_argument, NULL, 's'},
             {"llm-density", required_argument, NULL, 'l'},
             {"sse", no_argument, NULL, 'e'},
+            {"run-read", no_argument, NULL, 'r'},
             {0},
         };
         struct bench b = {.duration_ms = 5000};
         struct embedded_pg *pg = NULL;
         PGconn *c = NULL;
         char template[] = "/tmp/agently-bench-XXXXXX";
-        int opt, keep = 0, sse_only = 0;
+        int opt, keep = 0, sse_only = 0, run_read_only = 0;
         struct utsname uts;
 
         while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -105,6 +106,9 @@ int main(int argc, char **argv)
                 case 'e': /* only the live fan-out (bench_sse.c) */
                         sse_only = 1;
                         break;
+                case 'r': /* only reading a large run (bench_run_read.c) */
+                        run_read_only = 1;
+                        break;
                 case 's':
                         if (duration_parse_ms(optarg, &b.soak_ms) < 0 || b.soak_ms < 10000) {
                                 fprintf(stderr, "bench: bad --soak '%s' (at least 10s)\n", optarg);
@@ -113,7 +117,7 @@ int main(int argc, char **argv)
                         break;
                 default:
                         fprintf(stderr, "usage: agently-bench [--duration D] [--quick] [--keep] "
-                                        "[--soak D] [--llm-density N] [--sse]\n");
+                                        "[--soak D] [--llm-density N] [--sse] [--run-read]\n");
                         return 2;
                 }
         }
@@ -152,6 +156,8 @@ int main(int argc, char **argv)
 
         if (sse_only) {
                 bench_sse(&b);
+        } else if (run_read_only) {
+                bench_run_read(&b);
         } else {
                 double base1 = bench_baseline_commits(&b, 1);
                 bench_report("baseline_commit_1c", "%.0f", base1);

@@ -67,14 +67,43 @@
         "r.cost_usd, 'tokens_in', "                                                                \
         "r.tokens_in, 'tokens_out', r.tokens_out, 'agents', " AGENT_RUNS_JSON ", "                 \
         "'last_event_seq', r.event_seq, 'nodes_total', "                                           \
-        "nt.total, 'nodes_truncated', nt.total > " RUN_NODES_INLINE ", 'nodes', "                  \
-        "COALESCE((SELECT json_agg(" NODE_STATE_JSON " ORDER BY n.first_started_at, n.node_id) "   \
-        "FROM (SELECT * FROM agently_node_latest d WHERE d.workflow_run_id = r.id "                \
-        "ORDER BY d.first_started_at, d.node_id LIMIT " RUN_NODES_INLINE ") n), '[]'::json))"
-/* FROM clause companion of RUN_JSON: the number of distinct nodes of run r */
+        "nt.total, 'nodes_truncated', nt.total > " RUN_NODES_INLINE ", 'maps', nt.maps, "          \
+        "'nodes', " RUN_NODES_FIRST ")"
+/* The first RUN_NODES_INLINE nodes of run r in order of first start, latest attempt each:
+ * node_runs_run_started_idx (0024) walked from the start, keeping each node's first attempt
+ * (no attempt of it started before), so 1,000 nodes cost 1,000 rows, not the whole run.
+ * The LIMIT 1 keeps the latest-attempt lookup a probe per node (without it the planner may
+ * join the whole run's view instead). */
+#define RUN_NODES_FIRST                                                                            \
+        "COALESCE((SELECT json_agg(" NODE_STATE_JSON " ORDER BY f.started_at, f.node_id) FROM "    \
+        "(SELECT f.node_id, f.started_at FROM node_runs f WHERE f.workflow_run_id = r.id AND NOT " \
+        "EXISTS (SELECT 1 FROM node_runs e WHERE e.workflow_run_id = r.id AND e.node_id = "        \
+        "f.node_id AND (e.started_at, e.attempt) < (f.started_at, f.attempt)) ORDER BY "           \
+        "f.started_at, f.node_id LIMIT " RUN_NODES_INLINE ") f CROSS JOIN LATERAL (SELECT * FROM " \
+        "agently_node_latest d WHERE d.workflow_run_id = r.id AND d.node_id = f.node_id LIMIT 1) " \
+        "n), '[]'::json)"
+/* FROM clause companion of RUN_JSON: in one pass over the latest attempts of run r (an
+ * index walk, 0024), the number of distinct nodes and each map's items aggregated — count,
+ * count per status, first start, last finish (null while one is open) — so a viewer of a
+ * 10,000-item map needs neither 10,000 node states nor its events. An item is `map[i]`
+ * (src/engine/plan.c, item_record). */
 #define RUN_NODES_TOTAL                                                                            \
-        " CROSS JOIN LATERAL (SELECT count(DISTINCT x.node_id) AS total FROM node_runs x WHERE "   \
-        "x.workflow_run_id = r.id) nt"
+        " CROSS JOIN LATERAL (SELECT COALESCE(sum(g.n), 0) AS total, COALESCE(json_agg("           \
+        "json_build_object('node_id', g.map, 'items', g.n, 'counts', json_strip_nulls("            \
+        "json_build_object('started', NULLIF(g.started, 0), 'waiting', NULLIF(g.waiting, 0), "     \
+        "'completed', NULLIF(g.completed, 0), 'failed', NULLIF(g.failed, 0), 'skipped', "          \
+        "NULLIF(g.skipped, 0), 'interrupted', NULLIF(g.interrupted, 0), 'canceled', "              \
+        "NULLIF(g.canceled, 0))), 'started_at', g.s, 'finished_at', g.f) ORDER BY g.s, g.map) "    \
+        "FILTER (WHERE g.map IS NOT NULL), '[]'::json) AS maps FROM (SELECT CASE WHEN "            \
+        "right(l.node_id, 1) = ']' THEN split_part(l.node_id, '[', 1) END AS map, count(*) AS n, " \
+        "count(*) FILTER (WHERE l.status = 'started') AS started, count(*) FILTER (WHERE "         \
+        "l.status = 'waiting') AS waiting, count(*) FILTER (WHERE l.status = 'completed') AS "     \
+        "completed, count(*) FILTER (WHERE l.status = 'failed') AS failed, count(*) FILTER "       \
+        "(WHERE l.status = 'skipped') AS skipped, count(*) FILTER (WHERE l.status = "              \
+        "'interrupted') AS interrupted, count(*) FILTER (WHERE l.status = 'canceled') AS "         \
+        "canceled, min(l.started_at) AS s, CASE WHEN bool_or(l.finished_at IS NULL) THEN NULL "    \
+        "ELSE max(l.finished_at) END AS f FROM agently_node_latest l WHERE l.workflow_run_id = "   \
+        "r.id GROUP BY 1) g) nt"
 
 #define RUN_SUMMARY_JSON                                                                           \
         "json_build_object('id', r.id, 'workflow', r.workflow_name, 'workflow_version', "          \
@@ -791,16 +820,26 @@ static unsigned run_status(struct api_request *req, struct api_response *resp, c
         return *out ? 0 : api_db_error(resp, -ENOMEM);
 }
 
-/* Every node's latest attempt, a page at a time in node id order (keyset on node_id). */
+/* Every node's latest attempt, a page at a time in node id order (keyset on node_id);
+ * ?map=NAME keeps only that map's items (NAME[i]), ?items=false leaves every map item out
+ * (what a viewer of a large map reads besides GET /v1/runs/{id}'s `maps` aggregate). */
 static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
 {
-        const char *id = req->params[0];
+        const char *id = req->params[0], *map = api_query(req, "map");
+        const char *items = api_query(req, "items");
         _cleanup_free_ char *cursor = NULL, *limit_s = NULL, *status = NULL;
         unsigned st;
         int limit;
 
         if (!api_is_uuid(id))
                 return api_not_found(resp, "run", id);
+        if (items && strcmp(items, "true") != 0 && strcmp(items, "false") != 0)
+                return api_errorf(resp, 400, "invalid_parameter", "invalid items", NULL,
+                                  "items must be true or false, got '%s'", items);
+        if (map && (!*map || strchr(map, '[')))
+                return api_errorf(resp, 400, "invalid_parameter", "invalid map",
+                                  "pass the map node's id, e.g. map=fanout for fanout[0], ...",
+                                  "map '%s'", map);
         if ((st = parse_limit(req, resp, NODES_DEFAULT, NODES_MAX, &limit)) ||
             (st = cursor_decode(req, resp, &cursor)))
                 return st;
@@ -809,12 +848,15 @@ static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
         limit_s = str_printf("%d", limit + 1);
         if (!limit_s)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
-        const char *params[] = {id, cursor, limit_s};
+        const char *params[] = {id, cursor, limit_s, map, items};
+        /* an item is `map[i]` (src/engine/plan.c, item_record), as in RUN_NODES_TOTAL */
         return api_page_query(req, resp,
                               "SELECT " NODE_STATE_JSON ", n.node_id FROM agently_node_latest n "
                               "WHERE n.workflow_run_id = $1 AND ($2::text IS NULL OR n.node_id > "
-                              "$2) ORDER BY n.node_id LIMIT $3::integer",
-                              3, params, limit);
+                              "$2) AND ($4::text IS NULL OR (starts_with(n.node_id, $4 || '[') "
+                              "AND right(n.node_id, 1) = ']')) AND ($5::boolean IS NOT FALSE OR "
+                              "right(n.node_id, 1) <> ']') ORDER BY n.node_id LIMIT $3::integer",
+                              5, params, limit);
 }
 
 /* Runs an UPDATE ... RETURNING; 1 when a row changed, 0 when none, or a negative errno. */
@@ -1190,7 +1232,8 @@ static unsigned h_events_list(struct api_request *req, struct api_response *resp
         limit_s = str_printf("%d", limit);
         const char *params[] = {id, after_s, limit_s};
         /* one statement: the status and the events come from one snapshot, so "terminal"
-         * is only true when no event can follow the ones returned */
+         * is only true when no event can follow the ones returned; run_created_at prunes
+         * the read to the run's own partition of logs */
         r = api_query_json(req,
                            "SELECT json_build_object('data', COALESCE(json_agg(e.body ORDER BY "
                            "e.seq) FILTER (WHERE e.seq IS NOT NULL), '[]'::json), 'next_after', "
@@ -1198,8 +1241,9 @@ static unsigned h_events_list(struct api_request *req, struct api_response *resp
                            "r.status IN ('completed', 'failed', 'canceled') AND "
                            "count(e.seq) < $3::integer) "
                            "FROM workflow_runs r LEFT JOIN LATERAL (SELECT seq, " API_EVENT_JSON
-                           " AS body FROM logs WHERE workflow_run_id = r.id AND seq > $2::bigint "
-                           "ORDER BY seq LIMIT $3::integer) e ON true WHERE r.id = $1 "
+                           " AS body FROM logs WHERE workflow_run_id = r.id AND run_created_at = "
+                           "r.created_at AND seq > $2::bigint ORDER BY seq LIMIT $3::integer) e "
+                           "ON true WHERE r.id = $1 "
                            "GROUP BY r.status",
                            3, params, &j);
         if (r < 0)

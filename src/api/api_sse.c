@@ -225,7 +225,9 @@ static void listen_open(struct api_sse_hub *hub)
 
         if (hub->listen || now_ms() < hub->listen_retry_ms)
                 return;
-        if (api_db_connect(hub->server, &c) < 0 || db_exec(c, "LISTEN agently_events") < 0) {
+        /* named, so pg_stat_activity tells the hub's listener from the pool's connections */
+        if (api_db_connect(hub->server, &c) < 0 ||
+            db_exec(c, "SET application_name = 'agently api events'; LISTEN agently_events") < 0) {
                 if (c)
                         PQfinish(c);
                 hub->listen_retry_ms = now_ms() + RECONNECT_MS;
