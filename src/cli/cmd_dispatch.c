@@ -140,7 +140,9 @@ int cmd_dispatch(int argc, char **argv)
                               "idempotency-key expiry, overdue runs) and, every poll, delivers\n"
                               "the notification outbox and fires cron schedules. Any number\n"
                               "may run at once. E-mail: AGENTLY_SMTP_URL, AGENTLY_SMTP_FROM,\n"
-                              "AGENTLY_SMTP_USER, AGENTLY_SMTP_PASSWORD, AGENTLY_SMTP_TLS;\n"
+                              "AGENTLY_SMTP_USER, AGENTLY_SMTP_PASSWORD (or\n"
+                              "AGENTLY_SMTP_PASSWORD_SECRET, a vault secret's name),\n"
+                              "AGENTLY_SMTP_TLS, AGENTLY_SMTP_CA_FILE;\n"
                               "links: AGENTLY_PUBLIC_URL (docs/notifications.md).",
                               dispatch_flags, argc, argv, &args);
 

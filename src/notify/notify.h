@@ -23,6 +23,9 @@ struct notify_config {
         const char *smtp_url;
         const char *smtp_from;
         const char *smtp_user, *smtp_password;
+        /* the name of a vault secret holding the password, opened for each delivery from the
+         * notification owner's vault (instead of smtp_password, which it overrides) */
+        const char *smtp_password_secret;
         const char *smtp_tls;     /* "starttls" (default: required), "try", "none" */
         const char *smtp_ca_file; /* trust this CA (a self-signed server) */
         int64_t timeout_ms;       /* one delivery, all of it */

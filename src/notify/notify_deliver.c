@@ -36,6 +36,9 @@ struct delivery {
         char response[MAX_RESPONSE];
         size_t response_len;
         long retry_after_s;
+        char errbuf[CURL_ERROR_SIZE]; /* libcurl's detail of a failure ("" when none) */
+        const char *smtp_user;        /* e-mail: who logged in (borrowed from the config) */
+        const char *password_from;    /* e-mail: where the password came from, for errors */
         /* the outcome */
         bool done, ok, permanent;
         long status;
@@ -74,6 +77,7 @@ void notify_config_from_env(struct notify_config *cfg)
         cfg->smtp_from = getenv("AGENTLY_SMTP_FROM");
         cfg->smtp_user = getenv("AGENTLY_SMTP_USER");
         cfg->smtp_password = getenv("AGENTLY_SMTP_PASSWORD");
+        cfg->smtp_password_secret = getenv("AGENTLY_SMTP_PASSWORD_SECRET");
         cfg->smtp_tls = (v = getenv("AGENTLY_SMTP_TLS")) && *v ? v : "starttls";
         cfg->smtp_ca_file = getenv("AGENTLY_SMTP_CA_FILE");
         cfg->timeout_ms = 30000;
@@ -236,8 +240,40 @@ static int prepare_webhook(PGconn *c, struct delivery *d, const struct notify_co
         return 0;
 }
 
-static int prepare_email(struct delivery *d, const struct notify_config *cfg,
-                         const struct notify_message *m, const char *to)
+/* The SMTP login's password: the owner's vault secret cfg->smtp_password_secret, opened at
+ * the moment of delivery like a webhook's signing secret, else AGENTLY_SMTP_PASSWORD. 0
+ * with *password set (borrowed), or 0 with the delivery failed (a missing secret: retried,
+ * so creating it in time delivers), or -ENOMEM. */
+static int smtp_password(PGconn *c, struct delivery *d, const struct notify_config *cfg,
+                         const char *user_id, const char **password)
+{
+        const char *name = cfg->smtp_password_secret;
+        _cleanup_free_ char *why = NULL;
+        int r;
+
+        *password = cfg->smtp_password ? cfg->smtp_password : "";
+        d->password_from = "AGENTLY_SMTP_PASSWORD";
+        if (!name || !*name)
+                return 0;
+        d->password_from = "the secret named by AGENTLY_SMTP_PASSWORD_SECRET";
+        r = open_vault_secret(c, cfg, user_id, name, password, &why);
+        if (r == -ENOMEM)
+                return r;
+        if (r == -ENOENT)
+                delivery_fail(d, false,
+                              str_printf("the SMTP password's secret '%s' (AGENTLY_SMTP_PASSWORD_"
+                                         "SECRET) does not exist for this notification's owner: "
+                                         "create it with `agently secret set %s`",
+                                         name, name));
+        else if (r < 0)
+                delivery_fail(d, false,
+                              str_printf("could not open the SMTP password's secret '%s': %s", name,
+                                         why ? why : strerror(-r)));
+        return 0;
+}
+
+static int prepare_email(PGconn *c, struct delivery *d, const struct notify_config *cfg,
+                         const struct notify_message *m, const char *user_id, const char *to)
 {
         if (!cfg->smtp_url || !*cfg->smtp_url || !cfg->smtp_from || !*cfg->smtp_from) {
                 delivery_fail(d, false,
@@ -274,10 +310,15 @@ static int prepare_email(struct delivery *d, const struct notify_config *cfg,
         curl_easy_setopt(d->easy, CURLOPT_READFUNCTION, on_read);
         curl_easy_setopt(d->easy, CURLOPT_READDATA, d);
         curl_easy_setopt(d->easy, CURLOPT_INFILESIZE, (long)d->body_len);
+        curl_easy_setopt(d->easy, CURLOPT_ERRORBUFFER, d->errbuf);
         if (cfg->smtp_user && *cfg->smtp_user) {
+                const char *password = NULL;
+                int r = smtp_password(c, d, cfg, user_id, &password);
+                if (r < 0 || d->done)
+                        return r;
+                d->smtp_user = cfg->smtp_user;
                 curl_easy_setopt(d->easy, CURLOPT_USERNAME, cfg->smtp_user);
-                curl_easy_setopt(d->easy, CURLOPT_PASSWORD,
-                                 cfg->smtp_password ? cfg->smtp_password : "");
+                curl_easy_setopt(d->easy, CURLOPT_PASSWORD, password);
         }
         if (str_has_prefix(cfg->smtp_url, "smtps://") || !strcmp(cfg->smtp_tls, "starttls"))
                 curl_easy_setopt(d->easy, CURLOPT_USE_SSL, (long)CURLUSESSL_ALL);
@@ -286,6 +327,31 @@ static int prepare_email(struct delivery *d, const struct notify_config *cfg,
         if (cfg->smtp_ca_file && *cfg->smtp_ca_file)
                 curl_easy_setopt(d->easy, CURLOPT_CAINFO, cfg->smtp_ca_file);
         return 0;
+}
+
+/* What a failed SMTP delivery says for the failures a person must fix in the configuration
+ * (malloc'd), or NULL for the others. */
+static char *smtp_error(const struct delivery *d, CURLcode rc, long status)
+{
+        switch (rc) {
+        case CURLE_LOGIN_DENIED:
+                return str_printf("the SMTP server refused the login of user '%s' (%ld%s%.200s): "
+                                  "check AGENTLY_SMTP_USER and the password (%s)",
+                                  d->smtp_user ? d->smtp_user : "", status,
+                                  d->response_len ? " " : "", d->response,
+                                  d->password_from ? d->password_from : "none");
+        case CURLE_USE_SSL_FAILED:
+                return strdup("the SMTP server does not offer STARTTLS, and AGENTLY_SMTP_TLS="
+                              "starttls (the default) requires it: use a server that does, an "
+                              "smtps:// URL, or AGENTLY_SMTP_TLS=none only for a trusted local "
+                              "server");
+        case CURLE_PEER_FAILED_VERIFICATION:
+                return str_printf("the SMTP server's certificate is not trusted (%s): set "
+                                  "AGENTLY_SMTP_CA_FILE to the CA certificate that signed it",
+                                  d->errbuf[0] ? d->errbuf : curl_easy_strerror(rc));
+        default:
+                return NULL;
+        }
 }
 
 /* Sets the outcome of a finished transfer. */
@@ -301,6 +367,8 @@ static void classify(struct delivery *d, CURLcode rc, bool smtp)
                  * will not change by retrying; everything else (no connection, timeouts,
                  * 4xx "try later") may */
                 d->permanent = smtp && status >= 500 && status < 600;
+                if (smtp && (d->error = smtp_error(d, rc, status)))
+                        return;
                 d->error = str_printf("%s%s%s (response %ld)", curl_easy_strerror(rc),
                                       d->response_len ? ": " : "", d->response, status);
                 return;
@@ -381,7 +449,7 @@ int notify_deliver_round(PGconn *c, const struct notify_config *cfg, int *sent, 
                         goto out;
                 }
                 if (!strcmp(channel, "email"))
-                        r = prepare_email(d, cfg, &m, target);
+                        r = prepare_email(c, d, cfg, &m, PQgetvalue(rows, i, 1), target);
                 else if (!strcmp(channel, "slack")) {
                         r = (d->body = notify_render_slack(&m)) ? 0 : -ENOMEM;
                         if (r == 0) {

@@ -10,8 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "fileio.h"
 #include "notify_receiver.h"
 #include "secrets.h"
 #include "testlib.h"
@@ -333,6 +335,191 @@ static void test_notify_node(void **state)
         worker_fixture_free(f);
 }
 
+/* One e-mail notification delivered by a dispatcher of its own, configured with env (after
+ * the defaults), until its first attempt has ended; the dispatcher is then stopped and the
+ * notification settled, so the next scenario's dispatcher never retries it. Its id. */
+static char *mail_through(struct worker_fixture *f, const struct notify_receiver *rcv,
+                          const char *name, const char *const *env)
+{
+        char log[700], message[256];
+
+        snprintf(message, sizeof(message), "{\"event\":\"notify\",\"title\":\"%s\"}", name);
+        char *id = kept(enqueue(f, "{\"kind\":\"email\",\"to\":\"ops@example.test\"}", message));
+        snprintf(log, sizeof(log), "%s/dispatch-%s.log", f->dir, name);
+        pid_t d = notify_spawn_dispatcher_env(f->conninfo, rcv, name, NULL, env, log);
+        int64_t deadline = test_now_ms() + 30000;
+        while (test_db_int(f->db,
+                           "SELECT count(*) FROM notification_attempts WHERE notification_id = "
+                           "'%s' AND outcome IN ('sent', 'failed')",
+                           id) == 0) {
+                if (test_now_ms() > deadline) {
+                        worker_fixture_dump_logs(f);
+                        fail_msg("no attempt of %s ended within 30 s (see %s)", name, log);
+                }
+                usleep(100 * 1000);
+        }
+        assert_exit_code(test_stop_process(d, SIGTERM, 10000), 0);
+        free(test_db_value(f->db,
+                           "UPDATE notifications SET status = 'failed' WHERE id = '%s' AND "
+                           "status IN ('pending', 'sending') RETURNING 1",
+                           id));
+        return id;
+}
+
+/* The first attempt's outcome and error of notification id: "sent" or "failed: <error>". */
+static const char *attempt_of(struct worker_fixture *f, const char *id)
+{
+        const char *v = kept(test_db_value(f->db,
+                                           "SELECT outcome || coalesce(': ' || error, '') FROM "
+                                           "notification_attempts WHERE notification_id = '%s' AND "
+                                           "attempt = 1",
+                                           id));
+
+        printf("notification %s, attempt 1: %s\n", id, v ? v : "(none)");
+        return v;
+}
+
+/* E-mail over STARTTLS with AUTH (LOGIN and PLAIN), the password from the vault: a CA the
+ * test generates is trusted through AGENTLY_SMTP_CA_FILE; a wrong password, a server
+ * without STARTTLS while TLS is required, and an untrusted certificate each end the attempt
+ * with an error that says what to fix. The password appears in no log. */
+static void test_smtp_starttls_and_auth(void **state)
+{
+        (void)state;
+        struct worker_fixture *f = worker_fixture_new("notifytls");
+        struct notify_receiver rcv;
+        char key_file[600], tls_dir[600], ca[600], login_url[96], plain_url[96], bare_url[96];
+
+        snprintf(key_file, sizeof(key_file), "%s/master.key", f->dir);
+        setenv("AGENTLY_MASTER_KEY_FILE", key_file, 1);
+        snprintf(tls_dir, sizeof(tls_dir), "%s/tls", f->dir);
+        assert_int_equal(mkdir(tls_dir, 0700), 0);
+        notify_receiver_start_tls(&rcv, tls_dir, "agently:correct horse battery");
+        put_secret(f, "smtp-password", "correct horse battery");
+        put_secret(f, "smtp-typo", "correct horse batteyr");
+        snprintf(ca, sizeof(ca), "AGENTLY_SMTP_CA_FILE=%s", rcv.ca_file);
+        snprintf(login_url, sizeof(login_url), "AGENTLY_SMTP_URL=smtp://127.0.0.1:%d",
+                 rcv.login_port);
+        snprintf(plain_url, sizeof(plain_url), "AGENTLY_SMTP_URL=smtp://127.0.0.1:%d",
+                 rcv.plain_port);
+        snprintf(bare_url, sizeof(bare_url), "AGENTLY_SMTP_URL=smtp://127.0.0.1:%d", rcv.smtp_port);
+
+        /* STARTTLS required (the default; notify_spawn_dispatcher's is none), the test CA
+         * trusted, AUTH LOGIN and AUTH PLAIN with the password from alice's vault */
+        const char *login[] = {login_url,
+                               "AGENTLY_SMTP_TLS=starttls",
+                               ca,
+                               "AGENTLY_SMTP_USER=agently",
+                               "AGENTLY_SMTP_PASSWORD_SECRET=smtp-password",
+                               NULL};
+        char *by_login = mail_through(f, &rcv, "login", login);
+        const char *plain[] = {plain_url,
+                               ca,
+                               "AGENTLY_SMTP_TLS=starttls",
+                               "AGENTLY_SMTP_USER=agently",
+                               "AGENTLY_SMTP_PASSWORD_SECRET=smtp-password",
+                               NULL};
+        char *by_plain = mail_through(f, &rcv, "plain", plain);
+        assert_string_equal(attempt_of(f, by_login), "sent");
+        assert_string_equal(attempt_of(f, by_plain), "sent");
+        json_t *st = notify_receiver_state(&rcv);
+        char msgid[128];
+        snprintf(msgid, sizeof(msgid), "<%s@agently>", by_login);
+        json_t *auth = json_object_get(json_object_get(st, "mail_auth"), msgid);
+        assert_string_equal(S(json_object_get(auth, "mechanism")), "LOGIN");
+        assert_string_equal(S(json_object_get(auth, "user")), "agently");
+        assert_true(json_is_true(json_object_get(auth, "tls")));
+        snprintf(msgid, sizeof(msgid), "<%s@agently>", by_plain);
+        auth = json_object_get(json_object_get(st, "mail_auth"), msgid);
+        assert_string_equal(S(json_object_get(auth, "mechanism")), "PLAIN");
+        assert_true(json_is_true(json_object_get(auth, "tls")));
+        assert_string_equal(
+            S(json_object_get(json_object_get(json_object_get(st, "mail_messages"), msgid),
+                              "subject")),
+            "plain");
+        json_decref(st);
+
+        /* a wrong password: refused (SMTP 535, final), and the error says what to check */
+        const char *typo[] = {login_url,
+                              ca,
+                              "AGENTLY_SMTP_TLS=starttls",
+                              "AGENTLY_SMTP_USER=agently",
+                              "AGENTLY_SMTP_PASSWORD_SECRET=smtp-typo",
+                              NULL};
+        char *refused = mail_through(f, &rcv, "typo", typo);
+        const char *denied = attempt_of(f, refused);
+        assert_non_null(
+            strstr(denied, "failed: the SMTP server refused the login of user 'agently' (535"));
+        assert_non_null(strstr(denied, "): check AGENTLY_SMTP_USER and the password (the secret "
+                                       "named by AGENTLY_SMTP_PASSWORD_SECRET)"));
+        assert_db_equal("failed", f->db, "SELECT status FROM notifications WHERE id = '%s'",
+                        refused);
+        st = notify_receiver_state(&rcv);
+        assert_int_equal(json_integer_value(json_object_get(st, "auth_refused")), 1);
+        json_decref(st);
+
+        /* a missing secret is named, with the command that creates it */
+        const char *missing[] = {login_url,
+                                 ca,
+                                 "AGENTLY_SMTP_TLS=starttls",
+                                 "AGENTLY_SMTP_USER=agently",
+                                 "AGENTLY_SMTP_PASSWORD_SECRET=smtp-nope",
+                                 NULL};
+        char *unnamed = mail_through(f, &rcv, "missing", missing);
+        assert_string_equal(attempt_of(f, unnamed),
+                            "failed: the SMTP password's secret 'smtp-nope' "
+                            "(AGENTLY_SMTP_PASSWORD_SECRET) does not exist for this "
+                            "notification's owner: create it with `agently secret set "
+                            "smtp-nope`");
+
+        /* TLS required, the server offers no STARTTLS: nothing is sent in clear text */
+        const char *bare[] = {bare_url,
+                              "AGENTLY_SMTP_TLS=starttls",
+                              ca,
+                              "AGENTLY_SMTP_USER=agently",
+                              "AGENTLY_SMTP_PASSWORD_SECRET=smtp-password",
+                              NULL};
+        char *clear = mail_through(f, &rcv, "bare", bare);
+        assert_string_equal(attempt_of(f, clear),
+                            "failed: the SMTP server does not offer STARTTLS, and "
+                            "AGENTLY_SMTP_TLS=starttls (the default) requires it: use a server "
+                            "that does, an smtps:// URL, or AGENTLY_SMTP_TLS=none only for a "
+                            "trusted local server");
+
+        /* a certificate nobody said to trust */
+        const char *untrusted[] = {login_url, "AGENTLY_SMTP_TLS=starttls",
+                                   "AGENTLY_SMTP_USER=agently",
+                                   "AGENTLY_SMTP_PASSWORD_SECRET=smtp-password", NULL};
+        char *doubt = mail_through(f, &rcv, "untrusted", untrusted);
+        const char *why = attempt_of(f, doubt);
+        assert_non_null(strstr(why, "failed: the SMTP server's certificate is not trusted ("));
+        assert_non_null(
+            strstr(why, "): set AGENTLY_SMTP_CA_FILE to the CA certificate that signed it"));
+
+        /* none of those three reached the mailbox, and no log holds the password */
+        st = notify_receiver_state(&rcv);
+        assert_int_equal(json_object_size(json_object_get(st, "mail_messages")), 2);
+        json_decref(st);
+        static const char *const names[] = {"login",   "plain", "typo",
+                                            "missing", "bare",  "untrusted"};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+                char path[700], *text = NULL;
+                size_t len = 0;
+                snprintf(path, sizeof(path), "%s/dispatch-%s.log", f->dir, names[i]);
+                if (file_read_all(path, 1 << 22, &text, &len) == 0) {
+                        assert_null(strstr(text, "correct horse"));
+                        free(text);
+                }
+        }
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM notification_attempts WHERE error "
+                                     "LIKE '%%correct horse%%'"),
+                         0);
+        notify_receiver_stop(&rcv);
+        worker_fixture_free(f);
+        unsetenv("AGENTLY_MASTER_KEY_FILE");
+}
+
 int main(void)
 {
         atexit(kept_free);
@@ -340,6 +527,7 @@ int main(void)
             cmocka_unit_test(test_channels),
             cmocka_unit_test(test_subscriptions),
             cmocka_unit_test(test_notify_node),
+            cmocka_unit_test(test_smtp_starttls_and_auth),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,7 +6,14 @@ Every receiver deduplicates by the delivery id as a careful receiver would, coun
 deliveries per id, and notes a delivery that arrives while another with the same id is
 still being answered (two dispatchers delivering one notification at once).
 
-Usage: notify_receiver.py [--secret whsec_...]   prints "ready HTTP_PORT SMTP_PORT".
+With --tls DIR it also generates a test CA and a server certificate for 127.0.0.1 signed by
+it (openssl; DIR/ca.pem is what a client must trust) and runs two more SMTP servers that
+require STARTTLS and then AUTH as --auth USER:PASSWORD, one offering only LOGIN and one only
+PLAIN, each recording the mechanism a message was sent under (mail_auth) and refused logins
+(auth_refused). The first SMTP server stays plain text and offers no STARTTLS.
+
+Usage: notify_receiver.py [--secret whsec_...] [--tls DIR --auth USER:PASSWORD]
+  prints "ready HTTP_PORT SMTP_PORT" (with --tls: "... LOGIN_PORT PLAIN_PORT").
   POST /hook?delay_ms=N&fail=N&status=S   webhook (the first N deliveries of each id answer S)
   POST /slack                             Slack stand-in (checks text and blocks)
   GET  /state                             everything seen, as JSON
@@ -17,6 +24,8 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -26,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 LOCK = threading.Lock()
 STATE = {
@@ -37,6 +47,8 @@ STATE = {
     "slack_bodies": {},
     "mail": {},           # Message-ID -> raw deliveries
     "mail_messages": {},  # Message-ID -> {"from", "to", "subject", "body"}
+    "mail_auth": {},      # Message-ID -> {"mechanism", "user", "tls"} (the --tls servers)
+    "auth_refused": 0,    # logins refused by the --tls servers
 }
 IN_FLIGHT = set()
 FAILED = {}
@@ -125,6 +137,10 @@ class Mail:
         msg = message_from_bytes(envelope.content)
         msg_id = msg.get("Message-ID", "")
         with LOCK:
+            if session.authenticated:
+                STATE["mail_auth"][msg_id] = {"mechanism": session.auth_data["mechanism"],
+                                              "user": session.auth_data["user"],
+                                              "tls": session.ssl is not None}
             STATE["mail"][msg_id] = STATE["mail"].get(msg_id, 0) + 1
             STATE["mail_messages"].setdefault(msg_id, {
                 "from": envelope.mail_from,
@@ -136,26 +152,81 @@ class Mail:
         return "250 OK"
 
 
-def main():
-    global SECRET
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--secret")
-    args = ap.parse_args()
-    SECRET = args.secret
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    http.daemon_threads = True
+class Authenticator:
+    """Accepts exactly USER:PASSWORD, over TLS only (the servers refuse AUTH before STARTTLS)."""
+
+    def __init__(self, credentials):
+        self.user, self.password = credentials.split(":", 1)
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        if (isinstance(auth_data, LoginPassword) and auth_data.login.decode() == self.user
+                and auth_data.password.decode() == self.password):
+            return AuthResult(success=True,
+                              auth_data={"mechanism": mechanism, "user": self.user})
+        with LOCK:
+            STATE["auth_refused"] += 1
+        return AuthResult(success=False, handled=False)
+
+
+def make_certificates(directory):
+    """A test CA and a server certificate for 127.0.0.1 signed by it, with openssl."""
+    def run(*argv):
+        subprocess.run(["openssl"] + list(argv), cwd=directory, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=agently test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(f"{directory}/server.ext", "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(f"{directory}/server.pem", f"{directory}/server.key")
+    return ctx
+
+
+def free_port():
     # aiosmtpd 1.4 connects to its own port to check it is up, so it needs a real number
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    smtp = Controller(Mail(), hostname="127.0.0.1", port=port)
-    smtp.start()
-    print(f"ready {http.server_address[1]} {port}", flush=True)
+    return port
+
+
+def main():
+    global SECRET
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--secret")
+    ap.add_argument("--tls")
+    ap.add_argument("--auth", default="agently:password")
+    args = ap.parse_args()
+    SECRET = args.secret
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    http.daemon_threads = True
+    port = free_port()
+    servers = [Controller(Mail(), hostname="127.0.0.1", port=port)]
+    ports = [port]
+    if args.tls:
+        ctx = make_certificates(args.tls)
+        for only in ("LOGIN", "PLAIN"):
+            ports.append(free_port())
+            servers.append(Controller(
+                Mail(), hostname="127.0.0.1", port=ports[-1], tls_context=ctx,
+                require_starttls=True, auth_required=True, auth_require_tls=True,
+                authenticator=Authenticator(args.auth),
+                auth_exclude_mechanism=["PLAIN" if only == "LOGIN" else "LOGIN"]))
+    for smtp in servers:
+        smtp.start()
+    print("ready %d %s" % (http.server_address[1], " ".join(map(str, ports))), flush=True)
     try:
         http.serve_forever()
     finally:
-        smtp.stop()
+        for smtp in servers:
+            smtp.stop()
 
 
 if __name__ == "__main__":
