@@ -9,6 +9,8 @@
  */
 #include "api_internal.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <microhttpd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +19,13 @@
 
 #include "cleanup.h"
 #include "db.h"
+#include "fileio.h"
 #include "redact.h"
 #include "strutil.h"
 
 #define JOURNAL_DEFAULT 50
 #define JOURNAL_MAX     200
+#define KEPT_FILE_MAX   (64 << 20) /* a kept file served through the API is read whole */
 
 #define ARTIFACT_JSON                                                                              \
         "json_build_object('id', a.id, 'run_id', a.workflow_run_id, 'node_id', a.node_id, "        \
@@ -139,43 +143,41 @@ static char *disposition(const char *name)
         return str_printf("attachment; filename=\"%s\"", safe);
 }
 
-unsigned api_h_artifact_get(struct api_request *req, struct api_response *resp)
+/*
+ * A file an agent's tool kept (storage_uri file://<data dir>/artifacts/<run>/...) is served
+ * when it lies in this run's directory under the data dir this API shares with the worker
+ * (`agently up`, or an API and workers given the same --data-dir): 0 with its bytes (the
+ * caller frees them), -ENOENT when it is not there (another host's, or moved), -EFBIG past
+ * KEPT_FILE_MAX.
+ */
+static int kept_file(struct api_request *req, const char *run, const char *uri, char **bytes,
+                     size_t *len)
 {
-        const char *run = req->params[0], *id = req->params[1];
-        _cleanup_pgresult_ PGresult *res = NULL;
-        _cleanup_free_ char *cd = NULL, *masked = NULL;
-        unsigned char *bytes = NULL;
-        size_t len = 0, hexlen, masked_len = 0;
-        unsigned st;
-        int r = 0;
+        char root[PATH_MAX], real[PATH_MAX];
+        _cleanup_free_ char *prefix = NULL;
 
-        if ((st = run_exists(req, resp, run)))
-                return st;
-        if (!api_is_uuid(id))
-                return api_not_found(resp, "artifact", id);
-        const char *params[] = {run, id};
-        res = db_query(req->db,
-                       "SELECT a.name, a.content_type, encode(a.inline_data, 'hex'), "
-                       "a.storage_uri FROM artifacts a WHERE a.workflow_run_id = $1 AND a.id = $2",
-                       2, params, &r);
-        if (!res)
-                return api_db_error(resp, r);
-        if (PQntuples(res) == 0)
-                return api_not_found(resp, "artifact", id);
-        if (PQgetisnull(res, 0, 2))
-                return api_errorf(resp, 409, "not_inline", "the artifact is not in the database",
-                                  "read it from where the worker stored it", "it is stored at %s",
-                                  PQgetvalue(res, 0, 3));
-        hexlen = (size_t)PQgetlength(res, 0, 2);
-        bytes = malloc(hexlen / 2 + 1);
-        if (!bytes || sodium_hex2bin(bytes, hexlen / 2 + 1, PQgetvalue(res, 0, 2), hexlen, NULL,
-                                     &len, NULL) != 0) {
-                free(bytes);
-                return api_error(resp, 500, "internal", "could not decode the artifact", NULL,
-                                 NULL);
-        }
-        /* every answer passes the redaction choke point (src/base/redact.h) */
-        r = redact_text((const char *)bytes, len, &masked, &masked_len);
+        *bytes = NULL;
+        if (!str_has_prefix(uri, "file://"))
+                return -ENOENT;
+        if (!realpath(api_server_data_dir(req->server), root) || !realpath(uri + 7, real))
+                return -ENOENT;
+        prefix = str_printf("%s/artifacts/%s/", root, run);
+        if (!prefix)
+                return -ENOMEM;
+        if (!str_has_prefix(real, prefix))
+                return -ENOENT;
+        return file_read_all(real, KEPT_FILE_MAX, bytes, len);
+}
+
+/* Answers bytes (taken) as a download named name of content type type, through the
+ * redaction choke point (src/base/redact.h) like every answer. */
+static unsigned send_bytes(struct api_response *resp, unsigned char *bytes, size_t len,
+                           const char *name, const char *type)
+{
+        _cleanup_free_ char *cd = NULL, *masked = NULL;
+        size_t masked_len = 0;
+        int r = redact_text((const char *)bytes, len, &masked, &masked_len);
+
         if (r < 0) {
                 free(bytes);
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
@@ -190,11 +192,63 @@ unsigned api_h_artifact_get(struct api_request *req, struct api_response *resp)
                 free(bytes);
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
         }
-        cd = disposition(PQgetvalue(res, 0, 0));
-        MHD_add_response_header(resp->raw, MHD_HTTP_HEADER_CONTENT_TYPE, PQgetvalue(res, 0, 1));
+        cd = disposition(name);
+        MHD_add_response_header(resp->raw, MHD_HTTP_HEADER_CONTENT_TYPE, type);
         if (cd)
                 MHD_add_response_header(resp->raw, "Content-Disposition", cd);
         MHD_add_response_header(resp->raw, "X-Content-Type-Options", "nosniff");
         resp->status = 200;
         return 200;
+}
+
+unsigned api_h_artifact_get(struct api_request *req, struct api_response *resp)
+{
+        const char *run = req->params[0], *id = req->params[1];
+        _cleanup_pgresult_ PGresult *res = NULL;
+        unsigned char *bytes = NULL;
+        char *file = NULL;
+        size_t len = 0, hexlen;
+        unsigned st;
+        int r = 0;
+
+        if ((st = run_exists(req, resp, run)))
+                return st;
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "artifact", id);
+        const char *params[] = {run, id};
+        res = db_query(req->db,
+                       "SELECT a.name, a.content_type, encode(a.inline_data, 'hex'), "
+                       "a.storage_uri, a.workflow_run_id::text FROM artifacts a "
+                       "WHERE a.workflow_run_id = $1 AND a.id = $2",
+                       2, params, &r);
+        if (!res)
+                return api_db_error(resp, r);
+        if (PQntuples(res) == 0)
+                return api_not_found(resp, "artifact", id);
+        const char *name = PQgetvalue(res, 0, 0), *type = PQgetvalue(res, 0, 1);
+        const char *uri = PQgetvalue(res, 0, 3);
+        if (PQgetisnull(res, 0, 2)) {
+                r = kept_file(req, PQgetvalue(res, 0, 4), uri, &file, &len);
+                if (r == -EFBIG)
+                        return api_errorf(resp, 409, "too_large",
+                                          "the artifact is too large to download through the API",
+                                          "read it where the worker stored it",
+                                          "at most %d MiB; it is stored at %s", KEPT_FILE_MAX >> 20,
+                                          uri);
+                if (r < 0)
+                        return api_errorf(resp, 409, "not_here",
+                                          "the artifact is not stored where this API can read it",
+                                          "read it where the worker stored it",
+                                          "it is stored at %s", uri);
+                return send_bytes(resp, (unsigned char *)file, len, name, type);
+        }
+        hexlen = (size_t)PQgetlength(res, 0, 2);
+        bytes = malloc(hexlen / 2 + 1);
+        if (!bytes || sodium_hex2bin(bytes, hexlen / 2 + 1, PQgetvalue(res, 0, 2), hexlen, NULL,
+                                     &len, NULL) != 0) {
+                free(bytes);
+                return api_error(resp, 500, "internal", "could not decode the artifact", NULL,
+                                 NULL);
+        }
+        return send_bytes(resp, bytes, len, name, type);
 }

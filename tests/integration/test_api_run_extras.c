@@ -2,7 +2,9 @@
  * The run viewer's reads besides the run and its events (src/api/api_run_extras.c), through
  * a real `agently api`: an agent run's journal in pages after a seq, only under its own
  * run; a run's artifacts listed with where they are stored, an inline one downloaded as its
- * bytes, an external one refused with 409; and another user sees none of it (404).
+ * bytes, a file a tool kept under the data dir the API shares with the worker downloaded
+ * when it lies in the run's own directory, any other refused with 409; and another user
+ * sees none of it (404).
  */
 #include "testlib.h"
 #include "worker_sink.h"
@@ -14,6 +16,7 @@
 #include <jansson.h>
 
 #include "cleanup.h"
+#include "fileio.h"
 #include "strutil.h"
 
 static struct {
@@ -184,8 +187,48 @@ static void journal_pages_and_artifacts(void **state)
         json_t *refused = get_json(S.ada_token, path, 409);
         assert_string_equal(
             json_string_value(json_object_get(json_object_get(refused, "error"), "code")),
-            "not_inline");
+            "not_here");
         json_decref(refused);
+
+        /* a file a tool kept under the data dir the API shares with the worker: served; the
+         * same file named by another run's artifact, or a file outside the run's directory:
+         * not */
+        _cleanup_free_ char *kept_dir = str_printf("%s/artifacts/%s/agent/call", S.dir, run);
+        _cleanup_free_ char *kept_file = str_printf("%s/out.txt", kept_dir);
+        _cleanup_free_ char *outside_file = str_printf("%s/outside.txt", S.dir);
+        assert_int_equal(dir_make_parents(kept_dir, 0700), 0);
+        assert_int_equal(file_write_atomic(kept_file, "kept bytes", 10, 0600), 0);
+        assert_int_equal(file_write_atomic(outside_file, "secret", 6, 0600), 0);
+        _cleanup_free_ char *kept = test_db_value(
+            S.db,
+            "INSERT INTO artifacts (user_id, workflow_run_id, node_id, name, size_bytes, sha256,"
+            " storage_uri) VALUES ('%s', '%s', 'a', 'out.txt', 10, repeat('f', 64),"
+            " 'file://%s/out.txt') RETURNING id",
+            S.ada, run, kept_dir);
+        _cleanup_free_ char *outside = test_db_value(
+            S.db,
+            "INSERT INTO artifacts (user_id, workflow_run_id, node_id, name, size_bytes, sha256,"
+            " storage_uri) VALUES ('%s', '%s', 'a', 'x.txt', 6, repeat('f', 64),"
+            " 'file://%s/artifacts/%s/../../outside.txt') RETURNING id",
+            S.ada, run, S.dir, run);
+        _cleanup_free_ char *elsewhere = test_db_value(
+            S.db,
+            "INSERT INTO artifacts (user_id, workflow_run_id, node_id, name, size_bytes, sha256,"
+            " storage_uri) VALUES ('%s', '%s', 'a', 'out.txt', 10, repeat('f', 64),"
+            " 'file://%s/out.txt') RETURNING id",
+            S.ada, other, kept_dir);
+        free(path);
+        path = str_printf("/v1/runs/%s/artifacts/%s", run, kept);
+        free(body);
+        body = NULL;
+        assert_int_equal(get(S.ada_token, path, &body), 200);
+        assert_string_equal(body, "kept bytes");
+        free(path);
+        path = str_printf("/v1/runs/%s/artifacts/%s", run, outside);
+        json_decref(get_json(S.ada_token, path, 409));
+        free(path);
+        path = str_printf("/v1/runs/%s/artifacts/%s", other, elsewhere);
+        json_decref(get_json(S.ada_token, path, 409));
         free(path);
         path = str_printf("/v1/runs/%s/artifacts/%s", other, in);
         json_decref(get_json(S.ada_token, path, 404));
