@@ -207,7 +207,7 @@ void agent_approval_request(struct agent_session *s, const char *hash, json_t *b
 
         if (!spec || !stored || !events || !(spec_text = json_dumps(spec, JSON_COMPACT)) ||
             !(stored_text = json_dumps(stored, JSON_COMPACT)) ||
-            !(events_text = json_dumps(events, JSON_COMPACT))) {
+            !(events_text = json_dumps(agent_events_named(s, events), JSON_COMPACT))) {
                 agent_session_failed(s, "error", "out of memory");
                 return;
         }
@@ -307,7 +307,8 @@ static void answer_gated(struct agent_session *s, const char *id, int seq, const
         int masked = ev ? redact_json(ev) : 0; /* a tool's output preview, its arguments */
         _cleanup_json_ json_t *kept = artifacts ? shown(s, artifacts) : NULL;
         _cleanup_free_ char *resp = clean ? json_dumps(clean, JSON_COMPACT) : NULL;
-        _cleanup_free_ char *evs = ev && masked >= 0 ? json_dumps(ev, JSON_COMPACT) : NULL;
+        _cleanup_free_ char *evs =
+            ev && masked >= 0 ? json_dumps(agent_events_named(s, ev), JSON_COMPACT) : NULL;
         _cleanup_free_ char *arts = kept ? json_dumps(kept, JSON_COMPACT) : NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
         char epoch[24], seqs[16], calls[16], attempt[16];
@@ -409,7 +410,8 @@ static void approved(struct agent_session *s, const char *id, int seq, const cha
             "message", "approved by ", by ? by : "a person", "data", "name", name, "call_id",
             json_string_value(json_object_get(body, "call_id")), "approval_id", a->id, "by", by,
             "comment", json_object_get(a->decision, "comment"));
-        _cleanup_free_ char *events_text = events ? json_dumps(events, JSON_COMPACT) : NULL;
+        _cleanup_free_ char *events_text =
+            events ? json_dumps(agent_events_named(s, events), JSON_COMPACT) : NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
         char epoch[24], attempt[16];
         const char *params[] = {s->run_id, epoch, a->id, s->node_id, attempt, events_text};

@@ -114,6 +114,10 @@ struct agent_host {
         bool has_timer;
 };
 
+/* Names the agent run in every event's data (data.agent_run_id): sub-agents share their
+ * node, and the run viewer shows each agent run's events under it. Returns events. */
+json_t *agent_events_named(const struct agent_session *s, json_t *events);
+
 /* ---- agent_journal.c: the session's statements ---- */
 int agent_db_open_run(struct agent_session *s, char **error);
 /* A sub-agent's row: created under the parent's (child_id NULL) or read again by id. */

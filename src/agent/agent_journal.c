@@ -239,15 +239,13 @@ static const char RECORD_SQL[] =
     "SELECT agently_agent_record($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9, $10,"
     " $11::numeric, $12, $13, $14, $15, $16::jsonb)";
 
-/* Every event names its agent run in data.agent_run_id: sub-agents share their node, and
- * the run viewer shows each agent run's events under it. */
-static void events_name_agent(const struct agent_session *s, json_t *events)
+json_t *agent_events_named(const struct agent_session *s, json_t *events)
 {
         json_t *e;
         size_t i;
 
         if (!s->agent_run_id[0])
-                return;
+                return events;
         json_array_foreach (events, i, e) {
                 json_t *data = json_object_get(e, "data");
                 if (!json_is_object(data)) {
@@ -260,13 +258,14 @@ static void events_name_agent(const struct agent_session *s, json_t *events)
                 }
                 json_object_set_new(data, "agent_run_id", json_string(s->agent_run_id));
         }
+        return events;
 }
 
 int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,
                     const json_t *response, const char *hash, const struct llm_usage *usage,
                     double cost, int llm_calls, int tool_calls, json_t *events)
 {
-        events_name_agent(s, events);
+        agent_events_named(s, events);
         char epoch[24], tin[24], tout[24], tcached[24], tcost[48], nllm[16], ntool[16], attempt[16];
         _cleanup_free_ char *req = dump(request), *resp = dump(response), *ev = dump(events);
         const char *params[] = {

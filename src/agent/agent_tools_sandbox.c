@@ -550,7 +550,7 @@ int agent_db_record_tool(struct agent_session *s, struct agent_pending *p, const
                                        events);
         req = json_dumps(request, JSON_COMPACT);
         resp = json_dumps(response, JSON_COMPACT);
-        ev = events ? json_dumps(events, JSON_COMPACT) : strdup("[]");
+        ev = events ? json_dumps(agent_events_named(s, events), JSON_COMPACT) : strdup("[]");
         arts = redact_json(p->artifacts) < 0 ? NULL : json_dumps(p->artifacts, JSON_COMPACT);
         json_decref(events);
         if (!req || !resp || !ev || !arts)

@@ -238,6 +238,61 @@ describe("the dashboard, further", () => {
     }
   });
 
+  it("approves an agent's gated tool call on the run's page, and the agent view shows who did", { timeout: 240_000 }, async () => {
+    await agently.api("PUT", "/v1/secrets/LLMKEY", { value: "sk-e2e-not-a-real-key" });
+    const health = `${agently.base}/healthz`;
+    await llm.script([
+      {
+        match: "Research gates",
+        text: "I need the service's health.",
+        tool_calls: [{ id: "GATE1", name: "http_request", arguments: JSON.stringify({ method: "GET", url: health }) }],
+        usage: { input: 100, output: 10 },
+      },
+      { match: "GATE1", text: "GATED-DONE", usage: { input: 150, output: 5 } },
+    ]);
+    await agently.api("POST", "/v1/workflows", {
+      name: "e2e-gate",
+      nodes: [
+        {
+          id: "think",
+          type: "agent",
+          agent: {
+            provider: "openai",
+            base_url: llm.url,
+            model: "gpt-4o-mini",
+            api_key_secret: "LLMKEY",
+            prompt: "Research ${ input.topic }.",
+            tools: ["http_request"],
+            allowed_hosts: ["127.0.0.1"],
+            approve_tools: ["http_request"],
+          },
+        },
+      ],
+    });
+    const { context, page, problems } = await watchedPage(browser);
+    try {
+      await signIn(page, agently.base, agently.token);
+      const run = await agently.api("POST", "/v1/runs", { workflow: "e2e-gate", input: { topic: "gates" } });
+      await page.goto(`${agently.base}/runs/${run.id}`);
+      const tool = page.getByRole("region", { name: "agents" }).locator('[data-tool="http_request"]').first();
+      await tool.locator(".gate-approval").waitFor({ timeout: 90_000 });
+      await tool.getByText("waiting for a person to approve it").waitFor();
+      const card = page.getByRole("region", { name: /^approval / });
+      await card.waitFor({ timeout: 30_000 });
+      await screenshot(page, "18-gated-call");
+      await card.getByLabel("comment").fill("health checks are fine");
+      await card.getByRole("button", { name: "Approve" }).click();
+      const done = await waitRun(agently, run.id, /^(completed|failed)$/, 90_000);
+      assert.equal(done.status, "completed", JSON.stringify(done.error));
+      assert.equal(done.output.think, "GATED-DONE");
+      await tool.locator(".gate-approved").getByText("approved by admin").waitFor({ timeout: 30_000 });
+      assert.match(await tool.getByLabel("tool result").innerText(), /200/);
+      assert.deepEqual(problems(), []);
+    } finally {
+      await context.close();
+    }
+  });
+
   it("fits a phone: no horizontal scroll on the runs list and a run's page", { timeout: 120_000 }, async () => {
     await agently.api("POST", "/v1/workflows", WAITER);
     const run = await agently.api("POST", "/v1/runs", { workflow: WAITER.name, input: {} });

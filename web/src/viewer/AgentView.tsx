@@ -150,10 +150,18 @@ function useJournal(runId: string, agent: AgentRun, bump: number) {
   return { entries, error };
 }
 
+/** The events of a tool call a person approves first (approve_tools), as the view says them. */
+const GATE: Record<string, string> = {
+  "agent.tool_approval": "waits for approval",
+  "agent.tool_approved": "approved",
+  "agent.tool_rejected": "rejected",
+  "agent.tool_interrupted": "interrupted",
+};
+
 type Step =
   | { t: "reasoning"; e: RunEvent }
   | { t: "llm"; e: Entry; n: number; ev?: RunEvent }
-  | { t: "tool"; e: Entry; call?: RunEvent; result?: RunEvent }
+  | { t: "tool"; e: Entry; call?: RunEvent; result?: RunEvent; gate?: RunEvent }
   | { t: "spawn"; e: Entry }
   | { t: "ask"; e: Entry }
   | { t: "refused"; e: RunEvent };
@@ -164,11 +172,13 @@ function steps(entries: Entry[], events: RunEvent[]): Step[] {
   const llmEv = events.filter((e) => e.kind === "agent.llm");
   const toolEv = new Map<string, RunEvent>();
   const resEv = new Map<string, RunEvent>();
+  const gateEv = new Map<string, RunEvent>();
   for (const e of events) {
     const id = obj(e.data).call_id;
     if (typeof id !== "string") continue;
     if (e.kind === "agent.tool_call") toolEv.set(id, e);
     if (e.kind === "agent.tool_result") resEv.set(id, e);
+    if (GATE[e.kind]) gateEv.set(id, e); // the latest step of a gated call's approval
   }
   const loose = events.filter((e) => e.kind === "agent.reasoning" || e.kind === "agent.trace" || e.kind === "agent.tool_refused");
   const out: Step[] = [];
@@ -185,7 +195,7 @@ function steps(entries: Entry[], events: RunEvent[]): Step[] {
       out.push({ t: "llm", e: j, n, ev: llmEv.find((e) => obj(e.data).call === n) ?? llmEv[n - 1] });
     } else if (j.kind === "tool") {
       const id = String(req.call_id ?? "");
-      out.push({ t: "tool", e: j, call: toolEv.get(id), result: resEv.get(id) });
+      out.push({ t: "tool", e: j, call: toolEv.get(id), result: resEv.get(id), gate: gateEv.get(id) });
     } else if (j.kind === "spawn") out.push({ t: "spawn", e: j });
     else out.push({ t: "ask", e: j });
   }
@@ -314,12 +324,18 @@ function StepView({ s }: { s: Step }) {
       <div class="tool" data-tool={String(req.name ?? c.name ?? "")}>
         <strong>tool {String(req.name ?? c.name ?? "?")}</strong> <span class={`badge effect effect-${effect}`}>{effect || "effect unknown"}</span>{" "}
         {rd.is_error === true && <span class="danger">error</span>}{" "}
+        {s.gate && (
+          <span class={`badge gate gate-${s.gate.kind.slice(11)}`} title={s.gate.message ?? ""}>
+            {GATE[s.gate.kind]}
+            {obj(s.gate.data).by ? ` by ${String(obj(s.gate.data).by)}` : ""}
+          </span>
+        )}{" "}
         <span class="muted">{rd.duration_ms != null ? duration(Number(rd.duration_ms)) : ""}</span> <Time iso={s.e.created_at} />
         <div class="kv">
           <span class="muted">arguments</span>
           <Json value={args} label="tool arguments" />
           <span class="muted">result</span>
-          {s.e.response === null ? <p class="muted">running…</p> : <Json value={readable(s.e.response)} label="tool result" />}
+          {s.e.response === null ? <p class="muted">{s.gate?.kind === "agent.tool_approval" ? "waiting for a person to approve it…" : "running…"}</p> : <Json value={readable(s.e.response)} label="tool result" />}
         </div>
       </div>
     );
