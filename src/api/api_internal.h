@@ -183,22 +183,33 @@ unsigned api_page_begin_name(struct api_request *req, struct api_response *resp,
 /* A table of named, versioned definitions: columns user_id, name, version, definition,
  * definition_sha256 (workflows, agents). All static strings. */
 struct api_versioned {
-        const char *table;    /* "workflows" */
-        const char *alias;    /* the row's alias in row_json: "w" */
-        const char *what;     /* the advisory lock's namespace: "workflow" */
-        const char *row_json; /* the JSON answered for a version row, over alias */
+        const char *table;          /* "workflows" */
+        const char *alias;          /* the row's alias in row_json: "w" */
+        const char *what;           /* the advisory lock's namespace: "workflow" */
+        const char *row_json;       /* the JSON answered for a version row, over alias */
+        const char *derived_column; /* NULL, or a jsonb column set to what the caller
+                                     * derived from the definition (workflows.agent_refs) */
 };
 /* Applies def (already validated; borrowed) as the next version of name in t for the
  * request's user: 200 with the latest version when it has the same canonical text, else 201
- * with the new version max + 1. Returns the status with the response set (errors too). */
+ * with the new version max + 1 (its t->derived_column set to derived, borrowed; derived is
+ * a function of def, so an unchanged def has it unchanged). Returns the status with the
+ * response set (errors too). */
 unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
-                             const struct api_versioned *t, const char *name, const json_t *def);
+                             const struct api_versioned *t, const char *name, const json_t *def,
+                             const json_t *derived);
 
 /* ---- agent definitions (api_agents.c) ---- */
 unsigned api_h_agents_apply(struct api_request *req, struct api_response *resp);
 unsigned api_h_agents_list(struct api_request *req, struct api_response *resp);
 unsigned api_h_agents_get(struct api_request *req, struct api_response *resp);
 unsigned api_h_agents_versions(struct api_request *req, struct api_response *resp);
+/* Checks a workflow's references to stored agents (refs: wf_agent_refs()) against the
+ * request's user's agents: each must name an agent of theirs, and a version it has, and a
+ * prompt must come from the agent or the node. Returns 0 when all do; 1 with *errors a new
+ * array of validation errors ({"node", "field", "message"}, as wf_parse's, appended to
+ * *errors when it is an array already); a negative errno from the database. */
+int api_agent_refs_check(struct api_request *req, const json_t *refs, json_t **errors);
 
 /* ---- an agent run's journal, a run's artifacts (api_run_extras.c) ---- */
 unsigned api_h_agent_journal(struct api_request *req, struct api_response *resp);

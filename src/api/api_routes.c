@@ -66,7 +66,7 @@
         "r.run_at, 'timeout_at', r.timeout_at, 'time_scale', r.time_scale, 'cost_usd', "           \
         "r.cost_usd, 'tokens_in', "                                                                \
         "r.tokens_in, 'tokens_out', r.tokens_out, 'agents', " AGENT_RUNS_JSON ", "                 \
-        "'last_event_seq', r.event_seq, 'nodes_total', "                                           \
+        "'agent_versions', r.agent_versions, 'last_event_seq', r.event_seq, 'nodes_total', "       \
         "nt.total, 'nodes_truncated', nt.total > " RUN_NODES_INLINE ", 'maps', nt.maps, "          \
         "'nodes', " RUN_NODES_FIRST ")"
 /* The first RUN_NODES_INLINE nodes of run r in order of first start, latest attempt each:
@@ -560,13 +560,16 @@ static unsigned h_users_list(struct api_request *req, struct api_response *resp)
 
 /* ---- workflows -------------------------------------------------------------------- */
 
-static const struct api_versioned workflows_table = {
-    .table = "workflows", .alias = "w", .what = "workflow", .row_json = WORKFLOW_JSON};
+static const struct api_versioned workflows_table = {.table = "workflows",
+                                                     .alias = "w",
+                                                     .what = "workflow",
+                                                     .row_json = WORKFLOW_JSON,
+                                                     .derived_column = "agent_refs"};
 
 static unsigned h_workflows_apply(struct api_request *req, struct api_response *resp)
 {
         json_t *def = api_body_object(req, resp, false);
-        _cleanup_json_ json_t *errors = NULL;
+        _cleanup_json_ json_t *errors = NULL, *refs = NULL;
         struct wf_workflow *wf = NULL;
         int r;
 
@@ -578,6 +581,16 @@ static unsigned h_workflows_apply(struct api_request *req, struct api_response *
                                  "field 'name'",
                                  "use 1-63 of a-z 0-9 _ . -, starting with a letter or digit");
         r = wf_parse(def, &wf, &errors);
+        /* the engine's rules first, then whether the stored agents its nodes name exist */
+        if (r == 0 && (r = wf_agent_refs(wf, &refs)) == 0) {
+                int found = api_agent_refs_check(req, refs, &errors);
+                if (found < 0) {
+                        wf_free(wf);
+                        return api_db_error(resp, found);
+                }
+                if (found > 0)
+                        r = -EINVAL;
+        }
         wf_free(wf);
         if (r == -EINVAL) {
                 json_t *first = json_array_get(errors, 0);
@@ -599,7 +612,7 @@ static unsigned h_workflows_apply(struct api_request *req, struct api_response *
         if (r < 0)
                 return api_error(resp, 500, "internal", "could not validate the workflow", NULL,
                                  NULL);
-        return api_apply_versioned(req, resp, &workflows_table, name, def);
+        return api_apply_versioned(req, resp, &workflows_table, name, def, refs);
 }
 
 static unsigned h_workflows_list(struct api_request *req, struct api_response *resp)

@@ -21,10 +21,12 @@
 #include "strutil.h"
 
 unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
-                             const struct api_versioned *t, const char *name, const json_t *def)
+                             const struct api_versioned *t, const char *name, const json_t *def,
+                             const json_t *derived)
 {
+        bool with_derived = t->derived_column && derived;
         _cleanup_free_ char *canonical = wf_canonical_json(def), *lock_sql = NULL, *same_sql = NULL,
-                            *insert_sql = NULL;
+                            *insert_sql = NULL, *derived_text = NULL;
         unsigned char digest[crypto_hash_sha256_BYTES];
         char sha[2 * crypto_hash_sha256_BYTES + 1];
         json_t *j = NULL;
@@ -39,16 +41,20 @@ unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
                        "FROM %s WHERE name = $1)",
                        t->row_json, t->table, t->alias, t->alias, t->alias, t->alias, t->table);
         insert_sql = str_printf("WITH %s AS (INSERT INTO %s (user_id, name, version, definition, "
-                                "definition_sha256) SELECT agently_current_user_id(), $1, "
-                                "COALESCE(max(version), 0) + 1, $3::jsonb, $2 FROM %s "
+                                "definition_sha256%s%s) SELECT agently_current_user_id(), $1, "
+                                "COALESCE(max(version), 0) + 1, $3::jsonb, $2%s FROM %s "
                                 "WHERE name = $1 RETURNING *) SELECT %s FROM %s",
-                                t->alias, t->table, t->table, t->row_json, t->alias);
-        if (!canonical || !lock_sql || !same_sql || !insert_sql)
+                                t->alias, t->table, with_derived ? ", " : "",
+                                with_derived ? t->derived_column : "",
+                                with_derived ? ", $4::jsonb" : "", t->table, t->row_json, t->alias);
+        if (with_derived)
+                derived_text = json_dumps(derived, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!canonical || !lock_sql || !same_sql || !insert_sql || (with_derived && !derived_text))
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
         crypto_hash_sha256(digest, (const unsigned char *)canonical, strlen(canonical));
         str_hex(digest, sizeof(digest), sha);
 
-        const char *params[] = {name, sha, canonical};
+        const char *params[] = {name, sha, canonical, derived_text};
         _cleanup_pgresult_ PGresult *lock = db_query(req->db, lock_sql, 1, params, &r);
         if (!lock)
                 return api_db_error(resp, r);
@@ -57,7 +63,7 @@ unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
                 return api_db_error(resp, r);
         if (j)
                 return api_json(resp, 200, j);
-        r = api_query_json(req, insert_sql, 3, params, &j);
+        r = api_query_json(req, insert_sql, with_derived ? 4 : 3, params, &j);
         if (r < 0)
                 return api_db_error(resp, r);
         return api_json(resp, 201, j);

@@ -81,6 +81,24 @@ const char *wf_node_kind(const struct wf_workflow *wf, const char *node_id);
  * allocation failure. */
 char *wf_canonical_json(const json_t *definition);
 
+/* ---- Stored agents ---------------------------------------------------------------- */
+
+/*
+ * The references to stored agents (/v1/agents) of wf's agent nodes, map and loop templates
+ * included, in definition order: *refs is a new array of
+ *   {"node": "<node id>", "field": "/nodes/2/agent/ref", "name": "researcher",
+ *    "version": n | null (null: the latest when a run is created),
+ *    "prompt": bool (the node gives its own prompt)}
+ * The API checks them against the user's agents on apply and stores them with the version
+ * (workflows.agent_refs), from which each run pins the versions it uses when it is created
+ * (workflow_runs.agent_versions). Returns 0 or -ENOMEM.
+ */
+int wf_agent_refs(const struct wf_workflow *wf, json_t **refs);
+
+/* The key of a reference in a run's pins and in snapshot.agents: "researcher" (the latest
+ * at run creation) or "researcher@3". Malloc'd; NULL on allocation failure. */
+char *wf_agent_ref_key(const char *name, int64_t version);
+
 /* ---- Notification channels (channel.c) -------------------------------------------- */
 
 /* The most subscriptions a workflow's "notifications" list may hold. */
@@ -145,8 +163,11 @@ int64_t wf_run_deadline_ms(const struct wf_workflow *wf, const json_t *snapshot)
  *                               "attempt": n (the node attempt that started this child)}},
  *    "approvals": {"<node id>": {"id": "<uuid>", "attempt": n (the node attempt that asked),
  *                                "status": "pending|approved|rejected|expired|canceled",
- *                                "decision": {...} | null, "expires_at_ms": n | null}}}
+ *                                "decision": {...} | null, "expires_at_ms": n | null}},
  *      (the latest approval of each approval node; may be absent)
+ *    "agents": {"<wf_agent_ref_key()>": {"version": n, "definition": {...}}}}
+ *      (the stored agents this run pinned when it was created; may be absent. An agent
+ *      node whose reference is missing here fails its attempt and says so)
  * "nodes" holds the LATEST attempt of each node that has a record, static ids and dynamic
  * ones ("fanout[12]" for map item 12, "poll#3" for loop iteration 3). A node with no record
  * has not been reached.

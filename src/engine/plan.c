@@ -33,6 +33,7 @@ struct wf_plan_ctx {
         const json_t *signals;
         const json_t *children;
         const json_t *approvals; /* {"<node id>": the node's latest approval} */
+        const json_t *agents;    /* the stored agents the run pinned (engine.h) */
         json_t *in_flight;       /* set: {"<id>": true} */
         json_t *consumed;        /* {"<event>": n signals taken by this plan} */
         json_t *run;             /* {"id": ...} */
@@ -378,6 +379,94 @@ int wf_plan_http_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attem
 
 static int escalation_scale(const struct wf_plan_ctx *p, json_t *spec);
 
+/*
+ * The agent a node that references a stored agent runs: the definition the run pinned
+ * (rendered in the node's scope, since a definition may say ${ input.topic }) without its
+ * name and description, with the node's rendered overrides merged over it field by field
+ * (budget key by key), and "ref": {"name", "version"} saying which version it was. Returns
+ * 1 with *out set; 0 when the attempt was failed instead; a negative errno.
+ */
+static int agent_resolve(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
+                         const json_t *overrides, json_t **out)
+{
+        const struct wf_node *n = l->node;
+        _cleanup_free_ char *key = wf_agent_ref_key(n->agent_ref, n->agent_ref_version);
+        _cleanup_json_ json_t *rendered = NULL, *agent = NULL;
+        const json_t *pinned, *def, *v;
+        const char *k;
+        int r;
+
+        if (!key)
+                return p->error = -ENOMEM;
+        pinned = json_object_get(p->agents, key);
+        def = json_object_get(pinned, "definition");
+        if (!json_is_object(def)) {
+                if (n->agent_ref_version)
+                        return emit_fail(p, l->id, attempt,
+                                         error_json("error",
+                                                    "agent '%s' has no version %lld for this "
+                                                    "run's owner; apply it (agently agent "
+                                                    "apply) and start a new run",
+                                                    n->agent_ref, (long long)n->agent_ref_version));
+                return emit_fail(p, l->id, attempt,
+                                 error_json("error",
+                                            "no agent named '%s' existed for this run's owner "
+                                            "when the run was created; apply it (agently agent "
+                                            "apply) and start a new run",
+                                            n->agent_ref));
+        }
+        /* the definition as an inline agent goes through the agent node's own parse, so it
+         * is compiled and normalised (approve_tools) exactly as an inline one would be */
+        bool has_prompt = json_object_get(def, "prompt") != NULL;
+        _cleanup_json_ json_t *inline_agent = json_deep_copy(def), *one_def = NULL;
+        _cleanup_wf_ struct wf_workflow *one = NULL;
+        if (!inline_agent)
+                return p->error = -ENOMEM;
+        json_object_del(inline_agent, "name");
+        json_object_del(inline_agent, "description");
+        if (!has_prompt && json_object_set_new(inline_agent, "prompt", json_string("")) < 0)
+                return p->error = -ENOMEM;
+        one_def = json_pack("{s:s,s:[{s:s,s:s,s:O}]}", "name", "agent", "nodes", "id", "agent",
+                            "type", "agent", "agent", inline_agent);
+        if (!one_def)
+                return p->error = -ENOMEM;
+        r = wf_parse(one_def, &one, NULL);
+        if (r == -EINVAL)
+                return emit_fail(
+                    p, l->id, attempt,
+                    error_json("error",
+                               "agent '%s' version %lld is not a valid agent "
+                               "today; apply a new version of it",
+                               n->agent_ref,
+                               (long long)json_integer_value(json_object_get(pinned, "version"))));
+        if (r < 0)
+                return p->error = r;
+        r = render_or_fail(p, l, attempt, one->nodes[0].agent, l->scope, "the stored agent",
+                           &rendered);
+        if (r <= 0)
+                return r;
+        agent = json_deep_copy(rendered); /* a render may share the template's values */
+        if (!agent)
+                return p->error = -ENOMEM;
+        if (!has_prompt) /* the node gives it */
+                json_object_del(agent, "prompt");
+        json_object_foreach ((json_t *)overrides, k, v) {
+                json_t *base = json_object_get(agent, k);
+                if (!strcmp(k, "budget") && json_is_object(base) && json_is_object(v))
+                        r = json_object_update(base, (json_t *)v);
+                else /* a copy: the caller changes approve_tools in place */
+                        r = json_object_set_new(agent, k, json_deep_copy(v));
+                if (r < 0)
+                        return p->error = -ENOMEM;
+        }
+        if (json_object_set_new(agent, "ref",
+                                json_pack("{s:s,s:O?}", "name", n->agent_ref, "version",
+                                          json_object_get(pinned, "version"))) < 0)
+                return p->error = -ENOMEM;
+        *out = json_incref(agent);
+        return 1;
+}
+
 /* An agent step: the rendered agent object goes to the worker, which runs the session
  * (src/agent) and resumes it from its journal when this attempt is executed again. */
 int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
@@ -391,6 +480,12 @@ int wf_plan_agent_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int atte
                 return p->error = -ENOMEM;
         if ((r = render_or_fail(p, l, attempt, l->node->agent, l->scope, "agent", &agent)) <= 0)
                 return r;
+        if (l->node->agent_ref) {
+                _cleanup_json_ json_t *overrides = agent;
+                agent = NULL;
+                if ((r = agent_resolve(p, l, attempt, overrides, &agent)) <= 0)
+                        return r;
+        }
         if (!json_is_string(json_object_get(agent, "prompt")))
                 return emit_fail(p, l->id, attempt,
                                  error_json("error", "the agent's prompt must render to a string"));
@@ -1450,6 +1545,7 @@ int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actio
         p.signals = json_object_get(snapshot, "signals");
         p.children = json_object_get(snapshot, "children");
         p.approvals = json_object_get(snapshot, "approvals");
+        p.agents = json_object_get(snapshot, "agents");
         p.run_id = json_string_value(json_object_get(snapshot, "run_id"));
         p.now = json_integer_value(json_object_get(snapshot, "now_ms"));
         p.scale = wf_snapshot_time_scale(snapshot);

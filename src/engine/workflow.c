@@ -539,6 +539,17 @@ static const char *const agent_def_fields[] = {
     "provider",  "base_url",   "model",         "api_key_secret", "system",
     "prompt",    "tools",      "allowed_hosts", "budget",         "output_schema",
     "max_turns", "max_tokens", "approve_tools", "secrets",        NULL};
+/* What a node that references a stored agent may set over its definition (docs/workflows.md,
+ * "Stored agents"); budget merges key by key, the others replace the definition's value. */
+static const char *const agent_ref_fields[] = {
+    "ref",    "version",   "system",        "prompt",
+    "model",  "tools",     "allowed_hosts", "output_schema",
+    "budget", "max_turns", "max_tokens",    "approve_tools",
+    NULL};
+/* ...and what only the definition says: where its calls go, with which key, and which
+ * stored secrets its tools may use. */
+static const char *const agent_ref_fixed_fields[] = {"provider", "base_url", "api_key_secret",
+                                                     "secrets", NULL};
 static const char *const agent_budget_fields[] = {
     "max_tokens", "max_cost_usd", "max_wall_clock", "max_llm_calls", "max_tool_calls", NULL};
 static const char *const agent_tool_names[] = {"http_request", "ask_human", "spawn_agent", "finish",
@@ -546,6 +557,28 @@ static const char *const agent_tool_names[] = {"http_request", "ask_human", "spa
 
 static json_t *parse_agent_approve_tools(struct wf_parse_ctx *c, const struct wf_node *n,
                                          const char *path, const json_t *v);
+/* A node's reference to a stored agent: its name (checked where field says) and version (0:
+ * the latest when the run is created). Whether the agent exists is the API's check at
+ * apply time (the engine sees no database); which version a run uses is pinned when the
+ * run is created (migrations/0019_agent_refs.sql). */
+static void parse_agent_ref(struct wf_parse_ctx *c, struct wf_node *n, const char *field,
+                            const char *name, int64_t version)
+{
+        if (!valid_workflow_name(name)) {
+                add_error(c, node_name(n), field,
+                          "invalid agent name '%s'; names are 1-63 characters of a-z, 0-9, _, . "
+                          "and -, starting with a letter or digit",
+                          name);
+                return;
+        }
+        free(n->agent_ref);
+        free(n->agent_ref_field);
+        n->agent_ref = strdup(name);
+        n->agent_ref_field = strdup(field);
+        n->agent_ref_version = version;
+        if (!n->agent_ref || !n->agent_ref_field)
+                c->oom = true;
+}
 
 /* One string member of an agent (or a list of strings), without ${ } in names that the
  * worker must know before rendering. */
@@ -595,25 +628,65 @@ static void parse_agent(struct wf_parse_ctx *c, struct wf_node *n, const json_t 
         if (!a) {
                 add_error(c, node, apath,
                           "missing required field 'agent' ({\"provider\": \"openai\", \"model\": "
-                          "\"...\", \"prompt\": \"...\"})");
+                          "\"...\", \"prompt\": \"...\"}, or the name of a stored agent)");
+                return;
+        }
+        if (json_is_string(a)) { /* "agent": "researcher" */
+                _cleanup_json_ json_t *none = json_object();
+                if (!none) {
+                        c->oom = true;
+                        return;
+                }
+                parse_agent_ref(c, n, apath, json_string_value(a), 0);
+                (void)parse_template(c, n, apath, none, scope_of(n), owner_of(n), &n->agent);
                 return;
         }
         if (!json_is_object(a)) {
                 add_error(c, node, apath,
-                          "'agent' must be an object with provider, model and prompt");
+                          "'agent' must be an object with provider, model and prompt, or the "
+                          "name of a stored agent (\"agent\": \"researcher\")");
                 return;
         }
-        check_fields(c, node, apath, a, "an agent", agent_def_fields, NULL);
-        if (get_string(c, node, apath, a, "provider", true, &s) && s && strcmp(s, "openai") != 0 &&
-            strcmp(s, "anthropic") != 0) {
+        const json_t *ref = json_object_get(a, "ref");
+        bool is_inline = !ref;
+        if (ref) {
+                _cleanup_free_ char *rpath = path_join(apath, "ref");
+                int64_t version = 0;
+                if (!rpath) {
+                        c->oom = true;
+                        return;
+                }
+                if (!json_is_string(ref))
+                        add_error(c, node, rpath,
+                                  "'ref' must be the name of a stored agent (agently agent list)");
+                (void)get_int(c, node, apath, a, "version", 1, INT32_MAX, &version);
+                if (json_is_string(ref))
+                        parse_agent_ref(c, n, rpath, json_string_value(ref), version);
+                for (const char *const *f = agent_ref_fixed_fields; *f; f++)
+                        if (json_object_get(a, *f)) {
+                                _cleanup_free_ char *fpath = path_join(apath, *f);
+                                add_error(c, node, fpath ? fpath : apath,
+                                          "'%s' belongs to the stored agent and a node cannot "
+                                          "override it; apply a new version of the agent, or "
+                                          "reference another one",
+                                          *f);
+                        }
+                check_fields(c, node, apath, a, "an agent reference", agent_ref_fields,
+                             agent_ref_fixed_fields);
+        } else {
+                check_fields(c, node, apath, a, "an agent", agent_def_fields, NULL);
+        }
+        if (get_string(c, node, apath, a, "provider", is_inline, &s) && s &&
+            strcmp(s, "openai") != 0 && strcmp(s, "anthropic") != 0) {
                 _cleanup_free_ char *f = path_join(apath, "provider");
                 add_error(c, node, f ? f : apath,
                           "unknown provider '%s'; use openai (OpenAI-compatible chat "
                           "completions: OpenAI, Ollama, vLLM, llama.cpp) or anthropic",
                           s);
         }
-        (void)get_string(c, node, apath, a, "model", true, &s);
-        (void)get_string(c, node, apath, a, "prompt", true, &s);
+        (void)get_string(c, node, apath, a, "model", is_inline, &s);
+        if (get_string(c, node, apath, a, "prompt", is_inline, &s) && s)
+                n->agent_ref_prompt = true;
         (void)get_string(c, node, apath, a, "system", false, &s);
         if (get_string(c, node, apath, a, "base_url", false, &s) && s && !strstr(s, "${") &&
             !str_has_prefix(s, "http://") && !str_has_prefix(s, "https://")) {
@@ -700,7 +773,19 @@ static void parse_agent(struct wf_parse_ctx *c, struct wf_node *n, const json_t 
                         return;
                 }
         }
-        (void)parse_template(c, n, apath, copy ? copy : a, scope_of(n), owner_of(n), &n->agent);
+        if (is_inline) {
+                (void)parse_template(c, n, apath, copy ? copy : a, scope_of(n), owner_of(n),
+                                     &n->agent);
+                return;
+        }
+        /* a reference: the template is the node's overrides only */
+        if (!copy && !(copy = json_deep_copy(a))) {
+                c->oom = true;
+                return;
+        }
+        json_object_del(copy, "ref");
+        json_object_del(copy, "version");
+        (void)parse_template(c, n, apath, copy, scope_of(n), owner_of(n), &n->agent);
 }
 
 /* A notify node: a channel (literal, checked as a workflow's subscriptions are: channel.c)
@@ -1876,6 +1961,8 @@ static void node_free(struct wf_node *n)
         wf_tmpl_free(n->input);
         wf_tmpl_free(n->output);
         wf_tmpl_free(n->agent);
+        free(n->agent_ref);
+        free(n->agent_ref_field);
         wf_tmpl_free(n->approval);
         if (n->approval_policy)
                 json_decref(n->approval_policy);
@@ -2330,6 +2417,38 @@ const char *wf_node_kind(const struct wf_workflow *wf, const char *node_id)
 {
         const struct wf_node *n = wf_resolve_node(wf, node_id);
         return n && n->kind ? n->kind->name : NULL;
+}
+
+static int agent_refs_add(const struct wf_node *n, json_t *refs)
+{
+        if (n->agent_ref &&
+            json_array_append_new(
+                refs,
+                json_pack("{s:s?,s:s,s:s,s:o,s:b}", "node", node_name(n), "field",
+                          n->agent_ref_field, "name", n->agent_ref, "version",
+                          n->agent_ref_version ? json_integer(n->agent_ref_version) : json_null(),
+                          "prompt", n->agent_ref_prompt)) < 0)
+                return -ENOMEM;
+        return n->body ? agent_refs_add(n->body, refs) : 0;
+}
+
+int wf_agent_refs(const struct wf_workflow *wf, json_t **refs)
+{
+        _cleanup_json_ json_t *a = json_array();
+
+        *refs = NULL;
+        if (!a)
+                return -ENOMEM;
+        for (size_t i = 0; i < wf->n_nodes; i++)
+                if (agent_refs_add(&wf->nodes[i], a) < 0)
+                        return -ENOMEM;
+        *refs = json_incref(a);
+        return 0;
+}
+
+char *wf_agent_ref_key(const char *name, int64_t version)
+{
+        return version ? str_printf("%s@%lld", name, (long long)version) : strdup(name);
 }
 
 char *wf_canonical_json(const json_t *definition)

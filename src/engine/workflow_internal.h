@@ -107,8 +107,13 @@ struct wf_node {
         struct wf_tmpl *input;
         /* transform */
         struct wf_tmpl *output;
-        /* agent: the agent object (provider, model, prompt, tools, budget, ...) */
+        /* agent: the agent object (provider, model, prompt, tools, budget, ...); for a
+         * reference to a stored agent (agent_ref set), the node's overrides only */
         struct wf_tmpl *agent;
+        char *agent_ref;           /* the stored agent's name, or NULL (inline) */
+        int64_t agent_ref_version; /* 0: the latest when the run was created */
+        char *agent_ref_field;     /* where the definition names it ("/nodes/2/agent/ref") */
+        bool agent_ref_prompt;     /* the node gives its own prompt */
         /* approval: {title, context, proposed_action} rendered when the node is reached, and
          * the validated policy {reviewers, channels, quorum, forbid_self_approval,
          * on_timeout, escalation: [{contacts, timeout_ms}]} */

@@ -638,6 +638,299 @@ static void a_journal_mismatch_is_a_nondeterminism_error(void **state)
         assert_no_key_anywhere(run);
 }
 
+/* ---- stored agents referenced by name (docs/workflows.md, "Stored agents") ------------ */
+
+/* method path (body) through the API as token's user (NULL: this test's user); the status,
+ * the answer in *out (caller frees) when out is not NULL. */
+static long api_call(const char *token, const char *method, const char *path, const char *body,
+                     json_t **out)
+{
+        char url[512], auth[128];
+        const char *headers[] = {auth, NULL};
+        _cleanup_free_ char *text = NULL;
+
+        snprintf(url, sizeof(url), "%s%s", S.base, path);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token ? token : S.token);
+        long st = test_http(method, url, headers, body, &text);
+        if (out)
+                *out = text ? json_loads(text, 0, NULL) : NULL;
+        return st;
+}
+
+/* Applies stored agent name (its other members in rest) with its LLM at the test server. */
+static void apply_agent(const char *name, const char *rest, int status)
+{
+        _cleanup_free_ char *body =
+            str_printf("{\"name\":\"%s\",\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":"
+                       "\"gpt-4o-mini\",\"api_key_secret\":\"LLMKEY\",%s}",
+                       name, llm_server_url(S.llm), rest);
+        _cleanup_json_ json_t *out = NULL;
+        long st = api_call(NULL, "POST", "/v1/agents", body, &out);
+        if (status ? st != status : st != 200 && st != 201)
+                fail_msg("apply agent %s: %ld", name, st);
+}
+
+/* The stored agent "researcher", version 1 (status 0: applied now or already). */
+static void apply_researcher(int status)
+{
+        apply_agent("researcher",
+                    "\"system\":\"You are the stored researcher.\",\"prompt\":\"Research ${ "
+                    "input.topic } carefully.\",\"tools\":[\"http_request\"],\"allowed_hosts\":"
+                    "[\"127.0.0.1\"],\"budget\":{\"max_tokens\":100000,\"max_cost_usd\":5}",
+                    status);
+}
+
+/* Applies a workflow of one agent node whose "agent" is agent (JSON text). */
+static void apply_ref_workflow(const char *name, const char *agent)
+{
+        _cleanup_free_ char *body = str_printf(
+            "{\"name\":\"%s\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":%s}]}",
+            name, agent);
+        _cleanup_json_ json_t *out = NULL;
+        long st = api_call(NULL, "POST", "/v1/workflows", body, &out);
+        if (st != 201) {
+                _cleanup_free_ char *t = out ? json_dumps(out, 0) : NULL;
+                fail_msg("apply %s: %ld %s", name, st, t ? t : "");
+        }
+}
+
+/* Starts a run of workflow through the API; returns its id. */
+static char *start_run(const char *workflow, const char *input)
+{
+        _cleanup_free_ char *body =
+            str_printf("{\"workflow\":\"%s\",\"input\":%s}", workflow, input);
+        _cleanup_json_ json_t *out = NULL;
+        assert_int_equal(api_call(NULL, "POST", "/v1/runs", body, &out), 201);
+        assert_non_null(json_string_value(json_object_get(out, "id")));
+        return strdup(json_string_value(json_object_get(out, "id")));
+}
+
+/* The version of the stored agent reference key the run pinned, as GET /v1/runs/{id} says. */
+static json_int_t run_agent_version(const char *run, const char *key)
+{
+        char path[128];
+        _cleanup_json_ json_t *out = NULL;
+
+        snprintf(path, sizeof(path), "/v1/runs/%s", run);
+        assert_int_equal(api_call(NULL, "GET", path, NULL, &out), 200);
+        json_t *v = json_object_get(json_object_get(out, "agent_versions"), key);
+        assert_true(json_is_integer(v));
+        return json_integer_value(v);
+}
+
+static char *llm_body(int i)
+{
+        _cleanup_json_ json_t *req = llm_server_request(S.llm, i);
+        return json_dumps(json_object_get(req, "body"), JSON_COMPACT);
+}
+
+static void wait_end(pid_t w, const char *run, const char *statuses, const char *what)
+{
+        if (!worker_test_wait_status(S.db, run, statuses, 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("%s; see %s", what, S.last_log);
+        }
+}
+
+/* "agent": "researcher" runs the user's stored agent end to end: its model, system prompt,
+ * prompt (with the run's input) and key reach the LLM, and the run shows the version. */
+static void a_node_runs_a_stored_agent_by_name(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        apply_researcher(201);
+        apply_ref_workflow("by-name", "\"researcher\"");
+        llm_server_script(S.llm, "[{\"text\":\"Stored answer.\",\"usage\":{\"input\":10,"
+                                 "\"output\":5}}]");
+        _cleanup_free_ char *run = start_run("by-name", "{\"topic\":\"durable agents\"}");
+        assert_int_equal(run_agent_version(run, "researcher"), 1);
+        pid_t w = spawn_worker("5s");
+        wait_end(w, run, "completed|failed", "the run did not end");
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("Stored answer.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        assert_int_equal(llm_server_request_count(S.llm) - before, 1);
+        _cleanup_free_ char *body = llm_body(before);
+        assert_non_null(strstr(body, "You are the stored researcher."));
+        assert_non_null(strstr(body, "Research durable agents carefully."));
+        assert_non_null(strstr(body, "gpt-4o-mini"));
+        /* the node's recorded input names the version it ran */
+        assert_db_equal("researcher|1", S.db,
+                        "SELECT (input->'ref'->>'name') || '|' || (input->'ref'->>'version')"
+                        " FROM node_runs WHERE workflow_run_id = '%s' AND node_id = 'think'"
+                        " ORDER BY attempt DESC LIMIT 1",
+                        run);
+        assert_no_key_anywhere(run);
+}
+
+/* Overrides merge over the stored definition: the node's prompt replaces the agent's, its
+ * budget's max_tokens replaces that one key (max_cost_usd stays) and stops the run after a
+ * call of 5,000 tokens, which the agent's own 100,000 would let go on. */
+static void a_node_overrides_the_stored_agent(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        apply_researcher(0);
+        apply_ref_workflow("override",
+                           "{\"ref\":\"researcher\",\"prompt\":\"Summarise ${ input.topic } in "
+                           "one line.\",\"budget\":{\"max_tokens\":1000}}");
+        _cleanup_free_ char *script = str_printf(
+            "[{\"text\":\"\",\"tool_calls\":[{\"id\":\"o1\",\"name\":\"http_request\","
+            "\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"%s/override/1\\\"}\"}],"
+            "\"usage\":{\"input\":5000,\"output\":0}},"
+            "{\"text\":\"One line.\",\"usage\":{\"input\":5000,\"output\":0}}]",
+            worker_sink_url(S.sink));
+        llm_server_script(S.llm, script);
+        _cleanup_free_ char *run = start_run("override", "{\"topic\":\"budgets\"}");
+        pid_t w = spawn_worker("5s");
+        wait_end(w, run, "needs_input", "the overridden budget did not stop the run");
+        assert_int_equal(llm_server_request_count(S.llm) - before, 1);
+        _cleanup_free_ char *body = llm_body(before);
+        assert_non_null(strstr(body, "Summarise budgets in one line."));
+        assert_null(strstr(body, "carefully"));
+        assert_non_null(strstr(body, "You are the stored researcher.")); /* not overridden */
+        assert_db_equal("max_tokens|1000|5", S.db,
+                        "SELECT (waiting_for->>'budget') || '|' || (budget->>'max_tokens') || '|'"
+                        " || (budget->>'max_cost_usd') FROM agent_runs"
+                        " WHERE workflow_run_id = '%s'",
+                        run);
+        assert_int_equal(post_input(run, "{\"budget\":{\"max_tokens\":100000}}"), 200);
+        wait_end(w, run, "completed|failed", "the run did not continue");
+        test_stop_process(w, SIGTERM, 15000);
+        assert_db_equal("One line.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+}
+
+/* A run pins the version it was created with: applying a new version while it waits for a
+ * person changes neither what it resumes with nor its replay; a run created afterwards
+ * uses the new version. */
+static void a_new_version_does_not_change_a_waiting_run(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        apply_agent("asker",
+                    "\"system\":\"SYSTEM-V1\",\"prompt\":\"Ask about ${ input.topic }.\","
+                    "\"tools\":[\"ask_human\"]",
+                    201);
+        apply_ref_workflow("pinned", "\"asker\"");
+        llm_server_script(
+            S.llm, "[{\"match\":\"Ask about "
+                   "colours.\",\"text\":\"\",\"tool_calls\":[{\"id\":\"q1\",\"name\":"
+                   "\"ask_human\",\"arguments\":\"{\\\"question\\\":\\\"Which colour?\\\"}\"}],"
+                   "\"usage\":{\"input\":10,\"output\":5}},"
+                   "{\"match\":\"blue\",\"text\":\"V1 answered blue.\",\"usage\":{\"input\":20,"
+                   "\"output\":5}},"
+                   "{\"match\":\"Ask about shapes again.\",\"text\":\"V2 "
+                   "answered.\",\"usage\":{\"input\":20,"
+                   "\"output\":5}}]");
+        _cleanup_free_ char *run = start_run("pinned", "{\"topic\":\"colours\"}");
+        pid_t w = spawn_worker("5s");
+        wait_end(w, run, "needs_input", "the run did not wait for a person");
+
+        apply_agent("asker",
+                    "\"system\":\"SYSTEM-V2\",\"prompt\":\"Ask about ${ input.topic } again.\","
+                    "\"tools\":[\"ask_human\"]",
+                    201);
+        assert_int_equal(run_agent_version(run, "asker"), 1);
+        assert_int_equal(post_input(run, "{\"answer\":\"blue\"}"), 200);
+        wait_end(w, run, "completed|failed", "the run did not resume");
+        assert_completed(run);
+        assert_db_equal("V1 answered blue.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        /* the first call came from the journal (no nondeterminism): two calls, both v1 */
+        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
+        _cleanup_free_ char *second = llm_body(before + 1);
+        assert_non_null(strstr(second, "SYSTEM-V1"));
+        assert_null(strstr(second, "SYSTEM-V2"));
+
+        _cleanup_free_ char *fresh = start_run("pinned", "{\"topic\":\"shapes\"}");
+        assert_int_equal(run_agent_version(fresh, "asker"), 2);
+        wait_end(w, fresh, "completed|failed", "the new run did not end");
+        test_stop_process(w, SIGTERM, 15000);
+        assert_db_equal("V2 answered.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", fresh);
+        _cleanup_free_ char *third = llm_body(before + 2);
+        assert_non_null(strstr(third, "Ask about shapes again."));
+}
+
+/* A workflow naming a stored agent that does not exist, for its user, is refused when it
+ * is applied, naming the node and the field and saying how to fix it. */
+static void a_missing_agent_is_a_validation_error(void **state)
+{
+        (void)state;
+        static const struct {
+                const char *agent, *field, *says;
+        } cases[] = {
+            {"\"nobody\"", "/nodes/0/agent", "no agent named 'nobody'; apply it first"},
+            {"{\"ref\":\"nobody\",\"prompt\":\"x\"}", "/nodes/0/agent/ref",
+             "no agent named 'nobody'"},
+            {"{\"ref\":\"researcher\",\"version\":9}", "/nodes/0/agent/ref",
+             "agent 'researcher' has no version 9 (its latest is 1)"},
+            {"{\"ref\":\"researcher\",\"provider\":\"anthropic\"}", "/nodes/0/agent/provider",
+             "'provider' belongs to the stored agent"},
+            {"{\"ref\":\"researcher\",\"promt\":\"x\"}", "/nodes/0/agent/promt",
+             "did you mean 'prompt'?"},
+            {"{\"ref\":\"researcher\",\"budget\":{\"max_cost_usd\":-1}}",
+             "/nodes/0/agent/budget/max_cost_usd", "max_cost_usd"},
+            {"\"Bad Name\"", "/nodes/0/agent", "invalid agent name"},
+        };
+        apply_researcher(0);
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                _cleanup_free_ char *body = str_printf(
+                    "{\"name\":\"missing\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\","
+                    "\"agent\":%s}]}",
+                    cases[i].agent);
+                _cleanup_json_ json_t *out = NULL;
+                assert_int_equal(api_call(NULL, "POST", "/v1/workflows", body, &out), 422);
+                json_t *e = json_object_get(out, "error");
+                assert_string_equal(json_string_value(json_object_get(e, "code")),
+                                    "validation_failed");
+                assert_string_equal(json_string_value(json_object_get(e, "node")), "think");
+                assert_string_equal(json_string_value(json_object_get(e, "field")), cases[i].field);
+                const char *detail = json_string_value(json_object_get(e, "detail"));
+                assert_non_null(detail);
+                if (!strstr(detail, cases[i].says))
+                        fail_msg("case %zu: '%s' does not say '%s'", i, detail, cases[i].says);
+        }
+        /* a definition is not a reference */
+        _cleanup_json_ json_t *refd = NULL;
+        assert_int_equal(api_call(NULL, "POST", "/v1/agents",
+                                  "{\"name\":\"alias\",\"ref\":\"researcher\"}", &refd),
+                         422);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(refd, "error"), "field")), "/ref");
+        /* an agent with no prompt, referenced by a node that gives none */
+        apply_agent("promptless", "\"system\":\"s\"", 201);
+        _cleanup_json_ json_t *out = NULL;
+        assert_int_equal(api_call(NULL, "POST", "/v1/workflows",
+                                  "{\"name\":\"missing\",\"nodes\":[{\"id\":\"think\",\"type\":"
+                                  "\"agent\",\"agent\":\"promptless\"}]}",
+                                  &out),
+                         422);
+        assert_non_null(
+            strstr(json_string_value(json_object_get(json_object_get(out, "error"), "detail")),
+                   "has no prompt and this node gives none"));
+        /* agents are per user: another user's "researcher" does not exist for bob */
+        _cleanup_free_ char *bob = worker_test_user(S.db, "bob");
+        char bob_token[AUTH_TOKEN_LEN + 1];
+        worker_test_token(S.db, bob, bob_token);
+        json_decref(out);
+        out = NULL;
+        assert_int_equal(api_call(bob_token, "POST", "/v1/workflows",
+                                  "{\"name\":\"theirs\",\"nodes\":[{\"id\":\"think\",\"type\":"
+                                  "\"agent\",\"agent\":\"researcher\"}]}",
+                                  &out),
+                         422);
+        assert_non_null(
+            strstr(json_string_value(json_object_get(json_object_get(out, "error"), "detail")),
+                   "no agent named 'researcher'"));
+        assert_db_equal("0", S.db,
+                        "SELECT count(*) FROM workflows WHERE name IN "
+                        "('missing', 'theirs')");
+}
+
 /* Journal bytes of the llm rows up to the n-th llm call of the agent run. */
 static long long journal_bytes(const char *run, int n)
 {
@@ -1272,6 +1565,10 @@ int main(void)
             cmocka_unit_test(gated_tool_call_times_out_rejected),
             cmocka_unit_test(run_code_is_journaled_and_not_run_again),
             cmocka_unit_test(gated_run_code_keeps_its_file),
+            cmocka_unit_test(a_node_runs_a_stored_agent_by_name),
+            cmocka_unit_test(a_node_overrides_the_stored_agent),
+            cmocka_unit_test(a_new_version_does_not_change_a_waiting_run),
+            cmocka_unit_test(a_missing_agent_is_a_validation_error),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));

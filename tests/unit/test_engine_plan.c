@@ -10,6 +10,7 @@
 
 #include "cleanup.h"
 #include "engine.h"
+#include "strutil.h"
 
 #define RUN_ID "11111111-2222-3333-4444-555555555555"
 #define T0     INT64_C(1700000000000)
@@ -1330,6 +1331,83 @@ static void malformed_snapshots_are_rejected(void **state)
         wf_free(wf);
 }
 
+/* A node that references a stored agent runs the definition the run pinned
+ * (snapshot.agents), rendered in the node's scope, with the node's overrides merged over it:
+ * budget key by key, other fields replaced; name and description dropped; the version that
+ * ran named in "ref". A reference the run did not pin fails the attempt and says why. */
+static void a_stored_agent_is_merged_with_the_node_overrides(void **state)
+{
+        (void)state;
+        _cleanup_wf_ struct wf_workflow *wf =
+            parse("{\"name\":\"w\",\"nodes\":["
+                  "{\"id\":\"a\",\"type\":\"agent\",\"agent\":{\"ref\":\"researcher\","
+                  "\"prompt\":\"Sum ${ input.topic }.\",\"budget\":{\"max_cost_usd\":1}}},"
+                  "{\"id\":\"b\",\"type\":\"agent\",\"agent\":\"writer\"},"
+                  "{\"id\":\"c\",\"type\":\"agent\",\"agent\":{\"ref\":\"researcher\","
+                  "\"version\":1}}]}");
+        _cleanup_json_ json_t *snap = new_snapshot("{\"topic\":\"tides\"}");
+        json_object_set_new(
+            snap, "agents",
+            load("{\"researcher\":{\"version\":4,\"definition\":{\"name\":\"researcher\","
+                 "\"description\":\"d\",\"provider\":\"openai\",\"model\":\"m\",\"system\":"
+                 "\"About ${ input.topic }.\",\"prompt\":\"Long ${ input.topic }.\","
+                 "\"budget\":{\"max_tokens\":100,\"max_cost_usd\":5}}},"
+                 "\"researcher@1\":{\"version\":1,\"definition\":{\"name\":\"researcher\","
+                 "\"provider\":\"anthropic\",\"model\":\"old\",\"prompt\":\"Old.\"}}}"));
+        _cleanup_json_ json_t *actions = plan(wf, snap);
+        _cleanup_json_ json_t *want_a =
+            load("{\"provider\":\"openai\",\"model\":\"m\",\"system\":\"About tides.\",\"prompt\":"
+                 "\"Sum tides.\",\"budget\":{\"max_tokens\":100,\"max_cost_usd\":1},"
+                 "\"ref\":{\"name\":\"researcher\",\"version\":4}}");
+        _cleanup_json_ json_t *want_c =
+            load("{\"provider\":\"anthropic\",\"model\":\"old\",\"prompt\":\"Old.\","
+                 "\"ref\":{\"name\":\"researcher\",\"version\":1}}");
+        json_t *act;
+        size_t i;
+        int seen = 0;
+        json_array_foreach (actions, i, act) {
+                const char *node = json_string_value(json_object_get(act, "node"));
+                const char *what = json_string_value(json_object_get(act, "action"));
+                if (!strcmp(node, "a")) {
+                        assert_string_equal(what, "execute");
+                        assert_json_equal(json_object_get(act, "input"), want_a);
+                } else if (!strcmp(node, "c")) {
+                        assert_string_equal(what, "execute");
+                        assert_json_equal(json_object_get(act, "input"), want_c);
+                } else {
+                        assert_string_equal(node, "b");
+                        assert_string_equal(what, "fail_node");
+                        const char *msg = json_string_value(
+                            json_object_get(json_object_get(act, "error"), "message"));
+                        assert_non_null(strstr(msg, "no agent named 'writer'"));
+                }
+                seen++;
+        }
+        assert_int_equal(seen, 3);
+
+        /* a stored agent's approve_tools is normalised as an inline agent's is */
+        static const char gated[] = "\"provider\":\"openai\",\"model\":\"m\",\"prompt\":\"p\","
+                                    "\"tools\":[\"http_request\"],\"approve_tools\":{\"tools\":"
+                                    "[\"http_request\"],\"timeout\":\"1h\"}";
+        _cleanup_free_ char *inline_text = str_printf(
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"agent\",\"agent\":{%s}}]}", gated);
+        _cleanup_free_ char *stored =
+            str_printf("{\"gated\":{\"version\":2,\"definition\":{\"name\":\"gated\",%s}}}", gated);
+        _cleanup_wf_ struct wf_workflow *wf_inline = parse(inline_text);
+        _cleanup_wf_ struct wf_workflow *wf_ref =
+            parse("{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"agent\",\"agent\":"
+                  "\"gated\"}]}");
+        _cleanup_json_ json_t *snap2 = new_snapshot(NULL);
+        json_object_set_new(snap2, "agents", load(stored));
+        _cleanup_json_ json_t *by_inline = plan(wf_inline, snap2), *by_ref = plan(wf_ref, snap2);
+        json_t *want = json_object_get(json_object_get(json_array_get(by_inline, 0), "input"),
+                                       "approve_tools");
+        assert_non_null(want);
+        assert_json_equal(
+            json_object_get(json_object_get(json_array_get(by_ref, 0), "input"), "approve_tools"),
+            want);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -1354,6 +1432,7 @@ int main(void)
             cmocka_unit_test(time_scale_divides_every_wait),
             cmocka_unit_test(failure_policies_continue_and_escalate),
             cmocka_unit_test(malformed_snapshots_are_rejected),
+            cmocka_unit_test(a_stored_agent_is_merged_with_the_node_overrides),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
