@@ -1,6 +1,8 @@
 // What the run viewer derives from a run: node states grouped (a map's items under the map),
 // the state of every node as it was at any past event (time travel), and the DAG's layout.
-import type { NodeState, RunEvent, RunStatus } from "../api/client";
+import type { NodeState, RunEvent, RunStatus, Schemas } from "../api/client";
+
+export type MapSummary = Schemas["MapSummary"];
 
 export interface DefNode {
   id: string;
@@ -12,7 +14,8 @@ export interface DefNode {
 export interface Group {
   id: string; // the node id (a map's own id for its items)
   node?: NodeState; // the node's own latest attempt
-  items: NodeState[]; // map items (id[i]), in index order
+  items: NodeState[]; // map items (id[i]) at hand, in index order
+  total: number; // the map's items (more than items.length when they come aggregated)
   counts: Record<string, number>;
   start: number; // ms
   end: number | null; // ms, null while open
@@ -20,22 +23,32 @@ export interface Group {
 
 const ITEM = /^(.*)\[(\d+)\]$/;
 
-/** Groups node states: a map's items `fanout[12]` go under `fanout`. */
-export function groupNodes(nodes: NodeState[], order: string[]): Group[] {
+/** Groups node states: a map's items `fanout[12]` go under `fanout`. A large run's maps come
+ * aggregated (GET /v1/runs/{id} `maps`, with `nodes` then holding no items): each is its
+ * group's counts, size and span, its items loaded when it is opened. */
+export function groupNodes(nodes: NodeState[], order: string[], maps: MapSummary[] = []): Group[] {
   const groups = new Map<string, Group>();
   const get = (id: string) => {
     let g = groups.get(id);
     if (!g) {
-      g = { id, items: [], counts: {}, start: Infinity, end: 0 };
+      g = { id, items: [], total: 0, counts: {}, start: Infinity, end: 0 };
       groups.set(id, g);
     }
     return g;
   };
+  for (const m of maps) {
+    const g = get(m.node_id);
+    g.total = m.items;
+    g.counts = { ...m.counts };
+    g.start = Math.min(g.start, Date.parse(m.started_at));
+    g.end = m.finished_at ? Math.max(g.end ?? 0, Date.parse(m.finished_at)) : null;
+  }
   for (const n of nodes) {
     const m = ITEM.exec(n.node_id);
     const g = get(m ? m[1] : n.node_id);
     if (m) {
       g.items.push(n);
+      g.total++;
       g.counts[n.status] = (g.counts[n.status] ?? 0) + 1;
     } else g.node = n;
     const s = Date.parse(n.started_at);

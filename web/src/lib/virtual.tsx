@@ -1,7 +1,8 @@
 // A list that renders only the rows in view (fixed row height), so 20,000 events or 10,000
 // map items scroll smoothly. With `follow`, it stays at the bottom as rows arrive.
+// `onRange` hears which rows are drawn, so a list whose rows load lazily can fetch them.
 import type { ComponentChildren } from "preact";
-import { useLayoutEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 
 export function VirtualList<T>({
   items,
@@ -11,6 +12,7 @@ export function VirtualList<T>({
   follow = false,
   label,
   onScrollAway,
+  onRange,
 }: {
   items: T[];
   rowHeight: number;
@@ -19,9 +21,11 @@ export function VirtualList<T>({
   follow?: boolean;
   label: string;
   onScrollAway?: () => void;
+  onRange?: (first: number, last: number) => void;
 }) {
   const ref = useRef<HTMLDivElement>(null);
-  const [top, setTop] = useState(0);
+  // following: drawn from the end at once (not first from the top, then scrolled)
+  const [top, setTop] = useState(() => (follow ? Math.max(0, items.length * rowHeight - height) : 0));
   useLayoutEffect(() => {
     const el = ref.current;
     if (follow && el) {
@@ -31,6 +35,9 @@ export function VirtualList<T>({
   }, [items.length, follow]);
   const first = Math.max(0, Math.floor(top / rowHeight) - 10);
   const last = Math.min(items.length, Math.ceil((top + height) / rowHeight) + 10);
+  useEffect(() => {
+    onRange?.(first, last);
+  }, [first, last]);
   const rows = [];
   for (let i = first; i < last; i++)
     rows.push(

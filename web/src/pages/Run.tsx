@@ -2,11 +2,12 @@
 // timeline (a map's items aggregated, expandable), the live event log (follow, search,
 // level), input / output / error, cost, and time travel: a slider over the event log that
 // shows every node as it was right after the chosen event.
+import type { ComponentChildren } from "preact";
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { ApiError, call, uuid, type Approval, type NodeState, type Run, type RunEvent } from "../api/client";
 import { navigate } from "../lib/router";
+import { useEventLog, type EventLog as Log } from "../lib/eventlog";
 import { groupNodes, groupStatus, layout, stateAt, type DefNode, type Group } from "../lib/runstate";
-import { followEvents } from "../lib/sse";
 import { absolute, duration, span } from "../lib/time";
 import { VirtualList } from "../lib/virtual";
 import { ErrorBox, Json, Link, Loading, Status, Time, useTick } from "../ui";
@@ -16,65 +17,16 @@ import { Artifacts } from "../viewer/Artifacts";
 const FINAL = new Set(["completed", "failed", "canceled"]);
 const LEVELS = ["debug", "info", "warn", "error"];
 
-/** Every event of the run: pages of 1,000, then the live stream from the last one. */
-function useEvents(id: string, onChange: () => void, onEnd: () => void) {
-  const [events, setEvents] = useState<RunEvent[]>([]);
-  const [loaded, setLoaded] = useState(false);
-  const [live, setLive] = useState(false);
-  const [error, setError] = useState<unknown>(null);
-  useEffect(() => {
-    let stop = false;
-    let follow: { close(): void } | null = null;
-    const all: RunEvent[] = [];
-    setEvents([]);
-    setLoaded(false);
-    (async () => {
-      try {
-        // seqs are dense (1, 2, 3, ...), so four pages are asked for at once
-        let after = 0;
-        for (let done = false; !done; ) {
-          const pages = await Promise.all(
-            [0, 1, 2, 3].map((i) => call("get", "/v1/runs/{id}/events", { path: { id }, query: { after: after + i * 1000, limit: 1000 } })),
-          );
-          if (stop) return;
-          for (const page of pages) {
-            const fresh = page.data.filter((e) => e.seq > after);
-            all.push(...fresh);
-            if (fresh.length) after = fresh[fresh.length - 1].seq;
-            if (page.data.length < 1000) {
-              done = true;
-              break;
-            }
-          }
-          if (!done) setEvents([...all]); // shown while the rest loads
-        }
-        setEvents([...all]);
-        setLoaded(true);
-        follow = followEvents(
-          id,
-          after,
-          (batch) => {
-            all.push(...batch);
-            setEvents([...all]);
-            onChange();
-          },
-          () => {
-            setLive(false);
-            onEnd();
-          },
-          setLive,
-        );
-        if (stop) follow.close();
-      } catch (e) {
-        if (!stop) setError(e);
-      }
-    })();
-    return () => {
-      stop = true;
-      follow?.close();
-    };
-  }, [id]);
-  return { events, loaded, live, error };
+/** The nodes of a large run that are not map items (its maps come aggregated). */
+async function nodesNotItems(id: string): Promise<NodeState[]> {
+  const all: NodeState[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await call("get", "/v1/runs/{id}/nodes", { path: { id }, query: { items: false, limit: 1000, cursor } });
+    all.push(...page.data);
+    cursor = page.next_cursor ?? undefined;
+  } while (cursor);
+  return all;
 }
 
 export function RunPage({ id }: { id: string }) {
@@ -88,6 +40,7 @@ export function RunPage({ id }: { id: string }) {
   const [approvals, setApprovals] = useState<Approval[]>([]);
   const refresh = useRef<ReturnType<typeof setTimeout> | null>(null);
   const finalRef = useRef(false);
+  const large = useRef<boolean | undefined>(undefined); // nodes_truncated, once known
   // Once the page is gone (another page, sign-out) no reload may start: a timer left behind
   // would read the run without a session.
   const gone = useRef(false);
@@ -103,9 +56,16 @@ export function RunPage({ id }: { id: string }) {
 
   async function loadRun() {
     try {
+      // a large run (a big map) has its maps aggregated and its other nodes in a page of
+      // their own: asked for at once, used when the run says it is large
+      const other = large.current !== false ? nodesNotItems(id) : null;
+      other?.catch(() => {});
       const r = await call("get", "/v1/runs/{id}", { path: { id } });
+      large.current = r.nodes_truncated;
+      const ns = r.nodes_truncated ? await (other ?? nodesNotItems(id)) : r.nodes;
+      if (gone.current) return;
       setRun(r);
-      setNodes(r.nodes);
+      setNodes(ns);
       finalRef.current = FINAL.has(r.status);
       setError(null);
       if (r.status === "needs_input" || r.status === "waiting") {
@@ -125,10 +85,11 @@ export function RunPage({ id }: { id: string }) {
     }, 400);
   }
   // the run's end: one more read unless the run was already seen finished
-  const { events, loaded, live, error: eventsError } = useEvents(id, soon, () => finalRef.current || soon());
+  const log = useEventLog(id, run?.id === id ? run.last_event_seq : undefined, soon, () => finalRef.current || soon());
 
   useEffect(() => {
     setRun(undefined);
+    large.current = undefined;
     setTravel(null);
     setSelected(null);
     loadRun();
@@ -141,23 +102,29 @@ export function RunPage({ id }: { id: string }) {
     );
   }, [run?.workflow, run?.workflow_version]);
 
-  const past = useMemo(() => (travel === null ? null : stateAt(events, travel)), [events, travel]);
-  // A run shows its first 1,000 nodes inline; with more (a large map) the rest come from the
-  // event log, which has every node's transitions (GET .../nodes pages would take seconds).
-  const liveNodes = useMemo(() => {
-    if (!run?.nodes_truncated) return nodes;
-    const inline = new Set(nodes.map((n) => n.node_id));
-    return [...nodes, ...stateAt(events, Infinity).nodes.filter((n) => !inline.has(n.node_id))];
-  }, [nodes, events, run?.nodes_truncated]);
-  const shownNodes = past ? past.nodes : liveNodes;
-  const groups = useMemo(() => groupNodes(shownNodes, defs.map((d) => d.id)), [shownNodes, defs]);
+  // time travel replays the whole log: it is loaded when the slider is first moved
+  useEffect(() => {
+    if (travel !== null) log.wantAll();
+  }, [travel !== null, log.loaded]);
+  const past = useMemo(
+    () => (travel === null || !log.complete ? null : stateAt(log.events as RunEvent[], travel)),
+    [travel, log.complete, log.total],
+  );
+  // the agent view reads an agent run's whole story from the log: a run with agents loads it all
+  const hasAgents = !!run?.agents?.length;
+  useEffect(() => {
+    if (hasAgents) log.wantAll();
+  }, [hasAgents, log.loaded]);
+  const agentEvents = useMemo(() => (hasAgents ? (log.events.filter(Boolean) as RunEvent[]) : []), [hasAgents, log.version]);
+  const shownNodes = past ? past.nodes : nodes;
+  const maps = !past && run?.nodes_truncated ? run.maps : undefined;
+  const groups = useMemo(() => groupNodes(shownNodes, defs.map((d) => d.id), maps), [shownNodes, defs, maps]);
 
   if (error && !run) return <ErrorBox error={error} />;
   if (!run)
     return (
       <section class="run">
         <Loading what="the run" />
-        <EventLog events={events} loaded={loaded} live={live} error={eventsError} travel={null} onTravel={() => {}} />
       </section>
     );
 
@@ -182,7 +149,7 @@ export function RunPage({ id }: { id: string }) {
   const final = FINAL.has(run.status);
   const waitingFor = defs.filter((d) => d.type === "wait_event" && shownNodes.some((n) => n.node_id === d.id && n.status === "waiting"));
   const sel = selected ? groups.find((g) => g.id === selected) : undefined;
-  const lastSeq = events.length ? events[events.length - 1].seq : 0;
+  const lastSeq = log.total;
 
   return (
     <section class="run">
@@ -245,7 +212,7 @@ export function RunPage({ id }: { id: string }) {
         <ApprovalCard approval={a} onDone={loadRun} />
       ))}
 
-      <TimeTravel events={events} value={travel} onChange={setTravel} lastSeq={lastSeq} at={past?.at ?? null} />
+      <TimeTravel log={log} value={travel} onChange={setTravel} lastSeq={lastSeq} at={past?.at ?? null} />
 
       <div class="panes">
         <div class="pane">
@@ -257,13 +224,13 @@ export function RunPage({ id }: { id: string }) {
         </div>
         <div class="pane">
           <h2>Timeline</h2>
-          <Timeline groups={groups} runStart={Date.parse(run.started_at ?? run.created_at)} runEnd={past?.at ? Date.parse(past.at) : run.finished_at ? Date.parse(run.finished_at) : Date.now()} onSelect={setSelected} />
+          <Timeline runId={id} groups={groups} runStart={Date.parse(run.started_at ?? run.created_at)} runEnd={past?.at ? Date.parse(past.at) : run.finished_at ? Date.parse(run.finished_at) : Date.now()} onSelect={setSelected} />
         </div>
       </div>
 
-      <AgentView run={run} events={events} />
+      <AgentView run={run} events={agentEvents} />
 
-      <EventLog events={events} loaded={loaded} live={live && !final} error={eventsError} travel={travel} onTravel={setTravel} />
+      <EventLog log={log} live={log.live && !final} travel={travel} onTravel={setTravel} />
 
       <div class="panes">
         <div class="pane">
@@ -280,9 +247,11 @@ export function RunPage({ id }: { id: string }) {
   );
 }
 
-function TimeTravel({ events, value, onChange, lastSeq, at }: { events: RunEvent[]; value: number | null; onChange: (v: number | null) => void; lastSeq: number; at: string | null }) {
-  if (!events.length) return null;
-  const idx = value === null ? events.length - 1 : Math.max(0, events.findIndex((e) => e.seq >= value));
+// The slider runs over seqs (dense: position i is event i + 1), so it needs no event loaded
+// until it is moved; the state it shows needs them all (loading until then).
+function TimeTravel({ log, value, onChange, lastSeq, at }: { log: Log; value: number | null; onChange: (v: number | null) => void; lastSeq: number; at: string | null }) {
+  if (!lastSeq) return null;
+  const idx = value === null ? lastSeq - 1 : Math.min(lastSeq, Math.max(1, value)) - 1;
   return (
     <div class={`travel ${value !== null ? "on" : ""}`}>
       <label for="travel">Time travel</label>
@@ -290,16 +259,16 @@ function TimeTravel({ events, value, onChange, lastSeq, at }: { events: RunEvent
         id="travel"
         type="range"
         min={0}
-        max={events.length - 1}
+        max={lastSeq - 1}
         value={idx}
-        aria-valuetext={`event ${events[idx]?.seq}`}
+        aria-valuetext={`event ${idx + 1}`}
         onInput={(e) => {
           const i = Number((e.target as HTMLInputElement).value);
-          onChange(i >= events.length - 1 && events[i].seq === lastSeq ? null : events[i].seq);
+          onChange(i >= lastSeq - 1 ? null : i + 1);
         }}
       />
       <span class="travel-at" data-testid="travel-at">
-        {value === null ? `live (event ${lastSeq})` : `as of event ${value} — ${absolute(at)}`}
+        {value === null ? `live (event ${lastSeq})` : log.complete ? `as of event ${value} — ${absolute(at)}` : `as of event ${value} — loading the events…`}
       </span>
       {value !== null && (
         <button class="link" onClick={() => onChange(null)}>
@@ -328,7 +297,7 @@ function Dag({ defs, groups, selected, onSelect }: { defs: DefNode[]; groups: Gr
           const p = pos.get(d.id)!;
           const g = byId.get(d.id);
           const st = g ? groupStatus(g) : "pending";
-          const n = g?.items.length ?? 0;
+          const n = g?.total ?? 0;
           return (
             <g
               class={`node s-${st} ${selected === d.id ? "sel" : ""}`}
@@ -371,9 +340,9 @@ function NodeDetail({ group, final, onRerun, onClose }: { group: Group; final: b
           attempt {n.attempt} · started <Time iso={n.started_at} /> · {span(n.started_at, n.finished_at)}
         </p>
       )}
-      {group.items.length > 0 && (
+      {group.total > 0 && (
         <p>
-          {group.items.length} items:{" "}
+          {group.total} items:{" "}
           {Object.entries(group.counts)
             .map(([s, c]) => `${c} ${s}`)
             .join(", ")}
@@ -388,7 +357,7 @@ function NodeDetail({ group, final, onRerun, onClose }: { group: Group; final: b
   );
 }
 
-function Timeline({ groups, runStart, runEnd, onSelect }: { groups: Group[]; runStart: number; runEnd: number; onSelect: (id: string) => void }) {
+function Timeline({ runId, groups, runStart, runEnd, onSelect }: { runId: string; groups: Group[]; runStart: number; runEnd: number; onSelect: (id: string) => void }) {
   const [open, setOpen] = useState<string | null>(null);
   if (!groups.length) return <p class="muted">Nothing has started yet.</p>;
   const total = Math.max(1, runEnd - runStart);
@@ -410,35 +379,18 @@ function Timeline({ groups, runStart, runEnd, onSelect }: { groups: Group[]; run
         return (
           <>
             <div class="trow" role="row" data-group={g.id}>
-              <button class="tname link" role="cell" onClick={() => (g.items.length ? setOpen(open === g.id ? null : g.id) : onSelect(g.id))} aria-expanded={g.items.length ? open === g.id : undefined}>
-                {g.items.length ? (open === g.id ? "▾ " : "▸ ") : ""}
+              <button class="tname link" role="cell" onClick={() => (g.total ? setOpen(open === g.id ? null : g.id) : onSelect(g.id))} aria-expanded={g.total ? open === g.id : undefined}>
+                {g.total ? (open === g.id ? "▾ " : "▸ ") : ""}
                 {g.id}
                 {n && n.attempt > 1 && <span class="retry"> attempt {n.attempt}</span>}
-                {g.items.length > 0 && <span class="muted"> ×{g.items.length}</span>}
+                {g.total > 0 && <span class="muted"> ×{g.total}</span>}
               </button>
               {bar(g.start, g.end, st, `${g.id}: ${st}, ${d}`)}
               <span class="tdur" role="cell">
                 {st === "waiting" ? "waiting" : d}
               </span>
             </div>
-            {open === g.id && (
-              <VirtualList
-                label={`items of ${g.id}`}
-                items={g.items}
-                rowHeight={22}
-                height={Math.min(300, g.items.length * 22)}
-                row={(it) => (
-                  <div class="trow item">
-                    <span class="tname mono">
-                      {it.node_id}
-                      {it.attempt > 1 && <span class="retry"> attempt {it.attempt}</span>}
-                    </span>
-                    {bar(Date.parse(it.started_at), it.finished_at ? Date.parse(it.finished_at) : null, it.status, `${it.node_id}: ${it.status}`)}
-                    <span class="tdur">{span(it.started_at, it.finished_at)}</span>
-                  </div>
-                )}
-              />
-            )}
+            {open === g.id && <MapItems runId={runId} group={g} bar={bar} />}
           </>
         );
       })}
@@ -446,23 +398,91 @@ function Timeline({ groups, runStart, runEnd, onSelect }: { groups: Group[]; run
   );
 }
 
-function EventLog({ events, loaded, live, error, travel, onTravel }: { events: RunEvent[]; loaded: boolean; live: boolean; error: unknown; travel: number | null; onTravel: (seq: number) => void }) {
+/** A map's items, in index order: those at hand, else (an aggregated map) read page by page
+ * from GET /v1/runs/{id}/nodes?map=ID, each row known by its id until its page is in. */
+function MapItems({ runId, group, bar }: { runId: string; group: Group; bar: (start: number, end: number | null, st: string, label: string) => ComponentChildren }) {
+  const [fetched, setFetched] = useState<(NodeState | undefined)[] | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  const aggregated = group.items.length < group.total;
+  useEffect(() => {
+    if (!aggregated) return;
+    let stop = false;
+    const items: (NodeState | undefined)[] = new Array(group.total);
+    (async () => {
+      try {
+        let cursor: string | undefined;
+        do {
+          const page = await call("get", "/v1/runs/{id}/nodes", { path: { id: runId }, query: { map: group.id, limit: 1000, cursor } });
+          if (stop) return;
+          for (const n of page.data) {
+            const i = Number(n.node_id.slice(group.id.length + 1, -1));
+            if (i >= 0) items[i] = n;
+          }
+          setFetched([...items]);
+          cursor = page.next_cursor ?? undefined;
+        } while (cursor);
+      } catch (e) {
+        if (!stop) setError(e);
+      }
+    })();
+    return () => {
+      stop = true;
+    };
+  }, [runId, group.id, aggregated]);
+  const items: (NodeState | undefined)[] = aggregated ? (fetched ?? new Array(group.total)) : group.items;
+  return (
+    <>
+      <ErrorBox error={error} />
+      <VirtualList
+        label={`items of ${group.id}`}
+        items={items}
+        rowHeight={22}
+        height={Math.min(300, items.length * 22)}
+        row={(it, i) =>
+          it ? (
+            <div class="trow item">
+              <span class="tname mono">
+                {it.node_id}
+                {it.attempt > 1 && <span class="retry"> attempt {it.attempt}</span>}
+              </span>
+              {bar(Date.parse(it.started_at), it.finished_at ? Date.parse(it.finished_at) : null, it.status, `${it.node_id}: ${it.status}`)}
+              <span class="tdur">{span(it.started_at, it.finished_at)}</span>
+            </div>
+          ) : (
+            <div class="trow item muted" aria-busy="true">
+              <span class="tname mono">{`${group.id}[${i}]`}</span>
+            </div>
+          )
+        }
+      />
+    </>
+  );
+}
+
+// The log: without a filter every seq is a row, loaded a page at a time as it comes into view;
+// a search or level filter needs the whole log, read once and kept.
+function EventLog({ log, live, travel, onTravel }: { log: Log; live: boolean; travel: number | null; onTravel: (seq: number) => void }) {
   const [follow, setFollow] = useState(true);
   const [search, setSearch] = useState("");
   const [level, setLevel] = useState("");
+  const filtered = !!search || !!level;
+  useEffect(() => {
+    if (filtered) log.wantAll();
+  }, [filtered, log.loaded]);
   const shown = useMemo(() => {
+    if (!filtered) return log.events;
+    if (!log.complete) return [];
     const q = search.toLowerCase();
     const min = level ? LEVELS.indexOf(level) : 0;
-    if (!q && !min) return events;
-    return events.filter(
+    return (log.events as RunEvent[]).filter(
       (e) => LEVELS.indexOf(e.level) >= min && (!q || e.kind.includes(q) || (e.node_id ?? "").toLowerCase().includes(q) || (e.message ?? "").toLowerCase().includes(q)),
     );
-  }, [events, search, level]);
+  }, [log.events, log.total, log.complete, search, level]);
   return (
     <div class="events">
       <div class="events-head">
         <h2>
-          Events <span class="muted">({events.length})</span> {live && <span class="live" aria-label="live">● live</span>}
+          Events <span class="muted">({log.total})</span> {live && <span class="live" aria-label="live">● live</span>}
         </h2>
         <label>
           <input type="checkbox" checked={follow} onChange={(e) => setFollow((e.target as HTMLInputElement).checked)} /> Follow
@@ -475,9 +495,9 @@ function EventLog({ events, loaded, live, error, travel, onTravel }: { events: R
           ))}
         </select>
       </div>
-      <ErrorBox error={error} />
-      {!loaded && !events.length ? (
-        <Loading what="events" />
+      <ErrorBox error={log.error} />
+      {!log.loaded || (filtered && !log.complete) ? (
+        <Loading what={filtered ? "every event" : "events"} />
       ) : (
         <VirtualList
           label="event log"
@@ -486,19 +506,26 @@ function EventLog({ events, loaded, live, error, travel, onTravel }: { events: R
           height={360}
           follow={follow}
           onScrollAway={() => setFollow(false)}
-          row={(e) => (
-            <div class={`ev l-${e.level} ${travel !== null && e.seq > travel ? "future" : ""}`} data-seq={e.seq}>
-              <button class="link seq" title="time travel to this event" onClick={() => onTravel(e.seq)}>
-                {e.seq}
-              </button>
-              <time dateTime={e.created_at} title={absolute(e.created_at)}>
-                {e.created_at.slice(11, 23)}
-              </time>
-              <span class="kind">{e.kind}</span>
-              <span class="evnode">{e.node_id ?? ""}</span>
-              <span class="msg">{e.message ?? ""}</span>
-            </div>
-          )}
+          onRange={(first, last) => !filtered && log.want(first + 1, last)}
+          row={(e, i) =>
+            e ? (
+              <div class={`ev l-${e.level} ${travel !== null && e.seq > travel ? "future" : ""}`} data-seq={e.seq}>
+                <button class="link seq" title="time travel to this event" onClick={() => onTravel(e.seq)}>
+                  {e.seq}
+                </button>
+                <time dateTime={e.created_at} title={absolute(e.created_at)}>
+                  {e.created_at.slice(11, 23)}
+                </time>
+                <span class="kind">{e.kind}</span>
+                <span class="evnode">{e.node_id ?? ""}</span>
+                <span class="msg">{e.message ?? ""}</span>
+              </div>
+            ) : (
+              <div class="ev muted" aria-busy="true">
+                <span class="seq">{i + 1}</span>
+              </div>
+            )
+          }
         />
       )}
     </div>
