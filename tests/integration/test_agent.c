@@ -1485,6 +1485,47 @@ static json_t *run_code_keeps_a_file(const char *tag, bool crash)
         return seen;
 }
 
+/* A secret the agent was not given (here its own API key's) is refused: the request never
+ * leaves, the model is told why, and the value is nowhere. */
+static void a_secret_not_listed_is_refused(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *def = str_printf(
+            "{\"name\":\"unlisted\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\","
+            "\"agent\":{\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+            "\"api_key_secret\":\"LLMKEY\",\"prompt\":\"Fetch.\",\"tools\":[\"http_request\"],"
+            "\"allowed_hosts\":[\"127.0.0.1\"],\"secrets\":[\"CANARY\"]}}]}",
+            llm_server_url(S.llm));
+        _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, "unlisted", 1, def);
+        _cleanup_free_ char *url = str_printf("%s/unlisted/x", worker_sink_url(S.sink));
+        json_t *script = json_array();
+        json_array_append_new(
+            script, call_step("I will fetch.", "u1", "http_request",
+                              json_pack("{s:s, s:s, s:{s:s}}", "method", "GET", "url", url,
+                                        "headers", "Authorization", "Bearer ${ secrets.llmkey }"),
+                              0));
+        json_array_append_new(script, json_pack("{s:s}", "text", "Refused."));
+        _cleanup_free_ char *script_text = json_dumps(script, JSON_COMPACT);
+        json_decref(script);
+        llm_server_script(S.llm, script_text);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
+        pid_t w = spawn_tools_worker();
+
+        wait_ended(run, w);
+        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
+        assert_completed(run);
+        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
+        assert_int_equal(worker_sink_count(S.sink, "/unlisted/"), 0);
+        assert_db_equal("not_allowed", S.db,
+                        "SELECT data->>'class' FROM logs WHERE workflow_run_id = '%s' AND kind ="
+                        " 'agent.tool_refused'",
+                        run);
+        _cleanup_free_ char *seen = llm_body_text(before + 1);
+        assert_non_null(strstr(seen, "the secret llmkey is not one of this agent's secrets"));
+        assert_no_key_anywhere(run);
+}
+
 /* A gated run_code call (approve_tools): once approved it runs, and the file it keeps is an
  * artifact of the run, written with the call's answer. */
 static void gated_run_code_keeps_its_file(void **state)
@@ -1569,6 +1610,7 @@ int main(void)
             cmocka_unit_test(a_node_overrides_the_stored_agent),
             cmocka_unit_test(a_new_version_does_not_change_a_waiting_run),
             cmocka_unit_test(a_missing_agent_is_a_validation_error),
+            cmocka_unit_test(a_secret_not_listed_is_refused),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
