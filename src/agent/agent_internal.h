@@ -17,6 +17,9 @@
 #define AGENT_TOOL_TIMEOUT_MS  (30 * 1000)
 #define AGENT_ID_LEN           36
 #define AGENT_MAX_DEPTH        3 /* sub-agents of sub-agents: a deeper one gets no spawn_agent */
+/* An executor whose every pending request is a spawn, with no line either way for this
+ * long, can only wait: it is stopped until its sub-agents end (README: Sub-agents). */
+#define AGENT_QUIET_MS 200
 
 struct runtime_http_transfer;
 struct sandbox;
@@ -46,10 +49,11 @@ struct agent_pending {
         struct runtime_http_transfer *transfer; /* a tool's request */
         struct llm_call *call;                  /* an llm call */
         int64_t started_ms;
-        const char *effect;           /* tool: its effect class */
-        int spawn_seq;                /* spawn: the journal row the sub-agent's answer goes to */
-        int approval_seq;             /* an approved gated tool call: its journal row */
-        struct agent_session *child;  /* spawn: the sub-agent */
+        const char *effect;          /* tool: its effect class */
+        int spawn_seq;               /* spawn: the journal row the sub-agent's answer goes to */
+        int approval_seq;            /* an approved gated tool call: its journal row */
+        struct agent_session *child; /* spawn: the sub-agent */
+        json_t *blocked; /* spawn: the needs_input error of a sub-agent waiting for a person */
         bool is_pending_marker;       /* always true: agent_host_http_done checks it */
         struct sandbox_tool_job *job; /* shell/run_code: the call in its sandbox */
         int job_fds[3];               /* ... the descriptors of it in the host's epoll */
@@ -71,8 +75,10 @@ struct agent_session {
 
         pid_t pid;
         int in_fd, out_fd, err_fd;
-        uint64_t serial; /* epoll events name the session by it: 0 stdout, 1 stderr, 2 stdin */
-        bool in_watched; /* stdin registered for EPOLLOUT (answers waiting) */
+        uint64_t serial;    /* epoll events name the session by it: 0 stdout, 1 stderr, 2 stdin */
+        bool in_watched;    /* stdin registered for EPOLLOUT (answers waiting) */
+        bool suspended;     /* no executor: it waits for its sub-agents (pending spawns only) */
+        int64_t last_io_ms; /* the last line read from or written to the executor */
         struct buf to_executor;
         struct buf from_executor;
         char stderr_tail[AGENT_STDERR_TAIL + 1];
@@ -112,6 +118,8 @@ struct agent_host {
         char *data_dir;              /* absolute: workspaces and artifacts live under it */
         int timerfd;                 /* the tool calls' next deadline (valid with has_timer) */
         bool has_timer;
+        struct runtime_http_timer *quiet_timer; /* when the next executor may be stopped */
+        int64_t quiet_at;
 };
 
 /* Names the agent run in every event's data (data.agent_run_id): sub-agents share their
@@ -120,9 +128,13 @@ json_t *agent_events_named(const struct agent_session *s, json_t *events);
 
 /* ---- agent_journal.c: the session's statements ---- */
 int agent_db_open_run(struct agent_session *s, char **error);
-/* A sub-agent's row: created under the parent's (child_id NULL) or read again by id. */
+/* A sub-agent's row: created under the parent's (child_id NULL) or read again by id. Both
+ * opens are fenced on the run's lease epoch: -ESTALE (nothing found or made) when it is
+ * lost. */
 int agent_db_open_child(struct agent_session *s, const char *parent_id, const char *child_id,
                         char **error);
+/* The agent run's status back to running (fenced; -ESTALE when the lease is lost). */
+int agent_db_set_running(struct agent_session *s);
 /* The answer of a journal row written without one (a spawn), fenced. */
 int agent_db_answer(struct agent_session *s, int seq, const json_t *response);
 int agent_db_load_journal(struct agent_session *s, char **error);

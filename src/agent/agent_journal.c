@@ -29,29 +29,98 @@ static int failed(char **error, int r, const char *what)
         return r < 0 ? r : -EIO;
 }
 
-static const char OPEN_SQL[] =
-    "WITH found AS ("
-    "  SELECT a.id, a.status, a.tokens_in, a.tokens_out, a.cost_usd::float8, a.llm_calls,"
-    "         a.tool_calls, a.budget, (extract(epoch FROM a.started_at) * 1000)::bigint"
-    "  FROM agent_runs a"
-    "  WHERE a.workflow_run_id = $1 AND a.node_id = $2 AND a.attempt = $3"
-    "    AND a.parent_agent_run_id IS NULL"
-    "  ORDER BY a.started_at LIMIT 1),"
-    " ins AS ("
-    "  INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt, model, budget)"
-    "  SELECT $4, $1, $2, $3, left($5, 200), $6::jsonb WHERE NOT EXISTS (SELECT 1 FROM found)"
-    "  RETURNING id, status, tokens_in, tokens_out, cost_usd::float8, llm_calls, tool_calls,"
-    "            budget, (extract(epoch FROM started_at) * 1000)::bigint)"
-    " SELECT *, (extract(epoch FROM clock_timestamp()) * 1000)::bigint FROM ("
-    "  SELECT * FROM found UNION ALL SELECT * FROM ins) x";
+/*
+ * Finding or creating a session's agent run is fenced like every other write of the
+ * session: on the run's record at this lease epoch, status running, locked in the same
+ * statement (a rescue that moved the epoch on is waited for, and then nothing is found or
+ * made). No row: the lease was lost. FENCE(run, epoch) names the parameters.
+ */
+#define FENCE(run, epoch)                                                                          \
+        "fence AS (SELECT 1 FROM workflow_runs r WHERE r.id = $" #run                              \
+        " AND r.lease_epoch = $" #epoch " AND r.status = 'running' FOR UPDATE)"
+
+#define AGENT_RUN_COLUMNS                                                                          \
+        "id, status, tokens_in, tokens_out, cost_usd::float8, llm_calls, tool_calls, budget,"      \
+        " (extract(epoch FROM started_at) * 1000)::bigint"
+
+static const char OPEN_SQL[] = "WITH " FENCE(
+    1, 7) ","
+          " found AS ("
+          "  SELECT " AGENT_RUN_COLUMNS " FROM agent_runs a"
+          "  WHERE a.workflow_run_id = $1 AND a.node_id = $2 AND a.attempt = $3"
+          "    AND a.parent_agent_run_id IS NULL AND EXISTS (SELECT 1 FROM fence)"
+          "  ORDER BY a.started_at LIMIT 1),"
+          " ins AS ("
+          "  INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt, model, budget)"
+          "  SELECT $4, $1, $2, $3, left($5, 200), $6::jsonb"
+          "  WHERE NOT EXISTS (SELECT 1 FROM found) AND EXISTS (SELECT 1 FROM fence)"
+          "  RETURNING " AGENT_RUN_COLUMNS ")"
+          " SELECT *, (extract(epoch FROM clock_timestamp()) * 1000)::bigint FROM ("
+          "  SELECT * FROM found UNION ALL SELECT * FROM ins) x";
+
+static const char CHILD_NEW_SQL[] = "WITH " FENCE(
+    1, 2) " INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt,"
+          " parent_agent_run_id, model, budget)"
+          " SELECT p.user_id, p.workflow_run_id, p.node_id, p.attempt, p.id, p.model, p.budget"
+          " FROM agent_runs p, fence WHERE p.id = $3"
+          " RETURNING " AGENT_RUN_COLUMNS
+          ", (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+static const char CHILD_SQL[] =
+    "WITH " FENCE(1, 2) " SELECT " AGENT_RUN_COLUMNS ","
+                        "  (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+                        " FROM agent_runs, fence WHERE id = $4 AND parent_agent_run_id = $3";
 
 static const char RUNNING_SQL[] =
-    "UPDATE agent_runs SET status = 'running', finished_at = NULL, waiting_for = NULL"
-    " WHERE id = $1 AND status <> 'running'";
+    "WITH " FENCE(1, 2) " UPDATE agent_runs a SET status = 'running', finished_at = NULL,"
+                        " waiting_for = NULL FROM fence WHERE a.id = $3 AND a.status <> 'running'";
+
+/* The agent run's row as read by the statements above (status running from here on). */
+static int open_row(struct agent_session *s, PGresult *res, int r, char **error)
+{
+        _cleanup_pgresult_ PGresult *upd = NULL;
+        json_error_t jerr;
+
+        if (!res)
+                return failed(error, r, "find or create the agent run");
+        if (PQntuples(res) != 1) { /* the fence found no run at our epoch */
+                if (error && !*error)
+                        *error = strdup("the run's lease was lost");
+                return -ESTALE;
+        }
+        str_copy(s->agent_run_id, sizeof(s->agent_run_id), PQgetvalue(res, 0, 0));
+        s->tokens_in = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+        s->tokens_out = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+        s->cost_usd = strtod(PQgetvalue(res, 0, 4), NULL);
+        s->llm_calls = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+        s->tool_calls = strtoll(PQgetvalue(res, 0, 6), NULL, 10);
+        s->budget = json_loads(PQgetvalue(res, 0, 7), 0, &jerr);
+        s->started_at_ms = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
+        s->db_offset_ms = strtoll(PQgetvalue(res, 0, 9), NULL, 10) - agent_now_ms();
+        if (!s->budget)
+                return -ENOMEM;
+        if (strcmp(PQgetvalue(res, 0, 1), "running") != 0)
+                return agent_db_set_running(s);
+        return 0;
+}
+
+int agent_db_set_running(struct agent_session *s)
+{
+        char epoch[24];
+        const char *params[] = {s->run_id, epoch, s->agent_run_id};
+        _cleanup_pgresult_ PGresult *res = NULL;
+        int r = 0;
+
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
+        res = db_query(s->host->cfg.db, RUNNING_SQL, 3, params, &r);
+        if (!res)
+                return r < 0 ? r : -EIO;
+        return strcmp(PQcmdTuples(res), "1") == 0 ? 0 : -ESTALE;
+}
 
 int agent_db_open_run(struct agent_session *s, char **error)
 {
-        char attempt[16];
+        char attempt[16], epoch[24];
         json_t *budget = json_object_get(s->agent, "budget");
         _cleanup_free_ char *budget_text = dump(json_is_object(budget) ? budget : NULL);
         const char *params[] = {s->run_id,
@@ -59,80 +128,29 @@ int agent_db_open_run(struct agent_session *s, char **error)
                                 attempt,
                                 s->user_id,
                                 json_string_value(json_object_get(s->agent, "model")),
-                                budget_text ? budget_text : "{}"};
-        _cleanup_pgresult_ PGresult *res = NULL, *upd = NULL;
-        json_error_t jerr;
+                                budget_text ? budget_text : "{}",
+                                epoch};
+        _cleanup_pgresult_ PGresult *res = NULL;
         int r = 0;
 
         snprintf(attempt, sizeof(attempt), "%d", s->attempt);
-        res = db_query(s->host->cfg.db, OPEN_SQL, 6, params, &r);
-        if (!res || PQntuples(res) != 1)
-                return failed(error, r, "find or create the agent run");
-        str_copy(s->agent_run_id, sizeof(s->agent_run_id), PQgetvalue(res, 0, 0));
-        s->tokens_in = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
-        s->tokens_out = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
-        s->cost_usd = strtod(PQgetvalue(res, 0, 4), NULL);
-        s->llm_calls = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
-        s->tool_calls = strtoll(PQgetvalue(res, 0, 6), NULL, 10);
-        s->budget = json_loads(PQgetvalue(res, 0, 7), 0, &jerr);
-        s->started_at_ms = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
-        s->db_offset_ms = strtoll(PQgetvalue(res, 0, 9), NULL, 10) - agent_now_ms();
-        if (!s->budget)
-                return -ENOMEM;
-        if (strcmp(PQgetvalue(res, 0, 1), "running") != 0) {
-                const char *p1[] = {s->agent_run_id};
-                upd = db_query(s->host->cfg.db, RUNNING_SQL, 1, p1, &r);
-                if (!upd)
-                        return failed(error, r, "resume the agent run");
-        }
-        return 0;
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
+        res = db_query(s->host->cfg.db, OPEN_SQL, 7, params, &r);
+        return open_row(s, res, r, error);
 }
-
-static const char CHILD_NEW_SQL[] =
-    "INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt, parent_agent_run_id,"
-    " model, budget)"
-    " SELECT p.user_id, p.workflow_run_id, p.node_id, p.attempt, p.id, p.model, p.budget"
-    " FROM agent_runs p WHERE p.id = $1"
-    " RETURNING id, status, tokens_in, tokens_out, cost_usd::float8, llm_calls, tool_calls,"
-    "  budget, (extract(epoch FROM started_at) * 1000)::bigint,"
-    "  (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
-
-static const char CHILD_SQL[] =
-    "SELECT id, status, tokens_in, tokens_out, cost_usd::float8, llm_calls, tool_calls,"
-    "  budget, (extract(epoch FROM started_at) * 1000)::bigint,"
-    "  (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-    " FROM agent_runs WHERE id = $1 AND parent_agent_run_id = $2";
 
 int agent_db_open_child(struct agent_session *s, const char *parent_id, const char *child_id,
                         char **error)
 {
-        const char *params[] = {child_id ? child_id : parent_id, parent_id};
-        _cleanup_pgresult_ PGresult *res = NULL, *upd = NULL;
-        json_error_t jerr;
+        char epoch[24];
+        const char *params[] = {s->run_id, epoch, parent_id, child_id};
+        _cleanup_pgresult_ PGresult *res = NULL;
         int r = 0;
 
-        res = db_query(s->host->cfg.db, child_id ? CHILD_SQL : CHILD_NEW_SQL, child_id ? 2 : 1,
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
+        res = db_query(s->host->cfg.db, child_id ? CHILD_SQL : CHILD_NEW_SQL, child_id ? 4 : 3,
                        params, &r);
-        if (!res || PQntuples(res) != 1)
-                return failed(error, r, "find or create the sub-agent's run");
-        str_copy(s->agent_run_id, sizeof(s->agent_run_id), PQgetvalue(res, 0, 0));
-        s->tokens_in = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
-        s->tokens_out = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
-        s->cost_usd = strtod(PQgetvalue(res, 0, 4), NULL);
-        s->llm_calls = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
-        s->tool_calls = strtoll(PQgetvalue(res, 0, 6), NULL, 10);
-        s->budget = json_loads(PQgetvalue(res, 0, 7), 0, &jerr);
-        s->started_at_ms = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
-        s->db_offset_ms = strtoll(PQgetvalue(res, 0, 9), NULL, 10) - agent_now_ms();
-        if (!s->budget)
-                return -ENOMEM;
-        if (strcmp(PQgetvalue(res, 0, 1), "running") != 0) {
-                const char *p1[] = {s->agent_run_id};
-                upd = db_query(s->host->cfg.db, RUNNING_SQL, 1, p1, &r);
-                if (!upd)
-                        return failed(error, r, "resume the sub-agent's run");
-        }
-        return 0;
+        return open_row(s, res, r, error);
 }
 
 static const char ANSWER_SQL[] =

@@ -127,6 +127,7 @@ static const char *db_why(int r)
 
 static void session_free(struct agent_host *h, struct agent_session *s);
 static void session_unlink(struct agent_host *h, struct agent_session *s);
+static void host_quiet(struct agent_host *h);
 
 static void pending_free(struct agent_host *h, struct agent_pending *p)
 {
@@ -147,7 +148,58 @@ static void pending_free(struct agent_host *h, struct agent_pending *p)
         json_decref(p->artifacts);
         free(p->id);
         json_decref(p->request);
+        json_decref(p->blocked);
         free(p);
+}
+
+/* Stops the session's executor (if any): its pipes leave the epoll set, it is killed and
+ * reaped, and what was buffered either way is dropped. A new serial, so an event of this
+ * round for the old pipes finds no session. */
+static void executor_stop(struct agent_session *s)
+{
+        struct agent_host *h = s->host;
+        int *fds[3] = {&s->out_fd, &s->err_fd, &s->in_fd};
+
+        for (int i = 0; i < 3; i++)
+                if (*fds[i] >= 0) {
+                        epoll_ctl(h->epfd, EPOLL_CTL_DEL, *fds[i], NULL);
+                        close(*fds[i]);
+                        *fds[i] = -1;
+                }
+        if (s->pid > 0) {
+                /* its answer (if any) is written; nothing it says now is read */
+                kill(s->pid, SIGKILL);
+                while (waitpid(s->pid, NULL, 0) < 0 && errno == EINTR)
+                        ;
+        }
+        s->pid = -1;
+        s->in_watched = false;
+        s->serial = ++h->serials;
+        buf_reset(&s->to_executor);
+        buf_reset(&s->from_executor);
+        s->stderr_len = 0;
+        s->stderr_tail[0] = '\0';
+}
+
+/* Forgets what one executor's replay knew: the journal as read, the occurrences, the
+ * previous llm call (a new executor replays from the start). */
+static int replay_reset(struct agent_session *s)
+{
+        for (size_t i = 0; i < s->njournal; i++) {
+                free(s->journal[i].call_id);
+                json_decref(s->journal[i].request);
+                json_decref(s->journal[i].response);
+        }
+        free(s->journal);
+        s->journal = NULL;
+        s->njournal = s->unmatched = 0;
+        json_decref(s->last_messages);
+        json_decref(s->last_assistant);
+        s->last_messages = s->last_assistant = NULL;
+        s->last_llm_seq = 0;
+        json_decref(s->occurrences);
+        s->occurrences = json_object();
+        return s->occurrences ? 0 : -ENOMEM;
 }
 
 static void session_free(struct agent_host *h, struct agent_session *s)
@@ -159,35 +211,16 @@ static void session_free(struct agent_host *h, struct agent_session *s)
                 s->pending = p->next;
                 pending_free(h, p);
         }
-        for (int i = 0; i < 3; i++) {
-                int fd = i == 0 ? s->out_fd : i == 1 ? s->err_fd : s->in_fd;
-                if (fd >= 0) {
-                        epoll_ctl(h->epfd, EPOLL_CTL_DEL, fd, NULL);
-                        close(fd);
-                }
-        }
-        if (s->pid > 0) {
-                /* its answer (if any) is written; nothing it says now is read */
-                kill(s->pid, SIGKILL);
-                while (waitpid(s->pid, NULL, 0) < 0 && errno == EINTR)
-                        ;
-        }
+        executor_stop(s);
         if (s->api_key) {
                 sodium_memzero(s->api_key, strlen(s->api_key));
                 free(s->api_key);
         }
-        for (size_t i = 0; i < s->njournal; i++) {
-                free(s->journal[i].call_id);
-                json_decref(s->journal[i].request);
-                json_decref(s->journal[i].response);
-        }
-        free(s->journal);
+        replay_reset(s);
         agent_tools_session_free(s);
         json_decref(s->occurrences);
         json_decref(s->agent);
         json_decref(s->budget);
-        json_decref(s->last_messages);
-        json_decref(s->last_assistant);
         buf_free(&s->to_executor);
         buf_free(&s->from_executor);
         free(s->node_id);
@@ -294,9 +327,12 @@ static int send_message(struct agent_session *s, json_t *m)
         json_object_set_new(m, "v", json_integer(1));
         text = json_dumps(m, JSON_COMPACT);
         json_decref(m);
+        if (s->pid <= 0) /* stopped: its replay will ask again */
+                return 0;
         if (!text || buf_append_str(&s->to_executor, text) < 0 ||
             buf_append(&s->to_executor, "\n", 1) < 0)
                 return -ENOBUFS;
+        s->last_io_ms = agent_now_ms();
         flush_to_executor(s);
         return 0;
 }
@@ -488,18 +524,46 @@ static const char *budget_exhausted(struct agent_session *s, const char *kind, c
 }
 
 /* The agent waits for a person: the question (ask_human) or the budget it exhausted. */
+/*
+ * The agent waits for a person: the question (ask_human) or the budget it exhausted. The
+ * waiting_for names the agent run that asks (a person's answer goes to it); a sub-agent's
+ * also its depth and prompt, and the message says a sub-agent asks: its parents wait for it
+ * holding nothing, and the run goes to needs_input once nothing else of the tree can go on
+ * (session_stuck).
+ */
 static void session_needs_input(struct agent_session *s, json_t *waiting_for, const char *message)
 {
         json_t *e;
-        int r = agent_db_set_status(s, "waiting", waiting_for, NULL);
+        _cleanup_free_ char *msg = NULL;
+        int r;
 
+        if (!waiting_for ||
+            json_object_set_new(waiting_for, "agent_run_id", json_string(s->agent_run_id)) < 0) {
+                json_decref(waiting_for);
+                session_fail(s, "error", "out of memory");
+                return;
+        }
+        if (s->depth > 0) {
+                const char *prompt = json_string_value(json_object_get(s->agent, "prompt"));
+                size_t n = prompt ? strnlen(prompt, 200) : 0;
+                while (n > 0 && prompt[n] && ((unsigned char)prompt[n] & 0xC0) == 0x80)
+                        n--; /* cut between characters */
+                json_object_set_new(waiting_for, "sub_agent",
+                                    json_pack("{s:i, s:s%, s:s?}", "depth", s->depth, "prompt",
+                                              prompt ? prompt : "", n, "parent_agent_run_id",
+                                              s->parent ? s->parent->agent_run_id : NULL));
+                msg = str_printf("a sub-agent (agent run %s, depth %d) waits: %s", s->agent_run_id,
+                                 s->depth, message);
+        }
+        r = agent_db_set_status(s, "waiting", waiting_for, NULL);
         if (r < 0) {
                 json_decref(waiting_for);
                 session_fail(s, "error", "could not record that the agent waits: %s", db_why(r));
                 return;
         }
-        e = json_pack("{s:s, s:s, s:o}", "class", "needs_input", "message", message, "waiting_for",
-                      waiting_for);
+        _cleanup_free_ char *clean = agent_redact_text(s, msg ? msg : message);
+        e = json_pack("{s:s, s:s, s:o}", "class", "needs_input", "message", clean ? clean : message,
+                      "waiting_for", waiting_for);
         session_end(s, NULL, e);
 }
 
@@ -517,12 +581,47 @@ static int64_t occurrence_next(struct agent_session *s, const char *kind, const 
         return n;
 }
 
+/*
+ * Whether a worker-side record of kind (event, refusal, result: journal rows without an
+ * effect) was made for this request by an earlier session: the n-th (kind, hash) of this
+ * session against the journal's. Marks the row matched. Such records are written with their
+ * row in one statement, so after a crash a replayed request finds its row and records
+ * nothing twice.
+ */
+static bool journal_seen(struct agent_session *s, const char *kind, const char *hash)
+{
+        int64_t n = occurrence_next(s, kind, hash);
+        struct agent_journal_entry *e = n > 0 ? journal_find(s, kind, hash, (int)n) : NULL;
+
+        if (!e)
+                return false;
+        if (!e->matched) {
+                e->matched = true;
+                s->unmatched--;
+        }
+        return true;
+}
+
+/* Records events with a journal row of kind (its request a small stub: the content is in
+ * the events; the hash and occurrence are what replay matches). Takes events. */
+static int record_once(struct agent_session *s, const char *kind, const char *hash, json_t *events)
+{
+        _cleanup_json_ json_t *stub = json_pack("{s:s}", "type", kind), *none = json_object();
+
+        if (!stub || !none) {
+                json_decref(events);
+                return -ENOMEM;
+        }
+        return agent_db_record(s, kind, stub, none, hash, NULL, 0, 0, 0, events);
+}
+
 static void event_request(struct agent_session *s, const char *id, const json_t *m)
 {
         const char *kind = json_string_value(json_object_get(m, "kind"));
         const char *message = json_string_value(json_object_get(m, "message"));
         const json_t *data = json_object_get(m, "data");
-        _cleanup_json_ json_t *events = NULL, *clean = NULL;
+        _cleanup_json_ json_t *events = NULL, *clean = NULL, *body = json_deep_copy(m);
+        char hash[65];
         int r;
 
         if (!kind || (strcmp(kind, "reasoning") && strcmp(kind, "trace")) || !message ||
@@ -532,15 +631,21 @@ static void event_request(struct agent_session *s, const char *id, const json_t 
                              "4 KiB");
                 return;
         }
-        if (s->unmatched > 0) { /* replaying: the first session recorded it */
+        if (!body || request_hash((json_object_del(body, "v"), json_object_del(body, "id"), body),
+                                  hash) < 0) {
+                session_fail(s, "error", "out of memory");
+                return;
+        }
+        /* recorded by an earlier session (journaled with its event); or, while a journal of
+         * before events were journaled still replays, recorded then */
+        if (journal_seen(s, "event", hash) || s->unmatched > 0) {
                 answer_ok(s, id, NULL);
                 return;
         }
         clean = agent_redact(s, data);
         events = json_pack("[{s:s+, s:s, s:O?}]", "kind", "agent.", kind, "message", message,
                            "data", clean);
-        r = events ? agent_db_record(s, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, TAKE_PTR(events))
-                   : -ENOMEM;
+        r = events ? record_once(s, "event", hash, TAKE_PTR(events)) : -ENOMEM;
         if (r < 0) {
                 session_fail(s, "error", "could not record an event: %s", db_why(r));
                 return;
@@ -621,9 +726,10 @@ static void live_request(struct agent_session *s, const char *id, const char *ki
                                       reason ? reason : "refused", "data", "class", klass, "name",
                                       json_string_value(json_object_get(p->request, "name")),
                                       "request", data);
-                        if (events)
-                                (void)agent_db_record(s, NULL, NULL, NULL, NULL, NULL, 0, 0, 0,
-                                                      events);
+                        if (events && journal_seen(s, "refusal", p->hash))
+                                json_decref(events); /* shown by an earlier session */
+                        else if (events)
+                                (void)record_once(s, "refusal", p->hash, events);
                         answer_error(s, id, klass ? klass : "invalid_request",
                                      reason ? reason : "the tool call was refused");
                         json_decref(refusal);
@@ -707,38 +813,69 @@ static void spawn_request(struct agent_session *s, const char *id, const char *h
         p->spawn_seq = r;
 }
 
-/* A sub-agent ended: its answer is journaled into the parent's spawn row, then given. */
+static void parent_check(struct agent_session *s);
+
+static bool is_needs_input(const json_t *error)
+{
+        const char *klass = json_string_value(json_object_get(error, "class"));
+        return klass && !strcmp(klass, "needs_input");
+}
+
+/*
+ * A sub-agent ended. Waiting for a person, it stays the parent's pending spawn (blocked:
+ * the parent waits with it). Otherwise its answer — the output, or the failure — is
+ * journaled into the parent's spawn row (fenced, once: the row must still have none), then
+ * given to the parent's executor if it has one (a stopped parent reads it from the journal
+ * when it is started again).
+ */
 static void child_done(struct agent_session *parent, struct agent_pending *p, json_t *output,
                        json_t *error)
 {
         struct agent_host *h = parent->host;
-        _cleanup_json_ json_t *out = output, *err = error, *response = NULL;
+        _cleanup_json_ json_t *out = output, *err = error, *response = NULL, *events = NULL;
         int r;
 
-        pending_remove(parent, p);
-        if (!out) {
-                const char *m = json_string_value(json_object_get(err, "message"));
-                _cleanup_free_ char *msg = str_printf("the sub-agent failed: %s", m ? m : "");
-                answer_error(parent, p->id, "spawn", msg ? msg : "the sub-agent failed");
-                pending_free(h, p);
+        if (!out && is_needs_input(err)) {
+                json_decref(p->blocked);
+                p->blocked = TAKE_PTR(err);
+                parent_check(parent);
                 return;
         }
-        response = json_pack("{s:O}", "output", out);
-        r = response ? agent_db_answer(parent, p->spawn_seq, response) : -ENOMEM;
-        if (r == 0) {
-                json_t *events = json_pack(
-                    "[{s:s, s:s, s:{s:s?, s:O}}]", "kind", "agent.spawn_result", "message",
-                    "a sub-agent answered", "data", "call_id",
-                    json_string_value(json_object_get(p->request, "call_id")), "output", out);
-                if (events)
-                        (void)agent_db_record(parent, NULL, NULL, NULL, NULL, NULL, 0, 0, 0,
-                                              events);
-                answer_ok(parent, p->id, response);
+        pending_remove(parent, p);
+        if (out) {
+                response = json_pack("{s:O}", "output", out);
+                events = json_pack("[{s:s, s:s, s:{s:s?, s:O}}]", "kind", "agent.spawn_result",
+                                   "message", "a sub-agent answered", "data", "call_id",
+                                   json_string_value(json_object_get(p->request, "call_id")),
+                                   "output", out);
         } else {
+                const char *m = json_string_value(json_object_get(err, "message"));
+                _cleanup_free_ char *msg = str_printf("the sub-agent failed: %s", m ? m : "");
+                response = json_pack("{s:{s:s, s:s}}", "error", "class", "spawn", "message",
+                                     msg ? msg : "the sub-agent failed");
+                events = json_pack(
+                    "[{s:s, s:s, s:s, s:{s:s?, s:O?}}]", "kind", "agent.spawn_result", "level",
+                    "warn", "message", msg ? msg : "the sub-agent failed", "data", "call_id",
+                    json_string_value(json_object_get(p->request, "call_id")), "error", err);
+        }
+        r = response ? agent_db_answer(parent, p->spawn_seq, response) : -ENOMEM;
+        if (r < 0) {
+                pending_free(h, p);
                 session_fail(parent, "error", "could not journal a sub-agent's answer: %s",
                              db_why(r));
+                return;
         }
+        if (events)
+                (void)agent_db_record(parent, NULL, NULL, NULL, NULL, NULL, 0, 0, 0,
+                                      TAKE_PTR(events));
+        if (out)
+                answer_ok(parent, p->id, response);
+        else
+                answer_error(parent, p->id, "spawn",
+                             json_string_value(
+                                 json_object_get(json_object_get(response, "error"), "message")));
         pending_free(h, p);
+        parent_check(parent);
 }
 
 static void effect_request(struct agent_session *s, const char *id, const char *type, json_t *m)
@@ -784,6 +921,12 @@ static void effect_request(struct agent_session *s, const char *id, const char *
                 if (!strcmp(type, "llm")) {
                         s->last_call_cost =
                             json_number_value(json_object_get(e->response, "cost_usd"));
+                }
+                const json_t *failed = json_object_get(e->response, "error");
+                if (!strcmp(type, "spawn") && failed) { /* the sub-agent failed */
+                        answer_error(s, id, "spawn",
+                                     json_string_value(json_object_get(failed, "message")));
+                        return;
                 }
                 answer_ok(s, id, e->response);
                 return;
@@ -832,14 +975,21 @@ static void result_request(struct agent_session *s, const char *id, const json_t
                 answer_error(s, id, "invalid_request", "a result needs an output");
                 return;
         }
+        _cleanup_json_ json_t *body = json_deep_copy(m);
+        char hash[65];
+        if (!body || request_hash((json_object_del(body, "v"), json_object_del(body, "id"), body),
+                                  hash) < 0) {
+                session_fail(s, "error", "out of memory");
+                return;
+        }
         answer_ok(s, id, NULL);
         events = json_pack("[{s:s, s:s, s:{s:I, s:I, s:f, s:I, s:I}}]", "kind", "agent.finished",
                            "message", "the agent answered", "data", "tokens_in",
                            (json_int_t)s->tokens_in, "tokens_out", (json_int_t)s->tokens_out,
                            "cost_usd", s->cost_usd, "llm_calls", (json_int_t)s->llm_calls,
                            "tool_calls", (json_int_t)s->tool_calls);
-        if (s->unmatched == 0 && events)
-                (void)agent_db_record(s, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, TAKE_PTR(events));
+        if (!journal_seen(s, "result", hash) && s->unmatched == 0 && events)
+                (void)record_once(s, "result", hash, TAKE_PTR(events));
         (void)agent_db_set_status(s, "completed", NULL, NULL);
         session_end(s, agent_redact(s, out), NULL);
 }
@@ -1012,6 +1162,7 @@ void agent_tool_finished(struct agent_pending *p, json_t *output, json_t *error)
         pending_free(h, p);
         json_decref(output);
         json_decref(error);
+        host_quiet(h);
 }
 
 /* ---- pipes ---- */
@@ -1055,6 +1206,7 @@ static void read_stdout(struct agent_session *s)
                         }
                         struct agent_host *h = s->host;
                         bool alive = false;
+                        s->last_io_ms = agent_now_ms();
                         handle_line(s, line, len);
                         for (struct agent_session *x = h->sessions; x; x = x->next)
                                 alive |= x == s;
@@ -1125,6 +1277,7 @@ void agent_host_poll(struct agent_host *h)
                                 flush_to_executor(s);
                 }
         } while (n == (int)ELEMENTSOF(evs));
+        host_quiet(h);
 }
 
 /* ---- host and session lifetimes ---- */
@@ -1160,6 +1313,7 @@ void agent_host_free(struct agent_host *h)
                 session_unlink(h, s);
                 session_free(h, s);
         }
+        runtime_http_timer_cancel(h->cfg.http, h->quiet_timer);
         close(h->epfd);
         agent_sandbox_free(h);
         free(h);
@@ -1225,38 +1379,26 @@ static struct agent_session *session_new(struct agent_host *h, const char *run_i
         return s;
 }
 
-/* Reads the journal and the key, spawns the executor, writes the start message. On failure
- * s is freed. */
-static int session_launch(struct agent_session *s, char **error)
+/* Reads the journal, spawns the executor, writes the start message (replay begins). On
+ * failure the executor (if any) is stopped and *error says why; s itself stays. */
+static int executor_start(struct agent_session *s, char **error)
 {
         struct agent_host *h = s->host;
-        const char *secret = json_string_value(json_object_get(s->agent, "api_key_secret"));
         json_t *start, *tools;
         int r;
 
         r = agent_db_load_journal(s, error);
-        if (r >= 0 && secret)
-                r = agent_db_load_api_key(s, secret, error);
-        if (r < 0) {
-                session_free(h, s);
+        if (r < 0)
                 return r;
-        }
         r = agent_executor_spawn(h, &s->pid, &s->in_fd, &s->out_fd, &s->err_fd, error);
-        if (r < 0) {
-                session_free(h, s);
+        if (r < 0)
                 return r;
-        }
         s->serial = ++h->serials;
         if ((r = watch(s, s->out_fd, 0)) < 0 || (r = watch(s, s->err_fd, 1)) < 0) {
                 *error = str_printf("could not watch the executor: %s", strerror(-r));
-                session_free(h, s);
+                executor_stop(s);
                 return r;
         }
-        s->next = h->sessions;
-        if (h->sessions)
-                h->sessions->prev = s;
-        h->sessions = s;
-        h->nsessions++;
 
         int64_t max_turns = json_integer_value(json_object_get(s->agent, "max_turns"));
         tools = agent_tool_definitions(s, json_object_get(s->agent, "tools"));
@@ -1277,11 +1419,160 @@ static int session_launch(struct agent_session *s, char **error)
         r = send_message(s, start);
         if (r < 0) {
                 *error = strdup("could not write the start message");
-                session_unlink(h, s);
-                session_free(h, s);
+                executor_stop(s);
                 return r;
         }
         return 0;
+}
+
+/* Reads the key, starts the executor, and adds s to the host's sessions. On failure s is
+ * freed. */
+static int session_launch(struct agent_session *s, char **error)
+{
+        struct agent_host *h = s->host;
+        const char *secret = json_string_value(json_object_get(s->agent, "api_key_secret"));
+        int r = 0;
+
+        if (secret)
+                r = agent_db_load_api_key(s, secret, error);
+        if (r >= 0)
+                r = executor_start(s, error);
+        if (r < 0) {
+                session_free(h, s);
+                return r;
+        }
+        s->next = h->sessions;
+        if (h->sessions)
+                h->sessions->prev = s;
+        h->sessions = s;
+        h->nsessions++;
+        return 0;
+}
+
+/* ---- a parent that can only wait for its sub-agents holds no executor ---- */
+
+/* Every pending request a spawn (its sub-agent running or waiting for a person), and no
+ * half line: all the executor can do now is wait. */
+static bool waits_only_for_subagents(const struct agent_session *s)
+{
+        if (s->suspended || s->pid <= 0 || !s->pending || s->from_executor.len > 0)
+                return false;
+        for (const struct agent_pending *p = s->pending; p; p = p->next)
+                if (strcmp(p->kind, "spawn") != 0)
+                        return false;
+        return true;
+}
+
+/*
+ * Stops the executor of a session that can only wait for its sub-agents: the agent run is
+ * marked waiting ({"kind": "sub_agents"}, fenced), the executor is killed and what its
+ * replay knew is dropped. Its sub-agents go on; when none runs any more it is started
+ * again (parent_check) and replays its journal, where their answers now are.
+ */
+static void session_suspend(struct agent_session *s)
+{
+        _cleanup_json_ json_t *ids = json_array(), *waiting_for = NULL;
+        int r;
+
+        for (struct agent_pending *p = s->pending; p && ids; p = p->next)
+                json_array_append_new(ids, json_string(p->child ? p->child->agent_run_id : ""));
+        waiting_for = json_pack("{s:s, s:O?}", "kind", "sub_agents", "agent_run_ids", ids);
+        r = waiting_for ? agent_db_set_status(s, "waiting", waiting_for, NULL) : -ENOMEM;
+        if (r < 0) {
+                session_fail(s, "error", "could not record that the agent waits: %s", db_why(r));
+                return;
+        }
+        executor_stop(s);
+        if (replay_reset(s) < 0) {
+                session_fail(s, "error", "out of memory");
+                return;
+        }
+        s->suspended = true;
+        parent_check(s);
+}
+
+/* A stopped parent whose sub-agents all wait for a person: it waits with them, reported to
+ * its own parent, or as the node's needs_input (the first one's question). */
+static void session_stuck(struct agent_session *s)
+{
+        json_t *e = NULL;
+
+        for (struct agent_pending *p = s->pending; p && !e; p = p->next)
+                e = p->blocked ? json_incref(p->blocked) : NULL;
+        if (!e)
+                e = json_pack("{s:s, s:s}", "class", "needs_input", "message",
+                              "a sub-agent waits for a person");
+        session_end(s, NULL, e);
+}
+
+/* After a stopped parent's sub-agent ended (or it was stopped): started again once none of
+ * them runs; waiting for a person when every one left does. */
+static void parent_check(struct agent_session *s)
+{
+        _cleanup_free_ char *err = NULL;
+        int r;
+
+        if (!s->suspended)
+                return;
+        for (struct agent_pending *p = s->pending; p; p = p->next)
+                if (p->child)
+                        return;
+        if (s->pending) {
+                session_stuck(s);
+                return;
+        }
+        r = agent_db_set_running(s);
+        if (r < 0) {
+                session_fail(s, "error", "could not resume the agent: %s", db_why(r));
+                return;
+        }
+        s->suspended = false;
+        r = executor_start(s, &err);
+        if (r < 0)
+                session_fail(s, "error", "%s", err ? err : "could not start the executor again");
+}
+
+static void quiet_fired(void *userdata);
+
+/* Stops every executor that can only wait and has been quiet for AGENT_QUIET_MS; arms the
+ * timer for the next one that may. */
+static void host_quiet(struct agent_host *h)
+{
+        int64_t now = agent_now_ms(), next = 0;
+        bool again = true;
+
+        while (again) { /* stopping one may end or start others: look again from the start */
+                again = false;
+                next = 0;
+                for (struct agent_session *s = h->sessions; s; s = s->next) {
+                        if (!waits_only_for_subagents(s))
+                                continue;
+                        if (now - s->last_io_ms >= AGENT_QUIET_MS) {
+                                session_suspend(s);
+                                again = true;
+                                break;
+                        }
+                        if (!next || s->last_io_ms + AGENT_QUIET_MS < next)
+                                next = s->last_io_ms + AGENT_QUIET_MS;
+                }
+        }
+        if (next == h->quiet_at && (h->quiet_timer || !next))
+                return;
+        runtime_http_timer_cancel(h->cfg.http, h->quiet_timer);
+        h->quiet_timer = NULL;
+        h->quiet_at = next;
+        if (next &&
+            runtime_http_timer_start(h->cfg.http, next - now, quiet_fired, h, &h->quiet_timer) < 0)
+                h->quiet_at = 0; /* looked at again at the next poll */
+}
+
+static void quiet_fired(void *userdata)
+{
+        struct agent_host *h = userdata;
+
+        h->quiet_timer = NULL; /* freed before the call */
+        h->quiet_at = 0;
+        host_quiet(h);
 }
 
 int agent_session_start(struct agent_host *h, const struct agent_step *step, void *userdata,

@@ -12,6 +12,7 @@
 #include "testlib.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,12 +20,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "agent.h"
 #include "auth_token.h"
 #include "buf.h"
 #include "cleanup.h"
 #include "embedded_pg.h"
 #include "fileio.h"
 #include "llm_server.h"
+#include "runtime_http.h"
 #include "secrets.h"
 #include "strutil.h"
 #include "worker_sink.h"
@@ -250,6 +253,16 @@ static void wait_llm_requests(int n, int ms)
         assert_int_equal(llm_server_request_count(S.llm), n);
 }
 
+/* Waits until pid has n live children (executors); asserts it. */
+static void wait_children(pid_t pid, int n, int ms)
+{
+        int64_t end = test_now_ms() + ms;
+
+        while (children_of(pid) != n && test_now_ms() < end)
+                usleep(20000);
+        assert_int_equal(children_of(pid), n);
+}
+
 /* ---- fixture ------------------------------------------------------------------------- */
 
 static int setup(void **state)
@@ -334,9 +347,14 @@ static void three_tools_then_answer(const char *provider, const char *model)
                         " tokens_out || '|' || (cost_usd > 0) FROM agent_runs"
                         " WHERE workflow_run_id = '%s'",
                         run);
-        assert_db_equal("7", S.db,
-                        "SELECT count(*) FROM agent_journal j JOIN agent_runs a ON a.id = "
-                        "j.agent_run_id WHERE a.workflow_run_id = '%s'",
+        /* the journal: 4 llm and 3 tool calls; the 3 reasoning events and the answer's
+         * (kept so that a replay records none of them again) */
+        assert_db_equal("7|3|1", S.db,
+                        "SELECT count(*) FILTER (WHERE kind IN ('llm', 'tool')) || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'event') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'result') FROM agent_journal j"
+                        " JOIN agent_runs a ON a.id = j.agent_run_id"
+                        " WHERE a.workflow_run_id = '%s'",
                         run);
         /* the events show the reasoning, each call and its result */
         assert_db_equal("4|3|3|3|1", S.db,
@@ -557,7 +575,12 @@ static void subagent_tree_resumes_after_a_kill(void **state)
 
         /* root, both children, both leaves: the leaves' calls are in flight together */
         wait_llm_requests(before + 5, 30000);
-        assert_int_equal(children_of(w1), 5); /* five executors at once */
+        /* the leaves' two executors only: the root and the children wait holding none */
+        wait_children(w1, 2, 5000);
+        assert_db_equal("3", S.db,
+                        "SELECT count(*) FROM agent_runs WHERE workflow_run_id = '%s' AND"
+                        " status = 'waiting' AND waiting_for->>'kind' = 'sub_agents'",
+                        run);
         kill(w1, SIGKILL);
         test_stop_process(w1, SIGKILL, 5000);
 
@@ -1589,6 +1612,471 @@ static void run_code_is_journaled_and_not_run_again(void **state)
         assert_non_null(strstr(a, "\"name\":\"report.txt\",\"sha256\""));
 }
 
+/* Events of kind in the run's log. */
+static long long events_of(const char *run, const char *kind)
+{
+        return test_db_int(S.db,
+                           "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = '%s'",
+                           run, kind);
+}
+
+/*
+ * Events an executor sent after its last journaled answer are recorded once, though the
+ * replay after a crash sends them again: the worker is SIGKILLed while a tool call is in
+ * flight, after the agent's reasoning event and a refused call's event were recorded; the
+ * next worker replays the LLM call and the executor repeats both, and neither is recorded
+ * twice (nor the final answer's).
+ */
+static void events_are_recorded_once_across_a_crash(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *wf =
+            agent_workflow("evdup", "openai", "gpt-4o-mini", "[\"http_request\"]", NULL);
+        _cleanup_free_ char *script = str_printf(
+            "[{\"text\":\"Looking once.\",\"tool_calls\":[{\"id\":\"e1\",\"name\":"
+            "\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":"
+            "\\\"http://elsewhere.test/x\\\"}\"},{\"id\":\"e2\",\"name\":\"http_request\","
+            "\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"%s/evdup/"
+            "a?delay_ms=6000\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+            "{\"text\":\"Seen once.\",\"usage\":{\"input\":20,\"output\":5}}]",
+            worker_sink_url(S.sink));
+        llm_server_script(S.llm, script);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"echoes\"}");
+        pid_t w1 = spawn_worker("2s");
+
+        /* the slow GET is in flight: the reasoning and the refusal are recorded */
+        int64_t end = test_now_ms() + 30000;
+        while (test_now_ms() < end &&
+               (worker_sink_count(S.sink, "/evdup/") < 1 ||
+                events_of(run, "agent.tool_refused") < 1 || events_of(run, "agent.reasoning") < 1))
+                usleep(20000);
+        if (worker_sink_count(S.sink, "/evdup/") != 1)
+                dump_log();
+        assert_int_equal(worker_sink_count(S.sink, "/evdup/"), 1);
+        assert_int_equal(events_of(run, "agent.reasoning"), 1);
+        assert_int_equal(events_of(run, "agent.tool_refused"), 1);
+        kill(w1, SIGKILL);
+        test_stop_process(w1, SIGKILL, 5000);
+
+        pid_t w2 = spawn_worker("2s");
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
+                test_stop_process(w2, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not end after the crash; see %s", S.last_log);
+        }
+        test_stop_process(w2, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("Seen once.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        /* the GET in flight at the kill was sent again (same key); no event twice */
+        assert_int_equal(worker_sink_count(S.sink, "/evdup/"), 2);
+        assert_int_equal(worker_sink_distinct_keys(S.sink, "/evdup/"), 1);
+        assert_int_equal(events_of(run, "agent.reasoning"), 1);
+        assert_int_equal(events_of(run, "agent.tool_refused"), 1);
+        assert_int_equal(events_of(run, "agent.llm"), 2);
+        assert_int_equal(events_of(run, "agent.finished"), 1);
+        assert_no_key_anywhere(run);
+}
+
+/* The root agent run of run (malloc'd). */
+static char *root_agent_run(const char *run)
+{
+        return test_db_value(S.db,
+                             "SELECT id FROM agent_runs WHERE workflow_run_id = '%s' AND"
+                             " parent_agent_run_id IS NULL",
+                             run);
+}
+
+/*
+ * A parent that can only wait for its sub-agents holds no executor: while its two
+ * children's LLM calls are in flight, the worker runs their two executors and not the
+ * parent's, whose agent run waits ({"kind": "sub_agents"}, naming both). When they answer,
+ * the parent is started again, replays its journal (its first LLM call is not sent again)
+ * and answers with both answers: nobody has to wake it.
+ */
+static void a_parent_waiting_for_sub_agents_holds_no_executor(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *wf =
+            agent_workflow("wake", "openai", "gpt-4o-mini", "[\"spawn_agent\"]", NULL);
+        llm_server_script(
+            S.llm,
+            "[{\"match\":\"Research wake\",\"text\":\"Two helpers.\",\"tool_calls\":["
+            "{\"id\":\"w1\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"KID-A "
+            "go\\\"}\"},{\"id\":\"w2\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
+            "\\\"KID-B go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+            "{\"match\":\"KID-A go\",\"text\":\"KA-DONE\",\"delay_ms\":3000},"
+            "{\"match\":\"KID-B go\",\"text\":\"KB-DONE\",\"delay_ms\":3000},"
+            "{\"match\":\"KB-DONE\",\"text\":\"ROOT: KA-DONE + KB-DONE\"}]");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"wake\"}");
+        pid_t w = spawn_worker("5s");
+
+        wait_llm_requests(before + 3, 30000); /* both children's calls in flight */
+        wait_children(w, 2, 2500);
+        _cleanup_free_ char *root = root_agent_run(run);
+        assert_non_null(root);
+        assert_db_equal("waiting|sub_agents|2", S.db,
+                        "SELECT status || '|' || (waiting_for->>'kind') || '|' ||"
+                        " jsonb_array_length(waiting_for->'agent_run_ids') FROM agent_runs"
+                        " WHERE id = '%s'",
+                        root);
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the parent was not woken; see %s", S.last_log);
+        }
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("ROOT: KA-DONE + KB-DONE", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        assert_int_equal(llm_server_request_count(S.llm) - before, 4);
+        assert_int_equal(llm_server_steps_left(S.llm), 0);
+        assert_db_equal("3", S.db,
+                        "SELECT count(*) FROM agent_runs WHERE workflow_run_id = '%s' AND"
+                        " status = 'completed'",
+                        run);
+        assert_no_key_anywhere(run);
+}
+
+/*
+ * The worker dies between a sub-agent's answer and its parent's wake: the parent waits
+ * (no executor) for a fast child that has answered — its answer journaled in the parent's
+ * spawn row — and a slow one still in flight. The next worker neither loses the wake nor
+ * answers twice: the fast child's call is not sent again, the slow one's is, and the
+ * parent answers once with both.
+ */
+static void a_kill_between_a_sub_agents_answer_and_the_wake(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *wf =
+            agent_workflow("halfway", "openai", "gpt-4o-mini", "[\"spawn_agent\"]", NULL);
+        llm_server_script(
+            S.llm,
+            "[{\"match\":\"Research halfway\",\"tool_calls\":["
+            "{\"id\":\"h1\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"FAST "
+            "go\\\"}\"},{\"id\":\"h2\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
+            "\\\"SLOW go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+            "{\"match\":\"FAST go\",\"text\":\"F-DONE\"},"
+            "{\"match\":\"SLOW go\",\"text\":\"S-DONE\",\"delay_ms\":8000},"
+            "{\"match\":\"SLOW go\",\"text\":\"S-DONE\"},"
+            "{\"match\":\"S-DONE\",\"text\":\"ROOT: F-DONE + S-DONE\"}]");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"halfway\"}");
+        pid_t w1 = spawn_worker("2s");
+
+        wait_llm_requests(before + 3, 30000);
+        _cleanup_free_ char *root = root_agent_run(run);
+        assert_non_null(root);
+        int64_t end = test_now_ms() + 10000;
+        while (test_now_ms() < end &&
+               test_db_int(S.db,
+                           "SELECT count(*) FROM agent_journal WHERE agent_run_id = '%s' AND"
+                           " kind = 'spawn' AND response IS NOT NULL",
+                           root) < 1)
+                usleep(20000);
+        wait_children(w1, 1, 2500); /* the slow child's executor only */
+        assert_db_equal("waiting|1", S.db,
+                        "SELECT a.status || '|' || (SELECT count(*) FROM agent_journal j WHERE"
+                        " j.agent_run_id = a.id AND j.kind = 'spawn' AND j.response IS NOT NULL)"
+                        " FROM agent_runs a WHERE a.id = '%s'",
+                        root);
+        kill(w1, SIGKILL);
+        test_stop_process(w1, SIGKILL, 5000);
+
+        pid_t w2 = spawn_worker("2s");
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
+                test_stop_process(w2, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the parent was not woken after the kill; see %s", S.last_log);
+        }
+        test_stop_process(w2, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("ROOT: F-DONE + S-DONE", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        /* root, fast, slow before the kill; slow again and the root's answer after it */
+        assert_int_equal(llm_server_request_count(S.llm) - before, 5);
+        assert_int_equal(llm_server_steps_left(S.llm), 0);
+        assert_db_equal("1|2", S.db,
+                        "SELECT count(*) FILTER (WHERE kind = 'agent.finished' AND data->>"
+                        "'llm_calls' = '2') || '|' || count(*) FILTER (WHERE kind ="
+                        " 'agent.spawn_result') FROM logs WHERE workflow_run_id = '%s'",
+                        run);
+        assert_no_key_anywhere(run);
+}
+
+/* GET /v1/inbox as the test's user; malloc'd body. */
+static char *get_inbox(void)
+{
+        char url[256], auth[128];
+        const char *headers[] = {auth, NULL};
+        char *out = NULL;
+
+        snprintf(url, sizeof(url), "%s/v1/inbox", S.base);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
+        assert_int_equal(test_http("GET", url, headers, NULL, &out), 200);
+        return out;
+}
+
+/*
+ * A sub-agent's ask_human waits instead of failing its spawn: the run goes to needs_input
+ * with the sub-agent's question, naming it (in the run's error and GET /v1/inbox), with no
+ * executor left and no lease; the parent waits for it. The answer through the API resumes
+ * the sub-agent (its first call from its journal), then the parent (its first call from
+ * its own).
+ */
+static void a_sub_agent_asking_a_person_waits_holding_nothing(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *wf = agent_workflow("subask", "openai", "gpt-4o-mini",
+                                                 "[\"spawn_agent\",\"ask_human\"]", NULL);
+        llm_server_script(
+            S.llm, "[{\"match\":\"Research subask\",\"tool_calls\":[{\"id\":\"k1\",\"name\":"
+                   "\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"ASKER go\\\"}\"}],"
+                   "\"usage\":{\"input\":10,\"output\":5}},"
+                   "{\"match\":\"ASKER go\",\"tool_calls\":[{\"id\":\"k2\",\"name\":\"ask_human\","
+                   "\"arguments\":\"{\\\"question\\\":\\\"Which colour, child?\\\"}\"}],"
+                   "\"usage\":{\"input\":10,\"output\":5}},"
+                   "{\"match\":\"CHILD: teal\",\"text\":\"ROOT: CHILD: teal\"},"
+                   "{\"match\":\"teal\",\"text\":\"CHILD: teal\"}]");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"subask\"}");
+        pid_t w = spawn_worker("5s");
+
+        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not wait for the sub-agent's question; see %s", S.last_log);
+        }
+        usleep(300 * 1000);
+        assert_int_equal(children_of(w), 0); /* no executor: neither the child's nor the root's */
+        assert_db_equal("t", S.db,
+                        "SELECT claimed_by IS NULL AND lease_expires_at IS NULL FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        run);
+        _cleanup_free_ char *child =
+            test_db_value(S.db,
+                          "SELECT id FROM agent_runs WHERE workflow_run_id = '%s' AND"
+                          " parent_agent_run_id IS NOT NULL",
+                          run);
+        assert_non_null(child);
+        assert_db_equal("waiting|Which colour, child?|waiting|sub_agents", S.db,
+                        "SELECT c.status || '|' || (c.waiting_for->>'question') || '|' ||"
+                        " p.status || '|' || (p.waiting_for->>'kind') FROM agent_runs c"
+                        " JOIN agent_runs p ON p.id = c.parent_agent_run_id WHERE c.id = '%s'",
+                        child);
+        /* the run names the sub-agent that asks */
+        assert_db_equal("1", S.db,
+                        "SELECT count(*) FROM workflow_runs WHERE id = '%s' AND"
+                        " error->'waiting_for'->>'agent_run_id' = '%s' AND"
+                        " error->'waiting_for'->>'question' = 'Which colour, child?' AND"
+                        " (error->'waiting_for'->'sub_agent'->>'depth')::int = 1 AND"
+                        " error->>'message' LIKE 'a sub-agent (agent run %s, depth 1) waits:%%'",
+                        run, child, child);
+        _cleanup_free_ char *inbox = get_inbox();
+        assert_non_null(strstr(inbox, "Which colour, child?"));
+        assert_non_null(strstr(inbox, child));
+        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
+
+        assert_int_equal(post_input(run, "{\"answer\":\"teal\"}"), 200);
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not resume; see %s", S.last_log);
+        }
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("ROOT: CHILD: teal", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        /* the root's and the child's first calls came from their journals */
+        assert_int_equal(llm_server_request_count(S.llm) - before, 4);
+        assert_int_equal(llm_server_steps_left(S.llm), 0);
+        assert_no_key_anywhere(run);
+}
+
+/*
+ * A sub-agent's exhausted budget waits too: the tree's budget allows no tool call
+ * (max_tool_calls 0; a spawn is not one, so the root goes on), the sub-agent's first
+ * http_request is refused by it before it leaves, and the run waits in needs_input with a
+ * "budget" request naming the sub-agent (its run, the inbox), holding no executor. Raising
+ * the budget through the API raises the sub-agent's (not the root's); the sub-agent then
+ * makes its call once and answers, and the root finishes.
+ */
+static void a_sub_agents_exhausted_budget_waits_for_a_raise(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *wf =
+            agent_workflow("thrifty", "openai", "gpt-4o-mini", "[\"spawn_agent\",\"http_request\"]",
+                           "{\"max_tool_calls\":0}");
+        _cleanup_free_ char *script = str_printf(
+            "[{\"tool_calls\":[{\"id\":\"t1\",\"name\":\"spawn_agent\",\"arguments\":"
+            "\"{\\\"prompt\\\":\\\"THRIFTY go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+            "{\"tool_calls\":[{\"id\":\"t2\",\"name\":\"http_request\",\"arguments\":"
+            "\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"%s/thrifty/1\\\"}\"}],"
+            "\"usage\":{\"input\":10,\"output\":5}},"
+            "{\"text\":\"THRIFTY-DONE\",\"usage\":{\"input\":10,\"output\":5}},"
+            "{\"text\":\"ROOT: THRIFTY-DONE\",\"usage\":{\"input\":10,\"output\":5}}]",
+            worker_sink_url(S.sink));
+        llm_server_script(S.llm, script);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"thrift\"}");
+        pid_t w = spawn_worker("5s");
+
+        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not wait for a budget raise; see %s", S.last_log);
+        }
+        usleep(300 * 1000);
+        assert_int_equal(children_of(w), 0);
+        assert_int_equal(worker_sink_count(S.sink, "/thrifty/"), 0); /* refused before leaving */
+        _cleanup_free_ char *child =
+            test_db_value(S.db,
+                          "SELECT id FROM agent_runs WHERE workflow_run_id = '%s' AND"
+                          " parent_agent_run_id IS NOT NULL",
+                          run);
+        assert_non_null(child);
+        assert_db_equal("budget|max_tool_calls|1", S.db,
+                        "SELECT (error->'waiting_for'->>'kind') || '|' ||"
+                        " (error->'waiting_for'->>'budget') || '|' ||"
+                        " (error->'waiting_for'->'sub_agent'->>'depth') FROM workflow_runs"
+                        " WHERE id = '%s' AND error->'waiting_for'->>'agent_run_id' = '%s'",
+                        run, child);
+        _cleanup_free_ char *inbox = get_inbox();
+        assert_non_null(strstr(inbox, "\"kind\":\"budget\""));
+        assert_non_null(strstr(inbox, child));
+
+        assert_int_equal(post_input(run, "{\"budget\":{\"max_tool_calls\":1}}"), 200);
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the run did not continue after the raise; see %s", S.last_log);
+        }
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        assert_db_equal("ROOT: THRIFTY-DONE", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        assert_int_equal(worker_sink_count(S.sink, "/thrifty/"), 1);
+        assert_int_equal(llm_server_request_count(S.llm) - before, 4);
+        assert_int_equal(llm_server_steps_left(S.llm), 0);
+        /* the sub-agent's budget was raised, the root's was not */
+        assert_db_equal("1|0", S.db,
+                        "SELECT (c.budget->>'max_tool_calls') || '|' || (p.budget->>"
+                        "'max_tool_calls') FROM agent_runs c JOIN agent_runs p ON"
+                        " p.id = c.parent_agent_run_id WHERE c.id = '%s'",
+                        child);
+        assert_no_key_anywhere(run);
+}
+
+static void fence_done(void *owner, void *userdata, json_t *output, json_t *error)
+{
+        (void)userdata;
+        *(int *)owner = 1;
+        json_decref(output);
+        json_decref(error);
+}
+
+/*
+ * agent_runs rows are created fenced on the run's lease, like every other write of a
+ * worker: a session started at an epoch the run's record has moved past creates no agent
+ * run, and a sub-agent spawned after the lease moved on creates none either. Driven here
+ * without a worker, on a host of our own, so the epoch moves exactly between the root's
+ * first journaled call and its spawn request.
+ */
+static void agent_runs_creation_is_fenced_on_the_lease(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *wf =
+            agent_workflow("fence", "openai", "gpt-4o-mini", "[\"spawn_agent\"]", NULL);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"fences\"}");
+        _cleanup_free_ char *sql = str_printf(
+            "UPDATE workflow_runs SET status = 'running', lease_epoch = 7, claimed_by = 'test',"
+            " lease_expires_at = now() + interval '1 hour' WHERE id = '%s'",
+            run);
+        PQclear(test_db_must(S.db, sql));
+        _cleanup_json_ json_t *agent =
+            json_pack("{s:s, s:s, s:s, s:s, s:s, s:[s]}", "provider", "openai", "base_url",
+                      llm_server_url(S.llm), "model", "gpt-4o-mini", "api_key_secret", "LLMKEY",
+                      "prompt", "FENCE go", "tools", "spawn_agent");
+        struct runtime_http *http = NULL;
+        struct agent_host *h = NULL;
+        struct agent_session *sess = NULL;
+        int ended = 0;
+        char *why = NULL;
+
+        assert_int_equal(runtime_http_new("agently-test", &http), 0);
+        assert_int_equal(agent_host_new(&(struct agent_host_config){.db = S.db,
+                                                                    .http = http,
+                                                                    .executor_path = AGENTLY_BINARY,
+                                                                    .secrets_dir = S.dir,
+                                                                    .done = fence_done,
+                                                                    .owner = &ended},
+                                        &h),
+                         0);
+        /* a worker whose lease ended (the record is at epoch 7) creates no agent run */
+        struct agent_step step = {.run_id = run,
+                                  .user_id = S.user,
+                                  .epoch = 6,
+                                  .node_id = "think",
+                                  .attempt = 1,
+                                  .agent = agent};
+        assert_int_equal(agent_session_start(h, &step, NULL, &sess, &why), -ESTALE);
+        assert_non_null(why);
+        assert_string_equal(why, "the run's lease was lost");
+        free(why);
+        why = NULL;
+        assert_db_equal("0", S.db, "SELECT count(*) FROM agent_runs WHERE workflow_run_id = '%s'",
+                        run);
+
+        /* at the record's epoch it starts; the epoch moves on once its first call is
+         * journaled, before its spawn request is read: no sub-agent's run is created */
+        llm_server_script(S.llm, "[{\"match\":\"FENCE go\",\"tool_calls\":[{\"id\":\"f1\","
+                                 "\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
+                                 "\\\"FENCE-CHILD go\\\"}\"}],\"usage\":{\"input\":10,"
+                                 "\"output\":5}},{\"match\":\"FENCE-CHILD go\",\"text\":\"no\"}]");
+        step.epoch = 7;
+        assert_int_equal(agent_session_start(h, &step, NULL, &sess, &why), 0);
+        bool moved = false;
+        int64_t end = test_now_ms() + 30000;
+        while (!ended && test_now_ms() < end) {
+                void *ud;
+                json_t *out, *err;
+                assert_in_range(runtime_http_poll(http, 50, agent_host_fd(h)), 0, 1);
+                if (!moved && test_db_int(S.db,
+                                          "SELECT count(*) FROM agent_journal j JOIN agent_runs a"
+                                          " ON a.id = j.agent_run_id WHERE a.workflow_run_id ="
+                                          " '%s' AND j.kind = 'llm'",
+                                          run) == 1) {
+                        _cleanup_free_ char *bump = str_printf(
+                            "UPDATE workflow_runs SET lease_epoch = 8 WHERE id = '%s'", run);
+                        PQclear(test_db_must(S.db, bump));
+                        moved = true;
+                }
+                agent_host_poll(h);
+                while (runtime_http_next_done(http, &ud, &out, &err))
+                        if (!agent_host_http_done(h, ud, out, err)) {
+                                json_decref(out);
+                                json_decref(err);
+                        }
+        }
+        assert_int_equal(ended, 1);
+        assert_true(moved);
+        agent_host_free(h);
+        runtime_http_free(http);
+        assert_db_equal("1|0", S.db,
+                        "SELECT count(*) FILTER (WHERE parent_agent_run_id IS NULL) || '|' ||"
+                        " count(*) FILTER (WHERE parent_agent_run_id IS NOT NULL)"
+                        " FROM agent_runs WHERE workflow_run_id = '%s'",
+                        run);
+        /* no worker may pick the run up later */
+        _cleanup_free_ char *cancel =
+            str_printf("UPDATE workflow_runs SET status = 'canceled', claimed_by = NULL,"
+                       " lease_expires_at = NULL, finished_at = now() WHERE id = '%s'",
+                       run);
+        PQclear(test_db_must(S.db, cancel));
+        assert_no_key_anywhere(run);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -1598,6 +2086,10 @@ int main(void)
             cmocka_unit_test(ask_human_waits_holding_nothing),
             cmocka_unit_test(cost_budget_stops_and_is_raised),
             cmocka_unit_test(subagent_tree_resumes_after_a_kill),
+            cmocka_unit_test(a_parent_waiting_for_sub_agents_holds_no_executor),
+            cmocka_unit_test(a_kill_between_a_sub_agents_answer_and_the_wake),
+            cmocka_unit_test(a_sub_agent_asking_a_person_waits_holding_nothing),
+            cmocka_unit_test(a_sub_agents_exhausted_budget_waits_for_a_raise),
             cmocka_unit_test(a_journal_mismatch_is_a_nondeterminism_error),
             cmocka_unit_test(journal_grows_with_the_conversation),
             cmocka_unit_test(gated_tool_call_approved_runs_once),
@@ -1611,6 +2103,8 @@ int main(void)
             cmocka_unit_test(a_new_version_does_not_change_a_waiting_run),
             cmocka_unit_test(a_missing_agent_is_a_validation_error),
             cmocka_unit_test(a_secret_not_listed_is_refused),
+            cmocka_unit_test(agent_runs_creation_is_fenced_on_the_lease),
+            cmocka_unit_test(events_are_recorded_once_across_a_crash),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
