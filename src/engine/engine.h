@@ -225,6 +225,16 @@ int64_t wf_run_deadline_ms(const struct wf_workflow *wf, const json_t *snapshot)
 int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actions);
 
 /*
+ * wf_plan, and *then (a new reference, or NULL): when every action is an execute of an
+ * http or agent node, the plan that would follow once they are all started and in flight
+ * — always {"action":"wait","wake_at_ms":n|null} — so that a worker need not plan a big
+ * run (a 10,000-item map) a second time in the same turn only to learn that it waits.
+ * NULL whenever planning again could find more to do.
+ */
+int wf_plan_then(const struct wf_workflow *wf, const json_t *snapshot, json_t **actions,
+                 json_t **then);
+
+/*
  * Decides what follows a failed attempt of node_id (static or dynamic id). error:
  *   {"class": one of the failure classes of docs/workflows.md (connect, network, timeout,
  *    http_429, http_4xx, http_5xx, http_status, too_large, error, interrupted; anything

@@ -48,6 +48,7 @@ struct wf_plan_ctx {
         /* the first failing / escalated node (for finish / needs_input) */
         char *escalated_id; /* malloc'd */
         const json_t *escalated_error;
+        json_t **then; /* wf_plan_then: the wait that follows executes alone (or NULL) */
 };
 
 /* ---- small helpers ---- */
@@ -989,6 +990,29 @@ static const json_t *item_record(struct wf_plan_ctx *p, char *buf, size_t size, 
         return json_object_get(p->nodes, buf);
 }
 
+/* item_record() of a map item "<base>[i]" without printf: the id's first base bytes are
+ * base_id's (base 0: print it whole), then the index. */
+static const json_t *item_lookup(struct wf_plan_ctx *p, char *buf, size_t size, const char *base_id,
+                                 size_t base, size_t i)
+{
+        char digits[24];
+        size_t nd = 0;
+
+        if (base == 0)
+                return item_record(p, buf, size, base_id, '[', i);
+        memcpy(buf, base_id, base);
+        do {
+                digits[nd++] = (char)('0' + i % 10);
+                i /= 10;
+        } while (i);
+        buf[base] = '[';
+        for (size_t k = 0; k < nd; k++)
+                buf[base + 1 + k] = digits[nd - 1 - k];
+        buf[base + 1 + nd] = ']';
+        buf[base + 2 + nd] = '\0';
+        return json_object_get(p->nodes, buf);
+}
+
 static int fail_composite(struct wf_plan_ctx *p, const struct wf_node *n, const char *item_id,
                           const json_t *rec)
 {
@@ -1038,11 +1062,21 @@ int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n)
                                             count, WF_MAX_MAP_ITEMS));
 
         /* pass 1: classify (no actions), so a failed item stops the map before anything
-         * else is started */
+         * else is started. Each item is looked up once: its record and state are kept for
+         * pass 2 (a 10,000-item map is planned every loop turn of its run) */
+        _cleanup_free_ const json_t **recs = count ? calloc(count, sizeof(*recs)) : NULL;
+        _cleanup_free_ unsigned char *states = count ? malloc(count) : NULL;
         size_t running = 0, finished = 0, next_new = count, last_active = 0;
+        size_t base = strlen(n->id);
+        if (count && (!recs || !states))
+                return p->error = -ENOMEM;
+        if (base + 24 > sizeof(id))
+                base = 0; /* an id this long cannot have items; item_id() says so */
         for (size_t i = 0; i < count; i++) {
-                const json_t *rec = item_record(p, id, sizeof(id), n->id, '[', i);
+                const json_t *rec = item_lookup(p, id, sizeof(id), n->id, base, i);
                 enum state st = leaf_state(t, rec);
+                recs[i] = rec;
+                states[i] = (unsigned char)st;
                 switch (st) {
                 case ST_PENDING:
                         if (next_new == count)
@@ -1065,7 +1099,7 @@ int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n)
                 if (!out)
                         return p->error = -ENOMEM;
                 for (size_t i = 0; i < count; i++) {
-                        const json_t *rec = item_record(p, id, sizeof(id), n->id, '[', i);
+                        const json_t *rec = recs[i];
                         json_t *o = !strcmp(rec_status(rec), "completed") ? rec_get(rec, "output")
                                                                           : json_null();
                         if (json_array_append(out, o) < 0) {
@@ -1081,10 +1115,10 @@ int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n)
         for (size_t i = 0; i < count && !p->error; i++) {
                 if (slots == 0 && (running == 0 || i > last_active))
                         break;
-                const json_t *rec = item_record(p, id, sizeof(id), n->id, '[', i);
-                enum state st = leaf_state(t, rec);
+                enum state st = (enum state)states[i];
                 if (st != ST_ACTIVE && !(st == ST_PENDING && slots > 0 && i >= next_new))
                         continue;
+                const json_t *rec = item_lookup(p, id, sizeof(id), n->id, base, i);
                 _cleanup_json_ json_t *index = json_integer((json_int_t)i);
                 if (!index)
                         return p->error = -ENOMEM;
@@ -1476,6 +1510,29 @@ static int finish_completed(struct wf_plan_ctx *p)
                                  "output", output));
 }
 
+/* wf_plan_then: when every action is an execute of an effect that stays in flight (http,
+ * agent), the plan after them is the wait this walk found — started, in flight, they
+ * change nothing else and set no timer — so it is handed out now. A notify execute
+ * completes at once (its dependents may follow): not then. */
+static int plan_then(struct wf_plan_ctx *p)
+{
+        size_t i;
+        json_t *a;
+
+        if (!p->then)
+                return 0;
+        json_array_foreach (p->actions, i, a) {
+                const char *act = json_string_value(json_object_get(a, "action"));
+                const char *kind = json_string_value(json_object_get(a, "kind"));
+                if (!act || strcmp(act, "execute") || !kind ||
+                    (strcmp(kind, "http") && strcmp(kind, "agent")))
+                        return 0;
+        }
+        *p->then = json_pack("{s:s,s:o}", "action", "wait", "wake_at_ms",
+                             p->has_wake ? json_integer(p->wake) : json_null());
+        return *p->then ? 0 : (p->error = -ENOMEM);
+}
+
 /* Step 3: what the run as a whole does after the walk, first match wins: a failed node
  * fails it, an escalation asks for input (both replace the walk's actions), all settled
  * completes it, actions go out as they are, and otherwise it waits for the next timer. */
@@ -1496,7 +1553,7 @@ static int plan_outcome(struct wf_plan_ctx *p, const struct run_walk *w)
         if (all_settled)
                 return finish_completed(p);
         if (json_array_size(p->actions) > 0)
-                return 0;
+                return plan_then(p);
         return emit(p, json_pack("{s:s,s:o}", "action", "wait", "wake_at_ms",
                                  p->has_wake ? json_integer(p->wake) : json_null()));
 }
@@ -1528,11 +1585,19 @@ static int plan_run(struct wf_plan_ctx *p, const json_t *snap)
 
 int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actions)
 {
-        struct wf_plan_ctx p = {.wf = wf};
+        return wf_plan_then(wf, snapshot, actions, NULL);
+}
+
+int wf_plan_then(const struct wf_workflow *wf, const json_t *snapshot, json_t **actions,
+                 json_t **then)
+{
+        struct wf_plan_ctx p = {.wf = wf, .then = then};
         _cleanup_json_ json_t *empty = NULL;
         int r;
 
         *actions = NULL;
+        if (then)
+                *then = NULL;
         if (!wf || !snapshot_ok(snapshot))
                 return -EINVAL;
         p.nodes = json_object_get(snapshot, "nodes");
@@ -1572,6 +1637,10 @@ int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actio
                 r = p.error;
         if (r == 0)
                 *actions = TAKE_PTR(p.actions);
+        else if (then) {
+                json_decref(*then);
+                *then = NULL;
+        }
 out:
         if (p.actions)
                 json_decref(p.actions);

@@ -39,6 +39,7 @@
 #include "runtime_http.h"
 #include "strutil.h"
 #include "worker_secrets.h"
+#include "worker_trace.h"
 
 #define CLAIM_BATCH_MAX 256
 #define BATCH_RUNS_MAX  256 /* runs written per transaction (per loop turn) */
@@ -133,6 +134,7 @@ struct worker {
         int64_t turn_began;          /* monotonic ms before the turn's BEGIN was sent */
         struct queue_writes *writes; /* the open batch's writes not yet sent */
         struct secrets_kms kms;      /* how secrets are opened (worker_secrets.c) */
+        struct worker_trace trace;   /* AGENTLY_TRACE_TURNS=1: phases to stderr */
 
         /* shared with the heartbeat thread, under lock */
         pthread_mutex_t lock;
@@ -143,6 +145,7 @@ struct worker {
         struct mail *mail;
         int nmail, mail_cap;
         bool claim_hint;
+        int64_t hint_at; /* worker_trace_now_us() of the notification behind claim_hint */
         bool stop;
 };
 
@@ -333,12 +336,13 @@ static int wf_lookup(struct worker *w, const char *workflow_id, const struct wf_
 /* ---- snapshot ---------------------------------------------------------------------- */
 
 /* Snapshots of the runs $1 = [{"id", "epoch", "whole"}, ...] still held (fenced on the
- * queue row: a run not returned is lost). "nodes" — O(nodes) rows — only where whole is
- * true; a run held in memory gets the rest (what others may change: signals, children,
- * the control requests) and keeps its own nodes (snapshot_keep). */
+ * queue row: a run not returned is lost). "nodes" — O(nodes) rows — and "input" (which
+ * never changes: a 10,000-item map's items) only where whole is true; a run held in memory
+ * gets the rest (what others may change: signals, children, the control requests) and
+ * keeps its own nodes and input (snapshot_keep). */
 static const char SNAPSHOT_SQL[] =
     "SELECT r.id, jsonb_build_object("
-    " 'run_id', r.id, 'input', r.input,"
+    " 'run_id', r.id, 'input', CASE WHEN h.whole THEN r.input END,"
     " 'now_ms', (extract(epoch FROM now()) * 1000)::bigint,"
     " 'started_at_ms', (extract(epoch FROM coalesce(r.started_at, now())) * 1000)::bigint,"
     " 'engine_state', r.engine_state, 'time_scale', r.time_scale,"
@@ -439,10 +443,14 @@ static void snapshot_forget(struct run *run)
         snapshot_keep(run, NULL);
 }
 
-/* A turn's partial read s (no nodes) completed with the run's nodes kept in memory. */
+/* A turn's partial read s (no nodes, no input) completed with the run's nodes and input
+ * kept in memory. */
 static int snapshot_merge(struct run *run, json_t *s)
 {
         int r = json_object_set(s, "nodes", json_object_get(run->kept, "nodes"));
+
+        if (r == 0)
+                r = json_object_set(s, "input", json_object_get(run->kept, "input"));
 
         snapshot_forget(run);
         return r < 0 ? -ENOMEM : 0;
@@ -1261,7 +1269,7 @@ static const struct action *action_find(const char *name)
  * must read the run again). */
 static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
 {
-        _cleanup_json_ json_t *actions = NULL;
+        _cleanup_json_ json_t *actions = NULL, *then = NULL;
         bool cancel = false, pause = false;
         struct round rd = {0};
         size_t i;
@@ -1283,7 +1291,7 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
         }
         if (pause)
                 return step_pause(w, run);
-        if (wf_plan(run->wf, rd.snapshot, &actions) < 0)
+        if (wf_plan_then(run->wf, rd.snapshot, &actions, &then) < 0)
                 return step_fail_run(w, run, "could not plan the run");
 
         json_array_foreach (actions, i, a) {
@@ -1312,6 +1320,10 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
                 json_decref(*snapp);
                 *snapp = NULL;
         }
+        /* executes alone, all started and mirrored: the next plan is known to be this wait
+         * (wf_plan_then), so a big run is not planned twice per turn to learn it */
+        if (rd.progress && then && *snapp)
+                return act_wait(w, run, &rd, "wait", then);
         if (rd.progress)
                 return STEP_AGAIN;
         /* a plan must end in finish, needs_input or wait; if it did not, look again later
@@ -1544,7 +1556,7 @@ static void batch_prepare(struct worker *w)
         _cleanup_free_ char *param = runs_param(w->batch, w->nbatch);
         _cleanup_pgresult_ PGresult *locked = NULL, *res = NULL;
         const char *params[] = {param};
-        bool completions = false;
+        bool reread = false;
         int r = 0, held = 0;
 
         if (!param) {
@@ -1552,6 +1564,7 @@ static void batch_prepare(struct worker *w)
                 return;
         }
         locked = db_query(w->db, BATCH_LOCK_SQL, 1, params, &r);
+        worker_trace_mark(&w->trace, TRACE_LOCKED);
         if (!locked) {
                 w->batch_error = r;
                 return;
@@ -1582,13 +1595,17 @@ static void batch_prepare(struct worker *w)
                         return;
                 }
         }
-        /* finished requests: checkpointed before the snapshots are read, which must see them */
+        /* finished requests: checkpointed before the snapshots are read. Only a whole read
+         * (a run with no snapshot in memory, or one a failure dropped) must see them: a run
+         * held in memory has them mirrored there and its partial read reads no node, so
+         * then they go with the turn's other writes, in its one statement */
         for (int i = 0; i < w->nbatch && !w->batch_error; i++) {
-                if (w->batch[i]->completions)
-                        completions = true;
+                bool had = w->batch[i]->completions != NULL;
                 write_completions(w, w->batch[i]);
+                if (had && w->batch[i]->fate == FATE_HELD && !w->batch[i]->kept)
+                        reread = true;
         }
-        if (completions)
+        if (reread)
                 batch_flush(w);
         if (w->batch_error)
                 return;
@@ -1749,9 +1766,12 @@ static void batch_run(struct worker *w)
                 w->batch[i]->last_turn = now;
         }
         w->turn_began = mono_ms();
+        worker_trace_mark(&w->trace, TRACE_BEGIN);
         r = db_begin(w->db);
+        worker_trace_mark(&w->trace, TRACE_BEGUN);
         if (r == 0)
                 batch_prepare(w);
+        worker_trace_mark(&w->trace, TRACE_SNAPSHOT);
         for (int i = 0; r == 0 && i < n && !w->batch_error; i++) {
                 struct run *run = w->batch[i];
                 /* written (or lost): either way it is not announced again */
@@ -1759,8 +1779,12 @@ static void batch_run(struct worker *w)
                 if (run->fate == FATE_HELD)
                         run_advance(w, run);
         }
+        worker_trace_mark(&w->trace, TRACE_PLANNED);
         if (r == 0 && batch_flush(w) == 0)
                 r = db_commit(w->db);
+        worker_trace_mark(&w->trace, TRACE_COMMITTED);
+        if (r == 0)
+                worker_trace_turn(&w->trace, n, w->batch[0]->id);
         else if (r == 0)
                 r = w->batch_error;
         if (r < 0) {
@@ -1836,7 +1860,7 @@ static void claim(struct worker *w)
 {
         struct queue_claim claims[CLAIM_BATCH_MAX];
         int want = w->cfg->concurrency - w->nruns, n = 0, nheld = 0, r;
-        int64_t sent = mono_ms();
+        int64_t sent = mono_ms(), sent_us = worker_trace_now_us();
 
         if (want <= 0)
                 return;
@@ -1849,6 +1873,8 @@ static void claim(struct worker *w)
                 w->claim_held[nheld++] = (struct queue_lease){.run_id = x->id, .epoch = x->epoch};
         r = queue_claim_runs(w->db, w->cfg->id, w->cfg->lease_ms, want, w->claim_held, nheld,
                              claims, &n);
+        if (n > 0 || w->trace.hint_at)
+                worker_trace_claim(&w->trace, sent_us, n, n > 0 ? claims[0].id : NULL);
         if (r < 0) {
                 log_error("could not claim runs: %s", db_last_error());
                 db_recover(w);
@@ -2062,8 +2088,11 @@ static void *heartbeat_main(void *arg)
                         }
                         if (hint) {
                                 /* debounced: one flag, however many notifications */
+                                int64_t at = worker_trace_now_us();
                                 pthread_mutex_lock(&w->lock);
                                 w->claim_hint = true;
+                                if (!w->hint_at)
+                                        w->hint_at = at;
                                 pthread_mutex_unlock(&w->lock);
                                 runtime_http_wakeup(w->http);
                         }
@@ -2093,6 +2122,10 @@ static void read_mail(struct worker *w, bool *claim_hint)
         w->nmail = w->mail_cap = 0;
         *claim_hint = w->claim_hint;
         w->claim_hint = false;
+        if (w->hint_at) {
+                w->trace.hint_at = w->hint_at;
+                w->hint_at = 0;
+        }
         pthread_mutex_unlock(&w->lock);
 
         for (int i = 0; i < n; i++) {
@@ -2211,6 +2244,7 @@ int worker_run(const struct worker_config *cfg)
             cfg->heartbeat_ms <= 0 || cfg->heartbeat_ms >= cfg->lease_ms)
                 return -EINVAL;
         srandom((unsigned)(getpid() ^ mono_ms()));
+        worker_trace_init(&w.trace);
         pthread_mutex_init(&w.lock, NULL);
         w.held = calloc((size_t)cfg->concurrency, sizeof(*w.held));
         w.held_ids = calloc((size_t)cfg->concurrency, sizeof(*w.held_ids));

@@ -749,6 +749,44 @@ static void crash_recovery_depends_on_delivery(void **state)
         wf_free(wf);
 }
 
+/* wf_plan_then: a plan of executes alone hands out the plan after them (the worker then
+ * plans a big map once per turn, not twice); a plan that completes a node does not. */
+static void executes_alone_hand_out_the_wait_that_follows(void **state)
+{
+        (void)state;
+        struct wf_workflow *wf =
+            parse("{\"name\":\"m\",\"nodes\":[{\"id\":\"m\",\"type\":\"map\",\"items\":"
+                  "\"input.xs\",\"concurrency\":3,\"node\":{\"type\":\"http\",\"request\":{"
+                  "\"method\":\"POST\",\"url\":\"http://x/${ index }\"}}},"
+                  "{\"id\":\"nap\",\"type\":\"sleep\",\"duration\":\"5s\"}]}");
+        _cleanup_json_ json_t *snap = new_snapshot("{\"xs\":[1,2,3,4,5]}");
+        json_t *actions = NULL, *then = NULL;
+
+        /* the sleep first: it is recorded waiting, nothing else changes: no then */
+        assert_int_equal(wf_plan_then(wf, snap, &actions, &then), 0);
+        assert_non_null(find_action(actions, "execute", "m[0]"));
+        assert_non_null(find_action(actions, "sleep", "nap"));
+        assert_null(then);
+        apply(wf, snap, actions);
+        json_decref(actions);
+
+        finish_execute(snap, "m[1]", "\"r1\"");
+        assert_int_equal(wf_plan_then(wf, snap, &actions, &then), 0);
+        assert_int_equal(json_array_size(actions), 1);
+        assert_non_null(find_action(actions, "execute", "m[3]"));
+        assert_non_null(then);
+        apply(wf, snap, actions);
+        /* exactly what planning again gives: the wait, with the sleep's timer */
+        json_t *next = plan(wf, snap);
+        expect_lone(next, "wait");
+        assert_json_equal(json_array_get(next, 0), then);
+        assert_int_equal(json_integer_value(json_object_get(then, "wake_at_ms")), T0 + 5000);
+        json_decref(next);
+        json_decref(then);
+        json_decref(actions);
+        wf_free(wf);
+}
+
 static void map_respects_concurrency_and_fans_in(void **state)
 {
         struct wf_workflow *wf =
@@ -1422,6 +1460,7 @@ int main(void)
             cmocka_unit_test(failure_events_say_what_failed_and_what_next),
             cmocka_unit_test(crash_recovery_depends_on_delivery),
             cmocka_unit_test(map_respects_concurrency_and_fans_in),
+            cmocka_unit_test(executes_alone_hand_out_the_wait_that_follows),
             cmocka_unit_test(map_of_ten_thousand_items_completes_fast),
             cmocka_unit_test(map_edge_cases),
             cmocka_unit_test(loop_runs_until_its_condition),
