@@ -6,8 +6,10 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 #include <libpq-fe.h>
 
 struct bench {
@@ -16,7 +18,12 @@ struct bench {
         int64_t duration_ms;  /* per measurement */
         int quick;            /* smaller sizes, for a smoke run */
         int64_t soak_ms;      /* soak length (0 = default: 60s, 20s with --quick) */
+        const char *only;     /* --only: comma-separated figures to measure (NULL: all) */
+        int agents;           /* --agents N: concurrent agent runs of the density bench */
 };
+
+/* Whether the figure group `name` is to be measured (--only). */
+bool bench_want(const struct bench *b, const char *name);
 
 int64_t bench_now_us(void);
 
@@ -25,12 +32,26 @@ void bench_report(const char *key, const char *fmt, ...) __attribute__((format(p
 
 PGconn *bench_connect(const struct bench *b);
 
+void bench_sleep_ms(int64_t ms);
+
+/* `agently worker` (AGENTLY_BINARY) against conninfo, --concurrency concurrency --poll poll,
+ * its output in <dir>/bench-N.log (its path into log[len] when log is not NULL;
+ * AGENTLY_LOG_LEVEL=warn unless set). */
+pid_t bench_spawn_worker(const struct bench *b, const char *conninfo, int concurrency,
+                         const char *poll, char *log, size_t len);
+/* SIGTERM, then SIGKILL after 30 s; reaps it. */
+void bench_stop_worker(pid_t pid);
+
 struct embedded_pg;
 
 /* The targets of docs/performance.md (runs, checkpoints, latency), printed as ratios of the
  * baselines measured just before. */
 void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double base1c,
                        double base32c);
+
+/* Issue 10's figures (bench_agents.c): the journal's overhead per LLM call and the density
+ * of agent runs in one worker, against a scripted local LLM server. */
+void bench_run_agents(const struct bench *b, struct embedded_pg *pg, double base1c, double base32c);
 
 /* A local HTTP receiver for the http steps (answers 200 at once); NULL on failure. */
 struct bench_receiver;

@@ -6,11 +6,15 @@
  */
 #include "bench.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +42,77 @@ void bench_report(const char *key, const char *fmt, ...)
         va_end(ap);
         printf("\n");
         fflush(stdout);
+}
+
+bool bench_want(const struct bench *b, const char *name)
+{
+        size_t len = strlen(name);
+
+        if (!b->only)
+                return true;
+        for (const char *p = b->only; *p;) {
+                const char *end = strchr(p, ',');
+                size_t n = end ? (size_t)(end - p) : strlen(p);
+                if (n == len && strncmp(p, name, len) == 0)
+                        return true;
+                p += n + (end ? 1 : 0);
+        }
+        return false;
+}
+
+void bench_sleep_ms(int64_t ms)
+{
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+pid_t bench_spawn_worker(const struct bench *b, const char *conninfo, int concurrency,
+                         const char *poll, char *log_out, size_t log_len)
+{
+        static int next;
+        char conc[16], id[32], log[1024], env_url[2048];
+        pid_t pid;
+
+        snprintf(conc, sizeof(conc), "%d", concurrency);
+        snprintf(id, sizeof(id), "bench-%d", next++);
+        snprintf(log, sizeof(log), "%s/%s.log", b->dir, id);
+        snprintf(env_url, sizeof(env_url), "AGENTLY_DATABASE_URL=%s", conninfo);
+        if (log_out)
+                snprintf(log_out, log_len, "%s", log);
+        pid = fork();
+        if (pid < 0) {
+                perror("bench: fork");
+                exit(1);
+        }
+        if (pid == 0) {
+                int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                if (fd >= 0) {
+                        dup2(fd, 1);
+                        dup2(fd, 2);
+                }
+                putenv(env_url);
+                if (!getenv("AGENTLY_LOG_LEVEL"))
+                        putenv("AGENTLY_LOG_LEVEL=warn");
+                execl(AGENTLY_BINARY, AGENTLY_BINARY, "worker", "--id", id, "--concurrency", conc,
+                      "--poll", poll, (char *)NULL);
+                _exit(127);
+        }
+        return pid;
+}
+
+void bench_stop_worker(pid_t pid)
+{
+        int st;
+
+        kill(pid, SIGTERM);
+        for (int i = 0; i < 300; i++) {
+                if (waitpid(pid, &st, WNOHANG) == pid)
+                        return;
+                bench_sleep_ms(100);
+        }
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
 }
 
 static void ignore_notice(void *arg, const char *message)
@@ -74,13 +149,16 @@ int main(int argc, char **argv)
             {"llm-density", required_argument, NULL, 'l'},
             {"sse", no_argument, NULL, 'e'},
             {"run-read", no_argument, NULL, 'r'},
+            {"only", required_argument, NULL, 'o'},
+            {"agents", required_argument, NULL, 'a'},
+            {"log-statements", no_argument, NULL, 'L'},
             {0},
         };
         struct bench b = {.duration_ms = 5000};
         struct embedded_pg *pg = NULL;
         PGconn *c = NULL;
         char template[] = "/tmp/agently-bench-XXXXXX";
-        int opt, keep = 0, sse_only = 0, run_read_only = 0;
+        int opt, keep = 0, sse_only = 0, run_read_only = 0, log_statements = 0;
         struct utsname uts;
 
         while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -109,6 +187,19 @@ int main(int argc, char **argv)
                 case 'r': /* only reading a large run (bench_run_read.c) */
                         run_read_only = 1;
                         break;
+                case 'L':
+                        log_statements = 1;
+                        break;
+                case 'o':
+                        b.only = optarg;
+                        break;
+                case 'a':
+                        b.agents = (int)strtol(optarg, NULL, 10);
+                        if (b.agents < 1) {
+                                fprintf(stderr, "bench: bad --agents '%s'\n", optarg);
+                                return 2;
+                        }
+                        break;
                 case 's':
                         if (duration_parse_ms(optarg, &b.soak_ms) < 0 || b.soak_ms < 10000) {
                                 fprintf(stderr, "bench: bad --soak '%s' (at least 10s)\n", optarg);
@@ -117,7 +208,10 @@ int main(int argc, char **argv)
                         break;
                 default:
                         fprintf(stderr, "usage: agently-bench [--duration D] [--quick] [--keep] "
-                                        "[--soak D] [--llm-density N] [--sse] [--run-read]\n");
+                                        "[--soak D] [--llm-density N] [--sse] [--run-read] "
+                                        "[--only LIST] [--agents N] [--log-statements]\n  LIST: "
+                                        "runs,steps,effects,latency,map,soak,"
+                                        "journal,density,llm\n");
                         return 2;
                 }
         }
@@ -138,6 +232,11 @@ int main(int argc, char **argv)
          * before the baselines, so every figure pays its (small) cost alike */
         if (db_exec(c, "ALTER SYSTEM SET track_commit_timestamp = on") < 0)
                 die("could not enable commit timestamps");
+        /* --log-statements: every statement with its duration in the cluster's log (kept
+         * with --keep), for tracing where a figure's time goes; it slows every figure */
+        if (log_statements && (db_exec(c, "ALTER SYSTEM SET log_min_duration_statement = 0") < 0 ||
+                               db_exec(c, "ALTER SYSTEM SET log_line_prefix = '%m [%p] %a '") < 0))
+                die("could not enable statement logging");
         PQfinish(c);
         if (embedded_pg_stop(pg) < 0 || embedded_pg_start(pg) < 0 ||
             db_connect(b.owner_conninfo, &c) < 0)
@@ -165,7 +264,9 @@ int main(int argc, char **argv)
                 bench_report("baseline_commit_32c", "%.0f", base32);
 
                 bench_run_targets(&b, pg, base1, base32);
-                bench_llm_density(b.quick ? 200 : 1000);
+                bench_run_agents(&b, pg, base1, base32);
+                if (bench_want(&b, "llm"))
+                        bench_llm_density(b.quick ? 200 : 1000);
         }
 
         embedded_pg_stop(pg);

@@ -43,7 +43,6 @@ struct targets {
         PGconn *c;
         char *worker_conninfo;
         char user_id[40];
-        int next_worker;
         struct bench_receiver *receiver;
 };
 
@@ -91,53 +90,17 @@ static double qd(PGconn *c, const char *fmt, ...)
 
 static void sleep_ms(int64_t ms)
 {
-        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-                ;
+        bench_sleep_ms(ms);
 }
 
-/* `agently worker` against the bench database, output to <dir>/worker-N.log. */
 static pid_t spawn_worker(struct targets *t, int concurrency, const char *poll)
 {
-        char conc[16], id[32], log[1024], env_url[2048];
-        pid_t pid;
-
-        snprintf(conc, sizeof(conc), "%d", concurrency);
-        snprintf(id, sizeof(id), "bench-%d", t->next_worker++);
-        snprintf(log, sizeof(log), "%s/%s.log", t->b->dir, id);
-        snprintf(env_url, sizeof(env_url), "AGENTLY_DATABASE_URL=%s", t->worker_conninfo);
-        pid = fork();
-        if (pid < 0) {
-                perror("bench: fork");
-                exit(1);
-        }
-        if (pid == 0) {
-                int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                if (fd >= 0) {
-                        dup2(fd, 1);
-                        dup2(fd, 2);
-                }
-                putenv(env_url);
-                putenv("AGENTLY_LOG_LEVEL=warn");
-                execl(AGENTLY_BINARY, AGENTLY_BINARY, "worker", "--id", id, "--concurrency", conc,
-                      "--poll", poll, (char *)NULL);
-                _exit(127);
-        }
-        return pid;
+        return bench_spawn_worker(t->b, t->worker_conninfo, concurrency, poll, NULL, 0);
 }
 
 static void stop_worker(pid_t pid)
 {
-        int st;
-
-        kill(pid, SIGTERM);
-        for (int i = 0; i < 300; i++) {
-                if (waitpid(pid, &st, WNOHANG) == pid)
-                        return;
-                sleep_ms(100);
-        }
-        kill(pid, SIGKILL);
-        waitpid(pid, &st, 0);
+        bench_stop_worker(pid);
 }
 
 /* Stores a workflow definition; returns its id in out. */
@@ -207,8 +170,8 @@ static void enqueue(struct targets *t, const char *wf, int n)
  * finished, at most one poll (5 ms) after the last commit. A batch of steps committed
  * together carries its transaction's START time in every row, so the end of a measurement
  * is taken from here, never from max(finished_at). */
-static bool wait_finished_at(struct targets *t, const char *wf, int n, int64_t timeout_ms,
-                             double *done_at)
+static bool wait_finished_quiet(struct targets *t, const char *wf, int n, int64_t timeout_ms,
+                                double *done_at, bool quiet)
 {
         int64_t deadline = bench_now_us() + timeout_ms * 1000;
 
@@ -226,9 +189,16 @@ static bool wait_finished_at(struct targets *t, const char *wf, int n, int64_t t
                         return true;
                 sleep_ms(5);
         }
-        fprintf(stderr, "bench: runs of %s did not finish within %llds\n", wf,
-                (long long)timeout_ms / 1000);
+        if (!quiet)
+                fprintf(stderr, "bench: runs of %s did not finish within %llds\n", wf,
+                        (long long)timeout_ms / 1000);
         return false;
+}
+
+static bool wait_finished_at(struct targets *t, const char *wf, int n, int64_t timeout_ms,
+                             double *done_at)
+{
+        return wait_finished_quiet(t, wf, n, timeout_ms, done_at, false);
 }
 
 static bool wait_finished(struct targets *t, const char *wf, int n, int64_t timeout_ms)
@@ -373,6 +343,91 @@ static pid_t spawn_api(struct targets *t, char *base, size_t len, char *token)
         exit(1);
 }
 
+/* The phases of the traced runs of wf (worker_trace.h lines in the worker's log), joined
+ * with the database's timestamps of each run (created_at, its enqueueing commit, started_at,
+ * its finishing commit), printed as medians: where enqueue_to_start and the 5-step run's
+ * milliseconds go. */
+static void latency_breakdown(struct targets *t, const char *wf, const char *log)
+{
+        FILE *f = fopen(log, "r");
+        char line[1024];
+
+        if (!f)
+                return;
+        PQclear(q(t->c, "CREATE TABLE IF NOT EXISTS bench_claim (run_id uuid PRIMARY KEY, hint_us "
+                        "bigint, at_us bigint, claim_us bigint)"));
+        PQclear(q(t->c, "CREATE TABLE IF NOT EXISTS bench_turn (run_id uuid PRIMARY KEY, t0 "
+                        "bigint, begin_us bigint, lock_us bigint, snapshot_us bigint, plan_us "
+                        "bigint, commit_us bigint, total_us bigint)"));
+        while (fgets(line, sizeof(line), f)) {
+                char id[40];
+                long long h, c, at, b, l, s, p, cm, tot, t0;
+                int n;
+                if (sscanf(line,
+                           "trace claim hint_us=%lld claim_us=%lld runs=%d first=%36s at=%lld", &h,
+                           &c, &n, id, &at) == 5 &&
+                    n == 1 && h >= 0)
+                        PQclear(q(t->c,
+                                  "INSERT INTO bench_claim VALUES ('%s', %lld, %lld, %lld) ON "
+                                  "CONFLICT DO NOTHING",
+                                  id, h, at, c));
+                else if (sscanf(line,
+                                "trace turn runs=%d first=%36s begin_us=%lld lock_us=%lld "
+                                "snapshot_us=%lld plan_us=%lld commit_us=%lld total_us=%lld "
+                                "t0=%lld",
+                                &n, id, &b, &l, &s, &p, &cm, &tot, &t0) == 9 &&
+                         n == 1)
+                        PQclear(q(t->c,
+                                  "INSERT INTO bench_turn VALUES ('%s', %lld, %lld, %lld, %lld, "
+                                  "%lld, %lld, %lld) ON CONFLICT DO NOTHING",
+                                  id, t0, b, l, s, p, cm, tot));
+        }
+        fclose(f);
+        /* medians, ms; "us" columns are the worker's clock (CLOCK_REALTIME, the machine's, as
+         * the database's) */
+        PGresult *res =
+            q(t->c,
+              "SELECT count(*), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM "
+              "pg_xact_commit_timestamp(e.xid::text::xid) - r.created_at) * 1000), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY (c.at_us - c.hint_us) / 1000.0 - "
+              "extract(epoch FROM pg_xact_commit_timestamp(e.xid::text::xid)) * 1000), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY c.hint_us / 1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY c.claim_us / 1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY (u.t0 - c.at_us - c.claim_us) / "
+              "1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY u.begin_us / 1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY u.lock_us / 1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY u.snapshot_us / 1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY u.plan_us / 1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY u.commit_us / 1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM "
+              "pg_xact_commit_timestamp(r.xmin)) * 1000 - (u.t0 + u.total_us) / 1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.started_at) * "
+              "1000 - u.t0 / 1000.0) "
+              "FROM workflow_runs r JOIN bench_enq e ON e.run_id = r.id "
+              "JOIN bench_claim c ON c.run_id = r.id JOIN bench_turn u ON u.run_id = r.id "
+              "WHERE r.workflow_id = '%s'",
+              wf);
+        double v[13];
+        for (int i = 0; i < 13; i++)
+                v[i] = strtod(PQgetvalue(res, 0, i), NULL);
+        PQclear(res);
+        bench_report("latency_breakdown_samples",
+                     "%.0f (runs woken by NOTIFY, claimed alone, "
+                     "done in one turn)",
+                     v[0]);
+        bench_report("enqueue_to_start_breakdown_p50_ms",
+                     "enqueue commit %.2f | commit -> NOTIFY read %.2f | -> claim sent %.2f | "
+                     "claim (its commit included) %.2f | -> BEGIN sent %.2f",
+                     v[1], v[2], v[3], v[4], v[5]);
+        bench_report("workflow_5step_breakdown_p50_ms",
+                     "BEGIN %.2f | lock %.2f | snapshot %.2f | plan and apply %.2f | writes + "
+                     "COMMIT %.2f (commit timestamp %+.2f from the client's end; started_at "
+                     "%+.2f from BEGIN sent)",
+                     v[6], v[7], v[8], v[9], v[10], v[11], v[12]);
+}
+
 /* Inserts `samples` runs of a `steps`-node chain one at a time (a raw INSERT, or through
  * POST /v1/runs when api is set), each after the previous one finished and a random pause
  * (so the worker is idle), and reports percentiles of the start (started_at - created_at
@@ -387,11 +442,20 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
         char wf[40], body[256], out[1024], url[256];
         pid_t w;
 
+        char log[1024];
+
         make_workflow(t, name, steps, wf, sizeof(wf));
         PQclear(q(t->c, "CREATE TABLE IF NOT EXISTS bench_sent (run_id uuid PRIMARY KEY, "
                         "sent_at timestamptz NOT NULL)"));
-        w = spawn_worker(t, 100, "500ms"); /* default poll: the NOTIFY hint must do the work */
-        sleep_ms(1000);                    /* started and LISTENing */
+        PQclear(q(t->c, "CREATE TABLE IF NOT EXISTS bench_enq (run_id uuid PRIMARY KEY, "
+                        "xid bigint NOT NULL)"));
+        /* the raw inserts' worker writes its phases (worker_trace.h) for the breakdown */
+        if (!api)
+                setenv("AGENTLY_TRACE_TURNS", "1", 1);
+        /* default poll: the NOTIFY hint must do the work */
+        w = bench_spawn_worker(t->b, t->worker_conninfo, 100, "500ms", log, sizeof(log));
+        unsetenv("AGENTLY_TRACE_TURNS");
+        sleep_ms(1000); /* started and LISTENing */
         snprintf(url, sizeof(url), "%s/v1/runs", api ? api : "");
         snprintf(body, sizeof(body), "{\"workflow\":\"%s\",\"input\":{}}", name);
         for (int i = 0; i < samples; i++) {
@@ -413,7 +477,14 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
                               "INSERT INTO bench_sent VALUES ('%.36s', to_timestamp(%lld.%06ld))",
                               id + 6, (long long)ts.tv_sec, ts.tv_nsec / 1000));
                 } else {
-                        enqueue(t, wf, 1);
+                        /* one run, and its transaction's id (its commit's timestamp) */
+                        PQclear(q(t->c,
+                                  "WITH r AS (INSERT INTO workflow_runs (user_id, workflow_id, "
+                                  "workflow_name, workflow_version, input) SELECT w.user_id, w.id, "
+                                  "w.name, w.version, '{}' FROM workflows w WHERE w.id = '%s' "
+                                  "RETURNING id) INSERT INTO bench_enq SELECT id, txid_current() "
+                                  "FROM r",
+                                  wf));
                 }
                 if (!wait_finished(t, wf, i + 1, 10000))
                         exit(1);
@@ -421,6 +492,8 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
         }
         stop_worker(w);
         check_all_completed(t, wf);
+        if (!api)
+                latency_breakdown(t, wf, log);
         PGresult *res =
             q(t->c,
               "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY e2s), "
@@ -440,6 +513,46 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
         *run_p99 = strtod(PQgetvalue(res, 0, 3), NULL);
         *naive_p50 = strtod(PQgetvalue(res, 0, 4), NULL);
         PQclear(res);
+}
+
+/* ---- where a figure's time goes ----------------------------------------------------- */
+
+/* CPU seconds (user + system) pid has used so far, or -1. */
+static double cpu_s(pid_t pid)
+{
+        char path[64], buf[1024];
+        unsigned long long ut = 0, st = 0;
+        FILE *f;
+
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        f = fopen(path, "r");
+        if (!f)
+                return -1;
+        char *p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
+        fclose(f);
+        /* after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt
+         * cmajflt utime stime */
+        if (!p ||
+            sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+                return -1;
+        return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds of the database sessions of the workers (application_name "agently worker
+ * bench-*"), read from /proc: the bench and its cluster share the machine. */
+static double worker_backends_cpu_s(struct targets *t)
+{
+        PGresult *res = q(t->c, "SELECT pid FROM pg_stat_activity WHERE application_name LIKE "
+                                "'agently worker bench-%%'");
+        double sum = 0;
+
+        for (int i = 0; i < PQntuples(res); i++) {
+                double v = cpu_s((pid_t)strtol(PQgetvalue(res, i, 0), NULL, 10));
+                if (v > 0)
+                        sum += v;
+        }
+        PQclear(res);
+        return sum;
 }
 
 /* ---- one run with a big http map ------------------------------------------------------ */
@@ -465,9 +578,19 @@ static double map_http(struct targets *t, int items, int conc)
                   "i)) FROM workflows w WHERE w.id = '%s'",
                   items, wf));
         w = spawn_worker(t, 10, "10ms");
-        double done_at = 0;
-        bool ok = wait_finished_at(t, wf, 1, 600000, &done_at);
+        int64_t t0 = bench_now_us();
+        double done_at = 0, db_cpu = 0;
+        bool ok = false;
+        /* the backends' CPU is read while they live: just before the run ends */
+        while (!(ok = wait_finished_quiet(t, wf, 1, 250, &done_at, true)) &&
+               bench_now_us() - t0 < 600 * 1000000LL)
+                db_cpu = worker_backends_cpu_s(t);
+        double wall = (double)(bench_now_us() - t0) / 1e6, worker_cpu = cpu_s(w);
         stop_worker(w);
+        bench_report("map_http_cpu",
+                     "worker %.2f s, its database sessions %.2f s, of %.2f s wall (the rest: "
+                     "waiting on round trips, commits and the machine)",
+                     worker_cpu, db_cpu, wall);
         if (!ok)
                 return 0;
         check_all_completed(t, wf);
@@ -601,26 +724,30 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
 
         /* 1. no-op runs claimed and completed */
         int nruns = quick ? 2000 : 10000;
-        bench_report("bench_runs",
-                     "runs=%d (pre-enqueued, 1 noop node) workers=%d "
-                     "concurrency=500 poll=10ms",
-                     nruns, WORKERS);
-        rate = runs_throughput(&t, "bench-runs", nruns, "10ms");
-        bench_report("runs_claimed_completed_per_s", "%.0f", rate);
-        bench_report("runs_claimed_completed_ratio", "%.3f (target >= 1.0x baseline_commit_32c)",
-                     rate / base32c);
+        if (bench_want(b, "runs")) {
+                bench_report("bench_runs",
+                             "runs=%d (pre-enqueued, 1 noop node) workers=%d "
+                             "concurrency=500 poll=10ms",
+                             nruns, WORKERS);
+                rate = runs_throughput(&t, "bench-runs", nruns, "10ms");
+                bench_report("runs_claimed_completed_per_s", "%.0f", rate);
+                bench_report("runs_claimed_completed_ratio",
+                             "%.3f (target >= 1.0x baseline_commit_32c)", rate / base32c);
+        }
 
         /* 2. step checkpoints with >= 32 runs in flight: no-op steps (planned in memory,
          * ~100 per commit), then http steps (each result committed before the next) */
         int cruns = quick ? 64 : 256, steps = quick ? 50 : 200;
-        bench_report("bench_steps",
-                     "runs=%d steps_per_run=%d (noop chain) workers=%d "
-                     "concurrency=%d",
-                     cruns, steps, WORKERS, cruns);
-        rate = checkpoints(&t, "bench-steps", cruns, steps, NULL);
-        bench_report("step_checkpoints_per_s", "%.0f", rate);
-        bench_report("step_checkpoints_ratio", "%.3f (target >= 0.6x baseline_commit_32c)",
-                     rate / base32c);
+        if (bench_want(b, "steps")) {
+                bench_report("bench_steps",
+                             "runs=%d steps_per_run=%d (noop chain) workers=%d "
+                             "concurrency=%d",
+                             cruns, steps, WORKERS, cruns);
+                rate = checkpoints(&t, "bench-steps", cruns, steps, NULL);
+                bench_report("step_checkpoints_per_s", "%.0f", rate);
+                bench_report("step_checkpoints_ratio", "%.3f (target >= 0.6x baseline_commit_32c)",
+                             rate / base32c);
+        }
 
         t.receiver = bench_receiver_start();
         if (!t.receiver) {
@@ -628,59 +755,70 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
                 exit(1);
         }
         int eruns = quick ? 32 : 128, esteps = quick ? 10 : 20;
-        bench_report("bench_effect_steps",
-                     "runs=%d steps_per_run=%d (chain of http POSTs to a local receiver) "
-                     "workers=%d concurrency=%d",
-                     eruns, esteps, WORKERS, eruns);
-        rate = checkpoints(&t, "bench-effects", eruns, esteps, bench_receiver_url(t.receiver));
-        bench_report("effect_step_checkpoints_per_s", "%.0f", rate);
-        bench_report("effect_step_checkpoints_ratio", "%.3f (of baseline_commit_32c)",
-                     rate / base32c);
+        if (bench_want(b, "effects")) {
+                bench_report("bench_effect_steps",
+                             "runs=%d steps_per_run=%d (chain of http POSTs to a local receiver) "
+                             "workers=%d concurrency=%d",
+                             eruns, esteps, WORKERS, eruns);
+                rate =
+                    checkpoints(&t, "bench-effects", eruns, esteps, bench_receiver_url(t.receiver));
+                bench_report("effect_step_checkpoints_per_s", "%.0f", rate);
+                bench_report("effect_step_checkpoints_ratio", "%.3f (of baseline_commit_32c)",
+                             rate / base32c);
+        }
 
         /* 3. a 5-step workflow alone, and 4. enqueue-to-start on an idle worker: a raw
          * INSERT, then through POST /v1/runs */
         int samples = quick ? 30 : 200;
         double a50, a99, ar50, ar99, naive;
         char api[64], token[AUTH_TOKEN_LEN + 1];
-        bench_report("bench_latency",
-                     "samples=%d one at a time, idle worker (poll 500ms: "
-                     "NOTIFY wakes it)",
-                     samples);
-        latency(&t, "bench-5step", 5, samples, NULL, NULL, &e50, &e99, &r50, &r99, &naive);
-        bench_report("workflow_5step_p50_ms", "%.2f (started_at -> commit of the finish)", r50);
-        bench_report("workflow_5step_p99_ms", "%.2f", r99);
-        bench_report("workflow_5step_finished_at_p50_ms",
-                     "%.2f (the old formula, finished_at - started_at: ends at the finishing "
-                     "transaction's start)",
-                     naive);
-        bench_report("enqueue_to_start_p50_ms", "%.2f (raw INSERT)", e50);
-        bench_report("enqueue_to_start_p99_ms", "%.2f", e99);
-        pid_t api_pid = spawn_api(&t, api, sizeof(api), token);
-        latency(&t, "bench-5step-api", 5, samples, api, token, &a50, &a99, &ar50, &ar99, &naive);
-        stop_worker(api_pid);
-        bench_report("enqueue_to_start_api_p50_ms",
-                     "%.2f (POST /v1/runs sent -> started_at, same clock)", a50);
-        bench_report("enqueue_to_start_api_p99_ms", "%.2f", a99);
-        bench_report("latency_targets",
-                     "5step p50 %s (<= 2ms), enqueue_to_start p50 %s (<= 2ms) "
-                     "p99 %s (<= 5ms)",
-                     r50 <= 2 ? "met" : "MISSED", e50 <= 2 ? "met" : "MISSED",
-                     e99 <= 5 ? "met" : "MISSED");
+        if (bench_want(b, "latency")) {
+                bench_report("bench_latency",
+                             "samples=%d one at a time, idle worker (poll 500ms: "
+                             "NOTIFY wakes it)",
+                             samples);
+                latency(&t, "bench-5step", 5, samples, NULL, NULL, &e50, &e99, &r50, &r99, &naive);
+                bench_report("workflow_5step_p50_ms", "%.2f (started_at -> commit of the finish)",
+                             r50);
+                bench_report("workflow_5step_p99_ms", "%.2f", r99);
+                bench_report(
+                    "workflow_5step_finished_at_p50_ms",
+                    "%.2f (the old formula, finished_at - started_at: ends at the finishing "
+                    "transaction's start)",
+                    naive);
+                bench_report("enqueue_to_start_p50_ms", "%.2f (raw INSERT)", e50);
+                bench_report("enqueue_to_start_p99_ms", "%.2f", e99);
+                pid_t api_pid = spawn_api(&t, api, sizeof(api), token);
+                latency(&t, "bench-5step-api", 5, samples, api, token, &a50, &a99, &ar50, &ar99,
+                        &naive);
+                stop_worker(api_pid);
+                bench_report("enqueue_to_start_api_p50_ms",
+                             "%.2f (POST /v1/runs sent -> started_at, same clock)", a50);
+                bench_report("enqueue_to_start_api_p99_ms", "%.2f", a99);
+                bench_report("latency_targets",
+                             "5step p50 %s (<= 2ms), enqueue_to_start p50 %s (<= 2ms) "
+                             "p99 %s (<= 5ms)",
+                             r50 <= 2 ? "met" : "MISSED", e50 <= 2 ? "met" : "MISSED",
+                             e99 <= 5 ? "met" : "MISSED");
+        }
 
         /* 5. one run with a 10,000-item http map, beside the receiver's own capacity */
         int items = quick ? 2000 : 10000;
-        double cap = bench_receiver_capacity(t.receiver, 100, items * 2);
-        bench_report("bench_map",
-                     "items=%d concurrency=100 (http POSTs to the local receiver), "
-                     "1 worker",
-                     items);
-        bench_report("receiver_capacity_per_s", "%.0f (100 keep-alive connections)", cap);
-        rate = map_http(&t, items, 100);
-        bench_report("map_http_items_per_s", "%.0f", rate);
-        bench_report("map_http_ratio", "%.3f (of receiver_capacity_per_s)", rate / cap);
+        if (bench_want(b, "map")) {
+                double cap = bench_receiver_capacity(t.receiver, 100, items * 2);
+                bench_report("bench_map",
+                             "items=%d concurrency=100 (http POSTs to the local receiver), "
+                             "1 worker",
+                             items);
+                bench_report("receiver_capacity_per_s", "%.0f (100 keep-alive connections)", cap);
+                rate = map_http(&t, items, 100);
+                bench_report("map_http_items_per_s", "%.0f", rate);
+                bench_report("map_http_ratio", "%.3f (of receiver_capacity_per_s)", rate / cap);
+        }
 
         /* 5. soak */
-        soak(&t, b->soak_ms > 0 ? b->soak_ms : (quick ? 20000 : 60000), base32c);
+        if (bench_want(b, "soak"))
+                soak(&t, b->soak_ms > 0 ? b->soak_ms : (quick ? 20000 : 60000), base32c);
 
         bench_receiver_stop(t.receiver);
         free(t.worker_conninfo);
