@@ -284,19 +284,13 @@ static int approval_timeout(struct agent_session *s, const char *approval_id)
         return PQgetisnull(res, 0, 0) ? -ESTALE : 0;
 }
 
-/* The answer and, for a shell/run_code call that kept files, their artifacts rows (as
- * agently_agent_record_artifacts writes them for an ungated call, 0021): one statement. */
+/* The answer and, for a shell/run_code call that kept files, their artifacts rows
+ * (agently_record_artifacts, 0025, as for an ungated call): one statement, the rows only
+ * when the fenced answer was written. */
 static const char ANSWER_SQL[] =
-    "WITH a AS (SELECT agently_agent_answer_tool($1::uuid, $2::bigint, $3::uuid, $4::integer,"
-    "   $5::jsonb, $6::integer, $7, $8::integer, $9::jsonb) AS seq),"
-    " kept AS (INSERT INTO artifacts (user_id, workflow_run_id, node_id, name, content_type,"
-    "   size_bytes, sha256, storage_uri)"
-    "  SELECT r.user_id, r.id, $7, x.name, coalesce(x.content_type, 'application/octet-stream'),"
-    "   x.size_bytes, x.sha256, x.storage_uri"
-    "  FROM a, workflow_runs r, jsonb_populate_recordset(NULL::artifacts,"
-    "   coalesce($10::jsonb, '[]'::jsonb)) x"
-    "  WHERE a.seq IS NOT NULL AND r.id = $1::uuid)"
-    " SELECT seq FROM a";
+    "SELECT seq, CASE WHEN seq IS NOT NULL THEN agently_record_artifacts($1::uuid, $7, $10::jsonb)"
+    " END FROM (SELECT agently_agent_answer_tool($1::uuid, $2::bigint, $3::uuid, $4::integer,"
+    "   $5::jsonb, $6::integer, $7, $8::integer, $9::jsonb) AS seq OFFSET 0) a";
 
 /* The gated call's answer into its journal row with its events (takes events), fenced;
  * then to the executor. */
