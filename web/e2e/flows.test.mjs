@@ -186,8 +186,8 @@ describe("the dashboard, further", () => {
       await childItem.getByRole("button", { name: /sub-agent/ }).first().waitFor();
       await childItem.getByText("CHILD-DONE: all good").first().waitFor();
       // the cost total: the run's, and the node's
-      const costs = await view.getByTestId("agent-cost-think").innerText();
-      assert.match(costs, /2 agent runs · 4 LLM calls/);
+      // the totals come from the run, read again (at most every 400 ms) after its events
+      await view.getByTestId("agent-cost-think").filter({ hasText: /2 agent runs · 4 LLM calls/ }).waitFor({ timeout: 10_000 });
       assert.ok(done.cost_usd > 0, "a known price");
       assert.match(await view.getByRole("heading", { name: /Agents/ }).innerText(), new RegExp(`\\$${done.cost_usd.toFixed(4).replace(".", "\\.")} in all`));
       await screenshot(page, "13-agent-view");

@@ -108,6 +108,9 @@ export function useEventLog(id: string, lastSeq: number | undefined, onChange: (
         s.events.length = Math.max(s.events.length, after);
         setLoaded(true);
         bump();
+        // events the run appended after it was read (a node began to wait, an agent's last
+        // call ended) came with these pages, not the stream: the run is read again for them
+        if (after > lastSeq) onChange();
         follow = followEvents(
           id,
           after,
