@@ -119,16 +119,10 @@ unsigned api_h_approvals_decide(struct api_request *req, struct api_response *re
         _cleanup_json_ json_t *approval = NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
         json_t *b;
-        unsigned st;
         int r = 0;
 
-        if (!api_is_uuid(id))
-                return api_not_found(resp, "approval", id);
-        b = api_body_object(req, resp, false);
-        if (!b)
+        if (!api_begin_body(req, resp, "approval", keys, false, &b))
                 return resp->status;
-        if ((st = api_reject_unknown_keys(b, keys, resp)))
-                return st;
         const char *decision = json_string_value(json_object_get(b, "decision"));
         json_t *comment_j = json_object_get(b, "comment");
         json_t *channel_j = json_object_get(b, "channel");
@@ -191,16 +185,10 @@ unsigned api_h_approvals_reassign(struct api_request *req, struct api_response *
         const char *id = req->params[0];
         _cleanup_pgresult_ PGresult *res = NULL;
         json_t *b;
-        unsigned st;
         int r = 0;
 
-        if (!api_is_uuid(id))
-                return api_not_found(resp, "approval", id);
-        b = api_body_object(req, resp, false);
-        if (!b)
+        if (!api_begin_body(req, resp, "approval", keys, false, &b))
                 return resp->status;
-        if ((st = api_reject_unknown_keys(b, keys, resp)))
-                return st;
         const char *to = json_string_value(json_object_get(b, "to"));
         json_t *from_j = json_object_get(b, "from"), *comment_j = json_object_get(b, "comment");
         if (!to)

@@ -150,6 +150,13 @@ json_t *api_body_object(struct api_request *req, struct api_response *resp, bool
 /* 400 when obj has a key not in allowed (NULL-terminated); else 0. */
 unsigned api_reject_unknown_keys(json_t *obj, const char *const *allowed,
                                  struct api_response *resp);
+/* The start of a handler that takes a JSON object body. When what is not NULL, the route's
+ * first parameter is an id that must have a UUID's shape (else 404 "<what> '<id>' does not
+ * exist"); then the body must be a JSON object ({} for an empty body when allow_empty) with no
+ * key outside keys (NULL-terminated), else 400. True with *body borrowed from req; false with
+ * *body NULL and the error response set (the handler returns resp->status). */
+bool api_begin_body(struct api_request *req, struct api_response *resp, const char *what,
+                    const char *const *keys, bool allow_empty, json_t **body);
 /* A keyset page's arguments: ?limit= (default 50, at most 200) and ?cursor= split into its
  * "<timestamp>|<uuid>" parts (NULL without a cursor; *cursor owns them, caller frees).
  * 0 or a 400 status. */

@@ -211,6 +211,21 @@ unsigned api_reject_unknown_keys(json_t *obj, const char *const *allowed, struct
         return 0;
 }
 
+bool api_begin_body(struct api_request *req, struct api_response *resp, const char *what,
+                    const char *const *keys, bool allow_empty, json_t **body)
+{
+        *body = NULL;
+        if (what && !api_is_uuid(req->params[0])) {
+                api_not_found(resp, what, req->params[0]);
+                return false;
+        }
+        json_t *b = api_body_object(req, resp, allow_empty);
+        if (!b || api_reject_unknown_keys(b, keys, resp))
+                return false;
+        *body = b;
+        return true;
+}
+
 /* Parses ?limit= into 1..max (default def); 0 or a 400 status. */
 static unsigned parse_limit(struct api_request *req, struct api_response *resp, int def, int max,
                             int *out)
@@ -490,15 +505,11 @@ static unsigned h_me(struct api_request *req, struct api_response *resp)
 static unsigned h_users_create(struct api_request *req, struct api_response *resp)
 {
         static const char *const keys[] = {"name", "is_admin", NULL};
-        json_t *b = api_body_object(req, resp, false);
-        unsigned st;
-        json_t *j = NULL;
+        json_t *b, *j = NULL;
         int r;
 
-        if (!b)
+        if (!api_begin_body(req, resp, NULL, keys, false, &b))
                 return resp->status;
-        if ((st = api_reject_unknown_keys(b, keys, resp)))
-                return st;
         const char *name = json_string_value(json_object_get(b, "name"));
         json_t *admin = json_object_get(b, "is_admin");
         if (!name)
@@ -690,16 +701,14 @@ static unsigned run_time_scale(const json_t *body, struct api_response *resp, ch
 static unsigned h_runs_create(struct api_request *req, struct api_response *resp)
 {
         static const char *const keys[] = {"workflow", "version", "input", "time_scale", NULL};
-        json_t *b = api_body_object(req, resp, false);
         _cleanup_free_ char *input = NULL, *version_s = NULL, *scale_s = NULL;
         _cleanup_pgresult_ PGresult *wf = NULL, *ins = NULL;
         unsigned st;
+        json_t *b;
         int r = 0;
 
-        if (!b)
+        if (!api_begin_body(req, resp, NULL, keys, false, &b))
                 return resp->status;
-        if ((st = api_reject_unknown_keys(b, keys, resp)))
-                return st;
         const char *name = json_string_value(json_object_get(b, "workflow"));
         json_t *version = json_object_get(b, "version"), *in = json_object_get(b, "input");
         if (!name)
@@ -961,16 +970,10 @@ static unsigned h_runs_rerun(struct api_request *req, struct api_response *resp)
         _cleanup_json_ json_t *def = NULL, *ids = NULL;
         _cleanup_free_ char *ids_text = NULL;
         _cleanup_pgresult_ PGresult *ins = NULL;
-        unsigned st;
         int r = 0;
 
-        if (!api_is_uuid(id))
-                return api_not_found(resp, "run", id);
-        b = api_body_object(req, resp, true);
-        if (!b)
+        if (!api_begin_body(req, resp, "run", keys, true, &b))
                 return resp->status;
-        if ((st = api_reject_unknown_keys(b, keys, resp)))
-                return st;
         json_t *from_j = json_object_get(b, "from_node");
         if (from_j && (!json_is_string(from_j) || !*json_string_value(from_j) ||
                        strlen(json_string_value(from_j)) > 200))
@@ -1059,16 +1062,10 @@ static unsigned h_runs_resolve(struct api_request *req, struct api_response *res
         const char *id = req->params[0];
         _cleanup_pgresult_ PGresult *res = NULL;
         json_t *b;
-        unsigned st;
         int r = 0;
 
-        if (!api_is_uuid(id))
-                return api_not_found(resp, "run", id);
-        b = api_body_object(req, resp, false);
-        if (!b)
+        if (!api_begin_body(req, resp, "run", keys, false, &b))
                 return resp->status;
-        if ((st = api_reject_unknown_keys(b, keys, resp)))
-                return st;
         const char *action = json_string_value(json_object_get(b, "action"));
         json_t *node_j = json_object_get(b, "node"), *comment_j = json_object_get(b, "comment");
         if (json_is_null(node_j)) /* null means "not given" */
@@ -1123,16 +1120,10 @@ static unsigned h_runs_input(struct api_request *req, struct api_response *resp)
         _cleanup_pgresult_ PGresult *res = NULL;
         _cleanup_free_ char *answer = NULL, *budget = NULL;
         json_t *b, *a, *bu;
-        unsigned st;
         int r = 0;
 
-        if (!api_is_uuid(id))
-                return api_not_found(resp, "run", id);
-        b = api_body_object(req, resp, false);
-        if (!b)
+        if (!api_begin_body(req, resp, "run", keys, false, &b))
                 return resp->status;
-        if ((st = api_reject_unknown_keys(b, keys, resp)))
-                return st;
         a = json_object_get(b, "answer");
         bu = json_object_get(b, "budget");
         if (!a && !bu)
@@ -1326,18 +1317,14 @@ static unsigned h_secrets_put(struct api_request *req, struct api_response *resp
         _cleanup_free_ char *why = NULL;
         _cleanup_pgresult_ PGresult *found = NULL;
         json_t *b, *j = NULL;
-        unsigned st;
         int r = 0;
         bool exists;
 
         if (!secrets_name_valid(name))
                 return api_errorf(resp, 400, "invalid_parameter", "invalid secret name",
                                   "use " SECRETS_NAME_RULE, "name '%s'", name);
-        b = api_body_object(req, resp, false);
-        if (!b)
+        if (!api_begin_body(req, resp, NULL, keys, false, &b))
                 return resp->status;
-        if ((st = api_reject_unknown_keys(b, keys, resp)))
-                return st;
         json_t *value = json_object_get(b, "value");
         if (!json_is_string(value))
                 return api_error(resp, 400, "invalid_field", "value must be a string",
@@ -1434,7 +1421,6 @@ static unsigned h_tokens_create(struct api_request *req, struct api_response *re
         char hash_hex[2 + 2 * AUTH_TOKEN_HASH_BYTES + 1];
         _cleanup_free_ char *for_user = NULL;
         json_t *b, *j = NULL;
-        unsigned st;
         int r = 0;
 
         if (api_header(req, "Idempotency-Key"))
@@ -1442,11 +1428,8 @@ static unsigned h_tokens_create(struct api_request *req, struct api_response *re
                                  "Idempotency-Key is not accepted when creating a token",
                                  "replaying the response would require storing the token",
                                  "retry without the header; revoke a token you did not receive");
-        b = api_body_object(req, resp, false);
-        if (!b)
+        if (!api_begin_body(req, resp, NULL, keys, false, &b))
                 return resp->status;
-        if ((st = api_reject_unknown_keys(b, keys, resp)))
-                return st;
         const char *name = json_string_value(json_object_get(b, "name"));
         json_t *user = json_object_get(b, "user");
         if (!name || !*name || strlen(name) > 100)

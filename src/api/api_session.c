@@ -153,14 +153,14 @@ expired:
  * own transaction. */
 unsigned api_h_session_create(struct api_request *req, struct api_response *resp)
 {
+        static const char *const keys[] = {"token", NULL};
         char token_hex[2 + 2 * AUTH_TOKEN_HASH_BYTES + 1], secret_hex[sizeof(token_hex)];
         char secret[SESSION_LEN + 1], csrf[CSRF_LEN + 1];
         unsigned char hash[AUTH_TOKEN_HASH_BYTES];
         _cleanup_pgresult_ PGresult *res = NULL;
         json_t *b, *token;
-        const char *key;
-        json_t *v;
         PGconn *c;
+        unsigned st;
         int r = 0;
 
         if (!origin_is_ours(req))
@@ -174,10 +174,8 @@ unsigned api_h_session_create(struct api_request *req, struct api_response *resp
                 return api_error(resp, 400, "invalid_body",
                                  "the request body must be a JSON object", NULL,
                                  "send {\"token\": \"agt_...\"}");
-        json_object_foreach (b, key, v)
-                if (strcmp(key, "token") != 0)
-                        return api_errorf(resp, 400, "unknown_field", "unknown field",
-                                          "remove it; see docs/openapi.yaml", "field '%s'", key);
+        if ((st = api_reject_unknown_keys(b, keys, resp)))
+                return st;
         token = json_object_get(b, "token");
         if (!json_is_string(token) || auth_token_hash(json_string_value(token), hash) < 0) {
                 resp->unauthorized = true;

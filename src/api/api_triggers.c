@@ -37,31 +37,6 @@
         "'last_fired_at', t.last_fired_at, 'last_run_id', t.last_run_id, 'created_at', "           \
         "t.created_at)"
 
-static json_t *body(struct api_request *req, struct api_response *resp, const char *const *allowed)
-{
-        json_t *j = api_request_json(req, resp), *v;
-        const char *key;
-
-        if (!j)
-                return NULL;
-        if (!json_is_object(j)) {
-                api_error(resp, 400, "invalid_body", "the request body must be a JSON object", NULL,
-                          "see docs/openapi.yaml for the shape");
-                return NULL;
-        }
-        json_object_foreach (j, key, v) {
-                bool ok = false;
-                for (size_t i = 0; allowed[i]; i++)
-                        ok |= strcmp(key, allowed[i]) == 0;
-                if (!ok) {
-                        api_errorf(resp, 400, "unknown_field", "unknown field",
-                                   "remove it; see docs/openapi.yaml", "field '%s'", key);
-                        return NULL;
-                }
-        }
-        return j;
-}
-
 static unsigned one(struct api_request *req, struct api_response *resp, unsigned status,
                     const char *sql, const char *what)
 {
@@ -72,8 +47,7 @@ static unsigned one(struct api_request *req, struct api_response *resp, unsigned
         if (r < 0)
                 return api_db_error(resp, r);
         if (r == 0 || !out)
-                return api_errorf(resp, 404, "not_found", "not found", NULL,
-                                  "%s '%s' does not exist", what, req->params[0]);
+                return api_not_found(resp, what, req->params[0]);
         return api_json(resp, status, out);
 }
 
@@ -86,27 +60,6 @@ static unsigned list(struct api_request *req, struct api_response *resp, const c
                 return api_db_error(resp, r);
         return api_json(
             resp, 200, json_pack("{s:o,s:n}", "data", items ? items : json_array(), "next_cursor"));
-}
-
-static bool valid_uuid(const char *s)
-{
-        static const char shape[] = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
-
-        if (strlen(s) != sizeof(shape) - 1)
-                return false;
-        for (size_t i = 0; shape[i]; i++)
-                if (shape[i] == '-'
-                        ? s[i] != '-'
-                        : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
-                            (s[i] >= 'A' && s[i] <= 'F')))
-                        return false;
-        return true;
-}
-
-static unsigned bad_id(struct api_response *resp, const char *what, const char *id)
-{
-        return api_errorf(resp, 404, "not_found", "not found", NULL, "%s '%s' does not exist", what,
-                          id);
 }
 
 /* ---- schedules ---------------------------------------------------------------------- */
@@ -142,11 +95,11 @@ unsigned api_schedules_create(struct api_request *req, struct api_response *resp
 {
         static const char *const keys[] = {"workflow", "cron",    "timezone",    "input",
                                            "missed",   "enabled", "description", NULL};
-        json_t *b = body(req, resp, keys);
         _cleanup_free_ char *next = NULL, *input = NULL;
         unsigned st;
+        json_t *b;
 
-        if (!b)
+        if (!api_begin_body(req, resp, NULL, keys, false, &b))
                 return resp->status;
         const char *workflow = json_string_value(json_object_get(b, "workflow"));
         const char *cron = json_string_value(json_object_get(b, "cron"));
@@ -213,8 +166,8 @@ unsigned api_schedules_list(struct api_request *req, struct api_response *resp)
 
 unsigned api_schedules_get(struct api_request *req, struct api_response *resp)
 {
-        if (!valid_uuid(req->params[0]))
-                return bad_id(resp, "schedule", req->params[0]);
+        if (!api_is_uuid(req->params[0]))
+                return api_not_found(resp, "schedule", req->params[0]);
         return one(req, resp, 200, "SELECT " SCHEDULE_JSON " FROM schedules s WHERE s.id = $1",
                    "schedule");
 }
@@ -226,15 +179,16 @@ unsigned api_schedules_update(struct api_request *req, struct api_response *resp
 {
         static const char *const keys[] = {"cron",    "timezone",    "input", "missed",
                                            "enabled", "description", NULL};
-        json_t *b = body(req, resp, keys), *cur = NULL;
         _cleanup_free_ char *next = NULL, *input = NULL;
+        json_t *b, *cur = NULL;
         unsigned st;
         int r;
 
-        if (!b)
+        /* the body first, then the id: the order this route has always answered in */
+        if (!api_begin_body(req, resp, NULL, keys, false, &b))
                 return resp->status;
-        if (!valid_uuid(req->params[0]))
-                return bad_id(resp, "schedule", req->params[0]);
+        if (!api_is_uuid(req->params[0]))
+                return api_not_found(resp, "schedule", req->params[0]);
         const char *idp[] = {req->params[0]};
         r = api_query_json(req,
                            "SELECT json_build_object('cron', cron, 'timezone', timezone) FROM "
@@ -243,7 +197,7 @@ unsigned api_schedules_update(struct api_request *req, struct api_response *resp
         if (r < 0)
                 return api_db_error(resp, r);
         if (r == 0)
-                return bad_id(resp, "schedule", req->params[0]);
+                return api_not_found(resp, "schedule", req->params[0]);
         _cleanup_json_ json_t *current = cur;
         const char *cron = json_string_value(json_object_get(b, "cron"));
         const char *zone = json_string_value(json_object_get(b, "timezone"));
@@ -289,14 +243,14 @@ unsigned api_schedules_update(struct api_request *req, struct api_response *resp
         if (r < 0)
                 return api_db_error(resp, r);
         if (r == 0 || !out)
-                return bad_id(resp, "schedule", req->params[0]);
+                return api_not_found(resp, "schedule", req->params[0]);
         return api_json(resp, 200, out);
 }
 
 unsigned api_schedules_delete(struct api_request *req, struct api_response *resp)
 {
-        if (!valid_uuid(req->params[0]))
-                return bad_id(resp, "schedule", req->params[0]);
+        if (!api_is_uuid(req->params[0]))
+                return api_not_found(resp, "schedule", req->params[0]);
         return one(
             req, resp, 200,
             "WITH s AS (DELETE FROM schedules WHERE id = $1 RETURNING *) SELECT " SCHEDULE_JSON
@@ -318,12 +272,12 @@ static char *hex(const unsigned char *b, size_t n)
 unsigned api_triggers_create(struct api_request *req, struct api_response *resp)
 {
         static const char *const keys[] = {"workflow", "description", NULL};
-        json_t *b = body(req, resp, keys);
         struct secrets_sealed sealed = {0};
         unsigned char hash[32];
+        json_t *b;
         int r;
 
-        if (!b)
+        if (!api_begin_body(req, resp, NULL, keys, false, &b))
                 return resp->status;
         const char *workflow = json_string_value(json_object_get(b, "workflow"));
         if (!workflow)
@@ -399,16 +353,16 @@ unsigned api_triggers_list(struct api_request *req, struct api_response *resp)
 
 unsigned api_triggers_get(struct api_request *req, struct api_response *resp)
 {
-        if (!valid_uuid(req->params[0]))
-                return bad_id(resp, "trigger", req->params[0]);
+        if (!api_is_uuid(req->params[0]))
+                return api_not_found(resp, "trigger", req->params[0]);
         return one(req, resp, 200, "SELECT " TRIGGER_JSON " FROM triggers t WHERE t.id = $1",
                    "trigger");
 }
 
 unsigned api_triggers_delete(struct api_request *req, struct api_response *resp)
 {
-        if (!valid_uuid(req->params[0]))
-                return bad_id(resp, "trigger", req->params[0]);
+        if (!api_is_uuid(req->params[0]))
+                return api_not_found(resp, "trigger", req->params[0]);
         return one(req, resp, 200,
                    "WITH t AS (DELETE FROM triggers WHERE id = $1 RETURNING *) SELECT " TRIGGER_JSON
                    " FROM t",
@@ -480,7 +434,7 @@ unsigned api_hooks_deliver(struct api_request *req, struct api_response *resp)
         unsigned st;
 
         /* one answer for an unknown trigger and a wrong signature: no probing for ids */
-        if (!valid_uuid(id))
+        if (!api_is_uuid(id))
                 return api_error(resp, 401, "unauthorized",
                                  "the delivery is not signed by this "
                                  "trigger's secret",
