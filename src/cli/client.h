@@ -79,6 +79,60 @@ int client_apply_file(struct client_ctx *ctx, const struct cli_args *args, const
                       const char *noun);
 extern const struct cli_flag client_apply_flags[];
 
+/* ---- list commands (client_list.c) ---- */
+
+#define CLIENT_LIST_COLUMNS_MAX 12  /* as struct client_table's headers */
+#define CLIENT_LIST_CELL_MAX    256 /* the buffer a column's cell function writes into */
+
+/* A column of a list's table: its header and the cell it shows for a row (a JSON object of
+ * the page's data). cell NULL shows the row's string member key; otherwise cell makes the
+ * text from the row (key is its argument), into buf of size bytes or pointing into the row.
+ * A NULL or empty cell prints as "-". */
+struct client_column {
+        const char *header;
+        const char *key;
+        const char *(*cell)(json_t *row, const char *key, char *buf, size_t size);
+};
+
+/* Cells made from the row's member key: a relative time ("3m ago", "-"), "v<integer>", an
+ * integer, "yes"/"no" for a boolean. */
+const char *client_cell_reltime(json_t *row, const char *key, char *buf, size_t size);
+const char *client_cell_version(json_t *row, const char *key, char *buf, size_t size);
+const char *client_cell_integer(json_t *row, const char *key, char *buf, size_t size);
+const char *client_cell_yes_no(json_t *row, const char *key, char *buf, size_t size);
+
+/* A flag of a list command sent, when given, as a query parameter. */
+struct client_filter {
+        const char *flag;  /* "created-after" */
+        const char *param; /* "created_after" */
+};
+
+/* A `NOUN list` command. All static data. */
+struct client_list {
+        const char *path;                    /* "/v1/agents" */
+        const struct client_filter *filters; /* NULL, or ending with a NULL flag */
+        int64_t limit_max;                   /* --limit's most (with --cursor: a paged list); 0: the
+                                              * command has neither flag */
+        int status_col;                      /* the column coloured as a status, -1 for none */
+        const struct client_column *columns; /* ends with a NULL header */
+};
+
+/*
+ * Fetches a list's page: the command's filters (NULL, or ending with a NULL flag) and, when
+ * limit_max > 0, --limit (checked to be 1..limit_max) and --cursor
+ * become path's query; one GET. With -o json the page is printed and *page is NULL;
+ * otherwise *page is the page for the caller to print (caller decrefs). Returns CLI_EXIT_OK
+ * or the exit code of a failure already reported.
+ */
+int client_list_page(struct client_ctx *ctx, const struct cli_args *args, const char *path,
+                     const struct client_filter *filters, int64_t limit_max, json_t **page);
+
+/* A list command whole: client_list_page, then the page's data as a table of list's columns
+ * and, when the page has a next_cursor, the command for the next page on stderr. Returns a
+ * cli_exit code. */
+int client_list(struct client_ctx *ctx, const struct cli_args *args,
+                const struct client_list *list);
+
 /* ---- argument parsing (client_args.c) ---- */
 
 /*

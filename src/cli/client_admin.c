@@ -19,7 +19,7 @@ static const char *str_member(json_t *obj, const char *key)
         return json_string_value(json_object_get(obj, key));
 }
 
-/* GET path and print it as JSON, or hand the body to the table printer. */
+/* GET path and print it as JSON, or hand the body to the caller to print. */
 static int get_json(struct client_ctx *ctx, const char *path, json_t **out)
 {
         int r = client_call(ctx, "GET", path, NULL, NULL, out);
@@ -32,18 +32,6 @@ static int get_json(struct client_ctx *ctx, const char *path, json_t **out)
         return r;
 }
 
-static int print_table(struct client_ctx *ctx, struct client_table *t, int r)
-{
-        if (r < 0) {
-                client_table_free(t);
-                fprintf(stderr, "error: out of memory\n");
-                return CLI_EXIT_FAILURE;
-        }
-        client_table_print(t, stdout, ctx->color);
-        client_table_free(t);
-        return CLI_EXIT_OK;
-}
-
 /* ---- approvals ---- */
 
 static const struct cli_flag approval_list_flags[] = {
@@ -53,44 +41,23 @@ static const struct cli_flag approval_list_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
+static const struct client_column approval_columns[] = {
+    {"ID", "id", NULL},
+    {"STATUS", "status", NULL},
+    {"RUN", "run_id", NULL},
+    {"NODE", "node_id", NULL},
+    {"TITLE", "title", NULL},
+    {"CREATED", "created_at", client_cell_reltime},
+    {"EXPIRES", "expires_at", client_cell_reltime},
+    {NULL, NULL, NULL},
+};
+
 static int approval_list(struct client_ctx *ctx, const struct cli_args *args)
 {
-        _cleanup_free_ char *path = strdup("/v1/approvals");
-        _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
-        int64_t limit;
-        size_t i;
-        json_t *a;
-        int r;
+        static const struct client_filter filters[] = {{"status", "status"}, {NULL, NULL}};
+        static const struct client_list list = {"/v1/approvals", filters, 200, 1, approval_columns};
 
-        r = client_flag_int(ctx, "limit", client_arg(ctx, args, "limit"), 1, 200, &limit);
-        if (r)
-                return r;
-        if (!path || client_query_add(&path, "status", client_arg(ctx, args, "status")) < 0 ||
-            client_query_add(&path, "limit", client_arg(ctx, args, "limit")) < 0 ||
-            client_query_add(&path, "cursor", client_arg(ctx, args, "cursor")) < 0)
-                return CLI_EXIT_FAILURE;
-        r = get_json(ctx, path, &resp);
-        if (r != CLI_EXIT_OK || !resp)
-                return r;
-        client_table_init(
-            &t, 1,
-            (const char *[]){"ID", "STATUS", "RUN", "NODE", "TITLE", "CREATED", "EXPIRES", NULL});
-        r = 0;
-        json_array_foreach (json_object_get(resp, "data"), i, a) {
-                char created[32], expires[32];
-                client_reltime_json(a, "created_at", created, sizeof(created));
-                client_reltime_json(a, "expires_at", expires, sizeof(expires));
-                r = client_table_add(
-                    &t, (const char *[]){str_member(a, "id"), str_member(a, "status"),
-                                         str_member(a, "run_id"), str_member(a, "node_id"),
-                                         str_member(a, "title"), created, expires});
-                if (r < 0)
-                        break;
-        }
-        r = print_table(ctx, &t, r);
-        client_more_hint(ctx, resp);
-        return r;
+        return client_list(ctx, args, &list);
 }
 
 static void print_approval(struct client_ctx *ctx, json_t *a)
@@ -291,31 +258,19 @@ static int secret_set(struct client_ctx *ctx, const struct cli_args *args)
         return CLI_EXIT_OK;
 }
 
+static const struct client_column secret_columns[] = {
+    {"NAME", "name", NULL},
+    {"KEY VERSION", "key_version", client_cell_integer},
+    {"UPDATED", "updated_at", client_cell_reltime},
+    {"CREATED", "created_at", client_cell_reltime},
+    {NULL, NULL, NULL},
+};
+
 static int secret_list(struct client_ctx *ctx, const struct cli_args *args)
 {
-        _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
-        size_t i;
-        json_t *s;
-        int r = get_json(ctx, "/v1/secrets", &resp);
+        static const struct client_list list = {"/v1/secrets", NULL, 0, -1, secret_columns};
 
-        if (r != CLI_EXIT_OK || !resp)
-                return r;
-        client_table_init(&t, -1,
-                          (const char *[]){"NAME", "KEY VERSION", "UPDATED", "CREATED", NULL});
-        r = 0;
-        json_array_foreach (json_object_get(resp, "data"), i, s) {
-                char kv[32], created[32], updated[32];
-                snprintf(kv, sizeof(kv), "%lld",
-                         (long long)json_integer_value(json_object_get(s, "key_version")));
-                client_reltime_json(s, "created_at", created, sizeof(created));
-                client_reltime_json(s, "updated_at", updated, sizeof(updated));
-                r = client_table_add(&t,
-                                     (const char *[]){str_member(s, "name"), kv, updated, created});
-                if (r < 0)
-                        break;
-        }
-        return print_table(ctx, &t, r);
+        return client_list(ctx, args, &list);
 }
 
 static int secret_rm(struct client_ctx *ctx, const struct cli_args *args)
@@ -377,39 +332,38 @@ static int token_create(struct client_ctx *ctx, const struct cli_args *args)
         return CLI_EXIT_OK;
 }
 
+/* active, revoked or expired */
+static const char *token_state_cell(json_t *row, const char *key, char *buf, size_t size)
+{
+        int64_t expires;
+
+        (void)key;
+        (void)buf;
+        (void)size;
+        if (str_member(row, "revoked_at"))
+                return "revoked";
+        if (client_time_parse(str_member(row, "expires_at"), &expires) == 0 &&
+            expires <= client_now_ms())
+                return "expired";
+        return "active";
+}
+
+static const struct client_column token_columns[] = {
+    {"ID", "id", NULL},
+    {"NAME", "name", NULL},
+    {"PREFIX", "prefix", NULL},
+    {"STATUS", NULL, token_state_cell},
+    {"CREATED", "created_at", client_cell_reltime},
+    {"LAST USED", "last_used_at", client_cell_reltime},
+    {"EXPIRES", "expires_at", client_cell_reltime},
+    {NULL, NULL, NULL},
+};
+
 static int token_list(struct client_ctx *ctx, const struct cli_args *args)
 {
-        _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
-        size_t i;
-        json_t *k;
-        int r = get_json(ctx, "/v1/tokens", &resp);
+        static const struct client_list list = {"/v1/tokens", NULL, 0, 3, token_columns};
 
-        if (r != CLI_EXIT_OK || !resp)
-                return r;
-        client_table_init(&t, 3,
-                          (const char *[]){"ID", "NAME", "PREFIX", "STATUS", "CREATED", "LAST USED",
-                                           "EXPIRES", NULL});
-        r = 0;
-        json_array_foreach (json_object_get(resp, "data"), i, k) {
-                char created[32], used[32], expires[32];
-                const char *state = "active";
-                int64_t exp;
-                if (str_member(k, "revoked_at"))
-                        state = "revoked";
-                else if (client_time_parse(str_member(k, "expires_at"), &exp) == 0 &&
-                         exp <= client_now_ms())
-                        state = "expired";
-                client_reltime_json(k, "created_at", created, sizeof(created));
-                client_reltime_json(k, "last_used_at", used, sizeof(used));
-                client_reltime_json(k, "expires_at", expires, sizeof(expires));
-                r = client_table_add(
-                    &t, (const char *[]){str_member(k, "id"), str_member(k, "name"),
-                                         str_member(k, "prefix"), state, created, used, expires});
-                if (r < 0)
-                        break;
-        }
-        return print_table(ctx, &t, r);
+        return client_list(ctx, args, &list);
 }
 
 static int token_revoke(struct client_ctx *ctx, const struct cli_args *args)
@@ -467,30 +421,17 @@ static int user_create(struct client_ctx *ctx, const struct cli_args *args)
         return CLI_EXIT_OK;
 }
 
+static const struct client_column user_columns[] = {
+    {"NAME", "name", NULL}, {"ADMIN", "is_admin", client_cell_yes_no},
+    {"ID", "id", NULL},     {"CREATED", "created_at", client_cell_reltime},
+    {NULL, NULL, NULL},
+};
+
 static int user_list(struct client_ctx *ctx, const struct cli_args *args)
 {
-        _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
-        size_t i;
-        json_t *u;
-        int r = get_json(ctx, "/v1/users", &resp);
+        static const struct client_list list = {"/v1/users", NULL, 0, -1, user_columns};
 
-        if (r != CLI_EXIT_OK || !resp)
-                return r;
-        client_table_init(&t, -1, (const char *[]){"NAME", "ADMIN", "ID", "CREATED", NULL});
-        r = 0;
-        json_array_foreach (json_object_get(resp, "data"), i, u) {
-                char created[32];
-                client_reltime_json(u, "created_at", created, sizeof(created));
-                r = client_table_add(
-                    &t,
-                    (const char *[]){str_member(u, "name"),
-                                     json_is_true(json_object_get(u, "is_admin")) ? "yes" : "no",
-                                     str_member(u, "id"), created});
-                if (r < 0)
-                        break;
-        }
-        return print_table(ctx, &t, r);
+        return client_list(ctx, args, &list);
 }
 
 const struct client_command client_user_commands[] = {

@@ -22,49 +22,20 @@ static const struct cli_flag list_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
+static const struct client_column agent_columns[] = {
+    {"NAME", "name", NULL},
+    {"VERSION", "version", client_cell_version},
+    {"PROVIDER", "provider", NULL},
+    {"MODEL", "model", NULL},
+    {"CREATED", "created_at", client_cell_reltime},
+    {NULL, NULL, NULL},
+};
+
 static int agent_list(struct client_ctx *ctx, const struct cli_args *args)
 {
-        _cleanup_free_ char *path = strdup("/v1/agents");
-        _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
-        int64_t limit = 0;
-        size_t i;
-        json_t *a;
-        int r;
+        static const struct client_list list = {"/v1/agents", NULL, 200, -1, agent_columns};
 
-        r = client_flag_int(ctx, "limit", client_arg(ctx, args, "limit"), 1, 200, &limit);
-        if (r)
-                return r;
-        if (!path || client_query_add(&path, "limit", client_arg(ctx, args, "limit")) < 0 ||
-            client_query_add(&path, "cursor", client_arg(ctx, args, "cursor")) < 0)
-                return CLI_EXIT_FAILURE;
-        r = client_call(ctx, "GET", path, NULL, NULL, &resp);
-        if (r != CLI_EXIT_OK)
-                return r;
-        if (ctx->output == CLIENT_OUTPUT_JSON) {
-                client_print_json(resp, stdout);
-                return CLI_EXIT_OK;
-        }
-        client_table_init(
-            &t, -1, (const char *[]){"NAME", "VERSION", "PROVIDER", "MODEL", "CREATED", NULL});
-        json_array_foreach (json_object_get(resp, "data"), i, a) {
-                char version[32], created[32];
-                snprintf(version, sizeof(version), "v%lld",
-                         (long long)json_integer_value(json_object_get(a, "version")));
-                client_reltime_json(a, "created_at", created, sizeof(created));
-                if (client_table_add(
-                        &t, (const char *[]){json_string_value(json_object_get(a, "name")), version,
-                                             json_string_value(json_object_get(a, "provider")),
-                                             json_string_value(json_object_get(a, "model")),
-                                             created}) < 0) {
-                        client_table_free(&t);
-                        return CLI_EXIT_FAILURE;
-                }
-        }
-        client_table_print(&t, stdout, ctx->color);
-        client_table_free(&t);
-        client_more_hint(ctx, resp);
-        return CLI_EXIT_OK;
+        return client_list(ctx, args, &list);
 }
 
 /* The strings of a JSON array joined with ", " into out ("-" when none). */

@@ -209,22 +209,54 @@ static const struct cli_flag list_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
+/* "NAME vN": the workflow and the version the run started with. */
+static const char *workflow_cell(json_t *run, const char *key, char *buf, size_t size)
+{
+        snprintf(buf, size, "%s v%lld", str_member(run, key),
+                 (long long)json_integer_value(json_object_get(run, "workflow_version")));
+        return buf;
+}
+
+static const char *duration_cell(json_t *run, const char *key, char *buf, size_t size)
+{
+        (void)key;
+        client_duration_json(run, "started_at", "finished_at", buf, size);
+        return buf;
+}
+
+static const char *cost_cell(json_t *run, const char *key, char *buf, size_t size)
+{
+        snprintf(buf, size, "$%.4f", json_number_value(json_object_get(run, key)));
+        return buf;
+}
+
+static const struct client_column run_columns[] = {
+    {"ID", "id", NULL},
+    {"WORKFLOW", "workflow", workflow_cell},
+    {"STATUS", "status", NULL},
+    {"CREATED", "created_at", client_cell_reltime},
+    {"DURATION", NULL, duration_cell},
+    {"COST", "cost_usd", cost_cell},
+    {NULL, NULL, NULL},
+};
+
 static int run_list(struct client_ctx *ctx, const struct cli_args *args)
 {
         static const char *const statuses[] = {"queued", "running",   "waiting", "needs_input",
                                                "paused", "completed", "failed",  "canceled"};
+        static const struct client_filter filters[] = {
+            {"status", "status"},
+            {"workflow", "workflow"},
+            {"created-after", "created_after"},
+            {"created-before", "created_before"},
+            {NULL, NULL},
+        };
+        static const struct client_list list = {"/v1/runs", filters, 200, 2, run_columns};
         const char *status = client_arg(ctx, args, "status");
-        _cleanup_free_ char *path = strdup("/v1/runs");
-        _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
-        int64_t limit;
-        size_t i;
-        json_t *run;
-        int r;
 
         if (status) {
                 bool ok = false;
-                for (i = 0; i < ELEMENTSOF(statuses); i++)
+                for (size_t i = 0; i < ELEMENTSOF(statuses); i++)
                         ok = ok || strcmp(status, statuses[i]) == 0;
                 if (!ok)
                         return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
@@ -232,46 +264,7 @@ static int run_list(struct client_ctx *ctx, const struct cli_args *args)
                                            "needs_input, paused, completed, failed or canceled",
                                            status);
         }
-        r = client_flag_int(ctx, "limit", client_arg(ctx, args, "limit"), 1, 200, &limit);
-        if (r)
-                return r;
-        if (!path || client_query_add(&path, "status", status) < 0 ||
-            client_query_add(&path, "workflow", client_arg(ctx, args, "workflow")) < 0 ||
-            client_query_add(&path, "created_after", client_arg(ctx, args, "created-after")) < 0 ||
-            client_query_add(&path, "created_before", client_arg(ctx, args, "created-before")) <
-                0 ||
-            client_query_add(&path, "limit", client_arg(ctx, args, "limit")) < 0 ||
-            client_query_add(&path, "cursor", client_arg(ctx, args, "cursor")) < 0)
-                return CLI_EXIT_FAILURE;
-        r = client_call(ctx, "GET", path, NULL, NULL, &resp);
-        if (r != CLI_EXIT_OK)
-                return r;
-        if (ctx->output == CLIENT_OUTPUT_JSON) {
-                client_print_json(resp, stdout);
-                return CLI_EXIT_OK;
-        }
-        client_table_init(
-            &t, 2,
-            (const char *[]){"ID", "WORKFLOW", "STATUS", "CREATED", "DURATION", "COST", NULL});
-        json_array_foreach (json_object_get(resp, "data"), i, run) {
-                char wf[160], created[32], dur[32], cost[32];
-                snprintf(wf, sizeof(wf), "%s v%lld", str_member(run, "workflow"),
-                         (long long)json_integer_value(json_object_get(run, "workflow_version")));
-                client_reltime_json(run, "created_at", created, sizeof(created));
-                client_duration_json(run, "started_at", "finished_at", dur, sizeof(dur));
-                snprintf(cost, sizeof(cost), "$%.4f",
-                         json_number_value(json_object_get(run, "cost_usd")));
-                if (client_table_add(&t, (const char *[]){str_member(run, "id"), wf,
-                                                          str_member(run, "status"), created, dur,
-                                                          cost}) < 0) {
-                        client_table_free(&t);
-                        return CLI_EXIT_FAILURE;
-                }
-        }
-        client_table_print(&t, stdout, ctx->color);
-        client_table_free(&t);
-        client_more_hint(ctx, resp);
-        return CLI_EXIT_OK;
+        return client_list(ctx, args, &list);
 }
 
 /* One row per node state (its latest attempt). */
@@ -384,22 +377,13 @@ static int run_nodes(struct client_ctx *ctx, const struct cli_args *args)
 {
         _cleanup_free_ char *path = client_path("/v1/runs/%s/nodes", args->positional[0]);
         _cleanup_json_ json_t *page = NULL;
-        int64_t limit;
         int r;
 
-        r = client_flag_int(ctx, "limit", client_arg(ctx, args, "limit"), 1, 1000, &limit);
-        if (r)
-                return r;
-        if (!path || client_query_add(&path, "limit", client_arg(ctx, args, "limit")) < 0 ||
-            client_query_add(&path, "cursor", client_arg(ctx, args, "cursor")) < 0)
+        if (!path)
                 return CLI_EXIT_FAILURE;
-        r = client_call(ctx, "GET", path, NULL, NULL, &page);
-        if (r != CLI_EXIT_OK)
+        r = client_list_page(ctx, args, path, NULL, 1000, &page);
+        if (r != CLI_EXIT_OK || !page)
                 return r;
-        if (ctx->output == CLIENT_OUTPUT_JSON) {
-                client_print_json(page, stdout);
-                return CLI_EXIT_OK;
-        }
         print_nodes(ctx, json_object_get(page, "data"));
         const char *cursor = json_string_value(json_object_get(page, "next_cursor"));
         if (cursor && *cursor)

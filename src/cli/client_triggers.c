@@ -28,18 +28,6 @@ static int print_or_json(struct client_ctx *ctx, json_t *obj, void (*show)(json_
         return CLI_EXIT_OK;
 }
 
-static int table_done(struct client_ctx *ctx, struct client_table *t, int r)
-{
-        if (r < 0) {
-                client_table_free(t);
-                fprintf(stderr, "error: out of memory\n");
-                return CLI_EXIT_FAILURE;
-        }
-        client_table_print(t, stdout, ctx->color);
-        client_table_free(t);
-        return CLI_EXIT_OK;
-}
-
 /* ---- schedules ---- */
 
 static const struct cli_flag schedule_create_flags[] = {
@@ -106,38 +94,30 @@ static int schedule_create(struct client_ctx *ctx, const struct cli_args *args)
         return print_or_json(ctx, resp, schedule_show_one);
 }
 
+/* The next fire time, "-" while the schedule is disabled. */
+static const char *next_run_cell(json_t *row, const char *key, char *buf, size_t size)
+{
+        if (!json_is_true(json_object_get(row, "enabled")))
+                return "-";
+        return client_cell_reltime(row, key, buf, size);
+}
+
+static const struct client_column schedule_columns[] = {
+    {"ID", "id", NULL},
+    {"WORKFLOW", "workflow", NULL},
+    {"CRON", "cron", NULL},
+    {"TIMEZONE", "timezone", NULL},
+    {"ENABLED", "enabled", client_cell_yes_no},
+    {"NEXT RUN", "next_run_at", next_run_cell},
+    {"LAST RUN", "last_run_at", client_cell_reltime},
+    {NULL, NULL, NULL},
+};
+
 static int schedule_list(struct client_ctx *ctx, const struct cli_args *args)
 {
-        _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
-        size_t i;
-        json_t *s;
-        int r = client_call(ctx, "GET", "/v1/schedules", NULL, NULL, &resp);
+        static const struct client_list list = {"/v1/schedules", NULL, 0, -1, schedule_columns};
 
-        (void)args;
-        if (r != CLI_EXIT_OK)
-                return r;
-        if (ctx->output == CLIENT_OUTPUT_JSON) {
-                client_print_json(resp, stdout);
-                return CLI_EXIT_OK;
-        }
-        client_table_init(&t, -1,
-                          (const char *[]){"ID", "WORKFLOW", "CRON", "TIMEZONE", "ENABLED",
-                                           "NEXT RUN", "LAST RUN", NULL});
-        r = 0;
-        json_array_foreach (json_object_get(resp, "data"), i, s) {
-                char next[64], last[64];
-                bool on = json_is_true(json_object_get(s, "enabled"));
-                client_reltime_json(s, "next_run_at", next, sizeof(next));
-                client_reltime_json(s, "last_run_at", last, sizeof(last));
-                r = client_table_add(&t,
-                                     (const char *[]){member(s, "id"), member(s, "workflow"),
-                                                      member(s, "cron"), member(s, "timezone"),
-                                                      on ? "yes" : "no", on ? next : "-", last});
-                if (r < 0)
-                        break;
-        }
-        return table_done(ctx, &t, r);
+        return client_list(ctx, args, &list);
 }
 
 static int schedule_call(struct client_ctx *ctx, const char *method, const char *id, json_t *body,
@@ -240,32 +220,17 @@ static int trigger_create(struct client_ctx *ctx, const struct cli_args *args)
         return print_or_json(ctx, resp, trigger_show_one);
 }
 
+static const struct client_column trigger_columns[] = {
+    {"ID", "id", NULL},   {"WORKFLOW", "workflow", NULL},
+    {"URL", "url", NULL}, {"LAST FIRED", "last_fired_at", client_cell_reltime},
+    {NULL, NULL, NULL},
+};
+
 static int trigger_list(struct client_ctx *ctx, const struct cli_args *args)
 {
-        _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
-        size_t i;
-        json_t *s;
-        int r = client_call(ctx, "GET", "/v1/triggers", NULL, NULL, &resp);
+        static const struct client_list list = {"/v1/triggers", NULL, 0, -1, trigger_columns};
 
-        (void)args;
-        if (r != CLI_EXIT_OK)
-                return r;
-        if (ctx->output == CLIENT_OUTPUT_JSON) {
-                client_print_json(resp, stdout);
-                return CLI_EXIT_OK;
-        }
-        client_table_init(&t, -1, (const char *[]){"ID", "WORKFLOW", "URL", "LAST FIRED", NULL});
-        r = 0;
-        json_array_foreach (json_object_get(resp, "data"), i, s) {
-                char last[64];
-                client_reltime_json(s, "last_fired_at", last, sizeof(last));
-                r = client_table_add(&t, (const char *[]){member(s, "id"), member(s, "workflow"),
-                                                          member(s, "url"), last});
-                if (r < 0)
-                        break;
-        }
-        return table_done(ctx, &t, r);
+        return client_list(ctx, args, &list);
 }
 
 static int trigger_rm(struct client_ctx *ctx, const struct cli_args *args)

@@ -83,48 +83,28 @@ static const struct cli_flag list_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
+/* The definition's digest, shortened as git shortens a commit's. */
+static const char *digest_cell(json_t *row, const char *key, char *buf, size_t size)
+{
+        const char *digest = json_string_value(json_object_get(row, key));
+
+        snprintf(buf, size, "%.12s", digest ? digest : "");
+        return buf;
+}
+
+static const struct client_column workflow_columns[] = {
+    {"NAME", "name", NULL},
+    {"VERSION", "version", client_cell_version},
+    {"CREATED", "created_at", client_cell_reltime},
+    {"SHA256", "definition_sha256", digest_cell},
+    {NULL, NULL, NULL},
+};
+
 static int workflow_list(struct client_ctx *ctx, const struct cli_args *args)
 {
-        _cleanup_free_ char *path = strdup("/v1/workflows");
-        _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
-        int64_t limit = 0;
-        size_t i;
-        json_t *w;
-        int r;
+        static const struct client_list list = {"/v1/workflows", NULL, 200, -1, workflow_columns};
 
-        r = client_flag_int(ctx, "limit", client_arg(ctx, args, "limit"), 1, 200, &limit);
-        if (r)
-                return r;
-        if (!path || client_query_add(&path, "limit", client_arg(ctx, args, "limit")) < 0 ||
-            client_query_add(&path, "cursor", client_arg(ctx, args, "cursor")) < 0)
-                return CLI_EXIT_FAILURE;
-        r = client_call(ctx, "GET", path, NULL, NULL, &resp);
-        if (r != CLI_EXIT_OK)
-                return r;
-        if (ctx->output == CLIENT_OUTPUT_JSON) {
-                client_print_json(resp, stdout);
-                return CLI_EXIT_OK;
-        }
-        client_table_init(&t, -1, (const char *[]){"NAME", "VERSION", "CREATED", "SHA256", NULL});
-        json_array_foreach (json_object_get(resp, "data"), i, w) {
-                char version[32], created[32], sha[16];
-                const char *digest = json_string_value(json_object_get(w, "definition_sha256"));
-                snprintf(version, sizeof(version), "v%lld",
-                         (long long)json_integer_value(json_object_get(w, "version")));
-                client_reltime_json(w, "created_at", created, sizeof(created));
-                snprintf(sha, sizeof(sha), "%.12s", digest ? digest : "");
-                if (client_table_add(&t,
-                                     (const char *[]){json_string_value(json_object_get(w, "name")),
-                                                      version, created, sha}) < 0) {
-                        client_table_free(&t);
-                        return CLI_EXIT_FAILURE;
-                }
-        }
-        client_table_print(&t, stdout, ctx->color);
-        client_table_free(&t);
-        client_more_hint(ctx, resp);
-        return CLI_EXIT_OK;
+        return client_list(ctx, args, &list);
 }
 
 static const struct cli_flag show_flags[] = {

@@ -568,6 +568,27 @@ static void cli_main_commands_match_their_goldens(void **state)
         assert_int_equal(r.exit, 0);
         cli_result_free(&r);
 
+        /* schedules and webhook triggers: a disabled schedule shows no next run */
+        r = cli_run(f, NULL, ARGS("schedule", "create", "hello", "--cron", "0 9 * * *"));
+        assert_int_equal(r.exit, 0);
+        cli_result_free(&r);
+        r = cli_run(f, NULL,
+                    ARGS("schedule", "create", "hello", "--cron", "0 9 * * *", "--timezone",
+                         "Europe/Paris", "--disabled"));
+        assert_int_equal(r.exit, 0);
+        cli_result_free(&r);
+        r = golden(f, "schedule_list", NULL, ARGS("schedule", "list"));
+        assert_int_equal(r.exit, 0);
+        assert_aligned(r.out);
+        cli_result_free(&r);
+        r = cli_run(f, NULL, ARGS("trigger", "create", "hello"));
+        assert_int_equal(r.exit, 0);
+        cli_result_free(&r);
+        r = golden(f, "trigger_list", NULL, ARGS("trigger", "list"));
+        assert_int_equal(r.exit, 0);
+        assert_aligned(r.out);
+        cli_result_free(&r);
+
         /* alice sees her own (empty) world, not the admin's */
         r = golden(f, "run_list_other_user", NULL, ARGS("run", "list", "--token", alice_token));
         assert_int_equal(r.exit, 0);
