@@ -124,6 +124,43 @@ static void assert_error(struct reply *r, long status, const char *code)
         assert_non_null(json_object_get(e, "hint"));
 }
 
+/* Sends one request and asserts the error it is answered with. */
+static void assert_refused(const char *method, const char *path, const char *token,
+                           const char *body, long status, const char *code)
+{
+        struct reply r = http(method, path, token, body, NULL);
+
+        if (r.status != status || !json_is_object(r.json) ||
+            !jstr(json_object_get(r.json, "error"), "code") ||
+            strcmp(jstr(json_object_get(r.json, "error"), "code"), code) != 0)
+                fprintf(stderr, "%s %s: expected %ld %s\n", method, path, status, code);
+        assert_error(&r, status, code);
+        reply_free(&r);
+}
+
+/* Applies a definition (POST path) as the admin and asserts the answer's status (201 a new
+ * version, 200 unchanged) and version. */
+static void assert_applied(const char *path, const char *definition, long status, long long version)
+{
+        struct reply r = http("POST", path, S.admin_token, definition, NULL);
+
+        assert_int_equal(r.status, status);
+        assert_int_equal(json_integer_value(json_object_get(r.json, "version")), version);
+        reply_free(&r);
+}
+
+/* Applies a definition (POST path) as the admin and asserts it is refused as invalid (422)
+ * with an error that says what. */
+static void assert_invalid(const char *path, const char *definition, const char *says)
+{
+        struct reply r = http("POST", path, S.admin_token, definition, NULL);
+
+        assert_error(&r, 422, "validation_failed");
+        if (!strstr(r.body, says))
+                fail_msg("no \"%s\" in: %s", says, r.body);
+        reply_free(&r);
+}
+
 static void start_server(void)
 {
         char listen[64], token_hash_hex[2 + 64 + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1];
@@ -222,12 +259,9 @@ static void test_auth_and_ops(void **state)
         assert_error(&r, 401, "unauthorized");
         assert_non_null(strcasestr(r.headers, "WWW-Authenticate: Bearer"));
         reply_free(&r);
-        r = http("GET", "/v1/me", "agt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", NULL, NULL);
-        assert_error(&r, 401, "unauthorized");
-        reply_free(&r);
-        r = http("GET", "/v1/me", "not-a-token", NULL, NULL);
-        assert_error(&r, 401, "unauthorized");
-        reply_free(&r);
+        assert_refused("GET", "/v1/me", "agt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", NULL,
+                       401, "unauthorized");
+        assert_refused("GET", "/v1/me", "not-a-token", NULL, 401, "unauthorized");
         r = http("GET", "/v1/me", S.admin_token, NULL, NULL);
         assert_int_equal(r.status, 200);
         assert_string_equal(jstr(r.json, "name"), "root");
@@ -275,48 +309,35 @@ static void test_workflows(void **state)
         assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 1);
         reply_free(&r);
         /* same definition, other key order and spacing: unchanged, 200 */
-        r = http("POST", "/v1/workflows", S.admin_token,
-                 "{\"nodes\":[{\"type\":\"transform\",\"output\":{},\"id\":\"a\"},{\"id\":\"b\","
-                 "\"after\":[\"a\"],"
-                 "\"type\":\"transform\",\"output\":{}},{\"id\":\"c\",\"type\":\"transform\","
-                 "\"output\":{},\"after\":[\"b\"]}],"
-                 "\"name\":\"etl\"}",
-                 NULL);
-        assert_int_equal(r.status, 200);
-        assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 1);
-        reply_free(&r);
-        r = http("POST", "/v1/workflows", S.admin_token,
-                 "{\"name\": \"etl2\", \"nodes\": [{\"id\": \"a\", \"type\": \"transform\", "
-                 "\"output\": {}}]}",
-                 NULL);
-        assert_int_equal(r.status, 201);
-        reply_free(&r);
+        assert_applied(
+            "/v1/workflows",
+            "{\"nodes\":[{\"type\":\"transform\",\"output\":{},\"id\":\"a\"},{\"id\":\"b\","
+            "\"after\":[\"a\"],"
+            "\"type\":\"transform\",\"output\":{}},{\"id\":\"c\",\"type\":\"transform\","
+            "\"output\":{},\"after\":[\"b\"]}],"
+            "\"name\":\"etl\"}",
+            200, 1);
+        assert_applied("/v1/workflows",
+                       "{\"name\": \"etl2\", \"nodes\": [{\"id\": \"a\", \"type\": \"transform\", "
+                       "\"output\": {}}]}",
+                       201, 1);
         /* a changed definition is a new version */
-        r = http("POST", "/v1/workflows", S.admin_token,
-                 "{\"name\": \"etl2\", \"nodes\": [{\"id\": \"a\", \"type\": \"transform\", "
-                 "\"output\": {\"v\": 2}}]}",
-                 NULL);
-        assert_int_equal(r.status, 201);
-        assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 2);
-        reply_free(&r);
+        assert_applied("/v1/workflows",
+                       "{\"name\": \"etl2\", \"nodes\": [{\"id\": \"a\", \"type\": \"transform\", "
+                       "\"output\": {\"v\": 2}}]}",
+                       201, 2);
         /* a field the engine does not know is refused, by name, and makes no version */
-        r = http("POST", "/v1/workflows", S.admin_token,
-                 "{\"name\": \"etl2\", \"nodes\": [{\"id\": \"a\", \"type\": \"transform\", "
-                 "\"output\": {}, \"x\": 1}]}",
-                 NULL);
-        assert_error(&r, 422, "validation_failed");
-        assert_non_null(strstr(r.body, "unknown field 'x'"));
-        reply_free(&r);
+        assert_invalid("/v1/workflows",
+                       "{\"name\": \"etl2\", \"nodes\": [{\"id\": \"a\", \"type\": \"transform\", "
+                       "\"output\": {}, \"x\": 1}]}",
+                       "unknown field 'x'");
         assert_int_equal(
             test_db_int(S.db, "SELECT max(version) FROM workflows WHERE name = 'etl2'"), 2);
-        r = http("POST", "/v1/workflows", S.admin_token,
-                 "{\"name\": \"bad\", \"nodes\": [{\"id\": \"a\", \"type\": \"transform\", "
-                 "\"output\": {}, "
-                 "\"after\": [\"zz\"]}]}",
-                 NULL);
-        assert_error(&r, 422, "validation_failed");
-        assert_non_null(strstr(r.body, "after"));
-        reply_free(&r);
+        assert_invalid("/v1/workflows",
+                       "{\"name\": \"bad\", \"nodes\": [{\"id\": \"a\", \"type\": \"transform\", "
+                       "\"output\": {}, "
+                       "\"after\": [\"zz\"]}]}",
+                       "after");
         r = http("GET", "/v1/workflows", S.admin_token, NULL, NULL);
         assert_int_equal(r.status, 200);
         assert_int_ge(json_array_size(json_object_get(r.json, "data")), 2);
@@ -325,9 +346,7 @@ static void test_workflows(void **state)
         assert_int_equal(r.status, 200);
         assert_string_equal(jstr(json_object_get(r.json, "definition"), "name"), "etl");
         reply_free(&r);
-        r = http("GET", "/v1/workflows/etl?version=9", S.admin_token, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("GET", "/v1/workflows/etl?version=9", S.admin_token, NULL, 404, "not_found");
         r = http("GET", "/v1/workflows/etl/versions", S.admin_token, NULL, NULL);
         assert_int_equal(r.status, 200);
         assert_int_equal(json_array_size(json_object_get(r.json, "data")), 1);
@@ -350,25 +369,19 @@ static void test_agents(void **state)
         assert_string_equal(jstr(json_object_get(r.json, "definition"), "model"), "gpt-4o-mini");
         reply_free(&r);
         /* the same again (other key order): unchanged */
-        r = http("POST", "/v1/agents", S.admin_token,
-                 "{\"model\": \"gpt-4o-mini\", \"provider\": \"openai\", \"name\": "
-                 "\"researcher\", \"description\": \"reads pages\", \"base_url\": "
-                 "\"http://127.0.0.1:9/v1\", \"api_key_secret\": \"LLMKEY\", \"system\": "
-                 "\"You call tools when asked.\", \"tools\": [\"http_request\"], "
-                 "\"allowed_hosts\": [\"127.0.0.1\"], \"budget\": {\"max_cost_usd\": 5, "
-                 "\"max_tokens\": 100000}}",
-                 NULL);
-        assert_int_equal(r.status, 200);
-        assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 1);
-        reply_free(&r);
+        assert_applied("/v1/agents",
+                       "{\"model\": \"gpt-4o-mini\", \"provider\": \"openai\", \"name\": "
+                       "\"researcher\", \"description\": \"reads pages\", \"base_url\": "
+                       "\"http://127.0.0.1:9/v1\", \"api_key_secret\": \"LLMKEY\", \"system\": "
+                       "\"You call tools when asked.\", \"tools\": [\"http_request\"], "
+                       "\"allowed_hosts\": [\"127.0.0.1\"], \"budget\": {\"max_cost_usd\": 5, "
+                       "\"max_tokens\": 100000}}",
+                       200, 1);
         /* a change is a new version; version 1 stays as it was */
-        r = http("POST", "/v1/agents", S.admin_token,
-                 "{\"name\": \"researcher\", \"provider\": \"anthropic\", \"model\": "
-                 "\"claude-sonnet-4-5\", \"prompt\": \"Research ${ input.topic }.\"}",
-                 NULL);
-        assert_int_equal(r.status, 201);
-        assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 2);
-        reply_free(&r);
+        assert_applied("/v1/agents",
+                       "{\"name\": \"researcher\", \"provider\": \"anthropic\", \"model\": "
+                       "\"claude-sonnet-4-5\", \"prompt\": \"Research ${ input.topic }.\"}",
+                       201, 2);
         /* the agent node's rules, with the field named relative to the definition */
         r = http("POST", "/v1/agents", S.admin_token,
                  "{\"name\": \"researcher\", \"provider\": \"openai\", \"model\": \"m\", "
@@ -378,22 +391,16 @@ static void test_agents(void **state)
         assert_non_null(strstr(r.body, "max_cost_usd"));
         assert_null(strstr(r.body, "/nodes/0"));
         reply_free(&r);
-        r = http("POST", "/v1/agents", S.admin_token,
-                 "{\"name\": \"researcher\", \"provider\": \"gemini\", \"model\": \"m\"}", NULL);
-        assert_error(&r, 422, "validation_failed");
-        assert_non_null(strstr(r.body, "unknown provider 'gemini'"));
-        reply_free(&r);
-        r = http("POST", "/v1/agents", S.admin_token,
-                 "{\"name\": \"researcher\", \"provider\": \"openai\", \"model\": \"m\", "
-                 "\"api_key\": \"sk-123\"}",
-                 NULL);
-        assert_error(&r, 422, "validation_failed");
-        assert_non_null(strstr(r.body, "api_key"));
-        reply_free(&r);
-        r = http("POST", "/v1/agents", S.admin_token,
-                 "{\"name\": \"Bad Name\", \"provider\": \"openai\", \"model\": \"m\"}", NULL);
-        assert_error(&r, 400, "invalid_field");
-        reply_free(&r);
+        assert_invalid("/v1/agents",
+                       "{\"name\": \"researcher\", \"provider\": \"gemini\", \"model\": \"m\"}",
+                       "unknown provider 'gemini'");
+        assert_invalid("/v1/agents",
+                       "{\"name\": \"researcher\", \"provider\": \"openai\", \"model\": \"m\", "
+                       "\"api_key\": \"sk-123\"}",
+                       "api_key");
+        assert_refused("POST", "/v1/agents", S.admin_token,
+                       "{\"name\": \"Bad Name\", \"provider\": \"openai\", \"model\": \"m\"}", 400,
+                       "invalid_field");
         r = http("POST", "/v1/agents", S.admin_token,
                  "{\"name\": \"x\", \"description\": 5, \"provider\": \"openai\", "
                  "\"model\": \"m\"}",
@@ -431,12 +438,10 @@ static void test_agents(void **state)
         r = http("GET", "/v1/agents/researcher", S.admin_token, NULL, NULL);
         assert_int_equal(json_integer_value(json_object_get(r.json, "version")), 2);
         reply_free(&r);
-        r = http("GET", "/v1/agents/researcher?version=0", S.admin_token, NULL, NULL);
-        assert_error(&r, 400, "invalid_parameter");
-        reply_free(&r);
-        r = http("GET", "/v1/agents/researcher?version=9", S.admin_token, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("GET", "/v1/agents/researcher?version=0", S.admin_token, NULL, 400,
+                       "invalid_parameter");
+        assert_refused("GET", "/v1/agents/researcher?version=9", S.admin_token, NULL, 404,
+                       "not_found");
         r = http("GET", "/v1/agents/researcher/versions", S.admin_token, NULL, NULL);
         assert_int_equal(r.status, 200);
         assert_int_equal(json_array_size(json_object_get(r.json, "data")), 2);
@@ -444,9 +449,7 @@ static void test_agents(void **state)
                              json_array_get(json_object_get(r.json, "data"), 0), "version")),
                          2);
         reply_free(&r);
-        r = http("GET", "/v1/agents/nobody/versions", S.admin_token, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("GET", "/v1/agents/nobody/versions", S.admin_token, NULL, 404, "not_found");
 }
 
 static void test_runs(void **state)
@@ -454,9 +457,8 @@ static void test_runs(void **state)
         struct reply r;
         char path[256], sql[512];
 
-        r = http("POST", "/v1/runs", S.admin_token, "{\"workflow\": \"nope\"}", NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("POST", "/v1/runs", S.admin_token, "{\"workflow\": \"nope\"}", 404,
+                       "not_found");
         r = http("POST", "/v1/runs", S.admin_token, "{\"workflow\": \"etl\", \"input\": [1]}",
                  NULL);
         assert_error(&r, 400, "invalid_field");
@@ -497,12 +499,9 @@ static void test_runs(void **state)
                             jstr(json_array_get(json_object_get(r2.json, "data"), k), "id"));
         reply_free(&r);
         reply_free(&r2);
-        r = http("GET", "/v1/runs?status=bogus", S.admin_token, NULL, NULL);
-        assert_error(&r, 400, "invalid_parameter");
-        reply_free(&r);
-        r = http("GET", "/v1/runs?cursor=!!", S.admin_token, NULL, NULL);
-        assert_error(&r, 400, "invalid_cursor");
-        reply_free(&r);
+        assert_refused("GET", "/v1/runs?status=bogus", S.admin_token, NULL, 400,
+                       "invalid_parameter");
+        assert_refused("GET", "/v1/runs?cursor=!!", S.admin_token, NULL, 400, "invalid_cursor");
         r = http("GET", "/v1/runs?status=queued&created_after=2000-01-01T00:00:00Z", S.admin_token,
                  NULL, NULL);
         assert_int_equal(r.status, 200);
@@ -520,18 +519,14 @@ static void test_runs(void **state)
         assert_int_equal(r.status, 200);
         assert_string_equal(jstr(r.json, "status"), "queued");
         reply_free(&r);
-        r = http("POST", path, S.admin_token, NULL, NULL);
-        assert_error(&r, 409, "conflict");
-        reply_free(&r);
+        assert_refused("POST", path, S.admin_token, NULL, 409, "conflict");
         snprintf(path, sizeof(path), "/v1/runs/%s/cancel", id);
         r = http("POST", path, S.admin_token, NULL, NULL);
         assert_int_equal(r.status, 200);
         assert_string_equal(jstr(r.json, "status"), "canceled");
         assert_false(json_is_null(json_object_get(r.json, "finished_at")));
         reply_free(&r);
-        r = http("POST", path, S.admin_token, NULL, NULL);
-        assert_error(&r, 409, "conflict");
-        reply_free(&r);
+        assert_refused("POST", path, S.admin_token, NULL, 409, "conflict");
 
         /* a running run: the request flag is set, the status stays the worker's */
         snprintf(sql, sizeof(sql),
@@ -604,9 +599,7 @@ static void test_runs(void **state)
         assert_string_equal(jstr(json_array_get(nodes, 0), "node_id"), "a");
         assert_string_equal(jstr(json_array_get(nodes, 0), "status"), "completed");
         reply_free(&r);
-        r = http("POST", path, S.admin_token, "{\"from_node\": \"zz\"}", NULL);
-        assert_error(&r, 400, "unknown_node");
-        reply_free(&r);
+        assert_refused("POST", path, S.admin_token, "{\"from_node\": \"zz\"}", 400, "unknown_node");
         r = http("POST", path, S.admin_token, NULL, NULL); /* from the start */
         assert_int_equal(r.status, 201);
         assert_int_equal(json_array_size(json_object_get(r.json, "nodes")), 0);
@@ -826,29 +819,21 @@ static void test_cross_tenant(void **state)
                                         p[w++] = *c++;
                         }
                         p[w] = '\0';
-                        r = http(api_routes[i].method, p, NULL, "{}", NULL);
-                        assert_error(&r, 401, "unauthorized");
-                        reply_free(&r);
+                        assert_refused(api_routes[i].method, p, NULL, "{}", 401, "unauthorized");
                 }
 
         /* B on A's objects */
         const char *run_posts[] = {"cancel", "pause", "resume", "rerun", "signals/x"};
         for (size_t i = 0; i < ELEMENTSOF(run_posts); i++) {
                 snprintf(path, sizeof(path), "/v1/runs/%s/%s", run, run_posts[i]);
-                r = http("POST", path, tb, "{}", NULL);
-                assert_error(&r, 404, "not_found");
-                reply_free(&r);
+                assert_refused("POST", path, tb, "{}", 404, "not_found");
         }
         const char *run_gets[] = {"", "/nodes", "/events", "/events/stream"};
         for (size_t i = 0; i < ELEMENTSOF(run_gets); i++) {
                 snprintf(path, sizeof(path), "/v1/runs/%s%s", run, run_gets[i]);
-                r = http("GET", path, tb, NULL, NULL);
-                assert_error(&r, 404, "not_found");
-                reply_free(&r);
+                assert_refused("GET", path, tb, NULL, 404, "not_found");
         }
-        r = http("POST", "/v1/runs", tb, "{\"workflow\": \"etl\"}", NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("POST", "/v1/runs", tb, "{\"workflow\": \"etl\"}", 404, "not_found");
         const char *empties[] = {"/v1/runs", "/v1/workflows", "/v1/approvals", "/v1/secrets",
                                  "/v1/agents"};
         for (size_t i = 0; i < ELEMENTSOF(empties); i++) {
@@ -862,39 +847,20 @@ static void test_cross_tenant(void **state)
         assert_string_not_equal(jstr(json_array_get(json_object_get(r.json, "data"), 0), "id"),
                                 tok_id);
         reply_free(&r);
-        r = http("GET", "/v1/workflows/etl", tb, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
-        r = http("GET", "/v1/workflows/etl/versions", tb, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
-        r = http("GET", "/v1/agents/researcher", tb, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("GET", "/v1/workflows/etl", tb, NULL, 404, "not_found");
+        assert_refused("GET", "/v1/workflows/etl/versions", tb, NULL, 404, "not_found");
+        assert_refused("GET", "/v1/agents/researcher", tb, NULL, 404, "not_found");
         snprintf(path, sizeof(path), "/v1/approvals/%s", appr);
-        r = http("GET", path, tb, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("GET", path, tb, NULL, 404, "not_found");
         snprintf(path, sizeof(path), "/v1/approvals/%s/decide", appr);
-        r = http("POST", path, tb, "{\"decision\": \"approve\"}", NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
-        r = http("DELETE", "/v1/secrets/api-key", tb, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("POST", path, tb, "{\"decision\": \"approve\"}", 404, "not_found");
+        assert_refused("DELETE", "/v1/secrets/api-key", tb, NULL, 404, "not_found");
         snprintf(path, sizeof(path), "/v1/tokens/%s", tok_id);
-        r = http("DELETE", path, tb, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
-        r = http("GET", "/v1/users", tb, NULL, NULL);
-        assert_error(&r, 403, "forbidden");
-        reply_free(&r);
-        r = http("POST", "/v1/users", tb, "{\"name\": \"mallory\"}", NULL);
-        assert_error(&r, 403, "forbidden");
-        reply_free(&r);
-        r = http("POST", "/v1/tokens", tb, "{\"name\": \"x\", \"user\": \"alice\"}", NULL);
-        assert_error(&r, 403, "forbidden");
-        reply_free(&r);
+        assert_refused("DELETE", path, tb, NULL, 404, "not_found");
+        assert_refused("GET", "/v1/users", tb, NULL, 403, "forbidden");
+        assert_refused("POST", "/v1/users", tb, "{\"name\": \"mallory\"}", 403, "forbidden");
+        assert_refused("POST", "/v1/tokens", tb, "{\"name\": \"x\", \"user\": \"alice\"}", 403,
+                       "forbidden");
         /* bob's own secret of the same name is his, alice's is untouched */
         r = http("PUT", "/v1/secrets/api-key", tb, "{\"value\": \"bob\"}", NULL);
         assert_int_equal(r.status, 201);
@@ -933,9 +899,7 @@ static void test_cross_tenant(void **state)
         assert_string_equal(jstr(r.json, "status"), "rejected");
         assert_string_equal(jstr(r.json, "decided_by"), "alice");
         reply_free(&r);
-        r = http("POST", path, ta, "{\"decision\": \"approve\"}", NULL);
-        assert_error(&r, 409, "conflict");
-        reply_free(&r);
+        assert_refused("POST", path, ta, "{\"decision\": \"approve\"}", 409, "conflict");
         r = http("GET", "/v1/approvals?status=rejected", ta, NULL, NULL);
         assert_int_equal(json_array_size(json_object_get(r.json, "data")), 1);
         reply_free(&r);
@@ -995,9 +959,7 @@ static void test_secrets_and_tokens(void **state)
         r = http("DELETE", "/v1/secrets/openai", S.admin_token, NULL, NULL);
         assert_int_equal(r.status, 204);
         reply_free(&r);
-        r = http("DELETE", "/v1/secrets/openai", S.admin_token, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("DELETE", "/v1/secrets/openai", S.admin_token, NULL, 404, "not_found");
         r = http("PUT", "/v1/secrets/Bad%20Name", S.admin_token, "{\"value\": \"x\"}", NULL);
         assert_error(&r, 400, "invalid_parameter");
         assert_string_equal(jstr(json_object_get(r.json, "error"), "hint"),
@@ -1035,9 +997,7 @@ static void test_secrets_and_tokens(void **state)
         r = http("DELETE", path, S.admin_token, NULL, NULL);
         assert_int_equal(r.status, 204);
         reply_free(&r);
-        r = http("GET", "/v1/me", tok, NULL, NULL);
-        assert_error(&r, 401, "unauthorized");
-        reply_free(&r);
+        assert_refused("GET", "/v1/me", tok, NULL, 401, "unauthorized");
         free(tok);
         free(tid);
 }
@@ -1180,9 +1140,7 @@ static void test_limits(void **state)
         body[0] = '{';
         body[big - 1] = '}';
         body[big] = '\0';
-        r = http("POST", "/v1/runs", S.admin_token, body, NULL);
-        assert_error(&r, 413, "payload_too_large");
-        reply_free(&r);
+        assert_refused("POST", "/v1/runs", S.admin_token, body, 413, "payload_too_large");
         free(body);
 
         const char *many[160];
@@ -1215,19 +1173,14 @@ static void test_limits(void **state)
         memset(deep, '[', 100);
         memset(deep + 100, ']', 100);
         deep[200] = '\0';
-        r = http("POST", "/v1/runs", S.admin_token, deep, NULL);
-        assert_error(&r, 400, "json_too_deep");
-        reply_free(&r);
-        r = http("GET", "/v1/nothing-here", S.admin_token, NULL, NULL);
-        assert_error(&r, 404, "not_found");
-        reply_free(&r);
+        assert_refused("POST", "/v1/runs", S.admin_token, deep, 400, "json_too_deep");
+        assert_refused("GET", "/v1/nothing-here", S.admin_token, NULL, 404, "not_found");
         r = http("DELETE", "/v1/runs", S.admin_token, NULL, NULL);
         assert_error(&r, 405, "method_not_allowed");
         assert_non_null(strcasestr(r.headers, "Allow: POST, GET"));
         reply_free(&r);
-        r = http("POST", "/v1/runs", S.admin_token, "{\"workflow\": \"etl\", \"bogus\": 1}", NULL);
-        assert_error(&r, 400, "unknown_field");
-        reply_free(&r);
+        assert_refused("POST", "/v1/runs", S.admin_token, "{\"workflow\": \"etl\", \"bogus\": 1}",
+                       400, "unknown_field");
 
         /* 200 idle or half-sent connections do not stop a normal client */
         int fds[200];
@@ -1274,9 +1227,7 @@ static void test_database_blip(void **state)
                  "AND pid <> pg_backend_pid()",
                  dbname);
         PQclear(test_db_must(S.db, sql));
-        r = http("GET", "/v1/me", S.admin_token, NULL, NULL);
-        assert_error(&r, 503, "database_unavailable");
-        reply_free(&r);
+        assert_refused("GET", "/v1/me", S.admin_token, NULL, 503, "database_unavailable");
         r = http("GET", "/readyz", NULL, NULL, NULL);
         assert_int_equal(r.status, 503);
         reply_free(&r);
