@@ -40,6 +40,20 @@
         "json_build_object('node_id', n.node_id, 'status', n.status, 'attempt', n.attempt, "       \
         "'output', n.output, 'error', n.error, 'started_at', n.started_at, 'finished_at', "        \
         "n.finished_at)"
+/* Whether node n is a map: its item 0 (`map[0]`, src/engine/plan.c, item_record: a map
+ * records its items in index order, so one that has any has item 0) — an index probe per
+ * node (a scalar subquery: as EXISTS the planner may hash every node_runs row instead). */
+#define NODE_IS_MAP                                                                                \
+        "((SELECT 1 FROM node_runs i WHERE i.workflow_run_id = n.workflow_run_id AND i.node_id = " \
+        "n.node_id || '[0]' LIMIT 1) IS NOT NULL)"
+/* NODE_STATE_JSON as the reads that aggregate a run's maps give it (the run, nodes with
+ * ?items=false): a map's own output is the array of its items' outputs (10,000 elements for
+ * a 10,000-item map), so it is left out with output_omitted; ?map=ID reads the items. n
+ * carries is_map (NODE_IS_MAP). */
+#define NODE_STATE_NO_MAP_OUTPUT_JSON                                                              \
+        "json_build_object('node_id', n.node_id, 'status', n.status, 'attempt', n.attempt, "       \
+        "'output', CASE WHEN n.is_map THEN NULL ELSE n.output END, 'output_omitted', n.is_map, "   \
+        "'error', n.error, 'started_at', n.started_at, 'finished_at', n.finished_at)"
 
 /* The agent runs of run r (sub-agents too), each with its own LLM totals; the run's
  * cost_usd, tokens_in and tokens_out are their sums (0013_llm_costs.sql). cached_tokens_in
@@ -55,7 +69,8 @@
         "agent_runs x WHERE x.workflow_run_id = r.id ORDER BY x.started_at, x.id LIMIT 1000) a), " \
         "'[]'::json)"
 
-#define RUN_JSON                                                                                   \
+/* The run r without its node states (RUN_JSON_ALL or RUN_JSON_NOT_ITEMS add them). */
+#define RUN_JSON_HEAD                                                                              \
         "json_build_object('id', r.id, 'workflow', r.workflow_name, 'workflow_version', "          \
         "r.workflow_version, 'workflow_id', r.workflow_id, 'status', r.status, 'input', r.input, " \
         "'output', r.output, 'error', r.error, 'wait_reason', r.wait_reason, 'attempt', "          \
@@ -67,28 +82,44 @@
         "r.cost_usd, 'tokens_in', "                                                                \
         "r.tokens_in, 'tokens_out', r.tokens_out, 'agents', " AGENT_RUNS_JSON ", "                 \
         "'agent_versions', r.agent_versions, 'last_event_seq', r.event_seq, 'nodes_total', "       \
-        "nt.total, 'nodes_truncated', nt.total > " RUN_NODES_INLINE ", 'maps', nt.maps, "          \
-        "'nodes', " RUN_NODES_FIRST ")"
+        "nt.total, 'maps', nt.maps, "
 /* The first RUN_NODES_INLINE nodes of run r in order of first start, latest attempt each:
  * node_runs_run_started_idx (0024) walked from the start, keeping each node's first attempt
  * (no attempt of it started before), so 1,000 nodes cost 1,000 rows, not the whole run.
  * The LIMIT 1 keeps the latest-attempt lookup a probe per node (without it the planner may
  * join the whole run's view instead). */
 #define RUN_NODES_FIRST                                                                            \
-        "COALESCE((SELECT json_agg(" NODE_STATE_JSON " ORDER BY f.started_at, f.node_id) FROM "    \
-        "(SELECT f.node_id, f.started_at FROM node_runs f WHERE f.workflow_run_id = r.id AND NOT " \
-        "EXISTS (SELECT 1 FROM node_runs e WHERE e.workflow_run_id = r.id AND e.node_id = "        \
-        "f.node_id AND (e.started_at, e.attempt) < (f.started_at, f.attempt)) ORDER BY "           \
-        "f.started_at, f.node_id LIMIT " RUN_NODES_INLINE ") f CROSS JOIN LATERAL (SELECT * FROM " \
-        "agently_node_latest d WHERE d.workflow_run_id = r.id AND d.node_id = f.node_id LIMIT 1) " \
-        "n), '[]'::json)"
-/* FROM clause companion of RUN_JSON: in one pass over the latest attempts of run r (an
+        "COALESCE((SELECT json_agg(" NODE_STATE_NO_MAP_OUTPUT_JSON " ORDER BY f.started_at, "      \
+        "f.node_id) FROM (SELECT f.node_id, f.started_at FROM node_runs f WHERE "                  \
+        "f.workflow_run_id = r.id AND NOT EXISTS (SELECT 1 FROM node_runs e WHERE "                \
+        "e.workflow_run_id = r.id AND e.node_id = f.node_id AND (e.started_at, e.attempt) < "      \
+        "(f.started_at, f.attempt)) ORDER BY f.started_at, f.node_id LIMIT " RUN_NODES_INLINE      \
+        ") f CROSS JOIN LATERAL (SELECT n.*, " NODE_IS_MAP " AS is_map FROM agently_node_latest "  \
+        "n WHERE n.workflow_run_id = r.id AND n.node_id = f.node_id LIMIT 1) n), '[]'::json)"
+/* ?items=false: the first RUN_NODES_INLINE nodes of run r that are not map items, in order
+ * of first start. They are few even beside 100,000 items: node_runs_run_node_not_item_idx
+ * (0024) holds only them, and only they are sorted. */
+#define RUN_NODES_NOT_ITEMS                                                                        \
+        "COALESCE((SELECT json_agg(" NODE_STATE_NO_MAP_OUTPUT_JSON " ORDER BY "                    \
+        "n.first_started_at, n.node_id) FROM (SELECT n.*, " NODE_IS_MAP " AS is_map FROM "         \
+        "agently_node_latest n WHERE n.workflow_run_id = r.id AND right(n.node_id, 1) <> ']' "     \
+        "ORDER BY n.first_started_at, n.node_id LIMIT " RUN_NODES_INLINE ") n), '[]'::json)"
+/* The run with its first node states (RUN_NODES_FIRST), or (?items=false) with its first
+ * nodes that are not map items, the items being in `maps`. */
+#define RUN_JSON_ALL                                                                               \
+        RUN_JSON_HEAD "'nodes_truncated', nt.total > " RUN_NODES_INLINE                            \
+                      ", 'nodes', " RUN_NODES_FIRST ")"
+#define RUN_JSON_NOT_ITEMS                                                                         \
+        RUN_JSON_HEAD "'nodes_truncated', nt.not_items > " RUN_NODES_INLINE                        \
+                      ", 'nodes', " RUN_NODES_NOT_ITEMS ")"
+/* FROM clause companion of RUN_JSON_*: in one pass over the latest attempts of run r (an
  * index walk, 0024), the number of distinct nodes and each map's items aggregated — count,
  * count per status, first start, last finish (null while one is open) — so a viewer of a
  * 10,000-item map needs neither 10,000 node states nor its events. An item is `map[i]`
  * (src/engine/plan.c, item_record). */
 #define RUN_NODES_TOTAL                                                                            \
-        " CROSS JOIN LATERAL (SELECT COALESCE(sum(g.n), 0) AS total, COALESCE(json_agg("           \
+        " CROSS JOIN LATERAL (SELECT COALESCE(sum(g.n), 0) AS total, COALESCE(sum(g.n) FILTER "    \
+        "(WHERE g.map IS NULL), 0) AS not_items, COALESCE(json_agg("                               \
         "json_build_object('node_id', g.map, 'items', g.n, 'counts', json_strip_nulls("            \
         "json_build_object('started', NULLIF(g.started, 0), 'waiting', NULLIF(g.waiting, 0), "     \
         "'completed', NULLIF(g.completed, 0), 'failed', NULLIF(g.failed, 0), 'skipped', "          \
@@ -346,15 +377,37 @@ unsigned api_respond_query(struct api_request *req, struct api_response *resp, u
         return api_json(resp, status, j);
 }
 
-static unsigned respond_run(struct api_request *req, struct api_response *resp, unsigned status,
-                            const char *id)
+/* The run as GET /v1/runs/{id} answers it; items: whether `nodes` holds map items too
+ * (?items=false: not, they are in `maps`). */
+static unsigned respond_run_read(struct api_request *req, struct api_response *resp,
+                                 unsigned status, const char *id, bool items)
 {
         const char *params[] = {id};
 
         return api_respond_query(req, resp, status,
-                                 "SELECT " RUN_JSON " FROM workflow_runs r" RUN_NODES_TOTAL
-                                 " WHERE r.id = $1",
+                                 items ? "SELECT " RUN_JSON_ALL
+                                         " FROM workflow_runs r" RUN_NODES_TOTAL " WHERE r.id = $1"
+                                       : "SELECT " RUN_JSON_NOT_ITEMS
+                                         " FROM workflow_runs r" RUN_NODES_TOTAL " WHERE r.id = $1",
                                  1, params, "run", id);
+}
+
+static unsigned respond_run(struct api_request *req, struct api_response *resp, unsigned status,
+                            const char *id)
+{
+        return respond_run_read(req, resp, status, id, true);
+}
+
+/* ?items=true|false (default true) into *items; 0, or the 400 answered. */
+static unsigned parse_items(struct api_request *req, struct api_response *resp, bool *items)
+{
+        const char *s = api_query(req, "items");
+
+        *items = !s || strcmp(s, "true") == 0;
+        if (s && strcmp(s, "true") != 0 && strcmp(s, "false") != 0)
+                return api_errorf(resp, 400, "invalid_parameter", "invalid items", NULL,
+                                  "items must be true or false, got '%s'", s);
+        return 0;
 }
 
 /* ---- ops -------------------------------------------------------------------------- */
@@ -818,9 +871,14 @@ static unsigned h_runs_list(struct api_request *req, struct api_response *resp)
 
 static unsigned h_runs_get(struct api_request *req, struct api_response *resp)
 {
+        bool items;
+        unsigned st;
+
         if (!api_is_uuid(req->params[0]))
                 return api_not_found(resp, "run", req->params[0]);
-        return respond_run(req, resp, 200, req->params[0]);
+        if ((st = parse_items(req, resp, &items)))
+                return st;
+        return respond_run_read(req, resp, 200, req->params[0], items);
 }
 
 /* The run's status into *out (malloc'd). 0 when the run exists for this user; otherwise the
@@ -848,16 +906,15 @@ static unsigned run_status(struct api_request *req, struct api_response *resp, c
 static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
 {
         const char *id = req->params[0], *map = api_query(req, "map");
-        const char *items = api_query(req, "items");
         _cleanup_free_ char *cursor = NULL, *limit_s = NULL, *status = NULL;
         unsigned st;
+        bool items;
         int limit;
 
         if (!api_is_uuid(id))
                 return api_not_found(resp, "run", id);
-        if (items && strcmp(items, "true") != 0 && strcmp(items, "false") != 0)
-                return api_errorf(resp, 400, "invalid_parameter", "invalid items", NULL,
-                                  "items must be true or false, got '%s'", items);
+        if ((st = parse_items(req, resp, &items)))
+                return st;
         if (map && (!*map || strchr(map, '[')))
                 return api_errorf(resp, 400, "invalid_parameter", "invalid map",
                                   "pass the map node's id, e.g. map=fanout for fanout[0], ...",
@@ -870,15 +927,26 @@ static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
         limit_s = str_printf("%d", limit + 1);
         if (!limit_s)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
-        const char *params[] = {id, cursor, limit_s, map, items};
-        /* an item is `map[i]` (src/engine/plan.c, item_record), as in RUN_NODES_TOTAL */
+        const char *params[] = {id, cursor, limit_s, map};
+        /* an item is `map[i]` (src/engine/plan.c, item_record), as in RUN_NODES_TOTAL;
+         * without the items, a map's own output (theirs) is left out too */
+        if (!items)
+                return api_page_query(req, resp,
+                                      "SELECT " NODE_STATE_NO_MAP_OUTPUT_JSON ", n.node_id FROM "
+                                      "(SELECT n.*, " NODE_IS_MAP " AS is_map FROM "
+                                      "agently_node_latest n WHERE n.workflow_run_id = $1 AND "
+                                      "($2::text IS NULL OR n.node_id > $2) AND ($4::text IS NULL "
+                                      "OR starts_with(n.node_id, $4 || '[')) AND right(n.node_id, "
+                                      "1) <> ']' ORDER BY n.node_id LIMIT $3::integer) n ORDER BY "
+                                      "n.node_id",
+                                      4, params, limit);
         return api_page_query(req, resp,
                               "SELECT " NODE_STATE_JSON ", n.node_id FROM agently_node_latest n "
                               "WHERE n.workflow_run_id = $1 AND ($2::text IS NULL OR n.node_id > "
                               "$2) AND ($4::text IS NULL OR (starts_with(n.node_id, $4 || '[') "
-                              "AND right(n.node_id, 1) = ']')) AND ($5::boolean IS NOT FALSE OR "
-                              "right(n.node_id, 1) <> ']') ORDER BY n.node_id LIMIT $3::integer",
-                              5, params, limit);
+                              "AND right(n.node_id, 1) = ']')) ORDER BY n.node_id LIMIT "
+                              "$3::integer",
+                              4, params, limit);
 }
 
 /* Runs an UPDATE ... RETURNING; 1 when a row changed, 0 when none, or a negative errno. */
@@ -1218,9 +1286,21 @@ static unsigned parse_after(const char *s, struct api_response *resp, int64_t *o
         return 0;
 }
 
+/* The events of run r after seq $2 (at most $3), or (?last=N) its last $3: one statement,
+ * so the status and the events come from one snapshot and "terminal" is only true when no
+ * event can follow the ones returned; run_created_at prunes the read to the run's own
+ * partition of logs. */
+#define EVENTS_PAGE_SQL(events)                                                                    \
+        "SELECT json_build_object('data', COALESCE(json_agg(e.body ORDER BY e.seq) FILTER (WHERE " \
+        "e.seq IS NOT NULL), '[]'::json), 'next_after', COALESCE(max(e.seq), $2::bigint), "        \
+        "'run_status', r.status, 'terminal', r.status IN ('completed', 'failed', 'canceled') AND " \
+        "($4::boolean OR count(e.seq) < $3::integer)) FROM workflow_runs r LEFT JOIN LATERAL "     \
+        "(SELECT seq, " API_EVENT_JSON " AS body FROM logs WHERE workflow_run_id = r.id AND "      \
+        "run_created_at = r.created_at " events ") e ON true WHERE r.id = $1 GROUP BY r.status"
+
 static unsigned h_events_list(struct api_request *req, struct api_response *resp)
 {
-        const char *id = req->params[0];
+        const char *id = req->params[0], *last = api_query(req, "last");
         _cleanup_free_ char *after_s = NULL, *limit_s = NULL;
         int64_t after;
         unsigned st;
@@ -1232,24 +1312,25 @@ static unsigned h_events_list(struct api_request *req, struct api_response *resp
         if ((st = parse_after(api_query(req, "after"), resp, &after)) ||
             (st = parse_limit(req, resp, EVENTS_DEFAULT, EVENTS_MAX, &limit)))
                 return st;
+        if (last && (api_query(req, "after") || api_query(req, "limit")))
+                return api_error(resp, 400, "invalid_parameter", "last cannot be combined",
+                                 "pass last=N alone for the last N events, or after and limit",
+                                 NULL);
+        if (last && (str_to_int(last, &limit) < 0 || limit < 1 || limit > EVENTS_MAX))
+                return api_errorf(resp, 400, "invalid_parameter", "invalid last", NULL,
+                                  "last must be an integer from 1 to %d, got '%s'", EVENTS_MAX,
+                                  last);
         after_s = str_printf("%lld", (long long)after);
         limit_s = str_printf("%d", limit);
-        const char *params[] = {id, after_s, limit_s};
-        /* one statement: the status and the events come from one snapshot, so "terminal"
-         * is only true when no event can follow the ones returned; run_created_at prunes
-         * the read to the run's own partition of logs */
+        if (!after_s || !limit_s)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        const char *params[] = {id, after_s, limit_s, last ? "true" : "false"};
+        /* the last N: the partition's (run, seq) index walked backwards, N rows */
         r = api_query_json(req,
-                           "SELECT json_build_object('data', COALESCE(json_agg(e.body ORDER BY "
-                           "e.seq) FILTER (WHERE e.seq IS NOT NULL), '[]'::json), 'next_after', "
-                           "COALESCE(max(e.seq), $2::bigint), 'run_status', r.status, 'terminal', "
-                           "r.status IN ('completed', 'failed', 'canceled') AND "
-                           "count(e.seq) < $3::integer) "
-                           "FROM workflow_runs r LEFT JOIN LATERAL (SELECT seq, " API_EVENT_JSON
-                           " AS body FROM logs WHERE workflow_run_id = r.id AND run_created_at = "
-                           "r.created_at AND seq > $2::bigint ORDER BY seq LIMIT $3::integer) e "
-                           "ON true WHERE r.id = $1 "
-                           "GROUP BY r.status",
-                           3, params, &j);
+                           last ? EVENTS_PAGE_SQL("ORDER BY seq DESC LIMIT $3::integer")
+                                : EVENTS_PAGE_SQL("AND seq > $2::bigint ORDER BY seq LIMIT "
+                                                  "$3::integer"),
+                           4, params, &j);
         if (r < 0)
                 return api_db_error(resp, r);
         if (!j)

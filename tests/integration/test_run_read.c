@@ -4,6 +4,10 @@
  *    first start, each at its latest attempt (a retried item keeps its place, shows its
  *    retry); `maps` aggregates every item of each map, counts per status, open while an item
  *    is; GET .../nodes?map=ID pages through one map's items, ?items=false through the rest;
+ *  - what the dashboard reads first: the run with ?items=false (its nodes that are not map
+ *    items, the items aggregated in `maps`), no read carrying a map's own output (its items'
+ *    outputs: output_omitted) but the unfiltered nodes list, and the last events
+ *    (events?last=N) without knowing the last seq;
  *  - the live fan-out survives losing its LISTEN connection: with the listening backend
  *    terminated (pg_terminate_backend), a connected event stream still gets a later event
  *    within the polling bound, and the hub LISTENs again (a new listener backend, and an
@@ -208,6 +212,19 @@ static void run_larger_than_its_inline_nodes(void **state)
         json_decref(want);
         json_decref(r);
 
+        /* the same run without its items: its three other nodes, in order of first start */
+        snprintf(path, sizeof(path), "/v1/runs/%s?items=false", run);
+        r = get(path, 200);
+        nodes = json_object_get(r, "nodes");
+        assert_int_equal(json_integer_value(json_object_get(r, "nodes_total")), ITEMS + 3);
+        assert_false(json_is_true(json_object_get(r, "nodes_truncated")));
+        assert_int_equal(json_array_size(nodes), 3);
+        assert_string_equal(str_at(nodes, 0, "node_id"), "start");
+        assert_string_equal(str_at(nodes, 1, "node_id"), "fan");
+        assert_string_equal(str_at(nodes, 2, "node_id"), "end");
+        assert_int_equal(json_array_size(json_object_get(r, "maps")), 1);
+        json_decref(r);
+
         /* the rest of the nodes, and one map's items, each paged to its end */
         char *ids = NULL;
         assert_int_equal(page_all(run, "items=false", &ids), 3);
@@ -235,6 +252,113 @@ static void run_larger_than_its_inline_nodes(void **state)
         assert_int_equal(json_integer_value(json_object_get(r, "nodes_total")), 0);
         json_decref(r);
         free(plain);
+        free(run);
+}
+
+static long long append_event(const char *run)
+{
+        return test_db_int(S.db,
+                           "SELECT agently_append_event_unfenced('%s', 'test.tick', NULL, NULL, "
+                           "'info', 'tick', NULL)",
+                           run);
+}
+
+/* The node state named id in a nodes array. */
+static json_t *node_named(json_t *nodes, const char *id)
+{
+        for (size_t i = 0; i < json_array_size(nodes); i++)
+                if (strcmp(str_at(nodes, i, "node_id"), id) == 0)
+                        return json_array_get(nodes, i);
+        fail_msg("no node %s", id);
+        return NULL;
+}
+
+/* A completed map `fan` of 3 items beside a node `start`, and 5 events. */
+static void first_reads_leave_map_outputs_out(void **state)
+{
+        (void)state;
+        char *run = new_run(), *sql = NULL, path[256];
+        assert_int_gt(
+            asprintf(&sql,
+                     "INSERT INTO node_runs (user_id, workflow_run_id, node_id, attempt, status, "
+                     "output, started_at, finished_at) SELECT '%s', '%s', x.node_id, 1, "
+                     "'completed', x.output, x.s, x.s FROM (SELECT 'start' AS node_id, "
+                     "'{\"a\": 1}'::jsonb AS output, timestamptz '2026-01-01' AS s UNION ALL "
+                     "SELECT 'fan', '[{\"i\": 0}, {\"i\": 1}, {\"i\": 2}]', timestamptz "
+                     "'2026-01-01' + interval '1 s' UNION ALL SELECT 'fan[' || i || ']', "
+                     "jsonb_build_object('i', i), timestamptz '2026-01-01' + interval '2 s' FROM "
+                     "generate_series(0, 2) i) x",
+                     S.user_id, run),
+            0);
+        PQclear(test_db_must(S.db, sql));
+        free(sql);
+        for (int i = 0; i < 5; i++)
+                append_event(run);
+
+        /* the run read: every node, the map's own output left out, its items' kept */
+        snprintf(path, sizeof(path), "/v1/runs/%s", run);
+        json_t *r = get(path, 200), *nodes = json_object_get(r, "nodes");
+        assert_int_equal(json_array_size(nodes), 5);
+        json_t *fan = node_named(nodes, "fan"), *start = node_named(nodes, "start");
+        assert_true(json_is_null(json_object_get(fan, "output")));
+        assert_true(json_is_true(json_object_get(fan, "output_omitted")));
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(start, "output"), "a")),
+                         1);
+        assert_true(json_is_false(json_object_get(start, "output_omitted")));
+        assert_int_equal(json_integer_value(json_object_get(
+                             json_object_get(node_named(nodes, "fan[2]"), "output"), "i")),
+                         2);
+        json_decref(r);
+
+        /* ?items=false: the two nodes that are not items, the items in `maps` */
+        snprintf(path, sizeof(path), "/v1/runs/%s?items=false", run);
+        r = get(path, 200);
+        nodes = json_object_get(r, "nodes");
+        assert_int_equal(json_array_size(nodes), 2);
+        assert_string_equal(str_at(nodes, 0, "node_id"), "start");
+        assert_string_equal(str_at(nodes, 1, "node_id"), "fan");
+        assert_true(json_is_null(json_object_get(json_array_get(nodes, 1), "output")));
+        assert_true(json_is_true(json_object_get(json_array_get(nodes, 1), "output_omitted")));
+        assert_int_equal(json_integer_value(json_object_get(r, "nodes_total")), 5);
+        assert_false(json_is_true(json_object_get(r, "nodes_truncated")));
+        assert_int_equal(json_integer_value(json_object_get(
+                             json_array_get(json_object_get(r, "maps"), 0), "items")),
+                         3);
+        json_decref(r);
+        snprintf(path, sizeof(path), "/v1/runs/%s?items=maybe", run);
+        json_decref(get(path, 400));
+
+        /* the nodes list: without the items, the map's output is left out; with them, not */
+        snprintf(path, sizeof(path), "/v1/runs/%s/nodes?items=false", run);
+        r = get(path, 200);
+        fan = node_named(json_object_get(r, "data"), "fan");
+        assert_true(json_is_null(json_object_get(fan, "output")));
+        assert_true(json_is_true(json_object_get(fan, "output_omitted")));
+        json_decref(r);
+        snprintf(path, sizeof(path), "/v1/runs/%s/nodes", run);
+        r = get(path, 200);
+        fan = node_named(json_object_get(r, "data"), "fan");
+        assert_int_equal(json_array_size(json_object_get(fan, "output")), 3);
+        json_decref(r);
+
+        /* the last events, in order, without knowing the last seq */
+        snprintf(path, sizeof(path), "/v1/runs/%s/events?last=2", run);
+        r = get(path, 200);
+        json_t *data = json_object_get(r, "data");
+        assert_int_equal(json_array_size(data), 2);
+        assert_int_equal(json_integer_value(json_object_get(json_array_get(data, 0), "seq")), 4);
+        assert_int_equal(json_integer_value(json_object_get(json_array_get(data, 1), "seq")), 5);
+        assert_int_equal(json_integer_value(json_object_get(r, "next_after")), 5);
+        assert_false(json_is_true(json_object_get(r, "terminal"))); /* the run is waiting */
+        json_decref(r);
+        snprintf(path, sizeof(path), "/v1/runs/%s/events?last=1000", run);
+        r = get(path, 200);
+        assert_int_equal(json_array_size(json_object_get(r, "data")), 5);
+        json_decref(r);
+        snprintf(path, sizeof(path), "/v1/runs/%s/events?last=2&after=1", run);
+        json_decref(get(path, 400));
+        snprintf(path, sizeof(path), "/v1/runs/%s/events?last=0", run);
+        json_decref(get(path, 400));
         free(run);
 }
 
@@ -304,14 +428,6 @@ static void *stream_main(void *arg)
         curl_easy_cleanup(e);
         curl_slist_free_all(h);
         return NULL;
-}
-
-static long long append_event(const char *run)
-{
-        return test_db_int(S.db,
-                           "SELECT agently_append_event_unfenced('%s', 'test.tick', NULL, NULL, "
-                           "'info', 'tick', NULL)",
-                           run);
 }
 
 /* Appends an event and returns how long the stream took to receive it (ms; -1: not within
@@ -412,6 +528,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(run_larger_than_its_inline_nodes),
+            cmocka_unit_test(first_reads_leave_map_outputs_out),
             cmocka_unit_test(stream_survives_losing_listen),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
