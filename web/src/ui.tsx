@@ -1,6 +1,6 @@
 // Small shared pieces: times, status badges, errors, JSON, loading and empty states.
 import type { ComponentChildren } from "preact";
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useMemo, useState } from "preact/hooks";
 import { ApiError } from "./api/client";
 import { linkHandler } from "./lib/router";
 import { absolute, relative } from "./lib/time";
@@ -58,14 +58,28 @@ export function Empty({ children }: { children: ComponentChildren }) {
   return <div class="empty">{children}</div>;
 }
 
+/** A JSON value, pretty-printed. A large one shows its start until asked for more: laying
+ * out a 10,000-item input or output (100 KB of text) took the browser 0.5–1.2 s on a
+ * loaded machine, longer than everything else a run page does to open. */
 export function Json({ value, label }: { value: unknown; label?: string }) {
+  const [more, setMore] = useState(false);
+  // once per value, not per render (a run page renders every second)
+  const text = useMemo(() => (value === undefined ? "" : (JSON.stringify(value, null, 2) ?? "null")), [value]);
   if (value === undefined) return null;
-  const text = JSON.stringify(value, null, 2) ?? "null";
-  const cap = 100_000; // a 10,000-item output would cost seconds to lay out
+  const cap = more ? 100_000 : 4_000;
+  const rest = text.length - cap;
   return (
-    <pre class="json" aria-label={label}>
-      {text.length > cap ? `${text.slice(0, cap)}\n… ${Math.round((text.length - cap) / 1024)} KB more (agently run show ID -o json)` : text}
-    </pre>
+    <>
+      <pre class="json" aria-label={label}>
+        {rest > 0 ? `${text.slice(0, cap)}\n… ${Math.ceil(rest / 1024)} KB more` : text}
+      </pre>
+      {rest > 0 && !more && (
+        <button class="link" onClick={() => setMore(true)}>
+          Show more of {label ?? "it"}
+        </button>
+      )}
+      {rest > 0 && more && <p class="muted">The rest: agently run show ID -o json</p>}
+    </>
   );
 }
 

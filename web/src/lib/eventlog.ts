@@ -1,6 +1,7 @@
 // A run's event log as the run page reads it: the last window first (what the log shows,
-// following the end), then the live stream from there; earlier pages only when they are
-// looked at (scrolled to) or when everything is needed (search, level filter, time travel).
+// following the end: GET /v1/runs/{id}/events?last=N, asked for at once, beside the run's
+// own read), then the live stream from there; earlier pages only when they are looked at
+// (scrolled to) or when everything is needed (search, level filter, time travel).
 // Seqs are dense (1, 2, 3, ...), so event `seq` lives at index seq - 1 and the pages of
 // GET /v1/runs/{id}/events?after=N can be asked for by position, several at once.
 import { useLayoutEffect, useRef, useState } from "preact/hooks";
@@ -8,6 +9,8 @@ import { call, type RunEvent } from "../api/client";
 import { followEvents } from "./sse";
 
 export const PAGE = 1000;
+/** the first window: a screenful and more, small enough to come at once */
+export const FIRST = 200;
 
 export interface EventLog {
   /** events[seq - 1]; a hole is a page not loaded yet */
@@ -28,8 +31,8 @@ export interface EventLog {
   wantAll(): void;
 }
 
-/** lastSeq: the run's last_event_seq when the page opened (undefined until the run is read). */
-export function useEventLog(id: string, lastSeq: number | undefined, onChange: () => void, onEnd: () => void): EventLog {
+/** onChange: events arrived (the run is read again); onEnd: the run ended. */
+export function useEventLog(id: string, onChange: () => void, onEnd: () => void): EventLog {
   const [version, setVersion] = useState(0);
   const [loaded, setLoaded] = useState(false);
   const [live, setLive] = useState(false);
@@ -68,7 +71,9 @@ export function useEventLog(id: string, lastSeq: number | undefined, onChange: (
     const ev = store.current.events;
     const pages: number[] = [];
     for (let p = Math.floor((Math.max(1, from) - 1) / PAGE); p * PAGE < to; p++) {
-      const lo = p * PAGE, hi = Math.min(to, (p + 1) * PAGE);
+      // only the wanted part of the page counts (the first window is the log's last FIRST
+      // events, most of a page that is not asked for yet)
+      const lo = Math.max(p * PAGE, from - 1), hi = Math.min(to, (p + 1) * PAGE);
       for (let i = lo; i < hi; i++)
         if (!ev[i]) {
           pages.push(p);
@@ -84,33 +89,17 @@ export function useEventLog(id: string, lastSeq: number | undefined, onChange: (
     store.current = s;
     setLoaded(false);
     setError(null);
-    if (lastSeq === undefined) return;
     let follow: { close(): void } | null = null;
     (async () => {
       try {
-        // the last window: the page holding the last seq and the one before, at once (the
-        // log shows the end, and the pages are the ones scrolling asks for); then whatever
-        // the run appended since it was read, until the stream takes over
-        const last = Math.max(0, Math.floor((lastSeq - 1) / PAGE));
-        const pages = await Promise.all(
-          [last - 1, last].filter((p) => p >= 0).map((p) => call("get", "/v1/runs/{id}/events", { path: { id }, query: { after: p * PAGE, limit: PAGE } })),
-        );
+        // the last window (the log shows the end), then the stream from its last seq
+        const page = await call("get", "/v1/runs/{id}/events", { path: { id }, query: { last: FIRST } });
         if (s.stop) return;
-        pages.forEach((page) => put(page.data));
-        let after = s.events.length;
-        for (let full = pages[pages.length - 1].data.length === PAGE; full; ) {
-          const page = await call("get", "/v1/runs/{id}/events", { path: { id }, query: { after, limit: PAGE } });
-          if (s.stop) return;
-          put(page.data);
-          after = s.events.length;
-          full = page.data.length === PAGE;
-        }
+        put(page.data);
+        const after = page.next_after;
         s.events.length = Math.max(s.events.length, after);
         setLoaded(true);
         bump();
-        // events the run appended after it was read (a node began to wait, an agent's last
-        // call ended) came with these pages, not the stream: the run is read again for them
-        if (after > lastSeq) onChange();
         follow = followEvents(
           id,
           after,
@@ -134,7 +123,7 @@ export function useEventLog(id: string, lastSeq: number | undefined, onChange: (
       s.stop = true;
       follow?.close();
     };
-  }, [id, lastSeq === undefined]);
+  }, [id]);
 
   const events = store.current.events;
   const total = events.length;

@@ -3,7 +3,7 @@
 // level), input / output / error, cost, and time travel: a slider over the event log that
 // shows every node as it was right after the chosen event.
 import type { ComponentChildren } from "preact";
-import { useEffect, useMemo, useRef, useState } from "preact/hooks";
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
 import { ApiError, call, uuid, type Approval, type NodeState, type Run, type RunEvent } from "../api/client";
 import { navigate } from "../lib/router";
 import { useEventLog, type EventLog as Log } from "../lib/eventlog";
@@ -17,8 +17,9 @@ import { Artifacts } from "../viewer/Artifacts";
 const FINAL = new Set(["completed", "failed", "canceled"]);
 const LEVELS = ["debug", "info", "warn", "error"];
 
-/** The nodes of a large run that are not map items (its maps come aggregated). */
-async function nodesNotItems(id: string): Promise<NodeState[]> {
+/** The rest of a run's nodes that are not map items, after the first 1,000 the run read
+ * brought (a run with more than that: nodes_truncated). */
+async function moreNodes(id: string, first: NodeState[]): Promise<NodeState[]> {
   const all: NodeState[] = [];
   let cursor: string | undefined;
   do {
@@ -26,7 +27,7 @@ async function nodesNotItems(id: string): Promise<NodeState[]> {
     all.push(...page.data);
     cursor = page.next_cursor ?? undefined;
   } while (cursor);
-  return all;
+  return all.length ? all : first;
 }
 
 export function RunPage({ id }: { id: string }) {
@@ -40,7 +41,9 @@ export function RunPage({ id }: { id: string }) {
   const [approvals, setApprovals] = useState<Approval[]>([]);
   const refresh = useRef<ReturnType<typeof setTimeout> | null>(null);
   const finalRef = useRef(false);
-  const large = useRef<boolean | undefined>(undefined); // nodes_truncated, once known
+  // reads of the run in flight, and whether the run ended (its stream said so) meanwhile
+  const reading = useRef(0);
+  const endedWhileReading = useRef(false);
   // Once the page is gone (another page, sign-out) no reload may start: a timer left behind
   // would read the run without a session.
   const gone = useRef(false);
@@ -54,20 +57,26 @@ export function RunPage({ id }: { id: string }) {
   );
   useTick(1000);
 
+  // The page opens from two small reads made at once: the run with its nodes that are not
+  // map items (its maps aggregated, GET /v1/runs/{id}?items=false) and the last window of
+  // its events (useEventLog). The rest comes after the first paint: the workflow's graph,
+  // more nodes (a run with more than 1,000 that are not map items), a map's items when its
+  // timeline row is opened, earlier events as they scroll into view.
   async function loadRun() {
     try {
-      // a large run (a big map) has its maps aggregated and its other nodes in a page of
-      // their own: asked for at once, used when the run says it is large
-      const other = large.current !== false ? nodesNotItems(id) : null;
-      other?.catch(() => {});
-      const r = await call("get", "/v1/runs/{id}", { path: { id } });
-      large.current = r.nodes_truncated;
-      const ns = r.nodes_truncated ? await (other ?? nodesNotItems(id)) : r.nodes;
+      reading.current++;
+      const r = await call("get", "/v1/runs/{id}", { path: { id }, query: { items: false } }).finally(() => reading.current--);
       if (gone.current) return;
       setRun(r);
-      setNodes(ns);
+      setNodes(r.nodes);
       finalRef.current = FINAL.has(r.status);
       setError(null);
+      // a read that began before the run's end may have missed it: once more
+      if (endedWhileReading.current && !reading.current) {
+        endedWhileReading.current = false;
+        if (!finalRef.current) soon();
+      }
+      if (r.nodes_truncated) moreNodes(id, r.nodes).then((ns) => !gone.current && setNodes(ns), setError);
       if (r.status === "needs_input" || r.status === "waiting") {
         const a = await call("get", "/v1/approvals", { query: { status: "pending", limit: 200 } });
         setApprovals(a.data.filter((x) => x.run_id === id));
@@ -84,12 +93,27 @@ export function RunPage({ id }: { id: string }) {
       if (!gone.current) loadRun();
     }, 400);
   }
-  // the run's end: one more read unless the run was already seen finished
-  const log = useEventLog(id, run?.id === id ? run.last_event_seq : undefined, soon, () => finalRef.current || soon());
-
+  // the run's end: one more read unless the run was already seen finished (or a read is
+  // on its way, which looks again if it did not see the end)
+  function ended() {
+    if (finalRef.current) return;
+    if (reading.current) endedWhileReading.current = true;
+    else soon();
+  }
+  const log = useEventLog(id, soon, ended);
+  // the first window of events went past the run as it was read (a node began to wait, an
+  // agent's last call ended meanwhile): those events came with the window, not the stream,
+  // so the run is read again for them
+  const behind = !!run && run.id === id && log.loaded && log.total > run.last_event_seq;
   useEffect(() => {
+    if (behind) soon();
+  }, [behind]);
+
+  // a layout effect, like the events' first window: both reads leave before the first paint
+  useLayoutEffect(() => {
     setRun(undefined);
-    large.current = undefined;
+    finalRef.current = false;
+    endedWhileReading.current = false;
     setTravel(null);
     setSelected(null);
     loadRun();
@@ -117,7 +141,7 @@ export function RunPage({ id }: { id: string }) {
   }, [hasAgents, log.loaded]);
   const agentEvents = useMemo(() => (hasAgents ? (log.events.filter(Boolean) as RunEvent[]) : []), [hasAgents, log.version]);
   const shownNodes = past ? past.nodes : nodes;
-  const maps = !past && run?.nodes_truncated ? run.maps : undefined;
+  const maps = past ? undefined : run?.maps;
   const groups = useMemo(() => groupNodes(shownNodes, defs.map((d) => d.id), maps), [shownNodes, defs, maps]);
 
   if (error && !run) return <ErrorBox error={error} />;
@@ -353,6 +377,7 @@ function NodeDetail({ group, final, onRerun, onClose }: { group: Group; final: b
       </button>
       {n?.error != null && <Json value={n.error} label="node error" />}
       {n?.output != null && <Json value={n.output} label="node output" />}
+      {n?.output_omitted && <p class="muted">Its output is its {group.total} items' outputs, in order: open its row in the timeline.</p>}
     </div>
   );
 }
