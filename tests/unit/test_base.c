@@ -1,4 +1,5 @@
-/* Unit tests for src/base: capped buffers, strict number parsing, durations. */
+/* Unit tests for src/base: capped buffers, strict number parsing, durations, the JSON Schema
+ * subset. */
 #include "testlib.h"
 
 #include <errno.h>
@@ -6,6 +7,7 @@
 
 #include "buf.h"
 #include "duration.h"
+#include "json_schema.h"
 #include "strutil.h"
 
 static void buf_respects_its_cap(void **state)
@@ -98,6 +100,64 @@ static void durations_parse_as_users_write_them(void **state)
         assert_string_equal(out, "250ms");
 }
 
+/* The http_request tool's schema (src/agent/agent_tools.c) and a sandbox tool's shape. */
+static const char TOOL_SCHEMA[] =
+    "{\"type\":\"object\",\"properties\":{"
+    "\"method\":{\"type\":\"string\",\"enum\":[\"GET\",\"POST\"]},"
+    "\"url\":{\"type\":\"string\"},"
+    "\"headers\":{\"type\":\"object\",\"additionalProperties\":{\"type\":\"string\"}},"
+    "\"keep\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},"
+    "\"n\":{\"type\":[\"integer\",\"null\"]}},"
+    "\"required\":[\"method\",\"url\"],\"additionalProperties\":false}";
+
+static void json_schema_names_the_wrong_field(void **state)
+{
+        static const struct {
+                const char *value, *error; /* error NULL: accepted */
+        } cases[] = {
+            {"{\"method\":\"POST\",\"url\":\"http://x/\"}", NULL},
+            {"{\"method\":\"GET\",\"url\":\"u\",\"headers\":{\"A\":\"b\"},\"keep\":[\"f\"],"
+             "\"n\":null}",
+             NULL},
+            {"{\"method\":\"POST\",\"url\":\"u\",\"n\":3}", NULL},
+            {"[]", "arguments must be an object"},
+            {"{\"url\":\"u\"}", "arguments.method is required"},
+            {"{\"method\":\"PUT\",\"url\":\"u\"}",
+             "arguments.method must be one of [\"GET\",\"POST\"]"},
+            {"{\"method\":\"GET\",\"url\":7}", "arguments.url must be a string"},
+            {"{\"method\":\"GET\",\"url\":\"u\",\"headers\":{\"A\":1}}",
+             "arguments.headers.A must be a string"},
+            {"{\"method\":\"GET\",\"url\":\"u\",\"keep\":[\"a\",2]}",
+             "arguments.keep[1] must be a string"},
+            {"{\"method\":\"GET\",\"url\":\"u\",\"n\":1.5}",
+             "arguments.n must be one of integer, null"},
+            {"{\"method\":\"GET\",\"url\":\"u\",\"bogus\":1}",
+             "arguments.bogus is not a field the schema allows"},
+        };
+        json_error_t jerr;
+        json_t *schema = json_loads(TOOL_SCHEMA, 0, &jerr);
+        char error[256];
+
+        (void)state;
+        assert_non_null(schema);
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                json_t *v = json_loads(cases[i].value, 0, &jerr);
+                assert_non_null(v);
+                int r = json_schema_check(schema, v, "arguments", error, sizeof(error));
+                if (!cases[i].error) {
+                        assert_int_equal(r, 0);
+                        assert_string_equal(error, "");
+                } else {
+                        assert_int_equal(r, -EINVAL);
+                        assert_string_equal(error, cases[i].error);
+                }
+                json_decref(v);
+        }
+        /* no schema accepts anything */
+        assert_int_equal(json_schema_check(NULL, schema, "arguments", error, sizeof(error)), 0);
+        json_decref(schema);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -105,6 +165,7 @@ int main(void)
             cmocka_unit_test(str_to_int64_is_strict),
             cmocka_unit_test(utf8_is_checked_strictly),
             cmocka_unit_test(durations_parse_as_users_write_them),
+            cmocka_unit_test(json_schema_names_the_wrong_field),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
