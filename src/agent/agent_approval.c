@@ -7,7 +7,8 @@
  * its approval in one statement (agently_request_tool_approval, 0022); a resumed session
  * that replays that row reads the approval: still pending, it waits again (nobody is asked
  * twice); approved, the call is marked started (once, committed before the request leaves)
- * and runs; rejected, the agent gets the reviewer's comment as the tool's result. A call
+ * and runs (with the reviewer's arguments when they edited them: the model is told which
+ * ran); rejected, the agent gets the reviewer's comment as the tool's result. A call
  * found started without an answer (the worker died while it ran) is never sent again.
  */
 #include "agent_internal.h"
@@ -22,9 +23,10 @@
 #include "redact.h"
 #include "strutil.h"
 
-#define CONTEXT_MESSAGES    6    /* recent messages shown to the reviewer */
-#define CONTEXT_MESSAGE_MAX 2000 /* bytes of each */
-#define PROPOSED_ACTION_MAX 300
+#define CONTEXT_MESSAGES        6    /* recent messages shown to the reviewer */
+#define CONTEXT_MESSAGE_MAX     2000 /* bytes of each */
+#define PROPOSED_ACTION_MAX     300
+#define EDIT_NOTE_ARGUMENTS_MAX 2000 /* bytes of each argument set the model reads */
 
 static bool list_has(const json_t *list, const char *s)
 {
@@ -122,7 +124,7 @@ static char *proposed_action(const char *name, const json_t *args)
 
 /* The approval's spec: the agent's approve_tools policy (the approval node's fields, as the
  * engine normalised them) with this call's title, context and proposed action. */
-static json_t *approval_spec(const struct agent_session *s, const json_t *body, const char *effect)
+static json_t *approval_spec(struct agent_session *s, const json_t *body, const char *effect)
 {
         const json_t *at = json_object_get(s->agent, "approve_tools");
         const char *name = json_string_value(json_object_get(body, "name"));
@@ -133,6 +135,8 @@ static json_t *approval_spec(const struct agent_session *s, const json_t *body, 
         _cleanup_json_ json_t *reasoning = reply ? shown(s, reply) : NULL;
         _cleanup_json_ json_t *messages = recent_messages(s);
         _cleanup_json_ json_t *conversation = messages ? shown(s, messages) : NULL;
+        /* the tool's JSON Schema: a reviewer's edited arguments are checked against it */
+        _cleanup_json_ json_t *parameters = agent_tool_parameters(s, name);
         _cleanup_json_ json_t *spec = json_is_object(at) ? json_deep_copy(at) : json_object();
         _cleanup_free_ char *action = proposed_action(name, args);
         _cleanup_free_ char *default_title = NULL;
@@ -146,10 +150,11 @@ static json_t *approval_spec(const struct agent_session *s, const json_t *body, 
             str_printf("Approve %s (%s) for agent %s: %s", name, effect, s->node_id, action);
         if (!default_title)
                 return NULL;
-        context = json_pack(
-            "{s:s, s:s, s:O, s:s?, s:O?, s:O?, s:s}", "tool", name, "effect", effect, "arguments",
-            args, "call_id", json_string_value(json_object_get(body, "call_id")), "reasoning",
-            reasoning, "conversation", conversation, "agent_run_id", s->agent_run_id);
+        context = json_pack("{s:s, s:s, s:O, s:s?, s:O?, s:O?, s:s, s:O?}", "tool", name, "effect",
+                            effect, "arguments", args, "call_id",
+                            json_string_value(json_object_get(body, "call_id")), "reasoning",
+                            reasoning, "conversation", conversation, "agent_run_id",
+                            s->agent_run_id, "parameters", parameters);
         if (!context || json_object_set_new(spec, "context", context) < 0 ||
             json_object_set_new(spec, "title",
                                 json_string(title && *title ? title : default_title)) < 0 ||
@@ -391,19 +396,59 @@ static const char START_SQL[] =
     "SELECT agently_tool_approval_start($1::uuid, $2::bigint, $3::uuid, $4, $5::integer,"
     " $6::jsonb)";
 
+/* A result of a call a reviewer edited: the model reads first that the arguments changed
+ * and which ran (it may adapt), and the journal's answer records them ("edited"), so a
+ * replay answers the same. result is changed in place; 0 or -ENOMEM. */
+static int note_edit(struct agent_session *s, const json_t *edited, json_t *result)
+{
+        const char *by = json_string_value(json_object_get(edited, "by"));
+        const char *content = json_string_value(json_object_get(result, "content"));
+        _cleanup_json_ json_t *clean = shown(s, edited);
+        _cleanup_free_ char *ran = NULL, *proposed = NULL, *ran_c = NULL, *proposed_c = NULL,
+                            *text = NULL;
+
+        if (!clean ||
+            !(ran = json_dumps(json_object_get(clean, "arguments"),
+                               JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY)) ||
+            !(proposed = json_dumps(json_object_get(clean, "proposed_arguments"),
+                                    JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY)) ||
+            !(ran_c = capped_text(ran, EDIT_NOTE_ARGUMENTS_MAX)) ||
+            !(proposed_c = capped_text(proposed, EDIT_NOTE_ARGUMENTS_MAX)))
+                return -ENOMEM;
+        text = str_printf("the reviewer %s approved this call with edited arguments, so it ran "
+                          "with %s instead of the proposed %s. Its result: %s",
+                          by ? by : "(unknown)", ran_c, proposed_c, content ? content : "");
+        if (!text || json_object_set_new(result, "content", json_string(text)) < 0 ||
+            json_object_set(result, "edited", clean) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
 /* Approved: marked started (committed) before the request leaves, then run like any live
- * call; its answer goes into the journal row (agent_approval_tool_done). Takes body. */
+ * call — with the reviewer's arguments when they edited them (decision.arguments; the
+ * journal row keeps the proposed request, whose hash the agent asked with) — and its answer
+ * goes into the journal row (agent_approval_tool_done). Takes body. */
 static void approved(struct agent_session *s, const char *id, int seq, const char *hash,
                      json_t *body, const struct approval_state *a)
 {
         _cleanup_json_ json_t *owned = body;
         const char *name = json_string_value(json_object_get(body, "name"));
         const char *by = json_string_value(json_object_get(a->decision, "by"));
+        const json_t *edit = json_object_get(a->decision, "arguments");
+        _cleanup_json_ json_t *edited =
+            json_is_object(edit)
+                ? json_pack("{s:s?, s:O, s:O?}", "by", by, "arguments", edit, "proposed_arguments",
+                            json_object_get(body, "arguments"))
+                : NULL;
+        _cleanup_json_ json_t *edited_shown = edited ? shown(s, edited) : NULL;
         _cleanup_json_ json_t *events = json_pack(
-            "[{s:s, s:s+, s:{s:s?, s:s?, s:s, s:s?, s:O?}}]", "kind", "agent.tool_approved",
-            "message", "approved by ", by ? by : "a person", "data", "name", name, "call_id",
+            "[{s:s, s:s++, s:{s:s?, s:s?, s:s, s:s?, s:O?, s:b, s:O?, s:O?}}]", "kind",
+            "agent.tool_approved", "message", "approved by ", by ? by : "a person",
+            edited ? " with edited arguments" : "", "data", "name", name, "call_id",
             json_string_value(json_object_get(body, "call_id")), "approval_id", a->id, "by", by,
-            "comment", json_object_get(a->decision, "comment"));
+            "comment", json_object_get(a->decision, "comment"), "edited", edited != NULL,
+            "proposed_arguments", json_object_get(edited_shown, "proposed_arguments"), "arguments",
+            json_object_get(edited_shown, "arguments"));
         _cleanup_free_ char *events_text =
             events ? json_dumps(agent_events_named(s, events), JSON_COMPACT) : NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
@@ -413,7 +458,7 @@ static void approved(struct agent_session *s, const char *id, int seq, const cha
         struct agent_pending *p;
         int r = 0;
 
-        if (!events_text) {
+        if (!events_text || (edit && (!edited || !edited_shown))) {
                 agent_session_failed(s, "error", "out of memory");
                 return;
         }
@@ -436,7 +481,10 @@ static void approved(struct agent_session *s, const char *id, int seq, const cha
                 return;
         }
         p = calloc(1, sizeof(*p));
-        if (!p || !(p->id = strdup(id))) {
+        if (!p || !(p->id = strdup(id)) ||
+            (edited && json_object_set_new(body, "arguments", json_deep_copy(edit)) < 0)) {
+                if (p)
+                        free(p->id);
                 free(p);
                 agent_session_failed(s, "error", "out of memory");
                 return;
@@ -446,6 +494,7 @@ static void approved(struct agent_session *s, const char *id, int seq, const cha
         str_copy(p->kind, sizeof(p->kind), "tool");
         memcpy(p->hash, hash, 65);
         p->request = TAKE_PTR(owned);
+        p->edited = TAKE_PTR(edited);
         p->started_ms = agent_now_ms();
         p->approval_seq = seq;
         if (agent_tool_start(s, p, &refusal) < 0) {
@@ -457,6 +506,8 @@ static void approved(struct agent_session *s, const char *id, int seq, const cha
                     "is_error", 1, "effect",
                     agent_tool_effect(name, json_object_get(p->request, "arguments")));
                 json_decref(refusal);
+                if (response && p->edited && note_edit(s, p->edited, response) < 0)
+                        json_decref(TAKE_PTR(response));
                 agent_pending_release(s->host, p);
                 if (response)
                         answer_gated(s, id, seq, response, 0, NULL, NULL);
@@ -514,7 +565,7 @@ void agent_approval_tool_done(struct agent_session *s, struct agent_pending *p,
         _cleanup_json_ json_t *result =
             events ? agent_tool_result(s, p, output, error, events) : NULL;
 
-        if (!result) {
+        if (!result || (p->edited && note_edit(s, p->edited, result) < 0)) {
                 json_decref(events);
                 agent_session_failed(s, "error", "out of memory");
                 return;

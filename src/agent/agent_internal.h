@@ -52,6 +52,8 @@ struct agent_pending {
         const char *effect;          /* tool: its effect class */
         int spawn_seq;               /* spawn: the journal row the sub-agent's answer goes to */
         int approval_seq;            /* an approved gated tool call: its journal row */
+        json_t *edited;              /* ... run with a reviewer's arguments: {"by", "arguments",
+                                        "proposed_arguments"} (owned), else NULL */
         struct agent_session *child; /* spawn: the sub-agent */
         json_t *blocked; /* spawn: the needs_input error of a sub-agent waiting for a person */
         bool is_pending_marker;       /* always true: agent_host_http_done checks it */
@@ -150,6 +152,9 @@ int agent_db_set_status(struct agent_session *s, const char *status, const json_
 /* ---- agent_tools.c ---- */
 /* The start message's tools for the session's agent's list of names (finish always). */
 json_t *agent_tool_definitions(struct agent_session *s, const json_t *names);
+/* The JSON Schema of a tool's arguments, as the model is given it (new reference), or NULL
+ * for an unknown tool. */
+json_t *agent_tool_parameters(struct agent_session *s, const char *name);
 /* Starts a live tool request; 0, or < 0 with *refusal set to an answer error object
  * ({"class", "message"}) the executor gets instead. */
 int agent_tool_start(struct agent_session *s, struct agent_pending *p, json_t **refusal);

@@ -146,6 +146,7 @@ static void pending_free(struct agent_host *h, struct agent_pending *p)
                 agent_llm_abort(p);
         agent_tool_job_free(h, p);
         json_decref(p->artifacts);
+        json_decref(p->edited);
         free(p->id);
         json_decref(p->request);
         json_decref(p->blocked);

@@ -111,6 +111,21 @@ json_t *agent_tool_definitions(struct agent_session *s, const json_t *names)
         return out;
 }
 
+json_t *agent_tool_parameters(struct agent_session *s, const char *name)
+{
+        const struct tool *t = tool_find(name);
+        json_error_t jerr;
+
+        if (!t)
+                return NULL;
+        if (sandbox_tools_has(t->name)) {
+                _cleanup_free_ char *why = NULL;
+                _cleanup_json_ json_t *d = agent_sandbox_tool_definition(s, t->name, &why);
+                return json_incref(json_object_get(d, "parameters"));
+        }
+        return json_loads(t->schema, 0, &jerr);
+}
+
 static bool agent_has_tool(const struct agent_session *s, const char *name)
 {
         json_t *n;

@@ -15,6 +15,7 @@
 #include "api_internal.h"
 #include "cleanup.h"
 #include "db.h"
+#include "json_schema.h"
 #include "strutil.h"
 
 #define APPROVAL_JSON                                                                              \
@@ -26,7 +27,8 @@
         "'comment', a.comment, 'decided_at', a.decided_at, 'expires_at', a.expires_at, "           \
         "'created_at', a.created_at)"
 
-#define LINK_TOKEN_LEN 64
+#define LINK_TOKEN_LEN       64
+#define EDITED_ARGUMENTS_MAX (256 * 1024) /* bytes of an edited tool call's arguments */
 
 unsigned api_h_approvals_list(struct api_request *req, struct api_response *resp)
 {
@@ -111,14 +113,41 @@ static unsigned vote_answer(struct api_response *resp, const char *outcome, cons
         return api_not_found(resp, "approval", id);
 }
 
+/* An edited call's arguments against the tool's JSON Schema, which the agent kept in the
+ * approval's request (request.context.parameters; an approval asked before 0026 has none:
+ * then only the object itself is checked, in SQL). 0, or the 422 it answered. */
+static unsigned edit_check(struct api_response *resp, const json_t *approval,
+                           const json_t *arguments)
+{
+        const json_t *context = json_object_get(json_object_get(approval, "request"), "context");
+        const char *tool = json_string_value(json_object_get(context, "tool"));
+        char error[512];
+        int r;
+
+        r = json_schema_check(json_object_get(context, "parameters"), arguments, "arguments", error,
+                              sizeof(error));
+        if (r == 0)
+                return 0;
+        api_errorf(resp, 422, "invalid_arguments", "the edited arguments do not fit the tool",
+                   "correct the field named in detail; the tool's JSON Schema is "
+                   "request.context.parameters of the approval",
+                   "%s (tool %s)", error, tool ? tool : "?");
+        /* the path the message starts with ("arguments.url must be ...") */
+        json_object_set_new(json_object_get(resp->json, "error"), "field",
+                            json_stringn(error, strcspn(error, " ")));
+        return 422;
+}
+
 unsigned api_h_approvals_decide(struct api_request *req, struct api_response *resp)
 {
-        static const char *const keys[] = {"decision", "comment", "channel", NULL};
+        static const char *const keys[] = {"decision", "comment", "channel", "arguments", NULL};
         static const char *const channels[] = {"api", "cli", "web", "slack", NULL};
         const char *id = req->params[0];
         _cleanup_json_ json_t *approval = NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
+        _cleanup_free_ char *arguments_text = NULL;
         json_t *b;
+        unsigned st;
         int r = 0;
 
         if (!api_begin_body(req, resp, "approval", keys, false, &b))
@@ -126,6 +155,7 @@ unsigned api_h_approvals_decide(struct api_request *req, struct api_response *re
         const char *decision = json_string_value(json_object_get(b, "decision"));
         json_t *comment_j = json_object_get(b, "comment");
         json_t *channel_j = json_object_get(b, "channel");
+        json_t *arguments = json_object_get(b, "arguments");
         if (!decision || (strcmp(decision, "approve") != 0 && strcmp(decision, "reject") != 0))
                 return api_error(resp, 400, "invalid_field",
                                  "decision must be \"approve\" or \"reject\"", "field 'decision'",
@@ -143,16 +173,39 @@ unsigned api_h_approvals_decide(struct api_request *req, struct api_response *re
                 return api_error(resp, 400, "invalid_field",
                                  "channel must be \"api\", \"cli\", \"web\" or \"slack\"",
                                  "field 'channel'", NULL);
+        if (arguments && !json_is_null(arguments)) {
+                arguments_text = json_dumps(arguments, JSON_COMPACT | JSON_ENCODE_ANY);
+                if (!arguments_text)
+                        return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+                if (strlen(arguments_text) > EDITED_ARGUMENTS_MAX)
+                        return api_errorf(resp, 422, "invalid_arguments",
+                                          "the edited arguments are too large", NULL,
+                                          "field 'arguments': at most %d bytes of JSON",
+                                          EDITED_ARGUMENTS_MAX);
+        }
         const char *params[] = {id, decision, json_string_value(comment_j),
-                                channel ? channel : "api"};
+                                channel ? channel : "api", arguments_text};
         res = db_query(req->db,
-                       "SELECT outcome, reason FROM agently_decide_approval($1::uuid, $2, $3, $4)",
-                       4, params, &r);
+                       "SELECT outcome, reason FROM agently_decide_approval($1::uuid, $2, $3, $4,"
+                       " $5::jsonb)",
+                       5, params, &r);
         if (!res)
                 return api_db_error(resp, r);
+        const char *outcome = PQgetvalue(res, 0, 0);
+        const char *reason = PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1);
+        if (!strcmp(outcome, "invalid")) {
+                api_error(resp, 422, "invalid_arguments", reason, "field 'arguments'", NULL);
+                json_object_set_new(json_object_get(resp->json, "error"), "field",
+                                    json_string("arguments"));
+                return 422;
+        }
         approval = approval_json(req, id);
-        return vote_answer(resp, PQgetvalue(res, 0, 0),
-                           PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1), id, approval);
+        /* checked after the vote, which says first whether this approval may be edited at
+         * all; a misfit answers 422 and the request's transaction (the vote) rolls back */
+        if (arguments_text && !strcmp(outcome, "decided") &&
+            (st = edit_check(resp, approval, arguments)))
+                return st;
+        return vote_answer(resp, outcome, reason, id, approval);
 }
 
 /* The approval a reviewer just handed their place in (me) to `to`, as they saw it before

@@ -1,9 +1,9 @@
 /*
- * The smaller nouns: `approval` (list, show, approve, reject), `secret` (set, list, rm),
- * `token` (create, list, revoke) and `user` (create, list; admin only). Secret values are
- * read from stdin only — never argv, where shell history and `ps` would keep them — and
- * are wiped from memory after sending. A new token is printed once, alone on stdout, so
- * `agently token create > file` captures exactly the token.
+ * The smaller nouns: `approval` (list, show, approve [with a tool call's edited arguments],
+ * reject), `secret` (set, list, rm), `token` (create, list, revoke) and `user` (create, list; admin
+ * only). Secret values are read from stdin only — never argv, where shell history and `ps` would
+ * keep them — and are wiped from memory after sending. A new token is printed once, alone on
+ * stdout, so `agently token create > file` captures exactly the token.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -113,12 +113,27 @@ static int decide(struct client_ctx *ctx, const struct cli_args *args, const cha
         _cleanup_free_ char *path = client_path("/v1/approvals/%s/decide", args->positional[0]);
         _cleanup_json_ json_t *body = json_object(), *resp = NULL;
         const char *comment = client_arg(ctx, args, "comment");
+        const char *arguments = client_arg(ctx, args, "arguments");
+        char err[256];
         int r;
 
         if (!path || !body || json_object_set_new(body, "decision", json_string(decision)) < 0 ||
             json_object_set_new(body, "channel", json_string("cli")) < 0 ||
             (comment && json_object_set_new(body, "comment", json_string(comment)) < 0))
                 return CLI_EXIT_FAILURE;
+        if (arguments) { /* an agent's tool call, approved with corrected arguments */
+                json_t *a = NULL;
+                if (client_input_parse(arguments, "arguments", &a, err, sizeof(err)) < 0)
+                        return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL, "%s", err);
+                if (!json_is_object(a)) {
+                        json_decref(a);
+                        return client_fail(ctx, CLI_EXIT_USAGE, "usage", NULL, NULL,
+                                           "--arguments must be a JSON object: the tool's "
+                                           "arguments, e.g. '{\"method\": \"POST\", \"url\": "
+                                           "\"https://example.com/\"}'");
+                }
+                json_object_set_new(body, "arguments", a);
+        }
         r = client_call(ctx, "POST", path, body, NULL, &resp);
         if (r != CLI_EXIT_OK)
                 return r;
@@ -131,6 +146,14 @@ static int decide(struct client_ctx *ctx, const struct cli_args *args, const cha
 
 static const struct cli_flag decide_flags[] = {
     {"comment", 'c', "TEXT", "a note kept with the decision"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const struct cli_flag approve_flags[] = {
+    {"comment", 'c', "TEXT", "a note kept with the decision"},
+    {"arguments", 'a', "JSON",
+     "an agent's tool call: run it with these arguments instead of the proposed ones (inline "
+     "JSON, @file or @-)"},
     {NULL, 0, NULL, NULL},
 };
 
@@ -181,8 +204,9 @@ const struct client_command client_approval_commands[] = {
     {"approval", "list", "[--status S]", "list approvals, newest first", 0, 0, approval_list_flags,
      approval_list},
     {"approval", "show", "ID", "show an approval and what it asks", 1, 1, NULL, approval_show},
-    {"approval", "approve", "ID [--comment C]", "approve: the waiting run continues", 1, 1,
-     decide_flags, approval_approve},
+    {"approval", "approve", "ID [--comment C] [--arguments JSON]",
+     "approve: the waiting run continues (a tool call: with corrected arguments)", 1, 1,
+     approve_flags, approval_approve},
     {"approval", "reject", "ID [--comment C]", "reject: the node fails (its on_failure decides)", 1,
      1, decide_flags, approval_reject},
     {"approval", "reassign", "ID --to WHO [--from WHO]",
