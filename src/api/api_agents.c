@@ -28,8 +28,11 @@
         "a.definition->'model', 'definition_sha256', a.definition_sha256, 'created_at', "          \
         "a.created_at)"
 
-static const struct api_versioned agents_table = {
-    .table = "agents", .alias = "a", .what = "agent", .row_json = AGENT_JSON};
+static const struct api_versioned agents_table = {.table = "agents",
+                                                  .alias = "a",
+                                                  .what = "agent",
+                                                  .row_json = AGENT_JSON,
+                                                  .summary_json = AGENT_SUMMARY_JSON};
 
 /* The agent node's check, as a one-node workflow: its errors with their field relative to
  * the definition ("/budget/max_cost_usd"). 0, -EINVAL with *errors, -ENOMEM. */
@@ -108,52 +111,17 @@ unsigned api_h_agents_apply(struct api_request *req, struct api_response *resp)
 
 unsigned api_h_agents_list(struct api_request *req, struct api_response *resp)
 {
-        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
-        unsigned st;
-        int limit;
-
-        if ((st = api_page_begin_name(req, resp, &limit, &cursor)))
-                return st;
-        limit_s = str_printf("%d", limit + 1);
-        const char *params[] = {cursor, limit_s};
-        return api_page_query(req, resp,
-                              "SELECT " AGENT_SUMMARY_JSON ", a.name FROM (SELECT DISTINCT ON "
-                              "(name) * FROM agents WHERE ($1::text IS NULL OR name > $1) "
-                              "ORDER BY name, version DESC) a ORDER BY a.name LIMIT $2::integer",
-                              2, params, limit);
+        return api_versioned_list(req, resp, &agents_table);
 }
 
 unsigned api_h_agents_get(struct api_request *req, struct api_response *resp)
 {
-        const char *name = req->params[0], *v = api_query(req, "version");
-        int version;
-
-        if (v && (str_to_int(v, &version) < 0 || version < 1))
-                return api_errorf(resp, 400, "invalid_parameter", "invalid version", NULL,
-                                  "version must be a positive integer, got '%s'", v);
-        const char *params[] = {name, v};
-        return api_respond_query(req, resp, 200,
-                                 "SELECT " AGENT_JSON " FROM agents a WHERE a.name = $1 AND "
-                                 "($2::integer IS NULL OR a.version = $2::integer) "
-                                 "ORDER BY a.version DESC LIMIT 1",
-                                 2, params, "agent", name);
+        return api_versioned_get(req, resp, &agents_table);
 }
 
 unsigned api_h_agents_versions(struct api_request *req, struct api_response *resp)
 {
-        const char *params[] = {req->params[0]};
-        json_t *j = NULL;
-        int r = api_query_json(req,
-                               "SELECT json_build_object('data', json_agg(" AGENT_SUMMARY_JSON
-                               " ORDER BY a.version DESC)) FROM agents a WHERE a.name = $1 "
-                               "HAVING count(*) > 0",
-                               1, params, &j);
-
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (!j)
-                return api_not_found(resp, "agent", req->params[0]);
-        return api_json(resp, 200, j);
+        return api_versioned_versions(req, resp, &agents_table);
 }
 
 /* Per reference: the latest version of its name, the version it resolves to (the one it

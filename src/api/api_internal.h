@@ -192,8 +192,10 @@ unsigned api_page_begin_name(struct api_request *req, struct api_response *resp,
 struct api_versioned {
         const char *table;          /* "workflows" */
         const char *alias;          /* the row's alias in row_json: "w" */
-        const char *what;           /* the advisory lock's namespace: "workflow" */
+        const char *what;           /* the advisory lock's namespace and a 404's noun:
+                                     * "workflow" */
         const char *row_json;       /* the JSON answered for a version row, over alias */
+        const char *summary_json;   /* a version in a list (no definition), over alias */
         const char *derived_column; /* NULL, or a jsonb column set to what the caller
                                      * derived from the definition (workflows.agent_refs) */
 };
@@ -205,6 +207,19 @@ struct api_versioned {
 unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
                              const struct api_versioned *t, const char *name, const json_t *def,
                              const json_t *derived);
+
+/* GET of t's collection: the latest version of each name, a page at a time in name order
+ * (?limit=, ?cursor=). Returns the status with the response set. */
+unsigned api_versioned_list(struct api_request *req, struct api_response *resp,
+                            const struct api_versioned *t);
+/* GET of one name (the route's first parameter): the version ?version= names, else the
+ * latest; 400 for a version that is not a positive integer, 404 when there is none. */
+unsigned api_versioned_get(struct api_request *req, struct api_response *resp,
+                           const struct api_versioned *t);
+/* GET of a name's versions (the route's first parameter), newest first; 404 when the name
+ * has none. */
+unsigned api_versioned_versions(struct api_request *req, struct api_response *resp,
+                                const struct api_versioned *t);
 
 /* ---- agent definitions (api_agents.c) ---- */
 unsigned api_h_agents_apply(struct api_request *req, struct api_response *resp);

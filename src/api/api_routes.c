@@ -628,6 +628,7 @@ static const struct api_versioned workflows_table = {.table = "workflows",
                                                      .alias = "w",
                                                      .what = "workflow",
                                                      .row_json = WORKFLOW_JSON,
+                                                     .summary_json = WORKFLOW_VERSION_JSON,
                                                      .derived_column = "agent_refs"};
 
 static unsigned h_workflows_apply(struct api_request *req, struct api_response *resp)
@@ -681,53 +682,17 @@ static unsigned h_workflows_apply(struct api_request *req, struct api_response *
 
 static unsigned h_workflows_list(struct api_request *req, struct api_response *resp)
 {
-        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
-        unsigned st;
-        int limit;
-
-        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, &limit)) ||
-            (st = cursor_decode(req, resp, &cursor)))
-                return st;
-        limit_s = str_printf("%d", limit + 1);
-        const char *params[] = {cursor, limit_s};
-        return api_page_query(req, resp,
-                              "SELECT " WORKFLOW_VERSION_JSON ", w.name FROM (SELECT DISTINCT ON "
-                              "(name) * FROM workflows WHERE ($1::text IS NULL OR name > $1) "
-                              "ORDER BY name, version DESC) w ORDER BY w.name LIMIT $2::integer",
-                              2, params, limit);
+        return api_versioned_list(req, resp, &workflows_table);
 }
 
 static unsigned h_workflows_get(struct api_request *req, struct api_response *resp)
 {
-        const char *name = req->params[0], *v = api_query(req, "version");
-        int version;
-
-        if (v && (str_to_int(v, &version) < 0 || version < 1))
-                return api_errorf(resp, 400, "invalid_parameter", "invalid version", NULL,
-                                  "version must be a positive integer, got '%s'", v);
-        const char *params[] = {name, v};
-        return api_respond_query(req, resp, 200,
-                                 "SELECT " WORKFLOW_JSON " FROM workflows w WHERE w.name = $1 AND "
-                                 "($2::integer IS NULL OR w.version = $2::integer) "
-                                 "ORDER BY w.version DESC LIMIT 1",
-                                 2, params, "workflow", name);
+        return api_versioned_get(req, resp, &workflows_table);
 }
 
 static unsigned h_workflows_versions(struct api_request *req, struct api_response *resp)
 {
-        const char *params[] = {req->params[0]};
-        json_t *j = NULL;
-        int r = api_query_json(req,
-                               "SELECT json_build_object('data', json_agg(" WORKFLOW_VERSION_JSON
-                               " ORDER BY w.version DESC)) FROM workflows w WHERE w.name = $1 "
-                               "HAVING count(*) > 0",
-                               1, params, &j);
-
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (!j)
-                return api_not_found(resp, "workflow", req->params[0]);
-        return api_json(resp, 200, j);
+        return api_versioned_versions(req, resp, &workflows_table);
 }
 
 /* ---- runs ------------------------------------------------------------------------- */

@@ -37,18 +37,17 @@
         "'last_fired_at', t.last_fired_at, 'last_run_id', t.last_run_id, 'created_at', "           \
         "t.created_at)"
 
-static unsigned one(struct api_request *req, struct api_response *resp, unsigned status,
-                    const char *sql, const char *what)
+/* The row sql ($1: the route's id) answers for the id, a 404 naming what when the id is not
+ * a UUID or there is no row. */
+static unsigned one(struct api_request *req, struct api_response *resp, const char *sql,
+                    const char *what)
 {
-        const char *p[] = {req->params[0]};
-        json_t *out = NULL;
-        int r = api_query_json(req, sql, 1, p, &out);
+        const char *id = req->params[0];
+        const char *params[] = {id};
 
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (r == 0 || !out)
-                return api_not_found(resp, what, req->params[0]);
-        return api_json(resp, status, out);
+        if (!api_is_uuid(id))
+                return api_not_found(resp, what, id);
+        return api_respond_query(req, resp, 200, sql, 1, params, what, id);
 }
 
 static unsigned list(struct api_request *req, struct api_response *resp, const char *sql)
@@ -166,9 +165,7 @@ unsigned api_schedules_list(struct api_request *req, struct api_response *resp)
 
 unsigned api_schedules_get(struct api_request *req, struct api_response *resp)
 {
-        if (!api_is_uuid(req->params[0]))
-                return api_not_found(resp, "schedule", req->params[0]);
-        return one(req, resp, 200, "SELECT " SCHEDULE_JSON " FROM schedules s WHERE s.id = $1",
+        return one(req, resp, "SELECT " SCHEDULE_JSON " FROM schedules s WHERE s.id = $1",
                    "schedule");
 }
 
@@ -249,10 +246,8 @@ unsigned api_schedules_update(struct api_request *req, struct api_response *resp
 
 unsigned api_schedules_delete(struct api_request *req, struct api_response *resp)
 {
-        if (!api_is_uuid(req->params[0]))
-                return api_not_found(resp, "schedule", req->params[0]);
         return one(
-            req, resp, 200,
+            req, resp,
             "WITH s AS (DELETE FROM schedules WHERE id = $1 RETURNING *) SELECT " SCHEDULE_JSON
             " FROM s",
             "schedule");
@@ -353,17 +348,12 @@ unsigned api_triggers_list(struct api_request *req, struct api_response *resp)
 
 unsigned api_triggers_get(struct api_request *req, struct api_response *resp)
 {
-        if (!api_is_uuid(req->params[0]))
-                return api_not_found(resp, "trigger", req->params[0]);
-        return one(req, resp, 200, "SELECT " TRIGGER_JSON " FROM triggers t WHERE t.id = $1",
-                   "trigger");
+        return one(req, resp, "SELECT " TRIGGER_JSON " FROM triggers t WHERE t.id = $1", "trigger");
 }
 
 unsigned api_triggers_delete(struct api_request *req, struct api_response *resp)
 {
-        if (!api_is_uuid(req->params[0]))
-                return api_not_found(resp, "trigger", req->params[0]);
-        return one(req, resp, 200,
+        return one(req, resp,
                    "WITH t AS (DELETE FROM triggers WHERE id = $1 RETURNING *) SELECT " TRIGGER_JSON
                    " FROM t",
                    "trigger");

@@ -1,5 +1,6 @@
 /*
- * The one versioned apply of /v1/workflows and /v1/agents. A definition is named and
+ * The one versioned apply of /v1/workflows and /v1/agents, and their reads (the list of
+ * names, one version, a name's versions). A definition is named and
  * versioned: applying one that equals the latest version (its canonical text's sha256)
  * changes nothing (200, that version), any other becomes version max + 1 (201). A version
  * row is never changed once written, so a run that used it keeps meaning the same thing.
@@ -67,4 +68,64 @@ unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
         if (r < 0)
                 return api_db_error(resp, r);
         return api_json(resp, 201, j);
+}
+
+unsigned api_versioned_list(struct api_request *req, struct api_response *resp,
+                            const struct api_versioned *t)
+{
+        _cleanup_free_ char *cursor = NULL, *limit_s = NULL, *sql = NULL;
+        unsigned st;
+        int limit;
+
+        if ((st = api_page_begin_name(req, resp, &limit, &cursor)))
+                return st;
+        limit_s = str_printf("%d", limit + 1);
+        sql = str_printf("SELECT %s, %s.name FROM (SELECT DISTINCT ON (name) * FROM %s WHERE "
+                         "($1::text IS NULL OR name > $1) ORDER BY name, version DESC) %s ORDER "
+                         "BY %s.name LIMIT $2::integer",
+                         t->summary_json, t->alias, t->table, t->alias, t->alias);
+        if (!limit_s || !sql)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        const char *params[] = {cursor, limit_s};
+        return api_page_query(req, resp, sql, 2, params, limit);
+}
+
+unsigned api_versioned_get(struct api_request *req, struct api_response *resp,
+                           const struct api_versioned *t)
+{
+        const char *name = req->params[0], *v = api_query(req, "version");
+        _cleanup_free_ char *sql = NULL;
+        int version;
+
+        if (v && (str_to_int(v, &version) < 0 || version < 1))
+                return api_errorf(resp, 400, "invalid_parameter", "invalid version", NULL,
+                                  "version must be a positive integer, got '%s'", v);
+        sql = str_printf("SELECT %s FROM %s %s WHERE %s.name = $1 AND ($2::integer IS NULL OR "
+                         "%s.version = $2::integer) ORDER BY %s.version DESC LIMIT 1",
+                         t->row_json, t->table, t->alias, t->alias, t->alias, t->alias);
+        if (!sql)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        const char *params[] = {name, v};
+        return api_respond_query(req, resp, 200, sql, 2, params, t->what, name);
+}
+
+unsigned api_versioned_versions(struct api_request *req, struct api_response *resp,
+                                const struct api_versioned *t)
+{
+        _cleanup_free_ char *sql = str_printf(
+            "SELECT json_build_object('data', json_agg(%s ORDER BY %s.version DESC)) FROM %s %s "
+            "WHERE %s.name = $1 HAVING count(*) > 0",
+            t->summary_json, t->alias, t->table, t->alias, t->alias);
+        const char *params[] = {req->params[0]};
+        json_t *j = NULL;
+        int r;
+
+        if (!sql)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        r = api_query_json(req, sql, 1, params, &j);
+        if (r < 0)
+                return api_db_error(resp, r);
+        if (!j)
+                return api_not_found(resp, t->what, req->params[0]);
+        return api_json(resp, 200, j);
 }
