@@ -17,6 +17,12 @@
  *   userns                unshare(CLONE_NEWUSER)
  *   clone_userns          clone(CLONE_NEWUSER)
  *   tiocsti               push a byte into its own terminal (a pty it opens)
+ *   tiocsti_high          the same with bits above the low 32 set in the request (the
+ *                         kernel ignores them)
+ *   unlisted              ioprio_get of itself: harmless (it only reads), and needed by
+ *                         nothing the sandbox runs, so not on the seccomp allowlist
+ *   newer                 mseal (Linux 6.10) on a page of its own: newer than libseccomp
+ *                         2.5 knows
  *   socket FAMILY         socket(FAMILY, SOCK_STREAM, 0)
  *   forkbomb              forks until refused; prints how many it got
  *   memory MIB            touches MIB MiB; prints how much it got
@@ -38,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
@@ -84,6 +91,31 @@ static int child_sleeper(void)
                 _exit(0);
         }
         return pid;
+}
+
+/* TIOCSTI on a pty made its controlling terminal, in a session of its own: the kernel
+ * allows that to an unprivileged process unless dev.tty.legacy_tiocsti is 0 (then EIO);
+ * the filter says EPERM. The request goes through syscall() so that high bits reach the
+ * kernel as given. */
+static int push_into_terminal(const char *what, unsigned long request)
+{
+        int master = posix_openpt(O_RDWR | O_NOCTTY);
+        if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0)
+                return report("tiocsti-setup", errno);
+        pid_t pid = fork();
+        if (pid == 0) {
+                setsid();
+                int slave = open(ptsname(master), O_RDWR);
+                if (slave < 0)
+                        _exit(100);
+                ioctl(slave, TIOCSCTTY, 0);
+                char c = 'x';
+                long r = syscall(SYS_ioctl, slave, request, &c);
+                _exit(r < 0 ? errno : 0);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        return report(what, WIFEXITED(st) ? WEXITSTATUS(st) : 255);
 }
 
 static int stack_child(void *arg)
@@ -170,27 +202,17 @@ int main(int argc, char **argv)
                         waitpid(pid, NULL, 0);
                 return result(what, pid);
         }
-        if (strcmp(what, "tiocsti") == 0) {
-                /* a session of its own with a pty as controlling terminal, then TIOCSTI on it:
-                 * the kernel allows that to an unprivileged process unless
-                 * dev.tty.legacy_tiocsti is 0 (then EIO); the filter says EPERM */
-                int master = posix_openpt(O_RDWR | O_NOCTTY);
-                if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0)
-                        return report("tiocsti-setup", errno);
-                pid_t pid = fork();
-                if (pid == 0) {
-                        setsid();
-                        int slave = open(ptsname(master), O_RDWR);
-                        if (slave < 0)
-                                _exit(100);
-                        ioctl(slave, TIOCSCTTY, 0);
-                        char c = 'x';
-                        long r = ioctl(slave, TIOCSTI, &c);
-                        _exit(r < 0 ? errno : 0);
-                }
-                int st = 0;
-                waitpid(pid, &st, 0);
-                return report(what, WIFEXITED(st) ? WEXITSTATUS(st) : 255);
+        if (strcmp(what, "tiocsti") == 0)
+                return push_into_terminal(what, TIOCSTI);
+        if (strcmp(what, "tiocsti_high") == 0)
+                return push_into_terminal(what, (1UL << 32) | TIOCSTI);
+        if (strcmp(what, "unlisted") == 0)
+                return result(what, syscall(SYS_ioprio_get, 1 /* IOPRIO_WHO_PROCESS */, 0));
+        if (strcmp(what, "newer") == 0) {
+                void *page = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                if (page == MAP_FAILED)
+                        return report("newer-setup", errno);
+                return result(what, syscall(462 /* mseal on x86_64 and arm64 */, page, 4096, 0));
         }
         if (strcmp(what, "socket") == 0 && argc == 3) {
                 int family = (int)strtol(argv[2], NULL, 10);
