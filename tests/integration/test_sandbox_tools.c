@@ -214,6 +214,120 @@ static void test_run_code(void **state)
         free_call(call);
 }
 
+/* Runs tool with args (a JSON object this takes); the result, or fails the test. */
+static json_t *run_tool_args(struct call *call, const char *tool, json_t *args)
+{
+        char *text = json_dumps(args, JSON_COMPACT);
+        json_decref(args);
+        assert_non_null(text);
+        json_t *r = run_tool(call, tool, text);
+        free(text);
+        return r;
+}
+
+static void assert_ran(json_t *r, const char *stdout_expected)
+{
+        if (json_integer_value(json_object_get(r, "exit_status")) != 0)
+                fail_msg("exit status %lld, stderr: %s",
+                         (long long)json_integer_value(json_object_get(r, "exit_status")),
+                         str_of(r, "stderr"));
+        assert_string_equal(str_of(r, "stdout"), stdout_expected);
+}
+
+/* What the runtimes do under the seccomp allowlist beyond printing: the shell with
+ * coreutils, a fifo, archives, timers; python3 with a subprocess, threads, a process pool
+ * (fork, POSIX semaphores in /dev/shm, pipes), a unix socketpair and select; node with a
+ * child process, a worker thread, the libuv thread pool (fs.promises), zlib, crypto and a
+ * unix-socket server. And from inside a real tool call, a syscall that is harmless but not
+ * on the list (ioprio_get, through python's ctypes) is refused with EPERM. */
+static void test_runtimes_work_under_the_allowlist(void **state)
+{
+        (void)state;
+        struct call *call = new_call("runtimes");
+        /* a node worker thread reserves its own code range: more than the 1 GiB default */
+        call->c.limits.memory_bytes = (uint64_t)2 << 30;
+        json_t *r = run_tool_args(
+            call, "shell",
+            json_pack("{s:s}", "command",
+                      "set -e; mkdir -p d/e; echo hello > d/e/f; cp -a d d2; mv d2 d3; "
+                      "ln -s d3 l; ls -la l/e > /dev/null; find . -name f | sort | xargs cat; "
+                      "printf 'b\\na\\n' | sort | tr '\\n' ' '; echo; "
+                      "sha256sum d/e/f | cut -c1-8; tar czf t.tgz d; tar tzf t.tgz | wc -l; "
+                      "mkfifo p; (echo fifo > p &); cat p; "
+                      "timeout 0.2 sleep 5 || echo timeout $?; "
+                      "seq 3 | awk '{s += $1} END {print s}'; sed 's/h/H/' d/e/f; "
+                      "stat -c %s d/e/f; id -u; date +%Y > /dev/null; df . > /dev/null; "
+                      "du -s d > /dev/null; head -c 4 /dev/urandom | wc -c; echo $((6 * 7))"));
+        assert_ran(r, "hello\nhello\na b \n5891b5b5\n3\nfifo\ntimeout 124\n6\nHello\n6\n1000\n4\n"
+                      "42\n");
+        json_decref(r);
+
+        json_t *langs = sandbox_tools_languages(tools);
+        size_t i;
+        json_t *l;
+        json_array_foreach (langs, i, l) {
+                const char *language = str_of(l, "language");
+                if (strcmp(language, "python") == 0) {
+                        r = run_tool_args(
+                            call, "run_code",
+                            json_pack(
+                                "{s:s, s:s}", "language", "python", "code",
+                                "import ctypes, hashlib, multiprocessing, os, select, socket\n"
+                                "import subprocess, tempfile, threading\n"
+                                "sub = subprocess.run(['sh', '-c', 'echo sub'], "
+                                "capture_output=True, text=True).stdout.strip()\n"
+                                "got = []\n"
+                                "t = threading.Thread(target=lambda: got.append(sum(range(10))))\n"
+                                "t.start(); t.join()\n"
+                                "with multiprocessing.Pool(2) as pool:\n"
+                                "    pooled = pool.map(abs, [-1, -2])\n"
+                                "a, b = socket.socketpair(); a.sendall(b'ping')\n"
+                                "select.select([b], [], [], 5)\n"
+                                "with tempfile.NamedTemporaryFile(dir='.') as f:\n"
+                                "    f.write(b'x')\n"
+                                "libc = ctypes.CDLL(None, use_errno=True)\n"
+                                "ioprio = libc.syscall(252, 1, 0)  # ioprio_get, x86_64\n"
+                                "print(sub, got[0], pooled, b.recv(4).decode(), "
+                                "hashlib.sha256(b'').hexdigest()[:8], len(os.urandom(8)))\n"
+                                "print('ioprio_get', ctypes.get_errno() if ioprio < 0 else 0)\n"));
+                        assert_ran(r, "sub 45 [1, 2] ping e3b0c442 8\nioprio_get 1\n");
+                } else if (strcmp(language, "node") == 0) {
+                        r = run_tool_args(
+                            call, "run_code",
+                            json_pack(
+                                "{s:s, s:s}", "language", "node", "code",
+                                "const cp = require('child_process'), fs = require('fs');\n"
+                                "const crypto = require('crypto'), net = require('net');\n"
+                                "const zlib = require('zlib');\n"
+                                "const { Worker } = require('worker_threads');\n"
+                                "const sub = cp.execSync('echo sub').toString().trim();\n"
+                                "const w = new Worker('require(\"worker_threads\").parentPort"
+                                ".postMessage(6 * 7)', { eval: true });\n"
+                                "w.on('message', async (m) => {\n"
+                                "  await fs.promises.writeFile('n.txt', 'x');\n"
+                                "  const back = await fs.promises.readFile('n.txt', 'utf8');\n"
+                                "  const z = zlib.gunzipSync(zlib.gzipSync('zip')).toString();\n"
+                                "  const hash = crypto.createHash('sha256').update('')"
+                                ".digest('hex').slice(0, 8);\n"
+                                "  const server = net.createServer((c) => c.end('pong'));\n"
+                                "  server.listen('/tmp/s.sock', () => {\n"
+                                "    net.connect('/tmp/s.sock').on('data', (d) => {\n"
+                                "      console.log(sub, m, back, z, hash, "
+                                "crypto.randomBytes(8).length, d.toString());\n"
+                                "      server.close(); w.terminate();\n"
+                                "    });\n"
+                                "  });\n"
+                                "});\n"));
+                        assert_ran(r, "sub 42 x zip e3b0c442 8 pong\n");
+                } else {
+                        continue;
+                }
+                json_decref(r);
+        }
+        json_decref(langs);
+        free_call(call);
+}
+
 static void test_wrong_arguments(void **state)
 {
         (void)state;
@@ -497,6 +611,7 @@ int main(void)
             cmocka_unit_test(test_languages_discovered),
             cmocka_unit_test(test_shell_files_and_artifacts),
             cmocka_unit_test(test_run_code),
+            cmocka_unit_test(test_runtimes_work_under_the_allowlist),
             cmocka_unit_test(test_wrong_arguments),
             cmocka_unit_test(test_kept_symlinks_not_followed),
             cmocka_unit_test(test_timeout_argument),
