@@ -48,12 +48,13 @@
         "n.node_id || '[0]' LIMIT 1) IS NOT NULL)"
 /* NODE_STATE_JSON as the reads that aggregate a run's maps give it (the run, nodes with
  * ?items=false): a map's own output is the array of its items' outputs (10,000 elements for
- * a 10,000-item map), so it is left out with output_omitted; ?map=ID reads the items. n
+ * a 10,000-item map), so it is left out, and the map's state says so with output_omitted
+ * (only a map's: 1,000 items would carry 24 KB of "false"); ?map=ID reads the items. n
  * carries is_map (NODE_IS_MAP). */
 #define NODE_STATE_NO_MAP_OUTPUT_JSON                                                              \
-        "json_build_object('node_id', n.node_id, 'status', n.status, 'attempt', n.attempt, "       \
-        "'output', CASE WHEN n.is_map THEN NULL ELSE n.output END, 'output_omitted', n.is_map, "   \
-        "'error', n.error, 'started_at', n.started_at, 'finished_at', n.finished_at)"
+        "CASE WHEN n.is_map THEN json_build_object('node_id', n.node_id, 'status', n.status, "     \
+        "'attempt', n.attempt, 'output', NULL, 'output_omitted', true, 'error', n.error, "         \
+        "'started_at', n.started_at, 'finished_at', n.finished_at) ELSE " NODE_STATE_JSON " END"
 
 /* The agent runs of run r (sub-agents too), each with its own LLM totals; the run's
  * cost_usd, tokens_in and tokens_out are their sums (0013_llm_costs.sql). cached_tokens_in
