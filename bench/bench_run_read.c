@@ -12,8 +12,11 @@
  *   - GET /v1/runs/{id} of the large run, and its ratio to the baseline (the target);
  *   - the rest of the run page's first load: the last 1,000 events
  *     (GET .../events?after=N-1000&limit=1000) and the nodes that are not map items
- *     (GET .../nodes?items=false).
- * Also printed: a `SELECT 1` round trip, for scale.
+ *     (GET .../nodes?items=false);
+ *   - what the dashboard reads first since issue 14's second pass, both at once: the run
+ *     without its map items (GET /v1/runs/{id}?items=false), its ratio to the small run's
+ *     same read (the target), and the last 200 events (GET .../events?last=200).
+ * Also printed: a `SELECT 1` round trip, for scale, and each answer's size.
  */
 #include "bench.h"
 
@@ -197,8 +200,10 @@ void bench_run_read(const struct bench *b)
         unsigned char hash[AUTH_TOKEN_HASH_BYTES];
         char sql[1024], listen[64], env_db[4096], base[64], auth[AUTH_TOKEN_LEN + 32];
         char u_small[256], u_big[256], u_events[256], u_nodes[256];
+        char u_small_lean[256], u_lean[256], u_last[256];
         double small[SAMPLES], big[SAMPLES], events[SAMPLES], nodes[SAMPLES], select1[SAMPLES];
-        size_t big_bytes = 0, events_bytes = 0;
+        double small_lean[SAMPLES], lean[SAMPLES], last_events[SAMPLES];
+        size_t big_bytes = 0, events_bytes = 0, lean_bytes = 0, last_bytes = 0;
         PGconn *c = bench_connect(b);
 
         auth_token_generate(token, hash, shown);
@@ -256,6 +261,9 @@ void bench_run_read(const struct bench *b)
                  big_run, strtoll(last, NULL, 10) - 1000);
         snprintf(u_nodes, sizeof(u_nodes), "%s/v1/runs/%s/nodes?items=false&limit=1000", base,
                  big_run);
+        snprintf(u_small_lean, sizeof(u_small_lean), "%s/v1/runs/%s?items=false", base, small_run);
+        snprintf(u_lean, sizeof(u_lean), "%s/v1/runs/%s?items=false", base, big_run);
+        snprintf(u_last, sizeof(u_last), "%s/v1/runs/%s/events?last=200", base, big_run);
         bool up = false;
         for (int i = 0; i < 300 && !up; i++) {
                 up = timed_get(h, u_small, NULL) >= 0;
@@ -276,10 +284,14 @@ void bench_run_read(const struct bench *b)
                 big[i] = timed_get(h, u_big, &big_bytes);
                 events[i] = timed_get(h, u_events, &events_bytes);
                 nodes[i] = timed_get(h, u_nodes, NULL);
+                small_lean[i] = timed_get(h, u_small_lean, NULL);
+                lean[i] = timed_get(h, u_lean, &lean_bytes);
+                last_events[i] = timed_get(h, u_last, &last_bytes);
                 int64_t s0 = bench_now_us();
                 PQclear(PQexec(c, "SELECT 1"));
                 select1[i] = (double)(bench_now_us() - s0) / 1000.0;
-                if (small[i] < 0 || big[i] < 0 || events[i] < 0 || nodes[i] < 0) {
+                if (small[i] < 0 || big[i] < 0 || events[i] < 0 || nodes[i] < 0 ||
+                    small_lean[i] < 0 || lean[i] < 0 || last_events[i] < 0) {
                         fprintf(stderr, "bench: run-read: a request failed\n");
                         exit(1);
                 }
@@ -292,6 +304,12 @@ void bench_run_read(const struct bench *b)
         bench_report("run_read_last_1000_events_ms", "%.1f (%zu bytes)", median(events, SAMPLES),
                      events_bytes);
         bench_report("run_read_nodes_not_items_ms", "%.1f", median(nodes, SAMPLES));
+        double m_small_lean = median(small_lean, SAMPLES), m_lean = median(lean, SAMPLES);
+        bench_report("run_read_first_small_run_ms", "%.1f", m_small_lean);
+        bench_report("run_read_first_ms", "%.1f (%zu bytes)", m_lean, lean_bytes);
+        bench_report("run_read_first_vs_small_run", "%.1fx", m_lean / m_small_lean);
+        bench_report("run_read_last_200_events_ms", "%.1f (%zu bytes)",
+                     median(last_events, SAMPLES), last_bytes);
 
         curl_slist_free_all(hdr);
         curl_easy_cleanup(h);
