@@ -221,7 +221,8 @@ void agent_approval_request(struct agent_session *s, const char *hash, json_t *b
         const char *params[] = {
             s->run_id, epoch,     s->agent_run_id,         s->node_id, attempt, stored_text,
             hash,      spec_text, s->host->cfg.public_url, events_text};
-        res = db_query(s->host->cfg.db, REQUEST_SQL, 10, params, &r);
+        r = agent_db_flush(s); /* what the session held goes first (0027) */
+        res = r < 0 ? NULL : db_query(s->host->cfg.db, REQUEST_SQL, 10, params, &r);
         if (!res || PQntuples(res) != 1) {
                 agent_session_failed(
                     s, "error", "could not ask for the approval of a tool call: %s",
@@ -323,7 +324,8 @@ static void answer_gated(struct agent_session *s, const char *id, int seq, const
         snprintf(seqs, sizeof(seqs), "%d", seq);
         snprintf(calls, sizeof(calls), "%d", tool_calls);
         snprintf(attempt, sizeof(attempt), "%d", s->attempt);
-        res = db_query(s->host->cfg.db, ANSWER_SQL, 10, params, &r);
+        r = agent_db_flush(s); /* what the session held goes first (0027) */
+        res = r < 0 ? NULL : db_query(s->host->cfg.db, ANSWER_SQL, 10, params, &r);
         if (!res || PQgetisnull(res, 0, 0)) {
                 agent_session_failed(s, "error", "could not journal a tool call: %s",
                                      res ? "the run's lease was lost"
@@ -464,7 +466,8 @@ static void approved(struct agent_session *s, const char *id, int seq, const cha
         }
         snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
         snprintf(attempt, sizeof(attempt), "%d", s->attempt);
-        res = db_query(s->host->cfg.db, START_SQL, 6, params, &r);
+        r = agent_db_flush(s); /* what the session held goes first (0027) */
+        res = r < 0 ? NULL : db_query(s->host->cfg.db, START_SQL, 6, params, &r);
         if (!res || PQgetisnull(res, 0, 0)) {
                 agent_session_failed(s, "error", "could not start an approved tool call: %s",
                                      res ? "the run's lease was lost"

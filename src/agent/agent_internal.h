@@ -20,12 +20,17 @@
 /* An executor whose every pending request is a spawn, with no line either way for this
  * long, can only wait: it is stopped until its sub-agents end (README: Sub-agents). */
 #define AGENT_QUIET_MS 200
+/* held rows are written with the next journal write, or this late at the latest: the
+ * streamed text (a viewer watches it form), the event and refusal stubs */
+#define AGENT_HOLD_TEXT_MS 100
+#define AGENT_HOLD_MS      1000
 
 struct runtime_http_transfer;
 struct sandbox;
 struct sandbox_tools;
 struct sandbox_tool_job;
 struct llm_call;
+struct runtime_http_timer;
 
 /* A journaled call, as read when the session started. */
 struct agent_journal_entry {
@@ -105,6 +110,9 @@ struct agent_session {
         json_t *last_messages;  /* the previous llm request's messages (for the delta) */
         int last_llm_seq;       /* its journal seq, 0 for none */
         json_t *last_assistant; /* its answer as the next request's assistant message */
+        json_t *held;           /* rows for the next journal write (agent_db_hold), or NULL */
+        struct runtime_http_timer *held_timer; /* ... written by then at the latest */
+        int64_t held_due_ms;                   /* ... when it fires */
         bool ended;
         char *workspace; /* shell/run_code: the agent run's workspace once one was made */
 };
@@ -138,7 +146,7 @@ int agent_db_open_child(struct agent_session *s, const char *parent_id, const ch
 /* The agent run's status back to running (fenced; -ESTALE when the lease is lost). */
 int agent_db_set_running(struct agent_session *s);
 /* The answer of a journal row written without one (a spawn), fenced. */
-int agent_db_answer(struct agent_session *s, int seq, const json_t *response);
+int agent_db_answer(struct agent_session *s, int seq, const json_t *response, json_t *events);
 int agent_db_load_journal(struct agent_session *s, char **error);
 int agent_db_load_api_key(struct agent_session *s, const char *secret, char **error);
 /* One answered call (kind NULL: only events). Returns the seq (>= 0), -ESTALE when the
@@ -146,6 +154,14 @@ int agent_db_load_api_key(struct agent_session *s, const char *secret, char **er
 int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,
                     const json_t *response, const char *hash, const struct llm_usage *usage,
                     double cost, int llm_calls, int tool_calls, json_t *events);
+json_t *agent_db_row(const char *kind, const json_t *request, const json_t *response,
+                     const char *hash, const struct llm_usage *usage, double cost, int llm_calls,
+                     int tool_calls, json_t *events);
+int agent_db_write(struct agent_session *s, json_t *row);
+int agent_db_hold(struct agent_session *s, json_t *row, int64_t within_ms);
+int agent_db_flush(struct agent_session *s);
+void agent_db_hold_arm(struct agent_session *s, int64_t within_ms);
+void agent_db_hold_cancel(struct agent_session *s);
 int agent_db_set_status(struct agent_session *s, const char *status, const json_t *waiting_for,
                         const json_t *error);
 

@@ -1,8 +1,9 @@
 /*
  * The statements of an agent session, on the worker loop's connection, each its own
  * transaction (never inside a loop turn's). Writes are fenced on the run's lease epoch:
- * agently_agent_record() (migrations/0012_agent_journal.sql) writes a call's journal row,
- * totals and events in one statement, or nothing when the lease is lost.
+ * agently_agent_write() (migrations/0027_agent_write.sql) writes what the session held
+ * (events, the event and refusal stubs) and a call's journal row, totals and events in one
+ * statement, or nothing when the lease is lost.
  */
 #include "agent_internal.h"
 
@@ -14,6 +15,7 @@
 
 #include "cleanup.h"
 #include "db.h"
+#include "runtime_http.h"
 #include "secrets.h"
 #include "strutil.h"
 
@@ -153,30 +155,6 @@ int agent_db_open_child(struct agent_session *s, const char *parent_id, const ch
         return open_row(s, res, r, error);
 }
 
-static const char ANSWER_SQL[] =
-    "WITH fence AS (SELECT 1 FROM workflow_runs r WHERE r.id = $1 AND r.lease_epoch = $2"
-    "  AND r.status = 'running' FOR UPDATE)"
-    " UPDATE agent_journal j SET response = $5::jsonb FROM fence"
-    " WHERE j.agent_run_id = $3 AND j.seq = $4 AND j.response IS NULL";
-
-int agent_db_answer(struct agent_session *s, int seq, const json_t *response)
-{
-        char epoch[24], seqs[16];
-        _cleanup_free_ char *resp = dump(response);
-        const char *params[] = {s->run_id, epoch, s->agent_run_id, seqs, resp};
-        _cleanup_pgresult_ PGresult *res = NULL;
-        int r = 0;
-
-        if (!resp)
-                return -ENOMEM;
-        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
-        snprintf(seqs, sizeof(seqs), "%d", seq);
-        res = db_query(s->host->cfg.db, ANSWER_SQL, 5, params, &r);
-        if (!res)
-                return r < 0 ? r : -EIO;
-        return strcmp(PQcmdTuples(res), "1") == 0 ? 0 : -ESTALE;
-}
-
 static const char JOURNAL_SQL[] =
     "SELECT seq, kind, request_sha256, request, response FROM agent_journal"
     " WHERE agent_run_id = $1 ORDER BY seq";
@@ -253,10 +231,6 @@ int agent_db_load_api_key(struct agent_session *s, const char *secret, char **er
         return s->api_key ? 0 : -ENOMEM;
 }
 
-static const char RECORD_SQL[] =
-    "SELECT agently_agent_record($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9, $10,"
-    " $11::numeric, $12, $13, $14, $15, $16::jsonb)";
-
 json_t *agent_events_named(const struct agent_session *s, json_t *events)
 {
         json_t *e;
@@ -279,37 +253,178 @@ json_t *agent_events_named(const struct agent_session *s, json_t *events)
         return events;
 }
 
-int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,
-                    const json_t *response, const char *hash, const struct llm_usage *usage,
-                    double cost, int llm_calls, int tool_calls, json_t *events)
+/*
+ * Every journal write of a session is one agently_agent_write() (0027): the rows it held
+ * since its last write first, then rows (taken; NULL: the held ones alone). Returns the
+ * seq of the last new journal row (0 for none), -ESTALE when the lease was lost (nothing
+ * written). The held rows are gone either way: written, or lost with the lease (a replay
+ * records them again).
+ */
+static const char WRITE_SQL[] = "SELECT agently_agent_write($1, $2, $3, $4, $5, $6::jsonb)";
+
+static int write_rows(struct agent_session *s, json_t *rows)
 {
-        agent_events_named(s, events);
-        char epoch[24], tin[24], tout[24], tcached[24], tcost[48], nllm[16], ntool[16], attempt[16];
-        _cleanup_free_ char *req = dump(request), *resp = dump(response), *ev = dump(events);
-        const char *params[] = {
-            s->run_id, epoch,   s->agent_run_id, kind, req,   resp,       hash,    tin,
-            tout,      tcached, tcost,           nllm, ntool, s->node_id, attempt, ev ? ev : "[]"};
+        char epoch[24], attempt[16];
+        json_t *all = s->held ? s->held : json_array();
+        _cleanup_free_ char *text = NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
         int r = 0;
 
-        json_decref(events);
-        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
-        snprintf(tin, sizeof(tin), "%lld", (long long)(usage ? usage->input_tokens : 0));
-        snprintf(tout, sizeof(tout), "%lld", (long long)(usage ? usage->output_tokens : 0));
-        snprintf(tcached, sizeof(tcached), "%lld",
-                 (long long)(usage ? usage->cached_input_tokens : 0));
-        snprintf(tcost, sizeof(tcost), "%.9f", cost);
-        snprintf(nllm, sizeof(nllm), "%d", llm_calls);
-        snprintf(ntool, sizeof(ntool), "%d", tool_calls);
-        snprintf(attempt, sizeof(attempt), "%d", s->attempt);
-        if ((request && !req) || (response && !resp) || (events && !ev))
+        s->held = NULL;
+        agent_db_hold_cancel(s);
+        if (!all || (rows && json_array_extend(all, rows) < 0)) {
+                json_decref(all);
+                json_decref(rows);
                 return -ENOMEM;
-        res = db_query(s->host->cfg.db, RECORD_SQL, 16, params, &r);
+        }
+        json_decref(rows);
+        text = json_dumps(all, JSON_COMPACT);
+        json_decref(all);
+        if (!text)
+                return -ENOMEM;
+        const char *params[] = {s->run_id,  epoch,   s->agent_run_id[0] ? s->agent_run_id : NULL,
+                                s->node_id, attempt, text};
+        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
+        snprintf(attempt, sizeof(attempt), "%d", s->attempt);
+        res = db_query(s->host->cfg.db, WRITE_SQL, 6, params, &r);
         if (!res)
                 return r < 0 ? r : -EIO;
         if (PQgetisnull(res, 0, 0))
                 return -ESTALE;
         return (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+}
+
+/* Held rows are written at the latest within_ms after they were held (a viewer sees the
+ * streamed text and the events while a long call is in flight). */
+static void hold_due(void *userdata)
+{
+        struct agent_session *s = userdata;
+        int r;
+
+        s->held_timer = NULL; /* freed before the call */
+        r = agent_db_flush(s);
+        if (r < 0)
+                agent_session_failed(s, "error", "could not record the agent's events: %s",
+                                     r == -ESTALE ? "the run's lease was lost"
+                                                  : db_last_error_parts().message);
+}
+
+void agent_db_hold_arm(struct agent_session *s, int64_t within_ms)
+{
+        int64_t due = agent_now_ms() + within_ms;
+
+        if (s->held_timer && s->held_due_ms <= due)
+                return;
+        agent_db_hold_cancel(s);
+        if (runtime_http_timer_start(s->host->cfg.http, within_ms, hold_due, s, &s->held_timer) ==
+            0) /* else: the next write */
+                s->held_due_ms = due;
+}
+
+void agent_db_hold_cancel(struct agent_session *s)
+{
+        runtime_http_timer_cancel(s->host->cfg.http, s->held_timer);
+        s->held_timer = NULL;
+}
+
+int agent_db_flush(struct agent_session *s)
+{
+        int r;
+
+        if (!s->held)
+                return 0;
+        r = write_rows(s, NULL);
+        return r < 0 ? r : 0;
+}
+
+int agent_db_hold(struct agent_session *s, json_t *row, int64_t within_ms)
+{
+        json_t *events = json_object_get(row, "events");
+
+        if (!row)
+                return -ENOMEM;
+        if (events)
+                agent_events_named(s, events);
+        if (!s->held && !(s->held = json_array())) {
+                json_decref(row);
+                return -ENOMEM;
+        }
+        if (json_array_append_new(s->held, row) < 0)
+                return -ENOMEM;
+        agent_db_hold_arm(s, within_ms);
+        return 0;
+}
+
+json_t *agent_db_row(const char *kind, const json_t *request, const json_t *response,
+                     const char *hash, const struct llm_usage *usage, double cost, int llm_calls,
+                     int tool_calls, json_t *events)
+{
+        json_t *row = json_object();
+
+        if (!row) {
+                json_decref(events);
+                return NULL;
+        }
+        if (events && json_object_set_new(row, "events", events) < 0) {
+                json_decref(row);
+                return NULL;
+        }
+        if (kind &&
+            (json_object_set_new(row, "kind", json_string(kind)) < 0 ||
+             json_object_set(row, "request", request ? (json_t *)request : json_null()) < 0 ||
+             (response && json_object_set(row, "response", (json_t *)response) < 0) ||
+             json_object_set_new(row, "sha256", json_string(hash ? hash : "")) < 0)) {
+                json_decref(row);
+                return NULL;
+        }
+        if (usage &&
+            (json_object_set_new(row, "tokens_in", json_integer(usage->input_tokens)) < 0 ||
+             json_object_set_new(row, "tokens_out", json_integer(usage->output_tokens)) < 0 ||
+             json_object_set_new(row, "cached_in", json_integer(usage->cached_input_tokens)) < 0)) {
+                json_decref(row);
+                return NULL;
+        }
+        if ((cost != 0 && json_object_set_new(row, "cost", json_real(cost)) < 0) ||
+            (llm_calls && json_object_set_new(row, "llm_calls", json_integer(llm_calls)) < 0) ||
+            (tool_calls && json_object_set_new(row, "tool_calls", json_integer(tool_calls)) < 0)) {
+                json_decref(row);
+                return NULL;
+        }
+        return row;
+}
+
+int agent_db_write(struct agent_session *s, json_t *row)
+{
+        json_t *events = json_object_get(row, "events");
+
+        if (!row)
+                return -ENOMEM;
+        if (events)
+                agent_events_named(s, events);
+        return write_rows(s, json_pack("[o]", row));
+}
+
+int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,
+                    const json_t *response, const char *hash, const struct llm_usage *usage,
+                    double cost, int llm_calls, int tool_calls, json_t *events)
+{
+        return agent_db_write(s, agent_db_row(kind, request, response, hash, usage, cost, llm_calls,
+                                              tool_calls, events));
+}
+
+int agent_db_answer(struct agent_session *s, int seq, const json_t *response, json_t *events)
+{
+        json_t *row = json_pack("{s:i, s:O}", "answer_seq", seq, "response", response);
+
+        if (!row || (events && json_object_set_new(row, "events", events) < 0)) {
+                json_decref(row);
+                if (!row)
+                        json_decref(events);
+                return -ENOMEM;
+        }
+        events = NULL;
+        int r = agent_db_write(s, row);
+        return r < 0 ? r : 0;
 }
 
 static const char STATUS_SQL[] =
@@ -330,6 +445,9 @@ int agent_db_set_status(struct agent_session *s, const char *status, const json_
 
         if (!s->agent_run_id[0])
                 return 0;
+        r = agent_db_flush(s); /* what it held goes before */
+        if (r < 0)
+                return r;
         snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
         res = db_query(s->host->cfg.db, STATUS_SQL, 6, params, &r);
         if (!res)

@@ -25,9 +25,11 @@ static void on_text(void *userdata, const char *text, size_t len, int attempt)
                 return;
         events = json_pack("[{s:s, s:s, s:{s:s, s:i}}]", "kind", "agent.text", "message",
                            "the answer forms", "data", "text", clean, "attempt", attempt);
-        /* a lost lease shows at the call's end; a missed piece of live text is harmless */
+        /* written with the call's journal row, or by the hold's timer while it streams; a
+         * missed piece of live text is harmless */
         if (events)
-                (void)agent_db_record(p->session, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, events);
+                (void)agent_db_hold(p->session, json_pack("{s:o}", "events", events),
+                                    AGENT_HOLD_TEXT_MS);
 }
 
 static void on_done(void *userdata, struct llm_result *result, json_t *error,

@@ -218,6 +218,8 @@ static void session_free(struct agent_host *h, struct agent_session *s)
                 free(s->api_key);
         }
         replay_reset(s);
+        agent_db_hold_cancel(s);
+        json_decref(s->held); /* not written: a replay records them again */
         agent_tools_session_free(s);
         json_decref(s->occurrences);
         json_decref(s->agent);
@@ -603,17 +605,27 @@ static bool journal_seen(struct agent_session *s, const char *kind, const char *
         return true;
 }
 
-/* Records events with a journal row of kind (its request a small stub: the content is in
- * the events; the hash and occurrence are what replay matches). Takes events. */
-static int record_once(struct agent_session *s, const char *kind, const char *hash, json_t *events)
+/*
+ * Records events with a journal row of kind (its request a small stub: the content is in
+ * the events; the hash and occurrence are what replay matches). Takes events. Held (an
+ * event, a refusal): the row goes with the session's next journal write, in its statement
+ * (agent_db_hold) — its answer carries nothing the executor acts on, so it is given at
+ * once; a crash before the write loses the row with no later row written without it, and
+ * the replay records it then.
+ */
+static int record_once(struct agent_session *s, const char *kind, const char *hash, json_t *events,
+                       bool hold)
 {
         _cleanup_json_ json_t *stub = json_pack("{s:s}", "type", kind), *none = json_object();
+        json_t *row =
+            stub && none ? agent_db_row(kind, stub, none, hash, NULL, 0, 0, 0, events) : NULL;
 
-        if (!stub || !none) {
-                json_decref(events);
+        if (!row) {
+                if (!stub || !none)
+                        json_decref(events);
                 return -ENOMEM;
         }
-        return agent_db_record(s, kind, stub, none, hash, NULL, 0, 0, 0, events);
+        return hold ? agent_db_hold(s, row, AGENT_HOLD_MS) : agent_db_write(s, row);
 }
 
 static void event_request(struct agent_session *s, const char *id, const json_t *m)
@@ -646,7 +658,7 @@ static void event_request(struct agent_session *s, const char *id, const json_t 
         clean = agent_redact(s, data);
         events = json_pack("[{s:s+, s:s, s:O?}]", "kind", "agent.", kind, "message", message,
                            "data", clean);
-        r = events ? record_once(s, "event", hash, TAKE_PTR(events)) : -ENOMEM;
+        r = events ? record_once(s, "event", hash, TAKE_PTR(events), true) : -ENOMEM;
         if (r < 0) {
                 session_fail(s, "error", "could not record an event: %s", db_why(r));
                 return;
@@ -730,7 +742,7 @@ static void live_request(struct agent_session *s, const char *id, const char *ki
                         if (events && journal_seen(s, "refusal", p->hash))
                                 json_decref(events); /* shown by an earlier session */
                         else if (events)
-                                (void)record_once(s, "refusal", p->hash, events);
+                                (void)record_once(s, "refusal", p->hash, events, true);
                         answer_error(s, id, klass ? klass : "invalid_request",
                                      reason ? reason : "the tool call was refused");
                         json_decref(refusal);
@@ -859,16 +871,15 @@ static void child_done(struct agent_session *parent, struct agent_pending *p, js
                     "warn", "message", msg ? msg : "the sub-agent failed", "data", "call_id",
                     json_string_value(json_object_get(p->request, "call_id")), "error", err);
         }
-        r = response ? agent_db_answer(parent, p->spawn_seq, response) : -ENOMEM;
+        /* the answer and its agent.spawn_result event: one statement */
+        r = response && events ? agent_db_answer(parent, p->spawn_seq, response, TAKE_PTR(events))
+                               : -ENOMEM;
         if (r < 0) {
                 pending_free(h, p);
                 session_fail(parent, "error", "could not journal a sub-agent's answer: %s",
                              db_why(r));
                 return;
         }
-        if (events)
-                (void)agent_db_record(parent, NULL, NULL, NULL, NULL, NULL, 0, 0, 0,
-                                      TAKE_PTR(events));
         if (out)
                 answer_ok(parent, p->id, response);
         else
@@ -990,7 +1001,7 @@ static void result_request(struct agent_session *s, const char *id, const json_t
                            "cost_usd", s->cost_usd, "llm_calls", (json_int_t)s->llm_calls,
                            "tool_calls", (json_int_t)s->tool_calls);
         if (!journal_seen(s, "result", hash) && s->unmatched == 0 && events)
-                (void)record_once(s, "result", hash, TAKE_PTR(events));
+                (void)record_once(s, "result", hash, TAKE_PTR(events), false);
         (void)agent_db_set_status(s, "completed", NULL, NULL);
         session_end(s, agent_redact(s, out), NULL);
 }
@@ -1388,6 +1399,12 @@ static int executor_start(struct agent_session *s, char **error)
         json_t *start, *tools;
         int r;
 
+        r = agent_db_flush(s); /* the journal read holds everything written */
+        if (r < 0) {
+                if (!*error)
+                        *error = str_printf("could not record the agent's events: %s", db_why(r));
+                return r;
+        }
         r = agent_db_load_journal(s, error);
         if (r < 0)
                 return r;

@@ -528,41 +528,23 @@ json_t *agent_sandbox_tool_result(struct agent_session *s, struct agent_pending 
 
 /* ---- the journal entry with its artifacts ---- */
 
-static const char RECORD_ARTIFACTS_SQL[] =
-    "SELECT agently_agent_record_artifacts($1, $2, $3, 'tool', $4::jsonb, $5::jsonb, $6, 0, 0,"
-    " 0, 0, 0, 1, $7, $8, $9::jsonb, $10::jsonb)";
-
+/* The call's row with its artifacts rows: one agently_agent_write() (0027). */
 int agent_db_record_tool(struct agent_session *s, struct agent_pending *p, const json_t *request,
                          const json_t *response, json_t *events)
 {
-        char epoch[24], attempt[16];
-        _cleanup_free_ char *req = NULL, *resp = NULL, *ev = NULL, *arts = NULL;
-        _cleanup_pgresult_ PGresult *res = NULL;
-        int r = 0;
+        json_t *row;
 
         /* the events hold the arguments and a preview of the output: the choke point too */
         if (events && redact_json(events) < 0) {
                 json_decref(events);
                 return -ENOMEM;
         }
-        if (!p->artifacts)
-                return agent_db_record(s, "tool", request, response, p->hash, NULL, 0, 0, 1,
-                                       events);
-        req = json_dumps(request, JSON_COMPACT);
-        resp = json_dumps(response, JSON_COMPACT);
-        ev = events ? json_dumps(agent_events_named(s, events), JSON_COMPACT) : strdup("[]");
-        arts = redact_json(p->artifacts) < 0 ? NULL : json_dumps(p->artifacts, JSON_COMPACT);
-        json_decref(events);
-        if (!req || !resp || !ev || !arts)
+        row = agent_db_row("tool", request, response, p->hash, NULL, 0, 0, 1, events);
+        if (row && p->artifacts &&
+            (redact_json(p->artifacts) < 0 ||
+             json_object_set(row, "artifacts", p->artifacts) < 0)) {
+                json_decref(row);
                 return -ENOMEM;
-        snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
-        snprintf(attempt, sizeof(attempt), "%d", s->attempt);
-        const char *params[] = {s->run_id, epoch,      s->agent_run_id, req, resp,
-                                p->hash,   s->node_id, attempt,         ev,  arts};
-        res = db_query(s->host->cfg.db, RECORD_ARTIFACTS_SQL, 10, params, &r);
-        if (!res)
-                return r < 0 ? r : -EIO;
-        if (PQgetisnull(res, 0, 0))
-                return -ESTALE;
-        return (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        }
+        return agent_db_write(s, row);
 }

@@ -1678,6 +1678,89 @@ static void events_are_recorded_once_across_a_crash(void **state)
         assert_no_key_anywhere(run);
 }
 
+/*
+ * An LLM call through an agent costs one commit: a 30-turn conversation (each turn the
+ * model's text — streamed, an agent.text event —, the executor's reasoning event and a
+ * refused tool call's event) writes its events and journal rows in at most one transaction
+ * per LLM call and one for the final answer. The held events and stubs go with the next
+ * call's journal row, in its statement (agently_agent_write, 0027); before, each was a
+ * statement of its own (4 writing transactions per call). All of them are still recorded.
+ */
+static void an_llm_call_costs_one_commit(void **state)
+{
+        enum { TURNS = 30 };
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        _cleanup_free_ char *def = str_printf(
+            "{\"name\":\"commits\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
+            "\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+            "\"api_key_secret\":\"LLMKEY\",\"prompt\":\"Look things up.\",\"tools\":"
+            "[\"http_request\"],\"max_turns\":%d}}]}",
+            llm_server_url(S.llm), TURNS + 5);
+        _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, "commits", 1, def);
+        struct buf script;
+        buf_init(&script, 1 << 20);
+        assert_int_equal(buf_append_str(&script, "["), 0);
+        for (int i = 1; i <= TURNS; i++)
+                assert_int_equal(
+                    buf_printf(&script,
+                               "{\"text\":\"Step %d: looking it up.\",\"tool_calls\":[{\"id\":"
+                               "\"c%d\",\"name\":\"http_request\",\"arguments\":\"{\\\"method\\\":"
+                               "\\\"GET\\\",\\\"url\\\":\\\"http://elsewhere.test/%d\\\"}\"}],"
+                               "\"usage\":{\"input\":10,\"output\":10}},",
+                               i, i, i),
+                    0);
+        assert_int_equal(buf_append_str(&script, "{\"text\":\"Done.\"}]"), 0);
+        llm_server_script(S.llm, script.data);
+        buf_free(&script);
+        pid_t w = spawn_worker("30s");
+        usleep(500 * 1000); /* the worker's start-up writes are not the run's */
+        long long xid0 = test_db_int(S.db, "SELECT txid_current()");
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
+
+        if (!worker_test_wait_status(S.db, run, "completed|failed", 120000)) {
+                test_stop_process(w, SIGTERM, 15000);
+                dump_log();
+                fail_msg("the conversation did not end; see %s", S.last_log);
+        }
+        long long xid1 = test_db_int(S.db, "SELECT txid_current()");
+        test_stop_process(w, SIGTERM, 15000);
+        assert_completed(run);
+        int calls = llm_server_request_count(S.llm) - before;
+        assert_int_equal(calls, TURNS + 1);
+        /* the transactions that wrote the agent's events and journal rows: one per call, and
+         * the final answer's */
+        long long agent_writes = test_db_int(
+            S.db,
+            "SELECT count(DISTINCT x) FROM (SELECT l.xmin::text AS x FROM logs l WHERE"
+            " l.workflow_run_id = '%s' AND l.kind LIKE 'agent.%%' UNION ALL SELECT j.xmin::text"
+            " FROM agent_journal j JOIN agent_runs a ON a.id = j.agent_run_id WHERE"
+            " a.workflow_run_id = '%s') q",
+            run, run);
+        /* every writing transaction in between, shown (each took an xid; the run's insert and
+         * the second txid_current() take one each): the run's own (claim, turns, its agent
+         * run) and the lease renewals, as many as the run's wall clock allows, beside the
+         * calls' */
+        long long commits = xid1 - xid0 - 2;
+        printf("commits: %lld writing transactions for %d llm calls (%.2f per call), %lld of "
+               "them the agent's events and journal\n",
+               commits, calls, (double)commits / calls, agent_writes);
+        assert_int_le(agent_writes, calls + 1);
+        assert_int_equal(events_of(run, "agent.llm"), TURNS + 1);
+        assert_int_equal(events_of(run, "agent.reasoning"), TURNS);
+        assert_int_equal(events_of(run, "agent.tool_refused"), TURNS);
+        assert_int_equal(events_of(run, "agent.finished"), 1);
+        assert_int_le(TURNS + 1, events_of(run, "agent.text"));
+        assert_db_equal("30|30|31", S.db,
+                        "SELECT count(*) FILTER (WHERE j.kind = 'event') || '|' ||"
+                        " count(*) FILTER (WHERE j.kind = 'refusal') || '|' ||"
+                        " count(*) FILTER (WHERE j.kind = 'llm')"
+                        " FROM agent_journal j JOIN agent_runs a ON a.id = j.agent_run_id"
+                        " WHERE a.workflow_run_id = '%s'",
+                        run);
+        assert_no_key_anywhere(run);
+}
+
 /* The root agent run of run (malloc'd). */
 static char *root_agent_run(const char *run)
 {
@@ -1731,6 +1814,14 @@ static void a_parent_waiting_for_sub_agents_holds_no_executor(void **state)
         assert_db_equal("ROOT: KA-DONE + KB-DONE", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         assert_int_equal(llm_server_request_count(S.llm) - before, 4);
+        /* each sub-agent's answer and its agent.spawn_result event: one transaction */
+        assert_db_equal("2", S.db,
+                        "SELECT count(*) FROM agent_journal j JOIN agent_runs a ON"
+                        " a.id = j.agent_run_id JOIN logs l ON l.workflow_run_id ="
+                        " a.workflow_run_id AND l.kind = 'agent.spawn_result' AND"
+                        " l.data->>'call_id' = j.request->>'call_id' AND l.xmin = j.xmin"
+                        " WHERE a.workflow_run_id = '%s' AND j.kind = 'spawn'",
+                        run);
         assert_int_equal(llm_server_steps_left(S.llm), 0);
         assert_db_equal("3", S.db,
                         "SELECT count(*) FROM agent_runs WHERE workflow_run_id = '%s' AND"
@@ -2105,6 +2196,7 @@ int main(void)
             cmocka_unit_test(a_secret_not_listed_is_refused),
             cmocka_unit_test(agent_runs_creation_is_fenced_on_the_lease),
             cmocka_unit_test(events_are_recorded_once_across_a_crash),
+            cmocka_unit_test(an_llm_call_costs_one_commit),
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
