@@ -427,6 +427,68 @@ static int direct_calls(struct llm_bench_server *s, int calls, size_t bytes)
         return d.done;
 }
 
+/* The worker's "trace agent_llm" lines (src/agent/agent_session.c: trace_llm), the k-th the
+ * k-th call the server stamped: medians of where a call's cycle goes. */
+static void breakdown(struct llm_bench_server *s, const char *log)
+{
+        enum { PHASES = 7 };
+        static const char *const names[PHASES] = {
+            "executor's turn (answer -> its next llm request; the event and the refused call "
+            "between)",
+            "request -> call started",
+            "call started -> request at the server",
+            "at the server -> answer in the worker",
+            "journal row made",
+            "journal write (one commit)",
+            "answer handed over"};
+        int64_t *v[PHASES];
+        int n = 0, k = 0;
+        char line[512];
+        FILE *f = fopen(log, "r");
+
+        if (!f)
+                return;
+        for (int i = 0; i < PHASES; i++)
+                if (!(v[i] = calloc(MAX_STAMPS, sizeof(int64_t))))
+                        exit(1);
+        pthread_mutex_lock(&s->lock);
+        while (n < MAX_STAMPS && fgets(line, sizeof(line), f)) {
+                long long x[7];
+                if (sscanf(line,
+                           "trace agent_llm exec_us=%lld start_us=%lld call_us=%lld prep_us=%lld "
+                           "write_us=%lld answer_us=%lld started_at_us=%lld",
+                           &x[0], &x[1], &x[2], &x[3], &x[4], &x[5], &x[6]) != 7)
+                        continue;
+                if (k >= s->nstamps)
+                        break;
+                int64_t at = s->stamps[k++];
+                if (x[0] < 0) /* the first call: no answer before it */
+                        continue;
+                v[0][n] = x[0];
+                v[1][n] = x[1];
+                v[2][n] = at - x[6];
+                v[3][n] = x[6] + x[2] - at;
+                v[4][n] = x[3];
+                v[5][n] = x[4];
+                v[6][n] = x[5];
+                n++;
+        }
+        pthread_mutex_unlock(&s->lock);
+        fclose(f);
+        char out[1024];
+        size_t len = 0;
+        for (int i = 0; i < PHASES && len < sizeof(out); i++) {
+                int w = snprintf(out + len, sizeof(out) - len, "%s%s %.2f", i ? " | " : "",
+                                 names[i], pct_ms(v[i], n, 0.5));
+                if (w > 0)
+                        len += (size_t)w;
+        }
+        for (int i = 0; i < PHASES; i++)
+                free(v[i]);
+        if (n > 0)
+                bench_report("agent_llm_call_breakdown_p50_ms", "%s (%d calls)", out, n);
+}
+
 static void journal_overhead(const struct bench *b, PGconn *c, const char *conninfo,
                              const char *user)
 {
@@ -449,7 +511,12 @@ static void journal_overhead(const struct bench *b, PGconn *c, const char *conni
                      "refused tool call), then the same server called directly %d times",
                      calls + 1, calls);
 
-        pid_t w = bench_spawn_worker(b, conninfo, 10, "10ms", NULL, 0);
+        char log[1024];
+        /* the default poll (the NOTIFY hint claims the run); the worker traces each call's
+         * phases (AGENTLY_TRACE_TURNS, src/agent: trace_llm) for the breakdown */
+        setenv("AGENTLY_TRACE_TURNS", "1", 1);
+        pid_t w = bench_spawn_worker(b, conninfo, 10, "500ms", log, sizeof(log));
+        unsetenv("AGENTLY_TRACE_TURNS");
         bench_sleep_ms(1000);
         double xid0 = qnum(c, "SELECT txid_current()");
         enqueue(c, wf, 1);
@@ -469,6 +536,7 @@ static void journal_overhead(const struct bench *b, PGconn *c, const char *conni
                 free(cyc);
                 return;
         }
+        breakdown(s, log);
         /* the first cycle includes the executor's start: left out */
         int n = cycles(s, 1, agent_calls, cyc);
         double agent_p50 = pct_ms(cyc, n, 0.5), agent_p99 = pct_ms(cyc, n, 0.99);

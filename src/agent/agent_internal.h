@@ -66,6 +66,7 @@ struct agent_pending {
         int job_fds[3];               /* ... the descriptors of it in the host's epoll */
         int njob_fds;
         json_t *artifacts; /* ... the artifacts rows its journal entry adds, or NULL */
+        int64_t trace_read_us, trace_started_us; /* llm, traced: request read, call started */
 };
 
 struct agent_session {
@@ -107,10 +108,12 @@ struct agent_session {
         struct agent_pending *spawned; /* ... and the parent's request it answers */
         int depth;                     /* 0 for a node's agent */
 
-        json_t *last_messages;  /* the previous llm request's messages (for the delta) */
-        int last_llm_seq;       /* its journal seq, 0 for none */
-        json_t *last_assistant; /* its answer as the next request's assistant message */
-        json_t *held;           /* rows for the next journal write (agent_db_hold), or NULL */
+        json_t *last_messages;     /* the previous llm request's messages (for the delta) */
+        int last_llm_seq;          /* its journal seq, 0 for none */
+        json_t *last_assistant;    /* its answer as the next request's assistant message */
+        int64_t trace_line_us;     /* traced: the last line read from the executor */
+        int64_t trace_answered_us; /* ... the last llm answer handed to it */
+        json_t *held;              /* rows for the next journal write (agent_db_hold), or NULL */
         struct runtime_http_timer *held_timer; /* ... written by then at the latest */
         int64_t held_due_ms;                   /* ... when it fires */
         bool ended;
@@ -129,6 +132,7 @@ struct agent_host {
         int timerfd;                 /* the tool calls' next deadline (valid with has_timer) */
         bool has_timer;
         struct runtime_http_timer *quiet_timer; /* when the next executor may be stopped */
+        bool trace; /* AGENTLY_TRACE_TURNS=1: a "trace agent_llm" line per live llm call */
         int64_t quiet_at;
 };
 
@@ -265,3 +269,4 @@ void agent_pending_release(struct agent_host *h, struct agent_pending *p);
 json_t *agent_redact(const struct agent_session *s, const json_t *v);
 char *agent_redact_text(const struct agent_session *s, const char *text);
 int64_t agent_now_ms(void);
+int64_t agent_now_us(void);

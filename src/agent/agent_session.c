@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/wait.h>
@@ -29,6 +31,13 @@ int64_t agent_now_ms(void)
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t agent_now_us(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* ---- redaction: the API key never leaves in anything but the request it authorises ---- */
@@ -718,7 +727,10 @@ static void live_request(struct agent_session *s, const char *id, const char *ki
         p->request = body;
         p->started_ms = agent_now_ms();
         if (!strcmp(kind, "llm")) {
+                p->trace_read_us = s->trace_line_us;
                 r = agent_llm_start(s, p, &err);
+                if (s->host->trace)
+                        p->trace_started_us = agent_now_us();
                 if (r < 0) {
                         answer_error(s, id, r == -EINVAL ? "invalid_request" : "llm",
                                      err ? err : "could not start the llm call");
@@ -1029,6 +1041,8 @@ static void handle_line(struct agent_session *s, const char *line, size_t len)
         }
         id = json_string_value(json_object_get(m, "id"));
         type = json_string_value(json_object_get(m, "type"));
+        if (s->host->trace)
+                s->trace_line_us = agent_now_us();
         if (!id || !*id || strlen(id) > 64 || !type) {
                 session_fail(s, "executor", "the executor sent a request without id or type");
                 return;
@@ -1049,9 +1063,34 @@ static void handle_line(struct agent_session *s, const char *line, size_t len)
 
 /* ---- HTTP completions ---- */
 
+/*
+ * AGENTLY_TRACE_TURNS=1 (bench/bench_agents.c reads it): where a live LLM call's cycle goes —
+ * exec: the previous answer handed to the executor -> this request read (the executor's
+ * turn, the requests in between); start: read -> the call started; call: started -> the
+ * answer in (worker -> server -> worker); prep: its journal row made; write: its journal
+ * write (one commit); answer: the answer handed to the executor. started_at: the call's
+ * start on CLOCK_MONOTONIC (the bench's server stamps arrivals on the same clock).
+ */
+static void trace_llm(struct agent_session *s, const struct agent_pending *p, int64_t done_us,
+                      int64_t write_us, int64_t written_us)
+{
+        int64_t now = agent_now_us();
+
+        fprintf(stderr,
+                "trace agent_llm exec_us=%lld start_us=%lld call_us=%lld prep_us=%lld "
+                "write_us=%lld answer_us=%lld started_at_us=%lld\n",
+                (long long)(s->trace_answered_us ? p->trace_read_us - s->trace_answered_us : -1),
+                (long long)(p->trace_started_us - p->trace_read_us),
+                (long long)(done_us - p->trace_started_us), (long long)(write_us - done_us),
+                (long long)(written_us - write_us), (long long)(now - written_us),
+                (long long)p->trace_started_us);
+        s->trace_answered_us = now;
+}
+
 static void llm_done(struct agent_session *s, struct agent_pending *p, struct llm_result *res,
                      const json_t *error, int64_t took)
 {
+        int64_t done_us = s->host->trace ? agent_now_us() : 0, write_us = 0, written_us = 0;
         _cleanup_json_ json_t *result = NULL, *stored = NULL, *events = NULL;
         const char *model = json_string_value(json_object_get(s->agent, "model"));
         int r;
@@ -1086,8 +1125,12 @@ static void llm_done(struct agent_session *s, struct agent_pending *p, struct ll
         _cleanup_json_ json_t *clean_result = agent_redact(s, result);
         _cleanup_json_ json_t *clean_stored = agent_redact(s, stored);
         struct llm_usage usage = res->usage;
+        if (done_us)
+                write_us = agent_now_us();
         r = agent_db_record(s, "llm", clean_stored, clean_result, p->hash, &usage, cost.usd, 1, 0,
                             TAKE_PTR(events));
+        if (done_us)
+                written_us = agent_now_us();
         if (r < 0) {
                 session_fail(s, "error", "could not journal an llm call: %s", db_why(r));
                 return;
@@ -1099,6 +1142,8 @@ static void llm_done(struct agent_session *s, struct agent_pending *p, struct ll
         s->llm_calls++;
         remember_messages(s, p->request, r, clean_result);
         answer_ok(s, p->id, clean_result);
+        if (done_us)
+                trace_llm(s, p, done_us, write_us, written_us);
 }
 
 void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *error,
@@ -1306,6 +1351,7 @@ int agent_host_new(const struct agent_host_config *cfg, struct agent_host **out)
                 return -EIO;
         }
         h->cfg = *cfg;
+        h->trace = getenv("AGENTLY_TRACE_TURNS") && !strcmp(getenv("AGENTLY_TRACE_TURNS"), "1");
         h->epfd = epoll_create1(EPOLL_CLOEXEC);
         if (h->epfd < 0) {
                 int r = -errno;
