@@ -293,6 +293,65 @@ describe("the dashboard, further", () => {
     }
   });
 
+  it("approves a gated tool call with edited arguments from its answer form", { timeout: 240_000 }, async () => {
+    await agently.api("PUT", "/v1/secrets/LLMKEY", { value: "sk-e2e-not-a-real-key" });
+    const health = `${agently.base}/healthz`;
+    await llm.script([
+      {
+        match: "Research edits",
+        text: "I will check the health as the agent.",
+        tool_calls: [{ id: "EDIT1", name: "http_request", arguments: JSON.stringify({ method: "GET", url: `${health}?by=agent` }) }],
+        usage: { input: 100, output: 10 },
+      },
+      { match: "EDIT1", text: "EDITED-DONE", usage: { input: 150, output: 5 } },
+    ]);
+    await agently.api("POST", "/v1/workflows", {
+      name: "e2e-edit",
+      nodes: [
+        {
+          id: "think",
+          type: "agent",
+          agent: {
+            provider: "openai",
+            base_url: llm.url,
+            model: "gpt-4o-mini",
+            api_key_secret: "LLMKEY",
+            prompt: "Research ${ input.topic }.",
+            tools: ["http_request"],
+            allowed_hosts: ["127.0.0.1"],
+            approve_tools: ["http_request"],
+          },
+        },
+      ],
+    });
+    const { context, page, problems } = await watchedPage(browser);
+    try {
+      await signIn(page, agently.base, agently.token);
+      const run = await agently.api("POST", "/v1/runs", { workflow: "e2e-edit", input: { topic: "edits" } });
+      await page.goto(`${agently.base}/runs/${run.id}`);
+      const card = page.getByRole("region", { name: /^approval / });
+      await card.waitFor({ timeout: 90_000 });
+      const form = card.getByLabel("tool call arguments (JSON)");
+      assert.match(await form.inputValue(), /by=agent/); // prefilled with the proposed call
+      await form.fill(JSON.stringify({ method: "GET", url: `${health}?by=reviewer` }));
+      await screenshot(page, "19-gated-call-edited");
+      await card.getByRole("button", { name: "Approve with these arguments" }).click();
+      const done = await waitRun(agently, run.id, /^(completed|failed)$/, 90_000);
+      assert.equal(done.status, "completed", JSON.stringify(done.error));
+      assert.equal(done.output.think, "EDITED-DONE");
+      const tool = page.getByRole("region", { name: "agents" }).locator('[data-tool="http_request"]').first();
+      await tool.locator(".gate-approved").getByText("with edited arguments").waitFor({ timeout: 30_000 });
+      assert.match(await tool.getByLabel("edited arguments").innerText(), /by=reviewer/);
+      const approvals = await agently.api("GET", "/v1/approvals?status=approved&limit=200");
+      const decided = approvals.data.find((a) => a.run_id === run.id);
+      assert.match(decided.decision.arguments.url, /by=reviewer$/);
+      assert.match(decided.decision.proposed_arguments.url, /by=agent$/);
+      assert.deepEqual(problems(), []);
+    } finally {
+      await context.close();
+    }
+  });
+
   it("fits a phone: no horizontal scroll on the runs list and a run's page", { timeout: 120_000 }, async () => {
     await agently.api("POST", "/v1/workflows", WAITER);
     const run = await agently.api("POST", "/v1/runs", { workflow: WAITER.name, input: {} });

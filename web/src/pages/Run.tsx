@@ -621,12 +621,38 @@ export function ResolveForm({ run, onDone }: { run: { id: string; wait_reason: s
   );
 }
 
+/** The arguments an agent proposed for a gated tool call, when the approval may be approved
+ * with edited ones (a tool call's, decided by one approval); otherwise undefined. */
+function editableArguments(approval: Approval): Record<string, unknown> | undefined {
+  const request = approval.request as { kind?: string; context?: { arguments?: unknown } } | null;
+  const args = request?.context?.arguments;
+  if (request?.kind !== "tool_call" || approval.quorum > 1 || !args || typeof args !== "object" || Array.isArray(args)) return undefined;
+  return args as Record<string, unknown>;
+}
+
 export function ApprovalCard({ approval, onDone }: { approval: Approval; onDone: () => void }) {
+  const proposed = editableArguments(approval);
+  const proposedText = proposed ? JSON.stringify(proposed, null, 2) : "";
   const [comment, setComment] = useState("");
+  const [argsText, setArgsText] = useState(proposedText);
   const [error, setError] = useState<unknown>(null);
+  const edited = proposed !== undefined && argsText.trim() !== proposedText.trim();
   async function decide(decision: "approve" | "reject") {
+    let args: Record<string, unknown> | undefined;
+    if (decision === "approve" && edited) {
+      try {
+        args = JSON.parse(argsText) as Record<string, unknown>;
+      } catch (e) {
+        setError(`the arguments are not valid JSON: ${(e as Error).message}`);
+        return;
+      }
+      if (!args || typeof args !== "object" || Array.isArray(args)) {
+        setError("the arguments must be a JSON object");
+        return;
+      }
+    }
     try {
-      await call("post", "/v1/approvals/{id}/decide", { path: { id: approval.id }, body: { decision, comment: comment || undefined }, query: undefined as never });
+      await call("post", "/v1/approvals/{id}/decide", { path: { id: approval.id }, body: { decision, comment: comment || undefined, arguments: args }, query: undefined as never });
       onDone();
     } catch (e) {
       setError(e);
@@ -636,8 +662,14 @@ export function ApprovalCard({ approval, onDone }: { approval: Approval; onDone:
     <div class="ask" role="region" aria-label={`approval ${approval.title}`}>
       <strong>Approval</strong> {approval.title} <span class="muted">node {approval.node_id}</span> <Time iso={approval.created_at} />
       <Json value={approval.request} label="what is asked" />
+      {proposed && (
+        <label class="edit-args">
+          Arguments the tool runs with (edit to correct them)
+          <textarea aria-label="tool call arguments (JSON)" class="mono" rows={Math.min(12, proposedText.split("\n").length + 1)} value={argsText} onInput={(e) => setArgsText((e.target as HTMLTextAreaElement).value)} />
+        </label>
+      )}
       <input aria-label="comment" placeholder="comment (optional)" value={comment} onInput={(e) => setComment((e.target as HTMLInputElement).value)} />
-      <button onClick={() => decide("approve")}>Approve</button>
+      <button onClick={() => decide("approve")}>{edited ? "Approve with these arguments" : "Approve"}</button>
       <button class="danger" onClick={() => decide("reject")}>
         Reject
       </button>

@@ -313,6 +313,8 @@ function StepView({ s }: { s: Step }) {
     const c = obj(s.call?.data);
     const rd = obj(s.result?.data);
     const effect = String(req.effect ?? c.effect ?? rd.effect ?? "");
+    // a call a reviewer approved with edited arguments: its answer records what ran
+    const edit = obj(obj(s.e.response).edited);
     let args: unknown = req.arguments ?? c.arguments;
     if (typeof args === "string")
       try {
@@ -328,12 +330,19 @@ function StepView({ s }: { s: Step }) {
           <span class={`badge gate gate-${s.gate.kind.slice(11)}`} title={s.gate.message ?? ""}>
             {GATE[s.gate.kind]}
             {obj(s.gate.data).by ? ` by ${String(obj(s.gate.data).by)}` : ""}
+            {obj(s.gate.data).edited === true ? " with edited arguments" : ""}
           </span>
         )}{" "}
         <span class="muted">{rd.duration_ms != null ? duration(Number(rd.duration_ms)) : ""}</span> <Time iso={s.e.created_at} />
         <div class="kv">
-          <span class="muted">arguments</span>
+          <span class="muted">{edit.arguments !== undefined ? "proposed arguments" : "arguments"}</span>
           <Json value={args} label="tool arguments" />
+          {edit.arguments !== undefined && (
+            <>
+              <span class="muted">ran with (edited by {String(edit.by ?? "a reviewer")})</span>
+              <Json value={edit.arguments} label="edited arguments" />
+            </>
+          )}
           <span class="muted">result</span>
           {s.e.response === null ? <p class="muted">{s.gate?.kind === "agent.tool_approval" ? "waiting for a person to approve it…" : "running…"}</p> : <Json value={readable(s.e.response)} label="tool result" />}
         </div>
