@@ -335,6 +335,74 @@ PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *p
         return NULL;
 }
 
+PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int nparams,
+                           const char *const *params, const char *after, int *error)
+{
+        const char *stmts[] = {before, sql, after};
+        PGresult *out = NULL, *res;
+        int r = 0, sent = 0;
+
+        if (!before && !after)
+                return db_query(c, sql, nparams, params, error);
+        if (!PQenterPipelineMode(c)) {
+                r = db_result_error(c, NULL);
+                goto out;
+        }
+        for (int i = 0; i < 3; i++) {
+                if (!stmts[i])
+                        continue;
+                if (!PQsendQueryParams(c, stmts[i], i == 1 ? nparams : 0, NULL,
+                                       i == 1 ? params : NULL, NULL, NULL, 0))
+                        break;
+                sent |= 1 << i;
+        }
+        if (!PQpipelineSync(c)) {
+                /* nothing can be read back: the connection is gone */
+                r = db_result_error(c, NULL);
+                PQexitPipelineMode(c);
+                goto out;
+        }
+        for (int i = 0; i < 3; i++) {
+                if (!(sent & (1 << i)))
+                        continue;
+                res = PQgetResult(c);
+                bool got = res != NULL;
+                ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+                if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+                        if (i == 1 && r == 0) {
+                                out = res;
+                                res = NULL;
+                        }
+                } else if (st != PGRES_PIPELINE_ABORTED && r == 0) {
+                        r = db_result_error(c, res);
+                }
+                if (res)
+                        PQclear(res);
+                /* each statement's results end with a NULL */
+                while (got && (res = PQgetResult(c)))
+                        PQclear(res);
+        }
+        /* the sync's own result, then the pipeline is empty */
+        while ((res = PQgetResult(c))) {
+                ExecStatusType st = PQresultStatus(res);
+                PQclear(res);
+                if (st == PGRES_PIPELINE_SYNC)
+                        break;
+        }
+        if (!PQexitPipelineMode(c) && r == 0)
+                r = db_result_error(c, NULL);
+        if (r == 0 && sent != ((before ? 1 : 0) | 2 | (after ? 4 : 0)))
+                r = db_result_error(c, NULL);
+out:
+        if (r < 0 && out) {
+                PQclear(out);
+                out = NULL;
+        }
+        if (error)
+                *error = r;
+        return out;
+}
+
 int db_begin(PGconn *c)
 {
         return db_exec(c, "BEGIN");

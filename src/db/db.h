@@ -100,6 +100,16 @@ int db_exec(PGconn *c, const char *sql);
  */
 PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params, int *error);
 
+/*
+ * db_query's statement with `before` and/or `after` (parameterless statements, either may
+ * be NULL) in one round trip (libpq's pipeline mode): BEGIN and a transaction's first
+ * statement, or its last statement and COMMIT. Returns sql's result as db_query does; NULL
+ * with *error set if any of the three failed. The statements after a failed one are not
+ * run, and a transaction the failure happened in is left failed: roll it back.
+ */
+PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int nparams,
+                           const char *const *params, const char *after, int *error);
+
 int db_begin(PGconn *c);
 int db_commit(PGconn *c);
 void db_rollback(PGconn *c);
