@@ -21,8 +21,8 @@ static int uuid_array(struct buf *b, const struct queue_lease *held, int n)
         return r < 0 ? r : buf_append_str(b, "}");
 }
 
-int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
-                     const struct queue_lease *held, int nheld, struct queue_claim *out, int *n)
+static int claim_runs(PGconn *c, const char *before, const char *worker, int64_t lease_ms, int max,
+                      const struct queue_lease *held, int nheld, struct queue_claim *out, int *n)
 {
         _cleanup_buf_ struct buf ids;
         char lease[48], maxs[16];
@@ -39,10 +39,11 @@ int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
         params[3] = ids.data;
         snprintf(lease, sizeof(lease), "%lld milliseconds", (long long)lease_ms);
         snprintf(maxs, sizeof(maxs), "%d", max);
-        res = db_query(c,
-                       "SELECT id, user_id, workflow_id, lease_epoch, attempt, status_before "
-                       "FROM agently_claim_runs($1, $2::interval, $3::integer, $4::uuid[])",
-                       4, params, &r);
+        res =
+            db_query_between(c, before,
+                             "SELECT id, user_id, workflow_id, lease_epoch, attempt, status_before "
+                             "FROM agently_claim_runs($1, $2::interval, $3::integer, $4::uuid[])",
+                             4, params, NULL, &r);
         if (!res)
                 return r;
         rows = PQntuples(res);
@@ -57,6 +58,19 @@ int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
                 (*n)++;
         }
         return 0;
+}
+
+int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
+                     const struct queue_lease *held, int nheld, struct queue_claim *out, int *n)
+{
+        return claim_runs(c, NULL, worker, lease_ms, max, held, nheld, out, n);
+}
+
+int queue_begin_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
+                           const struct queue_lease *held, int nheld, struct queue_claim *out,
+                           int *n)
+{
+        return claim_runs(c, "BEGIN", worker, lease_ms, max, held, nheld, out, n);
 }
 
 int queue_renew_leases(PGconn *c, const char *worker, const struct queue_lease *held, int n,

@@ -44,6 +44,17 @@ struct queue_lease {
 int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
                      const struct queue_lease *held, int nheld, struct queue_claim *out, int *n);
 
+/*
+ * The same claim as the first statement of a new transaction: BEGIN and the claim in one
+ * round trip (db_query_between). The claimed runs' queue rows and records stay locked until
+ * the caller's COMMIT, which is also when the claim becomes durable and visible; a ROLLBACK
+ * undoes it (the runs are due again at once). On an error the transaction is left open and
+ * failed: roll it back.
+ */
+int queue_begin_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
+                           const struct queue_lease *held, int nheld, struct queue_claim *out,
+                           int *n);
+
 struct queue_renewal {
         char id[QUEUE_UUID_LEN + 1];
         bool cancel_requested;
@@ -145,3 +156,9 @@ int queue_writes_consume(struct queue_writes *b, const char *run_id, int64_t epo
  */
 int queue_writes_flush(PGconn *c, const char *worker, struct queue_writes *b,
                        void (*lost)(void *arg, const char *run_id), void *arg);
+/* The same, and COMMIT of the caller's transaction, in one round trip (db_query_between);
+ * an empty buffer sends the COMMIT alone. lost() is called for runs refused by the fence
+ * (nothing of theirs was written; the others' writes are committed). On an error the
+ * transaction is left failed or its outcome unknown: roll it back. */
+int queue_writes_flush_commit(PGconn *c, const char *worker, struct queue_writes *b,
+                              void (*lost)(void *arg, const char *run_id), void *arg);

@@ -132,15 +132,15 @@ int queue_writes_consume(struct queue_writes *b, const char *run_id, int64_t epo
             run_id, epoch);
 }
 
-int queue_writes_flush(PGconn *c, const char *worker, struct queue_writes *b,
-                       void (*lost)(void *arg, const char *run_id), void *arg)
+static int flush(PGconn *c, const char *worker, struct queue_writes *b,
+                 void (*lost)(void *arg, const char *run_id), void *arg, const char *after)
 {
         _cleanup_free_ char *writes = NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
         int r = 0;
 
         if (json_array_size(b->ops) == 0)
-                return 0;
+                return after ? db_exec(c, after) : 0;
         /* everything a worker stores (node inputs and outputs, errors, events) leaves in this
          * one statement: it passes the redaction choke point here (src/base/redact.h), on
          * every string and key — not on the JSON text, where masking could cut through its
@@ -154,11 +154,24 @@ int queue_writes_flush(PGconn *c, const char *worker, struct queue_writes *b,
         if (!writes)
                 return -ENOMEM;
         const char *params[] = {worker, writes};
-        res = db_query(c, "SELECT lost_run_id FROM agently_apply_writes($1, $2::jsonb)", 2, params,
-                       &r);
+        res =
+            db_query_between(c, NULL, "SELECT lost_run_id FROM agently_apply_writes($1, $2::jsonb)",
+                             2, params, after, &r);
         if (!res)
                 return r;
         for (int i = 0; i < PQntuples(res); i++)
                 lost(arg, PQgetvalue(res, i, 0));
         return 0;
+}
+
+int queue_writes_flush(PGconn *c, const char *worker, struct queue_writes *b,
+                       void (*lost)(void *arg, const char *run_id), void *arg)
+{
+        return flush(c, worker, b, lost, arg, NULL);
+}
+
+int queue_writes_flush_commit(PGconn *c, const char *worker, struct queue_writes *b,
+                              void (*lost)(void *arg, const char *run_id), void *arg)
+{
+        return flush(c, worker, b, lost, arg, "COMMIT");
 }

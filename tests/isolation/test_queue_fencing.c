@@ -462,6 +462,64 @@ static void test_rescue_records_the_new_holder(void **state)
         fixture_free(f);
 }
 
+/* A claim that opens a worker's turn (queue_begin_claim_runs, 0028): it takes the runs'
+ * records as well as their queue rows, waiting for neither (a record somebody holds locked
+ * is left for a later claim), and it is durable only with the transaction's commit: rolled
+ * back, the run is due again at once. */
+static void test_claim_in_a_transaction(void **state)
+{
+        struct fixture *f = fixture_new("claim_txn");
+        char *x = worker_test_run(f->owner, f->workflow, NULL);
+        char *y = worker_test_run(f->owner, f->workflow, NULL);
+        PGconn *a = test_db_connect(f->worker_conninfo);
+        PGconn *b = test_db_connect(f->worker_conninfo);
+        PGconn *l = test_db_connect(f->owner_conninfo);
+        struct queue_claim out[4];
+        int n = 0;
+
+        (void)state;
+        /* a claim that waited for the locked record would fail here, not hang */
+        PQclear(test_db_must(a, "SET statement_timeout = '5s'"));
+        PQclear(test_db_must(l, "BEGIN"));
+        assert_int_equal(
+            test_db_int(l,
+                        "SELECT count(*) FROM (SELECT 1 FROM workflow_runs WHERE id = '%s' "
+                        "FOR UPDATE) x",
+                        x),
+            1);
+
+        assert_int_equal(queue_begin_claim_runs(a, "A", 30000, 4, NULL, 0, out, &n), 0);
+        assert_int_equal(n, 1);
+        assert_string_equal(out[0].id, y);
+        assert_int_equal(PQtransactionStatus(a), PQTRANS_INTRANS);
+        /* not committed: invisible, and its rows stay locked */
+        assert_db_equal("0", f->owner,
+                        "SELECT count(*) FROM run_queue WHERE claimed_by IS NOT NULL");
+        assert_int_equal(claim_one(b, "B", 30000, &out[1]), 0);
+        /* rolled back: nothing happened, the run is due at once */
+        PQclear(test_db_must(a, "ROLLBACK"));
+        assert_int_equal(queue_claim_runs(b, "B", 30000, 4, NULL, 0, &out[1], &n), 0);
+        assert_int_equal(n, 1);
+        assert_string_equal(out[1].id, y);
+        assert_int_equal(out[1].epoch, 1);
+        /* the record's holder is done: claimed, committed with the transaction */
+        PQclear(test_db_must(l, "COMMIT"));
+        assert_int_equal(queue_begin_claim_runs(a, "A", 30000, 4, NULL, 0, out, &n), 0);
+        assert_int_equal(n, 1);
+        assert_string_equal(out[0].id, x);
+        PQclear(test_db_must(a, "COMMIT"));
+        assert_db_equal("A 1", f->owner,
+                        "SELECT claimed_by || ' ' || lease_epoch FROM run_queue WHERE run_id = "
+                        "'%s'",
+                        x);
+        PQfinish(a);
+        PQfinish(b);
+        PQfinish(l);
+        free(x);
+        free(y);
+        fixture_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -471,6 +529,7 @@ int main(void)
             cmocka_unit_test(test_renewal_absolute),
             cmocka_unit_test(test_claim_and_renewal_touch_only_the_queue),
             cmocka_unit_test(test_rescue_records_the_new_holder),
+            cmocka_unit_test(test_claim_in_a_transaction),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
