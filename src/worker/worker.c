@@ -96,6 +96,8 @@ struct run {
         json_t *kept; /* its snapshot after its last turn, with that turn's writes (held runs stay
                          in memory, see snapshot_keep); NULL: the next turn reads it whole */
         int64_t deadline_ms; /* database ms: the workflow's timeout ends the run then; -1 none */
+        bool fresh; /* claimed in the open turn's transaction: its rows are locked by the claim,
+                       and it is not renewed before that transaction commits (held_publish) */
         double time_scale; /* the run's (wf_time_scaled_ms): its retry back-off is divided by it */
 };
 
@@ -171,16 +173,23 @@ static uint64_t random64(void)
 
 /* ---- held set, shared with the heartbeat ------------------------------------------- */
 
-/* Rebuilds the list the heartbeat renews; called whenever runs are added or removed. */
+/* Rebuilds the list the heartbeat renews; called whenever runs are added or removed. A run
+ * claimed in the open turn's transaction is left out until it commits: its claim holds its
+ * rows locked out of the id order, so a renewal waiting for them while holding the rows of
+ * lower ids could deadlock with the turn's lock statement (and there is nothing to renew
+ * before the claim is committed). */
 static void held_publish(struct worker *w)
 {
         int i = 0;
 
         pthread_mutex_lock(&w->lock);
-        for (struct run *r = w->runs; r && i < w->cfg->concurrency; r = r->next, i++) {
+        for (struct run *r = w->runs; r && i < w->cfg->concurrency; r = r->next) {
+                if (r->fresh)
+                        continue;
                 str_copy(w->held_ids[i], sizeof(w->held_ids[i]), r->id);
                 w->held[i].run_id = w->held_ids[i];
                 w->held[i].epoch = r->epoch;
+                i++;
         }
         w->nheld = i;
         pthread_mutex_unlock(&w->lock);
@@ -1548,30 +1557,39 @@ static const char BATCH_LOCK_SQL[] =
 
 /*
  * The batch's first statements, a handful for all its runs: lock them in id order (a run
- * whose epoch moved on is lost), write the claim events, checkpoint finished requests, and
- * read every snapshot in one query.
+ * whose epoch moved on is lost; a run claimed in this transaction is locked by its claim
+ * already), write the claim events, checkpoint finished requests, and read every snapshot
+ * in one query.
  */
 static void batch_prepare(struct worker *w)
 {
-        _cleanup_free_ char *param = runs_param(w->batch, w->nbatch);
+        _cleanup_free_ char *param = NULL;
         _cleanup_pgresult_ PGresult *locked = NULL, *res = NULL;
-        const char *params[] = {param};
+        const char *params[1];
         bool reread = false;
         int r = 0, held = 0;
 
-        if (!param) {
-                w->batch_error = -ENOMEM;
-                return;
-        }
-        locked = db_query(w->db, BATCH_LOCK_SQL, 1, params, &r);
-        worker_trace_mark(&w->trace, TRACE_LOCKED);
-        if (!locked) {
-                w->batch_error = r;
-                return;
-        }
         for (int i = 0; i < w->nbatch; i++)
-                mark_lost(w->batch[i], "lock");
-        for (int i = 0; i < PQntuples(locked); i++) {
+                if (!w->batch[i]->fresh)
+                        w->held_scratch[held++] = w->batch[i];
+        if (held > 0) {
+                param = runs_param(w->held_scratch, held);
+                if (!param) {
+                        w->batch_error = -ENOMEM;
+                        return;
+                }
+                params[0] = param;
+                locked = db_query(w->db, BATCH_LOCK_SQL, 1, params, &r);
+                if (!locked) {
+                        w->batch_error = r;
+                        return;
+                }
+                for (int i = 0; i < held; i++)
+                        mark_lost(w->held_scratch[i], "lock");
+        }
+        worker_trace_mark(&w->trace, TRACE_LOCKED);
+        held = 0;
+        for (int i = 0; locked && i < PQntuples(locked); i++) {
                 struct run *run = batch_find(w, PQgetvalue(locked, i, 0), PQgetvalue(locked, i, 1));
                 int64_t left;
                 if (!run)
@@ -1735,40 +1753,89 @@ static void start_effects(struct worker *w, struct run *run)
         json_array_clear(run->to_start);
 }
 
-/*
- * One loop turn's writes: the due runs (at most BATCH_RUNS_MAX, in id order — the global
- * lock order, so a batch cannot deadlock with a renewal) in one transaction. After the
- * commit: forget finished and lost runs, start the requests. If anything failed, the
- * transaction is rolled back and every run of the batch is abandoned to lease expiry.
- */
-static void batch_run(struct worker *w)
-{
-        int64_t now = mono_ms();
-        int n = 0, r;
+static int claim(struct worker *w);
 
+/* The open turn's claims are over: committed (the runs are held like any other now, and
+ * renewed), or rolled back (nothing of them happened: forgotten, due again at once). */
+static void claims_settle(struct worker *w, bool committed)
+{
+        struct run *next;
+
+        for (struct run *run = w->runs; run; run = next) {
+                next = run->next;
+                if (!run->fresh)
+                        continue;
+                run->fresh = false;
+                if (!committed)
+                        run_drop(w, run);
+        }
+        held_publish(w);
+}
+
+/*
+ * One loop turn: with claim_now, BEGIN and the claim first (one round trip, claim()); then
+ * the due runs (at most BATCH_RUNS_MAX, in id order — the global lock order, so a batch
+ * cannot deadlock with a renewal) in the same transaction, whose commit also commits the
+ * claim, in the round trip of the turn's last writes. A run that finishes in its first turn
+ * therefore costs one commit. After the commit: forget finished and lost runs, start the
+ * requests. If anything failed, the transaction is rolled back: the runs claimed in it are
+ * forgotten (they are due again), the others of the batch are abandoned to lease expiry.
+ */
+static void batch_run(struct worker *w, bool claim_now)
+{
+        int64_t now;
+        int n = 0, r = 0;
+        bool open = false;
+
+        w->nbatch = 0;
+        w->batch_error = 0;
+        if (claim_now && w->nruns < w->cfg->concurrency) {
+                w->turn_began = mono_ms();
+                worker_trace_mark(&w->trace, TRACE_BEGIN);
+                r = claim(w);
+                worker_trace_mark(&w->trace, TRACE_BEGUN);
+                if (r < 0) {
+                        db_recover(w);
+                        claims_settle(w, false);
+                        return;
+                }
+                open = true;
+        }
+        now = mono_ms();
         for (struct run *run = w->runs; run && n < w->cfg->concurrency; run = run->next)
                 if (run_due(run, now))
                         w->batch[n++] = run;
-        if (n == 0)
+        if (n == 0) {
+                if (open) {
+                        r = db_commit(w->db);
+                        if (r < 0) {
+                                log_error("could not commit a claim: %s", db_last_error());
+                                db_recover(w);
+                        }
+                        claims_settle(w, r == 0);
+                }
                 return;
+        }
         if (n > BATCH_RUNS_MAX) {
                 /* more due than one turn takes: those that have waited longest first, so
-                 * under a sustained backlog every run gets its turn */
+                 * under a sustained backlog every run gets its turn (a run claimed now and
+                 * left out is committed as claimed and takes a later turn) */
                 qsort(w->batch, (size_t)n, sizeof(*w->batch), run_due_cmp);
                 n = BATCH_RUNS_MAX;
         }
         qsort(w->batch, (size_t)n, sizeof(*w->batch), run_cmp);
         w->nbatch = n;
-        w->batch_error = 0;
 
         for (int i = 0; i < n; i++) {
                 w->batch[i]->fate = FATE_HELD;
                 w->batch[i]->last_turn = now;
         }
-        w->turn_began = mono_ms();
-        worker_trace_mark(&w->trace, TRACE_BEGIN);
-        r = db_begin(w->db);
-        worker_trace_mark(&w->trace, TRACE_BEGUN);
+        if (!open) {
+                w->turn_began = mono_ms();
+                worker_trace_mark(&w->trace, TRACE_BEGIN);
+                r = db_begin(w->db);
+                worker_trace_mark(&w->trace, TRACE_BEGUN);
+        }
         if (r == 0)
                 batch_prepare(w);
         worker_trace_mark(&w->trace, TRACE_SNAPSHOT);
@@ -1780,21 +1847,27 @@ static void batch_run(struct worker *w)
                         run_advance(w, run);
         }
         worker_trace_mark(&w->trace, TRACE_PLANNED);
-        if (r == 0 && batch_flush(w) == 0)
-                r = db_commit(w->db);
+        /* a failed statement dooms the transaction: nothing of the turn is committed, and
+         * nothing it planned may leave (a START mark that was not committed permits
+         * nothing) */
+        if (r == 0)
+                r = w->batch_error;
+        if (r == 0)
+                r = queue_writes_flush_commit(w->db, w->cfg->id, w->writes, batch_lost, w);
         worker_trace_mark(&w->trace, TRACE_COMMITTED);
         if (r == 0)
                 worker_trace_turn(&w->trace, n, w->batch[0]->id);
-        else if (r == 0)
-                r = w->batch_error;
         if (r < 0) {
                 queue_writes_clear(w->writes);
                 for (int i = 0; i < n; i++)
-                        run_abandon(w, w->batch[i], r, "write a batch");
+                        if (!w->batch[i]->fresh)
+                                run_abandon(w, w->batch[i], r, "write a batch");
                 db_recover(w);
+                claims_settle(w, false);
                 w->nbatch = 0;
                 return;
         }
+        claims_settle(w, true);
         for (int i = 0; i < n; i++) {
                 struct run *run = w->batch[i];
                 json_decref(run->announce_data);
@@ -1856,14 +1929,19 @@ static void agent_done(void *owner, void *userdata, json_t *output, json_t *erro
 
 /* ---- claims ------------------------------------------------------------------------ */
 
-static void claim(struct worker *w)
+/*
+ * Claims up to what --concurrency leaves room for, as the first statement of the turn's
+ * transaction: BEGIN and the claim in one round trip. The claimed runs are `fresh` until
+ * that transaction ends: locked by the claim, not renewed, committed (or rolled back) with
+ * the turn (claims_settle). Returns 0, the transaction open, or a negative errno: a
+ * statement failed, roll the transaction back.
+ */
+static int claim(struct worker *w)
 {
         struct queue_claim claims[CLAIM_BATCH_MAX];
         int want = w->cfg->concurrency - w->nruns, n = 0, nheld = 0, r;
         int64_t sent = mono_ms(), sent_us = worker_trace_now_us();
 
-        if (want <= 0)
-                return;
         if (want > CLAIM_BATCH_MAX)
                 want = CLAIM_BATCH_MAX;
         /* every run we hold: a lease of ours that expired (a turn that kept its row locked
@@ -1871,14 +1949,13 @@ static void claim(struct worker *w)
          * ourselves into a second copy */
         for (struct run *x = w->runs; x && nheld < w->cfg->concurrency; x = x->next)
                 w->claim_held[nheld++] = (struct queue_lease){.run_id = x->id, .epoch = x->epoch};
-        r = queue_claim_runs(w->db, w->cfg->id, w->cfg->lease_ms, want, w->claim_held, nheld,
-                             claims, &n);
+        r = queue_begin_claim_runs(w->db, w->cfg->id, w->cfg->lease_ms, want, w->claim_held, nheld,
+                                   claims, &n);
         if (n > 0 || w->trace.hint_at)
                 worker_trace_claim(&w->trace, sent_us, n, n > 0 ? claims[0].id : NULL);
         if (r < 0) {
                 log_error("could not claim runs: %s", db_last_error());
-                db_recover(w);
-                return;
+                return r;
         }
         for (int i = 0; i < n; i++) {
                 struct run *run, *old;
@@ -1892,14 +1969,17 @@ static void claim(struct worker *w)
                         run_lost(w, old, "claimed again");
                 run = calloc(1, sizeof(*run));
                 if (!run) {
-                        log_error("out of memory: run %s left to lease expiry", claims[i].id);
-                        continue;
+                        /* the claim is rolled back with the turn */
+                        log_error("out of memory: could not take run %s", claims[i].id);
+                        return -ENOMEM;
                 }
                 str_copy(run->id, sizeof(run->id), claims[i].id);
                 str_copy(run->user_id, sizeof(run->user_id), claims[i].user_id);
                 str_copy(run->workflow_id, sizeof(run->workflow_id), claims[i].workflow_id);
                 run->epoch = claims[i].epoch;
+                run->fresh = true;
                 run->deadline_ms = -1;
+                /* the lease runs from the transaction's start, which came after `sent` */
                 run->lease_deadline = sent + w->cfg->lease_ms;
                 run->last_turn = sent;
                 run->needs_plan = true;
@@ -1917,27 +1997,26 @@ static void claim(struct worker *w)
                 r = wf_lookup(w, run->workflow_id, &run->wf, &errors);
                 if (r < 0 && r != -ENOENT && r != -EINVAL) {
                         /* a database error (or memory): nothing is wrong with the run, so it
-                         * is not failed; its lease expires and it is claimed again */
-                        run_abandon(w, run, r, "load the workflow definition");
-                        continue;
+                         * is not failed; the turn is rolled back and the run claimed again */
+                        log_error("could not load the workflow definition of run %s: %s", run->id,
+                                  db_last_error());
+                        return r;
                 }
                 if (r < 0) {
                         _cleanup_json_ json_t *err = json_pack(
                             "{s:s, s:s, s:O?}", "class", "error", "message",
                             "the run's workflow definition cannot be loaded", "errors", errors);
-                        held_publish(w);
                         r = queue_finish_run(w->db, run->id, run->epoch, "failed", NULL, err);
+                        if (r < 0)
+                                return r;
                         if (r == 0)
                                 run_lost(w, run, "fail run");
-                        else if (r < 0)
-                                run_abandon(w, run, r, "fail run");
                         else
                                 run_drop(w, run);
                         continue;
                 }
         }
-        if (n > 0)
-                held_publish(w);
+        return 0;
 }
 
 /* ---- heartbeat thread -------------------------------------------------------------- */
@@ -2307,12 +2386,10 @@ int worker_run(const struct worker_config *cfg)
 
                 read_mail(&w, &hint);
 
-                if (!w.draining && (hint || now >= w.next_claim)) {
-                        claim(&w);
+                bool claim_now = !w.draining && (hint || now >= w.next_claim);
+                batch_run(&w, claim_now);
+                if (claim_now)
                         w.next_claim = mono_ms() + cfg->poll_ms;
-                }
-
-                batch_run(&w);
 
                 if (w.draining &&
                     ((runtime_http_active(w.http) == 0 && agent_host_active(w.agents) == 0) ||

@@ -6,13 +6,15 @@
  *
  *   trace claim hint_us=H claim_us=C runs=N first=<run id> at=<epoch us>
  *       H: from the heartbeat thread reading the NOTIFY to the claim statement being sent
- *       (-1: the claim came from the poll timer); C: the claim statement, its commit
- *       included; at: when it was sent
+ *       (-1: the claim came from the poll timer); C: BEGIN and the claim statement, one
+ *       round trip (the claim commits with the turn it opens); at: when it was sent
  *   trace turn runs=N first=<run id> begin_us=.. lock_us=.. snapshot_us=.. plan_us=..
  *       commit_us=.. total_us=.. t0=<epoch us>
- *       snapshot_us: the finished requests' writes (when sent before it) and the snapshot
- *       read; plan_us: planning and applying (statements a round issues included);
- *       commit_us: the turn's last writes statement and the COMMIT; t0: BEGIN sent
+ *       begin_us: BEGIN, with the claim in a turn that claims; lock_us: the lock statement
+ *       of the runs held from before (0: none in the batch); snapshot_us: the finished
+ *       requests' writes (when sent before it) and the snapshot read; plan_us: planning
+ *       and applying (statements a round issues included); commit_us: the turn's last
+ *       writes statement and the COMMIT, one round trip; t0: BEGIN sent
  */
 #pragma once
 

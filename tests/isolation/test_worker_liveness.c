@@ -9,6 +9,7 @@
  * retry instead of failing it.
  */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,23 @@
 static pid_t spawn(struct worker_fixture *f, const char *id)
 {
         return worker_fixture_spawn(f, id, "2s", "500ms", NULL);
+}
+
+/* Whether the worker id's log (DIR/ID.log) contains text. */
+static bool log_has(struct worker_fixture *f, const char *id, const char *text)
+{
+        char path[1024], line[4096];
+        bool found = false;
+        FILE *in;
+
+        snprintf(path, sizeof(path), "%s/%s.log", f->dir, id);
+        in = fopen(path, "r");
+        if (!in)
+                return false;
+        while (!found && fgets(line, sizeof(line), in))
+                found = strstr(line, text) != NULL;
+        fclose(in);
+        return found;
 }
 
 /* Polls a count query until it reaches n; returns the ms it took, or fails after ms. */
@@ -120,10 +138,13 @@ static void test_worker_frozen_mid_turn_is_rescued(void **state)
                                      "workflow_name = 'parent' FOR UPDATE SKIP LOCKED) x"),
                          0);
 
-        /* rescued: every run taken over by w2, within the lease and a few seconds */
+        /* rescued: every run taken over by w2, within the lease and a few seconds. w1 was
+         * frozen in the turn that claimed the runs, so its claim was never committed: the
+         * session's end rolled it back with the rest of the turn, and w2 starts the runs
+         * afresh (run.started, from queued) instead of recovering them */
         wait_count(f, RUNS, LEASE_MS + 4000,
-                   "SELECT count(*) FROM workflow_runs WHERE workflow_name = 'parent' AND "
-                   "lease_epoch >= 2");
+                   "SELECT count(*) FROM logs WHERE kind = 'run.started' AND data->>'worker' = "
+                   "'w2'");
         rescue_ms = test_now_ms() - stopped_at;
         printf("# runs rescued %lld ms after w1 was stopped (lease %d ms)\n", (long long)rescue_ms,
                LEASE_MS);
@@ -132,8 +153,11 @@ static void test_worker_frozen_mid_turn_is_rescued(void **state)
                    "SELECT count(*) FROM workflow_runs WHERE workflow_name = 'parent' AND "
                    "status = 'completed'");
         assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE kind = "
-                                            "'run.recovered'"),
-                         RUNS);
+                                            "'run.started'"),
+                         2 * RUNS); /* the parents' and the children's */
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE data->>'worker' = "
+                                            "'w1'"),
+                         0);
         assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM workflow_runs WHERE "
                                             "workflow_name = 'child'"),
                          RUNS);
@@ -142,7 +166,7 @@ static void test_worker_frozen_mid_turn_is_rescued(void **state)
 
         /* w1, continued, is fenced: nothing from it after the takeover */
         takeover = test_db_value(f->db, "SELECT min(created_at) FROM logs WHERE kind = "
-                                        "'run.recovered'");
+                                        "'run.started'");
         resumed_ms = test_now_ms();
         kill(w1, SIGCONT);
         usleep(2500 * 1000);
@@ -215,9 +239,10 @@ static void test_worker_never_rescues_its_own_run(void **state)
 
 /*
  * A database error while the worker looks up a claimed run's workflow definition says
- * nothing about the run: it must not be failed, but left for a retry (its lease expires
- * and it is claimed again). The worker role is denied the workflows table until the run
- * has been claimed once.
+ * nothing about the run: it must not be failed, but left for a retry. The claim is rolled
+ * back with the turn it opened, so the run stays queued, due at once: claimed again at the
+ * next poll, without waiting for a lease. The worker role is denied the workflows table
+ * until the worker has tried.
  */
 static void test_transient_error_loading_the_workflow_leaves_the_run(void **state)
 {
@@ -232,10 +257,21 @@ static void test_transient_error_loading_the_workflow_leaves_the_run(void **stat
         PQclear(test_db_must(f->db, "REVOKE SELECT ON workflows FROM agently_worker"));
         run = worker_test_run(f->db, wf, NULL);
         w1 = spawn(f, "w1");
-        /* claimed (the lease is the queue row's); its record not failed, nothing written */
-        wait_count(f, 1, 15000, "SELECT lease_epoch FROM run_queue");
+        /* tried (its log says so); the run not failed, not claimed, nothing written */
+        for (int i = 0; !log_has(f, "w1", "could not load the workflow definition"); i++) {
+                if (i > 750) {
+                        worker_fixture_dump_logs(f);
+                        fail_msg("w1 never tried to load the workflow definition");
+                }
+                usleep(20 * 1000);
+        }
         usleep(300 * 1000);
-        assert_db_equal("queued", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'", run);
+        assert_db_equal("queued 0", f->db,
+                        "SELECT r.status || ' ' || q.lease_epoch FROM workflow_runs r JOIN "
+                        "run_queue q ON q.run_id = r.id WHERE r.id = '%s'",
+                        run);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE kind <> 'run.queued'"),
+                         0);
         PQclear(test_db_must(f->db, "GRANT SELECT ON workflows TO agently_worker"));
         if (!worker_test_wait_status(f->db, run, "completed", LEASE_MS + 8000)) {
                 worker_fixture_dump_logs(f);
@@ -244,6 +280,9 @@ static void test_transient_error_loading_the_workflow_leaves_the_run(void **stat
         assert_int_equal(worker_sink_count(f->sink, "/a"), 1);
         assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE kind = "
                                             "'run.recovered'"),
+                         0);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM logs WHERE kind = "
+                                            "'run.started'"),
                          1);
         assert_exit_code(test_stop_process(w1, SIGTERM, 15000), 0);
         free(run);

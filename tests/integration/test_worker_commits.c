@@ -1,0 +1,89 @@
+/*
+ * What a run costs in commits. A run that finishes in its first turn is claimed inside that
+ * turn's transaction (src/worker/README.md, "Claims"): its claim, its events and its end
+ * are one commit, so the whole run is two writing transactions — its enqueue and that
+ * turn — where a claim committed on its own made three.
+ *
+ * Counted with transaction ids: every transaction that writes takes one, and the next one
+ * to be handed out is read without taking one (pg_snapshot_xmax of a snapshot). Nothing
+ * else writes meanwhile: the worker's heartbeat is 20 s (it beat when it started), and the
+ * test runs alone on the harness cluster (SERIAL in CMakeLists.txt: transaction ids are
+ * the cluster's, every database's test would count).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testlib.h"
+#include "worker_fixture.h"
+
+#define RUNS 20
+
+static long long next_xid(PGconn *c)
+{
+        return test_db_int(c, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint");
+}
+
+static void test_single_turn_run_is_one_commit(void **state)
+{
+        static const char *const poll[] = {"--poll", "50ms", NULL};
+        struct worker_fixture *f = worker_fixture_new("wk_commits");
+        char *wf =
+            worker_fixture_workflow(f, "w",
+                                    "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"},"
+                                    "{\"id\":\"b\",\"type\":\"noop\",\"after\":[\"a\"]}]}");
+        pid_t w = worker_fixture_spawn(f, "w1", "60s", "20s", poll);
+        long long before, spent;
+
+        (void)w;
+        /* started: registered (its first beat), idle */
+        for (int i = 0; i < 200 && test_db_int(f->db, "SELECT count(*) FROM agently_workers "
+                                                      "WHERE id = 'w1'") == 0;
+             i++)
+                usleep(50 * 1000);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM agently_workers WHERE id = "
+                                            "'w1'"),
+                         1);
+        usleep(200 * 1000);
+
+        before = next_xid(f->db);
+        for (int i = 0; i < RUNS; i++) {
+                PQclear(test_db_must(
+                    f->db, "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                           "workflow_version, input) SELECT user_id, id, name, version, '{}' "
+                           "FROM workflows WHERE name = 'w'"));
+                for (int k = 0; k < 2000 && test_db_int(f->db, "SELECT count(*) FROM "
+                                                               "workflow_runs WHERE status <> "
+                                                               "'completed'") > 0;
+                     k++)
+                        usleep(5 * 1000);
+                assert_int_equal(test_db_int(f->db,
+                                             "SELECT count(*) FROM workflow_runs WHERE status <> "
+                                             "'completed'"),
+                                 0);
+        }
+        spent = next_xid(f->db) - before;
+        /* each run: its INSERT and the turn that claimed and finished it (a heartbeat's
+         * registry write may fall in between) */
+        printf("writing transactions for %d single-turn runs: %lld\n", RUNS, spent);
+        assert_in_range(spent, 2 * RUNS, 2 * RUNS + 2);
+        /* and each run's record was written once by the worker, queued -> completed, in
+         * the transaction that also wrote its events (one xid for both) */
+        assert_int_equal(test_db_int(f->db,
+                                     "SELECT count(*) FROM workflow_runs r WHERE r.xmin::text "
+                                     "<> (SELECT l.xmin::text FROM logs l WHERE "
+                                     "l.workflow_run_id = r.id AND l.kind = 'run.started')"),
+                         0);
+        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM workflow_runs"), RUNS);
+        free(wf);
+        worker_fixture_free(f);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_single_turn_run_is_one_commit),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
