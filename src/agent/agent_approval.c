@@ -369,35 +369,6 @@ static void rejected(struct agent_session *s, const char *id, int seq, const jso
         answer_gated(s, id, seq, response, 0, events, NULL);
 }
 
-/* Started before and never answered: the worker stopped while it ran. It may have taken
- * effect; it is not sent again. */
-static void interrupted(struct agent_session *s, const char *id, int seq, const json_t *body)
-{
-        const char *name = json_string_value(json_object_get(body, "name"));
-        const char *effect = agent_tool_effect(name, json_object_get(body, "arguments"));
-        static const char text[] = "the approved call was interrupted (the worker stopped while it "
-                                   "ran): it may or may not have taken effect, and it is not "
-                                   "sent again";
-        json_t *events =
-            json_pack("[{s:s, s:s, s:s, s:{s:s?, s:s?}}]", "kind", "agent.tool_interrupted",
-                      "level", "warn", "message", text, "data", "name", name, "call_id",
-                      json_string_value(json_object_get(body, "call_id")));
-        _cleanup_json_ json_t *response =
-            json_pack("{s:s, s:b, s:s?, s:s}", "content", text, "is_error", 1, "effect", effect,
-                      "approval", "approved");
-
-        if (!response || !events) {
-                json_decref(events);
-                agent_session_failed(s, "error", "out of memory");
-                return;
-        }
-        answer_gated(s, id, seq, response, 1, events, NULL);
-}
-
-static const char START_SQL[] =
-    "SELECT agently_tool_approval_start($1::uuid, $2::bigint, $3::uuid, $4, $5::integer,"
-    " $6::jsonb)";
-
 /* A result of a call a reviewer edited: the model reads first that the arguments changed
  * and which ran (it may adapt), and the journal's answer records them ("edited"), so a
  * replay answers the same. result is changed in place; 0 or -ENOMEM. */
@@ -426,6 +397,52 @@ static int note_edit(struct agent_session *s, const json_t *edited, json_t *resu
         return 0;
 }
 
+/* The reviewer's edit of the call (body: the proposed request) when the decision carries
+ * arguments: {"by", "arguments", "proposed_arguments"} (new reference), else NULL. */
+static json_t *edit_of(const struct approval_state *a, const json_t *body)
+{
+        const json_t *edit = json_object_get(a->decision, "arguments");
+
+        if (!json_is_object(edit))
+                return NULL;
+        return json_pack("{s:s?, s:O, s:O?}", "by",
+                         json_string_value(json_object_get(a->decision, "by")), "arguments", edit,
+                         "proposed_arguments", json_object_get(body, "arguments"));
+}
+
+/* Started before and never answered: the worker stopped while it ran. It may have taken
+ * effect; it is not sent again. */
+static void interrupted(struct agent_session *s, const char *id, int seq, const json_t *body,
+                        const struct approval_state *a)
+{
+        _cleanup_json_ json_t *edited = edit_of(a, body);
+        const char *name = json_string_value(json_object_get(body, "name"));
+        const char *effect = agent_tool_effect(name, json_object_get(body, "arguments"));
+        static const char text[] = "the approved call was interrupted (the worker stopped while it "
+                                   "ran): it may or may not have taken effect, and it is not "
+                                   "sent again";
+        json_t *events =
+            json_pack("[{s:s, s:s, s:s, s:{s:s?, s:s?}}]", "kind", "agent.tool_interrupted",
+                      "level", "warn", "message", text, "data", "name", name, "call_id",
+                      json_string_value(json_object_get(body, "call_id")));
+        _cleanup_json_ json_t *response =
+            json_pack("{s:s, s:b, s:s?, s:s}", "content", text, "is_error", 1, "effect", effect,
+                      "approval", "approved");
+
+        if (!response || !events ||
+            (json_is_object(json_object_get(a->decision, "arguments")) && !edited) ||
+            (edited && note_edit(s, edited, response) < 0)) {
+                json_decref(events);
+                agent_session_failed(s, "error", "out of memory");
+                return;
+        }
+        answer_gated(s, id, seq, response, 1, events, NULL);
+}
+
+static const char START_SQL[] =
+    "SELECT agently_tool_approval_start($1::uuid, $2::bigint, $3::uuid, $4, $5::integer,"
+    " $6::jsonb)";
+
 /* Approved: marked started (committed) before the request leaves, then run like any live
  * call — with the reviewer's arguments when they edited them (decision.arguments; the
  * journal row keeps the proposed request, whose hash the agent asked with) — and its answer
@@ -437,11 +454,7 @@ static void approved(struct agent_session *s, const char *id, int seq, const cha
         const char *name = json_string_value(json_object_get(body, "name"));
         const char *by = json_string_value(json_object_get(a->decision, "by"));
         const json_t *edit = json_object_get(a->decision, "arguments");
-        _cleanup_json_ json_t *edited =
-            json_is_object(edit)
-                ? json_pack("{s:s?, s:O, s:O?}", "by", by, "arguments", edit, "proposed_arguments",
-                            json_object_get(body, "arguments"))
-                : NULL;
+        _cleanup_json_ json_t *edited = edit_of(a, body);
         _cleanup_json_ json_t *edited_shown = edited ? shown(s, edited) : NULL;
         _cleanup_json_ json_t *events = json_pack(
             "[{s:s, s:s++, s:{s:s?, s:s?, s:s, s:s?, s:O?, s:b, s:O?, s:O?}}]", "kind",
@@ -475,7 +488,7 @@ static void approved(struct agent_session *s, const char *id, int seq, const cha
                 return;
         }
         if (!strcmp(PQgetvalue(res, 0, 0), "already")) {
-                interrupted(s, id, seq, body);
+                interrupted(s, id, seq, body, a);
                 return;
         }
         if (strcmp(PQgetvalue(res, 0, 0), "started") != 0) {
@@ -544,7 +557,7 @@ void agent_approval_resume(struct agent_session *s, const char *id,
                                   a.expires_at_ms);
         } else if (!strcmp(a.status, "approved")) {
                 if (a.started)
-                        interrupted(s, id, e->seq, body);
+                        interrupted(s, id, e->seq, body, &a);
                 else
                         approved(s, id, e->seq, hash, TAKE_PTR(owned), &a);
         } else if (!strcmp(a.status, "rejected")) {

@@ -4,7 +4,8 @@
  * http_request calls against a recording sink; decisions go through the API. Shown here:
  * a call approved with the reviewer's corrected arguments runs with those and never with
  * the proposed ones, across a worker killed while the run waited, with both argument sets
- * recorded and the agent told; edits the approval cannot take are refused with the field
+ * recorded and the agent told (also when the worker died while the edited call was out:
+ * it is not sent again); edits the approval cannot take are refused with the field
  * named and change nothing; and a sub-agent's gated call waits for its approval and
  * continues the tree when approved. (Approve, reject, timeout and a kill mid-call:
  * test_agent.c.)
@@ -331,6 +332,62 @@ static void an_edited_call_runs_the_reviewers_arguments(void **state)
         assert_int_equal(decide(approval, body, &again), 409);
 }
 
+/*
+ * An edited call that reached the receiver when the worker was SIGKILLed, before its
+ * answer was journaled: the next worker does not send it again (the receiver sees the
+ * edited request once, the proposed one never) and the agent is told it was interrupted and
+ * which arguments it ran with.
+ */
+static void an_edited_call_interrupted_is_not_sent_again(void **state)
+{
+        (void)state;
+        const char *sink = worker_sink_url(S.sink);
+        _cleanup_free_ char *def = str_printf(
+            "{\"name\":\"editkill\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
+            "\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+            "\"prompt\":\"Send it.\",\"tools\":[\"http_request\"],"
+            "\"allowed_hosts\":[\"127.0.0.1\"],\"approve_tools\":[\"http_request\"]}}]}",
+            llm_server_url(S.llm));
+        _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, "editkill", 1, def);
+        _cleanup_free_ char *script = str_printf(
+            "[{\"text\":\"Sending.\",\"tool_calls\":[{\"id\":\"call_k\",\"name\":\"http_request\","
+            "\"arguments\":\"{\\\"method\\\":\\\"POST\\\",\\\"url\\\":\\\"%s/editkill/proposed\\\"}"
+            "\"}],\"usage\":{\"input\":100,\"output\":10}},{\"text\":\"Maybe sent.\"}]",
+            sink);
+        llm_server_script(S.llm, script);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
+        pid_t w1 = spawn_worker();
+        _cleanup_free_ char *approval = waiting_tool_approval(run, w1);
+        _cleanup_free_ char *body =
+            str_printf("{\"decision\":\"approve\",\"arguments\":{\"method\":\"POST\","
+                       "\"url\":\"%s/editkill/edited?delay_ms=5000\"}}",
+                       sink);
+
+        assert_int_equal(decide(approval, body, NULL), 200);
+        for (int i = 0; i < 300 && worker_sink_count(S.sink, "/editkill/") < 1; i++)
+                usleep(100 * 1000);
+        assert_int_equal(worker_sink_count(S.sink, "/editkill/edited"), 1); /* its answer waits */
+        kill(w1, SIGKILL);
+        test_stop_process(w1, SIGKILL, 5000);
+
+        pid_t w2 = spawn_worker();
+        wait_ended(run, w2);
+        assert_exit_code(test_stop_process(w2, SIGTERM, 15000), 0); /* ASan: clean */
+        assert_completed(run);
+        usleep(5500 * 1000); /* the receiver's delayed answer is over: nothing else came */
+        assert_int_equal(worker_sink_count(S.sink, "/editkill/edited"), 1);
+        assert_int_equal(worker_sink_count(S.sink, "/editkill/proposed"), 0);
+        _cleanup_free_ char *seen = last_llm_body();
+        assert_non_null(strstr(seen, "interrupted"));
+        assert_non_null(strstr(seen, "approved this call with edited arguments"));
+        assert_non_null(strstr(seen, "/editkill/edited?delay_ms=5000"));
+        assert_db_equal("1|1", S.db,
+                        "SELECT count(*) FILTER (WHERE kind = 'approval.requested') || '|' ||"
+                        " count(*) FILTER (WHERE kind = 'agent.tool_interrupted')"
+                        " FROM logs WHERE workflow_run_id = '%s'",
+                        run);
+}
+
 /* Arguments belong to a tool call's approval: an approval node's refuses them (422, the
  * node still waits) and is then decided as usual. */
 static void an_approval_node_takes_no_arguments(void **state)
@@ -428,6 +485,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(an_edited_call_runs_the_reviewers_arguments),
+            cmocka_unit_test(an_edited_call_interrupted_is_not_sent_again),
             cmocka_unit_test(an_approval_node_takes_no_arguments),
             cmocka_unit_test(a_sub_agents_gated_call_is_approved),
         };
