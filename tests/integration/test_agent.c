@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "agent.h"
-#include "auth_token.h"
+#include "agent_fixture.h"
 #include "buf.h"
 #include "cleanup.h"
 #include "embedded_pg.h"
@@ -32,21 +32,11 @@
 #include "strutil.h"
 #include "worker_sink.h"
 
+static struct agent_fixture S;
 static struct {
-        char *conninfo;
-        PGconn *db;
-        struct worker_sink *sink;
-        struct llm_server *llm;
-        char *dir;
-        char *user;
-        pid_t api;
-        char base[64];
-        char token[AUTH_TOKEN_LEN + 1];
         char key[64];    /* this test's API key: must never be seen anywhere but the LLM server */
         char canary[64]; /* the secret CANARY the tools use: seen by the sink only */
-        int nworkers;
-        char last_log[512];
-} S;
+} secret;
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
@@ -81,47 +71,17 @@ static void store_secret(const char *name, const char *value)
 
 static void store_key(void)
 {
-        snprintf(S.key, sizeof(S.key), "sk-canary-%08x%08x", (unsigned)random(),
+        snprintf(secret.key, sizeof(secret.key), "sk-canary-%08x%08x", (unsigned)random(),
                  (unsigned)getpid());
-        store_secret("llmkey", S.key);
-        snprintf(S.canary, sizeof(S.canary), "tool-canary-%08x%08x", (unsigned)random(),
+        store_secret("llmkey", secret.key);
+        snprintf(secret.canary, sizeof(secret.canary), "tool-canary-%08x%08x", (unsigned)random(),
                  (unsigned)getpid());
-        store_secret("CANARY", S.canary);
-}
-
-static void assert_completed(const char *run)
-{
-        _cleanup_free_ char *st =
-            test_db_value(S.db,
-                          "SELECT status || ' ' || coalesce(error::text, '') FROM"
-                          " workflow_runs WHERE id = '%s'",
-                          run);
-        if (!st || strcmp(st, "completed ") != 0) {
-                void dump_log(void);
-                dump_log();
-                fail_msg("run %s: %s", run, st ? st : "(none)");
-        }
-}
-
-/* The end of the last worker's log, to stderr (a test that fails shows why). */
-void dump_log(void);
-void dump_log(void)
-{
-        _cleanup_free_ char *text = NULL;
-        size_t len = 0;
-
-        if (file_read_all(S.last_log, 64 << 20, &text, &len) == 0 && text)
-                fprintf(stderr, "---- %s (end) ----\n%s\n", S.last_log,
-                        len > 6000 ? text + len - 6000 : text);
+        store_secret("CANARY", secret.canary);
 }
 
 static pid_t spawn_worker(const char *lease)
 {
-        char id[32];
-
-        snprintf(id, sizeof(id), "agent-w%d", ++S.nworkers);
-        snprintf(S.last_log, sizeof(S.last_log), "%s/%s.log", S.dir, id);
-        return worker_test_spawn(S.conninfo, id, lease, "500ms", NULL, S.last_log);
+        return agent_fixture_spawn_worker(&S, "agent-w", lease, NULL);
 }
 
 /* The workflow of one agent node for provider, its LLM at the test server. */
@@ -202,7 +162,7 @@ static void assert_nowhere(const char *run, const char *value)
 
 static void assert_no_key_anywhere(const char *run)
 {
-        assert_nowhere(run, S.key);
+        assert_nowhere(run, secret.key);
 }
 
 static long post_input(const char *run, const char *body)
@@ -265,37 +225,24 @@ static void wait_children(pid_t pid, int n, int ms)
 
 /* ---- fixture ------------------------------------------------------------------------- */
 
-static int setup(void **state)
+/* Before the API starts: the master key file the worker and the API inherit, and the
+ * test's secrets sealed with it. */
+static void store_keys(struct agent_fixture *f)
 {
         char keyfile[600];
 
-        (void)state;
-        srandom((unsigned)(getpid() ^ test_now_ms()));
-        S.conninfo = test_db_create("agent");
-        S.db = test_db_connect(S.conninfo);
-        S.sink = worker_sink_start();
-        S.llm = llm_server_start();
-        S.dir = test_tempdir("agent");
-        snprintf(keyfile, sizeof(keyfile), "%s/master.key", S.dir);
+        snprintf(keyfile, sizeof(keyfile), "%s/master.key", f->dir);
         setenv("AGENTLY_MASTER_KEY_FILE", keyfile, 1); /* the worker inherits it */
-        S.user = worker_test_user(S.db, "ada");
-        worker_test_token(S.db, S.user, S.token);
         store_key();
-        S.api = worker_test_spawn_api(S.conninfo, S.dir, S.base, sizeof(S.base));
-        return 0;
 }
 
-static int teardown(void **state)
+static int setup(void **state)
 {
-        (void)state;
-        test_stop_process(S.api, SIGTERM, 10000);
-        llm_server_stop(S.llm);
-        worker_sink_stop(S.sink);
-        PQfinish(S.db);
-        test_rm_rf(S.dir);
-        free(S.dir);
-        free(S.user);
-        free(S.conninfo);
+        srandom((unsigned)(getpid() ^ test_now_ms()));
+        agent_fixture_setup(
+            &S, "agent",
+            &(struct agent_fixture_options){.servers = true, .before_api = store_keys});
+        *state = &S;
         return 0;
 }
 
@@ -314,11 +261,11 @@ static void three_tools_then_answer(const char *provider, const char *model)
         pid_t w = spawn_worker("5s");
         if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not end; see %s", S.last_log);
         }
         test_stop_process(w, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("The answer is abc.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
 
@@ -330,7 +277,7 @@ static void three_tools_then_answer(const char *provider, const char *model)
                 const char *auth = json_string_value(json_object_get(
                     h, strcmp(provider, "openai") == 0 ? "authorization" : "x-api-key"));
                 assert_non_null(auth);
-                assert_non_null(strstr(auth, S.key));
+                assert_non_null(strstr(auth, secret.key));
         }
         _cleanup_json_ json_t *last = llm_server_request(S.llm, before + 3);
         _cleanup_free_ char *last_text = json_dumps(json_object_get(last, "body"), JSON_COMPACT);
@@ -412,11 +359,11 @@ static void crash_mid_loop_replays_the_journal(void **state)
         pid_t w2 = spawn_worker("2s");
         if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
                 test_stop_process(w2, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not end after the crash; see %s", S.last_log);
         }
         test_stop_process(w2, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("The answer is abc.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         /* 3 before the kill, then calls 3 and 4 only */
@@ -453,7 +400,7 @@ static void ask_human_waits_holding_nothing(void **state)
 
         if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not wait for a person; see %s", S.last_log);
         }
         usleep(300 * 1000);
@@ -472,7 +419,7 @@ static void ask_human_waits_holding_nothing(void **state)
         assert_int_equal(post_input(run, "{\"answer\":\"red\"}"), 409); /* answered already */
         if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not resume; see %s", S.last_log);
         }
         test_stop_process(w, SIGTERM, 15000);
@@ -507,7 +454,7 @@ static void cost_budget_stops_and_is_raised(void **state)
 
         if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the budget did not stop the run; see %s", S.last_log);
         }
         /* one call made ($0.15); the second would pass $0.25 */
@@ -526,7 +473,7 @@ static void cost_budget_stops_and_is_raised(void **state)
         assert_int_equal(post_input(run, "{\"budget\":{\"max_cost_usd\":1}}"), 200);
         if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not continue; see %s", S.last_log);
         }
         test_stop_process(w, SIGTERM, 15000);
@@ -587,11 +534,11 @@ static void subagent_tree_resumes_after_a_kill(void **state)
         pid_t w2 = spawn_worker("2s");
         if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
                 test_stop_process(w2, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the tree did not end after the kill; see %s", S.last_log);
         }
         test_stop_process(w2, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("ROOT: CA-DONE + CB-DONE", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         /* 5 before the kill; after it only the leaves again, the children's and the root's
@@ -631,7 +578,7 @@ static void a_journal_mismatch_is_a_nondeterminism_error(void **state)
 
         if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not wait for a person; see %s", S.last_log);
         }
         int before = llm_server_request_count(S.llm);
@@ -643,7 +590,7 @@ static void a_journal_mismatch_is_a_nondeterminism_error(void **state)
         assert_int_equal(post_input(run, "{\"answer\":\"yes\"}"), 200);
         if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not end; see %s", S.last_log);
         }
         test_stop_process(w, SIGTERM, 15000);
@@ -751,7 +698,7 @@ static void wait_end(pid_t w, const char *run, const char *statuses, const char 
 {
         if (!worker_test_wait_status(S.db, run, statuses, 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("%s; see %s", what, S.last_log);
         }
 }
@@ -771,7 +718,7 @@ static void a_node_runs_a_stored_agent_by_name(void **state)
         pid_t w = spawn_worker("5s");
         wait_end(w, run, "completed|failed", "the run did not end");
         test_stop_process(w, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("Stored answer.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         assert_int_equal(llm_server_request_count(S.llm) - before, 1);
@@ -859,7 +806,7 @@ static void a_new_version_does_not_change_a_waiting_run(void **state)
         assert_int_equal(run_agent_version(run, "asker"), 1);
         assert_int_equal(post_input(run, "{\"answer\":\"blue\"}"), 200);
         wait_end(w, run, "completed|failed", "the run did not resume");
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("V1 answered blue.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         /* the first call came from the journal (no nondeterminism): two calls, both v1 */
@@ -1008,11 +955,11 @@ static void journal_grows_with_the_conversation(void **state)
 
         if (!worker_test_wait_status(S.db, run, "completed|failed", 240000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the long conversation did not end; see %s", S.last_log);
         }
         test_stop_process(w, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_int_equal(llm_server_request_count(S.llm) - before, TURNS + 1);
 
         const int at[] = {50, 100, 200};
@@ -1061,52 +1008,6 @@ static void script_gated(const char *tag, const char *query, const char *answer)
         llm_server_script(S.llm, script);
 }
 
-/* Waits until the run waits for its tool call's approval; returns the approval's id. */
-static char *waiting_tool_approval(const char *run, pid_t worker)
-{
-        for (int i = 0; i < 300; i++) {
-                char *id = test_db_value(S.db,
-                                         "SELECT a.id FROM approvals a JOIN workflow_runs r ON "
-                                         "r.id = a.workflow_run_id WHERE r.id = '%s' AND "
-                                         "a.status = 'pending' AND r.status = 'waiting'",
-                                         run);
-                if (id)
-                        return id;
-                usleep(100 * 1000);
-        }
-        test_stop_process(worker, SIGTERM, 15000);
-        dump_log();
-        fail_msg("run %s never waited for a tool call's approval", run);
-        return NULL;
-}
-
-static long decide_tool(const char *approval, const char *body)
-{
-        char url[256], auth[128];
-        const char *headers[] = {auth, NULL};
-        _cleanup_free_ char *out = NULL;
-
-        snprintf(url, sizeof(url), "%s/v1/approvals/%s/decide", S.base, approval);
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
-        return test_http("POST", url, headers, body, &out);
-}
-
-static void wait_ended(const char *run, pid_t w)
-{
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                dump_log();
-                fail_msg("run %s did not end; see %s", run, S.last_log);
-        }
-}
-
-/* The last LLM request's body, as text (what the agent saw last). */
-static char *last_llm_body(void)
-{
-        _cleanup_json_ json_t *req = llm_server_request(S.llm, llm_server_request_count(S.llm) - 1);
-        return json_dumps(json_object_get(req, "body"), JSON_COMPACT);
-}
-
 /*
  * Approved: while the person decides, the run waits holding nothing (no executor, no
  * lease) and the approval shows the call, its arguments and the agent's reasoning, in the
@@ -1121,7 +1022,7 @@ static void gated_tool_call_approved_runs_once(void **state)
         script_gated("gated-yes", NULL, "Sent.");
         _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"quarterly\"}");
         pid_t w = spawn_worker("5s");
-        _cleanup_free_ char *approval = waiting_tool_approval(run, w);
+        _cleanup_free_ char *approval = agent_fixture_waiting_tool_approval(&S, run, w, 30000);
 
         usleep(300 * 1000);
         assert_int_equal(children_of(w), 0); /* no executor process while a person decides */
@@ -1145,12 +1046,8 @@ static void gated_tool_call_approved_runs_once(void **state)
                         "SELECT count(*) FROM notifications WHERE workflow_run_id = '%s' AND "
                         "channel = 'webhook' AND payload->>'event' = 'approval.requested'",
                         run);
-        char url[256], auth[128];
-        const char *headers[] = {auth, NULL};
         _cleanup_free_ char *inbox = NULL;
-        snprintf(url, sizeof(url), "%s/v1/inbox", S.base);
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
-        assert_int_equal(test_http("GET", url, headers, NULL, &inbox), 200);
+        assert_int_equal(agent_fixture_http(&S, "GET", "/v1/inbox", NULL, &inbox), 200);
         assert_non_null(strstr(inbox, approval));
         assert_non_null(strstr(inbox, "\"tool\":\"http_request\""));
         assert_null(strstr(inbox, "\"kind\":\"question\"")); /* one entry: the approval */
@@ -1159,15 +1056,14 @@ static void gated_tool_call_approved_runs_once(void **state)
                         " WHERE workflow_run_id = '%s'",
                         run);
 
-        assert_int_equal(decide_tool(approval, "{\"decision\":\"approve\",\"comment\":\"go\"}"),
+        assert_int_equal(agent_fixture_decide(
+                             &S, approval, "{\"decision\":\"approve\",\"comment\":\"go\"}", NULL),
                          200);
-        wait_ended(run, w);
-        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        agent_fixture_wait_completed(&S, run, w, 60000);
         assert_db_equal("Sent.", S.db, "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'",
                         run);
         assert_int_equal(worker_sink_count(S.sink, "/gated-yes/send"), 1);
-        _cleanup_free_ char *seen = last_llm_body();
+        _cleanup_free_ char *seen = agent_fixture_last_llm_body(&S);
         assert_non_null(strstr(seen, "\\\"ok\\\":true")); /* the receiver's answer */
         /* the first call came from the journal: 2 in all */
         assert_int_equal(llm_server_request_count(S.llm) - before, 2);
@@ -1200,7 +1096,7 @@ static void gated_tool_call_not_repeated_after_a_kill(void **state)
         script_gated("gated-kill", "?delay_ms=5000", "Maybe sent.");
         _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"monthly\"}");
         pid_t w0 = spawn_worker("2s");
-        _cleanup_free_ char *approval = waiting_tool_approval(run, w0);
+        _cleanup_free_ char *approval = agent_fixture_waiting_tool_approval(&S, run, w0, 30000);
 
         /* a kill while the run waits loses nothing: the next worker holds nothing either */
         kill(w0, SIGKILL);
@@ -1213,7 +1109,8 @@ static void gated_tool_call_not_repeated_after_a_kill(void **state)
                         approval);
         assert_int_equal(children_of(w1), 0);
 
-        assert_int_equal(decide_tool(approval, "{\"decision\":\"approve\"}"), 200);
+        assert_int_equal(agent_fixture_decide(&S, approval, "{\"decision\":\"approve\"}", NULL),
+                         200);
         for (int i = 0; i < 300 && worker_sink_count(S.sink, "/gated-kill/") < 1; i++)
                 usleep(100 * 1000);
         assert_int_equal(worker_sink_count(S.sink, "/gated-kill/"), 1); /* its answer waits */
@@ -1221,14 +1118,12 @@ static void gated_tool_call_not_repeated_after_a_kill(void **state)
         test_stop_process(w1, SIGKILL, 5000);
 
         pid_t w2 = spawn_worker("2s");
-        wait_ended(run, w2);
-        assert_exit_code(test_stop_process(w2, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        agent_fixture_wait_completed(&S, run, w2, 60000);
         usleep(5500 * 1000); /* the receiver's delayed answer is over: nothing else came */
         assert_int_equal(worker_sink_count(S.sink, "/gated-kill/send"), 1);
         assert_db_equal("Maybe sent.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        _cleanup_free_ char *seen = last_llm_body();
+        _cleanup_free_ char *seen = agent_fixture_last_llm_body(&S);
         assert_non_null(strstr(seen, "interrupted"));
         /* asked once: one approval, one request event, one notice */
         assert_db_equal("1", S.db,
@@ -1251,19 +1146,18 @@ static void gated_tool_call_rejected_reaches_the_agent(void **state)
         script_gated("gated-no", NULL, "Not sent: rejected.");
         _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"weekly\"}");
         pid_t w = spawn_worker("5s");
-        _cleanup_free_ char *approval = waiting_tool_approval(run, w);
+        _cleanup_free_ char *approval = agent_fixture_waiting_tool_approval(&S, run, w, 30000);
 
         assert_int_equal(
-            decide_tool(approval,
-                        "{\"decision\":\"reject\",\"comment\":\"not to the archive, ask legal\"}"),
+            agent_fixture_decide(
+                &S, approval,
+                "{\"decision\":\"reject\",\"comment\":\"not to the archive, ask legal\"}", NULL),
             200);
-        wait_ended(run, w);
-        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        agent_fixture_wait_completed(&S, run, w, 60000);
         assert_db_equal("Not sent: rejected.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         assert_int_equal(worker_sink_count(S.sink, "/gated-no/"), 0);
-        _cleanup_free_ char *seen = last_llm_body();
+        _cleanup_free_ char *seen = agent_fixture_last_llm_body(&S);
         assert_non_null(strstr(seen, "rejected by ada"));
         assert_non_null(strstr(seen, "not to the archive, ask legal"));
         assert_db_equal("1|1", S.db,
@@ -1283,16 +1177,14 @@ static void gated_tool_call_times_out_rejected(void **state)
         script_gated("gated-late", NULL, "Not sent: nobody answered.");
         _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"yearly\"}");
         pid_t w = spawn_worker("5s");
-        _cleanup_free_ char *approval = waiting_tool_approval(run, w);
+        _cleanup_free_ char *approval = agent_fixture_waiting_tool_approval(&S, run, w, 30000);
 
-        wait_ended(run, w);
-        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        agent_fixture_wait_completed(&S, run, w, 60000);
         assert_db_equal("rejected|timeout", S.db,
                         "SELECT status || '|' || decided_by FROM approvals WHERE id = '%s'",
                         approval);
         assert_int_equal(worker_sink_count(S.sink, "/gated-late/"), 0);
-        _cleanup_free_ char *seen = last_llm_body();
+        _cleanup_free_ char *seen = agent_fixture_last_llm_body(&S);
         assert_non_null(strstr(seen, "on_timeout reject"));
         assert_db_equal("1", S.db,
                         "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = "
@@ -1304,12 +1196,9 @@ static void gated_tool_call_times_out_rejected(void **state)
 
 static pid_t spawn_tools_worker(void)
 {
-        char id[32];
         const char *extra[] = {"--data-dir", S.dir, NULL};
 
-        snprintf(id, sizeof(id), "agent-w%d", ++S.nworkers);
-        snprintf(S.last_log, sizeof(S.last_log), "%s/%s.log", S.dir, id);
-        return worker_test_spawn(S.conninfo, id, "2s", "500ms", extra, S.last_log);
+        return agent_fixture_spawn_worker(&S, "agent-w", "2s", extra);
 }
 
 /* One scripted LLM answer calling tool with args (taken); delay_ms > 0 delays it. */
@@ -1428,11 +1317,11 @@ static json_t *run_code_keeps_a_file(const char *tag, bool crash)
         }
         if (!worker_test_wait_status(S.db, run, "completed|failed", 90000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not end; see %s", S.last_log);
         }
         assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("Done: report.txt written.", S.db,
                         "SELECT output->>'compute' FROM workflow_runs WHERE id = '%s'", run);
         assert_int_equal(llm_server_request_count(S.llm) - before, crash ? 5 : 4);
@@ -1444,7 +1333,7 @@ static json_t *run_code_keeps_a_file(const char *tag, bool crash)
         /* the model saw the secret's name, never its value; and the kept file */
         _cleanup_free_ char *after_code = llm_body_text(before + 1);
         assert_non_null(strstr(after_code, "token is [secret:CANARY]"));
-        assert_null(strstr(after_code, S.canary));
+        assert_null(strstr(after_code, secret.canary));
 
         /* one artifact row, its file under the data dir with the content */
         assert_db_equal("report.txt|15|text/plain|1", S.db,
@@ -1479,7 +1368,7 @@ static json_t *run_code_keeps_a_file(const char *tag, bool crash)
         struct worker_sink_request rec;
         assert_int_equal(worker_sink_count(S.sink, prefix), 1);
         assert_int_equal(worker_sink_get(S.sink, prefix, 0, &rec), 0);
-        _cleanup_free_ char *bearer = str_printf("Bearer %s", S.canary);
+        _cleanup_free_ char *bearer = str_printf("Bearer %s", secret.canary);
         assert_string_equal(rec.authorization, bearer);
         _cleanup_free_ char *after_http = llm_body_text(before + (crash ? 4 : 3));
         assert_non_null(strstr(after_http, "Bearer [secret:CANARY]"));
@@ -1491,9 +1380,9 @@ static json_t *run_code_keeps_a_file(const char *tag, bool crash)
         struct stat st;
         assert_int_equal(stat(ws, &st), -1);
 
-        assert_nowhere(run, S.canary);
-        assert_nowhere(run, S.key);
-        assert_not_in_pg_dump(S.canary);
+        assert_nowhere(run, secret.canary);
+        assert_nowhere(run, secret.key);
+        assert_not_in_pg_dump(secret.canary);
 
         /* what the model saw of run_code, for the comparison with another run */
         _cleanup_free_ char *seen_text = test_db_value(
@@ -1535,9 +1424,7 @@ static void a_secret_not_listed_is_refused(void **state)
         _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
         pid_t w = spawn_tools_worker();
 
-        wait_ended(run, w);
-        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        agent_fixture_wait_completed(&S, run, w, 60000);
         assert_int_equal(llm_server_request_count(S.llm) - before, 2);
         assert_int_equal(worker_sink_count(S.sink, "/unlisted/"), 0);
         assert_db_equal("not_allowed", S.db,
@@ -1575,14 +1462,13 @@ static void gated_run_code_keeps_its_file(void **state)
         llm_server_script(S.llm, script_text);
         _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
         pid_t w = spawn_tools_worker();
-        _cleanup_free_ char *approval = waiting_tool_approval(run, w);
+        _cleanup_free_ char *approval = agent_fixture_waiting_tool_approval(&S, run, w, 30000);
 
         assert_db_equal("0", S.db, "SELECT count(*) FROM artifacts WHERE workflow_run_id = '%s'",
                         run);
-        assert_int_equal(decide_tool(approval, "{\"decision\":\"approve\"}"), 200);
-        wait_ended(run, w);
-        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        assert_int_equal(agent_fixture_decide(&S, approval, "{\"decision\":\"approve\"}", NULL),
+                         200);
+        agent_fixture_wait_completed(&S, run, w, 60000);
         assert_db_equal("gated.txt|15", S.db,
                         "SELECT name || '|' || size_bytes FROM artifacts WHERE workflow_run_id ="
                         " '%s'",
@@ -1651,7 +1537,7 @@ static void events_are_recorded_once_across_a_crash(void **state)
                 events_of(run, "agent.tool_refused") < 1 || events_of(run, "agent.reasoning") < 1))
                 usleep(20000);
         if (worker_sink_count(S.sink, "/evdup/") != 1)
-                dump_log();
+                agent_fixture_dump_log(&S);
         assert_int_equal(worker_sink_count(S.sink, "/evdup/"), 1);
         assert_int_equal(events_of(run, "agent.reasoning"), 1);
         assert_int_equal(events_of(run, "agent.tool_refused"), 1);
@@ -1661,11 +1547,11 @@ static void events_are_recorded_once_across_a_crash(void **state)
         pid_t w2 = spawn_worker("2s");
         if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
                 test_stop_process(w2, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not end after the crash; see %s", S.last_log);
         }
         test_stop_process(w2, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("Seen once.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         /* the GET in flight at the kill was sent again (same key); no event twice */
@@ -1720,12 +1606,12 @@ static void an_llm_call_costs_one_commit(void **state)
 
         if (!worker_test_wait_status(S.db, run, "completed|failed", 120000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the conversation did not end; see %s", S.last_log);
         }
         long long xid1 = test_db_int(S.db, "SELECT txid_current()");
         test_stop_process(w, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         int calls = llm_server_request_count(S.llm) - before;
         assert_int_equal(calls, TURNS + 1);
         /* the transactions that wrote the agent's events and journal rows: one per call, and
@@ -1806,11 +1692,11 @@ static void a_parent_waiting_for_sub_agents_holds_no_executor(void **state)
                         root);
         if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the parent was not woken; see %s", S.last_log);
         }
         test_stop_process(w, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("ROOT: KA-DONE + KB-DONE", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         assert_int_equal(llm_server_request_count(S.llm) - before, 4);
@@ -1878,11 +1764,11 @@ static void a_kill_between_a_sub_agents_answer_and_the_wake(void **state)
         pid_t w2 = spawn_worker("2s");
         if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
                 test_stop_process(w2, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the parent was not woken after the kill; see %s", S.last_log);
         }
         test_stop_process(w2, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("ROOT: F-DONE + S-DONE", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         /* root, fast, slow before the kill; slow again and the root's answer after it */
@@ -1899,13 +1785,9 @@ static void a_kill_between_a_sub_agents_answer_and_the_wake(void **state)
 /* GET /v1/inbox as the test's user; malloc'd body. */
 static char *get_inbox(void)
 {
-        char url[256], auth[128];
-        const char *headers[] = {auth, NULL};
         char *out = NULL;
 
-        snprintf(url, sizeof(url), "%s/v1/inbox", S.base);
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
-        assert_int_equal(test_http("GET", url, headers, NULL, &out), 200);
+        assert_int_equal(agent_fixture_http(&S, "GET", "/v1/inbox", NULL, &out), 200);
         return out;
 }
 
@@ -1936,7 +1818,7 @@ static void a_sub_agent_asking_a_person_waits_holding_nothing(void **state)
 
         if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not wait for the sub-agent's question; see %s", S.last_log);
         }
         usleep(300 * 1000);
@@ -1972,11 +1854,11 @@ static void a_sub_agent_asking_a_person_waits_holding_nothing(void **state)
         assert_int_equal(post_input(run, "{\"answer\":\"teal\"}"), 200);
         if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not resume; see %s", S.last_log);
         }
         test_stop_process(w, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("ROOT: CHILD: teal", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         /* the root's and the child's first calls came from their journals */
@@ -2015,7 +1897,7 @@ static void a_sub_agents_exhausted_budget_waits_for_a_raise(void **state)
 
         if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not wait for a budget raise; see %s", S.last_log);
         }
         usleep(300 * 1000);
@@ -2040,11 +1922,11 @@ static void a_sub_agents_exhausted_budget_waits_for_a_raise(void **state)
         assert_int_equal(post_input(run, "{\"budget\":{\"max_tool_calls\":1}}"), 200);
         if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
                 test_stop_process(w, SIGTERM, 15000);
-                dump_log();
+                agent_fixture_dump_log(&S);
                 fail_msg("the run did not continue after the raise; see %s", S.last_log);
         }
         test_stop_process(w, SIGTERM, 15000);
-        assert_completed(run);
+        agent_fixture_assert_completed(&S, run);
         assert_db_equal("ROOT: THRIFTY-DONE", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         assert_int_equal(worker_sink_count(S.sink, "/thrifty/"), 1);
@@ -2200,5 +2082,5 @@ int main(void)
         };
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return cmocka_run_group_tests(tests, setup, agent_fixture_group_teardown);
 }

@@ -14,40 +14,22 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent_fixture.h"
 #include "cleanup.h"
 #include "fileio.h"
 #include "strutil.h"
 #include "worker_sink.h"
 
-static struct {
-        char *conninfo;
-        PGconn *db;
-        char *dir;
-        char *user;
-        char prompt[300]; /* "tcp <port> unix <path>": net_executor's targets */
-} S;
+static struct agent_fixture S;
+static char prompt[300]; /* "tcp <port> unix <path>": net_executor's targets */
 
 static int setup(void **state)
 {
-        (void)state;
-        S.conninfo = test_db_create("agentsb");
-        S.db = test_db_connect(S.conninfo);
-        S.dir = test_tempdir("agentsb");
-        S.user = worker_test_user(S.db, "ada");
+        agent_fixture_setup(&S, "agentsb", &(struct agent_fixture_options){.servers = false});
+        *state = &S;
         assert_int_equal(PQhost(S.db)[0], '/'); /* the harness connects over its socket */
-        snprintf(S.prompt, sizeof(S.prompt), "tcp %s unix %s/.s.PGSQL.%s", PQport(S.db),
-                 PQhost(S.db), PQport(S.db));
-        return 0;
-}
-
-static int teardown(void **state)
-{
-        (void)state;
-        PQfinish(S.db);
-        test_rm_rf(S.dir);
-        free(S.dir);
-        free(S.user);
-        free(S.conninfo);
+        snprintf(prompt, sizeof(prompt), "tcp %s unix %s/.s.PGSQL.%s", PQport(S.db), PQhost(S.db),
+                 PQport(S.db));
         return 0;
 }
 
@@ -57,7 +39,7 @@ static void test_unsandboxed_the_attempts_connect(void **state)
         (void)state;
         _cleanup_free_ char *in = str_printf("%s/start.json", S.dir);
         _cleanup_free_ char *start =
-            str_printf("{\"v\":1,\"type\":\"start\",\"agent\":{\"prompt\":\"%s\"}}\n", S.prompt);
+            str_printf("{\"v\":1,\"type\":\"start\",\"agent\":{\"prompt\":\"%s\"}}\n", prompt);
         assert_int_equal(file_write_atomic(in, start, strlen(start), 0600), 0);
         _cleanup_free_ char *cmd = str_printf("%s < %s", NET_EXECUTOR, in);
         FILE *f = popen(cmd, "r");
@@ -79,7 +61,7 @@ static void test_sandboxed_executor_reaches_neither(void **state)
             "{\"name\":\"net\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
             "\"provider\":\"openai\",\"base_url\":\"http://127.0.0.1:9\",\"model\":\"m\","
             "\"prompt\":\"%s\",\"tools\":[],\"output_schema\":{\"type\":\"object\"}}}]}",
-            S.prompt);
+            prompt);
         _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, "net", 1, def);
         _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
         _cleanup_free_ char *log = str_printf("%s/worker.log", S.dir);
@@ -117,5 +99,5 @@ int main(void)
             cmocka_unit_test(test_unsandboxed_the_attempts_connect),
             cmocka_unit_test(test_sandboxed_executor_reaches_neither),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return cmocka_run_group_tests(tests, setup, agent_fixture_group_teardown);
 }

@@ -18,88 +18,23 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "auth_token.h"
+#include "agent_fixture.h"
 #include "cleanup.h"
 #include "fileio.h"
 #include "llm_server.h"
 #include "strutil.h"
 #include "worker_sink.h"
 
-static struct {
-        char *conninfo;
-        PGconn *db;
-        struct worker_sink *sink;
-        struct llm_server *llm;
-        char *dir;
-        char *user;
-        pid_t api;
-        char base[64];
-        char token[AUTH_TOKEN_LEN + 1];
-        int nworkers;
-        char last_log[512];
-} S;
+static struct agent_fixture S;
 
 /* ---- helpers --------------------------------------------------------------------------- */
-
-static void dump_log(void)
-{
-        _cleanup_free_ char *text = NULL;
-        size_t len = 0;
-
-        if (file_read_all(S.last_log, 64 << 20, &text, &len) == 0 && text)
-                fprintf(stderr, "---- %s (end) ----\n%s\n", S.last_log,
-                        len > 6000 ? text + len - 6000 : text);
-}
 
 /* A worker that can run sandboxed tools (its data directory holds the workspaces). */
 static pid_t spawn_worker(void)
 {
-        char id[32];
         const char *extra[] = {"--data-dir", S.dir, NULL};
 
-        snprintf(id, sizeof(id), "tool-w%d", ++S.nworkers);
-        snprintf(S.last_log, sizeof(S.last_log), "%s/%s.log", S.dir, id);
-        return worker_test_spawn(S.conninfo, id, "2s", "500ms", extra, S.last_log);
-}
-
-/* Waits until the run waits for a tool call's approval; returns the approval's id. */
-static char *waiting_tool_approval(const char *run, pid_t worker)
-{
-        for (int i = 0; i < 600; i++) {
-                char *id = test_db_value(S.db,
-                                         "SELECT a.id FROM approvals a JOIN workflow_runs r ON "
-                                         "r.id = a.workflow_run_id WHERE r.id = '%s' AND "
-                                         "a.status = 'pending' AND r.status = 'waiting'",
-                                         run);
-                if (id)
-                        return id;
-                usleep(100 * 1000);
-        }
-        _cleanup_free_ char *st = test_db_value(
-            S.db,
-            "SELECT status || ' ' || coalesce(error::text, '') || ' ' || coalesce((SELECT"
-            " string_agg(status || ':' || coalesce(waiting_for::text, ''), ', ') FROM agent_runs"
-            " WHERE workflow_run_id = '%s'), '') FROM workflow_runs WHERE id = '%s'",
-            run, run);
-        test_stop_process(worker, SIGTERM, 15000);
-        dump_log();
-        fail_msg("run %s never waited for a tool call's approval: %s", run, st ? st : "?");
-        return NULL;
-}
-
-/* POST /v1/approvals/{id}/decide; the status, the answer's body into *out (may be NULL). */
-static long decide(const char *approval, const char *body, char **out)
-{
-        char url[256], auth[128];
-        const char *headers[] = {auth, NULL};
-        char *ignored = NULL;
-        long st;
-
-        snprintf(url, sizeof(url), "%s/v1/approvals/%s/decide", S.base, approval);
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
-        st = test_http("POST", url, headers, body, out ? out : &ignored);
-        free(ignored);
-        return st;
+        return agent_fixture_spawn_worker(&S, "tool-w", "2s", extra);
 }
 
 /* Asserts a 422 whose error names field and whose message contains text. */
@@ -109,7 +44,7 @@ static void assert_refused(const char *approval, const char *body, const char *f
         _cleanup_free_ char *out = NULL;
         json_error_t jerr;
 
-        assert_int_equal(decide(approval, body, &out), 422);
+        assert_int_equal(agent_fixture_decide(&S, approval, body, &out), 422);
         _cleanup_json_ json_t *j = json_loads(out, 0, &jerr);
         const json_t *e = json_object_get(j, "error");
         const char *got = json_string_value(json_object_get(e, "field"));
@@ -120,62 +55,12 @@ static void assert_refused(const char *approval, const char *body, const char *f
                 fail_msg("expected \"%s\" in %s", text, all ? all : "(no error)");
 }
 
-static void wait_ended(const char *run, pid_t w)
-{
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 90000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                dump_log();
-                fail_msg("run %s did not end; see %s", run, S.last_log);
-        }
-}
-
-static void assert_completed(const char *run)
-{
-        _cleanup_free_ char *st =
-            test_db_value(S.db,
-                          "SELECT status || ' ' || coalesce(error::text, '') FROM"
-                          " workflow_runs WHERE id = '%s'",
-                          run);
-        if (!st || strcmp(st, "completed ") != 0) {
-                dump_log();
-                fail_msg("run %s: %s", run, st ? st : "(none)");
-        }
-}
-
-/* The last LLM request's body, as text (what the agent saw last). */
-static char *last_llm_body(void)
-{
-        _cleanup_json_ json_t *req = llm_server_request(S.llm, llm_server_request_count(S.llm) - 1);
-        return json_dumps(json_object_get(req, "body"), JSON_COMPACT);
-}
-
 /* ---- fixture ------------------------------------------------------------------------- */
 
 static int setup(void **state)
 {
-        (void)state;
-        S.conninfo = test_db_create("toolapprovals");
-        S.db = test_db_connect(S.conninfo);
-        S.sink = worker_sink_start();
-        S.llm = llm_server_start();
-        S.dir = test_tempdir("toolapprovals");
-        S.user = worker_test_user(S.db, "ada");
-        worker_test_token(S.db, S.user, S.token);
-        S.api = worker_test_spawn_api(S.conninfo, S.dir, S.base, sizeof(S.base));
-        return 0;
-}
-
-static int teardown(void **state)
-{
-        (void)state;
-        test_stop_process(S.api, SIGTERM, 10000);
-        llm_server_stop(S.llm);
-        worker_sink_stop(S.sink);
-        PQfinish(S.db);
-        test_rm_rf(S.dir);
-        free(S.dir);
-        free(S.user);
-        free(S.conninfo);
+        agent_fixture_setup(&S, "toolapprovals", &(struct agent_fixture_options){.servers = true});
+        *state = &S;
         return 0;
 }
 
@@ -195,14 +80,11 @@ static void an_edited_call_runs_the_reviewers_arguments(void **state)
         (void)state;
         int before = llm_server_request_count(S.llm);
         const char *sink = worker_sink_url(S.sink);
-        _cleanup_free_ char *def = str_printf(
-            "{\"name\":\"edit\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
-            "\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+        _cleanup_free_ char *wf = agent_fixture_think_workflow(
+            &S, "edit",
             "\"prompt\":\"Send the ${ input.topic } draft.\",\"tools\":[\"http_request\"],"
             "\"allowed_hosts\":[\"127.0.0.1\"],\"approve_tools\":{\"tools\":[\"http_request\"],"
-            "\"reviewers\":[\"ada\"],\"timeout\":\"1h\",\"on_timeout\":\"reject\"}}}]}",
-            llm_server_url(S.llm));
-        _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, "edit", 1, def);
+            "\"reviewers\":[\"ada\"],\"timeout\":\"1h\",\"on_timeout\":\"reject\"}");
         _cleanup_free_ char *script = str_printf(
             "[{\"text\":\"I will send the draft to everyone.\",\"tool_calls\":[{\"id\":"
             "\"call_send\",\"name\":\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"POST\\\","
@@ -213,7 +95,7 @@ static void an_edited_call_runs_the_reviewers_arguments(void **state)
         llm_server_script(S.llm, script);
         _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"budget\"}");
         pid_t w0 = spawn_worker();
-        _cleanup_free_ char *approval = waiting_tool_approval(run, w0);
+        _cleanup_free_ char *approval = agent_fixture_waiting_tool_approval(&S, run, w0, 60000);
 
         /* the reviewer is shown the tool's schema, which an edit is checked against */
         assert_db_equal("object|string", S.db,
@@ -223,12 +105,9 @@ static void an_edited_call_runs_the_reviewers_arguments(void **state)
                         approval);
         /* and the inbox's answer form names the field */
         {
-                char url[256], auth[128];
-                const char *headers[] = {auth, NULL};
                 _cleanup_free_ char *inbox = NULL;
-                snprintf(url, sizeof(url), "%s/v1/inbox?kind=approval", S.base);
-                snprintf(auth, sizeof(auth), "Authorization: Bearer %s", S.token);
-                assert_int_equal(test_http("GET", url, headers, NULL, &inbox), 200);
+                assert_int_equal(
+                    agent_fixture_http(&S, "GET", "/v1/inbox?kind=approval", NULL, &inbox), 200);
                 assert_non_null(strstr(inbox, "\"arguments\":\"object (optional, with approve)"));
         }
 
@@ -275,9 +154,7 @@ static void an_edited_call_runs_the_reviewers_arguments(void **state)
                              "only to legal", "--arguments", edited,   "--server",
                              S.base,          "--token",     S.token,  NULL};
         assert_exit_code(test_stop_process(test_spawn_agently(cli, NULL, log), 0, 30000), 0);
-        wait_ended(run, w1);
-        assert_exit_code(test_stop_process(w1, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        agent_fixture_wait_completed(&S, run, w1, 90000);
         assert_db_equal("Sent as the reviewer asked.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
 
@@ -292,7 +169,7 @@ static void an_edited_call_runs_the_reviewers_arguments(void **state)
         /* the agent was told which arguments ran (and continued from its journal: 2 calls) */
         assert_int_equal(llm_server_request_count(S.llm) - before, 2);
         assert_int_equal(llm_server_steps_left(S.llm), 0);
-        _cleanup_free_ char *seen = last_llm_body();
+        _cleanup_free_ char *seen = agent_fixture_last_llm_body(&S);
         assert_non_null(strstr(seen, "the reviewer ada approved this call with edited arguments"));
         assert_non_null(strstr(seen, "/edit/legal"));
 
@@ -329,7 +206,7 @@ static void an_edited_call_runs_the_reviewers_arguments(void **state)
         _cleanup_free_ char *again = NULL,
                             *body =
                                 str_printf("{\"decision\":\"approve\",\"arguments\":%s}", edited);
-        assert_int_equal(decide(approval, body, &again), 409);
+        assert_int_equal(agent_fixture_decide(&S, approval, body, &again), 409);
 }
 
 /*
@@ -342,13 +219,10 @@ static void an_edited_call_interrupted_is_not_sent_again(void **state)
 {
         (void)state;
         const char *sink = worker_sink_url(S.sink);
-        _cleanup_free_ char *def = str_printf(
-            "{\"name\":\"editkill\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
-            "\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+        _cleanup_free_ char *wf = agent_fixture_think_workflow(
+            &S, "editkill",
             "\"prompt\":\"Send it.\",\"tools\":[\"http_request\"],"
-            "\"allowed_hosts\":[\"127.0.0.1\"],\"approve_tools\":[\"http_request\"]}}]}",
-            llm_server_url(S.llm));
-        _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, "editkill", 1, def);
+            "\"allowed_hosts\":[\"127.0.0.1\"],\"approve_tools\":[\"http_request\"]");
         _cleanup_free_ char *script = str_printf(
             "[{\"text\":\"Sending.\",\"tool_calls\":[{\"id\":\"call_k\",\"name\":\"http_request\","
             "\"arguments\":\"{\\\"method\\\":\\\"POST\\\",\\\"url\\\":\\\"%s/editkill/proposed\\\"}"
@@ -357,13 +231,13 @@ static void an_edited_call_interrupted_is_not_sent_again(void **state)
         llm_server_script(S.llm, script);
         _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
         pid_t w1 = spawn_worker();
-        _cleanup_free_ char *approval = waiting_tool_approval(run, w1);
+        _cleanup_free_ char *approval = agent_fixture_waiting_tool_approval(&S, run, w1, 60000);
         _cleanup_free_ char *body =
             str_printf("{\"decision\":\"approve\",\"arguments\":{\"method\":\"POST\","
                        "\"url\":\"%s/editkill/edited?delay_ms=5000\"}}",
                        sink);
 
-        assert_int_equal(decide(approval, body, NULL), 200);
+        assert_int_equal(agent_fixture_decide(&S, approval, body, NULL), 200);
         for (int i = 0; i < 300 && worker_sink_count(S.sink, "/editkill/") < 1; i++)
                 usleep(100 * 1000);
         assert_int_equal(worker_sink_count(S.sink, "/editkill/edited"), 1); /* its answer waits */
@@ -371,13 +245,11 @@ static void an_edited_call_interrupted_is_not_sent_again(void **state)
         test_stop_process(w1, SIGKILL, 5000);
 
         pid_t w2 = spawn_worker();
-        wait_ended(run, w2);
-        assert_exit_code(test_stop_process(w2, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        agent_fixture_wait_completed(&S, run, w2, 90000);
         usleep(5500 * 1000); /* the receiver's delayed answer is over: nothing else came */
         assert_int_equal(worker_sink_count(S.sink, "/editkill/edited"), 1);
         assert_int_equal(worker_sink_count(S.sink, "/editkill/proposed"), 0);
-        _cleanup_free_ char *seen = last_llm_body();
+        _cleanup_free_ char *seen = agent_fixture_last_llm_body(&S);
         assert_non_null(strstr(seen, "interrupted"));
         assert_non_null(strstr(seen, "approved this call with edited arguments"));
         assert_non_null(strstr(seen, "/editkill/edited?delay_ms=5000"));
@@ -414,11 +286,10 @@ static void an_approval_node_takes_no_arguments(void **state)
         assert_refused(approval, "{\"decision\":\"approve\",\"arguments\":{\"a\":1}}", "arguments",
                        "arguments can only be edited on a tool call's approval");
         assert_db_equal("pending", S.db, "SELECT status FROM approvals WHERE id = '%s'", approval);
-        assert_int_equal(decide(approval, "{\"decision\":\"approve\",\"arguments\":null}", NULL),
+        assert_int_equal(agent_fixture_decide(
+                             &S, approval, "{\"decision\":\"approve\",\"arguments\":null}", NULL),
                          200);
-        wait_ended(run, w);
-        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0);
-        assert_completed(run);
+        agent_fixture_wait_completed(&S, run, w, 90000);
 }
 
 /*
@@ -431,14 +302,11 @@ static void a_sub_agents_gated_call_is_approved(void **state)
 {
         (void)state;
         int before = llm_server_request_count(S.llm);
-        _cleanup_free_ char *def = str_printf(
-            "{\"name\":\"subgate\",\"nodes\":[{\"id\":\"think\",\"type\":\"agent\",\"agent\":{"
-            "\"provider\":\"openai\",\"base_url\":\"%s\",\"model\":\"gpt-4o-mini\","
+        _cleanup_free_ char *wf = agent_fixture_think_workflow(
+            &S, "subgate",
             "\"prompt\":\"ROOT go\",\"tools\":[\"spawn_agent\",\"shell\"],"
             "\"approve_tools\":{\"effects\":[\"irreversible\"],\"reviewers\":[\"ada\"],"
-            "\"timeout\":\"1h\",\"on_timeout\":\"reject\"}}}]}",
-            llm_server_url(S.llm));
-        _cleanup_free_ char *wf = worker_test_workflow(S.db, S.user, "subgate", 1, def);
+            "\"timeout\":\"1h\",\"on_timeout\":\"reject\"}");
         llm_server_script(
             S.llm,
             "[{\"match\":\"ROOT go\",\"tool_calls\":[{\"id\":\"s1\",\"name\":\"spawn_agent\","
@@ -452,7 +320,7 @@ static void a_sub_agents_gated_call_is_approved(void **state)
             "{\"match\":\"CHILD-DONE 42\",\"text\":\"ROOT: CHILD-DONE 42\"}]");
         _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
         pid_t w = spawn_worker();
-        _cleanup_free_ char *approval = waiting_tool_approval(run, w);
+        _cleanup_free_ char *approval = agent_fixture_waiting_tool_approval(&S, run, w, 60000);
 
         /* the approval is the child's call */
         assert_db_equal("shell|true", S.db,
@@ -464,10 +332,9 @@ static void a_sub_agents_gated_call_is_approved(void **state)
                         "SELECT claimed_by IS NULL AND lease_expires_at IS NULL FROM"
                         " workflow_runs WHERE id = '%s'",
                         run);
-        assert_int_equal(decide(approval, "{\"decision\":\"approve\"}", NULL), 200);
-        wait_ended(run, w);
-        assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
-        assert_completed(run);
+        assert_int_equal(agent_fixture_decide(&S, approval, "{\"decision\":\"approve\"}", NULL),
+                         200);
+        agent_fixture_wait_completed(&S, run, w, 90000);
         assert_db_equal("ROOT: CHILD-DONE 42", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
         assert_int_equal(llm_server_steps_left(S.llm), 0);
@@ -491,5 +358,5 @@ int main(void)
         };
         if (getenv("TOOL_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("TOOL_TEST_FILTER"));
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return cmocka_run_group_tests(tests, setup, agent_fixture_group_teardown);
 }
