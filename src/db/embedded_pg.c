@@ -376,9 +376,12 @@ static int write_cluster_config(const struct embedded_pg *pg, unsigned flags)
                 "log_min_messages = warning\n"
                 "log_line_prefix = '%%m [%%p] '\n"
                 /* the queue table churns (every claim and finish is a new row version):
-                 * look for vacuum work every 10 s, not every minute, so its small claim
-                 * indexes stay small (0006_batch_writes.sql sets its thresholds) */
-                "autovacuum_naptime = 10s\n"
+                 * look for vacuum work every second, not every minute. Its claim indexes
+                 * are as big as the entries that die between two vacuums: B-tree pages
+                 * emptied by one vacuum are reused only after it, so the interval sets their
+                 * size (docs/performance.md, "The 30-minute soak"; 0011_run_queue.sql sets
+                 * the table's thresholds) */
+                "autovacuum_naptime = 1s\n"
                 /* a busy queue writes WAL at tens of MB/s: at the default 1 GB a checkpoint
                  * (and the burst of full-page images after it) would come every minute */
                 "max_wal_size = 2GB\n",
