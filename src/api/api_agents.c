@@ -91,19 +91,10 @@ unsigned api_h_agents_apply(struct api_request *req, struct api_response *resp)
                 return api_error(resp, 400, "invalid_field", "description must be a string",
                                  "field 'description'", NULL);
         r = agent_check(def, &errors);
-        if (r == -EINVAL) {
-                json_t *first = json_array_get(errors, 0);
-                const char *field = json_string_value(json_object_get(first, "field"));
-                const char *msg = json_string_value(json_object_get(first, "message"));
-                api_errorf(resp, 422, "validation_failed", "the agent definition is invalid",
-                           "fix every error listed in errors (docs/workflows.md, \"agent\")",
-                           "%s: %s", field ? field : "/", msg ? msg : "invalid");
-                json_t *inner = json_object_get(resp->json, "error");
-                if (field)
-                        json_object_set_new(inner, "field", json_string(field));
-                json_object_set(inner, "errors", errors);
-                return 422;
-        }
+        if (r == -EINVAL)
+                return api_definition_invalid(
+                    resp, "agent",
+                    "fix every error listed in errors (docs/workflows.md, \"agent\")", errors);
         if (r < 0)
                 return api_error(resp, 500, "internal", "could not validate the agent", NULL, NULL);
         return api_apply_versioned(req, resp, &agents_table, name, def, NULL);

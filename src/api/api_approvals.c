@@ -35,10 +35,6 @@ unsigned api_h_approvals_list(struct api_request *req, struct api_response *resp
         static const char *const statuses[] = {"pending", "approved", "rejected", "expired",
                                                "canceled"};
         const char *status = api_query(req, "status");
-        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
-        const char *cts, *cid;
-        unsigned st;
-        int limit;
 
         if (status) {
                 bool ok = false;
@@ -49,17 +45,14 @@ unsigned api_h_approvals_list(struct api_request *req, struct api_response *resp
                                           "one of pending, approved, rejected, expired, canceled",
                                           "status '%s'", status);
         }
-        if ((st = api_page_begin(req, resp, &limit, &cursor, &cts, &cid)))
-                return st;
-        limit_s = str_printf("%d", limit + 1);
-        const char *params[] = {status, cts, cid, limit_s};
-        return api_page_query(req, resp,
-                              "SELECT " APPROVAL_JSON ", a.created_at::text || '|' || a.id "
-                              "FROM approvals a WHERE ($1::text IS NULL OR a.status = $1) "
-                              "AND ($2::timestamptz IS NULL OR (a.created_at, a.id) < "
-                              "($2::timestamptz, $3::uuid)) "
-                              "ORDER BY a.created_at DESC, a.id DESC LIMIT $4::integer",
-                              4, params, limit);
+        const char *filters[] = {status};
+        return api_time_page(req, resp,
+                             "SELECT " APPROVAL_JSON ", a.created_at::text || '|' || a.id "
+                             "FROM approvals a WHERE ($1::text IS NULL OR a.status = $1) "
+                             "AND ($2::timestamptz IS NULL OR (a.created_at, a.id) < "
+                             "($2::timestamptz, $3::uuid)) "
+                             "ORDER BY a.created_at DESC, a.id DESC LIMIT $4::integer",
+                             1, filters);
 }
 
 unsigned api_h_approvals_get(struct api_request *req, struct api_response *resp)
@@ -549,10 +542,6 @@ unsigned api_h_inbox(struct api_request *req, struct api_response *resp)
         static const char *const kinds[] = {"approval", "escalation", "question",
                                             "budget",   "tool_call",  NULL};
         const char *kind = api_query(req, "kind");
-        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
-        const char *cts, *cid;
-        unsigned st;
-        int limit;
         bool known = false;
 
         for (size_t i = 0; kind && kinds[i]; i++)
@@ -561,11 +550,8 @@ unsigned api_h_inbox(struct api_request *req, struct api_response *resp)
                 return api_errorf(resp, 400, "invalid_parameter", "invalid kind",
                                   "one of approval, escalation, question, budget", "kind '%s'",
                                   kind);
-        if ((st = api_page_begin(req, resp, &limit, &cursor, &cts, &cid)))
-                return st;
-        limit_s = str_printf("%d", limit + 1);
-        const char *params[] = {kind, cts, cid, limit_s};
-        return api_page_query(
+        const char *filters[] = {kind};
+        return api_time_page(
             req, resp,
             "SELECT json_build_object('kind', i.kind, 'id', i.id, 'run_id', i.run_id, 'node_id', "
             "i.node_id, 'title', i.title, 'created_at', i.created_at, 'expires_at', i.expires_at, "
@@ -573,5 +559,5 @@ unsigned api_h_inbox(struct api_request *req, struct api_response *resp)
             "FROM agently_inbox i WHERE ($1::text IS NULL OR i.kind = $1) "
             "AND ($2::timestamptz IS NULL OR (i.created_at, i.id) < ($2::timestamptz, $3::text)) "
             "ORDER BY i.created_at DESC, i.id DESC LIMIT $4::integer",
-            4, params, limit);
+            1, filters);
 }

@@ -157,11 +157,22 @@ unsigned api_reject_unknown_keys(json_t *obj, const char *const *allowed,
  * *body NULL and the error response set (the handler returns resp->status). */
 bool api_begin_body(struct api_request *req, struct api_response *resp, const char *what,
                     const char *const *keys, bool allow_empty, json_t **body);
-/* A keyset page's arguments: ?limit= (default 50, at most 200) and ?cursor= split into its
- * "<timestamp>|<uuid>" parts (NULL without a cursor; *cursor owns them, caller frees).
- * 0 or a 400 status. */
-unsigned api_page_begin(struct api_request *req, struct api_response *resp, int *limit,
-                        char **cursor, const char **cursor_time, const char **cursor_id);
+/* The most filters an api_time_page query takes before its keyset parameters. */
+#define API_TIME_PAGE_FILTERS_MAX 8
+/* A list newest or oldest first, a page at a time keyed by (created_at, id): reads ?limit=
+ * (default 50, at most 200) and ?cursor= (a previous page's next_cursor, "<timestamp>|<id>"),
+ * then runs sql with $1..$n the n filters (borrowed; NULL for SQL NULL), $n+1 the cursor's
+ * timestamp and $n+2 its id (both NULL on the first page), $n+3 the limit + 1; its rows are
+ * (item json, created_at::text || '|' || id). Answers {"data", "next_cursor"} and returns
+ * its status; a 400 for a bad limit or cursor. n is at most API_TIME_PAGE_FILTERS_MAX. */
+unsigned api_time_page(struct api_request *req, struct api_response *resp, const char *sql, int n,
+                       const char *const *filters);
+/* Whether run id exists for the request's user (row-level security: only their own runs):
+ * 0, with its status into *status when status is not NULL (malloc'd, caller frees); else
+ * the 404 (an id not shaped as a UUID too) or the database error is answered and its status
+ * returned. */
+unsigned api_run_status(struct api_request *req, struct api_response *resp, const char *id,
+                        char **status);
 /* Answers {"data", "next_cursor"} from rows (item json, cursor key text) of a query with
  * LIMIT limit + 1. */
 unsigned api_page_query(struct api_request *req, struct api_response *resp, const char *sql, int n,
@@ -208,6 +219,12 @@ unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
                              const struct api_versioned *t, const char *name, const json_t *def,
                              const json_t *derived);
 
+/* The 422 validation_failed answer to a definition the engine's rules refused: message
+ * "the <what> definition is invalid", the first error's node, field and message as the
+ * detail (and its node and field on the error), every error in "errors" (borrowed; a
+ * reference is taken). Returns 422. */
+unsigned api_definition_invalid(struct api_response *resp, const char *what, const char *hint,
+                                json_t *errors);
 /* GET of t's collection: the latest version of each name, a page at a time in name order
  * (?limit=, ?cursor=). Returns the status with the response set. */
 unsigned api_versioned_list(struct api_request *req, struct api_response *resp,

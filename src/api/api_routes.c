@@ -658,23 +658,9 @@ static unsigned h_workflows_apply(struct api_request *req, struct api_response *
                         r = -EINVAL;
         }
         wf_free(wf);
-        if (r == -EINVAL) {
-                json_t *first = json_array_get(errors, 0);
-                const char *node = json_string_value(json_object_get(first, "node"));
-                const char *field = json_string_value(json_object_get(first, "field"));
-                const char *msg = json_string_value(json_object_get(first, "message"));
-                api_errorf(resp, 422, "validation_failed", "the workflow definition is invalid",
-                           "fix every error listed in errors", "%s%s%s%s: %s", node ? "node '" : "",
-                           node ? node : "", node ? "' " : "", field ? field : "",
-                           msg ? msg : "invalid");
-                json_t *inner = json_object_get(resp->json, "error");
-                if (node)
-                        json_object_set_new(inner, "node", json_string(node));
-                if (field)
-                        json_object_set_new(inner, "field", json_string(field));
-                json_object_set(inner, "errors", errors);
-                return 422;
-        }
+        if (r == -EINVAL)
+                return api_definition_invalid(resp, "workflow", "fix every error listed in errors",
+                                              errors);
         if (r < 0)
                 return api_error(resp, 500, "internal", "could not validate the workflow", NULL,
                                  NULL);
@@ -796,10 +782,7 @@ static unsigned h_runs_list(struct api_request *req, struct api_response *resp)
         const char *status = api_query(req, "status"), *workflow = api_query(req, "workflow");
         const char *after = api_query(req, "created_after");
         const char *before = api_query(req, "created_before");
-        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
-        const char *cts, *cid;
         unsigned st;
-        int limit;
 
         if (status) {
                 bool ok = false;
@@ -811,23 +794,20 @@ static unsigned h_runs_list(struct api_request *req, struct api_response *resp)
                                           "completed, failed, canceled",
                                           "status '%s'", status);
         }
-        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, &limit)) ||
-            (st = cursor_decode(req, resp, &cursor)) ||
-            (st = split_time_cursor(cursor, &cts, &cid, resp)))
-                return st;
-        limit_s = str_printf("%d", limit + 1);
-        const char *params[] = {status, workflow, after, before, cts, cid, limit_s};
-        st = api_page_query(req, resp,
-                            "SELECT " RUN_SUMMARY_JSON ", r.created_at::text || '|' || r.id "
-                            "FROM workflow_runs r WHERE ($1::text IS NULL OR r.status = $1) "
-                            "AND ($2::text IS NULL OR r.workflow_name = $2) "
-                            "AND ($3::timestamptz IS NULL OR r.created_at > $3::timestamptz) "
-                            "AND ($4::timestamptz IS NULL OR r.created_at < $4::timestamptz) "
-                            "AND ($5::timestamptz IS NULL OR (r.created_at, r.id) < "
-                            "($5::timestamptz, $6::uuid)) "
-                            "ORDER BY r.created_at DESC, r.id DESC LIMIT $7::integer",
-                            7, params, limit);
-        if (st == 400 && json_is_object(resp->json)) /* a timestamp Postgres refused */
+        const char *filters[] = {status, workflow, after, before};
+        st = api_time_page(req, resp,
+                           "SELECT " RUN_SUMMARY_JSON ", r.created_at::text || '|' || r.id "
+                           "FROM workflow_runs r WHERE ($1::text IS NULL OR r.status = $1) "
+                           "AND ($2::text IS NULL OR r.workflow_name = $2) "
+                           "AND ($3::timestamptz IS NULL OR r.created_at > $3::timestamptz) "
+                           "AND ($4::timestamptz IS NULL OR r.created_at < $4::timestamptz) "
+                           "AND ($5::timestamptz IS NULL OR (r.created_at, r.id) < "
+                           "($5::timestamptz, $6::uuid)) "
+                           "ORDER BY r.created_at DESC, r.id DESC LIMIT $7::integer",
+                           4, filters);
+        const char *code =
+            json_string_value(json_object_get(json_object_get(resp->json, "error"), "code"));
+        if (st == 400 && code && !strcmp(code, "invalid_value")) /* a timestamp Postgres refused */
                 api_errorf(resp, 400, "invalid_parameter", "invalid created_after/created_before",
                            "use RFC 3339, e.g. 2026-11-22T05:53:47Z",
                            "created_after '%s', created_before '%s'", after ? after : "",
@@ -845,25 +825,6 @@ static unsigned h_runs_get(struct api_request *req, struct api_response *resp)
         if ((st = parse_items(req, resp, &items)))
                 return st;
         return respond_run_read(req, resp, 200, req->params[0], items);
-}
-
-/* The run's status into *out (malloc'd). 0 when the run exists for this user; otherwise the
- * response is set (404, or the database error) and its status returned. */
-static unsigned run_status(struct api_request *req, struct api_response *resp, const char *id,
-                           char **out)
-{
-        const char *params[] = {id};
-        int r = 0;
-        _cleanup_pgresult_ PGresult *res =
-            db_query(req->db, "SELECT status FROM workflow_runs WHERE id = $1", 1, params, &r);
-
-        *out = NULL;
-        if (!res)
-                return api_db_error(resp, r);
-        if (PQntuples(res) == 0)
-                return api_not_found(resp, "run", id);
-        *out = strdup(PQgetvalue(res, 0, 0));
-        return *out ? 0 : api_db_error(resp, -ENOMEM);
 }
 
 /* Every node's latest attempt, a page at a time in node id order (keyset on node_id);
@@ -888,7 +849,7 @@ static unsigned h_runs_nodes(struct api_request *req, struct api_response *resp)
         if ((st = parse_limit(req, resp, NODES_DEFAULT, NODES_MAX, &limit)) ||
             (st = cursor_decode(req, resp, &cursor)))
                 return st;
-        if ((st = run_status(req, resp, id, &status)))
+        if ((st = api_run_status(req, resp, id, &status)))
                 return st;
         limit_s = str_printf("%d", limit + 1);
         if (!limit_s)
@@ -1206,7 +1167,7 @@ static unsigned h_runs_signal(struct api_request *req, struct api_response *resp
                 payload = strdup("{}");
         if (!payload)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
-        if ((st = run_status(req, resp, id, &status)))
+        if ((st = api_run_status(req, resp, id, &status)))
                 return st;
         if (is_terminal(status))
                 return api_errorf(resp, 409, "conflict", "the run has already finished",
@@ -1317,7 +1278,7 @@ static unsigned h_events_stream(struct api_request *req, struct api_response *re
         st = parse_after(last && *last ? last : api_query(req, "after"), resp, &after);
         if (st)
                 return st;
-        if ((st = run_status(req, resp, id, &status)))
+        if ((st = api_run_status(req, resp, id, &status)))
                 return st;
         resp->raw =
             api_sse_open(api_server_sse(req->server), req->connection, req->user_id, id, after);
@@ -1557,16 +1518,48 @@ static unsigned h_tokens_revoke(struct api_request *req, struct api_response *re
 
 /* ---- helpers the other route files share (api_internal.h) ---------------------------- */
 
-unsigned api_page_begin(struct api_request *req, struct api_response *resp, int *limit,
-                        char **cursor, const char **cursor_time, const char **cursor_id)
+unsigned api_time_page(struct api_request *req, struct api_response *resp, const char *sql, int n,
+                       const char *const *filters)
 {
+        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
+        const char *params[API_TIME_PAGE_FILTERS_MAX + 3];
         unsigned st;
+        int limit;
 
-        *cursor = NULL;
-        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, limit)) ||
-            (st = cursor_decode(req, resp, cursor)))
+        if (n < 0 || n > API_TIME_PAGE_FILTERS_MAX) /* a caller's mistake, not the user's */
+                return api_error(resp, 500, "internal", "too many filters for a page", NULL, NULL);
+        for (int i = 0; i < n; i++)
+                params[i] = filters[i];
+        if ((st = parse_limit(req, resp, PAGE_DEFAULT, PAGE_MAX, &limit)) ||
+            (st = cursor_decode(req, resp, &cursor)) ||
+            (st = split_time_cursor(cursor, &params[n], &params[n + 1], resp)))
                 return st;
-        return split_time_cursor(*cursor, cursor_time, cursor_id, resp);
+        limit_s = str_printf("%d", limit + 1);
+        if (!limit_s)
+                return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
+        params[n + 2] = limit_s;
+        return api_page_query(req, resp, sql, n + 3, params, limit);
+}
+
+unsigned api_run_status(struct api_request *req, struct api_response *resp, const char *id,
+                        char **status)
+{
+        const char *params[] = {id};
+        int r = 0;
+        _cleanup_pgresult_ PGresult *res = NULL;
+
+        if (status)
+                *status = NULL;
+        if (!api_is_uuid(id))
+                return api_not_found(resp, "run", id);
+        res = db_query(req->db, "SELECT status FROM workflow_runs WHERE id = $1", 1, params, &r);
+        if (!res)
+                return api_db_error(resp, r);
+        if (PQntuples(res) == 0)
+                return api_not_found(resp, "run", id);
+        if (status && !(*status = strdup(PQgetvalue(res, 0, 0))))
+                return api_db_error(resp, -ENOMEM);
+        return 0;
 }
 
 unsigned api_page_begin_name(struct api_request *req, struct api_response *resp, int *limit,

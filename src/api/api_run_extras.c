@@ -33,25 +33,6 @@
         "a.sha256, 'stored', CASE WHEN a.inline_data IS NOT NULL THEN 'inline' ELSE 'external' "   \
         "END, 'created_at', a.created_at)"
 
-/* 0 when run id exists for the caller, else the 404 (or error) status. */
-static unsigned run_exists(struct api_request *req, struct api_response *resp, const char *id)
-{
-        const char *params[] = {id};
-        json_t *j = NULL;
-        int r;
-
-        if (!api_is_uuid(id))
-                return api_not_found(resp, "run", id);
-        r = api_query_json(req, "SELECT to_json(r.id) FROM workflow_runs r WHERE r.id = $1", 1,
-                           params, &j);
-        if (r < 0)
-                return api_db_error(resp, r);
-        if (!j)
-                return api_not_found(resp, "run", id);
-        json_decref(j);
-        return 0;
-}
-
 /* ?after= (a journal seq, default 0) and ?limit=; 0 or a 400 status. */
 static unsigned journal_page_args(struct api_request *req, struct api_response *resp, int *after,
                                   int *limit)
@@ -78,7 +59,7 @@ unsigned api_h_agent_journal(struct api_request *req, struct api_response *resp)
         int after, limit, r;
         json_t *j = NULL;
 
-        if ((st = run_exists(req, resp, run)))
+        if ((st = api_run_status(req, resp, run, NULL)))
                 return st;
         if (!api_is_uuid(agent))
                 return api_not_found(resp, "agent run", agent);
@@ -109,25 +90,18 @@ unsigned api_h_agent_journal(struct api_request *req, struct api_response *resp)
 
 unsigned api_h_artifacts_list(struct api_request *req, struct api_response *resp)
 {
-        const char *run = req->params[0];
-        _cleanup_free_ char *cursor = NULL, *limit_s = NULL;
-        const char *cts, *cid;
+        const char *filters[] = {req->params[0]};
         unsigned st;
-        int limit;
 
-        if ((st = run_exists(req, resp, run)))
+        if ((st = api_run_status(req, resp, filters[0], NULL)))
                 return st;
-        if ((st = api_page_begin(req, resp, &limit, &cursor, &cts, &cid)))
-                return st;
-        limit_s = str_printf("%d", limit + 1);
-        const char *params[] = {run, cts, cid, limit_s};
-        return api_page_query(req, resp,
-                              "SELECT " ARTIFACT_JSON ", a.created_at::text || '|' || a.id "
-                              "FROM artifacts a WHERE a.workflow_run_id = $1 AND "
-                              "($2::timestamptz IS NULL OR (a.created_at, a.id) > "
-                              "($2::timestamptz, $3::uuid)) "
-                              "ORDER BY a.created_at, a.id LIMIT $4::integer",
-                              4, params, limit);
+        return api_time_page(req, resp,
+                             "SELECT " ARTIFACT_JSON ", a.created_at::text || '|' || a.id "
+                             "FROM artifacts a WHERE a.workflow_run_id = $1 AND "
+                             "($2::timestamptz IS NULL OR (a.created_at, a.id) > "
+                             "($2::timestamptz, $3::uuid)) "
+                             "ORDER BY a.created_at, a.id LIMIT $4::integer",
+                             1, filters);
 }
 
 /* A file name safe inside Content-Disposition's quoted string. */
@@ -211,7 +185,7 @@ unsigned api_h_artifact_get(struct api_request *req, struct api_response *resp)
         unsigned st;
         int r = 0;
 
-        if ((st = run_exists(req, resp, run)))
+        if ((st = api_run_status(req, resp, run, NULL)))
                 return st;
         if (!api_is_uuid(id))
                 return api_not_found(resp, "artifact", id);

@@ -70,6 +70,29 @@ unsigned api_apply_versioned(struct api_request *req, struct api_response *resp,
         return api_json(resp, 201, j);
 }
 
+unsigned api_definition_invalid(struct api_response *resp, const char *what, const char *hint,
+                                json_t *errors)
+{
+        json_t *first = json_array_get(errors, 0);
+        const char *node = json_string_value(json_object_get(first, "node"));
+        const char *field = json_string_value(json_object_get(first, "field"));
+        const char *msg = json_string_value(json_object_get(first, "message"));
+        _cleanup_free_ char *message = str_printf("the %s definition is invalid", what);
+
+        /* the engine's errors always carry a field ("" or a JSON pointer); an agent's never a
+         * node (api_agents.c answers for the agent object alone) */
+        api_errorf(resp, 422, "validation_failed", message ? message : "the definition is invalid",
+                   hint, "%s%s%s%s: %s", node ? "node '" : "", node ? node : "", node ? "' " : "",
+                   field ? field : "/", msg ? msg : "invalid");
+        json_t *inner = json_object_get(resp->json, "error");
+        if (node)
+                json_object_set_new(inner, "node", json_string(node));
+        if (field)
+                json_object_set_new(inner, "field", json_string(field));
+        json_object_set(inner, "errors", errors);
+        return 422;
+}
+
 unsigned api_versioned_list(struct api_request *req, struct api_response *resp,
                             const struct api_versioned *t)
 {
