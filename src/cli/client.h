@@ -78,6 +78,14 @@ extern const struct client_command client_agent_commands[];
 int client_apply_file(struct client_ctx *ctx, const struct cli_args *args, const char *api_path,
                       const char *noun);
 extern const struct cli_flag client_apply_flags[];
+/* `NOUN show NAME [--version N]` (client_workflow.c): GETs api_path/NAME (?version=N) and
+ * prints the answer whole with -o json; else the version's name, number, time, digest and
+ * description, then what show_definition prints of its definition (borrowed). Its flags are
+ * client_show_flags. */
+int client_show_definition(struct client_ctx *ctx, const struct cli_args *args,
+                           const char *api_path,
+                           int (*show_definition)(struct client_ctx *ctx, json_t *definition));
+extern const struct cli_flag client_show_flags[];
 
 /* ---- list commands (client_list.c) ---- */
 

@@ -76,44 +76,14 @@ static const char *budget_text(json_t *budget, char *out, size_t size)
         return out[0] ? out : "none";
 }
 
-static const struct cli_flag show_flags[] = {
-    {"version", 0, "N", "show version N instead of the latest"},
-    {NULL, 0, NULL, NULL},
-};
-
-static int agent_show(struct client_ctx *ctx, const struct cli_args *args)
+/* What an agent calls and may spend, then its prompts. */
+static int show_agent(struct client_ctx *ctx, json_t *def)
 {
-        const char *version = client_arg(ctx, args, "version");
-        _cleanup_free_ char *path = client_path("/v1/agents/%s", args->positional[0]);
-        _cleanup_json_ json_t *resp = NULL;
-        char created[32], list[512], num[64];
-        int64_t v;
-        int r;
-
-        r = client_flag_int(ctx, "version", version, 1, INT32_MAX, &v);
-        if (r)
-                return r;
-        if (!path || client_query_add(&path, "version", version) < 0)
-                return CLI_EXIT_FAILURE;
-        r = client_call(ctx, "GET", path, NULL, NULL, &resp);
-        if (r != CLI_EXIT_OK)
-                return r;
-        if (ctx->output == CLIENT_OUTPUT_JSON) {
-                client_print_json(resp, stdout);
-                return CLI_EXIT_OK;
-        }
-        json_t *def = json_object_get(resp, "definition");
         const char *secret = json_string_value(json_object_get(def, "api_key_secret"));
         _cleanup_free_ char *key = secret ? str_printf("secret %s", secret) : NULL;
+        char list[512], num[64];
 
-        client_reltime_json(resp, "created_at", created, sizeof(created));
-        client_kv(stdout, "name", json_string_value(json_object_get(resp, "name")));
-        printf("%-10s v%lld\n",
-               "version:", (long long)json_integer_value(json_object_get(resp, "version")));
-        client_kv(stdout, "created", created);
-        client_kv(stdout, "sha256", json_string_value(json_object_get(resp, "definition_sha256")));
-        if (json_is_string(json_object_get(def, "description")))
-                client_kv(stdout, "about", json_string_value(json_object_get(def, "description")));
+        (void)ctx;
         client_kv(stdout, "provider", json_string_value(json_object_get(def, "provider")));
         client_kv(stdout, "model", json_string_value(json_object_get(def, "model")));
         client_kv(stdout, "base_url", json_string_value(json_object_get(def, "base_url")));
@@ -136,6 +106,11 @@ static int agent_show(struct client_ctx *ctx, const struct cli_args *args)
         return CLI_EXIT_OK;
 }
 
+static int agent_show(struct client_ctx *ctx, const struct cli_args *args)
+{
+        return client_show_definition(ctx, args, "/v1/agents", show_agent);
+}
+
 const struct client_command client_agent_commands[] = {
     {"agent", "apply", "FILE",
      "create a new version of an agent from a JSON file (- for stdin); unchanged: no version", 1, 1,
@@ -143,7 +118,7 @@ const struct client_command client_agent_commands[] = {
     {"agent", "list", "[--limit N] [--cursor C]", "list agents (latest version of each)", 0, 0,
      list_flags, agent_list},
     {"agent", "show", "NAME [--version N]",
-     "show an agent version: provider, model, tools, hosts, budget, prompts", 1, 1, show_flags,
-     agent_show},
+     "show an agent version: provider, model, tools, hosts, budget, prompts", 1, 1,
+     client_show_flags, agent_show},
     {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
 };

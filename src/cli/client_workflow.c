@@ -107,21 +107,21 @@ static int workflow_list(struct client_ctx *ctx, const struct cli_args *args)
         return client_list(ctx, args, &list);
 }
 
-static const struct cli_flag show_flags[] = {
+const struct cli_flag client_show_flags[] = {
     {"version", 0, "N", "show version N instead of the latest"},
     {NULL, 0, NULL, NULL},
 };
 
-static int workflow_show(struct client_ctx *ctx, const struct cli_args *args)
+int client_show_definition(struct client_ctx *ctx, const struct cli_args *args,
+                           const char *api_path,
+                           int (*show_definition)(struct client_ctx *ctx, json_t *definition))
 {
         const char *version = client_arg(ctx, args, "version");
-        _cleanup_free_ char *path = client_path("/v1/workflows/%s", args->positional[0]);
+        _cleanup_free_ char *name = client_path("%s", args->positional[0]);
+        _cleanup_free_ char *path = name ? str_printf("%s/%s", api_path, name) : NULL;
         _cleanup_json_ json_t *resp = NULL;
-        struct client_table t;
         char created[32];
         int64_t v;
-        size_t i;
-        json_t *node;
         int r;
 
         r = client_flag_int(ctx, "version", version, 1, INT32_MAX, &v);
@@ -136,16 +136,27 @@ static int workflow_show(struct client_ctx *ctx, const struct cli_args *args)
                 client_print_json(resp, stdout);
                 return CLI_EXIT_OK;
         }
+        json_t *def = json_object_get(resp, "definition");
+        const char *description = json_string_value(json_object_get(def, "description"));
+
         client_reltime_json(resp, "created_at", created, sizeof(created));
         client_kv(stdout, "name", json_string_value(json_object_get(resp, "name")));
         printf("%-10s v%lld\n",
                "version:", (long long)json_integer_value(json_object_get(resp, "version")));
         client_kv(stdout, "created", created);
         client_kv(stdout, "sha256", json_string_value(json_object_get(resp, "definition_sha256")));
-        json_t *def = json_object_get(resp, "definition");
-        const char *description = json_string_value(json_object_get(def, "description"));
         if (description)
                 client_kv(stdout, "about", description);
+        return show_definition(ctx, def);
+}
+
+/* A workflow's nodes as a table: id, kind, what each runs after. */
+static int show_nodes(struct client_ctx *ctx, json_t *def)
+{
+        struct client_table t;
+        size_t i;
+        json_t *node;
+
         printf("\n");
         client_table_init(&t, -1, (const char *[]){"NODE", "KIND", "AFTER", NULL});
         json_array_foreach (json_object_get(def, "nodes"), i, node) {
@@ -176,6 +187,11 @@ static int workflow_show(struct client_ctx *ctx, const struct cli_args *args)
         return CLI_EXIT_OK;
 }
 
+static int workflow_show(struct client_ctx *ctx, const struct cli_args *args)
+{
+        return client_show_definition(ctx, args, "/v1/workflows", show_nodes);
+}
+
 const struct client_command client_workflow_commands[] = {
     {"workflow", "apply", "FILE",
      "create a new version of a workflow from a JSON file (- for stdin)", 1, 1, client_apply_flags,
@@ -183,6 +199,6 @@ const struct client_command client_workflow_commands[] = {
     {"workflow", "list", "[--limit N] [--cursor C]", "list workflows (latest version of each)", 0,
      0, list_flags, workflow_list},
     {"workflow", "show", "NAME [--version N]", "show a workflow version and its nodes", 1, 1,
-     show_flags, workflow_show},
+     client_show_flags, workflow_show},
     {NULL, NULL, NULL, NULL, 0, 0, NULL, NULL},
 };
