@@ -12,6 +12,8 @@
 #include <sys/types.h>
 #include <libpq-fe.h>
 
+#include "llm_client.h"
+
 struct bench {
         char *dir;            /* temp data dir of the cluster */
         char *owner_conninfo; /* superuser on the bench database */
@@ -39,8 +41,13 @@ void bench_sleep_ms(int64_t ms);
  * AGENTLY_LOG_LEVEL=warn unless set). */
 pid_t bench_spawn_worker(const struct bench *b, const char *conninfo, int concurrency,
                          const char *poll, char *log, size_t len);
-/* SIGTERM, then SIGKILL after 30 s; reaps it. */
+/* SIGTERM, then SIGKILL after 30 s; reaps it (a worker, or an API from bench_start_api). */
 void bench_stop_worker(pid_t pid);
+/* `agently api` (AGENTLY_BINARY) on a free port of 127.0.0.1 (into *port) against b's
+ * database as its owner, with b->dir as its data dir, AGENTLY_LOG_LEVEL=warn and the extra
+ * arguments (NULL-terminated, or NULL); returns its pid once GET /readyz answers 200, exits
+ * the bench when it has not within 30 s. */
+pid_t bench_start_api(const struct bench *b, const char *const *extra, int *port);
 
 struct embedded_pg;
 
@@ -68,6 +75,18 @@ int bench_http_post(const char *url, const char *token, const char *body, char *
 /* Single-row INSERT + COMMIT per second with prepared statements over `connections`
  * connections (one thread each) for b->duration_ms. */
 double bench_baseline_commits(const struct bench *b, int connections);
+
+/* A count of LLM calls made through src/llm's client (bench_llm.c): pass
+ * bench_llm_tally_done (and bench_llm_tally_text) with the tally as userdata. A call whose
+ * result stopped for `expected` counts in ok, any other (an error, another stop reason) in
+ * failed; texts counts the streamed text deltas. */
+struct bench_llm_tally {
+        enum llm_stop_reason expected;
+        int ok, failed, texts;
+};
+void bench_llm_tally_done(void *tally, struct llm_result *result, json_t *error,
+                          const struct llm_call_info *info);
+void bench_llm_tally_text(void *tally, const char *text, size_t len, int attempt);
 
 /* LLM call density (bench_llm.c): `calls` concurrent ~5 s streaming calls through src/llm's
  * client on one loop against a local streaming server; prints completions, wall time, peak

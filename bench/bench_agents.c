@@ -365,33 +365,12 @@ static int cycles(struct llm_bench_server *s, int from, int to, int64_t *out)
 
 /* ---- journal overhead ------------------------------------------------------------------ */
 
-struct direct {
-        int done, failed;
-};
-
-static void direct_done(void *ud, struct llm_result *result, json_t *error,
-                        const struct llm_call_info *info)
-{
-        struct direct *d = ud;
-
-        (void)info;
-        if (result && result->stop_reason == LLM_STOP_TOOL_CALLS)
-                d->done++;
-        else
-                d->failed++;
-        if (result) {
-                llm_result_free(result);
-                free(result);
-        }
-        json_decref(error);
-}
-
 /* calls sequential calls through src/llm's client straight to the server, each request
  * padded to bytes; returns the calls that ended well. */
 static int direct_calls(struct llm_bench_server *s, int calls, size_t bytes)
 {
         struct runtime_http *h = NULL;
-        struct direct d = {0};
+        struct bench_llm_tally d = {.expected = LLM_STOP_TOOL_CALLS};
         char *pad = malloc(bytes + 1);
         json_t *req;
 
@@ -408,23 +387,23 @@ static int direct_calls(struct llm_bench_server *s, int calls, size_t bytes)
                 exit(1);
         for (int i = 0; i < calls; i++) {
                 struct llm_call *c;
-                int before = d.done + d.failed;
+                int before = d.ok + d.failed;
                 struct llm_call_params p = {.provider = LLM_PROVIDER_OPENAI,
                                             .base_url = s->url,
                                             .request = req,
                                             .max_attempts = 1,
-                                            .on_done = direct_done,
+                                            .on_done = bench_llm_tally_done,
                                             .userdata = &d};
                 if (llm_call_start(h, &p, &c, NULL) < 0) {
                         d.failed++;
                         continue;
                 }
-                while (d.done + d.failed == before)
+                while (d.ok + d.failed == before)
                         runtime_http_poll(h, 100, -1);
         }
         runtime_http_free(h);
         json_decref(req);
-        return d.done;
+        return d.ok;
 }
 
 /* The worker's "trace agent_llm" lines (src/agent/agent_session.c: trace_llm), the k-th the

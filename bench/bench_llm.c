@@ -130,17 +130,13 @@ static int sockets(void)
         return n;
 }
 
-struct tally {
-        int ok, failed, texts;
-};
-
-static void on_done(void *ud, struct llm_result *result, json_t *error,
-                    const struct llm_call_info *info)
+void bench_llm_tally_done(void *tally, struct llm_result *result, json_t *error,
+                          const struct llm_call_info *info)
 {
-        struct tally *t = ud;
+        struct bench_llm_tally *t = tally;
 
         (void)info;
-        if (result && result->stop_reason == LLM_STOP_END)
+        if (result && result->stop_reason == t->expected)
                 t->ok++;
         else
                 t->failed++;
@@ -151,10 +147,10 @@ static void on_done(void *ud, struct llm_result *result, json_t *error,
         json_decref(error);
 }
 
-static void on_text(void *ud, const char *text, size_t len, int attempt)
+void bench_llm_tally_text(void *tally, const char *text, size_t len, int attempt)
 {
         (void)text, (void)len, (void)attempt;
-        ((struct tally *)ud)->texts++;
+        ((struct bench_llm_tally *)tally)->texts++;
 }
 
 void bench_llm_density(int calls)
@@ -163,7 +159,7 @@ void bench_llm_density(int calls)
         char url[64];
         pid_t child;
         struct runtime_http *h = NULL;
-        struct tally t = {0};
+        struct bench_llm_tally t = {.expected = LLM_STOP_END};
         json_t *req;
         long before, peak = 0;
         int peak_sockets = 0;
@@ -190,8 +186,8 @@ void bench_llm_density(int calls)
                                             .request = req,
                                             .max_attempts = 1,
                                             .total_timeout_ms = 60000,
-                                            .on_text = on_text,
-                                            .on_done = on_done,
+                                            .on_text = bench_llm_tally_text,
+                                            .on_done = bench_llm_tally_done,
                                             .userdata = &t};
                 if (llm_call_start(h, &p, &c, NULL) < 0)
                         t.failed++;

@@ -6,13 +6,16 @@
  */
 #include "bench.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -113,6 +116,74 @@ void bench_stop_worker(pid_t pid)
         }
         kill(pid, SIGKILL);
         waitpid(pid, &st, 0);
+}
+
+/* A port of 127.0.0.1 nothing listens on now (the kernel's pick). */
+static int free_port(void)
+{
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t n = sizeof(a);
+        int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+        bind(fd, (struct sockaddr *)&a, sizeof(a));
+        getsockname(fd, (struct sockaddr *)&a, &n);
+        port = ntohs(a.sin_port);
+        close(fd);
+        return port;
+}
+
+/* Whether GET path on 127.0.0.1:port answers 200. */
+static bool http_ok(int port, const char *path)
+{
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        char req[256], resp[64] = {0};
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        bool ok = false;
+
+        if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
+                snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
+                if (write(fd, req, strlen(req)) > 0 && read(fd, resp, sizeof(resp) - 1) > 12)
+                        ok = strncmp(resp + 9, "200", 3) == 0;
+        }
+        close(fd);
+        return ok;
+}
+
+pid_t bench_start_api(const struct bench *b, const char *const *extra, int *port)
+{
+        const char *argv[32] = {"agently", "api", "--listen", NULL, "--data-dir", b->dir};
+        char listen[64], env_db[4096];
+        size_t argc = 6;
+        pid_t pid;
+
+        *port = free_port();
+        snprintf(listen, sizeof(listen), "127.0.0.1:%d", *port);
+        snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", b->owner_conninfo);
+        argv[3] = listen;
+        for (; extra && *extra && argc < sizeof(argv) / sizeof(argv[0]) - 1; extra++)
+                argv[argc++] = *extra;
+        argv[argc] = NULL;
+        pid = fork();
+        if (pid < 0) {
+                perror("bench: fork");
+                exit(1);
+        }
+        if (pid == 0) {
+                putenv(env_db);
+                setenv("AGENTLY_LOG_LEVEL", "warn", 1);
+                execv(AGENTLY_BINARY, (char *const *)argv);
+                _exit(127);
+        }
+        for (int i = 0; i < 300; i++) {
+                if (http_ok(*port, "/readyz"))
+                        return pid;
+                bench_sleep_ms(100);
+        }
+        fprintf(stderr, "bench: agently api did not answer on %s\n", listen);
+        bench_stop_worker(pid);
+        exit(1);
 }
 
 static void ignore_notice(void *arg, const char *message)

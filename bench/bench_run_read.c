@@ -20,14 +20,9 @@
  */
 #include "bench.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -60,19 +55,6 @@ static char *value(PGconn *c, const char *sql)
         v = strdup(PQgetvalue(r, 0, 0));
         PQclear(r);
         return v;
-}
-
-static int free_port(void)
-{
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t n = sizeof(a);
-        int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-        bind(fd, (struct sockaddr *)&a, sizeof(a));
-        getsockname(fd, (struct sockaddr *)&a, &n);
-        port = ntohs(a.sin_port);
-        close(fd);
-        return port;
 }
 
 /* A run of workflow `wf` with `items` items per map (0: the small run of three transform
@@ -198,7 +180,7 @@ void bench_run_read(const struct bench *b)
 {
         char token[AUTH_TOKEN_LEN + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1], hex[2 + 64 + 1];
         unsigned char hash[AUTH_TOKEN_HASH_BYTES];
-        char sql[1024], listen[64], env_db[4096], base[64], auth[AUTH_TOKEN_LEN + 32];
+        char sql[1024], base[64], auth[AUTH_TOKEN_LEN + 32];
         char u_small[256], u_big[256], u_events[256], u_nodes[256];
         char u_small_lean[256], u_lean[256], u_last[256];
         double small[SAMPLES], big[SAMPLES], events[SAMPLES], nodes[SAMPLES], select1[SAMPLES];
@@ -235,18 +217,9 @@ void bench_run_read(const struct bench *b)
         bench_report("run_read_events", "%s (written in %.1f s)", last,
                      (double)(bench_now_us() - t0) / 1e6);
 
-        int port = free_port();
-        snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
+        int port;
+        pid_t api = bench_start_api(b, NULL, &port);
         snprintf(base, sizeof(base), "http://127.0.0.1:%d", port);
-        snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", b->owner_conninfo);
-        pid_t api = fork();
-        if (api == 0) {
-                putenv(env_db);
-                setenv("AGENTLY_LOG_LEVEL", "warn", 1);
-                execl(AGENTLY_BINARY, "agently", "api", "--listen", listen, "--data-dir", b->dir,
-                      (char *)NULL);
-                _exit(127);
-        }
 
         CURL *h = curl_easy_init();
         struct curl_slist *hdr = NULL;
@@ -264,13 +237,7 @@ void bench_run_read(const struct bench *b)
         snprintf(u_small_lean, sizeof(u_small_lean), "%s/v1/runs/%s?items=false", base, small_run);
         snprintf(u_lean, sizeof(u_lean), "%s/v1/runs/%s?items=false", base, big_run);
         snprintf(u_last, sizeof(u_last), "%s/v1/runs/%s/events?last=200", base, big_run);
-        bool up = false;
-        for (int i = 0; i < 300 && !up; i++) {
-                up = timed_get(h, u_small, NULL) >= 0;
-                if (!up)
-                        usleep(100 * 1000);
-        }
-        if (!up) {
+        if (timed_get(h, u_small, NULL) < 0) {
                 fprintf(stderr, "bench: run-read: agently api did not answer on %s\n", base);
                 exit(1);
         }
@@ -313,8 +280,7 @@ void bench_run_read(const struct bench *b)
 
         curl_slist_free_all(hdr);
         curl_easy_cleanup(h);
-        kill(api, SIGTERM);
-        waitpid(api, NULL, 0);
+        bench_stop_worker(api);
         free(user);
         free(small_run);
         free(big_run);

@@ -16,13 +16,11 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "auth_token.h"
@@ -54,19 +52,6 @@ struct sse_bench {
         pthread_mutex_t lock;
 };
 
-static int free_port(void)
-{
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t n = sizeof(a);
-        int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-        bind(fd, (struct sockaddr *)&a, sizeof(a));
-        getsockname(fd, (struct sockaddr *)&a, &n);
-        port = ntohs(a.sin_port);
-        close(fd);
-        return port;
-}
-
 static void must(PGconn *c, const char *sql)
 {
         PGresult *r = PQexec(c, sql);
@@ -76,24 +61,6 @@ static void must(PGconn *c, const char *sql)
                 exit(1);
         }
         PQclear(r);
-}
-
-static bool http_ok(int port, const char *path)
-{
-        struct sockaddr_in a = {.sin_family = AF_INET,
-                                .sin_port = htons((uint16_t)port),
-                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        char req[256], resp[64] = {0};
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        bool ok = false;
-
-        if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
-                snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
-                if (write(fd, req, strlen(req)) > 0 && read(fd, resp, sizeof(resp) - 1) > 12)
-                        ok = strncmp(resp + 9, "200", 3) == 0;
-        }
-        close(fd);
-        return ok;
 }
 
 static void *writer_main(void *arg)
@@ -197,7 +164,7 @@ void bench_sse(const struct bench *b)
                               .write_ms = b->quick ? 5000 : b->duration_ms * 2};
         char token[AUTH_TOKEN_LEN + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1], hex[2 + 64 + 1];
         unsigned char hash[AUTH_TOKEN_HASH_BYTES];
-        char sql[1024], listen[64], env_db[4096];
+        char sql[1024];
         struct rlimit rl;
         PGconn *c = bench_connect(b);
 
@@ -234,19 +201,10 @@ void bench_sse(const struct bench *b)
         }
         PQclear(ids);
 
-        int port = free_port();
-        snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
-        snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", b->owner_conninfo);
-        pid_t api = fork();
-        if (api == 0) {
-                putenv(env_db);
-                setenv("AGENTLY_LOG_LEVEL", "warn", 1);
-                execl(AGENTLY_BINARY, "agently", "api", "--listen", listen, "--data-dir", b->dir,
-                      "--max-connections", "4000", "--per-ip-connections", "4000", (char *)NULL);
-                _exit(127);
-        }
-        for (int i = 0; i < 300 && !http_ok(port, "/readyz"); i++)
-                usleep(100 * 1000);
+        int port;
+        pid_t api = bench_start_api(
+            b, (const char *[]){"--max-connections", "4000", "--per-ip-connections", "4000", NULL},
+            &port);
 
         /* open the streams: 10 per run */
         int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -335,8 +293,7 @@ void bench_sse(const struct bench *b)
                 if (cl[i].fd > 0)
                         close(cl[i].fd);
         close(ep);
-        kill(api, SIGTERM);
-        waitpid(api, NULL, 0);
+        bench_stop_worker(api);
         free(cl);
         free(s.delays_us);
         free(s.commit_us);
