@@ -235,6 +235,32 @@ int wf_plan_then(const struct wf_workflow *wf, const json_t *snapshot, json_t **
                  json_t **then);
 
 /*
+ * Planning a run whose snapshot is kept between plans (plan_cache.c). A worker that keeps a
+ * held run's snapshot in memory and updates it with its own writes (src/worker) plans a
+ * map in O(items whose record changed) instead of O(items): the cache, one per run,
+ * remembers the state of every map item as of the last plan over the same snapshot.nodes
+ * object (the same json_t, held by the cache). The contract: between two plans with one
+ * cache, every record set in that nodes object is noted with wf_plan_cache_note() (the
+ * record must be an object, as in any snapshot); a snapshot with another nodes object
+ * (read again) makes the cache start afresh, and so does another workflow. Planning with a
+ * cache yields exactly the actions wf_plan_then() yields for the same snapshot.
+ * The cache is the caller's: one run, one thread at a time.
+ */
+struct wf_plan_cache;
+
+/* NULL on allocation failure. */
+struct wf_plan_cache *wf_plan_cache_new(void);
+/* Accepts NULL. */
+void wf_plan_cache_free(struct wf_plan_cache *cache);
+/* The record of node_id ("fan[12]", or any other id) in the cached snapshot.nodes changed.
+ * Accepts a NULL cache. Never fails: a note it cannot keep makes the next plan read every
+ * item of that map again. */
+void wf_plan_cache_note(struct wf_plan_cache *cache, const char *node_id);
+/* wf_plan_then() through cache (NULL: wf_plan_then() itself). */
+int wf_plan_then_cached(const struct wf_workflow *wf, const json_t *snapshot,
+                        struct wf_plan_cache *cache, json_t **actions, json_t **then);
+
+/*
  * Decides what follows a failed attempt of node_id (static or dynamic id). error:
  *   {"class": one of the failure classes of docs/workflows.md (connect, network, timeout,
  *    http_429, http_4xx, http_5xx, http_status, too_large, error, interrupted; anything

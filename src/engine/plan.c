@@ -49,6 +49,7 @@ struct wf_plan_ctx {
         char *escalated_id; /* malloc'd */
         const json_t *escalated_error;
         json_t **then; /* wf_plan_then: the wait that follows executes alone (or NULL) */
+        struct wf_plan_cache *cache; /* wf_plan_then_cached: the maps' item states, or NULL */
 };
 
 /* ---- small helpers ---- */
@@ -1031,11 +1032,130 @@ static int fail_composite(struct wf_plan_ctx *p, const struct wf_node *n, const 
         return emit_fail(p, n->id, 1, e);
 }
 
-int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n)
+/* The state of map item i (its record read again), kept in m. */
+static void map_classify(struct wf_plan_ctx *p, const struct wf_node *n, struct wf_map_memo *m,
+                         size_t i, char *id, size_t size, size_t base)
+{
+        enum state st = leaf_state(n->body, item_lookup(p, id, size, n->id, base, i));
+
+        m->counts[m->states[i]]--;
+        m->states[i] = (unsigned char)st;
+        m->counts[st]++;
+        if (st == ST_PENDING && i < m->next_new)
+                m->next_new = i;
+}
+
+/*
+ * Pass 1 of a map: every item's state in m, its counts and the first pending item. Each
+ * item is looked up once — or, with a plan cache over the same snapshot.nodes, only the
+ * items noted since the last plan (a 10,000-item map is planned every loop turn of its
+ * run, and a turn changes the records of the few items that finished or started).
+ */
+static int map_states(struct wf_plan_ctx *p, const struct wf_node *n, struct wf_map_memo *m,
+                      json_t *items, size_t count, char *id, size_t size, size_t base)
+{
+        if (m->items != items || m->count != count || !m->states) {
+                int r = wf_map_memo_reset(m, items, count);
+                if (r < 0)
+                        return r;
+        }
+        if (m->all_dirty) {
+                memset(m->counts, 0, sizeof(m->counts));
+                m->next_new = count;
+                for (size_t i = 0; i < count; i++) {
+                        enum state st =
+                            leaf_state(n->body, item_lookup(p, id, size, n->id, base, i));
+                        m->states[i] = (unsigned char)st;
+                        m->counts[st]++;
+                        if (st == ST_PENDING && m->next_new == count)
+                                m->next_new = i;
+                }
+                m->all_dirty = false;
+        } else {
+                for (size_t k = 0; k < m->ndirty; k++)
+                        map_classify(p, n, m, m->dirty[k], id, size, base);
+                while (m->next_new < count && m->states[m->next_new] != ST_PENDING)
+                        m->next_new++;
+        }
+        m->ndirty = 0;
+        return 0;
+}
+
+/* Passes 2 and 3 of a map whose item states m holds: the first item failed for good (in
+ * index order) fails it or asks for a person; all finished completes it with their
+ * outputs; otherwise the running items are driven and new ones started up to the
+ * concurrency. */
+static int map_items(struct wf_plan_ctx *p, const struct wf_node *n, const struct wf_map_memo *m,
+                     const json_t *items, char *id, size_t size, size_t base)
 {
         const struct wf_node *t = n->body;
+        size_t count = m->count;
+        size_t running = m->counts[ST_ACTIVE];
+        size_t finished = m->counts[ST_DONE] + m->counts[ST_SKIPPED] + m->counts[ST_TOLERATED];
+        int r;
+
+        if (m->counts[ST_FAILED] || m->counts[ST_ESCALATED]) {
+                for (size_t i = 0; i < count; i++) {
+                        if (m->states[i] != ST_FAILED && m->states[i] != ST_ESCALATED)
+                                continue;
+                        const json_t *rec = item_lookup(p, id, size, n->id, base, i);
+                        return m->states[i] == ST_FAILED ? fail_composite(p, n, id, rec)
+                                                         : note_escalation(p, id, rec);
+                }
+        }
+        if (finished == count) {
+                json_t *out = json_array();
+                if (!out)
+                        return p->error = -ENOMEM;
+                for (size_t i = 0; i < count; i++) {
+                        const json_t *rec = item_lookup(p, id, size, n->id, base, i);
+                        json_t *o = !strcmp(rec_status(rec), "completed") ? rec_get(rec, "output")
+                                                                          : json_null();
+                        if (json_array_append(out, o) < 0) {
+                                json_decref(out);
+                                return p->error = -ENOMEM;
+                        }
+                }
+                return emit_complete(p, n->id, out);
+        }
+
+        /* drive the running items and start new ones up to the concurrency: every item
+         * below next_new has a record, so the first pending ones are the next to start */
+        size_t slots = running < (size_t)n->concurrency ? (size_t)n->concurrency - running : 0;
+        size_t seen = 0;
+        for (size_t i = 0; i < count && !p->error; i++) {
+                if (slots == 0 && seen == running)
+                        break;
+                enum state st = (enum state)m->states[i];
+                if (st == ST_ACTIVE)
+                        seen++;
+                else if (st != ST_PENDING || slots == 0)
+                        continue;
+                const json_t *rec = item_lookup(p, id, size, n->id, base, i);
+                _cleanup_json_ json_t *index = json_integer((json_int_t)i);
+                if (!index)
+                        return p->error = -ENOMEM;
+                struct wf_scope s = p->scope;
+                s.item = json_array_get(items, i);
+                s.index = index;
+                struct wf_leaf l = {.node = t, .id = id, .record = rec, .scope = &s};
+                if (st == ST_ACTIVE) {
+                        r = drive_leaf(p, &l);
+                } else {
+                        slots--;
+                        r = t->kind->start(p, &l, 1, false);
+                }
+                if (r < 0 && p->error)
+                        return p->error;
+        }
+        return p->error;
+}
+
+int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n)
+{
         struct wf_expr_error err = {0};
         _cleanup_json_ json_t *items = NULL;
+        struct wf_map_memo local = {.node = n, .all_dirty = true}, *m = &local;
         char id[96];
         int r = wf_expr_eval_scope(n->items, &p->scope, &items, &err);
 
@@ -1062,80 +1182,20 @@ int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n)
                                             count, WF_MAX_MAP_ITEMS));
 
         /* pass 1: classify (no actions), so a failed item stops the map before anything
-         * else is started. Each item is looked up once: its record and state are kept for
-         * pass 2 (a 10,000-item map is planned every loop turn of its run) */
-        _cleanup_free_ const json_t **recs = count ? calloc(count, sizeof(*recs)) : NULL;
-        _cleanup_free_ unsigned char *states = count ? malloc(count) : NULL;
-        size_t running = 0, finished = 0, next_new = count, last_active = 0;
+         * else is started */
         size_t base = strlen(n->id);
-        if (count && (!recs || !states))
-                return p->error = -ENOMEM;
         if (base + 24 > sizeof(id))
                 base = 0; /* an id this long cannot have items; item_id() says so */
-        for (size_t i = 0; i < count; i++) {
-                const json_t *rec = item_lookup(p, id, sizeof(id), n->id, base, i);
-                enum state st = leaf_state(t, rec);
-                recs[i] = rec;
-                states[i] = (unsigned char)st;
-                switch (st) {
-                case ST_PENDING:
-                        if (next_new == count)
-                                next_new = i;
-                        break;
-                case ST_ACTIVE:
-                        running++;
-                        last_active = i;
-                        break;
-                case ST_FAILED:
-                        return fail_composite(p, n, id, rec);
-                case ST_ESCALATED:
-                        return note_escalation(p, id, rec);
-                default:
-                        finished++;
-                }
+        if (p->cache && !(m = wf_plan_cache_map(p->cache, n)))
+                return p->error = -ENOMEM;
+        r = map_states(p, n, m, items, count, id, sizeof(id), base);
+        if (r < 0) {
+                wf_map_memo_clear(&local);
+                return p->error = r;
         }
-        if (finished == count) {
-                json_t *out = json_array();
-                if (!out)
-                        return p->error = -ENOMEM;
-                for (size_t i = 0; i < count; i++) {
-                        const json_t *rec = recs[i];
-                        json_t *o = !strcmp(rec_status(rec), "completed") ? rec_get(rec, "output")
-                                                                          : json_null();
-                        if (json_array_append(out, o) < 0) {
-                                json_decref(out);
-                                return p->error = -ENOMEM;
-                        }
-                }
-                return emit_complete(p, n->id, out);
-        }
-
-        /* pass 2: drive the running items and start new ones up to the concurrency */
-        size_t slots = running < (size_t)n->concurrency ? (size_t)n->concurrency - running : 0;
-        for (size_t i = 0; i < count && !p->error; i++) {
-                if (slots == 0 && (running == 0 || i > last_active))
-                        break;
-                enum state st = (enum state)states[i];
-                if (st != ST_ACTIVE && !(st == ST_PENDING && slots > 0 && i >= next_new))
-                        continue;
-                const json_t *rec = item_lookup(p, id, sizeof(id), n->id, base, i);
-                _cleanup_json_ json_t *index = json_integer((json_int_t)i);
-                if (!index)
-                        return p->error = -ENOMEM;
-                struct wf_scope s = p->scope;
-                s.item = json_array_get(items, i);
-                s.index = index;
-                struct wf_leaf l = {.node = t, .id = id, .record = rec, .scope = &s};
-                if (st == ST_ACTIVE) {
-                        r = drive_leaf(p, &l);
-                } else {
-                        slots--;
-                        r = t->kind->start(p, &l, 1, false);
-                }
-                if (r < 0 && p->error)
-                        return p->error;
-        }
-        return p->error;
+        r = map_items(p, n, m, items, id, sizeof(id), base);
+        wf_map_memo_clear(&local);
+        return r;
 }
 
 int wf_plan_loop(struct wf_plan_ctx *p, const struct wf_node *n)
@@ -1227,7 +1287,8 @@ int wf_plan_loop(struct wf_plan_ctx *p, const struct wf_node *n)
 
 /* ---- the whole run ---- */
 
-static bool snapshot_ok(const json_t *snap)
+/* records: check every node record too (not when a plan cache already knows them) */
+static bool snapshot_ok(const json_t *snap, bool records)
 {
         const json_t *nodes = json_object_get(snap, "nodes");
         const char *k;
@@ -1238,6 +1299,8 @@ static bool snapshot_ok(const json_t *snap)
                 return false;
         if (nodes && !json_is_object(nodes))
                 return false;
+        if (!records)
+                nodes = NULL;
         json_object_foreach ((json_t *)nodes, k, v)
                 if (!json_is_object(v))
                         return false;
@@ -1591,16 +1654,31 @@ int wf_plan(const struct wf_workflow *wf, const json_t *snapshot, json_t **actio
 int wf_plan_then(const struct wf_workflow *wf, const json_t *snapshot, json_t **actions,
                  json_t **then)
 {
+        return wf_plan_then_cached(wf, snapshot, NULL, actions, then);
+}
+
+int wf_plan_then_cached(const struct wf_workflow *wf, const json_t *snapshot,
+                        struct wf_plan_cache *cache, json_t **actions, json_t **then)
+{
         struct wf_plan_ctx p = {.wf = wf, .then = then};
         _cleanup_json_ json_t *empty = NULL;
+        bool known = false;
         int r;
 
         *actions = NULL;
         if (then)
                 *then = NULL;
-        if (!wf || !snapshot_ok(snapshot))
+        /* a cache over this very nodes object has seen its records (the caller notes every
+         * one it sets): they are not all checked again */
+        if (cache && json_is_object(snapshot))
+                known = wf_plan_cache_knows(cache, wf, json_object_get(snapshot, "nodes"));
+        if (!wf || !snapshot_ok(snapshot, !known))
                 return -EINVAL;
         p.nodes = json_object_get(snapshot, "nodes");
+        if (cache && p.nodes) {
+                wf_plan_cache_begin(cache, wf, p.nodes);
+                p.cache = cache;
+        }
         if (!p.nodes) {
                 empty = json_object();
                 if (!empty)

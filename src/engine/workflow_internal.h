@@ -209,4 +209,34 @@ int wf_plan_approval_resume(struct wf_plan_ctx *p, const struct wf_leaf *l);
 int wf_plan_noop_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                        bool reexecution);
 int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n);
+
+/* ---- The plan cache (plan_cache.c; engine.h, wf_plan_then_cached) ---- */
+
+/* What a cache keeps of one map between plans: each item's state (plan.c's enum state) as
+ * of the last plan, and the items noted since. */
+struct wf_map_memo {
+        const struct wf_node *node; /* the map */
+        json_t *items;              /* the items array the states describe (held), or NULL */
+        size_t count;
+        unsigned char *states; /* per item */
+        size_t counts[8];      /* items per state */
+        size_t next_new;       /* no item below it is pending */
+        size_t *dirty;         /* items noted since the last plan */
+        size_t ndirty, dirty_cap;
+        bool all_dirty; /* every item must be read again (new, or a note it could not keep) */
+};
+
+/* Whether c describes this very snapshot.nodes object of wf (its records were seen). */
+bool wf_plan_cache_knows(const struct wf_plan_cache *c, const struct wf_workflow *wf,
+                         const json_t *nodes);
+/* Starts a plan with c over snapshot.nodes `nodes` (an object): unless c knows it, c starts
+ * afresh, holding nodes. */
+void wf_plan_cache_begin(struct wf_plan_cache *c, const struct wf_workflow *wf,
+                         const json_t *nodes);
+/* The memo of map n (empty when new); NULL on allocation failure. */
+struct wf_map_memo *wf_plan_cache_map(struct wf_plan_cache *c, const struct wf_node *n);
+/* Makes m describe `count` items of `items` (held), all still to be read. 0 or -ENOMEM. */
+int wf_map_memo_reset(struct wf_map_memo *m, json_t *items, size_t count);
+/* Frees what m holds (not m). */
+void wf_map_memo_clear(struct wf_map_memo *m);
 int wf_plan_loop(struct wf_plan_ctx *p, const struct wf_node *n);

@@ -95,6 +95,7 @@ struct run {
         bool preload_cancel, preload_pause;
         json_t *kept; /* its snapshot after its last turn, with that turn's writes (held runs stay
                          in memory, see snapshot_keep); NULL: the next turn reads it whole */
+        struct wf_plan_cache *plan_cache; /* its maps' item states between plans (engine.h) */
         int64_t deadline_ms; /* database ms: the workflow's timeout ends the run then; -1 none */
         bool fresh; /* claimed in the open turn's transaction: its rows are locked by the claim,
                        and it is not renewed before that transaction commits (held_publish) */
@@ -238,6 +239,7 @@ static void run_drop(struct worker *w, struct run *r)
         json_decref(r->announce_data);
         json_decref(r->preload);
         json_decref(r->kept);
+        wf_plan_cache_free(r->plan_cache);
         if (r->prev)
                 r->prev->next = r->next;
         else
@@ -906,8 +908,8 @@ static enum step step_pause(struct worker *w, struct run *run)
  * same transaction, same now()). Only the simple records are mirrored; anything else
  * (failures, child runs) makes the next round reload.
  */
-static int snapshot_note(json_t *snapshot, const char *node, const char *status, int attempt,
-                         json_t *output, const json_t *input)
+static int snapshot_note(struct run *run, json_t *snapshot, const char *node, const char *status,
+                         int attempt, json_t *output, const json_t *input)
 {
         json_t *nodes = json_object_get(snapshot, "nodes");
         json_t *old = json_object_get(nodes, node);
@@ -928,6 +930,8 @@ static int snapshot_note(json_t *snapshot, const char *node, const char *status,
                 if ((v = json_object_get(input, "event")))
                         json_object_set(rec, "event", v);
         }
+        /* the plan cache reads this item again at the next plan (wf_plan_then_cached) */
+        wf_plan_cache_note(run->plan_cache, node);
         return json_object_set_new(nodes, node, rec) < 0 ? -ENOMEM : 0;
 }
 
@@ -1025,7 +1029,7 @@ static enum step act_complete(struct worker *w, struct run *run, struct round *r
 
         if (r <= 0)
                 return step_failed(w, run, r, act);
-        if (snapshot_note(rd->snapshot, node, skip ? "skipped" : "completed",
+        if (snapshot_note(run, rd->snapshot, node, skip ? "skipped" : "completed",
                           snapshot_attempt(rd->snapshot, node),
                           skip ? NULL : json_object_get(a, "output"), NULL) < 0)
                 rd->reload = true;
@@ -1063,7 +1067,7 @@ static enum step act_execute(struct worker *w, struct run *run, struct round *rd
         n = json_array_size(run->to_start);
         if (n > 0 && strcmp(jstr(json_array_get(run->to_start, n - 1), "node"), node) == 0) {
                 /* started here: mirror the START mark and in_flight */
-                if (snapshot_note(rd->snapshot, node, "started", jint(a, "attempt", 1), NULL,
+                if (snapshot_note(run, rd->snapshot, node, "started", jint(a, "attempt", 1), NULL,
                                   NULL) < 0 ||
                     json_array_append_new(json_object_get(rd->snapshot, "in_flight"),
                                           json_string(node)) < 0)
@@ -1111,7 +1115,7 @@ static enum step act_wait_node(struct worker *w, struct run *run, struct round *
                        NULL);
         if (r <= 0)
                 return step_failed(w, run, r, act);
-        if (snapshot_note(rd->snapshot, node, "waiting", attempt, NULL, in) < 0)
+        if (snapshot_note(run, rd->snapshot, node, "waiting", attempt, NULL, in) < 0)
                 rd->reload = true;
         rd->progress = true;
         return STEP_NEXT;
@@ -1300,7 +1304,11 @@ static enum step run_step(struct worker *w, struct run *run, json_t **snapp)
         }
         if (pause)
                 return step_pause(w, run);
-        if (wf_plan_then(run->wf, rd.snapshot, &actions, &then) < 0)
+        /* a held run's maps are planned from the item states its cache kept (O(items whose
+         * record changed), not O(items)); without a cache it plans all the same */
+        if (!run->plan_cache)
+                run->plan_cache = wf_plan_cache_new();
+        if (wf_plan_then_cached(run->wf, rd.snapshot, run->plan_cache, &actions, &then) < 0)
                 return step_fail_run(w, run, "could not plan the run");
 
         json_array_foreach (actions, i, a) {
@@ -1531,8 +1539,8 @@ static void write_completions(struct worker *w, struct run *run)
                  * final status) is read back */
                 if (r <= 0 || !c->output ||
                     (run->kept &&
-                     snapshot_note(run->kept, c->node, "completed", c->attempt < 1 ? 1 : c->attempt,
-                                   c->output, NULL) < 0))
+                     snapshot_note(run, run->kept, c->node, "completed",
+                                   c->attempt < 1 ? 1 : c->attempt, c->output, NULL) < 0))
                         snapshot_forget(run);
                 run->completions = c->next;
                 free(c->node);

@@ -906,6 +906,130 @@ static void map_of_ten_thousand_items_completes_fast(void **state)
         wf_free(wf);
 }
 
+/* One step of a_plan_cache_plans_as_without_it: plans snap without and with the cache and
+ * asserts both give the same actions and the same `then`; returns the actions. */
+static json_t *plan_both(const struct wf_workflow *wf, const json_t *snap,
+                         struct wf_plan_cache *cache)
+{
+        json_t *actions = NULL, *then = NULL, *cached = NULL, *cached_then = NULL;
+
+        assert_int_equal(wf_plan_then(wf, snap, &actions, &then), 0);
+        assert_int_equal(wf_plan_then_cached(wf, snap, cache, &cached, &cached_then), 0);
+        assert_json_equal(cached, actions);
+        if (then || cached_then) {
+                assert_non_null(then);
+                assert_non_null(cached_then);
+                assert_json_equal(cached_then, then);
+        }
+        json_decref(cached);
+        json_decref(then);
+        json_decref(cached_then);
+        return actions;
+}
+
+static uint64_t lcg(uint64_t *seed)
+{
+        *seed = *seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        return *seed >> 33;
+}
+
+/*
+ * A run kept in memory is planned through a plan cache (the worker's held runs): every
+ * plan must equal the plan without it, whatever happens to the items — finished out of
+ * order, failed and retried, failed for good under each on_failure, the snapshot read
+ * again (a new nodes object) in between. Every record the stand-in sets is noted, as the
+ * worker's are.
+ */
+static void a_plan_cache_plans_as_without_it(void **state)
+{
+        static const char *const policies[] = {"continue", "fail", "escalate"};
+
+        for (size_t k = 0; k < 3; k++) {
+                char def[1024];
+                snprintf(
+                    def, sizeof(def),
+                    "{\"name\":\"cache\",\"nodes\":["
+                    "{\"id\":\"a\",\"type\":\"map\",\"items\":\"input.xs\",\"concurrency\":13,"
+                    "\"node\":{\"type\":\"http\",\"request\":{\"url\":\"http://x/${ index }\"},"
+                    "\"retry\":{\"max_attempts\":3,\"initial_delay\":\"1s\"},"
+                    "\"on_failure\":\"%s\"}},"
+                    "{\"id\":\"b\",\"type\":\"map\",\"items\":\"input.ys\",\"concurrency\":4,"
+                    "\"after\":[\"a\"],\"node\":{\"type\":\"http\",\"request\":{"
+                    "\"url\":\"http://y/${ item }\"},\"on_failure\":\"continue\"}},"
+                    "{\"id\":\"n\",\"type\":\"transform\",\"after\":[\"b\"],"
+                    "\"output\":\"${ len(nodes.a.output) + len(nodes.b.output) }\"}]}",
+                    policies[k]);
+                struct wf_workflow *wf = parse(def);
+                struct wf_plan_cache *cache = wf_plan_cache_new();
+                _cleanup_json_ json_t *snap = new_snapshot(NULL);
+                _cleanup_json_ json_t *e503 =
+                    json_pack("{s:s,s:i}", "class", "http_5xx", "status", 503);
+                _cleanup_json_ json_t *e404 =
+                    json_pack("{s:s,s:i}", "class", "http_4xx", "status", 404);
+                json_t *xs = json_array(), *ys = json_array();
+                uint64_t seed = 42 + k;
+                int steps = 0, failed_for_good = 0;
+                const char *end = NULL;
+
+                assert_non_null(cache);
+                for (int i = 0; i < 300; i++)
+                        json_array_append_new(xs, json_integer(i));
+                for (int i = 0; i < 30; i++)
+                        json_array_append_new(ys, json_integer(i * 7));
+                json_object_set_new(json_object_get(snap, "input"), "xs", xs);
+                json_object_set_new(json_object_get(snap, "input"), "ys", ys);
+                for (; steps < 20000 && !end; steps++) {
+                        json_t *actions = plan_both(wf, snap, cache);
+                        const char *first = action_name(json_array_get(actions, 0));
+                        size_t i;
+                        json_t *a;
+
+                        if (is_terminal_plan(actions) && strcmp(first, "wait") != 0) {
+                                end = !strcmp(first, "finish") ? "finish" : "needs_input";
+                                json_decref(actions);
+                                break;
+                        }
+                        if (strcmp(first, "wait") != 0)
+                                apply(wf, snap, actions);
+                        json_array_foreach (actions, i, a)
+                                wf_plan_cache_note(cache,
+                                                   json_string_value(json_object_get(a, "node")));
+                        json_decref(actions);
+
+                        /* some requests end, in any order: most complete, some fail */
+                        json_t *f = json_object_get(snap, "in_flight");
+                        for (size_t n = lcg(&seed) % 6; n > 0 && json_array_size(f) > 0; n--) {
+                                char id[32];
+                                uint64_t roll = lcg(&seed) % 100;
+                                snprintf(id, sizeof(id), "%s",
+                                         json_string_value(
+                                             json_array_get(f, lcg(&seed) % json_array_size(f))));
+                                if (roll < 10) {
+                                        fail_attempt(wf, snap, id, attempt_of(snap, id), e503,
+                                                     lcg(&seed));
+                                } else if (roll < 12 && steps > 60 && failed_for_good < 3) {
+                                        fail_attempt(wf, snap, id, attempt_of(snap, id), e404, 0);
+                                        failed_for_good++;
+                                } else {
+                                        finish_execute(snap, id, "\"ok\"");
+                                }
+                                wf_plan_cache_note(cache, id);
+                        }
+                        advance(snap, (int64_t)(lcg(&seed) % 700));
+                        /* now and then the snapshot is read again: a new nodes object */
+                        if (lcg(&seed) % 17 == 0)
+                                json_object_set_new(snap, "nodes",
+                                                    json_deep_copy(json_object_get(snap, "nodes")));
+                }
+                assert_non_null(end);
+                if (k == 0)
+                        assert_string_equal(end, "finish");
+                assert_int_gt(steps, 60);
+                wf_plan_cache_free(cache);
+                wf_free(wf);
+        }
+}
+
 static void map_edge_cases(void **state)
 {
         struct wf_workflow *wf;
@@ -1463,6 +1587,7 @@ int main(void)
             cmocka_unit_test(executes_alone_hand_out_the_wait_that_follows),
             cmocka_unit_test(map_of_ten_thousand_items_completes_fast),
             cmocka_unit_test(map_edge_cases),
+            cmocka_unit_test(a_plan_cache_plans_as_without_it),
             cmocka_unit_test(loop_runs_until_its_condition),
             cmocka_unit_test(sleep_for_a_duration_and_until_a_time),
             cmocka_unit_test(wait_event_keeps_early_signals_and_times_out),
