@@ -60,17 +60,30 @@ static char *agent_run(PGconn *owner, const char *run, const char *parent)
                              parent ? "'" : "", parent ? parent : "NULL", parent ? "'" : "", run);
 }
 
-/* One LLM call's usage recorded on an agent run, as the worker records it (its own role). */
+/* One LLM call's usage recorded on an agent run as the worker records it (its own role):
+ * through agently_agent_write() (0029), fenced on the run's lease (held() below). */
 static void record_call(PGconn *worker, const char *agent, long in, long out, const char *cost,
                         int tools)
 {
-        char sql[512];
+        assert_db_equal("0", worker,
+                        "SELECT agently_agent_write(a.workflow_run_id, 1, a.id, 'a', 1,"
+                        " jsonb_build_array(jsonb_build_object('tokens_in', %ld, 'tokens_out', %ld,"
+                        " 'cost', %s, 'tool_calls', %d))) FROM agent_runs a WHERE a.id = '%s'",
+                        in, out, cost, tools, agent);
+}
 
-        snprintf(sql, sizeof(sql),
-                 "UPDATE agent_runs SET tokens_in = tokens_in + %ld, tokens_out = tokens_out + "
-                 "%ld, cost_usd = cost_usd + %s, tool_calls = tool_calls + %d WHERE id = '%s'",
-                 in, out, cost, tools, agent);
-        PQclear(test_db_must(worker, sql));
+/* The runs held by a worker's lease at epoch 1 (running), or released (queued). */
+static void held(PGconn *owner, bool running, const char *run, const char *other,
+                 const char *bo_run)
+{
+        _cleanup_free_ char *sql =
+            str_printf(running ? "UPDATE workflow_runs SET status = 'running', claimed_by = 'test',"
+                                 " lease_expires_at = now() + interval '1 hour', lease_epoch = 1,"
+                                 " started_at = now() WHERE id IN ('%s', '%s', '%s')"
+                               : "UPDATE workflow_runs SET status = 'queued', claimed_by = NULL,"
+                                 " lease_expires_at = NULL WHERE id IN ('%s', '%s', '%s')",
+                       run, other, bo_run);
+        PQclear(test_db_must(owner, sql));
 }
 
 static void costs_add_up_per_agent_run_run_and_user(void **state)
@@ -98,11 +111,13 @@ static void costs_add_up_per_agent_run_run_and_user(void **state)
         _cleanup_free_ char *child = agent_run(db, run, parent);
         _cleanup_free_ char *elsewhere = agent_run(db, other, NULL);
         _cleanup_free_ char *bos = agent_run(db, bo_run, NULL);
+        held(db, true, run, other, bo_run);
         record_call(worker, parent, 1000, 100, "0.0012", 1);
         record_call(worker, parent, 1500, 200, "0.0020", 2);
         record_call(worker, child, 300, 30, "0.0003", 0);
         record_call(worker, elsewhere, 10, 1, "0.000010", 0);
         record_call(worker, bos, 5000, 500, "0.5", 0);
+        held(db, false, run, other, bo_run);
         /* a status change alone counts nothing */
         PQclear(test_db_must(worker, "UPDATE agent_runs SET status = 'waiting'"));
 
