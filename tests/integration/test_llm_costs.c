@@ -191,6 +191,59 @@ static void costs_add_up_per_agent_run_run_and_user(void **state)
         test_rm_rf(dir);
 }
 
+/*
+ * An LLM call's journal write (agently_agent_write, 0029) writes the run row once: the
+ * fence's update takes the event seqs and adds the call's usage to the run's totals. (Until
+ * 0029 a row trigger on agent_runs updated it a second time in the same transaction, and a
+ * row this transaction wrote has its CHECK constraints and foreign keys checked again.)
+ * The rows a transaction updated are counted in pg_stat_xact_user_tables.
+ */
+static void an_llm_calls_write_updates_the_run_row_once(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *conninfo = test_db_create("llmonce");
+        PGconn *db = test_db_connect(conninfo);
+        _cleanup_free_ char *worker_ci = test_db_conninfo_as(conninfo, "agently_worker");
+        PGconn *worker = test_db_connect(worker_ci);
+        _cleanup_free_ char *ana = worker_test_user(db, "ana");
+        _cleanup_free_ char *wf = worker_test_workflow(db, ana, "w", 1, WF);
+        _cleanup_free_ char *run = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *other = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *third = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *agent = agent_run(db, run, NULL);
+
+        held(db, true, run, other, third);
+        PQclear(test_db_must(worker, "BEGIN"));
+        assert_db_equal("1", worker,
+                        "SELECT agently_agent_write('%s', 1, '%s', 'a', 1, '[{\"kind\": \"llm\","
+                        " \"request\": {}, \"response\": {}, \"sha256\": \"%064d\","
+                        " \"tokens_in\": 100, \"tokens_out\": 20, \"cost\": 0.001,"
+                        " \"llm_calls\": 1, \"events\": [{\"kind\": \"agent.llm\","
+                        " \"message\": \"llm call\"}]}]')",
+                        run, agent, 0);
+        assert_db_equal("1|1", worker,
+                        "SELECT sum(n_tup_upd) FILTER (WHERE relname = 'workflow_runs') || '|' ||"
+                        " sum(n_tup_upd) FILTER (WHERE relname = 'agent_runs')"
+                        " FROM pg_stat_xact_user_tables");
+        PQclear(test_db_must(worker, "COMMIT"));
+        /* and the totals are all there: the run's, the agent run's, the user's */
+        assert_db_equal("0.001000|100|20|1", db,
+                        "SELECT r.cost_usd::text || '|' || r.tokens_in || '|' || r.tokens_out"
+                        " || '|' || r.event_seq FROM workflow_runs r WHERE r.id = '%s'",
+                        run);
+        assert_db_equal("0.001000|100|20|1", db,
+                        "SELECT cost_usd::text || '|' || tokens_in || '|' || tokens_out || '|' ||"
+                        " llm_calls FROM agent_runs WHERE id = '%s'",
+                        agent);
+        assert_db_equal("0.001000|100|20|1", db,
+                        "SELECT sum(cost_usd)::text || '|' || sum(tokens_in) || '|' ||"
+                        " sum(tokens_out) || '|' || sum(llm_calls) FROM agently_llm_usage_counters"
+                        " WHERE user_id = '%s'",
+                        ana);
+        PQfinish(worker);
+        PQfinish(db);
+}
+
 /* End to end: a worker started with --llm-prices prices an agent's LLM call of a model the
  * shipped list does not know from the file, and the call's cost reaches the agent run, the
  * run, the user's usage and /metrics. (Without the override the model costs 0.) */
@@ -311,6 +364,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(costs_add_up_per_agent_run_run_and_user),
+            cmocka_unit_test(an_llm_calls_write_updates_the_run_row_once),
             cmocka_unit_test(a_bad_price_file_stops_the_worker),
             cmocka_unit_test(a_price_override_prices_a_real_call),
         };
