@@ -9,7 +9,8 @@
  *   effect_step_checkpoints_per_s  runs in flight of a chain of http steps to a local
  *                                  receiver: each result committed before the next step
  *   workflow_5step_p50_ms          a 5-step no-op chain run alone, started -> the commit of
- *                                  the finishing transaction (commit timestamps)
+ *                                  the finishing transaction (commit timestamps);
+ *                                  workflow_5step_commits: the same in single commits
  *   enqueue_to_start_p50/p99_ms    an idle worker, created_at -> started_at (raw INSERT),
  *                                  and through POST /v1/runs (the client's send -> started_at)
  *   map_http_items_per_s           a 10,000-item http map (concurrency 100) against the
@@ -762,7 +763,6 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
         PGresult *res = q(t.c, "INSERT INTO users (name) VALUES ('bench') RETURNING id");
         snprintf(t.user_id, sizeof(t.user_id), "%s", PQgetvalue(res, 0, 0));
         PQclear(res);
-        (void)base1c;
 
         /* 1. no-op runs claimed and completed */
         int nruns = quick ? 2000 : 10000;
@@ -823,6 +823,11 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
                 bench_report("workflow_5step_p50_ms", "%.2f (started_at -> commit of the finish)",
                              r50);
                 bench_report("workflow_5step_p99_ms", "%.2f", r99);
+                /* in units of this run's single-connection commit (1/baseline_commit_1c):
+                 * what the machine and its disk make of one commit this minute */
+                bench_report("workflow_5step_commits",
+                             "p50 %.2f p99 %.2f (x the single-connection commit, %.3f ms)",
+                             r50 * base1c / 1000, r99 * base1c / 1000, 1000 / base1c);
                 bench_report(
                     "workflow_5step_finished_at_p50_ms",
                     "%.2f (the old formula, finished_at - started_at: ends at the finishing "

@@ -350,57 +350,11 @@ static int wf_lookup(struct worker *w, const char *workflow_id, const struct wf_
  * queue row: a run not returned is lost). "nodes" — O(nodes) rows — and "input" (which
  * never changes: a 10,000-item map's items) only where whole is true; a run held in memory
  * gets the rest (what others may change: signals, children, the control requests) and
- * keeps its own nodes and input (snapshot_keep). */
+ * keeps its own nodes and input (snapshot_keep). A function (0030_worker_turn.sql):
+ * its plan is made once per session, not on every turn. */
 static const char SNAPSHOT_SQL[] =
-    "SELECT r.id, jsonb_build_object("
-    " 'run_id', r.id, 'input', CASE WHEN h.whole THEN r.input END,"
-    " 'now_ms', (extract(epoch FROM now()) * 1000)::bigint,"
-    " 'started_at_ms', (extract(epoch FROM coalesce(r.started_at, now())) * 1000)::bigint,"
-    " 'engine_state', r.engine_state, 'time_scale', r.time_scale,"
-    " 'nodes', CASE WHEN h.whole THEN coalesce((SELECT jsonb_object_agg(n.node_id,"
-    "     jsonb_build_object('status', n.status, 'attempt', n.attempt,"
-    "                        'output', n.output, 'error', n.error,"
-    "                        'started_at_ms',"
-    "                        (extract(epoch FROM n.started_at) * 1000)::bigint)"
-    "     || CASE WHEN n.status = 'waiting' AND n.input ? 'wake_at_ms'"
-    "             THEN jsonb_build_object('wake_at_ms', n.input -> 'wake_at_ms')"
-    "             ELSE '{}' END"
-    "     || CASE WHEN n.status = 'waiting' AND n.input ? 'event'"
-    "             THEN jsonb_build_object('event', n.input -> 'event')"
-    "             ELSE '{}' END"
-    "     || CASE WHEN jsonb_typeof(n.error) = 'object' AND n.error ? 'retry_at_ms'"
-    "             THEN jsonb_build_object('retry_at_ms', n.error -> 'retry_at_ms')"
-    "             ELSE '{}' END)"
-    "   FROM agently_node_latest n WHERE n.workflow_run_id = r.id), '{}') END,"
-    " 'signals', coalesce((SELECT jsonb_object_agg(s.name, s.list) FROM"
-    "   (SELECT name, jsonb_agg(jsonb_build_object('id', id, 'payload', payload)"
-    "                           ORDER BY created_at, id) AS list"
-    "    FROM signals WHERE workflow_run_id = r.id AND consumed_at IS NULL"
-    "    GROUP BY name) s), '{}'),"
-    " 'children', coalesce((SELECT jsonb_object_agg(c.parent_node_id,"
-    "     jsonb_build_object('run_id', c.id, 'status', c.status, 'output', c.output,"
-    "                        'error', c.error, 'attempt',"
-    "                        (regexp_match(c.idempotency_key, ':([0-9]+)$'))[1]::integer))"
-    "   FROM (SELECT DISTINCT ON (parent_node_id) * FROM workflow_runs"
-    "         WHERE parent_run_id = r.id AND parent_node_id IS NOT NULL"
-    "         ORDER BY parent_node_id, created_at DESC) c), '{}'),"
-    " 'approvals', coalesce((SELECT jsonb_object_agg(a.node_id,"
-    "     jsonb_build_object('id', a.id, 'attempt', a.node_attempt, 'status', a.status,"
-    "                        'decision', a.decision, 'expires_at_ms',"
-    "                        (extract(epoch FROM a.expires_at) * 1000)::bigint))"
-    "   FROM (SELECT DISTINCT ON (node_id) * FROM approvals"
-    "         WHERE workflow_run_id = r.id ORDER BY node_id, node_attempt DESC) a), '{}'),"
-    /* the stored agents' versions the run pinned when it was created (0019) */
-    " 'agents', CASE WHEN r.agent_versions = '{}' THEN '{}' ELSE coalesce((SELECT"
-    "   jsonb_object_agg(v.key, jsonb_build_object('version', a.version,"
-    "                                              'definition', a.definition))"
-    "   FROM jsonb_each(r.agent_versions) v JOIN agents a ON a.user_id = r.user_id"
-    "    AND a.name = split_part(v.key, '@', 1) AND a.version = (v.value)::integer), '{}') END"
-    "), r.cancel_requested, r.pause_requested, q.lease_epoch"
-    " FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, epoch bigint, whole boolean)"
-    " JOIN run_queue q ON q.run_id = h.id AND q.lease_epoch = h.epoch"
-    " JOIN workflow_runs r ON r.id = q.run_id"
-    " WHERE q.claimed_by IS NOT NULL";
+    "SELECT id, snapshot, cancel_requested, pause_requested, lease_epoch"
+    " FROM agently_snapshots($1::jsonb)";
 
 /* Adds what only this process knows: the nodes it is executing; notes the run's deadline
  * (recorded with each release, so it is kept while nobody holds the run). */

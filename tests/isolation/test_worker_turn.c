@@ -1,0 +1,184 @@
+/*
+ * The statements of a worker's loop turn besides the claim (0030_worker_turn.sql), driven
+ * by hand: the snapshot read (agently_snapshots, a function, so its plan is made once per
+ * session) returns what the planner needs, fenced on the queue row's epoch, whole (the
+ * run's nodes and input) or partial (for a run held in memory); a run's finishing write
+ * calls the notification trigger only when its workflow version has subscriptions.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "queue.h"
+#include "testlib.h"
+#include "worker_sink.h"
+
+struct fixture {
+        char *owner_conninfo;
+        PGconn *owner;
+        PGconn *worker;
+        char *user;
+        char *workflow;
+};
+
+static struct fixture *fixture_new(const char *name)
+{
+        struct fixture *f = calloc(1, sizeof(*f));
+        _cleanup_free_ char *worker = NULL;
+
+        f->owner_conninfo = test_db_create(name);
+        worker = test_db_conninfo_as(f->owner_conninfo, "agently_worker");
+        f->owner = test_db_connect(f->owner_conninfo);
+        f->worker = test_db_connect(worker);
+        f->user = worker_test_user(f->owner, "alice");
+        f->workflow = worker_test_workflow(f->owner, f->user, "w", 1,
+                                           "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\","
+                                           "\"type\":\"noop\"},{\"id\":\"b\",\"type\":\"noop\","
+                                           "\"after\":[\"a\"]}]}");
+        return f;
+}
+
+static void fixture_free(struct fixture *f)
+{
+        PQfinish(f->owner);
+        PQfinish(f->worker);
+        free(f->owner_conninfo);
+        free(f->user);
+        free(f->workflow);
+        free(f);
+}
+
+/* The snapshot agently_snapshots returns for one run, as text (NULL: no row). */
+static char *snapshot_of(PGconn *c, const char *run, int64_t epoch, bool whole, const char *path)
+{
+        return test_db_value(c,
+                             "SELECT s.snapshot #>> '%s' FROM agently_snapshots(jsonb_build_array("
+                             "jsonb_build_object('id', '%s', 'epoch', %lld, 'whole', %s))) s",
+                             path, run, (long long)epoch, whole ? "true" : "false");
+}
+
+/* Whole: the run's input and the latest attempt of every node; partial: neither, the rest
+ * as read now; a run not held at that epoch: no row (the worker takes it as lost). */
+static void test_snapshot_whole_partial_fenced(void **state)
+{
+        struct fixture *f = fixture_new("snap");
+        char *run = worker_test_run(f->owner, f->workflow, "{\"x\": 7}");
+        struct queue_claim q;
+        struct queue_node_write nw = {
+            .node_id = "a", .attempt = 1, .status = "completed", .worker = "A"};
+        _cleanup_json_ json_t *out = json_pack("{s:i}", "y", 2);
+        char *v;
+        int n = 0;
+
+        (void)state;
+        nw.output = out;
+        assert_int_equal(queue_claim_runs(f->worker, "A", 30000, 1, NULL, 0, &q, &n), 0);
+        assert_int_equal(n, 1);
+        PQclear(test_db_must(f->owner,
+                             "INSERT INTO signals (user_id, workflow_run_id, name, payload) "
+                             "SELECT user_id, id, 'go', '{\"k\": 1}' FROM workflow_runs"));
+
+        /* a fresh claim: no nodes yet, its input, the signal */
+        v = snapshot_of(f->worker, run, q.epoch, true, "{nodes}");
+        assert_string_equal(v, "{}");
+        free(v);
+        v = snapshot_of(f->worker, run, q.epoch, true, "{input,x}");
+        assert_string_equal(v, "7");
+        free(v);
+        v = snapshot_of(f->worker, run, q.epoch, true, "{signals,go,0,payload,k}");
+        assert_string_equal(v, "1");
+        free(v);
+
+        /* a node written: the whole read has it, the partial read has neither nodes nor
+         * input (the worker keeps its own) but what others may change */
+        assert_int_equal(queue_checkpoint_node(f->worker, q.id, q.epoch, &nw), 1);
+        v = snapshot_of(f->worker, run, q.epoch, true, "{nodes,a,status}");
+        assert_string_equal(v, "completed");
+        free(v);
+        v = snapshot_of(f->worker, run, q.epoch, true, "{nodes,a,output,y}");
+        assert_string_equal(v, "2");
+        free(v);
+        v = snapshot_of(f->worker, run, q.epoch, false, "{nodes}");
+        assert_null(v);
+        v = snapshot_of(f->worker, run, q.epoch, false, "{input}");
+        assert_null(v);
+        v = snapshot_of(f->worker, run, q.epoch, false, "{signals,go,0,payload,k}");
+        assert_string_equal(v, "1");
+        free(v);
+
+        /* fenced: another epoch is not held */
+        assert_int_equal(test_db_int(f->worker,
+                                     "SELECT count(*) FROM agently_snapshots(jsonb_build_array("
+                                     "jsonb_build_object('id', '%s', 'epoch', %lld, 'whole', "
+                                     "true)))",
+                                     run, (long long)q.epoch + 1),
+                         0);
+        free(run);
+        fixture_free(f);
+}
+
+/* Finishes run (claimed by the owner's session c) in a transaction that counts PL/pgSQL
+ * calls; returns how many times agently_run_notify was called. */
+static long long finish_counting_notify(PGconn *c, const char *run)
+{
+        struct queue_claim q;
+        long long calls;
+        int n = 0;
+
+        assert_int_equal(queue_claim_runs(c, "A", 30000, 1, NULL, 0, &q, &n), 0);
+        assert_int_equal(n, 1);
+        assert_string_equal(q.id, run);
+        PQclear(test_db_must(c, "BEGIN"));
+        PQclear(test_db_must(c, "SET LOCAL track_functions = 'pl'"));
+        assert_int_equal(queue_finish_run(c, q.id, q.epoch, "completed", NULL, NULL), 1);
+        calls = test_db_int(c, "SELECT coalesce(pg_stat_get_xact_function_calls("
+                               "'agently_run_notify'::regproc), 0)");
+        PQclear(test_db_must(c, "COMMIT"));
+        return calls;
+}
+
+/* A run of a workflow without notifications finishes without a call of the notification
+ * trigger (before 0030 each finishing run called it, and it found nothing to send); one
+ * whose workflow subscribes still gets its notification. */
+static void test_notify_only_with_subscriptions(void **state)
+{
+        struct fixture *f = fixture_new("notifies");
+        char *quiet = worker_test_run(f->owner, f->workflow, NULL);
+        char *wf =
+            worker_test_workflow(f->owner, f->user, "n", 1,
+                                 "{\"name\":\"n\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"}],"
+                                 "\"notifications\":[{\"on\":[\"completed\"],\"channel\":{\"kind\":"
+                                 "\"webhook\",\"url\":\"http://127.0.0.1:9/hook\"}}]}");
+        char *loud;
+
+        (void)state;
+        assert_db_equal("f", f->owner, "SELECT notifies FROM workflow_runs WHERE id = '%s'", quiet);
+        assert_int_equal(finish_counting_notify(f->owner, quiet), 0);
+        assert_db_equal("completed", f->owner, "SELECT status FROM workflow_runs WHERE id = '%s'",
+                        quiet);
+        assert_int_equal(test_db_int(f->owner, "SELECT count(*) FROM notifications"), 0);
+
+        loud = worker_test_run(f->owner, wf, NULL);
+        assert_db_equal("t", f->owner, "SELECT notifies FROM workflow_runs WHERE id = '%s'", loud);
+        assert_int_equal(finish_counting_notify(f->owner, loud), 1);
+        assert_int_equal(
+            test_db_int(f->owner,
+                        "SELECT count(*) FROM notifications WHERE workflow_run_id = '%s' "
+                        "AND event = 'run.completed'",
+                        loud),
+            1);
+        free(quiet);
+        free(loud);
+        free(wf);
+        fixture_free(f);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_snapshot_whole_partial_fenced),
+            cmocka_unit_test(test_notify_only_with_subscriptions),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
