@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <jansson.h>
+#include <sodium.h>
 
 #include "agent.h"
 #include "buf.h"
@@ -41,6 +42,17 @@ struct agent_journal_entry {
         json_t *request;  /* as stored (an llm request's messages as a delta) */
         json_t *response; /* NULL: no answer yet (an ask_human question waiting) */
         bool matched;
+};
+
+/*
+ * The previous llm request an executor sent, as the worker rebuilt it (agent_request.c): an
+ * llm request with messages_from continues its messages, and its hash continues from the
+ * SHA-256 state kept here. One per executor: a new executor's first request is whole.
+ */
+struct agent_llm_base {
+        json_t *messages;               /* its whole message list, or NULL */
+        char *head;                     /* its canonical text before the first message */
+        crypto_hash_sha256_state state; /* head and every message absorbed (joined by ",") */
 };
 
 /* A request being performed live. */
@@ -108,12 +120,13 @@ struct agent_session {
         struct agent_pending *spawned; /* ... and the parent's request it answers */
         int depth;                     /* 0 for a node's agent */
 
-        json_t *last_messages;     /* the previous llm request's messages (for the delta) */
-        int last_llm_seq;          /* its journal seq, 0 for none */
-        json_t *last_assistant;    /* its answer as the next request's assistant message */
-        int64_t trace_line_us;     /* traced: the last line read from the executor */
-        int64_t trace_answered_us; /* ... the last llm answer handed to it */
-        json_t *held;              /* rows for the next journal write (agent_db_hold), or NULL */
+        struct agent_llm_base llm_base; /* the executor's previous llm request */
+        json_t *last_messages;          /* the previous llm row's messages (for the stored delta) */
+        int last_llm_seq;               /* its journal seq, 0 for none */
+        json_t *last_assistant;         /* its answer as the next request's assistant message */
+        int64_t trace_line_us;          /* traced: the last line read from the executor */
+        int64_t trace_answered_us;      /* ... the last llm answer handed to it */
+        json_t *held; /* rows for the next journal write (agent_db_hold), or NULL */
         struct runtime_http_timer *held_timer; /* ... written by then at the latest */
         int64_t held_due_ms;                   /* ... when it fires */
         bool ended;
@@ -168,6 +181,21 @@ void agent_db_hold_arm(struct agent_session *s, int64_t within_ms);
 void agent_db_hold_cancel(struct agent_session *s);
 int agent_db_set_status(struct agent_session *s, const char *status, const json_t *waiting_for,
                         const json_t *error);
+
+/* ---- agent_request.c: request hashes; an llm request as sent made whole ---- */
+/* The SHA-256 of body's canonical JSON (keys sorted, compact) as 64 hex digits. */
+int agent_request_hash(const json_t *body, char out[65]);
+/*
+ * The llm request m (a protocol message, borrowed) as the worker handles it: *body (a new
+ * reference) is m without v, id and messages_from, its request's messages the whole list
+ * (the base's first messages_from, then m's), and hash is its hash — the same whichever
+ * form was sent. b becomes this request. 0; -EINVAL with *why (malloc'd) when
+ * messages_from names more messages than the base has (b unchanged); -ENOMEM.
+ */
+int agent_llm_request_take(struct agent_llm_base *b, const json_t *m, json_t **body, char hash[65],
+                           char **why);
+/* Forgets the base (a new executor starts from whole lists). */
+void agent_llm_base_reset(struct agent_llm_base *b);
 
 /* ---- agent_tools.c ---- */
 /* The start message's tools for the session's agent's list of names (finish always). */

@@ -62,7 +62,7 @@ int agent_llm_start(struct agent_session *s, struct agent_pending *p, char **err
                 *error = strdup("stream is the worker's choice; leave it out");
                 return -EINVAL;
         }
-        req = json_deep_copy(asked);
+        req = json_copy((json_t *)asked); /* members added here; the messages are shared */
         if (!req || json_object_set_new(req, "model", json_string(model ? model : "")) < 0 ||
             json_object_set_new(req, "stream", json_true()) < 0)
                 return -ENOMEM;

@@ -203,6 +203,7 @@ static int replay_reset(struct agent_session *s)
         free(s->journal);
         s->journal = NULL;
         s->njournal = s->unmatched = 0;
+        agent_llm_base_reset(&s->llm_base);
         json_decref(s->last_messages);
         json_decref(s->last_assistant);
         s->last_messages = s->last_assistant = NULL;
@@ -366,19 +367,6 @@ static int answer_error(struct agent_session *s, const char *id, const char *kla
 
 /* ---- the journal: hashes, occurrences, replay ---- */
 
-static int request_hash(const json_t *body, char out[65])
-{
-        _cleanup_free_ char *text = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
-        unsigned char digest[crypto_hash_sha256_BYTES];
-
-        if (!text)
-                return -ENOMEM;
-        crypto_hash_sha256(digest, (const unsigned char *)text, strlen(text));
-        str_hex(digest, sizeof(digest), out);
-        out[64] = '\0';
-        return 0;
-}
-
 /* The n-th journal entry of (kind, hash), or NULL. */
 static struct agent_journal_entry *journal_find(struct agent_session *s, const char *kind,
                                                 const char *hash, int n)
@@ -419,11 +407,18 @@ static json_t *llm_request_stored(struct agent_session *s, const json_t *body)
         const json_t *req = json_object_get(body, "request");
         const json_t *msgs = json_object_get(req, "messages");
         size_t prev = json_array_size(s->last_messages);
-        json_t *stored = json_deep_copy(body), *sreq;
+        /* copies of the two objects changed here; the messages are shared, not copied */
+        json_t *stored = json_copy((json_t *)body), *sreq = json_copy((json_t *)req);
 
-        if (!stored)
+        if (!stored || !sreq) {
+                json_decref(stored);
+                json_decref(sreq);
                 return NULL;
-        sreq = json_object_get(stored, "request");
+        }
+        if (json_object_set_new(stored, "request", sreq) < 0) { /* takes sreq either way */
+                json_decref(stored);
+                return NULL;
+        }
         if (s->last_llm_seq > 0 && prev > 0 && prev <= json_array_size(msgs)) {
                 bool prefix = true;
                 for (size_t i = 0; i < prev && prefix; i++)
@@ -653,8 +648,9 @@ static void event_request(struct agent_session *s, const char *id, const json_t 
                              "4 KiB");
                 return;
         }
-        if (!body || request_hash((json_object_del(body, "v"), json_object_del(body, "id"), body),
-                                  hash) < 0) {
+        if (!body ||
+            agent_request_hash((json_object_del(body, "v"), json_object_del(body, "id"), body),
+                               hash) < 0) {
                 session_fail(s, "error", "out of memory");
                 return;
         }
@@ -902,18 +898,49 @@ static void child_done(struct agent_session *parent, struct agent_pending *p, js
         parent_check(parent);
 }
 
+/* The request without v and id (an llm request made whole: agent_request.c) and its hash;
+ * NULL when it was answered (refused) or the session failed. */
+static json_t *effect_body(struct agent_session *s, const char *id, const char *type,
+                           const json_t *m, char hash[65])
+{
+        json_t *body = NULL;
+        int r;
+
+        if (!strcmp(type, "llm")) {
+                _cleanup_free_ char *why = NULL;
+                r = agent_llm_request_take(&s->llm_base, m, &body, hash, &why);
+                if (r == -EINVAL) {
+                        answer_error(s, id, "invalid_request", why ? why : "bad messages_from");
+                        return NULL;
+                }
+        } else {
+                body = json_deep_copy(m);
+                r = body ? 0 : -ENOMEM;
+                if (body) {
+                        json_object_del(body, "v");
+                        json_object_del(body, "id");
+                        r = agent_request_hash(body, hash);
+                }
+        }
+        if (r < 0) {
+                json_decref(body);
+                session_fail(s, "error", "out of memory");
+                return NULL;
+        }
+        return body;
+}
+
 static void effect_request(struct agent_session *s, const char *id, const char *type, json_t *m)
 {
-        _cleanup_json_ json_t *body = json_deep_copy(m);
         char hash[65];
+        _cleanup_json_ json_t *body = effect_body(s, id, type, m, hash);
         struct agent_journal_entry *e;
         const char *call_id = json_string_value(json_object_get(m, "call_id"));
         int64_t n;
 
-        if (!body ||
-            request_hash((json_object_del(body, "v"), json_object_del(body, "id"), body), hash) <
-                0 ||
-            (n = occurrence_next(s, type, hash)) < 0) {
+        if (!body)
+                return;
+        if ((n = occurrence_next(s, type, hash)) < 0) {
                 session_fail(s, "error", "out of memory");
                 return;
         }
@@ -1001,8 +1028,9 @@ static void result_request(struct agent_session *s, const char *id, const json_t
         }
         _cleanup_json_ json_t *body = json_deep_copy(m);
         char hash[65];
-        if (!body || request_hash((json_object_del(body, "v"), json_object_del(body, "id"), body),
-                                  hash) < 0) {
+        if (!body ||
+            agent_request_hash((json_object_del(body, "v"), json_object_del(body, "id"), body),
+                               hash) < 0) {
                 session_fail(s, "error", "out of memory");
                 return;
         }
@@ -1473,13 +1501,16 @@ static int executor_start(struct agent_session *s, char **error)
                                     ?: "",
                                 "spawn_agent"))
                                 json_array_remove(tools, i);
+        /* features: what this worker accepts beyond the protocol's base (docs/
+         * executor-protocol.md, "Optional features"; the executor's first llm request is
+         * whole: agent_llm_base starts empty) */
         start = json_pack(
-            "{s:s, s:{s:s?, s:O?, s:O?, s:O, s:o, s:O?, s:I}, s:O?, s:i}", "type", "start", "agent",
-            "name", s->node_id, "model", json_object_get(s->agent, "model"), "system",
+            "{s:s, s:{s:s?, s:O?, s:O?, s:O, s:o, s:O?, s:I}, s:O?, s:i, s:[s]}", "type", "start",
+            "agent", "name", s->node_id, "model", json_object_get(s->agent, "model"), "system",
             json_object_get(s->agent, "system"), "prompt", json_object_get(s->agent, "prompt"),
             "tools", tools, "output_schema", json_object_get(s->agent, "output_schema"),
             "max_turns", (json_int_t)(max_turns > 0 ? max_turns : 50), "input",
-            json_object_get(s->agent, "input"), "depth", s->depth);
+            json_object_get(s->agent, "input"), "depth", s->depth, "features", "llm_messages_from");
         r = send_message(s, start);
         if (r < 0) {
                 *error = strdup("could not write the start message");

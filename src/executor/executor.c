@@ -20,6 +20,9 @@ struct session {
         FILE *in, *out, *err;
         unsigned long next_id;
         json_t *answers; /* {"id": answer} read while waiting for another id */
+        json_t *unread;  /* {"id": true}: requests whose answers are dropped when they come */
+        bool deltas;     /* the worker offers llm_messages_from */
+        size_t sent;     /* messages in the previous llm request */
         char *line;
         size_t line_cap;
 };
@@ -42,9 +45,17 @@ static int send_request(struct session *s, json_t *req, char idbuf[32])
         text = json_dumps(req, JSON_COMPACT | JSON_ENSURE_ASCII);
         if (!text)
                 return -ENOMEM;
-        if (strlen(text) >= EXECUTOR_MAX_LINE)
+        size_t n = strlen(text);
+        if (n >= EXECUTOR_MAX_LINE)
                 return fail(s, "a request is longer than the protocol's line limit");
-        if (fputs(text, s->out) < 0 || fputc('\n', s->out) < 0 || fflush(s->out) != 0)
+        /* the line and its end in one write: the worker wakes once per request */
+        char *line = realloc(text, n + 2);
+        if (!line)
+                return -ENOMEM;
+        text = line;
+        text[n] = '\n';
+        text[n + 1] = '\0';
+        if (fwrite(text, 1, n + 1, s->out) != n + 1 || fflush(s->out) != 0)
                 return fail(s, "could not write to the worker");
         return 0;
 }
@@ -91,6 +102,11 @@ static int wait_answer(struct session *s, const char *id, json_t **out)
                 if (!mid) {
                         json_decref(m);
                         return fail(s, "an answer from the worker has no id");
+                }
+                if (json_object_get(s->unread, mid)) { /* an event's: it carries nothing */
+                        json_object_del(s->unread, mid);
+                        json_decref(m);
+                        continue;
                 }
                 r = json_object_set_new(s->answers, mid, m);
                 if (r < 0)
@@ -322,11 +338,14 @@ static int answer_with_text(struct session *s, const json_t *agent, const char *
         return r < 0 ? r : 1;
 }
 
+/* Sends an event without waiting for its answer, which carries nothing (dropped when it
+ * comes): the next request follows at once, one round trip fewer per turn. */
 static int event(struct session *s, const char *kind, const char *message)
 {
-        _cleanup_json_ json_t *ans = NULL;
+        _cleanup_json_ json_t *req = NULL;
         size_t n = strlen(message);
-        json_t *req;
+        char id[32];
+        int r;
 
         if (n > 4096) { /* the protocol's limit, cut on a character boundary */
                 n = 4096;
@@ -334,10 +353,63 @@ static int event(struct session *s, const char *kind, const char *message)
                         n--;
         }
         req = json_pack("{s:s, s:s, s:s%}", "type", "event", "kind", kind, "message", message, n);
-
         if (!req)
                 return -ENOMEM;
-        return call(s, req, &ans);
+        r = send_request(s, req, id);
+        if (r < 0)
+                return r;
+        return json_object_set_new(s->unread, id, json_true()) < 0 ? -ENOMEM : 0;
+}
+
+/* Whether the start message offers an optional protocol feature (docs/executor-protocol.md,
+ * "Optional features"). */
+static bool offered(const json_t *start, const char *feature)
+{
+        const json_t *f;
+        size_t i;
+
+        json_array_foreach (json_object_get(start, "features"), i, f)
+                if (json_is_string(f) && !strcmp(json_string_value(f), feature))
+                        return true;
+        return false;
+}
+
+/*
+ * The llm request of this turn. With llm_messages_from offered, only the messages added
+ * since the previous llm request go (the worker keeps the rest: the conversation is not
+ * written, parsed and hashed whole on every call); the first request, and any without the
+ * feature, carries the whole list. messages only grows.
+ */
+static json_t *llm_request(struct session *s, const json_t *agent, json_t *messages, json_t *tools)
+{
+        size_t n = json_array_size(messages), from = s->deltas && s->sent <= n ? s->sent : 0;
+        json_t *list = json_array(), *req;
+
+        for (size_t i = from; list && i < n; i++)
+                if (json_array_append(list, json_array_get(messages, i)) < 0) {
+                        json_decref(list);
+                        list = NULL;
+                }
+        if (!list)
+                return NULL;
+        req = json_pack("{s:s, s:{s:o, s:O, s:s}}", "type", "llm", "request", "messages", list,
+                        "tools", tools, "tool_choice", "auto");
+        if (!req)
+                return NULL;
+        if (from > 0 &&
+            json_object_set_new(req, "messages_from", json_integer((json_int_t)from)) < 0) {
+                json_decref(req);
+                return NULL;
+        }
+        if (json_is_string(json_object_get(agent, "system")))
+                json_object_set(json_object_get(req, "request"), "system",
+                                json_object_get(agent, "system"));
+        if (json_array_size(tools) == 0) {
+                json_object_del(json_object_get(req, "request"), "tools");
+                json_object_del(json_object_get(req, "request"), "tool_choice");
+        }
+        s->sent = n;
+        return req;
 }
 
 /* The first user message: the prompt, and the input when there is one to show. */
@@ -365,6 +437,7 @@ static int loop(struct session *s, const json_t *start)
                 return fail(s, "the start message has no agent with a prompt");
         if (max_turns <= 0)
                 max_turns = EXECUTOR_DEFAULT_MAX_TURNS;
+        s->deltas = offered(start, "llm_messages_from");
         tools = llm_tools(json_object_get(agent, "tools"));
         if (!messages || !tools ||
             json_array_append_new(messages, first_message(agent, json_object_get(start, "input"))) <
@@ -373,18 +446,9 @@ static int loop(struct session *s, const json_t *start)
 
         for (json_int_t turn = 0; turn < max_turns; turn++) {
                 _cleanup_json_ json_t *answer = NULL;
-                json_t *req =
-                    json_pack("{s:s, s:{s:O, s:O, s:s}}", "type", "llm", "request", "messages",
-                              messages, "tools", tools, "tool_choice", "auto");
+                json_t *req = llm_request(s, agent, messages, tools);
                 if (!req)
                         return -ENOMEM;
-                if (json_is_string(json_object_get(agent, "system")))
-                        json_object_set(json_object_get(req, "request"), "system",
-                                        json_object_get(agent, "system"));
-                if (json_array_size(tools) == 0) {
-                        json_object_del(json_object_get(req, "request"), "tools");
-                        json_object_del(json_object_get(req, "request"), "tool_choice");
-                }
                 r = call(s, req, &answer);
                 if (r < 0)
                         return r;
@@ -418,12 +482,20 @@ static int loop(struct session *s, const json_t *start)
 
 int executor_run(FILE *in, FILE *out, FILE *err)
 {
-        struct session s = {.in = in, .out = out, .err = err, .answers = json_object()};
+        struct session s = {
+            .in = in, .out = out, .err = err, .answers = json_object(), .unread = json_object()};
         _cleanup_json_ json_t *start = NULL;
         int r;
 
-        if (!s.answers)
+        if (!s.answers || !s.unread) {
+                json_decref(s.answers);
+                json_decref(s.unread);
                 return 1;
+        }
+        /* unbuffered: a request is one fwrite of its whole line, so one write(2) (a buffered
+         * stream writes a long line in pieces, and the worker wakes for each) */
+        if (fileno(out) >= 0)
+                setvbuf(out, NULL, _IONBF, 0);
         r = read_message(&s, &start);
         if (r == 0 && strcmp(json_string_value(json_object_get(start, "type")) ?: "", "start"))
                 r = fail(&s, "the first message is not a start message");
@@ -433,5 +505,6 @@ int executor_run(FILE *in, FILE *out, FILE *err)
                 fail(&s, "out of memory");
         free(s.line);
         json_decref(s.answers);
+        json_decref(s.unread);
         return r < 0 ? 1 : 0;
 }
