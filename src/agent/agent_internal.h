@@ -120,13 +120,14 @@ struct agent_session {
         struct agent_pending *spawned; /* ... and the parent's request it answers */
         int depth;                     /* 0 for a node's agent */
 
-        struct agent_llm_base llm_base; /* the executor's previous llm request */
-        json_t *last_messages;          /* the previous llm row's messages (for the stored delta) */
-        int last_llm_seq;               /* its journal seq, 0 for none */
-        json_t *last_assistant;         /* its answer as the next request's assistant message */
-        int64_t trace_line_us;          /* traced: the last line read from the executor */
-        int64_t trace_answered_us;      /* ... the last llm answer handed to it */
-        json_t *held; /* rows for the next journal write (agent_db_hold), or NULL */
+        struct agent_llm_base llm_base;    /* the executor's previous llm request */
+        struct llm_body_cache *body_cache; /* the provider body's kept text (agent_llm.c) */
+        json_t *last_messages;     /* the previous llm row's messages (for the stored delta) */
+        int last_llm_seq;          /* its journal seq, 0 for none */
+        json_t *last_assistant;    /* its answer as the next request's assistant message */
+        int64_t trace_line_us;     /* traced: the last line read from the executor */
+        int64_t trace_answered_us; /* ... the last llm answer handed to it */
+        json_t *held;              /* rows for the next journal write (agent_db_hold), or NULL */
         struct runtime_http_timer *held_timer; /* ... written by then at the latest */
         int64_t held_due_ms;                   /* ... when it fires */
         bool ended;

@@ -71,8 +71,11 @@ int agent_llm_start(struct agent_session *s, struct agent_pending *p, char **err
         if (!base)
                 base = s->provider == LLM_PROVIDER_ANTHROPIC ? "https://api.anthropic.com/v1"
                                                              : "https://api.openai.com/v1";
+        if (!s->body_cache) /* NULL (no memory): the body is built whole */
+                s->body_cache = llm_body_cache_new();
         struct llm_call_params params = {
             .provider = s->provider,
+            .body_cache = s->body_cache,
             .base_url = base,
             .api_key = s->api_key,
             .request = req,

@@ -228,6 +228,7 @@ static void session_free(struct agent_host *h, struct agent_session *s)
                 free(s->api_key);
         }
         replay_reset(s);
+        llm_body_cache_free(s->body_cache);
         agent_db_hold_cancel(s);
         json_decref(s->held); /* not written: a replay records them again */
         agent_tools_session_free(s);

@@ -35,6 +35,7 @@
 #define LLM_MAX_SSE_EVENT       (1024 * 1024)      /* the data of one event */
 #define LLM_MAX_CONTENT_BLOCKS  256                /* Anthropic content blocks in one message */
 #define LLM_DEFAULT_MAX_TOKENS  4096 /* Anthropic requires max_tokens; used when unset */
+#define LLM_MAX_BODY_CACHE      (16 * 1024 * 1024) /* messages' text an llm_body_cache keeps */
 
 enum llm_provider {
         LLM_PROVIDER_OPENAI,    /* OpenAI-compatible chat completions */
@@ -125,6 +126,30 @@ json_t *llm_result_message(const struct llm_result *r);
  * ("messages[2].role: ...") when the request is not of that shape or breaks a limit.
  */
 int llm_build_request(enum llm_provider p, const json_t *request, json_t **body, char **error);
+
+/*
+ * A conversation's body text kept between the calls of one conversation, so that a request
+ * whose first messages are the previous request's (the same objects, or equal ones) checks
+ * and serialises only the messages after them: the cost of a call's body no longer grows
+ * with the conversation but for one copy of its text. Only OpenAI-compatible bodies (an
+ * Anthropic body merges consecutive turns, so its last message changes; built whole). A
+ * message must not be changed in place once a request with it was built (a changed message
+ * is a new object). One per conversation, owned by the caller; not thread-safe.
+ */
+struct llm_body_cache;
+/* A new empty cache, or NULL when memory runs out. */
+struct llm_body_cache *llm_body_cache_new(void);
+/* Frees it and drops its references; accepts NULL. */
+void llm_body_cache_free(struct llm_body_cache *c);
+/*
+ * The body of request for provider p as compact JSON text (*text malloc'd, *len its
+ * length): the same JSON as llm_build_request's (member order aside), its messages' part
+ * from c and c updated (c NULL, an Anthropic request, or a conversation past
+ * LLM_MAX_BODY_CACHE: built whole). Errors as llm_build_request; a refused request
+ * leaves c as it was or empty.
+ */
+int llm_build_request_text(enum llm_provider p, const json_t *request, struct llm_body_cache *c,
+                           char **text, size_t *len, char **error);
 
 /* The path below the base URL a request goes to: "/chat/completions" (the base URL ends
  * in /v1) or "/messages". A static string. */

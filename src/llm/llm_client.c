@@ -444,8 +444,18 @@ int llm_call_start(struct runtime_http *h, const struct llm_call_params *p, stru
                                 p->base_url ? p->base_url : "(none)");
         if (p->api_key && strpbrk(p->api_key, "\r\n"))
                 return llm_fail(error, -EINVAL, "the api key holds a line break");
-        if ((r = llm_build_request(p->provider, p->request, &body, error)) < 0)
+        if (p->body_cache) { /* the text, most of it kept from the previous call */
+                _cleanup_free_ char *text = NULL;
+                size_t tlen;
+                if ((r = llm_build_request_text(p->provider, p->request, p->body_cache, &text,
+                                                &tlen, error)) < 0)
+                        return r;
+                body = json_stringn_nocheck(text, tlen); /* JSON that jansson wrote */
+                if (!body)
+                        return -ENOMEM;
+        } else if ((r = llm_build_request(p->provider, p->request, &body, error)) < 0) {
                 return r;
+        }
         blen = strlen(p->base_url);
         while (blen > 0 && p->base_url[blen - 1] == '/')
                 blen--;
@@ -461,7 +471,12 @@ int llm_call_start(struct runtime_http *h, const struct llm_call_params *p, stru
         c->stream = json_is_true(json_object_get(p->request, "stream"));
         buf_init(&c->body, LLM_MAX_RESPONSE_BYTES);
         buf_init(&c->pending, LLM_MAX_TEXT_BYTES);
-        c->http_req = json_pack("{s:s, s:s, s:o}", "method", "POST", "url", url, "body", body);
+        /* a text body is sent as written; it is JSON */
+        c->http_req =
+            json_is_string(body)
+                ? json_pack("{s:s, s:s, s:{s:s}, s:o}", "method", "POST", "url", url, "headers",
+                            "Content-Type", "application/json", "body", body)
+                : json_pack("{s:s, s:s, s:o}", "method", "POST", "url", url, "body", body);
         c->api_key = strdup(p->api_key ? p->api_key : "");
         c->headers = llm_request_headers(p->provider, p->api_key);
         if (!c->http_req || !c->api_key || !c->headers) {

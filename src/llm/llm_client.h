@@ -42,6 +42,9 @@ struct llm_call_params {
         const char *base_url;  /* "http://127.0.0.1:8080/v1"; the endpoint path is appended */
         const char *api_key;   /* NULL or "": no key header (a local server) */
         const json_t *request; /* the neutral request; "stream": true streams the answer */
+        /* the conversation's kept body text (llm.h, llm_build_request_text), or NULL: the
+         * body is built whole; borrowed, used only inside llm_call_start */
+        struct llm_body_cache *body_cache;
 
         int64_t connect_timeout_ms; /* per attempt; <= 0: LLM_DEFAULT_CONNECT_TIMEOUT_MS */
         int64_t total_timeout_ms;   /* the whole call; <= 0: LLM_DEFAULT_TOTAL_TIMEOUT_MS */

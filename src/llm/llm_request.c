@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "cleanup.h"
 #include "strutil.h"
 
@@ -242,7 +243,9 @@ static int check_message(const json_t *m, size_t i, char **error)
         return 0;
 }
 
-static int check_request(const json_t *req, char **error)
+/* Checks req; its messages from index `from` on (those before were checked when they were
+ * first seen: llm_body_cache). */
+static int check_request_from(const json_t *req, size_t from, char **error)
 {
         static const char *const members[] = {"model",       "system",     "messages", "tools",
                                               "tool_choice", "max_tokens", "stream",   NULL};
@@ -267,8 +270,8 @@ static int check_request(const json_t *req, char **error)
                 return llm_fail(error, -EINVAL, "messages: expected a non-empty array");
         if (json_array_size(v) > LLM_MAX_MESSAGES)
                 return llm_fail(error, -EINVAL, "messages: more than %d", LLM_MAX_MESSAGES);
-        json_array_foreach (v, i, t) {
-                if ((r = check_message(t, i, error)) < 0)
+        for (i = from; i < json_array_size(v); i++) {
+                if ((r = check_message(json_array_get(v, i), i, error)) < 0)
                         return r;
         }
         v = json_object_get(req, "tools");
@@ -327,6 +330,11 @@ static int check_request(const json_t *req, char **error)
         if (v && !json_is_boolean(v))
                 return llm_fail(error, -EINVAL, "stream: expected true or false");
         return 0;
+}
+
+static int check_request(const json_t *req, char **error)
+{
+        return check_request_from(req, 0, error);
 }
 
 /* ---- OpenAI chat completions -------------------------------------------------------- */
@@ -527,4 +535,145 @@ int llm_build_request(enum llm_provider p, const json_t *request, json_t **body,
                 return anthropic_body(request, body, error);
         *body = openai_body(request);
         return *body ? 0 : llm_fail(error, -ENOMEM, "out of memory");
+}
+
+/* ---- a conversation's OpenAI body text, kept between calls -------------------------- */
+
+struct llm_body_cache {
+        json_t **messages; /* the neutral messages whose wire text is kept (references) */
+        size_t n, cap;
+        struct buf text; /* their OpenAI messages' JSON, joined by "," */
+};
+
+struct llm_body_cache *llm_body_cache_new(void)
+{
+        struct llm_body_cache *c = calloc(1, sizeof(*c));
+
+        if (c)
+                buf_init(&c->text, LLM_MAX_BODY_CACHE);
+        return c;
+}
+
+static void cache_clear(struct llm_body_cache *c)
+{
+        for (size_t i = 0; i < c->n; i++)
+                json_decref(c->messages[i]);
+        c->n = 0;
+        buf_reset(&c->text);
+}
+
+void llm_body_cache_free(struct llm_body_cache *c)
+{
+        if (!c)
+                return;
+        cache_clear(c);
+        free(c->messages);
+        buf_free(&c->text);
+        free(c);
+}
+
+/* How many leading messages of msgs the cache holds the text of: all of its own when they
+ * lead msgs (the same objects, or equal ones), else none. */
+static size_t cache_prefix(const struct llm_body_cache *c, const json_t *msgs)
+{
+        if (c->n == 0 || c->n > json_array_size(msgs))
+                return 0;
+        for (size_t i = 0; i < c->n; i++) {
+                const json_t *m = json_array_get(msgs, i);
+                if (m != c->messages[i] && !json_equal(m, c->messages[i]))
+                        return 0;
+        }
+        return c->n;
+}
+
+/* Appends message m (index i) to the cache. -ENOMEM, -ENOBUFS (past the cap). */
+static int cache_append(struct llm_body_cache *c, json_t *m, size_t i)
+{
+        _cleanup_json_ json_t *wire = openai_message(m);
+        _cleanup_free_ char *t = wire ? json_dumps(wire, JSON_COMPACT) : NULL;
+        int r;
+
+        if (!t)
+                return -ENOMEM;
+        if (c->n == c->cap) {
+                size_t cap = c->cap ? 2 * c->cap : 64;
+                json_t **grown = realloc(c->messages, cap * sizeof(*grown));
+                if (!grown)
+                        return -ENOMEM;
+                c->messages = grown;
+                c->cap = cap;
+        }
+        if ((i > 0 && (r = buf_append(&c->text, ",", 1)) < 0) ||
+            (r = buf_append_str(&c->text, t)) < 0)
+                return r;
+        c->messages[c->n++] = json_incref(m);
+        return 0;
+}
+
+/* The OpenAI body of req as text, the messages' part from the cache. */
+static int openai_text(const json_t *req, struct llm_body_cache *c, char **text, size_t *len,
+                       char **error)
+{
+        const json_t *msgs = json_object_get(req, "messages");
+        size_t from = json_is_array(msgs) ? cache_prefix(c, msgs) : 0;
+        _cleanup_json_ json_t *shell = NULL, *body = NULL;
+        _cleanup_free_ char *sys = NULL, *rest = NULL;
+        _cleanup_buf_ struct buf out = {0};
+        int r;
+
+        if (from == 0)
+                cache_clear(c);
+        if ((r = check_request_from(req, from, error)) < 0)
+                return r;
+        for (size_t i = from; i < json_array_size(msgs); i++)
+                if ((r = cache_append(c, json_array_get(msgs, i), i)) < 0) {
+                        cache_clear(c); /* a half-appended message must not stay */
+                        return r;
+                }
+        /* everything but the messages: openai_body of the request without them */
+        shell = json_copy((json_t *)req);
+        if (!shell || json_object_set_new(shell, "messages", json_array()) < 0 ||
+            !(body = openai_body(shell)))
+                return -ENOMEM;
+        json_t *head = json_array_get(json_object_get(body, "messages"), 0); /* the system */
+        if (head && !(sys = json_dumps(head, JSON_COMPACT)))
+                return -ENOMEM;
+        json_object_del(body, "messages");
+        if (!(rest = json_dumps(body, JSON_COMPACT)))
+                return -ENOMEM;
+        buf_init(&out, 2 * (size_t)LLM_MAX_BODY_CACHE);
+        if (buf_append_str(&out, "{\"messages\":[") < 0 ||
+            (sys && (buf_append_str(&out, sys) < 0 ||
+                     (c->text.len > 0 && buf_append(&out, ",", 1) < 0))) ||
+            (c->text.len > 0 && buf_append(&out, c->text.data, c->text.len) < 0) ||
+            buf_append(&out, "]", 1) < 0 ||
+            (strcmp(rest, "{}") != 0 &&
+             (buf_append(&out, ",", 1) < 0 || buf_append_str(&out, rest + 1) < 0)) ||
+            (strcmp(rest, "{}") == 0 && buf_append(&out, "}", 1) < 0))
+                return -ENOMEM;
+        *len = out.len;
+        *text = buf_steal(&out);
+        return *text ? 0 : -ENOMEM;
+}
+
+int llm_build_request_text(enum llm_provider p, const json_t *request, struct llm_body_cache *c,
+                           char **text, size_t *len, char **error)
+{
+        _cleanup_json_ json_t *body = NULL;
+        int r;
+
+        *text = NULL;
+        *len = 0;
+        if (c && p == LLM_PROVIDER_OPENAI) {
+                r = openai_text(request, c, text, len, error);
+                if (r != -ENOBUFS) /* a conversation past the cache's cap: built whole */
+                        return r == -ENOMEM ? llm_fail(error, r, "out of memory") : r;
+        }
+        if ((r = llm_build_request(p, request, &body, error)) < 0)
+                return r;
+        *text = json_dumps(body, JSON_COMPACT);
+        if (!*text)
+                return llm_fail(error, -ENOMEM, "out of memory");
+        *len = strlen(*text);
+        return 0;
 }
