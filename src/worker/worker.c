@@ -128,7 +128,8 @@ struct worker {
         int ncache;
         bool draining;
         int64_t drain_deadline;
-        int64_t next_claim;
+        int64_t next_claim; /* monotonic ms: the next poll's claim (claim_wanted) */
+        bool claim_more;    /* the last claim came back full: more runs are likely due */
         struct run **batch; /* runs of the open transaction, sorted by id */
         struct run **held_scratch;
         struct queue_lease *claim_held; /* runs held, for the claim (never rescue our own) */
@@ -1718,10 +1719,14 @@ static void start_effects(struct worker *w, struct run *run)
 static int claim(struct worker *w);
 
 /* The open turn's claims are over: committed (the runs are held like any other now, and
- * renewed), or rolled back (nothing of them happened: forgotten, due again at once). */
+ * renewed), or rolled back (nothing of them happened: forgotten, due again at once; the
+ * next claim waits for the poll, so a failing turn is not retried in a tight loop). */
 static void claims_settle(struct worker *w, bool committed)
 {
         struct run *next;
+
+        if (!committed)
+                w->claim_more = false;
 
         for (struct run *run = w->runs; run; run = next) {
                 next = run->next;
@@ -1892,6 +1897,31 @@ static void agent_done(void *owner, void *userdata, json_t *output, json_t *erro
 /* ---- claims ------------------------------------------------------------------------ */
 
 /*
+ * Whether this loop turn claims: on a NOTIFY hint, every --poll (counted from the last
+ * claim sent), and at once after a claim that came back full, so a backlog is claimed as
+ * fast as turns go rather than one batch per poll — while --concurrency leaves room and
+ * the worker is not draining.
+ */
+static bool claim_wanted(struct worker *w, bool hint, int64_t now)
+{
+        if (w->draining || w->nruns >= w->cfg->concurrency)
+                return false;
+        return hint || w->claim_more || now >= w->next_claim;
+}
+
+/* How long the loop may sleep before its next claim (ms; the loop caps it): none after a
+ * full claim, the rest of the poll otherwise, and no sooner than a poll from now when
+ * there is no room (a run leaving makes the loop turn anyway). */
+static int64_t claim_wait_ms(struct worker *w, int64_t now)
+{
+        if (w->nruns >= w->cfg->concurrency)
+                return w->cfg->poll_ms;
+        if (w->claim_more)
+                return 0;
+        return w->next_claim - now;
+}
+
+/*
  * Claims up to what --concurrency leaves room for, as the first statement of the turn's
  * transaction: BEGIN and the claim in one round trip. The claimed runs are `fresh` until
  * that transaction ends: locked by the claim, not renewed, committed (or rolled back) with
@@ -1913,6 +1943,10 @@ static int claim(struct worker *w)
                 w->claim_held[nheld++] = (struct queue_lease){.run_id = x->id, .epoch = x->epoch};
         r = queue_begin_claim_runs(w->db, w->cfg->id, w->cfg->lease_ms, want, w->claim_held, nheld,
                                    claims, &n);
+        /* the next poll counts from this claim, not from the end of the turn it opens; a
+         * full claim leaves more due runs behind: the next turn claims again at once */
+        w->next_claim = sent + w->cfg->poll_ms;
+        w->claim_more = r == 0 && n == want;
         if (n > 0 || w->trace.hint_at)
                 worker_trace_claim(&w->trace, sent_us, n, n > 0 ? claims[0].id : NULL);
         if (r < 0) {
@@ -2348,10 +2382,7 @@ int worker_run(const struct worker_config *cfg)
 
                 read_mail(&w, &hint);
 
-                bool claim_now = !w.draining && (hint || now >= w.next_claim);
-                batch_run(&w, claim_now);
-                if (claim_now)
-                        w.next_claim = mono_ms() + cfg->poll_ms;
+                batch_run(&w, claim_wanted(&w, hint, now));
 
                 if (w.draining &&
                     ((runtime_http_active(w.http) == 0 && agent_host_active(w.agents) == 0) ||
@@ -2363,7 +2394,7 @@ int worker_run(const struct worker_config *cfg)
                 }
 
                 now = mono_ms();
-                timeout = w.draining ? 100 : w.next_claim - now;
+                timeout = w.draining ? 100 : claim_wait_ms(&w, now);
                 for (struct run *run = w.runs; run; run = run->next) {
                         if (run->completions || run->announce)
                                 timeout = 0;
