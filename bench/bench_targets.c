@@ -89,6 +89,15 @@ static double qd(PGconn *c, const char *fmt, ...)
         return v;
 }
 
+/* The machine's clock in us (the database's and the worker's traces' clock). */
+static int64_t realtime_us(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void sleep_ms(int64_t ms)
 {
         bench_sleep_ms(ms);
@@ -405,13 +414,17 @@ static void latency_breakdown(struct targets *t, const char *wf, const char *log
               "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM "
               "pg_xact_commit_timestamp(r.xmin)) * 1000 - (u.t0 + u.total_us) / 1000.0), "
               "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.started_at) * "
-              "1000 - u.t0 / 1000.0) "
+              "1000 - u.t0 / 1000.0), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY e.returned_us / 1000.0 - "
+              "extract(epoch FROM pg_xact_commit_timestamp(e.xid::text::xid)) * 1000), "
+              "percentile_cont(0.5) WITHIN GROUP (ORDER BY (c.at_us - c.hint_us - e.returned_us) "
+              "/ 1000.0) "
               "FROM workflow_runs r JOIN bench_enq e ON e.run_id = r.id "
               "JOIN bench_claim c ON c.run_id = r.id JOIN bench_turn u ON u.run_id = r.id "
               "WHERE r.workflow_id = '%s'",
               wf);
-        double v[13];
-        for (int i = 0; i < 13; i++)
+        double v[15];
+        for (int i = 0; i < 15; i++)
                 v[i] = strtod(PQgetvalue(res, 0, i), NULL);
         PQclear(res);
         bench_report("latency_breakdown_samples",
@@ -425,6 +438,12 @@ static void latency_breakdown(struct targets *t, const char *wf, const char *log
                      "enqueue commit %.2f | commit -> NOTIFY read %.2f | -> BEGIN + claim sent "
                      "%.2f | (BEGIN + claim %.2f, in the turn)",
                      v[1], v[2], v[3], v[4]);
+        /* the NOTIFY beside the COMMIT's answer to the enqueueing client: both leave the
+         * enqueue's backend after its commit record is flushed */
+        bench_report("enqueue_commit_breakdown_p50_ms",
+                     "commit timestamp -> the client sees the COMMIT %.2f | the client sees it "
+                     "-> NOTIFY read %+.2f",
+                     v[13], v[14]);
         bench_report("workflow_5step_breakdown_p50_ms",
                      "BEGIN + claim %.2f | lock %.2f | snapshot %.2f | plan and apply %.2f | "
                      "writes + COMMIT %.2f (commit timestamp %+.2f from the client's end; "
@@ -447,12 +466,18 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
         pid_t w;
 
         char log[1024];
+        struct {
+                char id[40];
+                int64_t at_us; /* CLOCK_REALTIME: the enqueue's COMMIT returned to the client */
+        } *enq = calloc((size_t)samples, sizeof(*enq));
 
+        if (!enq)
+                exit(1);
         make_workflow(t, name, steps, wf, sizeof(wf));
         PQclear(q(t->c, "CREATE TABLE IF NOT EXISTS bench_sent (run_id uuid PRIMARY KEY, "
                         "sent_at timestamptz NOT NULL)"));
         PQclear(q(t->c, "CREATE TABLE IF NOT EXISTS bench_enq (run_id uuid PRIMARY KEY, "
-                        "xid bigint NOT NULL)"));
+                        "xid bigint NOT NULL, returned_us bigint)"));
         /* the raw inserts' worker writes its phases (worker_trace.h) for the breakdown */
         if (!api)
                 setenv("AGENTLY_TRACE_TURNS", "1", 1);
@@ -481,14 +506,20 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
                               "INSERT INTO bench_sent VALUES ('%.36s', to_timestamp(%lld.%06ld))",
                               id + 6, (long long)ts.tv_sec, ts.tv_nsec / 1000));
                 } else {
-                        /* one run, and its transaction's id (its commit's timestamp) */
-                        PQclear(q(t->c,
-                                  "WITH r AS (INSERT INTO workflow_runs (user_id, workflow_id, "
-                                  "workflow_name, workflow_version, input) SELECT w.user_id, w.id, "
-                                  "w.name, w.version, '{}' FROM workflows w WHERE w.id = '%s' "
-                                  "RETURNING id) INSERT INTO bench_enq SELECT id, txid_current() "
-                                  "FROM r",
-                                  wf));
+                        /* one run, and its transaction's id (its commit's timestamp); when
+                         * the client saw it committed is kept until the end (a statement
+                         * now would compete with the worker's claim) */
+                        PGresult *res =
+                            q(t->c,
+                              "WITH r AS (INSERT INTO workflow_runs (user_id, "
+                              "workflow_id, workflow_name, workflow_version, input) "
+                              "SELECT w.user_id, w.id, w.name, w.version, '{}' FROM "
+                              "workflows w WHERE w.id = '%s' RETURNING id) INSERT "
+                              "INTO bench_enq SELECT id, txid_current() FROM r RETURNING run_id",
+                              wf);
+                        enq[i].at_us = realtime_us();
+                        snprintf(enq[i].id, sizeof(enq[i].id), "%s", PQgetvalue(res, 0, 0));
+                        PQclear(res);
                 }
                 if (!wait_finished(t, wf, i + 1, 10000))
                         exit(1);
@@ -496,6 +527,10 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
         }
         stop_worker(w);
         check_all_completed(t, wf);
+        for (int i = 0; !api && i < samples; i++)
+                PQclear(q(t->c, "UPDATE bench_enq SET returned_us = %lld WHERE run_id = '%s'",
+                          (long long)enq[i].at_us, enq[i].id));
+        free(enq);
         if (!api)
                 latency_breakdown(t, wf, log);
         PGresult *res =
@@ -835,6 +870,11 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
                     naive);
                 bench_report("enqueue_to_start_p50_ms", "%.2f (raw INSERT)", e50);
                 bench_report("enqueue_to_start_p99_ms", "%.2f", e99);
+                /* in units of this run's single-connection commit (1/baseline_commit_1c):
+                 * what a disk that commits faster or slower does not change */
+                bench_report("enqueue_to_start_commits",
+                             "p50 %.2f p99 %.2f (x the single-connection commit, %.3f ms)",
+                             e50 * base1c / 1000, e99 * base1c / 1000, 1000 / base1c);
                 pid_t api_pid = spawn_api(&t, api, sizeof(api), token);
                 latency(&t, "bench-5step-api", 5, samples, api, token, &a50, &a99, &ar50, &ar99,
                         &naive);
@@ -842,6 +882,9 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
                 bench_report("enqueue_to_start_api_p50_ms",
                              "%.2f (POST /v1/runs sent -> started_at, same clock)", a50);
                 bench_report("enqueue_to_start_api_p99_ms", "%.2f", a99);
+                bench_report("enqueue_to_start_api_commits",
+                             "p50 %.2f p99 %.2f (x the single-connection commit)",
+                             a50 * base1c / 1000, a99 * base1c / 1000);
                 bench_report("latency_targets",
                              "5step p50 %s (<= 2ms), enqueue_to_start p50 %s (<= 2ms) "
                              "p99 %s (<= 5ms)",
