@@ -34,6 +34,46 @@ const WAITER = {
   nodes: [{ id: "hold", type: "wait_event", event: "never", timeout: "1h" }],
 };
 
+// A run of workflow `workflow` (one agent node, its LLM the scripted server) whose agent,
+// asked to research `topic`, says `text` and proposes one http_request GET of `url` (tool
+// call `callId`), gated for a person's approval; once the call ran it answers `answer`.
+// Signs page in and opens the run's page; returns the run.
+async function openGatedCall(page, { workflow, topic, text, callId, url, answer }) {
+  await agently.api("PUT", "/v1/secrets/LLMKEY", { value: "sk-e2e-not-a-real-key" });
+  await llm.script([
+    {
+      match: `Research ${topic}`,
+      text,
+      tool_calls: [{ id: callId, name: "http_request", arguments: JSON.stringify({ method: "GET", url }) }],
+      usage: { input: 100, output: 10 },
+    },
+    { match: callId, text: answer, usage: { input: 150, output: 5 } },
+  ]);
+  await agently.api("POST", "/v1/workflows", {
+    name: workflow,
+    nodes: [
+      {
+        id: "think",
+        type: "agent",
+        agent: {
+          provider: "openai",
+          base_url: llm.url,
+          model: "gpt-4o-mini",
+          api_key_secret: "LLMKEY",
+          prompt: "Research ${ input.topic }.",
+          tools: ["http_request"],
+          allowed_hosts: ["127.0.0.1"],
+          approve_tools: ["http_request"],
+        },
+      },
+    ],
+  });
+  await signIn(page, agently.base, agently.token);
+  const run = await agently.api("POST", "/v1/runs", { workflow, input: { topic } });
+  await page.goto(`${agently.base}/runs/${run.id}`);
+  return run;
+}
+
 describe("the dashboard, further", () => {
   it("approves from the inbox with a comment, and the run goes on with it", { timeout: 180_000 }, async () => {
     await agently.api("POST", "/v1/workflows", {
@@ -239,41 +279,10 @@ describe("the dashboard, further", () => {
   });
 
   it("approves an agent's gated tool call on the run's page, and the agent view shows who did", { timeout: 240_000 }, async () => {
-    await agently.api("PUT", "/v1/secrets/LLMKEY", { value: "sk-e2e-not-a-real-key" });
     const health = `${agently.base}/healthz`;
-    await llm.script([
-      {
-        match: "Research gates",
-        text: "I need the service's health.",
-        tool_calls: [{ id: "GATE1", name: "http_request", arguments: JSON.stringify({ method: "GET", url: health }) }],
-        usage: { input: 100, output: 10 },
-      },
-      { match: "GATE1", text: "GATED-DONE", usage: { input: 150, output: 5 } },
-    ]);
-    await agently.api("POST", "/v1/workflows", {
-      name: "e2e-gate",
-      nodes: [
-        {
-          id: "think",
-          type: "agent",
-          agent: {
-            provider: "openai",
-            base_url: llm.url,
-            model: "gpt-4o-mini",
-            api_key_secret: "LLMKEY",
-            prompt: "Research ${ input.topic }.",
-            tools: ["http_request"],
-            allowed_hosts: ["127.0.0.1"],
-            approve_tools: ["http_request"],
-          },
-        },
-      ],
-    });
     const { context, page, problems } = await watchedPage(browser);
     try {
-      await signIn(page, agently.base, agently.token);
-      const run = await agently.api("POST", "/v1/runs", { workflow: "e2e-gate", input: { topic: "gates" } });
-      await page.goto(`${agently.base}/runs/${run.id}`);
+      const run = await openGatedCall(page, { workflow: "e2e-gate", topic: "gates", text: "I need the service's health.", callId: "GATE1", url: health, answer: "GATED-DONE" });
       const tool = page.getByRole("region", { name: "agents" }).locator('[data-tool="http_request"]').first();
       await tool.locator(".gate-approval").waitFor({ timeout: 90_000 });
       await tool.getByText("waiting for a person to approve it").waitFor();
@@ -294,41 +303,10 @@ describe("the dashboard, further", () => {
   });
 
   it("approves a gated tool call with edited arguments from its answer form", { timeout: 240_000 }, async () => {
-    await agently.api("PUT", "/v1/secrets/LLMKEY", { value: "sk-e2e-not-a-real-key" });
     const health = `${agently.base}/healthz`;
-    await llm.script([
-      {
-        match: "Research edits",
-        text: "I will check the health as the agent.",
-        tool_calls: [{ id: "EDIT1", name: "http_request", arguments: JSON.stringify({ method: "GET", url: `${health}?by=agent` }) }],
-        usage: { input: 100, output: 10 },
-      },
-      { match: "EDIT1", text: "EDITED-DONE", usage: { input: 150, output: 5 } },
-    ]);
-    await agently.api("POST", "/v1/workflows", {
-      name: "e2e-edit",
-      nodes: [
-        {
-          id: "think",
-          type: "agent",
-          agent: {
-            provider: "openai",
-            base_url: llm.url,
-            model: "gpt-4o-mini",
-            api_key_secret: "LLMKEY",
-            prompt: "Research ${ input.topic }.",
-            tools: ["http_request"],
-            allowed_hosts: ["127.0.0.1"],
-            approve_tools: ["http_request"],
-          },
-        },
-      ],
-    });
     const { context, page, problems } = await watchedPage(browser);
     try {
-      await signIn(page, agently.base, agently.token);
-      const run = await agently.api("POST", "/v1/runs", { workflow: "e2e-edit", input: { topic: "edits" } });
-      await page.goto(`${agently.base}/runs/${run.id}`);
+      const run = await openGatedCall(page, { workflow: "e2e-edit", topic: "edits", text: "I will check the health as the agent.", callId: "EDIT1", url: `${health}?by=agent`, answer: "EDITED-DONE" });
       const card = page.getByRole("region", { name: /^approval / });
       await card.waitFor({ timeout: 90_000 });
       const form = card.getByLabel("tool call arguments (JSON)");

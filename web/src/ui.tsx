@@ -1,4 +1,4 @@
-// Small shared pieces: times, status badges, errors, JSON, loading and empty states.
+// Small shared pieces: times, status badges, errors, JSON, loading and empty states, lists.
 import type { ComponentChildren } from "preact";
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { ApiError } from "./api/client";
@@ -56,6 +56,24 @@ export function Loading({ what }: { what: string }) {
 
 export function Empty({ children }: { children: ComponentChildren }) {
   return <div class="empty">{children}</div>;
+}
+
+/** A list as a table: "Loading <what>…" until its rows come (undefined), `empty` when there
+ * are none, else the table (labelled `label`, scrolling sideways on a narrow screen) with
+ * the header cells `head` and `row(item)` — a <tr> — for each item. */
+export function ListTable<T>({ rows, what, empty, label, head, row }: { rows: T[] | undefined; what: string; empty: ComponentChildren; label?: string; head: ComponentChildren; row: (item: T) => ComponentChildren }) {
+  if (!rows) return <Loading what={what} />;
+  if (rows.length === 0) return <>{empty}</>;
+  return (
+    <div class="table-wrap">
+      <table aria-label={label}>
+        <thead>
+          <tr>{head}</tr>
+        </thead>
+        <tbody>{rows.map(row)}</tbody>
+      </table>
+    </div>
+  );
 }
 
 /** A JSON value, pretty-printed. A large one shows its start until asked for more: laying

@@ -2,7 +2,7 @@
 // each), one agent's versions, and any version's definition.
 import { useState } from "preact/hooks";
 import { call } from "../api/client";
-import { Empty, ErrorBox, Json, Link, Loading, Time, useLoad } from "../ui";
+import { Empty, ErrorBox, Json, Link, ListTable, Loading, Time, useLoad } from "../ui";
 
 export function AgentsPage() {
   const list = useLoad(() => call("get", "/v1/agents", { query: { limit: 200 } }), []);
@@ -10,42 +10,36 @@ export function AgentsPage() {
     <section>
       <h1>Agents</h1>
       <ErrorBox error={list.error} />
-      {!list.data ? (
-        <Loading what="agents" />
-      ) : list.data.data.length === 0 ? (
-        <Empty>No agents yet: `agently agent apply FILE` stores one; an agent node names it by name.</Empty>
-      ) : (
-        <div class="table-wrap">
-          <table aria-label="agents">
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Latest</th>
-                <th>Model</th>
-                <th>Description</th>
-                <th>Applied</th>
-              </tr>
-            </thead>
-            <tbody>
-              {list.data.data.map((a) => (
-                <tr key={a.id} data-agent={a.name}>
-                  <td>
-                    <Link href={`/agents/${encodeURIComponent(a.name)}`}>{a.name}</Link>
-                  </td>
-                  <td>v{a.version}</td>
-                  <td class="mono">
-                    {a.provider} · {a.model}
-                  </td>
-                  <td class="wrap">{a.description ?? ""}</td>
-                  <td>
-                    <Time iso={a.created_at} />
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <ListTable
+        rows={list.data?.data}
+        what="agents"
+        empty={<Empty>No agents yet: `agently agent apply FILE` stores one; an agent node names it by name.</Empty>}
+        label="agents"
+        head={
+          <>
+            <th>Name</th>
+            <th>Latest</th>
+            <th>Model</th>
+            <th>Description</th>
+            <th>Applied</th>
+          </>
+        }
+        row={(a) => (
+          <tr key={a.id} data-agent={a.name}>
+            <td>
+              <Link href={`/agents/${encodeURIComponent(a.name)}`}>{a.name}</Link>
+            </td>
+            <td>v{a.version}</td>
+            <td class="mono">
+              {a.provider} · {a.model}
+            </td>
+            <td class="wrap">{a.description ?? ""}</td>
+            <td>
+              <Time iso={a.created_at} />
+            </td>
+          </tr>
+        )}
+      />
     </section>
   );
 }

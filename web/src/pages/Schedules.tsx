@@ -3,7 +3,7 @@
 // delete).
 import { useState } from "preact/hooks";
 import { call, type Schemas } from "../api/client";
-import { Empty, ErrorBox, Link, Loading, Time, useLoad } from "../ui";
+import { Empty, ErrorBox, Link, ListTable, Time, useLoad } from "../ui";
 
 type Trigger = Schemas["Trigger"];
 
@@ -74,62 +74,56 @@ export function SchedulesPage() {
         <button type="submit">Create schedule</button>
       </form>
       <ErrorBox error={schedules.error} />
-      {!schedules.data ? (
-        <Loading what="schedules" />
-      ) : schedules.data.data.length === 0 ? (
-        <Empty>No schedules.</Empty>
-      ) : (
-        <div class="table-wrap">
-          <table aria-label="schedules">
-            <thead>
-              <tr>
-                <th>Workflow</th>
-                <th>Cron</th>
-                <th>Next</th>
-                <th>Last run</th>
-                <th>Enabled</th>
-                <th />
-              </tr>
-            </thead>
-            <tbody>
-              {schedules.data.data.map((s) => (
-                <tr key={s.id} data-schedule={s.id}>
-                  <td>
-                    <Link href={`/workflows/${encodeURIComponent(s.workflow)}`}>{s.workflow}</Link>
-                  </td>
-                  <td class="mono">
-                    {s.cron} <span class="muted">{s.timezone}</span>
-                  </td>
-                  <td>{s.enabled ? <Time iso={s.next_run_at} /> : <span class="muted">—</span>}</td>
-                  <td>
-                    {s.last_run_id ? (
-                      <Link href={`/runs/${s.last_run_id}`}>
-                        <Time iso={s.last_run_at} />
-                      </Link>
-                    ) : (
-                      <span class="muted">never</span>
-                    )}
-                    {s.last_error && <span class="danger"> {s.last_error}</span>}
-                  </td>
-                  <td>
-                    <input
-                      type="checkbox"
-                      aria-label={`schedule ${s.workflow} ${s.cron} enabled`}
-                      checked={s.enabled}
-                      onChange={(e) => act(() => call("patch", "/v1/schedules/{id}", { path: { id: s.id }, body: { enabled: (e.target as HTMLInputElement).checked } }), schedules.reload)}
-                    />
-                  </td>
-                  <td>
-                    <button class="link danger" onClick={() => confirm(`Delete the schedule ${s.cron} of ${s.workflow}?`) && act(() => call("delete", "/v1/schedules/{id}", { path: { id: s.id } }), schedules.reload)}>
-                      Delete
-                    </button>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <ListTable
+        rows={schedules.data?.data}
+        what="schedules"
+        empty={<Empty>No schedules.</Empty>}
+        label="schedules"
+        head={
+          <>
+            <th>Workflow</th>
+            <th>Cron</th>
+            <th>Next</th>
+            <th>Last run</th>
+            <th>Enabled</th>
+            <th />
+          </>
+        }
+        row={(s) => (
+          <tr key={s.id} data-schedule={s.id}>
+            <td>
+              <Link href={`/workflows/${encodeURIComponent(s.workflow)}`}>{s.workflow}</Link>
+            </td>
+            <td class="mono">
+              {s.cron} <span class="muted">{s.timezone}</span>
+            </td>
+            <td>{s.enabled ? <Time iso={s.next_run_at} /> : <span class="muted">—</span>}</td>
+            <td>
+              {s.last_run_id ? (
+                <Link href={`/runs/${s.last_run_id}`}>
+                  <Time iso={s.last_run_at} />
+                </Link>
+              ) : (
+                <span class="muted">never</span>
+              )}
+              {s.last_error && <span class="danger"> {s.last_error}</span>}
+            </td>
+            <td>
+              <input
+                type="checkbox"
+                aria-label={`schedule ${s.workflow} ${s.cron} enabled`}
+                checked={s.enabled}
+                onChange={(e) => act(() => call("patch", "/v1/schedules/{id}", { path: { id: s.id }, body: { enabled: (e.target as HTMLInputElement).checked } }), schedules.reload)}
+              />
+            </td>
+            <td>
+              <button class="link danger" onClick={() => confirm(`Delete the schedule ${s.cron} of ${s.workflow}?`) && act(() => call("delete", "/v1/schedules/{id}", { path: { id: s.id } }), schedules.reload)}>
+                Delete
+              </button>
+            </td>
+          </tr>
+        )}
+      />
 
       <h2>Webhook triggers</h2>
       <form class="filters" onSubmit={createTrigger} aria-label="create a webhook trigger">
@@ -151,42 +145,36 @@ export function SchedulesPage() {
         </div>
       )}
       <ErrorBox error={triggers.error} />
-      {!triggers.data ? (
-        <Loading what="triggers" />
-      ) : triggers.data.data.length === 0 ? (
-        <Empty>No webhook triggers.</Empty>
-      ) : (
-        <div class="table-wrap">
-          <table aria-label="webhook triggers">
-            <thead>
-              <tr>
-                <th>Workflow</th>
-                <th>URL</th>
-                <th>Description</th>
-                <th>Last fired</th>
-                <th />
-              </tr>
-            </thead>
-            <tbody>
-              {triggers.data.data.map((t) => (
-                <tr key={t.id} data-trigger={t.id}>
-                  <td>
-                    <Link href={`/workflows/${encodeURIComponent(t.workflow)}`}>{t.workflow}</Link>
-                  </td>
-                  <td class="mono">{t.url}</td>
-                  <td>{t.description ?? ""}</td>
-                  <td>{t.last_run_id ? <Link href={`/runs/${t.last_run_id}`}>{<Time iso={t.last_fired_at} />}</Link> : <span class="muted">never</span>}</td>
-                  <td>
-                    <button class="link danger" onClick={() => confirm(`Delete the trigger of ${t.workflow}? Its URL stops working at once.`) && act(() => call("delete", "/v1/triggers/{id}", { path: { id: t.id } }), triggers.reload)}>
-                      Delete
-                    </button>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
-      )}
+      <ListTable
+        rows={triggers.data?.data}
+        what="triggers"
+        empty={<Empty>No webhook triggers.</Empty>}
+        label="webhook triggers"
+        head={
+          <>
+            <th>Workflow</th>
+            <th>URL</th>
+            <th>Description</th>
+            <th>Last fired</th>
+            <th />
+          </>
+        }
+        row={(t) => (
+          <tr key={t.id} data-trigger={t.id}>
+            <td>
+              <Link href={`/workflows/${encodeURIComponent(t.workflow)}`}>{t.workflow}</Link>
+            </td>
+            <td class="mono">{t.url}</td>
+            <td>{t.description ?? ""}</td>
+            <td>{t.last_run_id ? <Link href={`/runs/${t.last_run_id}`}>{<Time iso={t.last_fired_at} />}</Link> : <span class="muted">never</span>}</td>
+            <td>
+              <button class="link danger" onClick={() => confirm(`Delete the trigger of ${t.workflow}? Its URL stops working at once.`) && act(() => call("delete", "/v1/triggers/{id}", { path: { id: t.id } }), triggers.reload)}>
+                Delete
+              </button>
+            </td>
+          </tr>
+        )}
+      />
     </section>
   );
 }

@@ -1,7 +1,7 @@
 // Secrets: names only (values are write-only: the API never answers one); set and delete.
 import { useState } from "preact/hooks";
 import { call } from "../api/client";
-import { Empty, ErrorBox, Loading, Time, useLoad } from "../ui";
+import { Empty, ErrorBox, ListTable, Time, useLoad } from "../ui";
 
 export function SecretsPage() {
   const list = useLoad(() => call("get", "/v1/secrets"), []);
@@ -42,38 +42,33 @@ export function SecretsPage() {
         <button type="submit">Set</button>
       </form>
       <ErrorBox error={error || list.error} />
-      {!list.data ? (
-        <Loading what="secrets" />
-      ) : list.data.data.length === 0 ? (
-        <Empty>No secrets. Workflows read them as {"${ secrets.NAME }"}.</Empty>
-      ) : (
-        <table>
-          <thead>
-            <tr>
-              <th>Name</th>
-              <th>Key version</th>
-              <th>Updated</th>
-              <th />
-            </tr>
-          </thead>
-          <tbody>
-            {list.data.data.map((s) => (
-              <tr key={s.name}>
-                <td class="mono">{s.name}</td>
-                <td>{s.key_version}</td>
-                <td>
-                  <Time iso={s.updated_at} />
-                </td>
-                <td>
-                  <button class="link danger" onClick={() => remove(s.name)}>
-                    Delete
-                  </button>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      )}
+      <ListTable
+        rows={list.data?.data}
+        what="secrets"
+        empty={<Empty>No secrets. Workflows read them as {"${ secrets.NAME }"}.</Empty>}
+        head={
+          <>
+            <th>Name</th>
+            <th>Key version</th>
+            <th>Updated</th>
+            <th />
+          </>
+        }
+        row={(s) => (
+          <tr key={s.name}>
+            <td class="mono">{s.name}</td>
+            <td>{s.key_version}</td>
+            <td>
+              <Time iso={s.updated_at} />
+            </td>
+            <td>
+              <button class="link danger" onClick={() => remove(s.name)}>
+                Delete
+              </button>
+            </td>
+          </tr>
+        )}
+      />
     </section>
   );
 }

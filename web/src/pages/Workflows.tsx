@@ -4,7 +4,7 @@
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { ApiError, call, type FieldError, type Workflow } from "../api/client";
 import { navigate } from "../lib/router";
-import { Empty, ErrorBox, Link, Loading, Time, useLoad } from "../ui";
+import { Empty, ErrorBox, Link, ListTable, Loading, Time, useLoad } from "../ui";
 
 export function WorkflowsPage() {
   const list = useLoad(() => call("get", "/v1/workflows", { query: { limit: 200 } }), []);
@@ -13,34 +13,29 @@ export function WorkflowsPage() {
       <h1>Workflows</h1>
       <Editor initial={'{\n  "name": "",\n  "nodes": []\n}\n'} onApplied={(w) => navigate(`/workflows/${w.name}`)} />
       <ErrorBox error={list.error} />
-      {!list.data ? (
-        <Loading what="workflows" />
-      ) : list.data.data.length === 0 ? (
-        <Empty>No workflows yet: paste a definition above and apply it (or `agently workflow apply FILE`).</Empty>
-      ) : (
-        <table>
-          <thead>
-            <tr>
-              <th>Name</th>
-              <th>Latest version</th>
-              <th>Applied</th>
-            </tr>
-          </thead>
-          <tbody>
-            {list.data.data.map((w) => (
-              <tr key={w.id}>
-                <td>
-                  <Link href={`/workflows/${encodeURIComponent(w.name)}`}>{w.name}</Link>
-                </td>
-                <td>v{w.version}</td>
-                <td>
-                  <Time iso={w.created_at} />
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      )}
+      <ListTable
+        rows={list.data?.data}
+        what="workflows"
+        empty={<Empty>No workflows yet: paste a definition above and apply it (or `agently workflow apply FILE`).</Empty>}
+        head={
+          <>
+            <th>Name</th>
+            <th>Latest version</th>
+            <th>Applied</th>
+          </>
+        }
+        row={(w) => (
+          <tr key={w.id}>
+            <td>
+              <Link href={`/workflows/${encodeURIComponent(w.name)}`}>{w.name}</Link>
+            </td>
+            <td>v{w.version}</td>
+            <td>
+              <Time iso={w.created_at} />
+            </td>
+          </tr>
+        )}
+      />
     </section>
   );
 }

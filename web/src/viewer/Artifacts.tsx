@@ -3,7 +3,7 @@
 // again when the run moves on.
 import { useEffect, useState } from "preact/hooks";
 import { call, type Schemas } from "../api/client";
-import { ErrorBox, Time } from "../ui";
+import { ErrorBox, ListTable, Time } from "../ui";
 
 type Artifact = Schemas["Artifact"];
 
@@ -44,44 +44,39 @@ export function Artifacts({ runId, version }: { runId: string; version: unknown 
       <h2>
         Artifacts <span class="muted">({list.length})</span>
       </h2>
-      {list.length === 0 ? (
-        <p class="muted">This run kept no files.</p>
-      ) : (
-      <div class="table-wrap">
-        <table>
-          <thead>
-            <tr>
-              <th>Name</th>
-              <th>Node</th>
-              <th>Type</th>
-              <th class="num">Size</th>
-              <th>Created</th>
-            </tr>
-          </thead>
-          <tbody>
-            {list.map((a) => (
-              <tr data-artifact={a.id}>
-                <td>
-                  {a.stored === "inline" ? (
-                    <a href={`/v1/runs/${encodeURIComponent(runId)}/artifacts/${encodeURIComponent(a.id)}`} download={a.name}>
-                      {a.name}
-                    </a>
-                  ) : (
-                    <span title="stored outside the database: not downloadable here">{a.name}</span>
-                  )}
-                </td>
-                <td>{a.node_id ?? ""}</td>
-                <td class="mono">{a.content_type}</td>
-                <td class="num">{size(a.size_bytes)}</td>
-                <td>
-                  <Time iso={a.created_at} />
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
-      )}
+      <ListTable
+        rows={list}
+        what="artifacts"
+        empty={<p class="muted">This run kept no files.</p>}
+        head={
+          <>
+            <th>Name</th>
+            <th>Node</th>
+            <th>Type</th>
+            <th class="num">Size</th>
+            <th>Created</th>
+          </>
+        }
+        row={(a) => (
+          <tr data-artifact={a.id}>
+            <td>
+              {a.stored === "inline" ? (
+                <a href={`/v1/runs/${encodeURIComponent(runId)}/artifacts/${encodeURIComponent(a.id)}`} download={a.name}>
+                  {a.name}
+                </a>
+              ) : (
+                <span title="stored outside the database: not downloadable here">{a.name}</span>
+              )}
+            </td>
+            <td>{a.node_id ?? ""}</td>
+            <td class="mono">{a.content_type}</td>
+            <td class="num">{size(a.size_bytes)}</td>
+            <td>
+              <Time iso={a.created_at} />
+            </td>
+          </tr>
+        )}
+      />
     </section>
   );
 }
