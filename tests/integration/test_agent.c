@@ -8,6 +8,10 @@
  * in needs_input with no executor left, answered through the API; a cost budget that stops
  * the run before the call that would pass it, raised through the API. Every test searches
  * for its API key (a unique value) in the events, errors, journal, API responses and logs.
+ * The cases that follow one flow (an agent node scripted, a run and a worker, a person's
+ * turn or a kill in between, then the output and the calls counted) are the rows of
+ * agent_cases, each a test of its own name (AGENT_TEST_FILTER=name runs one); the others
+ * are functions of their own.
  */
 #include "testlib.h"
 
@@ -223,6 +227,43 @@ static void wait_children(pid_t pid, int n, int ms)
         assert_int_equal(children_of(pid), n);
 }
 
+/* Waits up to ms for the run to reach one of statuses (a|b); when it does not, stops worker
+ * w and fails the test with what, showing the end of the worker's log. */
+static void wait_run(pid_t w, const char *run, const char *statuses, int ms, const char *what)
+{
+        if (!worker_test_wait_status(S.db, run, statuses, ms)) {
+                test_stop_process(w, SIGTERM, 15000);
+                agent_fixture_dump_log(&S);
+                fail_msg("%s; see %s", what, S.last_log);
+        }
+}
+
+/* Events of kind in the run's log. */
+static long long events_of(const char *run, const char *kind)
+{
+        return test_db_int(S.db,
+                           "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = '%s'",
+                           run, kind);
+}
+
+/* The root agent run of run (malloc'd). */
+static char *root_agent_run(const char *run)
+{
+        return test_db_value(S.db,
+                             "SELECT id FROM agent_runs WHERE workflow_run_id = '%s' AND"
+                             " parent_agent_run_id IS NULL",
+                             run);
+}
+
+/* GET /v1/inbox as the test's user; malloc'd body. */
+static char *get_inbox(void)
+{
+        char *out = NULL;
+
+        assert_int_equal(agent_fixture_http(&S, "GET", "/v1/inbox", NULL, &out), 200);
+        return out;
+}
+
 /* ---- fixture ------------------------------------------------------------------------- */
 
 /* Before the API starts: the master key file the worker and the API inherit, and the
@@ -242,58 +283,130 @@ static int setup(void **state)
         agent_fixture_setup(
             &S, "agent",
             &(struct agent_fixture_options){.servers = true, .before_api = store_keys});
-        *state = &S;
+        (void)state; /* no group state: a case of the table gets its row as its state */
         return 0;
 }
 
-/* ---- tests --------------------------------------------------------------------------- */
-
-static void three_tools_then_answer(const char *provider, const char *model)
+static int teardown(void **state)
 {
-        char tag[32], prefix[64];
-        int before = llm_server_request_count(S.llm);
+        (void)state;
+        agent_fixture_teardown(&S);
+        return 0;
+}
 
-        snprintf(tag, sizeof(tag), "e2e-%s", provider);
-        snprintf(prefix, sizeof(prefix), "/%s/", tag);
-        _cleanup_free_ char *wf = agent_workflow(tag, provider, model, "[\"http_request\"]", NULL);
-        script_three_tools(tag, NULL, false);
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"durable agents\"}");
-        pid_t w = spawn_worker("5s");
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not end; see %s", S.last_log);
+/* ---- the agent loop's cases, as a table ------------------------------------------------- */
+
+struct agent_case;
+
+/* A case as it runs: what its hooks read and change (a hook that kills the worker starts
+ * the next one and leaves it in worker). */
+struct case_run {
+        const struct agent_case *c;
+        char *run;
+        pid_t worker;
+        int before; /* the LLM server's requests before the case */
+};
+
+/*
+ * A case of the agent loop: one agent node "think" (agent_workflow(tag, provider, model,
+ * tools, budget)), the LLM server scripted (script, each @SINK@ in it the sink's URL; or
+ * scripts), a run with input and a worker with lease. When waits_for is set the run
+ * reaches that status first (a person's turn). Then meanwhile (checks, answers through the
+ * API, kills), and the run must complete with output; the LLM server must have had
+ * llm_calls requests and the sink sink_calls under /<tag>/. Then then, more checks; last,
+ * the API key must be nowhere. The special cases (a run that fails, stored agents, gated
+ * calls, run_code, the commit count, the lease fence) are their own functions below.
+ */
+struct agent_case {
+        const char *name; /* the test's name (AGENT_TEST_FILTER) */
+        const char *tag;  /* the workflow's name, and the sink's path /<tag>/ */
+        const char *provider, *model, *tools, *budget;
+        const char *script;
+        void (*scripts)(const struct agent_case *c); /* when script is NULL */
+        const char *input;
+        const char *lease;
+        const char *waits_for;
+        void (*meanwhile)(struct case_run *r);
+        const char *output;
+        int llm_calls;
+        int sink_calls;
+        void (*then)(struct case_run *r);
+};
+
+/* script with each @SINK@ in it the sink's URL (malloc'd). */
+static char *with_sink_url(const char *script)
+{
+        const char *p = script, *at;
+        struct buf b;
+
+        buf_init(&b, 1 << 20);
+        for (; (at = strstr(p, "@SINK@")); p = at + strlen("@SINK@")) {
+                assert_int_equal(buf_append(&b, p, (size_t)(at - p)), 0);
+                assert_int_equal(buf_append_str(&b, worker_sink_url(S.sink)), 0);
         }
-        test_stop_process(w, SIGTERM, 15000);
-        agent_fixture_assert_completed(&S, run);
-        assert_db_equal("The answer is abc.", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        assert_int_equal(buf_append_str(&b, p), 0);
+        return buf_steal(&b);
+}
 
-        /* 4 LLM calls, each carrying the key; the last with the three tool results */
-        assert_int_equal(llm_server_request_count(S.llm) - before, 4);
-        for (int i = before; i < before + 4; i++) {
+/* Asserts that the run, waiting for a person, holds nothing: no executor, no lease. */
+static void assert_holds_nothing(struct case_run *r)
+{
+        usleep(300 * 1000);
+        assert_int_equal(children_of(r->worker), 0);
+        assert_db_equal("t", S.db,
+                        "SELECT claimed_by IS NULL AND lease_expires_at IS NULL FROM "
+                        "workflow_runs WHERE id = '%s'",
+                        r->run);
+}
+
+/* SIGKILLs the worker and starts the next. */
+static void kill_worker(struct case_run *r)
+{
+        kill(r->worker, SIGKILL);
+        test_stop_process(r->worker, SIGKILL, 5000);
+        r->worker = spawn_worker(r->c->lease);
+}
+
+/* The case's LLM request number call (0: its first) carries text. */
+static void llm_request_contains(struct case_run *r, int call, const char *text)
+{
+        _cleanup_json_ json_t *req = llm_server_request(S.llm, r->before + call);
+        _cleanup_free_ char *body = json_dumps(json_object_get(req, "body"), JSON_COMPACT);
+        assert_non_null(body);
+        if (!strstr(body, text))
+                fail_msg("LLM request %d does not carry '%s'", call, text);
+}
+
+/* -- the three-tools loop: GET SINK/<tag>/a, b, c, then an answer -- */
+
+static void three_tools_script(const struct agent_case *c)
+{
+        script_three_tools(c->tag, NULL, false);
+}
+
+/* Each call carried the key; the last the three results; tokens, cost, journal, events. */
+static void three_tools_checks(struct case_run *r)
+{
+        _cleanup_free_ char *prefix = str_printf("/%s/", r->c->tag);
+
+        for (int i = r->before; i < r->before + 4; i++) {
                 _cleanup_json_ json_t *req = llm_server_request(S.llm, i);
                 const json_t *h = json_object_get(req, "headers");
                 const char *auth = json_string_value(json_object_get(
-                    h, strcmp(provider, "openai") == 0 ? "authorization" : "x-api-key"));
+                    h, strcmp(r->c->provider, "openai") == 0 ? "authorization" : "x-api-key"));
                 assert_non_null(auth);
                 assert_non_null(strstr(auth, secret.key));
         }
-        _cleanup_json_ json_t *last = llm_server_request(S.llm, before + 3);
-        _cleanup_free_ char *last_text = json_dumps(json_object_get(last, "body"), JSON_COMPACT);
-        assert_non_null(strstr(last_text, "Research durable agents carefully."));
-        assert_non_null(strstr(last_text, "call_c"));
-
+        llm_request_contains(r, 3, "Research durable agents carefully.");
+        llm_request_contains(r, 3, "call_c");
         /* each tool effect once, with a stable idempotency key */
-        assert_int_equal(worker_sink_count(S.sink, prefix), 3);
         assert_int_equal(worker_sink_distinct_keys(S.sink, prefix), 3);
-
         /* tokens and cost */
         assert_db_equal("4|3|5000|350|true", S.db,
                         "SELECT llm_calls || '|' || tool_calls || '|' || tokens_in || '|' ||"
                         " tokens_out || '|' || (cost_usd > 0) FROM agent_runs"
                         " WHERE workflow_run_id = '%s'",
-                        run);
+                        r->run);
         /* the journal: 4 llm and 3 tool calls; the 3 reasoning events and the answer's
          * (kept so that a replay records none of them again) */
         assert_db_equal("7|3|1", S.db,
@@ -302,7 +415,7 @@ static void three_tools_then_answer(const char *provider, const char *model)
                         " count(*) FILTER (WHERE kind = 'result') FROM agent_journal j"
                         " JOIN agent_runs a ON a.id = j.agent_run_id"
                         " WHERE a.workflow_run_id = '%s'",
-                        run);
+                        r->run);
         /* the events show the reasoning, each call and its result */
         assert_db_equal("4|3|3|3|1", S.db,
                         "SELECT count(*) FILTER (WHERE kind = 'agent.llm') || '|' ||"
@@ -311,241 +424,110 @@ static void three_tools_then_answer(const char *provider, const char *model)
                         " count(*) FILTER (WHERE kind = 'agent.tool_result') || '|' ||"
                         " count(*) FILTER (WHERE kind = 'agent.finished')"
                         " FROM logs WHERE workflow_run_id = '%s'",
-                        run);
+                        r->run);
         assert_db_equal("5000", S.db,
                         "SELECT sum((data->>'input_tokens')::int) FROM logs WHERE"
                         " workflow_run_id = '%s' AND kind = 'agent.llm'",
-                        run);
+                        r->run);
         assert_db_equal("read_only", S.db,
                         "SELECT min(data->>'effect') FROM logs WHERE workflow_run_id = '%s'"
                         " AND kind = 'agent.tool_call'",
-                        run);
-        assert_no_key_anywhere(run);
+                        r->run);
 }
 
-static void openai_agent_calls_three_tools_then_answers(void **state)
+/* -- a SIGKILL while the third of four LLM calls is in flight -- */
+
+static void crash_script(const struct agent_case *c)
 {
-        (void)state;
-        three_tools_then_answer("openai", "gpt-4o-mini");
+        script_three_tools(c->tag, ",\"delay_ms\":8000", true);
 }
 
-static void anthropic_agent_calls_three_tools_then_answers(void **state)
+static void kill_during_the_third_call(struct case_run *r)
 {
-        (void)state;
-        three_tools_then_answer("anthropic", "claude-3-5-haiku");
-}
-
-/*
- * The worker is SIGKILLed while the third LLM call is in flight. The next worker replays
- * calls 1 and 2 and tools a and b from the journal: the server receives calls 3 and 4 only,
- * the sink sees a, b and c once each, and the output is an uninterrupted run's.
- */
-static void crash_mid_loop_replays_the_journal(void **state)
-{
-        (void)state;
-        const char *tag = "crash";
-        int before = llm_server_request_count(S.llm);
-        _cleanup_free_ char *wf =
-            agent_workflow(tag, "openai", "gpt-4o-mini", "[\"http_request\"]", NULL);
-        script_three_tools(tag, ",\"delay_ms\":8000", true);
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"crashes\"}");
-        pid_t w1 = spawn_worker("2s");
-
-        wait_llm_requests(before + 3, 30000); /* the third is in flight (delayed) */
+        wait_llm_requests(r->before + 3, 30000); /* the third is in flight (delayed) */
         assert_int_equal(worker_sink_count(S.sink, "/crash/"), 2);
-        kill(w1, SIGKILL);
-        test_stop_process(w1, SIGKILL, 5000);
+        kill_worker(r);
+}
 
-        pid_t w2 = spawn_worker("2s");
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
-                test_stop_process(w2, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not end after the crash; see %s", S.last_log);
-        }
-        test_stop_process(w2, SIGTERM, 15000);
-        agent_fixture_assert_completed(&S, run);
-        assert_db_equal("The answer is abc.", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        /* 3 before the kill, then calls 3 and 4 only */
-        assert_int_equal(llm_server_request_count(S.llm) - before, 5);
-        _cleanup_json_ json_t *killed = llm_server_request(S.llm, before + 2);
-        _cleanup_json_ json_t *again = llm_server_request(S.llm, before + 3);
+/* Calls 3 and 4 only after the kill (the third sent again as it was); no tool effect
+ * repeated. */
+static void crash_checks(struct case_run *r)
+{
+        _cleanup_json_ json_t *killed = llm_server_request(S.llm, r->before + 2);
+        _cleanup_json_ json_t *again = llm_server_request(S.llm, r->before + 3);
         assert_true(json_equal(json_object_get(killed, "body"), json_object_get(again, "body")));
-        /* no tool effect repeated */
         assert_int_equal(worker_sink_count(S.sink, "/crash/a"), 1);
         assert_int_equal(worker_sink_count(S.sink, "/crash/b"), 1);
         assert_int_equal(worker_sink_count(S.sink, "/crash/c"), 1);
         assert_db_equal("4|3", S.db,
                         "SELECT llm_calls || '|' || tool_calls FROM agent_runs"
                         " WHERE workflow_run_id = '%s'",
-                        run);
-        assert_no_key_anywhere(run);
+                        r->run);
 }
 
-/* ask_human: the run waits in needs_input with no executor left; the answer through the
- * API resumes it with no repeated LLM call. */
-static void ask_human_waits_holding_nothing(void **state)
-{
-        (void)state;
-        int before = llm_server_request_count(S.llm);
-        _cleanup_free_ char *wf =
-            agent_workflow("ask", "anthropic", "claude-3-5-haiku", "[\"ask_human\"]", NULL);
-        llm_server_script(
-            S.llm,
-            "[{\"text\":\"\",\"tool_calls\":[{\"id\":\"q1\",\"name\":\"ask_human\","
-            "\"arguments\":\"{\\\"question\\\":\\\"Which colour?\\\"}\"}],\"usage\":{\"input\":10,"
-            "\"output\":5}},{\"text\":\"You chose blue.\",\"usage\":{\"input\":20,\"output\":5}}]");
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"colours\"}");
-        pid_t w = spawn_worker("5s");
+/* -- ask_human: needs_input holding nothing, answered through the API -- */
 
-        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not wait for a person; see %s", S.last_log);
-        }
-        usleep(300 * 1000);
-        assert_int_equal(children_of(w), 0); /* no executor process left */
-        assert_db_equal("t", S.db,
-                        "SELECT claimed_by IS NULL AND lease_expires_at IS NULL FROM "
-                        "workflow_runs WHERE id = '%s'",
-                        run);
+static void answer_blue(struct case_run *r)
+{
+        assert_holds_nothing(r);
         assert_db_equal("waiting|Which colour?", S.db,
                         "SELECT status || '|' || (waiting_for->>'question') FROM agent_runs"
                         " WHERE workflow_run_id = '%s'",
-                        run);
-        assert_int_equal(llm_server_request_count(S.llm) - before, 1);
-
-        assert_int_equal(post_input(run, "{\"answer\":\"blue\"}"), 200);
-        assert_int_equal(post_input(run, "{\"answer\":\"red\"}"), 409); /* answered already */
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not resume; see %s", S.last_log);
-        }
-        test_stop_process(w, SIGTERM, 15000);
-        assert_db_equal("You chose blue.", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        /* call 1 came from the journal: 2 calls in all */
-        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
-        _cleanup_json_ json_t *second = llm_server_request(S.llm, before + 1);
-        _cleanup_free_ char *text = json_dumps(json_object_get(second, "body"), JSON_COMPACT);
-        assert_non_null(strstr(text, "blue"));
-        assert_no_key_anywhere(run);
+                        r->run);
+        assert_int_equal(llm_server_request_count(S.llm) - r->before, 1);
+        assert_int_equal(post_input(r->run, "{\"answer\":\"blue\"}"), 200);
+        assert_int_equal(post_input(r->run, "{\"answer\":\"red\"}"), 409); /* answered already */
 }
 
-/* max_cost_usd: the run stops before the call that would pass it, waits in needs_input,
- * and continues where it stopped once a person raises the budget. */
-static void cost_budget_stops_and_is_raised(void **state)
+/* call 1 came from the journal: the second is the one that carries the answer */
+static void blue_reached_the_agent(struct case_run *r)
 {
-        (void)state;
-        int before = llm_server_request_count(S.llm);
-        /* gpt-4o-mini: $0.15 per million input tokens: each call below costs $0.15 */
-        _cleanup_free_ char *wf = agent_workflow("budget", "openai", "gpt-4o-mini",
-                                                 "[\"http_request\"]", "{\"max_cost_usd\":0.25}");
-        _cleanup_free_ char *script = str_printf(
-            "[{\"text\":\"\",\"tool_calls\":[{\"id\":\"b1\",\"name\":\"http_request\","
-            "\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"%s/budget/1\\\"}\"}],"
-            "\"usage\":{\"input\":1000000,\"output\":0}},"
-            "{\"text\":\"Done within budget.\",\"usage\":{\"input\":1000000,\"output\":0}}]",
-            worker_sink_url(S.sink));
-        llm_server_script(S.llm, script);
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"money\"}");
-        pid_t w = spawn_worker("5s");
+        llm_request_contains(r, 1, "blue");
+}
 
-        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the budget did not stop the run; see %s", S.last_log);
-        }
+/* -- max_cost_usd: stops before the call that would pass it; raised through the API -- */
+
+static void raise_the_cost_budget(struct case_run *r)
+{
         /* one call made ($0.15); the second would pass $0.25 */
-        assert_int_equal(llm_server_request_count(S.llm) - before, 1);
+        assert_int_equal(llm_server_request_count(S.llm) - r->before, 1);
         assert_int_equal(worker_sink_count(S.sink, "/budget/"), 1);
         assert_db_equal(
             "max_cost_usd", S.db,
-            "SELECT waiting_for->>'budget' FROM agent_runs WHERE workflow_run_id = '%s'", run);
+            "SELECT waiting_for->>'budget' FROM agent_runs WHERE workflow_run_id = '%s'", r->run);
         assert_db_equal("1", S.db,
                         "SELECT count(*) FROM workflow_runs WHERE id = '%s' AND"
                         " error->>'message' LIKE 'budget exhausted%%'",
-                        run);
-        usleep(300 * 1000);
-        assert_int_equal(children_of(w), 0);
-
-        assert_int_equal(post_input(run, "{\"budget\":{\"max_cost_usd\":1}}"), 200);
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not continue; see %s", S.last_log);
-        }
-        test_stop_process(w, SIGTERM, 15000);
-        assert_db_equal("Done within budget.", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
-        assert_int_equal(worker_sink_count(S.sink, "/budget/"), 1); /* not repeated */
-        assert_db_equal("0.300000", S.db,
-                        "SELECT cost_usd FROM agent_runs WHERE workflow_run_id = '%s'", run);
-        assert_no_key_anywhere(run);
+                        r->run);
+        assert_holds_nothing(r);
+        assert_int_equal(post_input(r->run, "{\"budget\":{\"max_cost_usd\":1}}"), 200);
 }
 
-/*
- * A sub-agent tree of depth 2: the agent spawns two children in parallel, each spawns a
- * leaf; the worker is SIGKILLed while both leaves' LLM calls are in flight. The next worker
- * replays the root and the children from their journals (their first calls are not sent
- * again), runs the leaves again, and the root answers with both children's answers.
- */
-static void subagent_tree_resumes_after_a_kill(void **state)
+static void cost_is_both_calls(struct case_run *r)
 {
-        (void)state;
-        int before = llm_server_request_count(S.llm);
-        _cleanup_free_ char *wf =
-            agent_workflow("tree", "openai", "gpt-4o-mini", "[\"spawn_agent\"]", NULL);
-        llm_server_script(
-            S.llm,
-            "[{\"match\":\"Research tree\",\"text\":\"Two helpers.\",\"tool_calls\":["
-            "{\"id\":\"s1\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"CHILD-A "
-            "go\\\"}\"},{\"id\":\"s2\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
-            "\\\"CHILD-B go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
-            "{\"match\":\"CHILD-A go\",\"tool_calls\":[{\"id\":\"g1\",\"name\":\"spawn_agent\","
-            "\"arguments\":\"{\\\"prompt\\\":\\\"LEAF-A go\\\"}\"}],\"usage\":{\"input\":10,"
-            "\"output\":5}},"
-            "{\"match\":\"CHILD-B go\",\"tool_calls\":[{\"id\":\"g2\",\"name\":\"spawn_agent\","
-            "\"arguments\":\"{\\\"prompt\\\":\\\"LEAF-B go\\\"}\"}],\"usage\":{\"input\":10,"
-            "\"output\":5}},"
-            "{\"match\":\"LEAF-A go\",\"text\":\"LA-DONE\",\"delay_ms\":8000},"
-            "{\"match\":\"LEAF-B go\",\"text\":\"LB-DONE\",\"delay_ms\":8000},"
-            "{\"match\":\"LEAF-A go\",\"text\":\"LA-DONE\"},"
-            "{\"match\":\"LEAF-B go\",\"text\":\"LB-DONE\"},"
-            "{\"match\":\"LA-DONE\",\"text\":\"CA-DONE\"},"
-            "{\"match\":\"LB-DONE\",\"text\":\"CB-DONE\"},"
-            "{\"match\":\"CB-DONE\",\"text\":\"ROOT: CA-DONE + CB-DONE\"}]");
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"tree\"}");
-        pid_t w1 = spawn_worker("2s");
+        assert_db_equal("0.300000", S.db,
+                        "SELECT cost_usd FROM agent_runs WHERE workflow_run_id = '%s'", r->run);
+}
 
-        /* root, both children, both leaves: the leaves' calls are in flight together */
-        wait_llm_requests(before + 5, 30000);
-        /* the leaves' two executors only: the root and the children wait holding none */
-        wait_children(w1, 2, 5000);
+/* -- sub-agents -- */
+
+/* root, both children, both leaves: the leaves' calls are in flight together, and only
+ * their two executors run (the root and the children wait holding none); then the kill */
+static void kill_while_the_leaves_call(struct case_run *r)
+{
+        wait_llm_requests(r->before + 5, 30000);
+        wait_children(r->worker, 2, 5000);
         assert_db_equal("3", S.db,
                         "SELECT count(*) FROM agent_runs WHERE workflow_run_id = '%s' AND"
                         " status = 'waiting' AND waiting_for->>'kind' = 'sub_agents'",
-                        run);
-        kill(w1, SIGKILL);
-        test_stop_process(w1, SIGKILL, 5000);
+                        r->run);
+        kill_worker(r);
+}
 
-        pid_t w2 = spawn_worker("2s");
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
-                test_stop_process(w2, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the tree did not end after the kill; see %s", S.last_log);
-        }
-        test_stop_process(w2, SIGTERM, 15000);
-        agent_fixture_assert_completed(&S, run);
-        assert_db_equal("ROOT: CA-DONE + CB-DONE", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        /* 5 before the kill; after it only the leaves again, the children's and the root's
-         * last calls */
-        assert_int_equal(llm_server_request_count(S.llm) - before, 10);
+/* the tree: a root, two children under it, a leaf under each child */
+static void the_tree_completed(struct case_run *r)
+{
         assert_int_equal(llm_server_steps_left(S.llm), 0);
-        /* the tree: a root, two children under it, a leaf under each child */
         assert_db_equal(
             "1|2|2|5", S.db,
             "SELECT count(*) FILTER (WHERE a.parent_agent_run_id IS NULL) || '|' ||"
@@ -554,9 +536,434 @@ static void subagent_tree_resumes_after_a_kill(void **state)
             " count(*) FILTER (WHERE a.status = 'completed')"
             " FROM agent_runs a LEFT JOIN agent_runs p ON p.id = a.parent_agent_run_id"
             " WHERE a.workflow_run_id = '%s'",
-            run);
-        assert_no_key_anywhere(run);
+            r->run);
 }
+
+/* both children's calls in flight: their two executors run, the parent's does not */
+static void the_parent_waits_for_both(struct case_run *r)
+{
+        wait_llm_requests(r->before + 3, 30000);
+        wait_children(r->worker, 2, 2500);
+        _cleanup_free_ char *root = root_agent_run(r->run);
+        assert_non_null(root);
+        assert_db_equal("waiting|sub_agents|2", S.db,
+                        "SELECT status || '|' || (waiting_for->>'kind') || '|' ||"
+                        " jsonb_array_length(waiting_for->'agent_run_ids') FROM agent_runs"
+                        " WHERE id = '%s'",
+                        root);
+}
+
+/* each sub-agent's answer and its agent.spawn_result event: one transaction */
+static void each_answer_one_commit(struct case_run *r)
+{
+        assert_db_equal("2", S.db,
+                        "SELECT count(*) FROM agent_journal j JOIN agent_runs a ON"
+                        " a.id = j.agent_run_id JOIN logs l ON l.workflow_run_id ="
+                        " a.workflow_run_id AND l.kind = 'agent.spawn_result' AND"
+                        " l.data->>'call_id' = j.request->>'call_id' AND l.xmin = j.xmin"
+                        " WHERE a.workflow_run_id = '%s' AND j.kind = 'spawn'",
+                        r->run);
+        assert_int_equal(llm_server_steps_left(S.llm), 0);
+        assert_db_equal("3", S.db,
+                        "SELECT count(*) FROM agent_runs WHERE workflow_run_id = '%s' AND"
+                        " status = 'completed'",
+                        r->run);
+}
+
+/* the fast child's answer is journaled in the parent's spawn row, the slow one's call in
+ * flight, the parent waits with no executor: then the kill */
+static void kill_between_the_answer_and_the_wake(struct case_run *r)
+{
+        wait_llm_requests(r->before + 3, 30000);
+        _cleanup_free_ char *root = root_agent_run(r->run);
+        assert_non_null(root);
+        int64_t end = test_now_ms() + 10000;
+        while (test_now_ms() < end &&
+               test_db_int(S.db,
+                           "SELECT count(*) FROM agent_journal WHERE agent_run_id = '%s' AND"
+                           " kind = 'spawn' AND response IS NOT NULL",
+                           root) < 1)
+                usleep(20000);
+        wait_children(r->worker, 1, 2500); /* the slow child's executor only */
+        assert_db_equal("waiting|1", S.db,
+                        "SELECT a.status || '|' || (SELECT count(*) FROM agent_journal j WHERE"
+                        " j.agent_run_id = a.id AND j.kind = 'spawn' AND j.response IS NOT NULL)"
+                        " FROM agent_runs a WHERE a.id = '%s'",
+                        root);
+        kill_worker(r);
+}
+
+/* the parent answered once, with both */
+static void the_parent_answered_once(struct case_run *r)
+{
+        assert_int_equal(llm_server_steps_left(S.llm), 0);
+        assert_db_equal("1|2", S.db,
+                        "SELECT count(*) FILTER (WHERE kind = 'agent.finished' AND data->>"
+                        "'llm_calls' = '2') || '|' || count(*) FILTER (WHERE kind ="
+                        " 'agent.spawn_result') FROM logs WHERE workflow_run_id = '%s'",
+                        r->run);
+}
+
+/* The sub-agent of the run (malloc'd). */
+static char *child_agent_run(const char *run)
+{
+        char *child = test_db_value(S.db,
+                                    "SELECT id FROM agent_runs WHERE workflow_run_id = '%s' AND"
+                                    " parent_agent_run_id IS NOT NULL",
+                                    run);
+        assert_non_null(child);
+        return child;
+}
+
+/* the sub-agent's question, named in the run's error and the inbox; then the answer */
+static void answer_the_sub_agent(struct case_run *r)
+{
+        assert_holds_nothing(r); /* neither the child's executor nor the root's */
+        _cleanup_free_ char *child = child_agent_run(r->run);
+        assert_db_equal("waiting|Which colour, child?|waiting|sub_agents", S.db,
+                        "SELECT c.status || '|' || (c.waiting_for->>'question') || '|' ||"
+                        " p.status || '|' || (p.waiting_for->>'kind') FROM agent_runs c"
+                        " JOIN agent_runs p ON p.id = c.parent_agent_run_id WHERE c.id = '%s'",
+                        child);
+        assert_db_equal("1", S.db,
+                        "SELECT count(*) FROM workflow_runs WHERE id = '%s' AND"
+                        " error->'waiting_for'->>'agent_run_id' = '%s' AND"
+                        " error->'waiting_for'->>'question' = 'Which colour, child?' AND"
+                        " (error->'waiting_for'->'sub_agent'->>'depth')::int = 1 AND"
+                        " error->>'message' LIKE 'a sub-agent (agent run %s, depth 1) waits:%%'",
+                        r->run, child, child);
+        _cleanup_free_ char *inbox = get_inbox();
+        assert_non_null(strstr(inbox, "Which colour, child?"));
+        assert_non_null(strstr(inbox, child));
+        assert_int_equal(llm_server_request_count(S.llm) - r->before, 2);
+        assert_int_equal(post_input(r->run, "{\"answer\":\"teal\"}"), 200);
+}
+
+/* the root's and the child's first calls came from their journals */
+static void no_step_left(struct case_run *r)
+{
+        (void)r;
+        assert_int_equal(llm_server_steps_left(S.llm), 0);
+}
+
+/* the sub-agent's refused call waits as a "budget" request naming it; then the raise */
+static void raise_the_sub_agents_budget(struct case_run *r)
+{
+        assert_holds_nothing(r);
+        assert_int_equal(worker_sink_count(S.sink, "/thrifty/"), 0); /* refused before leaving */
+        _cleanup_free_ char *child = child_agent_run(r->run);
+        assert_db_equal("budget|max_tool_calls|1", S.db,
+                        "SELECT (error->'waiting_for'->>'kind') || '|' ||"
+                        " (error->'waiting_for'->>'budget') || '|' ||"
+                        " (error->'waiting_for'->'sub_agent'->>'depth') FROM workflow_runs"
+                        " WHERE id = '%s' AND error->'waiting_for'->>'agent_run_id' = '%s'",
+                        r->run, child);
+        _cleanup_free_ char *inbox = get_inbox();
+        assert_non_null(strstr(inbox, "\"kind\":\"budget\""));
+        assert_non_null(strstr(inbox, child));
+        assert_int_equal(post_input(r->run, "{\"budget\":{\"max_tool_calls\":1}}"), 200);
+}
+
+/* the sub-agent's budget was raised, the root's was not */
+static void only_the_sub_agents_budget_raised(struct case_run *r)
+{
+        _cleanup_free_ char *child = child_agent_run(r->run);
+
+        assert_int_equal(llm_server_steps_left(S.llm), 0);
+        assert_db_equal("1|0", S.db,
+                        "SELECT (c.budget->>'max_tool_calls') || '|' || (p.budget->>"
+                        "'max_tool_calls') FROM agent_runs c JOIN agent_runs p ON"
+                        " p.id = c.parent_agent_run_id WHERE c.id = '%s'",
+                        child);
+}
+
+/* -- events sent again by a replay are recorded once -- */
+
+/* the slow GET is in flight, the reasoning and the refusal recorded: then the kill */
+static void kill_after_the_events(struct case_run *r)
+{
+        int64_t end = test_now_ms() + 30000;
+        while (test_now_ms() < end && (worker_sink_count(S.sink, "/evdup/") < 1 ||
+                                       events_of(r->run, "agent.tool_refused") < 1 ||
+                                       events_of(r->run, "agent.reasoning") < 1))
+                usleep(20000);
+        if (worker_sink_count(S.sink, "/evdup/") != 1)
+                agent_fixture_dump_log(&S);
+        assert_int_equal(worker_sink_count(S.sink, "/evdup/"), 1);
+        assert_int_equal(events_of(r->run, "agent.reasoning"), 1);
+        assert_int_equal(events_of(r->run, "agent.tool_refused"), 1);
+        kill_worker(r);
+}
+
+/* the GET in flight at the kill was sent again (same key); no event twice */
+static void no_event_twice(struct case_run *r)
+{
+        assert_int_equal(worker_sink_distinct_keys(S.sink, "/evdup/"), 1);
+        assert_int_equal(events_of(r->run, "agent.reasoning"), 1);
+        assert_int_equal(events_of(r->run, "agent.tool_refused"), 1);
+        assert_int_equal(events_of(r->run, "agent.llm"), 2);
+        assert_int_equal(events_of(r->run, "agent.finished"), 1);
+}
+
+#define HTTP_REQUEST "[\"http_request\"]"
+#define SPAWN_AGENT  "[\"spawn_agent\"]"
+
+static const struct agent_case agent_cases[] = {
+    /* the three-tools-then-answer loop with tokens, cost and events, on both providers */
+    {.name = "openai_agent_calls_three_tools_then_answers",
+     .tag = "e2e-openai",
+     .provider = "openai",
+     .model = "gpt-4o-mini",
+     .tools = HTTP_REQUEST,
+     .scripts = three_tools_script,
+     .input = "{\"topic\":\"durable agents\"}",
+     .lease = "5s",
+     .output = "The answer is abc.",
+     .llm_calls = 4,
+     .sink_calls = 3,
+     .then = three_tools_checks},
+    {.name = "anthropic_agent_calls_three_tools_then_answers",
+     .tag = "e2e-anthropic",
+     .provider = "anthropic",
+     .model = "claude-3-5-haiku",
+     .tools = HTTP_REQUEST,
+     .scripts = three_tools_script,
+     .input = "{\"topic\":\"durable agents\"}",
+     .lease = "5s",
+     .output = "The answer is abc.",
+     .llm_calls = 4,
+     .sink_calls = 3,
+     .then = three_tools_checks},
+    /* the worker SIGKILLed while the third LLM call is in flight: the next replays calls 1
+     * and 2 and tools a and b from the journal, sends calls 3 and 4 only */
+    {.name = "crash_mid_loop_replays_the_journal",
+     .tag = "crash",
+     .provider = "openai",
+     .model = "gpt-4o-mini",
+     .tools = HTTP_REQUEST,
+     .scripts = crash_script,
+     .input = "{\"topic\":\"crashes\"}",
+     .lease = "2s",
+     .meanwhile = kill_during_the_third_call,
+     .output = "The answer is abc.",
+     .llm_calls = 5,
+     .sink_calls = 3,
+     .then = crash_checks},
+    /* ask_human: needs_input with no executor left, answered through the API, no LLM call
+     * repeated */
+    {.name = "ask_human_waits_holding_nothing",
+     .tag = "ask",
+     .provider = "anthropic",
+     .model = "claude-3-5-haiku",
+     .tools = "[\"ask_human\"]",
+     .script = "[{\"text\":\"\",\"tool_calls\":[{\"id\":\"q1\",\"name\":\"ask_human\","
+               "\"arguments\":\"{\\\"question\\\":\\\"Which colour?\\\"}\"}],\"usage\":{\"input\":"
+               "10,\"output\":5}},{\"text\":\"You chose blue.\",\"usage\":{\"input\":20,"
+               "\"output\":5}}]",
+     .input = "{\"topic\":\"colours\"}",
+     .lease = "5s",
+     .waits_for = "needs_input",
+     .meanwhile = answer_blue,
+     .output = "You chose blue.",
+     .llm_calls = 2,
+     .then = blue_reached_the_agent},
+    /* max_cost_usd stops the run before the call that would pass it (gpt-4o-mini: $0.15 per
+     * million input tokens, each call below $0.15); raised, it goes on where it stopped */
+    {.name = "cost_budget_stops_and_is_raised",
+     .tag = "budget",
+     .provider = "openai",
+     .model = "gpt-4o-mini",
+     .tools = HTTP_REQUEST,
+     .budget = "{\"max_cost_usd\":0.25}",
+     .script =
+         "[{\"text\":\"\",\"tool_calls\":[{\"id\":\"b1\",\"name\":\"http_request\","
+         "\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"@SINK@/budget/1\\\"}\"}],"
+         "\"usage\":{\"input\":1000000,\"output\":0}},"
+         "{\"text\":\"Done within budget.\",\"usage\":{\"input\":1000000,\"output\":0}}]",
+     .input = "{\"topic\":\"money\"}",
+     .lease = "5s",
+     .waits_for = "needs_input",
+     .meanwhile = raise_the_cost_budget,
+     .output = "Done within budget.",
+     .llm_calls = 2,
+     .sink_calls = 1, /* not repeated */
+     .then = cost_is_both_calls},
+    /* a sub-agent tree of depth 2 (two children, a leaf each), the worker SIGKILLed while
+     * both leaves call: the next replays the root and the children, runs the leaves again */
+    {.name = "subagent_tree_resumes_after_a_kill",
+     .tag = "tree",
+     .provider = "openai",
+     .model = "gpt-4o-mini",
+     .tools = SPAWN_AGENT,
+     .script =
+         "[{\"match\":\"Research tree\",\"text\":\"Two helpers.\",\"tool_calls\":["
+         "{\"id\":\"s1\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"CHILD-A "
+         "go\\\"}\"},{\"id\":\"s2\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
+         "\\\"CHILD-B go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+         "{\"match\":\"CHILD-A go\",\"tool_calls\":[{\"id\":\"g1\",\"name\":\"spawn_agent\","
+         "\"arguments\":\"{\\\"prompt\\\":\\\"LEAF-A go\\\"}\"}],\"usage\":{\"input\":10,"
+         "\"output\":5}},"
+         "{\"match\":\"CHILD-B go\",\"tool_calls\":[{\"id\":\"g2\",\"name\":\"spawn_agent\","
+         "\"arguments\":\"{\\\"prompt\\\":\\\"LEAF-B go\\\"}\"}],\"usage\":{\"input\":10,"
+         "\"output\":5}},"
+         "{\"match\":\"LEAF-A go\",\"text\":\"LA-DONE\",\"delay_ms\":8000},"
+         "{\"match\":\"LEAF-B go\",\"text\":\"LB-DONE\",\"delay_ms\":8000},"
+         "{\"match\":\"LEAF-A go\",\"text\":\"LA-DONE\"},"
+         "{\"match\":\"LEAF-B go\",\"text\":\"LB-DONE\"},"
+         "{\"match\":\"LA-DONE\",\"text\":\"CA-DONE\"},"
+         "{\"match\":\"LB-DONE\",\"text\":\"CB-DONE\"},"
+         "{\"match\":\"CB-DONE\",\"text\":\"ROOT: CA-DONE + CB-DONE\"}]",
+     .input = "{\"topic\":\"tree\"}",
+     .lease = "2s",
+     .meanwhile = kill_while_the_leaves_call,
+     .output = "ROOT: CA-DONE + CB-DONE",
+     /* 5 before the kill; after it only the leaves again, the children's and the root's
+      * last calls */
+     .llm_calls = 10,
+     .then = the_tree_completed},
+    /* a parent that can only wait for its sub-agents holds no executor and is started again
+     * when they answer: nobody has to wake it */
+    {.name = "a_parent_waiting_for_sub_agents_holds_no_executor",
+     .tag = "wake",
+     .provider = "openai",
+     .model = "gpt-4o-mini",
+     .tools = SPAWN_AGENT,
+     .script = "[{\"match\":\"Research wake\",\"text\":\"Two helpers.\",\"tool_calls\":["
+               "{\"id\":\"w1\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"KID-A "
+               "go\\\"}\"},{\"id\":\"w2\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
+               "\\\"KID-B go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+               "{\"match\":\"KID-A go\",\"text\":\"KA-DONE\",\"delay_ms\":3000},"
+               "{\"match\":\"KID-B go\",\"text\":\"KB-DONE\",\"delay_ms\":3000},"
+               "{\"match\":\"KB-DONE\",\"text\":\"ROOT: KA-DONE + KB-DONE\"}]",
+     .input = "{\"topic\":\"wake\"}",
+     .lease = "5s",
+     .meanwhile = the_parent_waits_for_both,
+     .output = "ROOT: KA-DONE + KB-DONE",
+     .llm_calls = 4,
+     .then = each_answer_one_commit},
+    /* the worker dies between a fast sub-agent's answer and its parent's wake, a slow one
+     * in flight: the wake is not lost, nobody answers twice */
+    {.name = "a_kill_between_a_sub_agents_answer_and_the_wake",
+     .tag = "halfway",
+     .provider = "openai",
+     .model = "gpt-4o-mini",
+     .tools = SPAWN_AGENT,
+     .script = "[{\"match\":\"Research halfway\",\"tool_calls\":["
+               "{\"id\":\"h1\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"FAST "
+               "go\\\"}\"},{\"id\":\"h2\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
+               "\\\"SLOW go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+               "{\"match\":\"FAST go\",\"text\":\"F-DONE\"},"
+               "{\"match\":\"SLOW go\",\"text\":\"S-DONE\",\"delay_ms\":8000},"
+               "{\"match\":\"SLOW go\",\"text\":\"S-DONE\"},"
+               "{\"match\":\"S-DONE\",\"text\":\"ROOT: F-DONE + S-DONE\"}]",
+     .input = "{\"topic\":\"halfway\"}",
+     .lease = "2s",
+     .meanwhile = kill_between_the_answer_and_the_wake,
+     .output = "ROOT: F-DONE + S-DONE",
+     /* root, fast, slow before the kill; slow again and the root's answer after it */
+     .llm_calls = 5,
+     .then = the_parent_answered_once},
+    /* a sub-agent's ask_human waits instead of failing its spawn, holding nothing; the
+     * answer resumes the sub-agent, then the parent, each from its journal */
+    {.name = "a_sub_agent_asking_a_person_waits_holding_nothing",
+     .tag = "subask",
+     .provider = "openai",
+     .model = "gpt-4o-mini",
+     .tools = "[\"spawn_agent\",\"ask_human\"]",
+     .script = "[{\"match\":\"Research subask\",\"tool_calls\":[{\"id\":\"k1\",\"name\":"
+               "\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"ASKER go\\\"}\"}],"
+               "\"usage\":{\"input\":10,\"output\":5}},"
+               "{\"match\":\"ASKER go\",\"tool_calls\":[{\"id\":\"k2\",\"name\":\"ask_human\","
+               "\"arguments\":\"{\\\"question\\\":\\\"Which colour, child?\\\"}\"}],"
+               "\"usage\":{\"input\":10,\"output\":5}},"
+               "{\"match\":\"CHILD: teal\",\"text\":\"ROOT: CHILD: teal\"},"
+               "{\"match\":\"teal\",\"text\":\"CHILD: teal\"}]",
+     .input = "{\"topic\":\"subask\"}",
+     .lease = "5s",
+     .waits_for = "needs_input",
+     .meanwhile = answer_the_sub_agent,
+     .output = "ROOT: CHILD: teal",
+     .llm_calls = 4,
+     .then = no_step_left},
+    /* a sub-agent's exhausted budget (the tree's max_tool_calls 0; a spawn is not a tool
+     * call) waits for a raise naming the sub-agent, holding nothing; the raise is the
+     * sub-agent's */
+    {.name = "a_sub_agents_exhausted_budget_waits_for_a_raise",
+     .tag = "thrifty",
+     .provider = "openai",
+     .model = "gpt-4o-mini",
+     .tools = "[\"spawn_agent\",\"http_request\"]",
+     .budget = "{\"max_tool_calls\":0}",
+     .script = "[{\"tool_calls\":[{\"id\":\"t1\",\"name\":\"spawn_agent\",\"arguments\":"
+               "\"{\\\"prompt\\\":\\\"THRIFTY go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+               "{\"tool_calls\":[{\"id\":\"t2\",\"name\":\"http_request\",\"arguments\":"
+               "\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"@SINK@/thrifty/1\\\"}\"}],"
+               "\"usage\":{\"input\":10,\"output\":5}},"
+               "{\"text\":\"THRIFTY-DONE\",\"usage\":{\"input\":10,\"output\":5}},"
+               "{\"text\":\"ROOT: THRIFTY-DONE\",\"usage\":{\"input\":10,\"output\":5}}]",
+     .input = "{\"topic\":\"thrift\"}",
+     .lease = "5s",
+     .waits_for = "needs_input",
+     .meanwhile = raise_the_sub_agents_budget,
+     .output = "ROOT: THRIFTY-DONE",
+     .llm_calls = 4,
+     .sink_calls = 1,
+     .then = only_the_sub_agents_budget_raised},
+    /* events an executor sent after its last journaled answer (a reasoning event, a refused
+     * call's) are recorded once, though the replay after a SIGKILL sends them again */
+    {.name = "events_are_recorded_once_across_a_crash",
+     .tag = "evdup",
+     .provider = "openai",
+     .model = "gpt-4o-mini",
+     .tools = HTTP_REQUEST,
+     .script = "[{\"text\":\"Looking once.\",\"tool_calls\":[{\"id\":\"e1\",\"name\":"
+               "\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":"
+               "\\\"http://elsewhere.test/x\\\"}\"},{\"id\":\"e2\",\"name\":\"http_request\","
+               "\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"@SINK@/evdup/"
+               "a?delay_ms=6000\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
+               "{\"text\":\"Seen once.\",\"usage\":{\"input\":20,\"output\":5}}]",
+     .input = "{\"topic\":\"echoes\"}",
+     .lease = "2s",
+     .meanwhile = kill_after_the_events,
+     .output = "Seen once.",
+     .llm_calls = 2,
+     .sink_calls = 2,
+     .then = no_event_twice},
+};
+
+static void run_agent_case(void **state)
+{
+        const struct agent_case *c = *state;
+        struct case_run r = {.c = c, .before = llm_server_request_count(S.llm)};
+        _cleanup_free_ char *wf =
+            agent_workflow(c->tag, c->provider, c->model, c->tools, c->budget);
+        _cleanup_free_ char *prefix = str_printf("/%s/", c->tag);
+
+        if (c->script) {
+                _cleanup_free_ char *script = with_sink_url(c->script);
+                llm_server_script(S.llm, script);
+        } else
+                c->scripts(c);
+        r.run = worker_test_run(S.db, wf, c->input);
+        r.worker = spawn_worker(c->lease);
+        if (c->waits_for)
+                wait_run(r.worker, r.run, c->waits_for, 30000, "the run did not stop for a person");
+        if (c->meanwhile)
+                c->meanwhile(&r);
+        wait_run(r.worker, r.run, "completed|failed", 60000, "the run did not end");
+        test_stop_process(r.worker, SIGTERM, 15000);
+        agent_fixture_assert_completed(&S, r.run);
+        assert_db_equal(c->output, S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", r.run);
+        assert_int_equal(llm_server_request_count(S.llm) - r.before, c->llm_calls);
+        assert_int_equal(worker_sink_count(S.sink, prefix), c->sink_calls);
+        if (c->then)
+                c->then(&r);
+        assert_no_key_anywhere(r.run);
+        free(r.run);
+}
+
+/* ---- the special cases ------------------------------------------------------------------ */
 
 /*
  * Replay that finds the executor asking something else than its journal holds is a
@@ -576,11 +983,7 @@ static void a_journal_mismatch_is_a_nondeterminism_error(void **state)
         _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"chance\"}");
         pid_t w = spawn_worker("5s");
 
-        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not wait for a person; see %s", S.last_log);
-        }
+        wait_run(w, run, "needs_input", 30000, "the run did not wait for a person");
         int before = llm_server_request_count(S.llm);
         _cleanup_free_ char *sql = str_printf(
             "UPDATE agent_journal j SET request_sha256 = repeat('0', 64) FROM agent_runs a"
@@ -588,11 +991,7 @@ static void a_journal_mismatch_is_a_nondeterminism_error(void **state)
             run);
         PQclear(test_db_must(S.db, sql));
         assert_int_equal(post_input(run, "{\"answer\":\"yes\"}"), 200);
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not end; see %s", S.last_log);
-        }
+        wait_run(w, run, "completed|failed", 30000, "the run did not end");
         test_stop_process(w, SIGTERM, 15000);
         assert_db_equal("failed|nondeterminism", S.db,
                         "SELECT status || '|' || (error->'error'->>'class') FROM workflow_runs"
@@ -694,15 +1093,6 @@ static char *llm_body(int i)
         return json_dumps(json_object_get(req, "body"), JSON_COMPACT);
 }
 
-static void wait_end(pid_t w, const char *run, const char *statuses, const char *what)
-{
-        if (!worker_test_wait_status(S.db, run, statuses, 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("%s; see %s", what, S.last_log);
-        }
-}
-
 /* "agent": "researcher" runs the user's stored agent end to end: its model, system prompt,
  * prompt (with the run's input) and key reach the LLM, and the run shows the version. */
 static void a_node_runs_a_stored_agent_by_name(void **state)
@@ -716,7 +1106,7 @@ static void a_node_runs_a_stored_agent_by_name(void **state)
         _cleanup_free_ char *run = start_run("by-name", "{\"topic\":\"durable agents\"}");
         assert_int_equal(run_agent_version(run, "researcher"), 1);
         pid_t w = spawn_worker("5s");
-        wait_end(w, run, "completed|failed", "the run did not end");
+        wait_run(w, run, "completed|failed", 30000, "the run did not end");
         test_stop_process(w, SIGTERM, 15000);
         agent_fixture_assert_completed(&S, run);
         assert_db_equal("Stored answer.", S.db,
@@ -755,7 +1145,7 @@ static void a_node_overrides_the_stored_agent(void **state)
         llm_server_script(S.llm, script);
         _cleanup_free_ char *run = start_run("override", "{\"topic\":\"budgets\"}");
         pid_t w = spawn_worker("5s");
-        wait_end(w, run, "needs_input", "the overridden budget did not stop the run");
+        wait_run(w, run, "needs_input", 30000, "the overridden budget did not stop the run");
         assert_int_equal(llm_server_request_count(S.llm) - before, 1);
         _cleanup_free_ char *body = llm_body(before);
         assert_non_null(strstr(body, "Summarise budgets in one line."));
@@ -767,7 +1157,7 @@ static void a_node_overrides_the_stored_agent(void **state)
                         " WHERE workflow_run_id = '%s'",
                         run);
         assert_int_equal(post_input(run, "{\"budget\":{\"max_tokens\":100000}}"), 200);
-        wait_end(w, run, "completed|failed", "the run did not continue");
+        wait_run(w, run, "completed|failed", 30000, "the run did not continue");
         test_stop_process(w, SIGTERM, 15000);
         assert_db_equal("One line.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
@@ -797,7 +1187,7 @@ static void a_new_version_does_not_change_a_waiting_run(void **state)
                    "\"output\":5}}]");
         _cleanup_free_ char *run = start_run("pinned", "{\"topic\":\"colours\"}");
         pid_t w = spawn_worker("5s");
-        wait_end(w, run, "needs_input", "the run did not wait for a person");
+        wait_run(w, run, "needs_input", 30000, "the run did not wait for a person");
 
         apply_agent("asker",
                     "\"system\":\"SYSTEM-V2\",\"prompt\":\"Ask about ${ input.topic } again.\","
@@ -805,7 +1195,7 @@ static void a_new_version_does_not_change_a_waiting_run(void **state)
                     201);
         assert_int_equal(run_agent_version(run, "asker"), 1);
         assert_int_equal(post_input(run, "{\"answer\":\"blue\"}"), 200);
-        wait_end(w, run, "completed|failed", "the run did not resume");
+        wait_run(w, run, "completed|failed", 30000, "the run did not resume");
         agent_fixture_assert_completed(&S, run);
         assert_db_equal("V1 answered blue.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
@@ -817,7 +1207,7 @@ static void a_new_version_does_not_change_a_waiting_run(void **state)
 
         _cleanup_free_ char *fresh = start_run("pinned", "{\"topic\":\"shapes\"}");
         assert_int_equal(run_agent_version(fresh, "asker"), 2);
-        wait_end(w, fresh, "completed|failed", "the new run did not end");
+        wait_run(w, fresh, "completed|failed", 30000, "the new run did not end");
         test_stop_process(w, SIGTERM, 15000);
         assert_db_equal("V2 answered.", S.db,
                         "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", fresh);
@@ -953,11 +1343,7 @@ static void journal_grows_with_the_conversation(void **state)
         _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
         pid_t w = spawn_worker("5s");
 
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 240000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the long conversation did not end; see %s", S.last_log);
-        }
+        wait_run(w, run, "completed|failed", 240000, "the long conversation did not end");
         test_stop_process(w, SIGTERM, 15000);
         agent_fixture_assert_completed(&S, run);
         assert_int_equal(llm_server_request_count(S.llm) - before, TURNS + 1);
@@ -1315,11 +1701,7 @@ static json_t *run_code_keeps_a_file(const char *tag, bool crash)
                 test_stop_process(w, SIGKILL, 5000);
                 w = spawn_tools_worker();
         }
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 90000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not end; see %s", S.last_log);
-        }
+        wait_run(w, run, "completed|failed", 90000, "the run did not end");
         assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0); /* ASan: clean */
         agent_fixture_assert_completed(&S, run);
         assert_db_equal("Done: report.txt written.", S.db,
@@ -1498,72 +1880,6 @@ static void run_code_is_journaled_and_not_run_again(void **state)
         assert_non_null(strstr(a, "\"name\":\"report.txt\",\"sha256\""));
 }
 
-/* Events of kind in the run's log. */
-static long long events_of(const char *run, const char *kind)
-{
-        return test_db_int(S.db,
-                           "SELECT count(*) FROM logs WHERE workflow_run_id = '%s' AND kind = '%s'",
-                           run, kind);
-}
-
-/*
- * Events an executor sent after its last journaled answer are recorded once, though the
- * replay after a crash sends them again: the worker is SIGKILLed while a tool call is in
- * flight, after the agent's reasoning event and a refused call's event were recorded; the
- * next worker replays the LLM call and the executor repeats both, and neither is recorded
- * twice (nor the final answer's).
- */
-static void events_are_recorded_once_across_a_crash(void **state)
-{
-        (void)state;
-        _cleanup_free_ char *wf =
-            agent_workflow("evdup", "openai", "gpt-4o-mini", "[\"http_request\"]", NULL);
-        _cleanup_free_ char *script = str_printf(
-            "[{\"text\":\"Looking once.\",\"tool_calls\":[{\"id\":\"e1\",\"name\":"
-            "\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":"
-            "\\\"http://elsewhere.test/x\\\"}\"},{\"id\":\"e2\",\"name\":\"http_request\","
-            "\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"%s/evdup/"
-            "a?delay_ms=6000\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
-            "{\"text\":\"Seen once.\",\"usage\":{\"input\":20,\"output\":5}}]",
-            worker_sink_url(S.sink));
-        llm_server_script(S.llm, script);
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"echoes\"}");
-        pid_t w1 = spawn_worker("2s");
-
-        /* the slow GET is in flight: the reasoning and the refusal are recorded */
-        int64_t end = test_now_ms() + 30000;
-        while (test_now_ms() < end &&
-               (worker_sink_count(S.sink, "/evdup/") < 1 ||
-                events_of(run, "agent.tool_refused") < 1 || events_of(run, "agent.reasoning") < 1))
-                usleep(20000);
-        if (worker_sink_count(S.sink, "/evdup/") != 1)
-                agent_fixture_dump_log(&S);
-        assert_int_equal(worker_sink_count(S.sink, "/evdup/"), 1);
-        assert_int_equal(events_of(run, "agent.reasoning"), 1);
-        assert_int_equal(events_of(run, "agent.tool_refused"), 1);
-        kill(w1, SIGKILL);
-        test_stop_process(w1, SIGKILL, 5000);
-
-        pid_t w2 = spawn_worker("2s");
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
-                test_stop_process(w2, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not end after the crash; see %s", S.last_log);
-        }
-        test_stop_process(w2, SIGTERM, 15000);
-        agent_fixture_assert_completed(&S, run);
-        assert_db_equal("Seen once.", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        /* the GET in flight at the kill was sent again (same key); no event twice */
-        assert_int_equal(worker_sink_count(S.sink, "/evdup/"), 2);
-        assert_int_equal(worker_sink_distinct_keys(S.sink, "/evdup/"), 1);
-        assert_int_equal(events_of(run, "agent.reasoning"), 1);
-        assert_int_equal(events_of(run, "agent.tool_refused"), 1);
-        assert_int_equal(events_of(run, "agent.llm"), 2);
-        assert_int_equal(events_of(run, "agent.finished"), 1);
-        assert_no_key_anywhere(run);
-}
-
 /*
  * An LLM call through an agent costs one commit: a 30-turn conversation (each turn the
  * model's text — streamed, an agent.text event —, the executor's reasoning event and a
@@ -1604,11 +1920,7 @@ static void an_llm_call_costs_one_commit(void **state)
         long long xid0 = test_db_int(S.db, "SELECT txid_current()");
         _cleanup_free_ char *run = worker_test_run(S.db, wf, NULL);
 
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 120000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the conversation did not end; see %s", S.last_log);
-        }
+        wait_run(w, run, "completed|failed", 120000, "the conversation did not end");
         long long xid1 = test_db_int(S.db, "SELECT txid_current()");
         test_stop_process(w, SIGTERM, 15000);
         agent_fixture_assert_completed(&S, run);
@@ -1644,300 +1956,6 @@ static void an_llm_call_costs_one_commit(void **state)
                         " FROM agent_journal j JOIN agent_runs a ON a.id = j.agent_run_id"
                         " WHERE a.workflow_run_id = '%s'",
                         run);
-        assert_no_key_anywhere(run);
-}
-
-/* The root agent run of run (malloc'd). */
-static char *root_agent_run(const char *run)
-{
-        return test_db_value(S.db,
-                             "SELECT id FROM agent_runs WHERE workflow_run_id = '%s' AND"
-                             " parent_agent_run_id IS NULL",
-                             run);
-}
-
-/*
- * A parent that can only wait for its sub-agents holds no executor: while its two
- * children's LLM calls are in flight, the worker runs their two executors and not the
- * parent's, whose agent run waits ({"kind": "sub_agents"}, naming both). When they answer,
- * the parent is started again, replays its journal (its first LLM call is not sent again)
- * and answers with both answers: nobody has to wake it.
- */
-static void a_parent_waiting_for_sub_agents_holds_no_executor(void **state)
-{
-        (void)state;
-        int before = llm_server_request_count(S.llm);
-        _cleanup_free_ char *wf =
-            agent_workflow("wake", "openai", "gpt-4o-mini", "[\"spawn_agent\"]", NULL);
-        llm_server_script(
-            S.llm,
-            "[{\"match\":\"Research wake\",\"text\":\"Two helpers.\",\"tool_calls\":["
-            "{\"id\":\"w1\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"KID-A "
-            "go\\\"}\"},{\"id\":\"w2\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
-            "\\\"KID-B go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
-            "{\"match\":\"KID-A go\",\"text\":\"KA-DONE\",\"delay_ms\":3000},"
-            "{\"match\":\"KID-B go\",\"text\":\"KB-DONE\",\"delay_ms\":3000},"
-            "{\"match\":\"KB-DONE\",\"text\":\"ROOT: KA-DONE + KB-DONE\"}]");
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"wake\"}");
-        pid_t w = spawn_worker("5s");
-
-        wait_llm_requests(before + 3, 30000); /* both children's calls in flight */
-        wait_children(w, 2, 2500);
-        _cleanup_free_ char *root = root_agent_run(run);
-        assert_non_null(root);
-        assert_db_equal("waiting|sub_agents|2", S.db,
-                        "SELECT status || '|' || (waiting_for->>'kind') || '|' ||"
-                        " jsonb_array_length(waiting_for->'agent_run_ids') FROM agent_runs"
-                        " WHERE id = '%s'",
-                        root);
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the parent was not woken; see %s", S.last_log);
-        }
-        test_stop_process(w, SIGTERM, 15000);
-        agent_fixture_assert_completed(&S, run);
-        assert_db_equal("ROOT: KA-DONE + KB-DONE", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        assert_int_equal(llm_server_request_count(S.llm) - before, 4);
-        /* each sub-agent's answer and its agent.spawn_result event: one transaction */
-        assert_db_equal("2", S.db,
-                        "SELECT count(*) FROM agent_journal j JOIN agent_runs a ON"
-                        " a.id = j.agent_run_id JOIN logs l ON l.workflow_run_id ="
-                        " a.workflow_run_id AND l.kind = 'agent.spawn_result' AND"
-                        " l.data->>'call_id' = j.request->>'call_id' AND l.xmin = j.xmin"
-                        " WHERE a.workflow_run_id = '%s' AND j.kind = 'spawn'",
-                        run);
-        assert_int_equal(llm_server_steps_left(S.llm), 0);
-        assert_db_equal("3", S.db,
-                        "SELECT count(*) FROM agent_runs WHERE workflow_run_id = '%s' AND"
-                        " status = 'completed'",
-                        run);
-        assert_no_key_anywhere(run);
-}
-
-/*
- * The worker dies between a sub-agent's answer and its parent's wake: the parent waits
- * (no executor) for a fast child that has answered — its answer journaled in the parent's
- * spawn row — and a slow one still in flight. The next worker neither loses the wake nor
- * answers twice: the fast child's call is not sent again, the slow one's is, and the
- * parent answers once with both.
- */
-static void a_kill_between_a_sub_agents_answer_and_the_wake(void **state)
-{
-        (void)state;
-        int before = llm_server_request_count(S.llm);
-        _cleanup_free_ char *wf =
-            agent_workflow("halfway", "openai", "gpt-4o-mini", "[\"spawn_agent\"]", NULL);
-        llm_server_script(
-            S.llm,
-            "[{\"match\":\"Research halfway\",\"tool_calls\":["
-            "{\"id\":\"h1\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"FAST "
-            "go\\\"}\"},{\"id\":\"h2\",\"name\":\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":"
-            "\\\"SLOW go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
-            "{\"match\":\"FAST go\",\"text\":\"F-DONE\"},"
-            "{\"match\":\"SLOW go\",\"text\":\"S-DONE\",\"delay_ms\":8000},"
-            "{\"match\":\"SLOW go\",\"text\":\"S-DONE\"},"
-            "{\"match\":\"S-DONE\",\"text\":\"ROOT: F-DONE + S-DONE\"}]");
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"halfway\"}");
-        pid_t w1 = spawn_worker("2s");
-
-        wait_llm_requests(before + 3, 30000);
-        _cleanup_free_ char *root = root_agent_run(run);
-        assert_non_null(root);
-        int64_t end = test_now_ms() + 10000;
-        while (test_now_ms() < end &&
-               test_db_int(S.db,
-                           "SELECT count(*) FROM agent_journal WHERE agent_run_id = '%s' AND"
-                           " kind = 'spawn' AND response IS NOT NULL",
-                           root) < 1)
-                usleep(20000);
-        wait_children(w1, 1, 2500); /* the slow child's executor only */
-        assert_db_equal("waiting|1", S.db,
-                        "SELECT a.status || '|' || (SELECT count(*) FROM agent_journal j WHERE"
-                        " j.agent_run_id = a.id AND j.kind = 'spawn' AND j.response IS NOT NULL)"
-                        " FROM agent_runs a WHERE a.id = '%s'",
-                        root);
-        kill(w1, SIGKILL);
-        test_stop_process(w1, SIGKILL, 5000);
-
-        pid_t w2 = spawn_worker("2s");
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 60000)) {
-                test_stop_process(w2, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the parent was not woken after the kill; see %s", S.last_log);
-        }
-        test_stop_process(w2, SIGTERM, 15000);
-        agent_fixture_assert_completed(&S, run);
-        assert_db_equal("ROOT: F-DONE + S-DONE", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        /* root, fast, slow before the kill; slow again and the root's answer after it */
-        assert_int_equal(llm_server_request_count(S.llm) - before, 5);
-        assert_int_equal(llm_server_steps_left(S.llm), 0);
-        assert_db_equal("1|2", S.db,
-                        "SELECT count(*) FILTER (WHERE kind = 'agent.finished' AND data->>"
-                        "'llm_calls' = '2') || '|' || count(*) FILTER (WHERE kind ="
-                        " 'agent.spawn_result') FROM logs WHERE workflow_run_id = '%s'",
-                        run);
-        assert_no_key_anywhere(run);
-}
-
-/* GET /v1/inbox as the test's user; malloc'd body. */
-static char *get_inbox(void)
-{
-        char *out = NULL;
-
-        assert_int_equal(agent_fixture_http(&S, "GET", "/v1/inbox", NULL, &out), 200);
-        return out;
-}
-
-/*
- * A sub-agent's ask_human waits instead of failing its spawn: the run goes to needs_input
- * with the sub-agent's question, naming it (in the run's error and GET /v1/inbox), with no
- * executor left and no lease; the parent waits for it. The answer through the API resumes
- * the sub-agent (its first call from its journal), then the parent (its first call from
- * its own).
- */
-static void a_sub_agent_asking_a_person_waits_holding_nothing(void **state)
-{
-        (void)state;
-        int before = llm_server_request_count(S.llm);
-        _cleanup_free_ char *wf = agent_workflow("subask", "openai", "gpt-4o-mini",
-                                                 "[\"spawn_agent\",\"ask_human\"]", NULL);
-        llm_server_script(
-            S.llm, "[{\"match\":\"Research subask\",\"tool_calls\":[{\"id\":\"k1\",\"name\":"
-                   "\"spawn_agent\",\"arguments\":\"{\\\"prompt\\\":\\\"ASKER go\\\"}\"}],"
-                   "\"usage\":{\"input\":10,\"output\":5}},"
-                   "{\"match\":\"ASKER go\",\"tool_calls\":[{\"id\":\"k2\",\"name\":\"ask_human\","
-                   "\"arguments\":\"{\\\"question\\\":\\\"Which colour, child?\\\"}\"}],"
-                   "\"usage\":{\"input\":10,\"output\":5}},"
-                   "{\"match\":\"CHILD: teal\",\"text\":\"ROOT: CHILD: teal\"},"
-                   "{\"match\":\"teal\",\"text\":\"CHILD: teal\"}]");
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"subask\"}");
-        pid_t w = spawn_worker("5s");
-
-        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not wait for the sub-agent's question; see %s", S.last_log);
-        }
-        usleep(300 * 1000);
-        assert_int_equal(children_of(w), 0); /* no executor: neither the child's nor the root's */
-        assert_db_equal("t", S.db,
-                        "SELECT claimed_by IS NULL AND lease_expires_at IS NULL FROM "
-                        "workflow_runs WHERE id = '%s'",
-                        run);
-        _cleanup_free_ char *child =
-            test_db_value(S.db,
-                          "SELECT id FROM agent_runs WHERE workflow_run_id = '%s' AND"
-                          " parent_agent_run_id IS NOT NULL",
-                          run);
-        assert_non_null(child);
-        assert_db_equal("waiting|Which colour, child?|waiting|sub_agents", S.db,
-                        "SELECT c.status || '|' || (c.waiting_for->>'question') || '|' ||"
-                        " p.status || '|' || (p.waiting_for->>'kind') FROM agent_runs c"
-                        " JOIN agent_runs p ON p.id = c.parent_agent_run_id WHERE c.id = '%s'",
-                        child);
-        /* the run names the sub-agent that asks */
-        assert_db_equal("1", S.db,
-                        "SELECT count(*) FROM workflow_runs WHERE id = '%s' AND"
-                        " error->'waiting_for'->>'agent_run_id' = '%s' AND"
-                        " error->'waiting_for'->>'question' = 'Which colour, child?' AND"
-                        " (error->'waiting_for'->'sub_agent'->>'depth')::int = 1 AND"
-                        " error->>'message' LIKE 'a sub-agent (agent run %s, depth 1) waits:%%'",
-                        run, child, child);
-        _cleanup_free_ char *inbox = get_inbox();
-        assert_non_null(strstr(inbox, "Which colour, child?"));
-        assert_non_null(strstr(inbox, child));
-        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
-
-        assert_int_equal(post_input(run, "{\"answer\":\"teal\"}"), 200);
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not resume; see %s", S.last_log);
-        }
-        test_stop_process(w, SIGTERM, 15000);
-        agent_fixture_assert_completed(&S, run);
-        assert_db_equal("ROOT: CHILD: teal", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        /* the root's and the child's first calls came from their journals */
-        assert_int_equal(llm_server_request_count(S.llm) - before, 4);
-        assert_int_equal(llm_server_steps_left(S.llm), 0);
-        assert_no_key_anywhere(run);
-}
-
-/*
- * A sub-agent's exhausted budget waits too: the tree's budget allows no tool call
- * (max_tool_calls 0; a spawn is not one, so the root goes on), the sub-agent's first
- * http_request is refused by it before it leaves, and the run waits in needs_input with a
- * "budget" request naming the sub-agent (its run, the inbox), holding no executor. Raising
- * the budget through the API raises the sub-agent's (not the root's); the sub-agent then
- * makes its call once and answers, and the root finishes.
- */
-static void a_sub_agents_exhausted_budget_waits_for_a_raise(void **state)
-{
-        (void)state;
-        int before = llm_server_request_count(S.llm);
-        _cleanup_free_ char *wf =
-            agent_workflow("thrifty", "openai", "gpt-4o-mini", "[\"spawn_agent\",\"http_request\"]",
-                           "{\"max_tool_calls\":0}");
-        _cleanup_free_ char *script = str_printf(
-            "[{\"tool_calls\":[{\"id\":\"t1\",\"name\":\"spawn_agent\",\"arguments\":"
-            "\"{\\\"prompt\\\":\\\"THRIFTY go\\\"}\"}],\"usage\":{\"input\":10,\"output\":5}},"
-            "{\"tool_calls\":[{\"id\":\"t2\",\"name\":\"http_request\",\"arguments\":"
-            "\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":\\\"%s/thrifty/1\\\"}\"}],"
-            "\"usage\":{\"input\":10,\"output\":5}},"
-            "{\"text\":\"THRIFTY-DONE\",\"usage\":{\"input\":10,\"output\":5}},"
-            "{\"text\":\"ROOT: THRIFTY-DONE\",\"usage\":{\"input\":10,\"output\":5}}]",
-            worker_sink_url(S.sink));
-        llm_server_script(S.llm, script);
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{\"topic\":\"thrift\"}");
-        pid_t w = spawn_worker("5s");
-
-        if (!worker_test_wait_status(S.db, run, "needs_input", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not wait for a budget raise; see %s", S.last_log);
-        }
-        usleep(300 * 1000);
-        assert_int_equal(children_of(w), 0);
-        assert_int_equal(worker_sink_count(S.sink, "/thrifty/"), 0); /* refused before leaving */
-        _cleanup_free_ char *child =
-            test_db_value(S.db,
-                          "SELECT id FROM agent_runs WHERE workflow_run_id = '%s' AND"
-                          " parent_agent_run_id IS NOT NULL",
-                          run);
-        assert_non_null(child);
-        assert_db_equal("budget|max_tool_calls|1", S.db,
-                        "SELECT (error->'waiting_for'->>'kind') || '|' ||"
-                        " (error->'waiting_for'->>'budget') || '|' ||"
-                        " (error->'waiting_for'->'sub_agent'->>'depth') FROM workflow_runs"
-                        " WHERE id = '%s' AND error->'waiting_for'->>'agent_run_id' = '%s'",
-                        run, child);
-        _cleanup_free_ char *inbox = get_inbox();
-        assert_non_null(strstr(inbox, "\"kind\":\"budget\""));
-        assert_non_null(strstr(inbox, child));
-
-        assert_int_equal(post_input(run, "{\"budget\":{\"max_tool_calls\":1}}"), 200);
-        if (!worker_test_wait_status(S.db, run, "completed|failed", 30000)) {
-                test_stop_process(w, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the run did not continue after the raise; see %s", S.last_log);
-        }
-        test_stop_process(w, SIGTERM, 15000);
-        agent_fixture_assert_completed(&S, run);
-        assert_db_equal("ROOT: THRIFTY-DONE", S.db,
-                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
-        assert_int_equal(worker_sink_count(S.sink, "/thrifty/"), 1);
-        assert_int_equal(llm_server_request_count(S.llm) - before, 4);
-        assert_int_equal(llm_server_steps_left(S.llm), 0);
-        /* the sub-agent's budget was raised, the root's was not */
-        assert_db_equal("1|0", S.db,
-                        "SELECT (c.budget->>'max_tool_calls') || '|' || (p.budget->>"
-                        "'max_tool_calls') FROM agent_runs c JOIN agent_runs p ON"
-                        " p.id = c.parent_agent_run_id WHERE c.id = '%s'",
-                        child);
         assert_no_key_anywhere(run);
 }
 
@@ -2052,17 +2070,7 @@ static void agent_runs_creation_is_fenced_on_the_lease(void **state)
 
 int main(void)
 {
-        const struct CMUnitTest tests[] = {
-            cmocka_unit_test(openai_agent_calls_three_tools_then_answers),
-            cmocka_unit_test(anthropic_agent_calls_three_tools_then_answers),
-            cmocka_unit_test(crash_mid_loop_replays_the_journal),
-            cmocka_unit_test(ask_human_waits_holding_nothing),
-            cmocka_unit_test(cost_budget_stops_and_is_raised),
-            cmocka_unit_test(subagent_tree_resumes_after_a_kill),
-            cmocka_unit_test(a_parent_waiting_for_sub_agents_holds_no_executor),
-            cmocka_unit_test(a_kill_between_a_sub_agents_answer_and_the_wake),
-            cmocka_unit_test(a_sub_agent_asking_a_person_waits_holding_nothing),
-            cmocka_unit_test(a_sub_agents_exhausted_budget_waits_for_a_raise),
+        static const struct CMUnitTest special[] = {
             cmocka_unit_test(a_journal_mismatch_is_a_nondeterminism_error),
             cmocka_unit_test(journal_grows_with_the_conversation),
             cmocka_unit_test(gated_tool_call_approved_runs_once),
@@ -2077,10 +2085,19 @@ int main(void)
             cmocka_unit_test(a_missing_agent_is_a_validation_error),
             cmocka_unit_test(a_secret_not_listed_is_refused),
             cmocka_unit_test(agent_runs_creation_is_fenced_on_the_lease),
-            cmocka_unit_test(events_are_recorded_once_across_a_crash),
             cmocka_unit_test(an_llm_call_costs_one_commit),
         };
+        /* the table's cases first, each a test named by its row, then the special ones */
+        struct CMUnitTest tests[ELEMENTSOF(agent_cases) + ELEMENTSOF(special)];
+        size_t n = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(agent_cases); i++)
+                tests[n++] = (struct CMUnitTest){.name = agent_cases[i].name,
+                                                 .test_func = run_agent_case,
+                                                 .initial_state = (void *)&agent_cases[i]};
+        for (size_t i = 0; i < ELEMENTSOF(special); i++)
+                tests[n++] = special[i];
         if (getenv("AGENT_TEST_FILTER")) /* one test while debugging */
                 cmocka_set_test_filter(getenv("AGENT_TEST_FILTER"));
-        return cmocka_run_group_tests(tests, setup, agent_fixture_group_teardown);
+        return cmocka_run_group_tests(tests, setup, teardown);
 }
