@@ -126,6 +126,11 @@ static void test_timers_survive_restarts(void **state)
         }
         int64_t elapsed = test_now_ms() - t0;
         for (int i = 0; i < NWORKERS; i++) {
+                char id[32];
+                /* the last one restarted may still be starting: let it reach its loop, so
+                 * SIGTERM drains it rather than killing it */
+                snprintf(id, sizeof(id), "t%d.%d", i, gen[i] - 1);
+                worker_test_wait_registered(db, id, 20000);
                 int st = test_stop_process(pids[i], SIGTERM, 20000);
                 alive[i] = 0;
                 assert_exit_code(st, 0);

@@ -38,13 +38,7 @@ static void test_single_turn_run_is_one_commit(void **state)
 
         (void)w;
         /* started: registered (its first beat), idle */
-        for (int i = 0; i < 200 && test_db_int(f->db, "SELECT count(*) FROM agently_workers "
-                                                      "WHERE id = 'w1'") == 0;
-             i++)
-                usleep(50 * 1000);
-        assert_int_equal(test_db_int(f->db, "SELECT count(*) FROM agently_workers WHERE id = "
-                                            "'w1'"),
-                         1);
+        worker_test_wait_registered(f->db, "w1", 10000);
         usleep(200 * 1000);
 
         before = next_xid(f->db);

@@ -379,3 +379,16 @@ pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *
         remember_spawned(pid);
         return pid;
 }
+
+void worker_test_wait_registered(PGconn *owner, const char *id, int timeout_ms)
+{
+        int64_t t0 = test_now_ms();
+
+        /* ids are the test's own ("w1", "t0.3"): no quoting needed */
+        while (test_db_int(owner, "SELECT count(*) FROM agently_workers WHERE id = '%s'", id) ==
+                   0 &&
+               test_now_ms() - t0 < timeout_ms)
+                usleep(20 * 1000);
+        assert_int_equal(
+            test_db_int(owner, "SELECT count(*) FROM agently_workers WHERE id = '%s'", id), 1);
+}

@@ -81,6 +81,11 @@ pid_t worker_test_spawn_api(const char *owner_conninfo, const char *dir, char *b
 pid_t worker_test_spawn(const char *owner_conninfo, const char *id, const char *lease,
                         const char *heartbeat, const char *const *extra, const char *log_path);
 
+/* Waits until the worker --id ID has registered (agently_workers; its first beat), at most
+ * timeout_ms, and fails the test if it has not. By then its SIGTERM and SIGINT go to its
+ * loop (a drain); a worker signalled sooner, still starting, dies of the signal instead. */
+void worker_test_wait_registered(PGconn *owner, const char *id, int timeout_ms);
+
 /* Asserts that the first value of a query (test_db_value's arguments) equals expected, and
  * frees it. */
 #define assert_db_equal(expected, ...)                                                             \
