@@ -191,6 +191,30 @@ static int render_or_fail(struct wf_plan_ctx *p, const struct wf_leaf *l, int at
         return r;
 }
 
+/*
+ * Evaluates the expression e in scope into *out (a new reference). An expression that does
+ * not evaluate fails node id's attempt ("could not evaluate <what> at column N: ..."), the
+ * one wording of `if`, `until`, `items` and `when`. Returns as render_or_fail: 1 with *out
+ * set, 0 (the failure was emitted) or a negative errno (p->error set).
+ */
+static int eval_or_fail(struct wf_plan_ctx *p, const char *id, int attempt, const struct wf_expr *e,
+                        const struct wf_scope *scope, const char *what, json_t **out)
+{
+        struct wf_expr_error err = {0};
+        int r = wf_expr_eval_scope(e, scope, out, &err);
+
+        if (r == -EINVAL)
+                r = emit_fail(p, id, attempt,
+                              error_json("error", "could not evaluate %s at column %d: %s", what,
+                                         err.column, err.message ? err.message : "error"));
+        else if (r < 0)
+                p->error = r;
+        else
+                r = 1;
+        wf_expr_error_clear(&err);
+        return r;
+}
+
 /* The execute action of an effect node's attempt (engine.h): input is borrowed. NULL when
  * out of memory. */
 static json_t *execute_action(const struct wf_leaf *l, int attempt, json_t *input, const char *key,
@@ -228,20 +252,11 @@ int wf_plan_transform_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int 
 int wf_plan_condition_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int attempt,
                             bool reexecution)
 {
-        struct wf_expr_error err = {0};
         _cleanup_json_ json_t *v = NULL;
-        int r = wf_expr_eval_scope(l->node->condition, l->scope, &v, &err);
+        int r = eval_or_fail(p, l->id, attempt, l->node->condition, l->scope, "if", &v);
 
-        if (r == -EINVAL) {
-                r = emit_fail(p, l->id, attempt,
-                              error_json("error", "could not evaluate if at column %d: %s",
-                                         err.column, err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
+        if (r <= 0)
                 return r;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
-                return p->error = r;
         return emit_complete(
             p, l->id,
             json_pack("{s:s,s:O}", "branch", wf_expr_truthy(v) ? "then" : "else", "value", v));
@@ -615,20 +630,10 @@ int wf_plan_sleep_start(struct wf_plan_ctx *p, const struct wf_leaf *l, int atte
         int64_t wake;
 
         if (n->until) {
-                struct wf_expr_error err = {0};
                 _cleanup_json_ json_t *v = NULL;
-                int r = wf_expr_eval_scope(n->until, l->scope, &v, &err);
-                if (r == -EINVAL) {
-                        r = emit_fail(p, l->id, attempt,
-                                      error_json("error",
-                                                 "could not evaluate until at column %d: %s",
-                                                 err.column, err.message ? err.message : "error"));
-                        wf_expr_error_clear(&err);
+                int r = eval_or_fail(p, l->id, attempt, n->until, l->scope, "until", &v);
+                if (r <= 0)
                         return r;
-                }
-                wf_expr_error_clear(&err);
-                if (r < 0)
-                        return p->error = r;
                 if (json_is_integer(v))
                         wake = json_integer_value(v);
                 else if (!json_is_string(v) || !parse_rfc3339(json_string_value(v), &wake))
@@ -1153,22 +1158,13 @@ static int map_items(struct wf_plan_ctx *p, const struct wf_node *n, const struc
 
 int wf_plan_map(struct wf_plan_ctx *p, const struct wf_node *n)
 {
-        struct wf_expr_error err = {0};
         _cleanup_json_ json_t *items = NULL;
         struct wf_map_memo local = {.node = n, .all_dirty = true}, *m = &local;
         char id[96];
-        int r = wf_expr_eval_scope(n->items, &p->scope, &items, &err);
+        int r = eval_or_fail(p, n->id, 1, n->items, &p->scope, "items", &items);
 
-        if (r == -EINVAL) {
-                r = emit_fail(p, n->id, 1,
-                              error_json("error", "could not evaluate items at column %d: %s",
-                                         err.column, err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
+        if (r <= 0)
                 return r;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
-                return p->error = r;
         if (!json_is_array(items))
                 return emit_fail(p, n->id, 1,
                                  error_json("error", "items must evaluate to an array (got %s)",
@@ -1252,21 +1248,12 @@ int wf_plan_loop(struct wf_plan_ctx *p, const struct wf_node *n)
                 break;
         }
         /* iteration k finished: evaluate until with iteration = k, last = its output */
-        struct wf_expr_error err = {0};
         _cleanup_json_ json_t *v = NULL;
         json_t *last = !strcmp(rec_status(rec), "completed") ? rec_get(rec, "output") : json_null();
         s.last = last;
-        int r = wf_expr_eval_scope(n->until, &s, &v, &err);
-        if (r == -EINVAL) {
-                r = emit_fail(p, n->id, 1,
-                              error_json("error", "could not evaluate until at column %d: %s",
-                                         err.column, err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
+        int r = eval_or_fail(p, n->id, 1, n->until, &s, "until", &v);
+        if (r <= 0)
                 return r;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
-                return p->error = r;
         if (wf_expr_truthy(v))
                 return emit_complete(
                     p, n->id, json_pack("{s:I,s:O}", "iterations", (json_int_t)k, "last", last));
@@ -1458,23 +1445,15 @@ static enum readiness node_readiness(const struct wf_plan_ctx *p, const struct r
 static int evaluate_when(struct wf_plan_ctx *p, struct run_walk *w, size_t i)
 {
         const struct wf_node *n = &p->wf->nodes[i];
-        struct wf_expr_error err = {0};
         _cleanup_json_ json_t *v = NULL;
         int r;
 
         if (!n->when || json_object_get(p->nodes, n->id))
                 return 1;
-        r = wf_expr_eval_scope(n->when, &p->scope, &v, &err);
-        if (r == -EINVAL) {
-                w->state[i] = ST_ACTIVE;
-                emit_fail(p, n->id, 1,
-                          error_json("error", "could not evaluate when at column %d: %s",
-                                     err.column, err.message ? err.message : "error"));
-                wf_expr_error_clear(&err);
-                return 0;
-        }
-        wf_expr_error_clear(&err);
-        if (r < 0)
+        r = eval_or_fail(p, n->id, 1, n->when, &p->scope, "when", &v);
+        if (r == 0)
+                w->state[i] = ST_ACTIVE; /* failed for an expression error, emitted */
+        if (r <= 0)
                 return r;
         if (wf_expr_truthy(v))
                 return 1;

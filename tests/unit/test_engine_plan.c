@@ -1102,6 +1102,49 @@ static void map_edge_cases(void **state)
         wf_free(wf);
 }
 
+/* An expression that parses but does not evaluate (here a division by zero) fails its node
+ * with one wording wherever it stands: a condition's if, a sleep's until, a map's items, a
+ * loop's until, a node's when. */
+static void an_expression_that_does_not_evaluate_fails_its_node(void **state)
+{
+        static const struct {
+                const char *nodes, *node, *message;
+        } cases[] = {
+            {"{\"id\":\"c\",\"type\":\"condition\",\"if\":\"1 / input.z\",\"then\":[\"a\"],"
+             "\"else\":[\"b\"]},{\"id\":\"a\",\"type\":\"transform\",\"output\":1},"
+             "{\"id\":\"b\",\"type\":\"transform\",\"output\":2}",
+             "c", "could not evaluate if at column 3: division by zero"},
+            {"{\"id\":\"s\",\"type\":\"sleep\",\"until\":\"1 / input.z\"}", "s",
+             "could not evaluate until at column 3: division by zero"},
+            {"{\"id\":\"m\",\"type\":\"map\",\"items\":\"1 / input.z\",\"node\":{\"type\":"
+             "\"transform\",\"output\":1}}",
+             "m", "could not evaluate items at column 3: division by zero"},
+            {"{\"id\":\"l\",\"type\":\"loop\",\"max_iterations\":3,\"until\":\"1 / input.z\","
+             "\"node\":{\"type\":\"transform\",\"output\":1}}",
+             "l", "could not evaluate until at column 3: division by zero"},
+            {"{\"id\":\"w\",\"type\":\"transform\",\"when\":\"1 / input.z\",\"output\":1}", "w",
+             "could not evaluate when at column 3: division by zero"},
+        };
+        (void)state;
+        for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+                char def[1024];
+                snprintf(def, sizeof(def), "{\"name\":\"bad\",\"nodes\":[%s]}", cases[k].nodes);
+                struct wf_workflow *wf = parse(def);
+                _cleanup_json_ json_t *snap = new_snapshot("{\"z\":0}");
+                json_t *p = settle(wf, snap);
+                expect_lone(p, "finish");
+                assert_string_equal(
+                    json_string_value(json_object_get(json_array_get(p, 0), "status")), "failed");
+                assert_string_equal(status_of(snap, cases[k].node), "failed");
+                json_t *rec = json_object_get(nodes_of(snap), cases[k].node);
+                assert_string_equal(
+                    json_string_value(json_object_get(json_object_get(rec, "error"), "message")),
+                    cases[k].message);
+                json_decref(p);
+                wf_free(wf);
+        }
+}
+
 static void loop_runs_until_its_condition(void **state)
 {
         struct wf_workflow *wf =
@@ -1597,6 +1640,7 @@ int main(void)
             cmocka_unit_test(failure_policies_continue_and_escalate),
             cmocka_unit_test(malformed_snapshots_are_rejected),
             cmocka_unit_test(a_stored_agent_is_merged_with_the_node_overrides),
+            cmocka_unit_test(an_expression_that_does_not_evaluate_fails_its_node),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
