@@ -419,6 +419,16 @@ void test_assert_string_cmp(const char *a, enum test_cmp op, const char *b, cons
         _fail(file, line);
 }
 
+json_t *test_json(const char *text)
+{
+        json_error_t jerr;
+        json_t *j = json_loads(text, JSON_DECODE_ANY, &jerr);
+
+        if (!j)
+                fail_msg("bad test JSON at line %d: %s\n%s", jerr.line, jerr.text, text);
+        return j;
+}
+
 void test_assert_json_equal(const json_t *a, const json_t *b, const char *a_text,
                             const char *b_text, const char *file, int line)
 {

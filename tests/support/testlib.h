@@ -102,6 +102,10 @@ void test_assert_exit(int status, int code, const char *status_text, const char 
         test_assert_int_cmp((long long)(a), TEST_GE, (long long)(b), #a, #b, __FILE__, __LINE__)
 /* Exact: for values that are whole numbers or copies, not for computed fractions. */
 #define assert_double_equal(a, b) test_assert_double_equal((a), (b), #a, #b, __FILE__, __LINE__)
+/* A test's own JSON text parsed (any value, not only objects and arrays); the test fails,
+ * naming the line and the text, when it does not parse. The caller owns the value. */
+json_t *test_json(const char *text);
+
 /* Equal JSON values (json_equal); prints both, keys sorted. */
 #define assert_json_equal(a, b) test_assert_json_equal((a), (b), #a, #b, __FILE__, __LINE__)
 /* strcmp order (both non-NULL). */

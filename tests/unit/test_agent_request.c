@@ -35,16 +35,6 @@ static const char *const conversation[] = {
 };
 #define NMSG (sizeof(conversation) / sizeof(conversation[0]))
 
-static json_t *json(const char *text)
-{
-        json_error_t jerr;
-        json_t *j = json_loads(text, 0, &jerr);
-
-        if (!j)
-                fail_msg("bad test JSON: %s: %s", jerr.text, text);
-        return j;
-}
-
 /* The messages [from, to) of the conversation, parsed anew each time (as a worker reads
  * them from a line). */
 static json_t *messages(size_t from, size_t to)
@@ -52,7 +42,7 @@ static json_t *messages(size_t from, size_t to)
         json_t *a = json_array();
 
         for (size_t i = from; i < to; i++)
-                assert_int_equal(json_array_append_new(a, json(conversation[i])), 0);
+                assert_int_equal(json_array_append_new(a, test_json(conversation[i])), 0);
         return a;
 }
 
@@ -60,12 +50,12 @@ static json_t *messages(size_t from, size_t to)
  * more members, JSON object text, or NULL). */
 static json_t *members(const char *extra)
 {
-        json_t *o = json("{\"tool_choice\":\"auto\",\"system\":\"You call tools.\",\"tools\":"
-                         "[{\"name\":\"http_request\",\"description\":\"Send it\","
-                         "\"parameters\":{\"type\":\"object\",\"required\":[\"url\"]}}]}");
+        json_t *o = test_json("{\"tool_choice\":\"auto\",\"system\":\"You call tools.\",\"tools\":"
+                              "[{\"name\":\"http_request\",\"description\":\"Send it\","
+                              "\"parameters\":{\"type\":\"object\",\"required\":[\"url\"]}}]}");
 
         if (extra) {
-                _cleanup_json_ json_t *x = json(extra);
+                _cleanup_json_ json_t *x = test_json(extra);
                 assert_int_equal(json_object_update(o, x), 0);
         }
         return o;
@@ -83,7 +73,7 @@ static json_t *line(const char *id, json_t *msgs, long from, const char *extra, 
         if (from >= 0)
                 assert_int_equal(json_object_set_new(m, "messages_from", json_integer(from)), 0);
         if (top) {
-                _cleanup_json_ json_t *x = json(top);
+                _cleanup_json_ json_t *x = test_json(top);
                 assert_int_equal(json_object_update(m, x), 0);
         }
         return m;

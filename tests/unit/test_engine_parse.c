@@ -11,19 +11,10 @@
 #include "fileio.h"
 #include "strutil.h"
 
-static json_t *load(const char *text)
-{
-        json_error_t jerr;
-        json_t *j = json_loads(text, 0, &jerr);
-        if (!j)
-                fail_msg("bad test JSON at line %d: %s\n%s", jerr.line, jerr.text, text);
-        return j;
-}
-
 /* Parses text expecting failure; returns the error array (caller frees). */
 static json_t *errors_of(const char *text)
 {
-        _cleanup_json_ json_t *def = load(text);
+        _cleanup_json_ json_t *def = test_json(text);
         struct wf_workflow *wf = NULL;
         json_t *errors = NULL;
 
@@ -76,10 +67,10 @@ static void minimal_shape_is_accepted_as_written(void **state)
 
         /* the canonical form sorts keys and is compact, whatever the input spelling */
         _cleanup_free_ char *canon = wf_canonical_json(wf_definition(wf));
-        _cleanup_json_ json_t *reordered =
-            load("{\"nodes\":[{\"type\":\"http\",\"id\":\"a\",\"request\":{\"url\":"
-                 "\"http://127.0.0.1:9/x\",\"method\":\"POST\",\"body\":{}}},{\"after\":[\"a\"],"
-                 "\"id\":\"b\",\"duration\":\"2s\",\"type\":\"sleep\"}],  \"name\": \"w\"}");
+        _cleanup_json_ json_t *reordered = test_json(
+            "{\"nodes\":[{\"type\":\"http\",\"id\":\"a\",\"request\":{\"url\":"
+            "\"http://127.0.0.1:9/x\",\"method\":\"POST\",\"body\":{}}},{\"after\":[\"a\"],"
+            "\"id\":\"b\",\"duration\":\"2s\",\"type\":\"sleep\"}],  \"name\": \"w\"}");
         _cleanup_free_ char *canon2 = wf_canonical_json(reordered);
         assert_string_equal(canon, canon2);
         assert_null(strchr(canon, ' '));
@@ -88,7 +79,7 @@ static void minimal_shape_is_accepted_as_written(void **state)
 
 static void every_kind_parses(void **state)
 {
-        _cleanup_json_ json_t *def = load(
+        _cleanup_json_ json_t *def = test_json(
             "{\"name\":\"all.kinds-1\",\"description\":\"d\",\"timeout\":\"2h\","
             "\"output\":{\"n\":\"${ len(nodes.fan.output) }\"},\"nodes\":["
             "{\"id\":\"get\",\"type\":\"http\",\"request\":{\"method\":\"get\",\"url\":"
@@ -552,12 +543,12 @@ static void idempotency_keys_and_rerun_sets(void **state)
         assert_string_not_equal(k1, k3);
 
         _cleanup_json_ json_t *def =
-            load("{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"},"
-                 "{\"id\":\"b\",\"type\":\"noop\",\"after\":[\"a\"]},"
-                 "{\"id\":\"c\",\"type\":\"condition\",\"if\":\"true\",\"after\":[\"a\"],"
-                 "\"then\":[\"d\"]},{\"id\":\"d\",\"type\":\"noop\"},"
-                 "{\"id\":\"e\",\"type\":\"noop\",\"after\":[\"b\"]},"
-                 "{\"id\":\"f\",\"type\":\"noop\"}]}");
+            test_json("{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"},"
+                      "{\"id\":\"b\",\"type\":\"noop\",\"after\":[\"a\"]},"
+                      "{\"id\":\"c\",\"type\":\"condition\",\"if\":\"true\",\"after\":[\"a\"],"
+                      "\"then\":[\"d\"]},{\"id\":\"d\",\"type\":\"noop\"},"
+                      "{\"id\":\"e\",\"type\":\"noop\",\"after\":[\"b\"]},"
+                      "{\"id\":\"f\",\"type\":\"noop\"}]}");
         struct wf_workflow *wf = NULL;
         assert_int_equal(wf_parse(def, &wf, NULL), 0);
         json_t *ids = NULL;

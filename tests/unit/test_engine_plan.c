@@ -15,18 +15,9 @@
 #define RUN_ID "11111111-2222-3333-4444-555555555555"
 #define T0     INT64_C(1700000000000)
 
-static json_t *load(const char *text)
-{
-        json_error_t jerr;
-        json_t *j = json_loads(text, JSON_DECODE_ANY, &jerr);
-        if (!j)
-                fail_msg("bad test JSON at line %d: %s\n%s", jerr.line, jerr.text, text);
-        return j;
-}
-
 static struct wf_workflow *parse(const char *text)
 {
-        _cleanup_json_ json_t *def = load(text);
+        _cleanup_json_ json_t *def = test_json(text);
         struct wf_workflow *wf = NULL;
         json_t *errors = NULL;
         if (wf_parse(def, &wf, &errors) < 0) {
@@ -39,7 +30,7 @@ static struct wf_workflow *parse(const char *text)
 static json_t *new_snapshot(const char *input)
 {
         return json_pack("{s:s,s:o,s:I,s:I,s:{},s:[],s:{},s:{}}", "run_id", RUN_ID, "input",
-                         input ? load(input) : json_object(), "now_ms", (json_int_t)T0,
+                         input ? test_json(input) : json_object(), "now_ms", (json_int_t)T0,
                          "started_at_ms", (json_int_t)T0, "nodes", "in_flight", "signals",
                          "children");
 }
@@ -208,7 +199,7 @@ static void finish_execute(json_t *snap, const char *id, const char *output)
         json_object_set_new(nodes_of(snap), id,
                             json_pack("{s:s,s:i,s:o}", "status", "completed", "attempt",
                                       attempt_of(snap, id), "output",
-                                      output ? load(output) : json_null()));
+                                      output ? test_json(output) : json_null()));
         in_flight_remove(snap, id);
 }
 
@@ -248,7 +239,7 @@ static void expect_lone(const json_t *actions, const char *act)
 
 static void expect_json(const json_t *v, const char *expected)
 {
-        _cleanup_json_ json_t *e = load(expected);
+        _cleanup_json_ json_t *e = test_json(expected);
         if (!json_equal((json_t *)v, e)) {
                 char *d = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
                 fail_msg("expected %s, got %s", expected, d);
@@ -1248,7 +1239,7 @@ static void wait_event_keeps_early_signals_and_times_out(void **state)
         json_decref(p);
         /* the signal arrives while a is still running, before w is reached: it is kept */
         json_object_set_new(json_object_get(snap, "signals"), "approved",
-                            load("[{\"id\":\"sig-1\",\"payload\":{\"by\":\"ann\"}}]"));
+                            test_json("[{\"id\":\"sig-1\",\"payload\":{\"by\":\"ann\"}}]"));
         finish_execute(snap, "a", NULL);
         p = plan(wf, snap);
         const json_t *c = find_action(p, "complete", "w");
@@ -1312,8 +1303,8 @@ static void subworkflow_waits_for_its_child(void **state)
 
         /* the child fails: the node fails, and its retry starts a new child */
         json_object_set_new(json_object_get(snap, "children"), "c",
-                            load("{\"status\":\"failed\",\"attempt\":1,\"error\":{\"message\":"
-                                 "\"boom\"}}"));
+                            test_json("{\"status\":\"failed\",\"attempt\":1,\"error\":{\"message\":"
+                                      "\"boom\"}}"));
         p = plan(wf, snap);
         a = find_action(p, "fail_node", "c");
         assert_non_null(a);
@@ -1332,8 +1323,9 @@ static void subworkflow_waits_for_its_child(void **state)
         p = plan(wf, snap);
         expect_lone(p, "wait");
         json_decref(p);
-        json_object_set_new(json_object_get(snap, "children"), "c",
-                            load("{\"status\":\"completed\",\"attempt\":2,\"output\":{\"y\":6}}"));
+        json_object_set_new(
+            json_object_get(snap, "children"), "c",
+            test_json("{\"status\":\"completed\",\"attempt\":2,\"output\":{\"y\":6}}"));
         p = settle(wf, snap);
         expect_lone(p, "finish");
         expect_json(json_object_get(json_array_get(p, 0), "output"), "{\"c\":{\"y\":6}}");
@@ -1413,7 +1405,7 @@ static void time_scale_divides_every_wait(void **state)
         /* the run's deadline: ten days after its start, in ten seconds */
         assert_int_equal(wf_run_deadline_ms(wf, snap), T0 + 10000);
         /* the retry back-off: an hour in 42 ms */
-        _cleanup_json_ json_t *err = load("{\"class\":\"connect\",\"message\":\"refused\"}");
+        _cleanup_json_ json_t *err = test_json("{\"class\":\"connect\",\"message\":\"refused\"}");
         json_t *d = NULL;
         assert_int_equal(wf_on_node_failure_scaled(wf, "h", 1, err, T0, 86400, 0, &d), 0);
         expect_json(json_object_get(d, "delay_ms"), "42");
@@ -1421,7 +1413,7 @@ static void time_scale_divides_every_wait(void **state)
         json_decref(d);
         /* a Retry-After is the server's, honoured as sent */
         _cleanup_json_ json_t *busy =
-            load("{\"class\":\"http_429\",\"status\":429,\"retry_after_ms\":5000}");
+            test_json("{\"class\":\"http_429\",\"status\":429,\"retry_after_ms\":5000}");
         assert_int_equal(wf_on_node_failure_scaled(wf, "h", 1, busy, T0, 86400, 0, &d), 0);
         expect_json(json_object_get(d, "delay_ms"), "5000");
         json_decref(d);
@@ -1524,12 +1516,13 @@ static void malformed_snapshots_are_rejected(void **state)
         struct wf_workflow *wf =
             parse("{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"}]}");
         json_t *actions = NULL;
-        _cleanup_json_ json_t *s1 = load("{\"run_id\":\"r\"}");
+        _cleanup_json_ json_t *s1 = test_json("{\"run_id\":\"r\"}");
         assert_int_equal(wf_plan(wf, s1, &actions), -EINVAL);
         assert_null(actions);
-        _cleanup_json_ json_t *s2 = load("{\"run_id\":\"r\",\"now_ms\":1,\"nodes\":{\"a\":3}}");
+        _cleanup_json_ json_t *s2 =
+            test_json("{\"run_id\":\"r\",\"now_ms\":1,\"nodes\":{\"a\":3}}");
         assert_int_equal(wf_plan(wf, s2, &actions), -EINVAL);
-        _cleanup_json_ json_t *s3 = load("{\"run_id\":\"r\",\"now_ms\":1}"); /* minimal */
+        _cleanup_json_ json_t *s3 = test_json("{\"run_id\":\"r\",\"now_ms\":1}"); /* minimal */
         assert_int_equal(wf_plan(wf, s3, &actions), 0);
         assert_non_null(find_action(actions, "complete", "a"));
         json_decref(actions);
@@ -1553,20 +1546,20 @@ static void a_stored_agent_is_merged_with_the_node_overrides(void **state)
         _cleanup_json_ json_t *snap = new_snapshot("{\"topic\":\"tides\"}");
         json_object_set_new(
             snap, "agents",
-            load("{\"researcher\":{\"version\":4,\"definition\":{\"name\":\"researcher\","
-                 "\"description\":\"d\",\"provider\":\"openai\",\"model\":\"m\",\"system\":"
-                 "\"About ${ input.topic }.\",\"prompt\":\"Long ${ input.topic }.\","
-                 "\"budget\":{\"max_tokens\":100,\"max_cost_usd\":5}}},"
-                 "\"researcher@1\":{\"version\":1,\"definition\":{\"name\":\"researcher\","
-                 "\"provider\":\"anthropic\",\"model\":\"old\",\"prompt\":\"Old.\"}}}"));
+            test_json("{\"researcher\":{\"version\":4,\"definition\":{\"name\":\"researcher\","
+                      "\"description\":\"d\",\"provider\":\"openai\",\"model\":\"m\",\"system\":"
+                      "\"About ${ input.topic }.\",\"prompt\":\"Long ${ input.topic }.\","
+                      "\"budget\":{\"max_tokens\":100,\"max_cost_usd\":5}}},"
+                      "\"researcher@1\":{\"version\":1,\"definition\":{\"name\":\"researcher\","
+                      "\"provider\":\"anthropic\",\"model\":\"old\",\"prompt\":\"Old.\"}}}"));
         _cleanup_json_ json_t *actions = plan(wf, snap);
-        _cleanup_json_ json_t *want_a =
-            load("{\"provider\":\"openai\",\"model\":\"m\",\"system\":\"About tides.\",\"prompt\":"
-                 "\"Sum tides.\",\"budget\":{\"max_tokens\":100,\"max_cost_usd\":1},"
-                 "\"ref\":{\"name\":\"researcher\",\"version\":4}}");
+        _cleanup_json_ json_t *want_a = test_json(
+            "{\"provider\":\"openai\",\"model\":\"m\",\"system\":\"About tides.\",\"prompt\":"
+            "\"Sum tides.\",\"budget\":{\"max_tokens\":100,\"max_cost_usd\":1},"
+            "\"ref\":{\"name\":\"researcher\",\"version\":4}}");
         _cleanup_json_ json_t *want_c =
-            load("{\"provider\":\"anthropic\",\"model\":\"old\",\"prompt\":\"Old.\","
-                 "\"ref\":{\"name\":\"researcher\",\"version\":1}}");
+            test_json("{\"provider\":\"anthropic\",\"model\":\"old\",\"prompt\":\"Old.\","
+                      "\"ref\":{\"name\":\"researcher\",\"version\":1}}");
         json_t *act;
         size_t i;
         int seen = 0;
@@ -1603,7 +1596,7 @@ static void a_stored_agent_is_merged_with_the_node_overrides(void **state)
             parse("{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"agent\",\"agent\":"
                   "\"gated\"}]}");
         _cleanup_json_ json_t *snap2 = new_snapshot(NULL);
-        json_object_set_new(snap2, "agents", load(stored));
+        json_object_set_new(snap2, "agents", test_json(stored));
         _cleanup_json_ json_t *by_inline = plan(wf_inline, snap2), *by_ref = plan(wf_ref, snap2);
         json_t *want = json_object_get(json_object_get(json_array_get(by_inline, 0), "input"),
                                        "approve_tools");

@@ -28,20 +28,10 @@ static const char *const conversation[] = {
 };
 #define NMSG (sizeof(conversation) / sizeof(conversation[0]))
 
-static json_t *json(const char *text)
-{
-        json_error_t jerr;
-        json_t *j = json_loads(text, 0, &jerr);
-
-        if (!j)
-                fail_msg("bad test JSON: %s: %s", jerr.text, text);
-        return j;
-}
-
 /* A request over msgs (borrowed) with the members in rest (JSON object text). */
 static json_t *request(json_t *msgs, const char *rest)
 {
-        json_t *r = json(rest);
+        json_t *r = test_json(rest);
 
         assert_int_equal(json_object_set(r, "messages", msgs), 0);
         return r;
@@ -78,7 +68,7 @@ static void a_growing_conversation_is_the_same_body(void **state)
         assert_non_null(c);
         /* the same objects, one more each call (as an agent's session shares them) */
         for (size_t k = 0; k < NMSG; k++) {
-                assert_int_equal(json_array_append_new(msgs, json(conversation[k])), 0);
+                assert_int_equal(json_array_append_new(msgs, test_json(conversation[k])), 0);
                 _cleanup_json_ json_t *req = request(msgs, openai_rest);
                 same_body(LLM_PROVIDER_OPENAI, c, req);
         }
@@ -86,14 +76,15 @@ static void a_growing_conversation_is_the_same_body(void **state)
         for (size_t k = 1; k <= NMSG; k++) {
                 _cleanup_json_ json_t *fresh = json_array();
                 for (size_t i = 0; i < k; i++)
-                        assert_int_equal(json_array_append_new(fresh, json(conversation[i])), 0);
+                        assert_int_equal(json_array_append_new(fresh, test_json(conversation[i])),
+                                         0);
                 _cleanup_json_ json_t *req = request(fresh, openai_rest);
                 same_body(LLM_PROVIDER_OPENAI, c, req);
         }
         /* a rewritten history, no system, no tools, plain members */
         _cleanup_json_ json_t *other = json_array();
         assert_int_equal(
-            json_array_append_new(other, json("{\"role\":\"user\",\"content\":\"x\"}")), 0);
+            json_array_append_new(other, test_json("{\"role\":\"user\",\"content\":\"x\"}")), 0);
         assert_int_equal(json_array_append(other, json_array_get(msgs, 1)), 0);
         _cleanup_json_ json_t *plain = request(other, "{\"model\":\"m\"}");
         same_body(LLM_PROVIDER_OPENAI, c, plain);
@@ -111,11 +102,11 @@ static void a_bad_new_message_is_refused_by_its_index(void **state)
         size_t len;
 
         for (size_t k = 0; k < 3; k++)
-                assert_int_equal(json_array_append_new(msgs, json(conversation[k])), 0);
+                assert_int_equal(json_array_append_new(msgs, test_json(conversation[k])), 0);
         _cleanup_json_ json_t *good = request(msgs, openai_rest);
         same_body(LLM_PROVIDER_OPENAI, c, good);
         assert_int_equal(
-            json_array_append_new(msgs, json("{\"role\":\"robot\",\"content\":\"x\"}")), 0);
+            json_array_append_new(msgs, test_json("{\"role\":\"robot\",\"content\":\"x\"}")), 0);
         _cleanup_json_ json_t *bad = request(msgs, openai_rest);
         assert_int_equal(llm_build_request_text(LLM_PROVIDER_OPENAI, bad, c, &text, &len, &error),
                          -EINVAL);
@@ -125,7 +116,7 @@ static void a_bad_new_message_is_refused_by_its_index(void **state)
                 fail_msg("'%s' does not name messages[3].role", error);
         /* the cache still serves the conversation without it */
         assert_int_equal(json_array_remove(msgs, 3), 0);
-        assert_int_equal(json_array_append_new(msgs, json(conversation[3])), 0);
+        assert_int_equal(json_array_append_new(msgs, test_json(conversation[3])), 0);
         _cleanup_json_ json_t *again = request(msgs, openai_rest);
         same_body(LLM_PROVIDER_OPENAI, c, again);
         llm_body_cache_free(c);
@@ -138,7 +129,7 @@ static void anthropic_bodies_are_built_whole(void **state)
         _cleanup_json_ json_t *msgs = json_array();
 
         for (size_t k = 0; k < NMSG; k++) {
-                assert_int_equal(json_array_append_new(msgs, json(conversation[k])), 0);
+                assert_int_equal(json_array_append_new(msgs, test_json(conversation[k])), 0);
                 _cleanup_json_ json_t *req = request(msgs, openai_rest);
                 same_body(LLM_PROVIDER_ANTHROPIC, c, req);
         }

@@ -17,16 +17,6 @@
 #include "fileio.h"
 #include "llm.h"
 
-static json_t *json(const char *text)
-{
-        json_error_t jerr;
-        json_t *j = json_loads(text, 0, &jerr);
-
-        if (!j)
-                fail_msg("bad test JSON: %s: %s", jerr.text, text);
-        return j;
-}
-
 static char *fixture(const char *name, size_t *len)
 {
         char path[512];
@@ -57,8 +47,8 @@ static const char neutral[] =
 
 static void openai_request_body(void **state)
 {
-        _cleanup_json_ json_t *req = json(neutral), *body = NULL;
-        _cleanup_json_ json_t *want = json(
+        _cleanup_json_ json_t *req = test_json(neutral), *body = NULL;
+        _cleanup_json_ json_t *want = test_json(
             "{\"model\": \"m1\", \"max_tokens\": 512, \"stream\": true,"
             " \"stream_options\": {\"include_usage\": true}, \"tool_choice\": \"required\","
             " \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\","
@@ -84,8 +74,8 @@ static void openai_request_body(void **state)
  * roles alternate; "required" is "any"; arguments become the input object. */
 static void anthropic_request_body(void **state)
 {
-        _cleanup_json_ json_t *req = json(neutral), *body = NULL;
-        _cleanup_json_ json_t *want = json(
+        _cleanup_json_ json_t *req = test_json(neutral), *body = NULL;
+        _cleanup_json_ json_t *want = test_json(
             "{\"model\": \"m1\", \"max_tokens\": 512, \"stream\": true,"
             " \"system\": \"You call tools when asked.\", \"tool_choice\": {\"type\": \"any\"},"
             " \"tools\": [{\"name\": \"get_weather\", \"description\": \"Weather of a city\","
@@ -114,23 +104,23 @@ static void anthropic_request_body(void **state)
  * OpenAI gets no stream_options; a named tool_choice maps to each provider's form. */
 static void request_defaults_and_named_choice(void **state)
 {
-        _cleanup_json_ json_t *req =
-            json("{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}],"
-                 " \"tools\": [{\"name\": \"f\", \"parameters\": {\"type\": \"object\"}}],"
-                 " \"tool_choice\": {\"name\": \"f\"}}");
+        _cleanup_json_ json_t *req = test_json(
+            "{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}],"
+            " \"tools\": [{\"name\": \"f\", \"parameters\": {\"type\": \"object\"}}],"
+            " \"tool_choice\": {\"name\": \"f\"}}");
         _cleanup_json_ json_t *a = NULL, *o = NULL;
 
         assert_int_equal(llm_build_request(LLM_PROVIDER_ANTHROPIC, req, &a, NULL), 0);
         assert_int_equal(json_integer_value(json_object_get(a, "max_tokens")),
                          LLM_DEFAULT_MAX_TOKENS);
         assert_null(json_object_get(a, "stream"));
-        _cleanup_json_ json_t *achoice = json("{\"type\": \"tool\", \"name\": \"f\"}");
+        _cleanup_json_ json_t *achoice = test_json("{\"type\": \"tool\", \"name\": \"f\"}");
         assert_json_equal(json_object_get(a, "tool_choice"), achoice);
         assert_int_equal(llm_build_request(LLM_PROVIDER_OPENAI, req, &o, NULL), 0);
         assert_null(json_object_get(o, "max_tokens"));
         assert_null(json_object_get(o, "stream_options"));
         _cleanup_json_ json_t *ochoice =
-            json("{\"type\": \"function\", \"function\": {\"name\": \"f\"}}");
+            test_json("{\"type\": \"function\", \"function\": {\"name\": \"f\"}}");
         assert_json_equal(json_object_get(o, "tool_choice"), ochoice);
 }
 
@@ -180,7 +170,7 @@ static void bad_requests_name_the_member(void **state)
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
                 for (int p = LLM_PROVIDER_OPENAI; p <= LLM_PROVIDER_ANTHROPIC; p++) {
-                        _cleanup_json_ json_t *req = json(cases[i].request), *body = NULL;
+                        _cleanup_json_ json_t *req = test_json(cases[i].request), *body = NULL;
                         _cleanup_free_ char *err = NULL;
                         assert_int_equal(llm_build_request(p, req, &body, &err), -EINVAL);
                         assert_null(body);
@@ -190,7 +180,7 @@ static void bad_requests_name_the_member(void **state)
                                          cases[i].message);
                 }
         /* Anthropic's tool_use input must be an object */
-        _cleanup_json_ json_t *req = json(
+        _cleanup_json_ json_t *req = test_json(
             "{\"model\": \"m\", \"messages\": [{\"role\": \"assistant\", \"tool_calls\": [{\"id\": "
             "\"c\", \"name\": \"f\", \"arguments\": \"[1]\"}]}]}");
         _cleanup_json_ json_t *body = NULL;
@@ -228,15 +218,15 @@ static void openai_recorded_response(void **state)
         struct llm_result r;
         _cleanup_json_ json_t *got = NULL;
         _cleanup_json_ json_t *want =
-            json("{\"id\": \"chatcmpl-BX8Q1aZk3oPq\", \"model\": \"gpt-4o-2024-08-06\","
-                 " \"text\": \"I'll look both up.\", \"stop_reason\": \"tool_calls\","
-                 " \"stop_detail\": \"tool_calls\", \"tool_calls\": ["
-                 "  {\"id\": \"call_abc123\", \"name\": \"get_weather\", \"arguments\":"
-                 "   \"{\\\"city\\\":\\\"Paris\\\"}\"},"
-                 "  {\"id\": \"call_def456\", \"name\": \"get_time\", \"arguments\":"
-                 "   \"{\\\"tz\\\":\\\"Europe/Paris\\\"}\"}],"
-                 " \"usage\": {\"input_tokens\": 1117, \"output_tokens\": 46,"
-                 "   \"cached_input_tokens\": 1024}}");
+            test_json("{\"id\": \"chatcmpl-BX8Q1aZk3oPq\", \"model\": \"gpt-4o-2024-08-06\","
+                      " \"text\": \"I'll look both up.\", \"stop_reason\": \"tool_calls\","
+                      " \"stop_detail\": \"tool_calls\", \"tool_calls\": ["
+                      "  {\"id\": \"call_abc123\", \"name\": \"get_weather\", \"arguments\":"
+                      "   \"{\\\"city\\\":\\\"Paris\\\"}\"},"
+                      "  {\"id\": \"call_def456\", \"name\": \"get_time\", \"arguments\":"
+                      "   \"{\\\"tz\\\":\\\"Europe/Paris\\\"}\"}],"
+                      " \"usage\": {\"input_tokens\": 1117, \"output_tokens\": 46,"
+                      "   \"cached_input_tokens\": 1024}}");
 
         assert_int_equal(llm_parse_response(LLM_PROVIDER_OPENAI, body, len, &r, NULL), 0);
         got = llm_result_to_json(&r);
@@ -250,7 +240,7 @@ static void anthropic_recorded_response(void **state)
         _cleanup_free_ char *body = fixture("anthropic_response_tool_use.json", &len);
         struct llm_result r;
         _cleanup_json_ json_t *got = NULL;
-        _cleanup_json_ json_t *want = json(
+        _cleanup_json_ json_t *want = test_json(
             "{\"id\": \"msg_01Aq9w938a90dw8q\", \"model\": \"claude-3-5-haiku-20241022\","
             " \"text\": \"I'll check the current weather in San Francisco for you.\","
             " \"stop_reason\": \"tool_calls\", \"stop_detail\": \"tool_use\", \"tool_calls\": ["
@@ -276,7 +266,7 @@ static void round_trips(void **state)
                     fixture(p == LLM_PROVIDER_OPENAI ? "openai_response_tool_calls.json"
                                                      : "anthropic_response_tool_use.json",
                             &len);
-                _cleanup_json_ json_t *original = json(body), *req = NULL, *next = NULL;
+                _cleanup_json_ json_t *original = test_json(body), *req = NULL, *next = NULL;
                 struct llm_result r;
                 json_t *sent, *received;
 
@@ -368,9 +358,9 @@ static void cost_from_the_price_table(void **state)
         assert_false(c.known);
         assert_int_equal(nano(c.usd), 0);
         /* overrides win over the defaults and price local models */
-        _cleanup_json_ json_t *over = json("{\"llama3.1:8b\": {\"input\": 0.5, \"output\": 1},"
-                                           " \"gpt-4o-mini\": {\"input\": 1, \"output\": 2,"
-                                           "   \"cached_input\": 0}}");
+        _cleanup_json_ json_t *over = test_json("{\"llama3.1:8b\": {\"input\": 0.5, \"output\": 1},"
+                                                " \"gpt-4o-mini\": {\"input\": 1, \"output\": 2,"
+                                                "   \"cached_input\": 0}}");
         assert_int_equal(llm_pricing_validate(over, NULL), 0);
         c = llm_cost(over, "llama3.1:8b", &u); /* cached_input defaults to input */
         assert_true(c.known);
@@ -382,12 +372,13 @@ static void cost_from_the_price_table(void **state)
         c = llm_cost(NULL, "gpt-4o", &odd);
         assert_int_equal(nano(c.usd), nano(10 * 1.25 / 1e6));
         /* bad overrides are named */
-        _cleanup_json_ json_t *bad = json("{\"m\": {\"input\": -1, \"output\": 1}}");
+        _cleanup_json_ json_t *bad = test_json("{\"m\": {\"input\": -1, \"output\": 1}}");
         _cleanup_free_ char *err = NULL;
         assert_int_equal(llm_pricing_validate(bad, &err), -EINVAL);
         assert_string_equal(err, "pricing.m: input and output (and cached_input) must be numbers "
                                  ">= 0, in US dollars per million tokens");
-        _cleanup_json_ json_t *typo = json("{\"m\": {\"input\": 1, \"output\": 1, \"cache\": 1}}");
+        _cleanup_json_ json_t *typo =
+            test_json("{\"m\": {\"input\": 1, \"output\": 1, \"cache\": 1}}");
         _cleanup_free_ char *err2 = NULL;
         assert_int_equal(llm_pricing_validate(typo, &err2), -EINVAL);
         assert_string_equal(err2, "pricing.m.cache: unknown member");
