@@ -168,3 +168,13 @@ char *agent_fixture_last_llm_body(const struct agent_fixture *f)
             llm_server_request(f->llm, llm_server_request_count(f->llm) - 1);
         return json_dumps(json_object_get(req, "body"), JSON_COMPACT);
 }
+
+char *agent_fixture_tool_step(const struct agent_fixture *f, const char *tag, const char *path,
+                              const char *extra)
+{
+        return str_printf("{\"text\":\"I will fetch %s.\",\"tool_calls\":[{\"id\":\"call_%s\","
+                          "\"name\":\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\","
+                          "\\\"url\\\":\\\"%s/%s/%s\\\"}\"}],\"usage\":{\"input\":1000,"
+                          "\"output\":100}%s}",
+                          path, path, worker_sink_url(f->sink), tag, path, extra ? extra : "");
+}

@@ -53,6 +53,11 @@ int agent_fixture_group_teardown(void **state);
 char *agent_fixture_think_workflow(const struct agent_fixture *f, const char *name,
                                    const char *members);
 
+/* One scripted LLM answer: some text and an http_request GET of SINK/<tag>/<path> (extra:
+ * more members of the step, with their leading comma; may be NULL). Caller frees. */
+char *agent_fixture_tool_step(const struct agent_fixture *f, const char *tag, const char *path,
+                              const char *extra);
+
 /* Spawns worker "<prefix><n>" (n counts the fixture's workers) with lease, a 500ms heartbeat
  * and extra (NULL-terminated, may be NULL), logging to DIR/<id>.log (now f->last_log). */
 pid_t agent_fixture_spawn_worker(struct agent_fixture *f, const char *prefix, const char *lease,

@@ -103,23 +103,15 @@ static char *agent_workflow(const char *name, const char *provider, const char *
         return worker_test_workflow(S.db, S.user, name, 1, def);
 }
 
-/* One scripted LLM answer: a GET of SINK/<tag>/<path> (extra: more members of the step). */
-static char *tool_step(const char *tag, const char *path, const char *extra)
-{
-        return str_printf("{\"text\":\"I will fetch %s.\",\"tool_calls\":[{\"id\":\"call_%s\","
-                          "\"name\":\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\","
-                          "\\\"url\\\":\\\"%s/%s/%s\\\"}\"}],\"usage\":{\"input\":1000,"
-                          "\"output\":100}%s}",
-                          path, path, worker_sink_url(S.sink), tag, path, extra ? extra : "");
-}
-
 /* The script of the three-tools loop: GET SINK/<tag>/a, b, c, then an answer. third_extra
  * goes into the third step; repeat_third scripts the third call a second time (as the
  * worker that resumes after a crash sends it). */
 static void script_three_tools(const char *tag, const char *third_extra, bool repeat_third)
 {
-        _cleanup_free_ char *a = tool_step(tag, "a", NULL), *b = tool_step(tag, "b", NULL),
-                            *c = tool_step(tag, "c", third_extra), *c2 = tool_step(tag, "c", NULL);
+        _cleanup_free_ char *a = agent_fixture_tool_step(&S, tag, "a", NULL),
+                            *b = agent_fixture_tool_step(&S, tag, "b", NULL),
+                            *c = agent_fixture_tool_step(&S, tag, "c", third_extra),
+                            *c2 = agent_fixture_tool_step(&S, tag, "c", NULL);
         _cleanup_free_ char *script =
             str_printf("[%s,%s,%s,%s%s{\"text\":\"The answer is abc.\",\"usage\":{"
                        "\"input\":2000,\"output\":50,\"cached\":500}}]",

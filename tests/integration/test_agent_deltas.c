@@ -31,16 +31,6 @@ static int setup(void **state)
         return 0;
 }
 
-/* One scripted answer: some text and a GET of SINK/<tag>/<path>. */
-static char *tool_step(const char *tag, const char *path, const char *extra)
-{
-        return str_printf("{\"text\":\"I will fetch %s.\",\"tool_calls\":[{\"id\":\"call_%s\","
-                          "\"name\":\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\","
-                          "\\\"url\\\":\\\"%s/%s/%s\\\"}\"}],\"usage\":{\"input\":1000,"
-                          "\"output\":100}%s}",
-                          path, path, worker_sink_url(S.sink), tag, path, extra ? extra : "");
-}
-
 static pid_t spawn(const char *executor)
 {
         const char *const extra[] = {"--executor", executor, NULL};
@@ -59,9 +49,10 @@ static void replays_across_forms(const char *tag, const char *first, const char 
                        "from %s.\",\"tools\":[\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"]",
                        tag);
         _cleanup_free_ char *wf = agent_fixture_think_workflow(&S, tag, members);
-        _cleanup_free_ char *a = tool_step(tag, "a", NULL), *b = tool_step(tag, "b", NULL),
-                            *c = tool_step(tag, "c", ",\"delay_ms\":8000"),
-                            *c2 = tool_step(tag, "c", NULL);
+        _cleanup_free_ char *a = agent_fixture_tool_step(&S, tag, "a", NULL),
+                            *b = agent_fixture_tool_step(&S, tag, "b", NULL),
+                            *c = agent_fixture_tool_step(&S, tag, "c", ",\"delay_ms\":8000"),
+                            *c2 = agent_fixture_tool_step(&S, tag, "c", NULL);
         _cleanup_free_ char *script =
             str_printf("[%s,%s,%s,%s,{\"text\":\"The answer is abc.\",\"usage\":{\"input\":2000,"
                        "\"output\":50}}]",
