@@ -49,13 +49,22 @@ static void fixture_free(struct fixture *f)
         free(f);
 }
 
-/* The snapshot agently_snapshots returns for one run, as text (NULL: no row). */
-static char *snapshot_of(PGconn *c, const char *run, int64_t epoch, bool whole, const char *path)
+/* Asserts the value at path of the snapshot agently_snapshots returns for one run, as text
+ * (want NULL: the path is absent). */
+static void assert_snapshot(PGconn *c, const char *run, int64_t epoch, bool whole, const char *path,
+                            const char *want)
 {
-        return test_db_value(c,
-                             "SELECT s.snapshot #>> '%s' FROM agently_snapshots(jsonb_build_array("
-                             "jsonb_build_object('id', '%s', 'epoch', %lld, 'whole', %s))) s",
-                             path, run, (long long)epoch, whole ? "true" : "false");
+        char *v =
+            test_db_value(c,
+                          "SELECT s.snapshot #>> '%s' FROM agently_snapshots(jsonb_build_array("
+                          "jsonb_build_object('id', '%s', 'epoch', %lld, 'whole', %s))) s",
+                          path, run, (long long)epoch, whole ? "true" : "false");
+
+        if (want)
+                assert_string_equal(v, want);
+        else
+                assert_null(v);
+        free(v);
 }
 
 /* Whole: the run's input and the latest attempt of every node; partial: neither, the rest
@@ -68,7 +77,6 @@ static void test_snapshot_whole_partial_fenced(void **state)
         struct queue_node_write nw = {
             .node_id = "a", .attempt = 1, .status = "completed", .worker = "A"};
         _cleanup_json_ json_t *out = json_pack("{s:i}", "y", 2);
-        char *v;
         int n = 0;
 
         (void)state;
@@ -80,32 +88,18 @@ static void test_snapshot_whole_partial_fenced(void **state)
                              "SELECT user_id, id, 'go', '{\"k\": 1}' FROM workflow_runs"));
 
         /* a fresh claim: no nodes yet, its input, the signal */
-        v = snapshot_of(f->worker, run, q.epoch, true, "{nodes}");
-        assert_string_equal(v, "{}");
-        free(v);
-        v = snapshot_of(f->worker, run, q.epoch, true, "{input,x}");
-        assert_string_equal(v, "7");
-        free(v);
-        v = snapshot_of(f->worker, run, q.epoch, true, "{signals,go,0,payload,k}");
-        assert_string_equal(v, "1");
-        free(v);
+        assert_snapshot(f->worker, run, q.epoch, true, "{nodes}", "{}");
+        assert_snapshot(f->worker, run, q.epoch, true, "{input,x}", "7");
+        assert_snapshot(f->worker, run, q.epoch, true, "{signals,go,0,payload,k}", "1");
 
         /* a node written: the whole read has it, the partial read has neither nodes nor
          * input (the worker keeps its own) but what others may change */
         assert_int_equal(queue_checkpoint_node(f->worker, q.id, q.epoch, &nw), 1);
-        v = snapshot_of(f->worker, run, q.epoch, true, "{nodes,a,status}");
-        assert_string_equal(v, "completed");
-        free(v);
-        v = snapshot_of(f->worker, run, q.epoch, true, "{nodes,a,output,y}");
-        assert_string_equal(v, "2");
-        free(v);
-        v = snapshot_of(f->worker, run, q.epoch, false, "{nodes}");
-        assert_null(v);
-        v = snapshot_of(f->worker, run, q.epoch, false, "{input}");
-        assert_null(v);
-        v = snapshot_of(f->worker, run, q.epoch, false, "{signals,go,0,payload,k}");
-        assert_string_equal(v, "1");
-        free(v);
+        assert_snapshot(f->worker, run, q.epoch, true, "{nodes,a,status}", "completed");
+        assert_snapshot(f->worker, run, q.epoch, true, "{nodes,a,output,y}", "2");
+        assert_snapshot(f->worker, run, q.epoch, false, "{nodes}", NULL);
+        assert_snapshot(f->worker, run, q.epoch, false, "{input}", NULL);
+        assert_snapshot(f->worker, run, q.epoch, false, "{signals,go,0,payload,k}", "1");
 
         /* fenced: another epoch is not held */
         assert_int_equal(test_db_int(f->worker,
