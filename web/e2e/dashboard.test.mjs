@@ -4,8 +4,8 @@
 //     signal from the run's page; see it complete with its output; time travel to an earlier
 //     event and see the earlier state; rerun from a node; sign out.
 //  2. a run of 20,000 events with two 10,000-item maps opens about as fast as a small run
-//     of the same workflow (opened in turn, three times each: the medians' ratio is printed
-//     and bounded), and its event log and the map's items scroll.
+//     of the same workflow (opened in turn, five times each: the best times' ratio is
+//     printed and bounded), and its event log and the map's items scroll.
 // Each test fails on any console error, uncaught exception, failed request or HTTP error
 // answer in the browser (harness.mjs). Screenshots: $AGENTLY_E2E_ARTIFACTS.
 import assert from "node:assert/strict";
@@ -202,16 +202,18 @@ describe("the dashboard", () => {
         await page.locator('[data-node="two"][data-status="completed"]').waitFor({ timeout: 60_000 });
         return Date.now() - t0;
       };
+      // five each, in turn; the best of each compared: the machine's noise (other jobs, a
+      // sanitizer build) only ever adds time, and one slow open in three moved the medians
+      // by 2x under ASan
       const bigMs = [], smallMs = [];
-      for (let i = 0; i < 3; i++) {
+      for (let i = 0; i < 5; i++) {
         smallMs.push(await open(small.id, s.last_event_seq));
         bigMs.push(await open(run.id, r.last_event_seq));
       }
-      const median = (v) => [...v].sort((a, b) => a - b)[1];
-      const big = median(bigMs), base = median(smallMs);
+      const big = Math.min(...bigMs), base = Math.min(...smallMs);
       console.log(
         `a run of ${r.last_event_seq} events and two 10,000-item maps opened in ${big} ms ` +
-          `(median of ${bigMs.join(", ")}); a run of ${s.last_event_seq} events in ${base} ms ` +
+          `(best of ${bigMs.join(", ")}); a run of ${s.last_event_seq} events in ${base} ms ` +
           `(${smallMs.join(", ")}): ${(big / base).toFixed(2)}x`,
       );
       // the big run opens from reads about as small as the small run's (its nodes that are
