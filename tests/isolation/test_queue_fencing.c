@@ -4,7 +4,8 @@
  * run_queue, the run's record in workflow_runs): the rescuer race (a
  * run that completes between a reclaimer's read and its write is never reverted or re-run),
  * fencing (a worker whose lease was taken over gets every write refused), exactly one owner
- * under concurrent batched claimers, and absolute, idempotent renewal.
+ * under concurrent batched claimers, absolute, idempotent renewal, and a vacuum that never
+ * takes the queue's exclusive lock.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -520,6 +521,26 @@ static void test_claim_in_a_transaction(void **state)
         fixture_free(f);
 }
 
+/* A vacuum of run_queue keeps the table's empty pages at its end instead of taking its
+ * ACCESS EXCLUSIVE lock to cut them off (0031): under load that lock stalled every claim
+ * and held the autovacuum worker for seconds (docs/performance.md, "The 30-minute soak"). */
+static void test_vacuum_never_truncates_the_queue(void **state)
+{
+        struct fixture *f = fixture_new("vacuum_keep");
+        long long before, after;
+
+        (void)state;
+        for (int i = 0; i < 300; i++)
+                free(worker_test_run(f->owner, f->workflow, NULL));
+        PQclear(test_db_must(f->owner, "DELETE FROM run_queue"));
+        before = test_db_int(f->owner, "SELECT pg_relation_size('run_queue')");
+        assert_true(before >= 3 * 8192); /* pages a truncation would cut off */
+        PQclear(test_db_must(f->owner, "VACUUM run_queue"));
+        after = test_db_int(f->owner, "SELECT pg_relation_size('run_queue')");
+        assert_int_equal(after, before);
+        fixture_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -530,6 +551,7 @@ int main(void)
             cmocka_unit_test(test_claim_and_renewal_touch_only_the_queue),
             cmocka_unit_test(test_rescue_records_the_new_holder),
             cmocka_unit_test(test_claim_in_a_transaction),
+            cmocka_unit_test(test_vacuum_never_truncates_the_queue),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
