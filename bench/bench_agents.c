@@ -412,14 +412,14 @@ static void breakdown(struct llm_bench_server *s, const char *log)
 {
         enum { PHASES = 7 };
         static const char *const names[PHASES] = {
-            "executor's turn (answer -> its next llm request; the event and the refused call "
-            "between)",
+            "executor's turn (answer -> its next llm request read; the event and the refused "
+            "call between, and the rest of the commit it waits for)",
             "request -> call started",
             "call started -> request at the server",
             "at the server -> answer in the worker",
             "journal row made",
-            "journal write (one commit)",
-            "answer handed over"};
+            "journal write (one commit; the executor has the answer meanwhile)",
+            "write sent -> answer handed over"};
         int64_t *v[PHASES];
         int n = 0, k = 0;
         char line[512];

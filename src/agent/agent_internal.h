@@ -172,6 +172,14 @@ int agent_db_load_api_key(struct agent_session *s, const char *secret, char **er
 int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,
                     const json_t *response, const char *hash, const struct llm_usage *usage,
                     double cost, int llm_calls, int tool_calls, json_t *events);
+/* agent_db_record in two halves (externally synchronous: the answer may go to the
+ * executor in between, src/agent/README.md "The journal and the executor"): _send sends the
+ * statement (0 or a negative errno), _wait waits for its commit and returns what
+ * agent_db_record returns. Nothing else may use the loop's connection in between. */
+int agent_db_record_send(struct agent_session *s, const char *kind, const json_t *request,
+                         const json_t *response, const char *hash, const struct llm_usage *usage,
+                         double cost, int llm_calls, int tool_calls, json_t *events);
+int agent_db_record_wait(struct agent_session *s);
 json_t *agent_db_row(const char *kind, const json_t *request, const json_t *response,
                      const char *hash, const struct llm_usage *usage, double cost, int llm_calls,
                      int tool_calls, json_t *events);

@@ -262,13 +262,14 @@ json_t *agent_events_named(const struct agent_session *s, json_t *events)
  */
 static const char WRITE_SQL[] = "SELECT agently_agent_write($1, $2, $3, $4, $5, $6::jsonb)";
 
-static int write_rows(struct agent_session *s, json_t *rows)
+/* Sends the write of the held rows and rows (taken; NULL: the held ones alone); its result
+ * is write_wait's. The held rows are gone either way: written, or lost with the lease or
+ * the connection (a replay records them again). */
+static int write_send(struct agent_session *s, json_t *rows)
 {
         char epoch[24], attempt[16];
         json_t *all = s->held ? s->held : json_array();
         _cleanup_free_ char *text = NULL;
-        _cleanup_pgresult_ PGresult *res = NULL;
-        int r = 0;
 
         s->held = NULL;
         agent_db_hold_cancel(s);
@@ -286,12 +287,34 @@ static int write_rows(struct agent_session *s, json_t *rows)
                                 s->node_id, attempt, text};
         snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
         snprintf(attempt, sizeof(attempt), "%d", s->attempt);
-        res = db_query(s->host->cfg.db, WRITE_SQL, 6, params, &r);
+        return db_query_send(s->host->cfg.db, WRITE_SQL, 6, params);
+}
+
+/* The sent write's result, once committed: the seq of the last new journal row (0 for
+ * none), -ESTALE when the lease was lost (nothing written). */
+static int write_wait(struct agent_session *s)
+{
+        int r = 0;
+        _cleanup_pgresult_ PGresult *res = db_query_result(s->host->cfg.db, &r);
+
         if (!res)
                 return r < 0 ? r : -EIO;
         if (PQgetisnull(res, 0, 0))
                 return -ESTALE;
         return (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+}
+
+/*
+ * Every journal write of a session is one agently_agent_write() (0027, latest 0029): the
+ * rows it held since its last write first, then rows (taken; NULL: the held ones alone).
+ * Returns the seq of the last new journal row (0 for none), -ESTALE when the lease was
+ * lost (nothing written).
+ */
+static int write_rows(struct agent_session *s, json_t *rows)
+{
+        int r = write_send(s, rows);
+
+        return r < 0 ? r : write_wait(s);
 }
 
 /* Held rows are written at the latest within_ms after they were held (a viewer sees the
@@ -402,6 +425,24 @@ int agent_db_write(struct agent_session *s, json_t *row)
         if (events)
                 agent_events_named(s, events);
         return write_rows(s, json_pack("[o]", row));
+}
+
+int agent_db_record_send(struct agent_session *s, const char *kind, const json_t *request,
+                         const json_t *response, const char *hash, const struct llm_usage *usage,
+                         double cost, int llm_calls, int tool_calls, json_t *events)
+{
+        json_t *row =
+            agent_db_row(kind, request, response, hash, usage, cost, llm_calls, tool_calls, events);
+
+        if (!row)
+                return -ENOMEM;
+        agent_events_named(s, json_object_get(row, "events"));
+        return write_send(s, json_pack("[o]", row));
+}
+
+int agent_db_record_wait(struct agent_session *s)
+{
+        return write_wait(s);
 }
 
 int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,

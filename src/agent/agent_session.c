@@ -1095,31 +1095,42 @@ static void handle_line(struct agent_session *s, const char *line, size_t len)
 /*
  * AGENTLY_TRACE_TURNS=1 (bench/bench_agents.c reads it): where a live LLM call's cycle goes —
  * exec: the previous answer handed to the executor -> this request read (the executor's
- * turn, the requests in between); start: read -> the call started; call: started -> the
- * answer in (worker -> server -> worker); prep: its journal row made; write: its journal
- * write (one commit); answer: the answer handed to the executor. started_at: the call's
- * start on CLOCK_MONOTONIC (the bench's server stamps arrivals on the same clock).
+ * turn, the requests in between, and what is left of the previous write's commit: its
+ * requests are read only once that is confirmed); start: read -> the call started; call:
+ * started -> the answer in (worker -> server -> worker); prep: its journal row made; write:
+ * its journal write sent -> its commit confirmed (the executor has the answer meanwhile);
+ * answer: the write sent -> the answer handed to the executor. started_at: the call's start
+ * on CLOCK_MONOTONIC (the bench's server stamps arrivals on the same clock).
  */
 static void trace_llm(struct agent_session *s, const struct agent_pending *p, int64_t done_us,
-                      int64_t write_us, int64_t written_us)
+                      int64_t write_us, int64_t answered_us, int64_t written_us)
 {
-        int64_t now = agent_now_us();
-
         fprintf(stderr,
                 "trace agent_llm exec_us=%lld start_us=%lld call_us=%lld prep_us=%lld "
                 "write_us=%lld answer_us=%lld started_at_us=%lld\n",
                 (long long)(s->trace_answered_us ? p->trace_read_us - s->trace_answered_us : -1),
                 (long long)(p->trace_started_us - p->trace_read_us),
                 (long long)(done_us - p->trace_started_us), (long long)(write_us - done_us),
-                (long long)(written_us - write_us), (long long)(now - written_us),
+                (long long)(written_us - write_us), (long long)(answered_us - write_us),
                 (long long)p->trace_started_us);
-        s->trace_answered_us = now;
+        s->trace_answered_us = answered_us;
 }
 
+/*
+ * An answered LLM call: its journal row written, the answer to the executor. Externally
+ * synchronous (src/agent/README.md, "Answered while the commit is in flight"): the
+ * statement is sent, the answer handed over, and only then is the commit waited for, so the
+ * executor's turn runs while it commits. Nothing the executor says is read before the commit
+ * is confirmed (the loop reads its pipes only after this returns), and it has no other way
+ * out — no network, no database, no file that outlives it; a write that fails ends the
+ * session and kills it unread, and a worker killed meanwhile takes it along
+ * (PR_SET_PDEATHSIG): its next request is acted on only once the answer is durable.
+ */
 static void llm_done(struct agent_session *s, struct agent_pending *p, struct llm_result *res,
                      const json_t *error, int64_t took)
 {
-        int64_t done_us = s->host->trace ? agent_now_us() : 0, write_us = 0, written_us = 0;
+        int64_t done_us = s->host->trace ? agent_now_us() : 0, write_us = 0, answered_us = 0,
+                written_us = 0;
         _cleanup_json_ json_t *result = NULL, *stored = NULL, *events = NULL;
         const char *model = json_string_value(json_object_get(s->agent, "model"));
         int r;
@@ -1156,11 +1167,17 @@ static void llm_done(struct agent_session *s, struct agent_pending *p, struct ll
         struct llm_usage usage = res->usage;
         if (done_us)
                 write_us = agent_now_us();
-        r = agent_db_record(s, "llm", clean_stored, clean_result, p->hash, &usage, cost.usd, 1, 0,
-                            TAKE_PTR(events));
+        r = agent_db_record_send(s, "llm", clean_stored, clean_result, p->hash, &usage, cost.usd, 1,
+                                 0, TAKE_PTR(events));
+        if (r >= 0) {
+                answer_ok(s, p->id, clean_result);
+                if (done_us)
+                        answered_us = agent_now_us();
+                r = agent_db_record_wait(s);
+        }
         if (done_us)
                 written_us = agent_now_us();
-        if (r < 0) {
+        if (r < 0) { /* kills the executor: nothing it said after the answer is read */
                 session_fail(s, "error", "could not journal an llm call: %s", db_why(r));
                 return;
         }
@@ -1170,9 +1187,8 @@ static void llm_done(struct agent_session *s, struct agent_pending *p, struct ll
         s->last_call_cost = cost.usd;
         s->llm_calls++;
         remember_messages(s, p->request, r, clean_result);
-        answer_ok(s, p->id, clean_result);
         if (done_us)
-                trace_llm(s, p, done_us, write_us, written_us);
+                trace_llm(s, p, done_us, write_us, answered_us, written_us);
 }
 
 void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *error,

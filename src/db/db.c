@@ -335,6 +335,34 @@ PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *p
         return NULL;
 }
 
+int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *params)
+{
+        /* PQflush: all of it leaves now (a blocking connection waits until it has) */
+        if (!PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0) || PQflush(c) != 0)
+                return db_result_error(c, NULL);
+        return 0;
+}
+
+PGresult *db_query_result(PGconn *c, int *error)
+{
+        PGresult *res = PQgetResult(c), *more;
+        ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+        int r = 0;
+
+        /* one statement, one result; reading to the end leaves c ready for the next */
+        while ((more = PQgetResult(c)))
+                PQclear(more);
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+                r = db_result_error(c, res);
+                if (res)
+                        PQclear(res);
+                res = NULL;
+        }
+        if (error)
+                *error = r;
+        return res;
+}
+
 PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int nparams,
                            const char *const *params, const char *after, int *error)
 {

@@ -110,6 +110,14 @@ PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *p
 PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int nparams,
                            const char *const *params, const char *after, int *error);
 
+/*
+ * db_query in two halves, to do something while the statement runs: db_query_send sends it
+ * (all of it: 0, or a negative errno with db_last_error() set), db_query_result waits for
+ * its result and returns it as db_query does. Between the two nothing else may use c.
+ */
+int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *params);
+PGresult *db_query_result(PGconn *c, int *error);
+
 int db_begin(PGconn *c);
 int db_commit(PGconn *c);
 void db_rollback(PGconn *c);
