@@ -3,6 +3,7 @@
  * baselines and then each target, printing `key=value` lines (see docs/performance.md).
  *
  *   agently-bench [--duration 5s] [--quick] [--keep] [--soak 10m] [--sse] [--run-read]
+ *                 [--pg-set NAME=VALUE ...]
  */
 #include "bench.h"
 
@@ -223,13 +224,15 @@ int main(int argc, char **argv)
             {"only", required_argument, NULL, 'o'},
             {"agents", required_argument, NULL, 'a'},
             {"log-statements", no_argument, NULL, 'L'},
+            {"pg-set", required_argument, NULL, 'P'},
             {0},
         };
         struct bench b = {.duration_ms = 5000};
         struct embedded_pg *pg = NULL;
         PGconn *c = NULL;
         char template[] = "/tmp/agently-bench-XXXXXX";
-        int opt, keep = 0, sse_only = 0, run_read_only = 0, log_statements = 0;
+        int opt, keep = 0, sse_only = 0, run_read_only = 0, log_statements = 0, npg_set = 0;
+        const char *pg_set[16];
         struct utsname uts;
 
         while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -261,6 +264,16 @@ int main(int argc, char **argv)
                 case 'L':
                         log_statements = 1;
                         break;
+                case 'P':
+                        if (!strchr(optarg, '=') ||
+                            npg_set == (int)(sizeof(pg_set) / sizeof(*pg_set))) {
+                                fprintf(stderr,
+                                        "bench: bad --pg-set '%s' (NAME=VALUE, at most 16)\n",
+                                        optarg);
+                                return 2;
+                        }
+                        pg_set[npg_set++] = optarg;
+                        break;
                 case 'o':
                         b.only = optarg;
                         break;
@@ -280,7 +293,8 @@ int main(int argc, char **argv)
                 default:
                         fprintf(stderr, "usage: agently-bench [--duration D] [--quick] [--keep] "
                                         "[--soak D] [--llm-density N] [--sse] [--run-read] "
-                                        "[--only LIST] [--agents N] [--log-statements]\n  LIST: "
+                                        "[--only LIST] [--agents N] [--log-statements] "
+                                        "[--pg-set NAME=VALUE]\n  LIST: "
                                         "runs,steps,effects,latency,map,soak,"
                                         "journal,density,llm\n");
                         return 2;
@@ -291,6 +305,9 @@ int main(int argc, char **argv)
                 perror("bench: mkdtemp");
                 return 1;
         }
+        if (keep)
+                bench_report("bench_dir", "%s (kept: the cluster, its log, the workers' logs)",
+                             b.dir);
         if (embedded_pg_open(b.dir, &pg) < 0 || embedded_pg_init(pg, 0) < 0 ||
             embedded_pg_start(pg) < 0)
                 die("could not start Postgres");
@@ -308,6 +325,29 @@ int main(int argc, char **argv)
         if (log_statements && (db_exec(c, "ALTER SYSTEM SET log_min_duration_statement = 0") < 0 ||
                                db_exec(c, "ALTER SYSTEM SET log_line_prefix = '%m [%p] %a '") < 0))
                 die("could not enable statement logging");
+        /* --pg-set NAME=VALUE: any server setting, for profiling a figure on a kept cluster
+         * (shared_preload_libraries=pg_stat_statements, pg_stat_statements.track=all, ...),
+         * appended to postgresql.conf, where a library's settings may precede its loading;
+         * it may slow every figure */
+        if (npg_set > 0) {
+                char path[4096];
+                FILE *conf;
+
+                snprintf(path, sizeof(path), "%s/postgresql.conf", embedded_pg_cluster_dir(pg));
+                conf = fopen(path, "a");
+                if (!conf) {
+                        perror("bench: --pg-set");
+                        return 1;
+                }
+                for (int i = 0; i < npg_set; i++) {
+                        const char *eq = strchr(pg_set[i], '=');
+                        fprintf(conf, "%.*s = '", (int)(eq - pg_set[i]), pg_set[i]);
+                        for (const char *v = eq + 1; *v; v++)
+                                fprintf(conf, *v == '\'' ? "''" : "%c", *v);
+                        fprintf(conf, "'\n");
+                }
+                fclose(conf);
+        }
         PQfinish(c);
         if (embedded_pg_stop(pg) < 0 || embedded_pg_start(pg) < 0 ||
             db_connect(b.owner_conninfo, &c) < 0)
