@@ -53,6 +53,8 @@ struct api_request {
         char user_name[80];
         bool is_admin;
         char session_id[40]; /* the dashboard session that authenticated it, or "" (bearer) */
+        bool may_commit;     /* nothing is written after the handler: api_query_json_last */
+        bool committed;      /* the handler's last statement committed the transaction */
 };
 
 struct api_response {
@@ -108,6 +110,16 @@ const char *api_header(struct api_request *req, const char *name);
 int api_query_json(struct api_request *req, const char *sql, int n, const char *const *params,
                    json_t **out);
 
+/*
+ * api_query_json for a handler's last statement, after which it writes nothing: when the
+ * request has nothing to write after the handler either (no Idempotency-Key response to
+ * store), the COMMIT goes in the same round trip (libpq's pipeline mode) and req->committed
+ * is set. A failure of the statement or of the COMMIT returns a negative errno, as
+ * api_query_json does.
+ */
+int api_query_json_last(struct api_request *req, const char *sql, int n, const char *const *params,
+                        json_t **out);
+
 /* Appends an event to a run's log in the request's transaction (kind e.g. "run.cancel_
  * requested"); data may be NULL. 0 or a negative errno. */
 int api_append_event(struct api_request *req, const char *run_id, const char *kind,
@@ -123,9 +135,10 @@ bool api_is_uuid(const char *s);
 const char *api_session_cookie(struct api_request *req);
 /* Authenticates the request by its session cookie in req's transaction (user set, like a
  * bearer token) and, for a method other than GET and HEAD, checks its CSRF token and Origin.
+ * begin: "BEGIN" to open the transaction in the same round trip, or NULL when it is open.
  * Returns 0, or the status it answered (401 clears the cookie, 403 csrf_failed). */
 unsigned api_session_authenticate(struct api_request *req, struct api_response *resp,
-                                  const char *cookie);
+                                  const char *cookie, const char *begin);
 unsigned api_h_session_create(struct api_request *req, struct api_response *resp);
 unsigned api_h_session_get(struct api_request *req, struct api_response *resp);
 unsigned api_h_session_delete(struct api_request *req, struct api_response *resp);

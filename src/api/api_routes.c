@@ -707,7 +707,6 @@ static unsigned h_runs_create(struct api_request *req, struct api_response *resp
 {
         static const char *const keys[] = {"workflow", "version", "input", "time_scale", NULL};
         _cleanup_free_ char *input = NULL, *version_s = NULL, *scale_s = NULL;
-        _cleanup_pgresult_ PGresult *wf = NULL, *ins = NULL;
         unsigned st;
         json_t *b;
         int r = 0;
@@ -733,14 +732,24 @@ static unsigned h_runs_create(struct api_request *req, struct api_response *resp
         if (!input)
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
 
-        const char *p1[] = {name, version_s};
-        wf = db_query(req->db,
-                      "SELECT id, version FROM workflows WHERE name = $1 AND ($2::integer IS NULL "
-                      "OR version = $2::integer) ORDER BY version DESC LIMIT 1",
-                      2, p1, &r);
-        if (!wf)
+        /* one statement: the workflow version, the run and its run.created event
+         * (agently_create_run, 0032), answered as GET /v1/runs/{id} reads it (the run the
+         * function returns stands for the table's row); the COMMIT goes with it */
+        const char *params[] = {name, version_s, input, api_header(req, "Idempotency-Key"),
+                                scale_s};
+        json_t *j = NULL;
+        r = api_query_json_last(req,
+                                "SELECT " RUN_JSON_ALL
+                                " FROM agently_create_run($1, $2::integer, $3::jsonb, $4, "
+                                "$5::double precision) r" RUN_NODES_TOTAL,
+                                5, params, &j);
+        if (r == -EEXIST)
+                return api_error(
+                    resp, 409, "conflict", "a run with this Idempotency-Key already exists",
+                    "its stored response has expired (keys are kept 24 h)", "use a new key");
+        if (r < 0)
                 return api_db_error(resp, r);
-        if (PQntuples(wf) == 0) {
+        if (r == 0) {
                 if (version_s)
                         return api_errorf(resp, 404, "not_found", "workflow version not found",
                                           "`agently workflow show NAME` shows the latest "
@@ -750,31 +759,7 @@ static unsigned h_runs_create(struct api_request *req, struct api_response *resp
                                   "apply it first: `agently workflow apply FILE`", "workflow '%s'",
                                   name);
         }
-        const char *p2[] = {PQgetvalue(wf, 0, 0),
-                            name,
-                            PQgetvalue(wf, 0, 1),
-                            input,
-                            api_header(req, "Idempotency-Key"),
-                            scale_s};
-        ins = db_query(req->db,
-                       "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                       "workflow_version, input, idempotency_key, time_scale) VALUES "
-                       "(agently_current_user_id(), $1, $2, $3::integer, $4::jsonb, $5, "
-                       "coalesce($6::double precision, 1)) RETURNING id",
-                       6, p2, &r);
-        if (!ins) {
-                if (r == -EEXIST)
-                        return api_error(resp, 409, "conflict",
-                                         "a run with this Idempotency-Key already exists",
-                                         "its stored response has expired (keys are kept 24 h)",
-                                         "use a new key");
-                return api_db_error(resp, r);
-        }
-        const char *id = PQgetvalue(ins, 0, 0);
-        r = api_append_event(req, id, "run.created", "run created", NULL);
-        if (r < 0)
-                return api_db_error(resp, r);
-        return respond_run(req, resp, 201, id);
+        return api_json(resp, 201, j);
 }
 
 static unsigned h_runs_list(struct api_request *req, struct api_response *resp)

@@ -407,11 +407,12 @@ json_t *api_request_json(struct api_request *req, struct api_response *resp)
         return req->json;
 }
 
-int api_query_json(struct api_request *req, const char *sql, int n, const char *const *params,
-                   json_t **out)
+static int query_json(struct api_request *req, const char *sql, int n, const char *const *params,
+                      const char *after, json_t **out)
 {
         int r = 0;
-        _cleanup_pgresult_ PGresult *res = db_query(req->db, sql, n, params, &r);
+        _cleanup_pgresult_ PGresult *res =
+            db_query_between(req->db, NULL, sql, n, params, after, &r);
         json_error_t err;
 
         *out = NULL;
@@ -427,6 +428,21 @@ int api_query_json(struct api_request *req, const char *sql, int n, const char *
                 return -EIO;
         }
         return 1;
+}
+
+int api_query_json(struct api_request *req, const char *sql, int n, const char *const *params,
+                   json_t **out)
+{
+        return query_json(req, sql, n, params, NULL, out);
+}
+
+int api_query_json_last(struct api_request *req, const char *sql, int n, const char *const *params,
+                        json_t **out)
+{
+        int r = query_json(req, sql, n, params, req->may_commit ? "COMMIT" : NULL, out);
+
+        req->committed = req->may_commit && r >= 0;
+        return r;
 }
 
 /* A text answer with every secret value this process knows masked (src/base/redact.h).
@@ -689,7 +705,8 @@ static unsigned check_request_text(struct MHD_Connection *conn, const char *url,
         return 0;
 }
 
-/* Authenticates the bearer token in req's transaction. Returns 0, or a status to answer. */
+/* Opens req's transaction and authenticates the request in it: BEGIN, the token's check and
+ * the tenant's setting (agently.user_id) in one round trip. Returns 0, or a status to answer. */
 static unsigned authenticate(struct api_request *req, struct api_response *resp)
 {
         const char *h = api_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -699,7 +716,7 @@ static unsigned authenticate(struct api_request *req, struct api_response *resp)
         int r = 0;
 
         if (!h && api_session_cookie(req)) /* the dashboard (api_session.c) */
-                return api_session_authenticate(req, resp, api_session_cookie(req));
+                return api_session_authenticate(req, resp, api_session_cookie(req), "BEGIN");
         if (!h || strncasecmp(h, "Bearer ", 7) != 0 || auth_token_hash(h + 7, hash) < 0) {
                 resp->unauthorized = true;
                 return api_error(resp, 401, "unauthorized",
@@ -708,9 +725,12 @@ static unsigned authenticate(struct api_request *req, struct api_response *resp)
         }
         auth_token_hash_hex(hash, hex);
         const char *params[] = {hex};
-        res = db_query(req->db,
-                       "SELECT user_id, user_name, is_admin FROM agently_authenticate($1::bytea)",
-                       1, params, &r);
+        /* the tenant is set by the statement that found the user (db_set_user's setting) */
+        res = db_query_between(req->db, "BEGIN",
+                               "SELECT a.user_id, a.user_name, a.is_admin, "
+                               "set_config('agently.user_id', a.user_id::text, true) "
+                               "FROM agently_authenticate($1::bytea) a",
+                               1, params, NULL, &r);
         if (!res)
                 return api_db_error(resp, r);
         if (PQntuples(res) != 1) {
@@ -722,8 +742,7 @@ static unsigned authenticate(struct api_request *req, struct api_response *resp)
         str_copy(req->user_id, sizeof(req->user_id), PQgetvalue(res, 0, 0));
         str_copy(req->user_name, sizeof(req->user_name), PQgetvalue(res, 0, 1));
         req->is_admin = PQgetvalue(res, 0, 2)[0] == 't';
-        r = db_set_user(req->db, req->user_id);
-        return r < 0 ? api_db_error(resp, r) : 0;
+        return 0;
 }
 
 /*
@@ -793,7 +812,9 @@ static unsigned idempotency_begin(struct api_request *req, struct api_response *
         return api_json(resp, (unsigned)code, stored);
 }
 
-static int idempotency_store(struct api_request *req, struct api_response *resp, const char *key)
+/* Stores the response for the request's Idempotency-Key and commits, in one round trip. */
+static int idempotency_store_commit(struct api_request *req, struct api_response *resp,
+                                    const char *key)
 {
         /* the stored answer is an answer: masked like the one sent (src/base/redact.h) */
         _cleanup_free_ char *text = redact_json(resp->json) >= 0
@@ -806,11 +827,37 @@ static int idempotency_store(struct api_request *req, struct api_response *resp,
         if (!text || !code)
                 return -ENOMEM;
         _cleanup_pgresult_ PGresult *res =
-            db_query(req->db,
-                     "UPDATE api_idempotency SET status_code = $2::integer, response = $3::jsonb "
-                     "WHERE user_id = agently_current_user_id() AND key = $1",
-                     3, params, &r);
+            db_query_between(req->db, NULL,
+                             "UPDATE api_idempotency SET status_code = $2::integer, "
+                             "response = $3::jsonb "
+                             "WHERE user_id = agently_current_user_id() AND key = $1",
+                             3, params, "COMMIT", &r);
         return res ? 0 : r;
+}
+
+/* Opens the request's transaction: BEGIN, with the authentication of a route that needs one
+ * in the same round trip. A connection that died while idle in the pool (the database
+ * restarted) is replaced once, transparently. 0, or the status answered; req->db is NULL
+ * when no connection could be had. */
+static unsigned open_transaction(struct api_request *req, struct api_response *resp)
+{
+        bool public = req->route->flags & API_ROUTE_PUBLIC;
+
+        for (int tries = 0;; tries++) {
+                int r = 0;
+                unsigned st = 0;
+                if (!public)
+                        st = authenticate(req, resp);
+                else if ((r = db_begin(req->db)) < 0)
+                        st = api_db_error(resp, r);
+                if (st == 0 || tries > 0 || PQstatus(req->db) == CONNECTION_OK)
+                        return st;
+                response_clear(resp);
+                api_pool_release(req->server, req->db, true);
+                req->db = api_pool_acquire(req->server, &r);
+                if (!req->db)
+                        return api_db_error(resp, r);
+        }
 }
 
 /* Runs one matched request: transaction, authentication, idempotency, handler, commit. */
@@ -840,24 +887,11 @@ static void run_request(struct api_request *req, struct api_response *resp)
                 api_db_error(resp, r);
                 return;
         }
-        r = db_begin(req->db);
-        if (r < 0 && PQstatus(req->db) != CONNECTION_OK) {
-                /* a connection that died while idle (database restarted): one fresh try */
-                api_pool_release(req->server, req->db, true);
-                req->db = api_pool_acquire(req->server, &r);
-                if (!req->db) {
-                        api_db_error(resp, r);
-                        return;
-                }
-                r = db_begin(req->db);
-        }
-        if (r < 0) {
-                api_db_error(resp, r);
-                goto out;
-        }
         /* a public route that uses the database (an approval link) has no user: it goes
          * through SECURITY DEFINER functions that check what the caller may do */
-        st = (route->flags & API_ROUTE_PUBLIC) ? 0 : authenticate(req, resp);
+        st = open_transaction(req, resp);
+        if (!req->db)
+                return;
         if (st)
                 goto rollback;
         key = (route->flags & API_ROUTE_IDEMPOTENT) ? api_header(req, "Idempotency-Key") : NULL;
@@ -870,24 +904,21 @@ static void run_request(struct api_request *req, struct api_response *resp)
                         goto out;
                 }
         }
+        /* nothing to store after the handler: its last statement may carry the COMMIT */
+        req->may_commit = !key_owned;
         st = route->handler(req, resp);
         if (st >= 400)
                 goto rollback;
-        if (key_owned && resp->json) {
-                r = idempotency_store(req, resp, key);
-                if (r < 0) {
-                        response_clear(resp);
-                        api_db_error(resp, r);
-                        goto rollback;
-                }
-        }
-        r = db_commit(req->db);
+        if (req->committed)
+                goto out;
+        r = key_owned && resp->json ? idempotency_store_commit(req, resp, key) : db_commit(req->db);
         if (r < 0) {
                 if (resp->raw)
                         MHD_destroy_response(resp->raw);
                 response_clear(resp);
                 api_db_error(resp, r);
                 broken = true;
+                goto rollback;
         }
         goto out;
 rollback:

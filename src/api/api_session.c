@@ -106,7 +106,7 @@ static int set_cookie(struct api_request *req, struct api_response *resp, const 
 }
 
 unsigned api_session_authenticate(struct api_request *req, struct api_response *resp,
-                                  const char *cookie)
+                                  const char *cookie, const char *begin)
 {
         char hex[2 + 2 * crypto_hash_sha256_BYTES + 1];
         _cleanup_pgresult_ PGresult *res = NULL;
@@ -115,10 +115,12 @@ unsigned api_session_authenticate(struct api_request *req, struct api_response *
         if (session_hash_hex(cookie, hex) < 0)
                 goto expired;
         const char *params[] = {hex};
-        res = db_query(req->db,
-                       "SELECT user_id, user_name, is_admin, session_id, csrf_token "
-                       "FROM agently_session_authenticate($1::bytea)",
-                       1, params, &r);
+        /* the tenant is set by the statement that found the user (db_set_user's setting) */
+        res = db_query_between(req->db, begin,
+                               "SELECT user_id, user_name, is_admin, session_id, csrf_token, "
+                               "set_config('agently.user_id', user_id::text, true) "
+                               "FROM agently_session_authenticate($1::bytea)",
+                               1, params, NULL, &r);
         if (!res)
                 return api_db_error(resp, r);
         if (PQntuples(res) != 1)
@@ -139,8 +141,7 @@ unsigned api_session_authenticate(struct api_request *req, struct api_response *
         str_copy(req->user_name, sizeof(req->user_name), PQgetvalue(res, 0, 1));
         req->is_admin = PQgetvalue(res, 0, 2)[0] == 't';
         str_copy(req->session_id, sizeof(req->session_id), PQgetvalue(res, 0, 3));
-        r = db_set_user(req->db, req->user_id);
-        return r < 0 ? api_db_error(resp, r) : 0;
+        return 0;
 expired:
         resp->unauthorized = true;
         set_cookie(req, resp, "", 0);
@@ -256,8 +257,7 @@ unsigned api_h_session_get(struct api_request *req, struct api_response *resp)
         req->db = api_pool_acquire(req->server, &r);
         if (!req->db)
                 return api_db_error(resp, r);
-        r = db_begin(req->db);
-        st = r < 0 ? api_db_error(resp, r) : api_session_authenticate(req, resp, cookie);
+        st = api_session_authenticate(req, resp, cookie, "BEGIN");
         if (st == 0) {
                 const char *params[] = {req->session_id};
                 r = api_query_json(req,
