@@ -21,6 +21,25 @@ static int uuid_array(struct buf *b, const struct queue_lease *held, int n)
         return r < 0 ? r : buf_append_str(b, "}");
 }
 
+/* The claim alone (agently_claim_runs), or, opening a worker's turn, with each claimed
+ * run's snapshot (agently_claim_turn: the same claim, then the snapshots). */
+static const char CLAIM_SQL[] =
+    "SELECT id, user_id, workflow_id, lease_epoch, attempt, "
+    "status_before "
+    "FROM agently_claim_runs($1, $2::interval, $3::integer, $4::uuid[])";
+static const char CLAIM_TURN_SQL[] =
+    "SELECT id, user_id, workflow_id, lease_epoch, attempt, status_before, snapshot, "
+    "cancel_requested, pause_requested "
+    "FROM agently_claim_turn($1, $2::interval, $3::integer, $4::uuid[])";
+
+void queue_claims_clear(struct queue_claim *claims, int n)
+{
+        for (int i = 0; i < n; i++) {
+                json_decref(claims[i].snapshot);
+                claims[i].snapshot = NULL;
+        }
+}
+
 static int claim_runs(PGconn *c, const char *before, const char *worker, int64_t lease_ms, int max,
                       const struct queue_lease *held, int nheld, struct queue_claim *out, int *n)
 {
@@ -28,6 +47,7 @@ static int claim_runs(PGconn *c, const char *before, const char *worker, int64_t
         char lease[48], maxs[16];
         const char *params[] = {worker, lease, maxs, NULL};
         _cleanup_pgresult_ PGresult *res = NULL;
+        bool turn = before != NULL;
         int r = 0, rows;
 
         *n = 0;
@@ -39,16 +59,13 @@ static int claim_runs(PGconn *c, const char *before, const char *worker, int64_t
         params[3] = ids.data;
         snprintf(lease, sizeof(lease), "%lld milliseconds", (long long)lease_ms);
         snprintf(maxs, sizeof(maxs), "%d", max);
-        res =
-            db_query_between(c, before,
-                             "SELECT id, user_id, workflow_id, lease_epoch, attempt, status_before "
-                             "FROM agently_claim_runs($1, $2::interval, $3::integer, $4::uuid[])",
-                             4, params, NULL, &r);
+        res = db_query_between(c, before, turn ? CLAIM_TURN_SQL : CLAIM_SQL, 4, params, NULL, &r);
         if (!res)
                 return r;
         rows = PQntuples(res);
         for (int i = 0; i < rows && i < max; i++) {
                 struct queue_claim *q = &out[i];
+                *q = (struct queue_claim){0};
                 str_copy(q->id, sizeof(q->id), PQgetvalue(res, i, 0));
                 str_copy(q->user_id, sizeof(q->user_id), PQgetvalue(res, i, 1));
                 str_copy(q->workflow_id, sizeof(q->workflow_id), PQgetvalue(res, i, 2));
@@ -56,6 +73,16 @@ static int claim_runs(PGconn *c, const char *before, const char *worker, int64_t
                 str_to_int(PQgetvalue(res, i, 4), &q->attempt);
                 str_copy(q->status_before, sizeof(q->status_before), PQgetvalue(res, i, 5));
                 (*n)++;
+                if (!turn || PQgetisnull(res, i, 6))
+                        continue;
+                q->snapshot = json_loads(PQgetvalue(res, i, 6), 0, NULL);
+                if (!q->snapshot) {
+                        queue_claims_clear(out, *n);
+                        *n = 0;
+                        return -ENOMEM;
+                }
+                q->cancel_requested = PQgetvalue(res, i, 7)[0] == 't';
+                q->pause_requested = PQgetvalue(res, i, 8)[0] == 't';
         }
         return 0;
 }

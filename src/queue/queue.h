@@ -27,6 +27,12 @@ struct queue_claim {
         int64_t epoch;
         int attempt;            /* number of claims so far, this one included */
         char status_before[16]; /* queued | waiting | running (rescued from a lost worker) */
+        /* queue_begin_claim_runs only: the run's whole snapshot, read in the claim's statement
+         * (what agently_snapshots() of 0030 returns: the planner's input, src/worker/README.md),
+         * owned by the caller (queue_claims_clear); NULL when not read. And the control
+         * plane's requests found with it. */
+        json_t *snapshot;
+        bool cancel_requested, pause_requested;
 };
 
 struct queue_lease {
@@ -45,15 +51,21 @@ int queue_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
                      const struct queue_lease *held, int nheld, struct queue_claim *out, int *n);
 
 /*
- * The same claim as the first statement of a new transaction: BEGIN and the claim in one
- * round trip (db_query_between). The claimed runs' queue rows and records stay locked until
- * the caller's COMMIT, which is also when the claim becomes durable and visible; a ROLLBACK
- * undoes it (the runs are due again at once). On an error the transaction is left open and
- * failed: roll it back.
+ * The same claim as the first statement of a new transaction, with each claimed run's whole
+ * snapshot: BEGIN and the claim in one round trip (db_query_between; agently_claim_turn of
+ * migrations/0033_claim_turn.sql reads the snapshots after the claim, in the same call). The
+ * claimed runs' queue rows and records stay locked until the caller's COMMIT, which is also
+ * when the claim becomes durable and visible; a ROLLBACK undoes it (the runs are due again
+ * at once). The caller owns out[0..*n).snapshot (queue_claims_clear). On an error nothing is
+ * returned, and the transaction is left open and failed: roll it back.
  */
 int queue_begin_claim_runs(PGconn *c, const char *worker, int64_t lease_ms, int max,
                            const struct queue_lease *held, int nheld, struct queue_claim *out,
                            int *n);
+
+/* Releases the snapshots of claims[0..n) that the caller has not taken (NULL them to take
+ * one). */
+void queue_claims_clear(struct queue_claim *claims, int n);
 
 struct queue_renewal {
         char id[QUEUE_UUID_LEN + 1];

@@ -1591,10 +1591,21 @@ static void batch_prepare(struct worker *w)
         if (w->batch_error)
                 return;
 
-        /* one read for every snapshot; a held run missing from it is lost */
-        for (int i = 0; i < w->nbatch; i++)
-                if (w->batch[i]->fate == FATE_HELD)
-                        w->held_scratch[held++] = w->batch[i];
+        /* one read for every snapshot; a held run missing from it is lost. A run claimed in
+         * this turn has its snapshot from the claim: nothing was written for it since (its
+         * claim event is buffered; a flush above writes its record's running state, which
+         * reads the same: started_at is now() either way) and its rows are locked */
+        for (int i = 0; i < w->nbatch; i++) {
+                struct run *run = w->batch[i];
+                if (run->fate != FATE_HELD)
+                        continue;
+                if (!(run->fresh && run->preload)) {
+                        w->held_scratch[held++] = run;
+                } else if (snapshot_finish(run, run->preload) < 0) {
+                        w->batch_error = -ENOMEM;
+                        return;
+                }
+        }
         free(param);
         param = runs_param(w->held_scratch, held);
         if (!param) {
@@ -1609,9 +1620,8 @@ static void batch_prepare(struct worker *w)
                 w->batch_error = r;
                 return;
         }
-        for (int i = 0; i < w->nbatch; i++)
-                if (w->batch[i]->fate == FATE_HELD)
-                        mark_lost(w->batch[i], "load snapshot");
+        for (int i = 0; i < held; i++)
+                mark_lost(w->held_scratch[i], "load snapshot");
         for (int i = 0; i < PQntuples(res); i++) {
                 struct run *run = batch_find(w, PQgetvalue(res, i, 0), PQgetvalue(res, i, 4));
                 json_t *snap;
@@ -1733,6 +1743,8 @@ static void claims_settle(struct worker *w, bool committed)
                 if (!run->fresh)
                         continue;
                 run->fresh = false;
+                /* the claim's snapshot of a run the turn left out: its next turn reads it */
+                json_decref(TAKE_PTR(run->preload));
                 if (!committed)
                         run_drop(w, run);
         }
@@ -1941,6 +1953,7 @@ static int claim(struct worker *w)
          * ourselves into a second copy */
         for (struct run *x = w->runs; x && nheld < w->cfg->concurrency; x = x->next)
                 w->claim_held[nheld++] = (struct queue_lease){.run_id = x->id, .epoch = x->epoch};
+        /* with each claimed run's snapshot: the turn needs no read of its own for them */
         r = queue_begin_claim_runs(w->db, w->cfg->id, w->cfg->lease_ms, want, w->claim_held, nheld,
                                    claims, &n);
         /* the next poll counts from this claim, not from the end of the turn it opens; a
@@ -1967,6 +1980,7 @@ static int claim(struct worker *w)
                 if (!run) {
                         /* the claim is rolled back with the turn */
                         log_error("out of memory: could not take run %s", claims[i].id);
+                        queue_claims_clear(claims, n);
                         return -ENOMEM;
                 }
                 str_copy(run->id, sizeof(run->id), claims[i].id);
@@ -1974,6 +1988,10 @@ static int claim(struct worker *w)
                 str_copy(run->workflow_id, sizeof(run->workflow_id), claims[i].workflow_id);
                 run->epoch = claims[i].epoch;
                 run->fresh = true;
+                /* read by the claim, as the turn's own read would have (batch_prepare) */
+                run->preload = TAKE_PTR(claims[i].snapshot);
+                run->preload_cancel = claims[i].cancel_requested;
+                run->preload_pause = claims[i].pause_requested;
                 run->deadline_ms = -1;
                 /* the lease runs from the transaction's start, which came after `sent` */
                 run->lease_deadline = sent + w->cfg->lease_ms;
@@ -1996,6 +2014,7 @@ static int claim(struct worker *w)
                          * is not failed; the turn is rolled back and the run claimed again */
                         log_error("could not load the workflow definition of run %s: %s", run->id,
                                   db_last_error());
+                        queue_claims_clear(claims, n);
                         return r;
                 }
                 if (r < 0) {
@@ -2003,8 +2022,10 @@ static int claim(struct worker *w)
                             "{s:s, s:s, s:O?}", "class", "error", "message",
                             "the run's workflow definition cannot be loaded", "errors", errors);
                         r = queue_finish_run(w->db, run->id, run->epoch, "failed", NULL, err);
-                        if (r < 0)
+                        if (r < 0) {
+                                queue_claims_clear(claims, n);
                                 return r;
+                        }
                         if (r == 0)
                                 run_lost(w, run, "fail run");
                         else

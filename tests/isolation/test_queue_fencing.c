@@ -492,6 +492,7 @@ static void test_claim_in_a_transaction(void **state)
         assert_int_equal(queue_begin_claim_runs(a, "A", 30000, 4, NULL, 0, out, &n), 0);
         assert_int_equal(n, 1);
         assert_string_equal(out[0].id, y);
+        queue_claims_clear(out, n);
         assert_int_equal(PQtransactionStatus(a), PQTRANS_INTRANS);
         /* not committed: invisible, and its rows stay locked */
         assert_db_equal("0", f->owner,
@@ -508,6 +509,7 @@ static void test_claim_in_a_transaction(void **state)
         assert_int_equal(queue_begin_claim_runs(a, "A", 30000, 4, NULL, 0, out, &n), 0);
         assert_int_equal(n, 1);
         assert_string_equal(out[0].id, x);
+        queue_claims_clear(out, n);
         PQclear(test_db_must(a, "COMMIT"));
         assert_db_equal("A 1", f->owner,
                         "SELECT claimed_by || ' ' || lease_epoch FROM run_queue WHERE run_id = "

@@ -3,7 +3,9 @@
  * by hand: the snapshot read (agently_snapshots, a function, so its plan is made once per
  * session) returns what the planner needs, fenced on the queue row's epoch, whole (the
  * run's nodes and input) or partial (for a run held in memory); a run's finishing write
- * calls the notification trigger only when its workflow version has subscriptions.
+ * calls the notification trigger only when its workflow version has subscriptions; the
+ * claim that opens a turn returns each claimed run's whole snapshot (0033_claim_turn.sql),
+ * the same the read would return.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -168,10 +170,80 @@ static void test_notify_only_with_subscriptions(void **state)
         fixture_free(f);
 }
 
+/* What agently_snapshots reads whole for the run at epoch, parsed. */
+static json_t *whole_read(PGconn *c, const char *run, int64_t epoch)
+{
+        _cleanup_free_ char *text = test_db_value(
+            c,
+            "SELECT s.snapshot FROM agently_snapshots(jsonb_build_array(jsonb_build_object('id', "
+            "'%s', 'epoch', %lld, 'whole', true))) s",
+            run, (long long)epoch);
+
+        assert_non_null(text);
+        return test_json(text);
+}
+
+/* The claim that opens a turn (queue_begin_claim_runs: BEGIN and agently_claim_turn) returns
+ * each claimed run's snapshot: what the turn's own read would return right after it, for a
+ * queued run (its input, a signal, no nodes) and for one rescued from a lost worker (the
+ * nodes that worker wrote). */
+static void test_claim_returns_the_snapshot(void **state)
+{
+        struct fixture *f = fixture_new("claim_snap");
+        char *run = worker_test_run(f->owner, f->workflow, "{\"x\": 7}");
+        struct queue_node_write nw = {
+            .node_id = "a", .attempt = 1, .status = "completed", .worker = "A"};
+        struct queue_claim q[2];
+        int n = 0;
+
+        (void)state;
+        PQclear(test_db_must(f->owner,
+                             "INSERT INTO signals (user_id, workflow_run_id, name, payload) "
+                             "SELECT user_id, id, 'go', '{\"k\": 1}' FROM workflow_runs"));
+        assert_int_equal(queue_begin_claim_runs(f->worker, "A", 30000, 2, NULL, 0, q, &n), 0);
+        assert_int_equal(n, 1);
+        assert_string_equal(q[0].status_before, "queued");
+        assert_non_null(q[0].snapshot);
+        {
+                _cleanup_json_ json_t *read = whole_read(f->worker, run, q[0].epoch);
+                assert_json_equal(q[0].snapshot, read);
+        }
+        assert_int_equal(
+            json_integer_value(json_object_get(json_object_get(q[0].snapshot, "input"), "x")), 7);
+        assert_int_equal(json_object_size(json_object_get(q[0].snapshot, "nodes")), 0);
+        assert_int_equal(
+            json_array_size(json_object_get(json_object_get(q[0].snapshot, "signals"), "go")), 1);
+        assert_false(q[0].cancel_requested);
+        queue_claims_clear(q, n);
+        PQclear(test_db_must(f->worker, "COMMIT"));
+
+        /* its holder wrote a node and was lost (its lease lapsed): the rescue reads it */
+        assert_int_equal(queue_checkpoint_node(f->worker, run, q[0].epoch, &nw), 1);
+        PQclear(test_db_must(f->owner, "UPDATE run_queue SET lease_expires_at = now() - "
+                                       "interval '1 second'"));
+        assert_int_equal(queue_begin_claim_runs(f->worker, "B", 30000, 2, NULL, 0, q, &n), 0);
+        assert_int_equal(n, 1);
+        assert_string_equal(q[0].status_before, "running");
+        assert_int_equal(q[0].epoch, 2);
+        {
+                _cleanup_json_ json_t *read = whole_read(f->worker, run, q[0].epoch);
+                assert_json_equal(q[0].snapshot, read);
+        }
+        assert_string_equal(
+            json_string_value(json_object_get(
+                json_object_get(json_object_get(q[0].snapshot, "nodes"), "a"), "status")),
+            "completed");
+        queue_claims_clear(q, n);
+        PQclear(test_db_must(f->worker, "ROLLBACK"));
+        free(run);
+        fixture_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_snapshot_whole_partial_fenced),
+            cmocka_unit_test(test_claim_returns_the_snapshot),
             cmocka_unit_test(test_notify_only_with_subscriptions),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
