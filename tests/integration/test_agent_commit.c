@@ -155,9 +155,12 @@ static void answered_before_the_commit(const char *tag, bool commits)
                 agent_fixture_dump_log(&S);
                 fail_msg("the llm call's write did not wait for the lock; see %s", S.last_log);
         }
-        usleep(500000);
         /* the executor has the answer (before: it waited for the commit) ... */
+        end = test_now_ms() + 10000;
+        while (bytes_read(exec) == read_before && test_now_ms() < end)
+                usleep(20000);
         assert_int_gt(bytes_read(exec), read_before);
+        usleep(300000); /* time for its tool call to arrive, were it not held */
         /* ... and what it asks for next is held until the commit is confirmed */
         assert_int_equal(worker_sink_count(S.sink, prefix), 0);
         test_stop_process(w1, SIGKILL, 5000);
