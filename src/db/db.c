@@ -12,6 +12,8 @@
 #include "strutil.h"
 
 static __thread char last_error[1024];
+static __thread void (*wait_hook)(void *arg, int fd);
+static __thread void *wait_hook_arg;
 static __thread char last_sqlstate[6];
 static __thread char last_message[512];
 static __thread char last_detail[512];
@@ -363,6 +365,23 @@ PGresult *db_query_result(PGconn *c, int *error)
         return res;
 }
 
+void db_set_wait_hook(void (*wait)(void *arg, int fd), void *arg)
+{
+        wait_hook = wait;
+        wait_hook_arg = arg;
+}
+
+/* Until PQgetResult would not block: the thread's wait hook, or nothing (PQgetResult then
+ * blocks itself). */
+static void wait_result(PGconn *c)
+{
+        while (wait_hook && PQisBusy(c)) {
+                wait_hook(wait_hook_arg, PQsocket(c));
+                if (!PQconsumeInput(c))
+                        return; /* the connection failed: PQgetResult says how */
+        }
+}
+
 PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int nparams,
                            const char *const *params, const char *after, int *error)
 {
@@ -393,6 +412,7 @@ PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int n
         for (int i = 0; i < 3; i++) {
                 if (!(sent & (1 << i)))
                         continue;
+                wait_result(c);
                 res = PQgetResult(c);
                 bool got = res != NULL;
                 ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;

@@ -118,6 +118,15 @@ PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int n
 int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *params);
 PGresult *db_query_result(PGconn *c, int *error);
 
+/*
+ * This thread's wait hook (NULL: none): while db_query_between waits for the server, it
+ * calls wait(arg, fd) with the connection's socket instead of blocking, again until a
+ * result is there. wait returns when fd is readable or sooner (it may do other work of the
+ * thread meanwhile, but no statement on that connection). The worker's loop drives its
+ * HTTP transfers this way while its turn's writes and COMMIT run.
+ */
+void db_set_wait_hook(void (*wait)(void *arg, int fd), void *arg);
+
 int db_begin(PGconn *c);
 int db_commit(PGconn *c);
 void db_rollback(PGconn *c);

@@ -37,6 +37,8 @@ struct runtime_http_transfer {
         void *userdata;
         int (*on_body)(void *userdata, const char *data, size_t len);
         void (*on_done)(void *userdata, json_t *output, json_t *error);
+        /* a finished transfer without on_done: its outcome, built when it was collected */
+        json_t *done_output, *done_error;
         char curl_error[CURL_ERROR_SIZE]; /* libcurl's detail of a failure */
 };
 
@@ -141,6 +143,8 @@ static void transfer_free(struct runtime_http *h, struct runtime_http_transfer *
         free(t->body);
         buf_free(&t->response);
         json_decref(t->expect);
+        json_decref(t->done_output);
+        json_decref(t->done_error);
         free(t);
 }
 
@@ -506,7 +510,8 @@ static void timers_run(struct runtime_http *h)
 static void transfer_outcome(struct runtime_http_transfer *t, json_t **output, json_t **error);
 
 /* Moves every finished transfer to its queue: LIST_CALLBACK when it has on_done, else
- * LIST_DONE for runtime_http_next_done. */
+ * LIST_DONE for runtime_http_next_done, with its outcome built now (so the JSON of a
+ * response is made while the caller waits on something else: runtime_http_drive). */
 static void collect_finished(struct runtime_http *h)
 {
         struct runtime_http_transfer *t;
@@ -521,6 +526,8 @@ static void collect_finished(struct runtime_http *h)
                         continue;
                 t->result = m->data.result;
                 queue_unlink(h, t);
+                if (!t->on_done)
+                        transfer_outcome(t, &t->done_output, &t->done_error);
                 queue_push(h, t->on_done ? LIST_CALLBACK : LIST_DONE, t);
         }
 }
@@ -546,7 +553,8 @@ int runtime_http_poll(struct runtime_http *h, int timeout_ms, int extra_fd)
         struct curl_waitfd extra = {.fd = extra_fd, .events = CURL_WAIT_POLLIN};
         int running = 0;
 
-        if (timeout_ms < 0)
+        /* finished transfers waiting to be taken or called back: no sleep */
+        if (timeout_ms < 0 || h->queues[LIST_DONE].head || h->queues[LIST_CALLBACK].head)
                 timeout_ms = 0;
         if (h->ntimers > 0) {
                 int64_t until = h->timers[0]->due_ms - runtime_http_now_ms();
@@ -561,6 +569,19 @@ int runtime_http_poll(struct runtime_http *h, int timeout_ms, int extra_fd)
         collect_finished(h);
         deliver_callbacks(h);
         timers_run(h);
+        return extra_fd >= 0 && (extra.revents & CURL_WAIT_POLLIN) ? 1 : 0;
+}
+
+int runtime_http_drive(struct runtime_http *h, int timeout_ms, int extra_fd)
+{
+        struct curl_waitfd extra = {.fd = extra_fd, .events = CURL_WAIT_POLLIN};
+        int running = 0;
+
+        if (curl_multi_poll(h->multi, extra_fd >= 0 ? &extra : NULL, extra_fd >= 0 ? 1 : 0,
+                            timeout_ms < 0 ? 0 : timeout_ms, NULL) != CURLM_OK ||
+            curl_multi_perform(h->multi, &running) != CURLM_OK)
+                return -EIO;
+        collect_finished(h);
         return extra_fd >= 0 && (extra.revents & CURL_WAIT_POLLIN) ? 1 : 0;
 }
 
@@ -731,7 +752,8 @@ bool runtime_http_next_done(struct runtime_http *h, void **userdata, json_t **ou
         if (!t)
                 return false;
         *userdata = t->userdata;
-        transfer_outcome(t, output, error);
+        *output = TAKE_PTR(t->done_output);
+        *error = TAKE_PTR(t->done_error);
         transfer_free(h, t);
         return true;
 }

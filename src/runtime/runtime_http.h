@@ -104,9 +104,19 @@ int64_t runtime_http_now_ms(void);
  * Drives transfers, waiting up to timeout_ms (less when a timer is due sooner) for network
  * activity, runtime_http_wakeup() or extra_fd (>= 0) becoming readable; then delivers the
  * completions that have an on_done callback and runs the timers that are due. Returns 1 when
- * extra_fd is readable, 0, or a negative errno when libcurl failed.
+ * extra_fd is readable, 0, or a negative errno when libcurl failed. It does not sleep while
+ * finished transfers wait to be taken (runtime_http_next_done) or called back.
  */
 int runtime_http_poll(struct runtime_http *h, int timeout_ms, int extra_fd);
+
+/*
+ * Only libcurl's part of runtime_http_poll: drives transfers (sends, receives, and builds
+ * the outcome of each that finishes) waiting up to timeout_ms for network activity, a
+ * wake-up or extra_fd; calls no on_done and no timer, so nothing of the caller's runs here
+ * but on_body. For a caller that waits on something else meanwhile (the worker, on its
+ * database statement: src/worker/README.md). Returns as runtime_http_poll.
+ */
+int runtime_http_drive(struct runtime_http *h, int timeout_ms, int extra_fd);
 
 /* Interrupts a runtime_http_poll() in progress from any thread (or makes the next return at
  * once). */

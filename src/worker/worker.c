@@ -2036,6 +2036,25 @@ static int claim(struct worker *w)
         return 0;
 }
 
+/*
+ * The loop thread's wait for its database (db_set_wait_hook): while a pipelined statement
+ * runs (the turn's last writes and its COMMIT, a claim), libcurl goes on with the requests
+ * in flight — sends, receives, and builds the outcome of each that finishes
+ * (runtime_http_drive) — instead of the thread sitting idle; their completions are taken
+ * after the turn, as before. Nothing new leaves here: a request starts only after the
+ * commit of its START mark (start_effects), and no callback of the worker or of an agent
+ * session runs (those would use the connection that is waiting).
+ */
+static void db_wait(void *arg, int fd)
+{
+        struct worker *w = arg;
+
+        if (runtime_http_drive(w->http, 1000, fd) < 0) {
+                struct pollfd p = {.fd = fd, .events = POLLIN};
+                (void)poll(&p, 1, 1000);
+        }
+}
+
 /* ---- heartbeat thread -------------------------------------------------------------- */
 
 static void mail_post(struct worker *w, const struct mail *m)
@@ -2392,6 +2411,8 @@ int worker_run(const struct worker_config *cfg)
                 goto out;
         }
         hb_started = true;
+        /* while a turn's writes and COMMIT run, the requests in flight go on (db_wait) */
+        db_set_wait_hook(db_wait, &w);
         log_info("worker %s started: concurrency %d, lease %lldms, heartbeat %lldms", cfg->id,
                  cfg->concurrency, (long long)cfg->lease_ms, (long long)cfg->heartbeat_ms);
 
@@ -2455,6 +2476,7 @@ int worker_run(const struct worker_config *cfg)
         }
 
 out:
+        db_set_wait_hook(NULL, NULL);
         if (hb_started) {
                 pthread_mutex_lock(&w.lock);
                 w.stop = true;

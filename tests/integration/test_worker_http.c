@@ -177,6 +177,68 @@ static void test_node_timeout_fails_run(void **state)
         teardown(f);
 }
 
+/*
+ * A request answered within its timeout succeeds though the worker's turn waits for the
+ * database meanwhile: libcurl goes on while the turn's writes run (db_set_wait_hook). The
+ * test holds node a's row locked, so the turn that writes a's result waits 4 s; b is
+ * answered at 1 s, its timeout is 2 s. Before, the waiting worker read b's answer only
+ * after the turn, and libcurl then failed it as a timeout.
+ */
+static void test_answer_in_time_while_a_turn_waits(void **state)
+{
+        struct worker_fixture *f = worker_fixture_new("wk_turnwait");
+        PGconn *holder = test_db_connect(f->conninfo);
+        char *run, *locked_at;
+
+        (void)state;
+        worker_fixture_spawn(f, "w1", "10s", "2s", NULL);
+        run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":["
+               "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":\"SINK/a?delay_ms=500\"}},"
+               "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":\"SINK/b?delay_ms=1000\"},"
+               "\"timeout\":\"2s\",\"retry\":{\"max_attempts\":1}}]}");
+        /* both START marks committed, a's answer not yet written: lock a's row */
+        for (int i = 0; test_db_int(f->db,
+                                    "SELECT count(*) FROM node_runs WHERE workflow_run_id = "
+                                    "'%s' AND status = 'started'",
+                                    run) < 2;
+             i++) {
+                assert_int_lt(i, 500);
+                usleep(5 * 1000);
+        }
+        PQclear(test_db_must(holder, "BEGIN"));
+        char sql[300];
+        snprintf(sql, sizeof(sql),
+                 "SELECT 1 FROM node_runs WHERE workflow_run_id = '%s' AND node_id = 'a' "
+                 "AND status = 'started' FOR UPDATE",
+                 run);
+        PGresult *res = test_db_must(holder, sql);
+        /* a's result was not written first (else this test proves nothing) */
+        assert_int_equal(PQntuples(res), 1);
+        PQclear(res);
+        locked_at = test_db_value(holder, "SELECT clock_timestamp()::text");
+        usleep(4000 * 1000);
+        PQclear(test_db_must(holder, "COMMIT"));
+
+        worker_fixture_wait_status(f, run, "completed|failed", 15000);
+        /* the turn did wait for the lock: a's result came after it */
+        assert_db_equal("t", f->db,
+                        "SELECT finished_at > '%s' FROM node_runs WHERE workflow_run_id = '%s' "
+                        "AND node_id = 'a'",
+                        locked_at, run);
+        assert_db_equal("a=completed#1,b=completed#1", f->db,
+                        "SELECT string_agg(node_id || '=' || status || '#' || attempt, ',' "
+                        "ORDER BY node_id) FROM node_runs WHERE workflow_run_id = '%s'",
+                        run);
+        assert_db_equal("completed", f->db, "SELECT status FROM workflow_runs WHERE id = '%s'",
+                        run);
+        free(locked_at);
+        free(run);
+        PQfinish(holder);
+        assert_exit_code(test_stop_process(f->workers[0], SIGTERM, 15000), 0);
+        worker_fixture_free(f);
+}
+
 /* The first request the sink got on path (fails the test when there is none). */
 static struct worker_sink_request sink_request(struct worker_fixture *f, const char *path)
 {
@@ -467,6 +529,7 @@ int main(void)
             cmocka_unit_test(test_retry_with_backoff),
             cmocka_unit_test(test_429_retry_after),
             cmocka_unit_test(test_node_timeout_fails_run),
+            cmocka_unit_test(test_answer_in_time_while_a_turn_waits),
             cmocka_unit_test(test_own_idempotency_key),
             cmocka_unit_test(test_body_content_types),
             cmocka_unit_test(test_at_most_once_timeout_is_sent_once),
