@@ -26,6 +26,7 @@
 #include "auth_token.h"
 #include "strutil.h"
 #include "testlib.h"
+#include "worker_sink.h"
 
 #define PROXY_MAX_CONNS 64
 
@@ -230,37 +231,18 @@ static char *proxy_start(const char *conninfo, const char *dir)
 
 static int setup(void **state)
 {
-        char listen[64], hex[2 + 64 + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1], sql[512], log[512];
-        unsigned char hash[AUTH_TOKEN_HASH_BYTES];
-        static char env_db[4096];
         (void)state;
 
         S.conninfo = test_db_create("trips");
         S.db = test_db_connect(S.conninfo);
         S.data_dir = test_tempdir("trips");
-        assert_int_equal(auth_token_generate(S.token, hash, shown), 0);
-        auth_token_hash_hex(hash, hex);
         char *user = test_db_value(S.db, "INSERT INTO users (name, is_admin) VALUES ('root', "
                                          "true) RETURNING id");
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO api_tokens (user_id, name, token_hash, token_prefix) VALUES "
-                 "('%s', 'test', '%s'::bytea, '%s')",
-                 user, hex, shown);
-        PQclear(test_db_must(S.db, sql));
+        worker_test_token(S.db, user, S.token);
         free(user);
         char *proxied = proxy_start(S.conninfo, S.data_dir);
-        int port = test_free_port();
-        snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
-        snprintf(S.base, sizeof(S.base), "http://127.0.0.1:%d", port);
-        snprintf(env_db, sizeof(env_db), "AGENTLY_DATABASE_URL=%s", proxied);
+        S.pid = worker_test_spawn_api(proxied, S.data_dir, S.base, sizeof(S.base));
         free(proxied);
-        snprintf(log, sizeof(log), "%s/api.log", S.data_dir);
-        const char *args[] = {"api", "--listen", listen, "--data-dir", S.data_dir, NULL};
-        const char *env[] = {env_db, "AGENTLY_WEB_DIR=/nonexistent", NULL};
-        S.pid = test_spawn_agently(args, env, log);
-        char url[128];
-        snprintf(url, sizeof(url), "%s/healthz", S.base);
-        assert_true(test_wait_http_ok(url, 15000));
         return 0;
 }
 
