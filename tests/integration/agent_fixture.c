@@ -113,6 +113,18 @@ void agent_fixture_wait_completed(const struct agent_fixture *f, const char *run
         agent_fixture_assert_completed(f, run);
 }
 
+void agent_fixture_assert_calls(const struct agent_fixture *f, const char *run, int llm_calls,
+                                int tool_calls)
+{
+        char want[32];
+
+        snprintf(want, sizeof(want), "%d|%d", llm_calls, tool_calls);
+        assert_db_equal(want, f->db,
+                        "SELECT llm_calls || '|' || tool_calls FROM agent_runs"
+                        " WHERE workflow_run_id = '%s'",
+                        run);
+}
+
 char *agent_fixture_waiting_tool_approval(const struct agent_fixture *f, const char *run,
                                           pid_t worker, int ms)
 {

@@ -69,6 +69,10 @@ void agent_fixture_dump_log(const struct agent_fixture *f);
 /* Asserts that the run completed without an error (showing the log first when not). */
 void agent_fixture_assert_completed(const struct agent_fixture *f, const char *run);
 
+/* Asserts the LLM and tool calls its agent run counted. */
+void agent_fixture_assert_calls(const struct agent_fixture *f, const char *run, int llm_calls,
+                                int tool_calls);
+
 /* Waits up to ms for the run to complete or fail (when it does not, stops worker w and fails
  * the test), then stops w, asserting that it exits 0 (under ASan: clean), and asserts that
  * the run completed. */

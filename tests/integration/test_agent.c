@@ -451,10 +451,7 @@ static void crash_checks(struct case_run *r)
         assert_int_equal(worker_sink_count(S.sink, "/crash/a"), 1);
         assert_int_equal(worker_sink_count(S.sink, "/crash/b"), 1);
         assert_int_equal(worker_sink_count(S.sink, "/crash/c"), 1);
-        assert_db_equal("4|3", S.db,
-                        "SELECT llm_calls || '|' || tool_calls FROM agent_runs"
-                        " WHERE workflow_run_id = '%s'",
-                        r->run);
+        agent_fixture_assert_calls(&S, r->run, 4, 3);
 }
 
 /* -- ask_human: needs_input holding nothing, answered through the API -- */
@@ -1454,10 +1451,7 @@ static void gated_tool_call_approved_runs_once(void **state)
                         " count(*) FILTER (WHERE kind = 'agent.tool_result')"
                         " FROM logs WHERE workflow_run_id = '%s'",
                         run);
-        assert_db_equal("2|1", S.db,
-                        "SELECT llm_calls || '|' || tool_calls FROM agent_runs"
-                        " WHERE workflow_run_id = '%s'",
-                        run);
+        agent_fixture_assert_calls(&S, run, 2, 1);
         assert_no_key_anywhere(run);
 }
 

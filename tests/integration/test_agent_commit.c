@@ -188,10 +188,7 @@ static void answered_before_the_commit(const char *tag, bool commits)
         /* the first call, then (made again when its write was lost) the last */
         assert_int_equal(llm_server_request_count(S.llm) - before, commits ? 2 : 3);
         assert_int_equal(worker_sink_count(S.sink, prefix), 1);
-        assert_db_equal("2|1", S.db,
-                        "SELECT llm_calls || '|' || tool_calls FROM agent_runs"
-                        " WHERE workflow_run_id = '%s'",
-                        run);
+        agent_fixture_assert_calls(&S, run, 2, 1);
 }
 
 static void a_held_write_that_commits_after_a_kill_is_replayed(void **state)

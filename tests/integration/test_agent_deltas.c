@@ -97,10 +97,7 @@ static void replays_across_forms(const char *tag, const char *first, const char 
                 snprintf(path, sizeof(path), "/%s/%c", tag, *p);
                 assert_int_equal(worker_sink_count(S.sink, path), 1);
         }
-        assert_db_equal("4|3", S.db,
-                        "SELECT llm_calls || '|' || tool_calls FROM agent_runs"
-                        " WHERE workflow_run_id = '%s'",
-                        run);
+        agent_fixture_assert_calls(&S, run, 4, 3);
 }
 
 static void a_whole_list_journal_replays_under_deltas(void **state)
