@@ -319,22 +319,28 @@ int db_exec(PGconn *c, const char *sql)
         return db_result_error(c, res);
 }
 
-PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params, int *error)
+/* res when it is a statement's success, else NULL with res cleared and the error recorded
+ * (db_last_error()); *error (may be NULL) is 0 or the negative errno. */
+static PGresult *result_or_error(PGconn *c, PGresult *res, int *error)
 {
-        PGresult *res = PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
         ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+        int r = 0;
 
-        if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-                if (error)
-                        *error = 0;
-                return res;
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+                r = db_result_error(c, res);
+                if (res)
+                        PQclear(res);
+                res = NULL;
         }
-        int r = db_result_error(c, res);
-        if (res)
-                PQclear(res);
         if (error)
                 *error = r;
-        return NULL;
+        return res;
+}
+
+PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params, int *error)
+{
+        return result_or_error(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0),
+                               error);
 }
 
 int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *params)
@@ -348,21 +354,11 @@ int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *pa
 PGresult *db_query_result(PGconn *c, int *error)
 {
         PGresult *res = PQgetResult(c), *more;
-        ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-        int r = 0;
 
         /* one statement, one result; reading to the end leaves c ready for the next */
         while ((more = PQgetResult(c)))
                 PQclear(more);
-        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-                r = db_result_error(c, res);
-                if (res)
-                        PQclear(res);
-                res = NULL;
-        }
-        if (error)
-                *error = r;
-        return res;
+        return result_or_error(c, res, error);
 }
 
 void db_set_wait_hook(void (*wait)(void *arg, int fd), void *arg)
