@@ -175,6 +175,38 @@ static const char *columns_for(const char *status)
         return "claimed_by = NULL, lease_expires_at = NULL, finished_at = NULL";
 }
 
+/* Puts run in status `from` without the guard (this session only), then writes `to` with
+ * (bump) or without a new lease_epoch; 1 when the write went through, 0 when the guard
+ * refused it with SQLSTATE 55000. */
+static int try_change(const char *run, const char *from, const char *to, bool bump)
+{
+        char sql[512];
+        int went = -1;
+
+        snprintf(sql, sizeof(sql),
+                 "SET session_replication_role = replica; UPDATE workflow_runs "
+                 "SET status = '%s', %s WHERE id = '%s'; SET "
+                 "session_replication_role = origin",
+                 from, columns_for(from), run);
+        PQclear(test_db_must(S.db, sql));
+        snprintf(sql, sizeof(sql), "UPDATE workflow_runs SET status = '%s', %s%s WHERE id = '%s'",
+                 to, columns_for(to), bump ? ", lease_epoch = lease_epoch + 1" : "", run);
+        PGresult *res = PQexec(S.db, sql);
+        if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+                went = 1;
+        } else {
+                const char *state_code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                if (!state_code || strcmp(state_code, "55000") != 0 ||
+                    !strstr(PQresultErrorMessage(res), "cannot go from"))
+                        fprintf(stderr, "%s -> %s: %s", from, to, PQresultErrorMessage(res));
+                else
+                        went = 0;
+        }
+        PQclear(res);
+        assert_int_not_equal(went, -1);
+        return went;
+}
+
 /* Every pair of statuses, from any writer (here the owner): the listed changes go through,
  * every other one is refused with SQLSTATE 55000 and changes nothing. */
 static void every_change_of_status_is_checked_against_the_list(void **state)
@@ -189,7 +221,6 @@ static void every_change_of_status_is_checked_against_the_list(void **state)
                                   "version, 'paused', 'infinity' FROM workflows WHERE id = '%s' "
                                   "RETURNING id",
                                   wf);
-        char sql[512];
         int refused = 0, passed = 0;
 
         (void)state;
@@ -198,41 +229,104 @@ static void every_change_of_status_is_checked_against_the_list(void **state)
                 for (size_t t = 0; t < 8; t++) {
                         if (f == t)
                                 continue;
-                        /* put the run in `from` without the guard (this session only) */
-                        snprintf(sql, sizeof(sql),
-                                 "SET session_replication_role = replica; UPDATE workflow_runs "
-                                 "SET status = '%s', %s WHERE id = '%s'; SET "
-                                 "session_replication_role = origin",
-                                 STATUSES[f], columns_for(STATUSES[f]), run);
-                        PQclear(test_db_must(S.db, sql));
-                        snprintf(sql, sizeof(sql),
-                                 "UPDATE workflow_runs SET status = '%s', %s WHERE id = '%s'",
-                                 STATUSES[t], columns_for(STATUSES[t]), run);
-                        PGresult *res = PQexec(S.db, sql);
-                        const char *state_code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-                        if (allowed(STATUSES[f], STATUSES[t])) {
-                                if (PQresultStatus(res) != PGRES_COMMAND_OK)
-                                        fprintf(stderr, "%s -> %s refused: %s", STATUSES[f],
-                                                STATUSES[t], PQresultErrorMessage(res));
-                                assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+                        int went = try_change(run, STATUSES[f], STATUSES[t], false);
+                        if (went != (int)allowed(STATUSES[f], STATUSES[t]))
+                                fprintf(stderr, "%s -> %s: %s\n", STATUSES[f], STATUSES[t],
+                                        went ? "allowed" : "refused");
+                        assert_int_equal(went, (int)allowed(STATUSES[f], STATUSES[t]));
+                        if (went)
                                 passed++;
-                        } else {
-                                if (PQresultStatus(res) == PGRES_COMMAND_OK)
-                                        fprintf(stderr, "%s -> %s was allowed\n", STATUSES[f],
-                                                STATUSES[t]);
-                                assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
-                                assert_string_equal(state_code, "55000");
-                                assert_non_null(
-                                    strstr(PQresultErrorMessage(res), "cannot go from"));
+                        else
                                 refused++;
-                        }
-                        PQclear(res);
                 }
         }
         assert_int_equal(passed, 20);
         assert_int_equal(refused, 56 - 20);
         free(run);
         free(wf);
+}
+
+/* A write that carries a new lease_epoch (only a worker's claim makes one) is checked as the
+ * two changes it stands for (0011): OLD -> running, the claim, and running -> NEW, what the
+ * claim's first turn did; so queued -> completed goes through in one row version, and
+ * what neither path allows is still refused. */
+static void a_claims_first_write_is_checked_as_the_claim_and_its_outcome(void **state)
+{
+        char *wf = workflow("probe-epoch",
+                            "{\"name\":\"probe-epoch\",\"nodes\":[{\"id\":\"n\","
+                            "\"type\":\"noop\"}]}",
+                            NULL);
+        char *run = test_db_value(S.db,
+                                  "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                                  "workflow_version, status, run_at) SELECT user_id, id, name, "
+                                  "version, 'paused', 'infinity' FROM workflows WHERE id = '%s' "
+                                  "RETURNING id",
+                                  wf);
+        int refused = 0, passed = 0;
+
+        (void)state;
+        assert_non_null(run);
+        for (size_t f = 0; f < 8; f++) {
+                for (size_t t = 0; t < 8; t++) {
+                        if (f == t)
+                                continue;
+                        bool expect =
+                            allowed(STATUSES[f], STATUSES[t]) ||
+                            (allowed(STATUSES[f], "running") && allowed("running", STATUSES[t]));
+                        int went = try_change(run, STATUSES[f], STATUSES[t], true);
+                        if (went != (int)expect)
+                                fprintf(stderr, "%s -> %s with a new epoch: %s\n", STATUSES[f],
+                                        STATUSES[t], went ? "allowed" : "refused");
+                        assert_int_equal(went, (int)expect);
+                        if (went)
+                                passed++;
+                        else
+                                refused++;
+                }
+        }
+        assert_int_equal(passed, 28);
+        assert_int_equal(refused, 56 - 28);
+        free(run);
+        free(wf);
+}
+
+/* How many list constants the guard's WHEN clause holds, and whether each is the list. */
+static const char GUARD_CONSTANTS[] =
+    "SELECT count(*) || '|' || coalesce(bool_and(m[1]::text[] = agently_run_transition_list())"
+    "::text, 'none') FROM pg_trigger t, regexp_matches(pg_get_triggerdef(t.oid), "
+    "'''(\\{[^'']*\\})''::text\\[\\]', 'g') AS m WHERE t.tgrelid = 'workflow_runs'::regclass "
+    "AND t.tgname = 'workflow_runs_transition_guard'";
+
+/* The guard's WHEN clause is the list as a constant (0034), prepared in every statement that
+ * writes a status without inlining a function; agently_run_transition_guard_create() writes
+ * the constant from the list, and this is the check that the two never differ: a migration
+ * that redefines agently_run_transition_list() and forgets to call it fails here (shown in a
+ * transaction rolled back). */
+static void the_guard_is_the_list_as_a_constant(void **state)
+{
+        char *def = test_db_value(S.db, "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE "
+                                        "tgname = 'workflow_runs_transition_guard'");
+
+        (void)state;
+        assert_non_null(def);
+        if (strstr(def, "agently_run_transition_"))
+                fprintf(stderr, "the guard calls a function: %s\n", def);
+        assert_null(strstr(def, "agently_run_transition_allowed"));
+        assert_null(strstr(def, "agently_run_transition_list"));
+        /* its three tests, each over the whole list */
+        assert_db_equal("3|true", S.db, GUARD_CONSTANTS);
+
+        /* a later migration changes the list: the check sees it until the guard is remade */
+        PQclear(test_db_must(S.db, "BEGIN"));
+        PQclear(test_db_must(S.db, "CREATE OR REPLACE FUNCTION agently_run_transition_list() "
+                                   "RETURNS text[] LANGUAGE sql IMMUTABLE AS $$ SELECT "
+                                   "ARRAY['queued>running', 'running>completed'] $$"));
+        assert_db_equal("3|false", S.db, GUARD_CONSTANTS);
+        PQclear(test_db_must(S.db, "SELECT agently_run_transition_guard_create()"));
+        assert_db_equal("3|true", S.db, GUARD_CONSTANTS);
+        PQclear(test_db_must(S.db, "ROLLBACK"));
+        assert_db_equal("3|true", S.db, GUARD_CONSTANTS);
+        free(def);
 }
 
 /* Defect 1: a child canceled through the API wakes its parent, which has no timer. */
@@ -399,6 +493,8 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(every_change_of_status_is_checked_against_the_list),
+            cmocka_unit_test(a_claims_first_write_is_checked_as_the_claim_and_its_outcome),
+            cmocka_unit_test(the_guard_is_the_list_as_a_constant),
             cmocka_unit_test(a_child_canceled_by_the_api_wakes_its_parent),
             cmocka_unit_test(a_child_stopped_by_a_person_wakes_its_parent),
             cmocka_unit_test(canceling_a_parent_cancels_its_children),
