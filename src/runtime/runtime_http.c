@@ -15,6 +15,9 @@
 #include "cleanup.h"
 #include "strutil.h"
 
+/* How many finished transfers' easy handles are kept for reuse (~20 KB each). */
+#define RUNTIME_HTTP_IDLE_HANDLES 128
+
 enum transfer_list { LIST_ACTIVE, LIST_DONE, LIST_CALLBACK };
 
 struct transfer_queue {
@@ -58,6 +61,11 @@ struct runtime_http {
         struct runtime_http_timer **timers; /* a binary min-heap on (due_ms, seq) */
         size_t ntimers, timers_cap;
         uint64_t timer_seq;
+        /* easy handles of finished transfers, reset and kept for the next ones: a handle and
+         * its buffers are allocated once, not per request (a map's items are many small
+         * requests) */
+        CURL *idle[RUNTIME_HTTP_IDLE_HANDLES];
+        unsigned nidle;
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -124,6 +132,26 @@ static void queue_unlink(struct runtime_http *h, struct runtime_http_transfer *t
         t->prev = t->next = NULL;
 }
 
+/* A handle for a new transfer: a kept one (reset to libcurl's defaults when it was put
+ * back) or a new one; NULL when out of memory. */
+static CURL *handle_get(struct runtime_http *h)
+{
+        return h->nidle > 0 ? h->idle[--h->nidle] : curl_easy_init();
+}
+
+/* Keeps easy (out of the multi handle) for a later transfer, or frees it when enough are
+ * kept. curl_easy_reset forgets every option of the last request (its URL, headers, body,
+ * callbacks and their data); the connections stay the multi handle's. */
+static void handle_put(struct runtime_http *h, CURL *easy)
+{
+        if (h->nidle < RUNTIME_HTTP_IDLE_HANDLES) {
+                curl_easy_reset(easy);
+                h->idle[h->nidle++] = easy;
+        } else {
+                curl_easy_cleanup(easy);
+        }
+}
+
 /* Unlinks t (it is always in one of h's queues) and frees it. */
 static void transfer_free(struct runtime_http *h, struct runtime_http_transfer *t)
 {
@@ -131,7 +159,7 @@ static void transfer_free(struct runtime_http *h, struct runtime_http_transfer *
                 return;
         if (t->easy) {
                 curl_multi_remove_handle(h->multi, t->easy);
-                curl_easy_cleanup(t->easy);
+                handle_put(h, t->easy);
         }
         queue_unlink(h, t);
         if (h->active > 0)
@@ -158,6 +186,8 @@ void runtime_http_free(struct runtime_http *h)
                 while (h->queues[l].head)
                         transfer_free(h, h->queues[l].head);
         timer_heap_free(h);
+        while (h->nidle > 0)
+                curl_easy_cleanup(h->idle[--h->nidle]);
         curl_multi_cleanup(h->multi);
         free(h);
 }
@@ -295,7 +325,7 @@ int runtime_http_start_ex(struct runtime_http *h, const json_t *request,
         t->on_done = o->on_done;
         t->status_expected = -1;
         t->expect = expect ? json_incref((json_t *)expect) : NULL;
-        t->easy = curl_easy_init();
+        t->easy = handle_get(h);
         if (!t->easy) {
                 transfer_free(h, t);
                 return -ENOMEM;

@@ -319,6 +319,51 @@ static void test_body_content_types(void **state)
         teardown(f);
 }
 
+/* One after the other, so each request goes out on the handle of the one before it
+ * (runtime_http keeps finished transfers' handles): nothing of a request carries over to
+ * the next — a HEAD's "no body", a body, a key the request set, a Content-Type. */
+static void test_requests_in_a_row_share_nothing(void **state)
+{
+        struct worker_fixture *f = setup("wk_reuse");
+        char *run = worker_fixture_start_run(
+            f, "{\"name\":\"w\",\"nodes\":["
+               "{\"id\":\"head\",\"type\":\"http\",\"request\":{\"method\":\"HEAD\","
+               "\"url\":\"SINK/head\"}},"
+               "{\"id\":\"post\",\"type\":\"http\",\"after\":[\"head\"],\"request\":{"
+               "\"method\":\"POST\",\"url\":\"SINK/post\",\"headers\":{\"Idempotency-Key\":"
+               "\"k-1\",\"Content-Type\":\"application/x-custom\"},\"body\":\"first\"}},"
+               "{\"id\":\"get\",\"type\":\"http\",\"after\":[\"post\"],\"request\":{"
+               "\"method\":\"GET\",\"url\":\"SINK/get\"}},"
+               "{\"id\":\"last\",\"type\":\"http\",\"after\":[\"get\"],\"request\":{"
+               "\"method\":\"POST\",\"url\":\"SINK/last\",\"body\":{\"n\":2}}}]}");
+        struct worker_sink_request req;
+        char key[300];
+
+        worker_fixture_wait_status(f, run, "completed", 15000);
+        assert_string_equal(sink_request(f, "/head").method, "HEAD");
+        req = sink_request(f, "/post");
+        assert_string_equal(req.method, "POST");
+        assert_string_equal(req.body, "first");
+        assert_string_equal(req.idempotency_key, "k-1");
+        assert_string_equal(req.content_type, "application/x-custom");
+        req = sink_request(f, "/get");
+        assert_string_equal(req.method, "GET");
+        assert_string_equal(req.body, "");
+        assert_string_equal(req.content_type, "");
+        snprintf(key, sizeof(key), "%s:get", run);
+        assert_string_equal(req.idempotency_key, key);
+        req = sink_request(f, "/last");
+        assert_string_equal(req.method, "POST");
+        assert_string_equal(req.body, "{\"n\":2}");
+        assert_string_equal(req.content_type, "application/json");
+        assert_db_equal("get=completed#1,head=completed#1,last=completed#1,post=completed#1", f->db,
+                        "SELECT string_agg(node_id || '=' || status || '#' || attempt, ',' "
+                        "ORDER BY node_id) FROM node_runs WHERE workflow_run_id = '%s'",
+                        run);
+        free(run);
+        teardown(f);
+}
+
 /* The issue's reproduction: at_most_once, timeout 1s, a server that answers in 3s. The
  * request may have been acted on, so it is sent once: the node ends interrupted (class
  * timeout) and, with the default on_failure, the run fails naming it. */
@@ -532,6 +577,7 @@ int main(void)
             cmocka_unit_test(test_answer_in_time_while_a_turn_waits),
             cmocka_unit_test(test_own_idempotency_key),
             cmocka_unit_test(test_body_content_types),
+            cmocka_unit_test(test_requests_in_a_row_share_nothing),
             cmocka_unit_test(test_at_most_once_timeout_is_sent_once),
             cmocka_unit_test(test_at_most_once_ambiguous_failures),
             cmocka_unit_test(test_failed_attempts_say_why),
