@@ -2,6 +2,7 @@
 #include "db.h"
 
 #include <errno.h>
+#include <libpq-events.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -378,14 +379,86 @@ static void wait_result(PGconn *c)
         }
 }
 
-PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int nparams,
-                           const char *const *params, const char *after, int *error)
+/*
+ * The statements db_query_prepared_between has prepared on a connection, by the address of
+ * their text (a constant of the caller's): the instance data of a libpq event procedure, so
+ * it lives and dies with the connection and is emptied when libpq resets it (a new session
+ * has none).
+ */
+#define PREPARED_MAX 16
+
+struct prepared {
+        const char *sql[PREPARED_MAX];
+        int n;
+        int generation; /* part of the names: a new one after a statement went stale */
+};
+
+static int prepared_event(PGEventId id, void *info, void *pass)
+{
+        (void)pass;
+        if (id == PGEVT_CONNRESET) {
+                PGconn *c = ((PGEventConnReset *)info)->conn;
+                struct prepared *p = PQinstanceData(c, prepared_event);
+                if (p)
+                        p->n = 0;
+        } else if (id == PGEVT_CONNDESTROY) {
+                PGconn *c = ((PGEventConnDestroy *)info)->conn;
+                free(PQinstanceData(c, prepared_event));
+        }
+        return 1;
+}
+
+/* This connection's list, made on first use; NULL when it cannot be (then nothing is
+ * prepared: the statement is sent as db_query_between sends it). */
+static struct prepared *prepared_of(PGconn *c)
+{
+        struct prepared *p = PQinstanceData(c, prepared_event);
+
+        if (p)
+                return p;
+        p = calloc(1, sizeof(*p));
+        if (!p)
+                return NULL;
+        if (!PQregisterEventProc(c, prepared_event, "agently prepared statements", NULL) ||
+            !PQsetInstanceData(c, prepared_event, p)) {
+                free(p);
+                return NULL;
+        }
+        return p;
+}
+
+/* The statement's place in this connection's list (its name is "agently_<generation>_<place>"),
+ * or -1 when it is not prepared. */
+static int prepared_index(const struct prepared *p, const char *sql)
+{
+        for (int i = 0; p && i < p->n; i++)
+                if (p->sql[i] == sql)
+                        return i;
+        return -1;
+}
+
+/* The pipeline of db_query_between; with prepare, sql is sent as a prepared statement of
+ * the connection (prepared in the same pipeline on its first use). */
+static PGresult *query_between(PGconn *c, const char *before, const char *sql, int nparams,
+                               const char *const *params, const char *after, bool prepare,
+                               int *error)
 {
         const char *stmts[] = {before, sql, after};
         PGresult *out = NULL, *res;
-        int r = 0, sent = 0;
+        int r = 0, sent = 0, index = -1;
+        bool preparing = false;
+        struct prepared *p = prepare ? prepared_of(c) : NULL;
+        char name[32];
 
-        if (!before && !after)
+        if (p) {
+                index = prepared_index(p, sql);
+                if (index < 0 && p->n < PREPARED_MAX) {
+                        index = p->n;
+                        preparing = true;
+                }
+                snprintf(name, sizeof(name), "agently_%d_%d", p->generation, index);
+        }
+        if (index < 0 && !before && !after)
                 return db_query(c, sql, nparams, params, error);
         if (!PQenterPipelineMode(c)) {
                 r = db_result_error(c, NULL);
@@ -394,8 +467,15 @@ PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int n
         for (int i = 0; i < 3; i++) {
                 if (!stmts[i])
                         continue;
-                if (!PQsendQueryParams(c, stmts[i], i == 1 ? nparams : 0, NULL,
-                                       i == 1 ? params : NULL, NULL, NULL, 0))
+                if (i == 1 && preparing) {
+                        if (!PQsendPrepare(c, name, sql, nparams, NULL))
+                                break;
+                        sent |= 1 << 3;
+                }
+                if (i == 1 && index >= 0
+                        ? !PQsendQueryPrepared(c, name, nparams, params, NULL, NULL, 0)
+                        : !PQsendQueryParams(c, stmts[i], i == 1 ? nparams : 0, NULL,
+                                             i == 1 ? params : NULL, NULL, NULL, 0))
                         break;
                 sent |= 1 << i;
         }
@@ -405,20 +485,35 @@ PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int n
                 PQexitPipelineMode(c);
                 goto out;
         }
-        for (int i = 0; i < 3; i++) {
+        /* the results in the order sent: before, the prepare (3), sql, after */
+        for (int k = 0; k < 4; k++) {
+                int i = k == 0 ? 0 : k == 1 ? 3 : k - 1;
                 if (!(sent & (1 << i)))
                         continue;
                 wait_result(c);
                 res = PQgetResult(c);
                 bool got = res != NULL;
                 ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-                if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+                if (i == 3 && st == PGRES_COMMAND_OK) {
+                        /* a named statement outlives a failed transaction: it is there */
+                        p->sql[p->n++] = sql;
+                } else if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
                         if (i == 1 && r == 0) {
                                 out = res;
                                 res = NULL;
                         }
                 } else if (st != PGRES_PIPELINE_ABORTED && r == 0) {
                         r = db_result_error(c, res);
+                        /* the prepared statement went stale: "cached plan must not change
+                         * result type" (a function it calls was replaced with another shape
+                         * while this session lived) or gone (DISCARD ALL); the next calls
+                         * prepare every statement again, under new names */
+                        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+                        if (i == 1 && index >= 0 && state &&
+                            (strcmp(state, "0A000") == 0 || strcmp(state, "26000") == 0)) {
+                                p->n = 0;
+                                p->generation++;
+                        }
                 }
                 if (res)
                         PQclear(res);
@@ -435,7 +530,7 @@ PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int n
         }
         if (!PQexitPipelineMode(c) && r == 0)
                 r = db_result_error(c, NULL);
-        if (r == 0 && sent != ((before ? 1 : 0) | 2 | (after ? 4 : 0)))
+        if (r == 0 && (sent & 7) != ((before ? 1 : 0) | 2 | (after ? 4 : 0)))
                 r = db_result_error(c, NULL);
 out:
         if (r < 0 && out) {
@@ -445,6 +540,18 @@ out:
         if (error)
                 *error = r;
         return out;
+}
+
+PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int nparams,
+                           const char *const *params, const char *after, int *error)
+{
+        return query_between(c, before, sql, nparams, params, after, false, error);
+}
+
+PGresult *db_query_prepared_between(PGconn *c, const char *before, const char *sql, int nparams,
+                                    const char *const *params, const char *after, int *error)
+{
+        return query_between(c, before, sql, nparams, params, after, true, error);
 }
 
 int db_begin(PGconn *c)

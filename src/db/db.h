@@ -111,6 +111,18 @@ PGresult *db_query_between(PGconn *c, const char *before, const char *sql, int n
                            const char *const *params, const char *after, int *error);
 
 /*
+ * db_query_between (before and after may both be NULL) with sql as a statement prepared on
+ * c: the first call on a connection prepares it in the same round trip, later ones only
+ * bind and execute it, so the server parses, analyses and plans it once per session instead
+ * of on every call (for the worker's claim and writes, which call functions whose own plans
+ * are kept, that was most of what the server did besides the work). sql is told apart by
+ * its address: pass a string constant, never a text built per call. Up to 16 statements per
+ * connection are prepared; further ones are sent as db_query_between sends them.
+ */
+PGresult *db_query_prepared_between(PGconn *c, const char *before, const char *sql, int nparams,
+                                    const char *const *params, const char *after, int *error);
+
+/*
  * db_query in two halves, to do something while the statement runs: db_query_send sends it
  * (all of it: 0, or a negative errno with db_last_error() set), db_query_result waits for
  * its result and returns it as db_query does. Between the two nothing else may use c.

@@ -59,7 +59,9 @@ static int claim_runs(PGconn *c, const char *before, const char *worker, int64_t
         params[3] = ids.data;
         snprintf(lease, sizeof(lease), "%lld milliseconds", (long long)lease_ms);
         snprintf(maxs, sizeof(maxs), "%d", max);
-        res = db_query_between(c, before, turn ? CLAIM_TURN_SQL : CLAIM_SQL, 4, params, NULL, &r);
+        /* prepared once per connection: the server parses and plans the call once a session */
+        res = db_query_prepared_between(c, before, turn ? CLAIM_TURN_SQL : CLAIM_SQL, 4, params,
+                                        NULL, &r);
         if (!res)
                 return r;
         rows = PQntuples(res);

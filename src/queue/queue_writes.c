@@ -9,6 +9,9 @@
 #include "redact.h"
 #include "strutil.h"
 
+static const char APPLY_WRITES_SQL[] =
+    "SELECT lost_run_id FROM agently_apply_writes($1, $2::jsonb)";
+
 struct queue_writes {
         json_t *ops;  /* the JSON array agently_apply_writes() takes */
         json_t *keys; /* "run node attempt" of every node write, for -EBUSY */
@@ -154,9 +157,8 @@ static int flush(PGconn *c, const char *worker, struct queue_writes *b,
         if (!writes)
                 return -ENOMEM;
         const char *params[] = {worker, writes};
-        res =
-            db_query_between(c, NULL, "SELECT lost_run_id FROM agently_apply_writes($1, $2::jsonb)",
-                             2, params, after, &r);
+        /* prepared once per connection, as the claim (queue.c) */
+        res = db_query_prepared_between(c, NULL, APPLY_WRITES_SQL, 2, params, after, &r);
         if (!res)
                 return r;
         for (int i = 0; i < PQntuples(res); i++)

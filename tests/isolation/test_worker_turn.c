@@ -7,6 +7,7 @@
  * claim that opens a turn returns each claimed run's whole snapshot (0033_claim_turn.sql),
  * the same the read would return.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,12 +240,60 @@ static void test_claim_returns_the_snapshot(void **state)
         fixture_free(f);
 }
 
+/* The turn's two statements, the claim (with its BEGIN) and the writes (with its COMMIT), are
+ * prepared once per session (db_query_prepared_between): the server parses and plans each
+ * once, not on every turn; a session that lost them (DISCARD ALL) prepares them again after
+ * one failed call. */
+static const char PREPARED_SQL[] =
+    "SELECT string_agg(CASE WHEN statement LIKE '%%agently_claim_turn%%' THEN 'claim' "
+    "WHEN statement LIKE '%%agently_apply_writes%%' THEN 'writes' ELSE statement END, ' ' "
+    "ORDER BY statement) FROM pg_prepared_statements WHERE NOT from_sql";
+
+static void test_turn_statements_are_prepared_once(void **state)
+{
+        struct fixture *f = fixture_new("prepared");
+        char *runs[3];
+        struct queue_claim q[1];
+        int n = 0;
+
+        (void)state;
+        for (int i = 0; i < 3; i++)
+                runs[i] = worker_test_run(f->owner, f->workflow, NULL);
+        for (int i = 0; i < 3; i++) {
+                struct queue_writes *w = queue_writes_new();
+
+                if (i == 2) {
+                        /* the session loses its prepared statements */
+                        PQclear(test_db_must(f->worker, "DISCARD ALL"));
+                        assert_int_equal(
+                            queue_begin_claim_runs(f->worker, "A", 30000, 1, NULL, 0, q, &n), -EIO);
+                        PQclear(test_db_must(f->worker, "ROLLBACK"));
+                }
+                assert_int_equal(queue_begin_claim_runs(f->worker, "A", 30000, 1, NULL, 0, q, &n),
+                                 0);
+                assert_int_equal(n, 1);
+                assert_non_null(w);
+                assert_int_equal(
+                    queue_writes_finish(w, q[0].id, q[0].epoch, "completed", NULL, NULL), 0);
+                assert_int_equal(queue_writes_flush_commit(f->worker, "A", w, NULL, NULL), 0);
+                queue_writes_free(w);
+                queue_claims_clear(q, n);
+                assert_db_equal("claim writes", f->worker, PREPARED_SQL);
+        }
+        assert_db_equal("3", f->owner,
+                        "SELECT count(*) FROM workflow_runs WHERE status = 'completed'");
+        for (int i = 0; i < 3; i++)
+                free(runs[i]);
+        fixture_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_snapshot_whole_partial_fenced),
             cmocka_unit_test(test_claim_returns_the_snapshot),
             cmocka_unit_test(test_notify_only_with_subscriptions),
+            cmocka_unit_test(test_turn_statements_are_prepared_once),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
