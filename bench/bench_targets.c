@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -656,9 +657,65 @@ static double claim_index_bytes(struct targets *t)
                         "pg_relation_size('run_queue_lease_idx')");
 }
 
+/* The machine's speed, probed once a second during the soak: the CPU time (of this thread,
+ * so waiting for a core is not counted) of a fixed loop of integer arithmetic over 512 KiB.
+ * On this shared VM it moves by a fifth or more from minute to minute with the host's load
+ * (docs/performance.md, "The machine's speed under the soak"), and a minute whose probe ran
+ * slow is one whose every process ran slow: the soak's windows are printed beside it, and
+ * again at the soak's median speed, so the machine's swings and the system's own can be told
+ * apart. ~4 ms of CPU a second. */
+struct probe_sample {
+        double at;     /* epoch seconds, the machine's clock (as finished_at) */
+        double cpu_ms; /* the loop's thread CPU time */
+};
+
+static double probe_machine(void)
+{
+        static uint64_t buf[1 << 16];
+        struct timespec a, b;
+        uint64_t x = 1;
+
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+        for (int r = 0; r < 40; r++)
+                for (uint32_t i = 0; i < (1u << 16); i++) {
+                        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+                        buf[(i * 2654435761u) & ((1u << 16) - 1)] += x;
+                }
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+        __asm__ volatile("" : : "r"(buf) : "memory"); /* the stores are kept */
+        return (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+        double x = *(const double *)a, y = *(const double *)b;
+        return (x > y) - (x < y);
+}
+
+/* The median probe time of the samples in [from, to); 0 when none. */
+static double probe_median(const struct probe_sample *ps, int n, double from, double to)
+{
+        double *v = calloc((size_t)n + 1, sizeof(*v));
+        int k = 0;
+        double m = 0;
+
+        if (!v)
+                exit(1);
+        for (int i = 0; i < n; i++)
+                if (ps[i].at >= from && ps[i].at < to)
+                        v[k++] = ps[i].cpu_ms;
+        if (k > 0) {
+                qsort(v, (size_t)k, sizeof(*v), cmp_double);
+                m = k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+        }
+        free(v);
+        return m;
+}
+
 /* The issue's own measure: completions per one-minute window (the first minute, when the
  * workers start, left out), each against their mean. */
-static void soak_minutes(struct targets *t, const char *wf, double t0, double t1)
+static void soak_minutes(struct targets *t, const char *wf, double t0, double t1,
+                         const struct probe_sample *ps, int nps)
 {
         int full = (int)((t1 - t0) / 60);
         if (full < 3)
@@ -669,16 +726,32 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                           "'completed' AND extract(epoch FROM finished_at) BETWEEN %f AND %f "
                           "GROUP BY 1 ORDER BY 1",
                           t0, wf, t0, t0 + 60.0 * full);
-        double lo = 0, hi = 0, sum = 0;
-        int nw = 0;
+        /* the probe's median over minutes 2.. is the speed the normalized rates are at */
+        double speed = probe_median(ps, nps, t0 + 60, t0 + 60.0 * full);
+        double lo = 0, hi = 0, sum = 0, nlo = 0, nhi = 0, nsum = 0, plo = 0, phi = 0;
+        int nw = 0, nn = 0;
         for (int i = 0; i < PQntuples(res); i++) {
                 int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
                 double rate = strtod(PQgetvalue(res, i, 1), NULL) / 60;
+                double probe = probe_median(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1));
                 char key[64];
                 if (wi < 1 || wi >= full)
                         continue;
                 snprintf(key, sizeof(key), "soak_minute_%02d_runs_per_s", wi + 1);
-                bench_report(key, "%.0f", rate);
+                if (probe > 0 && speed > 0) {
+                        /* runs per second had the machine run at its median speed */
+                        double at_median = rate * probe / speed;
+                        bench_report(key, "%.0f (probe %.2f ms; at the median speed: %.0f)", rate,
+                                     probe, at_median);
+                        nlo = nn == 0 || at_median < nlo ? at_median : nlo;
+                        nhi = nn == 0 || at_median > nhi ? at_median : nhi;
+                        plo = nn == 0 || probe < plo ? probe : plo;
+                        phi = nn == 0 || probe > phi ? probe : phi;
+                        nsum += at_median;
+                        nn++;
+                } else {
+                        bench_report(key, "%.0f", rate);
+                }
                 lo = nw == 0 || rate < lo ? rate : lo;
                 hi = nw == 0 || rate > hi ? rate : hi;
                 sum += rate;
@@ -692,6 +765,19 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                      "min %.0f max %.0f mean %.0f: %+.1f%% / %+.1f%% (target: every one-minute "
                      "window within +-10%%, minutes 2..%d)",
                      lo, hi, mean, 100 * (lo - mean) / mean, 100 * (hi - mean) / mean, full);
+        if (nn == nw && speed > 0) {
+                double nmean = nsum / nn;
+                bench_report("soak_probe_ms",
+                             "median %.2f, minutes' medians %.2f..%.2f: %+.1f%% / "
+                             "%+.1f%% (the machine's speed, lower is faster)",
+                             speed, plo, phi, 100 * (plo - speed) / speed,
+                             100 * (phi - speed) / speed);
+                bench_report("soak_minute_spread_at_median_speed",
+                             "min %.0f max %.0f mean %.0f: %+.1f%% / %+.1f%% (each minute's "
+                             "runs/s times its probe over the median probe)",
+                             nlo, nhi, nmean, 100 * (nlo - nmean) / nmean,
+                             100 * (nhi - nmean) / nmean);
+        }
 }
 
 static void soak(struct targets *t, int64_t soak_ms, double base32c)
@@ -715,8 +801,20 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
         PQclear(q(t->c, "SELECT now()"));
         double t0 = qd(t->c, "SELECT extract(epoch FROM clock_timestamp())");
         double idx_warm = -1;
-        int64_t next_size_at = start + 60 * 1000000LL;
+        int64_t next_size_at = start + 60 * 1000000LL, next_probe_at = start;
+        int nps = 0, cap = (int)(soak_ms / 1000) + 16;
+        struct probe_sample *ps = calloc((size_t)cap, sizeof(*ps));
+        if (!ps)
+                exit(1);
         while (bench_now_us() < end) {
+                if (bench_now_us() >= next_probe_at && nps < cap) {
+                        struct timespec now;
+                        double cpu_ms = probe_machine();
+                        clock_gettime(CLOCK_REALTIME, &now);
+                        ps[nps++] = (struct probe_sample){
+                            .at = (double)now.tv_sec + (double)now.tv_nsec / 1e9, .cpu_ms = cpu_ms};
+                        next_probe_at += 1000000;
+                }
                 if (bench_now_us() >= next_size_at) {
                         char key[64], split[96];
                         claim_index_split(t, split, sizeof(split));
@@ -781,7 +879,8 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
                              "mean (10 s windows 2..)",
                              lo, hi, 100 * (lo - mean) / mean, 100 * (hi - mean) / mean);
         }
-        soak_minutes(t, wf, t0, t1);
+        soak_minutes(t, wf, t0, t1, ps, nps);
+        free(ps);
         PQclear(q(t->c, "VACUUM run_queue"));
         bench_report("soak_claim_index_bytes_after", "%.0f (after VACUUM; %0.f runs in the table)",
                      claim_index_bytes(t), qd(t->c, "SELECT count(*) FROM workflow_runs"));
