@@ -25,6 +25,9 @@
  * streamed text (a viewer watches it form), the event and refusal stubs */
 #define AGENT_HOLD_TEXT_MS 100
 #define AGENT_HOLD_MS      1000
+/* an agent run's usage stays in its journal rows until it stops, or until this many rows
+ * were written since the last time it was added to its totals (0036) */
+#define AGENT_USAGE_FLUSH_ROWS 64
 
 struct runtime_http_transfer;
 struct sandbox;
@@ -109,10 +112,14 @@ struct agent_session {
         json_t *occurrences; /* {"kind:hash": n} of this session */
         struct agent_pending *pending;
 
-        /* totals the budgets are checked against (agent_runs, kept current) */
+        /* totals the budgets are checked against (agent_runs' with the usage of the journal
+         * rows after its usage_seq, kept current) */
         json_t *budget;
         int64_t tokens_in, tokens_out, llm_calls, tool_calls;
         double cost_usd, last_call_cost;
+        int usage_seq;         /* agent_runs.usage_seq: the journal rows in its totals */
+        int last_seq;          /* the last journal row written (or read) */
+        bool usage_sent;       /* the write in flight moves usage_seq to its last row */
         int64_t started_at_ms; /* database time the agent run started */
         int64_t db_offset_ms;  /* database ms - monotonic ms at start */
 

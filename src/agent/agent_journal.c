@@ -1,9 +1,11 @@
 /*
  * The statements of an agent session, on the worker loop's connection, each its own
  * transaction (never inside a loop turn's). Writes are fenced on the run's lease epoch:
- * agently_agent_write() (migrations/0027_agent_write.sql, latest 0029) writes what the session held
- * (events, the event and refusal stubs) and a call's journal row, totals and events in one
- * statement, or nothing when the lease is lost.
+ * agently_agent_write() (migrations/0027_agent_write.sql, latest 0036) writes what the session held
+ * (events, the event and refusal stubs) and a call's journal row with its usage, the run's
+ * totals and the events in one statement, or nothing when the lease is lost. The agent
+ * run's totals and the user's counters take the journal rows' usage when the agent run
+ * leaves running (its status, below) or every AGENT_USAGE_FLUSH_ROWS rows (0036).
  */
 #include "agent_internal.h"
 
@@ -41,14 +43,21 @@ static int failed(char **error, int r, const char *what)
         "fence AS (SELECT 1 FROM workflow_runs r WHERE r.id = $" #run                              \
         " AND r.lease_epoch = $" #epoch " AND r.status = 'running' FOR UPDATE)"
 
+/* An agent run a (a row of agent_runs) with its totals as the budgets see them: its own
+ * and the usage of its journal rows after usage_seq (agently_agent_unflushed, 0036: a
+ * session that resumes after a crash counts every journaled call). */
 #define AGENT_RUN_COLUMNS                                                                          \
-        "id, status, tokens_in, tokens_out, cost_usd::float8, llm_calls, tool_calls, budget,"      \
-        " (extract(epoch FROM started_at) * 1000)::bigint"
+        "a.id, a.status, a.tokens_in + u.tokens_in, a.tokens_out + u.tokens_out,"                  \
+        " (a.cost_usd + u.cost_usd)::float8, a.llm_calls + u.llm_calls,"                           \
+        " a.tool_calls + u.tool_calls, a.budget, (extract(epoch FROM a.started_at) * "             \
+        "1000)::bigint,"                                                                           \
+        " (extract(epoch FROM clock_timestamp()) * 1000)::bigint, a.usage_seq, u.last_seq"
+#define AGENT_RUN_USAGE " LATERAL agently_agent_unflushed(a.id, a.usage_seq) u"
 
 static const char OPEN_SQL[] = "WITH " FENCE(
     1, 7) ","
           " found AS ("
-          "  SELECT " AGENT_RUN_COLUMNS " FROM agent_runs a"
+          "  SELECT a.* FROM agent_runs a"
           "  WHERE a.workflow_run_id = $1 AND a.node_id = $2 AND a.attempt = $3"
           "    AND a.parent_agent_run_id IS NULL AND EXISTS (SELECT 1 FROM fence)"
           "  ORDER BY a.started_at LIMIT 1),"
@@ -56,22 +65,20 @@ static const char OPEN_SQL[] = "WITH " FENCE(
           "  INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt, model, budget)"
           "  SELECT $4, $1, $2, $3, left($5, 200), $6::jsonb"
           "  WHERE NOT EXISTS (SELECT 1 FROM found) AND EXISTS (SELECT 1 FROM fence)"
-          "  RETURNING " AGENT_RUN_COLUMNS ")"
-          " SELECT *, (extract(epoch FROM clock_timestamp()) * 1000)::bigint FROM ("
-          "  SELECT * FROM found UNION ALL SELECT * FROM ins) x";
+          "  RETURNING *)"
+          " SELECT " AGENT_RUN_COLUMNS " FROM ("
+          "  SELECT * FROM found UNION ALL SELECT * FROM ins) a," AGENT_RUN_USAGE;
 
 static const char CHILD_NEW_SQL[] = "WITH " FENCE(
-    1, 2) " INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt,"
+    1, 2) ", ins AS (INSERT INTO agent_runs (user_id, workflow_run_id, node_id, attempt,"
           " parent_agent_run_id, model, budget)"
           " SELECT p.user_id, p.workflow_run_id, p.node_id, p.attempt, p.id, p.model, p.budget"
-          " FROM agent_runs p, fence WHERE p.id = $3"
-          " RETURNING " AGENT_RUN_COLUMNS
-          ", (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+          " FROM agent_runs p, fence WHERE p.id = $3 RETURNING *)"
+          " SELECT " AGENT_RUN_COLUMNS " FROM ins a," AGENT_RUN_USAGE;
 
 static const char CHILD_SQL[] =
-    "WITH " FENCE(1, 2) " SELECT " AGENT_RUN_COLUMNS ","
-                        "  (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-                        " FROM agent_runs, fence WHERE id = $4 AND parent_agent_run_id = $3";
+    "WITH " FENCE(1, 2) " SELECT " AGENT_RUN_COLUMNS " FROM agent_runs a, fence," AGENT_RUN_USAGE
+                        " WHERE a.id = $4 AND a.parent_agent_run_id = $3";
 
 static const char RUNNING_SQL[] =
     "WITH " FENCE(1, 2) " UPDATE agent_runs a SET status = 'running', finished_at = NULL,"
@@ -99,6 +106,8 @@ static int open_row(struct agent_session *s, PGresult *res, int r, char **error)
         s->budget = json_loads(PQgetvalue(res, 0, 7), 0, &jerr);
         s->started_at_ms = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
         s->db_offset_ms = strtoll(PQgetvalue(res, 0, 9), NULL, 10) - agent_now_ms();
+        s->usage_seq = (int)strtol(PQgetvalue(res, 0, 10), NULL, 10);
+        s->last_seq = (int)strtol(PQgetvalue(res, 0, 11), NULL, 10);
         if (!s->budget)
                 return -ENOMEM;
         if (strcmp(PQgetvalue(res, 0, 1), "running") != 0)
@@ -254,11 +263,10 @@ json_t *agent_events_named(const struct agent_session *s, json_t *events)
 }
 
 /*
- * Every journal write of a session is one agently_agent_write() (0027, 0029): the rows it held
- * since its last write first, then rows (taken; NULL: the held ones alone). Returns the
- * seq of the last new journal row (0 for none), -ESTALE when the lease was lost (nothing
- * written). The held rows are gone either way: written, or lost with the lease (a replay
- * records them again).
+ * Every journal write of a session is one agently_agent_write() (0027, latest 0036): the rows it
+ * held since its last write first, then rows (taken; NULL: the held ones alone). Returns the seq of
+ * the last new journal row (0 for none), -ESTALE when the lease was lost (nothing written). The
+ * held rows are gone either way: written, or lost with the lease (a replay records them again).
  */
 static const char WRITE_SQL[] = "SELECT agently_agent_write($1, $2, $3, $4, $5, $6::jsonb)";
 
@@ -279,6 +287,13 @@ static int write_send(struct agent_session *s, json_t *rows)
                 return -ENOMEM;
         }
         json_decref(rows);
+        /* every AGENT_USAGE_FLUSH_ROWS journal rows, the usage they carry is added to the
+         * agent run's totals with this write (0036); else when the agent run stops */
+        s->usage_sent = s->agent_run_id[0] && s->last_seq - s->usage_seq >= AGENT_USAGE_FLUSH_ROWS;
+        if (s->usage_sent && json_array_append_new(all, json_pack("{s:b}", "usage_flush", 1)) < 0) {
+                json_decref(all);
+                return -ENOMEM;
+        }
         text = json_dumps(all, JSON_COMPACT);
         json_decref(all);
         if (!text)
@@ -301,11 +316,18 @@ static int write_wait(struct agent_session *s)
                 return r < 0 ? r : -EIO;
         if (PQgetisnull(res, 0, 0))
                 return -ESTALE;
-        return (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        int seq = (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        if (seq > 0) {
+                s->last_seq = seq;
+                if (s->usage_sent) /* its new rows were added to the totals */
+                        s->usage_seq = seq;
+        }
+        s->usage_sent = false;
+        return seq;
 }
 
 /*
- * Every journal write of a session is one agently_agent_write() (0027, latest 0029): the
+ * Every journal write of a session is one agently_agent_write() (0027, latest 0036): the
  * rows it held since its last write first, then rows (taken; NULL: the held ones alone).
  * Returns the seq of the last new journal row (0 for none), -ESTALE when the lease was
  * lost (nothing written).
@@ -468,6 +490,8 @@ int agent_db_answer(struct agent_session *s, int seq, const json_t *response, js
         return r < 0 ? r : 0;
 }
 
+/* Leaving running adds the usage of the journal rows written since the last time to the
+ * agent run's totals and the user's counters (the trigger agent_runs_usage_flush, 0036). */
 static const char STATUS_SQL[] =
     "UPDATE agent_runs a SET status = $2, waiting_for = $3::jsonb,"
     "  error = coalesce($4::jsonb, a.error),"

@@ -56,19 +56,22 @@
         "'attempt', n.attempt, 'output', NULL, 'output_omitted', true, 'error', n.error, "         \
         "'started_at', n.started_at, 'finished_at', n.finished_at) ELSE " NODE_STATE_JSON " END"
 
-/* The agent runs of run r (sub-agents too), each with its own LLM totals; the run's
- * cost_usd, tokens_in and tokens_out are their sums (0013_llm_costs.sql). cached_tokens_in
- * and llm_calls through to_jsonb: columns of 0012. */
+/* The agent runs of run r (sub-agents too), each with its own LLM totals: its row's and,
+ * while it runs, the usage of its journal rows not yet added to them
+ * (agently_agent_unflushed, 0036); the run's cost_usd, tokens_in and tokens_out are their
+ * sums. */
 #define AGENT_RUNS_JSON                                                                            \
         "COALESCE((SELECT json_agg(json_build_object('id', a.id, 'node_id', a.node_id, "           \
         "'attempt', a.attempt, 'parent_agent_run_id', a.parent_agent_run_id, 'status', "           \
-        "a.status, 'model', a.model, 'tokens_in', a.tokens_in, 'tokens_out', a.tokens_out, "       \
-        "'cached_tokens_in', COALESCE((to_jsonb(a) ->> 'cached_tokens_in')::bigint, 0), "          \
-        "'cost_usd', a.cost_usd, 'llm_calls', COALESCE((to_jsonb(a) ->> 'llm_calls')::bigint, "    \
-        "0), 'tool_calls', a.tool_calls, 'started_at', a.started_at, 'finished_at', "              \
-        "a.finished_at, 'error', a.error) ORDER BY a.started_at, a.id) FROM (SELECT * FROM "       \
-        "agent_runs x WHERE x.workflow_run_id = r.id ORDER BY x.started_at, x.id LIMIT 1000) a), " \
-        "'[]'::json)"
+        "a.status, 'model', a.model, 'tokens_in', a.tokens_in + COALESCE(u.tokens_in, 0), "        \
+        "'tokens_out', a.tokens_out + COALESCE(u.tokens_out, 0), 'cached_tokens_in', "             \
+        "a.cached_tokens_in + COALESCE(u.cached_tokens_in, 0), 'cost_usd', a.cost_usd + "          \
+        "COALESCE(u.cost_usd, 0), 'llm_calls', a.llm_calls + COALESCE(u.llm_calls, 0), "           \
+        "'tool_calls', a.tool_calls + COALESCE(u.tool_calls, 0), 'started_at', a.started_at, "     \
+        "'finished_at', a.finished_at, 'error', a.error) ORDER BY a.started_at, a.id) FROM "       \
+        "(SELECT * FROM agent_runs x WHERE x.workflow_run_id = r.id ORDER BY x.started_at, x.id "  \
+        "LIMIT 1000) a LEFT JOIN LATERAL (SELECT * FROM agently_agent_unflushed(a.id, "            \
+        "a.usage_seq) WHERE a.status = 'running') u ON true), '[]'::json)"
 
 /* The run r without its node states (RUN_JSON_ALL or RUN_JSON_NOT_ITEMS add them). */
 #define RUN_JSON_HEAD                                                                              \

@@ -429,15 +429,90 @@ static void three_tools_checks(struct case_run *r)
 
 /* -- a SIGKILL while the third of four LLM calls is in flight -- */
 
+/* LLM usage: calls and tokens. */
+struct usage {
+        long long calls, in, out;
+};
+
+/* The test user's usage as /v1/me shows it. */
+static struct usage my_usage(void)
+{
+        _cleanup_free_ char *out = NULL;
+
+        assert_int_equal(agent_fixture_http(&S, "GET", "/v1/me", NULL, &out), 200);
+        _cleanup_json_ json_t *me = json_loads(out, 0, NULL);
+        json_t *u = json_object_get(me, "usage");
+        assert_non_null(u);
+        return (struct usage){json_integer_value(json_object_get(u, "llm_calls")),
+                              json_integer_value(json_object_get(u, "tokens_in")),
+                              json_integer_value(json_object_get(u, "tokens_out"))};
+}
+
+/* "calls|in|out" of usage (malloc'd). */
+static char *usage_text(struct usage u)
+{
+        return str_printf("%lld|%lld|%lld", u.calls, u.in, u.out);
+}
+
+/* "calls|in|out" of the journaled LLM calls of run, from their agent.llm events (written
+ * with each call's journal row; malloc'd). */
+static char *journaled_usage(const char *run)
+{
+        return test_db_value(S.db,
+                             "SELECT count(*) || '|' || coalesce(sum((data->>'input_tokens')::int),"
+                             " 0) || '|' || coalesce(sum((data->>'output_tokens')::int), 0)"
+                             " FROM logs WHERE workflow_run_id = '%s' AND kind = 'agent.llm'",
+                             run);
+}
+
+/* "calls|in|out" of the run's only agent run as the run view shows it (malloc'd). */
+static char *viewed_usage(const char *run)
+{
+        _cleanup_free_ char *path = str_printf("/v1/runs/%s", run), *out = NULL;
+
+        assert_int_equal(agent_fixture_http(&S, "GET", path, NULL, &out), 200);
+        _cleanup_json_ json_t *view = json_loads(out, 0, NULL);
+        json_t *agents = json_object_get(view, "agents");
+        assert_int_equal(json_array_size(agents), 1);
+        json_t *a = json_array_get(agents, 0);
+        return usage_text((struct usage){json_integer_value(json_object_get(a, "llm_calls")),
+                                         json_integer_value(json_object_get(a, "tokens_in")),
+                                         json_integer_value(json_object_get(a, "tokens_out"))});
+}
+
+/* The user's usage before the crash case's run. */
+static struct usage usage_before_the_crash;
+
 static void crash_script(const struct agent_case *c)
 {
+        usage_before_the_crash = my_usage();
         script_three_tools(c->tag, ",\"delay_ms\":8000", true);
 }
 
+/* The user's usage since the crash case's run started, as /v1/me shows it (malloc'd). */
+static char *crash_usage(void)
+{
+        struct usage now = my_usage(), b = usage_before_the_crash;
+
+        return usage_text((struct usage){now.calls - b.calls, now.in - b.in, now.out - b.out});
+}
+
+/* While the third call is in flight, the two journaled calls count everywhere (the run
+ * view, /v1/me) though their write did not touch the agent run's row (0036: their usage is
+ * in their journal rows until the agent run stops); then the SIGKILL. */
 static void kill_during_the_third_call(struct case_run *r)
 {
         wait_llm_requests(r->before + 3, 30000); /* the third is in flight (delayed) */
         assert_int_equal(worker_sink_count(S.sink, "/crash/"), 2);
+        _cleanup_free_ char *journaled = journaled_usage(r->run);
+        _cleanup_free_ char *viewed = viewed_usage(r->run), *mine = crash_usage();
+        assert_string_equal(journaled, "2|2000|200");
+        assert_db_equal("0|0|0|0", S.db,
+                        "SELECT llm_calls || '|' || tokens_in || '|' || tokens_out || '|' ||"
+                        " usage_seq FROM agent_runs WHERE workflow_run_id = '%s'",
+                        r->run);
+        assert_string_equal(viewed, journaled);
+        assert_string_equal(mine, journaled);
         kill_worker(r);
 }
 
@@ -452,6 +527,22 @@ static void crash_checks(struct case_run *r)
         assert_int_equal(worker_sink_count(S.sink, "/crash/b"), 1);
         assert_int_equal(worker_sink_count(S.sink, "/crash/c"), 1);
         agent_fixture_assert_calls(&S, r->run, 4, 3);
+        /* the totals per agent run (added when it completed), per run and per user are the
+         * sums of the journaled calls: the SIGKILL lost none and counted none twice */
+        _cleanup_free_ char *journaled = journaled_usage(r->run), *mine = crash_usage();
+        assert_string_equal(journaled, "4|5000|350");
+        assert_db_equal(journaled, S.db,
+                        "SELECT llm_calls || '|' || tokens_in || '|' || tokens_out FROM agent_runs"
+                        " WHERE workflow_run_id = '%s'",
+                        r->run);
+        assert_db_equal("t", S.db,
+                        "SELECT a.usage_seq = max(j.seq) FROM agent_runs a JOIN agent_journal j"
+                        " ON j.agent_run_id = a.id WHERE a.workflow_run_id = '%s' GROUP BY a.id",
+                        r->run);
+        assert_db_equal("5000|350", S.db,
+                        "SELECT tokens_in || '|' || tokens_out FROM workflow_runs WHERE id = '%s'",
+                        r->run);
+        assert_string_equal(mine, journaled);
 }
 
 /* -- ask_human: needs_input holding nothing, answered through the API -- */

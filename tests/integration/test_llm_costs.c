@@ -1,9 +1,10 @@
 /*
- * What LLM calls cost, totalled (0013_llm_costs.sql): the worker adds each call's tokens and
- * cost to its agent run; the run's totals, the user's totals and /metrics follow from that
- * in the same transaction, with the worker's own role. Shown through the API: the run view
- * (the run's totals and each agent run's, sub-agents included), /v1/me (the caller's
- * totals, never another user's) and /metrics (per user).
+ * What LLM calls cost, totalled (0013_llm_costs.sql, 0036_agent_usage_on_stop.sql): each
+ * call's usage goes to the run's totals at once and into its journal row, which is added to
+ * its agent run's totals and the user's counters when the agent run stops; every reader adds
+ * what is not added yet. Shown through the API: the run view (the run's totals and each
+ * agent run's, sub-agents included), /v1/me (the caller's totals, never another user's) and
+ * /metrics (per user).
  */
 #include "testlib.h"
 
@@ -192,13 +193,14 @@ static void costs_add_up_per_agent_run_run_and_user(void **state)
 }
 
 /*
- * An LLM call's journal write (agently_agent_write, 0029) writes the run row once: the
- * fence's update takes the event seqs and adds the call's usage to the run's totals. (Until
- * 0029 a row trigger on agent_runs updated it a second time in the same transaction, and a
- * row this transaction wrote has its CHECK constraints and foreign keys checked again.)
- * The rows a transaction updated are counted in pg_stat_xact_user_tables.
+ * An LLM call's journal write (agently_agent_write, 0029, 0036) updates one row: the run's
+ * (the fence's update takes the event seqs and adds the call's usage to the run's totals).
+ * Until 0029 a row trigger on agent_runs updated it a second time in the same transaction;
+ * until 0036 the write also updated the agent run's totals and the user's counters row.
+ * Now the call's usage stays in its journal row until the agent run stops, and every reader
+ * adds it. The rows a transaction wrote are counted in pg_stat_xact_user_tables.
  */
-static void an_llm_calls_write_updates_the_run_row_once(void **state)
+static void an_llm_calls_write_updates_the_run_row_only(void **state)
 {
         (void)state;
         _cleanup_free_ char *conninfo = test_db_create("llmonce");
@@ -221,27 +223,193 @@ static void an_llm_calls_write_updates_the_run_row_once(void **state)
                         " \"llm_calls\": 1, \"events\": [{\"kind\": \"agent.llm\","
                         " \"message\": \"llm call\"}]}]')",
                         run, agent, 0);
-        assert_db_equal("1|1", worker,
-                        "SELECT sum(n_tup_upd) FILTER (WHERE relname = 'workflow_runs') || '|' ||"
-                        " sum(n_tup_upd) FILTER (WHERE relname = 'agent_runs')"
+        assert_db_equal("1|0|0", worker,
+                        "SELECT coalesce(sum(n_tup_upd) FILTER (WHERE relname = 'workflow_runs'),"
+                        " 0) || '|' || coalesce(sum(n_tup_upd) FILTER (WHERE relname ="
+                        " 'agent_runs'), 0) || '|' || coalesce(sum(n_tup_ins + n_tup_upd)"
+                        " FILTER (WHERE relname = 'agently_llm_usage_counters'), 0)"
                         " FROM pg_stat_xact_user_tables");
         PQclear(test_db_must(worker, "COMMIT"));
-        /* and the totals are all there: the run's, the agent run's, the user's */
+        /* the run's totals, the call's usage in its journal row, the agent run's row as it
+         * was */
         assert_db_equal("0.001000|100|20|1", db,
                         "SELECT r.cost_usd::text || '|' || r.tokens_in || '|' || r.tokens_out"
                         " || '|' || r.event_seq FROM workflow_runs r WHERE r.id = '%s'",
                         run);
         assert_db_equal("0.001000|100|20|1", db,
                         "SELECT cost_usd::text || '|' || tokens_in || '|' || tokens_out || '|' ||"
-                        " llm_calls FROM agent_runs WHERE id = '%s'",
+                        " llm_calls FROM agently_agent_unflushed('%s', 0)",
                         agent);
-        assert_db_equal("0.001000|100|20|1", db,
-                        "SELECT sum(cost_usd)::text || '|' || sum(tokens_in) || '|' ||"
-                        " sum(tokens_out) || '|' || sum(llm_calls) FROM agently_llm_usage_counters"
-                        " WHERE user_id = '%s'",
-                        ana);
+        assert_db_equal("0|0|0|0", db,
+                        "SELECT cost_usd::int || '|' || tokens_in || '|' || llm_calls || '|' ||"
+                        " usage_seq FROM agent_runs WHERE id = '%s'",
+                        agent);
+        assert_db_equal("0", db, "SELECT count(*) FROM agently_llm_usage_counters");
         PQfinish(worker);
         PQfinish(db);
+}
+
+/* One LLM call's journal row (kind llm) with its usage, written as the worker writes it;
+ * flush: the write also asks for the usage to be added to the agent run's totals. Returns
+ * the row's seq. */
+static int journal_call(PGconn *worker, const char *run, const char *agent, int n, long in,
+                        long out, const char *cost, bool flush)
+{
+        return (int)test_db_int(worker,
+                                "SELECT agently_agent_write('%s', 1, '%s', 'a', 1,"
+                                " jsonb_build_array(jsonb_build_object('kind', 'llm', 'request',"
+                                " '{}'::jsonb, 'response', '{}'::jsonb, 'sha256', '%064d',"
+                                " 'tokens_in', %ld, 'tokens_out', %ld, 'cached_in', 1, 'cost', %s,"
+                                " 'llm_calls', 1, 'events', '[{\"kind\": \"agent.llm\","
+                                " \"message\": \"llm call\"}]'::jsonb)%s))",
+                                run, agent, n, in, out, cost,
+                                flush ? ", '{\"usage_flush\": true}'::jsonb" : "");
+}
+
+/* The agent run's status set to status (an SQL expression, and more assignments), as the
+ * worker sets it. */
+static void set_status(PGconn *worker, const char *agent, const char *status)
+{
+        _cleanup_free_ char *sql =
+            str_printf("UPDATE agent_runs SET status = %s WHERE id = '%s'", status, agent);
+        PQclear(test_db_must(worker, sql));
+}
+
+/* "calls|in|out|tools" of the agent run as the run view shows it, and of ana through /v1/me
+ * and /metrics: all three the same (malloc'd) */
+static char *shown_usage(const char *base, const char *token, const char *run)
+{
+        char path[128], url[128], *body = NULL;
+
+        snprintf(path, sizeof(path), "/v1/runs/%s", run);
+        json_t *view = get(base, token, path);
+        json_t *a = json_array_get(json_object_get(view, "agents"), 0);
+        char *viewed = str_printf("%lld|%lld|%lld|%lld",
+                                  (long long)json_integer_value(json_object_get(a, "llm_calls")),
+                                  (long long)json_integer_value(json_object_get(a, "tokens_in")),
+                                  (long long)json_integer_value(json_object_get(a, "tokens_out")),
+                                  (long long)json_integer_value(json_object_get(a, "tool_calls")));
+        json_decref(view);
+        json_t *me = get(base, token, "/v1/me");
+        json_t *u = json_object_get(me, "usage");
+        _cleanup_free_ char *mine = str_printf(
+            "%lld|%lld|%lld|%lld", (long long)json_integer_value(json_object_get(u, "llm_calls")),
+            (long long)json_integer_value(json_object_get(u, "tokens_in")),
+            (long long)json_integer_value(json_object_get(u, "tokens_out")),
+            (long long)json_integer_value(json_object_get(u, "tool_calls")));
+        json_decref(me);
+        snprintf(url, sizeof(url), "%s/metrics", base);
+        assert_int_equal(test_http("GET", url, NULL, NULL, &body), 200);
+        _cleanup_free_ char *metrics =
+            str_printf("%.0f|%.0f|%.0f|%.0f", sample(body, "agently_llm_calls_total{user=\"ana\"}"),
+                       sample(body, "agently_llm_tokens_total{user=\"ana\",kind=\"input\"}"),
+                       sample(body, "agently_llm_tokens_total{user=\"ana\",kind=\"output\"}"),
+                       sample(body, "agently_agent_tool_calls_total{user=\"ana\"}"));
+        free(body);
+        assert_string_equal(mine, viewed);
+        assert_string_equal(metrics, viewed);
+        return viewed;
+}
+
+/*
+ * 0036: the usage of an agent run's journal rows is added to its totals and to the user's
+ * counters when the agent run leaves running (and when a write asks for it), exactly once;
+ * meanwhile the run view, /v1/me and /metrics add what is not added yet, and a status
+ * change that does not leave running adds nothing.
+ */
+static void usage_is_added_when_the_agent_run_stops(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *conninfo = test_db_create("llmstop");
+        PGconn *db = test_db_connect(conninfo);
+        _cleanup_free_ char *worker_ci = test_db_conninfo_as(conninfo, "agently_worker");
+        PGconn *worker = test_db_connect(worker_ci);
+        _cleanup_free_ char *dir = test_tempdir("llmstop");
+        _cleanup_free_ char *ana = worker_test_user(db, "ana");
+        _cleanup_free_ char *wf = worker_test_workflow(db, ana, "w", 1, WF);
+        _cleanup_free_ char *run = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *other = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *third = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *agent = agent_run(db, run, NULL);
+        char token[AUTH_TOKEN_LEN + 1], base[64];
+
+        worker_test_token(db, ana, token);
+        pid_t api = worker_test_spawn_api(conninfo, dir, base, sizeof(base));
+        held(db, true, run, other, third);
+
+        /* two calls and a tool call: shown everywhere, in no total yet */
+        assert_int_equal(journal_call(worker, run, agent, 1, 1000, 100, "0.0012", false), 1);
+        assert_int_equal(journal_call(worker, run, agent, 2, 1500, 200, "0.0020", false), 2);
+        assert_db_equal("3", worker,
+                        "SELECT agently_agent_write('%s', 1, '%s', 'a', 1, '[{\"kind\": \"tool\","
+                        " \"request\": {}, \"response\": {}, \"sha256\": \"%064d\","
+                        " \"tool_calls\": 1}]')",
+                        run, agent, 3);
+        _cleanup_free_ char *shown = shown_usage(base, token, run);
+        assert_string_equal(shown, "2|2500|300|1");
+        assert_db_equal("0|0|0|0|0", db,
+                        "SELECT llm_calls || '|' || tokens_in || '|' || tool_calls || '|' ||"
+                        " usage_seq || '|' || (SELECT count(*) FROM agently_llm_usage_counters)"
+                        " FROM agent_runs WHERE id = '%s'",
+                        agent);
+
+        /* a write that asks: every row so far added, once */
+        assert_int_equal(journal_call(worker, run, agent, 4, 10, 1, "0.000010", true), 4);
+        assert_db_equal("3|2510|301|1|4|3|0.003210", db,
+                        "SELECT llm_calls || '|' || tokens_in || '|' || tokens_out || '|' ||"
+                        " tool_calls || '|' || usage_seq || '|' || cached_tokens_in || '|' ||"
+                        " cost_usd FROM agent_runs WHERE id = '%s'",
+                        agent);
+        assert_db_equal("3|2510|301|1|3|0.003210", db,
+                        "SELECT sum(llm_calls) || '|' || sum(tokens_in) || '|' || sum(tokens_out)"
+                        " || '|' || sum(tool_calls) || '|' || sum(cached_tokens_in) || '|' ||"
+                        " sum(cost_usd) FROM agently_llm_usage_counters WHERE user_id = '%s'",
+                        ana);
+        free(shown);
+        shown = shown_usage(base, token, run);
+        assert_string_equal(shown, "3|2510|301|1");
+
+        /* one more, then the agent run waits (for a person): added as it leaves running */
+        assert_int_equal(journal_call(worker, run, agent, 5, 5, 5, "0.000001", false), 5);
+        free(shown);
+        shown = shown_usage(base, token, run);
+        assert_string_equal(shown, "4|2515|306|1");
+        set_status(worker, agent, "'waiting'");
+        assert_db_equal("4|2515|306|5", db,
+                        "SELECT llm_calls || '|' || tokens_in || '|' || tokens_out || '|' ||"
+                        " usage_seq FROM agent_runs WHERE id = '%s'",
+                        agent);
+        free(shown);
+        shown = shown_usage(base, token, run);
+        assert_string_equal(shown, "4|2515|306|1");
+
+        /* running again, then completed with nothing new: nothing added twice */
+        set_status(worker, agent, "'running'");
+        free(shown);
+        shown = shown_usage(base, token, run);
+        assert_string_equal(shown, "4|2515|306|1");
+        set_status(worker, agent, "'completed', finished_at = now()");
+        free(shown);
+        shown = shown_usage(base, token, run);
+        assert_string_equal(shown, "4|2515|306|1");
+        assert_db_equal("4|2515|306|1", db,
+                        "SELECT sum(llm_calls) || '|' || sum(tokens_in) || '|' || sum(tokens_out)"
+                        " || '|' || sum(tool_calls) FROM agently_llm_usage_counters");
+        /* the run's totals took every call as it came */
+        assert_db_equal("0.003211|2515|306", db,
+                        "SELECT cost_usd::text || '|' || tokens_in || '|' || tokens_out FROM"
+                        " workflow_runs WHERE id = '%s'",
+                        run);
+        /* the mark never moves back */
+        PGresult *back = PQexec(worker, "UPDATE agent_runs SET usage_seq = 1 WHERE id IS NOT NULL");
+        assert_int_equal(PQresultStatus(back), PGRES_FATAL_ERROR);
+        PQclear(back);
+
+        held(db, false, run, other, third);
+        test_stop_process(api, SIGTERM, 10000);
+        PQfinish(worker);
+        PQfinish(db);
+        test_rm_rf(dir);
 }
 
 /* End to end: a worker started with --llm-prices prices an agent's LLM call of a model the
@@ -364,7 +532,8 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(costs_add_up_per_agent_run_run_and_user),
-            cmocka_unit_test(an_llm_calls_write_updates_the_run_row_once),
+            cmocka_unit_test(an_llm_calls_write_updates_the_run_row_only),
+            cmocka_unit_test(usage_is_added_when_the_agent_run_stops),
             cmocka_unit_test(a_bad_price_file_stops_the_worker),
             cmocka_unit_test(a_price_override_prices_a_real_call),
         };
