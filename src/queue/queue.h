@@ -138,25 +138,28 @@ int queue_writes_count(const struct queue_writes *b);
 /* Drops every operation not yet sent (after a rollback). */
 void queue_writes_clear(struct queue_writes *b);
 
-/* Appends a node_runs write. 0, -ENOMEM, or -EBUSY when (run, node, attempt) already has a
- * write in the buffer: flush first (one statement cannot upsert a row twice). */
+/* Appends a node_runs write. 0, -ENOMEM, -EILSEQ (a string that is not UTF-8: nothing of
+ * the operation is kept, as for every append's failure), or -EBUSY when (run, node,
+ * attempt) may already have a write in the buffer: flush first (one statement cannot upsert
+ * a row twice; the check is a set of hashes, so rarely -EBUSY comes for a write that had
+ * none, and the flush it asks for is then merely early). */
 int queue_writes_node(struct queue_writes *b, const char *run_id, int64_t epoch,
                       const struct queue_node_write *w);
-/* Appends an event (attempt < 0: none). 0 or -ENOMEM. */
+/* Appends an event (attempt < 0: none). 0, -ENOMEM or -EILSEQ. */
 int queue_writes_event(struct queue_writes *b, const char *run_id, int64_t epoch, const char *kind,
                        const char *node_id, int attempt, const char *level, const char *message,
                        const json_t *data);
-/* Appends a finish (completed | failed | canceled). 0 or -ENOMEM. */
+/* Appends a finish (completed | failed | canceled). 0, -ENOMEM or -EILSEQ. */
 int queue_writes_finish(struct queue_writes *b, const char *run_id, int64_t epoch,
                         const char *status, const json_t *output, const json_t *error);
 /* Appends a release, as queue_release_run(); error (may be NULL) is recorded on the run;
  * deadline_ms (database time, < 0: unchanged) is the run's workflow deadline, kept while
  * nobody holds the run so that a paused or needs_input run still fails on time
- * (agently_fail_overdue_runs). 0 or -ENOMEM. */
+ * (agently_fail_overdue_runs). 0, -ENOMEM or -EILSEQ. */
 int queue_writes_release(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *status, int64_t run_at_ms, const char *wait_reason,
                          const json_t *error, int64_t deadline_ms);
-/* Marks a signal consumed by node, together with the run's other writes. 0 or -ENOMEM. */
+/* Marks a signal consumed by node, together with the run's other writes. 0, -ENOMEM or -EILSEQ. */
 int queue_writes_consume(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *signal_id, const char *node_id);
 

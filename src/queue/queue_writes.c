@@ -2,8 +2,12 @@
 #include "queue.h"
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "buf.h"
 #include "cleanup.h"
 #include "db.h"
 #include "redact.h"
@@ -12,9 +16,33 @@
 static const char APPLY_WRITES_SQL[] =
     "SELECT lost_run_id FROM agently_apply_writes($1, $2::jsonb)";
 
+/* A buffer grown past this (bytes of text) is freed after its flush, not kept. */
+#define KEEP_MAX (4u << 20)
+
+/* Nesting deeper than jansson's own parser takes is refused (no value of ours has it). */
+#define DEPTH_MAX 2048
+
+/*
+ * The operations are written as JSON text the moment they are appended (no JSON tree per
+ * operation, no serialization of the whole array at the flush: that was a fifth of the
+ * worker's CPU in a big map, docs/performance.md). A field whose value is NULL is left out
+ * (jsonb_to_recordset reads it as NULL either way).
+ */
 struct queue_writes {
-        json_t *ops;  /* the JSON array agently_apply_writes() takes */
-        json_t *keys; /* "run node attempt" of every node write, for -EBUSY */
+        struct buf text; /* "[op,op,..." — the JSON array agently_apply_writes() takes, open */
+        int n;           /* operations in text */
+        /* the (run, node, attempt) of every node write, as 64-bit hashes in an open-addressed
+         * set (0 = empty): a collision only answers -EBUSY once too often, which costs the
+         * caller one flush more, never a wrong write (so does a key left by a failed append) */
+        uint64_t *keys;
+        size_t keys_cap, keys_used;
+};
+
+/* A writer into b->text that keeps its first error, so the fields of an operation are
+ * written one after another and checked once. */
+struct emit {
+        struct buf *b;
+        int err;
 };
 
 struct queue_writes *queue_writes_new(void)
@@ -23,12 +51,7 @@ struct queue_writes *queue_writes_new(void)
 
         if (!b)
                 return NULL;
-        b->ops = json_array();
-        b->keys = json_object();
-        if (!b->ops || !b->keys) {
-                queue_writes_free(b);
-                return NULL;
-        }
+        buf_init(&b->text, SIZE_MAX / 2);
         return b;
 }
 
@@ -36,129 +59,428 @@ void queue_writes_free(struct queue_writes *b)
 {
         if (!b)
                 return;
-        json_decref(b->ops);
-        json_decref(b->keys);
+        buf_free(&b->text);
+        free(b->keys);
         free(b);
 }
 
 int queue_writes_count(const struct queue_writes *b)
 {
-        return (int)json_array_size(b->ops);
+        return b->n;
 }
 
 void queue_writes_clear(struct queue_writes *b)
 {
-        json_array_clear(b->ops);
-        json_object_clear(b->keys);
+        buf_reset(&b->text);
+        b->n = 0;
+        if (b->keys_used > 0)
+                memset(b->keys, 0, b->keys_cap * sizeof(*b->keys));
+        b->keys_used = 0;
 }
 
-/* Appends op (stolen) after giving it its position, the run and the epoch. */
-static int append(struct queue_writes *b, json_t *op, const char *run_id, int64_t epoch)
+static void put(struct emit *e, const char *s, size_t n)
 {
-        if (!op)
-                return -ENOMEM;
-        if (json_object_set_new(op, "i", json_integer((json_int_t)json_array_size(b->ops))) < 0 ||
-            json_object_set_new(op, "run", json_string(run_id)) < 0 ||
-            json_object_set_new(op, "epoch", json_integer(epoch)) < 0 ||
-            json_array_append_new(b->ops, op) < 0) {
-                json_decref(op);
-                return -ENOMEM;
+        if (e->err == 0)
+                e->err = buf_append(e->b, s, n);
+}
+
+static void put_lit(struct emit *e, const char *s)
+{
+        put(e, s, strlen(s));
+}
+
+static void put_int(struct emit *e, int64_t v)
+{
+        char tmp[24], *p = tmp + sizeof(tmp);
+        uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+
+        do {
+                *--p = (char)('0' + u % 10);
+                u /= 10;
+        } while (u);
+        if (v < 0)
+                *--p = '-';
+        put(e, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
+/* s (n bytes, valid UTF-8, NULs allowed) as a JSON string, escaped as jansson does (the
+ * two-character escapes, other control characters as \u00XX, everything else as is).
+ * Bytes that are not UTF-8 are refused (-EILSEQ): the server would refuse the statement. */
+static void put_escaped(struct emit *e, const char *s, size_t n)
+{
+        static const char hex[] = "0123456789ABCDEF";
+        size_t run = 0, i = 0;
+
+        put(e, "\"", 1);
+        while (i < n && e->err == 0) {
+                unsigned char c = (unsigned char)s[i];
+
+                if (c >= 0x20 && c != '"' && c != '\\') {
+                        size_t len = c < 0x80 ? 1 : str_utf8_char_len(s + i, n - i);
+                        if (len == 0) {
+                                e->err = -EILSEQ;
+                                return;
+                        }
+                        i += len;
+                        continue;
+                }
+                char esc[6] = {'\\', 'u', '0', '0', 0, 0};
+                size_t k = 2;
+                put(e, s + run, i - run);
+                switch (c) {
+                case '"':
+                case '\\':
+                        esc[1] = (char)c;
+                        break;
+                case '\b':
+                        esc[1] = 'b';
+                        break;
+                case '\f':
+                        esc[1] = 'f';
+                        break;
+                case '\n':
+                        esc[1] = 'n';
+                        break;
+                case '\r':
+                        esc[1] = 'r';
+                        break;
+                case '\t':
+                        esc[1] = 't';
+                        break;
+                default:
+                        esc[4] = hex[c >> 4];
+                        esc[5] = hex[c & 15];
+                        k = 6;
+                }
+                put(e, esc, k);
+                run = ++i;
         }
+        put(e, s + run, n - run);
+        put(e, "\"", 1);
+}
+
+/* A string of data (a node id, a message, a key): masked (src/base/redact.h) first. */
+static void put_masked(struct emit *e, const char *s, size_t n)
+{
+        _cleanup_free_ char *masked = NULL;
+        size_t mn = 0;
+        int r;
+
+        if (e->err)
+                return;
+        r = redact_text(s, n, &masked, &mn);
+        if (r < 0)
+                e->err = r;
+        else if (r > 0)
+                put_escaped(e, masked, mn);
+        else
+                put_escaped(e, s, n);
+}
+
+/* A JSON value whose strings and keys redact_json() has masked already. */
+static void put_json(struct emit *e, const json_t *v, int depth)
+{
+        if (e->err)
+                return;
+        if (depth > DEPTH_MAX) {
+                e->err = -ELOOP;
+                return;
+        }
+        switch (json_typeof(v)) {
+        case JSON_OBJECT: {
+                const char *k;
+                json_t *x;
+                bool first = true;
+                put(e, "{", 1);
+                json_object_foreach ((json_t *)v, k, x) {
+                        if (!first)
+                                put(e, ",", 1);
+                        first = false;
+                        put_escaped(e, k, strlen(k));
+                        put(e, ":", 1);
+                        put_json(e, x, depth + 1);
+                }
+                put(e, "}", 1);
+                return;
+        }
+        case JSON_ARRAY:
+                put(e, "[", 1);
+                for (size_t i = 0; i < json_array_size(v); i++) {
+                        if (i > 0)
+                                put(e, ",", 1);
+                        put_json(e, json_array_get(v, i), depth + 1);
+                }
+                put(e, "]", 1);
+                return;
+        case JSON_STRING:
+                put_escaped(e, json_string_value(v), json_string_length(v));
+                return;
+        case JSON_INTEGER:
+                put_int(e, json_integer_value(v));
+                return;
+        case JSON_REAL: {
+                /* rare: jansson's own text, digit for digit */
+                _cleanup_free_ char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+                if (!t)
+                        e->err = -ENOMEM;
+                else
+                        put_lit(e, t);
+                return;
+        }
+        case JSON_TRUE:
+                put(e, "true", 4);
+                return;
+        case JSON_FALSE:
+                put(e, "false", 5);
+                return;
+        case JSON_NULL:
+                put(e, "null", 4);
+                return;
+        }
+}
+
+/*
+ * The fields of an operation. A value's strings and keys are masked in place, as the
+ * choke point always did (the caller's tree, so a value kept in a snapshot holds the mask
+ * too); a data string is masked as it is written. The operation's own words — its keys,
+ * the op, a status, an event's kind and level, the run id — are the program's, not data,
+ * and are not masked: a secret whose value is such a word cannot break the statement.
+ */
+static void field_json(struct emit *e, const char *key, const json_t *v)
+{
+        int r;
+
+        if (!v || e->err)
+                return;
+        r = redact_json((json_t *)v);
+        if (r < 0) {
+                e->err = r;
+                return;
+        }
+        put(e, ",\"", 2);
+        put_lit(e, key);
+        put(e, "\":", 2);
+        put_json(e, v, 0);
+}
+
+static void field_data(struct emit *e, const char *key, const char *s)
+{
+        if (!s)
+                return;
+        put(e, ",\"", 2);
+        put_lit(e, key);
+        put(e, "\":", 2);
+        put_masked(e, s, strlen(s));
+}
+
+static void field_word(struct emit *e, const char *key, const char *s)
+{
+        if (!s)
+                return;
+        put(e, ",\"", 2);
+        put_lit(e, key);
+        put(e, "\":", 2);
+        put_escaped(e, s, strlen(s));
+}
+
+static void field_int(struct emit *e, const char *key, int64_t v)
+{
+        put(e, ",\"", 2);
+        put_lit(e, key);
+        put(e, "\":", 2);
+        put_int(e, v);
+}
+
+/* Opens an operation: {"op":"<op>" after a comma or the array's bracket. */
+static struct emit op_open(struct queue_writes *b, const char *op)
+{
+        struct emit e = {.b = &b->text};
+
+        put_lit(&e, b->n > 0 ? ",{\"op\":\"" : "[{\"op\":\"");
+        put_lit(&e, op);
+        put(&e, "\"", 1);
+        return e;
+}
+
+/* Closes it with its position, the run and the epoch; on any error of its fields it is
+ * taken back whole (the buffer holds what it held before). */
+static int op_close(struct queue_writes *b, struct emit *e, size_t mark, const char *run_id,
+                    int64_t epoch)
+{
+        field_int(e, "i", b->n);
+        field_word(e, "run", run_id);
+        field_int(e, "epoch", epoch);
+        put(e, "}", 1);
+        if (e->err) {
+                b->text.len = mark;
+                if (b->text.data)
+                        b->text.data[mark] = '\0';
+                return e->err;
+        }
+        b->n++;
+        return 0;
+}
+
+static uint64_t key_hash(const char *run_id, const char *node_id, int attempt)
+{
+        uint64_t h = 14695981039346656037ull; /* FNV-1a */
+
+        for (const char *p = run_id; *p; p++)
+                h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        h = (h ^ 0xff) * 1099511628211ull; /* no byte of a string: the separator */
+        for (const char *p = node_id; *p; p++)
+                h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        h = (h ^ 0xff) * 1099511628211ull;
+        h = (h ^ (uint32_t)attempt) * 1099511628211ull;
+        h ^= h >> 29;
+        return h ? h : 1;
+}
+
+/* The slot of h in the set: where it is, or the empty one where it would go. */
+static size_t key_slot(const uint64_t *keys, size_t cap, uint64_t h)
+{
+        size_t i = (size_t)h & (cap - 1);
+
+        while (keys[i] && keys[i] != h)
+                i = (i + 1) & (cap - 1);
+        return i;
+}
+
+/* 1 when h was in the set already, 0 when added, -ENOMEM. */
+static int key_add(struct queue_writes *b, uint64_t h)
+{
+        size_t i;
+
+        if ((b->keys_used + 1) * 2 > b->keys_cap) {
+                size_t cap = b->keys_cap ? b->keys_cap * 2 : 256;
+                uint64_t *keys = calloc(cap, sizeof(*keys));
+                if (!keys)
+                        return -ENOMEM;
+                for (size_t j = 0; j < b->keys_cap; j++)
+                        if (b->keys[j])
+                                keys[key_slot(keys, cap, b->keys[j])] = b->keys[j];
+                free(b->keys);
+                b->keys = keys;
+                b->keys_cap = cap;
+        }
+        i = key_slot(b->keys, b->keys_cap, h);
+        if (b->keys[i])
+                return 1;
+        b->keys[i] = h;
+        b->keys_used++;
         return 0;
 }
 
 int queue_writes_node(struct queue_writes *b, const char *run_id, int64_t epoch,
                       const struct queue_node_write *w)
 {
-        _cleanup_free_ char *key = str_printf("%s %s %d", run_id, w->node_id, w->attempt);
+        uint64_t h;
+        size_t mark = b->text.len;
+        struct emit e;
+        int r;
 
-        if (!key)
-                return -ENOMEM;
-        if (json_object_get(b->keys, key))
-                return -EBUSY;
-        if (json_object_set_new(b->keys, key, json_true()) < 0)
-                return -ENOMEM;
-        return append(b,
-                      json_pack("{s:s, s:s, s:i, s:s, s:O?, s:O?, s:O?, s:s?, s:s?, s:s?, s:O?}",
-                                "op", "node", "node", w->node_id, "attempt", w->attempt, "status",
-                                w->status, "input", w->input, "output", w->output, "error",
-                                w->error, "key", w->idempotency_key, "kind", w->event_kind,
-                                "message", w->event_message, "data", w->event_data),
-                      run_id, epoch);
+        if (!w->node_id || !w->status)
+                return -EINVAL;
+        h = key_hash(run_id, w->node_id, w->attempt);
+        r = key_add(b, h);
+        if (r != 0)
+                return r > 0 ? -EBUSY : r;
+        e = op_open(b, "node");
+        field_data(&e, "node", w->node_id);
+        field_int(&e, "attempt", w->attempt);
+        field_word(&e, "status", w->status);
+        field_json(&e, "input", w->input);
+        field_json(&e, "output", w->output);
+        field_json(&e, "error", w->error);
+        field_data(&e, "key", w->idempotency_key);
+        field_word(&e, "kind", w->event_kind);
+        field_data(&e, "message", w->event_message);
+        field_json(&e, "data", w->event_data);
+        /* a failed append leaves its key: at worst one -EBUSY too many */
+        return op_close(b, &e, mark, run_id, epoch);
 }
 
 int queue_writes_event(struct queue_writes *b, const char *run_id, int64_t epoch, const char *kind,
                        const char *node_id, int attempt, const char *level, const char *message,
                        const json_t *data)
 {
-        json_t *op = json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:O?}", "op", "event", "kind", kind,
-                               "node", node_id, "level", level, "message", message, "data", data);
+        size_t mark = b->text.len;
+        struct emit e = op_open(b, "event");
 
-        if (op && attempt >= 0 && json_object_set_new(op, "attempt", json_integer(attempt)) < 0) {
-                json_decref(op);
-                return -ENOMEM;
-        }
-        return append(b, op, run_id, epoch);
+        field_word(&e, "kind", kind);
+        field_data(&e, "node", node_id);
+        field_word(&e, "level", level);
+        field_data(&e, "message", message);
+        field_json(&e, "data", data);
+        if (attempt >= 0)
+                field_int(&e, "attempt", attempt);
+        return op_close(b, &e, mark, run_id, epoch);
 }
 
 int queue_writes_finish(struct queue_writes *b, const char *run_id, int64_t epoch,
                         const char *status, const json_t *output, const json_t *error)
 {
-        return append(b,
-                      json_pack("{s:s, s:s, s:O?, s:O?}", "op", "finish", "status", status,
-                                "output", output, "error", error),
-                      run_id, epoch);
+        size_t mark = b->text.len;
+        struct emit e = op_open(b, "finish");
+
+        field_word(&e, "status", status);
+        field_json(&e, "output", output);
+        field_json(&e, "error", error);
+        return op_close(b, &e, mark, run_id, epoch);
 }
 
 int queue_writes_release(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *status, int64_t run_at_ms, const char *wait_reason,
                          const json_t *error, int64_t deadline_ms)
 {
-        json_t *op = json_pack("{s:s, s:s, s:s?, s:O?}", "op", "release", "status", status,
-                               "message", wait_reason, "error", error);
+        size_t mark = b->text.len;
+        struct emit e = op_open(b, "release");
 
-        if (op && ((run_at_ms >= 0 &&
-                    json_object_set_new(op, "run_at_ms", json_integer(run_at_ms)) < 0) ||
-                   (deadline_ms >= 0 &&
-                    json_object_set_new(op, "deadline_ms", json_integer(deadline_ms)) < 0))) {
-                json_decref(op);
-                return -ENOMEM;
-        }
-        return append(b, op, run_id, epoch);
+        field_word(&e, "status", status);
+        field_data(&e, "message", wait_reason);
+        field_json(&e, "error", error);
+        if (run_at_ms >= 0)
+                field_int(&e, "run_at_ms", run_at_ms);
+        if (deadline_ms >= 0)
+                field_int(&e, "deadline_ms", deadline_ms);
+        return op_close(b, &e, mark, run_id, epoch);
 }
 
 int queue_writes_consume(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *signal_id, const char *node_id)
 {
-        return append(
-            b, json_pack("{s:s, s:s, s:s}", "op", "consume", "signal", signal_id, "node", node_id),
-            run_id, epoch);
+        size_t mark = b->text.len;
+        struct emit e = op_open(b, "consume");
+
+        field_word(&e, "signal", signal_id);
+        field_data(&e, "node", node_id);
+        return op_close(b, &e, mark, run_id, epoch);
 }
 
 static int flush(PGconn *c, const char *worker, struct queue_writes *b,
                  void (*lost)(void *arg, const char *run_id), void *arg, const char *after)
 {
-        _cleanup_free_ char *writes = NULL;
         _cleanup_pgresult_ PGresult *res = NULL;
         int r = 0;
 
-        if (json_array_size(b->ops) == 0)
+        if (b->n == 0)
                 return after ? db_exec(c, after) : 0;
-        /* everything a worker stores (node inputs and outputs, errors, events) leaves in this
-         * one statement: it passes the redaction choke point here (src/base/redact.h), on
-         * every string and key — not on the JSON text, where masking could cut through its
-         * syntax — so a value inside a JSON text inside a string is found too */
-        if (redact_json(b->ops) < 0) {
+        r = buf_append(&b->text, "]", 1);
+        if (r < 0) {
                 queue_writes_clear(b);
-                return -ENOMEM;
+                return r;
         }
-        writes = json_dumps(b->ops, JSON_COMPACT);
-        queue_writes_clear(b);
-        if (!writes)
-                return -ENOMEM;
-        const char *params[] = {worker, writes};
+        const char *params[] = {worker, b->text.data};
         /* prepared once per connection, as the claim (queue.c) */
         res = db_query_prepared_between(c, NULL, APPLY_WRITES_SQL, 2, params, after, &r);
+        queue_writes_clear(b);
+        /* the memory is kept for the next turn, unless a big statement (a map's fan-in)
+         * grew it past what a turn usually needs */
+        if (b->text.cap > KEEP_MAX) {
+                buf_free(&b->text);
+                free(TAKE_PTR(b->keys));
+                b->keys_cap = 0;
+        }
         if (!res)
                 return r;
         for (int i = 0; i < PQntuples(res); i++)
