@@ -165,8 +165,38 @@ int agent_db_open_child(struct agent_session *s, const char *parent_id, const ch
 }
 
 static const char JOURNAL_SQL[] =
-    "SELECT seq, kind, request_sha256, request, response FROM agent_journal"
-    " WHERE agent_run_id = $1 ORDER BY seq";
+    "SELECT seq, kind, request_sha256, request, response, stubs,"
+    " coalesce(jsonb_array_length(stubs), 0), sum(coalesce(jsonb_array_length(stubs), 0)) OVER ()"
+    " FROM agent_journal WHERE agent_run_id = $1 ORDER BY seq";
+
+/* A row's stubs (0037) as entries of their own, before it (seq: the row's), each as the
+ * stub row it stands for was: its request {"type": kind}, its response {}. */
+static int load_stubs(struct agent_session *s, int seq, const char *text, size_t total)
+{
+        json_error_t jerr;
+        _cleanup_json_ json_t *stubs = json_loads(text, 0, &jerr);
+        json_t *st;
+        size_t i;
+
+        if (!json_is_array(stubs))
+                return -EINVAL;
+        json_array_foreach (stubs, i, st) {
+                struct agent_journal_entry *e = &s->journal[s->njournal];
+                const char *kind = json_string_value(json_object_get(st, "kind"));
+                const char *hash = json_string_value(json_object_get(st, "sha256"));
+                if (!kind || !hash || s->njournal >= total)
+                        return -EINVAL;
+                e->seq = seq;
+                str_copy(e->kind, sizeof(e->kind), kind);
+                str_copy(e->hash, sizeof(e->hash), hash);
+                e->request = json_pack("{s:s}", "type", kind);
+                e->response = json_object();
+                s->njournal++; /* freed with the session either way */
+                if (!e->request || !e->response)
+                        return -ENOMEM;
+        }
+        return 0;
+}
 
 int agent_db_load_journal(struct agent_session *s, char **error)
 {
@@ -174,18 +204,29 @@ int agent_db_load_journal(struct agent_session *s, char **error)
         _cleanup_pgresult_ PGresult *res = NULL;
         json_error_t jerr;
         int r = 0, n;
+        size_t total;
 
         res = db_query(s->host->cfg.db, JOURNAL_SQL, 1, params, &r);
         if (!res)
                 return failed(error, r, "read the agent's journal");
         n = PQntuples(res);
-        s->journal = calloc(n > 0 ? (size_t)n : 1, sizeof(*s->journal));
+        total = (size_t)n + (n > 0 ? strtoull(PQgetvalue(res, 0, 7), NULL, 10) : 0);
+        s->journal = calloc(total > 0 ? total : 1, sizeof(*s->journal));
         if (!s->journal)
                 return -ENOMEM;
         for (int i = 0; i < n; i++) {
-                struct agent_journal_entry *e = &s->journal[i];
                 const char *call_id;
-                e->seq = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
+                int seq = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
+                if (strtol(PQgetvalue(res, i, 6), NULL, 10) > 0 &&
+                    (r = load_stubs(s, seq, PQgetvalue(res, i, 5), total)) < 0) {
+                        if (r == -EINVAL && error && !*error)
+                                *error = str_printf("journal row %d has bad stubs", seq);
+                        return r;
+                }
+                if (s->njournal >= total)
+                        return -EIO;
+                struct agent_journal_entry *e = &s->journal[s->njournal];
+                e->seq = seq;
                 str_copy(e->kind, sizeof(e->kind), PQgetvalue(res, i, 1));
                 str_copy(e->hash, sizeof(e->hash), PQgetvalue(res, i, 2));
                 e->request = json_loads(PQgetvalue(res, i, 3), 0, &jerr);
@@ -270,6 +311,49 @@ json_t *agent_events_named(const struct agent_session *s, json_t *events)
  */
 static const char WRITE_SQL[] = "SELECT agently_agent_write($1, $2, $3, $4, $5, $6::jsonb)";
 
+/* Whether row is a record kept only so that a replay records its events once (0020): an
+ * event, a refusal, a result (record_once in agent_session.c). */
+static bool is_stub(const json_t *row)
+{
+        const char *kind = json_string_value(json_object_get(row, "kind"));
+
+        return kind &&
+               (!strcmp(kind, "event") || !strcmp(kind, "refusal") || !strcmp(kind, "result"));
+}
+
+/* The stubs the session held go into the first new journal row of rows, if any, as its
+ * "stubs" (0037): one row for the call and the records before it, instead of a row each;
+ * each held row keeps its events. agent_db_load_journal reads them back as entries. */
+static int fold_stubs(json_t *held, json_t *rows)
+{
+        json_t *carrier = NULL, *row, *stubs;
+        size_t i;
+
+        json_array_foreach (rows, i, row)
+                if (json_object_get(row, "kind")) {
+                        carrier = row;
+                        break;
+                }
+        if (!carrier)
+                return 0;
+        json_array_foreach (held, i, row) {
+                if (!is_stub(row))
+                        continue;
+                stubs = json_object_get(carrier, "stubs");
+                if (!stubs && json_object_set_new(carrier, "stubs", stubs = json_array()) < 0)
+                        return -ENOMEM;
+                if (json_array_append_new(stubs, json_pack("{s:O, s:O}", "kind",
+                                                           json_object_get(row, "kind"), "sha256",
+                                                           json_object_get(row, "sha256"))) < 0)
+                        return -ENOMEM;
+                json_object_del(row, "kind");
+                json_object_del(row, "request");
+                json_object_del(row, "response");
+                json_object_del(row, "sha256");
+        }
+        return 0;
+}
+
 /* Sends the write of the held rows and rows (taken; NULL: the held ones alone); its result
  * is write_wait's. The held rows are gone either way: written, or lost with the lease or
  * the connection (a replay records them again). */
@@ -281,7 +365,7 @@ static int write_send(struct agent_session *s, json_t *rows)
 
         s->held = NULL;
         agent_db_hold_cancel(s);
-        if (!all || (rows && json_array_extend(all, rows) < 0)) {
+        if (!all || (rows && (fold_stubs(all, rows) < 0 || json_array_extend(all, rows) < 0))) {
                 json_decref(all);
                 json_decref(rows);
                 return -ENOMEM;
