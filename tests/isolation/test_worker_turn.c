@@ -5,7 +5,8 @@
  * run's nodes and input) or partial (for a run held in memory); a run's finishing write
  * calls the notification trigger only when its workflow version has subscriptions; the
  * claim that opens a turn returns each claimed run's whole snapshot (0033_claim_turn.sql),
- * the same the read would return.
+ * the same the read would return; a new run's queue row and wake-up hint come from one
+ * statement trigger (0038_run_inserted.sql).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 
 #include "cleanup.h"
 #include "queue.h"
+#include "strutil.h"
 #include "testlib.h"
 #include "worker_sink.h"
 
@@ -287,6 +289,109 @@ static void test_turn_statements_are_prepared_once(void **state)
         fixture_free(f);
 }
 
+/* Notifications the listener's session has received (each statement it runs reads them). */
+static int hints_received(PGconn *listener)
+{
+        PGnotify *nf;
+        int n = 0;
+
+        PQclear(test_db_must(listener, "SELECT 1"));
+        while ((nf = PQnotifies(listener))) {
+                if (strcmp(nf->relname, "agently_runs") == 0)
+                        n++;
+                PQfreemem(nf);
+        }
+        return n;
+}
+
+/* Inserts runs as sql (an INSERT INTO workflow_runs) in a transaction that counts calls of
+ * PL/pgSQL functions (track_functions); returns the names of the trigger functions it
+ * called, in name order. */
+static char *insert_tracing_triggers(PGconn *c, const char *sql)
+{
+        char *called;
+
+        PQclear(test_db_must(c, "BEGIN"));
+        PQclear(test_db_must(c, "SET LOCAL track_functions = 'pl'"));
+        PQclear(test_db_must(c, sql));
+        called = test_db_value(c, "SELECT string_agg(p.proname, ' ' ORDER BY p.proname) "
+                                  "FROM pg_proc p WHERE p.prorettype = 'trigger'::regtype "
+                                  "AND pg_stat_get_xact_function_calls(p.oid) > 0");
+        PQclear(test_db_must(c, "COMMIT"));
+        assert_non_null(called);
+        return called;
+}
+
+/* The trigger functions an insert of sql calls, as insert_tracing_triggers names them. */
+#define assert_insert_triggers(c, sql, want)                                                       \
+        do {                                                                                       \
+                char *called_ = insert_tracing_triggers(c, sql);                                   \
+                assert_string_equal(called_, want);                                                \
+                free(called_);                                                                     \
+        } while (0)
+
+/* A new run's queue row and the wake-up hint come from one statement trigger call (0038):
+ * an insert calls two trigger functions, the agents' pin (per row) and agently_run_inserted
+ * (before 0038 three: the queue row's and the hint's were two calls of their own). The
+ * queue rows and the hints are the same: a queue row per run that
+ * is not final, due at run_at when queued or waiting and at 'infinity' otherwise; one
+ * hint per statement that inserted a run due now, none for runs due later or parked. */
+#define TRIGGERS "agently_run_inserted agently_run_pin_agents"
+
+static void test_enqueue_one_trigger(void **state)
+{
+        struct fixture *f = fixture_new("enqueue");
+        PGconn *listener = test_db_connect(f->owner_conninfo);
+        _cleanup_free_ char *one = NULL, *three = NULL, *later = NULL, *parked = NULL;
+
+        (void)state;
+        PQclear(test_db_must(listener, "LISTEN agently_runs"));
+        one = str_printf("INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                         "workflow_version, input) VALUES ('%s', '%s', 'w', 1, '{\"n\": 1}')",
+                         f->user, f->workflow);
+        three = str_printf("INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                           "workflow_version, input) SELECT '%s', '%s', 'w', 1, "
+                           "jsonb_build_object('n', 10 + i) FROM generate_series(1, 3) i",
+                           f->user, f->workflow);
+        later = str_printf("INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                           "workflow_version, input, run_at) VALUES ('%s', '%s', 'w', 1, "
+                           "'{\"n\": 2}', now() + interval '1 hour')",
+                           f->user, f->workflow);
+        parked = str_printf("INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                            "workflow_version, input, status) VALUES ('%s', '%s', 'w', 1, "
+                            "'{\"n\": 3}', 'paused'), ('%s', '%s', 'w', 1, '{\"n\": 4}', "
+                            "'needs_input')",
+                            f->user, f->workflow, f->user, f->workflow);
+        assert_non_null(one);
+        assert_non_null(three);
+        assert_non_null(later);
+        assert_non_null(parked);
+
+        assert_int_equal(hints_received(listener), 0);
+        assert_insert_triggers(f->owner, one, TRIGGERS);
+        assert_int_equal(hints_received(listener), 1);
+        assert_insert_triggers(f->owner, three, TRIGGERS);
+        assert_int_equal(hints_received(listener), 1);
+        assert_insert_triggers(f->owner, later, TRIGGERS);
+        assert_int_equal(hints_received(listener), 0);
+        assert_insert_triggers(f->owner, parked, TRIGGERS);
+        assert_int_equal(hints_received(listener), 0);
+
+        /* every run has its queue row, unclaimed at epoch 0, due as its status says */
+        assert_db_equal("1 2 3 4 11 12 13", f->owner,
+                        "SELECT string_agg((r.input->>'n'), ' ' ORDER BY (r.input->>'n')::int) "
+                        "FROM workflow_runs r JOIN run_queue q ON q.run_id = r.id "
+                        "WHERE q.user_id = r.user_id AND q.claimed_by IS NULL "
+                        "AND q.lease_epoch = 0 AND q.attempt = 0 AND q.run_at = CASE WHEN "
+                        "r.status IN ('queued', 'waiting') THEN r.run_at ELSE 'infinity' END "
+                        "AND (r.status = 'queued') = ((r.input->>'n')::int NOT IN (3, 4))");
+        assert_db_equal("3", f->owner,
+                        "SELECT count(*) FROM run_queue WHERE run_at = 'infinity' OR run_at > "
+                        "now() + interval '59 minutes'");
+        PQfinish(listener);
+        fixture_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -294,6 +399,7 @@ int main(void)
             cmocka_unit_test(test_claim_returns_the_snapshot),
             cmocka_unit_test(test_notify_only_with_subscriptions),
             cmocka_unit_test(test_turn_statements_are_prepared_once),
+            cmocka_unit_test(test_enqueue_one_trigger),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
