@@ -198,6 +198,30 @@ static void no_definer_function_for_public_and_no_owner_views(void **state)
         assert_null(views);
 }
 
+/* Each table's autovacuum cadence (reloptions): run_queue, small and rewritten by every
+ * claim, is vacuumed after a fixed count of dead rows and never truncated (0011, 0031);
+ * workflow_runs, the ever-growing run history, at Postgres's default cadence (0042) — a
+ * fixed count there meant a pass over all its indexes every few seconds, whose cost grows
+ * with the history (docs/performance.md, "The run history's vacuum cadence"). */
+static void vacuum_cadence_per_table(void **state)
+{
+        struct fixture *f = *state;
+#define RELOPTIONS(t)                                                                              \
+        "SELECT array_to_string(array(SELECT o FROM unnest(reloptions) o ORDER BY o), ',') FROM "  \
+        "pg_class WHERE oid = '" t "'::regclass"
+        char *history = test_db_value(f->c, RELOPTIONS("workflow_runs"));
+        char *queue = test_db_value(f->c, RELOPTIONS("run_queue"));
+#undef RELOPTIONS
+
+        assert_string_equal(history, "fillfactor=80");
+        assert_string_equal(queue, "autovacuum_vacuum_cost_delay=0,autovacuum_vacuum_insert_"
+                                   "scale_factor=0,autovacuum_vacuum_insert_threshold=1000,"
+                                   "autovacuum_vacuum_scale_factor=0,autovacuum_vacuum_"
+                                   "threshold=1000,fillfactor=70,vacuum_truncate=false");
+        free(history);
+        free(queue);
+}
+
 /* What one statement did as agently_api: the rows it affected (or the count it selected),
  * or -1 and the error. */
 struct probe {
@@ -475,6 +499,7 @@ int main(void)
             cmocka_unit_test(every_user_table_has_forced_rls),
             cmocka_unit_test(api_role_owns_nothing_and_is_unprivileged),
             cmocka_unit_test(no_definer_function_for_public_and_no_owner_views),
+            cmocka_unit_test(vacuum_cadence_per_table),
             cmocka_unit_test(api_with_no_user_sees_nothing),
             cmocka_unit_test(tenants_cannot_see_or_touch_each_other),
         };
