@@ -412,6 +412,57 @@ static void usage_is_added_when_the_agent_run_stops(void **state)
         test_rm_rf(dir);
 }
 
+/*
+ * 0040: the user's counters are added to in one place, agently_llm_usage_add(), which its
+ * three writers call: a write's usage that is not a new journal row (a gated call's
+ * answer), an agent run inserted with usage in it, and the flush as an agent run stops.
+ * Each still adds what it added before (main wrote the upsert out in all three).
+ */
+static void the_users_counters_have_one_writer(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *conninfo = test_db_create("llmadd");
+        PGconn *db = test_db_connect(conninfo);
+        _cleanup_free_ char *worker_ci = test_db_conninfo_as(conninfo, "agently_worker");
+        PGconn *worker = test_db_connect(worker_ci);
+        _cleanup_free_ char *ana = worker_test_user(db, "ana");
+        _cleanup_free_ char *wf = worker_test_workflow(db, ana, "w", 1, WF);
+        _cleanup_free_ char *run = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *other = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *third = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *agent = agent_run(db, run, NULL);
+        static const char COUNTED[] =
+            "SELECT coalesce(sum(llm_calls), 0) || '|' || coalesce(sum(tokens_in), 0) || '|' ||"
+            " coalesce(sum(tokens_out), 0) || '|' || coalesce(sum(cached_tokens_in), 0) || '|' ||"
+            " coalesce(sum(tool_calls), 0) || '|' || coalesce(sum(cost_usd), 0)"
+            " FROM agently_llm_usage_counters WHERE user_id = '%s'";
+
+        assert_db_equal("agently_llm_usage_add", db,
+                        "SELECT string_agg(proname, ' ' ORDER BY proname) FROM pg_proc"
+                        " WHERE prosrc ILIKE '%%INSERT INTO agently_llm_usage_counters%%'");
+        held(db, true, run, other, third);
+        /* a write's usage without a new journal row: added at once */
+        record_call(worker, agent, 7, 3, "0.000100", 2);
+        assert_db_equal("0|7|3|0|2|0.000100", db, COUNTED, ana);
+        /* an agent run inserted with usage in it */
+        assert_db_equal("1", db,
+                        "WITH a AS (INSERT INTO agent_runs (user_id, workflow_run_id, node_id,"
+                        " attempt, model, tokens_in, tokens_out, cached_tokens_in, cost_usd,"
+                        " llm_calls, tool_calls) SELECT user_id, id, 'b', 1, 'gpt-4o-mini', 50, 5,"
+                        " 4, 0.002, 2, 1 FROM workflow_runs WHERE id = '%s' RETURNING 1)"
+                        " SELECT count(*) FROM a",
+                        run);
+        assert_db_equal("2|57|8|4|3|0.002100", db, COUNTED, ana);
+        /* a call's journal row, added as its agent run stops */
+        assert_int_equal(journal_call(worker, run, agent, 1, 1000, 100, "0.0012", false), 1);
+        assert_db_equal("2|57|8|4|3|0.002100", db, COUNTED, ana);
+        set_status(worker, agent, "'completed', finished_at = now()");
+        assert_db_equal("3|1057|108|5|3|0.003300", db, COUNTED, ana);
+        held(db, false, run, other, third);
+        PQfinish(worker);
+        PQfinish(db);
+}
+
 /* End to end: a worker started with --llm-prices prices an agent's LLM call of a model the
  * shipped list does not know from the file, and the call's cost reaches the agent run, the
  * run, the user's usage and /metrics. (Without the override the model costs 0.) */
@@ -534,6 +585,7 @@ int main(void)
             cmocka_unit_test(costs_add_up_per_agent_run_run_and_user),
             cmocka_unit_test(an_llm_calls_write_updates_the_run_row_only),
             cmocka_unit_test(usage_is_added_when_the_agent_run_stops),
+            cmocka_unit_test(the_users_counters_have_one_writer),
             cmocka_unit_test(a_bad_price_file_stops_the_worker),
             cmocka_unit_test(a_price_override_prices_a_real_call),
         };
