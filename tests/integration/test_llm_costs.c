@@ -463,6 +463,49 @@ static void the_users_counters_have_one_writer(void **state)
         PQfinish(db);
 }
 
+/*
+ * 0041: a journal row's only key is its agent run's (agent_run_id, user_id), which holds
+ * what the dropped key to users held: a row of another user's agent run, or of no user, is
+ * refused; deleting the user deletes its agent runs and their journal rows.
+ */
+static void a_journal_rows_user_is_its_agent_runs(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *conninfo = test_db_create("llmkey");
+        PGconn *db = test_db_connect(conninfo);
+        _cleanup_free_ char *ana = worker_test_user(db, "ana");
+        _cleanup_free_ char *bo = worker_test_user(db, "bo");
+        _cleanup_free_ char *wf = worker_test_workflow(db, ana, "w", 1, WF);
+        _cleanup_free_ char *run = worker_test_run(db, wf, NULL);
+        _cleanup_free_ char *agent = agent_run(db, run, NULL);
+        static const char INSERT[] =
+            "INSERT INTO agent_journal (user_id, agent_run_id, seq, kind, request, request_sha256)"
+            " VALUES ('%s', '%s', %d, 'llm', '{}', '%064d')";
+
+        assert_db_equal("agent_journal_agent_run_id_user_id_fkey", db,
+                        "SELECT string_agg(conname, ' ' ORDER BY conname) FROM pg_constraint"
+                        " WHERE conrelid = 'agent_journal'::regclass AND contype = 'f'");
+        _cleanup_free_ char *mine = str_printf(INSERT, ana, agent, 1, 0);
+        PQclear(test_db_must(db, mine));
+        /* bo's user id on ana's agent run, and a user id no user has: both refused */
+        _cleanup_free_ char *other = str_printf(INSERT, bo, agent, 2, 0);
+        PGresult *res = PQexec(db, other);
+        assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "23503");
+        PQclear(res);
+        _cleanup_free_ char *nobody =
+            str_printf(INSERT, "00000000-0000-4000-8000-000000000000", agent, 2, 0);
+        res = PQexec(db, nobody);
+        assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "23503");
+        PQclear(res);
+        /* ana deleted: her journal rows with her agent runs */
+        _cleanup_free_ char *gone = str_printf("DELETE FROM users WHERE id = '%s'", ana);
+        PQclear(test_db_must(db, gone));
+        assert_db_equal("0|0", db,
+                        "SELECT (SELECT count(*) FROM agent_journal) || '|' ||"
+                        " (SELECT count(*) FROM agent_runs)");
+        PQfinish(db);
+}
+
 /* End to end: a worker started with --llm-prices prices an agent's LLM call of a model the
  * shipped list does not know from the file, and the call's cost reaches the agent run, the
  * run, the user's usage and /metrics. (Without the override the model costs 0.) */
@@ -586,6 +629,7 @@ int main(void)
             cmocka_unit_test(an_llm_calls_write_updates_the_run_row_only),
             cmocka_unit_test(usage_is_added_when_the_agent_run_stops),
             cmocka_unit_test(the_users_counters_have_one_writer),
+            cmocka_unit_test(a_journal_rows_user_is_its_agent_runs),
             cmocka_unit_test(a_bad_price_file_stops_the_worker),
             cmocka_unit_test(a_price_override_prices_a_real_call),
         };
