@@ -575,9 +575,11 @@ int agent_db_answer(struct agent_session *s, int seq, const json_t *response, js
 }
 
 /* Leaving running adds the usage of the journal rows written since the last time to the
- * agent run's totals and the user's counters (the trigger agent_runs_usage_flush, 0036). */
+ * agent run's totals and the user's counters (the trigger agent_runs_usage_flush, 0036).
+ * $2 is text in both its uses: assigned bare, it would take the column's domain
+ * (agently_agent_status, 0039) and the IN below would not match that type. */
 static const char STATUS_SQL[] =
-    "UPDATE agent_runs a SET status = $2, waiting_for = $3::jsonb,"
+    "UPDATE agent_runs a SET status = $2::text, waiting_for = $3::jsonb,"
     "  error = coalesce($4::jsonb, a.error),"
     "  finished_at = CASE WHEN $2 IN ('completed', 'failed', 'canceled') THEN now() END"
     " WHERE a.id = $1 AND EXISTS (SELECT 1 FROM workflow_runs r WHERE r.id = $5"
