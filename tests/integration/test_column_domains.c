@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "migrate.h"
 #include "testlib.h"
 #include "worker_sink.h"
 
@@ -198,34 +197,6 @@ static void every_limit_still_refuses(void **state)
         free(conninfo);
 }
 
-/* Applies migrations first..last as `agently migrate` does, each in its own transaction. */
-static void migrate_range(PGconn *c, int first, int last)
-{
-        if (first == 1)
-                PQclear(test_db_must(c, "CREATE TABLE agently_schema_migrations (version int "
-                                        "PRIMARY KEY, name text NOT NULL, checksum text NOT "
-                                        "NULL, applied_at timestamptz NOT NULL DEFAULT now())"));
-        for (size_t i = 0; i < db_migrations_count; i++) {
-                const struct db_migration *m = &db_migrations[i];
-                char version[16];
-                const char *params[3] = {version, m->name, m->sha256};
-                PGresult *res;
-
-                if (m->version < first || m->version > last)
-                        continue;
-                PQclear(test_db_must(c, "BEGIN"));
-                PQclear(test_db_must(c, m->sql));
-                snprintf(version, sizeof(version), "%d", m->version);
-                res = PQexecParams(c,
-                                   "INSERT INTO agently_schema_migrations (version, name, "
-                                   "checksum) VALUES ($1::int, $2, $3)",
-                                   3, NULL, params, NULL, NULL, 0);
-                assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
-                PQclear(res);
-                PQclear(test_db_must(c, "COMMIT"));
-        }
-}
-
 /* The hot tables' non-internal triggers, with their WHEN clauses as the catalog prints them
  * (a domain's column prints with a cast to its base type: the text is compared with the
  * casts taken out) and whether they are enabled. */
@@ -244,7 +215,7 @@ static void the_upgrade_rewrites_no_table(void **state)
         char *triggers_before, *triggers_after;
 
         (void)state;
-        migrate_range(db, 1, 38);
+        test_db_migrate_range(db, 1, 38);
         /* logs: this month's partition and the next, and the default one */
         free(test_db_value(db, "SELECT agently_ensure_log_partitions(1)"));
         one_row_each(db);
@@ -257,7 +228,7 @@ static void the_upgrade_rewrites_no_table(void **state)
         triggers_before = test_db_value(db, "%s", TRIGGERS);
         assert_non_null(triggers_before);
 
-        migrate_range(db, 39, 39);
+        test_db_migrate_range(db, 39, 39);
 
         /* every table and its toast keep their files; of the indexes, only the partial ones
          * over a column that changed type are built again */

@@ -31,33 +31,6 @@ static const char WF_SLEEP[] =
     "{\"id\":\"z\",\"type\":\"sleep\",\"duration\":\"3s\"},"
     "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":\"SINK/b\"},\"after\":[\"z\"]}]}";
 
-/* Applies migrations 1..UPGRADE_FROM as `agently migrate` of that release did. */
-static void migrate_to(PGconn *c, int last)
-{
-        PQclear(test_db_must(c, "CREATE TABLE agently_schema_migrations (version int PRIMARY KEY, "
-                                "name text NOT NULL, checksum text NOT NULL, "
-                                "applied_at timestamptz NOT NULL DEFAULT now())"));
-        for (size_t i = 0; i < db_migrations_count; i++) {
-                const struct db_migration *m = &db_migrations[i];
-                char version[16];
-                const char *params[3] = {version, m->name, m->sha256};
-                PGresult *res;
-
-                if (m->version > last)
-                        continue;
-                PQclear(test_db_must(c, "BEGIN"));
-                PQclear(test_db_must(c, m->sql));
-                snprintf(version, sizeof(version), "%d", m->version);
-                res = PQexecParams(c,
-                                   "INSERT INTO agently_schema_migrations (version, name, "
-                                   "checksum) VALUES ($1::int, $2, $3)",
-                                   3, NULL, params, NULL, NULL, 0);
-                assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
-                PQclear(res);
-                PQclear(test_db_must(c, "COMMIT"));
-        }
-}
-
 /* One run of workflow_id, claimed by the old schema's agently_claim_runs as `worker` with
  * `lease`; returns its epoch. */
 static long long old_claim(PGconn *c, const char *worker, const char *lease)
@@ -102,7 +75,7 @@ static void live_runs_continue_across_the_upgrade(void **state)
         pid_t w1, w2;
 
         (void)state;
-        migrate_to(db, UPGRADE_FROM);
+        test_db_migrate_range(db, 1, UPGRADE_FROM);
         assert_int_equal(test_db_int(db, "SELECT count(*) FROM agently_schema_migrations"),
                          UPGRADE_FROM);
         user = worker_test_user(db, "alice");

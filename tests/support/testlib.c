@@ -1,6 +1,8 @@
 /* Test support library; see testlib.h. */
 #include "testlib.h"
 
+#include "migrate.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -128,6 +130,33 @@ PGresult *test_db_must(PGconn *c, const char *sql)
                 fail();
         }
         return res;
+}
+
+void test_db_migrate_range(PGconn *c, int first, int last)
+{
+        if (first == 1)
+                PQclear(test_db_must(c, "CREATE TABLE agently_schema_migrations (version int "
+                                        "PRIMARY KEY, name text NOT NULL, checksum text NOT "
+                                        "NULL, applied_at timestamptz NOT NULL DEFAULT now())"));
+        for (size_t i = 0; i < db_migrations_count; i++) {
+                const struct db_migration *m = &db_migrations[i];
+                char version[16];
+                const char *params[3] = {version, m->name, m->sha256};
+                PGresult *res;
+
+                if (m->version < first || m->version > last)
+                        continue;
+                PQclear(test_db_must(c, "BEGIN"));
+                PQclear(test_db_must(c, m->sql));
+                snprintf(version, sizeof(version), "%d", m->version);
+                res = PQexecParams(c,
+                                   "INSERT INTO agently_schema_migrations (version, name, "
+                                   "checksum) VALUES ($1::int, $2, $3)",
+                                   3, NULL, params, NULL, NULL, 0);
+                assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+                PQclear(res);
+                PQclear(test_db_must(c, "COMMIT"));
+        }
 }
 
 void test_run_move(PGconn *c, const char *where, const char *status, const char *extra)

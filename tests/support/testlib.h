@@ -24,6 +24,11 @@ char *test_db_create(const char *prefix);
 /* A fresh EMPTY database (from template0, nothing migrated). */
 char *test_db_create_empty(const char *prefix);
 
+/* Applies the embedded migrations first..last to c as `agently migrate` of the release that
+ * ended at last did: each in its own transaction, recorded in agently_schema_migrations
+ * (created when first is 1). For upgrade tests on a test_db_create_empty database. */
+void test_db_migrate_range(PGconn *c, int first, int last);
+
 /* conninfo of the same database as another role ("agently_api", "agently_worker"). */
 char *test_db_conninfo_as(const char *owner_conninfo, const char *role);
 
