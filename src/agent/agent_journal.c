@@ -1,7 +1,7 @@
 /*
  * The statements of an agent session, on the worker loop's connection, each its own
  * transaction (never inside a loop turn's). Writes are fenced on the run's lease epoch:
- * agently_agent_write() (migrations/0027_agent_write.sql, latest 0040) writes what the session held
+ * agently_agent_write() (migrations/0027_agent_write.sql, latest 0043) writes what the session held
  * (events, the event and refusal stubs) and a call's journal row with its usage, the run's
  * totals and the events in one statement, or nothing when the lease is lost. The agent
  * run's totals and the user's counters take the journal rows' usage when the agent run
@@ -304,7 +304,7 @@ json_t *agent_events_named(const struct agent_session *s, json_t *events)
 }
 
 /*
- * Every journal write of a session is one agently_agent_write() (0027, latest 0040): the rows it
+ * Every journal write of a session is one agently_agent_write() (0027, latest 0043): the rows it
  * held since its last write first, then rows (taken; NULL: the held ones alone). Returns the seq of
  * the last new journal row (0 for none), -ESTALE when the lease was lost (nothing written). The
  * held rows are gone either way: written, or lost with the lease (a replay records them again).
@@ -411,7 +411,7 @@ static int write_wait(struct agent_session *s)
 }
 
 /*
- * Every journal write of a session is one agently_agent_write() (0027, latest 0040): the
+ * Every journal write of a session is one agently_agent_write() (0027, latest 0043): the
  * rows it held since its last write first, then rows (taken; NULL: the held ones alone).
  * Returns the seq of the last new journal row (0 for none), -ESTALE when the lease was
  * lost (nothing written).

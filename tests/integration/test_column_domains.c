@@ -6,6 +6,11 @@
  * and takes the value at it (or NULL where NULL was allowed). It holds on the schema before
  * 0039 as after: it guards the refusals, whichever object states them.
  *
+ * the_rewritten_rules_refuse_what_the_regexes_refused: the two domains whose rule was a
+ * regular expression with a bounded repeat (0043 states them as a length and a negated
+ * class) take exactly the values the expression takes, at and past each edge (on 0039 as
+ * after 0043).
+ *
  * the_upgrade_rewrites_no_table: a database migrated to 0038 with rows in every one of those
  * tables is upgraded; no table (logs' partitions included) and no index gets a new file but
  * the partial indexes that name a changed column, the single-column CHECKs left are the ones
@@ -197,6 +202,105 @@ static void every_limit_still_refuses(void **state)
         free(conninfo);
 }
 
+/* The two domains whose rule was a regular expression with a bounded repeat (0039), stated
+ * since 0043 as a length and a negated class: each must take exactly the values the
+ * regular expression takes (NULL passes), at and past every edge. */
+struct regex_rule {
+        const char *domain;
+        const char *regex;
+        const char *const *values;
+};
+
+static const char *const sha256_values[] = {"repeat('0', 64)",
+                                            "repeat('f', 64)",
+                                            "repeat('0123456789abcdef', 4)",
+                                            "NULL",
+                                            "''",
+                                            "repeat('a', 63)",
+                                            "repeat('a', 65)",
+                                            "repeat('a', 63) || 'g'",
+                                            "repeat('a', 63) || 'A'",
+                                            "repeat('a', 63) || '/'",
+                                            "repeat('a', 63) || ':'",
+                                            "repeat('a', 63) || '`'",
+                                            "repeat('a', 63) || ' '",
+                                            "repeat('a', 63) || E'\\n'",
+                                            "repeat('a', 64) || E'\\n'",
+                                            "E'\\n' || repeat('a', 64)",
+                                            "repeat('a', 63) || 'é'",
+                                            "repeat('a', 62) || 'é'",
+                                            "'A' || repeat('a', 63)",
+                                            NULL};
+
+static const char *const name_values[] = {"'a'",
+                                          "'0'",
+                                          "'z9'",
+                                          "'a.-_'",
+                                          "'a' || repeat('_', 62)",
+                                          "repeat('a', 63)",
+                                          "repeat('9', 63)",
+                                          "NULL",
+                                          "''",
+                                          "repeat('a', 64)",
+                                          "'_a'",
+                                          "'.a'",
+                                          "'-a'",
+                                          "'_' || repeat('a', 62)",
+                                          "'A'",
+                                          "'aB'",
+                                          "'a b'",
+                                          "' a'",
+                                          "E'a\\n'",
+                                          "E'\\na'",
+                                          "'é'",
+                                          "'aé'",
+                                          "'a/'",
+                                          "'a,'",
+                                          "'a:'",
+                                          "'a`'",
+                                          "'a{'",
+                                          "'a$'",
+                                          "'a^'",
+                                          "'a+'",
+                                          "'a' || repeat('b', 62) || '-'",
+                                          "'a' || repeat('b', 62) || 'c'",
+                                          NULL};
+
+static const struct regex_rule regex_rules[] = {
+    {"agently_sha256_hex", "^[0-9a-f]{64}$", sha256_values},
+    {"agently_definition_name", "^[a-z0-9][a-z0-9_.-]{0,62}$", name_values},
+};
+
+static void the_rewritten_rules_refuse_what_the_regexes_refused(void **state)
+{
+        char *conninfo = test_db_create("regexes");
+        PGconn *db = test_db_connect(conninfo);
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(regex_rules) / sizeof(regex_rules[0]); i++) {
+                const struct regex_rule *r = &regex_rules[i];
+                char *cast = NULL;
+
+                assert_int_ge(asprintf(&cast, "SELECT (%%s)::%s", r->domain), 0);
+                for (const char *const *v = r->values; *v; v++) {
+                        char *matches =
+                            test_db_value(db, "SELECT coalesce((%s) ~ '%s', true)", *v, r->regex);
+                        char *got = try_value(db, cast, *v);
+
+                        assert_non_null(matches);
+                        if (strcmp(got, strcmp(matches, "t") == 0 ? "" : "23514") != 0)
+                                fail_msg("%s: %s %s '%s' but the domain gives '%s'", r->domain, *v,
+                                         strcmp(matches, "t") == 0 ? "matches" : "does not match",
+                                         r->regex, got);
+                        free(matches);
+                        free(got);
+                }
+                free(cast);
+        }
+        PQfinish(db);
+        free(conninfo);
+}
+
 /* The hot tables' non-internal triggers, with their WHEN clauses as the catalog prints them
  * (a domain's column prints with a cast to its base type: the text is compared with the
  * casts taken out) and whether they are enabled. */
@@ -295,6 +399,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(every_limit_still_refuses),
+            cmocka_unit_test(the_rewritten_rules_refuse_what_the_regexes_refused),
             cmocka_unit_test(the_upgrade_rewrites_no_table),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
