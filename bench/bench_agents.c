@@ -413,12 +413,13 @@ static void breakdown(struct llm_bench_server *s, const char *log)
         enum { PHASES = 7 };
         static const char *const names[PHASES] = {
             "executor's turn (answer -> its next llm request read; the event and the refused "
-            "call between, and the rest of the commit it waits for)",
+            "call between, answered while the answer's commit is in flight)",
             "request -> call started",
-            "call started -> request at the server",
+            "call started -> request at the server (its last byte held until the previous "
+            "answer's commit)",
             "at the server -> answer in the worker",
             "journal row made",
-            "journal write (one commit; the executor has the answer meanwhile)",
+            "journal write (one commit; the executor has the answer and goes on meanwhile)",
             "write sent -> answer handed over"};
         int64_t *v[PHASES];
         int n = 0, k = 0;

@@ -195,6 +195,8 @@ static const char REQUEST_SQL[] =
 
 void agent_approval_request(struct agent_session *s, const char *hash, json_t *body)
 {
+        /* the conversation the reviewer is shown includes the answer still being written */
+        agent_db_settle(s);
         _cleanup_json_ json_t *owned = body;
         const char *name = json_string_value(json_object_get(body, "name"));
         const char *effect = agent_tool_effect(name, json_object_get(body, "arguments"));

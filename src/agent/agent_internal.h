@@ -139,6 +139,20 @@ struct agent_session {
         int64_t held_due_ms;                   /* ... when it fires */
         bool ended;
         char *workspace; /* shell/run_code: the agent run's workspace once one was made */
+
+        /*
+         * An answered LLM call's journal write in flight (agent_db_record_defer; README.md,
+         * "Answered while the commit is in flight"). Until its commit is confirmed an llm
+         * request goes out held (all but its body's last byte) and nothing else leaves: a
+         * statement settles it first (src/db), an effect waits (agent_effect_barrier).
+         */
+        struct {
+                bool pending;
+                int failed;       /* settled with this error (< 0): the session fails */
+                json_t *request;  /* the call's request and answer, remembered once written */
+                json_t *response; /* (remember_messages needs the row's seq) */
+                int64_t trace[6]; /* traced: agent_session.c, trace_llm */
+        } write;
 };
 
 struct agent_host {
@@ -155,6 +169,8 @@ struct agent_host {
         struct runtime_http_timer *quiet_timer; /* when the next executor may be stopped */
         bool trace; /* AGENTLY_TRACE_TURNS=1: a "trace agent_llm" line per live llm call */
         int64_t quiet_at;
+        bool db_watched; /* the loop connection's socket is in epfd (a write in flight) */
+        bool any_failed; /* a session's write in flight failed: agent_host_poll fails it */
 };
 
 /* Names the agent run in every event's data (data.agent_run_id): sub-agents share their
@@ -179,14 +195,24 @@ int agent_db_load_api_key(struct agent_session *s, const char *secret, char **er
 int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,
                     const json_t *response, const char *hash, const struct llm_usage *usage,
                     double cost, int llm_calls, int tool_calls, json_t *events);
-/* agent_db_record in two halves (externally synchronous: the answer may go to the
- * executor in between, src/agent/README.md "The journal and the executor"): _send sends the
- * statement (0 or a negative errno), _wait waits for its commit and returns what
- * agent_db_record returns. Nothing else may use the loop's connection in between. */
-int agent_db_record_send(struct agent_session *s, const char *kind, const json_t *request,
-                         const json_t *response, const char *hash, const struct llm_usage *usage,
-                         double cost, int llm_calls, int tool_calls, json_t *events);
-int agent_db_record_wait(struct agent_session *s);
+/* agent_db_record left in flight (externally synchronous: README.md, "Answered while the
+ * commit is in flight"): sends the statement (0 or a negative errno) and returns; when its
+ * result is read, agent_session_written(s, what agent_db_record returns) is called, from
+ * wherever it was settled. */
+int agent_db_record_defer(struct agent_session *s, const char *kind, const json_t *request,
+                          const json_t *response, const char *hash, const struct llm_usage *usage,
+                          double cost, int llm_calls, int tool_calls, json_t *events);
+/* The loop connection's socket in the host's epoll set while a write is in flight. */
+void agent_host_watch_db(struct agent_host *h);
+void agent_host_unwatch_db(struct agent_host *h);
+/* The session's write in flight, if any, waited for and settled. */
+void agent_db_settle(struct agent_session *s);
+/* agent_session.c: the write in flight settled (seq >= 0, or a negative errno). Called from
+ * inside whatever statement settled it: takes note only, uses no connection. */
+void agent_session_written(struct agent_session *s, int r);
+/* Before an effect leaves (a tool's request, a sandbox): the session's write in flight
+ * confirmed; < 0 when it failed (nothing may leave; the session fails). */
+int agent_effect_barrier(struct agent_session *s);
 json_t *agent_db_row(const char *kind, const json_t *request, const json_t *response,
                      const char *hash, const struct llm_usage *usage, double cost, int llm_calls,
                      int tool_calls, json_t *events);
@@ -269,6 +295,8 @@ void agent_tool_finished(struct agent_pending *p, json_t *output, json_t *error)
 
 /* ---- agent_llm.c: the calls through src/llm's client ---- */
 int agent_llm_start(struct agent_session *s, struct agent_pending *p, char **error);
+/* A call started while the session's write was in flight: the rest of its request may go. */
+void agent_llm_release(struct agent_pending *p);
 void agent_llm_abort(struct agent_pending *p);
 /* agent_session.c: a call ended (takes result and error; p is the session's pending). */
 void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *error,

@@ -357,12 +357,18 @@ static int fold_stubs(json_t *held, json_t *rows)
 /* Sends the write of the held rows and rows (taken; NULL: the held ones alone); its result
  * is write_wait's. The held rows are gone either way: written, or lost with the lease or
  * the connection (a replay records them again). */
-static int write_send(struct agent_session *s, json_t *rows)
+static void written(void *arg, PGresult *res, int error);
+
+/* Sends the write (left in flight when defer); the write before it settled first, so its
+ * outcome is in the session before this one's rows and usage mark are made. */
+static int write_send(struct agent_session *s, json_t *rows, bool defer)
 {
         char epoch[24], attempt[16];
-        json_t *all = s->held ? s->held : json_array();
+        json_t *all;
         _cleanup_free_ char *text = NULL;
 
+        agent_db_settle(s);
+        all = s->held ? s->held : json_array();
         s->held = NULL;
         agent_db_hold_cancel(s);
         if (!all || (rows && (fold_stubs(all, rows) < 0 || json_array_extend(all, rows) < 0))) {
@@ -386,15 +392,21 @@ static int write_send(struct agent_session *s, json_t *rows)
                                 s->node_id, attempt, text};
         snprintf(epoch, sizeof(epoch), "%lld", (long long)s->epoch);
         snprintf(attempt, sizeof(attempt), "%d", s->attempt);
-        return db_query_send(s->host->cfg.db, WRITE_SQL, 6, params);
+        if (!defer)
+                return db_query_send(s->host->cfg.db, WRITE_SQL, 6, params);
+        int r = db_query_defer(s->host->cfg.db, WRITE_SQL, 6, params, written, s);
+        if (r < 0)
+                return r;
+        s->write.pending = true;
+        agent_host_watch_db(s->host);
+        return 0;
 }
 
-/* The sent write's result, once committed: the seq of the last new journal row (0 for
- * none), -ESTALE when the lease was lost (nothing written). */
-static int write_wait(struct agent_session *s)
+/* A write's result, once committed: the seq of the last new journal row (0 for none),
+ * -ESTALE when the lease was lost (nothing written). Takes res. */
+static int write_result(struct agent_session *s, PGresult *res_, int r)
 {
-        int r = 0;
-        _cleanup_pgresult_ PGresult *res = db_query_result(s->host->cfg.db, &r);
+        _cleanup_pgresult_ PGresult *res = res_;
 
         if (!res)
                 return r < 0 ? r : -EIO;
@@ -410,6 +422,29 @@ static int write_wait(struct agent_session *s)
         return seq;
 }
 
+static int write_wait(struct agent_session *s)
+{
+        int r = 0;
+        PGresult *res = db_query_result(s->host->cfg.db, &r);
+
+        return write_result(s, res, r);
+}
+
+static void written(void *arg, PGresult *res, int error)
+{
+        struct agent_session *s = arg;
+
+        s->write.pending = false;
+        agent_host_unwatch_db(s->host);
+        agent_session_written(s, write_result(s, res, error));
+}
+
+void agent_db_settle(struct agent_session *s)
+{
+        if (s->write.pending)
+                db_settle(s->host->cfg.db);
+}
+
 /*
  * Every journal write of a session is one agently_agent_write() (0027, latest 0043): the
  * rows it held since its last write first, then rows (taken; NULL: the held ones alone).
@@ -418,7 +453,7 @@ static int write_wait(struct agent_session *s)
  */
 static int write_rows(struct agent_session *s, json_t *rows)
 {
-        int r = write_send(s, rows);
+        int r = write_send(s, rows, false);
 
         return r < 0 ? r : write_wait(s);
 }
@@ -533,9 +568,9 @@ int agent_db_write(struct agent_session *s, json_t *row)
         return write_rows(s, json_pack("[o]", row));
 }
 
-int agent_db_record_send(struct agent_session *s, const char *kind, const json_t *request,
-                         const json_t *response, const char *hash, const struct llm_usage *usage,
-                         double cost, int llm_calls, int tool_calls, json_t *events)
+int agent_db_record_defer(struct agent_session *s, const char *kind, const json_t *request,
+                          const json_t *response, const char *hash, const struct llm_usage *usage,
+                          double cost, int llm_calls, int tool_calls, json_t *events)
 {
         json_t *row =
             agent_db_row(kind, request, response, hash, usage, cost, llm_calls, tool_calls, events);
@@ -543,12 +578,7 @@ int agent_db_record_send(struct agent_session *s, const char *kind, const json_t
         if (!row)
                 return -ENOMEM;
         agent_events_named(s, json_object_get(row, "events"));
-        return write_send(s, json_pack("[o]", row));
-}
-
-int agent_db_record_wait(struct agent_session *s)
-{
-        return write_wait(s);
+        return write_send(s, json_pack("[o]", row), true);
 }
 
 int agent_db_record(struct agent_session *s, const char *kind, const json_t *request,

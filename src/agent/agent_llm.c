@@ -83,8 +83,15 @@ int agent_llm_start(struct agent_session *s, struct agent_pending *p, char **err
             .on_text = on_text,
             .on_done = on_done,
             .userdata = p,
+            /* the previous answer's commit still in flight: its end follows it */
+            .hold = s->write.pending,
         };
         return llm_call_start(s->host->cfg.http, &params, &p->call, error);
+}
+
+void agent_llm_release(struct agent_pending *p)
+{
+        llm_call_release(p->call);
 }
 
 void agent_llm_abort(struct agent_pending *p)

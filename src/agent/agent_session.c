@@ -217,6 +217,9 @@ static void session_free(struct agent_host *h, struct agent_session *s)
 {
         if (!s)
                 return;
+        agent_db_settle(s); /* its callback names s */
+        json_decref(s->write.request);
+        json_decref(s->write.response);
         while (s->pending) {
                 struct agent_pending *p = s->pending;
                 s->pending = p->next;
@@ -1076,6 +1079,12 @@ static void handle_line(struct agent_session *s, const char *line, size_t len)
                 session_fail(s, "executor", "the executor sent a request without id or type");
                 return;
         }
+        /* while the last answer's write is in flight, only what leaves nothing before its
+         * commit acts at once: an event, a tool call (refused, or its effect behind
+         * agent_effect_barrier), an llm request (held); the rest waits for the commit */
+        if (s->write.pending && strcmp(type, "event") && strcmp(type, "tool") &&
+            strcmp(type, "llm"))
+                agent_db_settle(s);
         if (!strcmp(type, "event"))
                 event_request(s, id, m);
         else if (!strcmp(type, "llm") || !strcmp(type, "tool") || !strcmp(type, "ask_human") ||
@@ -1093,48 +1102,49 @@ static void handle_line(struct agent_session *s, const char *line, size_t len)
 /* ---- HTTP completions ---- */
 
 /*
- * AGENTLY_TRACE_TURNS=1 (bench/bench_agents.c reads it): where a live LLM call's cycle goes —
- * exec: the previous answer handed to the executor -> this request read (the executor's
- * turn, the requests in between, and what is left of the previous write's commit: its
- * requests are read only once that is confirmed); start: read -> the call started; call:
- * started -> the answer in (worker -> server -> worker); prep: its journal row made; write:
- * its journal write sent -> its commit confirmed (the executor has the answer meanwhile);
- * answer: the write sent -> the answer handed to the executor. started_at: the call's start
- * on CLOCK_MONOTONIC (the bench's server stamps arrivals on the same clock).
+ * AGENTLY_TRACE_TURNS=1 (bench/bench_agents.c reads it): where a live LLM call's cycle goes,
+ * one line when its write is confirmed — exec: the previous answer handed to the executor ->
+ * this request read (the executor's turn and the requests in between); start: read -> the
+ * call started (held while the previous write is in flight); call: started -> the answer
+ * in (worker -> server -> worker, the wait for the previous commit included); prep: its
+ * journal row made; write: its journal write sent -> its commit confirmed (the executor has
+ * the answer meanwhile); answer: the write sent -> the answer handed to the executor.
+ * started_at: the call's start on CLOCK_MONOTONIC (the bench's server stamps arrivals on the
+ * same clock). t: exec, started, done, write sent, answered (us).
  */
-static void trace_llm(struct agent_session *s, const struct agent_pending *p, int64_t done_us,
-                      int64_t write_us, int64_t answered_us, int64_t written_us)
+static void trace_llm(const int64_t t[6], int64_t written_us)
 {
         fprintf(stderr,
                 "trace agent_llm exec_us=%lld start_us=%lld call_us=%lld prep_us=%lld "
                 "write_us=%lld answer_us=%lld started_at_us=%lld\n",
-                (long long)(s->trace_answered_us ? p->trace_read_us - s->trace_answered_us : -1),
-                (long long)(p->trace_started_us - p->trace_read_us),
-                (long long)(done_us - p->trace_started_us), (long long)(write_us - done_us),
-                (long long)(written_us - write_us), (long long)(answered_us - write_us),
-                (long long)p->trace_started_us);
-        s->trace_answered_us = answered_us;
+                (long long)t[0], (long long)(t[1] - t[5]), (long long)(t[2] - t[1]),
+                (long long)(t[3] - t[2]), (long long)(written_us - t[3]), (long long)(t[4] - t[3]),
+                (long long)t[1]);
 }
 
 /*
  * An answered LLM call: its journal row written, the answer to the executor. Externally
  * synchronous (src/agent/README.md, "Answered while the commit is in flight"): the
- * statement is sent, the answer handed over, and only then is the commit waited for, so the
- * executor's turn runs while it commits. Nothing the executor says is read before the commit
- * is confirmed (the loop reads its pipes only after this returns), and it has no other way
- * out — no network, no database, no file that outlives it; a write that fails ends the
- * session and kills it unread, and a worker killed meanwhile takes it along
- * (PR_SET_PDEATHSIG): its next request is acted on only once the answer is durable.
+ * statement is sent and left in flight, the answer handed over, and the loop goes on. What
+ * the executor says meanwhile is read and acted on only where nothing leaves: an event or a
+ * refused call is held for the next write and answered; an llm request goes out but for the
+ * last byte of its body, which follows once the commit is confirmed (agent_session_written);
+ * a statement settles the write first (src/db), and any other effect waits for it
+ * (agent_effect_barrier). A write that fails fails the session, which kills the executor;
+ * a worker killed meanwhile takes it along (PR_SET_PDEATHSIG).
  */
 static void llm_done(struct agent_session *s, struct agent_pending *p, struct llm_result *res,
                      const json_t *error, int64_t took)
 {
-        int64_t done_us = s->host->trace ? agent_now_us() : 0, write_us = 0, answered_us = 0,
-                written_us = 0;
+        int64_t done_us = s->host->trace ? agent_now_us() : 0, write_us = 0;
         _cleanup_json_ json_t *result = NULL, *stored = NULL, *events = NULL;
         const char *model = json_string_value(json_object_get(s->agent, "model"));
         int r;
 
+        /* the previous call's row is remembered first: this one's stored delta names it */
+        agent_db_settle(s);
+        if (s->write.failed)
+                return;
         if (!res) {
                 const char *klass = json_string_value(json_object_get(error, "class"));
                 const char *m = json_string_value(json_object_get(error, "message"));
@@ -1162,33 +1172,82 @@ static void llm_done(struct agent_session *s, struct agent_pending *p, struct ll
                 session_fail(s, "error", "out of memory");
                 return;
         }
-        _cleanup_json_ json_t *clean_result = agent_redact(s, result);
+        json_t *clean_result = agent_redact(s, result);
         _cleanup_json_ json_t *clean_stored = agent_redact(s, stored);
         struct llm_usage usage = res->usage;
         if (done_us)
                 write_us = agent_now_us();
-        r = agent_db_record_send(s, "llm", clean_stored, clean_result, p->hash, &usage, cost.usd, 1,
-                                 0, TAKE_PTR(events));
-        if (r >= 0) {
-                answer_ok(s, p->id, clean_result);
-                if (done_us)
-                        answered_us = agent_now_us();
-                r = agent_db_record_wait(s);
-        }
-        if (done_us)
-                written_us = agent_now_us();
-        if (r < 0) { /* kills the executor: nothing it said after the answer is read */
+        r = clean_result ? agent_db_record_defer(s, "llm", clean_stored, clean_result, p->hash,
+                                                 &usage, cost.usd, 1, 0, TAKE_PTR(events))
+                         : -ENOMEM;
+        if (r < 0) { /* kills the executor: it has not had the answer */
+                json_decref(clean_result);
                 session_fail(s, "error", "could not journal an llm call: %s", db_why(r));
                 return;
         }
+        answer_ok(s, p->id, clean_result);
+        /* counted now: the budgets of a request read before the commit see this call */
         s->tokens_in += usage.input_tokens;
         s->tokens_out += usage.output_tokens;
         s->cost_usd += cost.usd;
         s->last_call_cost = cost.usd;
         s->llm_calls++;
-        remember_messages(s, p->request, r, clean_result);
-        if (done_us)
-                trace_llm(s, p, done_us, write_us, answered_us, written_us);
+        json_decref(s->write.request);
+        json_decref(s->write.response);
+        s->write.request = json_incref(p->request);
+        s->write.response = clean_result;
+        if (done_us) {
+                int64_t *t = s->write.trace;
+                t[0] = s->trace_answered_us ? p->trace_read_us - s->trace_answered_us : -1;
+                t[1] = p->trace_started_us;
+                t[2] = done_us;
+                t[3] = write_us;
+                t[4] = s->trace_answered_us = agent_now_us(); /* the answer handed over */
+                t[5] = p->trace_read_us;
+        }
+}
+
+void agent_session_written(struct agent_session *s, int r)
+{
+        if (r < 0) {
+                s->write.failed = r;
+                s->host->any_failed = true;
+                return;
+        }
+        remember_messages(s, s->write.request, r, s->write.response);
+        json_decref(s->write.request);
+        json_decref(s->write.response);
+        s->write.request = s->write.response = NULL;
+        /* the requests read meanwhile may reach their server now */
+        for (struct agent_pending *p = s->pending; p; p = p->next)
+                if (p->call)
+                        agent_llm_release(p);
+        if (s->write.trace[2]) {
+                trace_llm(s->write.trace, agent_now_us());
+                s->write.trace[2] = 0;
+        }
+}
+
+int agent_effect_barrier(struct agent_session *s)
+{
+        agent_db_settle(s);
+        return s->write.failed;
+}
+
+/* The writes that failed while in flight end their sessions (not where they were settled:
+ * that may be inside another statement). */
+static void fail_unwritten(struct agent_host *h)
+{
+        if (!h->any_failed)
+                return;
+        h->any_failed = false;
+        for (struct agent_session *s = h->sessions; s; s = s->next)
+                if (s->write.failed) {
+                        int r = s->write.failed;
+                        session_fail(s, "error", "could not journal an llm call: %s", db_why(r));
+                        fail_unwritten(h); /* the list changed */
+                        return;
+                }
 }
 
 void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *error,
@@ -1350,14 +1409,42 @@ static void read_stderr(struct agent_session *s)
         }
 }
 
+/* The epoll event of the loop connection's socket (no session's: serials are far smaller) */
+#define AGENT_EV_DB UINT64_MAX
+
+void agent_host_watch_db(struct agent_host *h)
+{
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = AGENT_EV_DB};
+        int fd = PQsocket(h->cfg.db);
+
+        /* without it the write is still settled: by the next statement, or the next poll */
+        if (!h->db_watched && fd >= 0 && epoll_ctl(h->epfd, EPOLL_CTL_ADD, fd, &ev) == 0)
+                h->db_watched = true;
+}
+
+void agent_host_unwatch_db(struct agent_host *h)
+{
+        int fd = PQsocket(h->cfg.db);
+
+        if (h->db_watched && fd >= 0)
+                epoll_ctl(h->epfd, EPOLL_CTL_DEL, fd, NULL);
+        h->db_watched = false;
+}
+
 void agent_host_poll(struct agent_host *h)
 {
         struct epoll_event evs[64];
         int n;
 
+        /* a write in flight whose result came (or was read by another statement's wait) */
+        db_poll_deferred(h->cfg.db);
         do {
                 n = epoll_wait(h->epfd, evs, (int)ELEMENTSOF(evs), 0);
                 for (int i = 0; i < n; i++) {
+                        if (evs[i].data.u64 == AGENT_EV_DB) {
+                                db_poll_deferred(h->cfg.db);
+                                continue;
+                        }
                         /* an earlier event of this round may have ended the session: it is
                          * found by its serial, never through a pointer it owned */
                         uint64_t serial = evs[i].data.u64 >> 2;
@@ -1379,6 +1466,7 @@ void agent_host_poll(struct agent_host *h)
                                 flush_to_executor(s);
                 }
         } while (n == (int)ELEMENTSOF(evs));
+        fail_unwritten(h);
         host_quiet(h);
 }
 

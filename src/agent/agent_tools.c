@@ -272,6 +272,8 @@ int agent_tool_start(struct agent_session *s, struct agent_pending *p, json_t **
                 json_object_set(req, "headers", json_object_get(args, "headers"));
         if (json_object_get(args, "body"))
                 json_object_set(req, "body", json_object_get(args, "body"));
+        if ((r = agent_effect_barrier(s)) < 0)
+                return r;
         r = runtime_http_start(s->host->cfg.http, req, key, AGENT_TOOL_TIMEOUT_MS, false, p,
                                &p->transfer, &err);
         if (r == -EINVAL)

@@ -379,7 +379,9 @@ int agent_sandbox_tool_start(struct agent_session *s, struct agent_pending *p, j
                                          .limits = sandbox_limits_default(),
                                          .workspace_bytes = AGENT_WORKSPACE_BYTES};
         call.limits.output_bytes = AGENT_TOOL_OUTPUT_MAX;
-        r = sandbox_tool_start(t, &call, name, sargs, &p->job, &err);
+        r = agent_effect_barrier(s);
+        if (r >= 0)
+                r = sandbox_tool_start(t, &call, name, sargs, &p->job, &err);
         envp_free(envp);
         if (r == -EINVAL)
                 return refuse(refusal, "invalid_request", err);

@@ -21,6 +21,13 @@ static __thread char last_detail[512];
 static __thread char last_hint[256];
 static __thread bool last_raised;
 
+/* The statement this thread left in flight (db_query_defer), if any. */
+static __thread struct {
+        PGconn *conn;
+        void (*done)(void *arg, PGresult *res, int error);
+        void *arg;
+} deferred;
+
 static void set_error(const char *sqlstate, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void set_error(const char *sqlstate, const char *fmt, ...)
@@ -312,6 +319,7 @@ int db_result_error(PGconn *c, const PGresult *res)
 
 int db_exec(PGconn *c, const char *sql)
 {
+        db_settle(c);
         _cleanup_pgresult_ PGresult *res = PQexec(c, sql);
         ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 
@@ -340,12 +348,14 @@ static PGresult *result_or_error(PGconn *c, PGresult *res, int *error)
 
 PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params, int *error)
 {
+        db_settle(c);
         return result_or_error(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0),
                                error);
 }
 
 int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *params)
 {
+        db_settle(c);
         /* PQflush: all of it leaves now (a blocking connection waits until it has) */
         if (!PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0) || PQflush(c) != 0)
                 return db_result_error(c, NULL);
@@ -360,6 +370,52 @@ PGresult *db_query_result(PGconn *c, int *error)
         while ((more = PQgetResult(c)))
                 PQclear(more);
         return result_or_error(c, res, error);
+}
+
+int db_query_defer(PGconn *c, const char *sql, int nparams, const char *const *params,
+                   void (*done)(void *arg, PGresult *res, int error), void *arg)
+{
+        int r = db_query_send(c, sql, nparams, params); /* settles the one before */
+
+        if (r < 0)
+                return r;
+        deferred.conn = c;
+        deferred.done = done;
+        deferred.arg = arg;
+        return 0;
+}
+
+bool db_deferred(const PGconn *c)
+{
+        return c && deferred.conn == c;
+}
+
+static void wait_result(PGconn *c);
+
+void db_settle(PGconn *c)
+{
+        void (*done)(void *, PGresult *, int) = deferred.done;
+        void *arg = deferred.arg;
+        int r = 0;
+
+        if (!c || deferred.conn != c)
+                return;
+        wait_result(c);
+        PGresult *res = db_query_result(c, &r);
+        /* emptied first: done may leave another statement in flight */
+        deferred.conn = NULL;
+        deferred.done = NULL;
+        deferred.arg = NULL;
+        done(arg, res, res ? 0 : r < 0 ? r : -EIO);
+}
+
+void db_poll_deferred(PGconn *c)
+{
+        if (!db_deferred(c))
+                return;
+        /* a connection that failed has its error to give at once */
+        if (!PQconsumeInput(c) || !PQisBusy(c))
+                db_settle(c);
 }
 
 void db_set_wait_hook(void (*wait)(void *arg, int fd), void *arg)
@@ -460,6 +516,7 @@ static PGresult *query_between(PGconn *c, const char *before, const char *sql, i
         }
         if (index < 0 && !before && !after)
                 return db_query(c, sql, nparams, params, error);
+        db_settle(c);
         if (!PQenterPipelineMode(c)) {
                 r = db_result_error(c, NULL);
                 goto out;
@@ -568,6 +625,7 @@ void db_rollback(PGconn *c)
 {
         PGresult *res;
 
+        db_settle(c);
         if (PQtransactionStatus(c) == PQTRANS_IDLE)
                 return;
         res = PQexec(c, "ROLLBACK");

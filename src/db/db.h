@@ -131,6 +131,28 @@ int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *pa
 PGresult *db_query_result(PGconn *c, int *error);
 
 /*
+ * A statement left in flight, for a caller with other work to do until its result (src/agent:
+ * an LLM call's journal write while the next request is read). db_query_defer sends it as
+ * db_query_send does and returns; its result goes to done(arg, res, error) — res as
+ * db_query_result gives it (done owns it), or NULL and a negative errno — once it is read:
+ * by db_settle(c), which every statement of this module on c sends first (so nothing is
+ * ever sent behind it unread, nor before it), or by db_poll_deferred once the socket is
+ * readable. One per thread at a time: another one settles it first. done runs inside
+ * whatever call settles it, so it must not use c; it may only take note. Settle before
+ * PQreset or PQfinish.
+ */
+int db_query_defer(PGconn *c, const char *sql, int nparams, const char *const *params,
+                   void (*done)(void *arg, PGresult *res, int error), void *arg);
+/* Whether c has a statement of db_query_defer in flight. */
+bool db_deferred(const PGconn *c);
+/* Waits for c's statement in flight (the wait hook's way) and hands its result over; nothing
+ * when there is none. */
+void db_settle(PGconn *c);
+/* Reads what arrived on c and settles its statement in flight once its result is whole;
+ * never blocks. */
+void db_poll_deferred(PGconn *c);
+
+/*
  * This thread's wait hook (NULL: none): while db_query_between waits for the server, it
  * calls wait(arg, fd) with the connection's socket instead of blocking, again until a
  * result is there. wait returns when fd is readable or sooner (it may do other work of the

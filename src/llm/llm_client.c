@@ -39,6 +39,7 @@ struct llm_call {
         struct buf pending; /* streamed text not handed out yet */
         int64_t last_text_ms;
 
+        bool held;    /* its request's end waits for llm_call_release */
         int busy;     /* inside on_text / on_retry */
         bool aborted; /* llm_call_abort while busy */
 
@@ -78,6 +79,14 @@ static void call_free(struct llm_call *c)
         llm_headers_free(c->headers);
         json_decref(c->http_req);
         free(c);
+}
+
+void llm_call_release(struct llm_call *c)
+{
+        if (!c || !c->held)
+                return;
+        c->held = false;
+        runtime_http_release(c->h, c->transfer); /* none while it waits to retry */
 }
 
 void llm_call_abort(struct llm_call *c)
@@ -409,6 +418,7 @@ static int attempt_start(struct llm_call *c, char **error)
             .extra_headers = (const char *const *)c->headers,
             .on_body = on_body,
             .on_done = on_transfer_done,
+            .hold_body_end = c->held,
         };
         int r;
 
@@ -467,6 +477,7 @@ int llm_call_start(struct runtime_http *h, const struct llm_call_params *p, stru
                 return -ENOMEM;
         }
         c->h = h;
+        c->held = p->hold;
         c->provider = p->provider;
         c->stream = json_is_true(json_object_get(p->request, "stream"));
         buf_init(&c->body, LLM_MAX_RESPONSE_BYTES);

@@ -79,6 +79,13 @@ struct llm_call_params {
         void (*on_done)(void *userdata, struct llm_result *result, json_t *error,
                         const struct llm_call_info *info);
         void *userdata;
+        /*
+         * The request goes out but for the last byte of its body until llm_call_release
+         * (runtime_http's hold_body_end): the caller overlaps the request's way to the
+         * server with what must happen before the server may act on it (src/agent: the
+         * commit of the previous answer). Retries before the release are held the same way.
+         */
+        bool hold;
 };
 
 /*
@@ -89,6 +96,10 @@ struct llm_call_params {
  */
 int llm_call_start(struct runtime_http *h, const struct llm_call_params *p, struct llm_call **out,
                    char **error);
+
+/* Lets a call started with hold send the rest of its request; accepts NULL and a call not
+ * held. */
+void llm_call_release(struct llm_call *c);
 
 /* Stops a call that has not ended (its transfer or its wait) and frees it; on_done is never
  * called. Accepts NULL. */

@@ -30,6 +30,9 @@ struct runtime_http_transfer {
         CURL *easy;
         struct curl_slist *headers;
         char *body;
+        size_t body_len, body_sent; /* a held body (read_body): its size and what went out */
+        bool held;                  /* its last byte waits for runtime_http_release */
+        bool paused;                /* read_body paused the upload for it */
         struct buf response;
         bool too_large;
         bool refused_body;   /* on_body asked to stop */
@@ -193,6 +196,53 @@ void runtime_http_free(struct runtime_http *h)
 }
 
 static bool status_expected(const json_t *expect, long status);
+
+/*
+ * A held body goes out through here: all of it but its last byte, then the upload pauses
+ * until runtime_http_release. The server cannot act on a request it has not wholly read
+ * (its Content-Length is sent), and a transfer aborted meanwhile leaves it a request cut
+ * short, which it discards.
+ */
+static size_t read_body(char *to, size_t size, size_t n, void *userdata)
+{
+        struct runtime_http_transfer *t = userdata;
+        size_t left = t->body_len - t->body_sent, want = size * n;
+
+        if (t->held && left <= 1) {
+                t->paused = true;
+                return CURL_READFUNC_PAUSE;
+        }
+        if (t->held)
+                left--;
+        if (want > left)
+                want = left;
+        memcpy(to, t->body + t->body_sent, want);
+        t->body_sent += want;
+        return want;
+}
+
+/* libcurl sends the body again when a reused connection turned out closed */
+static int seek_body(void *userdata, curl_off_t offset, int origin)
+{
+        struct runtime_http_transfer *t = userdata;
+
+        if (origin != SEEK_SET || offset < 0 || (size_t)offset > t->body_len)
+                return CURL_SEEKFUNC_CANTSEEK;
+        t->body_sent = (size_t)offset;
+        return CURL_SEEKFUNC_OK;
+}
+
+void runtime_http_release(struct runtime_http *h, struct runtime_http_transfer *t)
+{
+        (void)h;
+        if (!t || !t->held)
+                return;
+        t->held = false;
+        if (t->paused) {
+                t->paused = false;
+                curl_easy_pause(t->easy, CURLPAUSE_CONT);
+        }
+}
 
 static size_t on_body(char *data, size_t size, size_t n, void *userdata)
 {
@@ -384,7 +434,17 @@ int runtime_http_start_ex(struct runtime_http *h, const json_t *request,
         if (strcmp(method, "HEAD") == 0)
                 curl_easy_setopt(t->easy, CURLOPT_NOBODY, 1L);
         curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
-        if (t->body) {
+        if (t->body && o->hold_body_end && t->body[0]) {
+                t->held = true;
+                t->body_len = strlen(t->body);
+                curl_easy_setopt(t->easy, CURLOPT_UPLOAD, 0L);
+                curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
+                curl_easy_setopt(t->easy, CURLOPT_READFUNCTION, read_body);
+                curl_easy_setopt(t->easy, CURLOPT_READDATA, t);
+                curl_easy_setopt(t->easy, CURLOPT_SEEKFUNCTION, seek_body);
+                curl_easy_setopt(t->easy, CURLOPT_SEEKDATA, t);
+                curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->body_len);
+        } else if (t->body) {
                 curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
                 curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(t->body));
         }

@@ -71,12 +71,25 @@ struct runtime_http_options {
          * transfer is freed before the call.
          */
         void (*on_done)(void *userdata, json_t *output, json_t *error);
+        /*
+         * The request's body goes out but for its last byte, which waits for
+         * runtime_http_release: the connection, the headers and the rest of the body are on
+         * their way while the caller makes sure the request may leave (src/agent: the
+         * previous answer's commit), and the server can act on nothing meanwhile — it has
+         * not read the whole body its Content-Length announced. Aborted before the release,
+         * the server sees a request cut short. Ignored without a body.
+         */
+        bool hold_body_end;
 };
 
 /* runtime_http_start with the options above (o may be NULL: the defaults). */
 int runtime_http_start_ex(struct runtime_http *h, const json_t *request,
                           const char *idempotency_key, const struct runtime_http_options *o,
                           void *userdata, struct runtime_http_transfer **out, char **error);
+
+/* Lets a transfer started with hold_body_end send its body's last byte; nothing when it was
+ * not held or is released already. */
+void runtime_http_release(struct runtime_http *h, struct runtime_http_transfer *t);
 
 /* Stops a transfer in flight and frees it; its completion is never reported. */
 void runtime_http_abort(struct runtime_http *h, struct runtime_http_transfer *t);

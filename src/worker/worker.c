@@ -272,6 +272,7 @@ static void run_abandon(struct worker *w, struct run *r, int err, const char *wh
 
 static void db_recover(struct worker *w)
 {
+        db_settle(w->db); /* an agent's write in flight hears its outcome first */
         if (PQstatus(w->db) != CONNECTION_OK)
                 PQreset(w->db);
         else if (PQtransactionStatus(w->db) != PQTRANS_IDLE)

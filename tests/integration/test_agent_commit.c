@@ -108,6 +108,67 @@ static long long waiting_write(void)
                                  "   AND query LIKE 'SELECT agently_agent_write(%%'");
 }
 
+/*
+ * Holds the journal write of the run's first LLM call (worker w, its call at the server):
+ * locks the agent run's row, waits for the write to wait for the lock and for the executor
+ * to have read the answer meanwhile. Returns the write's backend; *lock holds the lock.
+ */
+static long long hold_the_write(const char *run, pid_t w, PGconn **lock)
+{
+        pid_t exec = executor_of(w);
+        assert_int_gt(exec, 0);
+        long long read_before = bytes_read(exec);
+        *lock = PQconnectdb(S.conninfo);
+        assert_int_equal(PQstatus(*lock), CONNECTION_OK);
+        PQclear(PQexec(*lock, "BEGIN"));
+        _cleanup_free_ char *sql =
+            str_printf("SELECT 1 FROM agent_runs WHERE workflow_run_id = '%s' FOR UPDATE", run);
+        _cleanup_pgresult_ PGresult *locked = PQexec(*lock, sql);
+        assert_int_equal(PQntuples(locked), 1);
+        long long backend = 0;
+        int64_t end = test_now_ms() + 30000;
+        while (!(backend = waiting_write()) && test_now_ms() < end)
+                usleep(20000);
+        if (!backend) {
+                test_stop_process(w, SIGTERM, 15000);
+                agent_fixture_dump_log(&S);
+                fail_msg("the llm call's write did not wait for the lock; see %s", S.last_log);
+        }
+        /* the executor has the answer (before: it waited for the commit) */
+        end = test_now_ms() + 10000;
+        while (bytes_read(exec) == read_before && test_now_ms() < end)
+                usleep(20000);
+        assert_int_gt(bytes_read(exec), read_before);
+        usleep(300000); /* time for what it asks next to arrive, were it not held */
+        return backend;
+}
+
+/* The held write ends after worker w's SIGKILL: committed (the lock released) or never (its
+ * backend terminated first). */
+static void kill_and_end_the_write(pid_t w, PGconn *lock, long long backend, bool commits)
+{
+        test_stop_process(w, SIGKILL, 5000);
+        if (!commits)
+                assert_int_equal(
+                    test_db_int(S.db, "SELECT pg_terminate_backend(%lld)::int", backend), 1);
+        PQclear(PQexec(lock, "ROLLBACK"));
+        PQfinish(lock);
+        int64_t end = test_now_ms() + 30000;
+        while (test_db_int(S.db, "SELECT count(*) FROM pg_stat_activity WHERE pid = %lld",
+                           backend) > 0 &&
+               test_now_ms() < end)
+                usleep(20000);
+}
+
+static int llm_rows(const char *run)
+{
+        return test_db_int(S.db,
+                           "SELECT count(*) FROM agent_journal j JOIN agent_runs a"
+                           " ON a.id = j.agent_run_id"
+                           " WHERE a.workflow_run_id = '%s' AND j.kind = 'llm'",
+                           run);
+}
+
 /* commits: whether the held write commits after the worker's death (the lock released) or
  * never (its backend terminated first). */
 static void answered_before_the_commit(const char *tag, bool commits)
@@ -136,50 +197,12 @@ static void answered_before_the_commit(const char *tag, bool commits)
         assert_int_equal(llm_server_request_count(S.llm), before + 1);
 
         /* the first call is at the server (answering in 1.5 s): hold its write */
-        pid_t exec = executor_of(w1);
-        assert_int_gt(exec, 0);
-        long long read_before = bytes_read(exec);
-        _cleanup_pgconn_ PGconn *lock = PQconnectdb(S.conninfo);
-        assert_int_equal(PQstatus(lock), CONNECTION_OK);
-        PQclear(PQexec(lock, "BEGIN"));
-        _cleanup_free_ char *sql =
-            str_printf("SELECT 1 FROM agent_runs WHERE workflow_run_id = '%s' FOR UPDATE", run);
-        _cleanup_pgresult_ PGresult *locked = PQexec(lock, sql);
-        assert_int_equal(PQntuples(locked), 1);
-        long long backend = 0;
-        end = test_now_ms() + 30000;
-        while (!(backend = waiting_write()) && test_now_ms() < end)
-                usleep(20000);
-        if (!backend) {
-                test_stop_process(w1, SIGTERM, 15000);
-                agent_fixture_dump_log(&S);
-                fail_msg("the llm call's write did not wait for the lock; see %s", S.last_log);
-        }
-        /* the executor has the answer (before: it waited for the commit) ... */
-        end = test_now_ms() + 10000;
-        while (bytes_read(exec) == read_before && test_now_ms() < end)
-                usleep(20000);
-        assert_int_gt(bytes_read(exec), read_before);
-        usleep(300000); /* time for its tool call to arrive, were it not held */
-        /* ... and what it asks for next is held until the commit is confirmed */
+        PGconn *lock = NULL;
+        long long backend = hold_the_write(run, w1, &lock);
+        /* what the executor asks for next, an effect, waits for the commit */
         assert_int_equal(worker_sink_count(S.sink, prefix), 0);
-        test_stop_process(w1, SIGKILL, 5000);
-
-        if (!commits)
-                assert_int_equal(
-                    test_db_int(S.db, "SELECT pg_terminate_backend(%lld)::int", backend), 1);
-        PQclear(PQexec(lock, "ROLLBACK"));
-        end = test_now_ms() + 30000;
-        while (test_db_int(S.db, "SELECT count(*) FROM pg_stat_activity WHERE pid = %lld",
-                           backend) > 0 &&
-               test_now_ms() < end)
-                usleep(20000);
-        assert_int_equal(test_db_int(S.db,
-                                     "SELECT count(*) FROM agent_journal j JOIN agent_runs a"
-                                     " ON a.id = j.agent_run_id"
-                                     " WHERE a.workflow_run_id = '%s' AND j.kind = 'llm'",
-                                     run),
-                         commits ? 1 : 0);
+        kill_and_end_the_write(w1, lock, backend, commits);
+        assert_int_equal(llm_rows(run), commits ? 1 : 0);
 
         pid_t w2 = agent_fixture_spawn_worker(&S, "commit-w", "2s", NULL);
         agent_fixture_wait_completed(&S, run, w2, 60000);
@@ -189,6 +212,62 @@ static void answered_before_the_commit(const char *tag, bool commits)
         assert_int_equal(llm_server_request_count(S.llm) - before, commits ? 2 : 3);
         assert_int_equal(worker_sink_count(S.sink, prefix), 1);
         agent_fixture_assert_calls(&S, run, 2, 1);
+}
+
+/*
+ * The executor's next LLM request, read while the answer before it is being written, goes
+ * out but for its body's last byte: the server has no whole request to act on until the
+ * commit. Here the first answer asks for a call the agent may not make (refused at once,
+ * nothing leaves), so the executor's next request is an llm request, started while the
+ * write is held. The server receives no second request then; the worker is killed, the
+ * write commits after its death, and the next worker answers the first call from the
+ * journal and makes the second once: two requests at the server in all (three, had the
+ * first worker's second request reached it).
+ */
+static void an_llm_request_waits_for_the_commit_before_it(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        const char *tag = "held-llm";
+        _cleanup_free_ char *members =
+            str_printf("\"system\":\"You call tools when asked.\",\"prompt\":\"Fetch a from %s.\","
+                       "\"tools\":[\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"]",
+                       tag);
+        _cleanup_free_ char *wf = agent_fixture_think_workflow(&S, tag, members);
+        const char *script =
+            "[{\"text\":\"I will fetch it.\",\"tool_calls\":[{\"id\":\"call_x\",\"name\":"
+            "\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":"
+            "\\\"http://not-allowed.invalid/a\\\"}\"}],\"usage\":{\"input\":1000,"
+            "\"output\":100},\"delay_ms\":1500},"
+            "{\"text\":\"That host is not allowed.\",\"usage\":{\"input\":1500,\"output\":20}}]";
+
+        llm_server_script(S.llm, script);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{}");
+        pid_t w1 = agent_fixture_spawn_worker(&S, "commit-w", "2s", NULL);
+        int64_t end = test_now_ms() + 30000;
+        while (llm_server_request_count(S.llm) < before + 1 && test_now_ms() < end)
+                usleep(20000);
+        assert_int_equal(llm_server_request_count(S.llm), before + 1);
+
+        PGconn *lock = NULL;
+        long long backend = hold_the_write(run, w1, &lock);
+        /* the refusal was answered and the next request started: the refusal's event is
+         * held for the next write, the request's end for this one's commit */
+        assert_int_equal(llm_server_request_count(S.llm), before + 1);
+        kill_and_end_the_write(w1, lock, backend, true);
+        assert_int_equal(llm_rows(run), 1);
+
+        pid_t w2 = agent_fixture_spawn_worker(&S, "commit-w", "2s", NULL);
+        agent_fixture_wait_completed(&S, run, w2, 60000);
+        assert_db_equal("That host is not allowed.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        assert_int_equal(llm_server_request_count(S.llm) - before, 2);
+        /* the second request as the server has it: whole, the refusal in it */
+        _cleanup_json_ json_t *second = llm_server_request(S.llm, before + 1);
+        _cleanup_free_ char *body = json_dumps(json_object_get(second, "body"), JSON_COMPACT);
+        assert_non_null(strstr(body, "not-allowed.invalid"));
+        assert_non_null(strstr(body, "not_allowed"));
+        agent_fixture_assert_calls(&S, run, 2, 0);
 }
 
 static void a_held_write_that_commits_after_a_kill_is_replayed(void **state)
@@ -208,6 +287,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(a_held_write_that_commits_after_a_kill_is_replayed),
             cmocka_unit_test(a_held_write_that_never_commits_is_made_again),
+            cmocka_unit_test(an_llm_request_waits_for_the_commit_before_it),
         };
         return cmocka_run_group_tests(tests, setup, agent_fixture_group_teardown);
 }

@@ -592,15 +592,73 @@ static void abort_call(void **state)
         usleep(600 * 1000);
 }
 
+/*
+ * A held call (params.hold) sends all but its body's last byte: the server has no whole
+ * request until llm_call_release, then answers it as any other; a held call aborted
+ * leaves the server a request cut short, which it never counts.
+ */
+static void a_held_call_waits_for_its_release(void **state)
+{
+        struct fixture *f = *state;
+        _cleanup_free_ char *text = request(true);
+        _cleanup_json_ json_t *req = json_loads(text, 0, NULL);
+        struct outcome o;
+        struct llm_call_params p = {.provider = LLM_PROVIDER_OPENAI,
+                                    .base_url = llm_server_url(f->srv),
+                                    .request = req,
+                                    .on_done = on_done,
+                                    .on_retry = on_retry,
+                                    .userdata = &o,
+                                    .hold = true};
+        struct llm_call *c = NULL;
+        int before = llm_server_request_count(f->srv);
+
+        outcome_init(&o);
+        llm_server_script(f->srv, "[{\"text\": \"Released.\"}, {\"text\": \"Never.\"}]");
+        assert_int_equal(llm_call_start(f->h, &p, &c, NULL), 0);
+        for (int64_t until = runtime_http_now_ms() + 400; runtime_http_now_ms() < until;)
+                assert_int_ge(runtime_http_poll(f->h, 20, -1), 0);
+        assert_false(o.done);
+        assert_int_equal(llm_server_request_count(f->srv), before);
+        llm_call_release(c);
+        wait_done(f, &o, 10000);
+        if (o.error)
+                fail_msg("%s", json_dumps(o.error, 0));
+        assert_string_equal(o.result->text, "Released.");
+        assert_int_equal(llm_server_request_count(f->srv), before + 1);
+        _cleanup_json_ json_t *seen = llm_server_request(f->srv, before);
+        _cleanup_free_ char *body = json_dumps(json_object_get(seen, "body"), JSON_COMPACT);
+        assert_non_null(strstr(body, "Research ünïcode."));
+        outcome_free(&o);
+
+        /* held, then aborted: the server never has the request */
+        outcome_init(&o);
+        assert_int_equal(llm_call_start(f->h, &p, &c, NULL), 0);
+        for (int64_t until = runtime_http_now_ms() + 200; runtime_http_now_ms() < until;)
+                assert_int_ge(runtime_http_poll(f->h, 20, -1), 0);
+        llm_call_abort(c);
+        usleep(300 * 1000);
+        assert_false(o.done);
+        assert_int_equal(llm_server_request_count(f->srv), before + 1);
+        outcome_free(&o);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(both_providers),   cmocka_unit_test(text_is_coalesced),
-            cmocka_unit_test(retry_after_429),  cmocka_unit_test(retry_5xx),
-            cmocka_unit_test(cut_stream),       cmocka_unit_test(stream_error_event),
-            cmocka_unit_test(no_retry_4xx),     cmocka_unit_test(total_timeout),
-            cmocka_unit_test(connect_refused),  cmocka_unit_test(key_never_echoed),
-            cmocka_unit_test(refused_at_start), cmocka_unit_test(abort_call),
+            cmocka_unit_test(both_providers),
+            cmocka_unit_test(text_is_coalesced),
+            cmocka_unit_test(retry_after_429),
+            cmocka_unit_test(retry_5xx),
+            cmocka_unit_test(cut_stream),
+            cmocka_unit_test(stream_error_event),
+            cmocka_unit_test(no_retry_4xx),
+            cmocka_unit_test(total_timeout),
+            cmocka_unit_test(connect_refused),
+            cmocka_unit_test(key_never_echoed),
+            cmocka_unit_test(refused_at_start),
+            cmocka_unit_test(abort_call),
+            cmocka_unit_test(a_held_call_waits_for_its_release),
         };
 
         return cmocka_run_group_tests(tests, setup, teardown);
