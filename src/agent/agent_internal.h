@@ -138,6 +138,8 @@ struct agent_session {
         struct runtime_http_timer *held_timer; /* ... written by then at the latest */
         int64_t held_due_ms;                   /* ... when it fires */
         bool ended;
+        bool db_lost;    /* a journal write failed with the database, not the lease: on failing,
+                          * the run is left to resume from the journal (session_fail) */
         char *workspace; /* shell/run_code: the agent run's workspace once one was made */
 
         /*

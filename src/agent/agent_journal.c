@@ -408,8 +408,13 @@ static int write_result(struct agent_session *s, PGresult *res_, int r)
 {
         _cleanup_pgresult_ PGresult *res = res_;
 
-        if (!res)
-                return r < 0 ? r : -EIO;
+        if (!res) {
+                r = r < 0 ? r : -EIO;
+                /* the connection lost, or a transient refusal: what was written is not
+                 * known, and the session's failure could not be recorded either */
+                s->db_lost = r == -ECONNRESET || r == -EIO || r == -EAGAIN;
+                return r;
+        }
         if (PQgetisnull(res, 0, 0))
                 return -ESTALE;
         int seq = (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);

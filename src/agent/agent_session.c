@@ -300,9 +300,19 @@ static void session_fail(struct agent_session *s, const char *klass, const char 
         va_end(ap);
         clean = agent_redact_text(s, m ? m : "the agent session failed");
         free(m);
-        json_t *e = json_pack("{s:s, s:s}", "class", klass, "message",
+        json_t *e;
+        /* a journal write lost the database: the failure is the database's, not the
+         * agent's — nothing is recorded, the worker leaves the run to its lease, and it
+         * resumes from its journal (worker.c, agent_done) */
+        if (s->db_lost) {
+                e = json_pack("{s:s, s:s+}", "class", "database", "message",
+                              "the agent's journal lost the database: ",
                               clean ? clean : "the agent session failed");
-        (void)agent_db_set_status(s, "failed", NULL, e);
+        } else {
+                e = json_pack("{s:s, s:s}", "class", klass, "message",
+                              clean ? clean : "the agent session failed");
+                (void)agent_db_set_status(s, "failed", NULL, e);
+        }
         session_end(s, NULL, e);
 }
 
@@ -1238,16 +1248,20 @@ int agent_effect_barrier(struct agent_session *s)
  * that may be inside another statement). */
 static void fail_unwritten(struct agent_host *h)
 {
+        struct agent_session *s;
+
         if (!h->any_failed)
                 return;
         h->any_failed = false;
-        for (struct agent_session *s = h->sessions; s; s = s->next)
-                if (s->write.failed) {
+        do { /* session_fail unlinks s: the list is walked again */
+                for (s = h->sessions; s && !s->write.failed; s = s->next)
+                        ;
+                if (s) {
                         int r = s->write.failed;
+                        s->write.failed = 0;
                         session_fail(s, "error", "could not journal an llm call: %s", db_why(r));
-                        fail_unwritten(h); /* the list changed */
-                        return;
                 }
+        } while (s);
 }
 
 void agent_llm_done(struct agent_pending *p, struct llm_result *result, json_t *error,

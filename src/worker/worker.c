@@ -81,6 +81,7 @@ struct run {
         const struct wf_workflow *wf;
         struct effect *effects;
         bool needs_plan;
+        bool abandon;           /* an agent's journal lost the database: left to lease expiry */
         int64_t plan_at;        /* monotonic ms: re-plan then (0 = not scheduled) */
         int64_t lease_deadline; /* monotonic ms: our lease surely ends by then */
         int64_t last_turn;      /* monotonic ms of its last loop turn (0: none yet) */
@@ -127,6 +128,7 @@ struct worker {
         struct wf_cache_entry cache[WF_CACHE_MAX];
         int ncache;
         bool draining;
+        bool abandon; /* a run is to be abandoned (abandon_runs) */
         int64_t drain_deadline;
         int64_t next_claim; /* monotonic ms: the next poll's claim (claim_wanted) */
         bool claim_more;    /* the last claim came back full: more runs are likely due */
@@ -1898,13 +1900,51 @@ static void effect_done(struct worker *w, struct effect *e, json_t *output, json
         run->needs_plan = true;
 }
 
-/* An agent session ended (src/agent): its answer is the node's result, like a request's. */
+/* An agent session ended (src/agent): its answer is the node's result, like a request's —
+ * unless its journal lost the database (class "database"): nothing it did since can be
+ * known to be durable, so the run is abandoned (at the loop's top level, not inside the
+ * agent host that calls this) and resumed from its journal by whoever claims it next. */
 static void agent_done(void *owner, void *userdata, json_t *output, json_t *error)
 {
+        struct worker *w = owner;
         struct effect *e = userdata;
+        const char *klass = jstr(error, "class");
 
         e->agent = NULL; /* the session is gone */
+        if (klass && strcmp(klass, "database") == 0) {
+                log_error("run %s: %s", e->run->id, jstr(error, "message"));
+                e->run->abandon = true;
+                w->abandon = true;
+                for (struct effect **p = &e->run->effects; *p; p = &(*p)->next)
+                        if (*p == e) {
+                                *p = e->next;
+                                break;
+                        }
+                json_decref(output);
+                json_decref(error);
+                free(e->node);
+                free(e);
+                return;
+        }
         effect_done(owner, e, output, error);
+}
+
+/* The runs whose agents lost the database (agent_done): forgotten, their leases lapse. */
+static void abandon_runs(struct worker *w)
+{
+        struct run *run = w->runs, *next;
+
+        if (!w->abandon)
+                return;
+        w->abandon = false;
+        for (; run; run = next) {
+                next = run->next;
+                if (run->abandon) {
+                        log_warn("run %s: left to lease expiry; it resumes from its journal",
+                                 run->id);
+                        run_drop(w, run);
+                }
+        }
 }
 
 /* ---- claims ------------------------------------------------------------------------ */
@@ -2474,6 +2514,7 @@ int worker_run(const struct worker_config *cfg)
                         if (!agent_host_http_done(w.agents, ud, output, error))
                                 effect_done(&w, ud, output, error);
                 }
+                abandon_runs(&w);
         }
 
 out:

@@ -282,12 +282,63 @@ static void a_held_write_that_never_commits_is_made_again(void **state)
         answered_before_the_commit("held-lost", false);
 }
 
+/*
+ * The write of the first call fails while the executor's next LLM request waits, held, for
+ * its commit: the test terminates the write's backend. The session fails and its held
+ * request is aborted, never whole at the server; the run is left to its lease (nothing was
+ * committed) and resumed, and the first call, whose answer was never durable, is made
+ * again: three requests at the server in all — four, had the held one been let go.
+ */
+static void a_write_lost_in_flight_takes_its_held_request_along(void **state)
+{
+        (void)state;
+        int before = llm_server_request_count(S.llm);
+        const char *tag = "lost-llm";
+        _cleanup_free_ char *members =
+            str_printf("\"system\":\"You call tools when asked.\",\"prompt\":\"Fetch a from %s.\","
+                       "\"tools\":[\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"]",
+                       tag);
+        _cleanup_free_ char *wf = agent_fixture_think_workflow(&S, tag, members);
+#define REFUSED_STEP(extra)                                                                        \
+        "{\"text\":\"I will fetch it.\",\"tool_calls\":[{\"id\":\"call_x\",\"name\":"              \
+        "\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":"                \
+        "\\\"http://not-allowed.invalid/a\\\"}\"}],\"usage\":{\"input\":1000,"                     \
+        "\"output\":100}" extra "}"
+        const char *script = "[" REFUSED_STEP(",\"delay_ms\":1500") "," REFUSED_STEP(
+            "") ","
+                "{\"text\":\"That host is not allowed.\",\"usage\":{\"input\":1500,"
+                "\"output\":20}}]";
+#undef REFUSED_STEP
+
+        llm_server_script(S.llm, script);
+        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{}");
+        pid_t w = agent_fixture_spawn_worker(&S, "commit-w", "2s", NULL);
+        int64_t end = test_now_ms() + 30000;
+        while (llm_server_request_count(S.llm) < before + 1 && test_now_ms() < end)
+                usleep(20000);
+        assert_int_equal(llm_server_request_count(S.llm), before + 1);
+
+        PGconn *lock = NULL;
+        long long backend = hold_the_write(run, w, &lock);
+        assert_int_equal(llm_server_request_count(S.llm), before + 1);
+        assert_int_equal(test_db_int(S.db, "SELECT pg_terminate_backend(%lld)::int", backend), 1);
+        PQclear(PQexec(lock, "ROLLBACK"));
+        PQfinish(lock);
+
+        agent_fixture_wait_completed(&S, run, w, 60000);
+        assert_db_equal("That host is not allowed.", S.db,
+                        "SELECT output->>'think' FROM workflow_runs WHERE id = '%s'", run);
+        assert_int_equal(llm_server_request_count(S.llm) - before, 3);
+        agent_fixture_assert_calls(&S, run, 2, 0);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(a_held_write_that_commits_after_a_kill_is_replayed),
             cmocka_unit_test(a_held_write_that_never_commits_is_made_again),
             cmocka_unit_test(an_llm_request_waits_for_the_commit_before_it),
+            cmocka_unit_test(a_write_lost_in_flight_takes_its_held_request_along),
         };
         return cmocka_run_group_tests(tests, setup, agent_fixture_group_teardown);
 }
