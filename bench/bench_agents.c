@@ -9,9 +9,10 @@
  *                             is exactly one LLM call); the server stamps each request's
  *                             arrival, and a call's cycle is the time between two arrivals.
  *                             The same cycle calling the same server directly (src/llm's
- *                             client on one loop, the same answers, a request of the agent's
- *                             mean size) is printed beside it; the overhead is the difference
- *                             of the p50s. Commits per call: transactions that wrote
+ *                             client on one loop, the agent's own requests sent again: the
+ *                             same bytes to parse, the same answers) is printed beside it, and
+ *                             the server's own work per request in each; the overhead is the
+ *                             difference of the p50s. Commits per call: transactions that wrote
  *                             (xids assigned) during the run, divided by the calls.
  *   agent_density_*           N agent runs (--agents, default 1000; 100 with --quick) in one
  *                             worker (--concurrency N), each in one streaming LLM call of
@@ -34,7 +35,9 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "cleanup.h"
 #include "embedded_pg.h"
+#include "llm.h"
 #include "llm_client.h"
 #include "runtime_http.h"
 #include "strutil.h"
@@ -52,9 +55,15 @@ struct llm_bench_server {
         pthread_mutex_t lock;
         int64_t *stamps; /* arrival of each request (bench_now_us), in order */
         int nstamps;
-        int64_t body_bytes; /* of every request, to size the direct calls alike */
+        int64_t body_bytes; /* of every request */
         int streams_open;   /* density streams being answered now */
+        char **bodies;      /* the first MAX_BODIES requests' bodies, replayed by the direct
+                               calls */
+        int64_t *handled;   /* per request: its arrival -> its answer queued (the server's
+                               own work: parsing the body, making the answer) */
 };
+
+#define MAX_BODIES 1024
 
 struct upload {
         char *data;
@@ -174,11 +183,15 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         int64_t now = bench_now_us();
         json_t *body = u->data ? json_loads(u->data, 0, NULL) : NULL;
         bool density = u->data && strstr(u->data, "DENSITY");
-        bool direct = u->data && strstr(u->data, "DIRECT");
 
         pthread_mutex_lock(&s->lock);
+        int k = s->nstamps;
         if (s->nstamps < MAX_STAMPS)
                 s->stamps[s->nstamps++] = now;
+        if (k < MAX_BODIES && !density) {
+                free(s->bodies[k]);
+                s->bodies[k] = u->data ? strdup(u->data) : NULL;
+        }
         s->body_bytes += (int64_t)u->len;
         if (density)
                 s->streams_open++;
@@ -195,7 +208,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                                                       density_free);
         } else {
                 int turn = tool_results(body);
-                char *text = turn_answer(turn + 1, direct || turn < s->turns);
+                char *text = turn_answer(turn + 1, turn < s->turns);
                 if (!text) {
                         json_decref(body);
                         return MHD_NO;
@@ -208,6 +221,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         MHD_add_response_header(r, "Content-Type", "text/event-stream");
         ret = MHD_queue_response(c, MHD_HTTP_OK, r);
         MHD_destroy_response(r);
+        if (k < MAX_STAMPS && !density)
+                s->handled[k] = bench_now_us() - now;
         return ret;
 }
 
@@ -229,7 +244,9 @@ static struct llm_bench_server *server_start(int turns)
         struct llm_bench_server *s = calloc(1, sizeof(*s));
         const union MHD_DaemonInfo *info;
 
-        if (!s || !(s->stamps = calloc(MAX_STAMPS, sizeof(*s->stamps))))
+        if (!s || !(s->stamps = calloc(MAX_STAMPS, sizeof(*s->stamps))) ||
+            !(s->handled = calloc(MAX_STAMPS, sizeof(*s->handled))) ||
+            !(s->bodies = calloc(MAX_BODIES, sizeof(*s->bodies))))
                 exit(1);
         s->turns = turns;
         pthread_mutex_init(&s->lock, NULL);
@@ -253,6 +270,10 @@ static void server_stop(struct llm_bench_server *s)
         MHD_stop_daemon(s->daemon);
         pthread_mutex_destroy(&s->lock);
         free(s->stamps);
+        free(s->handled);
+        for (int i = 0; i < MAX_BODIES; i++)
+                free(s->bodies[i]);
+        free(s->bodies);
         free(s);
 }
 
@@ -365,45 +386,105 @@ static int cycles(struct llm_bench_server *s, int from, int to, int64_t *out)
 
 /* ---- journal overhead ------------------------------------------------------------------ */
 
-/* calls sequential calls through src/llm's client straight to the server, each request
- * padded to bytes; returns the calls that ended well. */
-static int direct_calls(struct llm_bench_server *s, int calls, size_t bytes)
+/* An OpenAI chat completions body as the neutral request src/llm's client takes (the
+ * executor's shape): the system message and the tools unwrapped, an assistant's tool calls
+ * without their "function" wrapper. NULL when the body is not such JSON. */
+static json_t *neutral_of(const char *text)
+{
+        _cleanup_json_ json_t *wire = text ? json_loads(text, 0, NULL) : NULL;
+        json_t *req, *msgs = json_array(), *m;
+        size_t i;
+
+        if (!wire || !msgs || !json_is_array(json_object_get(wire, "messages"))) {
+                json_decref(msgs);
+                return NULL;
+        }
+        req = json_pack("{s:O, s:b, s:o}", "model", json_object_get(wire, "model"), "stream", 1,
+                        "messages", msgs);
+        if (!req)
+                return NULL;
+        json_array_foreach (json_object_get(wire, "messages"), i, m) {
+                const char *role = json_string_value(json_object_get(m, "role"));
+                const json_t *calls = json_object_get(m, "tool_calls"), *c;
+                size_t j;
+                if (role && !strcmp(role, "system")) {
+                        json_object_set(req, "system", json_object_get(m, "content"));
+                        continue;
+                }
+                json_t *n = json_deep_copy(m);
+                if (n && calls) {
+                        json_t *list = json_array();
+                        json_array_foreach (calls, j, c) {
+                                const json_t *fn = json_object_get(c, "function");
+                                json_array_append_new(
+                                    list,
+                                    json_pack("{s:O, s:O, s:O}", "id", json_object_get(c, "id"),
+                                              "name", json_object_get(fn, "name"), "arguments",
+                                              json_object_get(fn, "arguments")));
+                        }
+                        json_object_set_new(n, "tool_calls", list);
+                }
+                json_array_append_new(msgs, n);
+        }
+        if (json_is_array(json_object_get(wire, "tools"))) {
+                json_t *tools = json_array(), *t;
+                json_array_foreach (json_object_get(wire, "tools"), i, t)
+                        json_array_append(tools, json_object_get(t, "function"));
+                json_object_set_new(req, "tools", tools);
+        }
+        return req;
+}
+
+/* The agent's own requests (the server kept their bodies) sent again, one after another,
+ * through src/llm's client straight to the server — the same bytes for the server to read
+ * and parse, the same answers, the body kept between calls as the agent's session keeps
+ * it; returns the calls that ended well. */
+static int direct_calls(json_t *const *requests, int calls, const char *url)
 {
         struct runtime_http *h = NULL;
+        struct llm_body_cache *cache = llm_body_cache_new();
         struct bench_llm_tally d = {.expected = LLM_STOP_TOOL_CALLS};
-        char *pad = malloc(bytes + 1);
-        json_t *req;
 
-        if (!pad || runtime_http_new("agently-bench", &h) < 0)
-                exit(1);
-        /* the marker makes the server answer every call with a tool call */
-        memset(pad, 'x', bytes);
-        memcpy(pad, "DIRECT ", bytes > 7 ? 7 : bytes);
-        pad[bytes] = '\0';
-        req = json_pack("{s:s, s:b, s:[{s:s, s:s}]}", "model", "m", "stream", 1, "messages", "role",
-                        "user", "content", pad);
-        free(pad);
-        if (!req)
+        if (runtime_http_new("agently-bench", &h) < 0)
                 exit(1);
         for (int i = 0; i < calls; i++) {
                 struct llm_call *c;
                 int before = d.ok + d.failed;
                 struct llm_call_params p = {.provider = LLM_PROVIDER_OPENAI,
-                                            .base_url = s->url,
-                                            .request = req,
+                                            .base_url = url,
+                                            .request = requests[i],
+                                            .body_cache = cache,
                                             .max_attempts = 1,
                                             .on_done = bench_llm_tally_done,
                                             .userdata = &d};
-                if (llm_call_start(h, &p, &c, NULL) < 0) {
+                if (!requests[i] || llm_call_start(h, &p, &c, NULL) < 0) {
                         d.failed++;
                         continue;
                 }
                 while (d.ok + d.failed == before)
                         runtime_http_poll(h, 100, -1);
         }
+        llm_body_cache_free(cache);
         runtime_http_free(h);
-        json_decref(req);
         return d.ok;
+}
+
+/* The server's own work per request (arrival -> answer queued), p50 of requests from..to. */
+static double handled_p50_ms(struct llm_bench_server *s, int from, int to)
+{
+        int64_t *v = calloc(MAX_STAMPS, sizeof(*v));
+        int n = 0;
+        double p;
+
+        if (!v)
+                exit(1);
+        pthread_mutex_lock(&s->lock);
+        for (int i = from; i < to && i < s->nstamps; i++)
+                v[n++] = s->handled[i];
+        pthread_mutex_unlock(&s->lock);
+        p = pct_ms(v, n, 0.5);
+        free(v);
+        return p;
 }
 
 /* The worker's "trace agent_llm" lines (src/agent/agent_session.c: trace_llm), the k-th the
@@ -524,9 +605,19 @@ static void journal_overhead(const struct bench *b, PGconn *c, const char *conni
         /* writing transactions: each assigned an xid; the two txid_current() calls take
          * one each */
         double commits = (xid1 - xid0 - 1) / agent_calls;
+        double agent_handled = handled_p50_ms(s, 1, agent_calls);
+        json_t **requests = calloc((size_t)calls, sizeof(*requests));
+        if (!requests)
+                exit(1);
+        for (int i = 0; i < calls && i < MAX_BODIES; i++)
+                requests[i] = neutral_of(s->bodies[i]);
 
         server_reset(s);
-        if (direct_calls(s, calls, mean_bytes) != calls) {
+        int direct_ok = direct_calls(requests, calls, s->url);
+        for (int i = 0; i < calls; i++)
+                json_decref(requests[i]);
+        free(requests);
+        if (direct_ok != calls) {
                 bench_report("agent_llm_call_overhead", "error: direct calls failed");
                 server_stop(s);
                 free(cyc);
@@ -536,9 +627,13 @@ static void journal_overhead(const struct bench *b, PGconn *c, const char *conni
         double direct_p50 = pct_ms(cyc, n, 0.5), direct_p99 = pct_ms(cyc, n, 0.99);
 
         bench_report("agent_llm_call_direct_p50_ms",
-                     "%.3f (p99 %.3f; src/llm's client straight to the server, request of %zu "
-                     "bytes)",
-                     direct_p50, direct_p99, mean_bytes);
+                     "%.3f (p99 %.3f; src/llm's client straight to the server with the agent's "
+                     "own %d requests, %zu bytes on average)",
+                     direct_p50, direct_p99, calls, mean_bytes);
+        bench_report("agent_llm_call_server_p50_ms",
+                     "%.3f through the agent, %.3f direct (the server's own work per request: "
+                     "its body parsed, its answer made)",
+                     agent_handled, handled_p50_ms(s, 1, s->nstamps));
         bench_report("agent_llm_call_p50_ms",
                      "%.3f (p99 %.3f; through the agent: executor, worker, journal)", agent_p50,
                      agent_p99);

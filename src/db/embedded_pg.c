@@ -602,7 +602,7 @@ int embedded_pg_start(struct embedded_pg *pg)
         return -EIO;
 }
 
-int embedded_pg_stop(struct embedded_pg *pg)
+static int stop_mode(struct embedded_pg *pg, char *mode)
 {
         _cleanup_free_ char *bindir = NULL, *pg_ctl = NULL;
         int r;
@@ -615,14 +615,23 @@ int embedded_pg_stop(struct embedded_pg *pg)
         pg_ctl = str_printf("%s/pg_ctl", bindir);
         if (!pg_ctl)
                 return -ENOMEM;
-        char *argv[] = {pg_ctl, "stop",          "-w", "-t", "60", "-m", "fast",
-                        "-D",   pg->cluster_dir, NULL};
+        char *argv[] = {pg_ctl, "stop", "-w", "-t", "60", "-m", mode, "-D", pg->cluster_dir, NULL};
         r = run_pg_program(pg, argv, false);
         if (r != 0) {
                 db_set_error("could not stop Postgres (pg_ctl exit %d); see %s", r, pg->log_path);
                 return -EIO;
         }
         return 0;
+}
+
+int embedded_pg_stop(struct embedded_pg *pg)
+{
+        return stop_mode(pg, "fast");
+}
+
+int embedded_pg_stop_discarding(struct embedded_pg *pg)
+{
+        return stop_mode(pg, "immediate");
 }
 
 pid_t embedded_pg_postmaster_pid(const struct embedded_pg *pg)

@@ -51,6 +51,10 @@ int embedded_pg_start(struct embedded_pg *pg);
 
 /* Fast shutdown; waits for it. A cluster that is not running is not an error. */
 int embedded_pg_stop(struct embedded_pg *pg);
+/* Stops a cluster that is thrown away next (the test harness): `-m immediate`, no shutdown
+ * checkpoint to wait for — on a busy disk that alone can take minutes. Returns as
+ * embedded_pg_stop. */
+int embedded_pg_stop_discarding(struct embedded_pg *pg);
 
 bool embedded_pg_running(const struct embedded_pg *pg);
 

@@ -48,7 +48,8 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[1], "stop") == 0) {
                 if (embedded_pg_open(argv[2], &pg) == 0) {
-                        if (embedded_pg_stop(pg) < 0)
+                        /* the cluster is removed next: nothing to checkpoint */
+                        if (embedded_pg_stop_discarding(pg) < 0)
                                 fprintf(stderr, "pg_harness: %s\n", db_last_error());
                         /* a relocated cluster home lives outside DIR */
                         if (embedded_pg_initialized(pg) &&
