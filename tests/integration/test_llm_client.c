@@ -438,7 +438,8 @@ static void total_timeout(void **state)
         assert_null(o.result);
         assert_string_equal(json_string_value(json_object_get(o.error, "class")), "timeout");
         assert_int_le(runtime_http_now_ms() - t0, 2500);
-        assert_int_ge(runtime_http_now_ms() - t0, 500);
+        /* libcurl's clock and ours round apart: 499 ms was seen */
+        assert_int_ge(runtime_http_now_ms() - t0, 490);
         assert_int_equal(o.retries, 0);
         outcome_free(&o);
 
