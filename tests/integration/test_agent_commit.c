@@ -10,7 +10,10 @@
  * SIGKILLed, and the write either never commits (its backend terminated) or commits after
  * the worker's death (the lock released). Either way the next worker finishes the run as if
  * nothing had been answered early: the lost call is made again, or the committed one is
- * answered from the journal, and the tool's effect happens exactly once.
+ * answered from the journal, and the tool's effect happens exactly once. The same hold shows
+ * an LLM request read meanwhile not whole at its server until the commit, and a write lost
+ * in flight (its backend terminated) taking that request along and leaving the run to
+ * resume from its journal.
  */
 #include "testlib.h"
 
@@ -169,32 +172,50 @@ static int llm_rows(const char *run)
                            run);
 }
 
+/* A call's scripted answer: a tool call to a host the agent may not call (refused at once,
+ * nothing leaves), extra appended to its members. */
+#define REFUSED_STEP(extra)                                                                        \
+        "{\"text\":\"I will fetch it.\",\"tool_calls\":[{\"id\":\"call_x\",\"name\":"              \
+        "\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":"                \
+        "\\\"http://not-allowed.invalid/a\\\"}\"}],\"usage\":{\"input\":1000,"                     \
+        "\"output\":100}" extra "}"
+
+/* Starts a run of an agent that may call 127.0.0.1 only, the server answering script, and a
+ * worker (*w); returns the run once its first call is at the server (before + 1 requests). */
+static char *first_call_at_the_server(const char *tag, const char *script, int before, pid_t *w)
+{
+        _cleanup_free_ char *members =
+            str_printf("\"system\":\"You call tools when asked.\",\"prompt\":\"Fetch a from "
+                       "%s.\",\"tools\":[\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"]",
+                       tag);
+        _cleanup_free_ char *wf = agent_fixture_think_workflow(&S, tag, members);
+
+        llm_server_script(S.llm, script);
+        char *run = worker_test_run(S.db, wf, "{}");
+        *w = agent_fixture_spawn_worker(&S, "commit-w", "2s", NULL);
+        int64_t end = test_now_ms() + 30000;
+        while (llm_server_request_count(S.llm) < before + 1 && test_now_ms() < end)
+                usleep(20000);
+        assert_int_equal(llm_server_request_count(S.llm), before + 1);
+        return run;
+}
+
 /* commits: whether the held write commits after the worker's death (the lock released) or
  * never (its backend terminated first). */
 static void answered_before_the_commit(const char *tag, bool commits)
 {
         int before = llm_server_request_count(S.llm);
         char prefix[64];
-        _cleanup_free_ char *members =
-            str_printf("\"system\":\"You call tools when asked.\",\"prompt\":\"Fetch a from "
-                       "%s.\",\"tools\":[\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"]",
-                       tag);
-        _cleanup_free_ char *wf = agent_fixture_think_workflow(&S, tag, members);
         _cleanup_free_ char *first = agent_fixture_tool_step(&S, tag, "a", ",\"delay_ms\":1500"),
                             *again = agent_fixture_tool_step(&S, tag, "a", NULL);
         /* a lost call is made again: its step twice */
         _cleanup_free_ char *script = str_printf(
             "[%s,%s%s{\"text\":\"Fetched a.\",\"usage\":{\"input\":1500,\"output\":20}}]", first,
             commits ? "" : again, commits ? "" : ",");
+        pid_t w1;
 
         snprintf(prefix, sizeof(prefix), "/%s/", tag);
-        llm_server_script(S.llm, script);
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{}");
-        pid_t w1 = agent_fixture_spawn_worker(&S, "commit-w", "2s", NULL);
-        int64_t end = test_now_ms() + 30000;
-        while (llm_server_request_count(S.llm) < before + 1 && test_now_ms() < end)
-                usleep(20000);
-        assert_int_equal(llm_server_request_count(S.llm), before + 1);
+        _cleanup_free_ char *run = first_call_at_the_server(tag, script, before, &w1);
 
         /* the first call is at the server (answering in 1.5 s): hold its write */
         PGconn *lock = NULL;
@@ -228,26 +249,12 @@ static void an_llm_request_waits_for_the_commit_before_it(void **state)
 {
         (void)state;
         int before = llm_server_request_count(S.llm);
-        const char *tag = "held-llm";
-        _cleanup_free_ char *members =
-            str_printf("\"system\":\"You call tools when asked.\",\"prompt\":\"Fetch a from %s.\","
-                       "\"tools\":[\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"]",
-                       tag);
-        _cleanup_free_ char *wf = agent_fixture_think_workflow(&S, tag, members);
-        const char *script =
-            "[{\"text\":\"I will fetch it.\",\"tool_calls\":[{\"id\":\"call_x\",\"name\":"
-            "\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":"
-            "\\\"http://not-allowed.invalid/a\\\"}\"}],\"usage\":{\"input\":1000,"
-            "\"output\":100},\"delay_ms\":1500},"
-            "{\"text\":\"That host is not allowed.\",\"usage\":{\"input\":1500,\"output\":20}}]";
-
-        llm_server_script(S.llm, script);
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{}");
-        pid_t w1 = agent_fixture_spawn_worker(&S, "commit-w", "2s", NULL);
-        int64_t end = test_now_ms() + 30000;
-        while (llm_server_request_count(S.llm) < before + 1 && test_now_ms() < end)
-                usleep(20000);
-        assert_int_equal(llm_server_request_count(S.llm), before + 1);
+        pid_t w1;
+        _cleanup_free_ char *run = first_call_at_the_server(
+            "held-llm",
+            "[" REFUSED_STEP(",\"delay_ms\":1500") ",{\"text\":\"That host is not allowed.\","
+                                                   "\"usage\":{\"input\":1500,\"output\":20}}]",
+            before, &w1);
 
         PGconn *lock = NULL;
         long long backend = hold_the_write(run, w1, &lock);
@@ -293,30 +300,13 @@ static void a_write_lost_in_flight_takes_its_held_request_along(void **state)
 {
         (void)state;
         int before = llm_server_request_count(S.llm);
-        const char *tag = "lost-llm";
-        _cleanup_free_ char *members =
-            str_printf("\"system\":\"You call tools when asked.\",\"prompt\":\"Fetch a from %s.\","
-                       "\"tools\":[\"http_request\"],\"allowed_hosts\":[\"127.0.0.1\"]",
-                       tag);
-        _cleanup_free_ char *wf = agent_fixture_think_workflow(&S, tag, members);
-#define REFUSED_STEP(extra)                                                                        \
-        "{\"text\":\"I will fetch it.\",\"tool_calls\":[{\"id\":\"call_x\",\"name\":"              \
-        "\"http_request\",\"arguments\":\"{\\\"method\\\":\\\"GET\\\",\\\"url\\\":"                \
-        "\\\"http://not-allowed.invalid/a\\\"}\"}],\"usage\":{\"input\":1000,"                     \
-        "\"output\":100}" extra "}"
-        const char *script = "[" REFUSED_STEP(",\"delay_ms\":1500") "," REFUSED_STEP(
-            "") ","
-                "{\"text\":\"That host is not allowed.\",\"usage\":{\"input\":1500,"
-                "\"output\":20}}]";
-#undef REFUSED_STEP
-
-        llm_server_script(S.llm, script);
-        _cleanup_free_ char *run = worker_test_run(S.db, wf, "{}");
-        pid_t w = agent_fixture_spawn_worker(&S, "commit-w", "2s", NULL);
-        int64_t end = test_now_ms() + 30000;
-        while (llm_server_request_count(S.llm) < before + 1 && test_now_ms() < end)
-                usleep(20000);
-        assert_int_equal(llm_server_request_count(S.llm), before + 1);
+        pid_t w;
+        _cleanup_free_ char *run = first_call_at_the_server(
+            "lost-llm",
+            "[" REFUSED_STEP(",\"delay_ms\":1500") "," REFUSED_STEP(
+                "") ",{\"text\":\"That host is not allowed.\",\"usage\":{\"input\":1500,"
+                    "\"output\":20}}]",
+            before, &w);
 
         PGconn *lock = NULL;
         long long backend = hold_the_write(run, w, &lock);
