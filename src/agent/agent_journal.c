@@ -410,9 +410,10 @@ static int write_result(struct agent_session *s, PGresult *res_, int r)
 
         if (!res) {
                 r = r < 0 ? r : -EIO;
-                /* the connection lost, or a transient refusal: what was written is not
-                 * known, and the session's failure could not be recorded either */
-                s->db_lost = r == -ECONNRESET || r == -EIO || r == -EAGAIN;
+                /* the connection lost, or a transient refusal (a serialization failure,
+                 * a canceled statement): what was written is not known, and the session's
+                 * failure could not be recorded either */
+                s->db_lost = r == -ECONNRESET || r == -EIO || r == -EAGAIN || r == -ETIMEDOUT;
                 return r;
         }
         if (PQgetisnull(res, 0, 0))

@@ -312,6 +312,11 @@ int db_result_error(PGconn *c, const PGresult *res)
         if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
             strcmp(state, "P0001") == 0)
                 return -EINVAL;
+        /* 57014 (query_canceled: statement_timeout, or a cancel request) leaves the
+         * connection usable; the rest of class 57 (shutdown, crash, a dropped database) and
+         * class 08 mean it is going or gone */
+        if (strcmp(state, "57014") == 0)
+                return -ETIMEDOUT;
         if (strncmp(state, "08", 2) == 0 || strncmp(state, "57", 2) == 0)
                 return -ECONNRESET;
         return -EIO;

@@ -86,8 +86,9 @@ struct db_error {
 struct db_error db_last_error_parts(void);
 
 /* Maps a failed result to a negative errno: -EEXIST unique violation, -EACCES privilege,
- * -EAGAIN serialization/deadlock, -EINVAL data/constraint errors, -ECONNRESET lost
- * connection, -EIO anything else; also records db_last_error(). */
+ * -EAGAIN serialization/deadlock, -EINVAL data/constraint errors, -ETIMEDOUT a statement
+ * canceled (statement_timeout or a cancel request: the connection stays usable),
+ * -ECONNRESET lost connection, -EIO anything else; also records db_last_error(). */
 int db_result_error(PGconn *c, const PGresult *res);
 
 /* Runs one or more statements without parameters; 0 or a negative errno. */

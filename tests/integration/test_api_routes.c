@@ -2,8 +2,9 @@
  * The API against a real Postgres and a real `agently api` process: every route, tenant
  * isolation (user B on user A's objects gets 404 and changes nothing), Idempotency-Key,
  * SSE resume with Last-Event-ID (every event exactly once, in order), limits (413, 431,
- * 400 with position, 404/405), 200 idle connections not blocking a client, secrets
- * encrypted at rest, and a clean SIGTERM with a stream open.
+ * 400 with position, 404/405), 200 idle connections not blocking a client, a statement past
+ * statement_timeout answered 503 `timeout` (not `database_unavailable`),
+ * secrets encrypted at rest, and a clean SIGTERM with a stream open.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1199,6 +1200,54 @@ static void test_limits(void **state)
                 close(fds[i]);
 }
 
+struct pending_get {
+        const char *path;
+        struct reply r;
+};
+
+static void *get_in_thread(void *arg)
+{
+        struct pending_get *g = arg;
+        g->r = http("GET", g->path, S.admin_token, NULL, NULL);
+        return NULL;
+}
+
+/* A statement canceled by Postgres (statement_timeout, 57014; here a cancel request, the
+ * same SQLSTATE, so the test need not wait 15 s) is a slow request on a live database: 503
+ * `timeout` with its hint, never `database_unavailable` (a client told the database is down
+ * gives up or pages someone), and the connection goes back to the pool usable. */
+static void test_statement_canceled_is_timeout(void **state)
+{
+        char *id = start_run(S.admin_token);
+        char path[128];
+        struct pending_get g = {.path = path};
+        pthread_t t;
+
+        snprintf(path, sizeof(path), "/v1/runs/%s", id);
+        /* the read waits for this lock: the API's statement is in flight until canceled */
+        PQclear(test_db_must(S.db, "BEGIN"));
+        PQclear(test_db_must(S.db, "LOCK TABLE workflow_runs IN ACCESS EXCLUSIVE MODE"));
+        pthread_create(&t, NULL, get_in_thread, &g);
+        for (int64_t deadline = test_now_ms() + 10000;;) {
+                if (test_db_int(S.db, "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
+                                      "WHERE pg_backend_pid() = ANY (pg_blocking_pids(pid))") > 0)
+                        break;
+                assert_int_lt(test_now_ms(), deadline);
+                usleep(20 * 1000);
+        }
+        pthread_join(t, NULL);
+        PQclear(test_db_must(S.db, "ROLLBACK"));
+        assert_error(&g.r, 503, "timeout");
+        assert_no_database_text(&g.r);
+        assert_string_equal(jstr(json_object_get(g.r.json, "error"), "hint"),
+                            "retry, or narrow the request (filters, a smaller limit)");
+        reply_free(&g.r);
+        g.r = http("GET", path, S.admin_token, NULL, NULL);
+        assert_int_equal(g.r.status, 200);
+        reply_free(&g.r);
+        free(id);
+}
+
 /* The database goes away: 503 with a clear error, and the API recovers when it is back. */
 static void test_database_blip(void **state)
 {
@@ -1289,6 +1338,7 @@ int main(void)
             cmocka_unit_test(test_secrets_and_tokens),
             cmocka_unit_test(test_sse_resume),
             cmocka_unit_test(test_limits),
+            cmocka_unit_test(test_statement_canceled_is_timeout),
             cmocka_unit_test(test_database_blip),
             cmocka_unit_test(test_sigterm_with_stream),
         };
