@@ -67,7 +67,12 @@ struct api_response {
         bool unauthorized;        /* add WWW-Authenticate */
         struct MHD_Response *raw; /* a ready response (SSE); status as given */
         char *set_cookie;         /* Set-Cookie value (owned), or NULL */
+        unsigned retry_after_s;   /* Retry-After of a 503 that asks to be retried, or 0 */
 };
+
+/* The Retry-After (seconds) of a 503 a database failure answers: the pool's reconnect
+ * backoff is 1 s, a busy or slow database needs a moment more. */
+#define API_RETRY_AFTER_S 2
 
 /* Sets an error response: {"error": {"code", "message", "detail", "hint"}}. detail and hint
  * may be NULL (JSON null). Returns status so handlers can `return api_error(...)`. */
@@ -78,7 +83,8 @@ unsigned api_errorf(struct api_response *resp, unsigned status, const char *code
                     const char *message, const char *hint, const char *detail_fmt, ...)
     __attribute__((format(printf, 6, 7)));
 /* The error for a failed database call r (negative errno), the one place that turns
- * database failures into what users read: 503 when the database is unreachable or busy,
+ * database failures into what users read: 503 when the database is unreachable, busy or a
+ * statement ran past statement_timeout (`timeout`), each with Retry-After,
  * 4xx by SQLSTATE with a RAISE message of our SQL functions as the detail, 500 otherwise;
  * never Postgres' own text (api_server.c). */
 unsigned api_db_error(struct api_response *resp, int r);

@@ -293,7 +293,8 @@ static const struct api_db_error_case *db_error_case(const struct api_db_error_c
         return NULL;
 }
 
-unsigned api_db_error_with(struct api_response *resp, int r, const struct api_db_error_case *cases)
+static unsigned db_error_answer(struct api_response *resp, int r,
+                                const struct api_db_error_case *cases)
 {
         struct db_error e = db_last_error_parts();
         const struct api_db_error_case *c = NULL;
@@ -326,6 +327,17 @@ unsigned api_db_error_with(struct api_response *resp, int r, const struct api_db
             *e.detail ? str_printf("%s (%s)", e.message, e.detail) : strdup(e.message);
         return api_error(resp, c->status, c->code, c->message, detail ? detail : e.message,
                          *e.hint ? e.hint : c->hint);
+}
+
+/* Every 503 of a database failure (unreachable, busy, a statement over statement_timeout)
+ * asks to be retried: its Retry-After says when, so a client need not guess. */
+unsigned api_db_error_with(struct api_response *resp, int r, const struct api_db_error_case *cases)
+{
+        unsigned status = db_error_answer(resp, r, cases);
+
+        if (status == 503)
+                resp->retry_after_s = API_RETRY_AFTER_S;
+        return status;
 }
 
 unsigned api_db_error(struct api_response *resp, int r)
@@ -616,6 +628,11 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, struct exchang
         if (resp->unauthorized)
                 MHD_add_response_header(mr, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                         "Bearer realm=\"agently\"");
+        if (resp->retry_after_s && resp->status == 503) {
+                char seconds[16];
+                snprintf(seconds, sizeof(seconds), "%u", resp->retry_after_s);
+                MHD_add_response_header(mr, MHD_HTTP_HEADER_RETRY_AFTER, seconds);
+        }
         if (resp->set_cookie)
                 MHD_add_response_header(mr, MHD_HTTP_HEADER_SET_COOKIE, resp->set_cookie);
         ex->status = resp->status;

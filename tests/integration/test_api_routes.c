@@ -3,7 +3,7 @@
  * isolation (user B on user A's objects gets 404 and changes nothing), Idempotency-Key,
  * SSE resume with Last-Event-ID (every event exactly once, in order), limits (413, 431,
  * 400 with position, 404/405), 200 idle connections not blocking a client, a statement past
- * statement_timeout answered 503 `timeout` (not `database_unavailable`),
+ * statement_timeout answered 503 `timeout` (not `database_unavailable`) with Retry-After,
  * secrets encrypted at rest, and a clean SIGTERM with a stream open.
  */
 #include <arpa/inet.h>
@@ -1214,8 +1214,9 @@ static void *get_in_thread(void *arg)
 
 /* A statement canceled by Postgres (statement_timeout, 57014; here a cancel request, the
  * same SQLSTATE, so the test need not wait 15 s) is a slow request on a live database: 503
- * `timeout` with its hint, never `database_unavailable` (a client told the database is down
- * gives up or pages someone), and the connection goes back to the pool usable. */
+ * `timeout` with its hint and Retry-After, never `database_unavailable` (a client told the
+ * database is down gives up or pages someone), and the connection goes back to the pool
+ * usable. */
 static void test_statement_canceled_is_timeout(void **state)
 {
         char *id = start_run(S.admin_token);
@@ -1241,6 +1242,7 @@ static void test_statement_canceled_is_timeout(void **state)
         assert_no_database_text(&g.r);
         assert_string_equal(jstr(json_object_get(g.r.json, "error"), "hint"),
                             "retry, or narrow the request (filters, a smaller limit)");
+        assert_non_null(strcasestr(g.r.headers, "Retry-After: 2\r\n"));
         reply_free(&g.r);
         g.r = http("GET", path, S.admin_token, NULL, NULL);
         assert_int_equal(g.r.status, 200);
@@ -1276,7 +1278,10 @@ static void test_database_blip(void **state)
                  "AND pid <> pg_backend_pid()",
                  dbname);
         PQclear(test_db_must(S.db, sql));
-        assert_refused("GET", "/v1/me", S.admin_token, NULL, 503, "database_unavailable");
+        r = http("GET", "/v1/me", S.admin_token, NULL, NULL);
+        assert_error(&r, 503, "database_unavailable");
+        assert_non_null(strcasestr(r.headers, "Retry-After: 2\r\n"));
+        reply_free(&r);
         r = http("GET", "/readyz", NULL, NULL, NULL);
         assert_int_equal(r.status, 503);
         reply_free(&r);

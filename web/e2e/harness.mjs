@@ -1,10 +1,13 @@
 // The browser tests' harness: a real `agently up` (embedded Postgres, a free port, a scratch
 // data directory) and Debian's Chromium driven headless by playwright-core (no browser
 // download). Every page is watched: a console error, an uncaught exception, a failed request
-// or an HTTP error answer fails the test that caused it. Screenshots go to
+// or an HTTP error answer fails the test that caused it. The harness and the dashboard are
+// clients as docs/api.md asks: a read answered 503 with Retry-After is tried again after it,
+// three attempts in all (a slow database under the sanitizers' load is not a failure; one
+// that stays slow is). Screenshots, and agently's and Postgres' logs when it stops, go to
 // $AGENTLY_E2E_ARTIFACTS (ctest sets it to build/e2e-artifacts).
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -26,6 +29,15 @@ function freePort() {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The dashboard's rule (web/src/api/client.ts): a GET answered 503 with Retry-After is
+ * tried again after it, three attempts in all; the wait in ms, or null to keep the answer. */
+const READ_ATTEMPTS = 3;
+function retryAfterMs(method, status, retryAfter, attempt) {
+  const seconds = retryAfter === null ? NaN : Number(retryAfter);
+  if (status !== 503 || method !== "GET" || attempt >= READ_ATTEMPTS || !(seconds >= 0)) return null;
+  return Math.min(seconds, 10) * 1000;
+}
 
 /** Starts `agently up`; resolves when /readyz answers 200. */
 export async function startAgently() {
@@ -64,20 +76,35 @@ export async function startAgently() {
     log,
     /** A bearer request to the API (for setting things up and checking). */
     async api(method, path, body) {
-      const r = await fetch(base + path, {
-        method,
-        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      const text = await r.text();
-      if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
-      return text ? JSON.parse(text) : undefined;
+      for (let attempt = 1; ; attempt++) {
+        const r = await fetch(base + path, {
+          method,
+          headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        const text = await r.text();
+        const wait = retryAfterMs(method, r.status, r.headers.get("Retry-After"), attempt);
+        if (wait !== null) {
+          console.log(`${method} ${path}: ${r.status} ${text}; attempt ${attempt + 1} in ${wait} ms`);
+          await sleep(wait);
+          continue;
+        }
+        if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
+        return text ? JSON.parse(text) : undefined;
+      }
     },
     async stop() {
       child.kill("SIGTERM");
       const t = setTimeout(() => child.kill("SIGKILL"), 20_000);
       await new Promise((r) => (child.exitCode !== null ? r() : child.on("exit", r)));
       clearTimeout(t);
+      // what a failure needs to be understood (a statement timeout is in Postgres' log)
+      writeFileSync(join(ARTIFACTS, `agently-${port}.log`), log.join(""));
+      try {
+        copyFileSync(join(dir, "postgres", "postgres.log"), join(ARTIFACTS, `postgres-${port}.log`));
+      } catch {
+        /* Postgres never started: agently's log says why */
+      }
       rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -113,7 +140,16 @@ export async function watchedPage(browser, viewport = { width: 1280, height: 900
     if (r.failure()?.errorText === "net::ERR_ABORTED") return;
     problems.push(`request failed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`);
   });
+  const attempts = new Map(); // url -> 503s with Retry-After in a row (the dashboard retries)
   page.on("response", (r) => {
+    const method = r.request().method();
+    if (retryAfterMs(method, r.status(), r.headers()["retry-after"] ?? null, (attempts.get(r.url()) ?? 0) + 1) !== null) {
+      attempts.set(r.url(), (attempts.get(r.url()) ?? 0) + 1);
+      allowedLogs++;
+      console.log(`HTTP ${r.status()} with Retry-After: ${method} ${r.url()} (the dashboard tries again)`);
+      return;
+    }
+    attempts.delete(r.url());
     if (r.status() < 400) return;
     const i = expected.findIndex(([st, path]) => st === r.status() && new URL(r.url()).pathname === path);
     if (i >= 0) {
@@ -121,7 +157,7 @@ export async function watchedPage(browser, viewport = { width: 1280, height: 900
       allowedLogs++;
       return;
     }
-    problems.push(`HTTP ${r.status()}: ${r.request().method()} ${r.url()}`);
+    problems.push(`HTTP ${r.status()}: ${method} ${r.url()}`);
   });
   return {
     context,

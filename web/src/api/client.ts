@@ -76,6 +76,32 @@ export interface CallOptions<O> {
   signal?: AbortSignal;
 }
 
+/** A read answered 503 with Retry-After (the database is down, busy or slow: docs/api.md,
+ * "Errors") is tried again after it, three attempts in all; the wait before the next
+ * attempt, or null to answer with this response. A change is never repeated here: it may
+ * have happened. */
+const READ_ATTEMPTS = 3;
+function retryAfterMs(res: Response, method: Method, attempt: number): number | null {
+  const header = res.headers.get("Retry-After");
+  const seconds = header === null ? NaN : Number(header);
+  if (res.status !== 503 || method !== "get" || attempt >= READ_ATTEMPTS || !(seconds >= 0)) return null;
+  return Math.min(seconds, 10) * 1000;
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(t);
+        reject(new DOMException("aborted", "AbortError"));
+      },
+      { once: true },
+    );
+  });
+}
+
 /** One typed request: call("post", "/v1/runs/{id}/cancel", {path: {id}}). */
 export async function call<P extends keyof paths, M extends Method>(
   method: M,
@@ -95,13 +121,19 @@ export async function call<P extends keyof paths, M extends Method>(
     body = JSON.stringify(opts.body);
   }
   let res: Response;
-  try {
-    res = await fetch(url, { method: method.toUpperCase(), headers, body, credentials: "same-origin", signal: opts.signal });
-  } catch (e) {
-    if ((e as Error).name === "AbortError") throw e;
-    throw new ApiError(0, "network", "could not reach the server", String(e), "check that agently is running");
+  let text: string;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      res = await fetch(url, { method: method.toUpperCase(), headers, body, credentials: "same-origin", signal: opts.signal });
+    } catch (e) {
+      if ((e as Error).name === "AbortError") throw e;
+      throw new ApiError(0, "network", "could not reach the server", String(e), "check that agently is running");
+    }
+    text = await res.text(); // read even when empty (204): an unread body is aborted
+    const wait = retryAfterMs(res, method, attempt);
+    if (wait === null) break;
+    await sleep(wait, opts.signal);
   }
-  const text = await res.text(); // read even when empty (204): an unread body is aborted
   if (res.status === 204) return undefined as Success<Op<P, M>>;
   let json: unknown = undefined;
   try {
