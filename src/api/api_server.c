@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -42,6 +43,7 @@ struct api_server {
         unsigned nslots;
         int64_t last_connect_failure_ms;
         struct api_sse_hub *sse;
+        atomic_uint open_connections; /* the whole daemon's (on_connection, accept_policy) */
 };
 
 /* One HTTP exchange (MHD's con_cls): lives from the first call of the access handler to
@@ -1064,6 +1066,34 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         *con_cls = NULL;
 }
 
+/*
+ * The connection limit is the daemon's, not a pool thread's. MHD splits its own
+ * MHD_OPTION_CONNECTION_LIMIT evenly among the pool's threads and closes what a thread
+ * accepts past its share, and the threads race to accept: under load one thread took its
+ * 256 of 1,024 while others were busy, and 600 connections from a client got 344 answers.
+ * So MHD is given headroom (every thread may take the whole limit) and the limit itself is
+ * counted here, for all threads; concurrent accepts can pass it by at most the threads - 1.
+ */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+        struct api_server *s = cls;
+
+        (void)conn, (void)socket_context;
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+                atomic_fetch_add(&s->open_connections, 1);
+        else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+                atomic_fetch_sub(&s->open_connections, 1);
+}
+
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+        struct api_server *s = cls;
+
+        (void)addr, (void)addrlen;
+        return atomic_load(&s->open_connections) < s->options->max_connections ? MHD_YES : MHD_NO;
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
         char line[512];
@@ -1123,16 +1153,19 @@ int api_run(const struct api_options *o)
                 return log_errno(r, "could not start the event stream thread");
         }
 
+        unsigned threads = o->threads ? o->threads : 1;
         d = MHD_start_daemon(
-            MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
-            NULL, on_request, &s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-            MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)(o->threads ? o->threads : 1),
-            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)o->max_connections,
-            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)o->per_ip_connections,
-            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)o->connection_timeout_s,
-            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
-            on_completed, &s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)511, MHD_OPTION_END);
+            MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
+            accept_policy, &s, on_request, &s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+            MHD_OPTION_THREAD_POOL_SIZE, threads,
+            /* per thread once MHD has split it: the limit is accept_policy's */
+            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)o->max_connections * threads,
+            MHD_OPTION_NOTIFY_CONNECTION, on_connection, &s, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+            (unsigned int)o->per_ip_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+            (unsigned int)o->connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+            (size_t)(256 * 1024), MHD_OPTION_NOTIFY_COMPLETED, on_completed, &s,
+            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+            (unsigned int)511, MHD_OPTION_END);
         if (!d) {
                 api_sse_hub_stop(s.sse, 0);
                 free(s.slots);
