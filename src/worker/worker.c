@@ -1868,16 +1868,22 @@ static void batch_run(struct worker *w, bool claim_now)
 
 /* A request ended: keep the result for the next batch (which checkpoints it before the
  * run is planned again). Takes ownership of output and error. */
+/* Takes e out of its run's list of effects in flight. */
+static void effect_unlink(struct effect *e)
+{
+        for (struct effect **p = &e->run->effects; *p; p = &(*p)->next)
+                if (*p == e) {
+                        *p = e->next;
+                        return;
+                }
+}
+
 static void effect_done(struct worker *w, struct effect *e, json_t *output, json_t *error)
 {
         struct run *run = e->run;
         struct completion *c = calloc(1, sizeof(*c));
 
-        for (struct effect **p = &run->effects; *p; p = &(*p)->next)
-                if (*p == e) {
-                        *p = e->next;
-                        break;
-                }
+        effect_unlink(e);
         if (!c) {
                 /* cannot keep the result: let the lease lapse, the step is re-run */
                 json_decref(output);
@@ -1915,11 +1921,7 @@ static void agent_done(void *owner, void *userdata, json_t *output, json_t *erro
                 log_error("run %s: %s", e->run->id, jstr(error, "message"));
                 e->run->abandon = true;
                 w->abandon = true;
-                for (struct effect **p = &e->run->effects; *p; p = &(*p)->next)
-                        if (*p == e) {
-                                *p = e->next;
-                                break;
-                        }
+                effect_unlink(e);
                 json_decref(output);
                 json_decref(error);
                 free(e->node);
