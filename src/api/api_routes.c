@@ -90,14 +90,19 @@
 /* The first RUN_NODES_INLINE nodes of run r in order of first start, latest attempt each:
  * node_runs_run_started_idx (0024) walked from the start, keeping each node's first attempt
  * (no attempt of it started before), so 1,000 nodes cost 1,000 rows, not the whole run.
- * The LIMIT 1 keeps the latest-attempt lookup a probe per node (without it the planner may
+ * That check is a scalar subquery, a probe per node on node_runs_run_node_attempt_key: as
+ * NOT EXISTS it is an anti-join, which with statistics from before a large run was written
+ * (its node_runs estimated at 3 rows) became a nested loop over the whole run materialized,
+ * once per node kept — 20 M comparisons and 0.8–2.6 s for a 20,002-node run, 16–50 times
+ * the read with fresh statistics (the ninth session's 15 s web_e2e read under ASan). The
+ * LIMIT 1 keeps the latest-attempt lookup a probe per node too (without it the planner may
  * join the whole run's view instead). */
 #define RUN_NODES_FIRST                                                                            \
         "COALESCE((SELECT json_agg(" NODE_STATE_NO_MAP_OUTPUT_JSON " ORDER BY f.started_at, "      \
         "f.node_id) FROM (SELECT f.node_id, f.started_at FROM node_runs f WHERE "                  \
-        "f.workflow_run_id = r.id AND NOT EXISTS (SELECT 1 FROM node_runs e WHERE "                \
-        "e.workflow_run_id = r.id AND e.node_id = f.node_id AND (e.started_at, e.attempt) < "      \
-        "(f.started_at, f.attempt)) ORDER BY f.started_at, f.node_id LIMIT " RUN_NODES_INLINE      \
+        "f.workflow_run_id = r.id AND (SELECT 1 FROM node_runs e WHERE e.workflow_run_id = r.id "  \
+        "AND e.node_id = f.node_id AND (e.started_at, e.attempt) < (f.started_at, f.attempt) "     \
+        "LIMIT 1) IS NULL ORDER BY f.started_at, f.node_id LIMIT " RUN_NODES_INLINE                \
         ") f CROSS JOIN LATERAL (SELECT n.*, " NODE_IS_MAP " AS is_map FROM agently_node_latest "  \
         "n WHERE n.workflow_run_id = r.id AND n.node_id = f.node_id LIMIT 1) n), '[]'::json)"
 /* ?items=false: the first RUN_NODES_INLINE nodes of run r that are not map items, in order
@@ -388,12 +393,15 @@ static unsigned respond_run_read(struct api_request *req, struct api_response *r
 {
         const char *params[] = {id};
 
-        return api_respond_query(req, resp, status,
-                                 items ? "SELECT " RUN_JSON_ALL
-                                         " FROM workflow_runs r" RUN_NODES_TOTAL " WHERE r.id = $1"
-                                       : "SELECT " RUN_JSON_NOT_ITEMS
-                                         " FROM workflow_runs r" RUN_NODES_TOTAL " WHERE r.id = $1",
-                                 1, params, "run", id);
+        return api_respond_query(req, resp, status, api_run_read_sql(items), 1, params, "run", id);
+}
+
+const char *api_run_read_sql(bool items)
+{
+        return items ? "SELECT " RUN_JSON_ALL " FROM workflow_runs r" RUN_NODES_TOTAL
+                       " WHERE r.id = $1"
+                     : "SELECT " RUN_JSON_NOT_ITEMS " FROM workflow_runs r" RUN_NODES_TOTAL
+                       " WHERE r.id = $1";
 }
 
 static unsigned respond_run(struct api_request *req, struct api_response *resp, unsigned status,

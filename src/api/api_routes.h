@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct api_request;
@@ -35,3 +36,7 @@ extern const size_t api_routes_count;
  */
 int api_route_match(const char *method, const char *path, const char **params, size_t max,
                     char **storage, const char **allow);
+
+/* The statement GET /v1/runs/{id} reads a run with ($1: its id); items: whether its `nodes`
+ * hold map items (?items=false: not). Also for the tests that look at its plan. */
+const char *api_run_read_sql(bool items);
