@@ -140,6 +140,20 @@ static long long rows_removed_by_join_filter(const json_t *node)
         return n;
 }
 
+/* Nodes n1..nN of run, one attempt each, completed, started 1 ms apart in that order. */
+static void add_nodes(const char *run, int n)
+{
+        char sql[1024];
+
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO node_runs (workflow_run_id, user_id, node_id, attempt, status, "
+                 "started_at, finished_at) SELECT r.id, r.user_id, 'n' || i, 1, 'completed', "
+                 "now() + i * interval '1 ms', now() + i * interval '1 ms' FROM workflow_runs r, "
+                 "generate_series(1, %d) i WHERE r.id = '%s'",
+                 n, run);
+        PQclear(test_db_must(S.db, sql));
+}
+
 #define STALE_NODES 3000
 
 /* A run written after the last ANALYZE of node_runs (autovacuum's comes later: the
@@ -151,25 +165,12 @@ static long long rows_removed_by_join_filter(const json_t *node)
 static void run_read_probes_per_node_with_stale_statistics(void **state)
 {
         (void)state;
-        char *small = new_run(), *big = new_run();
+        char *small = new_run(), *big = new_run(), sql[256];
 
-        char sql[1024];
-
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO node_runs (workflow_run_id, user_id, node_id, attempt, status, "
-                 "started_at, finished_at) SELECT r.id, r.user_id, 'n' || i, 1, 'completed', "
-                 "now(), now() FROM workflow_runs r, generate_series(1, 3) i WHERE r.id = '%s'",
-                 small);
-        PQclear(test_db_must(S.db, sql));
+        add_nodes(small, 3);
         PQclear(test_db_must(S.db, "ANALYZE node_runs"));
         PQclear(test_db_must(S.db, "ANALYZE workflow_runs"));
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO node_runs (workflow_run_id, user_id, node_id, attempt, status, "
-                 "started_at, finished_at) SELECT r.id, r.user_id, 'n' || i, 1, 'completed', "
-                 "now() + i * interval '1 ms', now() + i * interval '1 ms' FROM workflow_runs r, "
-                 "generate_series(1, %d) i WHERE r.id = '%s'",
-                 STALE_NODES, big);
-        PQclear(test_db_must(S.db, sql));
+        add_nodes(big, STALE_NODES);
 
         /* the API's own statement, as the API runs it: its role, its user */
         PQclear(test_db_must(S.db, "BEGIN"));
