@@ -398,10 +398,10 @@ static unsigned respond_run_read(struct api_request *req, struct api_response *r
 
 const char *api_run_read_sql(bool items)
 {
-        return items ? "SELECT " RUN_JSON_ALL " FROM workflow_runs r" RUN_NODES_TOTAL
-                       " WHERE r.id = $1"
-                     : "SELECT " RUN_JSON_NOT_ITEMS " FROM workflow_runs r" RUN_NODES_TOTAL
-                       " WHERE r.id = $1";
+#define RUN_READ_FROM " FROM workflow_runs r" RUN_NODES_TOTAL " WHERE r.id = $1"
+        return items ? "SELECT " RUN_JSON_ALL RUN_READ_FROM
+                     : "SELECT " RUN_JSON_NOT_ITEMS RUN_READ_FROM;
+#undef RUN_READ_FROM
 }
 
 static unsigned respond_run(struct api_request *req, struct api_response *resp, unsigned status,

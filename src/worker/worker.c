@@ -1866,8 +1866,6 @@ static void batch_run(struct worker *w, bool claim_now)
 
 /* ---- effect completions ------------------------------------------------------------ */
 
-/* A request ended: keep the result for the next batch (which checkpoints it before the
- * run is planned again). Takes ownership of output and error. */
 /* Takes e out of its run's list of effects in flight. */
 static void effect_unlink(struct effect *e)
 {
@@ -1878,6 +1876,8 @@ static void effect_unlink(struct effect *e)
                 }
 }
 
+/* A request ended: keep the result for the next batch (which checkpoints it before the
+ * run is planned again). Takes ownership of output and error. */
 static void effect_done(struct worker *w, struct effect *e, json_t *output, json_t *error)
 {
         struct run *run = e->run;

@@ -648,7 +648,6 @@ static void test_mutation_fuzz(void **state)
         assert_alive();
 }
 
-/* After all of it, SIGTERM stops the server cleanly (under ASan: no leak, no error). */
 /* A kept-open connection to port that asked GET /healthz: its fd when answered 200, -1 when
  * the server closed it instead (or said nothing within 5 s). */
 static int answered_connection(int port)
@@ -721,6 +720,7 @@ static void test_connection_limit_is_the_daemons(void **state)
         test_stop_process(api, SIGTERM, 10000);
 }
 
+/* After all of it, SIGTERM stops the server cleanly (under ASan: no leak, no error). */
 static void test_clean_shutdown(void **state)
 {
         int status = test_stop_process(F.api, SIGTERM, 15000);
