@@ -578,9 +578,16 @@ int embedded_pg_start(struct embedded_pg *pg)
                 }
                 /* after a crash, recovery first syncs the data directory: one syncfs() of
                  * its file system instead of an fsync() per file (seconds on a busy disk);
-                 * Postgres 14 and later */
+                 * Postgres 14 and later.
+                 * Six autovacuum workers, not three: the run history's vacuums (tens of
+                 * seconds each under their cost delay) held all three at once, and the
+                 * queue, whose claim indexes grow with every second its vacuum waits, got
+                 * none for up to 6 s (docs/performance.md, "Issue 9: why the claim indexes
+                 * still grow after minute 5"). A start option, so clusters created before
+                 * it get it too; the workers share one cost limit, so more of them do not
+                 * vacuum faster, they only wait less. */
                 options = str_printf(
-                    "-p %d%s", port,
+                    "-p %d -c autovacuum_max_workers=6%s", port,
                     cluster_major_version(pg) >= 14 ? " -c recovery_init_sync_method=syncfs" : "");
                 if (!options)
                         return -ENOMEM;

@@ -222,6 +222,44 @@ static void vacuum_cadence_per_table(void **state)
         free(queue);
 }
 
+/* The run history's ANALYZE samples 300 rows per unit of the highest statistics target
+ * among its columns, in one transaction whose snapshot every vacuum must respect, run_queue's
+ * too; 0044 holds the three history tables, and every logs partition, to a target of 10
+ * (3,000 rows). A column added without its target, or a month's partition created without
+ * logs' targets, would bring back ANALYZEs ten times as long. */
+static void history_tables_sample_small(void **state)
+{
+        struct fixture *f = *state;
+#define HISTORY_COLUMNS_OFF_TARGET                                                                 \
+        "SELECT coalesce(string_agg(a.attrelid::regclass || '.' || a.attname || '=' || "           \
+        "a.attstattarget, ', ' ORDER BY a.attrelid::regclass::text, a.attnum), '') "               \
+        "FROM pg_attribute a WHERE a.attnum > 0 AND NOT a.attisdropped "                           \
+        "AND a.attstattarget IS DISTINCT FROM 10 AND a.attrelid IN ("                              \
+        "SELECT 'workflow_runs'::regclass UNION ALL SELECT 'node_runs'::regclass UNION ALL "       \
+        "SELECT 'logs'::regclass UNION ALL "                                                       \
+        "SELECT inhrelid FROM pg_inherits WHERE inhparent = 'logs'::regclass)"
+        char *before = test_db_value(f->c, HISTORY_COLUMNS_OFF_TARGET);
+        char *partitions = test_db_value(f->c, "SELECT count(*) FROM pg_inherits WHERE inhparent "
+                                               "= 'logs'::regclass");
+        /* the dispatcher's maintenance, as agently_worker: two years of months to come */
+        char *worker_conninfo = test_db_conninfo_as(f->owner, "agently_worker");
+        PGconn *worker = test_db_connect(worker_conninfo);
+        char *created = test_db_value(worker, "SELECT agently_ensure_log_partitions(24)");
+        char *after = test_db_value(f->c, HISTORY_COLUMNS_OFF_TARGET);
+#undef HISTORY_COLUMNS_OFF_TARGET
+
+        assert_string_equal(before, "");
+        assert_int_ge(atoi(partitions), 2); /* logs_default and this month's at least */
+        assert_int_ge(atoi(created), 20);
+        assert_string_equal(after, "");
+        PQfinish(worker);
+        free(worker_conninfo);
+        free(before);
+        free(partitions);
+        free(created);
+        free(after);
+}
+
 /* What one statement did as agently_api: the rows it affected (or the count it selected),
  * or -1 and the error. */
 struct probe {
@@ -502,6 +540,7 @@ int main(void)
             cmocka_unit_test(vacuum_cadence_per_table),
             cmocka_unit_test(api_with_no_user_sees_nothing),
             cmocka_unit_test(tenants_cannot_see_or_touch_each_other),
+            cmocka_unit_test(history_tables_sample_small),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }

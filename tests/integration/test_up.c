@@ -121,6 +121,10 @@ static void up_runs_stops_and_keeps_its_data(void **state)
         char *conninfo = embedded_pg_conninfo(pg, EMBEDDED_PG_SUPERUSER, EMBEDDED_PG_DATABASE);
         PGconn *c = test_db_connect(conninfo);
         assert_int_equal(test_db_int(c, "SELECT count(*) FROM users WHERE is_admin"), 1);
+        /* started with six autovacuum workers (embedded_pg_start: the queue's vacuum must
+         * not wait for the run history's) */
+        assert_int_equal(test_db_int(c, "SELECT current_setting('autovacuum_max_workers')::int"),
+                         6);
         PQclear(test_db_must(c, "INSERT INTO users (name) VALUES ('kept-across-restarts')"));
         PQfinish(c);
 
