@@ -75,6 +75,9 @@ int bench_http_post(const char *url, const char *token, const char *body, char *
 /* Single-row INSERT + COMMIT per second with prepared statements over `connections`
  * connections (one thread each) for b->duration_ms. */
 double bench_baseline_commits(const struct bench *b, int connections);
+/* The 32-connection baseline run for soak_ms, its commits per 10 s and per minute printed
+ * with their spread, beside which the soak's own spread is read (--only baseline_soak). */
+void bench_baseline_soak(const struct bench *b, int64_t soak_ms);
 
 /* A count of LLM calls made through src/llm's client (bench_llm.c): pass
  * bench_llm_tally_done (and bench_llm_tally_text) with the tally as userdata. A call whose

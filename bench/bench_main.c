@@ -296,7 +296,7 @@ int main(int argc, char **argv)
                                         "[--only LIST] [--agents N] [--log-statements] "
                                         "[--pg-set NAME=VALUE]\n  LIST: "
                                         "runs,steps,effects,latency,map,soak,"
-                                        "journal,density,llm\n");
+                                        "journal,density,llm,baseline_soak (only when named)\n");
                         return 2;
                 }
         }
@@ -373,6 +373,9 @@ int main(int argc, char **argv)
                 bench_report("baseline_commit_1c", "%.0f", base1);
                 double base32 = bench_baseline_commits(&b, 32);
                 bench_report("baseline_commit_32c", "%.0f", base32);
+                /* only when named: it keeps both cores busy for the soak's length */
+                if (b.only && bench_want(&b, "baseline_soak"))
+                        bench_baseline_soak(&b, b.soak_ms > 0 ? b.soak_ms : 60000);
 
                 bench_run_targets(&b, pg, base1, base32);
                 bench_run_agents(&b, pg, base1, base32);
