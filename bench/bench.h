@@ -72,9 +72,12 @@ double bench_receiver_capacity(const struct bench_receiver *r, int concurrency, 
  * Returns the HTTP status or -1. */
 int bench_http_post(const char *url, const char *token, const char *body, char *out, size_t len);
 
-/* Single-row INSERT + COMMIT per second with prepared statements over `connections`
- * connections (one thread each) for b->duration_ms. */
+/* Single-row INSERT + COMMIT per second with prepared statements over `connections` new
+ * connections (one thread each) for b->duration_ms, their connecting included. */
 double bench_baseline_commits(const struct bench *b, int connections);
+/* The same over connections that have run that load for warm_ms first (a new backend runs
+ * at about half speed for its first seconds: bench_baseline.c). */
+double bench_baseline_commits_warm(const struct bench *b, int connections, int64_t warm_ms);
 /* The 32-connection baseline run for soak_ms, its commits per 10 s and per minute printed
  * with their spread, beside which the soak's own spread is read (--only baseline_soak). */
 void bench_baseline_soak(const struct bench *b, int64_t soak_ms);

@@ -2,6 +2,12 @@
  * The baseline every target is a ratio of: how many single-row INSERT + COMMIT
  * transactions per second this Postgres does right now, with prepared statements, over 1
  * and over 32 connections.
+ *
+ * A new connection's backend runs at about half speed for its first ~15 s of such load on
+ * this VM: it faults in Postgres's shared memory (the WAL buffers, the buffer pool) 4 KB at
+ * a time, one page table per process (docs/performance.md, "Fresh connections at half
+ * speed"). baseline_commit_* measure fresh connections, as the targets' fresh workers are;
+ * the warm figure lets the soak, whose connections are long warm, be read against the same.
  */
 #include "bench.h"
 
@@ -9,64 +15,100 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-struct baseline_thread {
+struct baseline_load {
         const struct bench *b;
-        int64_t deadline_us;
-        long commits;
-        int failed;
+        int connections;
+        pthread_t *threads;
+        atomic_int stop;
+        atomic_long commits;
+        atomic_int failed;
 };
 
 static void *baseline_thread(void *arg)
 {
-        struct baseline_thread *t = arg;
-        PGconn *c = bench_connect(t->b);
+        struct baseline_load *l = arg;
+        PGconn *c = bench_connect(l->b);
         PGresult *res = PQprepare(c, "ins", "INSERT INTO bench_baseline (v) VALUES ($1)", 1, NULL);
 
         if (PQresultStatus(res) != PGRES_COMMAND_OK)
-                t->failed = 1;
+                atomic_store(&l->failed, 1);
         PQclear(res);
-        while (!t->failed && bench_now_us() < t->deadline_us) {
+        while (!atomic_load(&l->failed) && !atomic_load(&l->stop)) {
                 const char *params[] = {"1"};
                 res = PQexecPrepared(c, "ins", 1, params, NULL, NULL, 0);
                 if (PQresultStatus(res) != PGRES_COMMAND_OK)
-                        t->failed = 1;
+                        atomic_store(&l->failed, 1);
                 else
-                        t->commits++;
+                        atomic_fetch_add(&l->commits, 1);
                 PQclear(res);
         }
         PQfinish(c);
         return NULL;
 }
 
-double bench_baseline_commits(const struct bench *b, int connections)
+static void ensure_table(const struct bench *b)
 {
-        pthread_t *threads = calloc((size_t)connections, sizeof(*threads));
-        struct baseline_thread *ts = calloc((size_t)connections, sizeof(*ts));
         PGconn *c = bench_connect(b);
-        int64_t start, end;
-        long total = 0;
 
         PQclear(PQexec(c, "CREATE TABLE IF NOT EXISTS bench_baseline (id bigserial PRIMARY KEY, "
                           "v int NOT NULL, at timestamptz NOT NULL DEFAULT now())"));
         PQfinish(c);
-        start = bench_now_us();
-        for (int i = 0; i < connections; i++) {
-                ts[i].b = b;
-                ts[i].deadline_us = start + b->duration_ms * 1000;
-                pthread_create(&threads[i], NULL, baseline_thread, &ts[i]);
+}
+
+/* Starts `connections` threads inserting until load_stop (each connects first, inside
+ * the caller's clock). */
+static struct baseline_load *load_start(const struct bench *b, int connections)
+{
+        struct baseline_load *l = calloc(1, sizeof(*l));
+
+        if (!l || !(l->threads = calloc((size_t)connections, sizeof(*l->threads))))
+                exit(1);
+        l->b = b;
+        l->connections = connections;
+        for (int i = 0; i < connections; i++)
+                pthread_create(&l->threads[i], NULL, baseline_thread, l);
+        return l;
+}
+
+static void load_stop(struct baseline_load *l)
+{
+        atomic_store(&l->stop, 1);
+        for (int i = 0; i < l->connections; i++)
+                pthread_join(l->threads[i], NULL);
+        if (atomic_load(&l->failed)) {
+                fprintf(stderr, "bench: baseline insert failed\n");
+                exit(1);
         }
-        for (int i = 0; i < connections; i++) {
-                pthread_join(threads[i], NULL);
-                if (ts[i].failed) {
-                        fprintf(stderr, "bench: baseline insert failed\n");
-                        exit(1);
-                }
-                total += ts[i].commits;
-        }
-        end = bench_now_us();
-        free(threads);
-        free(ts);
-        return (double)total / ((double)(end - start) / 1e6);
+        free(l->threads);
+        free(l);
+}
+
+double bench_baseline_commits(const struct bench *b, int connections)
+{
+        ensure_table(b);
+        int64_t start = bench_now_us();
+        struct baseline_load *l = load_start(b, connections);
+
+        bench_sleep_ms(b->duration_ms);
+        long n = atomic_load(&l->commits);
+        int64_t end = bench_now_us();
+        load_stop(l);
+        return (double)n / ((double)(end - start) / 1e6);
+}
+
+double bench_baseline_commits_warm(const struct bench *b, int connections, int64_t warm_ms)
+{
+        ensure_table(b);
+        struct baseline_load *l = load_start(b, connections);
+
+        bench_sleep_ms(warm_ms);
+        long n0 = atomic_load(&l->commits);
+        int64_t t0 = bench_now_us();
+        bench_sleep_ms(b->duration_ms);
+        long n1 = atomic_load(&l->commits);
+        int64_t t1 = bench_now_us();
+        load_stop(l);
+        return (double)(n1 - n0) / ((double)(t1 - t0) / 1e6);
 }
 
 /* ---- the baseline as a soak ------------------------------------------------------------
@@ -76,35 +118,6 @@ double bench_baseline_commits(const struct bench *b, int connections)
  * counting its commits per 10 s, so that the machine's own minute-to-minute spread under
  * the simplest durable load can be read beside the soak's (docs/performance.md, "The
  * baseline as a soak"). */
-
-struct soak_thread {
-        const struct bench *b;
-        const atomic_int *stop;
-        atomic_long *commits;
-        int failed;
-};
-
-static void *soak_thread(void *arg)
-{
-        struct soak_thread *t = arg;
-        PGconn *c = bench_connect(t->b);
-        PGresult *res = PQprepare(c, "ins", "INSERT INTO bench_baseline (v) VALUES ($1)", 1, NULL);
-
-        if (PQresultStatus(res) != PGRES_COMMAND_OK)
-                t->failed = 1;
-        PQclear(res);
-        while (!t->failed && !atomic_load(t->stop)) {
-                const char *params[] = {"1"};
-                res = PQexecPrepared(c, "ins", 1, params, NULL, NULL, 0);
-                if (PQresultStatus(res) != PGRES_COMMAND_OK)
-                        t->failed = 1;
-                else
-                        atomic_fetch_add(t->commits, 1);
-                PQclear(res);
-        }
-        PQfinish(c);
-        return NULL;
-}
 
 /* min, max and mean of v[0..n) into *lo, *hi, *mean */
 static void spread_of(const double *v, int n, double *lo, double *hi, double *mean)
@@ -124,10 +137,6 @@ void bench_baseline_soak(const struct bench *b, int64_t soak_ms)
 {
         enum { CONNECTIONS = 32, WINDOW_S = 10 };
         int nwin = (int)(soak_ms / 1000 / WINDOW_S);
-        pthread_t threads[CONNECTIONS];
-        struct soak_thread ts[CONNECTIONS];
-        atomic_int stop = 0;
-        atomic_long commits = 0;
         double *win = calloc((size_t)nwin + 1, sizeof(*win));
         double *minute = calloc((size_t)nwin / 6 + 1, sizeof(*minute));
 
@@ -140,19 +149,17 @@ void bench_baseline_soak(const struct bench *b, int64_t soak_ms)
                      "duration=%ds window=%ds connections=%d (single-row INSERT + COMMIT, "
                      "as baseline_commit_32c)",
                      nwin * WINDOW_S, WINDOW_S, CONNECTIONS);
-        for (int i = 0; i < CONNECTIONS; i++) {
-                ts[i] = (struct soak_thread){.b = b, .stop = &stop, .commits = &commits};
-                pthread_create(&threads[i], NULL, soak_thread, &ts[i]);
-        }
+        ensure_table(b);
+        struct baseline_load *l = load_start(b, CONNECTIONS);
         int64_t at = bench_now_us();
-        long last = atomic_load(&commits);
+        long last = atomic_load(&l->commits);
         for (int w = 0; w < nwin; w++) {
                 int64_t next = at + (int64_t)WINDOW_S * 1000000;
                 int64_t now = bench_now_us();
                 if (next > now)
                         bench_sleep_ms((next - now) / 1000);
                 now = bench_now_us();
-                long n = atomic_load(&commits);
+                long n = atomic_load(&l->commits);
                 win[w] = (double)(n - last) / ((double)(now - at) / 1e6);
                 last = n;
                 at = now;
@@ -160,14 +167,7 @@ void bench_baseline_soak(const struct bench *b, int64_t soak_ms)
                 snprintf(key, sizeof(key), "baseline_soak_window_%03d_commits_per_s", w);
                 bench_report(key, "%.0f", win[w]);
         }
-        atomic_store(&stop, 1);
-        for (int i = 0; i < CONNECTIONS; i++) {
-                pthread_join(threads[i], NULL);
-                if (ts[i].failed) {
-                        fprintf(stderr, "bench: baseline insert failed\n");
-                        exit(1);
-                }
-        }
+        load_stop(l);
         /* one-minute windows from the second on, as the soak's (soak_minute_spread) */
         int nmin = 0;
         for (int m = 1; (m + 1) * 6 <= nwin; m++) {

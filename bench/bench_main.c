@@ -354,13 +354,32 @@ int main(int argc, char **argv)
                 die("could not restart Postgres");
         PGresult *v = PQexec(c, "SELECT current_setting('server_version'), "
                                 "current_setting('synchronous_commit'), current_setting('fsync'), "
-                                "current_setting('track_commit_timestamp')");
+                                "current_setting('track_commit_timestamp'), "
+                                "current_setting('huge_pages')");
         uname(&uts);
         bench_report("machine", "%s %s, %ld cores", uts.sysname, uts.machine,
                      sysconf(_SC_NPROCESSORS_ONLN));
         bench_report("postgres", "%s synchronous_commit=%s fsync=%s track_commit_timestamp=%s",
                      PQgetvalue(v, 0, 0), PQgetvalue(v, 0, 1), PQgetvalue(v, 0, 2),
                      PQgetvalue(v, 0, 3));
+        /* whether Postgres's shared memory got huge pages changes every figure here (a new
+         * connection's first seconds: bench_baseline.c); huge_pages=try takes them when
+         * the kernel has some reserved */
+        long hp_total = -1, hp_free = -1, hp_rsvd = -1;
+        FILE *mi = fopen("/proc/meminfo", "re");
+        for (char line[128]; mi && fgets(line, sizeof(line), mi);) {
+                (void)(sscanf(line, "HugePages_Total: %ld", &hp_total) == 1 ||
+                       sscanf(line, "HugePages_Free: %ld", &hp_free) == 1 ||
+                       sscanf(line, "HugePages_Rsvd: %ld", &hp_rsvd) == 1);
+        }
+        if (mi)
+                fclose(mi);
+        bench_report(
+            "huge_pages",
+            "%s (the kernel's 2 MB pages: %ld reserved, %ld mapped or promised, "
+            "Postgres's among them when huge_pages took them)",
+            PQgetvalue(v, 0, 4), hp_total,
+            hp_total >= 0 && hp_free >= 0 ? hp_total - hp_free + (hp_rsvd > 0 ? hp_rsvd : 0) : -1);
         PQclear(v);
         PQfinish(c);
 

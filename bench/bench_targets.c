@@ -881,6 +881,13 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
         }
         soak_minutes(t, wf, t0, t1, ps, nps);
         free(ps);
+        /* the soak's connections were warm for most of it; baseline_commit_32c's were new
+         * (bench_baseline.c): the same load over connections warmed for 20 s first */
+        double warm = bench_baseline_commits_warm(t->b, 32, 20000);
+        bench_report("soak_baseline_commit_32c_warm",
+                     "%.0f (after the soak: 32 connections warmed 20 s; the soak's mean is "
+                     "%.2fx of it)",
+                     warm, nw > 0 ? (sum / nw) / warm : 0);
         PQclear(q(t->c, "VACUUM run_queue"));
         bench_report("soak_claim_index_bytes_after", "%.0f (after VACUUM; %0.f runs in the table)",
                      claim_index_bytes(t), qd(t->c, "SELECT count(*) FROM workflow_runs"));
