@@ -76,7 +76,9 @@ int bench_http_post(const char *url, const char *token, const char *body, char *
  * connections (one thread each) for b->duration_ms, their connecting included. */
 double bench_baseline_commits(const struct bench *b, int connections);
 /* The same over connections that have run that load for warm_ms first (a new backend runs
- * at about half speed for its first seconds: bench_baseline.c). */
+ * at about half speed for its first seconds: bench_baseline.c). BENCH_WARM_MS is the
+ * warm-up every warm figure uses: past the ~15 s a new backend takes here. */
+#define BENCH_WARM_MS 20000
 double bench_baseline_commits_warm(const struct bench *b, int connections, int64_t warm_ms);
 /* The 32-connection baseline run for soak_ms, its commits per 10 s and per minute printed
  * with their spread, beside which the soak's own spread is read (--only baseline_soak). */

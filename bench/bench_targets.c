@@ -910,12 +910,12 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
         soak_minutes(t, wf, t0, t1, ps, nps);
         free(ps);
         /* the soak's connections were warm for most of it; baseline_commit_32c's were new
-         * (bench_baseline.c): the same load over connections warmed for 20 s first */
-        double warm = bench_baseline_commits_warm(t->b, 32, 20000);
+         * (bench_baseline.c): the same load over warmed connections */
+        double warm = bench_baseline_commits_warm(t->b, 32, BENCH_WARM_MS);
         bench_report("soak_baseline_commit_32c_warm",
-                     "%.0f (after the soak: 32 connections warmed 20 s; the soak's mean is "
+                     "%.0f (after the soak: 32 connections warmed %d s; the soak's mean is "
                      "%.2fx of it)",
-                     warm, nw > 0 ? (sum / nw) / warm : 0);
+                     warm, BENCH_WARM_MS / 1000, nw > 0 ? (sum / nw) / warm : 0);
         PQclear(q(t->c, "VACUUM run_queue"));
         bench_report("soak_claim_index_bytes_after", "%.0f (after VACUUM; %0.f runs in the table)",
                      claim_index_bytes(t), qd(t->c, "SELECT count(*) FROM workflow_runs"));
@@ -950,10 +950,10 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
                 /* the same pair over warm connections: without huge pages a new backend's
                  * first seconds are slow, and 32 new connections pay more of it than two
                  * workers' few (docs/performance.md, "Fresh connections at half speed") */
-                double warm32c = bench_baseline_commits_warm(b, 32, 20000);
+                double warm32c = bench_baseline_commits_warm(b, 32, BENCH_WARM_MS);
                 bench_report("baseline_commit_32c_warm",
-                             "%.0f (32 connections that ran the same load for 20 s first)",
-                             warm32c);
+                             "%.0f (32 connections that ran the same load for %d s first)", warm32c,
+                             BENCH_WARM_MS / 1000);
                 bench_report("runs_claimed_completed_warm_per_s",
                              "%.0f (%d more, pre-enqueued the same way, through the same "
                              "workers)",
