@@ -32,6 +32,18 @@ int64_t bench_now_us(void);
 /* Prints one result line and flushes, so partial results survive an interrupted run. */
 void bench_report(const char *key, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A series of figures' spread (the soaks' windows): the least, the greatest and the mean,
+ * added one figure at a time. Zeroed is empty. */
+struct bench_spread {
+        double lo, hi, sum;
+        int n;
+};
+void bench_spread_add(struct bench_spread *s, double v);
+double bench_spread_mean(const struct bench_spread *s);
+/* Reports key as "min L max H mean M: -x% / +y% (note)", each extreme against the mean;
+ * nothing for an empty series. */
+void bench_spread_report(const char *key, const struct bench_spread *s, const char *note);
+
 PGconn *bench_connect(const struct bench *b);
 
 void bench_sleep_ms(int64_t ms);

@@ -120,19 +120,6 @@ double bench_baseline_commits_warm(const struct bench *b, int connections, int64
  * baseline as a soak"). */
 
 /* min, max and mean of v[0..n) into *lo, *hi, *mean */
-static void spread_of(const double *v, int n, double *lo, double *hi, double *mean)
-{
-        double sum = 0;
-
-        *lo = *hi = v[0];
-        for (int i = 0; i < n; i++) {
-                *lo = v[i] < *lo ? v[i] : *lo;
-                *hi = v[i] > *hi ? v[i] : *hi;
-                sum += v[i];
-        }
-        *mean = sum / n;
-}
-
 void bench_baseline_soak(const struct bench *b, int64_t soak_ms)
 {
         enum { CONNECTIONS = 32, WINDOW_S = 10 };
@@ -179,21 +166,16 @@ void bench_baseline_soak(const struct bench *b, int64_t soak_ms)
                 snprintf(key, sizeof(key), "baseline_soak_minute_%02d_commits_per_s", m + 1);
                 bench_report(key, "%.0f", sum / 6);
         }
-        double lo, hi, mean;
-        if (nwin > 1) {
-                spread_of(win + 1, nwin - 1, &lo, &hi, &mean);
-                bench_report("baseline_soak_window_spread",
-                             "min %.0f max %.0f mean %.0f: %+.1f%% / %+.1f%% (10 s windows 2..)",
-                             lo, hi, mean, 100 * (lo - mean) / mean, 100 * (hi - mean) / mean);
-        }
-        if (nmin > 0) {
-                spread_of(minute, nmin, &lo, &hi, &mean);
-                bench_report("baseline_soak_minute_spread",
-                             "min %.0f max %.0f mean %.0f: %+.1f%% / %+.1f%% (one-minute "
-                             "windows 2..%d; compare soak_minute_spread)",
-                             lo, hi, mean, 100 * (lo - mean) / mean, 100 * (hi - mean) / mean,
-                             nmin + 1);
-        }
+        struct bench_spread windows = {0}, minutes = {0};
+        for (int w = 1; w < nwin; w++)
+                bench_spread_add(&windows, win[w]);
+        for (int m = 0; m < nmin; m++)
+                bench_spread_add(&minutes, minute[m]);
+        bench_spread_report("baseline_soak_window_spread", &windows, "10 s windows 2..");
+        char note[96];
+        snprintf(note, sizeof(note), "one-minute windows 2..%d; compare soak_minute_spread",
+                 nmin + 1);
+        bench_spread_report("baseline_soak_minute_spread", &minutes, note);
         free(win);
         free(minute);
 }

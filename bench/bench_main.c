@@ -48,6 +48,29 @@ void bench_report(const char *key, const char *fmt, ...)
         fflush(stdout);
 }
 
+void bench_spread_add(struct bench_spread *s, double v)
+{
+        s->lo = s->n == 0 || v < s->lo ? v : s->lo;
+        s->hi = s->n == 0 || v > s->hi ? v : s->hi;
+        s->sum += v;
+        s->n++;
+}
+
+double bench_spread_mean(const struct bench_spread *s)
+{
+        return s->n > 0 ? s->sum / s->n : 0;
+}
+
+void bench_spread_report(const char *key, const struct bench_spread *s, const char *note)
+{
+        double mean = bench_spread_mean(s);
+
+        if (s->n == 0 || mean == 0)
+                return;
+        bench_report(key, "min %.0f max %.0f mean %.0f: %+.1f%% / %+.1f%% (%s)", s->lo, s->hi, mean,
+                     100 * (s->lo - mean) / mean, 100 * (s->hi - mean) / mean, note);
+}
+
 bool bench_want(const struct bench *b, const char *name)
 {
         size_t len = strlen(name);

@@ -756,8 +756,8 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                           t0, wf, t0, t0 + 60.0 * full);
         /* the probe's median over minutes 2.. is the speed the normalized rates are at */
         double speed = probe_median(ps, nps, t0 + 60, t0 + 60.0 * full);
-        double lo = 0, hi = 0, sum = 0, nlo = 0, nhi = 0, nsum = 0, plo = 0, phi = 0;
-        int nw = 0, nn = 0;
+        /* the minutes' rates; the same at the median speed; the minutes' probes */
+        struct bench_spread rates = {0}, at_speed = {0}, probes = {0};
         for (int i = 0; i < PQntuples(res); i++) {
                 int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
                 double rate = strtod(PQgetvalue(res, i, 1), NULL) / 60;
@@ -771,40 +771,29 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                         double at_median = rate * probe / speed;
                         bench_report(key, "%.0f (probe %.2f ms; at the median speed: %.0f)", rate,
                                      probe, at_median);
-                        nlo = nn == 0 || at_median < nlo ? at_median : nlo;
-                        nhi = nn == 0 || at_median > nhi ? at_median : nhi;
-                        plo = nn == 0 || probe < plo ? probe : plo;
-                        phi = nn == 0 || probe > phi ? probe : phi;
-                        nsum += at_median;
-                        nn++;
+                        bench_spread_add(&at_speed, at_median);
+                        bench_spread_add(&probes, probe);
                 } else {
                         bench_report(key, "%.0f", rate);
                 }
-                lo = nw == 0 || rate < lo ? rate : lo;
-                hi = nw == 0 || rate > hi ? rate : hi;
-                sum += rate;
-                nw++;
+                bench_spread_add(&rates, rate);
         }
         PQclear(res);
-        if (nw == 0)
+        if (rates.n == 0)
                 return;
-        double mean = sum / nw;
-        bench_report("soak_minute_spread",
-                     "min %.0f max %.0f mean %.0f: %+.1f%% / %+.1f%% (target: every one-minute "
-                     "window within +-10%%, minutes 2..%d)",
-                     lo, hi, mean, 100 * (lo - mean) / mean, 100 * (hi - mean) / mean, full);
-        if (nn == nw && speed > 0) {
-                double nmean = nsum / nn;
+        char note[96];
+        snprintf(note, sizeof(note), "target: every one-minute window within +-10%%, minutes 2..%d",
+                 full);
+        bench_spread_report("soak_minute_spread", &rates, note);
+        if (at_speed.n == rates.n && speed > 0) {
+                /* against the median probe, not the minutes' mean */
                 bench_report("soak_probe_ms",
                              "median %.2f, minutes' medians %.2f..%.2f: %+.1f%% / "
                              "%+.1f%% (the machine's speed, lower is faster)",
-                             speed, plo, phi, 100 * (plo - speed) / speed,
-                             100 * (phi - speed) / speed);
-                bench_report("soak_minute_spread_at_median_speed",
-                             "min %.0f max %.0f mean %.0f: %+.1f%% / %+.1f%% (each minute's "
-                             "runs/s times its probe over the median probe)",
-                             nlo, nhi, nmean, 100 * (nlo - nmean) / nmean,
-                             100 * (nhi - nmean) / nmean);
+                             speed, probes.lo, probes.hi, 100 * (probes.lo - speed) / speed,
+                             100 * (probes.hi - speed) / speed);
+                bench_spread_report("soak_minute_spread_at_median_speed", &at_speed,
+                                    "each minute's runs/s times its probe over the median probe");
         }
 }
 
@@ -879,8 +868,7 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
                           "'completed' AND extract(epoch FROM finished_at) BETWEEN %f AND %f "
                           "GROUP BY 1 ORDER BY 1",
                           t0, window_s, wf, t0, t1);
-        double lo = 0, hi = 0, sum = 0;
-        int nw = 0;
+        struct bench_spread windows = {0};
         int full_windows = (int)((t1 - t0) / window_s);
         for (int i = 0; i < PQntuples(res); i++) {
                 int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
@@ -892,20 +880,14 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
                 bench_report(key, "%.0f", rate);
                 if (wi == 0)
                         continue; /* warm-up: workers start inside the first window */
-                lo = nw == 0 || rate < lo ? rate : lo;
-                hi = nw == 0 || rate > hi ? rate : hi;
-                sum += rate;
-                nw++;
+                bench_spread_add(&windows, rate);
         }
         PQclear(res);
-        if (nw > 0) {
-                double mean = sum / nw;
+        double mean = bench_spread_mean(&windows);
+        if (windows.n > 0) {
                 bench_report("soak_runs_per_s_mean", "%.0f (%.2fx baseline_commit_32c)", mean,
                              mean / base32c);
-                bench_report("soak_window_spread",
-                             "min %.0f max %.0f: %+.1f%% / %+.1f%% of the "
-                             "mean (10 s windows 2..)",
-                             lo, hi, 100 * (lo - mean) / mean, 100 * (hi - mean) / mean);
+                bench_spread_report("soak_window_spread", &windows, "10 s windows 2..");
         }
         soak_minutes(t, wf, t0, t1, ps, nps);
         free(ps);
@@ -915,7 +897,7 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
         bench_report("soak_baseline_commit_32c_warm",
                      "%.0f (after the soak: 32 connections warmed %d s; the soak's mean is "
                      "%.2fx of it)",
-                     warm, BENCH_WARM_MS / 1000, nw > 0 ? (sum / nw) / warm : 0);
+                     warm, BENCH_WARM_MS / 1000, mean / warm);
         PQclear(q(t->c, "VACUUM run_queue"));
         bench_report("soak_claim_index_bytes_after", "%.0f (after VACUUM; %0.f runs in the table)",
                      claim_index_bytes(t), qd(t->c, "SELECT count(*) FROM workflow_runs"));
