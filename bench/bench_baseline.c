@@ -119,15 +119,14 @@ double bench_baseline_commits_warm(const struct bench *b, int connections, int64
  * the simplest durable load can be read beside the soak's (docs/performance.md, "The
  * baseline as a soak"). */
 
-/* min, max and mean of v[0..n) into *lo, *hi, *mean */
 void bench_baseline_soak(const struct bench *b, int64_t soak_ms)
 {
         enum { CONNECTIONS = 32, WINDOW_S = 10 };
         int nwin = (int)(soak_ms / 1000 / WINDOW_S);
         double *win = calloc((size_t)nwin + 1, sizeof(*win));
-        double *minute = calloc((size_t)nwin / 6 + 1, sizeof(*minute));
+        struct bench_spread windows = {0}, minutes = {0};
 
-        if (!win || !minute || nwin < 1) {
+        if (!win || nwin < 1) {
                 fprintf(stderr, "bench: baseline soak of %lld ms is too short\n",
                         (long long)soak_ms);
                 exit(1);
@@ -153,29 +152,24 @@ void bench_baseline_soak(const struct bench *b, int64_t soak_ms)
                 char key[64];
                 snprintf(key, sizeof(key), "baseline_soak_window_%03d_commits_per_s", w);
                 bench_report(key, "%.0f", win[w]);
+                if (w > 0) /* the first, as the soak's, is the load's start */
+                        bench_spread_add(&windows, win[w]);
         }
         load_stop(l);
         /* one-minute windows from the second on, as the soak's (soak_minute_spread) */
-        int nmin = 0;
         for (int m = 1; (m + 1) * 6 <= nwin; m++) {
                 double sum = 0;
                 for (int k = 0; k < 6; k++)
                         sum += win[m * 6 + k];
-                minute[nmin++] = sum / 6;
+                bench_spread_add(&minutes, sum / 6);
                 char key[64];
                 snprintf(key, sizeof(key), "baseline_soak_minute_%02d_commits_per_s", m + 1);
                 bench_report(key, "%.0f", sum / 6);
         }
-        struct bench_spread windows = {0}, minutes = {0};
-        for (int w = 1; w < nwin; w++)
-                bench_spread_add(&windows, win[w]);
-        for (int m = 0; m < nmin; m++)
-                bench_spread_add(&minutes, minute[m]);
         bench_spread_report("baseline_soak_window_spread", &windows, "10 s windows 2..");
         char note[96];
         snprintf(note, sizeof(note), "one-minute windows 2..%d; compare soak_minute_spread",
-                 nmin + 1);
+                 minutes.n + 1);
         bench_spread_report("baseline_soak_minute_spread", &minutes, note);
         free(win);
-        free(minute);
 }
