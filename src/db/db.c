@@ -333,118 +333,11 @@ int db_exec(PGconn *c, const char *sql)
         return db_result_error(c, res);
 }
 
-/* res when it is a statement's success, else NULL with res cleared and the error recorded
- * (db_last_error()); *error (may be NULL) is 0 or the negative errno. */
-static PGresult *result_or_error(PGconn *c, PGresult *res, int *error)
-{
-        ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-        int r = 0;
-
-        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-                r = db_result_error(c, res);
-                if (res)
-                        PQclear(res);
-                res = NULL;
-        }
-        if (error)
-                *error = r;
-        return res;
-}
-
-PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params, int *error)
-{
-        db_settle(c);
-        return result_or_error(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0),
-                               error);
-}
-
-int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *params)
-{
-        db_settle(c);
-        /* PQflush: all of it leaves now (a blocking connection waits until it has) */
-        if (!PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0) || PQflush(c) != 0)
-                return db_result_error(c, NULL);
-        return 0;
-}
-
-PGresult *db_query_result(PGconn *c, int *error)
-{
-        PGresult *res = PQgetResult(c), *more;
-
-        /* one statement, one result; reading to the end leaves c ready for the next */
-        while ((more = PQgetResult(c)))
-                PQclear(more);
-        return result_or_error(c, res, error);
-}
-
-int db_query_defer(PGconn *c, const char *sql, int nparams, const char *const *params,
-                   void (*done)(void *arg, PGresult *res, int error), void *arg)
-{
-        int r = db_query_send(c, sql, nparams, params); /* settles the one before */
-
-        if (r < 0)
-                return r;
-        deferred.conn = c;
-        deferred.done = done;
-        deferred.arg = arg;
-        return 0;
-}
-
-bool db_deferred(const PGconn *c)
-{
-        return c && deferred.conn == c;
-}
-
-static void wait_result(PGconn *c);
-
-void db_settle(PGconn *c)
-{
-        void (*done)(void *, PGresult *, int) = deferred.done;
-        void *arg = deferred.arg;
-        int r = 0;
-
-        if (!c || deferred.conn != c)
-                return;
-        wait_result(c);
-        PGresult *res = db_query_result(c, &r);
-        /* emptied first: done may leave another statement in flight */
-        deferred.conn = NULL;
-        deferred.done = NULL;
-        deferred.arg = NULL;
-        done(arg, res, res ? 0 : r < 0 ? r : -EIO);
-}
-
-void db_poll_deferred(PGconn *c)
-{
-        if (!db_deferred(c))
-                return;
-        /* a connection that failed has its error to give at once */
-        if (!PQconsumeInput(c) || !PQisBusy(c))
-                db_settle(c);
-}
-
-void db_set_wait_hook(void (*wait)(void *arg, int fd), void *arg)
-{
-        wait_hook = wait;
-        wait_hook_arg = arg;
-}
-
-/* Until PQgetResult would not block: the thread's wait hook, or nothing (PQgetResult then
- * blocks itself). */
-static void wait_result(PGconn *c)
-{
-        while (wait_hook && PQisBusy(c)) {
-                wait_hook(wait_hook_arg, PQsocket(c));
-                if (!PQconsumeInput(c))
-                        return; /* the connection failed: PQgetResult says how */
-        }
-}
-
 /*
- * The statements db_query_prepared_between has prepared on a connection, by the address of
- * their text (a constant of the caller's): the instance data of a libpq event procedure, so
- * it lives and dies with the connection and is emptied when libpq resets it (a new session
- * has none).
+ * The statements prepared on a connection (db_query_prepared_between, db_query_send), by the
+ * address of their text (a constant of the caller's): the instance data of a libpq event procedure,
+ * so it lives and dies with the connection and is emptied when libpq resets it (a new session has
+ * none).
  */
 #define PREPARED_MAX 16
 
@@ -496,6 +389,165 @@ static int prepared_index(const struct prepared *p, const char *sql)
                 if (p->sql[i] == sql)
                         return i;
         return -1;
+}
+
+/* The rule for a prepared statement gone stale: its result is "cached plan must not change
+ * result type" (0A000: a function it calls was replaced with another shape while the session
+ * lived) or "prepared statement does not exist" (26000: DISCARD ALL). Such a result fails its
+ * call once; the connection's list is emptied and the next calls prepare every statement
+ * again, under new names. */
+static void prepared_forget_if_stale(PGconn *c, const PGresult *res)
+{
+        struct prepared *p = PQinstanceData(c, prepared_event);
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+        if (p && state && (strcmp(state, "0A000") == 0 || strcmp(state, "26000") == 0)) {
+                p->n = 0;
+                p->generation++;
+        }
+}
+
+/* res when it is a statement's success, else NULL with res cleared and the error recorded
+ * (db_last_error()); *error (may be NULL) is 0 or the negative errno. */
+static PGresult *result_or_error(PGconn *c, PGresult *res, int *error)
+{
+        ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+        int r = 0;
+
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+                r = db_result_error(c, res);
+                prepared_forget_if_stale(c, res);
+                if (res)
+                        PQclear(res);
+                res = NULL;
+        }
+        if (error)
+                *error = r;
+        return res;
+}
+
+PGresult *db_query(PGconn *c, const char *sql, int nparams, const char *const *params, int *error)
+{
+        db_settle(c);
+        return result_or_error(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0),
+                               error);
+}
+
+static void wait_result(PGconn *c);
+
+/* The name sql is prepared under on c, prepared first when it is not yet (a round trip of
+ * its own, once per session); NULL when it is not and cannot be (the list is full, or the
+ * prepare failed: the statement then goes unnamed, and fails the same way if it must). */
+static const char *prepared_name(PGconn *c, const char *sql, int nparams, char name[32])
+{
+        struct prepared *p = prepared_of(c);
+        int index = prepared_index(p, sql);
+        bool ok;
+
+        if (!p || (index < 0 && p->n == PREPARED_MAX))
+                return NULL;
+        snprintf(name, 32, "agently_%d_%d", p->generation, index < 0 ? p->n : index);
+        if (index >= 0)
+                return name;
+        if (!PQsendPrepare(c, name, sql, nparams, NULL))
+                return NULL;
+        wait_result(c);
+        PGresult *res = PQgetResult(c), *more;
+        ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+        PQclear(res);
+        while ((more = PQgetResult(c)))
+                PQclear(more);
+        if (!ok)
+                return NULL;
+        /* a named statement outlives a failed transaction: it is there */
+        p->sql[p->n++] = sql;
+        return name;
+}
+
+int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *params)
+{
+        char name[32];
+        const char *prepared;
+
+        db_settle(c);
+        prepared = prepared_name(c, sql, nparams, name);
+        /* PQflush: all of it leaves now (a blocking connection waits until it has) */
+        if (!(prepared ? PQsendQueryPrepared(c, prepared, nparams, params, NULL, NULL, 0)
+                       : PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0)) ||
+            PQflush(c) != 0)
+                return db_result_error(c, NULL);
+        return 0;
+}
+
+PGresult *db_query_result(PGconn *c, int *error)
+{
+        PGresult *res = PQgetResult(c), *more;
+
+        /* one statement, one result; reading to the end leaves c ready for the next */
+        while ((more = PQgetResult(c)))
+                PQclear(more);
+        return result_or_error(c, res, error);
+}
+
+int db_query_defer(PGconn *c, const char *sql, int nparams, const char *const *params,
+                   void (*done)(void *arg, PGresult *res, int error), void *arg)
+{
+        int r = db_query_send(c, sql, nparams, params); /* settles the one before */
+
+        if (r < 0)
+                return r;
+        deferred.conn = c;
+        deferred.done = done;
+        deferred.arg = arg;
+        return 0;
+}
+
+bool db_deferred(const PGconn *c)
+{
+        return c && deferred.conn == c;
+}
+
+void db_settle(PGconn *c)
+{
+        void (*done)(void *, PGresult *, int) = deferred.done;
+        void *arg = deferred.arg;
+        int r = 0;
+
+        if (!c || deferred.conn != c)
+                return;
+        wait_result(c);
+        PGresult *res = db_query_result(c, &r);
+        /* emptied first: done may leave another statement in flight */
+        deferred.conn = NULL;
+        deferred.done = NULL;
+        deferred.arg = NULL;
+        done(arg, res, res ? 0 : r < 0 ? r : -EIO);
+}
+
+void db_poll_deferred(PGconn *c)
+{
+        if (!db_deferred(c))
+                return;
+        /* a connection that failed has its error to give at once */
+        if (!PQconsumeInput(c) || !PQisBusy(c))
+                db_settle(c);
+}
+
+void db_set_wait_hook(void (*wait)(void *arg, int fd), void *arg)
+{
+        wait_hook = wait;
+        wait_hook_arg = arg;
+}
+
+/* Until PQgetResult would not block: the thread's wait hook, or nothing (PQgetResult then
+ * blocks itself). */
+static void wait_result(PGconn *c)
+{
+        while (wait_hook && PQisBusy(c)) {
+                wait_hook(wait_hook_arg, PQsocket(c));
+                if (!PQconsumeInput(c))
+                        return; /* the connection failed: PQgetResult says how */
+        }
 }
 
 /* The pipeline of db_query_between; with prepare, sql is sent as a prepared statement of
@@ -566,16 +618,8 @@ static PGresult *query_between(PGconn *c, const char *before, const char *sql, i
                         }
                 } else if (st != PGRES_PIPELINE_ABORTED && r == 0) {
                         r = db_result_error(c, res);
-                        /* the prepared statement went stale: "cached plan must not change
-                         * result type" (a function it calls was replaced with another shape
-                         * while this session lived) or gone (DISCARD ALL); the next calls
-                         * prepare every statement again, under new names */
-                        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-                        if (i == 1 && index >= 0 && state &&
-                            (strcmp(state, "0A000") == 0 || strcmp(state, "26000") == 0)) {
-                                p->n = 0;
-                                p->generation++;
-                        }
+                        if (i == 1 && index >= 0)
+                                prepared_forget_if_stale(c, res);
                 }
                 if (res)
                         PQclear(res);

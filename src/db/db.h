@@ -127,6 +127,9 @@ PGresult *db_query_prepared_between(PGconn *c, const char *before, const char *s
  * db_query in two halves, to do something while the statement runs: db_query_send sends it
  * (all of it: 0, or a negative errno with db_last_error() set), db_query_result waits for
  * its result and returns it as db_query does. Between the two nothing else may use c.
+ * sql is sent as a statement prepared on c, as db_query_prepared_between does (its first
+ * call on a connection prepares it, in a round trip of its own): pass a string constant.
+ * A prepared statement gone stale fails its one call, as there.
  */
 int db_query_send(PGconn *c, const char *sql, int nparams, const char *const *params);
 PGresult *db_query_result(PGconn *c, int *error);

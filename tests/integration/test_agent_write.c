@@ -10,11 +10,17 @@
  *
  * a_row_that_is_not_an_object_is_refused: a row that is not a JSON object is refused
  * (22023) and nothing is written; before 0043 such a row was skipped.
+ *
+ * the_write_is_prepared_once_per_session: the worker's statement, sent as src/agent sends it
+ * (db_query_defer), is prepared on its connection's first write and only bound and run after
+ * that; a session that lost it (DISCARD ALL) fails one write and prepares it again.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cleanup.h"
+#include "db.h"
 #include "strutil.h"
 #include "testlib.h"
 #include "worker_sink.h"
@@ -142,11 +148,69 @@ static void a_row_that_is_not_an_object_is_refused(void **state)
         PQfinish(db);
 }
 
+/* The statement of src/agent/agent_journal.c, sent the same way. */
+static const char WRITE_SQL[] = "SELECT agently_agent_write($1, $2, $3, $4, $5, $6::jsonb)";
+
+/* The statements prepared on the connection that asks, as name:statement. */
+static const char PREPARED_SQL[] =
+    "SELECT coalesce(string_agg(name || ':' || statement, ' ' ORDER BY name), 'none') FROM "
+    "pg_prepared_statements WHERE NOT from_sql";
+
+struct written {
+        int error;
+        char seq[16];
+};
+
+static void written(void *arg, PGresult *res, int error)
+{
+        struct written *w = arg;
+
+        w->error = error;
+        snprintf(w->seq, sizeof(w->seq), "%s", res ? PQgetvalue(res, 0, 0) : "");
+        PQclear(res);
+}
+
+static void the_write_is_prepared_once_per_session(void **state)
+{
+        (void)state;
+        _cleanup_free_ char *conninfo = test_db_create("awrite");
+        PGconn *db = test_db_connect(conninfo);
+        _cleanup_free_ char *worker_ci = test_db_conninfo_as(conninfo, "agently_worker");
+        PGconn *worker = test_db_connect(worker_ci);
+        _cleanup_free_ char *run = NULL, *agent = NULL;
+        static const char *const expected[] = {"1", "2", "", "3"};
+
+        held_run(db, &run, &agent);
+        for (int i = 0; i < 4; i++) {
+                const char *params[] = {run, "1", agent, "a", "1", NEXT};
+                struct written w = {.error = 1};
+
+                if (i == 2) /* the session loses its prepared statements */
+                        PQclear(test_db_must(worker, "DISCARD ALL"));
+                assert_int_equal(db_query_defer(worker, WRITE_SQL, 6, params, written, &w), 0);
+                db_settle(worker);
+                assert_int_equal(w.error, i == 2 ? -EIO : 0);
+                assert_string_equal(w.seq, expected[i]);
+                /* prepared once, under a new name after it was lost */
+                assert_db_equal(i < 2    ? "agently_0_0:SELECT agently_agent_write($1, $2, $3, $4, "
+                                           "$5, $6::jsonb)"
+                                : i == 2 ? "none"
+                                         : "agently_1_0:SELECT agently_agent_write($1, $2, $3, "
+                                           "$4, $5, $6::jsonb)",
+                                worker, PREPARED_SQL);
+        }
+        assert_db_equal("3", db, "SELECT count(*) FROM agent_journal WHERE agent_run_id = '%s'",
+                        agent);
+        PQfinish(worker);
+        PQfinish(db);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(events_and_journal_rows_keep_their_order),
             cmocka_unit_test(a_row_that_is_not_an_object_is_refused),
+            cmocka_unit_test(the_write_is_prepared_once_per_session),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
