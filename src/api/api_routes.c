@@ -372,13 +372,10 @@ static unsigned split_time_cursor(char *cursor, const char **ts, const char **id
         return 0;
 }
 
-unsigned api_respond_query(struct api_request *req, struct api_response *resp, unsigned status,
-                           const char *sql, int n, const char *const *params, const char *what,
-                           const char *id)
+/* api_respond_query's answer to its query's outcome (r and j as api_query_json gives them). */
+static unsigned respond_queried(struct api_response *resp, unsigned status, int r, json_t *j,
+                                const char *what, const char *id)
 {
-        json_t *j = NULL;
-        int r = api_query_json(req, sql, n, params, &j);
-
         if (r < 0)
                 return api_db_error(resp, r);
         if (r == 0 || !j)
@@ -386,14 +383,27 @@ unsigned api_respond_query(struct api_request *req, struct api_response *resp, u
         return api_json(resp, status, j);
 }
 
+unsigned api_respond_query(struct api_request *req, struct api_response *resp, unsigned status,
+                           const char *sql, int n, const char *const *params, const char *what,
+                           const char *id)
+{
+        json_t *j = NULL;
+        int r = api_query_json(req, sql, n, params, &j);
+
+        return respond_queried(resp, status, r, j, what, id);
+}
+
 /* The run as GET /v1/runs/{id} answers it; items: whether `nodes` holds map items too
- * (?items=false: not, they are in `maps`). */
+ * (?items=false: not, they are in `maps`). Prepared: planning this read every time was most
+ * of its time. */
 static unsigned respond_run_read(struct api_request *req, struct api_response *resp,
                                  unsigned status, const char *id, bool items)
 {
         const char *params[] = {id};
+        json_t *j = NULL;
+        int r = api_query_json_prepared(req, api_run_read_sql(items), 1, params, &j);
 
-        return api_respond_query(req, resp, status, api_run_read_sql(items), 1, params, "run", id);
+        return respond_queried(resp, status, r, j, "run", id);
 }
 
 const char *api_run_read_sql(bool items)

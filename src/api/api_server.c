@@ -422,11 +422,12 @@ json_t *api_request_json(struct api_request *req, struct api_response *resp)
 }
 
 static int query_json(struct api_request *req, const char *sql, int n, const char *const *params,
-                      const char *after, json_t **out)
+                      const char *after, bool prepared, json_t **out)
 {
         int r = 0;
         _cleanup_pgresult_ PGresult *res =
-            db_query_between(req->db, NULL, sql, n, params, after, &r);
+            prepared ? db_query_prepared_between(req->db, NULL, sql, n, params, after, &r)
+                     : db_query_between(req->db, NULL, sql, n, params, after, &r);
         json_error_t err;
 
         *out = NULL;
@@ -447,13 +448,19 @@ static int query_json(struct api_request *req, const char *sql, int n, const cha
 int api_query_json(struct api_request *req, const char *sql, int n, const char *const *params,
                    json_t **out)
 {
-        return query_json(req, sql, n, params, NULL, out);
+        return query_json(req, sql, n, params, NULL, false, out);
+}
+
+int api_query_json_prepared(struct api_request *req, const char *sql, int n,
+                            const char *const *params, json_t **out)
+{
+        return query_json(req, sql, n, params, NULL, true, out);
 }
 
 int api_query_json_last(struct api_request *req, const char *sql, int n, const char *const *params,
                         json_t **out)
 {
-        int r = query_json(req, sql, n, params, req->may_commit ? "COMMIT" : NULL, out);
+        int r = query_json(req, sql, n, params, req->may_commit ? "COMMIT" : NULL, true, out);
 
         req->committed = req->may_commit && r >= 0;
         return r;
@@ -744,12 +751,13 @@ static unsigned authenticate(struct api_request *req, struct api_response *resp)
         }
         auth_token_hash_hex(hash, hex);
         const char *params[] = {hex};
-        /* the tenant is set by the statement that found the user (db_set_user's setting) */
-        res = db_query_between(req->db, "BEGIN",
-                               "SELECT a.user_id, a.user_name, a.is_admin, "
-                               "set_config('agently.user_id', a.user_id::text, true) "
-                               "FROM agently_authenticate($1::bytea) a",
-                               1, params, NULL, &r);
+        /* the tenant is set by the statement that found the user (db_set_user's setting);
+         * prepared once per pooled connection, as every request sends it */
+        res = db_query_prepared_between(req->db, "BEGIN",
+                                        "SELECT a.user_id, a.user_name, a.is_admin, "
+                                        "set_config('agently.user_id', a.user_id::text, true) "
+                                        "FROM agently_authenticate($1::bytea) a",
+                                        1, params, NULL, &r);
         if (!res)
                 return api_db_error(resp, r);
         if (PQntuples(res) != 1) {

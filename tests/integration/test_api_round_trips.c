@@ -9,6 +9,11 @@
  * tenancy, lifetimes"): two round trips, four with an Idempotency-Key (its row, and the
  * stored answer with the COMMIT). Its answer is still the run as GET /v1/runs/{id} shows it,
  * with its run.created event.
+ *
+ * The proxy counts the Parse messages ('P') as well: the statements every request sends (the
+ * token's check) and the large ones (the run's creation and read, whose planning was most of
+ * their time) are prepared once per pooled connection, so a request on a connection that
+ * has served one parses only its BEGIN and COMMIT.
  */
 #include <errno.h>
 #include <poll.h>
@@ -47,6 +52,7 @@ static struct {
         struct conn conns[PROXY_MAX_CONNS];
         int nconns;
         atomic_long round_trips;
+        atomic_long parses;
         atomic_int stop;
         pthread_t thread;
 } P;
@@ -106,6 +112,8 @@ static void count_messages(struct conn *c, const unsigned char *p, size_t n)
                 } else {
                         if (c->hdr[0] == 'Q' || c->hdr[0] == 'S')
                                 atomic_fetch_add(&P.round_trips, 1);
+                        if (c->hdr[0] == 'P')
+                                atomic_fetch_add(&P.parses, 1);
                         c->body_left = be32(c->hdr + 1) - 4;
                 }
         }
@@ -350,10 +358,58 @@ static void creating_a_run_takes_two_round_trips(void **state)
         json_decref(got);
 }
 
+/* The fewest Parse messages of `tries` requests (the first on a pooled connection also
+ * prepares its statements; another connection of the API may add some; none takes any
+ * away). */
+static long fewest_parses(const char *method, const char *path, const char *body, long status,
+                          int tries)
+{
+        long fewest = -1;
+
+        for (int i = 0; i < tries; i++) {
+                char *answer = NULL;
+                long before = atomic_load(&P.parses);
+                assert_int_equal(request(method, path, body, NULL, &answer), status);
+                long parses = atomic_load(&P.parses) - before;
+                free(answer);
+                if (fewest < 0 || parses < fewest)
+                        fewest = parses;
+        }
+        return fewest;
+}
+
+static void a_request_parses_only_its_begin_and_commit(void **state)
+{
+        char *answer = NULL;
+        (void)state;
+
+        long st = request("POST", "/v1/workflows",
+                          "{\"name\": \"parsed\", \"nodes\": [{\"id\": \"a\", \"type\": "
+                          "\"noop\"}]}",
+                          NULL, &answer);
+        assert_int_equal(st, 201);
+        free(answer);
+        /* BEGIN and COMMIT; the token's check and the run's creation and read are prepared */
+        assert_int_equal(
+            fewest_parses("POST", "/v1/runs", "{\"workflow\": \"parsed\", \"input\": {}}", 201, 5),
+            2);
+        assert_int_equal(
+            request("POST", "/v1/runs", "{\"workflow\": \"parsed\", \"input\": {}}", NULL, &answer),
+            201);
+        json_t *run = test_json(answer);
+        char path[128];
+        snprintf(path, sizeof(path), "/v1/runs/%s", json_string_value(json_object_get(run, "id")));
+        /* BEGIN; the token's check and the run's read are prepared */
+        assert_int_equal(fewest_parses("GET", path, NULL, 200, 5), 1);
+        json_decref(run);
+        free(answer);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(creating_a_run_takes_two_round_trips),
+            cmocka_unit_test(a_request_parses_only_its_begin_and_commit),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
