@@ -27,22 +27,41 @@
 
 static const char WF[] = "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"}]}";
 
-/* A run held by a worker's lease at epoch 1 with an agent run; the ids in *run and *agent
- * (malloc'd). */
-static void held_run(PGconn *db, char **run, char **agent)
-{
-        _cleanup_free_ char *user = worker_test_user(db, "ana");
-        _cleanup_free_ char *wf = worker_test_workflow(db, user, "w", 1, WF);
+/* A test's database: the owner's connection and the worker's (agently_worker, as the
+ * worker calls the write), and a run held by a worker's lease at epoch 1 with an agent run
+ * (run, agent: their ids). */
+struct held {
+        char *conninfo, *run, *agent;
+        PGconn *db, *worker;
+};
 
-        *run = worker_test_run(db, wf, NULL);
-        PQclear(test_db_must(db, "UPDATE workflow_runs SET status = 'running', claimed_by = "
-                                 "'test', lease_expires_at = now() + interval '1 hour', "
-                                 "lease_epoch = 1, started_at = now()"));
-        *agent = test_db_value(db,
-                               "INSERT INTO agent_runs (user_id, workflow_run_id, node_id, "
-                               "attempt) SELECT user_id, id, 'a', 1 FROM workflow_runs WHERE "
-                               "id = '%s' RETURNING id",
-                               *run);
+static void held_open(struct held *h)
+{
+        h->conninfo = test_db_create("awrite");
+        h->db = test_db_connect(h->conninfo);
+        _cleanup_free_ char *worker_ci = test_db_conninfo_as(h->conninfo, "agently_worker");
+        h->worker = test_db_connect(worker_ci);
+        _cleanup_free_ char *user = worker_test_user(h->db, "ana");
+        _cleanup_free_ char *wf = worker_test_workflow(h->db, user, "w", 1, WF);
+
+        h->run = worker_test_run(h->db, wf, NULL);
+        PQclear(test_db_must(h->db, "UPDATE workflow_runs SET status = 'running', claimed_by = "
+                                    "'test', lease_expires_at = now() + interval '1 hour', "
+                                    "lease_epoch = 1, started_at = now()"));
+        h->agent = test_db_value(h->db,
+                                 "INSERT INTO agent_runs (user_id, workflow_run_id, node_id, "
+                                 "attempt) SELECT user_id, id, 'a', 1 FROM workflow_runs WHERE "
+                                 "id = '%s' RETURNING id",
+                                 h->run);
+}
+
+static void held_close(struct held *h)
+{
+        PQfinish(h->worker);
+        PQfinish(h->db);
+        free(h->agent);
+        free(h->run);
+        free(h->conninfo);
 }
 
 /* A request's hash, as the worker writes it. */
@@ -65,13 +84,11 @@ static const char NEXT[] = "[{\"kind\": \"llm\", \"request\": {\"n\": 3}, \"sha2
 static void events_and_journal_rows_keep_their_order(void **state)
 {
         (void)state;
-        _cleanup_free_ char *conninfo = test_db_create("awrite");
-        PGconn *db = test_db_connect(conninfo);
-        _cleanup_free_ char *worker_ci = test_db_conninfo_as(conninfo, "agently_worker");
-        PGconn *worker = test_db_connect(worker_ci);
-        _cleanup_free_ char *run = NULL, *agent = NULL;
+        struct held h;
 
-        held_run(db, &run, &agent);
+        held_open(&h);
+        PGconn *db = h.db, *worker = h.worker;
+        const char *run = h.run, *agent = h.agent;
         /* the run's own events before the agent's */
         PQclear(test_db_must(db, "UPDATE workflow_runs SET event_seq = 2"));
         assert_db_equal("2", worker, "SELECT agently_agent_write('%s', 1, '%s', 'a', 1, '%s')", run,
@@ -112,23 +129,20 @@ static void events_and_journal_rows_keep_their_order(void **state)
                         "SELECT (SELECT max(seq) FROM logs WHERE workflow_run_id = '%s') || '|' "
                         "|| (SELECT max(seq) FROM agent_journal WHERE agent_run_id = '%s')",
                         run, agent);
-        PQfinish(worker);
-        PQfinish(db);
+        held_close(&h);
 }
 
 static void a_row_that_is_not_an_object_is_refused(void **state)
 {
         (void)state;
-        _cleanup_free_ char *conninfo = test_db_create("awrite");
-        PGconn *db = test_db_connect(conninfo);
-        _cleanup_free_ char *worker_ci = test_db_conninfo_as(conninfo, "agently_worker");
-        PGconn *worker = test_db_connect(worker_ci);
-        _cleanup_free_ char *run = NULL, *agent = NULL;
+        struct held h;
         /* a number, JSON null, a string and arrays (with a kind inside) */
         static const char *const not_objects[] = {"1", "null", "\"kind\"", "[\"kind\"]",
                                                   "[{\"kind\": \"llm\"}]"};
 
-        held_run(db, &run, &agent);
+        held_open(&h);
+        PGconn *db = h.db, *worker = h.worker;
+        const char *run = h.run, *agent = h.agent;
         for (size_t i = 0; i < sizeof(not_objects) / sizeof(not_objects[0]); i++) {
                 _cleanup_free_ char *sql = str_printf(
                     "SELECT agently_agent_write('%s', 1, '%s', 'a', 1, '[{\"events\": [{\"kind\": "
@@ -144,8 +158,7 @@ static void a_row_that_is_not_an_object_is_refused(void **state)
         assert_db_equal("0|0|0", db,
                         "SELECT (SELECT count(*) FROM logs) || '|' || (SELECT count(*) FROM "
                         "agent_journal) || '|' || (SELECT event_seq FROM workflow_runs)");
-        PQfinish(worker);
-        PQfinish(db);
+        held_close(&h);
 }
 
 /* The statement of src/agent/agent_journal.c, sent the same way. */
@@ -173,14 +186,12 @@ static void written(void *arg, PGresult *res, int error)
 static void the_write_is_prepared_once_per_session(void **state)
 {
         (void)state;
-        _cleanup_free_ char *conninfo = test_db_create("awrite");
-        PGconn *db = test_db_connect(conninfo);
-        _cleanup_free_ char *worker_ci = test_db_conninfo_as(conninfo, "agently_worker");
-        PGconn *worker = test_db_connect(worker_ci);
-        _cleanup_free_ char *run = NULL, *agent = NULL;
+        struct held h;
         static const char *const expected[] = {"1", "2", "", "3"};
 
-        held_run(db, &run, &agent);
+        held_open(&h);
+        PGconn *db = h.db, *worker = h.worker;
+        const char *run = h.run, *agent = h.agent;
         for (int i = 0; i < 4; i++) {
                 const char *params[] = {run, "1", agent, "a", "1", NEXT};
                 struct written w = {.error = 1};
@@ -201,8 +212,7 @@ static void the_write_is_prepared_once_per_session(void **state)
         }
         assert_db_equal("3", db, "SELECT count(*) FROM agent_journal WHERE agent_run_id = '%s'",
                         agent);
-        PQfinish(worker);
-        PQfinish(db);
+        held_close(&h);
 }
 
 int main(void)
