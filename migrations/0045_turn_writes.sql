@@ -4,13 +4,14 @@
 --
 -- Measured with bench/instructions (a single-user backend under callgrind: an enqueue of
 -- 256 no-op runs and a worker's turn over them, per run; docs/performance.md, "Issue 9: the
--- turn's per-row costs"): 1,530,366 instructions per no-op run before, 1,422,830 with all
--- three (-7.0 %; the turn alone, -9.5 %). The WAL per run does not change (4,476 bytes).
+-- turn's per-row costs"): 1,530,366 instructions per no-op run before, 1,473,170 after
+-- (-3.7 %; the turn's share, ~1,131,000 of them, -5.1 %). The WAL per run does not change
+-- (4,476 against 4,481 bytes).
 --
 -- 1. node_runs' key to workflow_runs (id, user_id). The foreign key checked every node row
 --    on its own (an SPI query, an index probe and a KEY SHARE lock: -43,207 instructions
---    per no-op run when it is gone); a turn inserts the node rows of hundreds of runs in one
---    statement. As 0035 did for logs' key to users, a statement trigger now checks what
+--    per no-op run with no check at all); a turn inserts the node rows of hundreds of runs
+--    in one statement. As 0035 did for logs' key to users, a statement trigger now checks what
 --    the key checked, once per statement:
 --      * a node row names an existing run of its user: checked at the end of every INSERT
 --        statement on node_runs (the moment a NOT DEFERRABLE key is checked), with the
@@ -28,7 +29,7 @@
 --    tenancy is not touched. tests/integration/test_turn_writes.c checks each guarantee.
 -- 2. agently_apply_writes read its operations twice with jsonb_to_recordset: once to
 --    check them all before writing anything, once to write them (-31,180 instructions per
---    no-op run when read once). The check is now in the one read: a refused operation
+--    no-op run when read once, alone). The check is now in the one read: a refused operation
 --    raises from agently_write_refused as the first pass did (22023, the same words but
 --    where to look),
 --    and nothing is written, since every write of the statement waits on per_run, which
