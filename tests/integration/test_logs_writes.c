@@ -54,18 +54,6 @@ static void events_sql(char *sql, size_t size, const char *run, const char *user
                  user, kind, first, first + n - 1, run);
 }
 
-/* Runs sql on c; returns its SQLSTATE ("" when it succeeded). */
-static const char *sqlstate(PGconn *c, const char *sql)
-{
-        static char state[6];
-        PGresult *res = PQexec(c, sql);
-        const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-        snprintf(state, sizeof(state), "%s", s ? s : "");
-        PQclear(res);
-        return state;
-}
-
 static int setup(void **state)
 {
         (void)state;
@@ -99,31 +87,13 @@ static int teardown(void **state)
 static void one_trigger_call_per_insert(void **state)
 {
         (void)state;
-        char sql[1024], explain[1200];
+        char sql[1024];
 
         events_sql(sql, sizeof(sql), S.run_a, S.user_a, 100, 7, "node.completed");
-        snprintf(explain, sizeof(explain), "EXPLAIN (ANALYZE, FORMAT JSON) %s", sql);
-        PQclear(test_db_must(S.worker, "BEGIN"));
-        PGresult *res = test_db_must(S.worker, explain);
-        json_t *plan = test_json(PQgetvalue(res, 0, 0));
-        PQclear(res);
-        PQclear(test_db_must(S.worker, "ROLLBACK"));
-
-        json_t *triggers = json_object_get(json_array_get(plan, 0), "Triggers");
-        size_t i;
-        json_t *t;
-        long long calls = 0;
-        json_array_foreach (triggers, i, t) {
-                printf("# %s: %lld calls\n", json_string_value(json_object_get(t, "Trigger Name")),
-                       (long long)json_integer_value(json_object_get(t, "Calls")));
-                calls += json_integer_value(json_object_get(t, "Calls"));
-        }
-        assert_int_equal(json_array_size(triggers), 1);
-        assert_string_equal(
-            json_string_value(json_object_get(json_array_get(triggers, 0), "Trigger Name")),
-            "logs_written");
-        assert_int_equal(calls, 1);
-        json_decref(plan);
+        char *calls = test_db_trigger_calls(S.worker, sql);
+        printf("# %s\n", calls);
+        assert_string_equal(calls, "logs_written:1");
+        free(calls);
 }
 
 /* An event that names no user is refused with the key's SQLSTATE, and the statement writes
@@ -136,8 +106,8 @@ static void an_event_of_no_user_is_refused(void **state)
         const char *nobody = "00000000-0000-4000-8000-000000000001";
 
         events_sql(sql, sizeof(sql), S.run_a, nobody, 200, 1, "node.completed");
-        assert_string_equal(sqlstate(S.worker, sql), "23503");
-        assert_string_equal(sqlstate(S.c, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
         /* one row of a real user and one of nobody in one statement */
         snprintf(sql, sizeof(sql),
                  "INSERT INTO logs (run_created_at, workflow_run_id, seq, user_id, kind) "
@@ -145,7 +115,7 @@ static void an_event_of_no_user_is_refused(void **state)
                  "'%s' END, 'node.completed' FROM workflow_runs r, generate_series(1, 2) g "
                  "WHERE r.id = '%s'",
                  nobody, S.run_a);
-        assert_string_equal(sqlstate(S.worker, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "23503");
         assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM logs WHERE seq > 200"), 0);
 
         /* the check stands for the key on updates too (only the owner may update logs) */
@@ -154,7 +124,7 @@ static void an_event_of_no_user_is_refused(void **state)
         snprintf(sql, sizeof(sql),
                  "UPDATE logs SET user_id = '%s' WHERE workflow_run_id = '%s' AND seq = 300",
                  nobody, S.run_a);
-        assert_string_equal(sqlstate(S.c, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
         char *u = test_db_value(S.c, "SELECT user_id FROM logs WHERE seq = 300");
         assert_string_equal(u, S.user_a);
         free(u);
@@ -223,7 +193,7 @@ static void a_user_deleted_while_its_events_are_written(void **state)
 
         /* the run went with its user; an event naming the user now has no user to name */
         events_sql(sql, sizeof(sql), S.run_a, u, 500, 1, "node.completed");
-        assert_string_equal(sqlstate(S.worker, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "23503");
 
         /* the other order: the deletion is in flight when the events are written; the
          * writer waits for it and is then refused */
@@ -267,7 +237,7 @@ static void a_user_id_named_by_events_cannot_change(void **state)
         PQclear(test_db_must(S.c, sql));
         snprintf(sql, sizeof(sql),
                  "UPDATE users SET id = '00000000-0000-4000-8000-000000000002' WHERE id = '%s'", u);
-        assert_string_equal(sqlstate(S.c, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
         assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM users WHERE id = '%s'", u), 1);
 
         char *free_user = test_db_value(S.c, "INSERT INTO users (name) VALUES ('no-events') "
@@ -275,7 +245,7 @@ static void a_user_id_named_by_events_cannot_change(void **state)
         snprintf(sql, sizeof(sql),
                  "UPDATE users SET id = '00000000-0000-4000-8000-000000000003' WHERE id = '%s'",
                  free_user);
-        assert_string_equal(sqlstate(S.c, sql), "");
+        assert_string_equal(test_db_sqlstate(S.c, sql), "");
         free(free_user);
         free(u);
 }

@@ -57,18 +57,6 @@ static void nodes_sql(char *sql, size_t size, const char *run, const char *user,
                  user, run, n - 1);
 }
 
-/* Runs sql on c; returns its SQLSTATE ("" when it succeeded). */
-static const char *sqlstate(PGconn *c, const char *sql)
-{
-        static char state[6];
-        PGresult *res = PQexec(c, sql);
-        const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-        snprintf(state, sizeof(state), "%s", s ? s : "");
-        PQclear(res);
-        return state;
-}
-
 static long long nodes_of(const char *run)
 {
         return test_db_int(S.c, "SELECT count(*) FROM node_runs WHERE workflow_run_id = '%s'", run);
@@ -106,31 +94,13 @@ static int teardown(void **state)
 static void one_trigger_call_per_node_insert(void **state)
 {
         (void)state;
-        char sql[1024], explain[1200];
+        char sql[1024];
 
         nodes_sql(sql, sizeof(sql), S.run_a, S.user_a, 7);
-        snprintf(explain, sizeof(explain), "EXPLAIN (ANALYZE, FORMAT JSON) %s", sql);
-        PQclear(test_db_must(S.worker, "BEGIN"));
-        PGresult *res = test_db_must(S.worker, explain);
-        json_t *plan = test_json(PQgetvalue(res, 0, 0));
-        PQclear(res);
-        PQclear(test_db_must(S.worker, "ROLLBACK"));
-
-        json_t *triggers = json_object_get(json_array_get(plan, 0), "Triggers");
-        size_t i;
-        json_t *t;
-        long long calls = 0;
-        json_array_foreach (triggers, i, t) {
-                printf("# %s: %lld calls\n", json_string_value(json_object_get(t, "Trigger Name")),
-                       (long long)json_integer_value(json_object_get(t, "Calls")));
-                calls += json_integer_value(json_object_get(t, "Calls"));
-        }
-        assert_int_equal(json_array_size(triggers), 1);
-        assert_string_equal(
-            json_string_value(json_object_get(json_array_get(triggers, 0), "Trigger Name")),
-            "node_runs_written");
-        assert_int_equal(calls, 1);
-        json_decref(plan);
+        char *calls = test_db_trigger_calls(S.worker, sql);
+        printf("# %s\n", calls);
+        assert_string_equal(calls, "node_runs_written:1");
+        free(calls);
 }
 
 /* A node row that names no run of its user is refused with the key's SQLSTATE and the
@@ -143,36 +113,36 @@ static void a_node_row_of_no_run_is_refused(void **state)
         const char *nowhere = "00000000-0000-4000-8000-000000000001";
 
         nodes_sql(sql, sizeof(sql), nowhere, S.user_a, 1);
-        assert_string_equal(sqlstate(S.worker, sql), "23503");
-        assert_string_equal(sqlstate(S.c, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
         nodes_sql(sql, sizeof(sql), S.run_a, S.user_b, 1); /* the run, another user */
-        assert_string_equal(sqlstate(S.worker, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "23503");
         snprintf(sql, sizeof(sql),
                  "INSERT INTO node_runs (user_id, workflow_run_id, node_id, attempt, status) "
                  "SELECT '%s', CASE g WHEN 1 THEN '%s'::uuid ELSE '%s' END, 'm' || g, 1, "
                  "'started' FROM generate_series(1, 3) g",
                  S.user_a, nowhere, S.run_a);
-        assert_string_equal(sqlstate(S.worker, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "23503");
         assert_int_equal(nodes_of(S.run_a), 0);
 
         nodes_sql(sql, sizeof(sql), S.run_a, S.user_a, 2);
-        assert_string_equal(sqlstate(S.worker, sql), "");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "");
         snprintf(sql, sizeof(sql),
                  "UPDATE node_runs SET workflow_run_id = '%s' WHERE workflow_run_id = '%s' "
                  "AND node_id = 'n0'",
                  nowhere, S.run_a);
-        assert_string_equal(sqlstate(S.worker, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "23503");
         snprintf(sql, sizeof(sql),
                  "UPDATE node_runs SET user_id = '%s' WHERE workflow_run_id = '%s'", S.user_b,
                  S.run_a);
-        assert_string_equal(sqlstate(S.worker, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "23503");
         assert_int_equal(nodes_of(S.run_a), 2);
         /* an update that leaves the key alone is not checked and passes */
         snprintf(sql, sizeof(sql),
                  "UPDATE node_runs SET status = 'completed', finished_at = now() "
                  "WHERE workflow_run_id = '%s'",
                  S.run_a);
-        assert_string_equal(sqlstate(S.worker, sql), "");
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "");
 }
 
 /* Deleting a run deletes its node rows and nobody else's; deleting a user deletes its runs'
@@ -299,13 +269,13 @@ static void a_run_key_named_by_node_rows_cannot_change(void **state)
                  "UPDATE workflow_runs SET id = '00000000-0000-4000-8000-000000000002' "
                  "WHERE id = '%s'",
                  named);
-        assert_string_equal(sqlstate(S.c, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
         assert_int_equal(nodes_of(named), 2);
         snprintf(sql, sizeof(sql),
                  "UPDATE workflow_runs SET id = '00000000-0000-4000-8000-000000000003' "
                  "WHERE id = '%s'",
                  bare);
-        assert_string_equal(sqlstate(S.c, sql), "");
+        assert_string_equal(test_db_sqlstate(S.c, sql), "");
         free(named);
         free(bare);
 }
@@ -379,7 +349,7 @@ static void finishes_and_releases_are_written(void **state)
         snprintf(writes, sizeof(writes),
                  "UPDATE workflow_runs SET run_at = now() - interval '1 second' WHERE id = '%s'",
                  parked);
-        assert_string_equal(sqlstate(S.c, writes), "");
+        assert_string_equal(test_db_sqlstate(S.c, writes), "");
         PQclear(test_db_must(S.worker, "BEGIN"));
         e3 = claim(parked);
         assert_int_equal(e3, 2);
@@ -406,7 +376,7 @@ static void finishes_and_releases_are_written(void **state)
             test_db_int(S.c, "SELECT count(*) FROM run_queue WHERE run_id = '%s'", canceled), 1);
         snprintf(writes, sizeof(writes), "SELECT agently_cancel_run('%s', 'no longer', NULL)",
                  canceled);
-        assert_string_equal(sqlstate(S.c, writes), "");
+        assert_string_equal(test_db_sqlstate(S.c, writes), "");
         assert_int_equal(
             test_db_int(S.c, "SELECT count(*) FROM run_queue WHERE run_id = '%s'", canceled), 0);
         free(done);

@@ -236,6 +236,44 @@ long long test_db_int(PGconn *c, const char *fmt, ...)
         return v;
 }
 
+const char *test_db_sqlstate(PGconn *c, const char *sql)
+{
+        static char state[6];
+        PGresult *res = PQexec(c, sql);
+        const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+        snprintf(state, sizeof(state), "%s", s ? s : "");
+        PQclear(res);
+        return state;
+}
+
+char *test_db_trigger_calls(PGconn *c, const char *sql)
+{
+        char *explain = str_printf("EXPLAIN (ANALYZE, FORMAT JSON) %s", sql);
+        PGresult *res;
+        json_t *plan, *t;
+        size_t i;
+        char *calls = strdup("");
+
+        assert_non_null(explain);
+        PQclear(test_db_must(c, "BEGIN"));
+        res = test_db_must(c, explain);
+        free(explain);
+        plan = test_json(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        PQclear(test_db_must(c, "ROLLBACK"));
+        json_array_foreach (json_object_get(json_array_get(plan, 0), "Triggers"), i, t) {
+                char *next = str_printf("%s%s%s:%lld", calls, i ? " " : "",
+                                        json_string_value(json_object_get(t, "Trigger Name")),
+                                        (long long)json_integer_value(json_object_get(t, "Calls")));
+                free(calls);
+                calls = next;
+        }
+        json_decref(plan);
+        assert_non_null(calls);
+        return calls;
+}
+
 pid_t test_spawn_agently(const char *const *args, const char *const *env, const char *log_path)
 {
         pid_t pid = fork();

@@ -55,6 +55,14 @@ char *test_db_value(PGconn *c, const char *fmt, ...) __attribute__((format(print
 /* Like test_db_value but returns the first row's first column as an integer. */
 long long test_db_int(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Runs sql on c; returns its SQLSTATE, "" when it succeeded (a static buffer: valid until
+ * the next call). For a statement a test expects to be refused. */
+const char *test_db_sqlstate(PGconn *c, const char *sql);
+
+/* The triggers sql fires, as "name:calls" joined by spaces in EXPLAIN's order: sql is run
+ * under EXPLAIN ANALYZE in a transaction rolled back after. Caller frees. */
+char *test_db_trigger_calls(PGconn *c, const char *sql);
+
 /* Spawns the agently binary with args (NULL-terminated) and extra env entries "K=V"
  * (NULL-terminated, may be NULL); output to log_path (or inherited when NULL). */
 pid_t test_spawn_agently(const char *const *args, const char *const *env, const char *log_path);
