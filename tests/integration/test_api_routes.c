@@ -610,6 +610,63 @@ static void test_runs(void **state)
         free(id);
 }
 
+/* The run list finds a run of every status, though no index of workflow_runs holds the
+ * status (0046): a live run through its queue row, a failed or canceled one through its
+ * error, a completed one newest first. One run of each status for a user of its own; a
+ * needs_input run without an error is still found (through the queue). */
+static void test_run_list_by_status(void **state)
+{
+        static const char *const statuses[] = {"queued", "running",   "waiting", "needs_input",
+                                               "paused", "completed", "failed",  "canceled"};
+        char *tok = make_user("lister");
+        char *user = test_db_value(S.db, "SELECT id FROM users WHERE name = 'lister'");
+        char path[256], sql[1024];
+        struct reply r;
+
+        (void)state;
+        r = http("POST", "/v1/workflows", tok, WF, NULL);
+        assert_int_equal(r.status, 201);
+        reply_free(&r);
+        char *wf = test_db_value(S.db, "SELECT id FROM workflows WHERE user_id = '%s'", user);
+        for (size_t i = 0; i < ELEMENTSOF(statuses); i++) {
+                const char *st = statuses[i];
+                bool ended =
+                    !strcmp(st, "completed") || !strcmp(st, "failed") || !strcmp(st, "canceled");
+                bool has_error = !strcmp(st, "failed") || !strcmp(st, "canceled");
+                snprintf(
+                    sql, sizeof(sql),
+                    "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                    "workflow_version, status, error, finished_at, claimed_by, lease_expires_at, "
+                    "idempotency_key) VALUES ('%s', '%s', 'etl', 1, '%s', %s, %s, %s, %s, '%s')",
+                    user, wf, st, has_error ? "'{\"message\": \"no\"}'" : "NULL",
+                    ended ? "now()" : "NULL", !strcmp(st, "running") ? "'w'" : "NULL",
+                    !strcmp(st, "running") ? "now() + interval '1 hour'" : "NULL", st);
+                PQclear(test_db_must(S.db, sql));
+        }
+        for (size_t i = 0; i < ELEMENTSOF(statuses); i++) {
+                snprintf(path, sizeof(path), "/v1/runs?status=%s", statuses[i]);
+                r = http("GET", path, tok, NULL, NULL);
+                assert_int_equal(r.status, 200);
+                json_t *data = json_object_get(r.json, "data");
+                assert_int_equal(json_array_size(data), 1);
+                assert_string_equal(jstr(json_array_get(data, 0), "status"), statuses[i]);
+                char *id = test_db_value(S.db,
+                                         "SELECT id FROM workflow_runs WHERE user_id = '%s' AND "
+                                         "idempotency_key = '%s'",
+                                         user, statuses[i]);
+                assert_string_equal(jstr(json_array_get(data, 0), "id"), id);
+                free(id);
+                reply_free(&r);
+        }
+        r = http("GET", "/v1/runs", tok, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(json_array_size(json_object_get(r.json, "data")), ELEMENTSOF(statuses));
+        reply_free(&r);
+        free(wf);
+        free(user);
+        free(tok);
+}
+
 /* A run of workflow `name` (stored as the owner, unchecked) whose nodes in ids (SQL array
  * text) completed; returns the run id. */
 static char *run_with_records(const char *name, const char *definition, const char *ids)
@@ -1336,6 +1393,7 @@ int main(void)
             cmocka_unit_test(test_workflows),
             cmocka_unit_test(test_agents),
             cmocka_unit_test(test_runs),
+            cmocka_unit_test(test_run_list_by_status),
             cmocka_unit_test(test_database_errors_in_own_words),
             cmocka_unit_test(test_rerun_follows_the_engine),
             cmocka_unit_test(test_idempotency),

@@ -1,0 +1,282 @@
+/*
+ * A run's finish as a HOT update (0046_hot_finish.sql), and what read the status through
+ * the indexes that held it, still answered:
+ *   - a worker's turn that finishes a hundred runs enqueued together writes (nearly) each
+ *     finished version on its own page, with no index entry (a HOT update);
+ *   - the deadline sweep finds a parked run past its deadline through its queue row: the
+ *     release to needs_input (or a pause) sets the queue row's deadline, a resume clears
+ *     it, and the sweep fails the run;
+ *   - the live gauges of /metrics read the live queue: a run whose record still carries an
+ *     old lease (the holder's last write) but whose queue row was renewed is not counted as
+ *     expired, and one whose queue lease lapsed is.
+ *   - an install upgraded with parked runs keeps their deadlines (the sweep finds them).
+ * The run list by status is test_api_routes' test_run_list_by_status.
+ */
+#include "testlib.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct {
+        char *owner;
+        PGconn *c;      /* the owner */
+        PGconn *worker; /* agently_worker, as the worker's writes */
+        char *user;
+        char *workflow;
+} S;
+
+static char *new_run(void)
+{
+        return test_db_value(S.c,
+                             "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                             "workflow_version) VALUES ('%s', '%s', 'wf', 1) RETURNING id",
+                             S.user, S.workflow);
+}
+
+static int setup(void **state)
+{
+        (void)state;
+        S.owner = test_db_create("hot_finish");
+        S.c = test_db_connect(S.owner);
+        char *w = test_db_conninfo_as(S.owner, "agently_worker");
+        S.worker = test_db_connect(w);
+        free(w);
+        S.user = test_db_value(S.c, "INSERT INTO users (name) VALUES ('a') RETURNING id");
+        S.workflow = test_db_value(S.c,
+                                   "INSERT INTO workflows (user_id, name, version, definition, "
+                                   "definition_sha256) VALUES ('%s', 'wf', 1, "
+                                   "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
+                                   "'hex')) RETURNING id",
+                                   S.user);
+        return 0;
+}
+
+static int teardown(void **state)
+{
+        (void)state;
+        PQfinish(S.worker);
+        PQfinish(S.c);
+        free(S.owner);
+        free(S.user);
+        free(S.workflow);
+        return 0;
+}
+
+/* The worker claims every due run in the transaction open on its connection. */
+static long long claim_all(void)
+{
+        return test_db_int(S.worker,
+                           "SELECT count(*) FROM agently_claim_runs('W', '30 seconds', 1000)");
+}
+
+/* agently_apply_writes of writes; the number of runs it refused. */
+static long long apply(const char *writes)
+{
+        return test_db_int(S.worker, "SELECT count(*) FROM agently_apply_writes('W', '%s')",
+                           writes);
+}
+
+/* 100 runs enqueued in one statement fill their pages together; one turn claims them and
+ * finishes each (queued -> completed, as a no-op run's first turn does). Every update of
+ * workflow_runs in that transaction but a few is HOT. Before 0046 none was (the status was
+ * indexed), and with the indexes gone but the pages filled to 80 % about one in five. */
+static void a_turns_finishes_are_hot_updates(void **state)
+{
+        (void)state;
+        PQclear(test_db_must(S.c, "DELETE FROM workflow_runs"));
+        char sql[512];
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 100)",
+                 S.user, S.workflow);
+        PQclear(test_db_must(S.c, sql));
+
+        PQclear(test_db_must(S.worker, "BEGIN"));
+        assert_int_equal(claim_all(), 100);
+        assert_int_equal(
+            test_db_int(S.worker,
+                        "SELECT count(*) FROM agently_apply_writes('W', (SELECT jsonb_agg("
+                        "jsonb_build_object('i', n, 'op', 'finish', 'run', run_id, 'epoch', "
+                        "lease_epoch, 'status', 'completed', 'output', '{}'::jsonb)) FROM "
+                        "(SELECT run_id, lease_epoch, row_number() OVER (ORDER BY run_id) AS n "
+                        "FROM run_queue WHERE claimed_by = 'W') q))"),
+            0);
+        long long updated = test_db_int(
+            S.worker, "SELECT pg_stat_get_xact_tuples_updated('workflow_runs'::regclass)");
+        long long hot = test_db_int(
+            S.worker, "SELECT pg_stat_get_xact_tuples_hot_updated('workflow_runs'::regclass)");
+        PQclear(test_db_must(S.worker, "COMMIT"));
+        assert_int_equal(updated, 100);
+        /* a finished version is larger than the queued one (~253 against ~217 bytes here), so
+         * the last row of a page may find no room left; 0 before 0046, ~22 at fill factor 80 */
+        assert_in_range(hot, 90, 100);
+        assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM workflow_runs WHERE status = "
+                                          "'completed'"),
+                         100);
+        assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM run_queue"), 0);
+}
+
+/* The queue row's deadline, as the sweep reads it: "deadline" or "none". */
+static char *deadline_of(const char *run)
+{
+        return test_db_value(S.c,
+                             "SELECT coalesce(to_char(deadline AT TIME ZONE 'UTC', "
+                             "'YYYY-MM-DD\"T\"HH24:MI:SS'), 'none') FROM run_queue WHERE run_id "
+                             "= '%s'",
+                             run);
+}
+
+/* A run released to needs_input with a deadline carries it in its queue row; a paused run
+ * too; resumed, it has none (a worker enforces a claimable run's deadline). The sweep fails
+ * the one past its deadline, and only it. */
+static void the_sweep_finds_parked_runs_through_the_queue(void **state)
+{
+        (void)state;
+        char writes[1024], sql[256];
+        char *asked = new_run(), *paused = new_run();
+
+        PQclear(test_db_must(S.worker, "BEGIN"));
+        assert_int_equal(claim_all(), 2);
+        snprintf(writes, sizeof(writes),
+                 "[{\"i\":1,\"op\":\"release\",\"run\":\"%s\",\"epoch\":1,\"status\":"
+                 "\"needs_input\",\"message\":\"a question\",\"deadline_ms\":946684800000},"
+                 "{\"i\":2,\"op\":\"release\",\"run\":\"%s\",\"epoch\":1,\"status\":\"paused\","
+                 "\"message\":\"paused\",\"deadline_ms\":4102444800000}]",
+                 asked, paused);
+        assert_int_equal(apply(writes), 0);
+        PQclear(test_db_must(S.worker, "COMMIT"));
+
+        char *d = deadline_of(asked);
+        assert_string_equal(d, "2000-01-01T00:00:00");
+        free(d);
+        d = deadline_of(paused);
+        assert_string_equal(d, "2100-01-01T00:00:00");
+        free(d);
+
+        assert_int_equal(test_db_int(S.worker, "SELECT agently_fail_overdue_runs(10)"), 1);
+        char *st = test_db_value(S.c,
+                                 "SELECT status || ' ' || (error ->> 'class') FROM "
+                                 "workflow_runs WHERE id = '%s'",
+                                 asked);
+        assert_string_equal(st, "failed timeout");
+        free(st);
+        assert_int_equal(
+            test_db_int(S.c, "SELECT count(*) FROM run_queue WHERE run_id = '%s'", asked), 0);
+
+        /* resumed: queued again, no deadline in its queue row */
+        snprintf(sql, sizeof(sql), "SELECT agently_resume_run('%s', 'back', NULL)", paused);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "");
+        d = deadline_of(paused);
+        assert_string_equal(d, "none");
+        free(d);
+        assert_int_equal(test_db_int(S.worker, "SELECT agently_fail_overdue_runs(10)"), 0);
+        free(asked);
+        free(paused);
+}
+
+static double metric(const char *name)
+{
+        char *v =
+            test_db_value(S.c, "SELECT value FROM agently_api_metrics() WHERE name = '%s'", name);
+        double d = atof(v);
+        free(v);
+        return d;
+}
+
+/* The lease-expired gauge reads the live lease (the queue row's, renewed there), not the
+ * record's copy of it as of the holder's last write. */
+static void the_gauges_read_the_live_queue(void **state)
+{
+        (void)state;
+        char writes[512], sql[512];
+        PQclear(test_db_must(S.c, "DELETE FROM workflow_runs"));
+        char *run = new_run();
+
+        assert_int_equal(metric("agently_queue_depth"), 1);
+        PQclear(test_db_must(S.worker, "BEGIN"));
+        assert_int_equal(claim_all(), 1);
+        snprintf(writes, sizeof(writes),
+                 "[{\"i\":1,\"op\":\"event\",\"run\":\"%s\",\"epoch\":1,\"kind\":\"run.started\"}]",
+                 run);
+        assert_int_equal(apply(writes), 0);
+        PQclear(test_db_must(S.worker, "COMMIT"));
+        assert_int_equal(metric("agently_queue_depth"), 0);
+
+        /* the record's lease long past (as after a renewal-only hour), the queue's current */
+        snprintf(sql, sizeof(sql),
+                 "UPDATE workflow_runs SET lease_expires_at = now() - interval '1 hour' WHERE "
+                 "id = '%s'",
+                 run);
+        PQclear(test_db_must(S.c, sql));
+        assert_int_equal(metric("agently_runs_lease_expired"), 0);
+        char *live = test_db_value(S.c, "SELECT value FROM agently_api_metrics() WHERE name = "
+                                        "'agently_runs' AND labels = 'status=\"running\"'");
+        assert_string_equal(live, "1");
+        free(live);
+
+        /* the queue's lease lapses: counted */
+        snprintf(sql, sizeof(sql),
+                 "UPDATE run_queue SET lease_expires_at = now() - interval '1 second' WHERE "
+                 "run_id = '%s'",
+                 run);
+        PQclear(test_db_must(S.c, sql));
+        assert_int_equal(metric("agently_runs_lease_expired"), 1);
+        free(run);
+}
+
+/* An install upgraded to 0046 with parked runs: a needs_input run past its deadline and a
+ * paused one before it get their queue rows' deadline from their records, and the sweep
+ * fails the first at once. */
+static void an_upgrade_carries_the_parked_runs_deadlines(void **state)
+{
+        (void)state;
+        char *conninfo = test_db_create_empty("hot_finish_upgrade");
+        PGconn *db = test_db_connect(conninfo);
+        test_db_migrate_range(db, 1, 45);
+        char *user = test_db_value(db, "INSERT INTO users (name) VALUES ('u') RETURNING id");
+        char sql[512];
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflows (user_id, name, version, definition, definition_sha256) "
+                 "VALUES ('%s', 'wf', 1, '{\"name\":\"wf\",\"nodes\":[]}', "
+                 "encode(sha256('w'), 'hex'))",
+                 user);
+        PQclear(test_db_must(db, sql));
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version, idempotency_key) SELECT '%s', w.id, 'wf', 1, k FROM "
+                 "workflows w, unnest(ARRAY['asked', 'paused', 'queued']) k",
+                 user);
+        PQclear(test_db_must(db, sql));
+        test_run_move(db, "idempotency_key = 'asked'", "needs_input",
+                      "timeout_at = now() - interval '1 minute'");
+        test_run_move(db, "idempotency_key = 'paused'", "paused",
+                      "timeout_at = now() + interval '1 day'");
+        test_db_migrate_range(db, 46, 46);
+
+        char *v = test_db_value(db, "SELECT string_agg(r.idempotency_key || ':' || "
+                                    "coalesce((q.deadline = r.timeout_at)::text, 'none'), ' ' "
+                                    "ORDER BY r.idempotency_key) FROM workflow_runs r JOIN "
+                                    "run_queue q ON q.run_id = r.id");
+        assert_string_equal(v, "asked:true paused:true queued:none");
+        free(v);
+        assert_int_equal(test_db_int(db, "SELECT agently_fail_overdue_runs(10)"), 1);
+        v = test_db_value(db, "SELECT string_agg(idempotency_key || ':' || status, ' ' ORDER BY "
+                              "idempotency_key) FROM workflow_runs");
+        assert_string_equal(v, "asked:failed paused:paused queued:queued");
+        free(v);
+        PQfinish(db);
+        free(user);
+        free(conninfo);
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+            cmocka_unit_test(a_turns_finishes_are_hot_updates),
+            cmocka_unit_test(the_sweep_finds_parked_runs_through_the_queue),
+            cmocka_unit_test(the_gauges_read_the_live_queue),
+            cmocka_unit_test(an_upgrade_carries_the_parked_runs_deadlines),
+        };
+        return cmocka_run_group_tests(tests, setup, teardown);
+}
