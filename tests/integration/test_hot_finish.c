@@ -1,6 +1,6 @@
 /*
- * A run's finish as a HOT update (0046_hot_finish.sql), and what read the status through
- * the indexes that held it, still answered:
+ * A run's finish as a HOT update (0046_hot_finish.sql) and the queue row's key (0047), and
+ * what each change took over, still answered:
  *   - a worker's turn that finishes a hundred runs enqueued together writes (nearly) each
  *     finished version on its own page, with no index entry (a HOT update);
  *   - the deadline sweep finds a parked run past its deadline through its queue row: the
@@ -8,8 +8,11 @@
  *     it, and the sweep fails the run;
  *   - the live gauges of /metrics read the live queue: a run whose record still carries an
  *     old lease (the holder's last write) but whose queue row was renewed is not counted as
- *     expired, and one whose queue lease lapsed is.
- *   - an install upgraded with parked runs keeps their deadlines (the sweep finds them).
+ *     expired, and one whose queue lease lapsed is;
+ *   - an install upgraded with parked runs keeps their deadlines (the sweep finds them);
+ *   - run_queue's key to its run, no foreign key since 0047_queue_key.sql: a run's deletion
+ *     (or its user's) and TRUNCATE take its queue row, a live run's id cannot change, and
+ *     only the owner's trigger writes a queue row's run_id and user_id.
  * The run list by status is test_api_routes' test_run_list_by_status.
  */
 #include "testlib.h"
@@ -225,6 +228,94 @@ static void the_gauges_read_the_live_queue(void **state)
         free(run);
 }
 
+static long long queue_rows_of(const char *run)
+{
+        return test_db_int(S.c, "SELECT count(*) FROM run_queue WHERE run_id = '%s'", run);
+}
+
+/* run_queue's key to its run is no foreign key since 0047; what it guaranteed still holds.
+ * Deleting a run, or its user, deletes its queue row; a live run's id or user cannot change;
+ * TRUNCATE of the runs empties the queue. */
+static void a_queue_row_goes_with_its_run(void **state)
+{
+        (void)state;
+        char sql[512];
+        char *gone = new_run(), *kept = new_run(), *named = new_run();
+
+        snprintf(sql, sizeof(sql), "DELETE FROM workflow_runs WHERE id = '%s'", gone);
+        PQclear(test_db_must(S.c, sql));
+        assert_int_equal(queue_rows_of(gone), 0);
+        assert_int_equal(queue_rows_of(kept), 1);
+
+        char *u = test_db_value(S.c, "INSERT INTO users (name) VALUES ('gone') RETURNING id");
+        char *wf = test_db_value(S.c,
+                                 "INSERT INTO workflows (user_id, name, version, definition, "
+                                 "definition_sha256) VALUES ('%s', 'wf', 1, "
+                                 "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
+                                 "'hex')) RETURNING id",
+                                 u);
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 3)",
+                 u, wf);
+        PQclear(test_db_must(S.c, sql));
+        assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM run_queue WHERE user_id = '%s'", u),
+                         3);
+        snprintf(sql, sizeof(sql), "DELETE FROM users WHERE id = '%s'", u);
+        PQclear(test_db_must(S.c, sql));
+        assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM run_queue WHERE user_id = '%s'", u),
+                         0);
+        assert_int_equal(queue_rows_of(kept), 1);
+
+        snprintf(sql, sizeof(sql),
+                 "UPDATE workflow_runs SET id = '00000000-0000-4000-8000-000000000004' WHERE id "
+                 "= '%s'",
+                 named);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        assert_int_equal(queue_rows_of(named), 1);
+
+        PQclear(test_db_must(S.c, "TRUNCATE workflow_runs CASCADE"));
+        assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM run_queue"), 0);
+        free(gone);
+        free(kept);
+        free(named);
+        free(u);
+        free(wf);
+}
+
+/* Only the owner's trigger writes a queue row's key: the worker may update the claim and
+ * due-time columns but not run_id or user_id, and neither it nor the API may insert. */
+static void only_the_trigger_writes_a_queue_rows_key(void **state)
+{
+        (void)state;
+        char sql[512];
+        char *run = new_run();
+        char *a = test_db_conninfo_as(S.owner, "agently_api");
+        PGconn *api = test_db_connect(a);
+
+        snprintf(sql, sizeof(sql),
+                 "UPDATE run_queue SET run_id = '00000000-0000-4000-8000-000000000005' WHERE "
+                 "run_id = '%s'",
+                 run);
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "42501");
+        snprintf(sql, sizeof(sql),
+                 "UPDATE run_queue SET user_id = '00000000-0000-4000-8000-000000000005' WHERE "
+                 "run_id = '%s'",
+                 run);
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "42501");
+        snprintf(sql, sizeof(sql), "UPDATE run_queue SET priority = 5 WHERE run_id = '%s'", run);
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "");
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO run_queue (run_id, user_id, run_at) VALUES "
+                 "('00000000-0000-4000-8000-000000000006', '%s', now())",
+                 S.user);
+        assert_string_equal(test_db_sqlstate(S.worker, sql), "42501");
+        assert_string_equal(test_db_sqlstate(api, sql), "42501");
+        PQfinish(api);
+        free(a);
+        free(run);
+}
+
 /* An install upgraded to 0046 with parked runs: a needs_input run past its deadline and a
  * paused one before it get their queue rows' deadline from their records, and the sweep
  * fails the first at once. */
@@ -277,6 +368,8 @@ int main(void)
             cmocka_unit_test(the_sweep_finds_parked_runs_through_the_queue),
             cmocka_unit_test(the_gauges_read_the_live_queue),
             cmocka_unit_test(an_upgrade_carries_the_parked_runs_deadlines),
+            cmocka_unit_test(a_queue_row_goes_with_its_run),
+            cmocka_unit_test(only_the_trigger_writes_a_queue_rows_key),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
