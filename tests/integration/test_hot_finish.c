@@ -1,6 +1,6 @@
 /*
- * A run's finish as a HOT update (0046_hot_finish.sql) and the queue row's key (0047), and
- * what each change took over, still answered:
+ * A run's finish as a HOT update (0046_hot_finish.sql), the queue row's key (0047) and the
+ * run's key to its workflow version (0048), and what each change took over, still answered:
  *   - a worker's turn that finishes a hundred runs enqueued together writes (nearly) each
  *     finished version on its own page, with no index entry (a HOT update);
  *   - the deadline sweep finds a parked run past its deadline through its queue row: the
@@ -12,7 +12,9 @@
  *   - an install upgraded with parked runs keeps their deadlines (the sweep finds them);
  *   - run_queue's key to its run, no foreign key since 0047_queue_key.sql: a run's deletion
  *     (or its user's) and TRUNCATE take its queue row, a live run's id cannot change, and
- *     only the owner's trigger writes a queue row's run_id and user_id.
+ *     only the owner's trigger writes a queue row's run_id and user_id;
+ *   - workflow_runs' key to its workflow version, no foreign key since 0048: checked by the
+ *     trigger that pins the run's agents, and NO ACTION from the versions' side.
  * The run list by status is test_api_routes' test_run_list_by_status.
  */
 #include "testlib.h"
@@ -316,6 +318,69 @@ static void only_the_trigger_writes_a_queue_rows_key(void **state)
         free(run);
 }
 
+/* workflow_runs' key to its workflow version, no foreign key since 0048: a run naming no
+ * version of its user is refused; a version that runs name cannot be deleted, truncated or
+ * have its key changed; a user's deletion takes runs and versions together. */
+static void a_run_names_a_workflow_version_of_its_user(void **state)
+{
+        (void)state;
+        char sql[512];
+        char *other = test_db_value(S.c, "INSERT INTO users (name) VALUES ('o') RETURNING id");
+        char *bare = test_db_value(S.c,
+                                   "INSERT INTO workflows (user_id, name, version, definition, "
+                                   "definition_sha256) VALUES ('%s', 'wf', 2, "
+                                   "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
+                                   "'hex')) RETURNING id",
+                                   S.user);
+
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) VALUES ('%s', gen_random_uuid(), 'wf', 1)",
+                 S.user);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) VALUES ('%s', '%s', 'wf', 1)",
+                 other, S.workflow);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        char *run = new_run();
+        snprintf(sql, sizeof(sql),
+                 "UPDATE workflow_runs SET workflow_id = gen_random_uuid() "
+                 "WHERE id = '%s'",
+                 run);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+
+        snprintf(sql, sizeof(sql), "DELETE FROM workflows WHERE id = '%s'", S.workflow);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        snprintf(sql, sizeof(sql), "UPDATE workflows SET id = gen_random_uuid() WHERE id = '%s'",
+                 S.workflow);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        assert_string_equal(test_db_sqlstate(S.c, "TRUNCATE workflows CASCADE"), "23503");
+        snprintf(sql, sizeof(sql), "DELETE FROM workflows WHERE id = '%s'", bare);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "");
+
+        /* a user's deletion: runs and versions go together */
+        char *wf = test_db_value(S.c,
+                                 "INSERT INTO workflows (user_id, name, version, definition, "
+                                 "definition_sha256) VALUES ('%s', 'wf', 1, "
+                                 "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
+                                 "'hex')) RETURNING id",
+                                 other);
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 2)",
+                 other, wf);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "");
+        snprintf(sql, sizeof(sql), "DELETE FROM users WHERE id = '%s'", other);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "");
+        assert_int_equal(
+            test_db_int(S.c, "SELECT count(*) FROM workflow_runs WHERE user_id = '%s'", other), 0);
+        free(run);
+        free(wf);
+        free(bare);
+        free(other);
+}
+
 /* An install upgraded to 0046 with parked runs: a needs_input run past its deadline and a
  * paused one before it get their queue rows' deadline from their records, and the sweep
  * fails the first at once. */
@@ -370,6 +435,7 @@ int main(void)
             cmocka_unit_test(an_upgrade_carries_the_parked_runs_deadlines),
             cmocka_unit_test(a_queue_row_goes_with_its_run),
             cmocka_unit_test(only_the_trigger_writes_a_queue_rows_key),
+            cmocka_unit_test(a_run_names_a_workflow_version_of_its_user),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
