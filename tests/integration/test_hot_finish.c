@@ -1,6 +1,7 @@
 /*
- * A run's finish as a HOT update (0046_hot_finish.sql), the queue row's key (0047) and the
- * run's key to its workflow version (0048), and what each change took over, still answered:
+ * A run's finish as a HOT update (0046_hot_finish.sql), the queue row's key (0047), the
+ * run's keys to its workflow version and its user (0048, 0049), and what each change took
+ * over, still answered:
  *   - a worker's turn that finishes a hundred runs enqueued together writes (nearly) each
  *     finished version on its own page, with no index entry (a HOT update);
  *   - the deadline sweep finds a parked run past its deadline through its queue row: the
@@ -14,7 +15,9 @@
  *     (or its user's) and TRUNCATE take its queue row, a live run's id cannot change, and
  *     only the owner's trigger writes a queue row's run_id and user_id;
  *   - workflow_runs' key to its workflow version, no foreign key since 0048: checked by the
- *     trigger that pins the run's agents, and NO ACTION from the versions' side.
+ *     trigger that pins the run's agents, and NO ACTION from the versions' side;
+ *   - workflow_runs' key to its user, no foreign key since 0049: implied by the version's,
+ *     and its cascade done by the users' triggers (this test runs last: it empties users).
  * The run list by status is test_api_routes' test_run_list_by_status.
  */
 #include "testlib.h"
@@ -381,6 +384,62 @@ static void a_run_names_a_workflow_version_of_its_user(void **state)
         free(other);
 }
 
+/* workflow_runs' key to its user, no foreign key since 0049: a run of no user is refused (it
+ * names no workflow version of that user); a user's deletion takes their runs (with their
+ * queue rows and node rows) and leaves others'; a user's id cannot change under runs;
+ * TRUNCATE users takes the runs along. */
+static void a_run_goes_with_its_user(void **state)
+{
+        (void)state;
+        char sql[512];
+        char *u = test_db_value(S.c, "INSERT INTO users (name) VALUES ('leaving') RETURNING id");
+        char *wf = test_db_value(S.c,
+                                 "INSERT INTO workflows (user_id, name, version, definition, "
+                                 "definition_sha256) VALUES ('%s', 'wf', 1, "
+                                 "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
+                                 "'hex')) RETURNING id",
+                                 u);
+        char *kept = new_run();
+
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) VALUES (gen_random_uuid(), '%s', 'wf', 1)",
+                 wf);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 3)",
+                 u, wf);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "");
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO node_runs (user_id, workflow_run_id, node_id, attempt, status) "
+                 "SELECT user_id, id, 'n', 1, 'started' FROM workflow_runs WHERE user_id = '%s'",
+                 u);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "");
+
+        snprintf(sql, sizeof(sql), "UPDATE users SET id = gen_random_uuid() WHERE id = '%s'", u);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        snprintf(sql, sizeof(sql), "DELETE FROM users WHERE id = '%s'", u);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "");
+        char *left = test_db_value(
+            S.c,
+            "SELECT (SELECT count(*) FROM workflow_runs WHERE user_id = '%s') || ' ' || (SELECT "
+            "count(*) FROM run_queue WHERE user_id = '%s') || ' ' || (SELECT count(*) FROM "
+            "node_runs WHERE user_id = '%s') || ' ' || (SELECT count(*) FROM workflows WHERE "
+            "user_id = '%s')",
+            u, u, u, u);
+        assert_string_equal(left, "0 0 0 0");
+        free(left);
+        assert_int_equal(queue_rows_of(kept), 1);
+
+        PQclear(test_db_must(S.c, "TRUNCATE users CASCADE"));
+        assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM workflow_runs"), 0);
+        assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM run_queue"), 0);
+        free(kept);
+        free(wf);
+        free(u);
+}
+
 /* An install upgraded to 0046 with parked runs: a needs_input run past its deadline and a
  * paused one before it get their queue rows' deadline from their records, and the sweep
  * fails the first at once. */
@@ -432,10 +491,11 @@ int main(void)
             cmocka_unit_test(a_turns_finishes_are_hot_updates),
             cmocka_unit_test(the_sweep_finds_parked_runs_through_the_queue),
             cmocka_unit_test(the_gauges_read_the_live_queue),
-            cmocka_unit_test(an_upgrade_carries_the_parked_runs_deadlines),
             cmocka_unit_test(a_queue_row_goes_with_its_run),
             cmocka_unit_test(only_the_trigger_writes_a_queue_rows_key),
             cmocka_unit_test(a_run_names_a_workflow_version_of_its_user),
+            cmocka_unit_test(an_upgrade_carries_the_parked_runs_deadlines),
+            cmocka_unit_test(a_run_goes_with_its_user),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
