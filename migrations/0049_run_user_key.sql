@@ -4,7 +4,7 @@
 --
 -- Why: the key checked every run inserted (an SPI query, an index probe and a KEY SHARE lock
 -- of the user's row). But a run names a workflow version of its own user (0048: checked and
--- locked by agently_run_pin_agents), and a version's user_id is a key to users (workflows'
+-- locked by agently_run_inserted), and a version's user_id is a key to users (workflows'
 -- own foreign key, ON DELETE CASCADE), so the user exists whenever the version does.
 -- Measured with bench/instructions (docs/performance.md, "Issue 9: the finish as a HOT
 -- update"): -34.4 K instructions per no-op run (-2.6 %) with the key dropped; nothing takes

@@ -36,7 +36,9 @@ static const char WF[] = "{\"name\":\"w\",\"nodes\":[{\"id\":\"a\",\"type\":\"sl
 static void one_row_each(PGconn *db)
 {
         char *user = worker_test_user(db, "ada");
-        char *wf = worker_test_workflow(db, user, "w", 1, WF);
+        /* named as the edge of its limit that every_limit_still_refuses sets the run's
+         * workflow_name to: since 0048 a run carries its version's name */
+        char *wf = worker_test_workflow(db, user, "a.b-c_9", 1, WF);
         char *run = worker_test_run(db, wf, NULL);
 
         test_run_move(db, "true", "running", NULL);

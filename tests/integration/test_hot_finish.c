@@ -322,8 +322,9 @@ static void only_the_trigger_writes_a_queue_rows_key(void **state)
 }
 
 /* workflow_runs' key to its workflow version, no foreign key since 0048: a run naming no
- * version of its user is refused; a version that runs name cannot be deleted, truncated or
- * have its key changed; a user's deletion takes runs and versions together. */
+ * version of its user, or another name than its version's, is refused; a version that runs name
+ * cannot be deleted, truncated or have its key changed; a user's deletion takes runs and versions
+ * together. */
 static void a_run_names_a_workflow_version_of_its_user(void **state)
 {
         (void)state;
@@ -345,6 +346,11 @@ static void a_run_names_a_workflow_version_of_its_user(void **state)
                  "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
                  "workflow_version) VALUES ('%s', '%s', 'wf', 1)",
                  other, S.workflow);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) VALUES ('%s', '%s', 'not-its-name', 1)",
+                 S.user, S.workflow);
         assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
         char *run = new_run();
         snprintf(sql, sizeof(sql),
