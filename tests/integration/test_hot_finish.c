@@ -21,10 +21,13 @@
  * The run list by status is test_api_routes' test_run_list_by_status.
  */
 #include "testlib.h"
+#include "worker_sink.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static const char WF[] = "{\"name\":\"wf\",\"nodes\":[]}";
 
 static struct {
         char *owner;
@@ -50,13 +53,8 @@ static int setup(void **state)
         char *w = test_db_conninfo_as(S.owner, "agently_worker");
         S.worker = test_db_connect(w);
         free(w);
-        S.user = test_db_value(S.c, "INSERT INTO users (name) VALUES ('a') RETURNING id");
-        S.workflow = test_db_value(S.c,
-                                   "INSERT INTO workflows (user_id, name, version, definition, "
-                                   "definition_sha256) VALUES ('%s', 'wf', 1, "
-                                   "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
-                                   "'hex')) RETURNING id",
-                                   S.user);
+        S.user = worker_test_user(S.c, "a");
+        S.workflow = worker_test_workflow(S.c, S.user, "wf", 1, WF);
         return 0;
 }
 
@@ -252,13 +250,8 @@ static void a_queue_row_goes_with_its_run(void **state)
         assert_int_equal(queue_rows_of(gone), 0);
         assert_int_equal(queue_rows_of(kept), 1);
 
-        char *u = test_db_value(S.c, "INSERT INTO users (name) VALUES ('gone') RETURNING id");
-        char *wf = test_db_value(S.c,
-                                 "INSERT INTO workflows (user_id, name, version, definition, "
-                                 "definition_sha256) VALUES ('%s', 'wf', 1, "
-                                 "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
-                                 "'hex')) RETURNING id",
-                                 u);
+        char *u = worker_test_user(S.c, "gone");
+        char *wf = worker_test_workflow(S.c, u, "wf", 1, WF);
         snprintf(sql, sizeof(sql),
                  "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
                  "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 3)",
@@ -329,13 +322,8 @@ static void a_run_names_a_workflow_version_of_its_user(void **state)
 {
         (void)state;
         char sql[512];
-        char *other = test_db_value(S.c, "INSERT INTO users (name) VALUES ('o') RETURNING id");
-        char *bare = test_db_value(S.c,
-                                   "INSERT INTO workflows (user_id, name, version, definition, "
-                                   "definition_sha256) VALUES ('%s', 'wf', 2, "
-                                   "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
-                                   "'hex')) RETURNING id",
-                                   S.user);
+        char *other = worker_test_user(S.c, "o");
+        char *bare = worker_test_workflow(S.c, S.user, "wf", 2, WF);
 
         snprintf(sql, sizeof(sql),
                  "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
@@ -369,12 +357,7 @@ static void a_run_names_a_workflow_version_of_its_user(void **state)
         assert_string_equal(test_db_sqlstate(S.c, sql), "");
 
         /* a user's deletion: runs and versions go together */
-        char *wf = test_db_value(S.c,
-                                 "INSERT INTO workflows (user_id, name, version, definition, "
-                                 "definition_sha256) VALUES ('%s', 'wf', 1, "
-                                 "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
-                                 "'hex')) RETURNING id",
-                                 other);
+        char *wf = worker_test_workflow(S.c, other, "wf", 1, WF);
         snprintf(sql, sizeof(sql),
                  "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
                  "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 2)",
@@ -398,13 +381,8 @@ static void a_run_goes_with_its_user(void **state)
 {
         (void)state;
         char sql[512];
-        char *u = test_db_value(S.c, "INSERT INTO users (name) VALUES ('leaving') RETURNING id");
-        char *wf = test_db_value(S.c,
-                                 "INSERT INTO workflows (user_id, name, version, definition, "
-                                 "definition_sha256) VALUES ('%s', 'wf', 1, "
-                                 "'{\"name\":\"wf\",\"nodes\":[]}', encode(sha256('w'), "
-                                 "'hex')) RETURNING id",
-                                 u);
+        char *u = worker_test_user(S.c, "leaving");
+        char *wf = worker_test_workflow(S.c, u, "wf", 1, WF);
         char *kept = new_run();
 
         snprintf(sql, sizeof(sql),
@@ -455,14 +433,9 @@ static void an_upgrade_carries_the_parked_runs_deadlines(void **state)
         char *conninfo = test_db_create_empty("hot_finish_upgrade");
         PGconn *db = test_db_connect(conninfo);
         test_db_migrate_range(db, 1, 45);
-        char *user = test_db_value(db, "INSERT INTO users (name) VALUES ('u') RETURNING id");
+        char *user = worker_test_user(db, "u");
+        char *wf = worker_test_workflow(db, user, "wf", 1, WF);
         char sql[512];
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO workflows (user_id, name, version, definition, definition_sha256) "
-                 "VALUES ('%s', 'wf', 1, '{\"name\":\"wf\",\"nodes\":[]}', "
-                 "encode(sha256('w'), 'hex'))",
-                 user);
-        PQclear(test_db_must(db, sql));
         snprintf(sql, sizeof(sql),
                  "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
                  "workflow_version, idempotency_key) SELECT '%s', w.id, 'wf', 1, k FROM "
@@ -487,6 +460,7 @@ static void an_upgrade_carries_the_parked_runs_deadlines(void **state)
         assert_string_equal(v, "asked:failed paused:paused queued:queued");
         free(v);
         PQfinish(db);
+        free(wf);
         free(user);
         free(conninfo);
 }
