@@ -172,22 +172,9 @@ static void a_user_deleted_while_its_events_are_written(void **state)
         PQclear(test_db_must(S.worker, sql));
 
         snprintf(sql, sizeof(sql), "DELETE FROM users WHERE id = '%s'", u);
-        assert_int_equal(PQsendQuery(deleter, sql), 1);
-        usleep(300 * 1000);
-        assert_int_equal(PQconsumeInput(deleter), 1);
-        assert_int_equal(PQisBusy(deleter), 1); /* waits for the writer */
-        char *waiting =
-            test_db_value(S.c, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %d",
-                          PQbackendPID(deleter));
-        assert_string_equal(waiting, "Lock");
-        free(waiting);
-
+        test_db_send_blocked(deleter, S.c, sql); /* waits for the writer */
         PQclear(test_db_must(S.worker, "COMMIT"));
-        PGresult *res;
-        while ((res = PQgetResult(deleter))) {
-                assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
-                PQclear(res);
-        }
+        assert_string_equal(test_db_sent_sqlstate(deleter), "");
         assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM users WHERE id = '%s'", u), 0);
         assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM logs WHERE user_id = '%s'", u), 0);
 
@@ -202,20 +189,9 @@ static void a_user_deleted_while_its_events_are_written(void **state)
         snprintf(sql, sizeof(sql), "DELETE FROM users WHERE id = '%s'", v);
         PQclear(test_db_must(deleter, sql));
         events_sql(sql, sizeof(sql), S.run_a, v, 510, 2, "node.completed");
-        assert_int_equal(PQsendQuery(S.worker, sql), 1);
-        usleep(300 * 1000);
-        assert_int_equal(PQconsumeInput(S.worker), 1);
-        assert_int_equal(PQisBusy(S.worker), 1); /* waits for the deletion */
+        test_db_send_blocked(S.worker, S.c, sql); /* waits for the deletion */
         PQclear(test_db_must(deleter, "COMMIT"));
-        const char *refused = "";
-        while ((res = PQgetResult(S.worker))) {
-                if (PQresultStatus(res) == PGRES_FATAL_ERROR)
-                        refused = strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "23503") == 0
-                                      ? "23503"
-                                      : "other";
-                PQclear(res);
-        }
-        assert_string_equal(refused, "23503");
+        assert_string_equal(test_db_sent_sqlstate(S.worker), "23503");
         assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM logs WHERE user_id = '%s'", v), 0);
         PQfinish(deleter);
         free(run);

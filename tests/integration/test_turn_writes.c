@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static struct {
         char *owner;
@@ -192,26 +191,14 @@ static void a_run_deleted_while_its_node_rows_are_written(void **state)
         char sql[1024];
         char *run = new_run(S.user_a, S.workflow_a);
         PGconn *deleter = test_db_connect(S.owner);
-        PGresult *res;
 
         PQclear(test_db_must(S.worker, "BEGIN"));
         nodes_sql(sql, sizeof(sql), run, S.user_a, 3);
         PQclear(test_db_must(S.worker, sql));
         snprintf(sql, sizeof(sql), "DELETE FROM workflow_runs WHERE id = '%s'", run);
-        assert_int_equal(PQsendQuery(deleter, sql), 1);
-        usleep(300 * 1000);
-        assert_int_equal(PQconsumeInput(deleter), 1);
-        assert_int_equal(PQisBusy(deleter), 1); /* waits for the writer */
-        char *waiting =
-            test_db_value(S.c, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %d",
-                          PQbackendPID(deleter));
-        assert_string_equal(waiting, "Lock");
-        free(waiting);
+        test_db_send_blocked(deleter, S.c, sql); /* waits for the writer */
         PQclear(test_db_must(S.worker, "COMMIT"));
-        while ((res = PQgetResult(deleter))) {
-                assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
-                PQclear(res);
-        }
+        assert_string_equal(test_db_sent_sqlstate(deleter), "");
         assert_int_equal(
             test_db_int(S.c, "SELECT count(*) FROM workflow_runs WHERE id = '%s'", run), 0);
         assert_int_equal(nodes_of(run), 0);
@@ -223,20 +210,9 @@ static void a_run_deleted_while_its_node_rows_are_written(void **state)
         snprintf(sql, sizeof(sql), "DELETE FROM workflow_runs WHERE id = '%s'", run);
         PQclear(test_db_must(deleter, sql));
         nodes_sql(sql, sizeof(sql), run, S.user_a, 2);
-        assert_int_equal(PQsendQuery(S.worker, sql), 1);
-        usleep(300 * 1000);
-        assert_int_equal(PQconsumeInput(S.worker), 1);
-        assert_int_equal(PQisBusy(S.worker), 1); /* waits for the deletion */
+        test_db_send_blocked(S.worker, S.c, sql); /* waits for the deletion */
         PQclear(test_db_must(deleter, "COMMIT"));
-        const char *refused = "";
-        while ((res = PQgetResult(S.worker))) {
-                if (PQresultStatus(res) == PGRES_FATAL_ERROR)
-                        refused = strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "23503") == 0
-                                      ? "23503"
-                                      : "other";
-                PQclear(res);
-        }
-        assert_string_equal(refused, "23503");
+        assert_string_equal(test_db_sent_sqlstate(S.worker), "23503");
         assert_int_equal(nodes_of(run), 0);
         PQfinish(deleter);
         free(run);

@@ -247,6 +247,43 @@ const char *test_db_sqlstate(PGconn *c, const char *sql)
         return state;
 }
 
+void test_db_send_blocked(PGconn *c, PGconn *observer, const char *sql)
+{
+        char *waiting = NULL;
+
+        assert_int_equal(PQsendQuery(c, sql), 1);
+        for (int i = 0; i < 1000; i++) {
+                free(waiting);
+                waiting = test_db_value(observer,
+                                        "SELECT coalesce(wait_event_type, '') FROM "
+                                        "pg_stat_activity WHERE pid = %d",
+                                        PQbackendPID(c));
+                if (strcmp(waiting, "Lock") == 0)
+                        break;
+                usleep(10 * 1000);
+        }
+        assert_string_equal(waiting, "Lock");
+        free(waiting);
+        assert_int_equal(PQconsumeInput(c), 1);
+        assert_int_equal(PQisBusy(c), 1);
+}
+
+const char *test_db_sent_sqlstate(PGconn *c)
+{
+        static char state[6];
+        PGresult *res;
+
+        state[0] = '\0';
+        while ((res = PQgetResult(c))) {
+                const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+                if (PQresultStatus(res) == PGRES_FATAL_ERROR && !state[0])
+                        snprintf(state, sizeof(state), "%s", s ? s : "?????");
+                PQclear(res);
+        }
+        return state;
+}
+
 char *test_db_trigger_calls(PGconn *c, const char *sql)
 {
         char *explain = str_printf("EXPLAIN (ANALYZE, FORMAT JSON) %s", sql);

@@ -59,6 +59,16 @@ long long test_db_int(PGconn *c, const char *fmt, ...) __attribute__((format(pri
  * the next call). For a statement a test expects to be refused. */
 const char *test_db_sqlstate(PGconn *c, const char *sql);
 
+/* Sends sql on c without waiting for it, and waits (up to 10 s, watching from observer)
+ * until c's backend waits on a lock: for a statement a test expects to wait for another
+ * transaction. Fails the test when it does not come to wait. Read its outcome with
+ * test_db_sent_sqlstate once the other transaction ended. */
+void test_db_send_blocked(PGconn *c, PGconn *observer, const char *sql);
+
+/* Reads every result of the statement sent on c; returns its SQLSTATE, "" when it succeeded
+ * (a static buffer, as test_db_sqlstate's). */
+const char *test_db_sent_sqlstate(PGconn *c);
+
 /* The triggers sql fires, as "name:calls" joined by spaces in EXPLAIN's order: sql is run
  * under EXPLAIN ANALYZE in a transaction rolled back after. Caller frees. */
 char *test_db_trigger_calls(PGconn *c, const char *sql);
