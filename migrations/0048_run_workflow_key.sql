@@ -20,7 +20,7 @@
 --     that changes a run's version, name or user is checked the same way, row by row
 --     (nothing does it). New: the run's workflow_name must be its version's name, as every
 --     writer already made it; the NO ACTION check below finds a version's runs by it;
---   * NO ACTION when a workflow version is deleted, its key changed, or workflows
+--   * NO ACTION when a workflow version is deleted, its key or name changed, or workflows
 --     truncated while runs name it: triggers on workflows refuse it (23503), after the
 --     statement's cascades, as the key's check ran: a user's deletion deletes the user's
 --     runs and workflows through the users keys' cascades and passes.
@@ -161,7 +161,8 @@ BEGIN
         SELECT r.workflow_id, r.user_id INTO named
         FROM workflow_runs r
         WHERE r.user_id = OLD.user_id AND r.workflow_name = OLD.name AND r.workflow_id = OLD.id
-          AND NOT EXISTS (SELECT FROM workflows w WHERE w.id = OLD.id AND w.user_id = OLD.user_id)
+          AND NOT EXISTS (SELECT FROM workflows w
+                          WHERE w.id = OLD.id AND w.user_id = OLD.user_id AND w.name = OLD.name)
         LIMIT 1;
     END IF;
     IF FOUND THEN
@@ -186,9 +187,10 @@ CREATE TRIGGER workflows_deleted
     EXECUTE FUNCTION agently_workflows_removed();
 
 CREATE TRIGGER workflows_key_changed
-    AFTER UPDATE OF id, user_id ON workflows
+    AFTER UPDATE OF id, user_id, name ON workflows
     FOR EACH ROW
-    WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.user_id IS DISTINCT FROM NEW.user_id)
+    WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.user_id IS DISTINCT FROM NEW.user_id
+          OR OLD.name IS DISTINCT FROM NEW.name)
     EXECUTE FUNCTION agently_workflows_removed();
 
 CREATE TRIGGER workflows_truncated

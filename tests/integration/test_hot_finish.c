@@ -316,8 +316,8 @@ static void only_the_trigger_writes_a_queue_rows_key(void **state)
 
 /* workflow_runs' key to its workflow version, no foreign key since 0048: a run naming no
  * version of its user, or another name than its version's, is refused; a version that runs name
- * cannot be deleted, truncated or have its key changed; a user's deletion takes runs and versions
- * together. */
+ * cannot be deleted, truncated or have its key or name changed; a user's deletion takes runs and
+ * versions together. */
 static void a_run_names_a_workflow_version_of_its_user(void **state)
 {
         (void)state;
@@ -350,6 +350,9 @@ static void a_run_names_a_workflow_version_of_its_user(void **state)
         snprintf(sql, sizeof(sql), "DELETE FROM workflows WHERE id = '%s'", S.workflow);
         assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
         snprintf(sql, sizeof(sql), "UPDATE workflows SET id = gen_random_uuid() WHERE id = '%s'",
+                 S.workflow);
+        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        snprintf(sql, sizeof(sql), "UPDATE workflows SET name = 'renamed' WHERE id = '%s'",
                  S.workflow);
         assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
         assert_string_equal(test_db_sqlstate(S.c, "TRUNCATE workflows CASCADE"), "23503");
