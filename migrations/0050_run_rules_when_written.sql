@@ -43,7 +43,6 @@ BEGIN
 END;
 $$;
 REVOKE ALL ON FUNCTION agently_run_rule_broken() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION agently_run_rule_broken() TO agently_api, agently_worker;
 
 CREATE TRIGGER workflow_runs_zz_lease_matches_status
     BEFORE INSERT OR UPDATE OF status, claimed_by, lease_expires_at ON workflow_runs

@@ -131,11 +131,35 @@ static void each_rule_refuses_on_update(void **state)
         free(run);
 }
 
+/* The API, which may write finished_at but not the lease, meets the rules as the owner does:
+ * the rule's refusal, not a missing privilege on the function that raises it. */
+static void the_api_meets_the_rules_too(void **state)
+{
+        (void)state;
+        char *run = test_db_value(S.c,
+                                  INSERT_RUN "status) VALUES ('%s', '%s', 'wf', 1, 'queued') "
+                                             "RETURNING id",
+                                  S.user, S.workflow);
+        char *conninfo = test_db_conninfo_as(S.owner, "agently_api");
+        PGconn *api = test_db_connect(conninfo);
+        char sql[512];
+
+        snprintf(sql, sizeof(sql), "SET agently.user_id = '%s'", S.user);
+        PQclear(test_db_must(api, sql));
+        snprintf(sql, sizeof(sql), "UPDATE workflow_runs SET finished_at = now() WHERE id = '%s'",
+                 run);
+        assert_string_equal(test_db_sqlstate(api, sql), "23514");
+        PQfinish(api);
+        free(conninfo);
+        free(run);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(each_rule_refuses_on_insert),
             cmocka_unit_test(each_rule_refuses_on_update),
+            cmocka_unit_test(the_api_meets_the_rules_too),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
