@@ -45,6 +45,20 @@ static char *new_run(void)
                              S.user, S.workflow);
 }
 
+/* Inserts n runs of version workflow, named name, for user, in one statement as the owner;
+ * its SQLSTATE, "" when it succeeded. NO_SUCH_ID names no user and no version. */
+#define NO_SUCH_ID "00000000-0000-4000-8000-0000000000ff"
+static const char *insert_runs(const char *user, const char *workflow, const char *name, int n)
+{
+        char sql[512];
+
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                 "workflow_version) SELECT '%s', '%s', '%s', 1 FROM generate_series(1, %d)",
+                 user, workflow, name, n);
+        return test_db_sqlstate(S.c, sql);
+}
+
 static int setup(void **state)
 {
         (void)state;
@@ -91,12 +105,7 @@ static void a_turns_finishes_are_hot_updates(void **state)
 {
         (void)state;
         PQclear(test_db_must(S.c, "DELETE FROM workflow_runs"));
-        char sql[512];
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                 "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 100)",
-                 S.user, S.workflow);
-        PQclear(test_db_must(S.c, sql));
+        assert_string_equal(insert_runs(S.user, S.workflow, "wf", 100), "");
 
         PQclear(test_db_must(S.worker, "BEGIN"));
         assert_int_equal(claim_all(), 100);
@@ -252,11 +261,7 @@ static void a_queue_row_goes_with_its_run(void **state)
 
         char *u = worker_test_user(S.c, "gone");
         char *wf = worker_test_workflow(S.c, u, "wf", 1, WF);
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                 "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 3)",
-                 u, wf);
-        PQclear(test_db_must(S.c, sql));
+        assert_string_equal(insert_runs(u, wf, "wf", 3), "");
         assert_int_equal(test_db_int(S.c, "SELECT count(*) FROM run_queue WHERE user_id = '%s'", u),
                          3);
         snprintf(sql, sizeof(sql), "DELETE FROM users WHERE id = '%s'", u);
@@ -325,21 +330,9 @@ static void a_run_names_a_workflow_version_of_its_user(void **state)
         char *other = worker_test_user(S.c, "o");
         char *bare = worker_test_workflow(S.c, S.user, "wf", 2, WF);
 
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                 "workflow_version) VALUES ('%s', gen_random_uuid(), 'wf', 1)",
-                 S.user);
-        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                 "workflow_version) VALUES ('%s', '%s', 'wf', 1)",
-                 other, S.workflow);
-        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                 "workflow_version) VALUES ('%s', '%s', 'not-its-name', 1)",
-                 S.user, S.workflow);
-        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
+        assert_string_equal(insert_runs(S.user, NO_SUCH_ID, "wf", 1), "23503");
+        assert_string_equal(insert_runs(other, S.workflow, "wf", 1), "23503");
+        assert_string_equal(insert_runs(S.user, S.workflow, "not-its-name", 1), "23503");
         char *run = new_run();
         snprintf(sql, sizeof(sql),
                  "UPDATE workflow_runs SET workflow_id = gen_random_uuid() "
@@ -361,11 +354,7 @@ static void a_run_names_a_workflow_version_of_its_user(void **state)
 
         /* a user's deletion: runs and versions go together */
         char *wf = worker_test_workflow(S.c, other, "wf", 1, WF);
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                 "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 2)",
-                 other, wf);
-        assert_string_equal(test_db_sqlstate(S.c, sql), "");
+        assert_string_equal(insert_runs(other, wf, "wf", 2), "");
         snprintf(sql, sizeof(sql), "DELETE FROM users WHERE id = '%s'", other);
         assert_string_equal(test_db_sqlstate(S.c, sql), "");
         assert_int_equal(
@@ -388,16 +377,8 @@ static void a_run_goes_with_its_user(void **state)
         char *wf = worker_test_workflow(S.c, u, "wf", 1, WF);
         char *kept = new_run();
 
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                 "workflow_version) VALUES (gen_random_uuid(), '%s', 'wf', 1)",
-                 wf);
-        assert_string_equal(test_db_sqlstate(S.c, sql), "23503");
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
-                 "workflow_version) SELECT '%s', '%s', 'wf', 1 FROM generate_series(1, 3)",
-                 u, wf);
-        assert_string_equal(test_db_sqlstate(S.c, sql), "");
+        assert_string_equal(insert_runs(NO_SUCH_ID, wf, "wf", 1), "23503");
+        assert_string_equal(insert_runs(u, wf, "wf", 3), "");
         snprintf(sql, sizeof(sql),
                  "INSERT INTO node_runs (user_id, workflow_run_id, node_id, attempt, status) "
                  "SELECT user_id, id, 'n', 1, 'started' FROM workflow_runs WHERE user_id = '%s'",

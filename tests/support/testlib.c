@@ -238,13 +238,8 @@ long long test_db_int(PGconn *c, const char *fmt, ...)
 
 const char *test_db_sqlstate(PGconn *c, const char *sql)
 {
-        static char state[6];
-        PGresult *res = PQexec(c, sql);
-        const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-        snprintf(state, sizeof(state), "%s", s ? s : "");
-        PQclear(res);
-        return state;
+        assert_int_equal(PQsendQuery(c, sql), 1);
+        return test_db_sent_sqlstate(c);
 }
 
 void test_db_send_blocked(PGconn *c, PGconn *observer, const char *sql)
