@@ -56,6 +56,10 @@ static void die_sql(PGconn *c, const char *sql)
 
 /* Runs a formatted query; returns its result (caller clears) or exits. */
 static PGresult *q(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Statements q() has sent: each is a transaction of its own (runs_throughput subtracts the
+ * bench's own from the database's commit count). */
+static long q_sent;
+
 static PGresult *q(PGconn *c, const char *fmt, ...)
 {
         char sql[4096];
@@ -66,6 +70,7 @@ static PGresult *q(PGconn *c, const char *fmt, ...)
         vsnprintf(sql, sizeof(sql), fmt, ap);
         va_end(ap);
         res = PQexec(c, sql);
+        q_sent++;
         if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK)
                 die_sql(c, sql);
         return res;
@@ -180,7 +185,16 @@ static void enqueue(struct targets *t, const char *wf, int n)
  * the database clock (clock_timestamp(), epoch seconds) when the bench first saw them all
  * finished, at most one poll (5 ms) after the last commit. A batch of steps committed
  * together carries its transaction's START time in every row, so the end of a measurement
- * is taken from here, never from max(finished_at). */
+ * is taken from here, never from max(finished_at).
+ *
+ * The poll must not load the machine it measures: a count of the finished runs of wf reads
+ * every run of wf (no index of the history holds its workflow), which every 5 ms took a
+ * quarter of both cores from a no-op run measurement (docs/performance.md, "The bench's
+ * own poll"). A run is live while it has its queue row, which its finish deletes in the
+ * same transaction, so the poll asks whether any run of wf is still in the queue, the queue
+ * driving (a run's workflow looked up per queue row, so the first of wf ends it; as a join
+ * the planner walked the history instead), and counts the finished runs once, when none
+ * is. */
 static bool wait_finished_quiet(struct targets *t, const char *wf, int n, int64_t timeout_ms,
                                 double *done_at, bool quiet)
 {
@@ -188,16 +202,22 @@ static bool wait_finished_quiet(struct targets *t, const char *wf, int n, int64_
 
         while (bench_now_us() < deadline) {
                 PGresult *res = q(t->c,
-                                  "SELECT count(*), extract(epoch FROM clock_timestamp()) FROM "
-                                  "workflow_runs WHERE workflow_id = '%s' AND finished_at IS NOT "
-                                  "NULL",
+                                  "SELECT EXISTS (SELECT 1 FROM run_queue q WHERE (SELECT "
+                                  "r.workflow_id FROM workflow_runs r WHERE r.id = q.run_id) = "
+                                  "'%s'), "
+                                  "extract(epoch FROM clock_timestamp())",
                                   wf);
-                bool all = strtol(PQgetvalue(res, 0, 0), NULL, 10) >= n;
-                if (all && done_at)
-                        *done_at = strtod(PQgetvalue(res, 0, 1), NULL);
+                bool live = PQgetvalue(res, 0, 0)[0] == 't';
+                double at = strtod(PQgetvalue(res, 0, 1), NULL);
                 PQclear(res);
-                if (all)
+                if (!live && qd(t->c,
+                                "SELECT count(*) FROM workflow_runs WHERE workflow_id = '%s' AND "
+                                "finished_at IS NOT NULL",
+                                wf) >= n) {
+                        if (done_at)
+                                *done_at = at;
                         return true;
+                }
                 sleep_ms(5);
         }
         if (!quiet)
@@ -230,12 +250,76 @@ static void check_all_completed(struct targets *t, const char *wf)
         }
 }
 
+/* ---- where a figure's time goes ----------------------------------------------------- */
+
+/* CPU seconds (user + system) pid has used so far, or -1. */
+static double cpu_s(pid_t pid)
+{
+        char path[64], buf[1024];
+        unsigned long long ut = 0, st = 0;
+        FILE *f;
+
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        f = fopen(path, "r");
+        if (!f)
+                return -1;
+        char *p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
+        fclose(f);
+        /* after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt
+         * cmajflt utime stime */
+        if (!p ||
+            sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+                return -1;
+        return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The machine's CPU seconds since boot, all cores: busy (user, nice, system, irq, softirq,
+ * steal) and all (busy + idle + iowait), from /proc/stat's first line; false if unread. */
+static bool machine_cpu_s(double *busy, double *all)
+{
+        unsigned long long v[8] = {0};
+        FILE *f = fopen("/proc/stat", "r");
+        int n = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                           &v[3], &v[4], &v[5], &v[6], &v[7])
+                  : 0;
+
+        if (f)
+                fclose(f);
+        if (n != 8)
+                return false;
+        double hz = (double)sysconf(_SC_CLK_TCK);
+        *busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / hz;
+        *all = *busy + (double)(v[3] + v[4]) / hz;
+        return true;
+}
+
+/* CPU seconds of the database sessions of the workers (application_name "agently worker
+ * bench-*"), read from /proc: the bench and its cluster share the machine. */
+static double worker_backends_cpu_s(struct targets *t)
+{
+        PGresult *res = q(t->c, "SELECT pid FROM pg_stat_activity WHERE application_name LIKE "
+                                "'agently worker bench-%%'");
+        double sum = 0;
+
+        for (int i = 0; i < PQntuples(res); i++) {
+                double v = cpu_s((pid_t)strtol(PQgetvalue(res, i, 0), NULL, 10));
+                if (v > 0)
+                        sum += v;
+        }
+        PQclear(res);
+        return sum;
+}
+
 /* ---- runs claimed and completed ----------------------------------------------------- */
 
-/* Transactions committed in the bench database so far (every backend flushes its counts
- * at exit, and the workers have exited when this is read after a measurement). */
-static double xact_commits(struct targets *t)
+/* Transactions committed in the bench database so far, the bench's own through this call's
+ * first statement among them (*own: how many q() had sent by then). A backend flushes its
+ * counts when it has been idle a second or exits; pg_stat_force_next_flush makes the bench's
+ * own flush at that statement's end, and the workers must have exited. */
+static double xact_commits(struct targets *t, long *own)
 {
+        PQclear(q(t->c, "SELECT pg_stat_force_next_flush()"));
+        *own = q_sent;
         PQclear(q(t->c, "SELECT pg_stat_clear_snapshot()"));
         return qd(t->c, "SELECT xact_commit FROM pg_stat_database WHERE datname = "
                         "current_database()");
@@ -256,6 +340,22 @@ static double runs_rate(struct targets *t, const char *wf, int nruns)
                   done_at, wf);
 }
 
+/* Where the machine's CPU went, in seconds so far: the workers' processes, their database
+ * sessions, and the machine as a whole (busy and all). */
+struct cpu_split {
+        double workers, sessions, busy, all;
+};
+
+static void cpu_split_read(struct targets *t, const pid_t *w, struct cpu_split *out)
+{
+        out->workers = 0;
+        for (int i = 0; i < WORKERS; i++)
+                out->workers += cpu_s(w[i]);
+        out->sessions = worker_backends_cpu_s(t);
+        if (!machine_cpu_s(&out->busy, &out->all))
+                out->busy = out->all = 0;
+}
+
 /* nruns pre-enqueued no-op runs through new workers. Then (*warm_rate) as many again
  * through the same workers, their connections warm by then (a new backend is slow for its
  * first seconds: bench_baseline.c), in the same shape: the workers stopped (SIGSTOP) while
@@ -267,17 +367,17 @@ static double runs_throughput(struct targets *t, const char *name, int nruns, co
         char wf[40], wf2[40], name2[64];
         pid_t w[WORKERS];
         double rate, commits, after;
+        long own0, own1;
 
         make_workflow(t, name, 1, wf, sizeof(wf));
         snprintf(name2, sizeof(name2), "%s-warm", name);
         make_workflow(t, name2, 1, wf2, sizeof(wf2));
         enqueue(t, wf, nruns);
         PQclear(q(t->c, "ANALYZE workflow_runs"));
-        commits = xact_commits(t);
+        commits = xact_commits(t, &own0);
         for (int i = 0; i < WORKERS; i++)
                 w[i] = spawn_worker(t, 500, poll);
         rate = runs_rate(t, wf, nruns);
-        after = xact_commits(t);
         *warm_rate = 0;
         if (rate > 0) {
                 for (int i = 0; i < WORKERS; i++)
@@ -285,17 +385,36 @@ static double runs_throughput(struct targets *t, const char *name, int nruns, co
                 enqueue(t, wf2, nruns);
                 PQclear(q(t->c, "VACUUM ANALYZE run_queue"));
                 PQclear(q(t->c, "ANALYZE workflow_runs"));
+                struct cpu_split at0, at1;
+                cpu_split_read(t, w, &at0);
                 for (int i = 0; i < WORKERS; i++)
                         kill(w[i], SIGCONT);
                 *warm_rate = runs_rate(t, wf2, nruns);
+                cpu_split_read(t, w, &at1);
+                double per = 1e6 / nruns;
+                bench_report("runs_warm_cpu_us_per_run",
+                             "workers %.1f, their database sessions %.1f, the rest of the "
+                             "machine %.1f (the bench's polls, Postgres's own processes, the "
+                             "kernel), idle %.1f: CPU microseconds per run of the warm "
+                             "measurement, %d cores",
+                             (at1.workers - at0.workers) * per, (at1.sessions - at0.sessions) * per,
+                             ((at1.busy - at0.busy) - (at1.workers - at0.workers) -
+                              (at1.sessions - at0.sessions)) *
+                                 per,
+                             ((at1.all - at0.all) - (at1.busy - at0.busy)) * per,
+                             (int)sysconf(_SC_NPROCESSORS_ONLN));
         }
         for (int i = 0; i < WORKERS; i++)
                 stop_worker(w[i]);
         if (rate <= 0)
                 return 0;
         sleep_ms(600); /* let the exited workers' statistics arrive */
-        bench_report("runs_transactions_per_run", "%.2f (commits, incl. read-only ones, per run)",
-                     (after - commits) / nruns);
+        after = xact_commits(t, &own1);
+        bench_report("runs_transactions_per_run",
+                     "%.2f (the workers' commits, incl. read-only ones, per run of both "
+                     "measurements)",
+                     (after - commits - (double)(own1 - own0)) /
+                         (*warm_rate > 0 ? 2 * nruns : nruns));
         return rate;
 }
 
@@ -309,7 +428,8 @@ static double checkpoints(struct targets *t, const char *name, int nruns, int st
 
         make_chain(t, name, steps, url, wf, sizeof(wf));
         enqueue(t, wf, nruns);
-        double commits = xact_commits(t);
+        long own0, own1;
+        double commits = xact_commits(t, &own0);
         for (int i = 0; i < WORKERS; i++)
                 w[i] = spawn_worker(t, nruns, "10ms");
         double done_at = 0;
@@ -319,10 +439,11 @@ static double checkpoints(struct targets *t, const char *name, int nruns, int st
         if (!ok)
                 return 0;
         check_all_completed(t, wf);
-        sleep_ms(600);
+        sleep_ms(600); /* let the exited workers' statistics arrive */
+        double after = xact_commits(t, &own1);
         bench_report(url ? "effect_steps_transactions_per_step" : "steps_transactions_per_step",
-                     "%.2f (commits, incl. read-only ones)",
-                     (xact_commits(t) - commits) / ((double)nruns * steps));
+                     "%.2f (the workers' commits, incl. read-only ones)",
+                     (after - commits - (double)(own1 - own0)) / ((double)nruns * steps));
         return qd(t->c,
                   "SELECT count(*) / (%f - extract(epoch FROM min(r.started_at))) FROM node_runs "
                   "n JOIN workflow_runs r ON r.id = n.workflow_run_id WHERE r.workflow_id = "
@@ -581,46 +702,6 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
         *run_p99 = strtod(PQgetvalue(res, 0, 3), NULL);
         *naive_p50 = strtod(PQgetvalue(res, 0, 4), NULL);
         PQclear(res);
-}
-
-/* ---- where a figure's time goes ----------------------------------------------------- */
-
-/* CPU seconds (user + system) pid has used so far, or -1. */
-static double cpu_s(pid_t pid)
-{
-        char path[64], buf[1024];
-        unsigned long long ut = 0, st = 0;
-        FILE *f;
-
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-        f = fopen(path, "r");
-        if (!f)
-                return -1;
-        char *p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
-        fclose(f);
-        /* after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt
-         * cmajflt utime stime */
-        if (!p ||
-            sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-                return -1;
-        return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* CPU seconds of the database sessions of the workers (application_name "agently worker
- * bench-*"), read from /proc: the bench and its cluster share the machine. */
-static double worker_backends_cpu_s(struct targets *t)
-{
-        PGresult *res = q(t->c, "SELECT pid FROM pg_stat_activity WHERE application_name LIKE "
-                                "'agently worker bench-%%'");
-        double sum = 0;
-
-        for (int i = 0; i < PQntuples(res); i++) {
-                double v = cpu_s((pid_t)strtol(PQgetvalue(res, i, 0), NULL, 10));
-                if (v > 0)
-                        sum += v;
-        }
-        PQclear(res);
-        return sum;
 }
 
 /* ---- one run with a big http map ------------------------------------------------------ */
