@@ -5,8 +5,9 @@
  * run's nodes and input) or partial (for a run held in memory); a run's finishing write
  * calls the notification trigger only when its workflow version has subscriptions; the
  * claim that opens a turn returns each claimed run's whole snapshot (0033_claim_turn.sql),
- * the same the read would return; a new run's queue row and wake-up hint come from one
- * statement trigger (0038_run_inserted.sql).
+ * the same the read would return, without the lookups that cannot find anything for a run
+ * no turn has worked on (0051_fresh_snapshot.sql); a new run's queue row and wake-up hint come from
+ * one statement trigger (0038_run_inserted.sql).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -242,6 +243,85 @@ static void test_claim_returns_the_snapshot(void **state)
         fixture_free(f);
 }
 
+/* Index scans of the node rows, the approvals and the child runs' index in this
+ * transaction: the snapshot's three lookups. */
+static const char LOOKUPS_SQL[] =
+    "SELECT sum(pg_stat_get_xact_numscans(indexrelid)) FROM pg_index WHERE indrelid IN "
+    "('node_runs'::regclass, 'approvals'::regclass) OR indexrelid = "
+    "'workflow_runs_parent_idx'::regclass";
+
+/* A run no turn has worked on (started_at NULL, no rerun_of) is read without looking for
+ * its node rows, child runs and approvals (0051_fresh_snapshot.sql): it can have none. The
+ * lookups stay for a rerun, whose node results were copied before it started, and for a
+ * run a turn has worked on; and a turn's first write sets started_at, the fact the
+ * shortcut stands on. */
+static void test_fresh_snapshot(void **state)
+{
+        struct fixture *f = fixture_new("fresh_snap");
+        char *run = worker_test_run(f->owner, f->workflow, "{}");
+        char *rerun = test_db_value(
+            f->owner,
+            "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, workflow_version, "
+            "input, rerun_of) SELECT user_id, workflow_id, workflow_name, workflow_version, '{}', "
+            "id FROM workflow_runs WHERE id = '%s' RETURNING id",
+            run);
+        struct queue_claim q[2];
+        int n = 0;
+
+        (void)state;
+        /* the rerun's node result, as agently_api_copy_node_runs copies it */
+        free(test_db_value(f->worker,
+                           "INSERT INTO node_runs (user_id, workflow_run_id, node_id, attempt, "
+                           "status, output, finished_at) SELECT user_id, id, 'a', 1, "
+                           "'completed', '{\"y\": 3}', now() FROM workflow_runs WHERE id = "
+                           "'%s' RETURNING node_id",
+                           rerun));
+        assert_int_equal(queue_claim_runs(f->worker, "A", 30000, 2, NULL, 0, q, &n), 0);
+        assert_int_equal(n, 2);
+        struct queue_claim *fresh = strcmp(q[0].id, run) == 0 ? &q[0] : &q[1];
+        struct queue_claim *again = fresh == &q[0] ? &q[1] : &q[0];
+        PQclear(test_db_must(f->worker, "BEGIN"));
+        assert_snapshot(f->worker, run, fresh->epoch, true, "{nodes}", "{}");
+        assert_snapshot(f->worker, run, fresh->epoch, true, "{children}", "{}");
+        assert_snapshot(f->worker, run, fresh->epoch, true, "{approvals}", "{}");
+        assert_int_equal(test_db_int(f->worker, LOOKUPS_SQL), 0); /* not looked for */
+        PQclear(test_db_must(f->worker, "COMMIT"));
+        assert_snapshot(f->worker, rerun, again->epoch, true, "{nodes,a,output,y}", "3");
+
+        /* a turn's first write, whatever it is, marks the run started */
+        assert_int_equal(queue_append_event(f->worker, run, fresh->epoch, "step.note", NULL, 0,
+                                            "info", "first", NULL),
+                         1);
+        assert_int_equal(test_db_int(f->owner,
+                                     "SELECT count(*) FROM workflow_runs WHERE id = '%s' AND "
+                                     "started_at IS NOT NULL",
+                                     run),
+                         1);
+        /* what a worked-on run's turn may have made is read again */
+        char *child = test_db_value(
+            f->worker,
+            "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, workflow_version, "
+            "input, parent_run_id, parent_node_id, idempotency_key) SELECT user_id, workflow_id, "
+            "workflow_name, workflow_version, '{}', id, 'b', 'child:' || id || ':b:1' FROM "
+            "workflow_runs WHERE id = '%s' RETURNING id",
+            run);
+        free(test_db_value(f->owner,
+                           "INSERT INTO approvals (user_id, workflow_run_id, node_id, title) "
+                           "SELECT user_id, id, 'a', 'ship it?' FROM workflow_runs WHERE id = "
+                           "'%s' RETURNING id",
+                           run));
+        PQclear(test_db_must(f->worker, "BEGIN"));
+        assert_snapshot(f->worker, run, fresh->epoch, true, "{children,b,run_id}", child);
+        assert_snapshot(f->worker, run, fresh->epoch, true, "{approvals,a,status}", "pending");
+        assert_int_ge(test_db_int(f->worker, LOOKUPS_SQL), 1);
+        PQclear(test_db_must(f->worker, "COMMIT"));
+        queue_claims_clear(q, n);
+        free(child);
+        free(rerun);
+        free(run);
+        fixture_free(f);
+}
+
 /* The turn's two statements, the claim (with its BEGIN) and the writes (with its COMMIT), are
  * prepared once per session (db_query_prepared_between): the server parses and plans each
  * once, not on every turn; a session that lost them (DISCARD ALL) prepares them again after
@@ -397,6 +477,7 @@ int main(void)
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_snapshot_whole_partial_fenced),
             cmocka_unit_test(test_claim_returns_the_snapshot),
+            cmocka_unit_test(test_fresh_snapshot),
             cmocka_unit_test(test_notify_only_with_subscriptions),
             cmocka_unit_test(test_turn_statements_are_prepared_once),
             cmocka_unit_test(test_enqueue_one_trigger),
