@@ -1177,6 +1177,14 @@ static char *start_run(const char *workflow, const char *input)
         _cleanup_json_ json_t *out = NULL;
         assert_int_equal(api_call(NULL, "POST", "/v1/runs", body, &out), 201);
         assert_non_null(json_string_value(json_object_get(out, "id")));
+        /* the answer carries the pins the INSERT's statement trigger wrote (0052), as a read
+         * of the run does */
+        _cleanup_free_ char *path =
+            str_printf("/v1/runs/%s", json_string_value(json_object_get(out, "id")));
+        _cleanup_json_ json_t *read = NULL;
+        assert_int_equal(api_call(NULL, "GET", path, NULL, &read), 200);
+        assert_json_equal(json_object_get(out, "agent_versions"),
+                          json_object_get(read, "agent_versions"));
         return strdup(json_string_value(json_object_get(out, "id")));
 }
 

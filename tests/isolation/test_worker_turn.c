@@ -410,13 +410,49 @@ static char *insert_tracing_triggers(PGconn *c, const char *sql)
                 free(called_);                                                                     \
         } while (0)
 
-/* A new run's queue row and the wake-up hint come from one statement trigger call (0038):
- * an insert calls two trigger functions, the agents' pin (per row) and agently_run_inserted
- * (before 0038 three: the queue row's and the hint's were two calls of their own). The
- * queue rows and the hints are the same: a queue row per run that
- * is not final, due at run_at when queued or waiting and at 'infinity' otherwise; one
- * hint per statement that inserted a run due now, none for runs due later or parked. */
-#define TRIGGERS "agently_run_inserted agently_run_pin_agents"
+/* A new run's pins (its stored agents' versions, whether it notifies: 0052) are written by
+ * the INSERT's statement trigger into the runs of versions that have any, and nothing more
+ * is written for the others: an insert of three runs of a version without agents or
+ * subscriptions updates no row, one of a version with subscriptions updates each run once,
+ * and every run of it notifies. */
+static void test_pins_written_per_statement(void **state)
+{
+        struct fixture *f = fixture_new("pins");
+        char *wf =
+            worker_test_workflow(f->owner, f->user, "n", 1,
+                                 "{\"name\":\"n\",\"nodes\":[{\"id\":\"a\",\"type\":\"noop\"}],"
+                                 "\"notifications\":[{\"on\":[\"completed\"],\"channel\":{\"kind\":"
+                                 "\"webhook\",\"url\":\"http://127.0.0.1:9/hook\"}}]}");
+        const char *versions[][3] = {{f->workflow, "w", "0 false"}, {wf, "n", "3 true"}};
+
+        (void)state;
+        for (size_t i = 0; i < 2; i++) {
+                PQclear(test_db_must(f->owner, "BEGIN"));
+                free(
+                    test_db_value(f->owner,
+                                  "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                                  "workflow_version, input) SELECT '%s', '%s', '%s', 1, '{}' FROM "
+                                  "generate_series(1, 3) RETURNING id",
+                                  f->user, versions[i][0], versions[i][1]));
+                assert_db_equal(versions[i][2], f->owner,
+                                "SELECT pg_stat_get_xact_tuples_updated('workflow_runs'::regclass) "
+                                "|| ' ' || bool_and(notifies) FROM workflow_runs WHERE "
+                                "workflow_id = '%s'",
+                                versions[i][0]);
+                PQclear(test_db_must(f->owner, "COMMIT"));
+        }
+        free(wf);
+        fixture_free(f);
+}
+
+/* A new run's queue row, the wake-up hint and its pins come from one statement trigger call
+ * (0038, 0052): an insert calls one trigger function, agently_run_inserted (before 0038
+ * three: the queue row's and the hint's were calls of their own; before 0052 the agents'
+ * pin was a row trigger's, a call per run). The queue rows and the hints are the same: a
+ * queue row per run that is not final, due at run_at when queued or waiting and at
+ * 'infinity' otherwise; one hint per statement that inserted a run due now, none for runs
+ * due later or parked. */
+#define TRIGGERS "agently_run_inserted"
 
 static void test_enqueue_one_trigger(void **state)
 {
@@ -481,6 +517,7 @@ int main(void)
             cmocka_unit_test(test_notify_only_with_subscriptions),
             cmocka_unit_test(test_turn_statements_are_prepared_once),
             cmocka_unit_test(test_enqueue_one_trigger),
+            cmocka_unit_test(test_pins_written_per_statement),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
