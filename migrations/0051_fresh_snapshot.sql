@@ -35,9 +35,8 @@ BEGIN
         'now_ms', (extract(epoch FROM now()) * 1000)::bigint,
         'started_at_ms', (extract(epoch FROM coalesce(r.started_at, now())) * 1000)::bigint,
         'engine_state', r.engine_state, 'time_scale', r.time_scale,
-        -- a run no turn has worked on has none of these (the header)
         'nodes', CASE WHEN NOT h.whole THEN NULL
-                      WHEN r.started_at IS NULL AND r.rerun_of IS NULL THEN '{}'
+                      WHEN f.fresh THEN '{}'
                       ELSE coalesce((
             SELECT jsonb_object_agg(n.node_id,
                        jsonb_build_object('status', n.status, 'attempt', n.attempt,
@@ -61,7 +60,7 @@ BEGIN
                   FROM signals g
                   WHERE g.workflow_run_id = r.id AND g.consumed_at IS NULL
                   GROUP BY g.name) s), '{}'),
-        'children', CASE WHEN r.started_at IS NULL AND r.rerun_of IS NULL THEN '{}' ELSE coalesce((
+        'children', CASE WHEN f.fresh THEN '{}' ELSE coalesce((
             SELECT jsonb_object_agg(c.parent_node_id,
                        jsonb_build_object('run_id', c.id, 'status', c.status, 'output', c.output,
                                           'error', c.error, 'attempt',
@@ -70,7 +69,7 @@ BEGIN
                   FROM workflow_runs k
                   WHERE k.parent_run_id = r.id AND k.parent_node_id IS NOT NULL
                   ORDER BY k.parent_node_id, k.created_at DESC) c), '{}') END,
-        'approvals', CASE WHEN r.started_at IS NULL AND r.rerun_of IS NULL THEN '{}' ELSE coalesce((
+        'approvals', CASE WHEN f.fresh THEN '{}' ELSE coalesce((
             SELECT jsonb_object_agg(a.node_id,
                        jsonb_build_object('id', a.id, 'attempt', a.node_attempt,
                                           'status', a.status, 'decision', a.decision,
@@ -92,6 +91,8 @@ BEGIN
     FROM jsonb_to_recordset(runs) AS h(id uuid, epoch bigint, whole boolean)
     JOIN run_queue q ON q.run_id = h.id AND q.lease_epoch = h.epoch
     JOIN workflow_runs r ON r.id = q.run_id
+    -- a run no turn has worked on has no node rows, child runs or approvals (the header)
+    CROSS JOIN LATERAL (SELECT r.started_at IS NULL AND r.rerun_of IS NULL AS fresh) f
     WHERE q.claimed_by IS NOT NULL;
 END;
 $$;
