@@ -312,17 +312,32 @@ static double worker_backends_cpu_s(struct targets *t)
 
 /* ---- runs claimed and completed ----------------------------------------------------- */
 
-/* Transactions committed in the bench database so far, the bench's own through this call's
- * first statement among them (*own: how many q() had sent by then). A backend flushes its
- * counts when it has been idle a second or exits; pg_stat_force_next_flush makes the bench's
- * own flush at that statement's end, and the workers must have exited. */
-static double xact_commits(struct targets *t, long *own)
+/* The database's commit count at a moment, and how many statements the bench had sent by
+ * then (each of q()'s is a transaction of its own). */
+struct commits_mark {
+        double commits;
+        long own;
+};
+
+/* Marks now. A backend flushes its counts when it has been idle a second or exits;
+ * pg_stat_force_next_flush makes the bench's own flush at that statement's end. */
+static void commits_mark(struct targets *t, struct commits_mark *m)
 {
         PQclear(q(t->c, "SELECT pg_stat_force_next_flush()"));
-        *own = q_sent;
+        m->own = q_sent;
         PQclear(q(t->c, "SELECT pg_stat_clear_snapshot()"));
-        return qd(t->c, "SELECT xact_commit FROM pg_stat_database WHERE datname = "
-                        "current_database()");
+        m->commits = qd(t->c, "SELECT xact_commit FROM pg_stat_database WHERE datname = "
+                              "current_database()");
+}
+
+/* Transactions the workers committed since m: every commit but the bench's own. Read once
+ * they have exited, so that their sessions have reported their counts. */
+static double workers_commits_since(struct targets *t, const struct commits_mark *m)
+{
+        struct commits_mark now;
+
+        commits_mark(t, &now);
+        return now.commits - m->commits - (double)(now.own - m->own);
 }
 
 /* Runs of wf per second: from the first claim to the bench seeing all nruns committed
@@ -366,15 +381,15 @@ static double runs_throughput(struct targets *t, const char *name, int nruns, co
 {
         char wf[40], wf2[40], name2[64];
         pid_t w[WORKERS];
-        double rate, commits, after;
-        long own0, own1;
+        double rate;
+        struct commits_mark before;
 
         make_workflow(t, name, 1, wf, sizeof(wf));
         snprintf(name2, sizeof(name2), "%s-warm", name);
         make_workflow(t, name2, 1, wf2, sizeof(wf2));
         enqueue(t, wf, nruns);
         PQclear(q(t->c, "ANALYZE workflow_runs"));
-        commits = xact_commits(t, &own0);
+        commits_mark(t, &before);
         for (int i = 0; i < WORKERS; i++)
                 w[i] = spawn_worker(t, 500, poll);
         rate = runs_rate(t, wf, nruns);
@@ -409,12 +424,10 @@ static double runs_throughput(struct targets *t, const char *name, int nruns, co
         if (rate <= 0)
                 return 0;
         sleep_ms(600); /* let the exited workers' statistics arrive */
-        after = xact_commits(t, &own1);
         bench_report("runs_transactions_per_run",
                      "%.2f (the workers' commits, incl. read-only ones, per run of both "
                      "measurements)",
-                     (after - commits - (double)(own1 - own0)) /
-                         (*warm_rate > 0 ? 2 * nruns : nruns));
+                     workers_commits_since(t, &before) / (*warm_rate > 0 ? 2 * nruns : nruns));
         return rate;
 }
 
@@ -428,8 +441,8 @@ static double checkpoints(struct targets *t, const char *name, int nruns, int st
 
         make_chain(t, name, steps, url, wf, sizeof(wf));
         enqueue(t, wf, nruns);
-        long own0, own1;
-        double commits = xact_commits(t, &own0);
+        struct commits_mark before;
+        commits_mark(t, &before);
         for (int i = 0; i < WORKERS; i++)
                 w[i] = spawn_worker(t, nruns, "10ms");
         double done_at = 0;
@@ -440,10 +453,9 @@ static double checkpoints(struct targets *t, const char *name, int nruns, int st
                 return 0;
         check_all_completed(t, wf);
         sleep_ms(600); /* let the exited workers' statistics arrive */
-        double after = xact_commits(t, &own1);
         bench_report(url ? "effect_steps_transactions_per_step" : "steps_transactions_per_step",
                      "%.2f (the workers' commits, incl. read-only ones)",
-                     (after - commits - (double)(own1 - own0)) / ((double)nruns * steps));
+                     workers_commits_since(t, &before) / ((double)nruns * steps));
         return qd(t->c,
                   "SELECT count(*) / (%f - extract(epoch FROM min(r.started_at))) FROM node_runs "
                   "n JOIN workflow_runs r ON r.id = n.workflow_run_id WHERE r.workflow_id = "
