@@ -28,7 +28,7 @@ struct queue_claim {
         int attempt;            /* number of claims so far, this one included */
         char status_before[16]; /* queued | waiting | running (rescued from a lost worker) */
         /* queue_begin_claim_runs only: the run's whole snapshot, read in the claim's statement
-         * (what agently_snapshots() of 0030 returns: the planner's input, src/worker/README.md),
+         * (what agently_run_snapshot() of 0053 returns: the planner's input, src/worker/README.md),
          * owned by the caller (queue_claims_clear); NULL when not read. And the control
          * plane's requests found with it. */
         json_t *snapshot;

@@ -6,8 +6,9 @@
  * calls the notification trigger only when its workflow version has subscriptions; the
  * claim that opens a turn returns each claimed run's whole snapshot (0033_claim_turn.sql),
  * the same the read would return, without the lookups that cannot find anything for a run
- * no turn has worked on (0051_fresh_snapshot.sql); a new run's queue row and wake-up hint come from
- * one statement trigger (0038_run_inserted.sql).
+ * no turn has worked on (0051_fresh_snapshot.sql), written as JSON text by concatenation
+ * (0053_snapshot_text.sql); a new run's queue row and wake-up hint come from one statement
+ * trigger (0038_run_inserted.sql).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -60,11 +61,11 @@ static void fixture_free(struct fixture *f)
 static void assert_snapshot(PGconn *c, const char *run, int64_t epoch, bool whole, const char *path,
                             const char *want)
 {
-        char *v =
-            test_db_value(c,
-                          "SELECT s.snapshot #>> '%s' FROM agently_snapshots(jsonb_build_array("
-                          "jsonb_build_object('id', '%s', 'epoch', %lld, 'whole', %s))) s",
-                          path, run, (long long)epoch, whole ? "true" : "false");
+        char *v = test_db_value(
+            c,
+            "SELECT s.snapshot::jsonb #>> '%s' FROM agently_snapshots(jsonb_build_array("
+            "jsonb_build_object('id', '%s', 'epoch', %lld, 'whole', %s))) s",
+            path, run, (long long)epoch, whole ? "true" : "false");
 
         if (want)
                 assert_string_equal(v, want);
@@ -239,6 +240,73 @@ static void test_claim_returns_the_snapshot(void **state)
             "completed");
         queue_claims_clear(q, n);
         PQclear(test_db_must(f->worker, "ROLLBACK"));
+        free(run);
+        fixture_free(f);
+}
+
+/* The snapshot is JSON text written by concatenation (0053_snapshot_text.sql): whatever a
+ * run's documents hold — quotes, backslashes, control characters, non-ASCII text, in its
+ * input, a signal's payload, a node's id and output — it parses, and to the document that
+ * jsonb_build_object makes of the same columns (the form before 0053), for the claim's
+ * fresh read and for a worked-on run's whole and partial reads. */
+static void test_snapshot_text_is_the_document(void **state)
+{
+        struct fixture *f = fixture_new("snap_text");
+        char *run = worker_test_run(f->owner, f->workflow,
+                                    "{\"s\": \"q\\\"b\\\\n\\n\\t\\u0001 \u00e9\u6f22\", "
+                                    "\"n\": [1.5, -0, null, true, 12345678901234567]}");
+        struct queue_node_write nw = {
+            .node_id = "a", .attempt = 1, .status = "completed", .worker = "A"};
+        _cleanup_json_ json_t *out = json_pack("{s:s}", "o", "\"}{\\");
+        struct queue_claim q[2];
+        int n = 0;
+        /* the old document of the same columns, less the clock's two fields */
+        static const char SAME_SQL[] =
+            "SELECT ((s.snapshot::jsonb - 'now_ms' - 'started_at_ms') = jsonb_build_object("
+            "'run_id', r.id, 'input', CASE WHEN %s THEN r.input END, 'engine_state', "
+            "r.engine_state, 'time_scale', r.time_scale, 'nodes', CASE WHEN NOT %s THEN NULL "
+            "ELSE (SELECT coalesce(jsonb_object_agg(n.node_id, jsonb_build_object('status', "
+            "n.status, 'attempt', n.attempt, 'output', n.output, 'error', n.error, "
+            "'started_at_ms', (extract(epoch FROM n.started_at) * 1000)::bigint)), '{}') FROM "
+            "node_runs n WHERE n.workflow_run_id = r.id) END, 'signals', (SELECT "
+            "jsonb_build_object('go', jsonb_agg(jsonb_build_object('id', g.id, 'payload', "
+            "g.payload))) FROM signals g WHERE g.workflow_run_id = r.id), 'children', '{}'::jsonb, "
+            "'approvals', '{}'::jsonb, 'agents', '{}'::jsonb)::text::jsonb "
+            "AND (s.snapshot::jsonb ->> 'now_ms')::bigint > 0 "
+            "AND (s.snapshot::jsonb ->> 'started_at_ms')::bigint > 0)::int "
+            "FROM agently_snapshots(jsonb_build_array(jsonb_build_object('id', '%s', 'epoch', "
+            "%lld, 'whole', %s))) s JOIN workflow_runs r ON r.id = s.id";
+
+        (void)state;
+        nw.output = out;
+        PQclear(test_db_must(f->owner,
+                             "UPDATE workflow_runs SET time_scale = 0.125, engine_state = "
+                             "'{\"k\": \"\\\"\"}'"));
+        PQclear(test_db_must(f->owner,
+                             "INSERT INTO signals (user_id, workflow_run_id, name, payload) "
+                             "SELECT user_id, id, 'go', '{\"k\": \"\\\\\\\"\\u2028\"}' "
+                             "FROM workflow_runs"));
+        assert_int_equal(queue_begin_claim_runs(f->worker, "A", 30000, 2, NULL, 0, q, &n), 0);
+        assert_int_equal(n, 1);
+        assert_non_null(q[0].snapshot); /* it parsed */
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(q[0].snapshot, "input"), "s")),
+            "q\"b\\n\n\t\001 \u00e9\u6f22");
+        assert_double_equal(json_real_value(json_object_get(q[0].snapshot, "time_scale")), 0.125);
+        assert_int_equal(
+            test_db_int(f->worker, SAME_SQL, "true", "true", run, (long long)q[0].epoch, "true"),
+            1);
+        queue_claims_clear(q, n);
+
+        /* worked on: a node whose output needs escaping, read whole and partial */
+        assert_int_equal(queue_checkpoint_node(f->worker, run, q[0].epoch, &nw), 1);
+        assert_int_equal(
+            test_db_int(f->worker, SAME_SQL, "true", "true", run, (long long)q[0].epoch, "true"),
+            1);
+        assert_int_equal(
+            test_db_int(f->worker, SAME_SQL, "false", "false", run, (long long)q[0].epoch, "false"),
+            1);
+        PQclear(test_db_must(f->worker, "COMMIT"));
         free(run);
         fixture_free(f);
 }
@@ -514,6 +582,7 @@ int main(void)
             cmocka_unit_test(test_snapshot_whole_partial_fenced),
             cmocka_unit_test(test_claim_returns_the_snapshot),
             cmocka_unit_test(test_fresh_snapshot),
+            cmocka_unit_test(test_snapshot_text_is_the_document),
             cmocka_unit_test(test_notify_only_with_subscriptions),
             cmocka_unit_test(test_turn_statements_are_prepared_once),
             cmocka_unit_test(test_enqueue_one_trigger),
