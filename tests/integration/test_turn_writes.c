@@ -9,7 +9,9 @@
  *     of the runs takes their node rows along;
  *   - agently_apply_writes reads its operations once, still finishes and releases runs as
  *     before, and still refuses the whole statement for one operation it cannot write,
- *     before anything is written.
+ *     before anything is written;
+ *   - and (0054_turn_dequeues.sql) it deletes and updates its own runs' queue rows in its
+ *     statement, the queue-follow trigger left for every other change.
  */
 #include "testlib.h"
 
@@ -275,6 +277,124 @@ static long long apply(const char *writes)
                            writes);
 }
 
+/* A child run of parent (its node "sub"), due at run_at (SQL), for user_a. */
+static char *child_run(const char *parent, const char *run_at)
+{
+        return test_db_value(S.c,
+                             "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, "
+                             "workflow_version, parent_run_id, parent_node_id, run_at) VALUES "
+                             "('%s', '%s', 'wf', 1, '%s', 'sub', %s) RETURNING id",
+                             S.user_a, S.workflow_a, parent, run_at);
+}
+
+/* The queue row of run as "run_at deadline claimed_by" ("-" for none). */
+static char *queue_row(const char *run)
+{
+        return test_db_value(S.c,
+                             "SELECT coalesce((SELECT concat_ws(' ', CASE WHEN run_at = "
+                             "'infinity' THEN 'never' WHEN run_at <= now() THEN 'due' ELSE "
+                             "to_char(run_at AT TIME ZONE 'UTC', 'YYYY') END, coalesce(to_char("
+                             "deadline AT TIME ZONE 'UTC', 'YYYY'), '-'), coalesce(claimed_by, "
+                             "'-')) FROM run_queue WHERE run_id = '%s'), 'gone')",
+                             run);
+}
+
+static void assert_queue_row(const char *run, const char *want)
+{
+        char *got = queue_row(run);
+        assert_string_equal(got, want);
+        free(got);
+}
+
+/* The runs a turn ends or releases leave or return to the queue in the writes' own
+ * statement (0054_turn_dequeues.sql): the queue-follow trigger is not called for them. It
+ * still follows what the statement's own triggers do to other runs — a finished child wakes
+ * its waiting parent, a failed parent cancels its queued child — and every change made
+ * without the writes' flag: an operator ending a running run by hand. */
+static void the_turn_keeps_its_own_queue_rows(void **state)
+{
+        (void)state;
+        char writes[2048];
+        char *parent = new_run(S.user_a, S.workflow_a);
+        char *failing = new_run(S.user_a, S.workflow_a);
+        char *child = child_run(parent, "now()");
+        char *queued_child = child_run(failing, "'2100-01-01T00:00:00Z'"); /* not due */
+        char *done = new_run(S.user_a, S.workflow_a);
+        char *paused = new_run(S.user_a, S.workflow_a);
+        char *waiting = new_run(S.user_a, S.workflow_a);
+        char *by_hand = new_run(S.user_a, S.workflow_a);
+
+        /* a first turn claims every due run: the parent waits for a timer far away, the
+         * failing parent and the run an operator will end go on running */
+        PQclear(test_db_must(S.worker, "BEGIN"));
+        assert_int_equal(claim(parent), 1);
+        assert_int_equal(claim(queued_child), -1);
+        snprintf(writes, sizeof(writes),
+                 "[{\"i\":1,\"op\":\"release\",\"run\":\"%s\",\"epoch\":1,\"status\":\"waiting\","
+                 "\"run_at_ms\":4102444800000},"
+                 "{\"i\":2,\"op\":\"event\",\"run\":\"%s\",\"epoch\":1,\"kind\":\"run.started\"},"
+                 "{\"i\":3,\"op\":\"event\",\"run\":\"%s\",\"epoch\":1,\"kind\":\"run.started\"}]",
+                 parent, failing, by_hand);
+        assert_int_equal(apply(writes), 0);
+        PQclear(test_db_must(S.worker, "COMMIT"));
+        assert_queue_row(parent, "2100 - -");
+
+        /* the second turn (the claims of the first still held), its calls of the trigger
+         * counted: the owner's session, which may count them */
+        PQclear(test_db_must(S.c, "BEGIN"));
+        PQclear(test_db_must(S.c, "SET LOCAL track_functions = 'pl'"));
+        snprintf(writes, sizeof(writes),
+                 "SELECT count(*) FROM agently_apply_writes('W', '["
+                 "{\"i\":1,\"op\":\"finish\",\"run\":\"%s\",\"epoch\":1,\"status\":\"completed\"},"
+                 "{\"i\":2,\"op\":\"release\",\"run\":\"%s\",\"epoch\":1,\"status\":\"paused\","
+                 "\"deadline_ms\":4133980800000},"
+                 "{\"i\":3,\"op\":\"release\",\"run\":\"%s\",\"epoch\":1,\"status\":\"waiting\","
+                 "\"run_at_ms\":4102444800000},"
+                 "{\"i\":4,\"op\":\"finish\",\"run\":\"%s\",\"epoch\":1,\"status\":\"completed\"},"
+                 "{\"i\":5,\"op\":\"finish\",\"run\":\"%s\",\"epoch\":1,\"status\":\"failed\","
+                 "\"error\":{\"message\":\"no\"}}]')",
+                 done, paused, waiting, child, failing);
+        assert_int_equal(test_db_int(S.c, "%s", writes), 0);
+        /* two calls: the woken parent and the canceled child; none for the five runs the
+         * statement wrote */
+        assert_int_equal(test_db_int(S.c, "SELECT coalesce(pg_stat_get_xact_function_calls("
+                                          "'agently_run_queue_follow'::regproc), 0)"),
+                         2);
+        char *flag = test_db_value(S.c, "SELECT current_setting('agently.turn_writes')");
+        assert_string_equal(flag, "off");
+        free(flag);
+        PQclear(test_db_must(S.c, "COMMIT"));
+
+        assert_queue_row(done, "gone");
+        assert_queue_row(child, "gone");
+        assert_queue_row(failing, "gone");
+        assert_queue_row(paused, "never 2101 -");
+        assert_queue_row(waiting, "2100 - -");
+        assert_queue_row(parent, "due - -");    /* woken by its child's end */
+        assert_queue_row(queued_child, "gone"); /* canceled by its parent's */
+        char *st =
+            test_db_value(S.c, "SELECT status FROM workflow_runs WHERE id = '%s'", queued_child);
+        assert_string_equal(st, "canceled");
+        free(st);
+
+        /* an operator ends a running run by hand: no flag, the trigger deletes its row */
+        assert_queue_row(by_hand, "due - W");
+        snprintf(writes, sizeof(writes),
+                 "UPDATE workflow_runs SET status = 'canceled', finished_at = now(), claimed_by "
+                 "= NULL, lease_expires_at = NULL, error = '{\"m\": \"by hand\"}' WHERE id = '%s'",
+                 by_hand);
+        assert_string_equal(test_db_sqlstate(S.c, writes), "");
+        assert_queue_row(by_hand, "gone");
+        free(parent);
+        free(failing);
+        free(child);
+        free(queued_child);
+        free(done);
+        free(paused);
+        free(waiting);
+        free(by_hand);
+}
+
 /* agently_apply_writes, its operations read once, still finishes and releases: a finish in
  * the claim's first write and one in a later turn delete the queue row, a release sets its
  * due time and drops the claim; and a cancel of a queued run deletes it too. */
@@ -430,6 +550,7 @@ int main(void)
             cmocka_unit_test(a_run_deleted_while_its_node_rows_are_written),
             cmocka_unit_test(a_run_key_named_by_node_rows_cannot_change),
             cmocka_unit_test(finishes_and_releases_are_written),
+            cmocka_unit_test(the_turn_keeps_its_own_queue_rows),
             cmocka_unit_test(an_invalid_write_refuses_the_statement),
             cmocka_unit_test(truncating_the_runs_truncates_their_node_rows),
         };
