@@ -5,7 +5,7 @@
 -- row trigger: a PL/pgSQL call and a one-row DELETE (or UPDATE) of its queue row, per run.
 -- agently_apply_writes already holds those rows (its fence locks them), so it deletes and
 -- updates them itself, one statement for all its runs. Measured with bench/instructions'
--- loop: -31 K instructions per no-op run (915,801 -> 884,715; docs/performance.md, "Issue
+-- loop: -30 K instructions per no-op run (915,801 -> 885,328; docs/performance.md, "Issue
 -- 9: the claim's snapshot as text").
 --
 -- How the trigger knows: agently_apply_writes sets agently.turn_writes to 'on' for its one
