@@ -124,10 +124,10 @@ int queue_release_run(PGconn *c, const char *run_id, int64_t epoch, const char *
 int64_t queue_db_now_ms(PGconn *c);
 
 /*
- * A loop turn's writes for many runs, sent in one statement (agently_apply_writes of
- * migrations/0011_run_queue.sql) with the same fencing as the calls above: per run, all
- * its writes happen or, when its lease is lost, none. Operations keep their order per run;
- * a finish or release must be a run's last operation. Not thread-safe.
+ * A loop turn's writes for many runs, sent in one statement (agently_apply_write_rows of
+ * migrations/0055_write_rows.sql, 0011's agently_apply_writes read from rows) with the same fencing
+ * as the calls above: per run, all its writes happen or, when its lease is lost, none. Operations
+ * keep their order per run; a finish or release must be a run's last operation. Not thread-safe.
  */
 struct queue_writes;
 

@@ -1,4 +1,5 @@
-/* The batched writes of one worker loop turn; see queue.h and 0011_run_queue.sql. */
+/* The batched writes of one worker loop turn; see queue.h, 0011_run_queue.sql and
+ * 0055_write_rows.sql. */
 #include "queue.h"
 
 #include <errno.h>
@@ -14,7 +15,7 @@
 #include "strutil.h"
 
 static const char APPLY_WRITES_SQL[] =
-    "SELECT lost_run_id FROM agently_apply_writes($1, $2::jsonb)";
+    "SELECT lost_run_id FROM agently_apply_write_rows($1, $2::agently_write[])";
 
 /* A buffer grown past this (bytes of text) is freed after its flush, not kept. */
 #define KEEP_MAX (4u << 20)
@@ -23,13 +24,21 @@ static const char APPLY_WRITES_SQL[] =
 #define DEPTH_MAX 2048
 
 /*
- * The operations are written as JSON text the moment they are appended (no JSON tree per
- * operation, no serialization of the whole array at the flush: that was a fifth of the
- * worker's CPU in a big map, docs/performance.md). A field whose value is NULL is left out
- * (jsonb_to_recordset reads it as NULL either way).
+ * The operations are written as text the moment they are appended (no tree per operation,
+ * no serialization of the whole batch at the flush: that was a fifth of the worker's CPU in
+ * a big map, docs/performance.md): the text of an array of agently_write rows
+ * (0055_write_rows.sql), which the server reads field by field with each type's input
+ * function, where a JSON document cost it twice as much to parse and take apart.
+ *
+ * The text has two levels of quoting. An operation is an array element, `"(f1,f2,...)"`;
+ * inside it a field that is not NULL is written quoted, `\"...\"`, and a NULL field is
+ * empty. A `"` or `\` of a field's value is escaped for the row (a backslash before it) and
+ * the row's text again for the array (a backslash before each `"` and `\`): four bytes,
+ * `\\\"` or `\\\\`. Every other byte is written as it is (commas, parentheses, braces,
+ * newlines: all inside quotes). A JSON field's value is its JSON text, escaped the same way.
  */
 struct queue_writes {
-        struct buf text; /* "[op,op,..." — the JSON array agently_apply_writes() takes, open */
+        struct buf text; /* "{op,op,..." — the agently_write[] text, open */
         int n;           /* operations in text */
         /* the (run, node, attempt) of every node write, as 64-bit hashes in an open-addressed
          * set (0 = empty): a collision only answers -EBUSY once too often, which costs the
@@ -39,10 +48,12 @@ struct queue_writes {
 };
 
 /* A writer into b->text that keeps its first error, so the fields of an operation are
- * written one after another and checked once. */
+ * written one after another and checked once. While quoted, what it writes is a field's
+ * value: its `"` and `\` are escaped for both levels (the comment above). */
 struct emit {
         struct buf *b;
         int err;
+        bool quoted;
 };
 
 struct queue_writes *queue_writes_new(void)
@@ -79,6 +90,29 @@ void queue_writes_clear(struct queue_writes *b)
 }
 
 static void put(struct emit *e, const char *s, size_t n)
+{
+        size_t run = 0;
+
+        if (e->err)
+                return;
+        if (!e->quoted) {
+                e->err = buf_append(e->b, s, n);
+                return;
+        }
+        for (size_t i = 0; i < n && e->err == 0; i++) {
+                if (s[i] != '"' && s[i] != '\\')
+                        continue;
+                e->err = buf_append(e->b, s + run, i - run);
+                if (e->err == 0)
+                        e->err = buf_append(e->b, s[i] == '"' ? "\\\\\\\"" : "\\\\\\\\", 4);
+                run = i + 1;
+        }
+        if (e->err == 0)
+                e->err = buf_append(e->b, s + run, n - run);
+}
+
+/* The row's own syntax (commas, parentheses, a field's quotes), never escaped. */
+static void put_raw(struct emit *e, const char *s, size_t n)
 {
         if (e->err == 0)
                 e->err = buf_append(e->b, s, n);
@@ -159,24 +193,6 @@ static void put_escaped(struct emit *e, const char *s, size_t n)
         put(e, "\"", 1);
 }
 
-/* A string of data (a node id, a message, a key): masked (src/base/redact.h) first. */
-static void put_masked(struct emit *e, const char *s, size_t n)
-{
-        _cleanup_free_ char *masked = NULL;
-        size_t mn = 0;
-        int r;
-
-        if (e->err)
-                return;
-        r = redact_text(s, n, &masked, &mn);
-        if (r < 0)
-                e->err = r;
-        else if (r > 0)
-                put_escaped(e, masked, mn);
-        else
-                put_escaped(e, s, n);
-}
-
 /* A JSON value whose strings and keys redact_json() has masked already. */
 static void put_json(struct emit *e, const json_t *v, int depth)
 {
@@ -239,17 +255,82 @@ static void put_json(struct emit *e, const json_t *v, int depth)
         }
 }
 
-/*
- * The fields of an operation. A value's strings and keys are masked in place, as the
- * choke point always did (the caller's tree, so a value kept in a snapshot holds the mask
- * too); a data string is masked as it is written. The operation's own words — its keys,
- * the op, a status, an event's kind and level, the run id — are the program's, not data,
- * and are not masked: a secret whose value is such a word cannot break the statement.
- */
-static void field_json(struct emit *e, const char *key, const json_t *v)
+/* The fields of one operation, in agently_write's order (0055_write_rows.sql); NULL (or a
+ * negative number) is a NULL field. */
+struct op {
+        const char *op;
+        const char *node; /* data: masked */
+        int attempt;      /* < 0: none */
+        const char *status;
+        const json_t *input, *output, *error;
+        const char *key; /* data */
+        const char *kind, *level;
+        const char *message; /* data */
+        const json_t *data;
+        int64_t run_at_ms; /* < 0: none */
+        const char *signal;
+        int64_t deadline_ms; /* < 0: none */
+};
+
+static void field_sep(struct emit *e)
+{
+        put_raw(e, ",", 1);
+}
+
+/* n bytes of text, valid UTF-8 (else -EILSEQ: the server would refuse the statement), as
+ * a quoted field. */
+static void field_text(struct emit *e, const char *s, size_t n)
+{
+        for (size_t i = 0; i < n && e->err == 0;) {
+                size_t len = (unsigned char)s[i] < 0x80 ? 1 : str_utf8_char_len(s + i, n - i);
+                if (len == 0)
+                        e->err = -EILSEQ;
+                i += len ? len : 1;
+        }
+        put_raw(e, "\\\"", 2);
+        e->quoted = true;
+        put(e, s, n);
+        e->quoted = false;
+        put_raw(e, "\\\"", 2);
+}
+
+/* The operation's own words — the op, a status, an event's kind and level, the run id, a
+ * signal id — are the program's, not data, and are not masked: a secret whose value is
+ * such a word cannot break the statement. */
+static void field_word(struct emit *e, const char *s)
+{
+        field_sep(e);
+        if (s)
+                field_text(e, s, strlen(s));
+}
+
+/* A string of data (a node id, a message, a key): masked (src/base/redact.h) first. */
+static void field_data(struct emit *e, const char *s)
+{
+        _cleanup_free_ char *masked = NULL;
+        size_t mn = 0;
+        int r;
+
+        field_sep(e);
+        if (!s || e->err)
+                return;
+        r = redact_text(s, strlen(s), &masked, &mn);
+        if (r < 0)
+                e->err = r;
+        else if (r > 0)
+                field_text(e, masked, mn);
+        else
+                field_text(e, s, strlen(s));
+}
+
+/* A JSON value: its strings and keys are masked in place, as the choke point always did
+ * (the caller's tree, so a value kept in a snapshot holds the mask too), then written as
+ * its JSON text, quoted. */
+static void field_json(struct emit *e, const json_t *v)
 {
         int r;
 
+        field_sep(e);
         if (!v || e->err)
                 return;
         r = redact_json((json_t *)v);
@@ -257,65 +338,52 @@ static void field_json(struct emit *e, const char *key, const json_t *v)
                 e->err = r;
                 return;
         }
-        put(e, ",\"", 2);
-        put_lit(e, key);
-        put(e, "\":", 2);
+        put_raw(e, "\\\"", 2);
+        e->quoted = true;
         put_json(e, v, 0);
+        e->quoted = false;
+        put_raw(e, "\\\"", 2);
 }
 
-static void field_data(struct emit *e, const char *key, const char *s)
+static void field_int(struct emit *e, int64_t v, bool present)
 {
-        if (!s)
-                return;
-        put(e, ",\"", 2);
-        put_lit(e, key);
-        put(e, "\":", 2);
-        put_masked(e, s, strlen(s));
+        field_sep(e);
+        if (present)
+                put_int(e, v);
 }
 
-static void field_word(struct emit *e, const char *key, const char *s)
+/* Appends o as the next element of the array (its position i, the run, the epoch first);
+ * on any error of its fields it is taken back whole (the buffer holds what it held before). */
+static int op_append(struct queue_writes *b, const char *run_id, int64_t epoch, const struct op *o)
 {
-        if (!s)
-                return;
-        put(e, ",\"", 2);
-        put_lit(e, key);
-        put(e, "\":", 2);
-        put_escaped(e, s, strlen(s));
-}
-
-static void field_int(struct emit *e, const char *key, int64_t v)
-{
-        put(e, ",\"", 2);
-        put_lit(e, key);
-        put(e, "\":", 2);
-        put_int(e, v);
-}
-
-/* Opens an operation: {"op":"<op>" after a comma or the array's bracket. */
-static struct emit op_open(struct queue_writes *b, const char *op)
-{
+        size_t mark = b->text.len;
         struct emit e = {.b = &b->text};
 
-        put_lit(&e, b->n > 0 ? ",{\"op\":\"" : "[{\"op\":\"");
-        put_lit(&e, op);
-        put(&e, "\"", 1);
-        return e;
-}
-
-/* Closes it with its position, the run and the epoch; on any error of its fields it is
- * taken back whole (the buffer holds what it held before). */
-static int op_close(struct queue_writes *b, struct emit *e, size_t mark, const char *run_id,
-                    int64_t epoch)
-{
-        field_int(e, "i", b->n);
-        field_word(e, "run", run_id);
-        field_int(e, "epoch", epoch);
-        put(e, "}", 1);
-        if (e->err) {
+        put_raw(&e, b->n > 0 ? ",\"(" : "{\"(", 3);
+        put_int(&e, b->n);
+        field_word(&e, o->op);
+        field_word(&e, run_id);
+        field_int(&e, epoch, true);
+        field_data(&e, o->node);
+        field_int(&e, o->attempt, o->attempt >= 0);
+        field_word(&e, o->status);
+        field_json(&e, o->input);
+        field_json(&e, o->output);
+        field_json(&e, o->error);
+        field_data(&e, o->key);
+        field_word(&e, o->kind);
+        field_word(&e, o->level);
+        field_data(&e, o->message);
+        field_json(&e, o->data);
+        field_int(&e, o->run_at_ms, o->run_at_ms >= 0);
+        field_word(&e, o->signal);
+        field_int(&e, o->deadline_ms, o->deadline_ms >= 0);
+        put_raw(&e, ")\"", 2);
+        if (e.err) {
                 b->text.len = mark;
                 if (b->text.data)
                         b->text.data[mark] = '\0';
-                return e->err;
+                return e.err;
         }
         b->n++;
         return 0;
@@ -375,8 +443,6 @@ int queue_writes_node(struct queue_writes *b, const char *run_id, int64_t epoch,
                       const struct queue_node_write *w)
 {
         uint64_t h;
-        size_t mark = b->text.len;
-        struct emit e;
         int r;
 
         if (!w->node_id || !w->status)
@@ -385,76 +451,76 @@ int queue_writes_node(struct queue_writes *b, const char *run_id, int64_t epoch,
         r = key_add(b, h);
         if (r != 0)
                 return r > 0 ? -EBUSY : r;
-        e = op_open(b, "node");
-        field_data(&e, "node", w->node_id);
-        field_int(&e, "attempt", w->attempt);
-        field_word(&e, "status", w->status);
-        field_json(&e, "input", w->input);
-        field_json(&e, "output", w->output);
-        field_json(&e, "error", w->error);
-        field_data(&e, "key", w->idempotency_key);
-        field_word(&e, "kind", w->event_kind);
-        field_data(&e, "message", w->event_message);
-        field_json(&e, "data", w->event_data);
         /* a failed append leaves its key: at worst one -EBUSY too many */
-        return op_close(b, &e, mark, run_id, epoch);
+        return op_append(b, run_id, epoch,
+                         &(struct op){.op = "node",
+                                      .node = w->node_id,
+                                      .attempt = w->attempt,
+                                      .status = w->status,
+                                      .input = w->input,
+                                      .output = w->output,
+                                      .error = w->error,
+                                      .key = w->idempotency_key,
+                                      .kind = w->event_kind,
+                                      .message = w->event_message,
+                                      .data = w->event_data,
+                                      .run_at_ms = -1,
+                                      .deadline_ms = -1});
 }
 
 int queue_writes_event(struct queue_writes *b, const char *run_id, int64_t epoch, const char *kind,
                        const char *node_id, int attempt, const char *level, const char *message,
                        const json_t *data)
 {
-        size_t mark = b->text.len;
-        struct emit e = op_open(b, "event");
-
-        field_word(&e, "kind", kind);
-        field_data(&e, "node", node_id);
-        field_word(&e, "level", level);
-        field_data(&e, "message", message);
-        field_json(&e, "data", data);
-        if (attempt >= 0)
-                field_int(&e, "attempt", attempt);
-        return op_close(b, &e, mark, run_id, epoch);
+        return op_append(b, run_id, epoch,
+                         &(struct op){.op = "event",
+                                      .node = node_id,
+                                      .attempt = attempt,
+                                      .kind = kind,
+                                      .level = level,
+                                      .message = message,
+                                      .data = data,
+                                      .run_at_ms = -1,
+                                      .deadline_ms = -1});
 }
 
 int queue_writes_finish(struct queue_writes *b, const char *run_id, int64_t epoch,
                         const char *status, const json_t *output, const json_t *error)
 {
-        size_t mark = b->text.len;
-        struct emit e = op_open(b, "finish");
-
-        field_word(&e, "status", status);
-        field_json(&e, "output", output);
-        field_json(&e, "error", error);
-        return op_close(b, &e, mark, run_id, epoch);
+        return op_append(b, run_id, epoch,
+                         &(struct op){.op = "finish",
+                                      .attempt = -1,
+                                      .status = status,
+                                      .output = output,
+                                      .error = error,
+                                      .run_at_ms = -1,
+                                      .deadline_ms = -1});
 }
 
 int queue_writes_release(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *status, int64_t run_at_ms, const char *wait_reason,
                          const json_t *error, int64_t deadline_ms)
 {
-        size_t mark = b->text.len;
-        struct emit e = op_open(b, "release");
-
-        field_word(&e, "status", status);
-        field_data(&e, "message", wait_reason);
-        field_json(&e, "error", error);
-        if (run_at_ms >= 0)
-                field_int(&e, "run_at_ms", run_at_ms);
-        if (deadline_ms >= 0)
-                field_int(&e, "deadline_ms", deadline_ms);
-        return op_close(b, &e, mark, run_id, epoch);
+        return op_append(b, run_id, epoch,
+                         &(struct op){.op = "release",
+                                      .attempt = -1,
+                                      .status = status,
+                                      .message = wait_reason,
+                                      .error = error,
+                                      .run_at_ms = run_at_ms,
+                                      .deadline_ms = deadline_ms});
 }
 
 int queue_writes_consume(struct queue_writes *b, const char *run_id, int64_t epoch,
                          const char *signal_id, const char *node_id)
 {
-        size_t mark = b->text.len;
-        struct emit e = op_open(b, "consume");
-
-        field_word(&e, "signal", signal_id);
-        field_data(&e, "node", node_id);
-        return op_close(b, &e, mark, run_id, epoch);
+        return op_append(b, run_id, epoch,
+                         &(struct op){.op = "consume",
+                                      .node = node_id,
+                                      .attempt = -1,
+                                      .signal = signal_id,
+                                      .run_at_ms = -1,
+                                      .deadline_ms = -1});
 }
 
 static int flush(PGconn *c, const char *worker, struct queue_writes *b,
@@ -465,7 +531,7 @@ static int flush(PGconn *c, const char *worker, struct queue_writes *b,
 
         if (b->n == 0)
                 return after ? db_exec(c, after) : 0;
-        r = buf_append(&b->text, "]", 1);
+        r = buf_append(&b->text, "}", 1);
         if (r < 0) {
                 queue_writes_clear(b);
                 return r;

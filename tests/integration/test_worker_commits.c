@@ -115,11 +115,11 @@ static void test_single_turn_run_is_read_with_its_claim(void **state)
         worker_test_wait_registered(f->db, "w1", 10000);
         run_one_at_a_time(f);
         assert_exit_code(test_stop_process(w, SIGTERM, 15000), 0);
-        for (int k = 0; k < 100 && function_calls(f->db, "agently_apply_writes") < RUNS; k++)
+        for (int k = 0; k < 100 && function_calls(f->db, "agently_apply_write_rows") < RUNS; k++)
                 usleep(50 * 1000);
         usleep(200 * 1000); /* the rest of the ended sessions' counts */
 
-        writes = function_calls(f->db, "agently_apply_writes");
+        writes = function_calls(f->db, "agently_apply_write_rows");
         claims = function_calls(f->db, "agently_claim_turn");
         reads = function_calls(f->db, "agently_snapshots");
         printf("%d single-turn runs: %lld writes statements, %lld claims, %lld snapshot reads\n",

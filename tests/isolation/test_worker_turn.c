@@ -396,7 +396,7 @@ static void test_fresh_snapshot(void **state)
  * one failed call. */
 static const char PREPARED_SQL[] =
     "SELECT string_agg(CASE WHEN statement LIKE '%%agently_claim_turn%%' THEN 'claim' "
-    "WHEN statement LIKE '%%agently_apply_writes%%' THEN 'writes' ELSE statement END, ' ' "
+    "WHEN statement LIKE '%%agently_apply_write_rows%%' THEN 'writes' ELSE statement END, ' ' "
     "ORDER BY statement) FROM pg_prepared_statements WHERE NOT from_sql";
 
 static void test_turn_statements_are_prepared_once(void **state)
