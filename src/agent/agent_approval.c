@@ -12,6 +12,7 @@
  * found started without an answer (the worker died while it ran) is never sent again.
  */
 #include "agent_internal.h"
+#include "pgjson.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -268,7 +269,7 @@ static int approval_read(struct agent_session *s, int seq, struct approval_state
         str_copy(a->id, sizeof(a->id), PQgetvalue(res, 0, 0));
         str_copy(a->status, sizeof(a->status), PQgetvalue(res, 0, 1));
         json_decref(a->decision);
-        a->decision = PQgetisnull(res, 0, 2) ? NULL : json_loads(PQgetvalue(res, 0, 2), 0, &jerr);
+        a->decision = PQgetisnull(res, 0, 2) ? NULL : pgjson_loads(PQgetvalue(res, 0, 2), 0, &jerr);
         a->expires_at_ms = PQgetisnull(res, 0, 3) ? 0 : strtoll(PQgetvalue(res, 0, 3), NULL, 10);
         a->due = PQgetvalue(res, 0, 4)[0] == 't';
         a->started = PQgetvalue(res, 0, 5)[0] == 't';

@@ -8,6 +8,7 @@
  * leaves running (its status, below) or every AGENT_USAGE_FLUSH_ROWS rows (0036).
  */
 #include "agent_internal.h"
+#include "pgjson.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -103,7 +104,7 @@ static int open_row(struct agent_session *s, PGresult *res, int r, char **error)
         s->cost_usd = strtod(PQgetvalue(res, 0, 4), NULL);
         s->llm_calls = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
         s->tool_calls = strtoll(PQgetvalue(res, 0, 6), NULL, 10);
-        s->budget = json_loads(PQgetvalue(res, 0, 7), 0, &jerr);
+        s->budget = pgjson_loads(PQgetvalue(res, 0, 7), 0, &jerr);
         s->started_at_ms = strtoll(PQgetvalue(res, 0, 8), NULL, 10);
         s->db_offset_ms = strtoll(PQgetvalue(res, 0, 9), NULL, 10) - agent_now_ms();
         s->usage_seq = (int)strtol(PQgetvalue(res, 0, 10), NULL, 10);
@@ -174,7 +175,7 @@ static const char JOURNAL_SQL[] =
 static int load_stubs(struct agent_session *s, int seq, const char *text, size_t total)
 {
         json_error_t jerr;
-        _cleanup_json_ json_t *stubs = json_loads(text, 0, &jerr);
+        _cleanup_json_ json_t *stubs = pgjson_loads(text, 0, &jerr);
         json_t *st;
         size_t i;
 
@@ -229,9 +230,9 @@ int agent_db_load_journal(struct agent_session *s, char **error)
                 e->seq = seq;
                 str_copy(e->kind, sizeof(e->kind), PQgetvalue(res, i, 1));
                 str_copy(e->hash, sizeof(e->hash), PQgetvalue(res, i, 2));
-                e->request = json_loads(PQgetvalue(res, i, 3), 0, &jerr);
+                e->request = pgjson_loads(PQgetvalue(res, i, 3), 0, &jerr);
                 if (!PQgetisnull(res, i, 4))
-                        e->response = json_loads(PQgetvalue(res, i, 4), JSON_DECODE_ANY, &jerr);
+                        e->response = pgjson_loads(PQgetvalue(res, i, 4), JSON_DECODE_ANY, &jerr);
                 if (!e->request || (!PQgetisnull(res, i, 4) && !e->response))
                         return -ENOMEM;
                 call_id = json_string_value(json_object_get(e->request, "call_id"));

@@ -8,6 +8,7 @@
  */
 #include "api_internal.h"
 #include "api_triggers.h"
+#include "pgjson.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -354,7 +355,7 @@ unsigned api_page_query(struct api_request *req, struct api_response *resp, cons
                 return api_error(resp, 500, "internal", "out of memory", NULL, NULL);
         int rows = PQntuples(res);
         for (int i = 0; i < rows && i < limit; i++) {
-                json_t *item = json_loads(PQgetvalue(res, i, 0), JSON_DECODE_ANY, NULL);
+                json_t *item = pgjson_loads(PQgetvalue(res, i, 0), JSON_DECODE_ANY, NULL);
                 if (item)
                         json_array_append_new(data, item);
         }

@@ -5,6 +5,7 @@
  * on SIGTERM/SIGINT. The route handlers are in api_routes.c, SSE in api_sse.c.
  */
 #include "api_internal.h"
+#include "pgjson.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -437,7 +438,7 @@ static int query_json(struct api_request *req, const char *sql, int n, const cha
                 return 0;
         if (PQgetisnull(res, 0, 0))
                 return 1;
-        *out = json_loads(PQgetvalue(res, 0, 0), JSON_DECODE_ANY, &err);
+        *out = pgjson_loads(PQgetvalue(res, 0, 0), JSON_DECODE_ANY, &err);
         if (!*out) {
                 db_set_error("could not parse the database's JSON: %s", err.text);
                 return -EIO;
@@ -829,7 +830,7 @@ static unsigned idempotency_begin(struct api_request *req, struct api_response *
                                  "this Idempotency-Key was used with a different request",
                                  "the method, path or body differ from the first request",
                                  "use a new key for a new request");
-        json_t *stored = json_loads(PQgetvalue(old, 0, 2), JSON_DECODE_ANY, NULL);
+        json_t *stored = pgjson_loads(PQgetvalue(old, 0, 2), JSON_DECODE_ANY, NULL);
         if (!stored)
                 return api_error(resp, 500, "internal", "could not read the stored response", NULL,
                                  NULL);

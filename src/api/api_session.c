@@ -10,6 +10,7 @@
  * token and user, and are revoked by sign-out or from the session list.
  */
 #include "api_internal.h"
+#include "pgjson.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -223,7 +224,7 @@ unsigned api_h_session_create(struct api_request *req, struct api_response *resp
         }
         if (r < 0)
                 return api_db_error(resp, r);
-        json_t *j = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+        json_t *j = pgjson_loads(PQgetvalue(res, 0, 0), 0, NULL);
         int64_t max_age = 0;
         str_to_int64(PQgetvalue(res, 0, 1), &max_age);
         if (!j || set_cookie(req, resp, secret, (long long)max_age) < 0) {

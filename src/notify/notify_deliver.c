@@ -20,6 +20,7 @@
 #include "db.h"
 #include "notify.h"
 #include "notify_internal.h"
+#include "pgjson.h"
 #include "secrets.h"
 #include "strutil.h"
 
@@ -436,7 +437,7 @@ int notify_deliver_round(PGconn *c, const struct notify_config *cfg, int *sent, 
         for (int i = 0; i < n; i++) {
                 struct delivery *d = &ds[i];
                 const char *channel = PQgetvalue(rows, i, 3), *target = PQgetvalue(rows, i, 4);
-                _cleanup_json_ json_t *payload = json_loads(PQgetvalue(rows, i, 5), 0, NULL);
+                _cleanup_json_ json_t *payload = pgjson_loads(PQgetvalue(rows, i, 5), 0, NULL);
                 struct notify_message m;
 
                 snprintf(d->id, sizeof(d->id), "%s", PQgetvalue(rows, i, 0));

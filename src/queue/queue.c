@@ -9,6 +9,7 @@
 #include "buf.h"
 #include "cleanup.h"
 #include "db.h"
+#include "pgjson.h"
 #include "strutil.h"
 
 /* '{id,id,...}' of held[0..n), a uuid[] literal. */
@@ -77,7 +78,7 @@ static int claim_runs(PGconn *c, const char *before, const char *worker, int64_t
                 (*n)++;
                 if (!turn || PQgetisnull(res, i, 6))
                         continue;
-                q->snapshot = json_loads(PQgetvalue(res, i, 6), 0, NULL);
+                q->snapshot = pgjson_loads(PQgetvalue(res, i, 6), 0, NULL);
                 if (!q->snapshot) {
                         queue_claims_clear(out, *n);
                         *n = 0;
@@ -147,7 +148,7 @@ int queue_renew_leases(PGconn *c, const char *worker, const struct queue_lease *
 
 /*
  * The per-row writes are one-operation batches: the same statement, fencing and rules as a
- * worker's loop turn (agently_apply_writes), so there is one definition of what a write
+ * worker's loop turn (agently_apply_write_rows), so there is one definition of what a write
  * does. 1 written, 0 lease lost (nothing written), a negative errno on failure.
  */
 static void one_lost(void *arg, const char *run_id)

@@ -35,6 +35,7 @@
 #include "db.h"
 #include "engine.h"
 #include "log.h"
+#include "pgjson.h"
 #include "queue.h"
 #include "runtime_http.h"
 #include "strutil.h"
@@ -318,7 +319,7 @@ static int wf_lookup(struct worker *w, const char *workflow_id, const struct wf_
                 return r;
         if (PQntuples(res) != 1)
                 return -ENOENT;
-        def = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+        def = pgjson_loads(PQgetvalue(res, 0, 0), 0, NULL);
         if (!def)
                 return -EINVAL;
         r = wf_parse(def, &wf, errors);
@@ -445,7 +446,7 @@ static int snapshot_load(struct worker *w, struct run *run, json_t **snapshot, b
                 return r;
         if (PQntuples(res) != 1)
                 return 0;
-        s = json_loads(PQgetvalue(res, 0, 1), 0, NULL);
+        s = pgjson_loads(PQgetvalue(res, 0, 1), 0, NULL);
         if (!s)
                 return -EIO;
         if ((r = snapshot_finish(run, s)) < 0) {
@@ -1630,7 +1631,7 @@ static void batch_prepare(struct worker *w)
                 json_t *snap;
                 if (!run || run->fate != FATE_LOST || strcmp(run->lost_where, "load snapshot"))
                         continue;
-                snap = json_loads(PQgetvalue(res, i, 1), 0, NULL);
+                snap = pgjson_loads(PQgetvalue(res, i, 1), 0, NULL);
                 /* a run held in memory: its own nodes, the rest as read now */
                 if (snap && run->kept && snapshot_merge(run, snap) < 0) {
                         json_decref(snap);

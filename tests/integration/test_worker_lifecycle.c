@@ -186,6 +186,41 @@ static void test_run_timeout(void **state)
         worker_fixture_free(f);
 }
 
+/* Postgres writes a number of a JSON document in plain digits: a real such as 1e20, which
+ * jansson reads as a real, comes back from a jsonb column as 100000000000000000000, an
+ * integer too big for jansson. A run whose input, a node's output or its own output holds
+ * one is read, planned and finished like any other (before, its snapshot did not parse,
+ * and the worker's claim of it failed on every turn, with every run claimed beside it). */
+static void test_numbers_postgres_writes_in_digits(void **state)
+{
+        struct worker_fixture *f = worker_fixture_new("wk_digits");
+        char *wf = worker_fixture_workflow(
+            f, "w",
+            "{\"name\":\"w\",\"nodes\":[{\"id\":\"echo\",\"type\":\"transform\",\"output\":"
+            "{\"big\":\"${ input.big }\",\"huge\":\"${ input.huge }\"}},{\"id\":\"again\","
+            "\"type\":\"transform\",\"after\":[\"echo\"],\"output\":\"${ nodes.echo.output }\"}],"
+            "\"output\":\"${ nodes.again.output }\"}");
+        char *run = worker_test_run(f->db, wf,
+                                    "{\"big\": 1e20, \"huge\": -1.5e300, \"tiny\": 1e-7, \"max\": "
+                                    "9223372036854775807}");
+        char *plain = worker_test_run(f->db, wf, "{\"big\": 1, \"huge\": 2}");
+        pid_t w1 = worker_fixture_spawn(f, "w1", "10s", "500ms", NULL);
+
+        (void)state;
+        worker_fixture_wait_status(f, run, "completed", 20000);
+        worker_fixture_wait_status(f, plain, "completed", 20000);
+        /* the same doubles (jansson writes a real with 17 digits: -1.5000000000000001e+300) */
+        assert_db_equal("t t", f->db,
+                        "SELECT concat_ws(' ', (output->>'big')::float8 = 1e20, "
+                        "(output->>'huge')::float8 = -1.5e300) FROM workflow_runs WHERE id = '%s'",
+                        run);
+        assert_int_equal(stop_worker(w1, SIGTERM, 10000), 0);
+        free(plain);
+        free(run);
+        free(wf);
+        worker_fixture_free(f);
+}
+
 static void expect_usage_error(struct worker_fixture *f, const char *const *args,
                                const char *message)
 {
@@ -232,6 +267,7 @@ int main(void)
             cmocka_unit_test(test_drain_lets_requests_in_flight_finish),
             cmocka_unit_test(test_escalate_to_needs_input),
             cmocka_unit_test(test_run_timeout),
+            cmocka_unit_test(test_numbers_postgres_writes_in_digits),
             cmocka_unit_test(test_flags_are_validated),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,5 +1,5 @@
 /* Unit tests for src/base: capped buffers, strict number parsing, durations, the JSON Schema
- * subset. */
+ * subset, JSON text that Postgres wrote. */
 #include "testlib.h"
 
 #include <errno.h>
@@ -8,6 +8,7 @@
 #include "buf.h"
 #include "duration.h"
 #include "json_schema.h"
+#include "pgjson.h"
 #include "strutil.h"
 
 static void buf_respects_its_cap(void **state)
@@ -158,6 +159,41 @@ static void json_schema_names_the_wrong_field(void **state)
         json_decref(schema);
 }
 
+/* What jsonb writes for numbers that jansson writes as reals (1e20 -> 20 digits) is read
+ * back as those reals; integers that fit stay integers, digits inside strings stay as they
+ * are, and a document that is not JSON is still refused. */
+static void pgjson_reads_what_postgres_writes(void **state)
+{
+        json_error_t err;
+        json_t *v = pgjson_loads(
+            "{\"big\": 100000000000000000000, \"neg\": -1500000000000000000000000, \"max\": "
+            "9223372036854775807, \"min\": -9223372036854775808, \"small\": 123456789012345678, "
+            "\"s\": \"1000000000000000000000 \\\" 99999999999999999999\", \"r\": 0.00001, "
+            "\"a\": [100000000000000000000, {\"k\": 100000000000000000000}]}",
+            0, &err);
+
+        (void)state;
+        assert_non_null(v);
+        assert_true(json_is_real(json_object_get(v, "big")));
+        assert_double_equal(json_real_value(json_object_get(v, "big")), 1e20);
+        assert_double_equal(json_real_value(json_object_get(v, "neg")), -1.5e24);
+        assert_int_equal(json_integer_value(json_object_get(v, "max")), INT64_MAX);
+        assert_int_equal(json_integer_value(json_object_get(v, "min")), INT64_MIN);
+        assert_int_equal(json_integer_value(json_object_get(v, "small")), 123456789012345678);
+        assert_string_equal(json_string_value(json_object_get(v, "s")),
+                            "1000000000000000000000 \" 99999999999999999999");
+        assert_double_equal(json_real_value(json_object_get(v, "r")), 0.00001);
+        assert_double_equal(json_real_value(json_array_get(json_object_get(v, "a"), 0)), 1e20);
+        json_decref(v);
+        /* plain json_loads refuses the same document */
+        v = json_loads("[100000000000000000000]", 0, &err);
+        assert_null(v);
+        assert_int_equal(json_error_code(&err), json_error_numeric_overflow);
+        /* still JSON only */
+        assert_null(pgjson_loads("[100000000000000000000, oops]", 0, &err));
+        assert_null(pgjson_loads("{\"a\": 1", 0, &err));
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -166,6 +202,7 @@ int main(void)
             cmocka_unit_test(utf8_is_checked_strictly),
             cmocka_unit_test(durations_parse_as_users_write_them),
             cmocka_unit_test(json_schema_names_the_wrong_field),
+            cmocka_unit_test(pgjson_reads_what_postgres_writes),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
