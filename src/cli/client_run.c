@@ -12,6 +12,7 @@
 
 #include "cleanup.h"
 #include "client.h"
+#include "pgjson.h"
 #include "strutil.h"
 
 #define RUN_FOLLOW_RETRY_MS (5L * 60 * 1000)
@@ -480,7 +481,8 @@ static void print_new_event(struct follow_state *s, json_t *ev)
 static int on_stream_event(const struct client_sse_event *e, void *userdata)
 {
         struct follow_state *s = userdata;
-        _cleanup_json_ json_t *ev = json_loads(e->data, 0, NULL);
+        /* the event's data is the database's own JSON text, relayed as it is (api_sse.c) */
+        _cleanup_json_ json_t *ev = pgjson_loads(e->data, 0, NULL);
 
         s->connected = true;
         if (strcmp(e->event, "end") == 0) {

@@ -281,12 +281,8 @@ static void field_sep(struct emit *e)
  * a quoted field. */
 static void field_text(struct emit *e, const char *s, size_t n)
 {
-        for (size_t i = 0; i < n && e->err == 0;) {
-                size_t len = (unsigned char)s[i] < 0x80 ? 1 : str_utf8_char_len(s + i, n - i);
-                if (len == 0)
-                        e->err = -EILSEQ;
-                i += len ? len : 1;
-        }
+        if (e->err == 0 && !str_is_utf8(s, n))
+                e->err = -EILSEQ;
         put_raw(e, "\\\"", 2);
         e->quoted = true;
         put(e, s, n);
