@@ -142,13 +142,13 @@ struct worker {
         struct queue_writes *writes; /* the open batch's writes not yet sent */
         struct secrets_kms kms;      /* how secrets are opened (worker_secrets.c) */
         struct worker_trace trace;   /* AGENTLY_TRACE_TURNS=1: phases to stderr */
+        bool held_stale;             /* runs were dropped since the last held_publish */
 
         /* shared with the heartbeat thread, under lock */
         pthread_mutex_t lock;
         struct queue_lease *held; /* what to renew (ids point into held_ids) */
         char (*held_ids)[QUEUE_UUID_LEN + 1];
         int nheld;
-        bool held_dirty;
         struct mail *mail;
         int nmail, mail_cap;
         bool claim_hint;
@@ -178,15 +178,20 @@ static uint64_t random64(void)
 
 /* ---- held set, shared with the heartbeat ------------------------------------------- */
 
-/* Rebuilds the list the heartbeat renews; called whenever runs are added or removed. A run
- * claimed in the open turn's transaction is left out until it commits: its claim holds its
- * rows locked out of the id order, so a renewal waiting for them while holding the rows of
- * lower ids could deadlock with the turn's lock statement (and there is nothing to renew
- * before the claim is committed). */
+/* Rebuilds the list the heartbeat renews: when a turn's claims settle, and once per loop
+ * turn after runs were dropped (held_stale; rebuilding it at each drop made a turn that
+ * finished n of its runs O(n * held)). Until then the list may still name a dropped run:
+ * its renewal finds the run no longer held at that epoch, and the heartbeat's report of
+ * it matches no run in memory (mail is matched by id and epoch). A run claimed in the open
+ * turn's transaction is left out until it commits: its claim holds its rows locked out of
+ * the id order, so a renewal waiting for them while holding the rows of lower ids could
+ * deadlock with the turn's lock statement (and there is nothing to renew before the claim
+ * is committed). */
 static void held_publish(struct worker *w)
 {
         int i = 0;
 
+        w->held_stale = false;
         pthread_mutex_lock(&w->lock);
         for (struct run *r = w->runs; r && i < w->cfg->concurrency; r = r->next) {
                 if (r->fresh)
@@ -252,7 +257,7 @@ static void run_drop(struct worker *w, struct run *r)
                 r->next->prev = r->prev;
         w->nruns--;
         free(r);
-        held_publish(w);
+        w->held_stale = true;
 }
 
 static void run_lost(struct worker *w, struct run *r, const char *where)
@@ -271,6 +276,8 @@ static void run_abandon(struct worker *w, struct run *r, int err, const char *wh
         log_error("could not %s for run %s: %s (%s); leaving it to lease expiry", what, r->id,
                   db_last_error(), strerror(-err));
         run_drop(w, r);
+        held_publish(w); /* at once: the recovery may take a while, renewing it meanwhile
+                            would hold its lease longer */
 }
 
 static void db_recover(struct worker *w)
@@ -1381,6 +1388,16 @@ static int run_id_cmp(const void *key, const void *elem)
         return strcmp(key, (*(struct run *const *)elem)->id);
 }
 
+static int claim_cmp(const void *a, const void *b)
+{
+        return strcmp(((const struct queue_claim *)a)->id, ((const struct queue_claim *)b)->id);
+}
+
+static int claim_id_cmp(const void *key, const void *elem)
+{
+        return strcmp(key, ((const struct queue_claim *)elem)->id);
+}
+
 /* The batch's run with this id and epoch (the text of a lease_epoch column; NULL: any).
  * Matched on both: a row about another epoch of the run is not about this claim of it. */
 static struct run *batch_find(struct worker *w, const char *id, const char *epoch)
@@ -2010,16 +2027,24 @@ static int claim(struct worker *w)
                 log_error("could not claim runs: %s", db_last_error());
                 return r;
         }
+        /* a copy in memory of a run claimed now, under an older epoch, is stale: the run
+         * was released and claimed again, or taken over, since; it has lost its lease.
+         * Found in one pass over the runs, the claims sorted by id (a search of the runs
+         * per claim cost O(claims * runs)). */
+        struct run *stale[CLAIM_BATCH_MAX] = {0};
+        qsort(claims, (size_t)n, sizeof(*claims), claim_cmp);
+        for (struct run *x = w->runs; x; x = x->next) {
+                struct queue_claim *c =
+                    bsearch(x->id, claims, (size_t)n, sizeof(*claims), claim_id_cmp);
+                if (c)
+                        stale[c - claims] = x;
+        }
         for (int i = 0; i < n; i++) {
-                struct run *run, *old;
+                struct run *run;
                 _cleanup_json_ json_t *errors = NULL;
 
-                /* a copy of this run under an older epoch is stale: the run was released
-                 * and claimed again, or taken over, since; it has lost its lease */
-                for (old = w->runs; old && strcmp(old->id, claims[i].id) != 0; old = old->next)
-                        ;
-                if (old)
-                        run_lost(w, old, "claimed again");
+                if (stale[i])
+                        run_lost(w, stale[i], "claimed again");
                 run = calloc(1, sizeof(*run));
                 if (!run) {
                         /* the claim is rolled back with the turn */
@@ -2469,6 +2494,8 @@ int worker_run(const struct worker_config *cfg)
                 read_mail(&w, &hint);
 
                 batch_run(&w, claim_wanted(&w, hint, now));
+                if (w.held_stale)
+                        held_publish(&w);
 
                 if (w.draining &&
                     ((runtime_http_active(w.http) == 0 && agent_host_active(w.agents) == 0) ||
