@@ -421,10 +421,16 @@ static void snapshot_forget(struct run *run)
 }
 
 /* A turn's partial read s (no nodes, no input) completed with the run's nodes and input
- * kept in memory. */
+ * kept in memory (a kept snapshot without "nodes": the run has none, 0057). */
 static int snapshot_merge(struct run *run, json_t *s)
 {
-        int r = json_object_set(s, "nodes", json_object_get(run->kept, "nodes"));
+        json_t *nodes = json_object_get(run->kept, "nodes");
+        int r = 0;
+
+        if (nodes)
+                r = json_object_set(s, "nodes", nodes);
+        else
+                json_object_del(s, "nodes"); /* the read's null ("not read") */
 
         if (r == 0)
                 r = json_object_set(s, "input", json_object_get(run->kept, "input"));
@@ -898,6 +904,12 @@ static int snapshot_note(struct run *run, json_t *snapshot, const char *node, co
         }
         /* the plan cache reads this item again at the next plan (wf_plan_then_cached) */
         wf_plan_cache_note(run->plan_cache, node);
+        /* a snapshot leaves out a part that is empty (0057): the run's first record */
+        if (!nodes && (json_object_set_new(snapshot, "nodes", json_object()) < 0 ||
+                       !(nodes = json_object_get(snapshot, "nodes")))) {
+                json_decref(rec);
+                return -ENOMEM;
+        }
         return json_object_set_new(nodes, node, rec) < 0 ? -ENOMEM : 0;
 }
 
