@@ -234,6 +234,50 @@ static void die(const char *what)
         exit(1);
 }
 
+/* A cluster that has been up a while writes its WAL into segment files a checkpoint kept
+ * for reuse (min_wal_size, src/db/embedded_pg.c); a new one creates and zero-fills a 16 MB
+ * file for each segment, and the backend that needs it holds every commit behind it while
+ * it does (docs/performance.md, "New WAL segments"). So that every figure measures the
+ * first kind (figures that write WAL fast paid most, the baselines least), min_wal_size of
+ * WAL is written and checkpointed first; --fresh-wal leaves it out. */
+static void wal_segments_ready(PGconn *c)
+{
+        int64_t t0 = bench_now_us();
+        PGresult *r = PQexec(c, "SELECT pg_size_bytes(current_setting('min_wal_size')) / 1048576");
+        long mb = PQresultStatus(r) == PGRES_TUPLES_OK ? atol(PQgetvalue(r, 0, 0)) : 0;
+        char sql[256];
+
+        PQclear(r);
+        /* non-transactional logical messages: WAL and nothing else, 64 MB a statement */
+        bool ok = true;
+        for (long done = 0; ok && done < mb; done += 64) {
+                snprintf(sql, sizeof(sql),
+                         "SELECT count(pg_logical_emit_message(false, 'agently-bench', "
+                         "repeat('x', 1048576))) FROM generate_series(1, %ld)",
+                         mb - done < 64 ? mb - done : 64);
+                r = PQexec(c, sql);
+                ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+                PQclear(r);
+        }
+        if (ok) {
+                r = PQexec(c, "CHECKPOINT");
+                ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+                PQclear(r);
+        }
+        if (!ok) {
+                fprintf(stderr, "bench: could not write WAL ahead of the figures: %s",
+                        PQerrorMessage(c));
+                exit(1);
+        }
+        r = PQexec(c, "SELECT count(*) FROM pg_ls_waldir()");
+        bench_report("wal_segments_ready",
+                     "%s (segment files kept for reuse after %ld MB of WAL and a checkpoint, "
+                     "%.1f s; --fresh-wal: none)",
+                     PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?", mb,
+                     (double)(bench_now_us() - t0) / 1e6);
+        PQclear(r);
+}
+
 int main(int argc, char **argv)
 {
         static const struct option options[] = {
@@ -248,6 +292,7 @@ int main(int argc, char **argv)
             {"agents", required_argument, NULL, 'a'},
             {"log-statements", no_argument, NULL, 'L'},
             {"pg-set", required_argument, NULL, 'P'},
+            {"fresh-wal", no_argument, NULL, 'W'},
             {0},
         };
         struct bench b = {.duration_ms = 5000};
@@ -255,6 +300,7 @@ int main(int argc, char **argv)
         PGconn *c = NULL;
         char template[] = "/tmp/agently-bench-XXXXXX";
         int opt, keep = 0, sse_only = 0, run_read_only = 0, log_statements = 0, npg_set = 0;
+        int fresh_wal = 0;
         const char *pg_set[16];
         struct utsname uts;
 
@@ -287,6 +333,9 @@ int main(int argc, char **argv)
                 case 'L':
                         log_statements = 1;
                         break;
+                case 'W': /* measure on a new cluster's WAL: every segment created on use */
+                        fresh_wal = 1;
+                        break;
                 case 'P':
                         if (!strchr(optarg, '=') ||
                             npg_set == (int)(sizeof(pg_set) / sizeof(*pg_set))) {
@@ -317,7 +366,7 @@ int main(int argc, char **argv)
                         fprintf(stderr, "usage: agently-bench [--duration D] [--quick] [--keep] "
                                         "[--soak D] [--llm-density N] [--sse] [--run-read] "
                                         "[--only LIST] [--agents N] [--log-statements] "
-                                        "[--pg-set NAME=VALUE]\n  LIST: "
+                                        "[--pg-set NAME=VALUE] [--fresh-wal]\n  LIST: "
                                         "runs,steps,effects,latency,map,soak,"
                                         "journal,density,llm,baseline_soak (only when named)\n");
                         return 2;
@@ -404,6 +453,8 @@ int main(int argc, char **argv)
             PQgetvalue(v, 0, 4), hp_total,
             hp_total >= 0 && hp_free >= 0 ? hp_total - hp_free + (hp_rsvd > 0 ? hp_rsvd : 0) : -1);
         PQclear(v);
+        if (!fresh_wal)
+                wal_segments_ready(c);
         PQfinish(c);
 
         if (sse_only) {
