@@ -27,6 +27,7 @@
 #include "duration.h"
 #include "embedded_pg.h"
 #include "migrate.h"
+#include "strutil.h"
 
 int64_t bench_now_us(void)
 {
@@ -244,17 +245,19 @@ static void wal_segments_ready(PGconn *c)
 {
         int64_t t0 = bench_now_us();
         PGresult *r = PQexec(c, "SELECT pg_size_bytes(current_setting('min_wal_size')) / 1048576");
-        long mb = PQresultStatus(r) == PGRES_TUPLES_OK ? atol(PQgetvalue(r, 0, 0)) : 0;
+        int64_t mb = 0;
         char sql[256];
 
+        if (PQresultStatus(r) != PGRES_TUPLES_OK || str_to_int64(PQgetvalue(r, 0, 0), &mb) < 0)
+                mb = 0;
         PQclear(r);
         /* non-transactional logical messages: WAL and nothing else, 64 MB a statement */
         bool ok = true;
-        for (long done = 0; ok && done < mb; done += 64) {
+        for (int64_t done = 0; ok && done < mb; done += 64) {
                 snprintf(sql, sizeof(sql),
                          "SELECT count(pg_logical_emit_message(false, 'agently-bench', "
-                         "repeat('x', 1048576))) FROM generate_series(1, %ld)",
-                         mb - done < 64 ? mb - done : 64);
+                         "repeat('x', 1048576))) FROM generate_series(1, %lld)",
+                         (long long)(mb - done < 64 ? mb - done : 64));
                 r = PQexec(c, sql);
                 ok = PQresultStatus(r) == PGRES_TUPLES_OK;
                 PQclear(r);
@@ -271,10 +274,10 @@ static void wal_segments_ready(PGconn *c)
         }
         r = PQexec(c, "SELECT count(*) FROM pg_ls_waldir()");
         bench_report("wal_segments_ready",
-                     "%s (segment files kept for reuse after %ld MB of WAL and a checkpoint, "
+                     "%s (segment files kept for reuse after %lld MB of WAL and a checkpoint, "
                      "%.1f s; --fresh-wal: none)",
-                     PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?", mb,
-                     (double)(bench_now_us() - t0) / 1e6);
+                     PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "?",
+                     (long long)mb, (double)(bench_now_us() - t0) / 1e6);
         PQclear(r);
 }
 
