@@ -274,8 +274,10 @@ static double cpu_s(pid_t pid)
 }
 
 /* The machine's CPU seconds since boot, all cores: busy (user, nice, system, irq, softirq,
- * steal) and all (busy + idle + iowait), from /proc/stat's first line; false if unread. */
-static bool machine_cpu_s(double *busy, double *all)
+ * steal), all (busy + idle + iowait) and steal (time the hypervisor gave this machine's
+ * virtual CPUs to others: on a shared host it can be a third of "busy"), from /proc/stat's
+ * first line; false if unread. */
+static bool machine_cpu_s(double *busy, double *all, double *steal)
 {
         unsigned long long v[8] = {0};
         FILE *f = fopen("/proc/stat", "r");
@@ -290,6 +292,7 @@ static bool machine_cpu_s(double *busy, double *all)
         double hz = (double)sysconf(_SC_CLK_TCK);
         *busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / hz;
         *all = *busy + (double)(v[3] + v[4]) / hz;
+        *steal = (double)v[7] / hz;
         return true;
 }
 
@@ -356,9 +359,9 @@ static double runs_rate(struct targets *t, const char *wf, int nruns)
 }
 
 /* Where the machine's CPU went, in seconds so far: the workers' processes, their database
- * sessions, and the machine as a whole (busy and all). */
+ * sessions, and the machine as a whole (busy, all, and the steal counted in busy). */
 struct cpu_split {
-        double workers, sessions, busy, all;
+        double workers, sessions, busy, all, steal;
 };
 
 static void cpu_split_read(struct targets *t, const pid_t *w, struct cpu_split *out)
@@ -367,8 +370,8 @@ static void cpu_split_read(struct targets *t, const pid_t *w, struct cpu_split *
         for (int i = 0; i < WORKERS; i++)
                 out->workers += cpu_s(w[i]);
         out->sessions = worker_backends_cpu_s(t);
-        if (!machine_cpu_s(&out->busy, &out->all))
-                out->busy = out->all = 0;
+        if (!machine_cpu_s(&out->busy, &out->all, &out->steal))
+                out->busy = out->all = out->steal = 0;
 }
 
 /* nruns pre-enqueued no-op runs through new workers. Then (*warm_rate) as many again
@@ -410,12 +413,13 @@ static double runs_throughput(struct targets *t, const char *name, int nruns, co
                 bench_report("runs_warm_cpu_us_per_run",
                              "workers %.1f, their database sessions %.1f, the rest of the "
                              "machine %.1f (the bench's polls, Postgres's own processes, the "
-                             "kernel), idle %.1f: CPU microseconds per run of the warm "
-                             "measurement, %d cores",
+                             "kernel), stolen by the host %.1f, idle %.1f: CPU microseconds "
+                             "per run of the warm measurement, %d cores",
                              (at1.workers - at0.workers) * per, (at1.sessions - at0.sessions) * per,
-                             ((at1.busy - at0.busy) - (at1.workers - at0.workers) -
-                              (at1.sessions - at0.sessions)) *
+                             ((at1.busy - at0.busy) - (at1.steal - at0.steal) -
+                              (at1.workers - at0.workers) - (at1.sessions - at0.sessions)) *
                                  per,
+                             (at1.steal - at0.steal) * per,
                              ((at1.all - at0.all) - (at1.busy - at0.busy)) * per,
                              (int)sysconf(_SC_NPROCESSORS_ONLN));
         }

@@ -170,7 +170,8 @@ int64_t wf_run_deadline_ms(const struct wf_workflow *wf, const json_t *snapshot)
  *      node whose reference is missing here fails its attempt and says so)
  * "nodes" holds the LATEST attempt of each node that has a record, static ids and dynamic
  * ones ("fanout[12]" for map item 12, "poll#3" for loop iteration 3). A node with no record
- * has not been reached.
+ * has not been reached. Every part but "run_id", "input" and "now_ms" may be absent, and an
+ * absent part reads as empty (the database leaves empty parts out: 0057).
  *
  * On success *actions is a new JSON array, in a deterministic order; planning the same
  * snapshot twice yields equal arrays. Action shapes:
