@@ -275,16 +275,24 @@ static void a_claims_first_write_is_checked_as_the_claim_and_its_outcome(void **
         walk_every_change("probe-epoch", true, 28);
 }
 
-/* How many list constants the guard's WHEN clause holds, and whether each is the list. */
+/* How many constants the guard's WHEN clause holds, and whether they are what
+ * agently_run_transition_guard_create() makes of the list (0058): the list itself, the
+ * statuses it lets go to running, the statuses it lets running go to. */
 static const char GUARD_CONSTANTS[] =
-    "SELECT count(*) || '|' || coalesce(bool_and(m[1]::text[] = agently_run_transition_list())"
-    "::text, 'none') FROM pg_trigger t, regexp_matches(pg_get_triggerdef(t.oid), "
-    "'''(\\{[^'']*\\})''::text\\[\\]', 'g') AS m WHERE t.tgrelid = 'workflow_runs'::regclass "
-    "AND t.tgname = 'workflow_runs_transition_guard'";
+    "SELECT count(*) || '|' || coalesce(bool_and(c.v = CASE c.i "
+    "WHEN 1 THEN l "
+    "WHEN 2 THEN ARRAY(SELECT split_part(x, '>', 1) FROM unnest(l) x "
+    "WHERE split_part(x, '>', 2) = 'running' ORDER BY 1) "
+    "WHEN 3 THEN ARRAY(SELECT split_part(x, '>', 2) FROM unnest(l) x "
+    "WHERE split_part(x, '>', 1) = 'running' ORDER BY 1) END)::text, 'none') "
+    "FROM (SELECT r.m[1]::text[] AS v, r.i FROM pg_trigger t, regexp_matches("
+    "pg_get_triggerdef(t.oid), '''(\\{[^'']*\\})''::text\\[\\]', 'g') "
+    "WITH ORDINALITY AS r(m, i) WHERE t.tgrelid = 'workflow_runs'::regclass "
+    "AND t.tgname = 'workflow_runs_transition_guard') c, agently_run_transition_list() l";
 
-/* The guard's WHEN clause is the list as a constant (0034), prepared in every statement that
- * writes a status without inlining a function; agently_run_transition_guard_create() writes
- * the constant from the list, and this is the check that the two never differ: a migration
+/* The guard's WHEN clause is the list as constants (0034, 0058), prepared in every statement
+ * that writes a status without inlining a function; agently_run_transition_guard_create()
+ * writes them from the list, and this is the check that the two never differ: a migration
  * that redefines agently_run_transition_list() and forgets to call it fails here (shown in a
  * transaction rolled back). */
 static void the_guard_is_the_list_as_a_constant(void **state)
@@ -298,7 +306,7 @@ static void the_guard_is_the_list_as_a_constant(void **state)
                 fprintf(stderr, "the guard calls a function: %s\n", def);
         assert_null(strstr(def, "agently_run_transition_allowed"));
         assert_null(strstr(def, "agently_run_transition_list"));
-        /* its three tests, each over the whole list */
+        /* the list, and the two sets its claim test reads */
         assert_db_equal("3|true", S.db, GUARD_CONSTANTS);
 
         /* a later migration changes the list: the check sees it until the guard is remade */

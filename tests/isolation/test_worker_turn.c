@@ -195,7 +195,7 @@ static json_t *whole_read(PGconn *c, const char *run, int64_t epoch)
 static void test_claim_returns_the_snapshot(void **state)
 {
         struct fixture *f = fixture_new("claim_snap");
-        char *run = worker_test_run(f->owner, f->workflow, "{\"x\": 7}");
+        char *run = worker_test_run(f->owner, f->workflow, "{\"x\": 7}"), *run2 = NULL;
         struct queue_node_write nw = {
             .node_id = "a", .attempt = 1, .status = "completed", .worker = "A"};
         struct queue_claim q[2];
@@ -222,25 +222,40 @@ static void test_claim_returns_the_snapshot(void **state)
         queue_claims_clear(q, n);
         PQclear(test_db_must(f->worker, "COMMIT"));
 
-        /* its holder wrote a node and was lost (its lease lapsed): the rescue reads it */
+        /* its holder wrote a node and was lost (its lease lapsed): the rescue reads it, in
+         * the same claim as a fresh run (0058: the fresh runs' snapshots and the worked-on
+         * ones' are two statements; each run gets its own) */
         assert_int_equal(queue_checkpoint_node(f->worker, run, q[0].epoch, &nw), 1);
         PQclear(test_db_must(f->owner, "UPDATE run_queue SET lease_expires_at = now() - "
                                        "interval '1 second'"));
+        run2 = worker_test_run(f->owner, f->workflow, "{\"y\": 2}");
         assert_int_equal(queue_begin_claim_runs(f->worker, "B", 30000, 2, NULL, 0, q, &n), 0);
-        assert_int_equal(n, 1);
-        assert_string_equal(q[0].status_before, "running");
-        assert_int_equal(q[0].epoch, 2);
-        {
-                _cleanup_json_ json_t *read = whole_read(f->worker, run, q[0].epoch);
-                assert_json_equal(q[0].snapshot, read);
+        assert_int_equal(n, 2);
+        for (int i = 0; i < n; i++) {
+                bool rescued = strcmp(q[i].id, run) == 0;
+                _cleanup_json_ json_t *read = whole_read(f->worker, q[i].id, q[i].epoch);
+
+                assert_json_equal(q[i].snapshot, read);
+                if (!rescued) {
+                        assert_string_equal(q[i].id, run2);
+                        assert_string_equal(q[i].status_before, "queued");
+                        assert_null(json_object_get(q[i].snapshot, "nodes"));
+                        assert_int_equal(json_integer_value(json_object_get(
+                                             json_object_get(q[i].snapshot, "input"), "y")),
+                                         2);
+                        continue;
+                }
+                assert_string_equal(q[i].status_before, "running");
+                assert_int_equal(q[i].epoch, 2);
+                assert_string_equal(
+                    json_string_value(json_object_get(
+                        json_object_get(json_object_get(q[i].snapshot, "nodes"), "a"), "status")),
+                    "completed");
         }
-        assert_string_equal(
-            json_string_value(json_object_get(
-                json_object_get(json_object_get(q[0].snapshot, "nodes"), "a"), "status")),
-            "completed");
         queue_claims_clear(q, n);
         PQclear(test_db_must(f->worker, "ROLLBACK"));
         free(run);
+        free(run2);
         fixture_free(f);
 }
 
