@@ -2,9 +2,9 @@
  * The single-column limits of the hot tables as domains (0039_column_domains.sql).
  *
  * every_limit_still_refuses: each limit of workflow_runs, run_queue, node_runs, agent_runs,
- * agent_journal and logs refuses a value just past it with SQLSTATE 23514 (check_violation)
- * and takes the value at it (or NULL where NULL was allowed). It holds on the schema before
- * 0039 as after: it guards the refusals, whichever object states them.
+ * agent_journal and logs (and of agently_event_counters, 0059) refuses a value just past it with
+ * SQLSTATE 23514 (check_violation) and takes the value at it (or NULL where NULL was allowed). It
+ * holds on the schema before 0039 as after: it guards the refusals, whichever object states them.
  *
  * the_rewritten_rules_refuse_what_the_regexes_refused: the two domains whose rule was a
  * regular expression with a bounded repeat (0043 states them as a length and a negated
@@ -73,6 +73,10 @@ struct limit_case {
 #define RUN_INSERT(col)                                                                            \
         "INSERT INTO workflow_runs (user_id, workflow_id, workflow_name, workflow_version, " col   \
         ") SELECT user_id, id, name, version, %s FROM workflows"
+/* A counters row of a backend that does not exist; each counter is not a hot table's but is
+ * written in every turn (a domain since 0059). */
+#define COUNTER_INSERT(col)                                                                        \
+        "INSERT INTO agently_event_counters (backend_pid, " col ") VALUES (-1, %s)"
 #define LOG_INSERT(col)                                                                            \
         "INSERT INTO logs (run_created_at, workflow_run_id, user_id, seq, kind, " col ") SELECT "  \
         "created_at, id, user_id, 2, 'k', %s FROM workflow_runs"
@@ -109,6 +113,12 @@ static const struct limit_case limits[] = {
      "repeat('w', 201)"},
     {"run_queue.lease_epoch", "UPDATE run_queue SET lease_epoch = %s", "0", "-1"},
     {"run_queue.attempt", "UPDATE run_queue SET attempt = %s", "0", "-1"},
+    {"agently_event_counters.claims", COUNTER_INSERT("claims"), "0", "-1"},
+    {"agently_event_counters.rescues", COUNTER_INSERT("rescues"), "0", "-1"},
+    {"agently_event_counters.retries", COUNTER_INSERT("retries"), "0", "-1"},
+    {"agently_event_counters.completed", COUNTER_INSERT("completed"), "0", "-1"},
+    {"agently_event_counters.failed", COUNTER_INSERT("failed"), "0", "-1"},
+    {"agently_event_counters.canceled", COUNTER_INSERT("canceled"), "0", "-1"},
     {"node_runs.node_id", "UPDATE node_runs SET node_id = %s", "repeat('n', 200)", "''"},
     {"node_runs.node_id", "UPDATE node_runs SET node_id = %s", "'a'", "repeat('n', 201)"},
     {"node_runs.attempt", "UPDATE node_runs SET attempt = %s", "1", "0"},
