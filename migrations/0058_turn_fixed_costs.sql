@@ -28,7 +28,8 @@
 --   * The claim's snapshots (0053, 0057): a run no turn has worked on (fresh) has no node rows,
 --     child runs or approvals, and the snapshot already left those parts out for it at run
 --     time, but their subplans were started in every claim. agently_claim_runs now says
---     which claimed runs are fresh (it reads their record already), agently_run_snapshot
+--     which claimed runs are fresh (it reads their record already; the rule has one home,
+--     agently_run_fresh, which the snapshot reads too), agently_run_snapshot
 --     takes `history` (false: leave those parts out, known at plan time, so the plan has
 --     none of them), and agently_claim_turn reads the fresh runs' snapshots without them
 --     and the others' with them, the second statement only when there are others. The six
@@ -94,9 +95,21 @@ DROP FUNCTION agently_claim_turn(text, interval, integer, uuid[]);
 DROP FUNCTION agently_claim_runs(text, interval, integer, uuid[]);
 DROP FUNCTION agently_run_snapshot(uuid, boolean);
 
+-- The one home of "no turn has worked on the run" (0051): every turn's writes set
+-- started_at, and a rerun starts from its origin's node rows. An SQL function of one
+-- expression, inlined where it is called: the claim (which runs it took are fresh) and the
+-- snapshot (which parts a run can have).
+CREATE FUNCTION agently_run_fresh(started_at timestamptz, rerun_of uuid)
+RETURNS boolean
+LANGUAGE sql
+IMMUTABLE
+AS $$
+    SELECT started_at IS NULL AND rerun_of IS NULL
+$$;
+
 -- As 0028, and `fresh`: no turn has worked on the run.
 CREATE FUNCTION agently_claim_runs(worker text, lease interval, max_runs integer,
-                                              held uuid[] DEFAULT '{}')
+                                   held uuid[] DEFAULT '{}')
 RETURNS TABLE (id uuid, user_id uuid, workflow_id uuid, lease_epoch bigint, attempt integer,
                status_before text, run_created_at timestamptz,
                fresh boolean)
@@ -164,8 +177,7 @@ BEGIN
     )
     SELECT c.run_id, r.user_id, r.workflow_id, c.lease_epoch, c.attempt,
            coalesce(c.before, r.status), r.created_at,
-           -- as agently_run_snapshot's: no turn has worked on it (0051)
-           r.started_at IS NULL AND r.rerun_of IS NULL
+           agently_run_fresh(r.started_at, r.rerun_of)
     FROM claimed c
     JOIN workflow_runs r ON r.id = c.run_id;
 END;
@@ -241,7 +253,7 @@ AS $$
         r.cancel_requested, r.pause_requested
     FROM workflow_runs r
     -- a run no turn has worked on has no node rows, child runs or approvals (0051)
-    CROSS JOIN LATERAL (SELECT r.started_at IS NULL AND r.rerun_of IS NULL AS fresh) f
+    CROSS JOIN LATERAL (SELECT agently_run_fresh(r.started_at, r.rerun_of) AS fresh) f
     WHERE r.id = run
 $$;
 
@@ -296,6 +308,8 @@ BEGIN
 END;
 $$;
 
+REVOKE ALL ON FUNCTION agently_run_fresh(timestamptz, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agently_run_fresh(timestamptz, uuid) TO agently_worker;
 REVOKE ALL ON FUNCTION agently_claim_runs(text, interval, integer, uuid[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION agently_claim_runs(text, interval, integer, uuid[]) TO agently_worker;
 REVOKE ALL ON FUNCTION agently_run_snapshot(uuid, boolean, boolean) FROM PUBLIC;
