@@ -10,6 +10,7 @@
  *   - the live gauges of /metrics read the live queue: a run whose record still carries an
  *     old lease (the holder's last write) but whose queue row was renewed is not counted as
  *     expired, and one whose queue lease lapsed is;
+ *   - a claim after a burst reads the queue by its due index, not its kept pages (0061);
  *   - an install upgraded with parked runs keeps their deadlines (the sweep finds them);
  *   - run_queue's key to its run, no foreign key since 0047_queue_key.sql: a run's deletion
  *     (or its user's) and TRUNCATE take its queue row, a live run's id cannot change, and
@@ -408,6 +409,56 @@ static void a_run_goes_with_its_user(void **state)
         free(u);
 }
 
+/* After a burst the queue keeps its pages (its vacuums never truncate it: 0031), and its
+ * last statistics can say every unclaimed row is due (taken while the burst waited): the
+ * planner then priced the due scan's index under a scan of the whole table, and every claim
+ * at idle read every page (0061, docs/performance.md). The claim reads the queue by its due
+ * index whatever the statistics say: one claim reads a few of the table's pages. */
+static void a_claim_after_a_burst_reads_the_queue_by_its_index(void **state)
+{
+        (void)state;
+        PQclear(test_db_must(S.c, "DELETE FROM workflow_runs"));
+        assert_string_equal("", insert_runs(S.user, S.workflow, "wf", 10000));
+        PQclear(test_db_must(S.c, "ANALYZE run_queue"));
+        PQclear(test_db_must(S.c, "DELETE FROM workflow_runs"));
+        /* an ANALYZE of the empty table keeps the burst's statistics (it has no rows to
+         * make others from), as autovacuum's did in the bench */
+        PQclear(test_db_must(S.c, "VACUUM ANALYZE run_queue"));
+        char *pages =
+            test_db_value(S.c, "SELECT relpages FROM pg_class WHERE oid = 'run_queue'::regclass");
+        assert_non_null(pages);
+        assert_in_range(atoi(pages), 100, 100000); /* the pages are kept, nearly empty */
+        char *run = new_run();
+
+        /* a worker that starts now (as after a restart): its plans are made with these
+         * statistics, not kept from before the burst */
+        char *conninfo = test_db_conninfo_as(S.owner, "agently_worker");
+        PGconn *w = test_db_connect(conninfo);
+        /* the backend's counts not yet reported grow inside a transaction block only by
+         * its own statements: the claim's is the difference */
+        PQclear(test_db_must(w, "BEGIN"));
+        PQclear(test_db_must(w, "CREATE TEMP TABLE fetched ON COMMIT DROP AS SELECT "
+                                "pg_stat_get_xact_blocks_fetched('run_queue'::regclass) "
+                                "AS n"));
+        assert_db_equal("1", w, "SELECT count(*) FROM agently_claim_runs('W', '30 seconds', 1)");
+        char *blocks =
+            test_db_value(w, "SELECT pg_stat_get_xact_blocks_fetched('run_queue'::regclass) - n "
+                             "FROM fetched");
+        assert_non_null(blocks);
+        if (atoi(blocks) >= 20)
+                fprintf(stderr, "the claim read %s of the queue's %s pages\n", blocks, pages);
+        assert_in_range(atoi(blocks), 1, 19);
+        PQclear(test_db_must(w, "ROLLBACK"));
+        PQfinish(w);
+        free(conninfo);
+        char sql[128];
+        snprintf(sql, sizeof(sql), "DELETE FROM workflow_runs WHERE id = '%s'", run);
+        PQclear(test_db_must(S.c, sql));
+        free(blocks);
+        free(run);
+        free(pages);
+}
+
 /* An install upgraded to 0046 with parked runs: a needs_input run past its deadline and a
  * paused one before it get their queue rows' deadline from their records, and the sweep
  * fails the first at once. */
@@ -458,6 +509,7 @@ int main(void)
             cmocka_unit_test(a_queue_row_goes_with_its_run),
             cmocka_unit_test(only_the_trigger_writes_a_queue_rows_key),
             cmocka_unit_test(a_run_names_a_workflow_version_of_its_user),
+            cmocka_unit_test(a_claim_after_a_burst_reads_the_queue_by_its_index),
             cmocka_unit_test(an_upgrade_carries_the_parked_runs_deadlines),
             cmocka_unit_test(a_run_goes_with_its_user),
         };
