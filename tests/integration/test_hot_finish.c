@@ -424,10 +424,9 @@ static void a_claim_after_a_burst_reads_the_queue_by_its_index(void **state)
         /* an ANALYZE of the empty table keeps the burst's statistics (it has no rows to
          * make others from), as autovacuum's did in the bench */
         PQclear(test_db_must(S.c, "VACUUM ANALYZE run_queue"));
-        char *pages =
-            test_db_value(S.c, "SELECT relpages FROM pg_class WHERE oid = 'run_queue'::regclass");
-        assert_non_null(pages);
-        assert_in_range(atoi(pages), 100, 100000); /* the pages are kept, nearly empty */
+        long long pages =
+            test_db_int(S.c, "SELECT relpages FROM pg_class WHERE oid = 'run_queue'::regclass");
+        assert_in_range(pages, 100, 100000); /* the pages are kept, nearly empty */
         char *run = new_run();
 
         /* a worker that starts now (as after a restart): its plans are made with these
@@ -441,22 +440,22 @@ static void a_claim_after_a_burst_reads_the_queue_by_its_index(void **state)
                                 "pg_stat_get_xact_blocks_fetched('run_queue'::regclass) "
                                 "AS n"));
         assert_db_equal("1", w, "SELECT count(*) FROM agently_claim_runs('W', '30 seconds', 1)");
-        char *blocks =
-            test_db_value(w, "SELECT pg_stat_get_xact_blocks_fetched('run_queue'::regclass) - n "
-                             "FROM fetched");
-        assert_non_null(blocks);
-        if (atoi(blocks) >= 20)
-                fprintf(stderr, "the claim read %s of the queue's %s pages\n", blocks, pages);
-        assert_in_range(atoi(blocks), 1, 19);
+        long long blocks =
+            test_db_int(w, "SELECT pg_stat_get_xact_blocks_fetched('run_queue'::regclass) - n "
+                           "FROM fetched");
+        if (blocks >= 20)
+                fprintf(stderr, "the claim read %lld of the queue's %lld pages\n", blocks, pages);
+        assert_in_range(blocks, 1, 19);
         PQclear(test_db_must(w, "ROLLBACK"));
         PQfinish(w);
         free(conninfo);
-        char sql[128];
-        snprintf(sql, sizeof(sql), "DELETE FROM workflow_runs WHERE id = '%s'", run);
-        PQclear(test_db_must(S.c, sql));
-        free(blocks);
+        assert_int_equal(
+            test_db_int(S.c,
+                        "WITH d AS (DELETE FROM workflow_runs WHERE id = '%s' RETURNING 1) "
+                        "SELECT count(*) FROM d",
+                        run),
+            1);
         free(run);
-        free(pages);
 }
 
 /* An install upgraded to 0046 with parked runs: a needs_input run past its deadline and a
