@@ -30,8 +30,37 @@ static const char CLAIM_SQL[] =
     "FROM agently_claim_runs($1, $2::interval, $3::integer, $4::uuid[])";
 static const char CLAIM_TURN_SQL[] =
     "SELECT id, user_id, workflow_id, lease_epoch, attempt, status_before, snapshot, "
-    "cancel_requested, pause_requested "
+    "cancel_requested, pause_requested, input, now_ms "
     "FROM agently_claim_turn($1, $2::interval, $3::integer, $4::uuid[])";
+
+/*
+ * A bare run's snapshot (0062_bare_fresh_claim.sql: fresh, nothing in it but its input and
+ * the clock), made of what the claim returned in place of the text: the document that
+ * agently_run_snapshot() writes for such a run, {"run_id", "input", "now_ms",
+ * "started_at_ms"}, the run's start being the claim's now (test_worker_turn holds the two
+ * equal). The input "{}" of most runs is made without the parser. NULL when out of memory
+ * or when the input does not parse (the database wrote it from jsonb: it does).
+ */
+static json_t *bare_snapshot(const char *run_id, const char *input, const char *now_ms)
+{
+        int64_t now = 0;
+        json_t *in = strcmp(input, "{}") == 0 ? json_object() : pgjson_loads(input, 0, NULL);
+        json_t *s = in && str_to_int64(now_ms, &now) == 0 ? json_object() : NULL;
+
+        if (!s) {
+                json_decref(in);
+                return NULL;
+        }
+        /* each set takes its value's reference, on failure too */
+        if (json_object_set_new(s, "input", in) < 0 ||
+            json_object_set_new(s, "run_id", json_string(run_id)) < 0 ||
+            json_object_set_new(s, "now_ms", json_integer(now)) < 0 ||
+            json_object_set_new(s, "started_at_ms", json_integer(now)) < 0) {
+                json_decref(s);
+                return NULL;
+        }
+        return s;
+}
 
 void queue_claims_clear(struct queue_claim *claims, int n)
 {
@@ -76,9 +105,15 @@ static int claim_runs(PGconn *c, const char *before, const char *worker, int64_t
                 str_to_int(PQgetvalue(res, i, 4), &q->attempt);
                 str_copy(q->status_before, sizeof(q->status_before), PQgetvalue(res, i, 5));
                 (*n)++;
-                if (!turn || PQgetisnull(res, i, 6))
+                if (!turn)
                         continue;
-                q->snapshot = pgjson_loads(PQgetvalue(res, i, 6), 0, NULL);
+                if (!PQgetisnull(res, i, 6))
+                        q->snapshot = pgjson_loads(PQgetvalue(res, i, 6), 0, NULL);
+                else if (!PQgetisnull(res, i, 9))
+                        q->snapshot =
+                            bare_snapshot(q->id, PQgetvalue(res, i, 9), PQgetvalue(res, i, 10));
+                else
+                        continue;
                 if (!q->snapshot) {
                         queue_claims_clear(out, *n);
                         *n = 0;

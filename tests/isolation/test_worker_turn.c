@@ -259,6 +259,71 @@ static void test_claim_returns_the_snapshot(void **state)
         fixture_free(f);
 }
 
+/* A bare run (0062_bare_fresh_claim.sql: fresh, with nothing but its input and the clock in
+ * its snapshot) is claimed with its input in place of the snapshot's text, and the worker
+ * makes the document (queue.c); a fresh run with any other part — a signal waiting, an
+ * engine state, a clock at another speed, pinned agents — comes as text. Both documents
+ * equal the turn's own read of the same run. */
+static void test_bare_claim_is_the_snapshot(void **state)
+{
+        struct fixture *f = fixture_new("bare_claim");
+        static const char *const inputs[] = {"{}", "{\"x\": [1, \"\\u00e9\"]}", "{}", "{}", "{}",
+                                             "{}"};
+        /* what each run has beyond its input (the owner's statement), and whether it is bare */
+        static const char *const extra[] = {
+            NULL,
+            NULL,
+            "INSERT INTO signals (user_id, workflow_run_id, name, payload) SELECT user_id, id, "
+            "'go', '{}' FROM workflow_runs",
+            "UPDATE workflow_runs SET engine_state = '{\"k\": 1}'",
+            "UPDATE workflow_runs SET time_scale = 0.5",
+            "UPDATE workflow_runs SET agent_versions = '{\"helper\": 1}'"};
+        enum { N = sizeof(inputs) / sizeof(inputs[0]) };
+        char *runs[N];
+        struct queue_claim q[N];
+        int n = 0;
+
+        (void)state;
+        for (int i = 0; i < N; i++) {
+                runs[i] = worker_test_run(f->owner, f->workflow, inputs[i]);
+                if (extra[i])
+                        free(test_db_value(f->owner, "%s WHERE id = '%s' RETURNING id", extra[i],
+                                           runs[i]));
+        }
+        /* which come bare: the claim's own columns (rolled back: the runs stay due) */
+        PQclear(test_db_must(f->worker, "BEGIN"));
+        for (int i = 0; i < N; i++) {
+                char *bare = test_db_value(
+                    f->worker,
+                    "SELECT CASE WHEN bool_and(snapshot IS NULL AND input IS NOT NULL AND "
+                    "now_ms > 0) THEN 'bare' WHEN bool_and(snapshot IS NOT NULL AND input IS "
+                    "NULL AND now_ms IS NULL) THEN 'text' END FROM agently_claim_turn('A', "
+                    "'30 seconds', %d) WHERE id = '%s'",
+                    N, runs[i]);
+                assert_string_equal(bare, i < 2 ? "bare" : "text");
+                free(bare);
+                PQclear(test_db_must(f->worker, "ROLLBACK"));
+                PQclear(test_db_must(f->worker, "BEGIN"));
+        }
+        PQclear(test_db_must(f->worker, "ROLLBACK"));
+
+        assert_int_equal(queue_begin_claim_runs(f->worker, "A", 30000, N, NULL, 0, q, &n), 0);
+        assert_int_equal(n, N);
+        for (int i = 0; i < n; i++) {
+                _cleanup_json_ json_t *read = whole_read(f->worker, q[i].id, q[i].epoch);
+
+                assert_non_null(q[i].snapshot);
+                assert_json_equal(q[i].snapshot, read);
+                assert_false(q[i].cancel_requested);
+                assert_false(q[i].pause_requested);
+        }
+        queue_claims_clear(q, n);
+        PQclear(test_db_must(f->worker, "ROLLBACK"));
+        for (int i = 0; i < N; i++)
+                free(runs[i]);
+        fixture_free(f);
+}
+
 /* The snapshot is JSON text written by concatenation (0053_snapshot_text.sql): whatever a
  * run's documents hold — quotes, backslashes, control characters, non-ASCII text, in its
  * input, a signal's payload, a node's id and output — it parses, and to the document that
@@ -606,6 +671,7 @@ int main(void)
             cmocka_unit_test(test_snapshot_whole_partial_fenced),
             cmocka_unit_test(test_claim_returns_the_snapshot),
             cmocka_unit_test(test_fresh_snapshot),
+            cmocka_unit_test(test_bare_claim_is_the_snapshot),
             cmocka_unit_test(test_snapshot_text_is_the_document),
             cmocka_unit_test(test_notify_only_with_subscriptions),
             cmocka_unit_test(test_turn_statements_are_prepared_once),
