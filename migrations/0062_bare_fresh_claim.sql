@@ -6,8 +6,9 @@
 -- claim wrote it by concatenation in a second read of the run's record (a lateral call of
 -- agently_run_snapshot per run), and the worker parsed the text back with jansson, ~240
 -- instructions a byte. Measured (docs/performance.md, "Issue 9: the bare claim"): per no-op
--- run in a turn of 256, the server 676,568 -> 657,071 instructions (bench/instructions'
--- loop; -19.5 K, the second read and the text) and the worker ~-20 K of its 97 K (the parse).
+-- run in a turn of 256, the server 677,536 -> 658,014 instructions (bench/instructions
+-- --mode noop; -19.5 K, the second read and the text) and the worker 97.4 K -> 80.6 K (the
+-- parse); a run alone 4,952,267 -> 4,831,479.
 --
 -- A run is bare (agently_run_bare) when it is fresh (agently_run_fresh: no turn has worked on
 -- it), its engine state is empty, its clock runs at 1, it pins no agents, and no signal
