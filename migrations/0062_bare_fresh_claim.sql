@@ -6,19 +6,30 @@
 -- claim wrote it by concatenation in a second read of the run's record (a lateral call of
 -- agently_run_snapshot per run), and the worker parsed the text back with jansson, ~240
 -- instructions a byte. Measured (docs/performance.md, "Issue 9: the bare claim"): per no-op
--- run in a turn of 256, the server 677,536 -> 658,014 instructions (bench/instructions
--- --mode noop; -19.5 K, the second read and the text) and the worker 97.4 K -> 80.6 K (the
--- parse); a run alone 4,952,267 -> 4,831,479.
+-- run in a turn of 256, the server 677,536 -> 662,156 instructions (bench/instructions
+-- --mode noop; -15.4 K, the second read and the text) and the worker 97.4 K -> 80.6 K (the
+-- parse); a run alone 4,952,267 -> 4,821,134.
 --
 -- A run is bare (agently_run_bare) when it is fresh (agently_run_fresh: no turn has worked on
 -- it), its engine state is empty, its clock runs at 1, it pins no agents, and no signal
 -- waits for it: then agently_run_snapshot leaves out every part but those four. The claim
--- reads the record already (agently_claim_runs' last join): it returns a bare run's input as
--- text with the record's two flags, and agently_claim_turn returns the run with
--- `snapshot` NULL, `input` and the claim's `now_ms` (the database's clock, as the snapshot
--- had it). The worker makes the same document of them (src/queue/queue.c, bare_snapshot);
--- every other run's snapshot comes as before. test_worker_turn holds both documents equal
--- to the turn's own read of the same run, bare or not.
+-- locks the run's record already (agently_claim_runs' `records`); it returns the locked
+-- version's two flags and, for a bare run, its input as text, and agently_claim_turn
+-- returns the run with `snapshot` NULL, `input` and the statement's `now_ms` (the
+-- database's clock, as the snapshot had it). The worker makes the same document of them
+-- (src/queue/queue.c, bare_snapshot); every other run's snapshot comes as before.
+--
+-- What the claim's own statement sees: 0053 read the snapshots in the statement after the
+-- claim, which sees everything committed before the claim's locks. The claim's statement
+-- takes its snapshot when it starts, but the record's columns here are those of the version
+-- it locked (FOR UPDATE follows a change committed in between and rechecks it), so a cancel
+-- or pause request committed before the lock is seen, as before. A signal stored in that
+-- moment may be missed by the statement's look for one, but a stored signal wakes its run
+-- (agently_wake_run sets wake_requested, in the signal's transaction or after it): a run
+-- whose locked record asks to be woken is not bare (its snapshot is read as text, by the
+-- next statement, which sees the signal), and a wake that comes after the lock waits for
+-- the claim's commit and wakes the run again, as any wake of a held run does.
+-- test_worker_turn holds both documents equal to the turn's own read of the same run.
 
 -- The result types change: dropped and created again, the caller first.
 DROP FUNCTION agently_claim_turn(text, interval, integer, uuid[]);
@@ -41,8 +52,8 @@ AS $$
            AND engine_state = '{}' AND time_scale = 1 AND agent_versions = '{}'
 $$;
 
--- As 0058 (and 0061's setting below), and for each claimed run the record's two flags and,
--- for a bare one, its input.
+-- As 0058 (and 0061's setting below), and for each claimed run the locked record's two flags
+-- and, for a bare one, its input.
 CREATE FUNCTION agently_claim_runs(worker text, lease interval, max_runs integer,
                                    held uuid[] DEFAULT '{}')
 RETURNS TABLE (id uuid, user_id uuid, workflow_id uuid, lease_epoch bigint, attempt integer,
@@ -82,8 +93,13 @@ BEGIN
         SELECT run_id, before FROM due
         LIMIT max_runs
     ), records AS (
-        -- the records of the picked runs, locked without waiting (see above)
-        SELECT r.id, p.before
+        -- the records of the picked runs, locked without waiting (see above), and what the
+        -- turn's snapshot needs of the version locked (this file's header)
+        SELECT r.id, p.before, r.cancel_requested, r.pause_requested,
+               CASE WHEN agently_run_bare(r.started_at, r.rerun_of, r.engine_state,
+                                          r.time_scale, r.agent_versions)
+                         AND NOT r.wake_requested
+                    THEN r.input END AS bare_input
         FROM picked p
         JOIN workflow_runs r ON r.id = p.run_id
         FOR UPDATE OF r SKIP LOCKED
@@ -95,7 +111,8 @@ BEGIN
             attempt          = q.attempt + 1
         FROM records p
         WHERE q.run_id = p.id
-        RETURNING q.run_id, q.lease_epoch, q.attempt, q.claimed_by, q.lease_expires_at, p.before
+        RETURNING q.run_id, q.lease_epoch, q.attempt, q.claimed_by, q.lease_expires_at, p.before,
+                  p.cancel_requested, p.pause_requested, p.bare_input
     ), rescued AS (
         -- As 0011: the rescue of a run a lost worker had written records the new holder
         -- at once (the record is locked by this statement already).
@@ -113,14 +130,17 @@ BEGIN
     )
     SELECT c.run_id, r.user_id, r.workflow_id, c.lease_epoch, c.attempt,
            coalesce(c.before, r.status), r.created_at,
-           agently_run_fresh(r.started_at, r.rerun_of), r.cancel_requested, r.pause_requested,
-           CASE WHEN agently_run_bare(r.started_at, r.rerun_of, r.engine_state, r.time_scale,
-                                      r.agent_versions)
-                     AND NOT EXISTS (SELECT 1 FROM signals g
-                                     WHERE g.workflow_run_id = r.id AND g.consumed_at IS NULL)
-                THEN r.input::text END
+           agently_run_fresh(r.started_at, r.rerun_of), c.cancel_requested, c.pause_requested,
+           CASE WHEN w.id IS NULL THEN c.bare_input::text END
     FROM claimed c
-    JOIN workflow_runs r ON r.id = c.run_id;
+    JOIN workflow_runs r ON r.id = c.run_id
+    -- a signal waiting: one probe of the pending index per bare run (LIMIT 1: never a read
+    -- of every pending signal)
+    LEFT JOIN LATERAL (SELECT g.id
+                       FROM signals g
+                       WHERE c.bare_input IS NOT NULL
+                         AND g.workflow_run_id = c.run_id AND g.consumed_at IS NULL
+                       LIMIT 1) w ON true;
 END;
 $$;
 

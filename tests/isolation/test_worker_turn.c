@@ -262,22 +262,24 @@ static void test_claim_returns_the_snapshot(void **state)
 /* A bare run (0062_bare_fresh_claim.sql: fresh, with nothing but its input and the clock in
  * its snapshot) is claimed with its input in place of the snapshot's text, and the worker
  * makes the document (queue.c); a fresh run with any other part — a signal waiting, an
- * engine state, a clock at another speed, pinned agents — comes as text. Both documents
- * equal the turn's own read of the same run. */
+ * engine state, a clock at another speed, pinned agents, a wake asked for — comes as text. Both
+ * documents equal the turn's own read of the same run. */
 static void test_bare_claim_is_the_snapshot(void **state)
 {
         struct fixture *f = fixture_new("bare_claim");
-        static const char *const inputs[] = {"{}", "{\"x\": [1, \"\\u00e9\"]}", "{}", "{}", "{}",
-                                             "{}"};
+        static const char *const inputs[] = {
+            "{}", "{\"x\": [1, \"\\u00e9\"]}", "{}", "{}", "{}", "{}", "{}"};
         /* what each run has beyond its input (the owner's statement), and whether it is bare */
         static const char *const extra[] = {
-            NULL,
-            NULL,
+            NULL, NULL,
             "INSERT INTO signals (user_id, workflow_run_id, name, payload) SELECT user_id, id, "
             "'go', '{}' FROM workflow_runs",
             "UPDATE workflow_runs SET engine_state = '{\"k\": 1}'",
             "UPDATE workflow_runs SET time_scale = 0.5",
-            "UPDATE workflow_runs SET agent_versions = '{\"helper\": 1}'"};
+            "UPDATE workflow_runs SET agent_versions = '{\"helper\": 1}'",
+            /* woken (a signal stored and its wake: the claim's own look for the signal may
+             * not see it, the next statement does) */
+            "UPDATE workflow_runs SET wake_requested = true"};
         enum { N = sizeof(inputs) / sizeof(inputs[0]) };
         char *runs[N];
         struct queue_claim q[N];
