@@ -11,8 +11,9 @@
 -- parse); a run alone 4,952,267 -> 4,821,134.
 --
 -- A run is bare (agently_run_bare) when it is fresh (agently_run_fresh: no turn has worked on
--- it), its engine state is empty, its clock runs at 1, it pins no agents, and no signal
--- waits for it: then agently_run_snapshot leaves out every part but those four. The claim
+-- it), its engine state is empty, its clock runs at 1, it pins no agents, no signal waits
+-- for it and it does not ask to be woken (below): then agently_run_snapshot leaves out
+-- every part but those four. The claim
 -- locks the run's record already (agently_claim_runs' `records`); it returns the locked
 -- version's two flags and, for a bare run, its input as text, and agently_claim_turn
 -- returns the run with `snapshot` NULL, `input` and the statement's `now_ms` (the
@@ -169,9 +170,9 @@ LANGUAGE plpgsql
 AS $$
 #variable_conflict use_column
 DECLARE
-    claimed    agently_claimed_run[];
+    claimed        agently_claimed_run[];
     any_fresh_text boolean;
-    any_worked boolean;
+    any_worked     boolean;
 BEGIN
     SELECT array_agg(ROW(c.id, c.user_id, c.workflow_id, c.lease_epoch, c.attempt,
                          c.status_before, c.fresh, c.cancel_requested, c.pause_requested,

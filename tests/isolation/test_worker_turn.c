@@ -269,7 +269,8 @@ static void test_bare_claim_is_the_snapshot(void **state)
         struct fixture *f = fixture_new("bare_claim");
         static const char *const inputs[] = {
             "{}", "{\"x\": [1, \"\\u00e9\"]}", "{}", "{}", "{}", "{}", "{}"};
-        /* what each run has beyond its input (the owner's statement), and whether it is bare */
+        /* what each run has beyond its input (the owner's statement): the first two have
+         * nothing and are bare, each of the others is not */
         static const char *const extra[] = {
             NULL, NULL,
             "INSERT INTO signals (user_id, workflow_run_id, name, payload) SELECT user_id, id, "
