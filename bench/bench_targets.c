@@ -802,8 +802,10 @@ static double claim_index_bytes(struct targets *t)
  * again at the soak's median speed, so the machine's swings and the system's own can be told
  * apart. ~4 ms of CPU a second. */
 struct probe_sample {
-        double at;     /* epoch seconds, the machine's clock (as finished_at) */
-        double cpu_ms; /* the loop's thread CPU time */
+        double at;      /* epoch seconds, the machine's clock (as finished_at) */
+        double cpu_ms;  /* the loop's thread CPU time */
+        double all_s;   /* the machine's CPU seconds so far, all cores (machine_cpu_s) */
+        double steal_s; /* ... of them the host's (steal); both 0 when unread */
 };
 
 static double probe_machine(void)
@@ -849,6 +851,23 @@ static double probe_median(const struct probe_sample *ps, int n, double from, do
         return m;
 }
 
+/* The share of the machine's CPU time in [from, to) that the host gave to others (steal),
+ * from the first and the last sample inside it; -1 when unknown. */
+static double steal_share(const struct probe_sample *ps, int n, double from, double to)
+{
+        const struct probe_sample *a = NULL, *b = NULL;
+
+        for (int i = 0; i < n; i++)
+                if (ps[i].at >= from && ps[i].at < to && ps[i].all_s > 0) {
+                        if (!a)
+                                a = &ps[i];
+                        b = &ps[i];
+                }
+        if (!a || b->all_s - a->all_s <= 0)
+                return -1;
+        return (b->steal_s - a->steal_s) / (b->all_s - a->all_s);
+}
+
 /* The issue's own measure: completions per one-minute window (the first minute, when the
  * workers start, left out), each against their mean. */
 static void soak_minutes(struct targets *t, const char *wf, double t0, double t1,
@@ -865,8 +884,11 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                           t0, wf, t0, t0 + 60.0 * full);
         /* the probe's median over minutes 2.. is the speed the normalized rates are at */
         double speed = probe_median(ps, nps, t0 + 60, t0 + 60.0 * full);
-        /* the minutes' rates; the same at the median speed; the minutes' probes */
-        struct bench_spread rates = {0}, at_speed = {0}, probes = {0};
+        /* the share the host took over minutes 2..: the CPU the other normalized rates are at */
+        double stolen = steal_share(ps, nps, t0 + 60, t0 + 60.0 * full);
+        /* the minutes' rates; the same at the median speed; the minutes' probes; the same
+         * rates with the host taking its overall share */
+        struct bench_spread rates = {0}, at_speed = {0}, probes = {0}, at_steal = {0};
         for (int i = 0; i < PQntuples(res); i++) {
                 int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
                 double rate = strtod(PQgetvalue(res, i, 1), NULL) / 60;
@@ -874,17 +896,23 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                 char key[64];
                 if (wi < 1 || wi >= full)
                         continue;
+                double steal = steal_share(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1));
                 snprintf(key, sizeof(key), "soak_minute_%02d_runs_per_s", wi + 1);
                 if (probe > 0 && speed > 0) {
                         /* runs per second had the machine run at its median speed */
                         double at_median = rate * probe / speed;
-                        bench_report(key, "%.0f (probe %.2f ms; at the median speed: %.0f)", rate,
-                                     probe, at_median);
+                        bench_report(key,
+                                     "%.0f (probe %.2f ms; at the median speed: %.0f; the host "
+                                     "took %.1f%% of the CPU)",
+                                     rate, probe, at_median, steal >= 0 ? 100 * steal : 0.0);
                         bench_spread_add(&at_speed, at_median);
                         bench_spread_add(&probes, probe);
                 } else {
                         bench_report(key, "%.0f", rate);
                 }
+                if (steal >= 0 && stolen >= 0 && steal < 1)
+                        /* runs per second had the host taken its share of the whole soak */
+                        bench_spread_add(&at_steal, rate * (1 - stolen) / (1 - steal));
                 bench_spread_add(&rates, rate);
         }
         PQclear(res);
@@ -903,6 +931,14 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                              100 * (probes.hi - speed) / speed);
                 bench_spread_report("soak_minute_spread_at_median_speed", &at_speed,
                                     "each minute's runs/s times its probe over the median probe");
+        }
+        if (at_steal.n == rates.n && stolen >= 0) {
+                char steal_note[160];
+                snprintf(steal_note, sizeof(steal_note),
+                         "each minute's runs/s had the host taken its share of the whole soak, "
+                         "%.1f%% of the CPU, and not that minute's",
+                         100 * stolen);
+                bench_spread_report("soak_minute_spread_at_soak_steal", &at_steal, steal_note);
         }
 }
 
@@ -935,10 +971,15 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
         while (bench_now_us() < end) {
                 if (bench_now_us() >= next_probe_at && nps < cap) {
                         struct timespec now;
-                        double cpu_ms = probe_machine();
+                        double cpu_ms = probe_machine(), busy, all = 0, steal = 0;
+                        if (!machine_cpu_s(&busy, &all, &steal))
+                                all = steal = 0;
                         clock_gettime(CLOCK_REALTIME, &now);
-                        ps[nps++] = (struct probe_sample){
-                            .at = (double)now.tv_sec + (double)now.tv_nsec / 1e9, .cpu_ms = cpu_ms};
+                        ps[nps++] = (struct probe_sample){.at = (double)now.tv_sec +
+                                                                (double)now.tv_nsec / 1e9,
+                                                          .cpu_ms = cpu_ms,
+                                                          .all_s = all,
+                                                          .steal_s = steal};
                         next_probe_at += 1000000;
                 }
                 if (bench_now_us() >= next_size_at) {
