@@ -15,7 +15,10 @@
  *                                  and through POST /v1/runs (the client's send -> started_at)
  *   map_http_items_per_s           a 10,000-item http map (concurrency 100) against the
  *                                  receiver, whose own capacity is measured beside it
- *   soak_*                         sustained throughput per 10 s window, claim index size
+ *   soak_*                         sustained throughput per 10 s window and per minute,
+ *                                  beside the machine's speed and the host's share of its
+ *                                  CPU (steal) each minute; claim index size
+ *   latency_*host_steal_pct        the host's share of the CPU while the latency samples ran
  *
  * Parameters are printed as bench_* lines before each figure so a result is never read
  * without them.
