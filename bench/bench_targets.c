@@ -299,6 +299,30 @@ static bool machine_cpu_s(double *busy, double *all, double *steal)
         return true;
 }
 
+/* The machine's CPU seconds so far and the host's part of them: what the host took between
+ * two marks is its share of the time between them (host_share). Zeros when unread. */
+struct host_mark {
+        double all, steal;
+};
+
+static struct host_mark host_mark_now(void)
+{
+        double busy, all, steal;
+
+        if (!machine_cpu_s(&busy, &all, &steal))
+                return (struct host_mark){0};
+        return (struct host_mark){.all = all, .steal = steal};
+}
+
+/* The share of the machine's CPU time from a to b that the host gave to others (steal),
+ * 0..1; -1 when either mark is unread or no time passed. */
+static double host_share(struct host_mark a, struct host_mark b)
+{
+        if (a.all <= 0 || b.all - a.all <= 0)
+                return -1;
+        return (b.steal - a.steal) / (b.all - a.all);
+}
+
 /* CPU seconds of the database sessions of the workers (application_name "agently worker
  * bench-*"), read from /proc: the bench and its cluster share the machine. */
 static double worker_backends_cpu_s(struct targets *t)
@@ -672,9 +696,7 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
         /* the share of the machine's CPU the host took while the samples ran: a run alone
          * waits for every core it is given, so a host that steals shows in these figures
          * first */
-        double busy0, all0 = 0, steal0 = 0, busy1, all1 = 0, steal1 = 0;
-        if (!machine_cpu_s(&busy0, &all0, &steal0))
-                all0 = 0;
+        struct host_mark before = host_mark_now();
         for (int i = 0; i < samples; i++) {
                 if (api) {
                         struct timespec ts;
@@ -712,10 +734,8 @@ static void latency(struct targets *t, const char *name, int steps, int samples,
                         exit(1);
                 sleep_ms(20 + rand() % 30);
         }
-        if (all0 > 0 && machine_cpu_s(&busy1, &all1, &steal1) && all1 > all0)
-                *stolen = 100 * (steal1 - steal0) / (all1 - all0);
-        else
-                *stolen = -1;
+        double share = host_share(before, host_mark_now());
+        *stolen = share >= 0 ? 100 * share : -1;
         stop_worker(w);
         check_all_completed(t, wf);
         for (int i = 0; !api && i < samples; i++)
@@ -815,10 +835,9 @@ static double claim_index_bytes(struct targets *t)
  * again at the soak's median speed, so the machine's swings and the system's own can be told
  * apart. ~4 ms of CPU a second. */
 struct probe_sample {
-        double at;      /* epoch seconds, the machine's clock (as finished_at) */
-        double cpu_ms;  /* the loop's thread CPU time */
-        double all_s;   /* the machine's CPU seconds so far, all cores (machine_cpu_s) */
-        double steal_s; /* ... of them the host's (steal); both 0 when unread */
+        double at;             /* epoch seconds, the machine's clock (as finished_at) */
+        double cpu_ms;         /* the loop's thread CPU time */
+        struct host_mark host; /* the machine's CPU time so far and the host's part */
 };
 
 static double probe_machine(void)
@@ -871,14 +890,12 @@ static double steal_share(const struct probe_sample *ps, int n, double from, dou
         const struct probe_sample *a = NULL, *b = NULL;
 
         for (int i = 0; i < n; i++)
-                if (ps[i].at >= from && ps[i].at < to && ps[i].all_s > 0) {
+                if (ps[i].at >= from && ps[i].at < to && ps[i].host.all > 0) {
                         if (!a)
                                 a = &ps[i];
                         b = &ps[i];
                 }
-        if (!a || b->all_s - a->all_s <= 0)
-                return -1;
-        return (b->steal_s - a->steal_s) / (b->all_s - a->all_s);
+        return a ? host_share(a->host, b->host) : -1;
 }
 
 /* The issue's own measure: completions per one-minute window (the first minute, when the
@@ -984,15 +1001,12 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
         while (bench_now_us() < end) {
                 if (bench_now_us() >= next_probe_at && nps < cap) {
                         struct timespec now;
-                        double cpu_ms = probe_machine(), busy, all = 0, steal = 0;
-                        if (!machine_cpu_s(&busy, &all, &steal))
-                                all = steal = 0;
+                        double cpu_ms = probe_machine();
                         clock_gettime(CLOCK_REALTIME, &now);
                         ps[nps++] = (struct probe_sample){.at = (double)now.tv_sec +
                                                                 (double)now.tv_nsec / 1e9,
                                                           .cpu_ms = cpu_ms,
-                                                          .all_s = all,
-                                                          .steal_s = steal};
+                                                          .host = host_mark_now()};
                         next_probe_at += 1000000;
                 }
                 if (bench_now_us() >= next_size_at) {
