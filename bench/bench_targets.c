@@ -642,6 +642,33 @@ static void latency_breakdown(struct targets *t, const char *wf, const char *log
                      "writes + COMMIT %.2f (commit timestamp %+.2f from the client's end; "
                      "started_at %+.2f from BEGIN sent)",
                      v[6], v[7], v[8], v[9], v[10], v[11], v[12]);
+        /* The tail, over every raw INSERT sample: a run is claimable only once its enqueue's
+         * commit is on disk (synchronous_commit: the NOTIFY and the run's visibility both
+         * wait for that flush), so the start's p99 is read beside the p99 of that flush in
+         * the same samples, and of the start less it, per sample: the disk's share of the
+         * tail and the rest's. The percentiles of the parts do not add up to the whole's. */
+        res = q(t->c,
+                "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY e2s), "
+                "percentile_cont(0.99) WITHIN GROUP (ORDER BY work), "
+                "percentile_cont(0.99) WITHIN GROUP (ORDER BY flush), "
+                "percentile_cont(0.99) WITHIN GROUP (ORDER BY e2s - flush), "
+                "count(*) FILTER (WHERE flush > e2s / 2) * 100.0 / greatest(count(*), 1) "
+                "FROM (SELECT extract(epoch FROM r.started_at - r.created_at) * 1000 e2s, "
+                "extract(epoch FROM pg_xact_commit_timestamp(e.xid::text::xid) - r.created_at) "
+                "* 1000 work, e.returned_us / 1000.0 - extract(epoch FROM "
+                "pg_xact_commit_timestamp(e.xid::text::xid)) * 1000 flush "
+                "FROM workflow_runs r JOIN bench_enq e ON e.run_id = r.id "
+                "WHERE r.workflow_id = '%s' AND e.returned_us IS NOT NULL) x",
+                wf);
+        for (int i = 0; i < 5; i++)
+                v[i] = strtod(PQgetvalue(res, 0, i), NULL);
+        PQclear(res);
+        bench_report("enqueue_to_start_tail_p99_ms",
+                     "start %.2f | the enqueue's work (created_at -> its commit timestamp) %.2f | "
+                     "its commit's flush (-> the client sees the COMMIT) %.2f | the start less "
+                     "that flush, per sample, %.2f (the flush is over half the start in %.0f %% "
+                     "of the samples)",
+                     v[0], v[1], v[2], v[3], v[4]);
 }
 
 /* Inserts `samples` runs of a `steps`-node chain one at a time (a raw INSERT, or through
