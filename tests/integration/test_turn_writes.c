@@ -480,6 +480,59 @@ static void finishes_and_releases_are_written(void **state)
         free(canceled);
 }
 
+/* A turn's release and consume are written by statements of their own, after the one that
+ * fences (0063): only for the runs that passed the fence. A run whose epoch is not the one
+ * the worker holds has nothing of its written, its signal stays pending and its queue row
+ * claimed as it was; the other run's signal is consumed and its queue row released. */
+static void a_lost_run_has_no_release_or_consume_written(void **state)
+{
+        (void)state;
+        char writes[2048];
+        char *kept = new_run(S.user_a, S.workflow_a);
+        char *lost = new_run(S.user_a, S.workflow_a);
+        char *kept_signal = test_db_value(S.c,
+                                          "INSERT INTO signals (user_id, workflow_run_id, name) "
+                                          "VALUES ('%s', '%s', 'go') RETURNING id",
+                                          S.user_a, kept);
+        char *lost_signal = test_db_value(S.c,
+                                          "INSERT INTO signals (user_id, workflow_run_id, name) "
+                                          "VALUES ('%s', '%s', 'go') RETURNING id",
+                                          S.user_a, lost);
+
+        PQclear(test_db_must(S.worker, "BEGIN"));
+        assert_int_equal(claim(kept), 1);
+        assert_int_equal(claim(lost), 1);
+        snprintf(writes, sizeof(writes),
+                 "[{\"i\":1,\"op\":\"consume\",\"run\":\"%s\",\"epoch\":1,\"signal\":\"%s\","
+                 "\"node\":\"wait\"},"
+                 "{\"i\":2,\"op\":\"release\",\"run\":\"%s\",\"epoch\":1,\"status\":\"waiting\","
+                 "\"run_at_ms\":4102444800000},"
+                 "{\"i\":3,\"op\":\"consume\",\"run\":\"%s\",\"epoch\":7,\"signal\":\"%s\","
+                 "\"node\":\"wait\"},"
+                 "{\"i\":4,\"op\":\"release\",\"run\":\"%s\",\"epoch\":7,\"status\":\"waiting\","
+                 "\"run_at_ms\":4102444800000}]",
+                 kept, kept_signal, kept, lost, lost_signal, lost);
+        assert_int_equal(apply(writes), 1);
+        PQclear(test_db_must(S.worker, "COMMIT"));
+
+        char *got = test_db_value(S.c,
+                                  "SELECT string_agg(coalesce(consumed_by_node, 'pending'), ' ' "
+                                  "ORDER BY workflow_run_id = '%s' DESC) FROM signals WHERE id "
+                                  "IN ('%s', '%s')",
+                                  kept, kept_signal, lost_signal);
+        assert_string_equal(got, "wait pending");
+        free(got);
+        assert_queue_row(kept, "2100 - -");
+        assert_queue_row(lost, "due - W");
+        got = test_db_value(S.c, "SELECT status FROM workflow_runs WHERE id = '%s'", lost);
+        assert_string_equal(got, "queued");
+        free(got);
+        free(kept);
+        free(lost);
+        free(kept_signal);
+        free(lost_signal);
+}
+
 /* One operation that cannot be written refuses the whole statement, with its number, and
  * nothing of the statement is written (the operations are read once now). */
 static void an_invalid_write_refuses_the_statement(void **state)
@@ -551,6 +604,7 @@ int main(void)
             cmocka_unit_test(a_run_key_named_by_node_rows_cannot_change),
             cmocka_unit_test(finishes_and_releases_are_written),
             cmocka_unit_test(the_turn_keeps_its_own_queue_rows),
+            cmocka_unit_test(a_lost_run_has_no_release_or_consume_written),
             cmocka_unit_test(an_invalid_write_refuses_the_statement),
             cmocka_unit_test(truncating_the_runs_truncates_their_node_rows),
         };
