@@ -190,6 +190,16 @@ static void no_definer_function_for_public_and_no_owner_views(void **state)
                                 "coalesce(reloptions @> '{security_invoker=true}' OR reloptions @> "
                                 "'{security_invoker=on}', false)");
 
+        /* and each sets its own search_path (a CREATE OR REPLACE of one sets its settings
+         * anew: a migration that restates one must set it again) */
+        char *unpinned = test_db_value(
+            f->c, "SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_proc p WHERE "
+                  "p.prosecdef AND p.pronamespace = 'public'::regnamespace AND NOT EXISTS "
+                  "(SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%%')");
+
+        if (unpinned)
+                fprintf(stderr, "SECURITY DEFINER functions without a search_path: %s\n", unpinned);
+        assert_null(unpinned);
         if (definer)
                 fprintf(stderr, "SECURITY DEFINER functions executable by PUBLIC: %s\n", definer);
         if (views)
