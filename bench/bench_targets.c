@@ -185,20 +185,6 @@ static void enqueue(struct targets *t, const char *wf, int n)
                   n, wf));
 }
 
-/* Waits until n runs of wf are finished; false after timeout_ms. *done_at (may be NULL):
- * the database clock (clock_timestamp(), epoch seconds) when the bench first saw them all
- * finished, at most one poll (5 ms) after the last commit. A batch of steps committed
- * together carries its transaction's START time in every row, so the end of a measurement
- * is taken from here, never from max(finished_at).
- *
- * The poll must not load the machine it measures: a count of the finished runs of wf reads
- * every run of wf (no index of the history holds its workflow), which every 5 ms took a
- * quarter of both cores from a no-op run measurement (docs/performance.md, "The bench's
- * own poll"). A run is live while it has its queue row, which its finish deletes in the
- * same transaction, so the poll asks whether any run of wf is still in the queue, the queue
- * driving (a run's workflow looked up per queue row, so the first of wf ends it; as a join
- * the planner walked the history instead), and counts the finished runs once, when none
- * is. */
 /* One of the poll's prepared statements (prepared on first use): the poll runs every 5 ms
  * beside the runs it waits for, on the same two cores, and as text each was planned at
  * every call (0.18 and 0.06 ms; pg_stat_statements). Counted in q_sent as q()'s are (the
@@ -233,6 +219,20 @@ static PGresult *poll(struct targets *t, const char *name, const char *wf)
         return res;
 }
 
+/* Waits until n runs of wf are finished; false after timeout_ms. *done_at (may be NULL):
+ * the database clock (clock_timestamp(), epoch seconds) when the bench first saw them all
+ * finished, at most one poll (5 ms) after the last commit. A batch of steps committed
+ * together carries its transaction's START time in every row, so the end of a measurement
+ * is taken from here, never from max(finished_at).
+ *
+ * The poll must not load the machine it measures: a count of the finished runs of wf reads
+ * every run of wf (no index of the history holds its workflow), which every 5 ms took a
+ * quarter of both cores from a no-op run measurement (docs/performance.md, "The bench's
+ * own poll"). A run is live while it has its queue row, which its finish deletes in the
+ * same transaction, so the poll asks whether any run of wf is still in the queue, the queue
+ * driving (a run's workflow looked up per queue row, so the first of wf ends it; as a join
+ * the planner walked the history instead), and counts the finished runs once, when none
+ * is. */
 static bool wait_finished_quiet(struct targets *t, const char *wf, int n, int64_t timeout_ms,
                                 double *done_at, bool quiet)
 {
@@ -243,16 +243,15 @@ static bool wait_finished_quiet(struct targets *t, const char *wf, int n, int64_
                 bool live = PQgetvalue(res, 0, 0)[0] == 't';
                 double at = strtod(PQgetvalue(res, 0, 1), NULL);
                 PQclear(res);
-                double done = 0;
                 if (!live) {
                         res = poll(t, "bench_poll_done", wf);
-                        done = strtod(PQgetvalue(res, 0, 0), NULL);
+                        double done = strtod(PQgetvalue(res, 0, 0), NULL);
                         PQclear(res);
-                }
-                if (!live && done >= n) {
-                        if (done_at)
-                                *done_at = at;
-                        return true;
+                        if (done >= n) {
+                                if (done_at)
+                                        *done_at = at;
+                                return true;
+                        }
                 }
                 sleep_ms(5);
         }
