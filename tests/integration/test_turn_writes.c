@@ -578,6 +578,66 @@ static void an_invalid_write_refuses_the_statement(void **state)
         free(run);
 }
 
+/* Run's events as "kind kind ..." in seq order, and whether its seqs are gap-free and end
+ * at its record's event_seq ("ok" or what is off). */
+static char *events_in_order(const char *run)
+{
+        return test_db_value(S.c,
+                             "SELECT string_agg(l.kind, ' ' ORDER BY l.seq) || ' | ' || CASE "
+                             "WHEN max(l.seq) - min(l.seq) + 1 = count(*) AND max(l.seq) = "
+                             "max(r.event_seq) THEN 'ok' ELSE format('seqs %%s..%%s of %%s, "
+                             "event_seq %%s', min(l.seq), max(l.seq), count(*), "
+                             "max(r.event_seq)) END FROM logs l JOIN workflow_runs r ON r.id = "
+                             "l.workflow_run_id WHERE l.workflow_run_id = '%s'",
+                             run);
+}
+
+/* A turn's operations of several runs, interleaved, a consume among them: each run's events
+ * take its next seqs in the order of its operations, gap-free, and its record's event_seq
+ * ends at the last; the consume writes no event and marks its signal. */
+static void events_are_numbered_in_the_order_of_their_operations(void **state)
+{
+        (void)state;
+        char writes[4096];
+        char *a = new_run(S.user_a, S.workflow_a);
+        char *b = new_run(S.user_a, S.workflow_a);
+        char *signal = test_db_value(S.c,
+                                     "INSERT INTO signals (user_id, workflow_run_id, name) "
+                                     "VALUES ('%s', '%s', 'go') RETURNING id",
+                                     S.user_a, a);
+
+        PQclear(test_db_must(S.worker, "BEGIN"));
+        assert_int_equal(claim(a), 1);
+        assert_int_equal(claim(b), 1);
+        snprintf(writes, sizeof(writes),
+                 "[{\"i\":1,\"op\":\"event\",\"run\":\"%s\",\"epoch\":1,\"kind\":\"a.1\"},"
+                 "{\"i\":2,\"op\":\"event\",\"run\":\"%s\",\"epoch\":1,\"kind\":\"b.1\"},"
+                 "{\"i\":3,\"op\":\"consume\",\"run\":\"%s\",\"epoch\":1,\"signal\":\"%s\","
+                 "\"node\":\"n\"},"
+                 "{\"i\":4,\"op\":\"node\",\"run\":\"%s\",\"epoch\":1,\"node\":\"n\",\"attempt\":1,"
+                 "\"status\":\"completed\"},"
+                 "{\"i\":5,\"op\":\"event\",\"run\":\"%s\",\"epoch\":1,\"kind\":\"b.2\"},"
+                 "{\"i\":6,\"op\":\"finish\",\"run\":\"%s\",\"epoch\":1,\"status\":\"completed\"},"
+                 "{\"i\":7,\"op\":\"event\",\"run\":\"%s\",\"epoch\":1,\"kind\":\"b.3\"},"
+                 "{\"i\":8,\"op\":\"event\",\"run\":\"%s\",\"epoch\":1,\"kind\":\"b.4\"}]",
+                 a, b, a, signal, a, b, a, b, b);
+        assert_int_equal(apply(writes), 0);
+        PQclear(test_db_must(S.worker, "COMMIT"));
+
+        char *got = events_in_order(a);
+        assert_string_equal(got, "a.1 node.completed run.completed | ok");
+        free(got);
+        got = events_in_order(b);
+        assert_string_equal(got, "b.1 b.2 b.3 b.4 | ok");
+        free(got);
+        got = test_db_value(S.c, "SELECT consumed_by_node FROM signals WHERE id = '%s'", signal);
+        assert_string_equal(got, "n");
+        free(got);
+        free(a);
+        free(b);
+        free(signal);
+}
+
 /* TRUNCATE of the runs takes their node rows along (the key's cascade demanded it). Last:
  * it empties the database. */
 static void truncating_the_runs_truncates_their_node_rows(void **state)
@@ -606,6 +666,7 @@ int main(void)
             cmocka_unit_test(the_turn_keeps_its_own_queue_rows),
             cmocka_unit_test(a_lost_run_has_no_release_or_consume_written),
             cmocka_unit_test(an_invalid_write_refuses_the_statement),
+            cmocka_unit_test(events_are_numbered_in_the_order_of_their_operations),
             cmocka_unit_test(truncating_the_runs_truncates_their_node_rows),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
