@@ -38,6 +38,15 @@ static char *new_run(const char *u, const char *wf)
                              u, wf);
 }
 
+/* A pending signal "go" of run (a run of user_a; returns its id; caller frees). */
+static char *new_signal(const char *run)
+{
+        return test_db_value(S.c,
+                             "INSERT INTO signals (user_id, workflow_run_id, name) VALUES ('%s', "
+                             "'%s', 'go') RETURNING id",
+                             S.user_a, run);
+}
+
 static char *new_workflow(const char *u)
 {
         return test_db_value(S.c,
@@ -490,14 +499,8 @@ static void a_lost_run_has_no_release_or_consume_written(void **state)
         char writes[2048];
         char *kept = new_run(S.user_a, S.workflow_a);
         char *lost = new_run(S.user_a, S.workflow_a);
-        char *kept_signal = test_db_value(S.c,
-                                          "INSERT INTO signals (user_id, workflow_run_id, name) "
-                                          "VALUES ('%s', '%s', 'go') RETURNING id",
-                                          S.user_a, kept);
-        char *lost_signal = test_db_value(S.c,
-                                          "INSERT INTO signals (user_id, workflow_run_id, name) "
-                                          "VALUES ('%s', '%s', 'go') RETURNING id",
-                                          S.user_a, lost);
+        char *kept_signal = new_signal(kept);
+        char *lost_signal = new_signal(lost);
 
         PQclear(test_db_must(S.worker, "BEGIN"));
         assert_int_equal(claim(kept), 1);
@@ -601,10 +604,7 @@ static void events_are_numbered_in_the_order_of_their_operations(void **state)
         char writes[4096];
         char *a = new_run(S.user_a, S.workflow_a);
         char *b = new_run(S.user_a, S.workflow_a);
-        char *signal = test_db_value(S.c,
-                                     "INSERT INTO signals (user_id, workflow_run_id, name) "
-                                     "VALUES ('%s', '%s', 'go') RETURNING id",
-                                     S.user_a, a);
+        char *signal = new_signal(a);
 
         PQclear(test_db_must(S.worker, "BEGIN"));
         assert_int_equal(claim(a), 1);
