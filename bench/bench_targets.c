@@ -16,8 +16,9 @@
  *   map_http_items_per_s           a 10,000-item http map (concurrency 100) against the
  *                                  receiver, whose own capacity is measured beside it
  *   soak_*                         sustained throughput per 10 s window and per minute,
- *                                  beside the machine's speed and the host's share of its
- *                                  CPU (steal) each minute; claim index size
+ *                                  beside the machine's speed, the host's share of its
+ *                                  CPU (steal) and the page cache the kernel reclaimed
+ *                                  each minute; claim index size
  *   latency_*host_steal_pct        the host's share of the CPU while the latency samples ran
  *
  * Parameters are printed as bench_* lines before each figure so a result is never read
@@ -897,7 +898,31 @@ struct probe_sample {
         double at;             /* epoch seconds, the machine's clock (as finished_at) */
         double cpu_ms;         /* the loop's thread CPU time */
         struct host_mark host; /* the machine's CPU time so far and the host's part */
+        double reclaimed_mib;  /* page_cache_reclaimed_mib() */
 };
+
+/* MiB the kernel has taken back from cached pages since boot, by kswapd or by a process
+ * that needed memory (/proc/vmstat's pgsteal_kswapd + pgsteal_direct); -1 if unread. The
+ * soak writes ~2 KB of history a run, a machine's RAM a quarter of an hour at its rate: the
+ * minute the page cache runs full, reclaim starts, and its minutes say when that was. */
+static double page_cache_reclaimed_mib(void)
+{
+        char line[128];
+        unsigned long long v, pages = 0;
+        int found = 0;
+        FILE *f = fopen("/proc/vmstat", "r");
+
+        if (!f)
+                return -1;
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "pgsteal_kswapd %llu", &v) == 1 ||
+                    sscanf(line, "pgsteal_direct %llu", &v) == 1) {
+                        pages += v;
+                        found++;
+                }
+        fclose(f);
+        return found == 2 ? (double)pages * (double)sysconf(_SC_PAGESIZE) / (1 << 20) : -1;
+}
 
 static double probe_machine(void)
 {
@@ -942,19 +967,38 @@ static double probe_median(const struct probe_sample *ps, int n, double from, do
         return m;
 }
 
-/* The share of the machine's CPU time in [from, to) that the host gave to others (steal),
- * from the first and the last sample inside it; -1 when unknown. */
+/* The first and the last probe sample in [from, to); false when there is none. */
+static bool samples_within(const struct probe_sample *ps, int n, double from, double to,
+                           const struct probe_sample **first, const struct probe_sample **last)
+{
+        *first = *last = NULL;
+        for (int i = 0; i < n; i++)
+                if (ps[i].at >= from && ps[i].at < to) {
+                        if (!*first)
+                                *first = &ps[i];
+                        *last = &ps[i];
+                }
+        return *first != NULL;
+}
+
+/* The share of the machine's CPU time in [from, to) that the host gave to others (steal);
+ * -1 when unknown. */
 static double steal_share(const struct probe_sample *ps, int n, double from, double to)
 {
-        const struct probe_sample *a = NULL, *b = NULL;
+        const struct probe_sample *a, *b;
 
-        for (int i = 0; i < n; i++)
-                if (ps[i].at >= from && ps[i].at < to && ps[i].host.all > 0) {
-                        if (!a)
-                                a = &ps[i];
-                        b = &ps[i];
-                }
-        return a ? host_share(a->host, b->host) : -1;
+        return samples_within(ps, n, from, to, &a, &b) ? host_share(a->host, b->host) : -1;
+}
+
+/* MiB of page cache the kernel reclaimed in [from, to); -1 when unknown. */
+static double reclaimed_in(const struct probe_sample *ps, int n, double from, double to)
+{
+        const struct probe_sample *a, *b;
+
+        if (!samples_within(ps, n, from, to, &a, &b) || a->reclaimed_mib < 0 ||
+            b->reclaimed_mib < 0)
+                return -1;
+        return b->reclaimed_mib - a->reclaimed_mib;
 }
 
 /* The issue's own measure: completions per one-minute window (the first minute, when the
@@ -986,14 +1030,17 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                 if (wi < 1 || wi >= full)
                         continue;
                 double steal = steal_share(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1));
+                double reclaimed = reclaimed_in(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1));
                 snprintf(key, sizeof(key), "soak_minute_%02d_runs_per_s", wi + 1);
                 if (probe > 0 && speed > 0) {
                         /* runs per second had the machine run at its median speed */
                         double at_median = rate * probe / speed;
                         bench_report(key,
                                      "%.0f (probe %.2f ms; at the median speed: %.0f; the host "
-                                     "took %.1f%% of the CPU)",
-                                     rate, probe, at_median, steal >= 0 ? 100 * steal : 0.0);
+                                     "took %.1f%% of the CPU; the kernel reclaimed %.0f MiB of "
+                                     "page cache)",
+                                     rate, probe, at_median, steal >= 0 ? 100 * steal : 0.0,
+                                     reclaimed >= 0 ? reclaimed : 0.0);
                         bench_spread_add(&at_speed, at_median);
                         bench_spread_add(&probes, probe);
                 } else {
@@ -1062,10 +1109,11 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
                         struct timespec now;
                         double cpu_ms = probe_machine();
                         clock_gettime(CLOCK_REALTIME, &now);
-                        ps[nps++] = (struct probe_sample){.at = (double)now.tv_sec +
-                                                                (double)now.tv_nsec / 1e9,
-                                                          .cpu_ms = cpu_ms,
-                                                          .host = host_mark_now()};
+                        ps[nps++] = (struct probe_sample){
+                            .at = (double)now.tv_sec + (double)now.tv_nsec / 1e9,
+                            .cpu_ms = cpu_ms,
+                            .host = host_mark_now(),
+                            .reclaimed_mib = page_cache_reclaimed_mib()};
                         next_probe_at += 1000000;
                 }
                 if (bench_now_us() >= next_size_at) {
