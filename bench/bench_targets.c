@@ -288,25 +288,45 @@ static void check_all_completed(struct targets *t, const char *wf)
 
 /* ---- where a figure's time goes ----------------------------------------------------- */
 
-/* CPU seconds (user + system) pid has used so far, or -1. */
-static double cpu_s(pid_t pid)
+/* What /proc/PID/stat says of a process's CPU: its own seconds (user + system), those of
+ * the children it has waited for (exited and reaped), and its parent; false if unread. */
+struct proc_cpu {
+        double own, reaped;
+        pid_t parent;
+};
+
+static bool proc_cpu_read(pid_t pid, struct proc_cpu *out)
 {
         char path[64], buf[1024];
         unsigned long long ut = 0, st = 0;
+        long long cut = 0, cst = 0;
+        int parent = 0;
         FILE *f;
 
         snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
         f = fopen(path, "r");
         if (!f)
-                return -1;
+                return false;
         char *p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
         fclose(f);
         /* after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt
-         * cmajflt utime stime */
-        if (!p ||
-            sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-                return -1;
-        return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+         * cmajflt utime stime cutime cstime */
+        if (!p || sscanf(p + 1, " %*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %lld %lld",
+                         &parent, &ut, &st, &cut, &cst) != 5)
+                return false;
+        double hz = (double)sysconf(_SC_CLK_TCK);
+        *out = (struct proc_cpu){.own = (double)(ut + st) / hz,
+                                 .reaped = (double)(cut + cst) / hz,
+                                 .parent = (pid_t)parent};
+        return true;
+}
+
+/* CPU seconds (user + system) pid has used so far, or -1. */
+static double cpu_s(pid_t pid)
+{
+        struct proc_cpu c;
+
+        return proc_cpu_read(pid, &c) ? c.own : -1;
 }
 
 /* The machine's CPU seconds since boot, all cores: busy (user, nice, system, irq, softirq,
@@ -373,6 +393,32 @@ static double worker_backends_cpu_s(struct targets *t)
         return sum;
 }
 
+/* CPU seconds of the cluster's own processes: the postmaster, every process of it that is
+ * not a client's session (checkpointer, WAL writer, background writer, the autovacuum
+ * launcher and its workers at work), and every child the postmaster has reaped — the
+ * autovacuum workers that finished a table, and any session that ended. */
+static double postgres_own_cpu_s(struct targets *t)
+{
+        PGresult *res = q(t->c, "SELECT pid FROM pg_stat_activity "
+                                "WHERE backend_type <> 'client backend' "
+                                "UNION ALL SELECT pg_backend_pid()");
+        double sum = 0;
+        int n = PQntuples(res);
+        struct proc_cpu c, postmaster;
+
+        /* the last row is the bench's own session, whose parent is the postmaster */
+        for (int i = 0; i + 1 < n; i++)
+                if (proc_cpu_read((pid_t)strtol(PQgetvalue(res, i, 0), NULL, 10), &c))
+                        sum += c.own;
+        if (n < 1 || !proc_cpu_read((pid_t)strtol(PQgetvalue(res, n - 1, 0), NULL, 10), &c) ||
+            !proc_cpu_read(c.parent, &postmaster))
+                sum = -1;
+        else
+                sum += postmaster.own + postmaster.reaped;
+        PQclear(res);
+        return sum;
+}
+
 /* ---- runs claimed and completed ----------------------------------------------------- */
 
 /* The database's commit count at a moment, and how many statements the bench had sent by
@@ -421,7 +467,7 @@ static double runs_rate(struct targets *t, const char *wf, int nruns)
 /* Where the machine's CPU went, in seconds so far: the workers' processes, their database
  * sessions, and the machine as a whole (busy, all, and the steal counted in busy). */
 struct cpu_split {
-        double workers, sessions, busy, all, steal;
+        double workers, sessions, postgres, busy, all, steal;
 };
 
 static void cpu_split_read(struct targets *t, const pid_t *w, struct cpu_split *out)
@@ -430,6 +476,7 @@ static void cpu_split_read(struct targets *t, const pid_t *w, struct cpu_split *
         for (int i = 0; i < WORKERS; i++)
                 out->workers += cpu_s(w[i]);
         out->sessions = worker_backends_cpu_s(t);
+        out->postgres = postgres_own_cpu_s(t);
         if (!machine_cpu_s(&out->busy, &out->all, &out->steal))
                 out->busy = out->all = out->steal = 0;
 }
@@ -470,15 +517,18 @@ static double runs_throughput(struct targets *t, const char *name, int nruns, co
                 *warm_rate = runs_rate(t, wf2, nruns);
                 cpu_split_read(t, w, &at1);
                 double per = 1e6 / nruns;
+                double rest = (at1.busy - at0.busy) - (at1.steal - at0.steal) -
+                              (at1.workers - at0.workers) - (at1.sessions - at0.sessions);
+                double own =
+                    at0.postgres >= 0 && at1.postgres >= 0 ? at1.postgres - at0.postgres : 0;
                 bench_report("runs_warm_cpu_us_per_run",
                              "workers %.1f, their database sessions %.1f, the rest of the "
-                             "machine %.1f (the bench's polls, Postgres's own processes, the "
-                             "kernel), stolen by the host %.1f, idle %.1f: CPU microseconds "
-                             "per run of the warm measurement, %d cores",
+                             "machine %.1f (Postgres's own processes %.1f: its autovacuum, "
+                             "checkpointer, WAL writer; the bench's polls and the kernel %.1f), "
+                             "stolen by the host %.1f, idle %.1f: CPU microseconds per run of "
+                             "the warm measurement, %d cores",
                              (at1.workers - at0.workers) * per, (at1.sessions - at0.sessions) * per,
-                             ((at1.busy - at0.busy) - (at1.steal - at0.steal) -
-                              (at1.workers - at0.workers) - (at1.sessions - at0.sessions)) *
-                                 per,
+                             rest * per, own * per, (rest - own) * per,
                              (at1.steal - at0.steal) * per,
                              ((at1.all - at0.all) - (at1.busy - at0.busy)) * per,
                              (int)sysconf(_SC_NPROCESSORS_ONLN));
