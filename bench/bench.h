@@ -22,6 +22,7 @@ struct bench {
         int64_t soak_ms;      /* soak length (0 = default: 60s, 20s with --quick) */
         const char *only;     /* --only: comma-separated figures to measure (NULL: all) */
         int agents;           /* --agents N: concurrent agent runs of the density bench */
+        int runs;             /* --runs N: no-op runs of each runs measurement (0: default) */
 };
 
 /* Whether the figure group `name` is to be measured (--only). */

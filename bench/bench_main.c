@@ -3,7 +3,7 @@
  * baselines and then each target, printing `key=value` lines (see docs/performance.md).
  *
  *   agently-bench [--duration 5s] [--quick] [--keep] [--soak 10m] [--sse] [--run-read]
- *                 [--pg-set NAME=VALUE ...]
+ *                 [--runs N] [--pg-set NAME=VALUE ...]
  */
 #include "bench.h"
 
@@ -293,6 +293,7 @@ int main(int argc, char **argv)
             {"run-read", no_argument, NULL, 'r'},
             {"only", required_argument, NULL, 'o'},
             {"agents", required_argument, NULL, 'a'},
+            {"runs", required_argument, NULL, 'R'},
             {"log-statements", no_argument, NULL, 'L'},
             {"pg-set", required_argument, NULL, 'P'},
             {"fresh-wal", no_argument, NULL, 'W'},
@@ -359,6 +360,14 @@ int main(int argc, char **argv)
                                 return 2;
                         }
                         break;
+                case 'R':
+                        b.runs = (int)strtol(optarg, NULL, 10);
+                        if (b.runs < 100 || b.runs > 1000000) {
+                                fprintf(stderr, "bench: bad --runs '%s' (100 to 1000000)\n",
+                                        optarg);
+                                return 2;
+                        }
+                        break;
                 case 's':
                         if (duration_parse_ms(optarg, &b.soak_ms) < 0 || b.soak_ms < 10000) {
                                 fprintf(stderr, "bench: bad --soak '%s' (at least 10s)\n", optarg);
@@ -368,7 +377,7 @@ int main(int argc, char **argv)
                 default:
                         fprintf(stderr, "usage: agently-bench [--duration D] [--quick] [--keep] "
                                         "[--soak D] [--llm-density N] [--sse] [--run-read] "
-                                        "[--only LIST] [--agents N] [--log-statements] "
+                                        "[--only LIST] [--agents N] [--runs N] [--log-statements] "
                                         "[--pg-set NAME=VALUE] [--fresh-wal]\n  LIST: "
                                         "runs,steps,effects,latency,map,soak,"
                                         "journal,density,llm,baseline_soak (only when named)\n");
