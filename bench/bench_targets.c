@@ -399,24 +399,25 @@ static double worker_backends_cpu_s(struct targets *t)
  * autovacuum workers that finished a table, and any session that ended. */
 static double postgres_own_cpu_s(struct targets *t)
 {
-        PGresult *res = q(t->c, "SELECT pid FROM pg_stat_activity "
-                                "WHERE backend_type <> 'client backend' "
-                                "UNION ALL SELECT pg_backend_pid()");
+        /* the bench's own session is a client's, and its parent is the postmaster */
+        PGresult *res = q(t->c, "SELECT pid, pid = pg_backend_pid() FROM pg_stat_activity "
+                                "WHERE backend_type <> 'client backend' OR pid = pg_backend_pid()");
         double sum = 0;
-        int n = PQntuples(res);
-        struct proc_cpu c, postmaster;
+        pid_t postmaster = 0;
+        struct proc_cpu c;
 
-        /* the last row is the bench's own session, whose parent is the postmaster */
-        for (int i = 0; i + 1 < n; i++)
-                if (proc_cpu_read((pid_t)strtol(PQgetvalue(res, i, 0), NULL, 10), &c))
+        for (int i = 0; i < PQntuples(res); i++) {
+                if (!proc_cpu_read((pid_t)strtol(PQgetvalue(res, i, 0), NULL, 10), &c))
+                        continue;
+                if (PQgetvalue(res, i, 1)[0] == 't')
+                        postmaster = c.parent;
+                else
                         sum += c.own;
-        if (n < 1 || !proc_cpu_read((pid_t)strtol(PQgetvalue(res, n - 1, 0), NULL, 10), &c) ||
-            !proc_cpu_read(c.parent, &postmaster))
-                sum = -1;
-        else
-                sum += postmaster.own + postmaster.reaped;
+        }
         PQclear(res);
-        return sum;
+        if (postmaster <= 0 || !proc_cpu_read(postmaster, &c))
+                return -1;
+        return sum + c.own + c.reaped;
 }
 
 /* ---- runs claimed and completed ----------------------------------------------------- */
