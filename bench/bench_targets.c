@@ -954,8 +954,8 @@ struct probe_sample {
 
 /* MiB the kernel has taken back from cached pages since boot, by kswapd or by a process
  * that needed memory (/proc/vmstat's pgsteal_kswapd + pgsteal_direct); -1 if unread. The
- * soak writes ~2 KB of history a run, a machine's RAM a quarter of an hour at its rate: the
- * minute the page cache runs full, reclaim starts, and its minutes say when that was. */
+ * soak writes ~1.7 KB of history a run, this machine's 24 GB of RAM in ~20 minutes at its
+ * rate: the minute the page cache runs full, reclaim starts, and its minutes say when. */
 static double page_cache_reclaimed_mib(void)
 {
         char line[128];
@@ -1254,10 +1254,10 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
          * baselines' --duration (10,000 a second of it), so that both figures are measured over
          * a like stretch of time; 10,000, the count until the twenty-seventh session, took
          * 0.5-0.9 s, where a 50 ms pause of anything on the machine moved the ratio by 5-10 % */
+        int64_t seconds = b->duration_ms / 1000 < 1 ? 1 : b->duration_ms / 1000;
         int nruns = b->runs > 0 ? b->runs
-                    : quick
-                        ? 2000
-                        : (int)(b->duration_ms / 1000 > 1 ? b->duration_ms / 1000 * 10000 : 10000);
+                    : quick     ? 2000
+                            : (int)(seconds < 100 ? seconds * 10000 : 1000000); /* --runs' bound */
         if (bench_want(b, "runs")) {
                 bench_report("bench_runs",
                              "runs=%d (pre-enqueued, 1 noop node) workers=%d "
