@@ -164,9 +164,18 @@ static void missed_ticks_are_skipped_or_caught_up_once(void **state)
         free(worker_fixture_workflow(f, "tick",
                                      "{\"name\":\"tick\",\"nodes\":[{\"id\":\"a\","
                                      "\"type\":\"noop\"}]}"));
-        /* due an hour ago: every tick since was missed while no dispatcher ran */
-        char *skip = schedule(f, "*/10 * * * *", "skip", "now() - interval '1 hour'");
-        char *catch_up = schedule(f, "*/10 * * * *", "catch_up_one", "now() - interval '1 hour'");
+        /* every ten minutes of the last hour but one, due since its start: all six of its
+         * ticks were missed while no dispatcher ran, and none falls in the dispatch window
+         * (an every-ten-minutes cron would, once every ten minutes of wall-clock time) */
+        char *hour = test_db_value(f->db, "SELECT extract(hour FROM (now() - interval '1 hour') "
+                                          "AT TIME ZONE 'Europe/Paris')::int");
+        char cron[64];
+        const char *due = "date_trunc('hour', now() - interval '1 hour')";
+
+        snprintf(cron, sizeof(cron), "*/10 %s * * *", hour);
+        free(hour);
+        char *skip = schedule(f, cron, "skip", due);
+        char *catch_up = schedule(f, cron, "catch_up_one", due);
         run_dispatchers(f, &rcv, 3);
         assert_int_equal(test_db_int(f->db,
                                      "SELECT count(*) FROM workflow_runs WHERE "
