@@ -49,6 +49,13 @@ PGconn *bench_connect(const struct bench *b);
 
 void bench_sleep_ms(int64_t ms);
 
+/* Before a latency figure: the earlier phases' writes out of its way. A CHECKPOINT (their
+ * dirty pages written now, not spread over the next minutes under the figure's own
+ * commits), up to 60 s until no autovacuum worker is at work, then single commits until
+ * they run at half of base1c's rate or better (the disk done with what it was handed),
+ * the whole at most 60 s; prints how long each part took (settle_before). */
+void bench_settle(const struct bench *b, const char *phase, double base1c);
+
 /* `agently worker` (AGENTLY_BINARY) against conninfo, --concurrency concurrency --poll poll,
  * its output in <dir>/bench-N.log (its path into log[len] when log is not NULL;
  * AGENTLY_LOG_LEVEL=warn unless set). */

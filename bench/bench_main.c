@@ -229,6 +229,66 @@ PGconn *bench_connect(const struct bench *b)
         return c;
 }
 
+/* Single-row commits over c in the next slice_ms, per second. */
+static double commits_per_s(PGconn *c, int64_t slice_ms)
+{
+        int64_t t0 = bench_now_us(), end = t0 + slice_ms * 1000;
+        long n = 0;
+
+        while (bench_now_us() < end) {
+                PGresult *r = PQexec(c, "INSERT INTO bench_settle DEFAULT VALUES");
+                bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+
+                PQclear(r);
+                if (!ok) {
+                        fprintf(stderr, "bench: settle: %s", PQerrorMessage(c));
+                        exit(1);
+                }
+                n++;
+        }
+        return (double)n * 1e6 / (double)(bench_now_us() - t0);
+}
+
+void bench_settle(const struct bench *b, const char *phase, double base1c)
+{
+        PGconn *c = bench_connect(b);
+        int64_t t0 = bench_now_us(), deadline = t0 + 60 * 1000000LL, checkpointed, vacuumed;
+        PGresult *r = PQexec(c, "CHECKPOINT");
+        bool quiet = false;
+
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+                fprintf(stderr, "bench: CHECKPOINT before %s: %s", phase, PQerrorMessage(c));
+                exit(1);
+        }
+        PQclear(r);
+        checkpointed = bench_now_us();
+        while (!quiet && bench_now_us() < deadline) {
+                r = PQexec(c, "SELECT count(*) = 0 FROM pg_stat_activity "
+                              "WHERE backend_type = 'autovacuum worker'");
+                quiet = PQresultStatus(r) == PGRES_TUPLES_OK && PQgetvalue(r, 0, 0)[0] == 't';
+                PQclear(r);
+                if (!quiet)
+                        bench_sleep_ms(200);
+        }
+        vacuumed = bench_now_us();
+        /* the disk under the VM may still be writing back what the checkpoint handed it, and
+         * every commit's flush waits behind that: single commits, half a second at a time,
+         * until they run at half the rate of the run's first baseline or better */
+        PQclear(PQexec(c, "CREATE TABLE IF NOT EXISTS bench_settle (id bigserial PRIMARY KEY)"));
+        double first = commits_per_s(c, 500), now = first;
+        while (now < 0.5 * base1c && bench_now_us() < deadline)
+                now = commits_per_s(c, 500);
+        PQclear(PQexec(c, "DROP TABLE bench_settle"));
+        PQfinish(c);
+        bench_report("settle_before",
+                     "%s %.1f s: a CHECKPOINT %.1f s, %s %.1f s, single commits %.0f/s at first "
+                     "and %.0f/s at the end (baseline_commit_1c %.0f/s)%s",
+                     phase, (double)(bench_now_us() - t0) / 1e6, (double)(checkpointed - t0) / 1e6,
+                     quiet ? "autovacuum done" : "autovacuum still at work",
+                     (double)(vacuumed - checkpointed) / 1e6, first, now, base1c,
+                     now < 0.5 * base1c ? "; not settled after 60 s: measured so" : "");
+}
+
 static void die(const char *what)
 {
         fprintf(stderr, "bench: %s: %s\n", what, db_last_error());

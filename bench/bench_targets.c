@@ -1323,6 +1323,7 @@ void bench_run_targets(const struct bench *b, struct embedded_pg *pg, double bas
         double a50, a99, ar50, ar99, naive, stolen, api_stolen;
         char api[64], token[AUTH_TOKEN_LEN + 1];
         if (bench_want(b, "latency")) {
+                bench_settle(b, "latency", base1c);
                 bench_report("bench_latency",
                              "samples=%d one at a time, idle worker (poll 500ms: "
                              "NOTIFY wakes it)",
