@@ -1052,6 +1052,17 @@ static double reclaimed_in(const struct probe_sample *ps, int n, double from, do
         return b->reclaimed_mib - a->reclaimed_mib;
 }
 
+/* "HH:MM:SS" (UTC) of the epoch second at; the minutes' lines carry it so that a slow minute
+ * can be found in the Postgres log (its lines are stamped in UTC) */
+static void utc_clock(double at, char out[9])
+{
+        time_t s = (time_t)at;
+        struct tm tm;
+
+        if (!gmtime_r(&s, &tm) || strftime(out, 9, "%H:%M:%S", &tm) == 0)
+                snprintf(out, 9, "?");
+}
+
 /* The issue's own measure: completions per one-minute window (the first minute, when the
  * workers start, left out), each against their mean. */
 static void soak_minutes(struct targets *t, const char *wf, double t0, double t1,
@@ -1082,20 +1093,22 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                         continue;
                 double steal = steal_share(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1));
                 double reclaimed = reclaimed_in(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1));
+                char from[9];
                 snprintf(key, sizeof(key), "soak_minute_%02d_runs_per_s", wi + 1);
+                utc_clock(t0 + 60.0 * wi, from);
                 if (probe > 0 && speed > 0) {
                         /* runs per second had the machine run at its median speed */
                         double at_median = rate * probe / speed;
                         bench_report(key,
-                                     "%.0f (probe %.2f ms; at the median speed: %.0f; the host "
-                                     "took %.1f%% of the CPU; the kernel reclaimed %.0f MiB of "
-                                     "page cache)",
-                                     rate, probe, at_median, steal >= 0 ? 100 * steal : 0.0,
+                                     "%.0f (from %s UTC; probe %.2f ms; at the median speed: "
+                                     "%.0f; the host took %.1f%% of the CPU; the kernel "
+                                     "reclaimed %.0f MiB of page cache)",
+                                     rate, from, probe, at_median, steal >= 0 ? 100 * steal : 0.0,
                                      reclaimed >= 0 ? reclaimed : 0.0);
                         bench_spread_add(&at_speed, at_median);
                         bench_spread_add(&probes, probe);
                 } else {
-                        bench_report(key, "%.0f", rate);
+                        bench_report(key, "%.0f (from %s UTC)", rate, from);
                 }
                 if (steal >= 0 && stolen >= 0 && steal < 1)
                         /* runs per second had the host taken its share of the whole soak */
