@@ -260,11 +260,17 @@ static void run_drop(struct worker *w, struct run *r)
         w->held_stale = true;
 }
 
-static void run_lost(struct worker *w, struct run *r, const char *where)
+/* Says that the run's lease was found lost (where: by what); log only: we may not write to
+ * a run we no longer hold. */
+static void log_lease_lost(const struct run *r, const char *where)
 {
-        /* log only: we may not write to a run we no longer hold */
         log_warn("lease.lost run %s epoch %lld (%s): stopping it, another worker owns it now",
                  r->id, (long long)r->epoch, where);
+}
+
+static void run_lost(struct worker *w, struct run *r, const char *where)
+{
+        log_lease_lost(r, where);
         run_drop(w, r);
 }
 
@@ -2362,6 +2368,8 @@ static void drain_finish(struct worker *w)
                                           "worker stopped");
                 if (k < 0)
                         r = k;
+                else if (k == 0) /* taken over before a heartbeat told us */
+                        log_lease_lost(w->batch[i], "drain");
         }
         if (n > 0 && r == 0)
                 r = db_commit(w->db);

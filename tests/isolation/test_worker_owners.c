@@ -4,7 +4,8 @@
  * worker SIGKILLed mid-run loses nothing (its lease expires, another worker resumes from
  * the checkpoint: finished steps are not re-run); and a ZOMBIE worker, SIGSTOPped for twice
  * its lease and then continued, gets every write refused and stops the run: the database
- * and the sink show nothing from it after the new owner took over.
+ * and the sink show nothing from it after the new owner took over; told to stop the moment
+ * it is continued, it still says which run it lost.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -193,12 +194,59 @@ static void test_zombie_worker_is_fenced(void **state)
         worker_fixture_free(f);
 }
 
+/* A zombie told to stop (SIGINT: drain without grace) at the moment it is continued, its
+ * request still out (nothing to write that would meet the fence first), hands its runs back
+ * in one fenced release, as a rule before its first heartbeat; the fence refuses the run
+ * taken over meanwhile, the log still says that the run's lease was lost, and the worker
+ * exits 0. */
+static void test_zombie_drained_at_once_says_what_it_lost(void **state)
+{
+        struct worker_fixture *f = worker_fixture_new("zombie_drain");
+        char *wf = workflow(f, "{\"name\":\"w\",\"nodes\":["
+                               "{\"id\":\"a\",\"type\":\"http\",\"request\":{\"url\":"
+                               "\"SINK/a\"}},"
+                               "{\"id\":\"b\",\"type\":\"http\",\"request\":{\"url\":"
+                               "\"SINK/b?delay_ms=8000\"},\"after\":[\"a\"]}]}");
+        pid_t w1 = spawn(f, "w1");
+        char *run = worker_test_run(f->db, wf, NULL);
+        char log[600], cmd[800];
+        int st;
+
+        worker_fixture_wait_sink(f, "/b", 1, 15000);
+        kill(w1, SIGSTOP);
+        usleep(4200 * 1000); /* 2 x lease */
+        spawn(f, "w2");
+        /* w2 has taken the run over, w1's request is still out (its answer is seconds away) */
+        wait_all(f, "lease_epoch = 2", 1, 10000);
+        kill(w1, SIGINT); /* pending when it wakes */
+        kill(w1, SIGCONT);
+        st = test_stop_process(w1, SIGINT, 10000);
+        assert_exit_code(st, 0);
+        if (!worker_test_wait_status(f->db, run, "completed", 20000)) {
+                worker_fixture_dump_logs(f);
+                fail();
+        }
+        snprintf(log, sizeof(log), "%s/w1.log", f->dir);
+        snprintf(cmd, sizeof(cmd), "grep -q 'lease.lost run %s epoch 1 ' %s", run, log);
+        if (system(cmd) != 0) {
+                worker_fixture_dump_logs(f);
+                fail_msg("w1 drained without saying that it lost run %s", run);
+        }
+        assert_db_equal("completed 2", f->db,
+                        "SELECT status || ' ' || lease_epoch FROM workflow_runs WHERE id = '%s'",
+                        run);
+        free(run);
+        free(wf);
+        worker_fixture_free(f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_several_workers_one_owner),
             cmocka_unit_test(test_killed_worker_is_resumed_from_checkpoint),
             cmocka_unit_test(test_zombie_worker_is_fenced),
+            cmocka_unit_test(test_zombie_drained_at_once_says_what_it_lost),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
