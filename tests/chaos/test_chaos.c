@@ -196,10 +196,6 @@ static void progress(struct chaos *c, long long *running, long long *completed)
         PQclear(res);
 }
 
-/* The worker to kill, from a random start: a running one that is not a zombie just come
- * back (killing a stopped worker or a fresh zombie would end the zombie case before it is
- * seen), else one stopped briefly, else a fresh zombie; -1 when every worker is a stopped
- * zombie (the kill waits). */
 /* The worker is stopped, killed or drained: a zombie of it that was continued lived until
  * now. */
 static void zombies_end(struct chaos *c, const char *worker)
@@ -210,6 +206,10 @@ static void zombies_end(struct chaos *c, const char *worker)
                         c->zombies[z].ended_ms = test_now_ms();
 }
 
+/* The worker to kill, from a random start: a running one that is not a zombie just come
+ * back (killing a stopped worker or a fresh zombie would end the zombie case before it is
+ * seen), else one stopped briefly, else a fresh zombie; -1 when every worker is a stopped
+ * zombie (the kill waits). */
 static int pick_victim(struct chaos *c)
 {
         int start = (int)rnd(c, NWORKERS);
