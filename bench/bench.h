@@ -33,6 +33,9 @@ int64_t bench_now_us(void);
 /* Prints one result line and flushes, so partial results survive an interrupted run. */
 void bench_report(const char *key, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The median of v[0..n) (sorts v); 0 when n is 0. */
+double bench_median(double *v, int n);
+
 /* A series of figures' spread (the soaks' windows): the least, the greatest and the mean,
  * added one figure at a time. Zeroed is empty. */
 struct bench_spread {

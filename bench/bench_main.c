@@ -11,12 +11,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
+#include <linux/magic.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -47,6 +50,20 @@ void bench_report(const char *key, const char *fmt, ...)
         va_end(ap);
         printf("\n");
         fflush(stdout);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+        double x = *(const double *)a, y = *(const double *)b;
+        return (x > y) - (x < y);
+}
+
+double bench_median(double *v, int n)
+{
+        if (n <= 0)
+                return 0;
+        qsort(v, (size_t)n, sizeof(*v), cmp_double);
+        return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 void bench_spread_add(struct bench_spread *s, double v)
@@ -301,6 +318,24 @@ static void die(const char *what)
  * it does (docs/performance.md, "New WAL segments"). So that every figure measures the
  * first kind (figures that write WAL fast paid most, the baselines least), min_wal_size of
  * WAL is written and checkpointed first; --fresh-wal leaves it out. */
+/* Which kind of file system holds the cluster: a figure measured on memory (tmpfs) is one
+ * whose commits flush nothing, the ceiling of what the two cores can do; on a disk, each
+ * commit waits for the disk's flush, and the commit baselines are the disk's speed. */
+static void bench_storage_report(const char *dir)
+{
+        struct statfs fs;
+
+        if (statfs(dir, &fs) < 0) {
+                bench_report("bench_storage", "%s (unknown: %s)", dir, strerror(errno));
+                return;
+        }
+        bench_report("bench_storage", "%s on %s", dir,
+                     fs.f_type == TMPFS_MAGIC
+                         ? "tmpfs: memory, commits flush nothing and the baselines are the "
+                           "CPU's (set by TMPDIR)"
+                         : "a disk: each commit waits for its flush (TMPDIR=/dev/shm for memory)");
+}
+
 static void wal_segments_ready(PGconn *c)
 {
         int64_t t0 = bench_now_us();
@@ -362,7 +397,7 @@ int main(int argc, char **argv)
         struct bench b = {.duration_ms = 5000};
         struct embedded_pg *pg = NULL;
         PGconn *c = NULL;
-        char template[] = "/tmp/agently-bench-XXXXXX";
+        char template[PATH_MAX];
         int opt, keep = 0, sse_only = 0, run_read_only = 0, log_statements = 0, npg_set = 0;
         int fresh_wal = 0;
         const char *pg_set[16];
@@ -444,9 +479,20 @@ int main(int argc, char **argv)
                         return 2;
                 }
         }
+        /* the cluster's home: under $TMPDIR, as any temporary file; TMPDIR=/dev/shm puts it
+         * in memory, where a commit's flush costs nothing and every baseline is the CPU's */
+        const char *tmpdir = getenv("TMPDIR");
+        if (!tmpdir || !*tmpdir)
+                tmpdir = "/tmp";
+        if ((size_t)snprintf(template, sizeof(template), "%s/agently-bench-XXXXXX", tmpdir) >=
+            sizeof(template)) {
+                fprintf(stderr, "bench: TMPDIR '%s' is too long\n", tmpdir);
+                return 2;
+        }
         b.dir = mkdtemp(template);
         if (!b.dir) {
-                perror("bench: mkdtemp");
+                fprintf(stderr, "bench: cannot create a directory under TMPDIR '%s': %s\n", tmpdir,
+                        strerror(errno));
                 return 1;
         }
         if (keep)
@@ -503,6 +549,7 @@ int main(int argc, char **argv)
         uname(&uts);
         bench_report("machine", "%s %s, %ld cores", uts.sysname, uts.machine,
                      sysconf(_SC_NPROCESSORS_ONLN));
+        bench_storage_report(b.dir);
         bench_report("postgres", "%s synchronous_commit=%s fsync=%s track_commit_timestamp=%s",
                      PQgetvalue(v, 0, 0), PQgetvalue(v, 0, 1), PQgetvalue(v, 0, 2),
                      PQgetvalue(v, 0, 3));

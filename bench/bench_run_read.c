@@ -164,18 +164,6 @@ static double timed_get(CURL *h, const char *url, size_t *bytes)
         return status == 200 ? ms : -1;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-        double x = *(const double *)a, y = *(const double *)b;
-        return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-        qsort(v, (size_t)n, sizeof(*v), cmp_double);
-        return v[n / 2];
-}
-
 void bench_run_read(const struct bench *b)
 {
         char token[AUTH_TOKEN_LEN + 1], shown[AUTH_TOKEN_SHOWN_CHARS + 1], hex[2 + 64 + 1];
@@ -263,20 +251,21 @@ void bench_run_read(const struct bench *b)
                         exit(1);
                 }
         }
-        double m_small = median(small, SAMPLES), m_big = median(big, SAMPLES);
-        bench_report("run_read_select1_ms", "%.2f", median(select1, SAMPLES));
+        double m_small = bench_median(small, SAMPLES), m_big = bench_median(big, SAMPLES);
+        bench_report("run_read_select1_ms", "%.2f", bench_median(select1, SAMPLES));
         bench_report("run_read_small_run_get_ms", "%.1f", m_small);
         bench_report("run_read_get_ms", "%.1f (%zu bytes)", m_big, big_bytes);
         bench_report("run_read_get_vs_small_run", "%.1fx", m_big / m_small);
-        bench_report("run_read_last_1000_events_ms", "%.1f (%zu bytes)", median(events, SAMPLES),
-                     events_bytes);
-        bench_report("run_read_nodes_not_items_ms", "%.1f", median(nodes, SAMPLES));
-        double m_small_lean = median(small_lean, SAMPLES), m_lean = median(lean, SAMPLES);
+        bench_report("run_read_last_1000_events_ms", "%.1f (%zu bytes)",
+                     bench_median(events, SAMPLES), events_bytes);
+        bench_report("run_read_nodes_not_items_ms", "%.1f", bench_median(nodes, SAMPLES));
+        double m_small_lean = bench_median(small_lean, SAMPLES),
+               m_lean = bench_median(lean, SAMPLES);
         bench_report("run_read_first_small_run_ms", "%.1f", m_small_lean);
         bench_report("run_read_first_ms", "%.1f (%zu bytes)", m_lean, lean_bytes);
         bench_report("run_read_first_vs_small_run", "%.1fx", m_lean / m_small_lean);
         bench_report("run_read_last_200_events_ms", "%.1f (%zu bytes)",
-                     median(last_events, SAMPLES), last_bytes);
+                     bench_median(last_events, SAMPLES), last_bytes);
 
         curl_slist_free_all(hdr);
         curl_easy_cleanup(h);

@@ -992,28 +992,18 @@ static double probe_machine(void)
         return (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-        double x = *(const double *)a, y = *(const double *)b;
-        return (x > y) - (x < y);
-}
-
 /* The median probe time of the samples in [from, to); 0 when none. */
 static double probe_median(const struct probe_sample *ps, int n, double from, double to)
 {
         double *v = calloc((size_t)n + 1, sizeof(*v));
         int k = 0;
-        double m = 0;
 
         if (!v)
                 exit(1);
         for (int i = 0; i < n; i++)
                 if (ps[i].at >= from && ps[i].at < to)
                         v[k++] = ps[i].cpu_ms;
-        if (k > 0) {
-                qsort(v, (size_t)k, sizeof(*v), cmp_double);
-                m = k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
-        }
+        double m = bench_median(v, k);
         free(v);
         return m;
 }
