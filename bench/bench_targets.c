@@ -329,6 +329,20 @@ static double cpu_s(pid_t pid)
         return proc_cpu_read(pid, &c) ? c.own : -1;
 }
 
+/* The CPU seconds of the WORKERS processes in w so far; -1 if one is unread. */
+static double workers_cpu_s(const pid_t *w)
+{
+        double sum = 0;
+
+        for (int i = 0; i < WORKERS; i++) {
+                double v = cpu_s(w[i]);
+                if (v < 0)
+                        return -1;
+                sum += v;
+        }
+        return sum;
+}
+
 /* The machine's CPU seconds since boot, all cores: busy (user, nice, system, irq, softirq,
  * steal), all (busy + idle + iowait) and steal (time the hypervisor gave this machine's
  * virtual CPUs to others: on a shared host it can be a third of "busy"), from /proc/stat's
@@ -473,9 +487,7 @@ struct cpu_split {
 
 static void cpu_split_read(struct targets *t, const pid_t *w, struct cpu_split *out)
 {
-        out->workers = 0;
-        for (int i = 0; i < WORKERS; i++)
-                out->workers += cpu_s(w[i]);
+        out->workers = workers_cpu_s(w);
         out->sessions = worker_backends_cpu_s(t);
         out->postgres = postgres_own_cpu_s(t);
         if (!machine_cpu_s(&out->busy, &out->all, &out->steal))
@@ -950,6 +962,7 @@ struct probe_sample {
         double cpu_ms;         /* the loop's thread CPU time */
         struct host_mark host; /* the machine's CPU time so far and the host's part */
         double reclaimed_mib;  /* page_cache_reclaimed_mib() */
+        double workers_cpu_s;  /* the workers' processes' CPU seconds so far; -1 if unread */
 };
 
 /* MiB the kernel has taken back from cached pages since boot, by kswapd or by a process
@@ -1042,6 +1055,20 @@ static double reclaimed_in(const struct probe_sample *ps, int n, double from, do
         return b->reclaimed_mib - a->reclaimed_mib;
 }
 
+/* The workers' own CPU microseconds per run in [from, to), at rate runs a second; -1 when
+ * unknown. The workers run the same code for every run of the soak, so when this rises the
+ * machine ran slower: a second, independent measure of its speed beside the probe. */
+static double workers_us_per_run(const struct probe_sample *ps, int n, double from, double to,
+                                 double rate)
+{
+        const struct probe_sample *a, *b;
+
+        if (!samples_within(ps, n, from, to, &a, &b) || a == b || a->workers_cpu_s < 0 ||
+            b->workers_cpu_s < 0 || rate <= 0)
+                return -1;
+        return 1e6 * (b->workers_cpu_s - a->workers_cpu_s) / (rate * (b->at - a->at));
+}
+
 /* "HH:MM:SS" (UTC) of the epoch second at; the minutes' lines carry it so that a slow minute
  * can be found in the Postgres log (its lines are stamped in UTC) */
 static void utc_clock(double at, char out[9])
@@ -1072,8 +1099,9 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
         /* the share the host took over minutes 2..: the CPU the other normalized rates are at */
         double stolen = steal_share(ps, nps, t0 + 60, t0 + 60.0 * full);
         /* the minutes' rates; the same at the median speed; the minutes' probes; the same
-         * rates with the host taking its overall share */
+         * rates with the host taking its overall share; the workers' CPU per run */
         struct bench_spread rates = {0}, at_speed = {0}, probes = {0}, at_steal = {0};
+        struct bench_spread worker_us = {0};
         for (int i = 0; i < PQntuples(res); i++) {
                 int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
                 double rate = strtod(PQgetvalue(res, i, 1), NULL) / 60;
@@ -1083,6 +1111,8 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                         continue;
                 double steal = steal_share(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1));
                 double reclaimed = reclaimed_in(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1));
+                double wus =
+                    workers_us_per_run(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1), rate);
                 char from[9];
                 snprintf(key, sizeof(key), "soak_minute_%02d_runs_per_s", wi + 1);
                 utc_clock(t0 + 60.0 * wi, from);
@@ -1091,9 +1121,11 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                         double at_median = rate * probe / speed;
                         bench_report(key,
                                      "%.0f (from %s UTC; probe %.2f ms; at the median speed: "
-                                     "%.0f; the host took %.1f%% of the CPU; the kernel "
-                                     "reclaimed %.0f MiB of page cache)",
-                                     rate, from, probe, at_median, steal >= 0 ? 100 * steal : 0.0,
+                                     "%.0f; the workers' own CPU %.1f us a run; the host took "
+                                     "%.1f%% of the CPU; the kernel reclaimed %.0f MiB of page "
+                                     "cache)",
+                                     rate, from, probe, at_median, wus,
+                                     steal >= 0 ? 100 * steal : 0.0,
                                      reclaimed >= 0 ? reclaimed : 0.0);
                         bench_spread_add(&at_speed, at_median);
                         bench_spread_add(&probes, probe);
@@ -1104,6 +1136,8 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                         /* runs per second had the host taken its share of the whole soak */
                         bench_spread_add(&at_steal, rate * (1 - stolen) / (1 - steal));
                 bench_spread_add(&rates, rate);
+                if (wus > 0)
+                        bench_spread_add(&worker_us, wus);
         }
         PQclear(res);
         if (rates.n == 0)
@@ -1121,6 +1155,15 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                              100 * (probes.hi - speed) / speed);
                 bench_spread_report("soak_minute_spread_at_median_speed", &at_speed,
                                     "each minute's runs/s times its probe over the median probe");
+        }
+        if (worker_us.n == rates.n) {
+                double m = bench_spread_mean(&worker_us);
+                bench_report("soak_workers_us_per_run",
+                             "min %.1f max %.1f mean %.1f: %+.1f%% / %+.1f%% (the workers' own "
+                             "CPU per run, minute by minute: the same code each run, so its "
+                             "swings are the machine's speed)",
+                             worker_us.lo, worker_us.hi, m, 100 * (worker_us.lo - m) / m,
+                             100 * (worker_us.hi - m) / m);
         }
         if (at_steal.n == rates.n && stolen >= 0) {
                 char steal_note[160];
@@ -1167,7 +1210,8 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
                             .at = (double)now.tv_sec + (double)now.tv_nsec / 1e9,
                             .cpu_ms = cpu_ms,
                             .host = host_mark_now(),
-                            .reclaimed_mib = page_cache_reclaimed_mib()};
+                            .reclaimed_mib = page_cache_reclaimed_mib(),
+                            .workers_cpu_s = workers_cpu_s(w)};
                         next_probe_at += 1000000;
                 }
                 if (bench_now_us() >= next_size_at) {
