@@ -1082,6 +1082,32 @@ static void utc_clock(double at, char out[9])
 
 /* The issue's own measure: completions per one-minute window (the first minute, when the
  * workers start, left out), each against their mean. */
+/* The median of the minutes' workers_us_per_run over minutes 2..full, the minutes' runs
+ * counted in res (rows of minute, count); 0 when unknown. */
+static double workers_us_median(const struct probe_sample *ps, int nps, double t0, int full,
+                                PGresult *res)
+{
+        double *v = calloc((size_t)PQntuples(res) + 1, sizeof(*v));
+        int k = 0;
+
+        if (!v)
+                exit(1);
+
+        for (int i = 0; i < PQntuples(res); i++) {
+                int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
+                double rate = strtod(PQgetvalue(res, i, 1), NULL) / 60;
+                double wus;
+                if (wi < 1 || wi >= full)
+                        continue;
+                wus = workers_us_per_run(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1), rate);
+                if (wus > 0)
+                        v[k++] = wus;
+        }
+        double m = bench_median(v, k);
+        free(v);
+        return m;
+}
+
 static void soak_minutes(struct targets *t, const char *wf, double t0, double t1,
                          const struct probe_sample *ps, int nps)
 {
@@ -1101,7 +1127,8 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
         /* the minutes' rates; the same at the median speed; the minutes' probes; the same
          * rates with the host taking its overall share; the workers' CPU per run */
         struct bench_spread rates = {0}, at_speed = {0}, probes = {0}, at_steal = {0};
-        struct bench_spread worker_us = {0};
+        struct bench_spread worker_us = {0}, at_workers_speed = {0};
+        double wus_median = workers_us_median(ps, nps, t0, full, res);
         for (int i = 0; i < PQntuples(res); i++) {
                 int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
                 double rate = strtod(PQgetvalue(res, i, 1), NULL) / 60;
@@ -1136,8 +1163,13 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                         /* runs per second had the host taken its share of the whole soak */
                         bench_spread_add(&at_steal, rate * (1 - stolen) / (1 - steal));
                 bench_spread_add(&rates, rate);
-                if (wus > 0)
+                if (wus > 0) {
                         bench_spread_add(&worker_us, wus);
+                        if (wus_median > 0)
+                                /* runs per second had the workers' code run at its median
+                                 * speed */
+                                bench_spread_add(&at_workers_speed, rate * wus / wus_median);
+                }
         }
         PQclear(res);
         if (rates.n == 0)
@@ -1164,6 +1196,11 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                              "swings are the machine's speed)",
                              worker_us.lo, worker_us.hi, m, 100 * (worker_us.lo - m) / m,
                              100 * (worker_us.hi - m) / m);
+                if (at_workers_speed.n == rates.n)
+                        bench_spread_report("soak_minute_spread_at_workers_speed",
+                                            &at_workers_speed,
+                                            "each minute's runs/s times its workers' CPU per "
+                                            "run over their median");
         }
         if (at_steal.n == rates.n && stolen >= 0) {
                 char steal_note[160];
