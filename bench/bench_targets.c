@@ -1080,8 +1080,6 @@ static void utc_clock(double at, char out[9])
                 snprintf(out, 9, "?");
 }
 
-/* The issue's own measure: completions per one-minute window (the first minute, when the
- * workers start, left out), each against their mean. */
 /* The median of the minutes' workers_us_per_run over minutes 2..full, the minutes' runs
  * counted in res (rows of minute, count); 0 when unknown. */
 static double workers_us_median(const struct probe_sample *ps, int nps, double t0, int full,
@@ -1092,7 +1090,6 @@ static double workers_us_median(const struct probe_sample *ps, int nps, double t
 
         if (!v)
                 exit(1);
-
         for (int i = 0; i < PQntuples(res); i++) {
                 int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
                 double rate = strtod(PQgetvalue(res, i, 1), NULL) / 60;
@@ -1108,6 +1105,8 @@ static double workers_us_median(const struct probe_sample *ps, int nps, double t
         return m;
 }
 
+/* The issue's own measure: completions per one-minute window (the first minute, when the
+ * workers start, left out), each against their mean. */
 static void soak_minutes(struct targets *t, const char *wf, double t0, double t1,
                          const struct probe_sample *ps, int nps)
 {
