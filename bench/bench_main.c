@@ -312,12 +312,6 @@ static void die(const char *what)
         exit(1);
 }
 
-/* A cluster that has been up a while writes its WAL into segment files a checkpoint kept
- * for reuse (min_wal_size, src/db/embedded_pg.c); a new one creates and zero-fills a 16 MB
- * file for each segment, and the backend that needs it holds every commit behind it while
- * it does (docs/performance.md, "New WAL segments"). So that every figure measures the
- * first kind (figures that write WAL fast paid most, the baselines least), min_wal_size of
- * WAL is written and checkpointed first; --fresh-wal leaves it out. */
 /* Which kind of file system holds the cluster: a figure measured on memory (tmpfs) is one
  * whose commits flush nothing, the ceiling of what the two cores can do; on a disk, each
  * commit waits for the disk's flush, and the commit baselines are the disk's speed. */
@@ -336,6 +330,12 @@ static void bench_storage_report(const char *dir)
                          : "a disk: each commit waits for its flush (TMPDIR=/dev/shm for memory)");
 }
 
+/* A cluster that has been up a while writes its WAL into segment files a checkpoint kept
+ * for reuse (min_wal_size, src/db/embedded_pg.c); a new one creates and zero-fills a 16 MB
+ * file for each segment, and the backend that needs it holds every commit behind it while
+ * it does (docs/performance.md, "New WAL segments"). So that every figure measures the
+ * first kind (figures that write WAL fast paid most, the baselines least), min_wal_size of
+ * WAL is written and checkpointed first; --fresh-wal leaves it out. */
 static void wal_segments_ready(PGconn *c)
 {
         int64_t t0 = bench_now_us();

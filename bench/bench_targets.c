@@ -1080,31 +1080,6 @@ static void utc_clock(double at, char out[9])
                 snprintf(out, 9, "?");
 }
 
-/* The median of the minutes' workers_us_per_run over minutes 2..full, the minutes' runs
- * counted in res (rows of minute, count); 0 when unknown. */
-static double workers_us_median(const struct probe_sample *ps, int nps, double t0, int full,
-                                PGresult *res)
-{
-        double *v = calloc((size_t)PQntuples(res) + 1, sizeof(*v));
-        int k = 0;
-
-        if (!v)
-                exit(1);
-        for (int i = 0; i < PQntuples(res); i++) {
-                int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
-                double rate = strtod(PQgetvalue(res, i, 1), NULL) / 60;
-                double wus;
-                if (wi < 1 || wi >= full)
-                        continue;
-                wus = workers_us_per_run(ps, nps, t0 + 60.0 * wi, t0 + 60.0 * (wi + 1), rate);
-                if (wus > 0)
-                        v[k++] = wus;
-        }
-        double m = bench_median(v, k);
-        free(v);
-        return m;
-}
-
 /* The issue's own measure: completions per one-minute window (the first minute, when the
  * workers start, left out), each against their mean. */
 static void soak_minutes(struct targets *t, const char *wf, double t0, double t1,
@@ -1127,7 +1102,13 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
          * rates with the host taking its overall share; the workers' CPU per run */
         struct bench_spread rates = {0}, at_speed = {0}, probes = {0}, at_steal = {0};
         struct bench_spread worker_us = {0}, at_workers_speed = {0};
-        double wus_median = workers_us_median(ps, nps, t0, full, res);
+        /* each counted minute's workers' CPU per run, and its rate times it: the rate at the
+         * workers' median speed once the median is known */
+        int nmin = 0;
+        double *min_wus = calloc((size_t)PQntuples(res) + 1, sizeof(*min_wus));
+        double *min_rate_wus = calloc((size_t)PQntuples(res) + 1, sizeof(*min_rate_wus));
+        if (!min_wus || !min_rate_wus)
+                exit(1);
         for (int i = 0; i < PQntuples(res); i++) {
                 int wi = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
                 double rate = strtod(PQgetvalue(res, i, 1), NULL) / 60;
@@ -1164,13 +1145,17 @@ static void soak_minutes(struct targets *t, const char *wf, double t0, double t1
                 bench_spread_add(&rates, rate);
                 if (wus > 0) {
                         bench_spread_add(&worker_us, wus);
-                        if (wus_median > 0)
-                                /* runs per second had the workers' code run at its median
-                                 * speed */
-                                bench_spread_add(&at_workers_speed, rate * wus / wus_median);
+                        min_rate_wus[nmin] = rate * wus;
+                        min_wus[nmin++] = wus;
                 }
         }
         PQclear(res);
+        double wus_median = bench_median(min_wus, nmin); /* sorts min_wus */
+        for (int i = 0; i < nmin; i++)
+                /* runs per second had the workers' code run at its median speed */
+                bench_spread_add(&at_workers_speed, min_rate_wus[i] / wus_median);
+        free(min_wus);
+        free(min_rate_wus);
         if (rates.n == 0)
                 return;
         char note[96];
