@@ -1298,7 +1298,7 @@ static void soak(struct targets *t, int64_t soak_ms, double base32c)
                 /* keep the queue non-empty without flooding it: a batch whenever it holds less
                  * than the backlog, a pause only when it is full. Until the thirty-second
                  * session the feeder paused 100 ms after every look: the workers took ~1,200
-                 * runs in that pause, found the queue empty in up to 40 % of the feeder's looks
+                 * runs in that pause, found the queue empty in up to 41 % of the feeder's looks
                  * and left the cores idle 12-22 % of the soak (docs/performance.md, "Issue 9:
                  * the soak's feeder starved its workers"). The narrow queue holds live runs
                  * only, so the look stays cheap however many completed runs pile up. */
